@@ -1,0 +1,179 @@
+//! Event payloads: what a stage announces when it is done.
+//!
+//! Events are published to the `stowage.events` topic exchange with their name (e.g.
+//! `rp.created`) as routing key. The next stage's queue is bound to the events that trigger it;
+//! anyone else (dashboards, notifications, audit) may bind too. Events carry ids and small
+//! summaries, never bulk data.
+
+use jiff::Timestamp;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Stage;
+use crate::domain::Tier;
+use crate::jobs::{RestoreOptions, Staging};
+
+/// A recovery point was created in the operational tier.
+///
+/// Message type `event.rp.created`; triggers vault transfer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RpCreated {
+    /// Name of the backup instance.
+    pub instance: String,
+    /// The new recovery point.
+    pub recovery_point_id: String,
+    /// When the snapshot was taken.
+    pub created_at: Timestamp,
+    /// Number of Kubernetes resources collected.
+    #[serde(default)]
+    pub resource_count: u64,
+    /// Number of volumes snapshotted.
+    #[serde(default)]
+    pub volume_count: u32,
+    /// Total size of the snapshotted volumes, in bytes.
+    #[serde(default)]
+    pub volume_bytes: u64,
+    /// Things that went wrong without failing the backup (e.g. a hook set to `continue`).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// A recovery point's data was transferred to the vault tier.
+///
+/// Message type `event.rp.vaulted`; triggers geo-replication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RpVaulted {
+    /// Name of the backup instance.
+    pub instance: String,
+    /// The recovery point.
+    pub recovery_point_id: String,
+    /// Volume bytes read from the disk provider (changed ranges only when incremental).
+    #[serde(default)]
+    pub bytes_read: u64,
+    /// Bytes newly written to the vault, after deduplication, compression and encryption.
+    #[serde(default)]
+    pub bytes_stored: u64,
+    /// Chunks newly written.
+    #[serde(default)]
+    pub chunks_new: u64,
+    /// Chunks already present and reused.
+    #[serde(default)]
+    pub chunks_reused: u64,
+    /// When the vault-tier copy expires, per the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A recovery point's vault-tier data was copied to the secondary region.
+///
+/// Message type `event.rp.replicated`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RpReplicated {
+    /// Name of the backup instance.
+    pub instance: String,
+    /// The recovery point.
+    pub recovery_point_id: String,
+    /// Region of the secondary copy.
+    pub secondary_region: String,
+    /// Objects the secondary lacked and that were copied.
+    #[serde(default)]
+    pub objects_copied: u64,
+    /// Bytes copied.
+    #[serde(default)]
+    pub bytes_copied: u64,
+}
+
+/// A restore's data was hydrated into a staging area.
+///
+/// Message type `event.restore.hydrated`; triggers the restore.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RestoreHydrated {
+    /// Id of the restore.
+    pub restore_id: String,
+    /// Name of the backup instance.
+    pub instance: String,
+    /// The recovery point being restored.
+    pub recovery_point_id: String,
+    /// The tier the data was read from.
+    pub tier: Tier,
+    /// The staging area.
+    pub staging: Staging,
+    /// The restore options from the hydration job, passed on to the restore.
+    #[serde(default)]
+    pub options: RestoreOptions,
+}
+
+/// A restore finished; its staging area, if any, was cleaned up.
+///
+/// Message type `event.restore.completed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RestoreCompleted {
+    /// Id of the restore.
+    pub restore_id: String,
+    /// Name of the backup instance.
+    pub instance: String,
+    /// The recovery point restored.
+    pub recovery_point_id: String,
+    /// The cluster restored into.
+    pub target_cluster: String,
+    /// Whether this was a dry run (nothing changed).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Resources created.
+    #[serde(default)]
+    pub resources_created: u64,
+    /// Existing resources patched.
+    #[serde(default)]
+    pub resources_patched: u64,
+    /// Existing resources left as they were.
+    #[serde(default)]
+    pub resources_skipped: u64,
+    /// Volumes restored onto new disks.
+    #[serde(default)]
+    pub volumes_restored: u32,
+    /// Things that went wrong without failing the restore.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Progress of a running job.
+///
+/// Message type `event.job.progress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobProgress {
+    /// The job.
+    pub job_id: String,
+    /// The stage running it.
+    pub stage: Stage,
+    /// Bytes processed so far.
+    #[serde(default)]
+    pub bytes_done: u64,
+    /// Bytes to process in total, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// Items (resources, volumes, objects) processed so far.
+    #[serde(default)]
+    pub items_done: u64,
+    /// Items to process in total, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items_total: Option<u64>,
+}
+
+/// A job failed: permanently, or after its last retry.
+///
+/// Message type `event.job.failed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobFailed {
+    /// The job.
+    pub job_id: String,
+    /// The stage that ran it.
+    pub stage: Stage,
+    /// What went wrong and what to do about it, in one sentence.
+    pub reason: String,
+    /// The error and its causes, outermost first.
+    #[serde(default)]
+    pub error_chain: Vec<String>,
+    /// True when retrying cannot help (bad input); false when retries ran out.
+    #[serde(default)]
+    pub permanent: bool,
+}

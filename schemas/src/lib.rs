@@ -1,0 +1,37 @@
+//! The Stowage wire contract.
+//!
+//! Every job and event that travels between the scheduler, the CLI, the workers and any other
+//! AMQP producer is an [`Envelope`]: a small versioned header (message id, schema version, job
+//! id, recovery-point or restore id, attempt, creation time, trace context) around one typed
+//! [`Message`]. On the wire it is MessagePack with named fields (the default) or JSON, as the
+//! AMQP `content-type` says; [`codec`] turns bytes into envelopes and back.
+//!
+//! Modules:
+//! - [`jobs`] and [`events`]: the payload of every message type;
+//! - [`domain`]: vault, policy, backup instance, recovery point and tier, as stored in a vault;
+//! - [`codec`]: encoding, and decoding that checks version and type first;
+//! - [`json_schema`]: the JSON Schemas published in `schemas/json/`;
+//! - [`samples`]: one canonical envelope per message type, the source of the golden fixtures.
+//!
+//! How the contract may change without breaking running workers is written down in
+//! `schemas/EVOLUTION.md`: unknown fields are ignored, new fields are optional, and anything
+//! else bumps [`SCHEMA_VERSION`].
+
+pub mod codec;
+pub mod domain;
+mod envelope;
+pub mod events;
+pub mod jobs;
+pub mod json_schema;
+mod message;
+pub mod samples;
+mod stage;
+
+pub use codec::{ContentType, DecodeError, decode, encode, encode_as};
+pub use envelope::{Envelope, MessageId, TraceContext};
+pub use message::{Message, Route};
+pub use stage::{Stage, UnknownStage};
+
+/// The version of the wire contract this crate speaks. Bumped by every breaking change
+/// (see `schemas/EVOLUTION.md`); a decoder refuses any other version.
+pub const SCHEMA_VERSION: u16 = 1;

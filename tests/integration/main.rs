@@ -1,0 +1,8 @@
+//! Cross-stage tests: one binary, shared harness in `stowage_tests`.
+//!
+//! - `runtime`: behaviour of the worker runtime, each test run against the real RabbitMQ and
+//!   against the in-process broker.
+//! - `faults`: worker processes killed with SIGKILL, stopped with SIGTERM, and a broker restart.
+
+mod faults;
+mod runtime;

@@ -1,0 +1,384 @@
+//! The runtime's contract, on both brokers: acked once, retried with growing delays,
+//! dead-lettered with a reason and replayable, undecodable input refused without stopping the
+//! worker, and in-flight work drained on shutdown.
+
+use std::time::{Duration, Instant};
+
+use stowage_runtime::broker::{Outgoing, Properties};
+use stowage_runtime::client::{list_dead_letters, replay_dead_letters, submit};
+use stowage_runtime::shutdown::ShutdownTrigger;
+use stowage_runtime::{Health, RetryPolicy, Shutdown, StageConfig, Worker, WorkerConfig};
+use stowage_schemas::{ContentType, Stage, encode_as};
+use stowage_tests::{Behavior, BrokerKind, Bus, ScriptedHandler, shared_broker, snapshot_job};
+use tokio::task::JoinHandle;
+
+/// Run a behaviour test against RabbitMQ and against the in-process broker.
+macro_rules! on_both_brokers {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rabbitmq() {
+                let _gate = shared_broker();
+                super::$name(BrokerKind::Rabbit).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn in_process() {
+                super::$name(BrokerKind::InProcess).await;
+            }
+        }
+    };
+}
+
+on_both_brokers!(a_job_is_consumed_and_acked_once);
+on_both_brokers!(a_transient_failure_is_retried_with_growing_delays);
+on_both_brokers!(a_permanent_failure_is_dead_lettered_and_replayable);
+on_both_brokers!(malformed_and_unknown_version_messages_are_dead_lettered);
+on_both_brokers!(shutdown_drains_in_flight_work);
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Running {
+    trigger: ShutdownTrigger,
+    task: JoinHandle<Result<(), stowage_runtime::WorkerError>>,
+    health: Health,
+}
+
+impl Running {
+    async fn start(bus: &Bus, handler: ScriptedHandler, retry: RetryPolicy) -> Self {
+        let config = WorkerConfig {
+            names: bus.names.clone(),
+            retry,
+            shutdown_deadline: Duration::from_secs(10),
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::new(bus.broker.clone(), config).stage(
+            handler,
+            StageConfig {
+                prefetch: 4,
+                concurrency: 2,
+            },
+        );
+        let health = worker.health();
+        let (trigger, shutdown) = Shutdown::new();
+        let task = tokio::spawn(worker.run(shutdown));
+        let running = Self {
+            trigger,
+            task,
+            health,
+        };
+        wait_until("the worker is ready", || running.health.is_ready()).await;
+        running
+    }
+
+    async fn stop(self) {
+        self.trigger.trigger();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("worker stops in time")
+            .expect("join")
+            .expect("worker result");
+    }
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        base_delay: Duration::from_millis(200),
+        max_delay: Duration::from_secs(5),
+        delivery_limit: 10,
+    }
+}
+
+async fn teardown(bus: &Bus) {
+    let config = WorkerConfig {
+        names: bus.names.clone(),
+        retry: fast_retry(),
+        ..WorkerConfig::default()
+    };
+    bus.teardown(&config.topology()).await;
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_depth(bus: &Bus, queue: &str, depth: u32) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = bus.depth(queue).await;
+        if now == depth {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue {queue} has {now} messages, expected {depth}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_job_is_consumed_and_acked_once(kind: BrokerKind) {
+    let bus = Bus::new(kind).await;
+    let handler = ScriptedHandler::default();
+    let running = Running::start(&bus, handler.clone(), fast_retry()).await;
+    let probe = bus.probe_events().await;
+
+    let job = snapshot_job("job-once");
+    submit(bus.broker.as_ref(), &bus.names, &job)
+        .await
+        .expect("submit");
+    handler.wait_calls("job-once", 1, WAIT).await;
+    wait_depth(&bus, &probe, 1).await;
+    running.stop().await;
+
+    // Stopping closed the worker's channels: anything unacked would be back in the queue now.
+    assert_eq!(
+        bus.depth(&bus.names.stage_queue(Stage::Snapshot)).await,
+        0,
+        "the job was acked"
+    );
+    assert_eq!(
+        bus.depth(&bus.names.dead_letter_queue(Stage::Snapshot))
+            .await,
+        0
+    );
+    let calls = handler.calls_for("job-once");
+    assert_eq!(calls.len(), 1, "handled exactly once: {calls:?}");
+    assert_eq!(calls[0].attempt, 0);
+    let events = bus.drain(&probe).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].routing_key, "rp.created");
+    assert_eq!(
+        events[0].properties.kind.as_deref(),
+        Some("event.rp.created")
+    );
+    assert_eq!(events[0].header_str("x-stowage-job-id"), Some("job-once"));
+    teardown(&bus).await;
+}
+
+async fn a_transient_failure_is_retried_with_growing_delays(kind: BrokerKind) {
+    let bus = Bus::new(kind).await;
+    let handler = ScriptedHandler::default();
+    handler.set("job-flaky", Behavior::FailTransiently(3));
+    let retry = fast_retry();
+    let running = Running::start(&bus, handler.clone(), retry.clone()).await;
+    let probe = bus.probe_events().await;
+
+    submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-flaky"))
+        .await
+        .expect("submit");
+    let calls = handler.wait_calls("job-flaky", 4, WAIT).await;
+    wait_depth(&bus, &probe, 1).await;
+    running.stop().await;
+
+    assert_eq!(
+        calls.iter().map(|c| c.attempt).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].at - w[0].at).collect();
+    let levels: Vec<Duration> = retry.levels().collect();
+    for (i, gap) in gaps.iter().enumerate() {
+        // Jitter draws each delay from [level/2, level]; it may only be late, never early.
+        assert!(
+            *gap >= levels[i] / 2,
+            "retry {i} came after {gap:?}, before its backoff floor {:?}",
+            levels[i] / 2
+        );
+    }
+    assert!(gaps[2] > gaps[0], "delays grow: {gaps:?}");
+    assert_eq!(
+        bus.depth(&bus.names.dead_letter_queue(Stage::Snapshot))
+            .await,
+        0
+    );
+    assert_eq!(
+        bus.drain(&probe).await.len(),
+        1,
+        "one event for one successful job"
+    );
+    teardown(&bus).await;
+}
+
+async fn a_permanent_failure_is_dead_lettered_and_replayable(kind: BrokerKind) {
+    let bus = Bus::new(kind).await;
+    let handler = ScriptedHandler::default();
+    let reason = "instance \"shop\" does not exist; create it with `stowage instance create` first";
+    handler.set("job-bad", Behavior::FailPermanently(reason.into()));
+    let running = Running::start(&bus, handler.clone(), fast_retry()).await;
+    let dlq = bus.names.dead_letter_queue(Stage::Snapshot);
+
+    let job = snapshot_job("job-bad");
+    submit(bus.broker.as_ref(), &bus.names, &job)
+        .await
+        .expect("submit");
+    wait_depth(&bus, &dlq, 1).await;
+    assert_eq!(
+        handler.calls_for("job-bad").len(),
+        1,
+        "a permanent failure is not retried"
+    );
+
+    let letters = list_dead_letters(bus.broker.as_ref(), &bus.names, Stage::Snapshot, 10)
+        .await
+        .expect("list");
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(
+        letter.message_id.as_deref(),
+        Some(job.message_id.to_string().as_str())
+    );
+    assert_eq!(letter.job_id.as_deref(), Some("job-bad"));
+    assert!(
+        letter.reason.contains("permanent failure") && letter.reason.contains(reason),
+        "{}",
+        letter.reason
+    );
+    assert_eq!(letter.error_chain, vec![reason.to_owned()]);
+    assert_eq!(letter.attempts, Some(1));
+    assert_eq!(
+        bus.depth(&dlq).await,
+        1,
+        "listing leaves the dead letter in place"
+    );
+
+    // The operator fixes the cause, then replays.
+    handler.set("job-bad", Behavior::Succeed);
+    let replayed = replay_dead_letters(bus.broker.as_ref(), &bus.names, Stage::Snapshot, None)
+        .await
+        .expect("replay");
+    assert_eq!(replayed, 1);
+    let calls = handler.wait_calls("job-bad", 2, WAIT).await;
+    assert_eq!(calls[1].attempt, 0, "a replay starts over");
+    wait_depth(&bus, &dlq, 0).await;
+    running.stop().await;
+    assert_eq!(bus.depth(&bus.names.stage_queue(Stage::Snapshot)).await, 0);
+    teardown(&bus).await;
+}
+
+async fn malformed_and_unknown_version_messages_are_dead_lettered(kind: BrokerKind) {
+    let bus = Bus::new(kind).await;
+    let handler = ScriptedHandler::default();
+    let running = Running::start(&bus, handler.clone(), fast_retry()).await;
+    let dlq = bus.names.dead_letter_queue(Stage::Snapshot);
+    let raw = |body: Vec<u8>, content_type: &str, id: &str| Outgoing {
+        exchange: bus.names.jobs_exchange(),
+        routing_key: "snapshot".into(),
+        mandatory: true,
+        properties: Properties {
+            content_type: Some(content_type.into()),
+            message_id: Some(id.into()),
+            ..Properties::default()
+        },
+        body,
+    };
+
+    bus.broker
+        .publish(raw(
+            b"\xc1 definitely not msgpack".to_vec(),
+            "application/msgpack",
+            "garbage",
+        ))
+        .await
+        .expect("publish");
+    let mut future = serde_json::to_value(snapshot_job("job-future")).expect("json");
+    future["schema_version"] = 99.into();
+    bus.broker
+        .publish(raw(
+            serde_json::to_vec(&future).expect("json"),
+            "application/json",
+            "future",
+        ))
+        .await
+        .expect("publish");
+    bus.broker
+        .publish(raw(
+            encode_as(&snapshot_job("job-xml"), ContentType::MessagePack),
+            "text/xml",
+            "xml",
+        ))
+        .await
+        .expect("publish");
+    submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-fine"))
+        .await
+        .expect("submit");
+
+    handler.wait_calls("job-fine", 1, WAIT).await;
+    wait_depth(&bus, &dlq, 3).await;
+    assert!(running.health.is_ready(), "the worker keeps running");
+    let letters = list_dead_letters(bus.broker.as_ref(), &bus.names, Stage::Snapshot, 10)
+        .await
+        .expect("list");
+    let reason_of = |id: &str| {
+        letters
+            .iter()
+            .find(|l| l.message_id.as_deref() == Some(id))
+            .map(|l| l.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason_of("garbage").contains("not a valid Stowage envelope"),
+        "{}",
+        reason_of("garbage")
+    );
+    assert!(
+        reason_of("future").contains("unsupported schema_version 99"),
+        "{}",
+        reason_of("future")
+    );
+    assert!(
+        reason_of("xml").contains("unsupported content type"),
+        "{}",
+        reason_of("xml")
+    );
+    assert!(
+        handler.calls_for("job-future").is_empty(),
+        "an unknown version never reaches the handler"
+    );
+
+    // The worker is still consuming after all that.
+    submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-after"))
+        .await
+        .expect("submit");
+    handler.wait_calls("job-after", 1, WAIT).await;
+    running.stop().await;
+    teardown(&bus).await;
+}
+
+async fn shutdown_drains_in_flight_work(kind: BrokerKind) {
+    let bus = Bus::new(kind).await;
+    let handler = ScriptedHandler::default();
+    handler.set("job-slow", Behavior::Slow(Duration::from_millis(1500)));
+    let running = Running::start(&bus, handler.clone(), fast_retry()).await;
+    let probe = bus.probe_events().await;
+
+    submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-slow"))
+        .await
+        .expect("submit");
+    handler.wait_calls("job-slow", 1, WAIT).await;
+    let asked = Instant::now();
+    running.stop().await;
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1000),
+        "stop waited for the in-flight job"
+    );
+
+    assert_eq!(
+        bus.depth(&probe).await,
+        1,
+        "the in-flight job finished and published its event"
+    );
+    assert_eq!(
+        bus.depth(&bus.names.stage_queue(Stage::Snapshot)).await,
+        0,
+        "and was acked"
+    );
+    assert_eq!(handler.calls_for("job-slow").len(), 1);
+    teardown(&bus).await;
+}

@@ -1,0 +1,416 @@
+//! Shared harness for Stowage's cross-stage tests.
+//!
+//! Every test gets its own topology prefix, so tests run side by side on one RabbitMQ without
+//! seeing each other's messages. Tests that stop the broker take [`exclusive_broker`]; all
+//! others take [`shared_broker`]. Tests that need RabbitMQ fail — never skip — when it is not
+//! reachable, saying how to start it.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use stowage_runtime::broker::{Broker, Delivery};
+use stowage_runtime::topology::{BindingSpec, QueueKind, QueueSpec, Topology};
+use stowage_runtime::{
+    InProcessBroker, JobContext, Names, Outcome, RabbitBroker, StageError, StageHandler,
+};
+use stowage_schemas::events::RpCreated;
+use stowage_schemas::jobs::{SnapshotJob, Trigger};
+use stowage_schemas::{Envelope, Message, Stage};
+
+/// The RabbitMQ the tests use: `STOWAGE_AMQP_URL`, or the local default.
+pub fn amqp_url() -> String {
+    std::env::var("STOWAGE_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+static BROKER_GATE: RwLock<()> = RwLock::new(());
+
+/// Held by tests that only use the broker.
+pub fn shared_broker() -> RwLockReadGuard<'static, ()> {
+    BROKER_GATE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Held by tests that stop and start the broker: no other broker test runs meanwhile.
+pub fn exclusive_broker() -> RwLockWriteGuard<'static, ()> {
+    BROKER_GATE.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Which broker a behaviour test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// The real RabbitMQ.
+    Rabbit,
+    /// The in-process broker.
+    InProcess,
+}
+
+/// A broker and a private set of names on it.
+pub struct Bus {
+    /// The broker.
+    pub broker: Arc<dyn Broker>,
+    /// This test's names.
+    pub names: Names,
+    /// Which kind it is.
+    pub kind: BrokerKind,
+}
+
+/// A unique topology prefix for one test.
+pub fn unique_prefix() -> String {
+    format!(
+        "stowage-test-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+impl Bus {
+    /// A bus of `kind`. For RabbitMQ, fails the test with instructions if it is unreachable.
+    pub async fn new(kind: BrokerKind) -> Self {
+        let names = Names::new(unique_prefix());
+        let broker: Arc<dyn Broker> = match kind {
+            BrokerKind::InProcess => Arc::new(InProcessBroker::new()),
+            BrokerKind::Rabbit => {
+                let broker = RabbitBroker::new(amqp_url());
+                if let Err(err) = broker.queue_depth("stowage-test-probe-nonexistent").await
+                    && err.is_transient()
+                {
+                    panic!(
+                        "RabbitMQ is not reachable ({err}).\nThese tests need a real broker: run `scripts/test.sh`, \
+                         which installs and starts it, or start it with `rabbitmq-server -detached` \
+                         (or point STOWAGE_AMQP_URL at one)."
+                    );
+                }
+                Arc::new(broker)
+            }
+        };
+        Self {
+            broker,
+            names,
+            kind,
+        }
+    }
+
+    /// Declare a queue bound to every event, to observe what stages emit.
+    pub async fn probe_events(&self) -> String {
+        let queue = format!("{}.probe", self.names.prefix());
+        let mut topology = Topology {
+            names: self.names.clone(),
+            exchanges: Vec::new(),
+            queues: Vec::new(),
+            bindings: Vec::new(),
+        };
+        topology
+            .exchanges
+            .push(stowage_runtime::topology::ExchangeSpec {
+                name: self.names.events_exchange(),
+                kind: stowage_runtime::topology::ExchangeKind::Topic,
+            });
+        topology.queues.push(QueueSpec {
+            name: queue.clone(),
+            kind: QueueKind::Classic,
+            dead_letter: None,
+            delivery_limit: None,
+            message_ttl: None,
+        });
+        topology.bindings.push(BindingSpec {
+            exchange: self.names.events_exchange(),
+            queue: queue.clone(),
+            routing_key: "#".into(),
+        });
+        self.broker
+            .declare(&topology)
+            .await
+            .expect("declare the probe queue");
+        queue
+    }
+
+    /// Take everything currently in `queue`, acking it.
+    pub async fn drain(&self, queue: &str) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        while let Some(d) = self.broker.get(queue).await.expect("basic.get") {
+            d.ack().await.expect("ack");
+            out.push(d);
+        }
+        out
+    }
+
+    /// Depth of a queue.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        self.broker.queue_depth(queue).await.expect("queue depth")
+    }
+
+    /// Delete this test's queues and exchanges from RabbitMQ (nothing to do in-process).
+    pub async fn teardown(&self, topology: &Topology) {
+        if self.kind != BrokerKind::Rabbit {
+            return;
+        }
+        let Ok(conn) =
+            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
+        else {
+            return;
+        };
+        let Ok(channel) = conn.create_channel().await else {
+            return;
+        };
+        let probe = format!("{}.probe", self.names.prefix());
+        for q in topology
+            .queues
+            .iter()
+            .map(|q| q.name.as_str())
+            .chain([probe.as_str()])
+        {
+            let _ = channel
+                .queue_delete(q.into(), lapin::options::QueueDeleteOptions::default())
+                .await;
+        }
+        for e in &topology.exchanges {
+            let _ = channel
+                .exchange_delete(
+                    e.name.as_str().into(),
+                    lapin::options::ExchangeDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    }
+}
+
+/// A snapshot job for `job_id`, with a recovery point named after it.
+pub fn snapshot_job(job_id: &str) -> Envelope {
+    Envelope::new(
+        job_id,
+        Message::Snapshot(SnapshotJob {
+            instance: "test-instance".into(),
+            recovery_point_id: format!("rp-{job_id}"),
+            trigger: Trigger::OnDemand {
+                requested_by: Some("tests".into()),
+            },
+        }),
+    )
+}
+
+/// What the scripted handler does with a job.
+#[derive(Debug, Clone)]
+pub enum Behavior {
+    /// Succeed at once.
+    Succeed,
+    /// Fail transiently this many times, then succeed.
+    FailTransiently(u32),
+    /// Fail permanently with this reason.
+    FailPermanently(String),
+    /// Sleep, then succeed.
+    Slow(Duration),
+}
+
+/// One call of the scripted handler.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The job.
+    pub job_id: String,
+    /// The envelope's attempt number.
+    pub attempt: u32,
+    /// When the call started.
+    pub at: Instant,
+    /// Whether the broker flagged it redelivered.
+    pub redelivered: bool,
+}
+
+/// A snapshot-stage handler whose behaviour per job the test scripts, and which records every
+/// call. On success it emits `rp.created` for the job's recovery point.
+#[derive(Clone, Default)]
+pub struct ScriptedHandler {
+    script: Arc<Mutex<HashMap<String, Behavior>>>,
+    calls: Arc<Mutex<Vec<Call>>>,
+    failures: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl ScriptedHandler {
+    /// Script a job.
+    pub fn set(&self, job_id: &str, behavior: Behavior) {
+        self.script
+            .lock()
+            .unwrap()
+            .insert(job_id.to_owned(), behavior);
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Calls for one job.
+    pub fn calls_for(&self, job_id: &str) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.job_id == job_id)
+            .collect()
+    }
+
+    /// Wait until `job_id` has been called `n` times, or panic after `timeout`.
+    pub async fn wait_calls(&self, job_id: &str, n: usize, timeout: Duration) -> Vec<Call> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let calls = self.calls_for(job_id);
+            if calls.len() >= n {
+                return calls;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job_id}: {} calls after {timeout:?}, expected {n}",
+                calls.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl StageHandler for ScriptedHandler {
+    fn stage(&self) -> Stage {
+        Stage::Snapshot
+    }
+
+    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+        let job_id = envelope.job_id.clone();
+        self.calls.lock().unwrap().push(Call {
+            job_id: job_id.clone(),
+            attempt: ctx.attempt,
+            at: Instant::now(),
+            redelivered: ctx.redelivered,
+        });
+        let behavior = self
+            .script
+            .lock()
+            .unwrap()
+            .get(&job_id)
+            .cloned()
+            .unwrap_or(Behavior::Succeed);
+        match behavior {
+            Behavior::Succeed => {}
+            Behavior::Slow(d) => tokio::time::sleep(d).await,
+            Behavior::FailPermanently(reason) => return Err(StageError::permanent(reason)),
+            Behavior::FailTransiently(n) => {
+                let mut failures = self.failures.lock().unwrap();
+                let count = failures.entry(job_id.clone()).or_default();
+                if *count < n {
+                    *count += 1;
+                    return Err(StageError::transient(format!(
+                        "simulated outage {count} of {n}"
+                    )));
+                }
+            }
+        }
+        Ok(Outcome::done().emit(rp_created(&envelope)))
+    }
+}
+
+/// The `rp.created` event a snapshot of `envelope`'s job emits.
+pub fn rp_created(envelope: &Envelope) -> Message {
+    let Message::Snapshot(job) = &envelope.message else {
+        panic!("expected a snapshot job, got {}", envelope.kind());
+    };
+    Message::RpCreated(RpCreated {
+        instance: job.instance.clone(),
+        recovery_point_id: job.recovery_point_id.clone(),
+        created_at: envelope.created_at,
+        resource_count: 0,
+        volume_count: 0,
+        volume_bytes: 0,
+        warnings: Vec::new(),
+    })
+}
+
+/// A snapshot-stage handler for the process-level fault tests: its effect is a file per job,
+/// created once and reused on redelivery, and it logs every call to a file.
+pub struct FileEffectHandler {
+    /// Where effects and the call log live.
+    pub dir: PathBuf,
+    /// How long each job takes (so a test can kill or stop the worker mid-job).
+    pub delay: Duration,
+}
+
+impl FileEffectHandler {
+    /// The file recording `job_id`'s effect.
+    pub fn effect_path(dir: &Path, job_id: &str) -> PathBuf {
+        dir.join("effects").join(job_id)
+    }
+
+    /// The call log: one line per event, `start|reuse|done <job> <attempt> <pid> <redelivered>`.
+    pub fn log_path(dir: &Path) -> PathBuf {
+        dir.join("calls.log")
+    }
+
+    fn log(&self, what: &str, job_id: &str, ctx: &JobContext) {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Self::log_path(&self.dir))
+            .expect("open call log");
+        writeln!(
+            f,
+            "{what} {job_id} {} {} {}",
+            ctx.attempt,
+            std::process::id(),
+            ctx.redelivered
+        )
+        .expect("write call log");
+        f.sync_all().expect("sync call log");
+    }
+}
+
+impl StageHandler for FileEffectHandler {
+    fn stage(&self) -> Stage {
+        Stage::Snapshot
+    }
+
+    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+        let job_id = envelope.job_id.clone();
+        self.log("start", &job_id, &ctx);
+        tokio::time::sleep(self.delay).await;
+        let path = Self::effect_path(&self.dir, &job_id);
+        std::fs::create_dir_all(path.parent().expect("effects dir"))
+            .map_err(StageError::transient)?;
+        // Create-only, like a vault manifest: a redelivered job finds the effect and reuses it.
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => {
+                writeln!(f, "{}", envelope.message_id).map_err(StageError::transient)?;
+                f.sync_all().map_err(StageError::transient)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.log("reuse", &job_id, &ctx)
+            }
+            Err(e) => return Err(StageError::transient(e)),
+        }
+        self.log("done", &job_id, &ctx);
+        Ok(Outcome::done().emit(rp_created(&envelope)))
+    }
+}
+
+/// A free loopback port (bound, then released for a child process to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// `GET path` over plain HTTP/1.1; the status code and body, or `None` if nothing listens.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}

@@ -1,0 +1,196 @@
+//! What operators and producers do with the fleet from outside a worker: submit jobs, and
+//! inspect and replay dead letters.
+
+use stowage_schemas::{ContentType, Envelope, Stage, decode, encode_as};
+
+use crate::broker::{Broker, BrokerError, Delivery, HeaderValue, Outgoing};
+use crate::envelope;
+use crate::topology::Names;
+use crate::worker::{
+    DEAD_LETTER_AT, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_CHAIN, DEAD_LETTER_REASON, DEAD_LETTER_STAGE,
+};
+
+/// Publish a job (or event) and wait for the broker's confirm.
+pub async fn submit(
+    broker: &dyn Broker,
+    names: &Names,
+    envelope: &Envelope,
+) -> Result<(), BrokerError> {
+    broker.publish(envelope::outgoing(names, envelope)).await
+}
+
+/// One dead-lettered message, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetter {
+    /// The message id, if it had one.
+    pub message_id: Option<String>,
+    /// Its kind (`job.snapshot`…), if known.
+    pub kind: Option<String>,
+    /// The job id, if it could be decoded.
+    pub job_id: Option<String>,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// The error chain, outermost first.
+    pub error_chain: Vec<String>,
+    /// Attempts made before giving up.
+    pub attempts: Option<i64>,
+    /// When it was dead-lettered.
+    pub dead_lettered_at: Option<String>,
+    /// The decoded envelope, as JSON, when the body is a valid envelope.
+    pub envelope: Option<serde_json::Value>,
+    /// Body size in bytes.
+    pub body_bytes: usize,
+}
+
+impl DeadLetter {
+    fn from_delivery(d: &Delivery) -> Self {
+        let envelope = decoded(d).ok();
+        // Messages the broker dead-lettered itself (delivery limit) carry x-death, not ours.
+        let reason = d
+            .header_str(DEAD_LETTER_REASON)
+            .map(str::to_owned)
+            .or_else(|| {
+                d.header_str("x-first-death-reason")
+                    .map(|r| format!("the broker dead-lettered it ({r}): it was delivered too many times without being settled, e.g. it crashed every worker that took it"))
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        let error_chain = match d.properties.headers.get(DEAD_LETTER_CHAIN) {
+            Some(HeaderValue::List(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Self {
+            message_id: d.properties.message_id.clone(),
+            kind: d.properties.kind.clone(),
+            job_id: envelope.as_ref().map(|e| e.job_id.clone()),
+            reason,
+            error_chain,
+            attempts: d
+                .properties
+                .headers
+                .get(DEAD_LETTER_ATTEMPTS)
+                .and_then(HeaderValue::as_int),
+            dead_lettered_at: d.header_str(DEAD_LETTER_AT).map(str::to_owned),
+            envelope: envelope.and_then(|e| serde_json::to_value(&e).ok()),
+            body_bytes: d.body.len(),
+        }
+    }
+}
+
+fn decoded(d: &Delivery) -> Result<Envelope, String> {
+    let ct = match d.properties.content_type.as_deref() {
+        None => ContentType::MessagePack,
+        Some(ct) => ct
+            .parse()
+            .map_err(|_| format!("unsupported content type {ct}"))?,
+    };
+    decode(&d.body, ct).map_err(|e| e.to_string())
+}
+
+/// Up to `limit` dead letters of `stage`, oldest first, left in place.
+pub async fn list_dead_letters(
+    broker: &dyn Broker,
+    names: &Names,
+    stage: Stage,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, BrokerError> {
+    let held = browse(broker, &names.dead_letter_queue(stage), limit).await?;
+    let letters = held.iter().map(DeadLetter::from_delivery).collect();
+    release(held).await;
+    Ok(letters)
+}
+
+/// Replay dead letters of `stage` back to its queue (all of them, or the one whose message id
+/// is `only`), with the attempt counter reset. Returns how many were replayed.
+pub async fn replay_dead_letters(
+    broker: &dyn Broker,
+    names: &Names,
+    stage: Stage,
+    only: Option<&str>,
+) -> Result<usize, BrokerError> {
+    let dlq = names.dead_letter_queue(stage);
+    let mut kept = Vec::new();
+    let mut replayed = 0;
+    let total = broker.queue_depth(&dlq).await? as usize;
+    for _ in 0..total {
+        let Some(d) = broker.get(&dlq).await? else {
+            break;
+        };
+        if only.is_some_and(|id| d.properties.message_id.as_deref() != Some(id)) {
+            kept.push(d);
+            continue;
+        }
+        let (mut properties, body) = match decoded(&d) {
+            Ok(mut env) => {
+                env.attempt = 0;
+                (
+                    envelope::properties(&env, ContentType::MessagePack),
+                    encode_as(&env, ContentType::MessagePack),
+                )
+            }
+            // Not an envelope: send the bytes back as they were; the operator asked for it.
+            Err(_) => (d.properties.clone(), d.body.clone()),
+        };
+        properties.headers.retain(|k, _| {
+            ![
+                DEAD_LETTER_REASON,
+                DEAD_LETTER_CHAIN,
+                DEAD_LETTER_STAGE,
+                DEAD_LETTER_ATTEMPTS,
+                DEAD_LETTER_AT,
+            ]
+            .contains(&k.as_str())
+                && !k.starts_with("x-death")
+                && !k.starts_with("x-first-death")
+                && !k.starts_with("x-last-death")
+                && !k.starts_with("x-stowage-original")
+        });
+        properties.expiration = None;
+        // Straight to the stage's queue through the default exchange: a replayed event must
+        // reach this stage only, not every subscriber of the events exchange again.
+        let message = Outgoing {
+            exchange: String::new(),
+            routing_key: names.stage_queue(stage),
+            mandatory: true,
+            properties,
+            body,
+        };
+        broker.publish(message).await?;
+        d.ack().await?;
+        replayed += 1;
+        if only.is_some() {
+            break;
+        }
+    }
+    release(kept).await;
+    Ok(replayed)
+}
+
+/// Take up to `limit` messages from `queue` without settling them.
+async fn browse(
+    broker: &dyn Broker,
+    queue: &str,
+    limit: usize,
+) -> Result<Vec<Delivery>, BrokerError> {
+    let depth = broker.queue_depth(queue).await? as usize;
+    let mut held = Vec::new();
+    for _ in 0..depth.min(limit) {
+        match broker.get(queue).await? {
+            Some(d) => held.push(d),
+            None => break,
+        }
+    }
+    Ok(held)
+}
+
+/// Hand held deliveries back, newest first so the queue keeps its order, and wait until the
+/// broker has them (dropping them would also requeue, but only once their channel closes).
+async fn release(mut held: Vec<Delivery>) {
+    while let Some(d) = held.pop() {
+        if let Err(err) = d.reject(true).await {
+            tracing::debug!(%err, "requeue failed; the broker requeues it when the channel closes");
+        }
+    }
+}

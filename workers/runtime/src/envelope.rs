@@ -1,0 +1,79 @@
+//! Envelopes to and from broker messages: where each message goes, and what travels in its
+//! AMQP properties beside the body (so operators and other tools can route, trace and filter
+//! without decoding MessagePack).
+
+use stowage_schemas::{ContentType, Envelope, MessageId, Route, encode_as};
+
+use crate::broker::{Headers, Outgoing, Properties};
+use crate::topology::Names;
+
+/// Header carrying the job id.
+pub const JOB_ID: &str = "x-stowage-job-id";
+/// Header carrying the envelope's schema version.
+pub const SCHEMA_VERSION: &str = "x-stowage-schema-version";
+/// W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C trace state header.
+pub const TRACESTATE: &str = "tracestate";
+
+/// The exchange, routing key and mandatory flag of a message, from its kind: jobs go to
+/// `<p>.jobs` keyed by stage and must reach a queue; events go to `<p>.events` keyed by event
+/// name and may have no listener.
+pub fn route(names: &Names, envelope: &Envelope) -> (String, String, bool) {
+    match envelope.message.route() {
+        Route::Job(stage) => (names.jobs_exchange(), stage.as_str().to_owned(), true),
+        Route::Event(key) => (names.events_exchange(), key.to_owned(), false),
+    }
+}
+
+/// Properties for an envelope encoded as `content_type`.
+pub fn properties(envelope: &Envelope, content_type: ContentType) -> Properties {
+    let mut headers = Headers::new();
+    headers.insert(JOB_ID.into(), envelope.job_id.clone().into());
+    headers.insert(
+        SCHEMA_VERSION.into(),
+        i64::from(envelope.schema_version).into(),
+    );
+    if let Some(trace) = &envelope.trace {
+        headers.insert(TRACEPARENT.into(), trace.traceparent.clone().into());
+        if let Some(state) = &trace.tracestate {
+            headers.insert(TRACESTATE.into(), state.clone().into());
+        }
+    }
+    Properties {
+        content_type: Some(content_type.as_str().to_owned()),
+        message_id: Some(envelope.message_id.to_string()),
+        kind: Some(envelope.kind().to_owned()),
+        headers,
+        expiration: None,
+    }
+}
+
+/// The broker message that publishes `envelope` to where its kind routes it.
+pub fn outgoing(names: &Names, envelope: &Envelope) -> Outgoing {
+    let (exchange, routing_key, mandatory) = route(names, envelope);
+    Outgoing {
+        exchange,
+        routing_key,
+        mandatory,
+        properties: properties(envelope, ContentType::MessagePack),
+        body: encode_as(envelope, ContentType::MessagePack),
+    }
+}
+
+/// The envelope of a message a handler emits while handling `parent`: same job, same trace,
+/// and a message id derived from the parent's, so a redelivered parent re-emits the same ids
+/// and downstream consumers can tell a duplicate from new work.
+pub fn child(parent: &Envelope, index: usize, message: stowage_schemas::Message) -> Envelope {
+    let mut child = Envelope::new(parent.job_id.clone(), message);
+    let name = format!("{}#{index}", child.kind());
+    child.message_id = MessageId(uuid::Uuid::new_v5(&parent.message_id.0, name.as_bytes()));
+    child.trace = parent.trace.clone();
+    if child.recovery_point_id.is_none() {
+        child.recovery_point_id = parent.recovery_point_id.clone();
+    }
+    if child.restore_id.is_none() {
+        child.restore_id = parent.restore_id.clone();
+    }
+    child
+}

@@ -1,0 +1,205 @@
+//! What a stage is, to the runtime: an async function from a message to an outcome, and an
+//! error that says whether trying again can help.
+//!
+//! The runtime owns everything around it — consuming, decoding, acks, retries, dead-letters,
+//! publishing the events a handler emits, shutdown — so a handler only does its stage's work.
+//! A handler must be idempotent: the same message may arrive twice (at-least-once delivery),
+//! and the second run must reuse what the first made durable rather than redo or duplicate it.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use stowage_schemas::{Envelope, Message, Stage};
+
+use crate::shutdown::Shutdown;
+
+/// A stage's work, plugged into the runtime.
+pub trait StageHandler: Send + Sync + 'static {
+    /// The stage this handler implements; it consumes that stage's queue.
+    fn stage(&self) -> Stage;
+
+    /// Handle one message. Return only once every effect is durable: the runtime acks the
+    /// message right after publishing the returned events.
+    fn handle(
+        &self,
+        ctx: JobContext,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<Outcome, StageError>> + Send;
+}
+
+/// Object-safe form of [`StageHandler`], so a worker can hold handlers of different types.
+pub(crate) trait DynHandler: Send + Sync + 'static {
+    fn stage(&self) -> Stage;
+    fn handle_boxed(
+        &self,
+        ctx: JobContext,
+        envelope: Envelope,
+    ) -> BoxFuture<'_, Result<Outcome, StageError>>;
+}
+
+impl<H: StageHandler> DynHandler for H {
+    fn stage(&self) -> Stage {
+        StageHandler::stage(self)
+    }
+
+    fn handle_boxed(
+        &self,
+        ctx: JobContext,
+        envelope: Envelope,
+    ) -> BoxFuture<'_, Result<Outcome, StageError>> {
+        self.handle(ctx, envelope).boxed()
+    }
+}
+
+/// What a handler knows about the delivery it is handling.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    /// The stage being run.
+    pub stage: Stage,
+    /// 0 on the first attempt, then 1, 2… on retries after transient failures.
+    pub attempt: u32,
+    /// True if the broker delivered this message before (a worker died holding it): effects of
+    /// the earlier run may already exist and must be reused.
+    pub redelivered: bool,
+    pub(crate) shutdown: Shutdown,
+}
+
+impl JobContext {
+    /// A context for calling a handler directly, outside a worker (tests, one-shot runs).
+    pub fn detached(stage: Stage) -> Self {
+        Self {
+            stage,
+            attempt: 0,
+            redelivered: false,
+            shutdown: Shutdown::never(),
+        }
+    }
+
+    /// True once the worker has been asked to stop. Long handlers may check it at safe points
+    /// and return [`StageError::transient`] to hand the job back early; otherwise the runtime
+    /// waits for them until the shutdown deadline.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_triggered()
+    }
+}
+
+/// The result of a successful run: events (or follow-up jobs) to publish before the ack.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    pub(crate) emit: Vec<Message>,
+}
+
+impl Outcome {
+    /// Nothing to publish.
+    pub fn done() -> Self {
+        Self::default()
+    }
+
+    /// Publish `message` (an event, or a job for another stage) once the work is done.
+    pub fn emit(mut self, message: Message) -> Self {
+        self.emit.push(message);
+        self
+    }
+
+    /// The messages to publish.
+    pub fn messages(&self) -> &[Message] {
+        &self.emit
+    }
+}
+
+/// Whether a failure is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad input or a broken invariant: retrying gives the same answer. Dead-lettered at once.
+    Permanent,
+    /// A dependency was unavailable or busy: retried with backoff, then dead-lettered.
+    Transient,
+    /// The job was cancelled by a user; it is acknowledged and not retried.
+    Cancelled,
+}
+
+/// A handler's failure, with its kind and cause chain.
+pub struct StageError {
+    kind: ErrorKind,
+    error: Box<dyn StdError + Send + Sync + 'static>,
+}
+
+impl StageError {
+    /// A failure that retrying cannot fix.
+    pub fn permanent(error: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
+        Self {
+            kind: ErrorKind::Permanent,
+            error: error.into(),
+        }
+    }
+
+    /// A failure that may go away if retried later.
+    pub fn transient(error: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
+        Self {
+            kind: ErrorKind::Transient,
+            error: error.into(),
+        }
+    }
+
+    /// The job was cancelled.
+    pub fn cancelled(reason: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
+        Self {
+            kind: ErrorKind::Cancelled,
+            error: reason.into(),
+        }
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The error and each of its causes, outermost first.
+    pub fn chain(&self) -> Vec<String> {
+        let mut chain = vec![self.error.to_string()];
+        let mut source = self.error.source();
+        while let Some(err) = source {
+            chain.push(err.to_string());
+            source = err.source();
+        }
+        chain
+    }
+}
+
+impl fmt::Display for StageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.error)
+    }
+}
+
+impl fmt::Debug for StageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageError")
+            .field("kind", &self.kind)
+            .field("chain", &self.chain())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("blob put failed")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chain_lists_every_cause() {
+        let err = StageError::transient(Outer(std::io::Error::other("connection reset")));
+        assert_eq!(err.kind(), ErrorKind::Transient);
+        assert_eq!(err.chain(), vec!["blob put failed", "connection reset"]);
+        assert_eq!(
+            StageError::permanent("bad input").chain(),
+            vec!["bad input"]
+        );
+    }
+}

@@ -1,0 +1,35 @@
+//! The Stowage worker runtime: turns a stage handler into a well-behaved queue worker.
+//!
+//! # Layout
+//!
+//! - [`broker`]: the broker port, with RabbitMQ ([`broker::rabbit`]) and in-process
+//!   ([`broker::in_process`]) implementations that share AMQP semantics.
+//! - [`topology`]: every exchange, queue and binding, named from one prefix; also exported as a
+//!   RabbitMQ definitions file.
+//! - [`handler`]: the [`StageHandler`] trait a stage implements, its [`Outcome`] and the
+//!   [`StageError`] that says whether a retry can help.
+//! - [`worker`]: the consume loop — prefetch, concurrency, ack after durable effects and
+//!   confirmed publishes, retries through delay queues, dead-letters, reconnects, draining.
+//! - [`retry`]: backoff with jitter. [`shutdown`]: SIGTERM/Ctrl-C. [`health`]: `/livez`, `/readyz`.
+//! - [`envelope`]: envelopes to broker messages and back. [`client`]: submit jobs, inspect and
+//!   replay dead letters.
+
+pub mod broker;
+pub mod client;
+pub mod envelope;
+pub mod handler;
+pub mod health;
+pub mod retry;
+pub mod shutdown;
+pub mod topology;
+pub mod worker;
+
+pub use broker::in_process::InProcessBroker;
+pub use broker::rabbit::RabbitBroker;
+pub use broker::{Broker, BrokerError};
+pub use handler::{ErrorKind, JobContext, Outcome, StageError, StageHandler};
+pub use health::Health;
+pub use retry::RetryPolicy;
+pub use shutdown::Shutdown;
+pub use topology::{Names, Topology};
+pub use worker::{StageConfig, Worker, WorkerConfig, WorkerError};

@@ -1,0 +1,503 @@
+//! The consume loop: turns stage handlers into a worker that is safe to kill, scale and restart.
+//!
+//! For each stage: consume its queue with a prefetch, run at most `concurrency` handlers at
+//! once, and settle each delivery only after its effects are durable:
+//!
+//! | handler result | what the runtime does, in order                                          |
+//! |----------------|--------------------------------------------------------------------------|
+//! | success        | publish the emitted messages (confirmed), then ack                        |
+//! | transient      | republish with `attempt + 1` through a delay queue (confirmed), then ack; |
+//! |                | after the last attempt, dead-letter instead                               |
+//! | permanent      | dead-letter with the reason and error chain in headers, then ack          |
+//! | cancelled      | ack                                                                       |
+//! | undecodable    | dead-letter with the decode error, then ack                               |
+//!
+//! If any of those publishes fails, the delivery is left unsettled: the broker redelivers it
+//! and the (idempotent) handler runs again. A worker killed at any instant therefore loses
+//! nothing; at worst a handler runs twice and reuses its own effects.
+//!
+//! When the broker goes away the loop resubscribes with backoff. On shutdown it cancels its
+//! consumers (no new deliveries), waits for in-flight handlers up to a deadline, then closes
+//! its channels, which hands back everything unsettled.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder as _, ExponentialBuilder};
+use futures::{FutureExt as _, StreamExt as _};
+use stowage_schemas::{ContentType, Envelope, Stage, decode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+
+use crate::broker::{Broker, BrokerError, Delivery, HeaderValue, Outgoing};
+use crate::envelope;
+use crate::handler::{DynHandler, ErrorKind, JobContext, StageError, StageHandler};
+use crate::health::Health;
+use crate::retry::{RetryDecision, RetryPolicy};
+use crate::shutdown::Shutdown;
+use crate::topology::{Names, Topology};
+
+/// Dead-letter header: why the message was given up on.
+pub const DEAD_LETTER_REASON: &str = "x-stowage-reason";
+/// Dead-letter header: the error and its causes, outermost first.
+pub const DEAD_LETTER_CHAIN: &str = "x-stowage-error-chain";
+/// Dead-letter header: the stage that gave up.
+pub const DEAD_LETTER_STAGE: &str = "x-stowage-stage";
+/// Dead-letter header: how many attempts were made.
+pub const DEAD_LETTER_ATTEMPTS: &str = "x-stowage-attempts";
+/// Dead-letter header: when (RFC 3339).
+pub const DEAD_LETTER_AT: &str = "x-stowage-dead-lettered-at";
+
+/// Settings shared by every stage of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Names of exchanges and queues.
+    pub names: Names,
+    /// Retry policy for transient failures (also shapes the delay queues).
+    pub retry: RetryPolicy,
+    /// How long shutdown waits for in-flight handlers before handing their jobs back.
+    pub shutdown_deadline: Duration,
+    /// Longest wait between reconnection attempts.
+    pub max_reconnect_delay: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            names: Names::new(crate::topology::DEFAULT_PREFIX),
+            retry: RetryPolicy::default(),
+            shutdown_deadline: Duration::from_secs(30),
+            max_reconnect_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// The topology these settings imply.
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.names.clone(), &self.retry)
+    }
+}
+
+/// Per-stage flow control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageConfig {
+    /// Deliveries the broker may hand this worker ahead of time.
+    pub prefetch: u16,
+    /// Handlers of this stage running at once.
+    pub concurrency: usize,
+}
+
+impl Default for StageConfig {
+    fn default() -> Self {
+        Self {
+            prefetch: 8,
+            concurrency: 4,
+        }
+    }
+}
+
+/// Why a worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No stage was registered.
+    #[error("no stage to run: register at least one stage handler")]
+    NoStages,
+    /// Two handlers for one stage.
+    #[error("stage {0} is registered twice; a worker runs one handler per stage")]
+    DuplicateStage(Stage),
+    /// The topology could not be declared (not retryable, e.g. inequivalent queue arguments).
+    #[error("cannot declare the broker topology: {0}")]
+    Topology(#[source] BrokerError),
+}
+
+/// A worker: stage handlers bound to a broker.
+pub struct Worker {
+    broker: Arc<dyn Broker>,
+    config: WorkerConfig,
+    stages: Vec<(Arc<dyn DynHandler>, StageConfig)>,
+    health: Health,
+}
+
+impl Worker {
+    /// A worker on `broker` with no stages yet.
+    pub fn new(broker: Arc<dyn Broker>, config: WorkerConfig) -> Self {
+        Self {
+            broker,
+            config,
+            stages: Vec::new(),
+            health: Health::default(),
+        }
+    }
+
+    /// Register the handler of one stage.
+    pub fn stage(mut self, handler: impl StageHandler, config: StageConfig) -> Self {
+        self.stages.push((Arc::new(handler), config));
+        self
+    }
+
+    /// The worker's health, to serve over HTTP.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Run until `shutdown` fires, then drain. Declares the topology first, waiting for the
+    /// broker if it is not up yet.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), WorkerError> {
+        if self.stages.is_empty() {
+            return Err(WorkerError::NoStages);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (handler, _) in &self.stages {
+            if !seen.insert(handler.stage()) {
+                return Err(WorkerError::DuplicateStage(handler.stage()));
+            }
+        }
+        for (handler, _) in &self.stages {
+            self.health.register(handler.stage());
+        }
+        let topology = self.config.topology();
+        let mut backoff = reconnect_backoff(&self.config);
+        loop {
+            match self.broker.declare(&topology).await {
+                Ok(()) => break,
+                Err(err) if err.is_transient() => {
+                    let wait = backoff.next().unwrap_or(self.config.max_reconnect_delay);
+                    tracing::warn!(%err, retry_in = ?wait, "cannot declare the topology yet");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.triggered() => return Ok(()),
+                    }
+                }
+                Err(err) => return Err(WorkerError::Topology(err)),
+            }
+        }
+        tracing::info!(stages = ?seen, endpoint = %self.broker.endpoint(), "worker started");
+
+        let mut loops = JoinSet::new();
+        for (handler, stage_config) in self.stages {
+            let runner = StageRunner {
+                stage: handler.stage(),
+                handler,
+                config: stage_config,
+                worker: self.config.clone(),
+                broker: self.broker.clone(),
+                health: self.health.clone(),
+                shutdown: shutdown.clone(),
+            };
+            loops.spawn(runner.run());
+        }
+        while let Some(result) = loops.join_next().await {
+            if let Err(err) = result {
+                tracing::error!(%err, "a stage loop panicked");
+            }
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+fn reconnect_backoff(config: &WorkerConfig) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(config.max_reconnect_delay)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// One stage's consume loop.
+struct StageRunner {
+    stage: Stage,
+    handler: Arc<dyn DynHandler>,
+    config: StageConfig,
+    worker: WorkerConfig,
+    broker: Arc<dyn Broker>,
+    health: Health,
+    shutdown: Shutdown,
+}
+
+impl StageRunner {
+    async fn run(self) {
+        let this = Arc::new(self);
+        let queue = this.worker.names.stage_queue(this.stage);
+        let permits = Arc::new(Semaphore::new(this.config.concurrency.max(1)));
+        let mut in_flight = JoinSet::new();
+        let mut backoff = reconnect_backoff(&this.worker);
+
+        'subscribe: while !this.shutdown.is_triggered() {
+            let subscription = tokio::select! {
+                s = this.broker.consume(&queue, this.config.prefetch) => s,
+                () = this.shutdown.triggered() => break,
+            };
+            let mut subscription = match subscription {
+                Ok(s) => s,
+                Err(err) => {
+                    this.health.set_consuming(this.stage, false);
+                    let wait = backoff.next().unwrap_or(this.worker.max_reconnect_delay);
+                    tracing::warn!(stage = %this.stage, %err, retry_in = ?wait, "cannot consume; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => continue,
+                        () = this.shutdown.triggered() => break,
+                    }
+                }
+            };
+            backoff = reconnect_backoff(&this.worker);
+            this.health.set_consuming(this.stage, true);
+            tracing::info!(stage = %this.stage, %queue, prefetch = this.config.prefetch, concurrency = this.config.concurrency, "consuming");
+
+            loop {
+                while let Some(done) = in_flight.try_join_next() {
+                    report_task(done);
+                }
+                let permit = tokio::select! {
+                    p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                    () = this.shutdown.triggered() => break,
+                };
+                let next = tokio::select! {
+                    d = subscription.deliveries.next() => d,
+                    () = this.shutdown.triggered() => break,
+                };
+                match next {
+                    Some(Ok(delivery)) => {
+                        let runner = this.clone();
+                        in_flight.spawn(async move { runner.process(delivery, permit).await });
+                    }
+                    Some(Err(err)) => {
+                        this.health.set_consuming(this.stage, false);
+                        tracing::warn!(stage = %this.stage, %err, "lost the broker; in-flight jobs will be redelivered, resubscribing");
+                        subscription.canceller.close().await;
+                        continue 'subscribe;
+                    }
+                    None => {
+                        this.health.set_consuming(this.stage, false);
+                        tracing::warn!(stage = %this.stage, "the broker ended the subscription; resubscribing");
+                        subscription.canceller.close().await;
+                        continue 'subscribe;
+                    }
+                }
+            }
+
+            // Shutdown: stop new deliveries, let in-flight handlers finish, then release.
+            this.health.set_consuming(this.stage, false);
+            subscription.canceller.cancel().await;
+            drain(this.stage, &mut in_flight, this.worker.shutdown_deadline).await;
+            subscription.canceller.close().await;
+            return;
+        }
+        this.health.set_consuming(this.stage, false);
+        drain(this.stage, &mut in_flight, this.worker.shutdown_deadline).await;
+    }
+
+    /// Handle one delivery and settle it.
+    async fn process(&self, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+        let content_type = match delivery.properties.content_type.as_deref() {
+            None => Ok(ContentType::MessagePack),
+            Some(ct) => ct.parse::<ContentType>().map_err(|_| ct.to_owned()),
+        };
+        let envelope = match content_type {
+            Err(ct) => Err(format!(
+                "unsupported content type {ct:?}: send application/msgpack (MessagePack) or application/json"
+            )),
+            Ok(ct) => decode(&delivery.body, ct).map_err(|e| e.to_string()),
+        };
+        let envelope = match envelope {
+            Ok(e) => e,
+            Err(reason) => {
+                tracing::warn!(stage = %self.stage, %reason, message_id = ?delivery.properties.message_id, "undecodable message; dead-lettering");
+                self.dead_letter(&delivery, &reason, std::slice::from_ref(&reason), 1)
+                    .await;
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "job",
+            stage = %self.stage,
+            job_id = %envelope.job_id,
+            message_id = %envelope.message_id,
+            kind = envelope.kind(),
+            attempt = envelope.attempt,
+        );
+        self.handle(delivery, envelope).instrument(span).await;
+    }
+
+    async fn handle(&self, delivery: Delivery, envelope: Envelope) {
+        let ctx = JobContext {
+            stage: self.stage,
+            attempt: envelope.attempt,
+            redelivered: delivery.redelivered,
+            shutdown: self.shutdown.clone(),
+        };
+        let started = tokio::time::Instant::now();
+        let result = AssertUnwindSafe(self.handler.handle_boxed(ctx, envelope.clone()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(StageError::transient(format!(
+                    "the handler panicked: {what}"
+                )))
+            });
+        let elapsed = started.elapsed();
+
+        let settled = match result {
+            Ok(outcome) => {
+                let mut published = Ok(());
+                for (index, message) in outcome.emit.into_iter().enumerate() {
+                    let child = envelope::child(&envelope, index, message);
+                    published = self
+                        .broker
+                        .publish(envelope::outgoing(&self.worker.names, &child))
+                        .await;
+                    if published.is_err() {
+                        break;
+                    }
+                }
+                match published {
+                    Ok(()) => {
+                        tracing::info!(?elapsed, "job done");
+                        self.settle_ack(&delivery).await
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "could not publish the job's events; retrying the job");
+                        let failure = StageError::transient(err);
+                        self.after_transient(&delivery, envelope, &failure).await
+                    }
+                }
+            }
+            Err(err) => match err.kind() {
+                ErrorKind::Permanent => {
+                    tracing::warn!(error = %err, chain = ?err.chain(), "job failed permanently; dead-lettering");
+                    let reason = format!("permanent failure: {err}");
+                    self.dead_letter(&delivery, &reason, &err.chain(), envelope.attempt + 1)
+                        .await;
+                    return;
+                }
+                ErrorKind::Transient => self.after_transient(&delivery, envelope, &err).await,
+                ErrorKind::Cancelled => {
+                    tracing::info!(reason = %err, "job cancelled");
+                    self.settle_ack(&delivery).await
+                }
+            },
+        };
+        if let Err(err) = settled {
+            tracing::warn!(%err, "could not settle the delivery; the broker will redeliver it");
+        }
+    }
+
+    /// Retry through a delay queue, or dead-letter after the last attempt.
+    async fn after_transient(
+        &self,
+        delivery: &Delivery,
+        mut envelope: Envelope,
+        err: &StageError,
+    ) -> Result<(), BrokerError> {
+        match self.worker.retry.after_failure(envelope.attempt) {
+            RetryDecision::RetryAfter { level, delay } => {
+                tracing::warn!(error = %err, retry_in = ?delay, "job failed; will retry");
+                envelope.attempt += 1;
+                let mut message = envelope::outgoing(&self.worker.names, &envelope);
+                message.exchange = self.worker.names.delay_exchange();
+                message.routing_key = Names::delay_routing_key(level, self.stage);
+                message.mandatory = true;
+                message.properties.expiration = Some(delay);
+                self.broker.publish(message).await?;
+                self.settle_ack(delivery).await
+            }
+            RetryDecision::GiveUp { attempts } => {
+                tracing::warn!(error = %err, attempts, "job failed on its last attempt; dead-lettering");
+                let reason = format!("gave up after {attempts} attempts: {err}");
+                self.dead_letter(delivery, &reason, &err.chain(), attempts)
+                    .await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Publish the original message to the stage's dead-letter queue with the reason in its
+    /// headers, then ack it. Leaves it unsettled (to be redelivered) if the publish fails.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        chain: &[String],
+        attempts: u32,
+    ) {
+        let mut properties = delivery.properties.clone();
+        properties.expiration = None;
+        let h = &mut properties.headers;
+        h.insert(DEAD_LETTER_REASON.into(), reason.into());
+        h.insert(
+            DEAD_LETTER_CHAIN.into(),
+            HeaderValue::List(chain.iter().map(|c| c.as_str().into()).collect()),
+        );
+        h.insert(DEAD_LETTER_STAGE.into(), self.stage.as_str().into());
+        h.insert(DEAD_LETTER_ATTEMPTS.into(), i64::from(attempts).into());
+        h.insert(
+            DEAD_LETTER_AT.into(),
+            jiff::Timestamp::now().to_string().into(),
+        );
+        h.insert(
+            "x-stowage-original-exchange".into(),
+            delivery.exchange.clone().into(),
+        );
+        h.insert(
+            "x-stowage-original-routing-key".into(),
+            delivery.routing_key.clone().into(),
+        );
+        let message = Outgoing {
+            exchange: String::new(),
+            routing_key: self.worker.names.dead_letter_queue(self.stage),
+            mandatory: true,
+            properties,
+            body: delivery.body.clone(),
+        };
+        let result = match self.broker.publish(message).await {
+            Ok(()) => self.settle_ack(delivery).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = result {
+            tracing::warn!(%err, "could not dead-letter the message; the broker will redeliver it");
+        }
+    }
+
+    async fn settle_ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
+        delivery.ack().await
+    }
+}
+
+async fn drain(stage: Stage, in_flight: &mut JoinSet<()>, deadline: Duration) {
+    if in_flight.is_empty() {
+        return;
+    }
+    tracing::info!(%stage, jobs = in_flight.len(), ?deadline, "draining in-flight jobs");
+    let finished = tokio::time::timeout(deadline, async {
+        while let Some(done) = in_flight.join_next().await {
+            report_task(done);
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(%stage, jobs = in_flight.len(), "jobs did not finish within the shutdown deadline; handing them back to the queue");
+        in_flight.abort_all();
+        while in_flight.join_next().await.is_some() {}
+    }
+}
+
+fn report_task(done: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = done
+        && err.is_panic()
+    {
+        tracing::error!(%err, "a job task panicked outside its handler");
+    }
+}
+
+/// A summary of a stage's readiness, for logs and the health endpoint.
+pub type StageStates = BTreeMap<Stage, bool>;
