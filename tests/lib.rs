@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stowage_runtime::broker::{Broker, Delivery};
@@ -27,16 +27,17 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
-static BROKER_GATE: RwLock<()> = RwLock::new(());
+/// An async lock, because it is held across a whole test; it is not poisoned by a failing test.
+static BROKER_GATE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// Held by tests that only use the broker.
-pub fn shared_broker() -> RwLockReadGuard<'static, ()> {
-    BROKER_GATE.read().unwrap_or_else(|p| p.into_inner())
+pub async fn shared_broker() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    BROKER_GATE.read().await
 }
 
 /// Held by tests that stop and start the broker: no other broker test runs meanwhile.
-pub fn exclusive_broker() -> RwLockWriteGuard<'static, ()> {
-    BROKER_GATE.write().unwrap_or_else(|p| p.into_inner())
+pub async fn exclusive_broker() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    BROKER_GATE.write().await
 }
 
 /// Which broker a behaviour test runs against.

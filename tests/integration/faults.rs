@@ -134,7 +134,7 @@ async fn teardown(bus: &Bus, retry: RetryPolicy) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
-    let _gate = shared_broker();
+    let _gate = shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let dir = temp_dir("sigkill");
     let stage_queue = bus.names.stage_queue(Stage::Snapshot);
@@ -182,7 +182,7 @@ async fn a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_work_then_exits() {
-    let _gate = shared_broker();
+    let _gate = shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let dir = temp_dir("sigterm");
     let port = free_port();
@@ -251,6 +251,14 @@ async fn declare(bus: &Bus) {
         .expect("declare topology");
 }
 
+struct RestartOnDrop;
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").output();
+    }
+}
+
 fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl").args(args).output().unwrap_or_else(|e| {
         panic!("cannot run rabbitmqctl ({e}); this test restarts the local RabbitMQ and needs its CLI on PATH (scripts/test.sh installs it)")
@@ -264,7 +272,7 @@ fn rabbitmqctl(args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_reconnects_after_the_broker_restarts() {
-    let _gate = exclusive_broker();
+    let _gate = exclusive_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let handler = ScriptedHandler::default();
     let retry = RetryPolicy {
@@ -303,6 +311,8 @@ async fn the_worker_reconnects_after_the_broker_restarts() {
         .await
         .expect("submit");
     handler.wait_calls("job-during", 1, WAIT).await;
+    // If anything below fails, still bring the broker back for the tests that follow.
+    let _restart = RestartOnDrop;
     rabbitmqctl(&["stop_app"]);
     wait_until("the worker notices the broker is gone", || {
         !health.is_ready()

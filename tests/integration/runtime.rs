@@ -20,7 +20,7 @@ macro_rules! on_both_brokers {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn rabbitmq() {
-                let _gate = shared_broker();
+                let _gate = shared_broker().await;
                 super::$name(BrokerKind::Rabbit).await;
             }
 

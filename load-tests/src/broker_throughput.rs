@@ -1,0 +1,305 @@
+//! Messages per second through one no-op stage of the Stowage runtime on RabbitMQ, against a
+//! bare lapin publish/consume loop in the same run.
+//!
+//! Both sides: persistent ~1 KiB messages into a durable quorum queue, published through one
+//! lapin channel with publisher confirms (pipelined), consumed with the same prefetch and acked
+//! one by one. The clock runs from the first publish until the consumer has handled the last
+//! message. Rounds alternate (bare, runtime, bare, runtime, …) so drift on a noisy machine hits
+//! both; the report gives each round and the ratio of medians.
+//!
+//! ```sh
+//! cargo run --release -p stowage-load-tests --bin broker-throughput -- --messages 20000
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use futures::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use stowage_runtime::{
+    JobContext, Names, Outcome, RabbitBroker, Shutdown, StageConfig, StageError, StageHandler,
+    Worker, WorkerConfig,
+};
+use stowage_schemas::jobs::{SnapshotJob, Trigger};
+use stowage_schemas::{Envelope, Message, Stage, encode};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "STOWAGE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// Messages per round.
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Message size in bytes (the runtime's envelopes are padded to it).
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Prefetch on both sides; also the runtime stage's concurrency.
+    #[arg(long, default_value_t = 64)]
+    prefetch: u16,
+    /// Rounds of each (alternating).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let connection = Connection::connect(&args.amqp_url, ConnectionProperties::default())
+        .await
+        .context("RabbitMQ is not reachable: start it with infra/scripts/start-rabbitmq.sh")?;
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+
+    let mut bare = Vec::new();
+    let mut runtime = Vec::new();
+    for round in 1..=args.rounds {
+        let b = bare_round(&connection, &publisher, &args).await?;
+        eprintln!("round {round}: bare lapin     {b:>9.0} msg/s");
+        let r = runtime_round(&publisher, &args).await?;
+        eprintln!(
+            "round {round}: stowage runtime {r:>9.0} msg/s  ({:.0}% of bare)",
+            100.0 * r / b
+        );
+        bare.push(b);
+        runtime.push(r);
+    }
+    let (mb, mr) = (median(&mut bare), median(&mut runtime));
+    println!(
+        "| messages/round | size | prefetch | bare lapin (median msg/s) | runtime no-op stage (median msg/s) | runtime / bare |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} B | {} | {mb:.0} | {mr:.0} | {:.0}% |",
+        args.messages,
+        args.size,
+        args.prefetch,
+        100.0 * mr / mb
+    );
+    println!("rounds: bare {bare:.0?}, runtime {runtime:.0?}");
+    connection.close(200, "done".into()).await?;
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+/// Publish `bodies` to `exchange`/`key` with confirms, pipelined, and wait for every confirm.
+async fn publish_all(
+    publisher: &Channel,
+    exchange: &str,
+    key: &str,
+    bodies: impl Iterator<Item = (Vec<u8>, BasicProperties)>,
+) -> anyhow::Result<()> {
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for (body, props) in bodies {
+        let confirm = publisher
+            .basic_publish(
+                exchange.into(),
+                key.into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await?;
+        pending.push(confirm);
+        // Bound the confirms in flight, as a real producer would.
+        while pending.len() >= 1000 {
+            let c = pending.next().await.expect("non-empty")?;
+            anyhow::ensure!(c.is_ack(), "publisher nack");
+        }
+    }
+    while let Some(c) = pending.next().await {
+        anyhow::ensure!(c?.is_ack(), "publisher nack");
+    }
+    Ok(())
+}
+
+async fn bare_round(
+    connection: &Connection,
+    publisher: &Channel,
+    args: &Args,
+) -> anyhow::Result<f64> {
+    let queue = format!("bench.bare.{}", uuid::Uuid::new_v4().simple());
+    let consumer_channel = connection.create_channel().await?;
+    consumer_channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            quorum_args(),
+        )
+        .await?;
+    consumer_channel
+        .basic_qos(args.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consumer_channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let n = args.messages;
+    let started = Instant::now();
+    let consume = tokio::spawn(async move {
+        let mut seen = 0u64;
+        while seen < n {
+            let delivery = consumer.next().await.expect("consumer open")?;
+            delivery.ack(BasicAckOptions::default()).await?;
+            seen += 1;
+        }
+        Ok::<_, lapin::Error>(Instant::now())
+    });
+    let body = vec![0x5au8; args.size];
+    publish_all(
+        publisher,
+        "",
+        &queue,
+        (0..n).map(|_| (body.clone(), persistent())),
+    )
+    .await?;
+    let finished = consume.await??;
+    consumer_channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    Ok(n as f64 / (finished - started).as_secs_f64())
+}
+
+/// A stage that does nothing but count.
+struct NoOp {
+    handled: Arc<AtomicU64>,
+}
+
+impl StageHandler for NoOp {
+    fn stage(&self) -> Stage {
+        Stage::Snapshot
+    }
+
+    async fn handle(&self, _ctx: JobContext, _envelope: Envelope) -> Result<Outcome, StageError> {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        Ok(Outcome::done())
+    }
+}
+
+fn padded_job(i: u64, size: usize) -> Envelope {
+    let job = |instance: String| {
+        Envelope::new(
+            format!("bench-{i}"),
+            Message::Snapshot(SnapshotJob {
+                instance,
+                recovery_point_id: format!("rp-{i}"),
+                trigger: Trigger::OnDemand { requested_by: None },
+            }),
+        )
+    };
+    let bare = encode(&job(String::new())).len();
+    job("x".repeat(size.saturating_sub(bare)))
+}
+
+async fn runtime_round(publisher: &Channel, args: &Args) -> anyhow::Result<f64> {
+    let names = Names::new(format!(
+        "bench-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    let config = WorkerConfig {
+        names: names.clone(),
+        ..WorkerConfig::default()
+    };
+    let topology = config.topology();
+    let handled = Arc::new(AtomicU64::new(0));
+    let stage = StageConfig {
+        prefetch: args.prefetch,
+        concurrency: usize::from(args.prefetch),
+    };
+    let worker = Worker::new(Arc::new(RabbitBroker::new(args.amqp_url.clone())), config).stage(
+        NoOp {
+            handled: handled.clone(),
+        },
+        stage,
+    );
+    let health = worker.health();
+    let (trigger, shutdown) = Shutdown::new();
+    let task = tokio::spawn(worker.run(shutdown));
+    while !health.is_ready() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let n = args.messages;
+    let envelopes: Vec<(Vec<u8>, BasicProperties)> = (0..n)
+        .map(|i| {
+            let env = padded_job(i, args.size);
+            let props = persistent()
+                .with_content_type("application/msgpack".into())
+                .with_message_id(env.message_id.to_string().into());
+            (encode(&env), props)
+        })
+        .collect();
+    let started = Instant::now();
+    publish_all(
+        publisher,
+        &names.jobs_exchange(),
+        Stage::Snapshot.as_str(),
+        envelopes.into_iter(),
+    )
+    .await?;
+    while handled.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed();
+    trigger.trigger();
+    task.await??;
+
+    // Every message was acked: none came back when the worker's channels closed.
+    let broker = RabbitBroker::new(args.amqp_url.clone());
+    let left =
+        stowage_runtime::Broker::queue_depth(&broker, &names.stage_queue(Stage::Snapshot)).await?;
+    anyhow::ensure!(left == 0, "{left} messages were not acked");
+    let channel = publisher.clone();
+    for q in &topology.queues {
+        channel
+            .queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for e in &topology.exchanges {
+        channel
+            .exchange_delete(
+                e.name.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await?;
+    }
+    Ok(n as f64 / elapsed.as_secs_f64())
+}

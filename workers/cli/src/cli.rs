@@ -1,0 +1,197 @@
+//! The command line, as clap types. Every option also reads a `STOWAGE_`-prefixed variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use stowage_schemas::Stage;
+
+/// Stowage backs up Kubernetes clusters — resources and volume data — and restores them.
+#[derive(Debug, Parser)]
+#[command(name = "stowage", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace). STOWAGE_LOG takes a full filter instead.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run stage workers until SIGTERM or Ctrl-C.
+    Worker(WorkerArgs),
+    /// Validate a job from a YAML or JSON file and submit it; prints the job id.
+    Submit(SubmitArgs),
+    /// Inspect and replay dead-lettered messages.
+    Dlq(DlqArgs),
+    /// The broker topology.
+    Topology(TopologyArgs),
+    /// Run the pipeline on embedded defaults: no services needed.
+    Demo(DemoArgs),
+}
+
+/// Where the broker is.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "STOWAGE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// Name prefix of every exchange and queue (change it to run several fleets on one broker).
+    #[arg(long, env = "STOWAGE_TOPOLOGY_PREFIX", default_value = stowage_runtime::topology::DEFAULT_PREFIX)]
+    pub prefix: String,
+}
+
+/// `stowage worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The stage to run, or `all`.
+    #[arg(long, env = "STOWAGE_STAGE")]
+    pub stage: StageChoice,
+    /// Broker settings.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Address of the /livez and /readyz endpoints.
+    #[arg(long, env = "STOWAGE_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    pub health_addr: SocketAddr,
+    /// Deliveries the broker may hand this worker ahead of time, per stage.
+    #[arg(long, env = "STOWAGE_PREFETCH", default_value_t = 8)]
+    pub prefetch: u16,
+    /// Jobs run at once, per stage.
+    #[arg(long, env = "STOWAGE_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Attempts per job before it is dead-lettered (transient failures only).
+    #[arg(long, env = "STOWAGE_MAX_ATTEMPTS", default_value_t = 6)]
+    pub max_attempts: u32,
+    /// Seconds to wait for in-flight jobs on shutdown before handing them back.
+    #[arg(long, env = "STOWAGE_SHUTDOWN_DEADLINE", default_value_t = 30)]
+    pub shutdown_deadline: u64,
+}
+
+/// A stage, or all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageChoice {
+    /// One stage.
+    One(Stage),
+    /// Every stage.
+    All,
+}
+
+impl std::str::FromStr for StageChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "all" {
+            return Ok(StageChoice::All);
+        }
+        s.parse::<Stage>()
+            .map(StageChoice::One)
+            .map_err(|e| format!("{e}, or all"))
+    }
+}
+
+/// `stowage submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// A job file: `type: job.<stage>`, `payload: {...}`, optionally `job_id`. `-` reads stdin.
+    pub file: PathBuf,
+    /// Broker settings.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// `stowage dlq`.
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: DlqAction,
+    /// Broker settings.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// Dead-letter actions.
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List a stage's dead letters, oldest first.
+    List {
+        /// The stage.
+        stage: Stage,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Show one dead letter in full: reason, error chain, headers and decoded job.
+    Show {
+        /// The stage.
+        stage: Stage,
+        /// The message id (from `dlq list`).
+        message_id: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
+    /// Send dead letters back to their stage with the attempt count reset.
+    Replay {
+        /// The stage.
+        stage: Stage,
+        /// Replay only this message (default: all of the stage's dead letters).
+        #[arg(long)]
+        message_id: Option<String>,
+    },
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable table.
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// `stowage topology`.
+#[derive(Debug, Args)]
+pub struct TopologyArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: TopologyAction,
+}
+
+/// Topology actions.
+#[derive(Debug, Subcommand)]
+pub enum TopologyAction {
+    /// Print the RabbitMQ definitions file (for `rabbitmqctl import_definitions`).
+    Export {
+        /// Name prefix.
+        #[arg(long, env = "STOWAGE_TOPOLOGY_PREFIX", default_value = stowage_runtime::topology::DEFAULT_PREFIX)]
+        prefix: String,
+    },
+    /// Declare the topology on a broker (idempotent; workers also do it at start).
+    Declare {
+        /// Broker settings.
+        #[command(flatten)]
+        broker: BrokerArgs,
+    },
+}
+
+/// `stowage demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Use this RabbitMQ instead of the in-process broker.
+    #[arg(long, env = "STOWAGE_DEMO_AMQP_URL")]
+    pub amqp_url: Option<String>,
+}

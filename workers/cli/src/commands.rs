@@ -1,0 +1,283 @@
+//! What each subcommand does.
+
+use std::io::Read as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use stowage_runtime::client::{list_dead_letters, replay_dead_letters, submit};
+use stowage_runtime::{
+    Broker, InProcessBroker, Names, RabbitBroker, RetryPolicy, Shutdown, StageConfig, Topology,
+    Worker, WorkerConfig, health, shutdown,
+};
+use stowage_schemas::Stage;
+
+use crate::cli::{
+    BrokerArgs, Cli, Command, DemoArgs, DlqAction, DlqArgs, StageChoice, SubmitArgs,
+    TopologyAction, WorkerArgs,
+};
+use crate::output::{self, truncate};
+use crate::{job_file, stages};
+
+/// Run the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Worker(args) => worker(args).await,
+        Command::Submit(args) => submit_file(args).await,
+        Command::Dlq(args) => dlq(args).await,
+        Command::Topology(args) => match args.action {
+            TopologyAction::Export { prefix } => {
+                let topology = Topology::new(Names::new(prefix), &RetryPolicy::default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&topology.rabbitmq_definitions())?
+                );
+                Ok(())
+            }
+            TopologyAction::Declare { broker } => {
+                let (rabbit, names) = connect(&broker);
+                rabbit
+                    .declare(&Topology::new(names, &RetryPolicy::default()))
+                    .await?;
+                eprintln!("topology declared on {}", rabbit.endpoint());
+                Ok(())
+            }
+        },
+        Command::Demo(args) => demo(args).await,
+    }
+}
+
+fn connect(args: &BrokerArgs) -> (RabbitBroker, Names) {
+    (
+        RabbitBroker::new(args.amqp_url.clone()),
+        Names::new(args.prefix.clone()),
+    )
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let wanted = match args.stage {
+        StageChoice::One(stage) => vec![stage],
+        StageChoice::All => {
+            let available = stages::available();
+            if available.is_empty() {
+                bail!(
+                    "no stage has a handler in this build yet, so there is nothing to run; \
+                     jobs submitted now wait in their queues until a worker for their stage starts"
+                );
+            }
+            available
+        }
+    };
+    let config = WorkerConfig {
+        names: Names::new(args.broker.prefix.clone()),
+        retry: RetryPolicy {
+            max_attempts: args.max_attempts.max(1),
+            ..RetryPolicy::default()
+        },
+        shutdown_deadline: Duration::from_secs(args.shutdown_deadline),
+        ..WorkerConfig::default()
+    };
+    let stage_config = StageConfig {
+        prefetch: args.prefetch,
+        concurrency: args.concurrency,
+    };
+    let mut worker = Worker::new(
+        Arc::new(RabbitBroker::new(args.broker.amqp_url.clone())),
+        config,
+    );
+    for stage in wanted {
+        worker = stages::add(worker, stage, stage_config)?;
+    }
+    let shutdown = Shutdown::from_future(shutdown::signal());
+    let listener = health::bind(args.health_addr).await?;
+    tokio::spawn(health::serve(listener, worker.health(), shutdown.clone()));
+    worker.run(shutdown).await?;
+    Ok(())
+}
+
+async fn submit_file(args: SubmitArgs) -> anyhow::Result<()> {
+    let (origin, text) = if args.file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the job from standard input")?;
+        ("<stdin>".to_owned(), text)
+    } else {
+        let text = std::fs::read_to_string(&args.file)
+            .with_context(|| format!("cannot read job file {}", args.file.display()))?;
+        (args.file.display().to_string(), text)
+    };
+    let envelope = job_file::parse(&origin, &text)?;
+    let (broker, names) = connect(&args.broker);
+    submit(&broker, &names, &envelope)
+        .await
+        .with_context(|| format!("cannot submit {origin}"))?;
+    eprintln!(
+        "submitted {} (message {}) to {}",
+        envelope.kind(),
+        envelope.message_id,
+        broker.endpoint()
+    );
+    println!("{}", envelope.job_id);
+    Ok(())
+}
+
+async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
+    let (broker, names) = connect(&args.broker);
+    match args.action {
+        DlqAction::List {
+            stage,
+            limit,
+            output,
+        } => {
+            let letters = list_dead_letters(&broker, &names, stage, limit).await?;
+            if letters.is_empty() && output == crate::cli::Format::Table {
+                eprintln!("no dead letters for {stage}");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = letters
+                .iter()
+                .map(|l| {
+                    vec![
+                        l.message_id.clone().unwrap_or_else(|| "-".into()),
+                        l.kind.clone().unwrap_or_else(|| "-".into()),
+                        l.job_id.clone().unwrap_or_else(|| "-".into()),
+                        l.attempts.map_or_else(|| "-".into(), |a| a.to_string()),
+                        l.dead_lettered_at.clone().unwrap_or_else(|| "-".into()),
+                        truncate(&l.reason, 80),
+                    ]
+                })
+                .collect();
+            output::print(
+                output,
+                &[
+                    "MESSAGE ID",
+                    "KIND",
+                    "JOB",
+                    "ATTEMPTS",
+                    "DEAD-LETTERED",
+                    "REASON",
+                ],
+                &rows,
+                &letters,
+            )
+        }
+        DlqAction::Show {
+            stage,
+            message_id,
+            output,
+        } => {
+            let letters = list_dead_letters(&broker, &names, stage, usize::MAX).await?;
+            let Some(letter) = letters
+                .into_iter()
+                .find(|l| l.message_id.as_deref() == Some(message_id.as_str()))
+            else {
+                bail!(
+                    "no dead letter with message id {message_id} for {stage}; `stowage dlq list {stage}` shows the ids"
+                );
+            };
+            let rows = vec![
+                vec!["reason".into(), letter.reason.clone()],
+                vec!["error chain".into(), letter.error_chain.join(" ← ")],
+                vec!["job".into(), letter.job_id.clone().unwrap_or_default()],
+            ];
+            output::print(output, &["FIELD", "VALUE"], &rows, &letter)
+        }
+        DlqAction::Replay { stage, message_id } => {
+            let n = replay_dead_letters(&broker, &names, stage, message_id.as_deref()).await?;
+            if n == 0 && message_id.is_some() {
+                bail!(
+                    "no dead letter with that message id for {stage}; `stowage dlq list {stage}` shows the ids"
+                );
+            }
+            eprintln!("replayed {n} message(s) to the {stage} queue");
+            Ok(())
+        }
+    }
+}
+
+/// The example jobs the demo submits, as users would write them.
+const EXAMPLES: &[(&str, &str)] = &[
+    (
+        "schemas/examples/snapshot.yaml",
+        include_str!("../../../schemas/examples/snapshot.yaml"),
+    ),
+    (
+        "schemas/examples/vault-transfer.json",
+        include_str!("../../../schemas/examples/vault-transfer.json"),
+    ),
+    (
+        "schemas/examples/retention.yaml",
+        include_str!("../../../schemas/examples/retention.yaml"),
+    ),
+];
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let broker: Arc<dyn Broker> = match &args.amqp_url {
+        Some(url) => Arc::new(RabbitBroker::new(url.clone())),
+        None => Arc::new(InProcessBroker::new()),
+    };
+    let names = Names::new(format!(
+        "stowage-demo-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    let topology = Topology::new(names.clone(), &RetryPolicy::default());
+    broker.declare(&topology).await?;
+    println!(
+        "1. Declared the topology on {}: {} exchanges, {} queues, {} bindings.",
+        broker.endpoint(),
+        topology.exchanges.len(),
+        topology.queues.len(),
+        topology.bindings.len()
+    );
+
+    println!("2. Validated and submitted the example jobs (each publish confirmed by the broker):");
+    for (origin, text) in EXAMPLES {
+        let envelope = job_file::parse(origin, text)?;
+        submit(broker.as_ref(), &names, &envelope).await?;
+        println!(
+            "   {origin:<40} {:<20} job {}",
+            envelope.kind(),
+            envelope.job_id
+        );
+    }
+
+    println!("3. Where they wait:");
+    let mut rows = Vec::new();
+    for stage in Stage::ALL {
+        let queue = names.stage_queue(stage);
+        let depth = broker.queue_depth(&queue).await?;
+        let handler = if stages::available().contains(&stage) {
+            "yes"
+        } else {
+            "not in this build yet"
+        };
+        rows.push(vec![
+            stage.to_string(),
+            queue,
+            depth.to_string(),
+            handler.to_owned(),
+        ]);
+    }
+    print!(
+        "{}",
+        output::table(&["STAGE", "QUEUE", "WAITING", "HANDLER"], &rows)
+    );
+    let available = stages::available();
+    if available.is_empty() {
+        println!(
+            "\nNo stage handler is in this build yet: the runtime, the wire contract and the topology are.\n\
+             On RabbitMQ, jobs wait durably in their stage queues until a worker for the stage runs\n\
+             (the in-process broker used here keeps them in memory)."
+        );
+    }
+    if args.amqp_url.is_some() {
+        let queues: Vec<String> = topology.queues.iter().map(|q| q.name.clone()).collect();
+        println!(
+            "\nThe demo's queues on RabbitMQ are prefixed {}: {} in all.",
+            names.prefix(),
+            queues.len()
+        );
+    }
+    Ok(())
+}

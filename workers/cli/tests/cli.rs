@@ -1,0 +1,272 @@
+//! The `stowage` binary end to end: submit, dead-letter tools, worker refusal, and the
+//! checked-in RabbitMQ definitions. Uses the real RabbitMQ (`scripts/test.sh` starts it).
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use stowage_runtime::{Names, RetryPolicy, Shutdown, StageConfig, Topology, Worker, WorkerConfig};
+use stowage_schemas::{ContentType, Stage, decode};
+use stowage_tests::{Behavior, BrokerKind, Bus, ScriptedHandler, amqp_url};
+
+fn stowage(args: &[&str], prefix: &str, stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stowage"))
+        .args(args)
+        .env("STOWAGE_AMQP_URL", amqp_url())
+        .env("STOWAGE_TOPOLOGY_PREFIX", prefix)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run stowage");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("wait stowage")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn the_checked_in_rabbitmq_definitions_match_the_topology() {
+    let out = stowage(&["topology", "export"], "stowage", None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../infra/rabbitmq/definitions.json"
+    );
+    if std::env::var_os("STOWAGE_BLESS").is_some() {
+        std::fs::write(path, &out.stdout).expect("write definitions");
+    }
+    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        checked_in == text(&out.stdout),
+        "infra/rabbitmq/definitions.json is stale: run STOWAGE_BLESS=1 cargo test -p stowage-cli"
+    );
+    let defs: serde_json::Value = serde_json::from_str(&checked_in).expect("valid JSON");
+    let expected = Topology::new(Names::new("stowage"), &RetryPolicy::default());
+    assert_eq!(
+        defs["queues"].as_array().map(Vec::len),
+        Some(expected.queues.len())
+    );
+}
+
+#[test]
+fn the_worker_refuses_stages_without_a_handler() {
+    let out = stowage(
+        &[
+            "worker",
+            "--stage",
+            "snapshot",
+            "--health-addr",
+            "127.0.0.1:0",
+        ],
+        "stowage-test-refuse",
+        None,
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the snapshot stage has no handler in this build yet"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_validates_publishes_and_prints_the_job_id() {
+    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let prefix = bus.names.prefix().to_owned();
+    let declared = stowage(&["topology", "declare"], &prefix, None);
+    assert!(declared.status.success(), "{}", text(&declared.stderr));
+
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../schemas/examples/vault-transfer.json"
+    );
+    let out = stowage(&["submit", file], &prefix, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "vault-transfer-rp-2026-11-22-0300"
+    );
+
+    let queue = bus.names.stage_queue(Stage::VaultTransfer);
+    let got = bus
+        .broker
+        .get(&queue)
+        .await
+        .expect("get")
+        .expect("the job is in the vault-transfer queue");
+    got.ack().await.expect("ack");
+    let envelope = decode(&got.body, ContentType::MessagePack).expect("a valid envelope");
+    assert_eq!(envelope.job_id, "vault-transfer-rp-2026-11-22-0300");
+
+    let typo = "type: job.retention\npayload:\n  instance: shop\n  keep_forever: true\n";
+    let refused = stowage(&["submit", "-"], &prefix, Some(typo));
+    assert_eq!(refused.status.code(), Some(1));
+    let err = text(&refused.stderr);
+    assert!(
+        err.contains("`keep_forever` is not a field of job.retention"),
+        "{err}"
+    );
+    assert_eq!(
+        bus.depth(&bus.names.stage_queue(Stage::Retention)).await,
+        0,
+        "nothing published"
+    );
+    bus.teardown(&Topology::new(bus.names.clone(), &RetryPolicy::default()))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
+    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let prefix = bus.names.prefix().to_owned();
+    let handler = ScriptedHandler::default();
+    let config = WorkerConfig {
+        names: bus.names.clone(),
+        ..WorkerConfig::default()
+    };
+    let topology = config.topology();
+    let worker =
+        Worker::new(bus.broker.clone(), config).stage(handler.clone(), StageConfig::default());
+    let health = worker.health();
+    let (trigger, shutdown) = Shutdown::new();
+    let task = tokio::spawn(worker.run(shutdown));
+    wait(|| health.is_ready()).await;
+
+    let job = "type: job.snapshot\njob_id: job-cli-dlq\npayload: {instance: shop, recovery_point_id: rp-9, trigger: {kind: on_demand}}\n";
+    handler.set(
+        "job-cli-dlq",
+        Behavior::FailPermanently(
+            "volume pvc-data uses driver nfs.csi.k8s.io, which Stowage cannot snapshot".into(),
+        ),
+    );
+    let out = stowage(&["submit", "-"], &prefix, Some(job));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dlq = bus.names.dead_letter_queue(Stage::Snapshot);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bus.depth(&dlq).await < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the job never reached the dead-letter queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let table = stowage(&["dlq", "list", "snapshot"], &prefix, None);
+    let table = text(&table.stdout);
+    assert!(table.starts_with("MESSAGE ID"), "{table}");
+    assert!(
+        table.contains("job-cli-dlq") && table.contains("nfs.csi.k8s.io"),
+        "{table}"
+    );
+
+    let listed = stowage(&["dlq", "list", "snapshot", "-o", "json"], &prefix, None);
+    let letters: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON output");
+    let id = letters[0]["message_id"]
+        .as_str()
+        .expect("message id")
+        .to_owned();
+    assert_eq!(letters[0]["attempts"], 1);
+
+    let shown = stowage(
+        &["dlq", "show", "snapshot", &id, "-o", "json"],
+        &prefix,
+        None,
+    );
+    let letter: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("JSON output");
+    assert_eq!(
+        letter["envelope"]["message"]["payload"]["recovery_point_id"],
+        "rp-9"
+    );
+    assert_eq!(
+        letter["error_chain"][0],
+        "volume pvc-data uses driver nfs.csi.k8s.io, which Stowage cannot snapshot"
+    );
+
+    let missing = stowage(&["dlq", "show", "snapshot", "no-such-id"], &prefix, None);
+    assert!(text(&missing.stderr).contains("no dead letter with message id no-such-id"));
+
+    handler.set("job-cli-dlq", Behavior::Succeed);
+    let replayed = stowage(
+        &["dlq", "replay", "snapshot", "--message-id", &id],
+        &prefix,
+        None,
+    );
+    assert!(
+        text(&replayed.stderr).contains("replayed 1 message(s)"),
+        "{}",
+        text(&replayed.stderr)
+    );
+    handler
+        .wait_calls("job-cli-dlq", 2, Duration::from_secs(20))
+        .await;
+    assert_eq!(bus.depth(&dlq).await, 0);
+
+    trigger.trigger();
+    task.await.expect("join").expect("worker");
+    bus.teardown(&topology).await;
+}
+
+async fn wait(mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The README's promise: any AMQP client plus MessagePack (or JSON) can submit a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_producer_can_submit_jobs_in_msgpack_and_json() {
+    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let topology = Topology::new(bus.names.clone(), &RetryPolicy::default());
+    bus.broker.declare(&topology).await.expect("declare");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../schemas/examples/submit.py"
+    );
+    let queue = bus.names.stage_queue(Stage::VaultTransfer);
+    for (flag, content_type) in [
+        (None, "application/msgpack"),
+        (Some("--json"), "application/json"),
+    ] {
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .args(["shop-prod", "rp-from-python"])
+            .args(flag);
+        let out = cmd
+            .env("STOWAGE_AMQP_URL", amqp_url())
+            .env("STOWAGE_TOPOLOGY_PREFIX", bus.names.prefix())
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "the Python example failed: {}\nIts packages install with `pip install -r schemas/examples/requirements.txt` (scripts/test.sh does it).",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout).trim(), "vault-transfer-rp-from-python");
+        let got = bus
+            .broker
+            .get(&queue)
+            .await
+            .expect("get")
+            .expect("the job arrived");
+        got.ack().await.expect("ack");
+        assert_eq!(got.properties.content_type.as_deref(), Some(content_type));
+        let ct: ContentType = content_type.parse().expect("content type");
+        let envelope = decode(&got.body, ct).unwrap_or_else(|e| panic!("{content_type}: {e}"));
+        assert_eq!(envelope.job_id, "vault-transfer-rp-from-python");
+        assert_eq!(envelope.kind(), "job.vault-transfer");
+    }
+    bus.teardown(&topology).await;
+}
