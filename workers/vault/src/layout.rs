@@ -1,0 +1,468 @@
+//! Every key in a vault is named here, and only here.
+//!
+//! A vault is one blob container (or one local folder). Its top level is fixed by the design:
+//!
+//! ```text
+//! vault.json                                vault settings
+//! policies/<name>.json                      backup policies
+//! instances/<instance>.json                 backup instances
+//! catalog/<instance>/<rp-id>.json           recovery point manifests
+//! resources/<instance>/<rp-id>/<path...>    Kubernetes objects as collected
+//! volumes/<volume-id>/<version>.map         extent map of one volume version
+//! packs/<2-hex prefix>/<pack-id>            packs of encrypted chunks
+//! jobs/<job-id>.json                        job records
+//! ```
+//!
+//! Why one module: the vault outlives every worker version that writes to it, and geo-replication,
+//! retention and verification all walk it by prefix. If each stage formatted its own keys, one
+//! stray `format!` would put objects where no lister looks for them, and retention would never
+//! collect them. Here a key can only be made by a function that names what it is for.
+//!
+//! Why validate components: a component comes from user input (instance and policy names) or
+//! from another system (volume ids, job ids). A `/` would silently move an object into another
+//! folder, `..` could escape a local vault folder, and an empty component makes keys that
+//! different backends normalise differently. So every component must be non-empty, at most
+//! [`MAX_COMPONENT_LEN`] bytes, not start with `.` (hidden names are reserved for the store's own
+//! housekeeping, see [`crate::store`]), and use only ASCII letters, digits and `-_.+=@,%`.
+//! `#` is refused in particular: the local-folder backend treats `name#<digits>` as an unfinished
+//! upload and hides it from listings. Names that do not fit (Kubernetes allows `:` in RBAC names,
+//! for example) go through [`escape_component`] first.
+
+use std::fmt;
+
+/// The longest component accepted: the file-name limit of common local filesystems.
+pub const MAX_COMPONENT_LEN: usize = 255;
+
+/// Top-level folder of recovery point manifests.
+pub const CATALOG: &str = "catalog";
+/// Top-level folder of pack objects.
+pub const PACKS: &str = "packs";
+/// Top-level folder of volume extent maps.
+pub const VOLUMES: &str = "volumes";
+/// Top-level folder of job records.
+pub const JOBS: &str = "jobs";
+/// Top-level folder of collected Kubernetes resources.
+pub const RESOURCES: &str = "resources";
+/// Top-level folder of policies.
+pub const POLICIES: &str = "policies";
+/// Top-level folder of backup instances.
+pub const INSTANCES: &str = "instances";
+/// Extension of an extent-map object.
+pub const MAP_EXTENSION: &str = ".map";
+
+/// A full object key inside a vault, such as `catalog/web/0193….json`.
+///
+/// Only this module builds keys from parts; the store hands back keys it listed.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlobKey(String);
+
+impl BlobKey {
+    /// The key as a `/`-separated string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A key reported by the backend (listing); it is not re-validated because it already exists.
+    pub(crate) fn from_listing(key: String) -> Self {
+        Self(key)
+    }
+}
+
+impl fmt::Display for BlobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for BlobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobKey({})", self.0)
+    }
+}
+
+/// A folder-like prefix of keys, for listing (`catalog/web`). Listing a prefix matches whole
+/// components only: `catalog/web` does not match `catalog/web2/...`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    /// The prefix as a `/`-separated string, without a trailing `/`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/", self.0)
+    }
+}
+
+impl fmt::Debug for KeyPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPrefix({}/)", self.0)
+    }
+}
+
+/// A name that cannot be used as a key component.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid {what} {value:?} for a vault key: {reason}; \
+     use ASCII letters, digits and -_.+=@,% only (at most {MAX_COMPONENT_LEN} bytes, \
+     not starting with '.'), or pass the name through layout::escape_component"
+)]
+pub struct LayoutError {
+    /// What the component names, e.g. "instance name".
+    pub what: &'static str,
+    /// The refused value.
+    pub value: String,
+    /// Why it was refused.
+    pub reason: &'static str,
+}
+
+fn is_allowed_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | '=' | '@' | ',' | '%')
+}
+
+/// Checks one key component; `what` names it in the error ("instance name", "job id", ...).
+pub fn validate_component(what: &'static str, value: &str) -> Result<(), LayoutError> {
+    let refuse = |reason| {
+        Err(LayoutError {
+            what,
+            value: value.to_owned(),
+            reason,
+        })
+    };
+    if value.is_empty() {
+        return refuse("it is empty");
+    }
+    if value == "." || value == ".." {
+        return refuse("'.' and '..' would name a folder, not an object");
+    }
+    if value.starts_with('.') {
+        return refuse("names starting with '.' are reserved for the store's housekeeping");
+    }
+    if value.len() > MAX_COMPONENT_LEN {
+        return refuse("it is longer than a file name may be");
+    }
+    if value.contains('/') {
+        return refuse("'/' separates key components and would move the object to another folder");
+    }
+    if value.contains('#') {
+        return refuse("'#' marks unfinished uploads in the local-folder backend");
+    }
+    if !value.chars().all(is_allowed_char) {
+        return refuse("it contains a character outside the allowed set");
+    }
+    Ok(())
+}
+
+/// Turns any name into a valid component, reversibly: allowed characters other than `%` stay,
+/// every other byte becomes `%XX` (upper-case hex), and a leading `.` becomes `%2E`.
+/// An empty name becomes `%` followed by nothing, i.e. `%`, so it still round-trips.
+pub fn escape_component(raw: &str) -> String {
+    if raw.is_empty() {
+        return "%".to_owned();
+    }
+    let mut escaped = String::with_capacity(raw.len());
+    for (index, byte) in raw.bytes().enumerate() {
+        let c = byte as char;
+        let keep = byte.is_ascii() && is_allowed_char(c) && c != '%' && !(index == 0 && c == '.');
+        if keep {
+            escaped.push(c);
+        } else {
+            escaped.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    escaped
+}
+
+/// Reverses [`escape_component`]; `None` if `escaped` was not produced by it.
+pub fn unescape_component(escaped: &str) -> Option<String> {
+    if escaped == "%" {
+        return Some(String::new());
+    }
+    let bytes = escaped.as_bytes();
+    let mut raw = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = escaped.get(index + 1..index + 3)?;
+            raw.push(u8::from_str_radix(hex, 16).ok()?);
+            index += 3;
+        } else {
+            raw.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(raw).ok()
+}
+
+fn key(parts: &[&str]) -> BlobKey {
+    BlobKey(parts.join("/"))
+}
+
+fn prefix(parts: &[&str]) -> KeyPrefix {
+    KeyPrefix(parts.join("/"))
+}
+
+/// `vault.json`: the vault's settings.
+pub fn vault_settings() -> BlobKey {
+    key(&["vault.json"])
+}
+
+/// `policies/<name>.json`.
+pub fn policy(name: &str) -> Result<BlobKey, LayoutError> {
+    validate_component("policy name", name)?;
+    Ok(key(&[POLICIES, &format!("{name}.json")]))
+}
+
+/// `policies/`: every policy.
+pub fn policies() -> KeyPrefix {
+    prefix(&[POLICIES])
+}
+
+/// `instances/<instance>.json`.
+pub fn instance(instance: &str) -> Result<BlobKey, LayoutError> {
+    validate_component("backup instance name", instance)?;
+    Ok(key(&[INSTANCES, &format!("{instance}.json")]))
+}
+
+/// `instances/`: every backup instance.
+pub fn instances() -> KeyPrefix {
+    prefix(&[INSTANCES])
+}
+
+/// `catalog/<instance>/<rp-id>.json`: a recovery point manifest.
+pub fn recovery_point(instance: &str, rp_id: &str) -> Result<BlobKey, LayoutError> {
+    validate_component("backup instance name", instance)?;
+    validate_component("recovery point id", rp_id)?;
+    Ok(key(&[CATALOG, instance, &format!("{rp_id}.json")]))
+}
+
+/// `catalog/<instance>`: every recovery point manifest of one instance.
+pub fn recovery_points(instance: &str) -> Result<KeyPrefix, LayoutError> {
+    validate_component("backup instance name", instance)?;
+    Ok(prefix(&[CATALOG, instance]))
+}
+
+/// `resources/<instance>/<rp-id>/<path...>`: one collected object (or file) of a recovery point.
+/// Each element of `path` is one component; escape Kubernetes names with [`escape_component`].
+pub fn resource(instance: &str, rp_id: &str, path: &[&str]) -> Result<BlobKey, LayoutError> {
+    validate_component("backup instance name", instance)?;
+    validate_component("recovery point id", rp_id)?;
+    if path.is_empty() {
+        return Err(LayoutError {
+            what: "resource path",
+            value: String::new(),
+            reason: "it is empty; a resource needs at least a file name under the recovery point",
+        });
+    }
+    let mut parts = vec![RESOURCES, instance, rp_id];
+    for part in path {
+        validate_component("resource path component", part)?;
+        parts.push(part);
+    }
+    Ok(key(&parts))
+}
+
+/// `resources/<instance>/<rp-id>`: every resource object of a recovery point.
+pub fn resources(instance: &str, rp_id: &str) -> Result<KeyPrefix, LayoutError> {
+    validate_component("backup instance name", instance)?;
+    validate_component("recovery point id", rp_id)?;
+    Ok(prefix(&[RESOURCES, instance, rp_id]))
+}
+
+/// `volumes/<volume-id>/<version>.map`: the extent map of one volume version.
+pub fn volume_version(volume_id: &str, version: &str) -> Result<BlobKey, LayoutError> {
+    validate_component("volume id", volume_id)?;
+    validate_component("volume version", version)?;
+    Ok(key(&[
+        VOLUMES,
+        volume_id,
+        &format!("{version}{MAP_EXTENSION}"),
+    ]))
+}
+
+/// `volumes/<volume-id>`: every version of one volume.
+pub fn volume_versions(volume_id: &str) -> Result<KeyPrefix, LayoutError> {
+    validate_component("volume id", volume_id)?;
+    Ok(prefix(&[VOLUMES, volume_id]))
+}
+
+/// The version named by a key made by [`volume_version`], or `None` for any other key.
+pub fn version_from_key(key: &BlobKey) -> Option<&str> {
+    let mut parts = key.as_str().split('/');
+    let (top, _volume, file) = (parts.next()?, parts.next()?, parts.next()?);
+    if top != VOLUMES || parts.next().is_some() {
+        return None;
+    }
+    file.strip_suffix(MAP_EXTENSION).filter(|v| !v.is_empty())
+}
+
+/// `packs/<first two hex digits>/<pack-id>`: one pack object. The two-digit fan-out keeps any
+/// one local folder (and any one listing page) small.
+pub fn pack(pack_id: &str) -> Result<BlobKey, LayoutError> {
+    validate_component("pack id", pack_id)?;
+    if pack_id.len() < 2
+        || !pack_id
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(LayoutError {
+            what: "pack id",
+            value: pack_id.to_owned(),
+            reason: "a pack id is lower-case hex of at least two digits",
+        });
+    }
+    Ok(key(&[PACKS, &pack_id[..2], pack_id]))
+}
+
+/// `packs`: every pack.
+pub fn packs() -> KeyPrefix {
+    prefix(&[PACKS])
+}
+
+/// The pack id named by a key made by [`pack`], or `None` for any other key.
+pub fn pack_id_from_key(key: &BlobKey) -> Option<&str> {
+    let mut parts = key.as_str().split('/');
+    let (top, fan_out, id) = (parts.next()?, parts.next()?, parts.next()?);
+    (top == PACKS
+        && parts.next().is_none()
+        && id.len() >= 2
+        && id.starts_with(fan_out)
+        && fan_out.len() == 2)
+        .then_some(id)
+}
+
+/// `jobs/<job-id>.json`: a job record, updated with compare-and-swap.
+pub fn job(job_id: &str) -> Result<BlobKey, LayoutError> {
+    validate_component("job id", job_id)?;
+    Ok(key(&[JOBS, &format!("{job_id}.json")]))
+}
+
+/// `jobs`: every job record.
+pub fn jobs() -> KeyPrefix {
+    prefix(&[JOBS])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        assert_eq!(vault_settings().as_str(), "vault.json");
+        assert_eq!(policy("daily").unwrap().as_str(), "policies/daily.json");
+        assert_eq!(instance("web").unwrap().as_str(), "instances/web.json");
+        assert_eq!(
+            recovery_point("web", "rp-1").unwrap().as_str(),
+            "catalog/web/rp-1.json"
+        );
+        assert_eq!(
+            resource("web", "rp-1", &["namespaces", "default", "pod.json"])
+                .unwrap()
+                .as_str(),
+            "resources/web/rp-1/namespaces/default/pod.json"
+        );
+        assert_eq!(
+            volume_version("vol-a", "v0003").unwrap().as_str(),
+            "volumes/vol-a/v0003.map"
+        );
+        assert_eq!(pack("ab12ef").unwrap().as_str(), "packs/ab/ab12ef");
+        assert_eq!(job("job-7").unwrap().as_str(), "jobs/job-7.json");
+        assert_eq!(recovery_points("web").unwrap().as_str(), "catalog/web");
+        assert_eq!(
+            resources("web", "rp-1").unwrap().as_str(),
+            "resources/web/rp-1"
+        );
+        assert_eq!(volume_versions("vol-a").unwrap().as_str(), "volumes/vol-a");
+        assert_eq!(packs().as_str(), "packs");
+        assert_eq!(jobs().as_str(), "jobs");
+        assert_eq!(policies().as_str(), "policies");
+        assert_eq!(instances().as_str(), "instances");
+    }
+
+    #[test]
+    fn refuses_components_that_would_move_or_hide_objects() {
+        for (bad, reason_fragment) in [
+            ("", "empty"),
+            (".", "folder"),
+            ("..", "folder"),
+            (".hidden", "reserved"),
+            ("a/b", "'/'"),
+            ("up#1", "'#'"),
+            ("sp ace", "outside the allowed set"),
+            ("colon:name", "outside the allowed set"),
+            ("ünï", "outside the allowed set"),
+        ] {
+            let error = instance(bad).unwrap_err();
+            assert_eq!(error.what, "backup instance name");
+            assert!(
+                error.reason.contains(reason_fragment),
+                "{bad:?}: {}",
+                error.reason
+            );
+            let message = error.to_string();
+            assert!(message.contains("escape_component"), "{message}");
+        }
+        let long = "a".repeat(MAX_COMPONENT_LEN + 1);
+        assert!(job(&long).is_err());
+        assert!(job(&"a".repeat(MAX_COMPONENT_LEN)).is_ok());
+    }
+
+    #[test]
+    fn every_component_of_a_multi_part_key_is_checked() {
+        assert_eq!(
+            recovery_point("web", "..").unwrap_err().what,
+            "recovery point id"
+        );
+        assert_eq!(
+            resource("web", "rp", &["ok", "a/b"]).unwrap_err().what,
+            "resource path component"
+        );
+        assert_eq!(
+            resource("web", "rp", &[]).unwrap_err().what,
+            "resource path"
+        );
+        assert_eq!(volume_version("v", "").unwrap_err().what, "volume version");
+        assert_eq!(pack("AB12").unwrap_err().what, "pack id");
+        assert_eq!(pack("a").unwrap_err().what, "pack id");
+    }
+
+    #[test]
+    fn escaping_makes_any_name_valid_and_round_trips() {
+        for raw in [
+            "system:controller:job-controller",
+            "a/b",
+            "..",
+            ".dot",
+            "",
+            "100%",
+            "ünïcode name#1",
+            "plain-name.v1",
+        ] {
+            let escaped = escape_component(raw);
+            validate_component("test", &escaped)
+                .unwrap_or_else(|e| panic!("{raw:?} escaped to an invalid {escaped:?}: {e}"));
+            assert_eq!(unescape_component(&escaped).as_deref(), Some(raw));
+        }
+        assert_eq!(escape_component("plain-name.v1"), "plain-name.v1");
+        assert_eq!(escape_component("a:b"), "a%3Ab");
+        assert_eq!(unescape_component("%G1"), None);
+    }
+
+    #[test]
+    fn keys_parse_back() {
+        let map = volume_version("vol-a", "v7").unwrap();
+        assert_eq!(version_from_key(&map), Some("v7"));
+        assert_eq!(version_from_key(&job("x").unwrap()), None);
+        let pack_key = pack("0fab").unwrap();
+        assert_eq!(pack_id_from_key(&pack_key), Some("0fab"));
+        assert_eq!(
+            pack_id_from_key(&BlobKey::from_listing("packs/aa/bb".into())),
+            None
+        );
+        assert_eq!(pack_id_from_key(&job("x").unwrap()), None);
+    }
+}

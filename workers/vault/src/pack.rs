@@ -1,0 +1,577 @@
+//! Packs: many sealed chunks in one blob.
+//!
+//! Why packs: a 1 TiB volume at 1 MiB per chunk is a million chunks. As separate blobs that is a
+//! million PUTs (slow, and billed per operation on Azure) and a million files in a local folder.
+//! Packs of ~16 MiB ([`DEFAULT_PACK_TARGET`]) cut that by 16× or more while a single chunk can
+//! still be read alone with one range request.
+//!
+//! # Format (version 1)
+//!
+//! ```text
+//! "STWPACK1"                               8-byte magic
+//! sealed chunk, sealed chunk, ...          see crate::chunk for the sealed form
+//! index: one entry per chunk, in order     chunk id (32) | offset u64 LE | length u32 LE
+//! trailer (52 bytes):                      index offset u64 LE | entry count u32 LE |
+//!                                          BLAKE3 of the index (32) | "STWPEND1"
+//! ```
+//!
+//! The index at the end makes a pack self-describing (a pack can be re-indexed, verified or
+//! garbage-collected knowing only its key) while letting [`PackWriter`] stream: entries are only
+//! known once the chunks are written. The index checksum catches a damaged index before any
+//! offset from it is trusted. Chunks themselves are authenticated by AES-GCM and their id.
+//!
+//! A pack's id is the BLAKE3 hash of its whole content. Packs are written create-only, so a
+//! pack id names exactly one content forever and geo-replication can copy packs by name.
+//!
+//! # Memory
+//!
+//! [`PackWriter`] holds at most one pack in memory: it uploads (and awaits) the current pack
+//! before starting the next, which also gives natural back-pressure to the producer. Readers
+//! ([`read_chunk`], [`read_pack_index`]) use range reads only; a whole pack is never fetched.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::chunk::{ChunkError, ChunkId, Corruption, SealedChunk, open_chunk};
+use crate::crypto::ChunkKeys;
+use crate::layout::{self, BlobKey};
+use crate::store::{BlobStore, CreateOutcome, StoreError};
+
+/// Default size a pack is filled to before it is uploaded.
+pub const DEFAULT_PACK_TARGET: usize = 16 << 20;
+
+/// Smallest accepted pack target (tests use small packs; production should not go this low).
+pub const MIN_PACK_TARGET: usize = 4 << 10;
+
+const PACK_MAGIC: &[u8; 8] = b"STWPACK1";
+const TRAILER_MAGIC: &[u8; 8] = b"STWPEND1";
+const INDEX_ENTRY_LEN: usize = ChunkId::LEN + 8 + 4;
+/// Bytes of the fixed trailer at the end of every pack.
+pub const TRAILER_LEN: usize = 8 + 4 + 32 + 8;
+
+/// The id of a pack: 64 lower-case hex digits (BLAKE3 of its content).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct PackId(String);
+
+impl PackId {
+    fn of_content(content: &[u8]) -> Self {
+        Self(blake3::hash(content).to_hex().to_string())
+    }
+
+    /// A pack id from text, e.g. read from an index; `None` unless it is 64 lower-case hex digits.
+    pub fn parse(text: &str) -> Option<Self> {
+        (text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Self(text.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key the pack is stored under.
+    pub fn key(&self) -> BlobKey {
+        layout::pack(&self.0).expect("a pack id is always valid hex")
+    }
+}
+
+impl fmt::Display for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackId({})", self.0)
+    }
+}
+
+/// Where a chunk sits inside its pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackEntry {
+    /// The chunk.
+    pub chunk: ChunkId,
+    /// Byte offset of the sealed chunk in the pack.
+    pub offset: u64,
+    /// Length of the sealed chunk.
+    pub length: u32,
+}
+
+/// Where a chunk sits in the vault: its pack and its place in that pack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkLocation {
+    /// The pack that holds it.
+    pub pack: PackId,
+    /// Byte offset of the sealed chunk in the pack.
+    pub offset: u64,
+    /// Length of the sealed chunk.
+    pub length: u32,
+}
+
+/// A pack that [`PackWriter`] uploaded.
+#[derive(Debug, Clone)]
+pub struct WrittenPack {
+    /// Its id.
+    pub id: PackId,
+    /// Its key.
+    pub key: BlobKey,
+    /// Total size in bytes.
+    pub size: u64,
+    /// The chunks it holds.
+    pub entries: Vec<PackEntry>,
+    /// False if an identical pack was already stored (a retried upload).
+    pub newly_created: bool,
+}
+
+impl WrittenPack {
+    /// Each chunk of the pack with its location, for recording in a chunk index.
+    pub fn locations(&self) -> impl Iterator<Item = (ChunkId, ChunkLocation)> + '_ {
+        self.entries.iter().map(|entry| {
+            (
+                entry.chunk,
+                ChunkLocation {
+                    pack: self.id.clone(),
+                    offset: entry.offset,
+                    length: entry.length,
+                },
+            )
+        })
+    }
+}
+
+/// A pack could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// A chunk inside a pack failed verification.
+    #[error(
+        "chunk {chunk} in pack {pack_key} is corrupt: {reason}; restore from the secondary tier, \
+         or re-run the vault transfer that stored it"
+    )]
+    CorruptChunk {
+        /// The chunk.
+        chunk: ChunkId,
+        /// The pack's key.
+        pack_key: BlobKey,
+        /// What is wrong.
+        reason: Corruption,
+    },
+    /// A pack's trailer or index is damaged.
+    #[error(
+        "the index of pack {pack_key} is corrupt: {reason}; its chunks can only be found through \
+         another index; restore the pack from the secondary tier"
+    )]
+    CorruptIndex {
+        /// The pack's key.
+        pack_key: BlobKey,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The requested pack target size is unusable.
+    #[error(
+        "pack target of {target} bytes is below the minimum of {MIN_PACK_TARGET}; the default is 16 MiB"
+    )]
+    TargetTooSmall {
+        /// The refused target.
+        target: usize,
+    },
+    /// A chunk-level failure that is not corruption (e.g. no randomness).
+    #[error(transparent)]
+    Chunk(ChunkError),
+    /// Blob storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Streams sealed chunks into packs of about `target` bytes, uploading each as it fills.
+#[derive(Debug)]
+pub struct PackWriter {
+    store: BlobStore,
+    target: usize,
+    buffer: Vec<u8>,
+    entries: Vec<PackEntry>,
+    chunks_in_buffer: HashSet<ChunkId>,
+}
+
+impl PackWriter {
+    /// A writer filling packs to about `target` bytes (see [`DEFAULT_PACK_TARGET`]).
+    pub fn new(store: BlobStore, target: usize) -> Result<Self, PackError> {
+        if target < MIN_PACK_TARGET {
+            return Err(PackError::TargetTooSmall { target });
+        }
+        Ok(Self {
+            store,
+            target,
+            buffer: Vec::new(),
+            entries: Vec::new(),
+            chunks_in_buffer: HashSet::new(),
+        })
+    }
+
+    /// Bytes currently held in memory for the pack being filled.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Whether `chunk` is already in the pack being filled (and so need not be sealed again).
+    pub fn holds(&self, chunk: &ChunkId) -> bool {
+        self.chunks_in_buffer.contains(chunk)
+    }
+
+    /// Adds a chunk. If it would push the current pack past the target, that pack is uploaded
+    /// first and returned. A chunk already in the current pack is skipped.
+    pub async fn add(&mut self, chunk: SealedChunk) -> Result<Option<WrittenPack>, PackError> {
+        if self.chunks_in_buffer.contains(&chunk.id) {
+            return Ok(None);
+        }
+        let projected = self.buffer.len()
+            + chunk.bytes.len()
+            + (self.entries.len() + 1) * INDEX_ENTRY_LEN
+            + TRAILER_LEN;
+        let flushed = if !self.entries.is_empty() && projected > self.target {
+            Some(self.flush().await?)
+        } else {
+            None
+        };
+        if self.buffer.is_empty() {
+            self.buffer.reserve(self.target.min(DEFAULT_PACK_TARGET));
+            self.buffer.extend_from_slice(PACK_MAGIC);
+        }
+        let length = u32::try_from(chunk.bytes.len()).expect("a sealed chunk is far below 4 GiB");
+        self.entries.push(PackEntry {
+            chunk: chunk.id,
+            offset: self.buffer.len() as u64,
+            length,
+        });
+        self.buffer.extend_from_slice(&chunk.bytes);
+        self.chunks_in_buffer.insert(chunk.id);
+        Ok(flushed)
+    }
+
+    /// Uploads the last, partly filled pack, if any chunk is waiting.
+    pub async fn finish(mut self) -> Result<Option<WrittenPack>, PackError> {
+        if self.entries.is_empty() {
+            return Ok(None);
+        }
+        self.flush().await.map(Some)
+    }
+
+    async fn flush(&mut self) -> Result<WrittenPack, PackError> {
+        let mut pack = std::mem::take(&mut self.buffer);
+        let entries = std::mem::take(&mut self.entries);
+        self.chunks_in_buffer.clear();
+
+        let index_offset = pack.len() as u64;
+        let index_start = pack.len();
+        for entry in &entries {
+            pack.extend_from_slice(entry.chunk.as_bytes());
+            pack.extend_from_slice(&entry.offset.to_le_bytes());
+            pack.extend_from_slice(&entry.length.to_le_bytes());
+        }
+        let index_checksum = blake3::hash(&pack[index_start..]);
+        pack.extend_from_slice(&index_offset.to_le_bytes());
+        let count = u32::try_from(entries.len()).expect("a pack holds far fewer than 4G chunks");
+        pack.extend_from_slice(&count.to_le_bytes());
+        pack.extend_from_slice(index_checksum.as_bytes());
+        pack.extend_from_slice(TRAILER_MAGIC);
+
+        let id = PackId::of_content(&pack);
+        let key = id.key();
+        let size = pack.len() as u64;
+        let outcome = self.store.put_create_only(&key, Bytes::from(pack)).await?;
+        tracing::debug!(pack = %id, size, chunks = entries.len(), "pack uploaded");
+        Ok(WrittenPack {
+            id,
+            key,
+            size,
+            entries,
+            newly_created: matches!(outcome, CreateOutcome::Created(_)),
+        })
+    }
+}
+
+/// Reads, verifies and decrypts one chunk with a single range read of its pack.
+pub async fn read_chunk(
+    store: &BlobStore,
+    keys: &ChunkKeys,
+    chunk: &ChunkId,
+    location: &ChunkLocation,
+) -> Result<Vec<u8>, PackError> {
+    let key = location.pack.key();
+    let end = location.offset + u64::from(location.length);
+    let sealed = store.get_range(&key, location.offset..end).await?;
+    open_chunk(keys, chunk, &sealed).map_err(|error| match error {
+        ChunkError::Corrupt { chunk, reason } => PackError::CorruptChunk {
+            chunk,
+            pack_key: key,
+            reason,
+        },
+        other => PackError::Chunk(other),
+    })
+}
+
+/// Reads a pack's index from its trailer (two range reads, plus a `head` for the size), and
+/// checks that every entry lies inside the pack's chunk area without overlapping another.
+pub async fn read_pack_index(
+    store: &BlobStore,
+    pack: &PackId,
+) -> Result<Vec<PackEntry>, PackError> {
+    let key = pack.key();
+    let corrupt = |reason: String| PackError::CorruptIndex {
+        pack_key: key.clone(),
+        reason,
+    };
+    let size = store.head(&key).await?.size;
+    let minimum = (PACK_MAGIC.len() + TRAILER_LEN) as u64;
+    if size < minimum {
+        return Err(corrupt(format!(
+            "the pack is {size} bytes, shorter than an empty pack ({minimum})"
+        )));
+    }
+    let trailer = store
+        .get_range(&key, size - TRAILER_LEN as u64..size)
+        .await?;
+    if &trailer[TRAILER_LEN - 8..] != TRAILER_MAGIC {
+        return Err(corrupt("the trailer's magic bytes are wrong".into()));
+    }
+    let index_offset = u64::from_le_bytes(trailer[0..8].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(trailer[8..12].try_into().expect("4 bytes")) as u64;
+    let checksum: [u8; 32] = trailer[12..44].try_into().expect("32 bytes");
+    let index_end = size - TRAILER_LEN as u64;
+    let expected_index_len = count * INDEX_ENTRY_LEN as u64;
+    if index_offset < PACK_MAGIC.len() as u64
+        || index_offset > index_end
+        || index_end - index_offset != expected_index_len
+    {
+        return Err(corrupt(format!(
+            "the trailer places {count} entries at offset {index_offset}, which does not fit a \
+             {size}-byte pack"
+        )));
+    }
+    let index = store.get_range(&key, index_offset..index_end).await?;
+    if blake3::hash(&index).as_bytes() != &checksum {
+        return Err(corrupt("the index does not match its checksum".into()));
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    let mut next_free = PACK_MAGIC.len() as u64;
+    for raw in index.chunks_exact(INDEX_ENTRY_LEN) {
+        let chunk = ChunkId::from_bytes(raw[..32].try_into().expect("32 bytes"));
+        let offset = u64::from_le_bytes(raw[32..40].try_into().expect("8 bytes"));
+        let length = u32::from_le_bytes(raw[40..44].try_into().expect("4 bytes"));
+        if offset < next_free || offset + u64::from(length) > index_offset {
+            return Err(corrupt(format!(
+                "entry for chunk {chunk} at {offset}+{length} overlaps another entry or the index"
+            )));
+        }
+        next_free = offset + u64::from(length);
+        entries.push(PackEntry {
+            chunk,
+            offset,
+            length,
+        });
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunk::seal_chunk;
+    use crate::crypto::VaultKey;
+    use crate::store::LocalDurability;
+    use crate::store::tests::TempFolder;
+    use futures::TryStreamExt;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    use std::collections::HashMap;
+
+    fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+        let mut data = vec![0u8; len];
+        StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+        data
+    }
+
+    /// Writes `count` random chunks of `chunk_len` bytes; returns plaintexts, locations and packs.
+    async fn write_chunks(
+        store: &BlobStore,
+        keys: &ChunkKeys,
+        count: u64,
+        chunk_len: usize,
+        target: usize,
+    ) -> (HashMap<ChunkId, (Vec<u8>, ChunkLocation)>, Vec<WrittenPack>) {
+        let mut writer = PackWriter::new(store.clone(), target).unwrap();
+        let mut plaintexts = HashMap::new();
+        let mut packs = Vec::new();
+        for seed in 0..count {
+            let data = random_bytes(chunk_len, seed);
+            let sealed = seal_chunk(keys, &data).unwrap();
+            plaintexts.insert(sealed.id, data);
+            if let Some(pack) = writer.add(sealed).await.unwrap() {
+                packs.push(pack);
+            }
+            assert!(writer.buffered_bytes() <= target + chunk_len + 64);
+        }
+        packs.extend(writer.finish().await.unwrap());
+        let mut located = HashMap::new();
+        for pack in &packs {
+            for (chunk, location) in pack.locations() {
+                let data = plaintexts.remove(&chunk).expect("each chunk packed once");
+                located.insert(chunk, (data, location));
+            }
+        }
+        assert!(plaintexts.is_empty(), "every chunk was packed");
+        (located, packs)
+    }
+
+    #[tokio::test]
+    async fn chunks_round_trip_through_packs_of_bounded_size() {
+        let store = BlobStore::in_memory();
+        let keys = VaultKey::generate().unwrap().chunk_keys();
+        let target = 64 << 10;
+        let (located, packs) = write_chunks(&store, &keys, 40, 10_000, target).await;
+        assert!(packs.len() >= 6, "{} packs", packs.len());
+        for pack in &packs {
+            assert!(pack.size as usize <= target, "{} > {target}", pack.size);
+            assert!(pack.newly_created);
+            assert_eq!(store.head(&pack.key).await.unwrap().size, pack.size);
+            assert_eq!(
+                read_pack_index(&store, &pack.id).await.unwrap(),
+                pack.entries
+            );
+        }
+        for (chunk, (data, location)) in &located {
+            assert_eq!(
+                &read_chunk(&store, &keys, chunk, location).await.unwrap(),
+                data
+            );
+        }
+        let listed: Vec<_> = store.list(&layout::packs()).try_collect().await.unwrap();
+        assert_eq!(listed.len(), packs.len());
+    }
+
+    #[tokio::test]
+    async fn a_chunk_larger_than_the_target_gets_a_pack_of_its_own() {
+        let store = BlobStore::in_memory();
+        let keys = VaultKey::generate().unwrap().chunk_keys();
+        let (located, packs) = write_chunks(&store, &keys, 3, 20_000, MIN_PACK_TARGET).await;
+        assert_eq!(packs.len(), 3);
+        assert_eq!(located.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn duplicate_chunks_in_one_pack_are_stored_once() {
+        let store = BlobStore::in_memory();
+        let keys = VaultKey::generate().unwrap().chunk_keys();
+        let mut writer = PackWriter::new(store.clone(), DEFAULT_PACK_TARGET).unwrap();
+        let sealed = seal_chunk(&keys, b"repeated block").unwrap();
+        assert!(!writer.holds(&sealed.id));
+        writer.add(sealed.clone()).await.unwrap();
+        assert!(writer.holds(&sealed.id));
+        writer
+            .add(seal_chunk(&keys, b"repeated block").unwrap())
+            .await
+            .unwrap();
+        let pack = writer.finish().await.unwrap().unwrap();
+        assert_eq!(pack.entries.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_empty_writer_uploads_nothing_and_tiny_targets_are_refused() {
+        let store = BlobStore::in_memory();
+        let writer = PackWriter::new(store.clone(), DEFAULT_PACK_TARGET).unwrap();
+        assert!(writer.finish().await.unwrap().is_none());
+        assert!(matches!(
+            PackWriter::new(store, 100),
+            Err(PackError::TargetTooSmall { target: 100 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_flipped_byte_in_a_pack_is_detected_and_names_chunk_and_pack() {
+        let folder = TempFolder::new("pack-flip");
+        let store = BlobStore::local_folder(&folder.0, LocalDurability::OsBuffered).unwrap();
+        let keys = VaultKey::generate().unwrap().chunk_keys();
+        let (located, packs) = write_chunks(&store, &keys, 8, 3000, 1 << 20).await;
+        assert_eq!(packs.len(), 1);
+        let pack = &packs[0];
+        let victim = pack.entries[3];
+
+        // Flip one byte in the middle of the victim's ciphertext, directly on disk.
+        let path = folder.0.join(pack.key.as_str());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(victim.offset + u64::from(victim.length) / 2) as usize] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (_, location) = &located[&victim.chunk];
+        let error = read_chunk(&store, &keys, &victim.chunk, location)
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            matches!(&error, PackError::CorruptChunk { chunk, .. } if *chunk == victim.chunk),
+            "{message}"
+        );
+        assert!(message.contains(&victim.chunk.to_string()), "{message}");
+        assert!(message.contains(pack.key.as_str()), "{message}");
+
+        // Its neighbours are intact and still readable.
+        for entry in pack.entries.iter().filter(|e| e.chunk != victim.chunk) {
+            let (data, location) = &located[&entry.chunk];
+            assert_eq!(
+                &read_chunk(&store, &keys, &entry.chunk, location)
+                    .await
+                    .unwrap(),
+                data
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_index_or_trailer_is_detected() {
+        let folder = TempFolder::new("pack-index");
+        let store = BlobStore::local_folder(&folder.0, LocalDurability::OsBuffered).unwrap();
+        let keys = VaultKey::generate().unwrap().chunk_keys();
+        let (_, packs) = write_chunks(&store, &keys, 4, 1000, 1 << 20).await;
+        let pack = &packs[0];
+        let path = folder.0.join(pack.key.as_str());
+        let original = std::fs::read(&path).unwrap();
+        let len = original.len();
+        let index_start = len - TRAILER_LEN - 4 * INDEX_ENTRY_LEN;
+        for position in [index_start + 5, len - TRAILER_LEN + 2, len - 1] {
+            let mut damaged = original.clone();
+            damaged[position] ^= 0x01;
+            std::fs::write(&path, &damaged).unwrap();
+            let error = read_pack_index(&store, &pack.id).await.unwrap_err();
+            assert!(matches!(error, PackError::CorruptIndex { .. }), "{error}");
+            assert!(error.to_string().contains(pack.key.as_str()), "{error}");
+        }
+        std::fs::write(&path, &original[..10]).unwrap();
+        assert!(matches!(
+            read_pack_index(&store, &pack.id).await,
+            Err(PackError::CorruptIndex { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_missing_pack_is_a_store_error_naming_it() {
+        let store = BlobStore::in_memory();
+        let keys = VaultKey::generate().unwrap().chunk_keys();
+        let pack = PackId::parse(&"ab".repeat(32)).unwrap();
+        let location = ChunkLocation {
+            pack: pack.clone(),
+            offset: 8,
+            length: 100,
+        };
+        let error = read_chunk(&store, &keys, &keys.chunk_id(b"x"), &location)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, PackError::Store(e) if e.is_not_found()),
+            "{error}"
+        );
+        assert!(error.to_string().contains(pack.key().as_str()));
+        assert!(PackId::parse("AB").is_none());
+    }
+}
