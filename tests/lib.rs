@@ -5,6 +5,8 @@
 //! others take [`shared_broker`]. Tests that need RabbitMQ fail — never skip — when it is not
 //! reachable, saying how to start it.
 
+pub mod vault_fixture;
+
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write as _;

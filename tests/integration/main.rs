@@ -6,3 +6,4 @@
 
 mod faults;
 mod runtime;
+mod vault;

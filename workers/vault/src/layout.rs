@@ -47,6 +47,12 @@ pub const RESOURCES: &str = "resources";
 pub const POLICIES: &str = "policies";
 /// Top-level folder of backup instances.
 pub const INSTANCES: &str = "instances";
+/// Top-level folder of what hydration stages for restores.
+pub const STAGING: &str = "staging";
+/// Top-level folder of chunk-index segments.
+pub const INDEX: &str = "index";
+/// Extension of a chunk-index segment object.
+pub const INDEX_EXTENSION: &str = ".idx";
 /// Extension of an extent-map object.
 pub const MAP_EXTENSION: &str = ".map";
 
@@ -333,6 +339,66 @@ pub fn pack_id_from_key(key: &BlobKey) -> Option<&str> {
         && id.starts_with(fan_out)
         && fan_out.len() == 2)
         .then_some(id)
+}
+
+/// A resources key as stored in a recovery-point manifest (`resources/<instance>/<rp>/...`),
+/// checked component by component so a damaged manifest cannot point outside `resources/`.
+pub fn parse_resource_key(text: &str) -> Result<BlobKey, LayoutError> {
+    let mut parts = text.split('/');
+    if parts.next() != Some(RESOURCES) {
+        return Err(LayoutError {
+            what: "resources key",
+            value: text.to_owned(),
+            reason: "it must start with resources/",
+        });
+    }
+    let rest: Vec<&str> = parts.collect();
+    if rest.len() < 3 {
+        return Err(LayoutError {
+            what: "resources key",
+            value: text.to_owned(),
+            reason: "it must name an instance, a recovery point and a file",
+        });
+    }
+    resource(rest[0], rest[1], &rest[2..])
+}
+
+/// `staging/<restore-id>/<file>`: what a restore-hydration stages for the restore stage.
+pub fn staging(restore_id: &str, file: &str) -> Result<BlobKey, LayoutError> {
+    validate_component("restore id", restore_id)?;
+    validate_component("staging file", file)?;
+    Ok(key(&[STAGING, restore_id, file]))
+}
+
+/// `staging/<restore-id>`: everything staged for one restore.
+pub fn staging_prefix(restore_id: &str) -> Result<KeyPrefix, LayoutError> {
+    validate_component("restore id", restore_id)?;
+    Ok(prefix(&[STAGING, restore_id]))
+}
+
+/// `index/<segment-id>.idx`: one chunk-index segment, written create-only by the job that
+/// packed the chunks it lists (see [`crate::index`]).
+pub fn index_segment(segment_id: &str) -> Result<BlobKey, LayoutError> {
+    validate_component("index segment id", segment_id)?;
+    Ok(key(&[INDEX, &format!("{segment_id}{INDEX_EXTENSION}")]))
+}
+
+/// `index`: every chunk-index segment.
+pub fn index_segments() -> KeyPrefix {
+    prefix(&[INDEX])
+}
+
+/// `catalog/<instance>/<rp-id>.<tier>.json`: the manifest of a recovery point in one data tier
+/// (`vault`, `secondary`), written create-only and last, so its presence means "complete".
+pub fn recovery_point_tier(
+    instance: &str,
+    rp_id: &str,
+    tier: &str,
+) -> Result<BlobKey, LayoutError> {
+    validate_component("instance", instance)?;
+    validate_component("recovery point id", rp_id)?;
+    validate_component("tier", tier)?;
+    Ok(key(&[CATALOG, instance, &format!("{rp_id}.{tier}.json")]))
 }
 
 /// `jobs/<job-id>.json`: a job record, updated with compare-and-swap.

@@ -71,10 +71,12 @@
 //! remain (a job that never comes back) are found by retention as packs absent from every
 //! segment and older than the longest job.
 
+pub mod catalog;
 pub mod chunk;
 pub mod crypto;
 pub mod extent;
 mod hex;
+pub mod index;
 pub mod layout;
 pub mod pack;
 pub mod store;

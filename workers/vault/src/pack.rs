@@ -61,6 +61,16 @@ impl PackId {
         Self(blake3::hash(content).to_hex().to_string())
     }
 
+    /// The id of pack number `seq` written by the job `job_key`. Deterministic, so that a
+    /// redelivered job can find the packs an interrupted attempt already uploaded (see
+    /// [`PackNaming::Job`]).
+    pub fn for_job(job_key: &str, seq: u64) -> Self {
+        let mut hasher = blake3::Hasher::new_derive_key("stowage pack id for job v1");
+        hasher.update(job_key.as_bytes());
+        hasher.update(&seq.to_le_bytes());
+        Self(hasher.finalize().to_hex().to_string())
+    }
+
     /// A pack id from text, e.g. read from an index; `None` unless it is 64 lower-case hex digits.
     pub fn parse(text: &str) -> Option<Self> {
         (text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
@@ -186,10 +196,28 @@ pub enum PackError {
     Store(#[from] StoreError),
 }
 
+/// How a [`PackWriter`] names the packs it uploads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackNaming {
+    /// BLAKE3 of the pack's bytes.
+    Content,
+    /// `PackId::for_job(job_key, seq)` for seq = `next_seq`, `next_seq + 1`, … A job that is
+    /// redelivered after a crash probes these names to find what it already uploaded, so it
+    /// never stores the same chunks twice. If a name is taken (two workers ran the same job at
+    /// once), the pack moves to the next free number: correct, at the cost of one duplicate pack.
+    Job {
+        /// Stable identity of the job.
+        job_key: String,
+        /// Sequence number of the next pack.
+        next_seq: u64,
+    },
+}
+
 /// Streams sealed chunks into packs of about `target` bytes, uploading each as it fills.
 #[derive(Debug)]
 pub struct PackWriter {
     store: BlobStore,
+    naming: PackNaming,
     target: usize,
     buffer: Vec<u8>,
     entries: Vec<PackEntry>,
@@ -204,11 +232,18 @@ impl PackWriter {
         }
         Ok(Self {
             store,
+            naming: PackNaming::Content,
             target,
             buffer: Vec::new(),
             entries: Vec::new(),
             chunks_in_buffer: HashSet::new(),
         })
+    }
+
+    /// The same writer, naming packs as `naming` says.
+    pub fn with_naming(mut self, naming: PackNaming) -> Self {
+        self.naming = naming;
+        self
     }
 
     /// Bytes currently held in memory for the pack being filled.
@@ -278,10 +313,26 @@ impl PackWriter {
         pack.extend_from_slice(index_checksum.as_bytes());
         pack.extend_from_slice(TRAILER_MAGIC);
 
-        let id = PackId::of_content(&pack);
-        let key = id.key();
         let size = pack.len() as u64;
-        let outcome = self.store.put_create_only(&key, Bytes::from(pack)).await?;
+        let pack = Bytes::from(pack);
+        let (id, outcome) = match &mut self.naming {
+            PackNaming::Content => {
+                let id = PackId::of_content(&pack);
+                let outcome = self.store.put_create_only(&id.key(), pack).await?;
+                (id, outcome)
+            }
+            PackNaming::Job { job_key, next_seq } => loop {
+                let id = PackId::for_job(job_key, *next_seq);
+                *next_seq += 1;
+                match self.store.put_create_only(&id.key(), pack.clone()).await? {
+                    CreateOutcome::AlreadyExists => {
+                        tracing::warn!(pack = %id, "pack name taken: the same job ran twice at once; using the next one");
+                    }
+                    created => break (id, created),
+                }
+            },
+        };
+        let key = id.key();
         tracing::debug!(pack = %id, size, chunks = entries.len(), "pack uploaded");
         Ok(WrittenPack {
             id,

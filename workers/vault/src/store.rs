@@ -328,6 +328,14 @@ pub enum StoreError {
         #[source]
         source: Box<object_store::Error>,
     },
+    /// A container could not be created.
+    #[error("cannot create Azure container {container}: {reason}")]
+    ContainerSetup {
+        /// The container.
+        container: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl StoreError {
@@ -339,7 +347,7 @@ impl StoreError {
                 **source,
                 object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
             ),
-            Self::LocalLock { .. } => true,
+            Self::LocalLock { .. } | Self::ContainerSetup { .. } => true,
             Self::NotFound { .. }
             | Self::Conflict { .. }
             | Self::CasUnsupported { .. }
@@ -738,6 +746,60 @@ async fn local_lock(lock_dir: &FsPath, key: &BlobKey) -> Result<LocalKeyLock, St
     })
 }
 
+/// The well-known development account of the Azure Storage emulator (public, documented).
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Create a container in Azurite if it does not exist (object_store has no container API).
+/// The endpoint is `AZURITE_BLOB_STORAGE_URL`, as for [`AzureConfig::Emulator`].
+pub async fn create_azurite_container(container: &str) -> Result<(), StoreError> {
+    use base64::Engine as _;
+    // As in `BlobStore::azure`: TLS goes through rustls with ring, installed as the default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let endpoint = std::env::var("AZURITE_BLOB_STORAGE_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:10000".to_owned());
+    let fail = |reason: String| StoreError::ContainerSetup {
+        container: container.to_owned(),
+        reason,
+    };
+    let date = jiff::Timestamp::now()
+        .strftime("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    let version = "2021-08-06";
+    // Shared Key signature: verb, eleven empty standard headers, canonical x-ms headers, and
+    // the canonical resource (path-style emulator URLs repeat the account name).
+    let to_sign = format!(
+        "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{container}\nrestype:container"
+    );
+    let key_bytes = base64::engine::general_purpose::STANDARD
+        .decode(AZURITE_KEY)
+        .map_err(|e| fail(e.to_string()))?;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key_bytes);
+    let signature = base64::engine::general_purpose::STANDARD
+        .encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
+    let url = format!("{endpoint}/{AZURITE_ACCOUNT}/{container}?restype=container");
+    let response = reqwest::Client::new()
+        .put(&url)
+        .header("x-ms-date", &date)
+        .header("x-ms-version", version)
+        .header(
+            "Authorization",
+            format!("SharedKey {AZURITE_ACCOUNT}:{signature}"),
+        )
+        .header("Content-Length", "0")
+        .send()
+        .await
+        .map_err(|e| fail(format!("Azurite at {endpoint} is unreachable: {e}")))?;
+    match response.status().as_u16() {
+        201 | 409 => Ok(()),
+        code => Err(fail(format!(
+            "Azurite answered {code}: {}",
+            response.text().await.unwrap_or_default()
+        ))),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -997,3 +1059,4 @@ pub(crate) mod tests {
         assert_eq!(&raw.get(&key).await.unwrap().bytes[..], b"a");
     }
 }
+

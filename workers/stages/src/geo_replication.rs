@@ -1,0 +1,214 @@
+//! geo-replication: copy a vaulted recovery point to the vault's secondary location.
+//!
+//! Copies only what the secondary lacks — packs are immutable and named by id, so "lacks" is a
+//! `head` per pack — then writes, each create-only: a chunk-index segment for the chunks this
+//! RP needs there, the extent maps of its volume chains, the resources object, the RP manifest,
+//! and **last** the RP's `secondary` tier manifest. A half-copied RP therefore never shows in
+//! the secondary tier, and a redelivered job re-checks and copies only what is still missing.
+//! Objects move one at a time (a pack at most, 16 MiB by default), never a whole volume.
+
+use std::collections::{BTreeSet, HashSet};
+
+use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
+use stowage_schemas::domain::Tier;
+use stowage_schemas::events::RpReplicated;
+use stowage_schemas::{Envelope, Message, Stage};
+use stowage_vault::catalog::{self, TierManifest};
+use stowage_vault::chunk::ChunkId;
+use stowage_vault::extent::{ExtentMap, load_chain};
+use stowage_vault::index::{self, ChunkIndex};
+use stowage_vault::layout::{self, BlobKey};
+use stowage_vault::store::BlobStore;
+
+use crate::context::VaultContext;
+use crate::errors::Classify as _;
+
+/// The geo-replication stage.
+#[derive(Clone)]
+pub struct GeoReplication {
+    ctx: VaultContext,
+}
+
+impl GeoReplication {
+    /// The stage over `ctx`.
+    pub fn new(ctx: VaultContext) -> Self {
+        Self { ctx }
+    }
+}
+
+impl StageHandler for GeoReplication {
+    fn stage(&self) -> Stage {
+        Stage::GeoReplication
+    }
+
+    async fn handle(&self, _ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+        let (instance, rp_id) = match &envelope.message {
+            Message::GeoReplication(job) => (job.instance.clone(), job.recovery_point_id.clone()),
+            Message::RpVaulted(event) => (event.instance.clone(), event.recovery_point_id.clone()),
+            other => {
+                return Err(StageError::permanent(format!(
+                    "the geo-replication stage does not handle {} messages; send job.geo-replication",
+                    other.kind()
+                )));
+            }
+        };
+        let Some(secondary) = &self.ctx.secondary else {
+            // A locally redundant vault: nothing to replicate, and no event to emit.
+            tracing::info!(
+                instance,
+                rp_id,
+                "the vault is not geo-redundant; nothing to replicate"
+            );
+            return Ok(Outcome::done());
+        };
+        let copied = replicate(&self.ctx.primary, &secondary.store, &instance, &rp_id).await?;
+        Ok(Outcome::done().emit(Message::RpReplicated(RpReplicated {
+            instance,
+            recovery_point_id: rp_id,
+            secondary_region: secondary.region.clone(),
+            objects_copied: copied.objects,
+            bytes_copied: copied.bytes,
+        })))
+    }
+}
+
+/// What a replication copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Objects written to the secondary.
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Copy one vaulted RP from `primary` to `secondary` (see the module doc).
+pub async fn replicate(
+    primary: &BlobStore,
+    secondary: &BlobStore,
+    instance: &str,
+    rp_id: &str,
+) -> Result<Copied, StageError> {
+    let mut copied = Copied::default();
+    if catalog::read_tier_manifest(secondary, instance, rp_id, Tier::Secondary)
+        .await
+        .map_err(|e| e.stage_error())?
+        .is_some()
+    {
+        tracing::info!(
+            instance,
+            rp_id,
+            "already in the secondary tier; nothing to do"
+        );
+        return Ok(copied);
+    }
+    let Some(vaulted) = catalog::read_tier_manifest(primary, instance, rp_id, Tier::Vault)
+        .await
+        .map_err(|e| e.stage_error())?
+    else {
+        return Err(StageError::permanent(format!(
+            "recovery point {rp_id} of instance {instance} is not in the vault tier yet; \
+             run its vault transfer first (stowage submit a job.vault-transfer)"
+        )));
+    };
+
+    // Which maps and chunks the RP's volumes need.
+    let mut map_keys: Vec<BlobKey> = Vec::new();
+    let mut wanted: HashSet<ChunkId> = HashSet::new();
+    for volume in &vaulted.volumes {
+        let chain = load_chain(primary, &volume.volume_id, &volume.version)
+            .await
+            .map_err(|e| e.stage_error())?;
+        for map in &chain {
+            map_keys.push(
+                layout::volume_version(&volume.volume_id, map.version())
+                    .map_err(StageError::permanent)?,
+            );
+        }
+        wanted.extend(
+            ExtentMap::resolve(&chain)
+                .map_err(StageError::permanent)?
+                .chunk_ids(),
+        );
+    }
+    let index = ChunkIndex::load_only(primary, &wanted)
+        .await
+        .map_err(|e| e.stage_error())?;
+    let mut entries = Vec::with_capacity(wanted.len());
+    let mut packs = BTreeSet::new();
+    for id in &wanted {
+        let location = index.get(id).ok_or_else(|| {
+            StageError::permanent(format!(
+                "chunk {id} of recovery point {rp_id} is in no index segment of the vault; \
+                 the vault is damaged: run `stowage rp verify {rp_id}`"
+            ))
+        })?;
+        packs.insert(location.pack.clone());
+        entries.push((*id, location));
+    }
+
+    for pack in &packs {
+        copy_if_missing(primary, secondary, &pack.key(), &mut copied).await?;
+    }
+    let segment = format!(
+        "geo-{}",
+        &blake3::hash(format!("{instance}/{rp_id}").as_bytes()).to_hex()[..32]
+    );
+    index::write_segment(secondary, &segment, &entries)
+        .await
+        .map_err(|e| e.stage_error())?;
+    for key in &map_keys {
+        copy_if_missing(primary, secondary, key, &mut copied).await?;
+    }
+    if !vaulted.resources.is_empty() {
+        let resources = layout_key(&vaulted.resources)?;
+        copy_if_missing(primary, secondary, &resources, &mut copied).await?;
+    }
+    let rp_key = layout::recovery_point(instance, rp_id).map_err(StageError::permanent)?;
+    copy_if_missing(primary, secondary, &rp_key, &mut copied).await?;
+
+    let manifest = TierManifest {
+        tier: Tier::Secondary,
+        completed_at: jiff::Timestamp::now(),
+        ..vaulted
+    };
+    catalog::write_tier_manifest(secondary, &manifest)
+        .await
+        .map_err(|e| e.stage_error())?;
+    tracing::info!(
+        instance,
+        rp_id,
+        objects = copied.objects,
+        bytes = copied.bytes,
+        packs = packs.len(),
+        "replicated"
+    );
+    Ok(copied)
+}
+
+fn layout_key(key: &str) -> Result<BlobKey, StageError> {
+    layout::parse_resource_key(key).map_err(StageError::permanent)
+}
+
+async fn copy_if_missing(
+    from: &BlobStore,
+    to: &BlobStore,
+    key: &BlobKey,
+    copied: &mut Copied,
+) -> Result<(), StageError> {
+    match to.head(key).await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.stage_error()),
+    }
+    let object = from.get(key).await.map_err(|e| e.stage_error())?;
+    let size = object.bytes.len() as u64;
+    if let stowage_vault::store::CreateOutcome::Created(_) = to
+        .put_create_only(key, object.bytes)
+        .await
+        .map_err(|e| e.stage_error())?
+    {
+        copied.objects += 1;
+        copied.bytes += size;
+    }
+    Ok(())
+}

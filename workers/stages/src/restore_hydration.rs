@@ -1,0 +1,248 @@
+//! restore-hydration: bring a recovery point's data out of the vault (or secondary) tier into
+//! staging, for the restore stage to apply.
+//!
+//! For each volume: resolve its extent-map chain into one flat map, find where each chunk lives,
+//! read chunks by range, verify them (authentication tag, then a re-hash against the id) and
+//! stream the bytes into a new staging disk through the disk provider; ranges no chunk covers
+//! stay holes. The resources object is copied to `staging/<restore-id>/resources`. Any damaged
+//! or missing chunk fails the job permanently, naming the chunk, its pack and the RP: a restore
+//! from damaged data must not look like success. A redelivered job rewrites the same bytes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use stowage_disk::DiskError;
+use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
+use stowage_schemas::domain::Tier;
+use stowage_schemas::events::RestoreHydrated;
+use stowage_schemas::jobs::{RestoreHydrationJob, StagedDisk, Staging};
+use stowage_schemas::{Envelope, Message, Stage};
+use stowage_vault::catalog;
+use stowage_vault::chunk::ChunkId;
+use stowage_vault::crypto::ChunkKeys;
+use stowage_vault::extent::{ExtentMap, ExtentTarget, load_chain};
+use stowage_vault::index::ChunkIndex;
+use stowage_vault::layout;
+use stowage_vault::pack::{PackError, read_chunk};
+use stowage_vault::store::BlobStore;
+
+use crate::context::VaultContext;
+use crate::errors::Classify as _;
+
+/// Chunks kept decrypted for reuse: repeated data (a pattern, a zeroed-but-written file) maps
+/// many extents to one chunk.
+const CHUNK_CACHE_ENTRIES: usize = 8;
+
+/// The restore-hydration stage.
+#[derive(Clone)]
+pub struct RestoreHydration {
+    ctx: VaultContext,
+}
+
+impl RestoreHydration {
+    /// The stage over `ctx`.
+    pub fn new(ctx: VaultContext) -> Self {
+        Self { ctx }
+    }
+}
+
+impl StageHandler for RestoreHydration {
+    fn stage(&self) -> Stage {
+        Stage::RestoreHydration
+    }
+
+    async fn handle(&self, _ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+        let Message::RestoreHydration(job) = &envelope.message else {
+            return Err(StageError::permanent(format!(
+                "the restore-hydration stage does not handle {} messages; send job.restore-hydration",
+                envelope.kind()
+            )));
+        };
+        let staging = hydrate(&self.ctx, job).await?;
+        Ok(
+            Outcome::done().emit(Message::RestoreHydrated(RestoreHydrated {
+                restore_id: job.restore_id.clone(),
+                instance: job.instance.clone(),
+                recovery_point_id: job.recovery_point_id.clone(),
+                tier: job.tier,
+                staging,
+                options: job.options.clone(),
+            })),
+        )
+    }
+}
+
+/// The name of the staging disk of one volume of one restore.
+pub fn staging_disk_name(restore_id: &str, volume_id: &str) -> String {
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect::<String>()
+    };
+    format!("staging-{}-{}", clean(restore_id), clean(volume_id))
+}
+
+/// Hydrate one recovery point into staging (see the module doc).
+pub async fn hydrate(ctx: &VaultContext, job: &RestoreHydrationJob) -> Result<Staging, StageError> {
+    let (store, location) = match job.tier {
+        Tier::Vault => (&ctx.primary, "vault"),
+        Tier::Secondary => match &ctx.secondary {
+            Some(s) => (&s.store, "secondary"),
+            None => {
+                return Err(StageError::permanent(
+                    "this vault has no secondary location (it is not geo-redundant); restore from the vault tier",
+                ));
+            }
+        },
+        Tier::Operational => {
+            return Err(StageError::permanent(
+                "an operational-tier restore needs no hydration: submit a job.restore with source_tier operational",
+            ));
+        }
+    };
+    let (instance, rp_id) = (&job.instance, &job.recovery_point_id);
+    let Some(manifest) = catalog::read_tier_manifest(store, instance, rp_id, job.tier)
+        .await
+        .map_err(|e| e.stage_error())?
+    else {
+        return Err(StageError::permanent(format!(
+            "recovery point {rp_id} of instance {instance} is not in the {location} tier; \
+             `stowage rp list` shows the tiers each recovery point is in"
+        )));
+    };
+    let keys = Arc::new(ctx.key.chunk_keys());
+    let mut disks = Vec::new();
+    for volume in &manifest.volumes {
+        let chain = load_chain(store, &volume.volume_id, &volume.version)
+            .await
+            .map_err(|e| e.stage_error())?;
+        let resolved = ExtentMap::resolve(&chain).map_err(StageError::permanent)?;
+        let name = staging_disk_name(&job.restore_id, &volume.volume_id);
+        let info = hydrate_volume(ctx, store, &keys, &resolved, &name, rp_id, location).await?;
+        tracing::info!(volume = %volume.volume_id, disk = %info.id, bytes = resolved.data_bytes(), "volume hydrated");
+        disks.push(StagedDisk {
+            volume_id: volume.volume_id.clone(),
+            disk_id: info.id.0,
+            size_bytes: info.size,
+        });
+    }
+
+    let resources = layout::staging(&job.restore_id, "resources").map_err(StageError::permanent)?;
+    if !manifest.resources.is_empty() {
+        let source =
+            layout::parse_resource_key(&manifest.resources).map_err(StageError::permanent)?;
+        let object = store.get(&source).await.map_err(|e| e.stage_error())?;
+        store
+            .put_create_only(&resources, object.bytes)
+            .await
+            .map_err(|e| e.stage_error())?;
+    }
+    Ok(Staging {
+        location: location.to_owned(),
+        resources: resources.to_string(),
+        disks,
+    })
+}
+
+async fn hydrate_volume(
+    ctx: &VaultContext,
+    store: &BlobStore,
+    keys: &Arc<ChunkKeys>,
+    resolved: &ExtentMap,
+    disk_name: &str,
+    rp_id: &str,
+    tier: &str,
+) -> Result<stowage_disk::DiskInfo, StageError> {
+    let wanted: HashSet<ChunkId> = resolved.chunk_ids().collect();
+    let index = Arc::new(
+        ChunkIndex::load_only(store, &wanted)
+            .await
+            .map_err(|e| e.stage_error())?,
+    );
+    if let Some(missing) = wanted.iter().find(|id| !index.contains(id)) {
+        return Err(StageError::permanent(format!(
+            "chunk {missing} of recovery point {rp_id} ({tier} tier) is in no index segment: the data is \
+             missing; run `stowage rp verify {rp_id} --tier {tier}` and restore from the other tier"
+        )));
+    }
+    let cache: Arc<Mutex<HashMap<ChunkId, Bytes>>> = Arc::default();
+    let failure: Arc<Mutex<Option<StageError>>> = Arc::default();
+    let extents: Vec<_> = resolved
+        .extents()
+        .iter()
+        .filter_map(|e| match e.target {
+            ExtentTarget::Chunk {
+                id,
+                offset_in_chunk,
+            } => Some((e.offset, e.length, id, offset_in_chunk)),
+            ExtentTarget::Zero => None,
+        })
+        .collect();
+    let pieces = futures::stream::iter(extents)
+        .map(|(offset, length, id, offset_in_chunk)| {
+            let (store, keys, index, cache) = (store.clone(), keys.clone(), index.clone(), cache.clone());
+            let rp_id = rp_id.to_owned();
+            let tier = tier.to_owned();
+            async move {
+                let cached = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+                let plain = match cached {
+                    Some(p) => p,
+                    None => {
+                        let location = index.get(&id).expect("checked above");
+                        let plain = Bytes::from(read_chunk(&store, &keys, &id, &location).await.map_err(|e| match e {
+                            PackError::CorruptChunk { .. } => StageError::permanent(format!(
+                                "recovery point {rp_id} ({tier} tier) cannot be restored: {e}"
+                            )),
+                            other => other.stage_error(),
+                        })?);
+                        let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+                        if c.len() >= CHUNK_CACHE_ENTRIES {
+                            c.clear();
+                        }
+                        c.insert(id, plain.clone());
+                        plain
+                    }
+                };
+                let start = offset_in_chunk as usize;
+                let end = start + length as usize;
+                if end > plain.len() {
+                    return Err(StageError::permanent(format!(
+                        "chunk {id} of recovery point {rp_id} holds {} bytes but its extent map needs {end}; the map is damaged",
+                        plain.len()
+                    )));
+                }
+                Ok::<_, StageError>((offset, plain.slice(start..end)))
+            }
+        })
+        .buffered(ctx.parallelism.max(1));
+    // The disk provider sees a DiskError stream; the real cause is kept aside to report it.
+    let slot = failure.clone();
+    let pieces = pieces
+        .map(move |piece| {
+            piece.map_err(|err| {
+                let text = err.to_string();
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+                DiskError::Io {
+                    context: "reading the vault".into(),
+                    source: std::io::Error::other(text),
+                }
+            })
+        })
+        .boxed();
+    let created = ctx
+        .disks
+        .create_disk_from_stream(disk_name, resolved.volume_size(), pieces)
+        .await;
+    if let Some(cause) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(cause);
+    }
+    created.map_err(|e| e.stage_error())
+}

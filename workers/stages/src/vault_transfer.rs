@@ -1,0 +1,452 @@
+//! vault-transfer: a recovery point's volume snapshots into the vault tier.
+//!
+//! For each volume of the RP, the transfer reads only what it must from the snapshot — the
+//! ranges changed since the newest snapshot of that volume already in the vault (an
+//! incremental), or every allocated range when there is none (a full) — cuts them on the chunk
+//! grid, skips zero ranges, and stores each chunk the vault does not hold yet: compressed,
+//! encrypted, packed. Then, in this order, each step create-only:
+//!
+//! 1. packs, named `hash(job, n)` so a redelivered job finds what it uploaded before a crash;
+//! 2. the job's chunk-index segment;
+//! 3. one extent map per volume (consolidated when its chain grows too long);
+//! 4. the RP's vault-tier manifest — last, so the RP shows in the vault tier only when complete.
+//!
+//! A redelivery after step 4 returns the stored manifest; after any earlier step it re-reads
+//! the snapshot but stores nothing twice: chunks of its earlier packs are known from their
+//! trailers, everything later is create-only. Memory stays bounded: one pack being filled and
+//! `parallelism` pieces in flight, whatever the volume size.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt as _;
+use stowage_disk::{ByteRange, SnapshotId};
+use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
+use stowage_schemas::domain::Tier;
+use stowage_schemas::events::RpVaulted;
+use stowage_schemas::{Envelope, Message, Stage};
+use stowage_vault::catalog::{self, TierManifest, TieredVolume, TransferStats};
+use stowage_vault::chunk::{ChangedRanges, ChunkId, SealedChunk, is_all_zero, seal_chunk};
+use stowage_vault::crypto::ChunkKeys;
+use stowage_vault::extent::{ExtentMap, ExtentMapBuilder, load_chain};
+use stowage_vault::index::{self, ChunkIndex};
+use stowage_vault::layout;
+use stowage_vault::pack::{
+    ChunkLocation, PackError, PackId, PackNaming, PackWriter, WrittenPack, read_pack_index,
+};
+use stowage_vault::store::{BlobStore, CreateOutcome};
+
+use crate::context::VaultContext;
+use crate::errors::Classify as _;
+
+/// The vault-transfer stage.
+#[derive(Clone)]
+pub struct VaultTransfer {
+    ctx: VaultContext,
+}
+
+impl VaultTransfer {
+    /// The stage over `ctx`.
+    pub fn new(ctx: VaultContext) -> Self {
+        Self { ctx }
+    }
+}
+
+impl StageHandler for VaultTransfer {
+    fn stage(&self) -> Stage {
+        Stage::VaultTransfer
+    }
+
+    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+        let (instance, rp_id) = match &envelope.message {
+            Message::VaultTransfer(job) => (job.instance.clone(), job.recovery_point_id.clone()),
+            Message::RpCreated(event) => (event.instance.clone(), event.recovery_point_id.clone()),
+            other => {
+                return Err(StageError::permanent(format!(
+                    "the vault-transfer stage does not handle {} messages; send job.vault-transfer",
+                    other.kind()
+                )));
+            }
+        };
+        let manifest = transfer(&self.ctx, &instance, &rp_id, &ctx).await?;
+        Ok(Outcome::done().emit(Message::RpVaulted(RpVaulted {
+            instance,
+            recovery_point_id: rp_id,
+            bytes_read: manifest.stats.bytes_read,
+            bytes_stored: manifest.stats.bytes_stored,
+            chunks_new: manifest.stats.chunks_new,
+            chunks_reused: manifest.stats.chunks_reused,
+            expires_at: None,
+        })))
+    }
+}
+
+/// Stable identity of the transfer of one RP: names its packs and its index segment.
+fn job_key(instance: &str, rp_id: &str) -> String {
+    format!("vault-transfer/{instance}/{rp_id}")
+}
+
+fn segment_id(job_key: &str) -> String {
+    format!("vt-{}", &blake3::hash(job_key.as_bytes()).to_hex()[..32])
+}
+
+/// Transfer one recovery point into the vault tier (see the module doc). Returns its manifest.
+pub async fn transfer(
+    ctx: &VaultContext,
+    instance: &str,
+    rp_id: &str,
+    job: &JobContext,
+) -> Result<TierManifest, StageError> {
+    let store = &ctx.primary;
+    if let Some(done) = catalog::read_tier_manifest(store, instance, rp_id, Tier::Vault)
+        .await
+        .map_err(|e| e.stage_error())?
+    {
+        tracing::info!(instance, rp_id, "already in the vault tier; nothing to do");
+        return Ok(done);
+    }
+    let rp = catalog::read_recovery_point(store, instance, rp_id).await.map_err(|e| {
+        if e.is_not_found() {
+            StageError::permanent(format!(
+                "recovery point {rp_id} of instance {instance} has no manifest in the vault ({e}); \
+                 only recovery points made by the snapshot stage can be transferred"
+            ))
+        } else {
+            e.stage_error()
+        }
+    })?;
+
+    let key = job_key(instance, rp_id);
+    let mut known = ChunkIndex::load(store).await.map_err(|e| e.stage_error())?;
+    let (mut job_entries, next_seq) = recover_packs(store, &key, &mut known).await?;
+    if !job_entries.is_empty() {
+        tracing::info!(
+            packs = next_seq,
+            chunks = job_entries.len(),
+            "resuming: reusing packs an earlier attempt uploaded"
+        );
+    }
+    let mut writer = PackWriter::new(store.clone(), ctx.pack_target)
+        .map_err(|e| e.stage_error())?
+        .with_naming(PackNaming::Job {
+            job_key: key.clone(),
+            next_seq,
+        });
+    let known = Arc::new(known);
+    let claimed = Arc::new(Mutex::new(HashSet::new()));
+    let keys = Arc::new(ctx.key.chunk_keys());
+    let mut stats = TransferStats::default();
+    let mut maps = Vec::new();
+
+    for volume in &rp.volumes {
+        let version = volume.snapshot_id.clone();
+        let map = match volume_map(store, &volume.volume_id, &version).await? {
+            Some(existing) => existing,
+            None => {
+                let plan = plan_volume(
+                    ctx,
+                    &volume.volume_id,
+                    &SnapshotId(volume.snapshot_id.clone()),
+                    volume.size_bytes,
+                )
+                .await?;
+                tracing::info!(volume = %volume.volume_id, version, base = ?plan.base, bytes = plan.ranges.total_len(), "transferring volume");
+                let built = transfer_volume(
+                    ctx,
+                    job,
+                    &plan,
+                    &keys,
+                    &known,
+                    &claimed,
+                    &mut writer,
+                    &mut job_entries,
+                    &mut stats,
+                )
+                .await?;
+                match &plan.base {
+                    None => built,
+                    Some(base) => {
+                        let chain = load_chain(store, &volume.volume_id, base)
+                            .await
+                            .map_err(|e| e.stage_error())?;
+                        ctx.consolidation
+                            .apply(&chain, built)
+                            .map_err(StageError::permanent)?
+                    }
+                }
+            }
+        };
+        maps.push((volume.volume_id.clone(), map, volume.size_bytes));
+    }
+    if let Some(written) = writer.finish().await.map_err(|e| e.stage_error())? {
+        record(&written, &mut job_entries);
+    }
+
+    // Packs are durable; now what points at them, most general last.
+    if !job_entries.is_empty() {
+        index::write_segment(store, &segment_id(&key), &job_entries)
+            .await
+            .map_err(|e| e.stage_error())?;
+    }
+    let mut volumes = Vec::new();
+    for (volume_id, map, size_bytes) in maps {
+        map.save(store, &volume_id)
+            .await
+            .map_err(|e| e.stage_error())?;
+        volumes.push(TieredVolume {
+            volume_id,
+            version: map.version().to_owned(),
+            size_bytes,
+        });
+    }
+    let manifest = TierManifest {
+        instance: instance.to_owned(),
+        recovery_point_id: rp_id.to_owned(),
+        tier: Tier::Vault,
+        completed_at: jiff::Timestamp::now(),
+        resources: rp.resources.clone(),
+        volumes,
+        stats,
+    };
+    match catalog::write_tier_manifest(store, &manifest)
+        .await
+        .map_err(|e| e.stage_error())?
+    {
+        CreateOutcome::Created(_) => Ok(manifest),
+        // Another worker finished the same RP first; theirs is the record.
+        CreateOutcome::AlreadyExists => {
+            catalog::read_tier_manifest(store, instance, rp_id, Tier::Vault)
+                .await
+                .map_err(|e| e.stage_error())?
+                .ok_or_else(|| {
+                    StageError::transient("the vault manifest vanished right after it was found")
+                })
+        }
+    }
+}
+
+/// The packs an interrupted attempt of this job uploaded: their chunks become known, and the
+/// writer continues after the last one.
+async fn recover_packs(
+    store: &BlobStore,
+    job_key: &str,
+    known: &mut ChunkIndex,
+) -> Result<(Vec<(ChunkId, ChunkLocation)>, u64), StageError> {
+    let mut entries = Vec::new();
+    let mut seq = 0;
+    loop {
+        let id = PackId::for_job(job_key, seq);
+        match read_pack_index(store, &id).await {
+            Ok(found) => {
+                for e in found {
+                    let location = ChunkLocation {
+                        pack: id.clone(),
+                        offset: e.offset,
+                        length: e.length,
+                    };
+                    known.insert(e.chunk, location.clone());
+                    entries.push((e.chunk, location));
+                }
+                seq += 1;
+            }
+            Err(PackError::Store(e)) if e.is_not_found() => return Ok((entries, seq)),
+            Err(e) => return Err(e.stage_error()),
+        }
+    }
+}
+
+fn record(written: &WrittenPack, entries: &mut Vec<(ChunkId, ChunkLocation)>) {
+    entries.extend(written.locations());
+}
+
+async fn volume_map(
+    store: &BlobStore,
+    volume_id: &str,
+    version: &str,
+) -> Result<Option<ExtentMap>, StageError> {
+    match ExtentMap::load(store, volume_id, version).await {
+        Ok(map) => Ok(Some(map)),
+        Err(stowage_vault::extent::ExtentStoreError::Store(e)) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.stage_error()),
+    }
+}
+
+/// What to read for one volume.
+struct VolumePlan {
+    volume_id: String,
+    snapshot: SnapshotId,
+    size: u64,
+    /// The vaulted version this one is incremental on, if any.
+    base: Option<String>,
+    ranges: ChangedRanges,
+}
+
+/// Walk the snapshot's ancestors back to the newest one already in the vault, collecting what
+/// changed since; with none (or a gap in the chain), plan a full transfer.
+async fn plan_volume(
+    ctx: &VaultContext,
+    volume_id: &str,
+    snapshot: &SnapshotId,
+    size: u64,
+) -> Result<VolumePlan, StageError> {
+    let info = ctx
+        .disks
+        .get_snapshot(snapshot)
+        .await
+        .map_err(|e| e.stage_error())?;
+    let mut changed: Vec<ByteRange> = info.changed.clone();
+    let mut parent = info.parent.clone();
+    let mut base = None;
+    while let Some(p) = parent {
+        let key = layout::volume_version(volume_id, &p.0).map_err(StageError::permanent)?;
+        match ctx.primary.head(&key).await {
+            Ok(_) => {
+                base = Some(p.0.clone());
+                break;
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.stage_error()),
+        }
+        match ctx.disks.get_snapshot(&p).await {
+            Ok(older) => {
+                changed.extend(older.changed.iter().copied());
+                parent = older.parent.clone();
+            }
+            // The chain has a gap (retention deleted a snapshot): fall back to a full.
+            Err(stowage_disk::DiskError::NotFound { .. }) => break,
+            Err(e) => return Err(e.stage_error()),
+        }
+    }
+    let ranges: Vec<ByteRange> = match base {
+        Some(_) => changed,
+        None => ctx
+            .disks
+            .allocated_ranges(snapshot)
+            .await
+            .map_err(|e| e.stage_error())?,
+    };
+    let ranges = ChangedRanges::from_unsorted(
+        ranges
+            .iter()
+            .map(|r| r.offset..(r.offset + r.len).min(size))
+            .filter(|r| r.start < r.end),
+    );
+    Ok(VolumePlan {
+        volume_id: volume_id.to_owned(),
+        snapshot: snapshot.clone(),
+        size,
+        base,
+        ranges,
+    })
+}
+
+enum Prepared {
+    Zero(Range<u64>),
+    Chunk {
+        range: Range<u64>,
+        id: ChunkId,
+        sealed: Option<SealedChunk>,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn transfer_volume(
+    ctx: &VaultContext,
+    job: &JobContext,
+    plan: &VolumePlan,
+    keys: &Arc<ChunkKeys>,
+    known: &Arc<ChunkIndex>,
+    claimed: &Arc<Mutex<HashSet<ChunkId>>>,
+    writer: &mut PackWriter,
+    job_entries: &mut Vec<(ChunkId, ChunkLocation)>,
+    stats: &mut TransferStats,
+) -> Result<ExtentMap, StageError> {
+    let version = &plan.snapshot.0;
+    let mut builder = match &plan.base {
+        None => ExtentMapBuilder::full(version, plan.size),
+        Some(base) => ExtentMapBuilder::incremental(version, base, plan.size),
+    }
+    .map_err(StageError::permanent)?;
+    let pieces: Vec<Range<u64>> = ctx.grid.pieces(&plan.ranges).collect();
+    let prepared = futures::stream::iter(pieces)
+        .map(|range| {
+            let (disks, snapshot) = (ctx.disks.clone(), plan.snapshot.clone());
+            let (keys, known, claimed) = (keys.clone(), known.clone(), claimed.clone());
+            async move {
+                let mut data = vec![0u8; (range.end - range.start) as usize];
+                disks
+                    .read_snapshot(&snapshot, range.start, &mut data)
+                    .await
+                    .map_err(|e| e.stage_error())?;
+                tokio::task::spawn_blocking(move || prepare(range, data, &keys, &known, &claimed))
+                    .await
+                    .map_err(|e| StageError::transient(format!("a chunking task failed: {e}")))?
+            }
+        })
+        .buffered(ctx.parallelism.max(1));
+    futures::pin_mut!(prepared);
+    let mut done = 0u64;
+    while let Some(piece) = prepared.next().await {
+        match piece? {
+            Prepared::Zero(range) => {
+                stats.bytes_read += range.end - range.start;
+                builder
+                    .push_zero(range.start, range.end - range.start)
+                    .map_err(StageError::permanent)?;
+            }
+            Prepared::Chunk { range, id, sealed } => {
+                let len = range.end - range.start;
+                stats.bytes_read += len;
+                match sealed {
+                    Some(chunk) => {
+                        stats.chunks_new += 1;
+                        stats.bytes_stored += chunk.bytes.len() as u64;
+                        if let Some(written) =
+                            writer.add(chunk).await.map_err(|e| e.stage_error())?
+                        {
+                            record(&written, job_entries);
+                        }
+                    }
+                    None => stats.chunks_reused += 1,
+                }
+                builder
+                    .push_chunk(range.start, len, id, 0)
+                    .map_err(StageError::permanent)?;
+            }
+        }
+        done += 1;
+        if done.is_multiple_of(256) {
+            if job.is_shutting_down() {
+                return Err(StageError::transient(
+                    "the worker is shutting down; the transfer resumes from its uploaded packs on redelivery",
+                ));
+            }
+            tracing::info!(volume = %plan.volume_id, read_bytes = stats.bytes_read, "vault transfer progress");
+        }
+    }
+    Ok(builder.finish())
+}
+
+/// Off the async threads: skip zeros, hash, and seal chunks that are new to the vault and not
+/// already claimed by another piece of this job.
+fn prepare(
+    range: Range<u64>,
+    data: Vec<u8>,
+    keys: &ChunkKeys,
+    known: &ChunkIndex,
+    claimed: &Mutex<HashSet<ChunkId>>,
+) -> Result<Prepared, StageError> {
+    if is_all_zero(&data) {
+        return Ok(Prepared::Zero(range));
+    }
+    let id = keys.chunk_id(&data);
+    let is_new =
+        !known.contains(&id) && claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+    let sealed = if is_new {
+        Some(seal_chunk(keys, &data).map_err(StageError::permanent)?)
+    } else {
+        None
+    };
+    Ok(Prepared::Chunk { range, id, sealed })
+}
