@@ -1,0 +1,255 @@
+//! The sandbox cluster: an in-process HTTP server for the subset of the Kubernetes API that
+//! Stowage uses, so the stages, tests and `stowage demo` run without a real cluster.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), stowage_cluster::SandboxError> {
+//! use stowage_cluster::Sandbox;
+//!
+//! let sandbox = Sandbox::new();
+//! sandbox.load_sample_app()?;
+//! let handle = sandbox.start_local().await?;
+//! let client = handle.client(); // a kube::Client, as for any cluster
+//! # let _ = client; Ok(()) }
+//! ```
+//!
+//! # What it serves
+//!
+//! - `/version`; discovery: `/api`, `/api/v1`, `/apis`, `/apis/{group}`, `/apis/{group}/{version}`,
+//!   including the types of CRDs created at run time (created CRDs are `Established` at once).
+//! - For every type: list (label selectors with every operator, `fieldSelector` on
+//!   `metadata.name`/`metadata.namespace`, `limit`/`continue` paging), get, create (with
+//!   `generateName`), update (PUT), merge patch (PATCH `application/merge-patch+json`;
+//!   `strategic-merge-patch+json` is treated as a merge patch) and delete (with uid and
+//!   resourceVersion preconditions), namespaced and cluster-scoped, in every namespace at once.
+//! - Server-populated fields: `metadata.uid`, `resourceVersion` (one global counter),
+//!   `creationTimestamp`, `generation` (bumped when anything outside metadata and status
+//!   changes) and `managedFields`; namespaces get `status.phase: Active`, CRDs their conditions.
+//! - Failures as `Status` objects: 404 `NotFound` (unknown type, object or namespace),
+//!   409 `AlreadyExists`, 409 `Conflict` (stale resourceVersion), 422 `Invalid` (missing or
+//!   malformed name, name differing from the URL, malformed CRD), 400 `BadRequest`, 405, 415.
+//! - `kubectl --server` can list and get: server-side printing (`as=Table`) answers name and age.
+//! - Hook commands: see [`crate::exec`].
+//!
+//! # What it does not serve
+//!
+//! Watches, server-side apply, JSON patch, `deletecollection`, subresources (`/status`,
+//! `/scale`, real `pods/exec`), OpenAPI documents, aggregated discovery, authentication and
+//! authorization, admission and schema validation, defaulting, finalizers and graceful
+//! deletion (deleting a namespace or CRD removes its contents at once), controllers (a
+//! Deployment creates no pods), and consistent paging snapshots (a continued list resumes after
+//! the last name it returned, and sees changes made in between).
+
+pub(crate) mod error;
+mod http;
+pub(crate) mod sample;
+pub(crate) mod store;
+mod types;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::exec::ExecRecord;
+use store::Store;
+
+/// A sandbox cluster's state. Cheap to clone: clones share one cluster.
+#[derive(Clone)]
+pub struct Sandbox {
+    // A std mutex: every operation is short and never awaits while holding it.
+    store: Arc<Mutex<Store>>,
+    address: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+/// Why a sandbox could not start or load objects.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A kube client for the sandbox could not be built.
+    #[error("cannot build a Kubernetes client for the sandbox: {0}")]
+    Client(#[source] kube::Error),
+    /// The sandbox refused an object it was asked to load.
+    #[error("the sandbox refused {object}: {message}")]
+    Rejected {
+        /// `kind namespace/name` of the object.
+        object: String,
+        /// The API's message.
+        message: String,
+    },
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    /// An empty cluster holding only the namespaces every cluster has (`default`,
+    /// `kube-system`, `kube-public`, `kube-node-lease`).
+    pub fn new() -> Self {
+        Self {
+            store: Arc::new(Mutex::new(Store::new())),
+            address: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Loads the sample application (see the `sample` module's table): two namespaces of
+    /// workloads with config, secrets, services, RBAC, a CRD with custom resources, and PVCs
+    /// bound to CSI volumes of the local disk provider, plus one NFS volume Stowage must skip.
+    pub fn load_sample_app(&self) -> Result<(), SandboxError> {
+        for object in sample::objects() {
+            self.create(object)?;
+        }
+        Ok(())
+    }
+
+    /// Creates one object given as JSON, its type found from `apiVersion` and `kind` (a
+    /// namespaced object without `metadata.namespace` goes to `default`). Answers the object
+    /// as stored, with the server-populated fields.
+    pub fn create(&self, object: serde_json::Value) -> Result<serde_json::Value, SandboxError> {
+        let describe = |o: &serde_json::Value| {
+            let m = &o["metadata"];
+            format!(
+                "{} {}/{}",
+                o["kind"].as_str().unwrap_or("?"),
+                m["namespace"].as_str().unwrap_or(""),
+                m["name"].as_str().unwrap_or("?")
+            )
+        };
+        let name = describe(&object);
+        self.with_store_mut(|s| s.create_object(object))
+            .map_err(|e| SandboxError::Rejected {
+                object: name,
+                message: e.message,
+            })
+    }
+
+    /// Every command run through the exec endpoint so far, oldest first.
+    pub fn exec_log(&self) -> Vec<ExecRecord> {
+        self.with_store(|s| s.exec_log().to_vec())
+    }
+
+    /// The cluster's current resource version (the last one issued).
+    pub fn resource_version(&self) -> u64 {
+        self.with_store(Store::resource_version)
+    }
+
+    /// Serves the cluster on `addr` (port 0 picks a free port) until the handle is dropped
+    /// or shut down.
+    pub async fn start(self, addr: SocketAddr) -> Result<SandboxHandle, SandboxError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| SandboxError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| SandboxError::Bind { addr, source })?;
+        *self.address.lock().unwrap_or_else(PoisonError::into_inner) = Some(addr);
+        let url = format!("http://{addr}");
+        let mut config =
+            kube::Config::new(url.parse().expect("a socket address makes a valid URI"));
+        config.default_namespace = "default".to_owned();
+        let client = kube::Client::try_from(config).map_err(SandboxError::Client)?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = http::router(self.clone());
+        let server = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(%error, "sandbox server failed");
+            }
+        });
+        tracing::info!(%url, "sandbox cluster serving");
+        Ok(SandboxHandle {
+            sandbox: self,
+            addr,
+            url,
+            client,
+            stop: Some(stop),
+            server: Some(server),
+        })
+    }
+
+    /// [`Sandbox::start`] on `127.0.0.1` and a free port.
+    pub async fn start_local(self) -> Result<SandboxHandle, SandboxError> {
+        self.start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    fn address_hint(&self) -> String {
+        self.address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string())
+    }
+
+    fn with_store<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
+        f(&self.store.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn with_store_mut<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        f(&mut self.store.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// A running sandbox server. Dropping it stops the server.
+pub struct SandboxHandle {
+    sandbox: Sandbox,
+    addr: SocketAddr,
+    url: String,
+    client: kube::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl SandboxHandle {
+    /// The base URL, e.g. `http://127.0.0.1:41234` (for `kubectl --server`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A kube client for the sandbox (no authentication; default namespace `default`).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The cluster being served, to load objects or read the exec log.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Stops accepting requests and waits for those in flight to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for SandboxHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

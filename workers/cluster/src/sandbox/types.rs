@@ -1,0 +1,162 @@
+//! The resource types the sandbox serves: a fixed set of built-ins plus one per registered CRD.
+
+use serde_json::Value;
+
+/// One resource type, as discovery describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResourceType {
+    /// API group; empty for the core group.
+    pub group: String,
+    /// Served versions, preferred first.
+    pub versions: Vec<String>,
+    pub kind: String,
+    pub plural: String,
+    pub singular: String,
+    pub namespaced: bool,
+    pub short_names: Vec<String>,
+}
+
+impl ResourceType {
+    fn builtin(
+        group: &str,
+        version: &str,
+        kind: &str,
+        plural: &str,
+        namespaced: bool,
+        short: &[&str],
+    ) -> Self {
+        Self {
+            group: group.to_owned(),
+            versions: vec![version.to_owned()],
+            kind: kind.to_owned(),
+            plural: plural.to_owned(),
+            singular: kind.to_lowercase(),
+            namespaced,
+            short_names: short.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// Whether this is the CustomResourceDefinition type itself.
+    pub fn is_crd(&self) -> bool {
+        self.group == "apiextensions.k8s.io" && self.plural == "customresourcedefinitions"
+    }
+
+    /// The type a stored CRD object defines; `None` if it serves no version.
+    pub fn from_crd(crd: &Value) -> Option<Self> {
+        let text = |path: &str| crd.pointer(path).and_then(Value::as_str).map(str::to_owned);
+        let kind = text("/spec/names/kind")?;
+        let mut versions: Vec<(bool, String)> = crd
+            .pointer("/spec/versions")?
+            .as_array()?
+            .iter()
+            .filter(|v| v["served"] != Value::Bool(false))
+            .filter_map(|v| {
+                Some((
+                    v["storage"] != Value::Bool(true),
+                    v["name"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        // The storage version is preferred; the rest keep their order.
+        versions.sort_by_key(|(not_storage, _)| *not_storage);
+        if versions.is_empty() {
+            return None;
+        }
+        Some(Self {
+            group: text("/spec/group")?,
+            versions: versions.into_iter().map(|(_, v)| v).collect(),
+            singular: text("/spec/names/singular").unwrap_or_else(|| kind.to_lowercase()),
+            kind,
+            plural: text("/spec/names/plural")?,
+            namespaced: crd.pointer("/spec/scope").and_then(Value::as_str) == Some("Namespaced"),
+            short_names: crd
+                .pointer("/spec/names/shortNames")
+                .and_then(Value::as_array)
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|n| Some(n.as_str()?.to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// The built-in types Stowage backs up and restores.
+pub(crate) fn builtin_types() -> Vec<ResourceType> {
+    let t = ResourceType::builtin;
+    vec![
+        t("", "v1", "Namespace", "namespaces", false, &["ns"]),
+        t("", "v1", "ConfigMap", "configmaps", true, &["cm"]),
+        t("", "v1", "Secret", "secrets", true, &[]),
+        t("", "v1", "Service", "services", true, &["svc"]),
+        t("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"]),
+        t(
+            "",
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            false,
+            &["pv"],
+        ),
+        t(
+            "",
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            true,
+            &["pvc"],
+        ),
+        t("", "v1", "Pod", "pods", true, &["po"]),
+        t("apps", "v1", "Deployment", "deployments", true, &["deploy"]),
+        t("apps", "v1", "StatefulSet", "statefulsets", true, &["sts"]),
+        t(
+            "storage.k8s.io",
+            "v1",
+            "StorageClass",
+            "storageclasses",
+            false,
+            &["sc"],
+        ),
+        t(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "Role",
+            "roles",
+            true,
+            &[],
+        ),
+        t(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+            &[],
+        ),
+        t(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+            &[],
+        ),
+        t(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+            &[],
+        ),
+        t(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+            &["crd", "crds"],
+        ),
+    ]
+}
