@@ -74,6 +74,24 @@ impl VaultFixture {
         }
     }
 
+    /// Create an empty (sparse) disk.
+    pub async fn disks_create(&self, disk: &str, size: u64) {
+        self.disks
+            .create_disk(disk, size)
+            .await
+            .expect("create disk");
+    }
+
+    /// Write `len` seeded random bytes at `offset` of `disk`.
+    pub async fn write_random(&self, disk: &str, offset: u64, len: usize, seed: u64) {
+        let mut data = vec![0u8; len];
+        rand::rngs::StdRng::seed_from_u64(seed).fill(&mut data[..]);
+        self.disks
+            .write(&DiskId(disk.into()), offset, &data)
+            .await
+            .expect("write disk");
+    }
+
     /// Stand-in for the snapshot stage: snapshot each `(disk, volume id)` as `<rp_id>-<disk>`, store a
     /// resources object, and write the RP manifest.
     pub async fn snapshot_rp(&self, rp_id: &str, volumes: &[(&str, &str)]) -> RecoveryPoint {
@@ -127,31 +145,45 @@ impl VaultFixture {
             .get_snapshot(&SnapshotId(snapshot.into()))
             .await
             .expect("snapshot");
+        self.assert_same_bytes_in(snapshot, hydrated, &[(0, snap.size)])
+            .await;
+    }
+
+    /// Assert the disk `hydrated` holds the bytes of snapshot `snapshot` in each `(offset, len)`.
+    pub async fn assert_same_bytes_in(
+        &self,
+        snapshot: &str,
+        hydrated: &str,
+        ranges: &[(u64, u64)],
+    ) {
+        let snap = SnapshotId(snapshot.into());
         let mut expected = vec![0u8; 1 << 20];
         let mut actual = vec![0u8; 1 << 20];
-        let mut offset = 0;
-        while offset < snap.size {
-            let len = (snap.size - offset).min(1 << 20) as usize;
-            self.disks
-                .read_snapshot(&snap.id, offset, &mut expected[..len])
-                .await
-                .expect("read snapshot");
-            self.disks
-                .read_disk(&DiskId(hydrated.into()), offset, &mut actual[..len])
-                .await
-                .expect("read hydrated disk");
-            if expected[..len] != actual[..len] {
-                let at = expected[..len]
-                    .iter()
-                    .zip(&actual[..len])
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(0);
-                panic!(
-                    "disk {hydrated} differs from snapshot {snapshot} at byte {}",
-                    offset + at as u64
-                );
+        for &(start, length) in ranges {
+            let mut offset = start;
+            while offset < start + length {
+                let len = (start + length - offset).min(1 << 20) as usize;
+                self.disks
+                    .read_snapshot(&snap, offset, &mut expected[..len])
+                    .await
+                    .expect("read snapshot");
+                self.disks
+                    .read_disk(&DiskId(hydrated.into()), offset, &mut actual[..len])
+                    .await
+                    .expect("read hydrated disk");
+                if expected[..len] != actual[..len] {
+                    let at = expected[..len]
+                        .iter()
+                        .zip(&actual[..len])
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(0);
+                    panic!(
+                        "disk {hydrated} differs from snapshot {snapshot} at byte {}",
+                        offset + at as u64
+                    );
+                }
+                offset += len as u64;
             }
-            offset += len as u64;
         }
     }
 

@@ -31,6 +31,8 @@ pub enum Command {
     Topology(TopologyArgs),
     /// Run the pipeline on embedded defaults: no services needed.
     Demo(DemoArgs),
+    /// Recovery points.
+    Rp(RpArgs),
 }
 
 /// Where the broker is.
@@ -58,6 +60,9 @@ pub struct WorkerArgs {
     /// Broker settings.
     #[command(flatten)]
     pub broker: BrokerArgs,
+    /// Vault settings (for the vault-transfer, geo-replication and restore-hydration stages).
+    #[command(flatten)]
+    pub vault: VaultArgs,
     /// Address of the /livez and /readyz endpoints.
     #[arg(long, env = "STOWAGE_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
     pub health_addr: SocketAddr,
@@ -95,6 +100,66 @@ impl std::str::FromStr for StageChoice {
             .map(StageChoice::One)
             .map_err(|e| format!("{e}, or all"))
     }
+}
+
+/// Where the vault is, and what the vault stages need besides.
+#[derive(Debug, Clone, Args)]
+pub struct VaultArgs {
+    /// The vault's storage: a folder, azurite://<container> or azure://<account>/<container>
+    /// (with STOWAGE_AZURE_ACCESS_KEY).
+    #[arg(long, env = "STOWAGE_VAULT")]
+    pub vault: Option<String>,
+    /// Storage of the geo-redundant copy, in the paired region (same forms as --vault).
+    #[arg(long, env = "STOWAGE_SECONDARY")]
+    pub secondary: Option<String>,
+    /// Name of the paired region, for events and messages.
+    #[arg(long, env = "STOWAGE_SECONDARY_REGION", default_value = "secondary")]
+    pub secondary_region: String,
+    /// File holding the vault key (64 hex digits). Alternatively STOWAGE_VAULT_KEY holds the key.
+    #[arg(long, env = "STOWAGE_VAULT_KEY_FILE")]
+    pub vault_key_file: Option<PathBuf>,
+    /// Root folder of the local disk provider (driver disk.stowage.local).
+    #[arg(long, env = "STOWAGE_DISK_ROOT")]
+    pub disk_root: Option<PathBuf>,
+}
+
+/// `stowage rp`.
+#[derive(Debug, Args)]
+pub struct RpArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: RpAction,
+    /// Vault settings.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+/// Recovery-point actions.
+#[derive(Debug, Subcommand)]
+pub enum RpAction {
+    /// Re-read every chunk of a recovery point and report its integrity.
+    Verify {
+        /// The recovery point id.
+        rp: String,
+        /// Its backup instance (found in the catalog when omitted).
+        #[arg(long)]
+        instance: Option<String>,
+        /// Which copy to check.
+        #[arg(long, value_enum, default_value_t = TierChoice::Vault)]
+        tier: TierChoice,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+/// A data tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TierChoice {
+    /// The vault tier, in the vault's own storage.
+    Vault,
+    /// The geo-redundant copy.
+    Secondary,
 }
 
 /// `stowage submit`.

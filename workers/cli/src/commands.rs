@@ -13,11 +13,11 @@ use stowage_runtime::{
 use stowage_schemas::Stage;
 
 use crate::cli::{
-    BrokerArgs, Cli, Command, DemoArgs, DlqAction, DlqArgs, StageChoice, SubmitArgs,
-    TopologyAction, WorkerArgs,
+    BrokerArgs, Cli, Command, DemoArgs, DlqAction, DlqArgs, RpAction, RpArgs, StageChoice,
+    SubmitArgs, TierChoice, TopologyAction, WorkerArgs,
 };
 use crate::output::{self, truncate};
-use crate::{job_file, stages};
+use crate::{job_file, stages, vault_config};
 
 /// Run the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -44,6 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Demo(args) => demo(args).await,
+        Command::Rp(args) => rp(args).await,
     }
 }
 
@@ -55,18 +56,12 @@ fn connect(args: &BrokerArgs) -> (RabbitBroker, Names) {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let services = stages::Services {
+        vault: vault_config::vault_context(&args.vault)?,
+    };
     let wanted = match args.stage {
         StageChoice::One(stage) => vec![stage],
-        StageChoice::All => {
-            let available = stages::available();
-            if available.is_empty() {
-                bail!(
-                    "no stage has a handler in this build yet, so there is nothing to run; \
-                     jobs submitted now wait in their queues until a worker for their stage starts"
-                );
-            }
-            available
-        }
+        StageChoice::All => stages::built(),
     };
     let config = WorkerConfig {
         names: Names::new(args.broker.prefix.clone()),
@@ -86,7 +81,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         config,
     );
     for stage in wanted {
-        worker = stages::add(worker, stage, stage_config)?;
+        worker = stages::add(worker, stage, stage_config, &services)?;
     }
     let shutdown = Shutdown::from_future(shutdown::signal());
     let listener = health::bind(args.health_addr).await?;
@@ -247,7 +242,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for stage in Stage::ALL {
         let queue = names.stage_queue(stage);
         let depth = broker.queue_depth(&queue).await?;
-        let handler = if stages::available().contains(&stage) {
+        let handler = if stages::built().contains(&stage) {
             "yes"
         } else {
             "not in this build yet"
@@ -263,7 +258,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         "{}",
         output::table(&["STAGE", "QUEUE", "WAITING", "HANDLER"], &rows)
     );
-    let available = stages::available();
+    let available: Vec<Stage> = Vec::new();
     if available.is_empty() {
         println!(
             "\nNo stage handler is in this build yet: the runtime, the wire contract and the topology are.\n\
@@ -280,4 +275,100 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+async fn rp(args: RpArgs) -> anyhow::Result<()> {
+    match args.action {
+        RpAction::Verify {
+            rp,
+            instance,
+            tier,
+            output,
+        } => {
+            let (location, tier) = match tier {
+                TierChoice::Vault => (
+                    args.vault.vault.as_deref(),
+                    stowage_schemas::domain::Tier::Vault,
+                ),
+                TierChoice::Secondary => (
+                    args.vault.secondary.as_deref(),
+                    stowage_schemas::domain::Tier::Secondary,
+                ),
+            };
+            let Some(location) = location else {
+                bail!(
+                    "say where the {tier:?} copy is: --vault for the vault tier, --secondary for the secondary tier"
+                );
+            };
+            let store = vault_config::open_store(location)?;
+            let key = vault_config::vault_key(&args.vault)?;
+            let instance = match instance {
+                Some(i) => i,
+                None => find_instance(&store, &rp).await?,
+            };
+            let report =
+                stowage_stages::verify::verify(&store, &key, &instance, &rp, tier, 8).await?;
+            let rows: Vec<Vec<String>> = if report.damage.is_empty() {
+                vec![vec!["intact".into(), "-".into(), "-".into(), "-".into()]]
+            } else {
+                report
+                    .damage
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.volume_id.clone(),
+                            d.chunk.clone(),
+                            d.pack.clone().unwrap_or_else(|| "-".into()),
+                            d.reason.clone(),
+                        ]
+                    })
+                    .collect()
+            };
+            if output == crate::cli::Format::Table {
+                eprintln!(
+                    "recovery point {} of {} ({:?} tier): {} volume(s), {} chunk(s), {} bytes checked",
+                    report.recovery_point_id,
+                    report.instance,
+                    report.tier,
+                    report.volumes,
+                    report.chunks_checked,
+                    report.bytes_checked
+                );
+            }
+            output::print(
+                output,
+                &["VOLUME", "CHUNK", "PACK", "PROBLEM"],
+                &rows,
+                &report,
+            )?;
+            if !report.is_intact() {
+                bail!(
+                    "{} damaged chunk(s) in recovery point {rp}; restore it from the other tier",
+                    report.damage.len()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The instance a recovery point belongs to, from the catalog (`catalog/<instance>/<rp>.json`).
+async fn find_instance(
+    store: &stowage_vault::store::BlobStore,
+    rp: &str,
+) -> anyhow::Result<String> {
+    use futures::StreamExt as _;
+    let wanted = format!("/{rp}.json");
+    let mut listing = store.list(&stowage_vault::layout::catalog());
+    while let Some(info) = listing.next().await {
+        let key = info?.key;
+        if let Some(instance) = key
+            .as_str()
+            .strip_suffix(&wanted)
+            .and_then(|head| head.strip_prefix("catalog/"))
+        {
+            return Ok(instance.to_owned());
+        }
+    }
+    bail!("no recovery point {rp} in the vault's catalog; check the id, or pass --instance")
 }

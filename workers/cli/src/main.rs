@@ -7,6 +7,7 @@ mod commands;
 mod job_file;
 mod output;
 mod stages;
+mod vault_config;
 
 use std::process::ExitCode;
 

@@ -1,63 +1,81 @@
-//! Which stage handlers this build has.
+//! Which stage handlers this build has, and what each needs to run.
 //!
-//! A stage is runnable only once its real handler exists; until then the worker refuses it
-//! with an error that says so, rather than run a placeholder that acks jobs it did not do.
+//! A stage is runnable only once its real handler exists and its dependencies are configured;
+//! otherwise the worker refuses it with an error that says which, rather than run a placeholder
+//! that acks jobs it did not do.
 
 use stowage_runtime::{StageConfig, Worker};
 use stowage_schemas::Stage;
+use stowage_stages::{GeoReplication, RestoreHydration, VaultContext, VaultTransfer};
 
-/// A stage this build cannot run yet.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the {stage} stage has no handler in this build yet (it comes with the {component}); \
-     stages this build can run: {available}. Run a build that includes it, or leave the {stage} \
-     jobs queued: they wait in the `{stage}` queue until a worker for it starts"
-)]
-pub struct NotBuilt {
-    stage: Stage,
-    component: &'static str,
-    available: String,
+/// What the configured stages run against.
+#[derive(Clone, Default)]
+pub struct Services {
+    /// The vault, its key and the disks, when `--vault` was given.
+    pub vault: Option<VaultContext>,
 }
 
-/// The stages this build has real handlers for.
-pub fn available() -> Vec<Stage> {
-    Stage::ALL
-        .into_iter()
-        .filter(|s| component_of(*s).is_none())
-        .collect()
+/// Why a stage cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum StageUnavailable {
+    /// The handler is not in this build yet.
+    #[error(
+        "the {stage} stage has no handler in this build yet (it comes with the {component}); \
+         leave its jobs queued: they wait in the `{stage}` queue until a worker for it starts"
+    )]
+    NotBuilt {
+        /// The stage.
+        stage: Stage,
+        /// What will bring it.
+        component: &'static str,
+    },
+    /// The handler exists but needs the vault.
+    #[error(
+        "the {stage} stage needs a vault: pass --vault (a folder, azurite://<container> or \
+         azure://<account>/<container>), the vault key (STOWAGE_VAULT_KEY or --vault-key-file) \
+         and --disk-root"
+    )]
+    NeedsVault {
+        /// The stage.
+        stage: Stage,
+    },
 }
 
 /// `None` when the stage's handler is in this build, else the component that will bring it.
 fn component_of(stage: Stage) -> Option<&'static str> {
     match stage {
         Stage::Snapshot | Stage::Restore => Some("cluster side (collection, hooks, apply)"),
-        Stage::VaultTransfer | Stage::GeoReplication | Stage::RestoreHydration => {
-            Some("vault data plane")
-        }
         Stage::Retention => Some("control plane (policies and retention rules)"),
+        Stage::VaultTransfer | Stage::GeoReplication | Stage::RestoreHydration => None,
     }
 }
 
+/// The stages this build has handlers for.
+pub fn built() -> Vec<Stage> {
+    Stage::ALL
+        .into_iter()
+        .filter(|s| component_of(*s).is_none())
+        .collect()
+}
+
 /// Add the handler of `stage` to `worker`, or say why it cannot run.
-pub fn add(worker: Worker, stage: Stage, _config: StageConfig) -> Result<Worker, NotBuilt> {
-    match component_of(stage) {
-        Some(component) => {
-            let available = available();
-            let available = if available.is_empty() {
-                "none yet".to_owned()
-            } else {
-                available
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            Err(NotBuilt {
-                stage,
-                component,
-                available,
-            })
-        }
-        None => Ok(worker),
+pub fn add(
+    worker: Worker,
+    stage: Stage,
+    config: StageConfig,
+    services: &Services,
+) -> Result<Worker, StageUnavailable> {
+    if let Some(component) = component_of(stage) {
+        return Err(StageUnavailable::NotBuilt { stage, component });
     }
+    let vault = services
+        .vault
+        .clone()
+        .ok_or(StageUnavailable::NeedsVault { stage })?;
+    Ok(match stage {
+        Stage::VaultTransfer => worker.stage(VaultTransfer::new(vault), config),
+        Stage::GeoReplication => worker.stage(GeoReplication::new(vault), config),
+        Stage::RestoreHydration => worker.stage(RestoreHydration::new(vault), config),
+        Stage::Snapshot | Stage::Restore | Stage::Retention => unreachable!("refused above"),
+    })
 }

@@ -212,6 +212,11 @@ fn prefix(parts: &[&str]) -> KeyPrefix {
     KeyPrefix(parts.join("/"))
 }
 
+/// `catalog`: every recovery-point manifest of every instance.
+pub fn catalog() -> KeyPrefix {
+    prefix(&[CATALOG])
+}
+
 /// `vault.json`: the vault's settings.
 pub fn vault_settings() -> BlobKey {
     key(&["vault.json"])

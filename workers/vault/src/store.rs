@@ -328,6 +328,14 @@ pub enum StoreError {
         #[source]
         source: Box<object_store::Error>,
     },
+    /// A vault location string could not be understood.
+    #[error("cannot use vault location {location:?}: {reason}")]
+    Location {
+        /// The location given.
+        location: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A container could not be created.
     #[error("cannot create Azure container {container}: {reason}")]
     ContainerSetup {
@@ -353,6 +361,7 @@ impl StoreError {
             | Self::CasUnsupported { .. }
             | Self::RangeOutOfBounds { .. }
             | Self::LocalFolder { .. }
+            | Self::Location { .. }
             | Self::AzureConfig { .. } => false,
         }
     }
@@ -457,6 +466,58 @@ impl BlobStore {
             source: Box::new(source),
         })?;
         Ok(Self::with_backend(Arc::new(azure), Backend::Native))
+    }
+
+    /// Open a vault location given as text:
+    ///
+    /// | form | backend |
+    /// |---|---|
+    /// | `/path`, `./path`, `file:///path` | a local folder (fsync'd writes), created if missing |
+    /// | `azurite://<container>` | the Azurite emulator (`AZURITE_BLOB_STORAGE_URL`, default `http://127.0.0.1:10000`) |
+    /// | `azure://<account>/<container>` | Azure Blob; `access_key` is the account's shared key |
+    pub fn open(location: &str, access_key: Option<&str>) -> Result<Self, StoreError> {
+        let bad = |reason: &str| StoreError::Location {
+            location: location.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if let Some(container) = location.strip_prefix("azurite://") {
+            if container.is_empty() || container.contains('/') {
+                return Err(bad(
+                    "azurite:// takes a container name, e.g. azurite://vault",
+                ));
+            }
+            return Self::azure(&AzureConfig::Emulator {
+                container: container.to_owned(),
+            });
+        }
+        if let Some(rest) = location.strip_prefix("azure://") {
+            let Some((account, container)) = rest
+                .split_once('/')
+                .filter(|(a, c)| !a.is_empty() && !c.is_empty() && !c.contains('/'))
+            else {
+                return Err(bad(
+                    "azure:// takes an account and a container, e.g. azure://mystorage/vault",
+                ));
+            };
+            let Some(key) = access_key else {
+                return Err(bad(
+                    "an azure:// vault needs the account's access key (STOWAGE_AZURE_ACCESS_KEY)",
+                ));
+            };
+            return Self::azure(&AzureConfig::Account {
+                account: account.to_owned(),
+                access_key: key.to_owned(),
+                container: container.to_owned(),
+                endpoint: None,
+            });
+        }
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        if path.is_empty() || path.contains("://") {
+            return Err(bad(
+                "use a folder path, file:///path, azurite://<container> or azure://<account>/<container>",
+            ));
+        }
+        Self::local_folder(path, LocalDurability::Fsync)
     }
 
     /// Wraps any object_store backend. Compare-and-swap uses its native conditional update and
@@ -1059,4 +1120,3 @@ pub(crate) mod tests {
         assert_eq!(&raw.get(&key).await.unwrap().bytes[..], b"a");
     }
 }
-

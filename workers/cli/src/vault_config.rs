@@ -1,0 +1,51 @@
+//! Turning `--vault`, `--secondary`, the key and `--disk-root` into a [`VaultContext`].
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use stowage_disk::LocalDiskProvider;
+use stowage_stages::VaultContext;
+use stowage_vault::crypto::VaultKey;
+use stowage_vault::store::BlobStore;
+
+use crate::cli::VaultArgs;
+
+/// The vault key: `STOWAGE_VAULT_KEY`, or the file `--vault-key-file` names.
+pub fn vault_key(args: &VaultArgs) -> anyhow::Result<VaultKey> {
+    let text = match (std::env::var("STOWAGE_VAULT_KEY"), &args.vault_key_file) {
+        (Ok(key), _) => key,
+        (Err(_), Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the vault key file {}", path.display()))?,
+        (Err(_), None) => bail!(
+            "the vault key is missing: set STOWAGE_VAULT_KEY to its 64 hex digits, or pass --vault-key-file"
+        ),
+    };
+    VaultKey::from_hex(text.trim()).context("the vault key is not 64 hex digits")
+}
+
+/// Open a vault location, with the Azure access key from the environment if it needs one.
+pub fn open_store(location: &str) -> anyhow::Result<BlobStore> {
+    let key = std::env::var("STOWAGE_AZURE_ACCESS_KEY").ok();
+    Ok(BlobStore::open(location, key.as_deref())?)
+}
+
+/// The vault stages' context, or `None` when no vault is configured.
+pub fn vault_context(args: &VaultArgs) -> anyhow::Result<Option<VaultContext>> {
+    let Some(location) = &args.vault else {
+        return Ok(None);
+    };
+    let primary = open_store(location)?;
+    let key = vault_key(args)?;
+    let Some(root) = &args.disk_root else {
+        bail!(
+            "--disk-root is missing: the vault stages read snapshots and write staging disks through the local disk provider rooted there"
+        );
+    };
+    let disks = LocalDiskProvider::open(root)
+        .with_context(|| format!("cannot open the disk root {}", root.display()))?;
+    let mut ctx = VaultContext::new(primary, key, Arc::new(disks));
+    if let Some(secondary) = &args.secondary {
+        ctx = ctx.with_secondary(open_store(secondary)?, args.secondary_region.clone());
+    }
+    Ok(Some(ctx))
+}
