@@ -47,7 +47,7 @@ pub struct BrokerArgs {
     )]
     pub amqp_url: String,
     /// Name prefix of every exchange and queue (change it to run several fleets on one broker).
-    #[arg(long, env = "STOWAGE_TOPOLOGY_PREFIX", default_value = stowage_runtime::topology::DEFAULT_PREFIX)]
+    #[arg(long, global = true, env = "STOWAGE_TOPOLOGY_PREFIX", default_value = stowage_runtime::topology::DEFAULT_PREFIX)]
     pub prefix: String,
 }
 
@@ -107,19 +107,19 @@ impl std::str::FromStr for StageChoice {
 pub struct VaultArgs {
     /// The vault's storage: a folder, azurite://<container> or azure://<account>/<container>
     /// (with STOWAGE_AZURE_ACCESS_KEY).
-    #[arg(long, env = "STOWAGE_VAULT")]
+    #[arg(long, global = true, env = "STOWAGE_VAULT")]
     pub vault: Option<String>,
     /// Storage of the geo-redundant copy, in the paired region (same forms as --vault).
-    #[arg(long, env = "STOWAGE_SECONDARY")]
+    #[arg(long, global = true, env = "STOWAGE_SECONDARY")]
     pub secondary: Option<String>,
     /// Name of the paired region, for events and messages.
-    #[arg(long, env = "STOWAGE_SECONDARY_REGION", default_value = "secondary")]
+    #[arg(long, global = true, env = "STOWAGE_SECONDARY_REGION", default_value = "secondary")]
     pub secondary_region: String,
     /// File holding the vault key (64 hex digits). Alternatively STOWAGE_VAULT_KEY holds the key.
-    #[arg(long, env = "STOWAGE_VAULT_KEY_FILE")]
+    #[arg(long, global = true, env = "STOWAGE_VAULT_KEY_FILE")]
     pub vault_key_file: Option<PathBuf>,
     /// Root folder of the local disk provider (driver disk.stowage.local).
-    #[arg(long, env = "STOWAGE_DISK_ROOT")]
+    #[arg(long, global = true, env = "STOWAGE_DISK_ROOT")]
     pub disk_root: Option<PathBuf>,
 }
 
