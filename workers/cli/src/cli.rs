@@ -41,6 +41,7 @@ pub struct BrokerArgs {
     /// RabbitMQ URL.
     #[arg(
         long,
+        global = true,
         env = "STOWAGE_AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true
