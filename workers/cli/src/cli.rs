@@ -114,7 +114,12 @@ pub struct VaultArgs {
     #[arg(long, global = true, env = "STOWAGE_SECONDARY")]
     pub secondary: Option<String>,
     /// Name of the paired region, for events and messages.
-    #[arg(long, global = true, env = "STOWAGE_SECONDARY_REGION", default_value = "secondary")]
+    #[arg(
+        long,
+        global = true,
+        env = "STOWAGE_SECONDARY_REGION",
+        default_value = "secondary"
+    )]
     pub secondary_region: String,
     /// File holding the vault key (64 hex digits). Alternatively STOWAGE_VAULT_KEY holds the key.
     #[arg(long, global = true, env = "STOWAGE_VAULT_KEY_FILE")]
@@ -260,4 +265,11 @@ pub struct DemoArgs {
     /// Use this RabbitMQ instead of the in-process broker.
     #[arg(long, env = "STOWAGE_DEMO_AMQP_URL")]
     pub amqp_url: Option<String>,
+    /// Keep the vault in this blob storage instead of local folders (e.g. azurite://demo; the
+    /// secondary goes to the same name with -secondary).
+    #[arg(long, env = "STOWAGE_DEMO_BLOB_URL")]
+    pub blob_url: Option<String>,
+    /// Folder for disks, key and local vault (default: a new folder under the temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }

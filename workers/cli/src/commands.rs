@@ -7,14 +7,13 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use stowage_runtime::client::{list_dead_letters, replay_dead_letters, submit};
 use stowage_runtime::{
-    Broker, InProcessBroker, Names, RabbitBroker, RetryPolicy, Shutdown, StageConfig, Topology,
-    Worker, WorkerConfig, health, shutdown,
+    Broker, Names, RabbitBroker, RetryPolicy, Shutdown, StageConfig, Topology, Worker,
+    WorkerConfig, health, shutdown,
 };
-use stowage_schemas::Stage;
 
 use crate::cli::{
-    BrokerArgs, Cli, Command, DemoArgs, DlqAction, DlqArgs, RpAction, RpArgs, StageChoice,
-    SubmitArgs, TierChoice, TopologyAction, WorkerArgs,
+    BrokerArgs, Cli, Command, DlqAction, DlqArgs, RpAction, RpArgs, StageChoice, SubmitArgs,
+    TierChoice, TopologyAction, WorkerArgs,
 };
 use crate::output::{self, truncate};
 use crate::{job_file, stages, vault_config};
@@ -43,7 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Command::Demo(args) => demo(args).await,
+        Command::Demo(args) => crate::demo::run(args).await,
         Command::Rp(args) => rp(args).await,
     }
 }
@@ -189,92 +188,6 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// The example jobs the demo submits, as users would write them.
-const EXAMPLES: &[(&str, &str)] = &[
-    (
-        "schemas/examples/snapshot.yaml",
-        include_str!("../../../schemas/examples/snapshot.yaml"),
-    ),
-    (
-        "schemas/examples/vault-transfer.json",
-        include_str!("../../../schemas/examples/vault-transfer.json"),
-    ),
-    (
-        "schemas/examples/retention.yaml",
-        include_str!("../../../schemas/examples/retention.yaml"),
-    ),
-];
-
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let broker: Arc<dyn Broker> = match &args.amqp_url {
-        Some(url) => Arc::new(RabbitBroker::new(url.clone())),
-        None => Arc::new(InProcessBroker::new()),
-    };
-    let names = Names::new(format!(
-        "stowage-demo-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    ));
-    let topology = Topology::new(names.clone(), &RetryPolicy::default());
-    broker.declare(&topology).await?;
-    println!(
-        "1. Declared the topology on {}: {} exchanges, {} queues, {} bindings.",
-        broker.endpoint(),
-        topology.exchanges.len(),
-        topology.queues.len(),
-        topology.bindings.len()
-    );
-
-    println!("2. Validated and submitted the example jobs (each publish confirmed by the broker):");
-    for (origin, text) in EXAMPLES {
-        let envelope = job_file::parse(origin, text)?;
-        submit(broker.as_ref(), &names, &envelope).await?;
-        println!(
-            "   {origin:<40} {:<20} job {}",
-            envelope.kind(),
-            envelope.job_id
-        );
-    }
-
-    println!("3. Where they wait:");
-    let mut rows = Vec::new();
-    for stage in Stage::ALL {
-        let queue = names.stage_queue(stage);
-        let depth = broker.queue_depth(&queue).await?;
-        let handler = if stages::built().contains(&stage) {
-            "yes"
-        } else {
-            "not in this build yet"
-        };
-        rows.push(vec![
-            stage.to_string(),
-            queue,
-            depth.to_string(),
-            handler.to_owned(),
-        ]);
-    }
-    print!(
-        "{}",
-        output::table(&["STAGE", "QUEUE", "WAITING", "HANDLER"], &rows)
-    );
-    let available: Vec<Stage> = Vec::new();
-    if available.is_empty() {
-        println!(
-            "\nNo stage handler is in this build yet: the runtime, the wire contract and the topology are.\n\
-             On RabbitMQ, jobs wait durably in their stage queues until a worker for the stage runs\n\
-             (the in-process broker used here keeps them in memory)."
-        );
-    }
-    if args.amqp_url.is_some() {
-        let queues: Vec<String> = topology.queues.iter().map(|q| q.name.clone()).collect();
-        println!(
-            "\nThe demo's queues on RabbitMQ are prefixed {}: {} in all.",
-            names.prefix(),
-            queues.len()
-        );
-    }
-    Ok(())
 }
 
 async fn rp(args: RpArgs) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod demo;
 mod job_file;
 mod output;
 mod stages;
@@ -16,7 +17,9 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_logging(cli.verbose);
+    // The demo narrates on stdout; its workers' logs stay quiet unless asked for.
+    let quiet = matches!(cli.command, cli::Command::Demo(_));
+    init_logging(cli.verbose, quiet);
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -26,8 +29,9 @@ async fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, quiet: bool) {
     let default = match verbose {
+        0 if quiet => "warn",
         0 => "info",
         1 => "debug",
         _ => "trace",

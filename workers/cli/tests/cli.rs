@@ -270,3 +270,30 @@ async fn a_python_producer_can_submit_jobs_in_msgpack_and_json() {
     }
     bus.teardown(&topology).await;
 }
+
+/// The README's main command: the demo runs to a verified restore on embedded defaults.
+#[test]
+fn the_demo_runs_to_a_verified_restore() {
+    let dir = std::env::temp_dir().join(format!("stowage-demo-test-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_stowage"))
+        .args(["demo", "--dir"])
+        .arg(&dir)
+        .env_remove("STOWAGE_DEMO_AMQP_URL")
+        .env_remove("STOWAGE_DEMO_BLOB_URL")
+        .output()
+        .expect("run the demo");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(
+        stdout
+            .matches("every byte matches the rp-2 snapshots")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Dedup + compression") && stdout.contains(&dir.display().to_string()),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

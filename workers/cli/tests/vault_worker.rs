@@ -241,14 +241,25 @@ async fn rp_verify_reports_intact_data_and_names_damage() {
     f.disks_create("d", 16 * MIB).await;
     f.write_random("d", 0, 6 * MIB as usize, 42).await;
     f.snapshot_rp("rp-v", &[("d", "vol-v")]).await;
-    stowage_stages::vault_transfer::transfer(&f.ctx, INSTANCE, "rp-v", &stowage_runtime::JobContext::detached(stowage_schemas::Stage::VaultTransfer))
-        .await
-        .expect("transfer");
+    stowage_stages::vault_transfer::transfer(
+        &f.ctx,
+        INSTANCE,
+        "rp-v",
+        &stowage_runtime::JobContext::detached(stowage_schemas::Stage::VaultTransfer),
+    )
+    .await
+    .expect("transfer");
 
     let ok = stowage_rp_verify(&f, "rp-v");
-    let (out, err) = (String::from_utf8_lossy(&ok.stdout), String::from_utf8_lossy(&ok.stderr));
+    let (out, err) = (
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr),
+    );
     assert!(ok.status.success(), "{err}");
-    assert!(out.contains("intact") && err.contains("6291456 bytes checked"), "{out}\n{err}");
+    assert!(
+        out.contains("intact") && err.contains("6291456 bytes checked"),
+        "{out}\n{err}"
+    );
 
     let packs = f.dir.join("vault").join("packs");
     let name = pack_files(&packs).into_iter().next().expect("a pack");
@@ -258,23 +269,44 @@ async fn rp_verify_reports_intact_data_and_names_damage() {
     std::fs::write(&path, bytes).expect("damage the pack");
 
     let bad = stowage_rp_verify(&f, "rp-v");
-    let (out, err) = (String::from_utf8_lossy(&bad.stdout), String::from_utf8_lossy(&bad.stderr));
+    let (out, err) = (
+        String::from_utf8_lossy(&bad.stdout),
+        String::from_utf8_lossy(&bad.stderr),
+    );
     assert_eq!(bad.status.code(), Some(1));
-    assert!(out.contains(&name) && out.contains("vol-v"), "the damaged pack and volume are named: {out}");
-    assert!(err.contains("1 damaged chunk(s) in recovery point rp-v"), "{err}");
+    assert!(
+        out.contains(&name) && out.contains("vol-v"),
+        "the damaged pack and volume are named: {out}"
+    );
+    assert!(
+        err.contains("1 damaged chunk(s) in recovery point rp-v"),
+        "{err}"
+    );
 
     let missing = stowage_rp_verify(&f, "rp-nope");
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("no recovery point rp-nope in the vault's catalog"));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("no recovery point rp-nope in the vault's catalog")
+    );
 }
 
 #[test]
 fn a_vault_stage_without_a_vault_is_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_stowage"))
-        .args(["worker", "--stage", "vault-transfer", "--health-addr", "127.0.0.1:0"])
+        .args([
+            "worker",
+            "--stage",
+            "vault-transfer",
+            "--health-addr",
+            "127.0.0.1:0",
+        ])
         .env_remove("STOWAGE_VAULT")
         .output()
         .expect("run stowage");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("the vault-transfer stage needs a vault: pass --vault"), "{err}");
+    assert!(
+        err.contains("the vault-transfer stage needs a vault: pass --vault"),
+        "{err}"
+    );
 }

@@ -474,6 +474,9 @@ impl StageRunner {
 }
 
 async fn drain(stage: Stage, in_flight: &mut JoinSet<()>, deadline: Duration) {
+    while let Some(done) = in_flight.try_join_next() {
+        report_task(done);
+    }
     if in_flight.is_empty() {
         return;
     }
