@@ -301,10 +301,18 @@ async fn the_stages_chain_through_events_on_rabbitmq() {
     let _gate = shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let f = VaultFixture::new(VaultBackend::LocalFolder).await;
-    f.write("data", 32 * MIB, &[(MIB, half_random_half_pattern(10 * MIB as usize, 21))]).await;
+    f.write(
+        "data",
+        32 * MIB,
+        &[(MIB, half_random_half_pattern(10 * MIB as usize, 21))],
+    )
+    .await;
     f.snapshot_rp("rp-e2e", &[("data", "vol-e2e")]).await;
 
-    let config = WorkerConfig { names: bus.names.clone(), ..WorkerConfig::default() };
+    let config = WorkerConfig {
+        names: bus.names.clone(),
+        ..WorkerConfig::default()
+    };
     let topology = config.topology();
     let stage = StageConfig::default();
     let worker = Worker::new(bus.broker.clone(), config)
@@ -323,30 +331,54 @@ async fn the_stages_chain_through_events_on_rabbitmq() {
 
     let job = Envelope::new(
         "vault-transfer-rp-e2e",
-        Message::VaultTransfer(VaultTransferJob { instance: INSTANCE.into(), recovery_point_id: "rp-e2e".into() }),
+        Message::VaultTransfer(VaultTransferJob {
+            instance: INSTANCE.into(),
+            recovery_point_id: "rp-e2e".into(),
+        }),
     );
-    submit(bus.broker.as_ref(), &bus.names, &job).await.expect("submit");
+    submit(bus.broker.as_ref(), &bus.names, &job)
+        .await
+        .expect("submit");
     let mut seen = Vec::new();
     for tier in [Tier::Vault, Tier::Secondary] {
         let restore = format!("r-e2e-{tier:?}").to_lowercase();
         // Submitted before the data is there: hydration from a tier that is not complete yet
         // fails permanently, so wait for the tier's event first.
-        let wanted = if tier == Tier::Vault { "rp.vaulted" } else { "rp.replicated" };
+        let wanted = if tier == Tier::Vault {
+            "rp.vaulted"
+        } else {
+            "rp.replicated"
+        };
         wait_for_event(&bus, &probe, wanted, &mut seen).await;
-        let job = Envelope::new(restore.clone(), Message::RestoreHydration(hydration(&restore, "rp-e2e", tier)));
-        submit(bus.broker.as_ref(), &bus.names, &job).await.expect("submit hydration");
+        let job = Envelope::new(
+            restore.clone(),
+            Message::RestoreHydration(hydration(&restore, "rp-e2e", tier)),
+        );
+        submit(bus.broker.as_ref(), &bus.names, &job)
+            .await
+            .expect("submit hydration");
         wait_for_event(&bus, &probe, "restore.hydrated", &mut seen).await;
-        f.assert_same_bytes("rp-e2e-data", &staging_disk_name(&restore, "vol-e2e")).await;
+        f.assert_same_bytes("rp-e2e-data", &staging_disk_name(&restore, "vol-e2e"))
+            .await;
     }
     trigger.trigger();
     task.await.expect("join").expect("worker");
-    assert_eq!(bus.depth(&bus.names.dead_letter_queue(Stage::GeoReplication)).await, 0);
+    assert_eq!(
+        bus.depth(&bus.names.dead_letter_queue(Stage::GeoReplication))
+            .await,
+        0
+    );
     bus.teardown(&topology).await;
 }
 
 /// Wait until an event with `routing_key` has arrived in `probe`; `seen` keeps the routing keys
 /// of events taken from the probe but not yet waited for.
-async fn wait_for_event(bus: &stowage_tests::Bus, probe: &str, routing_key: &str, seen: &mut Vec<String>) {
+async fn wait_for_event(
+    bus: &stowage_tests::Bus,
+    probe: &str,
+    routing_key: &str,
+    seen: &mut Vec<String>,
+) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         seen.extend(bus.drain(probe).await.into_iter().map(|e| e.routing_key));
@@ -354,7 +386,10 @@ async fn wait_for_event(bus: &stowage_tests::Bus, probe: &str, routing_key: &str
             seen.remove(at);
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "no {routing_key} event within a minute");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {routing_key} event within a minute"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

@@ -22,7 +22,8 @@ pub struct VaultContext {
     pub disks: Arc<dyn DiskProvider>,
     /// How changed ranges are cut into chunks.
     pub grid: ChunkGrid,
-    /// Target pack size in bytes.
+    /// Target pack size in bytes. The default, 8 MiB, keeps a worker within its 128 MiB budget
+    /// with one pack filling while the previous one uploads.
     pub pack_target: usize,
     /// When incremental chains are consolidated.
     pub consolidation: ConsolidationPolicy,
@@ -48,7 +49,7 @@ impl VaultContext {
             key: Arc::new(key),
             disks,
             grid: ChunkGrid::default(),
-            pack_target: DEFAULT_PACK_TARGET,
+            pack_target: DEFAULT_PACK_TARGET / 2,
             consolidation: ConsolidationPolicy::default(),
             parallelism: std::thread::available_parallelism()
                 .map_or(2, |n| n.get())

@@ -5,20 +5,28 @@
 //! | [`vault_transfer`] | vault-transfer | `job.vault-transfer`, `event.rp.created` | `event.rp.vaulted` |
 //! | [`geo_replication`] | geo-replication | `job.geo-replication`, `event.rp.vaulted` | `event.rp.replicated` |
 //! | [`restore_hydration`] | restore-hydration | `job.restore-hydration` | `event.restore.hydrated` |
+//! | [`snapshot`] | snapshot | `job.snapshot` | `event.rp.created` |
+//! | [`restore`] | restore | `job.restore`, `event.restore.hydrated` | `event.restore.completed` |
 //!
 //! [`verify`] re-reads a recovery point's data in a tier (`stowage rp verify`).
 //! Every handler is idempotent: a redelivered message finds what an earlier attempt made
 //! durable (create-only manifests, job-named packs, chunk-index segments) and reuses it.
 
+pub mod cluster_context;
 pub mod context;
 pub mod geo_replication;
+pub mod restore;
 pub mod restore_hydration;
+pub mod snapshot;
 pub mod vault_transfer;
 pub mod verify;
 
 mod errors;
 
+pub use cluster_context::{ClusterContext, ClusterTarget};
 pub use context::VaultContext;
 pub use geo_replication::GeoReplication;
+pub use restore::RestoreStage;
 pub use restore_hydration::RestoreHydration;
+pub use snapshot::SnapshotStage;
 pub use vault_transfer::VaultTransfer;

@@ -197,7 +197,14 @@ async fn hydrate_volume(
                     Some(p) => p,
                     None => {
                         let location = index.get(&id).expect("checked above");
-                        let plain = Bytes::from(read_chunk(&store, &keys, &id, &location).await.map_err(|e| match e {
+                        // A task of its own, so decryption and decompression of the chunks in
+                        // flight run on every core, not serially inside this stream.
+                        let read = tokio::spawn({
+                            let (store, keys) = (store.clone(), keys.clone());
+                            async move { read_chunk(&store, &keys, &id, &location).await }
+                        });
+                        let read = read.await.map_err(|e| StageError::transient(format!("a chunk read task failed: {e}")))?;
+                        let plain = Bytes::from(read.map_err(|e| match e {
                             PackError::CorruptChunk { .. } => StageError::permanent(format!(
                                 "recovery point {rp_id} ({tier} tier) cannot be restored: {e}"
                             )),

@@ -179,7 +179,7 @@ pub async fn transfer(
         };
         maps.push((volume.volume_id.clone(), map, volume.size_bytes));
     }
-    if let Some(written) = writer.finish().await.map_err(|e| e.stage_error())? {
+    for written in writer.finish().await.map_err(|e| e.stage_error())? {
         record(&written, &mut job_entries);
     }
 

@@ -188,6 +188,9 @@ pub enum PackError {
         /// The refused target.
         target: usize,
     },
+    /// A background pack upload died (panicked or was cancelled).
+    #[error("a pack upload task failed: {0}")]
+    Upload(String),
     /// A chunk-level failure that is not corruption (e.g. no randomness).
     #[error(transparent)]
     Chunk(ChunkError),
@@ -218,6 +221,9 @@ pub enum PackNaming {
 pub struct PackWriter {
     store: BlobStore,
     naming: PackNaming,
+    /// The previous pack, uploading while the next one fills (at most one at a time, so memory
+    /// stays at two packs and sequence numbers stay in order).
+    pending: Option<tokio::task::JoinHandle<Result<(WrittenPack, PackNaming), PackError>>>,
     target: usize,
     buffer: Vec<u8>,
     entries: Vec<PackEntry>,
@@ -233,6 +239,7 @@ impl PackWriter {
         Ok(Self {
             store,
             naming: PackNaming::Content,
+            pending: None,
             target,
             buffer: Vec::new(),
             entries: Vec::new(),
@@ -256,8 +263,9 @@ impl PackWriter {
         self.chunks_in_buffer.contains(chunk)
     }
 
-    /// Adds a chunk. If it would push the current pack past the target, that pack is uploaded
-    /// first and returned. A chunk already in the current pack is skipped.
+    /// Adds a chunk. If it would push the current pack past the target, that pack starts
+    /// uploading in the background, and the pack uploaded before it (if any) is returned once
+    /// stored. A chunk already in the current pack is skipped.
     pub async fn add(&mut self, chunk: SealedChunk) -> Result<Option<WrittenPack>, PackError> {
         if self.chunks_in_buffer.contains(&chunk.id) {
             return Ok(None);
@@ -267,7 +275,7 @@ impl PackWriter {
             + (self.entries.len() + 1) * INDEX_ENTRY_LEN
             + TRAILER_LEN;
         let flushed = if !self.entries.is_empty() && projected > self.target {
-            Some(self.flush().await?)
+            self.flush().await?
         } else {
             None
         };
@@ -286,15 +294,31 @@ impl PackWriter {
         Ok(flushed)
     }
 
-    /// Uploads the last, partly filled pack, if any chunk is waiting.
-    pub async fn finish(mut self) -> Result<Option<WrittenPack>, PackError> {
-        if self.entries.is_empty() {
-            return Ok(None);
+    /// Uploads the last, partly filled pack, and waits for every upload: the packs stored since
+    /// the last [`PackWriter::add`] that returned one, oldest first.
+    pub async fn finish(mut self) -> Result<Vec<WrittenPack>, PackError> {
+        let mut written = Vec::new();
+        if !self.entries.is_empty() {
+            written.extend(self.flush().await?);
         }
-        self.flush().await.map(Some)
+        written.extend(self.wait_pending().await?);
+        Ok(written)
     }
 
-    async fn flush(&mut self) -> Result<WrittenPack, PackError> {
+    async fn wait_pending(&mut self) -> Result<Option<WrittenPack>, PackError> {
+        let Some(upload) = self.pending.take() else {
+            return Ok(None);
+        };
+        let (written, naming) = upload
+            .await
+            .map_err(|e| PackError::Upload(e.to_string()))??;
+        self.naming = naming;
+        Ok(Some(written))
+    }
+
+    /// Seal the current pack and start uploading it; returns the previous upload's result.
+    async fn flush(&mut self) -> Result<Option<WrittenPack>, PackError> {
+        let previous = self.wait_pending().await?;
         let mut pack = std::mem::take(&mut self.buffer);
         let entries = std::mem::take(&mut self.entries);
         self.chunks_in_buffer.clear();
@@ -313,18 +337,32 @@ impl PackWriter {
         pack.extend_from_slice(index_checksum.as_bytes());
         pack.extend_from_slice(TRAILER_MAGIC);
 
+        let naming = std::mem::replace(&mut self.naming, PackNaming::Content);
+        let upload = upload(self.store.clone(), naming, Bytes::from(pack), entries);
+        self.pending = Some(tokio::spawn(upload));
+        Ok(previous)
+    }
+}
+
+/// Store one sealed pack under the name `naming` gives; returns it and the naming to continue with.
+async fn upload(
+    store: BlobStore,
+    mut naming: PackNaming,
+    pack: Bytes,
+    entries: Vec<PackEntry>,
+) -> Result<(WrittenPack, PackNaming), PackError> {
+    {
         let size = pack.len() as u64;
-        let pack = Bytes::from(pack);
-        let (id, outcome) = match &mut self.naming {
+        let (id, outcome) = match &mut naming {
             PackNaming::Content => {
                 let id = PackId::of_content(&pack);
-                let outcome = self.store.put_create_only(&id.key(), pack).await?;
+                let outcome = store.put_create_only(&id.key(), pack).await?;
                 (id, outcome)
             }
             PackNaming::Job { job_key, next_seq } => loop {
                 let id = PackId::for_job(job_key, *next_seq);
                 *next_seq += 1;
-                match self.store.put_create_only(&id.key(), pack.clone()).await? {
+                match store.put_create_only(&id.key(), pack.clone()).await? {
                     CreateOutcome::AlreadyExists => {
                         tracing::warn!(pack = %id, "pack name taken: the same job ran twice at once; using the next one");
                     }
@@ -334,13 +372,14 @@ impl PackWriter {
         };
         let key = id.key();
         tracing::debug!(pack = %id, size, chunks = entries.len(), "pack uploaded");
-        Ok(WrittenPack {
+        let written = WrittenPack {
             id,
             key,
             size,
             entries,
             newly_created: matches!(outcome, CreateOutcome::Created(_)),
-        })
+        };
+        Ok((written, naming))
     }
 }
 
@@ -524,7 +563,7 @@ mod tests {
             .add(seal_chunk(&keys, b"repeated block").unwrap())
             .await
             .unwrap();
-        let pack = writer.finish().await.unwrap().unwrap();
+        let pack = writer.finish().await.unwrap().pop().unwrap();
         assert_eq!(pack.entries.len(), 1);
     }
 
@@ -532,7 +571,7 @@ mod tests {
     async fn an_empty_writer_uploads_nothing_and_tiny_targets_are_refused() {
         let store = BlobStore::in_memory();
         let writer = PackWriter::new(store.clone(), DEFAULT_PACK_TARGET).unwrap();
-        assert!(writer.finish().await.unwrap().is_none());
+        assert!(writer.finish().await.unwrap().is_empty());
         assert!(matches!(
             PackWriter::new(store, 100),
             Err(PackError::TargetTooSmall { target: 100 })

@@ -1,0 +1,251 @@
+//! What the cluster stages (snapshot, restore) share: the vault, the disk provider, and the
+//! Kubernetes clusters this worker can reach, by name.
+//!
+//! A backup instance names its cluster (`BackupInstance::cluster`), and a restore may name a
+//! target (`RestoreOptions::target_cluster`). A worker holds one [`ClusterTarget`] (a
+//! `kube::Client` plus the [`PodExec`] its hooks run through) per cluster name it serves, and
+//! one of them is the default:
+//!
+//! - the snapshot stage and a restore without `target_cluster` use the instance's cluster by
+//!   name, and the default one when this worker has no cluster of that name (a worker deployed
+//!   inside one cluster serves that cluster's instances whatever name they give it);
+//! - an explicit `target_cluster` must be a name this worker has: restoring somewhere else than
+//!   asked is never a good guess.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stowage_cluster::{PodExec, SandboxExec, SandboxHandle};
+use stowage_disk::DiskProvider;
+use stowage_runtime::StageError;
+use stowage_schemas::domain::BackupInstance;
+use stowage_vault::layout;
+use stowage_vault::store::BlobStore;
+
+use crate::errors::Classify as _;
+
+/// One Kubernetes cluster a worker can reach.
+#[derive(Clone)]
+pub struct ClusterTarget {
+    /// The API client.
+    pub client: kube::Client,
+    /// How hook commands run in its pods.
+    pub exec: Arc<dyn PodExec>,
+}
+
+impl ClusterTarget {
+    /// A cluster reached through `client`, with hooks run through `exec`.
+    pub fn new(client: kube::Client, exec: Arc<dyn PodExec>) -> Self {
+        Self { client, exec }
+    }
+
+    /// A running sandbox cluster, with hooks through its exec endpoint.
+    pub fn sandbox(handle: &SandboxHandle) -> Self {
+        let client = handle.client();
+        Self {
+            exec: Arc::new(SandboxExec::new(client.clone())),
+            client,
+        }
+    }
+}
+
+/// Everything the snapshot and restore stages need besides their message.
+#[derive(Clone)]
+pub struct ClusterContext {
+    /// The vault's primary storage: instances, catalog, resources objects.
+    pub vault: BlobStore,
+    /// The vault's secondary storage (geo-redundant vaults), where a restore from the
+    /// `secondary` tier finds its staged resources.
+    pub secondary: Option<BlobStore>,
+    /// The disk provider: snapshots are taken and restored disks created through it.
+    pub disks: Arc<dyn DiskProvider>,
+    clusters: BTreeMap<String, ClusterTarget>,
+    default_cluster: String,
+    /// Volumes snapshotted, or restored disks filled, at once.
+    pub volume_parallelism: usize,
+    /// Bytes read from a snapshot per piece while filling a restored disk (memory per volume
+    /// in flight is about this much).
+    pub copy_piece_bytes: usize,
+    /// Largest resources object a snapshot stores. Collection buffers the object in memory
+    /// (the blob store has no streaming create-only put yet), so this bounds the memory a
+    /// snapshot uses whatever the cluster's size; past it the snapshot fails and says so.
+    pub max_resources_bytes: usize,
+    /// How long a restore waits for a created CRD to become `Established`.
+    pub crd_established_timeout: Duration,
+}
+
+impl ClusterContext {
+    /// A context with one cluster, `default_name`, which is also the default.
+    pub fn new(
+        vault: BlobStore,
+        disks: Arc<dyn DiskProvider>,
+        default_name: impl Into<String>,
+        default_cluster: ClusterTarget,
+    ) -> Self {
+        let default_name = default_name.into();
+        Self {
+            vault,
+            secondary: None,
+            disks,
+            clusters: BTreeMap::from([(default_name.clone(), default_cluster)]),
+            default_cluster: default_name,
+            volume_parallelism: 4,
+            copy_piece_bytes: 1 << 20,
+            max_resources_bytes: 256 << 20,
+            crd_established_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The same context with another cluster, reachable as `name`.
+    pub fn with_cluster(mut self, name: impl Into<String>, cluster: ClusterTarget) -> Self {
+        self.clusters.insert(name.into(), cluster);
+        self
+    }
+
+    /// The same context with the vault's secondary storage.
+    pub fn with_secondary(mut self, store: BlobStore) -> Self {
+        self.secondary = Some(store);
+        self
+    }
+
+    /// The name of the default cluster.
+    pub fn default_cluster(&self) -> &str {
+        &self.default_cluster
+    }
+
+    /// The cluster named `name` exactly; an error naming the clusters this worker has if none.
+    pub fn cluster(&self, name: &str) -> Result<(&str, &ClusterTarget), StageError> {
+        self.clusters
+            .get_key_value(name)
+            .map(|(n, c)| (n.as_str(), c))
+            .ok_or_else(|| {
+                StageError::permanent(format!(
+                    "cluster {name:?} is not configured on this worker (it has: {}); \
+                     name one of those as the target cluster, or configure {name:?} on the worker",
+                    self.clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })
+    }
+
+    /// The cluster of a backup instance: the one of that name, else the default.
+    pub fn instance_cluster(&self, name: &str) -> (&str, &ClusterTarget) {
+        match self.clusters.get_key_value(name) {
+            Some((n, c)) => (n.as_str(), c),
+            None => {
+                let default = &self.clusters[&self.default_cluster];
+                tracing::debug!(
+                    cluster = name,
+                    default = %self.default_cluster,
+                    "no cluster of that name on this worker; using the default"
+                );
+                (self.default_cluster.as_str(), default)
+            }
+        }
+    }
+}
+
+/// Reads a backup instance from the vault (`instances/<instance>.json`, JSON of
+/// [`BackupInstance`]). A missing or unreadable document is a permanent error naming the key.
+pub async fn read_instance(store: &BlobStore, name: &str) -> Result<BackupInstance, StageError> {
+    let key = layout::instance(name).map_err(StageError::permanent)?;
+    let bytes = match store.get(&key).await {
+        Ok(object) => object.bytes,
+        Err(e) if e.is_not_found() => {
+            return Err(StageError::permanent(format!(
+                "backup instance {name:?} is not defined in the vault: {key} does not exist; \
+                 create the instance first (or check the instance name in the job)"
+            )));
+        }
+        Err(e) => return Err(e.stage_error()),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        StageError::permanent(format!(
+            "backup instance document {key} is not a valid instance ({e}); rewrite it"
+        ))
+    })
+}
+
+/// Reads a backup instance if it exists: `None` when the vault has no document for it.
+pub(crate) async fn read_instance_opt(
+    store: &BlobStore,
+    name: &str,
+) -> Result<Option<BackupInstance>, StageError> {
+    let key = layout::instance(name).map_err(StageError::permanent)?;
+    match store.head(&key).await {
+        Ok(_) => read_instance(store, name).await.map(Some),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.stage_error()),
+    }
+}
+
+/// Classifies a Kubernetes API failure: server errors, throttling and connection failures are
+/// transient; a refused request is permanent.
+pub(crate) fn kube_is_transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429 || status.code == 410,
+        kube::Error::SerdeError(_) => false,
+        _ => true,
+    }
+}
+
+/// A stage error for a Kubernetes API failure, with `what` naming what was being done.
+pub(crate) fn kube_error(what: String, error: kube::Error) -> StageError {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{what}: {source}")]
+    struct KubeFailure {
+        what: String,
+        #[source]
+        source: kube::Error,
+    }
+    let transient = kube_is_transient(&error);
+    let failure = KubeFailure {
+        what,
+        source: error,
+    };
+    if transient {
+        StageError::transient(failure)
+    } else {
+        StageError::permanent(failure)
+    }
+}
+
+/// Turns any text into a name the disk provider accepts: ASCII letters, digits, `.`, `_`, `-`
+/// (others become `-`), at most 200 bytes (longer names keep a hash of the whole).
+pub(crate) fn disk_safe_name(raw: &str) -> String {
+    let mut clean: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if clean.starts_with('.') {
+        clean.replace_range(0..1, "-");
+    }
+    if clean.len() > 200 {
+        let hash = blake3::hash(raw.as_bytes()).to_hex();
+        clean.truncate(183);
+        clean.push('-');
+        clean.push_str(&hash[..16]);
+    }
+    clean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_names_are_safe_and_bounded() {
+        assert_eq!(disk_safe_name("rp-1-shop-data"), "rp-1-shop-data");
+        assert_eq!(disk_safe_name(".a/b:c"), "-a-b-c");
+        let long = "x".repeat(300);
+        let name = disk_safe_name(&long);
+        assert_eq!(name.len(), 200);
+        assert_ne!(name, disk_safe_name(&"x".repeat(301)));
+    }
+}

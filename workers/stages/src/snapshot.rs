@@ -1,0 +1,614 @@
+//! snapshot: take a recovery point of a backup instance — hooks, resources, volume snapshots.
+//!
+//! In order (issue 4 §3):
+//!
+//! 1. **Pre-hooks**: each `pre` hook of the instance runs in every running pod its namespace
+//!    and label selector match, one pod after another, each with the hook's timeout. A failure
+//!    (non-zero exit, timeout, exec refused) fails the backup when the hook says `fail`, and is
+//!    recorded as a warning when it says `continue`. A hook that matches no pod is a warning.
+//! 2. **Collect** the instance's scope ([`stowage_cluster::collect`]) into one object,
+//!    `resources/<instance>/<rp>/resources.jsonl`: one collected object per line, as JSON, in
+//!    collection order (namespaces, namespaced types, cluster-scoped types). The object is
+//!    built in memory, bounded by [`ClusterContext::max_resources_bytes`] (the blob store has
+//!    no streaming create-only put yet), then stored create-only.
+//! 3. **Snapshot volumes**, in parallel ([`ClusterContext::volume_parallelism`]): every
+//!    collected PVC bound to a collected PV whose `spec.csi.driver` is the disk provider's
+//!    driver; `spec.csi.volumeHandle` names the disk. Each snapshot is named
+//!    `<rp-id>-<disk>` (unique across disks, and idempotent by name). Claims that are not
+//!    bound, and volumes of other kinds (NFS, host paths, another CSI driver), are skipped
+//!    with a warning; the backup still succeeds. The volume id is the disk name (escaped for
+//!    the vault's keys), stable across recovery points so vault transfers can be incremental.
+//! 4. **Post-hooks**, like pre-hooks. They also run (best effort) when anything after the
+//!    pre-hooks failed, so a `fsfreeze -f` is always followed by its thaw.
+//! 5. The **report** (`resources/<instance>/<rp>/snapshot-report.json`: counts and warnings;
+//!    the RP manifest has no field for them) and then the **RP manifest**, both create-only.
+//! 6. Emit `rp.created`.
+//!
+//! # Redelivery
+//!
+//! If the manifest exists, nothing is redone: `rp.created` is rebuilt from the manifest and the
+//! report. Otherwise the whole job runs again: hooks run again, snapshots by name return the
+//! ones an earlier attempt took, and a resources object an earlier attempt stored is kept
+//! (create-only) — it was collected at about the same moment as those snapshots.
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use stowage_cluster::{CollectError, ExecRequest, collect};
+use stowage_disk::DiskId;
+use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
+use stowage_schemas::domain::{
+    Hook, HookErrorMode, HookPhase, RecoveryPoint, RpState, Tier, TierState, VolumeBackup,
+};
+use stowage_schemas::events::RpCreated;
+use stowage_schemas::jobs::SnapshotJob;
+use stowage_schemas::{Envelope, Message, Stage};
+use stowage_vault::catalog;
+use stowage_vault::layout::{self, BlobKey};
+use stowage_vault::store::CreateOutcome;
+
+use crate::cluster_context::{
+    ClusterContext, ClusterTarget, disk_safe_name, kube_error, kube_is_transient, read_instance,
+};
+use crate::errors::Classify as _;
+
+/// File name of a recovery point's resources object, under `resources/<instance>/<rp>/`.
+pub const RESOURCES_FILE: &str = "resources.jsonl";
+/// File name of a recovery point's snapshot report, under `resources/<instance>/<rp>/`.
+pub const REPORT_FILE: &str = "snapshot-report.json";
+
+/// The snapshot stage.
+#[derive(Clone)]
+pub struct SnapshotStage {
+    ctx: ClusterContext,
+}
+
+impl SnapshotStage {
+    /// The stage over `ctx`.
+    pub fn new(ctx: ClusterContext) -> Self {
+        Self { ctx }
+    }
+}
+
+impl StageHandler for SnapshotStage {
+    fn stage(&self) -> Stage {
+        Stage::Snapshot
+    }
+
+    async fn handle(&self, _ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+        let Message::Snapshot(job) = &envelope.message else {
+            return Err(StageError::permanent(format!(
+                "the snapshot stage does not handle {} messages; send job.snapshot",
+                envelope.kind()
+            )));
+        };
+        let created = take_snapshot(&self.ctx, job).await?;
+        Ok(Outcome::done().emit(Message::RpCreated(created)))
+    }
+}
+
+/// What the snapshot stage records beside the RP manifest: what `rp.created` reports, so a
+/// redelivery re-emits the same event, and the warnings, which the manifest has no field for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    /// Kubernetes objects in the resources object.
+    pub resource_count: u64,
+    /// Volumes snapshotted.
+    pub volume_count: u32,
+    /// Their total size in bytes.
+    pub volume_bytes: u64,
+    /// What went wrong without failing the backup: skipped volumes, hooks set to `continue`.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Key of the resources object of one recovery point.
+pub fn resources_key(instance: &str, rp_id: &str) -> Result<BlobKey, StageError> {
+    layout::resource(instance, rp_id, &[RESOURCES_FILE]).map_err(StageError::permanent)
+}
+
+/// Key of the snapshot report of one recovery point.
+pub fn report_key(instance: &str, rp_id: &str) -> Result<BlobKey, StageError> {
+    layout::resource(instance, rp_id, &[REPORT_FILE]).map_err(StageError::permanent)
+}
+
+/// Take one recovery point (see the module doc) and answer the `rp.created` to emit.
+pub async fn take_snapshot(
+    ctx: &ClusterContext,
+    job: &SnapshotJob,
+) -> Result<RpCreated, StageError> {
+    let (instance_name, rp_id) = (job.instance.as_str(), job.recovery_point_id.as_str());
+    let resources = resources_key(instance_name, rp_id)?;
+    match catalog::read_recovery_point(&ctx.vault, instance_name, rp_id).await {
+        Ok(rp) => {
+            tracing::info!(
+                instance = instance_name,
+                rp_id,
+                "recovery point already recorded; re-emitting rp.created"
+            );
+            return rp_created_from(ctx, &rp).await;
+        }
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.stage_error()),
+    }
+    let instance = read_instance(&ctx.vault, instance_name).await?;
+    let (cluster_name, cluster) = ctx.instance_cluster(&instance.cluster);
+    tracing::info!(
+        instance = instance_name,
+        rp_id,
+        cluster = cluster_name,
+        "snapshot starting"
+    );
+    let created_at = Timestamp::now();
+    let mut warnings = Vec::new();
+
+    let pre = run_hooks(cluster, &instance.hooks, HookPhase::Pre, &mut warnings).await;
+    let main = match pre {
+        Ok(()) => {
+            collect_and_snapshot(
+                ctx,
+                cluster,
+                &instance.scope,
+                instance_name,
+                rp_id,
+                &mut warnings,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    let post = run_hooks(cluster, &instance.hooks, HookPhase::Post, &mut warnings).await;
+    let (resource_count, volumes) = match (main, post) {
+        (Ok(done), Ok(())) => done,
+        (Err(e), post) => {
+            if let Err(post_error) = post {
+                tracing::warn!(error = %post_error, "post-hook failed after the snapshot had failed");
+            }
+            return Err(e);
+        }
+        (Ok(_), Err(e)) => return Err(e),
+    };
+
+    let report = SnapshotReport {
+        resource_count,
+        volume_count: u32::try_from(volumes.len()).unwrap_or(u32::MAX),
+        volume_bytes: volumes.iter().map(|v| v.size_bytes).sum(),
+        warnings,
+    };
+    let report_bytes = serde_json::to_vec_pretty(&report).expect("a report serializes");
+    ctx.vault
+        .put_create_only(&report_key(instance_name, rp_id)?, report_bytes)
+        .await
+        .map_err(|e| e.stage_error())?;
+    let rp = RecoveryPoint {
+        id: rp_id.to_owned(),
+        instance: instance_name.to_owned(),
+        created_at,
+        tiers: vec![TierState {
+            tier: Tier::Operational,
+            state: RpState::Available,
+            expires_at: None,
+        }],
+        resources: resources.to_string(),
+        volumes,
+    };
+    match catalog::write_recovery_point(&ctx.vault, &rp)
+        .await
+        .map_err(|e| e.stage_error())?
+    {
+        CreateOutcome::Created(_) => {
+            tracing::info!(
+                instance = instance_name,
+                rp_id,
+                resources = report.resource_count,
+                volumes = report.volume_count,
+                warnings = report.warnings.len(),
+                "recovery point created"
+            );
+            Ok(event(&rp, &report))
+        }
+        // Another attempt of the same job got there first: its manifest is the truth.
+        CreateOutcome::AlreadyExists => {
+            let stored = catalog::read_recovery_point(&ctx.vault, instance_name, rp_id)
+                .await
+                .map_err(|e| e.stage_error())?;
+            rp_created_from(ctx, &stored).await
+        }
+    }
+}
+
+fn event(rp: &RecoveryPoint, report: &SnapshotReport) -> RpCreated {
+    RpCreated {
+        instance: rp.instance.clone(),
+        recovery_point_id: rp.id.clone(),
+        created_at: rp.created_at,
+        resource_count: report.resource_count,
+        volume_count: report.volume_count,
+        volume_bytes: report.volume_bytes,
+        warnings: report.warnings.clone(),
+    }
+}
+
+/// The snapshot report of a recovery point; `None` if it has none (made by another producer).
+pub async fn read_report(
+    ctx: &ClusterContext,
+    instance: &str,
+    rp_id: &str,
+) -> Result<Option<SnapshotReport>, StageError> {
+    let key = report_key(instance, rp_id)?;
+    match ctx.vault.get(&key).await {
+        Ok(object) => serde_json::from_slice(&object.bytes)
+            .map(Some)
+            .map_err(|e| {
+                StageError::permanent(format!(
+                    "snapshot report {key} is unreadable ({e}); it was damaged or written by an \
+                 incompatible version"
+                ))
+            }),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.stage_error()),
+    }
+}
+
+async fn rp_created_from(
+    ctx: &ClusterContext,
+    rp: &RecoveryPoint,
+) -> Result<RpCreated, StageError> {
+    let report = read_report(ctx, &rp.instance, &rp.id)
+        .await?
+        .unwrap_or_else(|| SnapshotReport {
+            resource_count: 0,
+            volume_count: u32::try_from(rp.volumes.len()).unwrap_or(u32::MAX),
+            volume_bytes: rp.volumes.iter().map(|v| v.size_bytes).sum(),
+            warnings: Vec::new(),
+        });
+    Ok(event(rp, &report))
+}
+
+/// A claim seen during collection, and the volumes it may be bound to.
+#[derive(Debug)]
+struct Claim {
+    namespace: String,
+    name: String,
+    volume_name: Option<String>,
+}
+
+/// Why collection's sink stopped.
+#[derive(Debug, thiserror::Error)]
+enum SinkError {
+    #[error(
+        "the resources object grew past {limit} bytes; narrow the instance's scope (namespaces, \
+         label selectors) or raise the worker's max_resources_bytes"
+    )]
+    TooLarge { limit: usize },
+    #[error("an object could not be encoded as JSON: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Collects the scope into the resources object, then snapshots the eligible volumes.
+/// Returns the number of objects collected and the volumes snapshotted.
+async fn collect_and_snapshot(
+    ctx: &ClusterContext,
+    cluster: &ClusterTarget,
+    scope: &stowage_schemas::domain::Scope,
+    instance: &str,
+    rp_id: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(u64, Vec<VolumeBackup>), StageError> {
+    let limit = ctx.max_resources_bytes;
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut claims: Vec<Claim> = Vec::new();
+    // PV name → spec: small (one per collected claim), kept to resolve claims to disks.
+    let mut volumes: BTreeMap<String, Value> = BTreeMap::new();
+    let mut too_large = false;
+    let summary = collect(&cluster.client, scope, |object| {
+        let mut write = || -> Result<(), SinkError> {
+            serde_json::to_writer(&mut buffer, &object.object)?;
+            buffer.push(b'\n');
+            if buffer.len() > limit {
+                too_large = true;
+                return Err(SinkError::TooLarge { limit });
+            }
+            let core = object.resource.group.is_empty();
+            match (core, object.resource.kind.as_str()) {
+                (true, "PersistentVolumeClaim") => claims.push(Claim {
+                    namespace: object.namespace.clone().unwrap_or_default(),
+                    name: object.name.clone(),
+                    volume_name: object
+                        .object
+                        .pointer("/spec/volumeName")
+                        .and_then(Value::as_str)
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_owned),
+                }),
+                (true, "PersistentVolume") => {
+                    volumes.insert(
+                        object.name.clone(),
+                        object.object.get("spec").cloned().unwrap_or(Value::Null),
+                    );
+                }
+                _ => {}
+            }
+            Ok(())
+        };
+        std::future::ready(write())
+    })
+    .await
+    .map_err(|e| collect_error(e, too_large, instance))?;
+    let resource_count = summary.objects() as u64;
+
+    let key = resources_key(instance, rp_id)?;
+    match ctx
+        .vault
+        .put_create_only(&key, buffer)
+        .await
+        .map_err(|e| e.stage_error())?
+    {
+        CreateOutcome::Created(_) => {}
+        CreateOutcome::AlreadyExists => tracing::info!(
+            %key,
+            "an earlier attempt stored the resources object; keeping it"
+        ),
+    }
+
+    // Which claims can be snapshotted.
+    let driver = ctx.disks.driver().to_owned();
+    let mut eligible = Vec::new();
+    for claim in claims {
+        let who = format!("PVC {}/{}", claim.namespace, claim.name);
+        let Some(pv) = claim.volume_name.clone() else {
+            warnings.push(format!(
+                "{who} is not bound to a volume: there is no data to back up; only the claim was backed up"
+            ));
+            continue;
+        };
+        let Some(spec) = volumes.get(&pv) else {
+            warnings.push(format!(
+                "{who} is bound to PV {pv}, which the cluster did not list: its data was not \
+                 backed up; check that the PV exists"
+            ));
+            continue;
+        };
+        match volume_kind(spec) {
+            VolumeKind::Csi { driver: d, handle } if d == driver => {
+                eligible.push((claim, pv, handle));
+            }
+            VolumeKind::Csi { driver: d, .. } => warnings.push(format!(
+                "{who} (PV {pv}) is a CSI volume of driver {d}, which this worker's disk provider \
+                 ({driver}) does not handle: its data was not backed up; only the claim was"
+            )),
+            VolumeKind::Other(kind) => warnings.push(format!(
+                "{who} (PV {pv}) is a {kind} volume, not a CSI volume of {driver}: its data was \
+                 not backed up; only the claim was"
+            )),
+        }
+    }
+    for warning in warnings.iter() {
+        tracing::warn!(instance, rp_id, "{warning}");
+    }
+
+    let disks = ctx.disks.clone();
+    let mut backups: Vec<VolumeBackup> = futures::stream::iter(eligible)
+        .map(|(claim, pv, disk)| {
+            let disks = disks.clone();
+            let name = disk_safe_name(&format!("{rp_id}-{disk}"));
+            async move {
+                let info = disks.snapshot(&DiskId(disk.clone()), &name).await.map_err(|e| {
+                    let message = format!(
+                        "snapshotting the volume of PVC {}/{} (PV {pv}, disk {disk}) failed: {e}",
+                        claim.namespace, claim.name
+                    );
+                    if e.is_transient() {
+                        StageError::transient(message)
+                    } else {
+                        StageError::permanent(message)
+                    }
+                })?;
+                tracing::info!(disk, snapshot = %info.id, bytes = info.size, "volume snapshotted");
+                Ok::<_, StageError>(VolumeBackup {
+                    volume_id: layout::escape_component(&disk),
+                    namespace: claim.namespace,
+                    pvc: claim.name,
+                    size_bytes: info.size,
+                    snapshot_id: info.id.0,
+                    vault_version: None,
+                })
+            }
+        })
+        .buffer_unordered(ctx.volume_parallelism.max(1))
+        .try_collect()
+        .await?;
+    backups.sort_by(|a, b| (&a.namespace, &a.pvc).cmp(&(&b.namespace, &b.pvc)));
+    Ok((resource_count, backups))
+}
+
+fn collect_error(error: CollectError, too_large: bool, instance: &str) -> StageError {
+    let message = format!("collecting the resources of instance {instance} failed: {error}");
+    if too_large {
+        StageError::permanent(message)
+    } else if error.is_transient() {
+        StageError::transient(message)
+    } else {
+        StageError::permanent(format!("{message}; fix the instance's scope"))
+    }
+}
+
+enum VolumeKind {
+    Csi { driver: String, handle: String },
+    Other(String),
+}
+
+/// What backs a PV, from its spec: CSI (driver and handle) or the name of its volume source.
+fn volume_kind(spec: &Value) -> VolumeKind {
+    if let Some(csi) = spec.get("csi") {
+        let text = |f: &str| {
+            csi.get(f)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        return VolumeKind::Csi {
+            driver: text("driver"),
+            handle: text("volumeHandle"),
+        };
+    }
+    const NOT_SOURCES: [&str; 9] = [
+        "accessModes",
+        "capacity",
+        "claimRef",
+        "mountOptions",
+        "nodeAffinity",
+        "persistentVolumeReclaimPolicy",
+        "storageClassName",
+        "volumeMode",
+        "volumeAttributesClassName",
+    ];
+    let source = spec
+        .as_object()
+        .and_then(|o| {
+            o.keys()
+                .find(|k| !NOT_SOURCES.contains(&k.as_str()))
+                .cloned()
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    VolumeKind::Other(source)
+}
+
+/// Runs the hooks of `phase`, in order (see the module doc).
+async fn run_hooks(
+    cluster: &ClusterTarget,
+    hooks: &[Hook],
+    phase: HookPhase,
+    warnings: &mut Vec<String>,
+) -> Result<(), StageError> {
+    for hook in hooks.iter().filter(|h| h.phase == phase) {
+        run_hook(cluster, hook, warnings).await?;
+    }
+    Ok(())
+}
+
+fn phase_name(phase: HookPhase) -> &'static str {
+    match phase {
+        HookPhase::Pre => "pre",
+        HookPhase::Post => "post",
+    }
+}
+
+async fn run_hook(
+    cluster: &ClusterTarget,
+    hook: &Hook,
+    warnings: &mut Vec<String>,
+) -> Result<(), StageError> {
+    let label = format!("{}-hook {:?}", phase_name(hook.phase), hook.name);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &hook.namespace);
+    let mut params = ListParams::default();
+    if let Some(selector) = &hook.label_selector {
+        params = params.labels(selector);
+    }
+    let listed = pods.list(&params).await.map_err(|e| {
+        kube_error(
+            format!(
+                "{label}: listing pods in namespace {} (selector {:?}) failed; check the hook's \
+                 namespace and label selector",
+                hook.namespace,
+                hook.label_selector.as_deref().unwrap_or("")
+            ),
+            e,
+        )
+    })?;
+    let mut names: Vec<String> = listed
+        .items
+        .iter()
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_none_or(|phase| phase == "Running")
+        })
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        warnings.push(format!(
+            "{label} matched no running pod in namespace {} (selector {:?}): it ran nowhere",
+            hook.namespace,
+            hook.label_selector.as_deref().unwrap_or("")
+        ));
+        return Ok(());
+    }
+    let timeout = std::time::Duration::from_secs(u64::from(hook.timeout_seconds));
+    for pod in names {
+        let request = ExecRequest {
+            namespace: hook.namespace.clone(),
+            pod: pod.clone(),
+            container: hook.container.clone(),
+            command: hook.command.clone(),
+        };
+        let at = format!("{label} in pod {}/{pod}", hook.namespace);
+        let failure = match tokio::time::timeout(timeout, cluster.exec.exec(&request)).await {
+            Ok(Ok(output)) if output.exit_code == 0 => {
+                tracing::info!(hook = %hook.name, pod, "hook ran");
+                continue;
+            }
+            Ok(Ok(output)) => format!(
+                "{at} exited with code {}{}",
+                output.exit_code,
+                match output.stderr.trim() {
+                    "" => String::new(),
+                    stderr => format!(" ({stderr})"),
+                }
+            ),
+            Ok(Err(error)) => {
+                let stowage_cluster::ExecError::Api { source, .. } = &error;
+                if hook.on_error == HookErrorMode::Fail && kube_is_transient(source) {
+                    return Err(StageError::transient(format!(
+                        "{at} could not be run: {error}; the snapshot will be retried"
+                    )));
+                }
+                format!("{at} could not be run: {error}")
+            }
+            Err(_) => format!(
+                "{at} did not finish within its timeout of {}s",
+                hook.timeout_seconds
+            ),
+        };
+        match hook.on_error {
+            HookErrorMode::Continue => {
+                tracing::warn!("{failure}; continuing (the hook's onError is continue)");
+                warnings.push(format!(
+                    "{failure}; the backup continued (onError: continue)"
+                ));
+            }
+            HookErrorMode::Fail => {
+                return Err(StageError::permanent(format!(
+                    "{failure}; the backup failed (onError: fail). Fix the command or the pod, \
+                     raise timeout_seconds, or set on_error to continue, then submit the \
+                     snapshot again"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn volume_kinds() {
+        let csi =
+            json!({"capacity": {"storage": "1Gi"}, "csi": {"driver": "d", "volumeHandle": "h"}});
+        assert!(
+            matches!(volume_kind(&csi), VolumeKind::Csi { driver, handle } if driver == "d" && handle == "h")
+        );
+        let nfs = json!({"capacity": {}, "accessModes": [], "nfs": {"server": "s", "path": "/"}});
+        assert!(matches!(volume_kind(&nfs), VolumeKind::Other(k) if k == "nfs"));
+    }
+}

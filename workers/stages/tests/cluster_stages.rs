@@ -1,0 +1,1127 @@
+//! The snapshot and restore stages against sandbox clusters, local disks and a local-folder vault
+//! (issue 4 §5). The collection scope matrix is tested in the cluster crate.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use serde_json::{Value, json};
+use stowage_cluster::{Sandbox, SandboxHandle, strip_server_fields};
+use stowage_disk::{DiskId, DiskProvider, LocalDiskProvider};
+use stowage_runtime::{JobContext, StageHandler};
+use stowage_schemas::domain::{
+    BackupInstance, Hook, HookErrorMode, HookPhase, Namespaces, Scope, Tier,
+};
+use stowage_schemas::events::{RestoreCompleted, RpCreated};
+use stowage_schemas::jobs::{
+    ExistingPolicy, RestoreHydrationJob, RestoreJob, RestoreOptions, SnapshotJob, Trigger,
+    VaultTransferJob,
+};
+use stowage_schemas::{Envelope, Message, Stage};
+use stowage_stages::restore::{PlanAction, RestoreRequest, RestoreSource, restore};
+use stowage_stages::snapshot::take_snapshot;
+use stowage_stages::{
+    ClusterContext, ClusterTarget, RestoreHydration, RestoreStage, SnapshotStage, VaultContext,
+    VaultTransfer,
+};
+use stowage_vault::crypto::VaultKey;
+use stowage_vault::layout;
+use stowage_vault::store::{BlobStore, LocalDurability};
+
+const INSTANCE: &str = "shop-prod";
+const DISK_SIZE: u64 = 4 << 20;
+
+/// A vault, local disks, a source sandbox holding the sample app (its CSI disks written with
+/// known bytes), and a second, empty sandbox `dr`.
+struct Fixture {
+    dir: PathBuf,
+    vault: BlobStore,
+    disks: Arc<LocalDiskProvider>,
+    source: SandboxHandle,
+    dr: SandboxHandle,
+    ctx: ClusterContext,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "stowage-cluster-stages-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let disks = Arc::new(LocalDiskProvider::open(dir.join("disks")).unwrap());
+        let vault =
+            BlobStore::local_folder(dir.join("vault"), LocalDurability::OsBuffered).unwrap();
+        for (disk, seed) in [("shop-data", 1u8), ("blog-data", 2u8)] {
+            let info = disks.create_disk(disk, DISK_SIZE).await.unwrap();
+            disks
+                .write(&info.id, 0, &pattern(seed, 64 << 10))
+                .await
+                .unwrap();
+            disks
+                .write(&info.id, (2 << 20) + 4096, &pattern(seed + 10, 8192))
+                .await
+                .unwrap();
+        }
+        let sandbox = Sandbox::new();
+        sandbox.load_sample_app().unwrap();
+        let source = sandbox.start_local().await.unwrap();
+        let dr = Sandbox::new().start_local().await.unwrap();
+        let ctx = ClusterContext::new(
+            vault.clone(),
+            disks.clone(),
+            "source",
+            ClusterTarget::sandbox(&source),
+        )
+        .with_cluster("dr", ClusterTarget::sandbox(&dr));
+        Self {
+            dir,
+            vault,
+            disks,
+            source,
+            dr,
+            ctx,
+        }
+    }
+
+    async fn define_instance(&self, scope: Scope, hooks: Vec<Hook>) {
+        let instance = BackupInstance {
+            name: INSTANCE.into(),
+            cluster: "source".into(),
+            vault: "vault".into(),
+            policy: "daily".into(),
+            scope,
+            snapshot_location: "local".into(),
+            hooks,
+        };
+        self.vault
+            .put_create_only(
+                &layout::instance(INSTANCE).unwrap(),
+                serde_json::to_vec(&instance).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn snapshot(&self, rp: &str) -> RpCreated {
+        take_snapshot(&self.ctx, &snapshot_job(rp)).await.unwrap()
+    }
+
+    async fn disk_bytes(&self, disk: &str) -> Vec<u8> {
+        let mut buf = vec![0u8; DISK_SIZE as usize];
+        self.disks
+            .read_disk(&DiskId(disk.into()), 0, &mut buf)
+            .await
+            .unwrap();
+        buf
+    }
+
+    fn disk_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.join("disks/disks"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn snapshot_job(rp: &str) -> SnapshotJob {
+    SnapshotJob {
+        instance: INSTANCE.into(),
+        recovery_point_id: rp.into(),
+        trigger: Trigger::OnDemand {
+            requested_by: Some("test".into()),
+        },
+    }
+}
+
+fn namespaces(names: &[&str]) -> Scope {
+    Scope {
+        namespaces: Namespaces::List {
+            names: names.iter().map(|n| n.to_string()).collect(),
+        },
+        ..Scope::default()
+    }
+}
+
+fn hook(name: &str, phase: HookPhase, command: &str, on_error: HookErrorMode) -> Hook {
+    Hook {
+        name: name.into(),
+        phase,
+        namespace: "shop".into(),
+        label_selector: Some("app=db".into()),
+        container: None,
+        command: vec![command.into(), "/data".into()],
+        timeout_seconds: 5,
+        on_error,
+    }
+}
+
+fn operational(rp: &str, restore_id: &str, options: RestoreOptions) -> RestoreRequest {
+    RestoreRequest {
+        restore_id: restore_id.into(),
+        instance: INSTANCE.into(),
+        recovery_point_id: rp.into(),
+        source: RestoreSource::Operational,
+        options,
+    }
+}
+
+fn mapping(from: &str, to: &str) -> RestoreOptions {
+    RestoreOptions {
+        namespace_mapping: [(from.to_string(), to.to_string())].into(),
+        ..RestoreOptions::default()
+    }
+}
+
+fn ar(api_version: &str, kind: &str, plural: &str) -> ApiResource {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// `(apiVersion, kind, plural)` of the namespaced types the sample app holds, PVCs aside.
+const NAMESPACED: &[(&str, &str, &str)] = &[
+    ("v1", "ConfigMap", "configmaps"),
+    ("v1", "Secret", "secrets"),
+    ("v1", "Service", "services"),
+    ("v1", "ServiceAccount", "serviceaccounts"),
+    ("v1", "Pod", "pods"),
+    ("apps/v1", "Deployment", "deployments"),
+    ("apps/v1", "StatefulSet", "statefulsets"),
+    ("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    ("demo.stowage.io/v1", "Widget", "widgets"),
+];
+
+async fn get(
+    client: &kube::Client,
+    t: (&str, &str, &str),
+    ns: Option<&str>,
+    name: &str,
+) -> Option<Value> {
+    let resource = ar(t.0, t.1, t.2);
+    let api: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    api.get_opt(name)
+        .await
+        .unwrap()
+        .map(|o| serde_json::to_value(o).unwrap())
+}
+
+async fn list(client: &kube::Client, t: (&str, &str, &str), ns: &str) -> Vec<Value> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar(t.0, t.1, t.2));
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .collect()
+}
+
+/// An object as a backup would compare it: server fields, namespace, status and node gone.
+fn comparable(mut object: Value) -> Value {
+    strip_server_fields(&mut object);
+    let metadata = object["metadata"].as_object_mut().unwrap();
+    metadata.remove("namespace");
+    if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("nodeName");
+        spec.remove("volumeName");
+    }
+    if let Some(subjects) = object.get_mut("subjects").and_then(Value::as_array_mut) {
+        for s in subjects {
+            s.as_object_mut().unwrap().remove("namespace");
+        }
+    }
+    object
+}
+
+/// Every object of the sample app's namespaced types in `from_ns` of `from` has an equal copy
+/// in `to_ns` of `to`.
+async fn assert_namespace_copied(
+    from: &kube::Client,
+    from_ns: &str,
+    to: &kube::Client,
+    to_ns: &str,
+) -> usize {
+    let mut compared = 0;
+    for t in NAMESPACED {
+        for object in list(from, *t, from_ns).await {
+            let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+            let copy = get(to, *t, Some(to_ns), &name)
+                .await
+                .unwrap_or_else(|| panic!("{} {to_ns}/{name} was not restored", t.1));
+            assert_eq!(
+                comparable(copy),
+                comparable(object),
+                "{} {name} differs",
+                t.1
+            );
+            compared += 1;
+        }
+    }
+    compared
+}
+
+/// The restored claim `ns/pvc` in `client`: bound to a new PV on a new disk. Answers the disk.
+async fn restored_disk(client: &kube::Client, ns: &str, pvc: &str) -> String {
+    let claim = get(
+        client,
+        ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        Some(ns),
+        pvc,
+    )
+    .await
+    .unwrap_or_else(|| panic!("PVC {ns}/{pvc} was not restored"));
+    let pv_name = claim["spec"]["volumeName"]
+        .as_str()
+        .expect("the claim names its new PV");
+    assert!(pv_name.starts_with("stowage-"), "a new PV, not {pv_name}");
+    let pv = get(
+        client,
+        ("v1", "PersistentVolume", "persistentvolumes"),
+        None,
+        pv_name,
+    )
+    .await
+    .expect("the new PV exists");
+    assert_eq!(pv["spec"]["claimRef"]["namespace"], ns);
+    assert_eq!(pv["spec"]["claimRef"]["name"], pvc);
+    assert_eq!(pv["spec"]["csi"]["driver"], stowage_disk::LOCAL_DRIVER);
+    let disk = pv["spec"]["csi"]["volumeHandle"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !["shop-data", "blog-data"].contains(&disk.as_str()),
+        "never the source disk"
+    );
+    disk
+}
+
+#[tokio::test]
+async fn snapshot_and_restore_into_another_namespace() {
+    let f = Fixture::new().await;
+    f.define_instance(
+        namespaces(&["shop"]),
+        vec![
+            hook("freeze", HookPhase::Pre, "fsfreeze-f", HookErrorMode::Fail),
+            hook("thaw", HookPhase::Post, "fsfreeze-u", HookErrorMode::Fail),
+        ],
+    )
+    .await;
+    // Through the handler, twice: the redelivery re-emits the same event and runs nothing.
+    let stage = SnapshotStage::new(f.ctx.clone());
+    let envelope = Envelope::new("job-1", Message::Snapshot(snapshot_job("rp-1")));
+    let outcome = stage
+        .handle(JobContext::detached(Stage::Snapshot), envelope.clone())
+        .await
+        .unwrap();
+    let [Message::RpCreated(created)] = outcome.messages() else {
+        panic!("expected rp.created, got {:?}", outcome.messages());
+    };
+    assert_eq!(created.volume_count, 1, "{created:?}");
+    assert_eq!(created.volume_bytes, DISK_SIZE);
+    assert!(created.resource_count > 10, "{created:?}");
+    assert!(created.warnings.is_empty(), "{:?}", created.warnings);
+    let hooks_ran: Vec<String> = f
+        .source
+        .sandbox()
+        .exec_log()
+        .iter()
+        .map(|r| format!("{}/{} {}", r.namespace, r.pod, r.command[0]))
+        .collect();
+    assert_eq!(hooks_ran, ["shop/db-0 fsfreeze-f", "shop/db-0 fsfreeze-u"]);
+    let again = stage
+        .handle(JobContext::detached(Stage::Snapshot), envelope)
+        .await
+        .unwrap();
+    assert_eq!(again.messages(), outcome.messages());
+    assert_eq!(
+        f.source.sandbox().exec_log().len(),
+        2,
+        "a recorded RP runs no hooks again"
+    );
+
+    // The source changes after the snapshot: the restore must bring back the snapshot's bytes.
+    let expected = f.disk_bytes("shop-data").await;
+    f.disks
+        .write(&DiskId("shop-data".into()), 0, &[0xFF; 4096])
+        .await
+        .unwrap();
+
+    let restore_stage = RestoreStage::new(f.ctx.clone());
+    let job = RestoreJob {
+        restore_id: "restore-1".into(),
+        instance: INSTANCE.into(),
+        recovery_point_id: "rp-1".into(),
+        source_tier: Tier::Operational,
+        staging: None,
+        options: mapping("shop", "shop-copy"),
+    };
+    let envelope = Envelope::new("restore-1", Message::Restore(job));
+    let outcome = restore_stage
+        .handle(JobContext::detached(Stage::Restore), envelope.clone())
+        .await
+        .unwrap();
+    let [Message::RestoreCompleted(done)] = outcome.messages() else {
+        panic!("expected restore.completed, got {:?}", outcome.messages());
+    };
+    assert_eq!(done.target_cluster, "source");
+    assert_eq!(done.volumes_restored, 1);
+    assert!(!done.dry_run);
+    assert!(done.resources_created >= 15, "{done:?}");
+    // Cluster-scoped objects of the backup exist already in the same cluster: skipped.
+    assert!(done.resources_skipped >= 1, "{done:?}");
+
+    let client = f.source.client();
+    let compared = assert_namespace_copied(&client, "shop", &client, "shop-copy").await;
+    assert!(compared >= 12, "compared {compared} objects");
+    let ns = get(
+        &client,
+        ("v1", "Namespace", "namespaces"),
+        None,
+        "shop-copy",
+    )
+    .await
+    .unwrap();
+    assert_eq!(ns["metadata"]["labels"]["team"], "commerce");
+    let binding = get(
+        &client,
+        (
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            "rolebindings",
+        ),
+        Some("shop-copy"),
+        "config-reader",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        binding["subjects"][0]["namespace"], "shop-copy",
+        "RBAC subjects follow the mapping"
+    );
+    let disk = restored_disk(&client, "shop-copy", "data-db-0").await;
+    assert_eq!(
+        f.disk_bytes(&disk).await,
+        expected,
+        "the restored volume holds the snapshot's bytes"
+    );
+    // The source claim is untouched.
+    let source_claim = get(
+        &client,
+        ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        Some("shop"),
+        "data-db-0",
+    )
+    .await
+    .unwrap();
+    assert_eq!(source_claim["spec"]["volumeName"], "pv-shop-data");
+
+    // Redelivered after completion: the same event, nothing redone.
+    let rv = f.source.sandbox().resource_version();
+    let again = restore_stage
+        .handle(JobContext::detached(Stage::Restore), envelope)
+        .await
+        .unwrap();
+    assert_eq!(again.messages(), outcome.messages());
+    assert_eq!(f.source.sandbox().resource_version(), rv);
+}
+
+#[tokio::test]
+async fn snapshot_and_restore_into_a_second_cluster() {
+    let f = Fixture::new().await;
+    f.define_instance(Scope::default(), Vec::new()).await;
+    let created = f.snapshot("rp-1").await;
+    assert_eq!(created.volume_count, 2, "{created:?}");
+    let expected_shop = f.disk_bytes("shop-data").await;
+    let expected_blog = f.disk_bytes("blog-data").await;
+
+    let options = RestoreOptions {
+        target_cluster: Some("dr".into()),
+        ..RestoreOptions::default()
+    };
+    let report = restore(&f.ctx, &operational("rp-1", "to-dr", options))
+        .await
+        .unwrap();
+    assert_eq!(report.target_cluster, "dr");
+    assert_eq!(report.volumes_restored, 2);
+    assert_eq!(report.count(PlanAction::Conflict), 0, "{:#?}", report.plan);
+    // The CRD came first, so its custom resources could be created.
+    let crd_at = report
+        .plan
+        .iter()
+        .position(|e| e.kind == "CustomResourceDefinition")
+        .unwrap();
+    let widget_at = report.plan.iter().position(|e| e.kind == "Widget").unwrap();
+    let namespace_at = report
+        .plan
+        .iter()
+        .position(|e| e.kind == "Namespace")
+        .unwrap();
+    let claim_at = report
+        .plan
+        .iter()
+        .position(|e| e.kind == "PersistentVolumeClaim")
+        .unwrap();
+    let deployment_at = report
+        .plan
+        .iter()
+        .position(|e| e.kind == "Deployment")
+        .unwrap();
+    assert!(
+        crd_at < namespace_at
+            && namespace_at < claim_at
+            && claim_at < deployment_at
+            && deployment_at < widget_at
+    );
+
+    let (source, dr) = (f.source.client(), f.dr.client());
+    for ns in ["shop", "blog"] {
+        assert_namespace_copied(&source, ns, &dr, ns).await;
+    }
+    for (t, name) in [
+        (
+            ("storage.k8s.io/v1", "StorageClass", "storageclasses"),
+            "local-disk",
+        ),
+        (
+            (
+                "rbac.authorization.k8s.io/v1",
+                "ClusterRole",
+                "clusterroles",
+            ),
+            "widget-reader",
+        ),
+        (
+            (
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                "customresourcedefinitions",
+            ),
+            "widgets.demo.stowage.io",
+        ),
+    ] {
+        let original = get(&source, t, None, name).await.unwrap();
+        let copy = get(&dr, t, None, name)
+            .await
+            .unwrap_or_else(|| panic!("{name} not restored"));
+        assert_eq!(comparable(copy)["spec"], comparable(original)["spec"]);
+    }
+    assert!(
+        get(&dr, ("v1", "Namespace", "namespaces"), None, "kube-system")
+            .await
+            .is_some()
+    );
+    assert!(
+        list(&dr, ("apps/v1", "Deployment", "deployments"), "kube-system")
+            .await
+            .is_empty(),
+        "kube-system is never backed up unless asked"
+    );
+    let shop_disk = restored_disk(&dr, "shop", "data-db-0").await;
+    let blog_disk = restored_disk(&dr, "blog", "data-mysql-0").await;
+    assert_eq!(f.disk_bytes(&shop_disk).await, expected_shop);
+    assert_eq!(f.disk_bytes(&blog_disk).await, expected_blog);
+    // The NFS claim had no backed-up data: restored empty, for the cluster to provision.
+    let uploads = get(
+        &dr,
+        ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        Some("blog"),
+        "uploads",
+    )
+    .await
+    .unwrap();
+    assert!(uploads["spec"].get("volumeName").is_none(), "{uploads}");
+    assert!(
+        report.warnings.iter().any(|w| w.contains("blog/uploads")),
+        "{:?}",
+        report.warnings
+    );
+    // No source PV was applied: only the two new ones exist.
+    let pvs: Api<DynamicObject> = Api::all_with(
+        dr.clone(),
+        &ar("v1", "PersistentVolume", "persistentvolumes"),
+    );
+    let names: Vec<String> = pvs
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("stowage-")), "{names:?}");
+}
+
+#[tokio::test]
+async fn restore_without_volume_data() {
+    let f = Fixture::new().await;
+    f.define_instance(namespaces(&["shop"]), Vec::new()).await;
+    f.snapshot("rp-1").await;
+    let before = f.disk_files();
+    let options = RestoreOptions {
+        target_cluster: Some("dr".into()),
+        include_volumes: false,
+        ..RestoreOptions::default()
+    };
+    let report = restore(&f.ctx, &operational("rp-1", "no-data", options))
+        .await
+        .unwrap();
+    assert_eq!(report.volumes_restored, 0);
+    assert_eq!(f.disk_files(), before, "no disk was created");
+    let claim = get(
+        &f.dr.client(),
+        ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        Some("shop"),
+        "data-db-0",
+    )
+    .await
+    .unwrap();
+    assert!(claim["spec"].get("volumeName").is_none());
+    assert!(
+        report.warnings.is_empty(),
+        "leaving data out on purpose is no warning: {:?}",
+        report.warnings
+    );
+}
+
+async fn annotate_db_pod(f: &Fixture, annotations: Value) {
+    let pods: Api<DynamicObject> =
+        Api::namespaced_with(f.source.client(), "shop", &ar("v1", "Pod", "pods"));
+    pods.patch(
+        "db-0",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": annotations}})),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_hook_fails_the_backup_or_warns() {
+    let f = Fixture::new().await;
+    annotate_db_pod(&f, json!({"sandbox.stowage.io/exec-exit-code": "3", "sandbox.stowage.io/exec-stderr": "device busy"})).await;
+
+    // onError: fail — the backup fails, names the hook and the pod, and still thaws.
+    f.define_instance(
+        namespaces(&["shop"]),
+        vec![
+            hook("freeze", HookPhase::Pre, "fsfreeze-f", HookErrorMode::Fail),
+            hook(
+                "thaw",
+                HookPhase::Post,
+                "fsfreeze-u",
+                HookErrorMode::Continue,
+            ),
+        ],
+    )
+    .await;
+    let error = take_snapshot(&f.ctx, &snapshot_job("rp-fail"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), stowage_runtime::ErrorKind::Permanent);
+    let text = error.to_string();
+    assert!(
+        text.contains("\"freeze\"")
+            && text.contains("shop/db-0")
+            && text.contains("code 3")
+            && text.contains("device busy"),
+        "{text}"
+    );
+    assert!(text.contains("on_error"), "says what to do: {text}");
+    let ran: Vec<String> = f
+        .source
+        .sandbox()
+        .exec_log()
+        .iter()
+        .map(|r| r.command[0].clone())
+        .collect();
+    assert_eq!(
+        ran,
+        ["fsfreeze-f", "fsfreeze-u"],
+        "post-hooks run after a failure"
+    );
+    assert!(
+        stowage_vault::catalog::read_recovery_point(&f.vault, INSTANCE, "rp-fail")
+            .await
+            .is_err(),
+        "no RP"
+    );
+
+    // onError: continue — the backup succeeds with a warning.
+    let f = Fixture::new().await;
+    annotate_db_pod(&f, json!({"sandbox.stowage.io/exec-exit-code": "3"})).await;
+    f.define_instance(
+        namespaces(&["shop"]),
+        vec![hook(
+            "freeze",
+            HookPhase::Pre,
+            "fsfreeze-f",
+            HookErrorMode::Continue,
+        )],
+    )
+    .await;
+    let created = f.snapshot("rp-continue").await;
+    assert_eq!(created.volume_count, 1);
+    assert!(
+        created
+            .warnings
+            .iter()
+            .any(|w| w.contains("\"freeze\"") && w.contains("code 3")),
+        "{:?}",
+        created.warnings
+    );
+}
+
+#[tokio::test]
+async fn a_hook_that_times_out_fails_the_backup() {
+    let f = Fixture::new().await;
+    annotate_db_pod(&f, json!({"sandbox.stowage.io/exec-delay-ms": "3000"})).await;
+    let mut slow = hook("flush", HookPhase::Pre, "sync", HookErrorMode::Fail);
+    slow.timeout_seconds = 1;
+    f.define_instance(namespaces(&["shop"]), vec![slow.clone()])
+        .await;
+    let started = std::time::Instant::now();
+    let error = take_snapshot(&f.ctx, &snapshot_job("rp-slow"))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2900),
+        "the timeout cut the wait"
+    );
+    assert!(error.to_string().contains("timeout of 1s"), "{error}");
+
+    // The same with onError: continue is a warning.
+    let f = Fixture::new().await;
+    annotate_db_pod(&f, json!({"sandbox.stowage.io/exec-delay-ms": "3000"})).await;
+    slow.on_error = HookErrorMode::Continue;
+    f.define_instance(namespaces(&["shop"]), vec![slow]).await;
+    let created = f.snapshot("rp-slow").await;
+    assert!(
+        created.warnings.iter().any(|w| w.contains("timeout of 1s")),
+        "{:?}",
+        created.warnings
+    );
+}
+
+#[tokio::test]
+async fn unsupported_volumes_are_skipped_with_a_warning() {
+    let f = Fixture::new().await;
+    // A CSI volume of a driver the local provider does not handle, beside blog's NFS volume.
+    f.source.sandbox().create(json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": "pv-blog-azure"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "claimRef": {"namespace": "blog", "name": "media"},
+                 "csi": {"driver": "disk.csi.azure.com", "volumeHandle": "/subscriptions/x/disks/media"}},
+    })).unwrap();
+    f.source.sandbox().create(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "media", "namespace": "blog"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "volumeName": "pv-blog-azure"},
+    })).unwrap();
+    f.define_instance(namespaces(&["blog"]), Vec::new()).await;
+    let created = f.snapshot("rp-1").await;
+    assert_eq!(
+        created.volume_count, 1,
+        "only blog-data is snapshotted: {created:?}"
+    );
+    let nfs = created
+        .warnings
+        .iter()
+        .find(|w| w.contains("blog/uploads"))
+        .expect("a warning for the NFS volume");
+    assert!(
+        nfs.contains("nfs") && nfs.contains("not backed up"),
+        "{nfs}"
+    );
+    let azure = created
+        .warnings
+        .iter()
+        .find(|w| w.contains("blog/media"))
+        .expect("a warning for the other driver");
+    assert!(azure.contains("disk.csi.azure.com"), "{azure}");
+    // Recorded with the RP.
+    let report = stowage_stages::snapshot::read_report(&f.ctx, INSTANCE, "rp-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.warnings, created.warnings);
+    let rp = stowage_vault::catalog::read_recovery_point(&f.vault, INSTANCE, "rp-1")
+        .await
+        .unwrap();
+    assert_eq!(rp.volumes.len(), 1);
+    assert_eq!(
+        (rp.volumes[0].namespace.as_str(), rp.volumes[0].pvc.as_str()),
+        ("blog", "data-mysql-0")
+    );
+    assert_eq!(rp.volumes[0].volume_id, "blog-data");
+}
+
+#[tokio::test]
+async fn skip_keeps_what_exists_and_patch_brings_it_back() {
+    let f = Fixture::new().await;
+    f.define_instance(namespaces(&["shop"]), Vec::new()).await;
+    f.snapshot("rp-1").await;
+    let client = f.source.client();
+    let first = restore(
+        &f.ctx,
+        &operational("rp-1", "r1", mapping("shop", "shop-copy")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.volumes_restored, 1);
+
+    // Someone edits one config map and deletes another.
+    let cms: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "shop-copy",
+        &ar("v1", "ConfigMap", "configmaps"),
+    );
+    cms.patch(
+        "db-config",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"data": {"max_connections": "5"}})),
+    )
+    .await
+    .unwrap();
+    cms.delete("web-config", &Default::default()).await.unwrap();
+
+    let skip = restore(
+        &f.ctx,
+        &operational("rp-1", "r2", mapping("shop", "shop-copy")),
+    )
+    .await
+    .unwrap();
+    let action = |r: &stowage_stages::restore::RestoreReport, name: &str| {
+        r.entry("ConfigMap", Some("shop-copy"), name)
+            .unwrap()
+            .action
+    };
+    assert_eq!(action(&skip, "db-config"), PlanAction::Skip);
+    assert_eq!(
+        action(&skip, "web-config"),
+        PlanAction::Create,
+        "skip recreates what is missing"
+    );
+    assert_eq!(skip.count(PlanAction::Create), 1, "{:#?}", skip.plan);
+    assert_eq!(
+        skip.volumes_restored, 0,
+        "an existing claim gets no new disk"
+    );
+    let db = get(
+        &client,
+        ("v1", "ConfigMap", "configmaps"),
+        Some("shop-copy"),
+        "db-config",
+    )
+    .await
+    .unwrap();
+    assert_eq!(db["data"]["max_connections"], "5", "skip leaves the edit");
+
+    let options = RestoreOptions {
+        existing: ExistingPolicy::Patch,
+        ..mapping("shop", "shop-copy")
+    };
+    let patch = restore(&f.ctx, &operational("rp-1", "r3", options))
+        .await
+        .unwrap();
+    assert_eq!(action(&patch, "db-config"), PlanAction::Patch);
+    assert_eq!(
+        action(&patch, "web-config"),
+        PlanAction::Skip,
+        "already matches"
+    );
+    let patched: Vec<String> = patch
+        .plan
+        .iter()
+        .filter(|e| e.action == PlanAction::Patch)
+        .map(|e| format!("{} {}", e.kind, e.name))
+        .collect();
+    // The cluster role binding gains the copy's service account (its original subject stays).
+    assert_eq!(
+        patched,
+        ["ConfigMap db-config", "ClusterRoleBinding widget-reader"]
+    );
+    let binding = get(
+        &client,
+        (
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+        ),
+        None,
+        "widget-reader",
+    )
+    .await
+    .unwrap();
+    let subjects: Vec<&str> = binding["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["shop", "shop-copy"]);
+    assert_eq!(patch.count(PlanAction::Conflict), 0, "{:#?}", patch.plan);
+    assert_eq!(patch.volumes_restored, 0);
+    let db = get(
+        &client,
+        ("v1", "ConfigMap", "configmaps"),
+        Some("shop-copy"),
+        "db-config",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        db["data"]["max_connections"], "100",
+        "patch restores the backup's data"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_changes_nothing() {
+    let f = Fixture::new().await;
+    f.define_instance(Scope::default(), Vec::new()).await;
+    f.snapshot("rp-1").await;
+    let disks_before = f.disk_files();
+    let rv_dr = f.dr.sandbox().resource_version();
+    let rv_source = f.source.sandbox().resource_version();
+
+    // Into the empty cluster: everything would be created, custom resources after their CRD.
+    let options = RestoreOptions {
+        target_cluster: Some("dr".into()),
+        dry_run: true,
+        ..RestoreOptions::default()
+    };
+    let stage = RestoreStage::new(f.ctx.clone());
+    let job = RestoreJob {
+        restore_id: "dry".into(),
+        instance: INSTANCE.into(),
+        recovery_point_id: "rp-1".into(),
+        source_tier: Tier::Operational,
+        staging: None,
+        options,
+    };
+    let outcome = stage
+        .handle(
+            JobContext::detached(Stage::Restore),
+            Envelope::new("dry", Message::Restore(job.clone())),
+        )
+        .await
+        .unwrap();
+    let [Message::RestoreCompleted(done)] = outcome.messages() else {
+        panic!()
+    };
+    assert!(done.dry_run);
+    assert_eq!(done.volumes_restored, 2, "planned");
+    assert!(done.resources_created > 20, "{done:?}");
+    let plan = restore(&f.ctx, &RestoreRequest::from_job(&job).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(plan.count(PlanAction::Conflict), 0, "{:#?}", plan.plan);
+    assert_eq!(
+        plan.entry("Widget", Some("shop"), "blue").unwrap().action,
+        PlanAction::Create
+    );
+
+    // Into the source cluster, patching: existing objects would be skipped, nothing changes.
+    let options = RestoreOptions {
+        existing: ExistingPolicy::Patch,
+        dry_run: true,
+        ..RestoreOptions::default()
+    };
+    let plan = restore(&f.ctx, &operational("rp-1", "dry-2", options))
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.entry("ConfigMap", Some("shop"), "db-config")
+            .unwrap()
+            .action,
+        PlanAction::Skip
+    );
+    assert_eq!(
+        plan.entry("PersistentVolumeClaim", Some("shop"), "data-db-0")
+            .unwrap()
+            .action,
+        PlanAction::Skip
+    );
+    assert_eq!(plan.volumes_restored, 0);
+
+    assert_eq!(
+        f.dr.sandbox().resource_version(),
+        rv_dr,
+        "the target cluster was not touched"
+    );
+    assert_eq!(f.source.sandbox().resource_version(), rv_source);
+    assert_eq!(f.disk_files(), disks_before, "no disk was created");
+    assert!(
+        f.vault
+            .get(&stowage_stages::restore::completed_key("dry").unwrap())
+            .await
+            .is_err(),
+        "nothing written"
+    );
+}
+
+#[tokio::test]
+async fn controller_owned_pods_are_left_to_their_controller() {
+    let f = Fixture::new().await;
+    f.source.sandbox().create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web-5c9b-abcde", "namespace": "shop", "labels": {"app": "web"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5c9b", "uid": "u-1", "controller": true}]},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}], "nodeName": "node-1"},
+    })).unwrap();
+    f.source.sandbox().create(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "owned-config", "namespace": "shop",
+                     "ownerReferences": [{"apiVersion": "demo.stowage.io/v1", "kind": "Widget", "name": "blue", "uid": "u-2"}]},
+        "data": {"k": "v"},
+    })).unwrap();
+    f.define_instance(namespaces(&["shop"]), Vec::new()).await;
+    f.snapshot("rp-1").await;
+    let options = RestoreOptions {
+        target_cluster: Some("dr".into()),
+        ..RestoreOptions::default()
+    };
+    let report = restore(&f.ctx, &operational("rp-1", "owned", options))
+        .await
+        .unwrap();
+    let entry = report.entry("Pod", Some("shop"), "web-5c9b-abcde").unwrap();
+    assert_eq!(entry.action, PlanAction::Skip);
+    assert!(
+        entry
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("ReplicaSet web-5c9b")
+    );
+    let dr = f.dr.client();
+    assert!(
+        get(&dr, ("v1", "Pod", "pods"), Some("shop"), "web-5c9b-abcde")
+            .await
+            .is_none()
+    );
+    let cm = get(
+        &dr,
+        ("v1", "ConfigMap", "configmaps"),
+        Some("shop"),
+        "owned-config",
+    )
+    .await
+    .unwrap();
+    assert!(
+        cm["metadata"].get("ownerReferences").is_none(),
+        "source uids are dropped: {cm}"
+    );
+}
+
+#[tokio::test]
+async fn restore_from_the_vault_tier_through_hydration() {
+    let f = Fixture::new().await;
+    f.define_instance(namespaces(&["shop"]), Vec::new()).await;
+    let created = f.snapshot("rp-1").await;
+    let expected = f.disk_bytes("shop-data").await;
+    let vault_ctx = VaultContext::new(
+        f.vault.clone(),
+        VaultKey::generate().unwrap(),
+        f.disks.clone(),
+    );
+
+    let transfer = VaultTransfer::new(vault_ctx.clone());
+    transfer
+        .handle(
+            JobContext::detached(Stage::VaultTransfer),
+            Envelope::new(
+                "vt",
+                Message::VaultTransfer(VaultTransferJob {
+                    instance: INSTANCE.into(),
+                    recovery_point_id: created.recovery_point_id.clone(),
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+    let hydration = RestoreHydration::new(vault_ctx);
+    let outcome = hydration
+        .handle(
+            JobContext::detached(Stage::RestoreHydration),
+            Envelope::new(
+                "hy",
+                Message::RestoreHydration(RestoreHydrationJob {
+                    restore_id: "from-vault".into(),
+                    instance: INSTANCE.into(),
+                    recovery_point_id: "rp-1".into(),
+                    tier: Tier::Vault,
+                    staging_location: None,
+                    options: RestoreOptions {
+                        target_cluster: Some("dr".into()),
+                        ..RestoreOptions::default()
+                    },
+                }),
+            ),
+        )
+        .await
+        .unwrap();
+    let [Message::RestoreHydrated(hydrated)] = outcome.messages() else {
+        panic!("{:?}", outcome.messages())
+    };
+    let staged = hydrated.staging.resources.clone();
+
+    let stage = RestoreStage::new(f.ctx.clone());
+    let outcome = stage
+        .handle(
+            JobContext::detached(Stage::Restore),
+            Envelope::new("rs", Message::RestoreHydrated(hydrated.clone())),
+        )
+        .await
+        .unwrap();
+    let [
+        Message::RestoreCompleted(RestoreCompleted {
+            volumes_restored,
+            target_cluster,
+            ..
+        }),
+    ] = outcome.messages()
+    else {
+        panic!()
+    };
+    assert_eq!((*volumes_restored, target_cluster.as_str()), (1, "dr"));
+    assert_namespace_copied(&f.source.client(), "shop", &f.dr.client(), "shop").await;
+    let disk = restored_disk(&f.dr.client(), "shop", "data-db-0").await;
+    assert_eq!(
+        disk, hydrated.staging.disks[0].disk_id,
+        "the staging disk is adopted"
+    );
+    assert_eq!(f.disk_bytes(&disk).await, expected);
+    let staged_key = layout::staging("from-vault", "resources").unwrap();
+    assert_eq!(staged, staged_key.to_string());
+    assert!(
+        f.vault.get(&staged_key).await.is_err(),
+        "staged resources cleaned up"
+    );
+}
