@@ -33,6 +33,37 @@ pub enum Command {
     Demo(DemoArgs),
     /// Recovery points.
     Rp(RpArgs),
+    /// Serve a sandbox Kubernetes API with the sample application, until Ctrl-C.
+    Sandbox(SandboxArgs),
+}
+
+/// Which Kubernetes cluster the snapshot and restore stages use.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// URL of the cluster's API server (a sandbox from `stowage sandbox`, or any API server that
+    /// accepts unauthenticated requests from this worker). Hooks run through the sandbox's
+    /// exec endpoint.
+    #[arg(long, global = true, env = "STOWAGE_CLUSTER_URL")]
+    pub cluster_url: Option<String>,
+    /// The name jobs use for this cluster (a restore's target_cluster, an instance's cluster).
+    #[arg(
+        long,
+        global = true,
+        env = "STOWAGE_CLUSTER_NAME",
+        default_value = "default"
+    )]
+    pub cluster_name: String,
+}
+
+/// `stowage sandbox`.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub addr: SocketAddr,
+    /// Start empty instead of with the sample application.
+    #[arg(long)]
+    pub empty: bool,
 }
 
 /// Where the broker is.
@@ -61,9 +92,12 @@ pub struct WorkerArgs {
     /// Broker settings.
     #[command(flatten)]
     pub broker: BrokerArgs,
-    /// Vault settings (for the vault-transfer, geo-replication and restore-hydration stages).
+    /// Vault settings (for every stage but retention).
     #[command(flatten)]
     pub vault: VaultArgs,
+    /// The cluster the snapshot and restore stages work on.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Address of the /livez and /readyz endpoints.
     #[arg(long, env = "STOWAGE_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
     pub health_addr: SocketAddr,

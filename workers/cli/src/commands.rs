@@ -44,6 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Rp(args) => rp(args).await,
+        Command::Sandbox(args) => sandbox(args).await,
     }
 }
 
@@ -55,9 +56,9 @@ fn connect(args: &BrokerArgs) -> (RabbitBroker, Names) {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let services = stages::Services {
-        vault: vault_config::vault_context(&args.vault)?,
-    };
+    let vault = vault_config::vault_context(&args.vault)?;
+    let cluster = vault_config::cluster_context(&args.cluster, vault.as_ref())?;
+    let services = stages::Services { vault, cluster };
     let wanted = match args.stage {
         StageChoice::One(stage) => vec![stage],
         StageChoice::All => stages::built(),
@@ -284,4 +285,20 @@ async fn find_instance(
         }
     }
     bail!("no recovery point {rp} in the vault's catalog; check the id, or pass --instance")
+}
+
+async fn sandbox(args: crate::cli::SandboxArgs) -> anyhow::Result<()> {
+    let sandbox = stowage_cluster::Sandbox::new();
+    if !args.empty {
+        sandbox.load_sample_app()?;
+    }
+    let handle = sandbox.start(args.addr).await?;
+    println!(
+        "sandbox cluster at {} (try: kubectl --server {} get all -A); Ctrl-C stops it",
+        handle.url(),
+        handle.url()
+    );
+    shutdown::signal().await;
+    handle.shutdown().await;
+    Ok(())
 }

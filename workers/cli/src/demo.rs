@@ -1,29 +1,34 @@
 //! `stowage demo`: the pipeline on embedded defaults, with no services to install.
 //!
-//! The in-process broker, a local-folder vault with a geo secondary folder, local disks, and
-//! every stage this build has, in one process — the same stage code the fleet runs. It backs up
-//! an application's volumes, transfers them to the vault tier, replicates them, changes some
-//! data, takes an incremental backup, hydrates the latest recovery point from each tier and
-//! checks every byte. `--amqp-url` puts RabbitMQ under it instead, `--blob-url` Azure Blob
-//! (e.g. `azurite://demo`).
+//! A sandbox cluster with the sample application, the in-process broker, a local-folder vault
+//! with a geo secondary folder, local disks, and every stage this build has, in one process —
+//! the same stage code the fleet runs, driven only by jobs and the events stages emit. It backs
+//! the application up, transfers it to the vault tier, replicates it, changes some data, takes
+//! an incremental backup, restores the latest recovery point from each tier into new
+//! namespaces, and checks the objects and every byte of the volumes. `--amqp-url` puts
+//! RabbitMQ under it instead, `--blob-url` Azure Blob (e.g. `azurite://demo`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim};
 use rand::{RngExt as _, SeedableRng as _};
+use stowage_cluster::Sandbox;
 use stowage_disk::{DiskId, DiskProvider as _, LocalDiskProvider};
 use stowage_runtime::client::submit;
 use stowage_runtime::{
     Broker, InProcessBroker, Names, RabbitBroker, Shutdown, StageConfig, Worker, WorkerConfig,
 };
-use stowage_schemas::domain::{RecoveryPoint, RpState, Tier, TierState, VolumeBackup};
+use stowage_schemas::domain::{BackupInstance, Namespaces, Scope, Tier};
 use stowage_schemas::jobs::{
-    ExistingPolicy, RestoreHydrationJob, RestoreOptions, VaultTransferJob,
+    ExistingPolicy, RestoreHydrationJob, RestoreOptions, SnapshotJob, Trigger,
 };
 use stowage_schemas::{Envelope, Message};
-use stowage_stages::restore_hydration::staging_disk_name;
-use stowage_stages::{GeoReplication, RestoreHydration, VaultContext, VaultTransfer};
+use stowage_stages::{
+    ClusterContext, ClusterTarget, GeoReplication, RestoreHydration, RestoreStage, SnapshotStage,
+    VaultContext, VaultTransfer,
+};
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
 
@@ -32,10 +37,14 @@ use crate::output;
 
 const MIB: u64 = 1 << 20;
 const INSTANCE: &str = "shop";
+const CLUSTER: &str = "sandbox";
 const WAIT: Duration = Duration::from_secs(300);
 
-/// The application's volumes: (disk, size).
-const VOLUMES: &[(&str, u64)] = &[("shop-db", 64 * MIB), ("shop-media", 32 * MIB)];
+/// The sample application's CSI disks: (disk, namespace, claim, size).
+const VOLUMES: &[(&str, &str, &str, u64)] = &[
+    ("shop-data", "shop", "data-db-0", 64 * MIB),
+    ("blog-data", "blog", "data-mysql-0", 32 * MIB),
+];
 
 /// Run the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -73,41 +82,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::write(dir.join("vault.key"), key.expose_secret_hex())
         .context("cannot save the vault key")?;
     let disks = Arc::new(LocalDiskProvider::open(dir.join("disks"))?);
-    let ctx =
-        VaultContext::new(primary, key, disks.clone()).with_secondary(secondary, "paired-region");
+    let vault = VaultContext::new(primary.clone(), key, disks.clone())
+        .with_secondary(secondary.clone(), "paired-region");
 
-    let names = Names::new(format!("stowage-demo-{}", std::process::id()));
-    let config = WorkerConfig {
-        names: names.clone(),
-        ..WorkerConfig::default()
-    };
-    let stage = StageConfig::default();
-    let worker = Worker::new(broker.clone(), config.clone())
-        .stage(VaultTransfer::new(ctx.clone()), stage)
-        .stage(GeoReplication::new(ctx.clone()), stage)
-        .stage(RestoreHydration::new(ctx.clone()), stage);
-    let health = worker.health();
-    let (trigger, shutdown) = Shutdown::new();
-    let fleet = tokio::spawn(worker.run(shutdown));
-    wait("the fleet to start", || health.is_ready()).await?;
-    let events = Events::new(broker.clone(), &names).await?;
-    println!(
-        "Fleet: vault-transfer, geo-replication and restore-hydration workers on {} (queues {}.*)",
-        broker.endpoint(),
-        names.prefix()
-    );
-    println!(
-        "Vault: {where_} (geo-redundant); disks: {}\n",
-        dir.join("disks").display()
-    );
-
-    let mut timings: Vec<(String, Duration)> = Vec::new();
-    let mut rows = Vec::new();
-
-    // 1. A backup: the volumes' data, snapshots, the recovery point's manifest.
-    let t = Instant::now();
+    // The cluster: a sandbox API server with the sample app, whose PVs name local disks.
+    let sandbox = Sandbox::new();
+    sandbox.load_sample_app()?;
+    let cluster = sandbox.start_local().await?;
+    let client = cluster.client();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    for (disk, size) in VOLUMES {
+    for (disk, _, _, size) in VOLUMES {
         let info = disks.create_disk(disk, *size).await?;
         let mut block = vec![0u8; 4 * MIB as usize];
         for (i, offset) in (0..size / 2).step_by(block.len()).enumerate() {
@@ -122,24 +106,88 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             disks.write(&info.id, offset, &block).await?;
         }
     }
-    backup(&ctx, &disks, "rp-1").await?;
-    timings.push(("1. write app data + backup (snapshots)".into(), t.elapsed()));
+    let instance = BackupInstance {
+        name: INSTANCE.into(),
+        cluster: CLUSTER.into(),
+        vault: "demo".into(),
+        policy: "daily".into(),
+        scope: Scope {
+            namespaces: Namespaces::List {
+                names: vec!["shop".into(), "blog".into()],
+            },
+            exclude_namespaces: Vec::new(),
+            label_selectors: Vec::new(),
+            include_cluster_scoped: true,
+            include_secrets: true,
+            include_volumes: true,
+        },
+        snapshot_location: "local".into(),
+        hooks: Vec::new(),
+    };
+    primary
+        .put_create_only(
+            &stowage_vault::layout::instance(INSTANCE)?,
+            serde_json::to_vec_pretty(&instance)?,
+        )
+        .await?;
+    let cluster_ctx = ClusterContext::new(
+        primary.clone(),
+        disks.clone(),
+        CLUSTER,
+        ClusterTarget::sandbox(&cluster),
+    )
+    .with_secondary(secondary.clone());
+
+    let names = Names::new(format!("stowage-demo-{}", std::process::id()));
+    let config = WorkerConfig {
+        names: names.clone(),
+        ..WorkerConfig::default()
+    };
+    let stage = StageConfig::default();
+    let worker = Worker::new(broker.clone(), config.clone())
+        .stage(SnapshotStage::new(cluster_ctx.clone()), stage)
+        .stage(VaultTransfer::new(vault.clone()), stage)
+        .stage(GeoReplication::new(vault.clone()), stage)
+        .stage(RestoreHydration::new(vault.clone()), stage)
+        .stage(RestoreStage::new(cluster_ctx), stage);
+    let health = worker.health();
+    let (trigger, shutdown) = Shutdown::new();
+    let fleet = tokio::spawn(worker.run(shutdown));
+    wait("the fleet to start", || health.is_ready()).await?;
+    let events = Events::new(broker.clone(), &names).await?;
     println!(
-        "1. Backed up {} volumes as recovery point rp-1 (operational tier: snapshots).",
-        VOLUMES.len()
+        "Cluster: sandbox API server at {} with the sample app (namespaces shop and blog)",
+        cluster.url()
+    );
+    println!(
+        "Fleet: snapshot, vault-transfer, geo-replication, restore-hydration and restore workers on {} (queues {}.*)",
+        broker.endpoint(),
+        names.prefix()
+    );
+    println!(
+        "Vault: {where_} (geo-redundant); disks: {}\n",
+        dir.join("disks").display()
     );
 
-    // 2 + 3. Vault transfer, and geo-replication triggered by its event.
-    let (vaulted, replicated) =
-        vault_and_replicate(broker.as_ref(), &names, &events, "rp-1", &mut timings).await?;
+    let mut timings: Vec<(String, Duration)> = Vec::new();
+    let mut rows = Vec::new();
+
+    // 1-3. A backup; vault transfer and geo-replication follow from its events alone.
+    let (created, vaulted, replicated) =
+        backup(broker.as_ref(), &names, &events, "rp-1", &mut timings).await?;
     rows.push(stats_row("rp-1 (full)", &vaulted, &replicated));
     println!(
-        "2. vault-transfer stored rp-1 in the vault tier; 3. geo-replication copied it to the paired region."
+        "1. snapshot took rp-1: {} objects, {} volumes{}",
+        created.resource_count,
+        created.volume_count,
+        warnings(&created.warnings)
+    );
+    println!(
+        "2. rp.created triggered vault-transfer; 3. rp.vaulted triggered geo-replication to the paired region."
     );
 
-    // 4. Change some data: 1% of the database volume in scattered 4 KiB writes.
-    let t = Instant::now();
-    let (db, db_size) = VOLUMES[0];
+    // 4. Change some data: 1% of the shop's database volume in scattered 4 KiB writes.
+    let (db, _, _, db_size) = VOLUMES[0];
     let mut changed = std::collections::BTreeSet::new();
     while changed.len() < (db_size / 4096 / 100) as usize {
         changed.insert(rng.random_range(0..db_size / 4096));
@@ -156,10 +204,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     // 5. An incremental backup, through the same stages.
-    backup(&ctx, &disks, "rp-2").await?;
-    timings.push(("4-5. change + incremental backup".into(), t.elapsed()));
-    let (vaulted2, replicated2) =
-        vault_and_replicate(broker.as_ref(), &names, &events, "rp-2", &mut timings).await?;
+    let (_, vaulted2, replicated2) =
+        backup(broker.as_ref(), &names, &events, "rp-2", &mut timings).await?;
     rows.push(stats_row("rp-2 (incremental)", &vaulted2, &replicated2));
     println!(
         "5. Incremental rp-2: read {} KiB, stored {} KiB.",
@@ -167,17 +213,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         vaulted2.bytes_stored / 1024
     );
 
-    // 6 + 7. Restore rp-2 from each tier through staging, and check every byte.
-    for tier in [Tier::Vault, Tier::Secondary] {
+    // 6 + 7. Restore rp-2 from each tier into new namespaces; check objects and bytes.
+    for (tier, suffix) in [
+        (Tier::Vault, "from-vault"),
+        (Tier::Secondary, "from-secondary"),
+    ] {
         let t = Instant::now();
-        let restore = format!(
-            "restore-rp-2-{}",
-            if tier == Tier::Vault {
-                "vault"
-            } else {
-                "secondary"
-            }
-        );
+        let restore = format!("restore-rp-2-{suffix}");
+        let mapping: std::collections::BTreeMap<String, String> = ["shop", "blog"]
+            .iter()
+            .map(|ns| (ns.to_string(), format!("{ns}-{suffix}")))
+            .collect();
         let job = RestoreHydrationJob {
             restore_id: restore.clone(),
             instance: INSTANCE.into(),
@@ -185,9 +231,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             tier,
             staging_location: None,
             options: RestoreOptions {
-                target_cluster: None,
+                target_cluster: Some(CLUSTER.into()),
                 namespaces: Vec::new(),
-                namespace_mapping: [("shop".to_owned(), "shop-restored".to_owned())].into(),
+                namespace_mapping: mapping,
                 existing: ExistingPolicy::Skip,
                 include_volumes: true,
                 dry_run: false,
@@ -200,18 +246,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         )
         .await?;
         events.wait("restore.hydrated").await?;
-        timings.push((format!("6. restore-hydration from {tier:?}"), t.elapsed()));
-        for (disk, size) in VOLUMES {
-            let snapshot = format!("rp-2-{disk}");
-            compare(&disks, &snapshot, &staging_disk_name(&restore, disk), *size).await?;
-        }
+        let Message::RestoreCompleted(done) = events.wait("restore.completed").await? else {
+            unreachable!("filtered by kind")
+        };
+        timings.push((
+            format!("6. restore rp-2 from {tier:?} (hydrate + apply)"),
+            t.elapsed(),
+        ));
+        let config_maps = check_restore(&client, &disks, suffix).await?;
         println!(
-            "6. Hydrated rp-2 from the {tier:?} tier into staging disks; 7. every byte matches the rp-2 snapshots."
+            "6. Restored rp-2 from the {tier:?} tier into *-{suffix}: {} objects created, {} volumes on new disks; \
+             7. checked: {config_maps} config maps equal, every byte of {} volumes equal.",
+            done.resources_created,
+            done.volumes_restored,
+            VOLUMES.len()
         );
     }
 
     trigger.trigger();
     fleet.await??;
+    cluster.shutdown().await;
 
     println!("\nStage timings:");
     let timing_rows: Vec<Vec<String>> = timings
@@ -233,7 +287,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             &rows
         )
     );
-    let logical: u64 = VOLUMES.iter().map(|(_, s)| s / 2).sum::<u64>() + vaulted2.bytes_read;
+    let logical = vaulted.bytes_read + vaulted2.bytes_read;
     let stored = vaulted.bytes_stored + vaulted2.bytes_stored;
     println!(
         "\nDedup + compression: {:.1} MiB of volume data kept as {:.1} MiB ({:.1}×).",
@@ -242,7 +296,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         logical as f64 / stored.max(1) as f64
     );
     println!(
-        "Verified restore of both tiers in {:.1} s. Data lives under {} (key: vault.key).",
+        "Verified restores from both tiers in {:.1} s. Data lives under {} (key: vault.key).",
         started.elapsed().as_secs_f64(),
         dir.display()
     );
@@ -254,65 +308,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open_store(url: &str) -> anyhow::Result<BlobStore> {
-    if let Some(container) = url.strip_prefix("azurite://") {
-        stowage_vault::store::create_azurite_container(container).await?;
+fn warnings(w: &[String]) -> String {
+    if w.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} warning(s): {})", w.len(), w.join("; "))
     }
-    crate::vault_config::open_store(url)
 }
 
-/// Snapshot every volume as `<rp>-<disk>` and write the recovery point's manifest. (The
-/// snapshot stage does this, plus hooks and resource collection, when a cluster is attached.)
-async fn backup(ctx: &VaultContext, disks: &LocalDiskProvider, rp: &str) -> anyhow::Result<()> {
-    let mut volumes = Vec::new();
-    for (disk, _) in VOLUMES {
-        let snap = disks
-            .snapshot(&DiskId((*disk).into()), &format!("{rp}-{disk}"))
-            .await?;
-        volumes.push(VolumeBackup {
-            volume_id: (*disk).into(),
-            namespace: "shop".into(),
-            pvc: format!("{disk}-data"),
-            size_bytes: snap.size,
-            snapshot_id: snap.id.0,
-            vault_version: None,
-        });
-    }
-    let manifest = RecoveryPoint {
-        id: rp.into(),
-        instance: INSTANCE.into(),
-        created_at: jiff::Timestamp::now(),
-        tiers: vec![TierState {
-            tier: Tier::Operational,
-            state: RpState::Available,
-            expires_at: None,
-        }],
-        resources: String::new(),
-        volumes,
-    };
-    stowage_vault::catalog::write_recovery_point(&ctx.primary, &manifest).await?;
-    Ok(())
-}
-
-async fn vault_and_replicate(
+/// Submit a snapshot job, then wait for the three events the pipeline answers with.
+async fn backup(
     broker: &dyn Broker,
     names: &Names,
     events: &Events,
     rp: &str,
     timings: &mut Vec<(String, Duration)>,
 ) -> anyhow::Result<(
+    stowage_schemas::events::RpCreated,
     stowage_schemas::events::RpVaulted,
     stowage_schemas::events::RpReplicated,
 )> {
     let t = Instant::now();
-    let job = Envelope::new(
-        format!("vault-transfer-{rp}"),
-        Message::VaultTransfer(VaultTransferJob {
-            instance: INSTANCE.into(),
-            recovery_point_id: rp.into(),
-        }),
-    );
-    submit(broker, names, &job).await?;
+    let job = SnapshotJob {
+        instance: INSTANCE.into(),
+        recovery_point_id: rp.into(),
+        trigger: Trigger::OnDemand {
+            requested_by: Some("stowage demo".into()),
+        },
+    };
+    submit(
+        broker,
+        names,
+        &Envelope::new(format!("snapshot-{rp}"), Message::Snapshot(job)),
+    )
+    .await?;
+    let Message::RpCreated(created) = events.wait("rp.created").await? else {
+        unreachable!("filtered by kind")
+    };
+    timings.push((
+        format!("1. snapshot {rp} (collect + volume snapshots)"),
+        t.elapsed(),
+    ));
+    let t = Instant::now();
     let Message::RpVaulted(vaulted) = events.wait("rp.vaulted").await? else {
         unreachable!("filtered by kind")
     };
@@ -322,7 +359,66 @@ async fn vault_and_replicate(
         unreachable!("filtered by kind")
     };
     timings.push((format!("3. geo-replication {rp}"), t.elapsed()));
-    Ok((vaulted, replicated))
+    Ok((created, vaulted, replicated))
+}
+
+/// The restored namespaces hold the source's config maps, and each restored claim's new
+/// volume holds exactly the bytes of the rp-2 snapshot. Returns how many config maps matched.
+async fn check_restore(
+    client: &kube::Client,
+    disks: &LocalDiskProvider,
+    suffix: &str,
+) -> anyhow::Result<usize> {
+    let mut compared = 0;
+    for ns in ["shop", "blog"] {
+        let target = format!("{ns}-{suffix}");
+        let source: Vec<ConfigMap> = kube::Api::namespaced(client.clone(), ns)
+            .list(&Default::default())
+            .await?
+            .items;
+        let restored: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &target);
+        for cm in &source {
+            let name = cm.metadata.name.clone().unwrap_or_default();
+            let copy = restored
+                .get(&name)
+                .await
+                .with_context(|| format!("config map {ns}/{name} was not restored to {target}"))?;
+            if copy.data != cm.data {
+                bail!("config map {target}/{name} differs from {ns}/{name}");
+            }
+            compared += 1;
+        }
+    }
+    for (disk, ns, claim, size) in VOLUMES {
+        let target = format!("{ns}-{suffix}");
+        let pvc = kube::Api::<PersistentVolumeClaim>::namespaced(client.clone(), &target)
+            .get(claim)
+            .await
+            .with_context(|| format!("claim {ns}/{claim} was not restored to {target}"))?;
+        let pv_name = pvc.spec.and_then(|s| s.volume_name).with_context(|| {
+            format!("restored claim {target}/{claim} is not bound to a new volume")
+        })?;
+        let pv = kube::Api::<PersistentVolume>::all(client.clone())
+            .get(&pv_name)
+            .await?;
+        let handle = pv
+            .spec
+            .and_then(|s| s.csi)
+            .map(|c| c.volume_handle)
+            .with_context(|| format!("volume {pv_name} has no CSI handle"))?;
+        if handle == *disk {
+            bail!("restored claim {target}/{claim} points at the source disk {disk}");
+        }
+        compare(disks, &format!("rp-2-{disk}"), &handle, *size).await?;
+    }
+    Ok(compared)
+}
+
+async fn open_store(url: &str) -> anyhow::Result<BlobStore> {
+    if let Some(container) = url.strip_prefix("azurite://") {
+        stowage_vault::store::create_azurite_container(container).await?;
+    }
+    crate::vault_config::open_store(url)
 }
 
 fn stats_row(

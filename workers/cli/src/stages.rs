@@ -6,13 +6,18 @@
 
 use stowage_runtime::{StageConfig, Worker};
 use stowage_schemas::Stage;
-use stowage_stages::{GeoReplication, RestoreHydration, VaultContext, VaultTransfer};
+use stowage_stages::{
+    ClusterContext, GeoReplication, RestoreHydration, RestoreStage, SnapshotStage, VaultContext,
+    VaultTransfer,
+};
 
 /// What the configured stages run against.
 #[derive(Clone, Default)]
 pub struct Services {
     /// The vault, its key and the disks, when `--vault` was given.
     pub vault: Option<VaultContext>,
+    /// The cluster, the vault and the disks, when `--cluster-url` and `--vault` were given.
+    pub cluster: Option<ClusterContext>,
 }
 
 /// Why a stage cannot run.
@@ -29,6 +34,15 @@ pub enum StageUnavailable {
         /// What will bring it.
         component: &'static str,
     },
+    /// The handler exists but needs a cluster.
+    #[error(
+        "the {stage} stage needs a cluster and a vault: pass --cluster-url (e.g. a sandbox from \
+         `stowage sandbox`), --vault, the vault key (STOWAGE_VAULT_KEY) and --disk-root"
+    )]
+    NeedsCluster {
+        /// The stage.
+        stage: Stage,
+    },
     /// The handler exists but needs the vault.
     #[error(
         "the {stage} stage needs a vault: pass --vault (a folder, azurite://<container> or \
@@ -44,9 +58,12 @@ pub enum StageUnavailable {
 /// `None` when the stage's handler is in this build, else the component that will bring it.
 fn component_of(stage: Stage) -> Option<&'static str> {
     match stage {
-        Stage::Snapshot | Stage::Restore => Some("cluster side (collection, hooks, apply)"),
         Stage::Retention => Some("control plane (policies and retention rules)"),
-        Stage::VaultTransfer | Stage::GeoReplication | Stage::RestoreHydration => None,
+        Stage::Snapshot
+        | Stage::Restore
+        | Stage::VaultTransfer
+        | Stage::GeoReplication
+        | Stage::RestoreHydration => None,
     }
 }
 
@@ -68,6 +85,16 @@ pub fn add(
     if let Some(component) = component_of(stage) {
         return Err(StageUnavailable::NotBuilt { stage, component });
     }
+    if matches!(stage, Stage::Snapshot | Stage::Restore) {
+        let cluster = services
+            .cluster
+            .clone()
+            .ok_or(StageUnavailable::NeedsCluster { stage })?;
+        return Ok(match stage {
+            Stage::Snapshot => worker.stage(SnapshotStage::new(cluster), config),
+            _ => worker.stage(RestoreStage::new(cluster), config),
+        });
+    }
     let vault = services
         .vault
         .clone()
@@ -76,6 +103,6 @@ pub fn add(
         Stage::VaultTransfer => worker.stage(VaultTransfer::new(vault), config),
         Stage::GeoReplication => worker.stage(GeoReplication::new(vault), config),
         Stage::RestoreHydration => worker.stage(RestoreHydration::new(vault), config),
-        Stage::Snapshot | Stage::Restore | Stage::Retention => unreachable!("refused above"),
+        Stage::Snapshot | Stage::Restore | Stage::Retention => unreachable!("handled above"),
     })
 }

@@ -8,7 +8,7 @@ use stowage_stages::VaultContext;
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::BlobStore;
 
-use crate::cli::VaultArgs;
+use crate::cli::{ClusterArgs, VaultArgs};
 
 /// The vault key: `STOWAGE_VAULT_KEY`, or the file `--vault-key-file` names.
 pub fn vault_key(args: &VaultArgs) -> anyhow::Result<VaultKey> {
@@ -46,6 +46,38 @@ pub fn vault_context(args: &VaultArgs) -> anyhow::Result<Option<VaultContext>> {
     let mut ctx = VaultContext::new(primary, key, Arc::new(disks));
     if let Some(secondary) = &args.secondary {
         ctx = ctx.with_secondary(open_store(secondary)?, args.secondary_region.clone());
+    }
+    Ok(Some(ctx))
+}
+
+/// The snapshot and restore stages' context, or `None` without a cluster URL.
+pub fn cluster_context(
+    cluster: &ClusterArgs,
+    vault: Option<&VaultContext>,
+) -> anyhow::Result<Option<stowage_stages::ClusterContext>> {
+    let Some(url) = &cluster.cluster_url else {
+        return Ok(None);
+    };
+    let Some(vault) = vault else {
+        bail!("--cluster-url needs a vault too: pass --vault, the vault key and --disk-root");
+    };
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("--cluster-url {url:?} is not a URL"))?;
+    let client = kube::Client::try_from(kube::Config::new(uri))
+        .with_context(|| format!("cannot build a client for {url}"))?;
+    let target = stowage_stages::ClusterTarget::new(
+        client.clone(),
+        Arc::new(stowage_cluster::SandboxExec::new(client)),
+    );
+    let mut ctx = stowage_stages::ClusterContext::new(
+        vault.primary.clone(),
+        vault.disks.clone(),
+        cluster.cluster_name.clone(),
+        target,
+    );
+    if let Some(secondary) = &vault.secondary {
+        ctx = ctx.with_secondary(secondary.store.clone());
     }
     Ok(Some(ctx))
 }

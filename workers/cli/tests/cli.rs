@@ -60,22 +60,26 @@ fn the_checked_in_rabbitmq_definitions_match_the_topology() {
 }
 
 #[test]
-fn the_worker_refuses_stages_without_a_handler() {
-    let out = stowage(
-        &[
-            "worker",
-            "--stage",
-            "snapshot",
-            "--health-addr",
-            "127.0.0.1:0",
-        ],
-        "stowage-test-refuse",
-        None,
-    );
-    assert!(!out.status.success());
+fn the_worker_refuses_stages_it_cannot_run() {
+    let refuse = |stage: &str| {
+        stowage(
+            &["worker", "--stage", stage, "--health-addr", "127.0.0.1:0"],
+            "stowage-test-refuse",
+            None,
+        )
+    };
+    let out = refuse("retention");
     let err = text(&out.stderr);
     assert!(
-        err.contains("the snapshot stage has no handler in this build yet"),
+        !out.status.success()
+            && err.contains("the retention stage has no handler in this build yet"),
+        "{err}"
+    );
+    let out = refuse("snapshot");
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("the snapshot stage needs a cluster and a vault: pass --cluster-url"),
         "{err}"
     );
 }
@@ -286,9 +290,13 @@ fn the_demo_runs_to_a_verified_restore() {
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert_eq!(
         stdout
-            .matches("every byte matches the rp-2 snapshots")
+            .matches("every byte of 2 volumes equal")
             .count(),
         2,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("rp.created triggered vault-transfer"),
         "{stdout}"
     );
     assert!(
