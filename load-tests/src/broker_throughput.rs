@@ -60,17 +60,18 @@ async fn main() -> anyhow::Result<()> {
     let connection = Connection::connect(&args.amqp_url, ConnectionProperties::default())
         .await
         .context("RabbitMQ is not reachable: start it with infra/scripts/start-rabbitmq.sh")?;
-    let publisher = connection.create_channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-
     let mut bare = Vec::new();
     let mut runtime = Vec::new();
     for round in 1..=args.rounds {
+        // A publisher channel per round, so a channel-level error in one round cannot leak.
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let b = bare_round(&connection, &publisher, &args).await?;
         eprintln!("round {round}: bare lapin     {b:>9.0} msg/s");
-        let r = runtime_round(&publisher, &args).await?;
+        let r = runtime_round(&connection, &publisher, &args).await?;
+        let _ = publisher.close(200, "round done".into()).await;
         eprintln!(
             "round {round}: stowage runtime {r:>9.0} msg/s  ({:.0}% of bare)",
             100.0 * r / b
@@ -229,7 +230,11 @@ fn padded_job(i: u64, size: usize) -> Envelope {
     job("x".repeat(size.saturating_sub(bare)))
 }
 
-async fn runtime_round(publisher: &Channel, args: &Args) -> anyhow::Result<f64> {
+async fn runtime_round(
+    connection: &Connection,
+    publisher: &Channel,
+    args: &Args,
+) -> anyhow::Result<f64> {
     let names = Names::new(format!(
         "bench-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -287,7 +292,7 @@ async fn runtime_round(publisher: &Channel, args: &Args) -> anyhow::Result<f64> 
     let left =
         stowage_runtime::Broker::queue_depth(&broker, &names.stage_queue(Stage::Snapshot)).await?;
     anyhow::ensure!(left == 0, "{left} messages were not acked");
-    let channel = publisher.clone();
+    let channel = connection.create_channel().await?;
     for q in &topology.queues {
         channel
             .queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())

@@ -369,8 +369,14 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 fn version(tool: &str) -> String {
+    // restic prints its version with `restic version`, borg with `borg --version`.
+    let arg = if tool == "restic" {
+        "version"
+    } else {
+        "--version"
+    };
     Command::new(tool)
-        .arg("--version")
+        .arg(arg)
         .output()
         .ok()
         .and_then(|o| {
