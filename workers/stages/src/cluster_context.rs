@@ -67,10 +67,6 @@ pub struct ClusterContext {
     /// Bytes read from a snapshot per piece while filling a restored disk (memory per volume
     /// in flight is about this much).
     pub copy_piece_bytes: usize,
-    /// Largest resources object a snapshot stores. Collection buffers the object in memory
-    /// (the blob store has no streaming create-only put yet), so this bounds the memory a
-    /// snapshot uses whatever the cluster's size; past it the snapshot fails and says so.
-    pub max_resources_bytes: usize,
     /// How long a restore waits for a created CRD to become `Established`.
     pub crd_established_timeout: Duration,
 }
@@ -92,7 +88,6 @@ impl ClusterContext {
             default_cluster: default_name,
             volume_parallelism: 4,
             copy_piece_bytes: 1 << 20,
-            max_resources_bytes: 256 << 20,
             crd_established_timeout: Duration::from_secs(60),
         }
     }

@@ -5,7 +5,9 @@
 //! RP needs there, the extent maps of its volume chains, the resources object, the RP manifest,
 //! and **last** the RP's `secondary` tier manifest. A half-copied RP therefore never shows in
 //! the secondary tier, and a redelivered job re-checks and copies only what is still missing.
-//! Objects move one at a time (a pack at most, 16 MiB by default), never a whole volume.
+//! Objects move one at a time and are streamed
+//! ([`BlobStore::copy_create_only`]): a pack, a map or a resources object (which grows with the
+//! cluster) is never held whole, only a few upload parts of it.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -189,6 +191,8 @@ fn layout_key(key: &str) -> Result<BlobKey, StageError> {
     layout::parse_resource_key(key).map_err(StageError::permanent)
 }
 
+/// Copies `key` from `from` to `to` unless `to` has it, streaming (see the module doc), and
+/// counts what was copied.
 async fn copy_if_missing(
     from: &BlobStore,
     to: &BlobStore,
@@ -200,10 +204,9 @@ async fn copy_if_missing(
         Err(e) if e.is_not_found() => {}
         Err(e) => return Err(e.stage_error()),
     }
-    let object = from.get(key).await.map_err(|e| e.stage_error())?;
-    let size = object.bytes.len() as u64;
-    if let stowage_vault::store::CreateOutcome::Created(_) = to
-        .put_create_only(key, object.bytes)
+    let size = from.head(key).await.map_err(|e| e.stage_error())?.size;
+    if let stowage_vault::store::CreateOutcome::Created(_) = from
+        .copy_create_only(to, key)
         .await
         .map_err(|e| e.stage_error())?
     {

@@ -4,7 +4,8 @@
 //! For each volume: resolve its extent-map chain into one flat map, find where each chunk lives,
 //! read chunks by range, verify them (authentication tag, then a re-hash against the id) and
 //! stream the bytes into a new staging disk through the disk provider; ranges no chunk covers
-//! stay holes. The resources object is copied to `staging/<restore-id>/resources`. Any damaged
+//! stay holes. The resources object is copied to `staging/<restore-id>/resources` by the store
+//! itself (a server-side, create-only copy; never held in memory). Any damaged
 //! or missing chunk fails the job permanently, naming the chunk, its pack and the RP: a restore
 //! from damaged data must not look like success. A redelivered job rewrites the same bytes.
 
@@ -139,9 +140,11 @@ pub async fn hydrate(ctx: &VaultContext, job: &RestoreHydrationJob) -> Result<St
     if !manifest.resources.is_empty() {
         let source =
             layout::parse_resource_key(&manifest.resources).map_err(StageError::permanent)?;
-        let object = store.get(&source).await.map_err(|e| e.stage_error())?;
+        // Streamed (a resources object grows with the cluster); within one store the backend
+        // copies it without the bytes passing through this worker. Create-only: a redelivered
+        // job finds the copy made before and keeps it.
         store
-            .put_create_only(&resources, object.bytes)
+            .copy_to_key_create_only(&source, store, &resources)
             .await
             .map_err(|e| e.stage_error())?;
     }

@@ -9,8 +9,14 @@
 //! 2. **Collect** the instance's scope ([`stowage_cluster::collect`]) into one object,
 //!    `resources/<instance>/<rp>/resources.jsonl`: one collected object per line, as JSON, in
 //!    collection order (namespaces, namespaced types, cluster-scoped types). The object is
-//!    built in memory, bounded by [`ClusterContext::max_resources_bytes`] (the blob store has
-//!    no streaming create-only put yet), then stored create-only.
+//!    streamed while collection runs: objects are encoded into batches of about
+//!    [`RESOURCE_BATCH_BYTES`], which go through a channel of [`RESOURCE_BATCHES_IN_FLIGHT`]
+//!    batches into a streaming create-only write
+//!    ([`BlobStore::put_stream_create_only`](stowage_vault::store::BlobStore::put_stream_create_only)),
+//!    so a snapshot's memory does not grow with the cluster: a few MiB of batches plus the
+//!    store's upload parts, whatever the object's size. The object is created only when
+//!    collection finished: if collection fails (or stops for any reason) the write is abandoned
+//!    and nothing is stored under the key.
 //! 3. **Snapshot volumes**, in parallel ([`ClusterContext::volume_parallelism`]): every
 //!    collected PVC bound to a collected PV whose `spec.csi.driver` is the disk provider's
 //!    driver; `spec.csi.volumeHandle` names the disk. Each snapshot is named
@@ -29,17 +35,20 @@
 //! If the manifest exists, nothing is redone: `rp.created` is rebuilt from the manifest and the
 //! report. Otherwise the whole job runs again: hooks run again, snapshots by name return the
 //! ones an earlier attempt took, and a resources object an earlier attempt stored is kept
-//! (create-only) — it was collected at about the same moment as those snapshots.
+//! (create-only) — it was collected at about the same moment as those snapshots. Collection
+//! itself still runs to the end (its claims and volumes decide what to snapshot), but once the
+//! store has found the object already there, the batches are no longer uploaded.
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use stowage_cluster::{CollectError, ExecRequest, collect};
+use stowage_cluster::{CollectError, CollectedObject, ExecRequest, collect};
 use stowage_disk::DiskId;
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::{
@@ -51,6 +60,7 @@ use stowage_schemas::{Envelope, Message, Stage};
 use stowage_vault::catalog;
 use stowage_vault::layout::{self, BlobKey};
 use stowage_vault::store::CreateOutcome;
+use tokio::sync::mpsc;
 
 use crate::cluster_context::{
     ClusterContext, ClusterTarget, disk_safe_name, kube_error, kube_is_transient, read_instance,
@@ -61,6 +71,11 @@ use crate::errors::Classify as _;
 pub const RESOURCES_FILE: &str = "resources.jsonl";
 /// File name of a recovery point's snapshot report, under `resources/<instance>/<rp>/`.
 pub const REPORT_FILE: &str = "snapshot-report.json";
+/// Collected objects are encoded into batches of about this many bytes (a batch closes at the
+/// first object that reaches it) before they go to the store.
+pub const RESOURCE_BATCH_BYTES: usize = 1 << 20;
+/// Batches waiting for the store at most; collection waits when they are all taken.
+pub const RESOURCE_BATCHES_IN_FLIGHT: usize = 4;
 
 /// The snapshot stage.
 #[derive(Clone)]
@@ -281,13 +296,40 @@ struct Claim {
 /// Why collection's sink stopped.
 #[derive(Debug, thiserror::Error)]
 enum SinkError {
-    #[error(
-        "the resources object grew past {limit} bytes; narrow the instance's scope (namespaces, \
-         label selectors) or raise the worker's max_resources_bytes"
-    )]
-    TooLarge { limit: usize },
     #[error("an object could not be encoded as JSON: {0}")]
     Encode(#[from] serde_json::Error),
+}
+
+/// What the collection side sends to the store side of a snapshot's resources object.
+enum Batch {
+    /// The next bytes of the object.
+    Data(Bytes),
+    /// Collection finished: everything was sent, the object may be created.
+    End,
+}
+
+/// The store side's view of a collection that stopped without [`Batch::End`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "collection of the instance's resources stopped before the end, so the resources object \
+     would be incomplete; the collection error says why"
+)]
+struct CollectionStopped;
+
+/// The batches of `rx` as a stream of the object's bytes. The stream ends only after
+/// [`Batch::End`]; a channel closed without it (collection failed, or its future was dropped)
+/// yields an error, so the store never creates a truncated object.
+fn batches(
+    rx: mpsc::Receiver<Batch>,
+) -> impl futures::Stream<Item = Result<Bytes, CollectionStopped>> + Send {
+    futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Some(Batch::Data(bytes)) => Some((Ok(bytes), Some(rx))),
+            Some(Batch::End) => None,
+            None => Some((Err(CollectionStopped), None)),
+        }
+    })
 }
 
 /// Collects the scope into the resources object, then snapshots the eligible volumes.
@@ -300,55 +342,41 @@ async fn collect_and_snapshot(
     rp_id: &str,
     warnings: &mut Vec<String>,
 ) -> Result<(u64, Vec<VolumeBackup>), StageError> {
-    let limit = ctx.max_resources_bytes;
-    let mut buffer: Vec<u8> = Vec::new();
+    let key = resources_key(instance, rp_id)?;
     let mut claims: Vec<Claim> = Vec::new();
     // PV name → spec: small (one per collected claim), kept to resolve claims to disks.
     let mut volumes: BTreeMap<String, Value> = BTreeMap::new();
-    let mut too_large = false;
-    let summary = collect(&cluster.client, scope, |object| {
-        let mut write = || -> Result<(), SinkError> {
-            serde_json::to_writer(&mut buffer, &object.object)?;
-            buffer.push(b'\n');
-            if buffer.len() > limit {
-                too_large = true;
-                return Err(SinkError::TooLarge { limit });
-            }
-            let core = object.resource.group.is_empty();
-            match (core, object.resource.kind.as_str()) {
-                (true, "PersistentVolumeClaim") => claims.push(Claim {
-                    namespace: object.namespace.clone().unwrap_or_default(),
-                    name: object.name.clone(),
-                    volume_name: object
-                        .object
-                        .pointer("/spec/volumeName")
-                        .and_then(Value::as_str)
-                        .filter(|v| !v.is_empty())
-                        .map(str::to_owned),
-                }),
-                (true, "PersistentVolume") => {
-                    volumes.insert(
-                        object.name.clone(),
-                        object.object.get("spec").cloned().unwrap_or(Value::Null),
-                    );
+    let (tx, rx) = mpsc::channel::<Batch>(RESOURCE_BATCHES_IN_FLIGHT);
+    // Collection and the store's write run side by side in this task; the channel's bound is
+    // what keeps collection from running ahead of the upload.
+    let collecting = async {
+        let tx = tx;
+        let mut batch: Vec<u8> = Vec::new();
+        let summary = collect(&cluster.client, scope, |object| {
+            let encoded = encode(&object, &mut batch, &mut claims, &mut volumes);
+            let tx = tx.clone();
+            async move {
+                if let Some(full) = encoded? {
+                    // A closed channel means the store side is done early (the object already
+                    // exists, or the write failed and will say so): keep collecting for the
+                    // claims and volumes, without the bytes.
+                    let _ = tx.send(Batch::Data(full)).await;
                 }
-                _ => {}
+                Ok::<(), SinkError>(())
             }
-            Ok(())
-        };
-        std::future::ready(write())
-    })
-    .await
-    .map_err(|e| collect_error(e, too_large, instance))?;
+        })
+        .await?;
+        if !batch.is_empty() {
+            let _ = tx.send(Batch::Data(Bytes::from(batch))).await;
+        }
+        let _ = tx.send(Batch::End).await;
+        Ok::<_, CollectError>(summary)
+    };
+    let writing = ctx.vault.put_stream_create_only(&key, batches(rx));
+    let (collected, written) = tokio::join!(collecting, writing);
+    let summary = collected.map_err(|e| collect_error(e, instance))?;
     let resource_count = summary.objects() as u64;
-
-    let key = resources_key(instance, rp_id)?;
-    match ctx
-        .vault
-        .put_create_only(&key, buffer)
-        .await
-        .map_err(|e| e.stage_error())?
-    {
+    match written.map_err(|e| e.stage_error())? {
         CreateOutcome::Created(_) => {}
         CreateOutcome::AlreadyExists => tracing::info!(
             %key,
@@ -427,11 +455,42 @@ async fn collect_and_snapshot(
     Ok((resource_count, backups))
 }
 
-fn collect_error(error: CollectError, too_large: bool, instance: &str) -> StageError {
+/// Encodes one collected object as a line of `batch`, and notes it if it is a claim or a
+/// volume. Answers the batch to send once it reached [`RESOURCE_BATCH_BYTES`].
+fn encode(
+    object: &CollectedObject,
+    batch: &mut Vec<u8>,
+    claims: &mut Vec<Claim>,
+    volumes: &mut BTreeMap<String, Value>,
+) -> Result<Option<Bytes>, SinkError> {
+    serde_json::to_writer(&mut *batch, &object.object)?;
+    batch.push(b'\n');
+    let core = object.resource.group.is_empty();
+    match (core, object.resource.kind.as_str()) {
+        (true, "PersistentVolumeClaim") => claims.push(Claim {
+            namespace: object.namespace.clone().unwrap_or_default(),
+            name: object.name.clone(),
+            volume_name: object
+                .object
+                .pointer("/spec/volumeName")
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+        }),
+        (true, "PersistentVolume") => {
+            volumes.insert(
+                object.name.clone(),
+                object.object.get("spec").cloned().unwrap_or(Value::Null),
+            );
+        }
+        _ => {}
+    }
+    Ok((batch.len() >= RESOURCE_BATCH_BYTES).then(|| Bytes::from(std::mem::take(batch))))
+}
+
+fn collect_error(error: CollectError, instance: &str) -> StageError {
     let message = format!("collecting the resources of instance {instance} failed: {error}");
-    if too_large {
-        StageError::permanent(message)
-    } else if error.is_transient() {
+    if error.is_transient() {
         StageError::transient(message)
     } else {
         StageError::permanent(format!("{message}; fix the instance's scope"))
@@ -600,6 +659,53 @@ async fn run_hook(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn batches_end_only_after_the_end_marker() {
+        let (tx, rx) = mpsc::channel(2);
+        let reader = tokio::spawn(batches(rx).collect::<Vec<_>>());
+        tx.send(Batch::Data(Bytes::from_static(b"a\n")))
+            .await
+            .unwrap();
+        tx.send(Batch::End).await.unwrap();
+        let read = reader.await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(&read[0].as_ref().unwrap()[..], b"a\n");
+
+        // A collection that stops without the marker (an error, a dropped future) must not
+        // look like the whole object.
+        let (tx, rx) = mpsc::channel(2);
+        let reader = tokio::spawn(batches(rx).collect::<Vec<_>>());
+        tx.send(Batch::Data(Bytes::from_static(b"a\n")))
+            .await
+            .unwrap();
+        drop(tx);
+        let read = reader.await.unwrap();
+        assert_eq!(read.len(), 2);
+        assert!(read[1].is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_collection_stores_no_resources_object() {
+        let store = stowage_vault::store::BlobStore::in_memory();
+        let key = resources_key("web", "rp-1").unwrap();
+        let (tx, rx) = mpsc::channel(RESOURCE_BATCHES_IN_FLIGHT);
+        let writing = store.put_stream_create_only(&key, batches(rx));
+        let collecting = async move {
+            // More than one upload part, then the collection fails.
+            for _ in 0..(3 * stowage_vault::store::STREAM_PART_BYTES / RESOURCE_BATCH_BYTES) {
+                let batch = Bytes::from(vec![b'x'; RESOURCE_BATCH_BYTES]);
+                tx.send(Batch::Data(batch)).await.unwrap();
+            }
+        };
+        let ((), written) = tokio::join!(collecting, writing);
+        let error = written.unwrap_err();
+        assert!(
+            error.to_string().contains("stopped before the end"),
+            "{error}"
+        );
+        assert!(store.head(&key).await.unwrap_err().is_not_found());
+    }
 
     #[test]
     fn volume_kinds() {

@@ -47,11 +47,44 @@
 //! update; if the backend does not implement it the answer is [`StoreError::CasUnsupported`],
 //! never a silent overwrite.
 //!
+//! # Streaming create-only writes
+//!
+//! Objects that grow with the cluster or the data (the resources object of a recovery point, a
+//! pack being replicated) are written with [`BlobStore::put_stream_create_only`] and copied
+//! between stores with [`BlobStore::copy_create_only`]; neither holds the whole object.
+//!
+//! No backend can make a *multipart* upload conditional (object_store's `PutMultipartOptions`
+//! has no mode), so a streamed object is published in two steps:
+//!
+//! 1. The stream is uploaded with `put_multipart` in parts of [`STREAM_PART_BYTES`], at most
+//!    [`STREAM_PARTS_IN_FLIGHT`] parts uploading at once, to a **temporary key**
+//!    `.stowage-tmp/<32 hex digits>` (unique per write: a hash of the key, the process, the time
+//!    and a per-process random seed). That folder is at the top of the vault, beside
+//!    [`LOCAL_LOCK_DIR`]: its leading `.` makes it unnameable through [`crate::layout`], and every
+//!    listing the fleet does is under a layout prefix, so no listing ever sees a temporary object.
+//! 2. The temporary object is copied to the real key with `copy_opts` in `CopyMode::Create`
+//!    (local folder: a hard link, which fails if the name exists; Azure: Copy Blob with
+//!    `If-None-Match: *`; in-memory: checked under its lock). An existing key is
+//!    [`CreateOutcome::AlreadyExists`] and is left untouched. Then the temporary object is
+//!    deleted — also when anything failed, and (from a spawned task) when the write is
+//!    cancelled; a worker killed in between can leave one behind under `.stowage-tmp/`, which
+//!    is garbage by definition and safe to delete once no write is running.
+//!
+//! A stream that ends within its first part skips all that: one ordinary create-only put, so
+//! small objects cost one request as before. Memory per streamed write is about
+//! `(STREAM_PARTS_IN_FLIGHT + 1) × STREAM_PART_BYTES`, whatever the object's size.
+//!
+//! Azure's Copy Blob may in principle finish asynchronously (`x-ms-copy-status: pending`), which
+//! object_store does not report. A copy inside one storage account — the only kind done here,
+//! since both keys are in the same container — completes within the request in practice (and
+//! always on Azurite); the temporary object is deleted only after the copy request returned.
+//!
 //! # Bounded memory
 //!
 //! [`BlobStore::list`] is a stream: listings are never collected. [`BlobStore::get`] buffers one
 //! object and is meant for manifests, maps and records; pack data is read with
-//! [`BlobStore::get_range`].
+//! [`BlobStore::get_range`]; objects that grow with the cluster are written and copied by
+//! streaming (above).
 
 use std::fmt;
 use std::ops::Range;
@@ -64,7 +97,8 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, PutResult, UpdateVersion,
+    CopyMode, CopyOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, PutResult,
+    UpdateVersion, WriteMultipart,
 };
 
 use crate::layout::{BlobKey, KeyPrefix};
@@ -76,6 +110,19 @@ pub const LOCAL_LOCK_STRIPES: usize = 256;
 /// Folder inside a local vault that holds the compare-and-swap lock files. Its leading `.` makes
 /// it unnameable through [`crate::layout`], so no vault key can collide with it.
 pub const LOCAL_LOCK_DIR: &str = ".stowage-locks";
+
+/// Folder at the top of a vault that holds the temporary objects of streamed writes while they
+/// upload (see "Streaming create-only writes" in the module doc). Its leading `.` makes it
+/// unnameable through [`crate::layout`], so no vault key or listing reaches it.
+pub const STREAM_TEMP_DIR: &str = ".stowage-tmp";
+
+/// Size of one part of a streamed write. 5 MiB is the smallest part S3 accepts and well within
+/// Azure's block limits (50 000 blocks, so objects up to about 240 GiB).
+pub const STREAM_PART_BYTES: usize = 5 << 20;
+
+/// Parts of one streamed write that upload at once; the producer waits beyond that, so a
+/// streamed write holds about `(STREAM_PARTS_IN_FLIGHT + 1) × STREAM_PART_BYTES`.
+pub const STREAM_PARTS_IN_FLIGHT: usize = 2;
 
 /// Whether a local-folder vault waits for the disk before reporting a write as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,6 +338,20 @@ pub enum StoreError {
         #[source]
         source: Box<object_store::Error>,
     },
+    /// The content of a streamed write could not be produced, so the object was not created.
+    #[error(
+        "writing {key} to {backend} stopped because its content could not be produced: {source}; \
+         nothing was created under that key; fix what produces the content and write again"
+    )]
+    Source {
+        /// Backend description.
+        backend: String,
+        /// The key being written.
+        key: String,
+        /// What the content's producer reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The local vault folder could not be created or opened.
     #[error(
         "cannot use {path} as a local vault folder: {source}; \
@@ -356,6 +417,10 @@ impl StoreError {
                 object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
             ),
             Self::LocalLock { .. } | Self::ContainerSetup { .. } => true,
+            // A producer that is itself a store (a copy) may have failed transiently.
+            Self::Source { source, .. } => source
+                .downcast_ref::<StoreError>()
+                .is_some_and(StoreError::is_transient),
             Self::NotFound { .. }
             | Self::Conflict { .. }
             | Self::CasUnsupported { .. }
@@ -759,6 +824,305 @@ impl BlobStore {
     }
 }
 
+/// Streaming writes and copies (see "Streaming create-only writes" in the module doc).
+impl BlobStore {
+    /// Writes the bytes of `chunks`, in order, under `key` unless the key exists, without ever
+    /// holding the whole object: memory stays at about `(STREAM_PARTS_IN_FLIGHT + 1) ×
+    /// STREAM_PART_BYTES` whatever the object's size. An existing object is left untouched and
+    /// reported as [`CreateOutcome::AlreadyExists`] (the rest of `chunks` is then not read).
+    ///
+    /// If `chunks` yields an error, nothing is created under `key` and the answer is
+    /// [`StoreError::Source`] with that error. A stream that simply ends is the whole content,
+    /// so a producer that can stop early must report that as an error, not just end.
+    pub async fn put_stream_create_only<S, E>(
+        &self,
+        key: &BlobKey,
+        chunks: S,
+    ) -> Result<CreateOutcome, StoreError>
+    where
+        S: futures::Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let chunks = chunks.map(|item| {
+            item.map_err(|source| StoreError::Source {
+                backend: self.description.to_string(),
+                key: key.to_string(),
+                source: source.into(),
+            })
+        });
+        self.put_stream(key, chunks).await
+    }
+
+    /// Copies the object `key` of this store to the same key in `to`, create-only, streaming:
+    /// the object is never held whole (see [`Self::put_stream_create_only`]). Within one store
+    /// (`to` is this store or a clone of it) the backend copies it without the bytes passing
+    /// through this process. An existing object in `to` is left untouched and reported as
+    /// [`CreateOutcome::AlreadyExists`].
+    pub async fn copy_create_only(
+        &self,
+        to: &BlobStore,
+        key: &BlobKey,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.copy_to_key_create_only(key, to, key).await
+    }
+
+    /// Like [`Self::copy_create_only`], to another key `to_key` of `to` (which may be this
+    /// store), such as a staging copy of a resources object.
+    pub async fn copy_to_key_create_only(
+        &self,
+        from_key: &BlobKey,
+        to: &BlobStore,
+        to_key: &BlobKey,
+    ) -> Result<CreateOutcome, StoreError> {
+        let from_path = to_path(from_key.as_str());
+        if Arc::ptr_eq(&self.inner, &to.inner) {
+            if from_key == to_key {
+                return Ok(CreateOutcome::AlreadyExists);
+            }
+            // Make a missing source a NotFound naming it, not an error about the target.
+            self.head(from_key).await?;
+            return to
+                .publish_copy(&from_path, to_key, || async {
+                    match &to.backend {
+                        Backend::LocalFolder { .. } => to.content_hash_of(to_key).await,
+                        Backend::Native => to.native_version_of(to_key).await,
+                    }
+                })
+                .await;
+        }
+        let read_error = |source| self.backend_error("read (to copy)", from_key.as_str(), source);
+        let chunks = self
+            .inner
+            .get(&from_path)
+            .await
+            .map_err(read_error)?
+            .into_stream()
+            .map(move |item| item.map_err(read_error));
+        to.put_stream(to_key, chunks).await
+    }
+
+    /// The streamed write behind [`Self::put_stream_create_only`] and
+    /// [`Self::copy_to_key_create_only`]; errors of `chunks` are returned as they are.
+    async fn put_stream<S>(&self, key: &BlobKey, chunks: S) -> Result<CreateOutcome, StoreError>
+    where
+        S: futures::Stream<Item = Result<Bytes, StoreError>> + Send,
+    {
+        let mut chunks = std::pin::pin!(chunks);
+        // The first part: an object that fits in it takes one ordinary create-only put.
+        let mut first: Vec<Bytes> = Vec::new();
+        let mut first_len = 0usize;
+        while first_len < STREAM_PART_BYTES {
+            match chunks.next().await {
+                Some(chunk) => {
+                    let chunk = chunk?;
+                    first_len += chunk.len();
+                    first.push(chunk);
+                }
+                None => {
+                    let whole = match first.len() {
+                        1 => first.pop().unwrap_or_default(),
+                        _ => Bytes::from(first.concat()),
+                    };
+                    return self.put_create_only(key, whole).await;
+                }
+            }
+        }
+        // A large object: do not upload it at all if the key is taken (a redelivery).
+        match self.head(key).await {
+            Ok(_) => return Ok(CreateOutcome::AlreadyExists),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+
+        let temp = TempObject::new(self.inner.clone(), temp_path(key));
+        let upload = self
+            .inner
+            .put_multipart(&temp.path)
+            .await
+            .map_err(|e| self.temp_error("start the upload of", key, &temp.path, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, STREAM_PART_BYTES);
+        let mut hasher = match self.backend {
+            Backend::LocalFolder { .. } => Some(blake3::Hasher::new()),
+            Backend::Native => None,
+        };
+        let fed: Result<(), StoreError> = async {
+            let rest = futures::stream::iter(first.into_iter().map(Ok)).chain(chunks);
+            let mut rest = std::pin::pin!(rest);
+            while let Some(chunk) = rest.next().await {
+                let chunk = chunk?;
+                writer
+                    .wait_for_capacity(STREAM_PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(|e| self.temp_error("upload a part of", key, &temp.path, e))?;
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&chunk);
+                }
+                writer.put(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(error) = fed {
+            if let Err(abort) = writer.abort().await {
+                tracing::debug!(%key, error = %abort, "aborting a failed streamed upload failed");
+            }
+            temp.remove().await;
+            return Err(error);
+        }
+        if let Err(e) = writer.finish().await {
+            let error = self.temp_error("complete the upload of", key, &temp.path, e);
+            temp.remove().await;
+            return Err(error);
+        }
+        let outcome = self
+            .publish_copy(&temp.path, key, || async {
+                match hasher {
+                    Some(hasher) => Ok(ObjectVersion(VersionToken::ContentHash(
+                        *hasher.finalize().as_bytes(),
+                    ))),
+                    None => self.native_version_of(key).await,
+                }
+            })
+            .await;
+        temp.remove().await;
+        outcome
+    }
+
+    /// Copies `from` to `key` in this store unless `key` exists; `version` names what was
+    /// created.
+    async fn publish_copy<F, Fut>(
+        &self,
+        from: &ObjectPath,
+        key: &BlobKey,
+        version: F,
+    ) -> Result<CreateOutcome, StoreError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<ObjectVersion, StoreError>>,
+    {
+        let options = CopyOptions::new().with_mode(CopyMode::Create);
+        match self
+            .inner
+            .copy_opts(from, &to_path(key.as_str()), options)
+            .await
+        {
+            Ok(()) => Ok(CreateOutcome::Created(version().await?)),
+            // `If-None-Match: *` refused: the key exists.
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(CreateOutcome::AlreadyExists),
+            Err(source) => Err(self.backend_error("create (by copy)", key.as_str(), source)),
+        }
+    }
+
+    /// The native version of an object just created (its e-tag, from a `head`).
+    async fn native_version_of(&self, key: &BlobKey) -> Result<ObjectVersion, StoreError> {
+        let meta = self
+            .inner
+            .head(&to_path(key.as_str()))
+            .await
+            .map_err(|e| self.backend_error("head", key.as_str(), e))?;
+        Ok(ObjectVersion::native(meta.e_tag, meta.version))
+    }
+
+    /// The content-hash version of an object (local folder), read by streaming.
+    async fn content_hash_of(&self, key: &BlobKey) -> Result<ObjectVersion, StoreError> {
+        let mut chunks = self
+            .inner
+            .get(&to_path(key.as_str()))
+            .await
+            .map_err(|e| self.backend_error("get", key.as_str(), e))?
+            .into_stream();
+        let mut hasher = blake3::Hasher::new();
+        while let Some(chunk) = chunks.next().await {
+            hasher.update(&chunk.map_err(|e| self.backend_error("get", key.as_str(), e))?);
+        }
+        Ok(ObjectVersion(VersionToken::ContentHash(
+            *hasher.finalize().as_bytes(),
+        )))
+    }
+
+    fn temp_error(
+        &self,
+        operation: &'static str,
+        key: &BlobKey,
+        temp: &ObjectPath,
+        source: object_store::Error,
+    ) -> StoreError {
+        self.backend_error(operation, &format!("{key} (through {temp})"), source)
+    }
+}
+
+/// A unique temporary key for a streamed write of `key` (see the module doc).
+fn temp_path(key: &BlobKey) -> ObjectPath {
+    use std::hash::BuildHasher as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // RandomState is seeded randomly per process, so two hosts writing the same key at the same
+    // nanosecond with the same pid and counter still get different names.
+    let seed = std::collections::hash_map::RandomState::new().hash_one(key.as_str());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(key.as_str().as_bytes());
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(&nanos.to_le_bytes());
+    hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    hasher.update(&seed.to_le_bytes());
+    let name = &hasher.finalize().to_hex()[..32];
+    to_path(&format!("{STREAM_TEMP_DIR}/{name}"))
+}
+
+/// The temporary object of a streamed write: deleted by [`TempObject::remove`], or from a
+/// spawned task if the write is dropped (cancelled) before that.
+struct TempObject {
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    removed: bool,
+}
+
+impl TempObject {
+    fn new(store: Arc<dyn ObjectStore>, path: ObjectPath) -> Self {
+        Self {
+            store,
+            path,
+            removed: false,
+        }
+    }
+
+    /// Deletes the temporary object, best effort: a failure is logged, not returned, because
+    /// the write's own outcome is what matters and a leftover is only wasted space.
+    async fn remove(mut self) {
+        self.removed = true;
+        match self.store.delete(&self.path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(error) => tracing::warn!(
+                temp = %self.path,
+                %error,
+                "could not delete the temporary object of a streamed write; it is garbage and \
+                 can be deleted by hand"
+            ),
+        }
+    }
+}
+
+impl Drop for TempObject {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, path) = (self.store.clone(), self.path.clone());
+            drop(runtime.spawn(async move {
+                let _ = store.delete(&path).await;
+            }));
+        }
+    }
+}
+
 /// An exclusive flock on one stripe lock file; released when dropped (or when the process dies).
 #[cfg(unix)]
 struct LocalKeyLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
@@ -888,6 +1252,347 @@ pub(crate) mod tests {
         let folder = TempFolder::new("store");
         let local = BlobStore::local_folder(&folder.0, LocalDurability::OsBuffered).unwrap();
         vec![(BlobStore::in_memory(), None), (local, Some(folder))]
+    }
+
+    /// `len` bytes of a pattern that does not repeat at part boundaries.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// `data` as a stream of chunks of `chunk` bytes.
+    fn chunked(
+        data: &[u8],
+        chunk: usize,
+    ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        let chunks: Vec<_> = data
+            .chunks(chunk)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures::stream::iter(chunks)
+    }
+
+    /// Keys of the temporary objects of streamed writes left in `store`.
+    async fn leftovers(store: &BlobStore) -> Vec<String> {
+        store
+            .inner
+            .list(Some(&ObjectPath::from(STREAM_TEMP_DIR)))
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn streamed_write_round_trips_a_multi_part_object() {
+        for (store, _folder) in stores() {
+            let key = layout::resource("web", "rp-1", &["resources.jsonl"]).unwrap();
+            let data = pattern(2 * STREAM_PART_BYTES + 123_457);
+            let outcome = store
+                .put_stream_create_only(&key, chunked(&data, 700_001))
+                .await
+                .unwrap();
+            let CreateOutcome::Created(version) = outcome else {
+                panic!("{store}: a fresh key already existed");
+            };
+            let read = store.get(&key).await.unwrap();
+            assert!(read.bytes[..] == data[..], "{store}: content differs");
+            assert_eq!(read.version, version, "{store}: create and get disagree");
+            assert_eq!(store.head(&key).await.unwrap().size, data.len() as u64);
+            assert!(leftovers(&store).await.is_empty(), "{store}");
+            // The version is a valid compare-and-swap token.
+            store
+                .update_if_unchanged(&key, &b"replaced"[..], &version)
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn streamed_write_is_create_only() {
+        for (store, _folder) in stores() {
+            let key = layout::resource("web", "rp-2", &["resources.jsonl"]).unwrap();
+            let first = pattern(STREAM_PART_BYTES + 10);
+            store
+                .put_stream_create_only(&key, chunked(&first, 1 << 20))
+                .await
+                .unwrap();
+            let mut other = pattern(2 * STREAM_PART_BYTES);
+            other.reverse();
+            for second in [&other[..], &b"small"[..], &[][..]] {
+                let outcome = store
+                    .put_stream_create_only(&key, chunked(second, 1 << 20))
+                    .await
+                    .unwrap();
+                assert_eq!(outcome, CreateOutcome::AlreadyExists, "{store}");
+            }
+            assert!(
+                store.get(&key).await.unwrap().bytes[..] == first[..],
+                "{store}"
+            );
+
+            // The copy that publishes is create-only by itself, even when the key appears
+            // after the early check (a racing writer).
+            let temp = temp_path(&key);
+            store
+                .inner
+                .put(&temp, PutPayload::from_static(b"racer"))
+                .await
+                .unwrap();
+            let raced = store
+                .publish_copy(&temp, &key, || async {
+                    unreachable!("nothing was created")
+                })
+                .await
+                .unwrap();
+            assert_eq!(raced, CreateOutcome::AlreadyExists, "{store}");
+            assert!(
+                store.get(&key).await.unwrap().bytes[..] == first[..],
+                "{store}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn streamed_write_of_small_and_empty_objects() {
+        for (store, _folder) in stores() {
+            for (name, data) in [("small.json", &b"{\"a\":1}\n"[..]), ("empty.json", &[][..])] {
+                let key = layout::resource("web", "rp-3", &[name]).unwrap();
+                let outcome = store
+                    .put_stream_create_only(&key, chunked(data, 3))
+                    .await
+                    .unwrap();
+                let CreateOutcome::Created(version) = outcome else {
+                    panic!("{store}: {name} already existed");
+                };
+                let read = store.get(&key).await.unwrap();
+                assert_eq!(&read.bytes[..], data, "{store}");
+                assert_eq!(read.version, version, "{store}");
+            }
+            assert!(leftovers(&store).await.is_empty(), "{store}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_stream_creates_nothing_and_leaves_nothing() {
+        for (store, _folder) in stores() {
+            let key = layout::resource("web", "rp-4", &["resources.jsonl"]).unwrap();
+            for fail_after in [1usize, 3 * STREAM_PART_BYTES] {
+                let data = pattern(fail_after);
+                let failing = chunked(&data, 1 << 20).chain(futures::stream::iter([Err(
+                    std::io::Error::other("collection stopped"),
+                )]));
+                let error = store
+                    .put_stream_create_only(&key, failing)
+                    .await
+                    .unwrap_err();
+                assert!(
+                    matches!(error, StoreError::Source { .. }),
+                    "{store}: {error}"
+                );
+                let text = error.to_string();
+                assert!(
+                    text.contains("resources.jsonl") && text.contains("collection stopped"),
+                    "{text}"
+                );
+                assert!(!error.is_transient());
+                assert!(store.get(&key).await.unwrap_err().is_not_found(), "{store}");
+            }
+            // The cleanup of a failed upload may run on a spawned task; give it a moment.
+            tokio::task::yield_now().await;
+            assert!(leftovers(&store).await.is_empty(), "{store}");
+        }
+    }
+
+    #[tokio::test]
+    async fn copies_between_stores_and_within_one() {
+        let (memory, local_folder) = {
+            let mut both = stores();
+            let (local, folder) = both.pop().unwrap();
+            let (memory, _) = both.pop().unwrap();
+            ((memory, local), folder)
+        };
+        let (memory, local) = memory;
+        let key = layout::resource("web", "rp-5", &["resources.jsonl"]).unwrap();
+        let data = pattern(2 * STREAM_PART_BYTES + 99);
+        memory
+            .put_stream_create_only(&key, chunked(&data, 1 << 20))
+            .await
+            .unwrap();
+        for (from, to) in [(&memory, &local), (&local, &memory)] {
+            if from.head(&key).await.is_ok() && to.head(&key).await.is_ok() {
+                continue;
+            }
+            let CreateOutcome::Created(version) = from.copy_create_only(to, &key).await.unwrap()
+            else {
+                panic!("{to}: copy target existed");
+            };
+            let read = to.get(&key).await.unwrap();
+            assert!(read.bytes[..] == data[..], "{from} → {to}");
+            assert_eq!(read.version, version, "{from} → {to}");
+            let again = from.copy_create_only(to, &key).await.unwrap();
+            assert_eq!(again, CreateOutcome::AlreadyExists, "{from} → {to}");
+        }
+        // Small objects too, and within one store to another key (a staging copy).
+        for store in [&memory, &local] {
+            let small = layout::resource("web", "rp-5", &["small.json"]).unwrap();
+            let copy = layout::staging("restore-1", "small").unwrap();
+            let big_copy = layout::staging("restore-1", "resources").unwrap();
+            store.put_create_only(&small, &b"{}"[..]).await.unwrap();
+            for (source, target, content) in
+                [(&small, &copy, &b"{}"[..]), (&key, &big_copy, &data[..])]
+            {
+                let CreateOutcome::Created(version) = store
+                    .copy_to_key_create_only(source, store, target)
+                    .await
+                    .unwrap()
+                else {
+                    panic!("{store}: {target} existed");
+                };
+                let read = store.get(target).await.unwrap();
+                assert!(read.bytes[..] == content[..], "{store}: {target}");
+                assert_eq!(read.version, version, "{store}: {target}");
+                let again = store
+                    .copy_to_key_create_only(source, &store.clone(), target)
+                    .await
+                    .unwrap();
+                assert_eq!(again, CreateOutcome::AlreadyExists, "{store}: {target}");
+            }
+            let missing = layout::resource("web", "rp-5", &["missing"]).unwrap();
+            for to in [&memory, &local] {
+                let error = store
+                    .copy_to_key_create_only(&missing, to, &copy)
+                    .await
+                    .unwrap_err();
+                assert!(error.is_not_found(), "{store} → {to}: {error}");
+                assert!(error.to_string().contains("rp-5/missing"), "{error}");
+            }
+            assert!(leftovers(store).await.is_empty(), "{store}");
+        }
+        drop(local_folder);
+    }
+
+    /// Needs Azurite on 127.0.0.1:10000, which scripts/test.sh starts; fails (never skips)
+    /// with the command to start it otherwise.
+    #[tokio::test]
+    async fn streamed_write_and_copy_on_azurite() {
+        let container = format!("stream-{}", uuid::Uuid::new_v4().simple());
+        create_azurite_container(&container).await.unwrap_or_else(|e| {
+            panic!("{e}\nStart Azurite with infra/scripts/start-azurite.sh (scripts/test.sh does it).")
+        });
+        let store = BlobStore::azure(&AzureConfig::Emulator { container }).unwrap();
+        let key = layout::resource("web", "rp-1", &["resources.jsonl"]).unwrap();
+        let data = pattern(2 * STREAM_PART_BYTES + 7);
+        let CreateOutcome::Created(version) = store
+            .put_stream_create_only(&key, chunked(&data, 1 << 20))
+            .await
+            .unwrap()
+        else {
+            panic!("a fresh key already existed");
+        };
+        let read = store.get(&key).await.unwrap();
+        assert!(read.bytes[..] == data[..]);
+        assert_eq!(read.version, version);
+        let again = store
+            .put_stream_create_only(&key, chunked(&data, 1 << 20))
+            .await
+            .unwrap();
+        assert_eq!(again, CreateOutcome::AlreadyExists);
+        // The publishing copy alone refuses an existing key on Azure too.
+        let temp = temp_path(&key);
+        store
+            .inner
+            .put(&temp, PutPayload::from_static(b"racer"))
+            .await
+            .unwrap();
+        let raced = store
+            .publish_copy(&temp, &key, || async {
+                unreachable!("nothing was created")
+            })
+            .await
+            .unwrap();
+        assert_eq!(raced, CreateOutcome::AlreadyExists);
+        store.inner.delete(&temp).await.unwrap();
+        let staged = layout::staging("restore-1", "resources").unwrap();
+        store
+            .copy_to_key_create_only(&key, &store, &staged)
+            .await
+            .unwrap();
+        assert!(store.get(&staged).await.unwrap().bytes[..] == data[..]);
+        assert!(leftovers(&store).await.is_empty());
+    }
+
+    /// The peak resident memory of this process so far (`VmHWM`), in bytes.
+    fn peak_resident_bytes() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Writing and copying a 64 MiB object raise the process's peak memory by far less than
+    /// 64 MiB. Peak memory is per process and the test harness runs tests in threads, so the
+    /// measurement runs in a child process that runs only this test.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streamed_write_and_copy_use_bounded_memory() {
+        const CHILD: &str = "STOWAGE_BOUNDED_MEMORY_CHILD";
+        const OBJECT: usize = 64 << 20;
+        const CHUNK: usize = 1 << 20;
+        const ALLOWED_GROWTH: u64 = 32 << 20;
+        if peak_resident_bytes().is_none() {
+            eprintln!("no /proc/self/status VmHWM here; skipping the memory measurement");
+            return;
+        }
+        if std::env::var_os(CHILD).is_none() {
+            let output = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "store::tests::streamed_write_and_copy_use_bounded_memory",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(
+                output.status.success(),
+                "the measuring child failed:\n{text}"
+            );
+            assert!(
+                text.contains("peak memory grew by"),
+                "the child did not measure:\n{text}"
+            );
+            return;
+        }
+        let folder = TempFolder::new("bounded-memory");
+        let store = BlobStore::local_folder(&folder.0, LocalDurability::OsBuffered).unwrap();
+        let other_folder = TempFolder::new("bounded-memory-copy");
+        let other = BlobStore::local_folder(&other_folder.0, LocalDurability::OsBuffered).unwrap();
+        let key = layout::resource("big", "rp-1", &["resources.jsonl"]).unwrap();
+        let before = peak_resident_bytes().unwrap();
+        // A generated stream: each chunk is made when asked for and freed once uploaded.
+        let generated = futures::stream::iter(0..OBJECT / CHUNK)
+            .map(|n| Ok::<_, std::io::Error>(Bytes::from(vec![(n % 251) as u8; CHUNK])));
+        let written = store.put_stream_create_only(&key, generated).await.unwrap();
+        assert!(matches!(written, CreateOutcome::Created(_)));
+        let copied = store.copy_create_only(&other, &key).await.unwrap();
+        assert!(matches!(copied, CreateOutcome::Created(_)));
+        let after = peak_resident_bytes().unwrap();
+        assert_eq!(other.head(&key).await.unwrap().size, OBJECT as u64);
+        let growth = after.saturating_sub(before);
+        println!(
+            "peak memory grew by {} KiB writing and copying a {} MiB object",
+            growth >> 10,
+            OBJECT >> 20
+        );
+        assert!(
+            growth < ALLOWED_GROWTH,
+            "peak memory grew by {growth} bytes for a {OBJECT}-byte object; streaming is not bounded"
+        );
     }
 
     #[tokio::test]
