@@ -289,9 +289,7 @@ fn the_demo_runs_to_a_verified_restore() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert_eq!(
-        stdout
-            .matches("every byte of 2 volumes equal")
-            .count(),
+        stdout.matches("every byte of 2 volumes equal").count(),
         2,
         "{stdout}"
     );

@@ -189,11 +189,17 @@ async fn hydrate_volume(
             ExtentTarget::Zero => None,
         })
         .collect();
+    let (store, keys, rp_id, tier) = (
+        store.clone(),
+        keys.clone(),
+        rp_id.to_owned(),
+        tier.to_owned(),
+    );
     let pieces = futures::stream::iter(extents)
-        .map(|(offset, length, id, offset_in_chunk)| {
+        .map(move |(offset, length, id, offset_in_chunk)| {
             let (store, keys, index, cache) = (store.clone(), keys.clone(), index.clone(), cache.clone());
-            let rp_id = rp_id.to_owned();
-            let tier = tier.to_owned();
+            let rp_id = rp_id.clone();
+            let tier = tier.clone();
             async move {
                 let cached = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
                 let plain = match cached {
@@ -235,7 +241,7 @@ async fn hydrate_volume(
         .buffered(ctx.parallelism.max(1));
     // The disk provider sees a DiskError stream; the real cause is kept aside to report it.
     let slot = failure.clone();
-    let pieces = pieces
+    let mut pieces = pieces
         .map(move |piece| {
             piece.map_err(|err| {
                 let text = err.to_string();
@@ -247,10 +253,22 @@ async fn hydrate_volume(
             })
         })
         .boxed();
+    // Reading and decrypting run in a task of their own, a bounded channel ahead of the disk
+    // writes, so the two overlap instead of taking turns.
+    let (mut ahead, behind) = futures::channel::mpsc::channel(ctx.parallelism.max(1));
+    let producer = tokio::spawn(async move {
+        while let Some(piece) = pieces.next().await {
+            let failed = piece.is_err();
+            if futures::SinkExt::send(&mut ahead, piece).await.is_err() || failed {
+                break;
+            }
+        }
+    });
     let created = ctx
         .disks
-        .create_disk_from_stream(disk_name, resolved.volume_size(), pieces)
+        .create_disk_from_stream(disk_name, resolved.volume_size(), behind.boxed())
         .await;
+    producer.abort();
     if let Some(cause) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(cause);
     }
