@@ -57,21 +57,19 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let connection = Connection::connect(&args.amqp_url, ConnectionProperties::default())
-        .await
-        .context("RabbitMQ is not reachable: start it with infra/scripts/start-rabbitmq.sh")?;
     let mut bare = Vec::new();
     let mut runtime = Vec::new();
     for round in 1..=args.rounds {
-        // A publisher channel per round, so a channel-level error in one round cannot leak.
-        let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        // Each side of each round gets a fresh connection (opened before its clock starts):
+        // channels dropped in one round close asynchronously, and lapin may hand a closing
+        // channel's id to the next round, which then finds its publisher channel in error.
+        let (connection, publisher) = connect(&args).await?;
         let b = bare_round(&connection, &publisher, &args).await?;
+        let _ = connection.close(200, "round done".into()).await;
         eprintln!("round {round}: bare lapin     {b:>9.0} msg/s");
+        let (connection, publisher) = connect(&args).await?;
         let r = runtime_round(&connection, &publisher, &args).await?;
-        let _ = publisher.close(200, "round done".into()).await;
+        let _ = connection.close(200, "round done".into()).await;
         eprintln!(
             "round {round}: stowage runtime {r:>9.0} msg/s  ({:.0}% of bare)",
             100.0 * r / b
@@ -92,8 +90,18 @@ async fn main() -> anyhow::Result<()> {
         100.0 * mr / mb
     );
     println!("rounds: bare {bare:.0?}, runtime {runtime:.0?}");
-    connection.close(200, "done".into()).await?;
     Ok(())
+}
+
+async fn connect(args: &Args) -> anyhow::Result<(Connection, Channel)> {
+    let connection = Connection::connect(&args.amqp_url, ConnectionProperties::default())
+        .await
+        .context("RabbitMQ is not reachable: start it with infra/scripts/start-rabbitmq.sh")?;
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((connection, publisher))
 }
 
 fn median(v: &mut [f64]) -> f64 {
