@@ -24,7 +24,7 @@ use stowage_disk::{DiskId, DiskProvider as _, LocalDiskProvider};
 use stowage_runtime::JobContext;
 use stowage_schemas::Stage;
 use stowage_schemas::domain::{RecoveryPoint, Tier, VolumeBackup};
-use stowage_schemas::jobs::{ExistingPolicy, RestoreHydrationJob, RestoreOptions};
+use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions};
 use stowage_stages::VaultContext;
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
@@ -324,14 +324,7 @@ fn hydration() -> RestoreHydrationJob {
         recovery_point_id: "rp-2".into(),
         tier: Tier::Vault,
         staging_location: None,
-        options: RestoreOptions {
-            target_cluster: None,
-            namespaces: Vec::new(),
-            namespace_mapping: Default::default(),
-            existing: ExistingPolicy::Skip,
-            include_volumes: true,
-            dry_run: false,
-        },
+        options: RestoreOptions::default(),
     }
 }
 

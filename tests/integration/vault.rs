@@ -2,13 +2,11 @@
 //! hydration from each tier, compared byte for byte, on a local folder and on Azurite; the
 //! incremental's size; corruption named; redelivery that stores nothing twice.
 
-use std::collections::BTreeMap;
-
 use stowage_disk::DiskProvider as _;
 use stowage_runtime::JobContext;
 use stowage_schemas::Stage;
 use stowage_schemas::domain::Tier;
-use stowage_schemas::jobs::{ExistingPolicy, RestoreHydrationJob, RestoreOptions};
+use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions};
 use stowage_stages::geo_replication::replicate;
 use stowage_stages::restore_hydration::{hydrate, staging_disk_name};
 use stowage_stages::vault_transfer::transfer;
@@ -30,14 +28,7 @@ fn hydration(restore_id: &str, rp_id: &str, tier: Tier) -> RestoreHydrationJob {
         recovery_point_id: rp_id.into(),
         tier,
         staging_location: None,
-        options: RestoreOptions {
-            target_cluster: None,
-            namespaces: Vec::new(),
-            namespace_mapping: BTreeMap::new(),
-            existing: ExistingPolicy::Skip,
-            include_volumes: true,
-            dry_run: false,
-        },
+        options: RestoreOptions::default(),
     }
 }
 

@@ -21,9 +21,7 @@ use stowage_runtime::{
     Broker, InProcessBroker, Names, RabbitBroker, Shutdown, StageConfig, Worker, WorkerConfig,
 };
 use stowage_schemas::domain::{BackupInstance, Namespaces, Scope, Tier};
-use stowage_schemas::jobs::{
-    ExistingPolicy, RestoreHydrationJob, RestoreOptions, SnapshotJob, Trigger,
-};
+use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions, SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message};
 use stowage_stages::{
     ClusterContext, ClusterTarget, GeoReplication, RestoreHydration, RestoreStage, SnapshotStage,
@@ -232,11 +230,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             staging_location: None,
             options: RestoreOptions {
                 target_cluster: Some(CLUSTER.into()),
-                namespaces: Vec::new(),
                 namespace_mapping: mapping,
-                existing: ExistingPolicy::Skip,
-                include_volumes: true,
-                dry_run: false,
+                ..RestoreOptions::default()
             },
         };
         submit(

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use stowage_runtime::client::submit;
 use stowage_runtime::{RetryPolicy, Topology};
 use stowage_schemas::domain::Tier;
-use stowage_schemas::jobs::{
-    ExistingPolicy, RestoreHydrationJob, RestoreOptions, VaultTransferJob,
-};
+use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions, VaultTransferJob};
 use stowage_schemas::{Envelope, Message};
 use stowage_tests::vault_fixture::{INSTANCE, VaultBackend, VaultFixture};
 use stowage_tests::{BrokerKind, Bus, amqp_url, free_port};
@@ -200,14 +198,7 @@ async fn a_transfer_killed_midway_resumes_without_duplicates_in_bounded_memory()
             recovery_point_id: "rp-big".into(),
             tier: Tier::Vault,
             staging_location: None,
-            options: RestoreOptions {
-                target_cluster: None,
-                namespaces: Vec::new(),
-                namespace_mapping: Default::default(),
-                existing: ExistingPolicy::Skip,
-                include_volumes: true,
-                dry_run: false,
-            },
+            options: RestoreOptions::default(),
         },
     )
     .await

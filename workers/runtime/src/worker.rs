@@ -20,7 +20,6 @@
 //! consumers (no new deliveries), waits for in-flight handlers up to a deadline, then closes
 //! its channels, which hands back everything unsettled.
 
-use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -363,7 +362,7 @@ impl StageRunner {
                 match published {
                     Ok(()) => {
                         tracing::info!(?elapsed, "job done");
-                        self.settle_ack(&delivery).await
+                        delivery.ack().await
                     }
                     Err(err) => {
                         tracing::warn!(%err, "could not publish the job's events; retrying the job");
@@ -383,7 +382,7 @@ impl StageRunner {
                 ErrorKind::Transient => self.after_transient(&delivery, envelope, &err).await,
                 ErrorKind::Cancelled => {
                     tracing::info!(reason = %err, "job cancelled");
-                    self.settle_ack(&delivery).await
+                    delivery.ack().await
                 }
             },
         };
@@ -409,7 +408,7 @@ impl StageRunner {
                 message.mandatory = true;
                 message.properties.expiration = Some(delay);
                 self.broker.publish(message).await?;
-                self.settle_ack(delivery).await
+                delivery.ack().await
             }
             RetryDecision::GiveUp { attempts } => {
                 tracing::warn!(error = %err, attempts, "job failed on its last attempt; dead-lettering");
@@ -460,16 +459,12 @@ impl StageRunner {
             body: delivery.body.clone(),
         };
         let result = match self.broker.publish(message).await {
-            Ok(()) => self.settle_ack(delivery).await,
+            Ok(()) => delivery.ack().await,
             Err(err) => Err(err),
         };
         if let Err(err) = result {
             tracing::warn!(%err, "could not dead-letter the message; the broker will redeliver it");
         }
-    }
-
-    async fn settle_ack(&self, delivery: &Delivery) -> Result<(), BrokerError> {
-        delivery.ack().await
     }
 }
 
@@ -501,6 +496,3 @@ fn report_task(done: Result<(), tokio::task::JoinError>) {
         tracing::error!(%err, "a job task panicked outside its handler");
     }
 }
-
-/// A summary of a stage's readiness, for logs and the health endpoint.
-pub type StageStates = BTreeMap<Stage, bool>;
