@@ -252,7 +252,7 @@ impl Broker for RabbitBroker {
             let delivery_channel = channel.clone();
             let deliveries = consumer
                 .map(move |item| match item {
-                    Ok(d) => Ok(from_lapin(d, delivery_channel.clone())),
+                    Ok(d) => Ok(from_lapin(d, delivery_channel.clone(), false)),
                     Err(err) => {
                         connected.store(false, Ordering::SeqCst);
                         Err(BrokerError::Unavailable {
@@ -281,7 +281,7 @@ impl Broker for RabbitBroker {
                 .basic_get(queue.into(), BasicGetOptions::default())
                 .await
                 .map_err(|e| self.classify("basic.get", e))?;
-            Ok(got.map(|m| from_lapin(m.delivery, channel)))
+            Ok(got.map(|m| from_lapin(m.delivery, channel, true)))
         }
         .boxed()
     }
@@ -356,40 +356,59 @@ impl Cancel for RabbitCancel {
 /// whatever was not settled.
 struct RabbitSettle {
     acker: lapin::Acker,
-    _channel: Channel,
+    channel: Channel,
+    /// The channel is this delivery's alone (`basic.get`): settling also closes it and waits for
+    /// the broker's close-ok. AMQP acks and rejects have no reply, and the broker handles a
+    /// channel's frames in order, so that is how a caller knows the settlement took effect
+    /// (e.g. that a browsed dead letter is back in its queue before anyone counts it).
+    owns_channel: bool,
+}
+
+impl RabbitSettle {
+    async fn finish(&self) {
+        if self.owns_channel {
+            let _ = self.channel.close(200, "settled".into()).await;
+        }
+    }
 }
 
 impl Settle for RabbitSettle {
     fn ack(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         async move {
-            self.acker
+            let result = self
+                .acker
                 .ack(BasicAckOptions::default())
                 .await
                 .map(drop)
                 .map_err(|e| BrokerError::Unavailable {
                     endpoint: "rabbitmq".into(),
                     reason: format!("ack failed ({e}); the broker will redeliver the message"),
-                })
+                });
+            self.finish().await;
+            result
         }
         .boxed()
     }
 
     fn reject(&self, requeue: bool) -> BoxFuture<'_, Result<(), BrokerError>> {
         async move {
-            self.acker
+            let result = self
+                .acker
                 .reject(BasicRejectOptions { requeue })
                 .await
                 .map(drop)
                 .map_err(|e| BrokerError::Unavailable {
                     endpoint: "rabbitmq".into(),
                     reason: format!("reject failed ({e}); the broker will redeliver the message"),
-                })
+                });
+            self.finish().await;
+            result
         }
         .boxed()
     }
 }
 
-fn from_lapin(d: lapin::message::Delivery, channel: Channel) -> Delivery {
+fn from_lapin(d: lapin::message::Delivery, channel: Channel, owns_channel: bool) -> Delivery {
     let p = &d.properties;
     let properties = Properties {
         content_type: p.content_type().as_ref().map(|s| s.as_str().to_owned()),
@@ -414,7 +433,8 @@ fn from_lapin(d: lapin::message::Delivery, channel: Channel) -> Delivery {
         body: d.data,
         settle: Box::new(RabbitSettle {
             acker: d.acker,
-            _channel: channel,
+            channel,
+            owns_channel,
         }),
     }
 }
