@@ -4,6 +4,7 @@
 //!   against the in-process broker.
 //! - `faults`: worker processes killed with SIGKILL, stopped with SIGTERM, and a broker restart.
 
+mod deploy;
 mod faults;
 mod runtime;
 mod vault;
