@@ -13,8 +13,8 @@
 //!
 //! A redelivery after step 4 returns the stored manifest; after any earlier step it re-reads
 //! the snapshot but stores nothing twice: chunks of its earlier packs are known from their
-//! trailers, everything later is create-only. Memory stays bounded: one pack being filled and
-//! `parallelism` pieces in flight, whatever the volume size.
+//! trailers, everything later is create-only. Memory stays bounded: one pack filling, the
+//! previous one uploading, and `parallelism` pieces in flight, whatever the volume size.
 
 use std::collections::HashSet;
 use std::ops::Range;

@@ -25,8 +25,9 @@
 //!
 //! # Memory
 //!
-//! [`PackWriter`] holds at most one pack in memory: it uploads (and awaits) the current pack
-//! before starting the next, which also gives natural back-pressure to the producer. Readers
+//! [`PackWriter`] holds at most two packs in memory: the one filling and the previous one,
+//! uploading in the background. A full pack waits for the previous upload before its own
+//! starts, which gives natural back-pressure to the producer. Readers
 //! ([`read_chunk`], [`read_pack_index`]) use range reads only; a whole pack is never fetched.
 
 use std::collections::HashSet;
