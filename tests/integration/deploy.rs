@@ -67,6 +67,7 @@ struct Manifests {
     config_maps: Vec<ConfigMap>,
     secrets: Vec<Secret>,
     scaled_objects: Vec<Value>,
+    pod_monitors: Vec<Value>,
     trigger_auths: Vec<Value>,
 }
 
@@ -131,6 +132,7 @@ impl Manifests {
                 ("v1", "ConfigMap") => self.config_maps.push(typed(&value, &src)),
                 ("v1", "Secret") => self.secrets.push(typed(&value, &src)),
                 ("keda.sh/v1alpha1", "ScaledObject") => self.scaled_objects.push(value),
+                ("monitoring.coreos.com/v1", "PodMonitor") => self.pod_monitors.push(value),
                 ("keda.sh/v1alpha1", "TriggerAuthentication") => self.trigger_auths.push(value),
                 _ => panic!("{src}: unexpected kind {api}/{kind} (add it to the deploy test)"),
             }
@@ -431,6 +433,22 @@ fn check(m: &Manifests, source: &str) {
                 "{what}: STOWAGE_HEALTH_ADDR {addr}"
             );
         }
+        let annotations = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            annotations.get("prometheus.io/port").map(String::as_str),
+            Some(HEALTH_PORT.to_string().as_str()),
+            "{what}: metrics are scraped from the health port"
+        );
+        assert_eq!(
+            annotations.get("prometheus.io/path").map(String::as_str),
+            Some("/metrics"),
+            "{what}: metrics path"
+        );
         check_probe(
             c.liveness_probe.as_ref(),
             "/livez",
@@ -733,6 +751,38 @@ fn check(m: &Manifests, source: &str) {
             "{source}: PDB {:?} selects {n} Deployments",
             p.metadata.name
         );
+    }
+    assert_eq!(m.pod_monitors.len(), 1, "{source}: one PodMonitor");
+    for pm in &m.pod_monitors {
+        let selector: BTreeMap<String, String> =
+            serde_json::from_value(pm["spec"]["selector"]["matchLabels"].clone())
+                .unwrap_or_default();
+        let selected = m
+            .deployments
+            .iter()
+            .filter(|d| {
+                let labels = d
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.metadata.as_ref())
+                    .and_then(|m| m.labels.clone())
+                    .unwrap_or_default();
+                !selector.is_empty() && is_subset(&selector, &labels)
+            })
+            .count();
+        assert!(
+            selected >= deployed.len(),
+            "{source}: the PodMonitor selects {selected} Deployments, fewer than the {} stage workers",
+            deployed.len()
+        );
+        for endpoint in pm["spec"]["podMetricsEndpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(endpoint["port"], "health", "{source}: PodMonitor port");
+            assert_eq!(endpoint["path"], "/metrics", "{source}: PodMonitor path");
+        }
     }
     for s in &m.scaled_objects {
         let target = s["spec"]["scaleTargetRef"]["name"]

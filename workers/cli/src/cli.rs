@@ -13,6 +13,18 @@ pub struct Cli {
     /// More log output (-v debug, -vv trace). STOWAGE_LOG takes a full filter instead.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log format: auto (JSON inside a Kubernetes pod, text elsewhere), json or text.
+    #[arg(
+        long,
+        global = true,
+        env = "STOWAGE_LOG_FORMAT",
+        default_value = "auto"
+    )]
+    pub log_format: stowage_runtime::telemetry::LogFormat,
+    /// Export traces over OTLP/HTTP to this collector base URL (e.g. http://otel-collector:4318).
+    /// Off when unset. OTEL_EXPORTER_OTLP_ENDPOINT is read too.
+    #[arg(long, global = true, env = "STOWAGE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -98,7 +110,7 @@ pub struct WorkerArgs {
     /// The cluster the snapshot and restore stages work on.
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Address of the /livez and /readyz endpoints.
+    /// Address of the /livez, /readyz and /metrics endpoints.
     #[arg(long, env = "STOWAGE_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
     pub health_addr: SocketAddr,
     /// Deliveries the broker may hand this worker ahead of time, per stage.
@@ -113,6 +125,9 @@ pub struct WorkerArgs {
     /// Seconds to wait for in-flight jobs on shutdown before handing them back.
     #[arg(long, env = "STOWAGE_SHUTDOWN_DEADLINE", default_value_t = 30)]
     pub shutdown_deadline: u64,
+    /// Seconds between reads of the queue depths reported at /metrics.
+    #[arg(long, env = "STOWAGE_QUEUE_POLL_SECS", default_value_t = 15)]
+    pub queue_poll_secs: u64,
 }
 
 /// A stage, or all of them.

@@ -70,6 +70,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             ..RetryPolicy::default()
         },
         shutdown_deadline: Duration::from_secs(args.shutdown_deadline),
+        queue_poll_interval: Duration::from_secs(args.queue_poll_secs.max(1)),
         ..WorkerConfig::default()
     };
     let stage_config = StageConfig {

@@ -13,36 +13,59 @@ mod vault_config;
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use stowage_runtime::telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // The demo narrates on stdout; its workers' logs stay quiet unless asked for.
     let quiet = matches!(cli.command, cli::Command::Demo(_));
-    init_logging(cli.verbose, quiet);
-    match commands::run(cli).await {
+    let telemetry = match init_telemetry(&cli, quiet) {
+        Ok(t) => t,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(telemetry);
+    code
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
-    let default = match verbose {
+fn init_telemetry(
+    cli: &cli::Cli,
+    quiet: bool,
+) -> Result<telemetry::Telemetry, telemetry::TelemetryError> {
+    let default = match cli.verbose {
         0 if quiet => "warn",
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STOWAGE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "warn,stowage={default},stowage_runtime={default}"
-        ))
+    let log_filter = std::env::var("STOWAGE_LOG")
+        .unwrap_or_else(|_| format!("warn,stowage={default},stowage_runtime={default}"));
+    let otlp_endpoint = cli.otlp_endpoint.clone().or_else(|| {
+        std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|v| !v.is_empty())
     });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let service_name = match &cli.command {
+        cli::Command::Worker(args) => match args.stage {
+            cli::StageChoice::One(stage) => format!("stowage-{stage}"),
+            cli::StageChoice::All => "stowage-worker".to_owned(),
+        },
+        _ => "stowage".to_owned(),
+    };
+    telemetry::init(&telemetry::TelemetryConfig {
+        service_name,
+        log_format: cli.log_format,
+        log_filter,
+        otlp_endpoint,
+    })
 }

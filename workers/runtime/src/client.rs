@@ -11,11 +11,21 @@ use crate::worker::{
 };
 
 /// Publish a job (or event) and wait for the broker's confirm.
+///
+/// An envelope without trace context gets the current span's, so the jobs it starts join the
+/// submitter's trace (the scheduler's tick, a CLI command) when traces are exported.
 pub async fn submit(
     broker: &dyn Broker,
     names: &Names,
     envelope: &Envelope,
 ) -> Result<(), BrokerError> {
+    if envelope.trace.is_none()
+        && let Some(trace) = crate::telemetry::current_trace_context()
+    {
+        let mut traced = envelope.clone();
+        traced.trace = Some(trace);
+        return broker.publish(envelope::outgoing(names, &traced)).await;
+    }
     broker.publish(envelope::outgoing(names, envelope)).await
 }
 

@@ -11,6 +11,9 @@ use crate::topology::Names;
 pub const JOB_ID: &str = "x-stowage-job-id";
 /// Header carrying the envelope's schema version.
 pub const SCHEMA_VERSION: &str = "x-stowage-schema-version";
+/// Header carrying when the message was published, or, for a retry, when its delay ends
+/// (Unix milliseconds); workers derive queue wait and the age of the oldest message from it.
+pub const PUBLISHED_AT: &str = "x-stowage-published-at";
 /// W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C trace state header.
@@ -33,6 +36,10 @@ pub fn properties(envelope: &Envelope, content_type: ContentType) -> Properties 
     headers.insert(
         SCHEMA_VERSION.into(),
         i64::from(envelope.schema_version).into(),
+    );
+    headers.insert(
+        PUBLISHED_AT.into(),
+        jiff::Timestamp::now().as_millisecond().into(),
     );
     if let Some(trace) = &envelope.trace {
         headers.insert(TRACEPARENT.into(), trace.traceparent.clone().into());

@@ -1,4 +1,5 @@
-//! Liveness and readiness, and the small HTTP server that reports them.
+//! Liveness and readiness, and the small HTTP server that reports them (and serves the
+//! Prometheus metrics at `GET /metrics`, see [`crate::metrics`]).
 //!
 //! `GET /livez` answers 200 while the process's async runtime is serving requests at all.
 //! `GET /readyz` answers 200 only when every stage of the worker is consuming its queue, and
@@ -54,7 +55,18 @@ pub fn router(health: Health) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
         .with_state(health)
+}
+
+async fn prometheus() -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::metrics().render(),
+    )
 }
 
 async fn readyz(State(health): State<Health>) -> (StatusCode, axum::Json<serde_json::Value>) {

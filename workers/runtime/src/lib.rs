@@ -10,6 +10,8 @@
 //!   [`StageError`] that says whether a retry can help.
 //! - [`worker`]: the consume loop — prefetch, concurrency, ack after durable effects and
 //!   confirmed publishes, retries through delay queues, dead-letters, reconnects, draining.
+//! - [`metrics`]: the Prometheus registry served at `/metrics`.
+//! - [`telemetry`]: logs (JSON in a pod, text in a terminal) and OTLP traces linked across stages.
 //! - [`retry`]: backoff with jitter. [`shutdown`]: SIGTERM/Ctrl-C. [`health`]: `/livez`, `/readyz`.
 //! - [`envelope`]: envelopes to broker messages and back. [`client`]: submit jobs, inspect and
 //!   replay dead letters.
@@ -19,8 +21,10 @@ pub mod client;
 pub mod envelope;
 pub mod handler;
 pub mod health;
+pub mod metrics;
 pub mod retry;
 pub mod shutdown;
+pub mod telemetry;
 pub mod topology;
 pub mod worker;
 

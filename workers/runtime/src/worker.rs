@@ -35,8 +35,10 @@ use crate::broker::{Broker, BrokerError, Delivery, HeaderValue, Outgoing};
 use crate::envelope;
 use crate::handler::{DynHandler, ErrorKind, JobContext, StageError, StageHandler};
 use crate::health::Health;
+use crate::metrics::{JobOutcome, metrics};
 use crate::retry::{RetryDecision, RetryPolicy};
 use crate::shutdown::Shutdown;
+use crate::telemetry;
 use crate::topology::{Names, Topology};
 
 /// Dead-letter header: why the message was given up on.
@@ -61,6 +63,8 @@ pub struct WorkerConfig {
     pub shutdown_deadline: Duration,
     /// Longest wait between reconnection attempts.
     pub max_reconnect_delay: Duration,
+    /// How often each stage's queue depth is read from the broker for the metrics.
+    pub queue_poll_interval: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -70,6 +74,7 @@ impl Default for WorkerConfig {
             retry: RetryPolicy::default(),
             shutdown_deadline: Duration::from_secs(30),
             max_reconnect_delay: Duration::from_secs(10),
+            queue_poll_interval: Duration::from_secs(15),
         }
     }
 }
@@ -226,6 +231,7 @@ impl StageRunner {
         let permits = Arc::new(Semaphore::new(this.config.concurrency.max(1)));
         let mut in_flight = JoinSet::new();
         let mut backoff = reconnect_backoff(&this.worker);
+        let poller = tokio::spawn(poll_queue_depth(this.clone()));
 
         'subscribe: while !this.shutdown.is_triggered() {
             let subscription = tokio::select! {
@@ -285,14 +291,24 @@ impl StageRunner {
             subscription.canceller.cancel().await;
             drain(this.stage, &mut in_flight, this.worker.shutdown_deadline).await;
             subscription.canceller.close().await;
+            poller.abort();
             return;
         }
         this.health.set_consuming(this.stage, false);
         drain(this.stage, &mut in_flight, this.worker.shutdown_deadline).await;
+        poller.abort();
     }
 
     /// Handle one delivery and settle it.
     async fn process(&self, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+        if let Some(published_ms) = delivery
+            .properties
+            .headers
+            .get(envelope::PUBLISHED_AT)
+            .and_then(HeaderValue::as_int)
+        {
+            metrics().delivered(self.stage, published_ms as f64 / 1000.0);
+        }
         let content_type = match delivery.properties.content_type.as_deref() {
             None => Ok(ContentType::MessagePack),
             Some(ct) => ct.parse::<ContentType>().map_err(|_| ct.to_owned()),
@@ -309,17 +325,22 @@ impl StageRunner {
                 tracing::warn!(stage = %self.stage, %reason, message_id = ?delivery.properties.message_id, "undecodable message; dead-lettering");
                 self.dead_letter(&delivery, &reason, std::slice::from_ref(&reason), 1)
                     .await;
+                metrics().job_finished(self.stage, JobOutcome::DeadLettered, Duration::ZERO);
                 return;
             }
         };
         let span = tracing::info_span!(
             "job",
+            otel.name = %format_args!("{} {}", self.stage, envelope.kind()),
             stage = %self.stage,
             job_id = %envelope.job_id,
             message_id = %envelope.message_id,
             kind = envelope.kind(),
             attempt = envelope.attempt,
+            recovery_point_id = envelope.recovery_point_id.as_deref().unwrap_or(""),
         );
+        // The job continues the trace its message carries (one trace per recovery point).
+        telemetry::set_parent(&span, envelope.trace.as_ref());
         self.handle(delivery, envelope).instrument(span).await;
     }
 
@@ -331,6 +352,7 @@ impl StageRunner {
             shutdown: self.shutdown.clone(),
         };
         let started = tokio::time::Instant::now();
+        metrics().in_flight(self.stage, 1);
         let result = AssertUnwindSafe(self.handler.handle_boxed(ctx, envelope.clone()))
             .catch_unwind()
             .await
@@ -345,12 +367,18 @@ impl StageRunner {
                 )))
             });
         let elapsed = started.elapsed();
+        metrics().in_flight(self.stage, -1);
 
         let settled = match result {
             Ok(outcome) => {
                 let mut published = Ok(());
+                // What this job emits continues the trace from this job's span.
+                let trace = telemetry::current_trace_context();
                 for (index, message) in outcome.emit.into_iter().enumerate() {
-                    let child = envelope::child(&envelope, index, message);
+                    let mut child = envelope::child(&envelope, index, message);
+                    if trace.is_some() {
+                        child.trace.clone_from(&trace);
+                    }
                     published = self
                         .broker
                         .publish(envelope::outgoing(&self.worker.names, &child))
@@ -362,12 +390,14 @@ impl StageRunner {
                 match published {
                     Ok(()) => {
                         tracing::info!(?elapsed, "job done");
+                        metrics().job_finished(self.stage, JobOutcome::Succeeded, elapsed);
                         delivery.ack().await
                     }
                     Err(err) => {
                         tracing::warn!(%err, "could not publish the job's events; retrying the job");
                         let failure = StageError::transient(err);
-                        self.after_transient(&delivery, envelope, &failure).await
+                        self.after_transient(&delivery, envelope, &failure, elapsed)
+                            .await
                     }
                 }
             }
@@ -377,11 +407,16 @@ impl StageRunner {
                     let reason = format!("permanent failure: {err}");
                     self.dead_letter(&delivery, &reason, &err.chain(), envelope.attempt + 1)
                         .await;
+                    metrics().job_finished(self.stage, JobOutcome::DeadLettered, elapsed);
                     return;
                 }
-                ErrorKind::Transient => self.after_transient(&delivery, envelope, &err).await,
+                ErrorKind::Transient => {
+                    self.after_transient(&delivery, envelope, &err, elapsed)
+                        .await
+                }
                 ErrorKind::Cancelled => {
                     tracing::info!(reason = %err, "job cancelled");
+                    metrics().job_finished(self.stage, JobOutcome::Cancelled, elapsed);
                     delivery.ack().await
                 }
             },
@@ -397,6 +432,7 @@ impl StageRunner {
         delivery: &Delivery,
         mut envelope: Envelope,
         err: &StageError,
+        elapsed: Duration,
     ) -> Result<(), BrokerError> {
         match self.worker.retry.after_failure(envelope.attempt) {
             RetryDecision::RetryAfter { level, delay } => {
@@ -407,7 +443,14 @@ impl StageRunner {
                 message.routing_key = Names::delay_routing_key(level, self.stage);
                 message.mandatory = true;
                 message.properties.expiration = Some(delay);
+                let eligible_at = jiff::Timestamp::now().as_millisecond()
+                    + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                message
+                    .properties
+                    .headers
+                    .insert(envelope::PUBLISHED_AT.into(), eligible_at.into());
                 self.broker.publish(message).await?;
+                metrics().job_finished(self.stage, JobOutcome::Retried, elapsed);
                 delivery.ack().await
             }
             RetryDecision::GiveUp { attempts } => {
@@ -415,6 +458,7 @@ impl StageRunner {
                 let reason = format!("gave up after {attempts} attempts: {err}");
                 self.dead_letter(delivery, &reason, &err.chain(), attempts)
                     .await;
+                metrics().job_finished(self.stage, JobOutcome::DeadLettered, elapsed);
                 Ok(())
             }
         }
@@ -465,6 +509,29 @@ impl StageRunner {
         if let Err(err) = result {
             tracing::warn!(%err, "could not dead-letter the message; the broker will redeliver it");
         }
+    }
+}
+
+/// Read the depth of a stage's queue and dead-letter queue into the metrics, until the loop ends
+/// (the caller aborts this task).
+async fn poll_queue_depth(runner: Arc<StageRunner>) {
+    let queue = runner.worker.names.stage_queue(runner.stage);
+    let dead = runner.worker.names.dead_letter_queue(runner.stage);
+    loop {
+        if runner.broker.is_connected() {
+            match (
+                runner.broker.queue_depth(&queue).await,
+                runner.broker.queue_depth(&dead).await,
+            ) {
+                (Ok(work), Ok(dead)) => {
+                    metrics().queue_depth(runner.stage, u64::from(work), u64::from(dead));
+                }
+                (Err(err), _) | (_, Err(err)) => {
+                    tracing::debug!(stage = %runner.stage, %err, "cannot read the queue depth");
+                }
+            }
+        }
+        tokio::time::sleep(runner.worker.queue_poll_interval).await;
     }
 }
 

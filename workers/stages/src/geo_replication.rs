@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use stowage_runtime::metrics::{BytesKind, metrics};
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::Tier;
 use stowage_schemas::events::RpReplicated;
@@ -64,6 +65,12 @@ impl StageHandler for GeoReplication {
             return Ok(Outcome::done());
         };
         let copied = replicate(&self.ctx.primary, &secondary.store, &instance, &rp_id).await?;
+        metrics().add_bytes(Stage::GeoReplication, BytesKind::Written, copied.bytes);
+        if let Message::RpVaulted(_) = &envelope.message {
+            // The event was published when the RP reached the vault tier.
+            let lag = jiff::Timestamp::now().duration_since(envelope.created_at);
+            metrics().replication_lag(lag.unsigned_abs());
+        }
         Ok(Outcome::done().emit(Message::RpReplicated(RpReplicated {
             instance,
             recovery_point_id: rp_id,

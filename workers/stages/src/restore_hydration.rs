@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use stowage_disk::DiskError;
+use stowage_runtime::metrics::{BytesKind, metrics};
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::Tier;
 use stowage_schemas::events::RestoreHydrated;
@@ -129,6 +130,9 @@ pub async fn hydrate(ctx: &VaultContext, job: &RestoreHydrationJob) -> Result<St
         let name = staging_disk_name(&job.restore_id, &volume.volume_id);
         let info = hydrate_volume(ctx, store, &keys, &resolved, &name, rp_id, location).await?;
         tracing::info!(volume = %volume.volume_id, disk = %info.id, bytes = resolved.data_bytes(), "volume hydrated");
+        let stage = Stage::RestoreHydration;
+        metrics().add_bytes(stage, BytesKind::Read, resolved.data_bytes());
+        metrics().add_bytes(stage, BytesKind::Written, resolved.data_bytes());
         disks.push(StagedDisk {
             volume_id: volume.volume_id.clone(),
             disk_id: info.id.0,

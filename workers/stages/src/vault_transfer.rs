@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt as _;
 use stowage_disk::{ByteRange, SnapshotId};
+use stowage_runtime::metrics::{BytesKind, metrics};
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::Tier;
 use stowage_schemas::events::RpVaulted;
@@ -391,6 +392,11 @@ async fn transfer_volume(
         match piece? {
             Prepared::Zero(range) => {
                 stats.bytes_read += range.end - range.start;
+                metrics().add_bytes(
+                    Stage::VaultTransfer,
+                    BytesKind::Read,
+                    range.end - range.start,
+                );
                 builder
                     .push_zero(range.start, range.end - range.start)
                     .map_err(StageError::permanent)?;
@@ -398,17 +404,26 @@ async fn transfer_volume(
             Prepared::Chunk { range, id, sealed } => {
                 let len = range.end - range.start;
                 stats.bytes_read += len;
+                metrics().add_bytes(Stage::VaultTransfer, BytesKind::Read, len);
                 match sealed {
                     Some(chunk) => {
                         stats.chunks_new += 1;
                         stats.bytes_stored += chunk.bytes.len() as u64;
+                        metrics().add_bytes(
+                            Stage::VaultTransfer,
+                            BytesKind::Written,
+                            chunk.bytes.len() as u64,
+                        );
                         if let Some(written) =
                             writer.add(chunk).await.map_err(|e| e.stage_error())?
                         {
                             record(&written, job_entries);
                         }
                     }
-                    None => stats.chunks_reused += 1,
+                    None => {
+                        stats.chunks_reused += 1;
+                        metrics().add_bytes(Stage::VaultTransfer, BytesKind::Deduplicated, len);
+                    }
                 }
                 builder
                     .push_chunk(range.start, len, id, 0)
