@@ -15,21 +15,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use clap::Parser;
-use futures::StreamExt as _;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use stowage_runtime::{
-    JobContext, Names, Outcome, RabbitBroker, Shutdown, StageConfig, StageError, StageHandler,
-    Worker, WorkerConfig,
+    JobContext, Outcome, RabbitBroker, Shutdown, StageConfig, StageError, StageHandler, Worker,
+    WorkerConfig,
 };
 use stowage_schemas::jobs::{SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message, Stage, encode};
+
+#[path = "common.rs"]
+mod common;
+use common::{bare_round, connect, drain_and_delete, median, persistent, publish_all};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -60,14 +57,21 @@ async fn main() -> anyhow::Result<()> {
     let mut bare = Vec::new();
     let mut runtime = Vec::new();
     for round in 1..=args.rounds {
-        // Each side of each round gets a fresh connection (opened before its clock starts):
-        // channels dropped in one round close asynchronously, and lapin may hand a closing
-        // channel's id to the next round, which then finds its publisher channel in error.
-        let (connection, publisher) = connect(&args).await?;
-        let b = bare_round(&connection, &publisher, &args).await?;
+        // Each side of each round gets a fresh connection (see `common::connect`).
+        let (connection, publisher) = connect(&args.amqp_url).await?;
+        let body = vec![0x5au8; args.size];
+        let b = bare_round(
+            &connection,
+            &publisher,
+            args.messages,
+            args.prefetch,
+            &body,
+            &persistent(),
+        )
+        .await?;
         let _ = connection.close(200, "round done".into()).await;
         eprintln!("round {round}: bare lapin     {b:>9.0} msg/s");
-        let (connection, publisher) = connect(&args).await?;
+        let (connection, publisher) = connect(&args.amqp_url).await?;
         let r = runtime_round(&connection, &publisher, &args).await?;
         let _ = connection.close(200, "round done".into()).await;
         eprintln!(
@@ -91,120 +95,6 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("rounds: bare {bare:.0?}, runtime {runtime:.0?}");
     Ok(())
-}
-
-async fn connect(args: &Args) -> anyhow::Result<(Connection, Channel)> {
-    let connection = Connection::connect(&args.amqp_url, ConnectionProperties::default())
-        .await
-        .context("RabbitMQ is not reachable: start it with infra/scripts/start-rabbitmq.sh")?;
-    let publisher = connection.create_channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok((connection, publisher))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn quorum_args() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    args
-}
-
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
-}
-
-/// Publish `bodies` to `exchange`/`key` with confirms, pipelined, and wait for every confirm.
-async fn publish_all(
-    publisher: &Channel,
-    exchange: &str,
-    key: &str,
-    bodies: impl Iterator<Item = (Vec<u8>, BasicProperties)>,
-) -> anyhow::Result<()> {
-    let mut pending = futures::stream::FuturesUnordered::new();
-    for (body, props) in bodies {
-        let confirm = publisher
-            .basic_publish(
-                exchange.into(),
-                key.into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await?;
-        pending.push(confirm);
-        // Bound the confirms in flight, as a real producer would.
-        while pending.len() >= 1000 {
-            let c = pending.next().await.expect("non-empty")?;
-            anyhow::ensure!(c.is_ack(), "publisher nack");
-        }
-    }
-    while let Some(c) = pending.next().await {
-        anyhow::ensure!(c?.is_ack(), "publisher nack");
-    }
-    Ok(())
-}
-
-async fn bare_round(
-    connection: &Connection,
-    publisher: &Channel,
-    args: &Args,
-) -> anyhow::Result<f64> {
-    let queue = format!("bench.bare.{}", uuid::Uuid::new_v4().simple());
-    let consumer_channel = connection.create_channel().await?;
-    consumer_channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            quorum_args(),
-        )
-        .await?;
-    consumer_channel
-        .basic_qos(args.prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = consumer_channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let n = args.messages;
-    let started = Instant::now();
-    let consume = tokio::spawn(async move {
-        let mut seen = 0u64;
-        while seen < n {
-            let delivery = consumer.next().await.expect("consumer open")?;
-            delivery.ack(BasicAckOptions::default()).await?;
-            seen += 1;
-        }
-        Ok::<_, lapin::Error>(Instant::now())
-    });
-    let body = vec![0x5au8; args.size];
-    publish_all(
-        publisher,
-        "",
-        &queue,
-        (0..n).map(|_| (body.clone(), persistent())),
-    )
-    .await?;
-    let finished = consume.await??;
-    consumer_channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await?;
-    Ok(n as f64 / (finished - started).as_secs_f64())
 }
 
 /// A stage that does nothing but count.
@@ -243,10 +133,7 @@ async fn runtime_round(
     publisher: &Channel,
     args: &Args,
 ) -> anyhow::Result<f64> {
-    let names = Names::new(format!(
-        "bench-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    ));
+    let names = common::unique_names("bench");
     let config = WorkerConfig {
         names: names.clone(),
         ..WorkerConfig::default()
@@ -296,23 +183,12 @@ async fn runtime_round(
     task.await??;
 
     // Every message was acked: none came back when the worker's channels closed.
-    let broker = RabbitBroker::new(args.amqp_url.clone());
-    let left =
-        stowage_runtime::Broker::queue_depth(&broker, &names.stage_queue(Stage::Snapshot)).await?;
-    anyhow::ensure!(left == 0, "{left} messages were not acked");
-    let channel = connection.create_channel().await?;
-    for q in &topology.queues {
-        channel
-            .queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
-    for e in &topology.exchanges {
-        channel
-            .exchange_delete(
-                e.name.as_str().into(),
-                lapin::options::ExchangeDeleteOptions::default(),
-            )
-            .await?;
-    }
+    drain_and_delete(
+        &args.amqp_url,
+        connection,
+        &topology,
+        &names.stage_queue(Stage::Snapshot),
+    )
+    .await?;
     Ok(n as f64 / elapsed.as_secs_f64())
 }
