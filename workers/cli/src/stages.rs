@@ -7,8 +7,8 @@
 use stowage_runtime::{StageConfig, Worker};
 use stowage_schemas::Stage;
 use stowage_stages::{
-    ClusterContext, GeoReplication, RestoreHydration, RestoreStage, SnapshotStage, VaultContext,
-    VaultTransfer,
+    ClusterContext, GeoReplication, RestoreHydration, RestoreStage, RetentionStage, SnapshotStage,
+    VaultContext, VaultTransfer,
 };
 
 /// What the configured stages run against.
@@ -58,8 +58,8 @@ pub enum StageUnavailable {
 /// `None` when the stage's handler is in this build, else the component that will bring it.
 fn component_of(stage: Stage) -> Option<&'static str> {
     match stage {
-        Stage::Retention => Some("control plane (policies and retention rules)"),
         Stage::Snapshot
+        | Stage::Retention
         | Stage::Restore
         | Stage::VaultTransfer
         | Stage::GeoReplication
@@ -103,6 +103,7 @@ pub fn add(
         Stage::VaultTransfer => worker.stage(VaultTransfer::new(vault), config),
         Stage::GeoReplication => worker.stage(GeoReplication::new(vault), config),
         Stage::RestoreHydration => worker.stage(RestoreHydration::new(vault), config),
-        Stage::Snapshot | Stage::Restore | Stage::Retention => unreachable!("handled above"),
+        Stage::Retention => worker.stage(RetentionStage::new(vault), config),
+        Stage::Snapshot | Stage::Restore => unreachable!("handled above"),
     })
 }

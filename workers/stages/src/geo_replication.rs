@@ -155,6 +155,23 @@ pub async fn replicate(
         entries.push((*id, location));
     }
 
+    // Packs and maps the secondary already holds may have been condemned by its garbage
+    // collector: claim them before relying on them (a pack being deleted makes this retry).
+    let pack_list: Vec<_> = packs.iter().cloned().collect();
+    let map_list: Vec<(String, String)> = map_keys
+        .iter()
+        .filter_map(|k| layout::volume_and_version_from_key(k))
+        .map(|(v, version)| (v.to_owned(), version.to_owned()))
+        .collect();
+    stowage_vault::gc::claim(secondary, &pack_list, &map_list)
+        .await
+        .map_err(|e| {
+            if e.is_transient() {
+                StageError::transient(e)
+            } else {
+                StageError::permanent(e)
+            }
+        })?;
     for pack in &packs {
         copy_if_missing(primary, secondary, &pack.key(), &mut copied).await?;
     }

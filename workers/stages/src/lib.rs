@@ -7,6 +7,7 @@
 //! | [`restore_hydration`] | restore-hydration | `job.restore-hydration` | `event.restore.hydrated` |
 //! | [`snapshot`] | snapshot | `job.snapshot` | `event.rp.created` |
 //! | [`restore`] | restore | `job.restore`, `event.restore.hydrated` | `event.restore.completed` |
+//! | [`retention`] | retention | `job.retention` | nothing |
 //!
 //! [`verify`] re-reads a recovery point's data in a tier (`stowage rp verify`).
 //! Every handler is idempotent: a redelivered message finds what an earlier attempt made
@@ -17,6 +18,7 @@ pub mod context;
 pub mod geo_replication;
 pub mod restore;
 pub mod restore_hydration;
+pub mod retention;
 pub mod snapshot;
 pub mod vault_transfer;
 pub mod verify;
@@ -28,5 +30,6 @@ pub use context::VaultContext;
 pub use geo_replication::GeoReplication;
 pub use restore::RestoreStage;
 pub use restore_hydration::RestoreHydration;
+pub use retention::RetentionStage;
 pub use snapshot::SnapshotStage;
 pub use vault_transfer::VaultTransfer;

@@ -70,6 +70,20 @@ impl StageHandler for VaultTransfer {
                 )));
             }
         };
+        // Policy eligibility: an RP no vault rule selects stays operational only. The job
+        // completes without copying and emits nothing, so geo-replication (triggered by
+        // rp.vaulted) is not started for it either.
+        if let Ok(rp) = catalog::read_recovery_point(&self.ctx.primary, &instance, &rp_id).await
+            && crate::retention::vault_eligibility(&self.ctx.primary, &rp).await?
+                == crate::retention::Eligibility::NotSelected
+        {
+            tracing::info!(
+                instance,
+                rp_id,
+                "no vault rule of the policy selects this recovery point; it stays in the operational tier only"
+            );
+            return Ok(Outcome::done());
+        }
         let manifest = transfer(&self.ctx, &instance, &rp_id, &ctx).await?;
         Ok(Outcome::done().emit(Message::RpVaulted(RpVaulted {
             instance,
@@ -121,6 +135,20 @@ pub async fn transfer(
     let key = job_key(instance, rp_id);
     let mut known = ChunkIndex::load(store).await.map_err(|e| e.stage_error())?;
     let (mut job_entries, next_seq) = recover_packs(store, &key, &mut known).await?;
+    if next_seq > 0 {
+        // Packs of an interrupted attempt may have been condemned meanwhile: revive them
+        // before relying on them (or wait if the collector is deleting them right now).
+        let ids: Vec<PackId> = (0..next_seq).map(|n| PackId::for_job(&key, n)).collect();
+        stowage_vault::gc::claim(store, &ids, &[])
+            .await
+            .map_err(|e| {
+                if e.is_transient() {
+                    StageError::transient(e)
+                } else {
+                    StageError::permanent(e)
+                }
+            })?;
+    }
     if !job_entries.is_empty() {
         tracing::info!(
             packs = next_seq,
@@ -299,13 +327,24 @@ async fn plan_volume(
     let mut changed: Vec<ByteRange> = info.changed.clone();
     let mut parent = info.parent.clone();
     let mut base = None;
+    let (gc_state, _) = stowage_vault::gc::read_state(&ctx.primary)
+        .await
+        .map_err(|e| {
+            if e.is_transient() {
+                StageError::transient(e)
+            } else {
+                StageError::permanent(e)
+            }
+        })?;
     while let Some(p) = parent {
         let key = layout::volume_version(volume_id, &p.0).map_err(StageError::permanent)?;
         match ctx.primary.head(&key).await {
-            Ok(_) => {
+            // A map the collector condemned is not built on: it may be deleted.
+            Ok(_) if gc_state.map_usable(volume_id, &p.0) => {
                 base = Some(p.0.clone());
                 break;
             }
+            Ok(_) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.stage_error()),
         }

@@ -75,22 +75,34 @@ impl ChunkIndex {
         Self::default()
     }
 
-    /// Every segment in `store`.
+    /// Every segment in `store`, for deduplication: chunks of packs the garbage collector has
+    /// condemned or is deleting are left out (see [`crate::gc`]), so a new transfer never comes
+    /// to depend on them.
     pub async fn load(store: &BlobStore) -> Result<Self, IndexError> {
-        Self::load_where(store, |_| true).await
+        let state = gc_state(store).await?;
+        Self::load_where(store, |_| true, |pack| state.pack_usable(pack)).await
     }
 
     /// Only the entries of `wanted` chunks, so memory follows what a job needs, not the vault.
+    /// For reading: chunks of condemned packs are included (a job that deduplicated against one
+    /// before it was condemned needs it), those of deleted packs are not.
     pub async fn load_only(
         store: &BlobStore,
         wanted: &HashSet<ChunkId>,
     ) -> Result<Self, IndexError> {
-        Self::load_where(store, |id| wanted.contains(id)).await
+        let state = gc_state(store).await?;
+        Self::load_where(
+            store,
+            |id| wanted.contains(id),
+            |pack| !state.deleted_packs.contains(pack.as_str()),
+        )
+        .await
     }
 
     async fn load_where(
         store: &BlobStore,
         keep: impl Fn(&ChunkId) -> bool,
+        pack_ok: impl Fn(&PackId) -> bool,
     ) -> Result<Self, IndexError> {
         let mut index = Self::new();
         let mut listing = store.list(&layout::index_segments());
@@ -101,7 +113,7 @@ impl ChunkIndex {
             }
             let bytes = store.get(&info.key).await?.bytes;
             for (id, location) in decode_segment(&bytes, &info.key)? {
-                if keep(&id) {
+                if keep(&id) && pack_ok(&location.pack) {
                     index.insert(id, location);
                 }
             }
@@ -156,6 +168,19 @@ impl ChunkIndex {
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
+}
+
+async fn gc_state(store: &BlobStore) -> Result<crate::gc::GcState, IndexError> {
+    crate::gc::read_state(store)
+        .await
+        .map(|(state, _)| state)
+        .map_err(|e| match e {
+            crate::gc::GcError::Store(e) => IndexError::Store(e),
+            other => IndexError::Corrupt {
+                key: layout::gc_state().to_string(),
+                reason: other.to_string(),
+            },
+        })
 }
 
 /// Encode a segment. Entries are sorted by chunk id; duplicates keep the first.

@@ -11,6 +11,7 @@
 //! volumes/<volume-id>/<version>.map         extent map of one volume version
 //! packs/<2-hex prefix>/<pack-id>            packs of encrypted chunks
 //! jobs/<job-id>.json                        job records
+//! gc/state.json                             garbage-collection state (condemned packs and maps)
 //! ```
 //!
 //! Why one module: the vault outlives every worker version that writes to it, and geo-replication,
@@ -51,6 +52,8 @@ pub const INSTANCES: &str = "instances";
 pub const STAGING: &str = "staging";
 /// Top-level folder of chunk-index segments.
 pub const INDEX: &str = "index";
+/// Top-level folder of garbage-collection state.
+pub const GC: &str = "gc";
 /// Extension of a chunk-index segment object.
 pub const INDEX_EXTENSION: &str = ".idx";
 /// Extension of an extent-map object.
@@ -406,6 +409,75 @@ pub fn recovery_point_tier(
     Ok(key(&[CATALOG, instance, &format!("{rp_id}.{tier}.json")]))
 }
 
+/// `catalog/<instance>/<rp-id>.retention.json`: what retention decided and deleted for one
+/// recovery point, updated with compare-and-swap (see `stowage_stages::retention`).
+pub fn retention_record(instance: &str, rp_id: &str) -> Result<BlobKey, LayoutError> {
+    validate_component("instance", instance)?;
+    validate_component("recovery point id", rp_id)?;
+    Ok(key(&[
+        CATALOG,
+        instance,
+        &format!("{rp_id}.{RETENTION_SUFFIX}.json"),
+    ]))
+}
+
+/// Suffix naming retention records among an instance's catalog objects.
+pub const RETENTION_SUFFIX: &str = "retention";
+
+/// What a key listed under [`recovery_points`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogEntry<'a> {
+    /// `<rp-id>.json`: the RP manifest.
+    Manifest(&'a str),
+    /// `<rp-id>.<tier>.json`: a tier manifest (`vault`, `secondary`).
+    Tier(&'a str, &'a str),
+    /// `<rp-id>.retention.json`: a retention record.
+    Retention(&'a str),
+}
+
+/// Parses a key listed under [`recovery_points`]`(instance)`; `None` for anything else.
+/// Tier names are the known ones (`vault`, `secondary`), so an RP id containing dots still parses.
+pub fn parse_catalog_key<'a>(instance: &str, key: &'a BlobKey) -> Option<CatalogEntry<'a>> {
+    let rest = key
+        .as_str()
+        .strip_prefix(CATALOG)?
+        .strip_prefix('/')?
+        .strip_prefix(instance)?
+        .strip_prefix('/')?;
+    let stem = rest.strip_suffix(".json").filter(|s| !s.contains('/'))?;
+    for tier in ["vault", "secondary"] {
+        if let Some(rp) = stem.strip_suffix(&format!(".{tier}")) {
+            return (!rp.is_empty()).then_some(CatalogEntry::Tier(rp, tier));
+        }
+    }
+    if let Some(rp) = stem.strip_suffix(&format!(".{RETENTION_SUFFIX}")) {
+        return (!rp.is_empty()).then_some(CatalogEntry::Retention(rp));
+    }
+    (!stem.is_empty()).then_some(CatalogEntry::Manifest(stem))
+}
+
+/// `volumes`: every extent map of every volume.
+pub fn all_volumes() -> KeyPrefix {
+    prefix(&[VOLUMES])
+}
+
+/// The volume id and version named by a key made by [`volume_version`], or `None`.
+pub fn volume_and_version_from_key(key: &BlobKey) -> Option<(&str, &str)> {
+    let mut parts = key.as_str().split('/');
+    let (top, volume, file) = (parts.next()?, parts.next()?, parts.next()?);
+    if top != VOLUMES || parts.next().is_some() {
+        return None;
+    }
+    let version = file.strip_suffix(MAP_EXTENSION).filter(|v| !v.is_empty())?;
+    Some((volume, version))
+}
+
+/// `gc/state.json`: the garbage collector's record of condemned and deleted packs and maps,
+/// updated with compare-and-swap (see [`crate::gc`]).
+pub fn gc_state() -> BlobKey {
+    key(&[GC, "state.json"])
+}
+
 /// `jobs/<job-id>.json`: a job record, updated with compare-and-swap.
 pub fn job(job_id: &str) -> Result<BlobKey, LayoutError> {
     validate_component("job id", job_id)?;
@@ -535,5 +607,29 @@ mod tests {
             None
         );
         assert_eq!(pack_id_from_key(&job("x").unwrap()), None);
+        assert_eq!(volume_and_version_from_key(&map), Some(("vol-a", "v7")));
+    }
+
+    #[test]
+    fn catalog_keys_parse_back() {
+        let parse = |k: BlobKey| parse_catalog_key("web", &k).map(|e| format!("{e:?}"));
+        assert_eq!(
+            parse(recovery_point("web", "rp.1").unwrap()).as_deref(),
+            Some("Manifest(\"rp.1\")")
+        );
+        assert_eq!(
+            parse(recovery_point_tier("web", "rp.1", "vault").unwrap()).as_deref(),
+            Some("Tier(\"rp.1\", \"vault\")")
+        );
+        assert_eq!(
+            parse(retention_record("web", "rp-2").unwrap()).as_deref(),
+            Some("Retention(\"rp-2\")")
+        );
+        assert_eq!(parse(recovery_point("web2", "rp").unwrap()), None);
+        assert_eq!(
+            retention_record("web", "r").unwrap().as_str(),
+            "catalog/web/r.retention.json"
+        );
+        assert_eq!(gc_state().as_str(), "gc/state.json");
     }
 }

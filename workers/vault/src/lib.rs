@@ -11,6 +11,7 @@
 //! | [`chunk`] | cutting changed ranges into chunks, sealing (zstd + AES-GCM) and verified opening |
 //! | [`pack`] | packing sealed chunks into ~16 MiB pack objects, reading one chunk by range |
 //! | [`extent`] | extent maps of volume versions, chain resolution, consolidation, map storage |
+//! | [`gc`] | two-phase mark-and-sweep of packs and maps no tier manifest references |
 //!
 //! # How a vault transfer uses it
 //!
@@ -75,6 +76,7 @@ pub mod catalog;
 pub mod chunk;
 pub mod crypto;
 pub mod extent;
+pub mod gc;
 mod hex;
 pub mod index;
 pub mod layout;

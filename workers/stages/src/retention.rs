@@ -1,0 +1,626 @@
+//! retention: expire recovery-point tiers by policy, then collect the vault data nothing uses.
+//!
+//! A `job.retention {instance, as_of}` lists the instance's catalog (streamed; an instance holds
+//! at most 360 days × 6 RPs, kept as small summaries), reads its policy
+//! (`instances/<i>.json` → `policies/<name>.json`), evaluates every RP ([`evaluate`]) at `as_of`
+//! (default: now), and for each expired tier, in this order:
+//!
+//! * **operational** — deletes the RP's volume snapshots through the disk provider, then records
+//!   the tier as deleted in the RP's retention record;
+//! * **vault** — deletes the RP's `vault` tier manifest, so its volume versions become
+//!   unreferenced (their data goes with garbage collection, below), then records it;
+//! * **secondary** — likewise the `secondary` tier manifest in the secondary store;
+//! * when **no tier remains**: the secondary's copies of the RP manifest and resources, the
+//!   resources objects, the RP manifest, and last the retention record.
+//!
+//! Then it runs the two-phase garbage collection ([`stowage_vault::gc`]) on the primary store
+//! (and the secondary), with the real clock, never `as_of`: an `as_of` in the future expires RPs
+//! early (an operator's choice) but cannot shorten the grace that protects concurrent writers.
+//!
+//! The retention record `catalog/<i>/<rp>.retention.json` (compare-and-swap) shows the decision
+//! per tier (expiry, state, when deleted); it is written when something changed. Each step is
+//! idempotent and recorded after it is done, so a crashed or redelivered job repeats what was
+//! not recorded and finds the rest done: deleting a missing snapshot or object succeeds, and a
+//! missing tier manifest simply means the tier is gone. Nothing is emitted; counts are logged.
+//!
+//! Leftovers of killed streaming writes under `.stowage-tmp/` are not swept here: the store
+//! offers no listing outside layout prefixes and reports no modification times, so the sweep
+//! cannot tell a leftover from an upload in progress. That needs a store method (future work).
+
+pub mod evaluate;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use stowage_disk::SnapshotId;
+use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
+use stowage_schemas::domain::{Policy, RecoveryPoint, RpState, Tier};
+use stowage_schemas::{Envelope, Message, Stage};
+use stowage_vault::catalog;
+use stowage_vault::gc::{self, GcReport};
+use stowage_vault::layout::{self, CatalogEntry};
+use stowage_vault::store::{BlobStore, StoreError};
+
+use crate::cluster_context::read_instance_opt;
+use crate::context::VaultContext;
+use crate::errors::Classify as _;
+use evaluate::{RpDecision, RpSummary};
+
+/// A clock, so tests control the garbage collector's notion of now.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The retention stage.
+#[derive(Clone)]
+pub struct RetentionStage {
+    ctx: VaultContext,
+    grace: SignedDuration,
+    clock: Clock,
+}
+
+impl RetentionStage {
+    /// The stage over `ctx`, with the default grace period ([`gc::DEFAULT_GRACE`]) and the
+    /// system clock.
+    pub fn new(ctx: VaultContext) -> Self {
+        Self {
+            ctx,
+            grace: gc::DEFAULT_GRACE,
+            clock: Arc::new(Timestamp::now),
+        }
+    }
+
+    /// The same stage with another grace period between condemning and deleting vault data.
+    pub fn with_grace(mut self, grace: SignedDuration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The same stage with another clock for garbage collection (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+impl StageHandler for RetentionStage {
+    fn stage(&self) -> Stage {
+        Stage::Retention
+    }
+
+    async fn handle(&self, _ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+        let Message::Retention(job) = &envelope.message else {
+            return Err(StageError::permanent(format!(
+                "the retention stage does not handle {} messages; send job.retention",
+                envelope.message.kind()
+            )));
+        };
+        let now = (self.clock)();
+        let as_of = job.as_of.unwrap_or(now);
+        let report = run(&self.ctx, &job.instance, as_of).await?;
+        let gc = collect(&self.ctx, now, self.grace).await?;
+        tracing::info!(
+            instance = job.instance,
+            %as_of,
+            rps = report.rps,
+            operational_expired = report.operational_deleted,
+            vault_expired = report.vault_deleted,
+            secondary_expired = report.secondary_deleted,
+            rps_removed = report.rps_removed,
+            packs_condemned = gc.primary.packs_condemned,
+            packs_deleted = gc.primary.packs_deleted,
+            bytes_deleted = gc.primary.bytes_deleted,
+            "retention done"
+        );
+        Ok(Outcome::done())
+    }
+}
+
+/// What one retention run of an instance did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// RPs evaluated.
+    pub rps: u64,
+    /// Operational tiers deleted (snapshots deleted).
+    pub operational_deleted: u64,
+    /// Vault tiers deleted.
+    pub vault_deleted: u64,
+    /// Secondary tiers deleted.
+    pub secondary_deleted: u64,
+    /// RPs removed entirely (no tier left).
+    pub rps_removed: u64,
+    /// Snapshots deleted through the disk provider.
+    pub snapshots_deleted: u64,
+}
+
+/// What garbage collection did in each store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CollectReport {
+    /// The primary store (vault tier).
+    pub primary: GcReport,
+    /// The secondary store, for a geo-redundant vault.
+    pub secondary: Option<GcReport>,
+}
+
+/// One tier in a retention record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierRecord {
+    /// The tier.
+    pub tier: Tier,
+    /// Available while kept; deleting once expired and until deleted.
+    pub state: RpState,
+    /// When the rules expire it (none while it is the newest RP of the tier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// When retention finished deleting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Timestamp>,
+}
+
+/// `catalog/<instance>/<rp>.retention.json`: what retention decided for one RP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionRecord {
+    /// The instance.
+    pub instance: String,
+    /// The RP.
+    pub recovery_point_id: String,
+    /// The vault rules that select it.
+    #[serde(default)]
+    pub selected_by: Vec<stowage_schemas::domain::CalendarPeriod>,
+    /// One entry per tier the RP is or was in.
+    pub tiers: Vec<TierRecord>,
+}
+
+impl RetentionRecord {
+    fn deleted(&self, tier: Tier) -> bool {
+        self.tiers
+            .iter()
+            .any(|t| t.tier == tier && t.deleted_at.is_some())
+    }
+
+    fn tier_mut(&mut self, tier: Tier) -> &mut TierRecord {
+        if let Some(i) = self.tiers.iter().position(|t| t.tier == tier) {
+            return &mut self.tiers[i];
+        }
+        self.tiers.push(TierRecord {
+            tier,
+            state: RpState::Available,
+            expires_at: None,
+            deleted_at: None,
+        });
+        self.tiers.last_mut().expect("just pushed")
+    }
+}
+
+/// Reads the retention record of an RP, `None` if retention never wrote one.
+pub async fn read_record(
+    store: &BlobStore,
+    instance: &str,
+    rp_id: &str,
+) -> Result<Option<RetentionRecord>, StageError> {
+    Ok(read_record_versioned(store, instance, rp_id)
+        .await?
+        .map(|(r, _)| r))
+}
+
+async fn read_record_versioned(
+    store: &BlobStore,
+    instance: &str,
+    rp_id: &str,
+) -> Result<Option<(RetentionRecord, stowage_vault::store::ObjectVersion)>, StageError> {
+    let key = layout::retention_record(instance, rp_id).map_err(StageError::permanent)?;
+    match store.get(&key).await {
+        Ok(found) => {
+            let record = serde_json::from_slice(&found.bytes).map_err(|e| {
+                StageError::permanent(format!(
+                    "retention record {key} is unreadable ({e}); delete it — the next run \
+                     re-evaluates the RP from its manifests"
+                ))
+            })?;
+            Ok(Some((record, found.version)))
+        }
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.stage_error()),
+    }
+}
+
+/// Change the record with compare-and-swap (create it if absent), re-reading on conflict.
+async fn update_record(
+    store: &BlobStore,
+    instance: &str,
+    rp_id: &str,
+    change: impl Fn(&mut RetentionRecord),
+) -> Result<(), StageError> {
+    let key = layout::retention_record(instance, rp_id).map_err(StageError::permanent)?;
+    for _ in 0..8 {
+        let found = read_record_versioned(store, instance, rp_id).await?;
+        let mut record =
+            found
+                .as_ref()
+                .map(|(r, _)| r.clone())
+                .unwrap_or_else(|| RetentionRecord {
+                    instance: instance.to_owned(),
+                    recovery_point_id: rp_id.to_owned(),
+                    selected_by: Vec::new(),
+                    tiers: Vec::new(),
+                });
+        change(&mut record);
+        if found.as_ref().is_some_and(|(r, _)| *r == record) {
+            return Ok(());
+        }
+        let mut bytes = serde_json::to_vec_pretty(&record).expect("records serialize");
+        bytes.push(b'\n');
+        let written = match &found {
+            Some((_, version)) => {
+                match store
+                    .update_if_unchanged(&key, Bytes::from(bytes), version)
+                    .await
+                {
+                    Ok(_) => true,
+                    Err(StoreError::Conflict { .. }) => false,
+                    Err(e) => return Err(e.stage_error()),
+                }
+            }
+            None => matches!(
+                store
+                    .put_create_only(&key, Bytes::from(bytes))
+                    .await
+                    .map_err(|e| e.stage_error())?,
+                stowage_vault::store::CreateOutcome::Created(_)
+            ),
+        };
+        if written {
+            return Ok(());
+        }
+    }
+    Err(StageError::transient(format!(
+        "retention record {key} kept changing under compare-and-swap; another retention job for \
+         instance {instance} is running — this one retries"
+    )))
+}
+
+/// Reads the instance's policy: `instances/<i>.json` names it, `policies/<name>.json` holds it.
+/// `None` when the instance or its policy is not stored (no control plane yet).
+pub async fn read_policy(store: &BlobStore, instance: &str) -> Result<Option<Policy>, StageError> {
+    let Some(record) = read_instance_opt(store, instance).await? else {
+        return Ok(None);
+    };
+    let key = layout::policy(&record.policy).map_err(StageError::permanent)?;
+    match store.get(&key).await {
+        Ok(found) => serde_json::from_slice(&found.bytes).map(Some).map_err(|e| {
+            StageError::permanent(format!(
+                "policy document {key} of instance {instance} is not a valid policy ({e}); rewrite it"
+            ))
+        }),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.stage_error()),
+    }
+}
+
+/// What the catalog listing found for one RP.
+#[derive(Default)]
+struct Found {
+    manifest: bool,
+    vault: bool,
+    secondary: bool,
+    record: bool,
+}
+
+async fn scan(
+    store: &BlobStore,
+    instance: &str,
+    found: &mut BTreeMap<String, Found>,
+    secondary_store: bool,
+) -> Result<(), StageError> {
+    let prefix = layout::recovery_points(instance).map_err(StageError::permanent)?;
+    let mut listing = store.list(&prefix);
+    while let Some(info) = listing.next().await {
+        let info = info.map_err(|e| e.stage_error())?;
+        let Some(entry) = layout::parse_catalog_key(instance, &info.key) else {
+            continue;
+        };
+        match entry {
+            CatalogEntry::Manifest(rp) if !secondary_store => {
+                found.entry(rp.to_owned()).or_default().manifest = true
+            }
+            CatalogEntry::Tier(rp, "vault") if !secondary_store => {
+                found.entry(rp.to_owned()).or_default().vault = true
+            }
+            CatalogEntry::Tier(rp, "secondary") if secondary_store => {
+                found.entry(rp.to_owned()).or_default().secondary = true
+            }
+            CatalogEntry::Retention(rp) if !secondary_store => {
+                found.entry(rp.to_owned()).or_default().record = true
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Evaluate and apply retention for `instance` at `as_of` (see the module doc); no garbage
+/// collection (that is [`collect`]).
+pub async fn run(
+    ctx: &VaultContext,
+    instance: &str,
+    as_of: Timestamp,
+) -> Result<RetentionReport, StageError> {
+    let store = &ctx.primary;
+    let policy = read_policy(store, instance).await?.ok_or_else(|| {
+        StageError::permanent(format!(
+            "instance {instance} has no stored policy (instances/{instance}.json naming a \
+             policies/<name>.json); retention cannot decide anything without one — store the \
+             instance and its policy, then resubmit"
+        ))
+    })?;
+    let mut found = BTreeMap::new();
+    scan(store, instance, &mut found, false).await?;
+    if let Some(secondary) = &ctx.secondary {
+        scan(&secondary.store, instance, &mut found, true).await?;
+    }
+
+    let mut report = RetentionReport::default();
+    let mut summaries = Vec::new();
+    let mut records = BTreeMap::new();
+    for (rp_id, f) in &found {
+        if !f.manifest {
+            if f.record && !f.vault && !f.secondary {
+                // A run removed the RP and crashed before its record: finish.
+                delete_key(store, layout::retention_record(instance, rp_id)).await?;
+            } else if f.vault || f.secondary {
+                tracing::warn!(
+                    instance,
+                    rp_id,
+                    "tier manifest without an RP manifest; left alone"
+                );
+            }
+            continue;
+        }
+        let rp = match catalog::read_recovery_point(store, instance, rp_id).await {
+            Ok(rp) => rp,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.stage_error()),
+        };
+        let record = if f.record {
+            read_record(store, instance, rp_id).await?
+        } else {
+            None
+        };
+        let operational_deleted = record
+            .as_ref()
+            .is_some_and(|r| r.deleted(Tier::Operational));
+        summaries.push(RpSummary {
+            id: rp_id.clone(),
+            created_at: rp.created_at,
+            operational: !operational_deleted,
+            vault: f.vault,
+            secondary: f.secondary,
+        });
+        records.insert(rp_id.clone(), record);
+    }
+    report.rps = summaries.len() as u64;
+    let decisions =
+        evaluate::evaluate(&policy, &summaries, as_of).map_err(StageError::permanent)?;
+
+    for decision in &decisions {
+        let summary = summaries
+            .iter()
+            .find(|s| s.id == decision.id)
+            .expect("decided from the summaries");
+        let record = records.get(&decision.id).cloned().flatten();
+        apply(ctx, instance, decision, summary, record, &mut report).await?;
+    }
+    Ok(report)
+}
+
+async fn delete_key(
+    store: &BlobStore,
+    key: Result<layout::BlobKey, layout::LayoutError>,
+) -> Result<(), StageError> {
+    let key = key.map_err(StageError::permanent)?;
+    store.delete(&key).await.map_err(|e| e.stage_error())
+}
+
+async fn apply(
+    ctx: &VaultContext,
+    instance: &str,
+    decision: &RpDecision,
+    summary: &RpSummary,
+    record: Option<RetentionRecord>,
+    report: &mut RetentionReport,
+) -> Result<(), StageError> {
+    let store = &ctx.primary;
+    let rp_id = &decision.id;
+    // The decision, for whoever looks (written only when it changed).
+    let wanted = |r: &mut RetentionRecord| {
+        r.selected_by = decision.selected_by.clone();
+        for d in &decision.tiers {
+            let t = r.tier_mut(d.tier);
+            t.expires_at = (!d.protected).then_some(d.expires_at);
+            t.state = if d.expired {
+                RpState::Deleting
+            } else {
+                RpState::Available
+            };
+        }
+    };
+    let unchanged = record.as_ref().is_some_and(|r| {
+        let mut copy = r.clone();
+        wanted(&mut copy);
+        copy == *r
+    });
+    if !unchanged {
+        update_record(store, instance, rp_id, wanted).await?;
+    }
+
+    let mut remaining = [summary.operational, summary.vault, summary.secondary];
+    for (slot, tier) in [Tier::Operational, Tier::Vault, Tier::Secondary]
+        .into_iter()
+        .enumerate()
+    {
+        if !decision.is_expired(tier) {
+            continue;
+        }
+        match tier {
+            Tier::Operational => {
+                let rp = catalog::read_recovery_point(store, instance, rp_id)
+                    .await
+                    .map_err(|e| e.stage_error())?;
+                report.snapshots_deleted += delete_snapshots(ctx, &rp).await?;
+                report.operational_deleted += 1;
+            }
+            Tier::Vault => {
+                delete_key(
+                    store,
+                    catalog::tier_manifest_key(instance, rp_id, Tier::Vault),
+                )
+                .await?;
+                report.vault_deleted += 1;
+            }
+            Tier::Secondary => {
+                if let Some(secondary) = &ctx.secondary {
+                    delete_key(
+                        &secondary.store,
+                        catalog::tier_manifest_key(instance, rp_id, Tier::Secondary),
+                    )
+                    .await?;
+                    report.secondary_deleted += 1;
+                }
+            }
+        }
+        let now = Timestamp::now();
+        update_record(store, instance, rp_id, |r| {
+            let t = r.tier_mut(tier);
+            t.state = RpState::Deleting;
+            t.deleted_at.get_or_insert(now);
+        })
+        .await?;
+        remaining[slot] = false;
+    }
+    if remaining.iter().any(|r| *r) {
+        return Ok(());
+    }
+    // No tier left: the RP's own objects, most general last.
+    let rp_key = layout::recovery_point(instance, rp_id).map_err(StageError::permanent)?;
+    let resources = layout::resources(instance, rp_id).map_err(StageError::permanent)?;
+    if let Some(secondary) = &ctx.secondary {
+        delete_prefix(&secondary.store, &resources).await?;
+        secondary
+            .store
+            .delete(&rp_key)
+            .await
+            .map_err(|e| e.stage_error())?;
+    }
+    delete_prefix(store, &resources).await?;
+    store.delete(&rp_key).await.map_err(|e| e.stage_error())?;
+    delete_key(store, layout::retention_record(instance, rp_id)).await?;
+    report.rps_removed += 1;
+    tracing::info!(instance, rp_id, "recovery point removed: no tier left");
+    Ok(())
+}
+
+async fn delete_snapshots(ctx: &VaultContext, rp: &RecoveryPoint) -> Result<u64, StageError> {
+    let mut deleted = 0;
+    for volume in &rp.volumes {
+        ctx.disks
+            .delete_snapshot(&SnapshotId(volume.snapshot_id.clone()))
+            .await
+            .map_err(|e| e.stage_error())?;
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+/// Deletes every object under `prefix`, streaming the listing.
+async fn delete_prefix(store: &BlobStore, prefix: &layout::KeyPrefix) -> Result<(), StageError> {
+    let mut listing = store.list(prefix);
+    while let Some(info) = listing.next().await {
+        let info = info.map_err(|e| e.stage_error())?;
+        store.delete(&info.key).await.map_err(|e| e.stage_error())?;
+    }
+    Ok(())
+}
+
+/// Two-phase garbage collection of the vault's stores at `now` (see [`stowage_vault::gc`]).
+pub async fn collect(
+    ctx: &VaultContext,
+    now: Timestamp,
+    grace: SignedDuration,
+) -> Result<CollectReport, StageError> {
+    let classify = |e: gc::GcError| {
+        if e.is_transient() {
+            StageError::transient(e)
+        } else {
+            StageError::permanent(e)
+        }
+    };
+    let primary = gc::collect(&ctx.primary, Tier::Vault, now, grace)
+        .await
+        .map_err(classify)?;
+    let secondary = match &ctx.secondary {
+        Some(s) => Some(
+            gc::collect(&s.store, Tier::Secondary, now, grace)
+                .await
+                .map_err(classify)?,
+        ),
+        None => None,
+    };
+    Ok(CollectReport { primary, secondary })
+}
+
+/// Whether vault-transfer should copy `rp_id` to the vault tier under the instance's policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Eligibility {
+    /// A vault rule selects it: the first RP of this period in the vault.
+    Selected(stowage_schemas::domain::CalendarPeriod),
+    /// No rule selects it; it stays operational only.
+    NotSelected,
+    /// No policy is stored for the instance: every RP is transferred (the behaviour before
+    /// policies existed; the demo and ad-hoc vaults rely on it).
+    NoPolicy,
+}
+
+/// Decide [`Eligibility`] of `rp` against the RPs of the instance already in the vault tier.
+/// Reads the manifests of the vaulted RPs only (their creation times).
+pub async fn vault_eligibility(
+    store: &BlobStore,
+    rp: &RecoveryPoint,
+) -> Result<Eligibility, StageError> {
+    let Some(policy) = read_policy(store, &rp.instance).await? else {
+        return Ok(Eligibility::NoPolicy);
+    };
+    let mut found = BTreeMap::new();
+    scan(store, &rp.instance, &mut found, false).await?;
+    let mut earlier = Vec::new();
+    for (id, f) in &found {
+        if !f.vault || *id == rp.id {
+            continue;
+        }
+        match catalog::read_recovery_point(store, &rp.instance, id).await {
+            Ok(other) => earlier.push(RpSummary {
+                id: id.clone(),
+                created_at: other.created_at,
+                operational: true,
+                vault: true,
+                secondary: false,
+            }),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.stage_error()),
+        }
+    }
+    let this = RpSummary {
+        id: rp.id.clone(),
+        created_at: rp.created_at,
+        operational: true,
+        vault: false,
+        secondary: false,
+    };
+    Ok(
+        match evaluate::vault_eligible(&policy, &this, &earlier).map_err(StageError::permanent)? {
+            Some(period) => Eligibility::Selected(period),
+            None => Eligibility::NotSelected,
+        },
+    )
+}

@@ -1,0 +1,514 @@
+//! Garbage collection of vault data: a two-phase mark-and-sweep of packs and extent maps that no
+//! tier manifest references any more, safe while other workers write.
+//!
+//! # What is live
+//!
+//! *Mark*: every tier manifest in the store (`catalog/*/*.vault.json` in the primary,
+//! `*.secondary.json` in the secondary) names volume versions; each version's extent map and its
+//! parents (the whole chain) are live, and so is every chunk any of those maps names. A pack is
+//! live if its trailer lists at least one live chunk. A pack that is only partly dead is kept
+//! whole: repacking its live chunks into a new pack is future work. Memory: the marked set holds
+//! 32 bytes (plus hash-set overhead) per live distinct chunk — the same order as the chunk index
+//! a transfer loads — and one map chain at a time; packs and maps are listed as streams.
+//!
+//! # Why two phases
+//!
+//! A vault-transfer loads the chunk index when it starts and writes its extent maps (and then
+//! its tier manifest) when it ends; in between it may deduplicate against a chunk the sweep sees
+//! as unreferenced, or build an incremental on a map whose RP just expired. Deleting at once
+//! would lose that data. So (kopia-style, with a grace period, see [`DEFAULT_GRACE`]):
+//!
+//! 1. **Condemn.** An unreferenced pack or map is recorded in `gc/state.json` with the time.
+//!    From then on the chunk index loaded for deduplication ([`crate::index::ChunkIndex::load`])
+//!    leaves out the chunks of condemned packs, and vault-transfer does not build on condemned
+//!    maps, so no *new* job comes to depend on them. Jobs already running may.
+//! 2. **Delete**, on a later run at least the grace period after condemnation: mark again; a
+//!    condemned object that became referenced (a job that was running at condemnation finished)
+//!    is revived; one still unreferenced is moved to the *deleted* set (compare-and-swap) and
+//!    only then deleted. Chunk-index segments that name deleted packs are rewritten without
+//!    them (new segment create-only, then the old one deleted), and only after that are the packs
+//!    dropped from the record. Until then readers leave them out of every index load.
+//!
+//! The one assumption: no job runs longer than the grace period (default 24 h; a transfer of
+//! one RP takes minutes to hours). Geo-replication, which writes the secondary without a chunk
+//! index, instead calls [`claim`] before relying on a pack or map the secondary already holds:
+//! a condemned one is revived on the spot, one being deleted makes it retry later.
+//!
+//! Crash safety: every step is idempotent and ordered so that a crash leaves at worst objects
+//! still recorded (filtered from index loads) that the next run finishes deleting. Two
+//! collectors on one store serialise through compare-and-swap on the record; the loser retries.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use stowage_schemas::domain::Tier;
+
+use crate::catalog::{self, CatalogError};
+use crate::chunk::ChunkId;
+use crate::extent::{ExtentMap, ExtentStoreError};
+use crate::index::{self, IndexError};
+use crate::layout::{self, BlobKey, CatalogEntry, LayoutError};
+use crate::pack::{self, PackError, PackId};
+use crate::store::{BlobStore, CreateOutcome, ObjectVersion, StoreError};
+
+/// Default time between condemning an unreferenced object and deleting it: longer than any job.
+pub const DEFAULT_GRACE: SignedDuration = SignedDuration::from_hours(24);
+
+/// How often a compare-and-swap on the record is retried before giving up.
+const CAS_ATTEMPTS: usize = 8;
+
+/// Garbage collection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    /// The record is damaged.
+    #[error(
+        "garbage-collection record {key} is unreadable: {reason}; \
+         move it aside — the next run rebuilds it, condemning afresh (nothing is deleted before a new grace period)"
+    )]
+    Corrupt {
+        /// Its key.
+        key: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// Other collectors kept changing the record.
+    #[error(
+        "the garbage-collection record {key} changed under every one of {CAS_ATTEMPTS} attempts; \
+         another collector is running on this store — retry later"
+    )]
+    Contended {
+        /// Its key.
+        key: String,
+    },
+    /// Something the caller wants to rely on is being deleted right now.
+    #[error(
+        "{what} is being deleted by garbage collection in this store; retry in a few minutes, \
+         when it is gone and will be copied afresh"
+    )]
+    BeingDeleted {
+        /// The pack or map.
+        what: String,
+    },
+    /// A referenced map is missing or damaged: marking cannot be trusted, so nothing is swept.
+    #[error(
+        "cannot mark live data: {0}; nothing was deleted. Run `stowage rp verify` on the recovery \
+         points of the volume"
+    )]
+    Mark(#[from] ExtentStoreError),
+    /// A manifest could not be read.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// An index segment could not be read or written.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// A pack trailer could not be read.
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    /// A bad key.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// Blob storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl GcError {
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            GcError::Contended { .. } | GcError::BeingDeleted { .. } => true,
+            GcError::Store(e) => e.is_transient(),
+            GcError::Catalog(CatalogError::Store(e)) => e.is_transient(),
+            GcError::Index(IndexError::Store(e)) => e.is_transient(),
+            GcError::Pack(PackError::Store(e)) => e.is_transient(),
+            GcError::Mark(ExtentStoreError::Store(e)) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// The collector's record, `gc/state.json`: small, proportional to the dead objects of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcState {
+    /// Unreferenced packs (by id) and when they were condemned.
+    #[serde(default)]
+    pub condemned_packs: BTreeMap<String, Timestamp>,
+    /// Packs being deleted (or deleted while index segments may still name them).
+    #[serde(default)]
+    pub deleted_packs: BTreeSet<String>,
+    /// Unreferenced maps (`<volume>/<version>`) and when they were condemned.
+    #[serde(default)]
+    pub condemned_maps: BTreeMap<String, Timestamp>,
+    /// Maps being deleted.
+    #[serde(default)]
+    pub deleted_maps: BTreeSet<String>,
+}
+
+impl GcState {
+    /// Whether a transfer may deduplicate against chunks of `pack`.
+    pub fn pack_usable(&self, pack: &PackId) -> bool {
+        !self.condemned_packs.contains_key(pack.as_str())
+            && !self.deleted_packs.contains(pack.as_str())
+    }
+
+    /// Whether a transfer may build an incremental on `version` of `volume_id`.
+    pub fn map_usable(&self, volume_id: &str, version: &str) -> bool {
+        let name = map_name(volume_id, version);
+        !self.condemned_maps.contains_key(&name) && !self.deleted_maps.contains(&name)
+    }
+}
+
+fn map_name(volume_id: &str, version: &str) -> String {
+    format!("{volume_id}/{version}")
+}
+
+/// The record and the version read, `None` when no collection ever ran.
+pub async fn read_state(store: &BlobStore) -> Result<(GcState, Option<ObjectVersion>), GcError> {
+    let key = layout::gc_state();
+    match store.get(&key).await {
+        Ok(found) => {
+            let state = serde_json::from_slice(&found.bytes).map_err(|e| GcError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })?;
+            Ok((state, Some(found.version)))
+        }
+        Err(e) if e.is_not_found() => Ok((GcState::default(), None)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Apply `change` to the record with compare-and-swap, re-reading and re-applying on conflict.
+/// `change` returns what the caller wants back, or an error that aborts without writing.
+async fn update_state<T>(
+    store: &BlobStore,
+    mut change: impl FnMut(&mut GcState) -> Result<T, GcError>,
+) -> Result<T, GcError> {
+    let key = layout::gc_state();
+    for _ in 0..CAS_ATTEMPTS {
+        let (mut state, version) = read_state(store).await?;
+        let before = state.clone();
+        let answer = change(&mut state)?;
+        if state == before {
+            return Ok(answer);
+        }
+        let mut bytes = serde_json::to_vec_pretty(&state).expect("the record serializes");
+        bytes.push(b'\n');
+        let written = match &version {
+            Some(v) => match store.update_if_unchanged(&key, Bytes::from(bytes), v).await {
+                Ok(_) => true,
+                Err(StoreError::Conflict { .. }) => false,
+                Err(e) => return Err(e.into()),
+            },
+            None => matches!(
+                store.put_create_only(&key, Bytes::from(bytes)).await?,
+                CreateOutcome::Created(_)
+            ),
+        };
+        if written {
+            return Ok(answer);
+        }
+    }
+    Err(GcError::Contended {
+        key: key.to_string(),
+    })
+}
+
+/// Make sure the collector will not delete `packs` and `maps` (`(volume, version)`), which the
+/// caller found in the store and is about to rely on: condemned ones are revived; one being
+/// deleted is [`GcError::BeingDeleted`] (retry later, when it is gone, and copy it afresh).
+pub async fn claim(
+    store: &BlobStore,
+    packs: &[PackId],
+    maps: &[(String, String)],
+) -> Result<(), GcError> {
+    update_state(store, |state| {
+        for pack in packs {
+            if state.deleted_packs.contains(pack.as_str()) {
+                return Err(GcError::BeingDeleted {
+                    what: format!("pack {pack}"),
+                });
+            }
+            state.condemned_packs.remove(pack.as_str());
+        }
+        for (volume, version) in maps {
+            let name = map_name(volume, version);
+            if state.deleted_maps.contains(&name) {
+                return Err(GcError::BeingDeleted {
+                    what: format!("extent map {name}"),
+                });
+            }
+            state.condemned_maps.remove(&name);
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// What one collection did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Tier manifests marked from.
+    pub manifests: u64,
+    /// Distinct live chunks.
+    pub live_chunks: u64,
+    /// Packs listed.
+    pub packs: u64,
+    /// Packs newly condemned.
+    pub packs_condemned: u64,
+    /// Condemned packs found referenced again and revived.
+    pub packs_revived: u64,
+    /// Packs deleted.
+    pub packs_deleted: u64,
+    /// Bytes of the deleted packs.
+    pub bytes_deleted: u64,
+    /// Maps newly condemned.
+    pub maps_condemned: u64,
+    /// Maps deleted.
+    pub maps_deleted: u64,
+    /// Index segments rewritten without deleted packs.
+    pub segments_rewritten: u64,
+}
+
+/// The live set: maps and chunks reachable from the tier manifests of `tier` in `store`.
+struct Marked {
+    maps: HashSet<String>,
+    chunks: HashSet<ChunkId>,
+    manifests: u64,
+}
+
+async fn mark(store: &BlobStore, tier: Tier) -> Result<Marked, GcError> {
+    let wanted = match tier {
+        Tier::Vault => "vault",
+        Tier::Secondary => "secondary",
+        Tier::Operational => {
+            return Err(GcError::Corrupt {
+                key: layout::gc_state().to_string(),
+                reason: "the operational tier holds no vault data to collect".into(),
+            });
+        }
+    };
+    let mut marked = Marked {
+        maps: HashSet::new(),
+        chunks: HashSet::new(),
+        manifests: 0,
+    };
+    let mut listing = store.list(&layout::catalog());
+    while let Some(info) = listing.next().await {
+        let info = info?;
+        let Some(instance) = info.key.as_str().split('/').nth(1) else {
+            continue;
+        };
+        let Some(CatalogEntry::Tier(rp, name)) = layout::parse_catalog_key(instance, &info.key)
+        else {
+            continue;
+        };
+        if name != wanted {
+            continue;
+        }
+        let Some(manifest) = catalog::read_tier_manifest(store, instance, rp, tier).await? else {
+            continue; // deleted by retention since it was listed
+        };
+        marked.manifests += 1;
+        for volume in &manifest.volumes {
+            let mut version = Some(volume.version.clone());
+            while let Some(v) = version.take() {
+                if !marked.maps.insert(map_name(&volume.volume_id, &v)) {
+                    break; // this map and its ancestors are marked already
+                }
+                let map = ExtentMap::load(store, &volume.volume_id, &v).await?;
+                marked.chunks.extend(map.chunk_ids());
+                version = map.parent().map(str::to_owned);
+            }
+        }
+    }
+    Ok(marked)
+}
+
+/// One collection of `store` (whose tier manifests are of `tier`: vault for the primary,
+/// secondary for the secondary store) at `now`, deleting what was condemned at least `grace`
+/// ago and is still unreferenced. See the module doc.
+pub async fn collect(
+    store: &BlobStore,
+    tier: Tier,
+    now: Timestamp,
+    grace: SignedDuration,
+) -> Result<GcReport, GcError> {
+    let marked = mark(store, tier).await?;
+    let mut report = GcReport {
+        manifests: marked.manifests,
+        live_chunks: marked.chunks.len() as u64,
+        ..GcReport::default()
+    };
+    let (state, _) = read_state(store).await?;
+
+    // Sweep packs: live, newly dead, or dead for long enough.
+    let mut revive_packs = Vec::new();
+    let mut condemn_packs = Vec::new();
+    let mut delete_packs = Vec::new();
+    let mut listing = store.list(&layout::packs());
+    while let Some(info) = listing.next().await {
+        let info = info?;
+        let Some(id) = layout::pack_id_from_key(&info.key).and_then(PackId::parse) else {
+            continue;
+        };
+        report.packs += 1;
+        if state.deleted_packs.contains(id.as_str()) {
+            delete_packs.push((id, info.size)); // a crash interrupted the deletion
+            continue;
+        }
+        let live = match pack::read_pack_index(store, &id).await {
+            Ok(entries) => entries.iter().any(|e| marked.chunks.contains(&e.chunk)),
+            Err(PackError::Store(e)) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match (live, state.condemned_packs.get(id.as_str())) {
+            (true, Some(_)) => revive_packs.push(id),
+            (true, None) => {}
+            (false, None) => condemn_packs.push(id),
+            (false, Some(at)) if now.duration_since(*at) >= grace => {
+                delete_packs.push((id, info.size))
+            }
+            (false, Some(_)) => {}
+        }
+    }
+    // Sweep maps the same way.
+    let mut revive_maps = Vec::new();
+    let mut condemn_maps = Vec::new();
+    let mut delete_maps = Vec::new();
+    let mut listing = store.list(&layout::all_volumes());
+    while let Some(info) = listing.next().await {
+        let info = info?;
+        let Some((volume, version)) = layout::volume_and_version_from_key(&info.key) else {
+            continue;
+        };
+        let name = map_name(volume, version);
+        if state.deleted_maps.contains(&name) {
+            delete_maps.push((name, info.key.clone()));
+            continue;
+        }
+        match (marked.maps.contains(&name), state.condemned_maps.get(&name)) {
+            (true, Some(_)) => revive_maps.push(name),
+            (true, None) => {}
+            (false, None) => condemn_maps.push(name),
+            (false, Some(at)) if now.duration_since(*at) >= grace => {
+                delete_maps.push((name, info.key.clone()))
+            }
+            (false, Some(_)) => {}
+        }
+    }
+
+    // Record the decisions before acting on them. Only objects still condemned as read are
+    // moved to deletion: one a writer claimed in the meantime stays.
+    let (to_delete_packs, to_delete_maps) = update_state(store, |s| {
+        for id in &revive_packs {
+            s.condemned_packs.remove(id.as_str());
+        }
+        for id in &condemn_packs {
+            s.condemned_packs
+                .entry(id.as_str().to_owned())
+                .or_insert(now);
+        }
+        let mut packs = Vec::new();
+        for (id, size) in &delete_packs {
+            if s.deleted_packs.contains(id.as_str())
+                || s.condemned_packs.remove(id.as_str()).is_some()
+            {
+                s.deleted_packs.insert(id.as_str().to_owned());
+                packs.push((id.clone(), *size));
+            }
+        }
+        for name in &revive_maps {
+            s.condemned_maps.remove(name);
+        }
+        for name in &condemn_maps {
+            s.condemned_maps.entry(name.clone()).or_insert(now);
+        }
+        let mut maps = Vec::new();
+        for (name, key) in &delete_maps {
+            if s.deleted_maps.contains(name) || s.condemned_maps.remove(name).is_some() {
+                s.deleted_maps.insert(name.clone());
+                maps.push((name.clone(), key.clone()));
+            }
+        }
+        Ok((packs, maps))
+    })
+    .await?;
+    report.packs_revived = revive_packs.len() as u64;
+    report.packs_condemned = condemn_packs.len() as u64;
+
+    for (id, size) in &to_delete_packs {
+        store.delete(&id.key()).await?;
+        report.packs_deleted += 1;
+        report.bytes_deleted += size;
+    }
+    for (_, key) in &to_delete_maps {
+        store.delete(key).await?;
+        report.maps_deleted += 1;
+    }
+    report.maps_condemned = condemn_maps.len() as u64;
+
+    // Drop index entries of deleted packs, then forget the packs.
+    let (state, _) = read_state(store).await?;
+    if !state.deleted_packs.is_empty() {
+        report.segments_rewritten = rewrite_segments(store, &state.deleted_packs).await?;
+    }
+    let done_packs: Vec<String> = state.deleted_packs.iter().cloned().collect();
+    let done_maps: Vec<String> = to_delete_maps.into_iter().map(|(n, _)| n).collect();
+    update_state(store, |s| {
+        for p in &done_packs {
+            s.deleted_packs.remove(p);
+        }
+        for m in &done_maps {
+            s.deleted_maps.remove(m);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(report)
+}
+
+/// Rewrite every segment naming a pack in `deleted` without those entries: the new segment
+/// (create-only, named after the old one) first, then the old one is deleted. One segment in
+/// memory at a time.
+async fn rewrite_segments(store: &BlobStore, deleted: &BTreeSet<String>) -> Result<u64, GcError> {
+    let mut rewritten = 0;
+    let mut listing = store.list(&layout::index_segments());
+    while let Some(info) = listing.next().await {
+        let info = info?;
+        let Some(file) = info.key.as_str().rsplit('/').next() else {
+            continue;
+        };
+        let Some(old_id) = file.strip_suffix(layout::INDEX_EXTENSION) else {
+            continue;
+        };
+        let bytes = match store.get(&info.key).await {
+            Ok(found) => found.bytes,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let entries = index::decode_segment(&bytes, &info.key)?;
+        let before = entries.len();
+        let kept: Vec<_> = entries
+            .into_iter()
+            .filter(|(_, l)| !deleted.contains(l.pack.as_str()))
+            .collect();
+        if kept.len() == before {
+            continue;
+        }
+        if !kept.is_empty() {
+            let new_id = format!(
+                "gc-{}",
+                &blake3::hash(format!("{old_id}/{}", kept.len()).as_bytes()).to_hex()[..32]
+            );
+            index::write_segment(store, &new_id, &kept).await?;
+        }
+        let old: BlobKey = info.key.clone();
+        store.delete(&old).await?;
+        rewritten += 1;
+    }
+    Ok(rewritten)
+}
