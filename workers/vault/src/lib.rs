@@ -11,6 +11,7 @@
 //! | [`chunk`] | cutting changed ranges into chunks, sealing (zstd + AES-GCM) and verified opening |
 //! | [`pack`] | packing sealed chunks into ~16 MiB pack objects, reading one chunk by range |
 //! | [`extent`] | extent maps of volume versions, chain resolution, consolidation, map storage |
+//! | [`jobs`] | job records (`jobs/<id>.json`): create-only claims, compare-and-swap updates, streamed listing |
 //!
 //! # How a vault transfer uses it
 //!
@@ -77,6 +78,7 @@ pub mod crypto;
 pub mod extent;
 mod hex;
 pub mod index;
+pub mod jobs;
 pub mod layout;
 pub mod pack;
 pub mod store;
