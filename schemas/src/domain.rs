@@ -3,12 +3,15 @@
 //! These mirror the documents kept in a vault (see "Where data lives" in the design brief):
 //! `vault.json` ([`Vault`]), `policies/<name>.json` ([`Policy`]), `instances/<instance>.json`
 //! ([`BackupInstance`]) and `catalog/<instance>/<rp-id>.json` ([`RecoveryPoint`]).
+//! Job records (`jobs/<job-id>.json`, [`JobRecord`]) are defined here too.
 //! They are plain data: validation lives with the code that accepts them.
 
 use jiff::Timestamp;
 use jiff::civil::Time;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use crate::job_record::{JobProgress, JobRecord, JobStatus, StageRun};
 
 /// Where a recovery point's data is kept.
 #[derive(

@@ -3,7 +3,7 @@
 //! Published in `schemas/json/`: `envelope.schema.json` for a whole message,
 //! `<type>.schema.json` (e.g. `job.snapshot.schema.json`) for the payload of each message type,
 //! and `domain.<name>.schema.json` for the documents kept in a vault (vault, policy, backup
-//! instance, recovery point).
+//! instance, recovery point, job record).
 //! A test regenerates them and fails when a checked-in file is stale; regenerate with
 //! `STOWAGE_BLESS=1 cargo test -p stowage-schemas`.
 
@@ -45,6 +45,7 @@ pub fn domain() -> Vec<(&'static str, Schema)> {
         ("policy", schema_for!(domain::Policy)),
         ("backup-instance", schema_for!(domain::BackupInstance)),
         ("recovery-point", schema_for!(domain::RecoveryPoint)),
+        ("job-record", schema_for!(domain::JobRecord)),
     ]
 }
 

@@ -21,6 +21,7 @@ pub mod codec;
 pub mod domain;
 mod envelope;
 pub mod events;
+mod job_record;
 pub mod jobs;
 pub mod json_schema;
 mod message;

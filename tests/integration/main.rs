@@ -6,5 +6,6 @@
 
 mod deploy;
 mod faults;
+mod jobs;
 mod runtime;
 mod vault;

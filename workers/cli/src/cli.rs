@@ -47,6 +47,10 @@ pub enum Command {
     Rp(RpArgs),
     /// Serve a sandbox Kubernetes API with the sample application, until Ctrl-C.
     Sandbox(SandboxArgs),
+    /// Job records: list, show, watch and cancel jobs.
+    Jobs(crate::jobs_cmd::JobsArgs),
+    /// Restores: create one, follow its status, clean up staging.
+    Restore(crate::restore_cmd::RestoreArgs),
 }
 
 /// Which Kubernetes cluster the snapshot and restore stages use.
@@ -128,6 +132,9 @@ pub struct WorkerArgs {
     /// Seconds between reads of the queue depths reported at /metrics.
     #[arg(long, env = "STOWAGE_QUEUE_POLL_SECS", default_value_t = 15)]
     pub queue_poll_secs: u64,
+    /// Seconds between reads of a running job's record, looking for a cancellation request.
+    #[arg(long, env = "STOWAGE_JOB_POLL_INTERVAL", default_value_t = 3.0)]
+    pub job_poll_interval: f64,
 }
 
 /// A stage, or all of them.
@@ -192,6 +199,24 @@ pub struct RpArgs {
 /// Recovery-point actions.
 #[derive(Debug, Subcommand)]
 pub enum RpAction {
+    /// List an instance's recovery points, newest first, with the state of each tier.
+    List {
+        /// The backup instance.
+        instance: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Describe one recovery point: manifest, tiers (with their manifests), volumes.
+    Describe {
+        /// The backup instance.
+        instance: String,
+        /// The recovery point id.
+        rp: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// Re-read every chunk of a recovery point and report its integrity.
     Verify {
         /// The recovery point id.

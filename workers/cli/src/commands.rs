@@ -45,6 +45,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Rp(args) => rp(args).await,
         Command::Sandbox(args) => sandbox(args).await,
+        Command::Jobs(args) => crate::jobs_cmd::run(args).await,
+        Command::Restore(args) => crate::restore_cmd::run(args).await,
     }
 }
 
@@ -58,7 +60,15 @@ fn connect(args: &BrokerArgs) -> (RabbitBroker, Names) {
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let vault = vault_config::vault_context(&args.vault)?;
     let cluster = vault_config::cluster_context(&args.cluster, vault.as_ref())?;
-    let services = stages::Services { vault, cluster };
+    let services = stages::Services {
+        vault,
+        cluster,
+        records: stowage_stages::RecordSettings {
+            max_attempts: args.max_attempts.max(1),
+            poll_interval: Duration::from_secs_f64(args.job_poll_interval.clamp(0.05, 3600.0)),
+            ..Default::default()
+        },
+    };
     let wanted = match args.stage {
         StageChoice::One(stage) => vec![stage],
         StageChoice::All => stages::built(),
@@ -194,6 +204,14 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
 
 async fn rp(args: RpArgs) -> anyhow::Result<()> {
     match args.action {
+        RpAction::List { instance, output } => {
+            crate::rp_cmd::list(&args.vault, &instance, output).await
+        }
+        RpAction::Describe {
+            instance,
+            rp,
+            output,
+        } => crate::rp_cmd::describe(&args.vault, &instance, &rp, output).await,
         RpAction::Verify {
             rp,
             instance,

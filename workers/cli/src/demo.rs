@@ -24,8 +24,8 @@ use stowage_schemas::domain::{BackupInstance, Namespaces, Scope, Tier};
 use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions, SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message};
 use stowage_stages::{
-    ClusterContext, ClusterTarget, GeoReplication, RestoreHydration, RestoreStage, SnapshotStage,
-    VaultContext, VaultTransfer,
+    ClusterContext, ClusterTarget, GeoReplication, RecordSettings, Recorded, RestoreHydration,
+    RestoreStage, SnapshotStage, VaultContext, VaultTransfer,
 };
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
@@ -142,12 +142,40 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ..WorkerConfig::default()
     };
     let stage = StageConfig::default();
+    // Every stage keeps its job's record (`jobs/<job-id>.json`), as in the fleet.
+    let records = RecordSettings {
+        max_attempts: config.retry.max_attempts,
+        ..RecordSettings::default()
+    };
     let worker = Worker::new(broker.clone(), config.clone())
-        .stage(SnapshotStage::new(cluster_ctx.clone()), stage)
-        .stage(VaultTransfer::new(vault.clone()), stage)
-        .stage(GeoReplication::new(vault.clone()), stage)
-        .stage(RestoreHydration::new(vault.clone()), stage)
-        .stage(RestoreStage::new(cluster_ctx), stage);
+        .stage(
+            Recorded::new(
+                SnapshotStage::new(cluster_ctx.clone()),
+                primary.clone(),
+                records,
+            ),
+            stage,
+        )
+        .stage(
+            Recorded::new(VaultTransfer::new(vault.clone()), primary.clone(), records),
+            stage,
+        )
+        .stage(
+            Recorded::new(GeoReplication::new(vault.clone()), primary.clone(), records),
+            stage,
+        )
+        .stage(
+            Recorded::new(
+                RestoreHydration::new(vault.clone()),
+                primary.clone(),
+                records,
+            ),
+            stage,
+        )
+        .stage(
+            Recorded::new(RestoreStage::new(cluster_ctx), primary.clone(), records),
+            stage,
+        );
     let health = worker.health();
     let (trigger, shutdown) = Shutdown::new();
     let fleet = tokio::spawn(worker.run(shutdown));

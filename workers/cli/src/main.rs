@@ -6,7 +6,10 @@ mod cli;
 mod commands;
 mod demo;
 mod job_file;
+mod jobs_cmd;
 mod output;
+mod restore_cmd;
+mod rp_cmd;
 mod stages;
 mod vault_config;
 

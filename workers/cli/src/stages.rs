@@ -7,8 +7,8 @@
 use stowage_runtime::{StageConfig, Worker};
 use stowage_schemas::Stage;
 use stowage_stages::{
-    ClusterContext, GeoReplication, RestoreHydration, RestoreStage, RetentionStage, SnapshotStage,
-    VaultContext, VaultTransfer,
+    ClusterContext, GeoReplication, RecordSettings, Recorded, RestoreHydration, RestoreStage,
+    RetentionStage, SnapshotStage, VaultContext, VaultTransfer,
 };
 
 /// What the configured stages run against.
@@ -18,6 +18,8 @@ pub struct Services {
     pub vault: Option<VaultContext>,
     /// The cluster, the vault and the disks, when `--cluster-url` and `--vault` were given.
     pub cluster: Option<ClusterContext>,
+    /// How every stage keeps its job records (in the vault's primary storage).
+    pub records: RecordSettings,
 }
 
 /// Why a stage cannot run.
@@ -75,7 +77,8 @@ pub fn built() -> Vec<Stage> {
         .collect()
 }
 
-/// Add the handler of `stage` to `worker`, or say why it cannot run.
+/// Add the handler of `stage` to `worker`, or say why it cannot run. Every handler is wrapped
+/// in [`Recorded`], so its runs show in `stowage jobs` and can be cancelled.
 pub fn add(
     worker: Worker,
     stage: Stage,
@@ -90,20 +93,40 @@ pub fn add(
             .cluster
             .clone()
             .ok_or(StageUnavailable::NeedsCluster { stage })?;
+        let (store, records) = (cluster.vault.clone(), services.records);
         return Ok(match stage {
-            Stage::Snapshot => worker.stage(SnapshotStage::new(cluster), config),
-            _ => worker.stage(RestoreStage::new(cluster), config),
+            Stage::Snapshot => worker.stage(
+                Recorded::new(SnapshotStage::new(cluster), store, records),
+                config,
+            ),
+            _ => worker.stage(
+                Recorded::new(RestoreStage::new(cluster), store, records),
+                config,
+            ),
         });
     }
     let vault = services
         .vault
         .clone()
         .ok_or(StageUnavailable::NeedsVault { stage })?;
+    let (store, records) = (vault.primary.clone(), services.records);
     Ok(match stage {
-        Stage::VaultTransfer => worker.stage(VaultTransfer::new(vault), config),
-        Stage::GeoReplication => worker.stage(GeoReplication::new(vault), config),
-        Stage::RestoreHydration => worker.stage(RestoreHydration::new(vault), config),
-        Stage::Retention => worker.stage(RetentionStage::new(vault), config),
+        Stage::VaultTransfer => worker.stage(
+            Recorded::new(VaultTransfer::new(vault), store, records),
+            config,
+        ),
+        Stage::GeoReplication => worker.stage(
+            Recorded::new(GeoReplication::new(vault), store, records),
+            config,
+        ),
+        Stage::RestoreHydration => worker.stage(
+            Recorded::new(RestoreHydration::new(vault), store, records),
+            config,
+        ),
+        Stage::Retention => worker.stage(
+            Recorded::new(RetentionStage::new(vault), store, records),
+            config,
+        ),
         Stage::Snapshot | Stage::Restore => unreachable!("handled above"),
     })
 }

@@ -9,9 +9,12 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
+use stowage_schemas::domain::JobProgress;
 use stowage_schemas::{Envelope, Message, Stage};
 
 use crate::shutdown::Shutdown;
@@ -55,7 +58,7 @@ impl<H: StageHandler> DynHandler for H {
 }
 
 /// What a handler knows about the delivery it is handling.
-#[derive(Debug, Clone)]
+#[derive(Clone, Debug)]
 pub struct JobContext {
     /// The stage being run.
     pub stage: Stage,
@@ -65,6 +68,14 @@ pub struct JobContext {
     /// the earlier run may already exist and must be reused.
     pub redelivered: bool,
     pub(crate) shutdown: Shutdown,
+    cancellation: Option<CancellationToken>,
+    progress: Option<Arc<dyn ProgressSink>>,
+}
+
+impl fmt::Debug for dyn ProgressSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ProgressSink")
+    }
 }
 
 impl JobContext {
@@ -75,6 +86,66 @@ impl JobContext {
             attempt: 0,
             redelivered: false,
             shutdown: Shutdown::never(),
+            cancellation: None,
+            progress: None,
+        }
+    }
+
+    /// A context for a delivery the worker took (used by the consume loop).
+    pub(crate) fn for_delivery(
+        stage: Stage,
+        attempt: u32,
+        redelivered: bool,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            stage,
+            attempt,
+            redelivered,
+            shutdown,
+            cancellation: None,
+            progress: None,
+        }
+    }
+
+    /// The same context, cancelled when `token` is.
+    pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
+        self.cancellation = Some(token);
+        self
+    }
+
+    /// The same context, reporting progress to `sink`.
+    pub fn with_progress(mut self, sink: Arc<dyn ProgressSink>) -> Self {
+        self.progress = Some(sink);
+        self
+    }
+
+    /// True once a user cancelled the job. Long handlers check it at safe points (between
+    /// volumes, packs, resource groups) and return [`StageError::cancelled`]; the runtime then
+    /// acks the message without retrying it.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancellation
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+
+    /// `Err(StageError::cancelled)` naming `what` was stopped once the job is cancelled, so a
+    /// safe point is one line: `ctx.check_cancelled("the transfer")?`.
+    pub fn check_cancelled(&self, what: &str) -> Result<(), StageError> {
+        if self.is_cancelled() {
+            return Err(StageError::cancelled(format!(
+                "the job was cancelled; {what} stopped at a safe point"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Report how far the job is (cumulative for this attempt). Cheap and non-blocking: the
+    /// sink keeps the latest value and whoever installed it flushes it on its own schedule. A
+    /// no-op when nobody listens.
+    pub fn report_progress(&self, progress: JobProgress) {
+        if let Some(sink) = &self.progress {
+            sink.report(progress);
         }
     }
 
@@ -84,6 +155,37 @@ impl JobContext {
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_triggered()
     }
+}
+
+/// A flag that asks a running job to stop at its next safe point. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancellationToken {
+    flag: Arc<AtomicBool>,
+}
+
+impl CancellationToken {
+    /// A token not cancelled yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ask every holder to stop.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    /// True once [`CancellationToken::cancel`] was called on any clone.
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// Where a handler's progress reports go. Implementations must not block: keep the latest
+/// value and publish it elsewhere (the job-record decorator writes it at most every second or
+/// so).
+pub trait ProgressSink: Send + Sync + 'static {
+    /// The job's progress so far in this attempt.
+    fn report(&self, progress: JobProgress);
 }
 
 /// The result of a successful run: events (or follow-up jobs) to publish before the ack.

@@ -31,7 +31,9 @@ pub mod worker;
 pub use broker::in_process::InProcessBroker;
 pub use broker::rabbit::RabbitBroker;
 pub use broker::{Broker, BrokerError};
-pub use handler::{ErrorKind, JobContext, Outcome, StageError, StageHandler};
+pub use handler::{
+    CancellationToken, ErrorKind, JobContext, Outcome, ProgressSink, StageError, StageHandler,
+};
 pub use health::Health;
 pub use retry::RetryPolicy;
 pub use shutdown::Shutdown;

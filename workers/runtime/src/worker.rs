@@ -345,12 +345,12 @@ impl StageRunner {
     }
 
     async fn handle(&self, delivery: Delivery, envelope: Envelope) {
-        let ctx = JobContext {
-            stage: self.stage,
-            attempt: envelope.attempt,
-            redelivered: delivery.redelivered,
-            shutdown: self.shutdown.clone(),
-        };
+        let ctx = JobContext::for_delivery(
+            self.stage,
+            envelope.attempt,
+            delivery.redelivered,
+            self.shutdown.clone(),
+        );
         let started = tokio::time::Instant::now();
         metrics().in_flight(self.stage, 1);
         let result = AssertUnwindSafe(self.handler.handle_boxed(ctx, envelope.clone()))

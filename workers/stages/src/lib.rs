@@ -10,16 +10,20 @@
 //! | [`retention`] | retention | `job.retention` | nothing |
 //!
 //! [`verify`] re-reads a recovery point's data in a tier (`stowage rp verify`).
+//! [`job_records`] wraps any handler so its runs are kept in the job's record (status,
+//! attempts, progress, cancellation); [`staging`] releases and sweeps restores' staging.
 //! Every handler is idempotent: a redelivered message finds what an earlier attempt made
 //! durable (create-only manifests, job-named packs, chunk-index segments) and reuses it.
 
 pub mod cluster_context;
 pub mod context;
 pub mod geo_replication;
+pub mod job_records;
 pub mod restore;
 pub mod restore_hydration;
 pub mod retention;
 pub mod snapshot;
+pub mod staging;
 pub mod vault_transfer;
 pub mod verify;
 
@@ -28,6 +32,7 @@ mod errors;
 pub use cluster_context::{ClusterContext, ClusterTarget};
 pub use context::VaultContext;
 pub use geo_replication::GeoReplication;
+pub use job_records::{RecordSettings, Recorded};
 pub use restore::RestoreStage;
 pub use restore_hydration::RestoreHydration;
 pub use retention::RetentionStage;

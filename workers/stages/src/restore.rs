@@ -47,8 +47,9 @@
 //! # Redelivery
 //!
 //! A finished restore writes `staging/<restore-id>/completed.json` (the `restore.completed`
-//! event) create-only, then deletes the staged resources object; a redelivered message finds
-//! the record and re-emits it. A restore interrupted earlier runs again: disks are filled
+//! event) create-only, then releases its staging ([`crate::staging::release`]: the staged
+//! resources object and the staging disks it did not adopt); a redelivered message finds the
+//! record and re-emits it. A restore interrupted earlier runs again: disks are filled
 //! again by name, and what the first attempt created now exists (and counts as skipped or
 //! patched).
 
@@ -63,7 +64,7 @@ use serde_json::{Map, Value, json};
 use stowage_cluster::strip_server_fields;
 use stowage_disk::{DiskError, DiskProvider, SnapshotId};
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
-use stowage_schemas::domain::{RecoveryPoint, Tier};
+use stowage_schemas::domain::{JobProgress, RecoveryPoint, Tier};
 use stowage_schemas::events::{RestoreCompleted, RestoreHydrated};
 use stowage_schemas::jobs::{ExistingPolicy, RestoreJob, RestoreOptions, Staging};
 use stowage_schemas::{Envelope, Message, Stage};
@@ -103,7 +104,7 @@ impl StageHandler for RestoreStage {
         Stage::Restore
     }
 
-    async fn handle(&self, _ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
         let request = match &envelope.message {
             Message::Restore(job) => RestoreRequest::from_job(job)?,
             Message::RestoreHydrated(event) => RestoreRequest::from_hydrated(event),
@@ -114,7 +115,7 @@ impl StageHandler for RestoreStage {
                 )));
             }
         };
-        let completed = run_restore(&self.ctx, &request).await?;
+        let completed = run_restore_with(&self.ctx, &request, &ctx).await?;
         Ok(Outcome::done().emit(Message::RestoreCompleted(completed)))
     }
 }
@@ -254,6 +255,8 @@ pub struct RestoreReport {
     pub volumes_restored: u32,
     /// What went wrong without failing the restore.
     pub warnings: Vec<String>,
+    /// Staging disks that became restored volumes (kept when the staging is released).
+    pub adopted_disks: Vec<String>,
 }
 
 impl RestoreReport {
@@ -292,11 +295,22 @@ pub fn completed_key(restore_id: &str) -> Result<BlobKey, StageError> {
 }
 
 /// Runs a restore and answers its `restore.completed`, reusing the completion record of an
-/// earlier attempt (see "Redelivery" in the module doc). A finished real restore writes the
-/// record and cleans up the staged resources object.
+/// earlier attempt (see "Redelivery" in the module doc). A finished restore writes the
+/// record (unless a dry run) and releases its staging: the staged resources object and the
+/// staging disks it did not adopt (see [`crate::staging`]).
 pub async fn run_restore(
     ctx: &ClusterContext,
     request: &RestoreRequest,
+) -> Result<RestoreCompleted, StageError> {
+    run_restore_with(ctx, request, &JobContext::detached(Stage::Restore)).await
+}
+
+/// [`run_restore`] for a worker: stops between resource groups once `run` is cancelled and
+/// reports the objects considered as progress.
+pub async fn run_restore_with(
+    ctx: &ClusterContext,
+    request: &RestoreRequest,
+    run: &JobContext,
 ) -> Result<RestoreCompleted, StageError> {
     let record = completed_key(&request.restore_id)?;
     if !request.options.dry_run {
@@ -312,28 +326,29 @@ pub async fn run_restore(
             Err(e) => return Err(e.stage_error()),
         }
     }
-    let report = restore(ctx, request).await?;
+    let report = restore_with(ctx, request, run).await?;
     for entry in &report.plan {
         tracing::info!(restore_id = %request.restore_id, dry_run = report.dry_run, "{entry}");
     }
     let completed = report.completed_event(request);
-    if report.dry_run {
-        return Ok(completed);
+    if !report.dry_run {
+        let bytes = serde_json::to_vec_pretty(&completed).expect("an event serializes");
+        ctx.vault
+            .put_create_only(&record, bytes)
+            .await
+            .map_err(|e| e.stage_error())?;
     }
-    let bytes = serde_json::to_vec_pretty(&completed).expect("an event serializes");
-    ctx.vault
-        .put_create_only(&record, bytes)
-        .await
-        .map_err(|e| e.stage_error())?;
-    if let RestoreSource::Staged { staging, .. } = &request.source
-        && let Some(key) = staged_key(&staging.resources)
-    {
+    if let RestoreSource::Staged { staging, .. } = &request.source {
         let store = staging_store(ctx, staging)?;
-        match store.delete(&key).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => tracing::warn!(%key, error = %e, "could not delete the staged resources"),
-        }
+        let released = crate::staging::release(
+            store,
+            ctx.disks.as_ref(),
+            &request.restore_id,
+            staging,
+            &report.adopted_disks,
+        )
+        .await;
+        tracing::info!(restore_id = %request.restore_id, objects_deleted = released.objects_deleted, disks_deleted = released.disks_deleted, disks_adopted = released.disks_kept, "staging released");
     }
     Ok(completed)
 }
@@ -380,6 +395,15 @@ enum VolumeOrigin {
 pub async fn restore(
     ctx: &ClusterContext,
     request: &RestoreRequest,
+) -> Result<RestoreReport, StageError> {
+    restore_with(ctx, request, &JobContext::detached(Stage::Restore)).await
+}
+
+/// [`restore`], checking `run` for cancellation between resource groups.
+pub async fn restore_with(
+    ctx: &ClusterContext,
+    request: &RestoreRequest,
+    job: &JobContext,
 ) -> Result<RestoreReport, StageError> {
     let options = &request.options;
     let (cluster_name, cluster) = match &options.target_cluster {
@@ -464,11 +488,21 @@ pub async fn restore(
             plan: Vec::new(),
             volumes_restored: 0,
             warnings,
+            adopted_disks: Vec::new(),
         },
         planned_crds: BTreeSet::new(),
     };
 
-    for phase in Phase::ALL {
+    let groups = Phase::ALL.len() as u64;
+    for (done, phase) in Phase::ALL.into_iter().enumerate() {
+        job.check_cancelled("the restore")?;
+        job.report_progress(JobProgress {
+            bytes_done: 0,
+            bytes_total: None,
+            items_done: run.report.plan.len() as u64,
+            items_total: None,
+        });
+        tracing::debug!(?phase, done, groups, "restoring a resource group");
         match phase {
             Phase::Volumes => run.restore_volumes(store, &resources, &origins).await?,
             _ => {
@@ -1101,6 +1135,13 @@ impl Run<'_> {
         .await?;
 
         // Then each new PV, and its claim.
+        if !dry_run {
+            for (_, _, _, origin) in &pending {
+                if let VolumeOrigin::Disk { disk } = origin {
+                    self.report.adopted_disks.push(disk.clone());
+                }
+            }
+        }
         for ((mut claim, source_pv, _, _), disk) in pending.into_iter().zip(made) {
             let target_ns = namespace_of(&claim).unwrap_or_default();
             let claim_name = name_of(&claim);

@@ -1,7 +1,9 @@
 //! restore-hydration: bring a recovery point's data out of the vault (or secondary) tier into
 //! staging, for the restore stage to apply.
 //!
-//! For each volume: resolve its extent-map chain into one flat map, find where each chunk lives,
+//! First it records `staging/<restore-id>/hydration.json` (when it started, which staging disks
+//! it makes; see [`crate::staging`]), so a failed hydration's leftovers can be swept. It stops
+//! between volumes when the job is cancelled. For each volume: resolve its extent-map chain into one flat map, find where each chunk lives,
 //! read chunks by range, verify them (authentication tag, then a re-hash against the id) and
 //! stream the bytes into a new staging disk through the disk provider; ranges no chunk covers
 //! stay holes. The resources object is copied to `staging/<restore-id>/resources` by the store
@@ -17,7 +19,7 @@ use futures::StreamExt as _;
 use stowage_disk::DiskError;
 use stowage_runtime::metrics::{BytesKind, metrics};
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
-use stowage_schemas::domain::Tier;
+use stowage_schemas::domain::{JobProgress, Tier};
 use stowage_schemas::events::RestoreHydrated;
 use stowage_schemas::jobs::{RestoreHydrationJob, StagedDisk, Staging};
 use stowage_schemas::{Envelope, Message, Stage};
@@ -32,6 +34,7 @@ use stowage_vault::store::BlobStore;
 
 use crate::context::VaultContext;
 use crate::errors::Classify as _;
+use crate::staging::{self, StagingRecord};
 
 /// Chunks kept decrypted for reuse: repeated data (a pattern, a zeroed-but-written file) maps
 /// many extents to one chunk.
@@ -55,14 +58,14 @@ impl StageHandler for RestoreHydration {
         Stage::RestoreHydration
     }
 
-    async fn handle(&self, _ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
         let Message::RestoreHydration(job) = &envelope.message else {
             return Err(StageError::permanent(format!(
                 "the restore-hydration stage does not handle {} messages; send job.restore-hydration",
                 envelope.kind()
             )));
         };
-        let staging = hydrate(&self.ctx, job).await?;
+        let staging = hydrate_with(&self.ctx, job, &ctx).await?;
         Ok(
             Outcome::done().emit(Message::RestoreHydrated(RestoreHydrated {
                 restore_id: job.restore_id.clone(),
@@ -92,8 +95,18 @@ pub fn staging_disk_name(restore_id: &str, volume_id: &str) -> String {
     format!("staging-{}-{}", clean(restore_id), clean(volume_id))
 }
 
-/// Hydrate one recovery point into staging (see the module doc).
+/// Hydrate one recovery point into staging (see the module doc), outside a worker.
 pub async fn hydrate(ctx: &VaultContext, job: &RestoreHydrationJob) -> Result<Staging, StageError> {
+    hydrate_with(ctx, job, &JobContext::detached(Stage::RestoreHydration)).await
+}
+
+/// Hydrate one recovery point into staging, stopping between volumes if `run` is cancelled
+/// and reporting progress (bytes hydrated, volumes done) to it.
+pub async fn hydrate_with(
+    ctx: &VaultContext,
+    job: &RestoreHydrationJob,
+    run: &JobContext,
+) -> Result<Staging, StageError> {
     let (store, location) = match job.tier {
         Tier::Vault => (&ctx.primary, "vault"),
         Tier::Secondary => match &ctx.secondary {
@@ -120,9 +133,36 @@ pub async fn hydrate(ctx: &VaultContext, job: &RestoreHydrationJob) -> Result<St
              `stowage rp list` shows the tiers each recovery point is in"
         )));
     };
+    // Recorded before anything is made, so a failed or abandoned hydration's disks can be
+    // found and swept (see `crate::staging`).
+    staging::write_record(
+        store,
+        &StagingRecord {
+            restore_id: job.restore_id.clone(),
+            instance: instance.clone(),
+            recovery_point_id: rp_id.clone(),
+            tier: job.tier,
+            started_at: jiff::Timestamp::now(),
+            disks: manifest
+                .volumes
+                .iter()
+                .map(|v| staging_disk_name(&job.restore_id, &v.volume_id))
+                .collect(),
+        },
+    )
+    .await?;
     let keys = Arc::new(ctx.key.chunk_keys());
     let mut disks = Vec::new();
-    for volume in &manifest.volumes {
+    let items_total = manifest.volumes.len() as u64;
+    let mut bytes_done = 0u64;
+    for (done, volume) in manifest.volumes.iter().enumerate() {
+        run.check_cancelled("the hydration")?;
+        run.report_progress(JobProgress {
+            bytes_done,
+            bytes_total: None,
+            items_done: done as u64,
+            items_total: Some(items_total),
+        });
         let chain = load_chain(store, &volume.volume_id, &volume.version)
             .await
             .map_err(|e| e.stage_error())?;
@@ -133,6 +173,7 @@ pub async fn hydrate(ctx: &VaultContext, job: &RestoreHydrationJob) -> Result<St
         let stage = Stage::RestoreHydration;
         metrics().add_bytes(stage, BytesKind::Read, resolved.data_bytes());
         metrics().add_bytes(stage, BytesKind::Written, resolved.data_bytes());
+        bytes_done += resolved.data_bytes();
         disks.push(StagedDisk {
             volume_id: volume.volume_id.clone(),
             disk_id: info.id.0,
@@ -140,7 +181,14 @@ pub async fn hydrate(ctx: &VaultContext, job: &RestoreHydrationJob) -> Result<St
         });
     }
 
-    let resources = layout::staging(&job.restore_id, "resources").map_err(StageError::permanent)?;
+    run.report_progress(JobProgress {
+        bytes_done,
+        bytes_total: None,
+        items_done: items_total,
+        items_total: Some(items_total),
+    });
+    let resources =
+        layout::staging(&job.restore_id, staging::RESOURCES_FILE).map_err(StageError::permanent)?;
     if !manifest.resources.is_empty() {
         let source =
             layout::parse_resource_key(&manifest.resources).map_err(StageError::permanent)?;

@@ -42,7 +42,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -52,7 +52,8 @@ use stowage_cluster::{CollectError, CollectedObject, ExecRequest, collect};
 use stowage_disk::DiskId;
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::{
-    Hook, HookErrorMode, HookPhase, RecoveryPoint, RpState, Tier, TierState, VolumeBackup,
+    Hook, HookErrorMode, HookPhase, JobProgress, RecoveryPoint, RpState, Tier, TierState,
+    VolumeBackup,
 };
 use stowage_schemas::events::RpCreated;
 use stowage_schemas::jobs::SnapshotJob;
@@ -95,14 +96,14 @@ impl StageHandler for SnapshotStage {
         Stage::Snapshot
     }
 
-    async fn handle(&self, _ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
         let Message::Snapshot(job) = &envelope.message else {
             return Err(StageError::permanent(format!(
                 "the snapshot stage does not handle {} messages; send job.snapshot",
                 envelope.kind()
             )));
         };
-        let created = take_snapshot(&self.ctx, job).await?;
+        let created = take_snapshot_with(&self.ctx, job, &ctx).await?;
         Ok(Outcome::done().emit(Message::RpCreated(created)))
     }
 }
@@ -137,6 +138,16 @@ pub async fn take_snapshot(
     ctx: &ClusterContext,
     job: &SnapshotJob,
 ) -> Result<RpCreated, StageError> {
+    take_snapshot_with(ctx, job, &JobContext::detached(Stage::Snapshot)).await
+}
+
+/// [`take_snapshot`] in a worker: a cancelled job stops before its volumes are snapshotted
+/// (post-hooks still run), and progress counts the volumes snapshotted.
+pub async fn take_snapshot_with(
+    ctx: &ClusterContext,
+    job: &SnapshotJob,
+    run: &JobContext,
+) -> Result<RpCreated, StageError> {
     let (instance_name, rp_id) = (job.instance.as_str(), job.recovery_point_id.as_str());
     let resources = resources_key(instance_name, rp_id)?;
     match catalog::read_recovery_point(&ctx.vault, instance_name, rp_id).await {
@@ -167,6 +178,7 @@ pub async fn take_snapshot(
         Ok(()) => {
             collect_and_snapshot(
                 ctx,
+                run,
                 cluster,
                 &instance.scope,
                 instance_name,
@@ -336,6 +348,7 @@ fn batches(
 /// Returns the number of objects collected and the volumes snapshotted.
 async fn collect_and_snapshot(
     ctx: &ClusterContext,
+    run: &JobContext,
     cluster: &ClusterTarget,
     scope: &stowage_schemas::domain::Scope,
     instance: &str,
@@ -420,8 +433,18 @@ async fn collect_and_snapshot(
         tracing::warn!(instance, rp_id, "{warning}");
     }
 
+    run.check_cancelled("the snapshot (resources collected, no volume snapshotted)")?;
+    let items_total = eligible.len() as u64;
+    let progress = |items_done: u64, bytes_done: u64| JobProgress {
+        bytes_done,
+        bytes_total: None,
+        items_done,
+        items_total: Some(items_total),
+    };
+    run.report_progress(progress(0, 0));
+    let (mut items_done, mut bytes_done) = (0u64, 0u64);
     let disks = ctx.disks.clone();
-    let mut backups: Vec<VolumeBackup> = futures::stream::iter(eligible)
+    let mut snapshots = futures::stream::iter(eligible)
         .map(|(claim, pv, disk)| {
             let disks = disks.clone();
             let name = disk_safe_name(&format!("{rp_id}-{disk}"));
@@ -448,9 +471,15 @@ async fn collect_and_snapshot(
                 })
             }
         })
-        .buffer_unordered(ctx.volume_parallelism.max(1))
-        .try_collect()
-        .await?;
+        .buffer_unordered(ctx.volume_parallelism.max(1));
+    let mut backups: Vec<VolumeBackup> = Vec::with_capacity(items_total as usize);
+    while let Some(backup) = snapshots.next().await {
+        let backup = backup?;
+        items_done += 1;
+        bytes_done += backup.size_bytes;
+        run.report_progress(progress(items_done, bytes_done));
+        backups.push(backup);
+    }
     backups.sort_by(|a, b| (&a.namespace, &a.pvc).cmp(&(&b.namespace, &b.pvc)));
     Ok((resource_count, backups))
 }

@@ -24,7 +24,7 @@ use futures::StreamExt as _;
 use stowage_disk::{ByteRange, SnapshotId};
 use stowage_runtime::metrics::{BytesKind, metrics};
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
-use stowage_schemas::domain::Tier;
+use stowage_schemas::domain::{JobProgress, Tier};
 use stowage_schemas::events::RpVaulted;
 use stowage_schemas::{Envelope, Message, Stage};
 use stowage_vault::catalog::{self, TierManifest, TieredVolume, TransferStats};
@@ -167,8 +167,16 @@ pub async fn transfer(
     let keys = Arc::new(ctx.key.chunk_keys());
     let mut stats = TransferStats::default();
     let mut maps = Vec::new();
+    let volumes = rp.volumes.len() as u64;
 
-    for volume in &rp.volumes {
+    for (index, volume) in rp.volumes.iter().enumerate() {
+        job.check_cancelled("the transfer (packs uploaded so far are reused by a later one)")?;
+        job.report_progress(JobProgress {
+            bytes_done: stats.bytes_read,
+            bytes_total: None,
+            items_done: index as u64,
+            items_total: Some(volumes),
+        });
         let version = volume.snapshot_id.clone();
         let map = match volume_map(store, &volume.volume_id, &version).await? {
             Some(existing) => existing,
@@ -184,6 +192,7 @@ pub async fn transfer(
                 let built = transfer_volume(
                     ctx,
                     job,
+                    (index as u64, volumes),
                     &plan,
                     &keys,
                     &known,
@@ -208,6 +217,12 @@ pub async fn transfer(
         };
         maps.push((volume.volume_id.clone(), map, volume.size_bytes));
     }
+    job.report_progress(JobProgress {
+        bytes_done: stats.bytes_read,
+        bytes_total: None,
+        items_done: volumes,
+        items_total: Some(volumes),
+    });
     for written in writer.finish().await.map_err(|e| e.stage_error())? {
         record(&written, &mut job_entries);
     }
@@ -394,6 +409,7 @@ enum Prepared {
 async fn transfer_volume(
     ctx: &VaultContext,
     job: &JobContext,
+    (volume_index, volumes): (u64, u64),
     plan: &VolumePlan,
     keys: &Arc<ChunkKeys>,
     known: &Arc<ChunkIndex>,
@@ -470,6 +486,17 @@ async fn transfer_volume(
             }
         }
         done += 1;
+        if done.is_multiple_of(16) {
+            // Between pieces is a safe point: what was sealed so far sits in uploaded packs,
+            // which a later transfer of this RP reuses by name.
+            job.check_cancelled("the transfer (packs uploaded so far are reused by a later one)")?;
+            job.report_progress(JobProgress {
+                bytes_done: stats.bytes_read,
+                bytes_total: None,
+                items_done: volume_index,
+                items_total: Some(volumes),
+            });
+        }
         if done.is_multiple_of(256) {
             if job.is_shutting_down() {
                 return Err(StageError::transient(

@@ -384,6 +384,11 @@ pub fn staging_prefix(restore_id: &str) -> Result<KeyPrefix, LayoutError> {
     Ok(prefix(&[STAGING, restore_id]))
 }
 
+/// `staging`: every restore's staging area.
+pub fn staging_areas() -> KeyPrefix {
+    prefix(&[STAGING])
+}
+
 /// `index/<segment-id>.idx`: one chunk-index segment, written create-only by the job that
 /// packed the chunks it lists (see [`crate::index`]).
 pub fn index_segment(segment_id: &str) -> Result<BlobKey, LayoutError> {

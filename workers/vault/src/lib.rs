@@ -12,6 +12,7 @@
 //! | [`pack`] | packing sealed chunks into ~16 MiB pack objects, reading one chunk by range |
 //! | [`extent`] | extent maps of volume versions, chain resolution, consolidation, map storage |
 //! | [`gc`] | two-phase mark-and-sweep of packs and maps no tier manifest references |
+//! | [`jobs`] | job records (`jobs/<id>.json`): create-only claims, compare-and-swap updates, streamed listing |
 //!
 //! # How a vault transfer uses it
 //!
@@ -79,6 +80,7 @@ pub mod extent;
 pub mod gc;
 mod hex;
 pub mod index;
+pub mod jobs;
 pub mod layout;
 pub mod pack;
 pub mod store;

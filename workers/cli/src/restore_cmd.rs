@@ -1,0 +1,479 @@
+//! `stowage restore create|status|cleanup`.
+//!
+//! `create` checks the request against the vault before anything is written (the instance and
+//! the recovery point exist, the tier holds the RP, the namespace mapping is well-formed),
+//! then writes the job record (create-only; the job id is the restore id) and submits
+//! `job.restore` (operational tier) or `job.restore-hydration` (vault or secondary tier, which
+//! triggers the restore when the data is staged). `--dry-run` stops after the checks and
+//! prints the job it would submit: nothing is written or published.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use jiff::Timestamp;
+use stowage_runtime::client::submit;
+use stowage_runtime::{Broker as _, Names, RabbitBroker};
+use stowage_schemas::domain::{JobRecord, JobStatus, RpState, Tier};
+use stowage_schemas::jobs::{ExistingPolicy, RestoreHydrationJob, RestoreJob, RestoreOptions};
+use stowage_schemas::{Envelope, Message, Stage};
+use stowage_vault::catalog;
+use stowage_vault::jobs::{create_job, update_job};
+use stowage_vault::layout;
+use stowage_vault::store::{BlobStore, CreateOutcome};
+
+use crate::cli::{BrokerArgs, Format, VaultArgs};
+use crate::jobs_cmd;
+use crate::output;
+
+/// `stowage restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: RestoreAction,
+    /// Vault settings.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Broker settings (for `create`).
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// Restore actions.
+#[derive(Debug, Subcommand)]
+pub enum RestoreAction {
+    /// Check a restore request, record it and submit it; prints the restore id.
+    Create(CreateArgs),
+    /// Show a restore's job record: stages, progress, and the counts of what was restored.
+    Status {
+        /// The restore id (`restore create` printed it).
+        restore_id: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Remove staging areas (disks and objects) of restores that did not complete within the
+    /// keep time, and the leftover records of completed ones.
+    Cleanup {
+        /// How long a failed restore's staging is kept for inspection, e.g. `72h`, `30m`.
+        #[arg(long, default_value = "72h")]
+        keep_failed_for: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+/// Where a restore reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FromTier {
+    /// The operational tier: volume snapshots; fastest.
+    Operational,
+    /// The vault tier, hydrated through staging disks.
+    Vault,
+    /// The secondary (geo-redundant) copy, hydrated through staging disks.
+    Secondary,
+}
+
+impl FromTier {
+    fn tier(self) -> Tier {
+        match self {
+            FromTier::Operational => Tier::Operational,
+            FromTier::Vault => Tier::Vault,
+            FromTier::Secondary => Tier::Secondary,
+        }
+    }
+}
+
+/// What to do with objects that exist in the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExistingChoice {
+    /// Leave them as they are.
+    Skip,
+    /// Merge-patch them to the backup.
+    Patch,
+}
+
+/// `stowage restore create`.
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// The backup instance.
+    #[arg(long)]
+    pub instance: String,
+    /// The recovery point (`stowage rp list <instance>` shows them).
+    #[arg(long)]
+    pub rp: String,
+    /// The tier to restore from.
+    #[arg(long, value_enum, default_value_t = FromTier::Operational)]
+    pub from: FromTier,
+    /// Rename a namespace on the way in: `source=target`; repeat for several.
+    #[arg(long = "namespace-mapping", value_name = "SOURCE=TARGET")]
+    pub namespace_mapping: Vec<String>,
+    /// Restore only these (backed-up) namespaces; comma-separated or repeated.
+    #[arg(long, value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// What to do with objects that already exist in the target.
+    #[arg(long, value_enum, default_value_t = ExistingChoice::Skip)]
+    pub existing: ExistingChoice,
+    /// Restore resources only, no volume data.
+    #[arg(long)]
+    pub no_volumes: bool,
+    /// The cluster to restore into (a name the restore worker serves); default: the
+    /// instance's own cluster.
+    #[arg(long)]
+    pub target_cluster: Option<String>,
+    /// The restore id (default: generated). It is also the job id.
+    #[arg(long)]
+    pub restore_id: Option<String>,
+    /// Check the request and print the job; write and submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Follow the restore until it finishes (like `jobs watch`); exit non-zero if it fails.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+}
+
+/// Run `stowage restore …`.
+pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
+    match args.action {
+        RestoreAction::Create(create) => {
+            let store = jobs_cmd::open_vault(&args.vault)?;
+            let secondary = args
+                .vault
+                .secondary
+                .as_deref()
+                .map(crate::vault_config::open_store)
+                .transpose()?;
+            let envelope = plan(&store, secondary.as_ref(), &create).await?;
+            if create.dry_run {
+                eprintln!(
+                    "dry run: the request is valid; this is the job `restore create` would submit \
+                     (nothing was written or published):"
+                );
+                print!("{}", serde_yaml::to_string(&envelope.message)?);
+                return Ok(());
+            }
+            let broker = RabbitBroker::new(args.broker.amqp_url.clone());
+            let names = Names::new(args.broker.prefix.clone());
+            submit_restore(&store, &broker, &names, &envelope, requested_by()).await?;
+            let id = &envelope.job_id;
+            eprintln!(
+                "restore {id} submitted ({} to {}); follow it with `stowage restore status {id}` \
+                 or `stowage jobs watch {id}`",
+                envelope.kind(),
+                broker.endpoint()
+            );
+            println!("{id}");
+            if create.wait {
+                jobs_cmd::watch(
+                    &store,
+                    id,
+                    Duration::from_secs(1),
+                    create.timeout.map(Duration::from_secs_f64),
+                )
+                .await?;
+            }
+            Ok(())
+        }
+        RestoreAction::Status {
+            restore_id,
+            output: format,
+        } => {
+            let store = jobs_cmd::open_vault(&args.vault)?;
+            let job = jobs_cmd::read(&store, &restore_id).await.with_context(|| {
+                format!(
+                    "restore {restore_id} has no record (the job id of a restore is its restore id)"
+                )
+            })?;
+            jobs_cmd::show(&job, format)?;
+            if format == Format::Table && job.status() == JobStatus::Failed {
+                eprintln!(
+                    "the restore failed; its staging (if any) is kept for inspection until \
+                     `stowage restore cleanup` removes it after the keep time"
+                );
+            }
+            Ok(())
+        }
+        RestoreAction::Cleanup {
+            keep_failed_for,
+            output: format,
+        } => cleanup(&args.vault, &keep_failed_for, format).await,
+    }
+}
+
+fn requested_by() -> Option<String> {
+    std::env::var("USER").ok().filter(|u| !u.is_empty())
+}
+
+/// A Kubernetes namespace name (RFC 1123 label).
+fn check_namespace(what: &str, name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !ok {
+        bail!(
+            "{what} {name:?} is not a namespace name: at most 63 lowercase letters, digits and \
+             '-', starting and ending with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+/// Parse `--namespace-mapping source=target` pairs.
+pub fn parse_mapping(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut mapping = BTreeMap::new();
+    let mut targets = BTreeSet::new();
+    for pair in pairs {
+        let Some((source, target)) = pair.split_once('=') else {
+            bail!("--namespace-mapping {pair:?} is not SOURCE=TARGET, e.g. shop=shop-restored");
+        };
+        let (source, target) = (source.trim(), target.trim());
+        check_namespace("--namespace-mapping source", source)?;
+        check_namespace("--namespace-mapping target", target)?;
+        if mapping
+            .insert(source.to_owned(), target.to_owned())
+            .is_some()
+        {
+            bail!("--namespace-mapping maps {source} twice; give one target per namespace");
+        }
+        if !targets.insert(target.to_owned()) {
+            bail!(
+                "--namespace-mapping maps two namespaces to {target}; their objects would collide"
+            );
+        }
+    }
+    Ok(mapping)
+}
+
+/// Check a restore request against the vault and build its envelope (see the module doc).
+pub async fn plan(
+    store: &BlobStore,
+    secondary: Option<&BlobStore>,
+    args: &CreateArgs,
+) -> anyhow::Result<Envelope> {
+    let (instance, rp_id) = (args.instance.as_str(), args.rp.as_str());
+    let mapping = parse_mapping(&args.namespace_mapping)?;
+    for ns in &args.namespaces {
+        check_namespace("--namespaces entry", ns)?;
+    }
+    match store.head(&layout::instance(instance)?).await {
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => bail!(
+            "no backup instance {instance} in the vault (instances/{instance}.json); check the \
+             name, or create the instance first"
+        ),
+        Err(e) => return Err(e).context("cannot read the backup instance"),
+    }
+    let rp = match catalog::read_recovery_point(store, instance, rp_id).await {
+        Ok(rp) => rp,
+        Err(e) if e.is_not_found() => bail!(
+            "no recovery point {rp_id} of instance {instance}; `stowage rp list {instance}` \
+             shows its recovery points"
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot read recovery point {rp_id}")),
+    };
+    let tier = args.from.tier();
+    match tier {
+        Tier::Operational => {
+            let state = rp.tiers.iter().find(|t| t.tier == Tier::Operational);
+            if !matches!(state.map(|t| t.state), Some(RpState::Available)) {
+                bail!(
+                    "recovery point {rp_id} is not available in the operational tier ({}); \
+                     restore it --from vault instead",
+                    state.map_or("not present".to_owned(), |t| format!("{:?}", t.state))
+                );
+            }
+        }
+        Tier::Vault | Tier::Secondary => {
+            let (place, name) = match tier {
+                Tier::Vault => (Some(store), "vault"),
+                _ => (secondary, "secondary"),
+            };
+            let Some(place) = place else {
+                bail!("say where the secondary copy is: --secondary (the paired region's storage)");
+            };
+            let manifest = catalog::read_tier_manifest(place, instance, rp_id, tier)
+                .await
+                .with_context(|| format!("cannot read the {name} manifest of {rp_id}"))?;
+            if manifest.is_none() {
+                bail!(
+                    "recovery point {rp_id} is not in the {name} tier (yet): its transfer has not \
+                     completed; `stowage rp list {instance}` shows each tier's state"
+                );
+            }
+        }
+    }
+    if !args.namespaces.is_empty()
+        && let Some(unknown) = mapping.keys().find(|s| !args.namespaces.contains(s))
+    {
+        bail!(
+            "--namespace-mapping renames {unknown}, which --namespaces does not restore; add it \
+             to --namespaces or drop the mapping"
+        );
+    }
+    let restore_id = match &args.restore_id {
+        Some(id) => {
+            layout::validate_component("restore id", id)?;
+            id.clone()
+        }
+        None => format!(
+            "restore-{rp_id}-{}",
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        ),
+    };
+    let options = RestoreOptions {
+        target_cluster: args.target_cluster.clone(),
+        namespaces: args.namespaces.clone(),
+        namespace_mapping: mapping,
+        existing: match args.existing {
+            ExistingChoice::Skip => ExistingPolicy::Skip,
+            ExistingChoice::Patch => ExistingPolicy::Patch,
+        },
+        include_volumes: !args.no_volumes,
+        dry_run: false,
+    };
+    let message = match tier {
+        Tier::Operational => Message::Restore(RestoreJob {
+            restore_id: restore_id.clone(),
+            instance: instance.to_owned(),
+            recovery_point_id: rp_id.to_owned(),
+            source_tier: Tier::Operational,
+            staging: None,
+            options,
+        }),
+        tier => Message::RestoreHydration(RestoreHydrationJob {
+            restore_id: restore_id.clone(),
+            instance: instance.to_owned(),
+            recovery_point_id: rp_id.to_owned(),
+            tier,
+            staging_location: None,
+            options,
+        }),
+    };
+    Ok(Envelope::new(restore_id, message))
+}
+
+/// Write the restore's job record (create-only), then publish its job. If the publish fails
+/// the record is marked failed, so it does not sit `queued` forever.
+pub async fn submit_restore(
+    store: &BlobStore,
+    broker: &dyn stowage_runtime::Broker,
+    names: &Names,
+    envelope: &Envelope,
+    requested_by: Option<String>,
+) -> anyhow::Result<()> {
+    let stage = match &envelope.message {
+        Message::Restore(_) => Stage::Restore,
+        _ => Stage::RestoreHydration,
+    };
+    let now = Timestamp::now();
+    let mut record: JobRecord = stowage_stages::job_records::new_record(envelope, stage, now);
+    record.requested_by = requested_by;
+    let id = &envelope.job_id;
+    match create_job(store, &record)
+        .await
+        .with_context(|| format!("cannot write the job record of restore {id}"))?
+    {
+        CreateOutcome::Created(_) => {}
+        CreateOutcome::AlreadyExists => bail!(
+            "a job with id {id} already exists; `stowage restore status {id}` shows it — choose \
+             another --restore-id"
+        ),
+    }
+    if let Err(err) = submit(broker, names, envelope).await {
+        let reason = format!("the job could not be submitted: {err}");
+        let fallback = record.clone();
+        let marked = update_job(
+            store,
+            id,
+            || fallback.clone(),
+            |r| {
+                r.updated_at = Timestamp::now();
+                let run = r.stage_mut(stage);
+                run.status = JobStatus::Failed;
+                run.finished_at = Some(Timestamp::now());
+                run.error = Some(reason.clone());
+            },
+        )
+        .await;
+        if let Err(e) = marked {
+            tracing::warn!(error = %e, "could not mark the unsubmitted restore failed");
+        }
+        return Err(err).with_context(|| {
+            format!(
+                "cannot submit restore {id} to {}; nothing was started",
+                broker.endpoint()
+            )
+        });
+    }
+    Ok(())
+}
+
+async fn cleanup(vault: &VaultArgs, keep: &str, format: Format) -> anyhow::Result<()> {
+    let keep: jiff::SignedDuration = keep.parse().with_context(|| {
+        format!("--keep-failed-for {keep:?} is not a duration; write e.g. 72h, 30m or 1h30m")
+    })?;
+    let keep = Duration::try_from(keep)
+        .map_err(|_| anyhow::anyhow!("--keep-failed-for must not be negative"))?;
+    let (primary, secondary) = crate::rp_cmd::stores(vault)?;
+    let Some(root) = &vault.disk_root else {
+        bail!(
+            "--disk-root is missing: staging disks are deleted through the disk provider rooted there"
+        );
+    };
+    let disks = stowage_disk::LocalDiskProvider::open(root)
+        .with_context(|| format!("cannot open the disk root {}", root.display()))?;
+    let now = Timestamp::now();
+    let mut swept = stowage_stages::staging::sweep(&primary, &disks, now, keep).await?;
+    if let Some(secondary) = &secondary {
+        swept.extend(stowage_stages::staging::sweep(secondary, &disks, now, keep).await?);
+    }
+    let rows: Vec<Vec<String>> = swept
+        .iter()
+        .map(|s| {
+            vec![
+                s.restore_id.clone(),
+                format!("{:?}", s.state).to_lowercase(),
+                s.started_at.map_or_else(|| "-".into(), |t| t.to_string()),
+                if s.removed { "removed" } else { "kept" }.into(),
+                s.disks_deleted.to_string(),
+                s.objects_deleted.to_string(),
+            ]
+        })
+        .collect();
+    output::print(
+        format,
+        &["RESTORE", "STATE", "STARTED", "ACTION", "DISKS", "OBJECTS"],
+        &rows,
+        &swept,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_are_checked() {
+        let ok = parse_mapping(&["shop=shop-copy".into(), "blog = blog-copy".into()]).unwrap();
+        assert_eq!(ok["blog"], "blog-copy");
+        let err = |pairs: &[&str]| {
+            parse_mapping(&pairs.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&["shop"]).contains("is not SOURCE=TARGET"));
+        assert!(err(&["Shop=x"]).contains("is not a namespace name"));
+        assert!(err(&["a=x", "b=x"]).contains("two namespaces to x"));
+        assert!(err(&["a=x", "a=y"]).contains("maps a twice"));
+    }
+}

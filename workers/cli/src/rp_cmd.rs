@@ -1,0 +1,311 @@
+//! `stowage rp list|describe`: recovery points as the catalog records them, with the state of
+//! each tier.
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use serde::Serialize;
+use stowage_schemas::domain::{RecoveryPoint, RpState, Tier};
+use stowage_stages::job_records::format_bytes;
+use stowage_vault::catalog::{self, TierManifest};
+use stowage_vault::layout;
+use stowage_vault::store::BlobStore;
+
+use crate::cli::{Format, VaultArgs};
+use crate::output;
+use crate::vault_config;
+
+/// One tier of a recovery point.
+#[derive(Debug, Clone, Serialize)]
+pub struct TierView {
+    /// The tier.
+    pub tier: Tier,
+    /// `available` when the tier is complete, else what the RP manifest says, or
+    /// `not_present`.
+    pub state: String,
+    /// The tier's manifest (vault and secondary tiers, once complete).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<TierManifest>,
+}
+
+/// A recovery point with the state of each of its tiers.
+#[derive(Debug, Clone, Serialize)]
+pub struct RpView {
+    /// The RP manifest (`catalog/<instance>/<rp>.json`).
+    pub recovery_point: RecoveryPoint,
+    /// Operational, vault and (when `--secondary` is given) secondary.
+    pub tiers: Vec<TierView>,
+    /// Objects in the resources object, from the snapshot report (if it is there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_count: Option<u64>,
+    /// Warnings the snapshot recorded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl RpView {
+    fn size(&self) -> u64 {
+        self.recovery_point
+            .volumes
+            .iter()
+            .map(|v| v.size_bytes)
+            .sum()
+    }
+
+    fn tiers_text(&self) -> String {
+        self.tiers
+            .iter()
+            .map(|t| format!("{}:{}", tier_name(t.tier), t.state))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn tier_name(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Operational => "operational",
+        Tier::Vault => "vault",
+        Tier::Secondary => "secondary",
+    }
+}
+
+fn state_name(state: RpState) -> &'static str {
+    match state {
+        RpState::Creating => "creating",
+        RpState::Available => "available",
+        RpState::Failed => "failed",
+        RpState::Deleting => "deleting",
+    }
+}
+
+/// The primary store (and the secondary, if given).
+pub fn stores(args: &VaultArgs) -> anyhow::Result<(BlobStore, Option<BlobStore>)> {
+    let Some(location) = &args.vault else {
+        bail!(
+            "say where the vault is: --vault (a folder, azurite://<container> or azure://<account>/<container>)"
+        );
+    };
+    let primary = vault_config::open_store(location)?;
+    let secondary = args
+        .secondary
+        .as_deref()
+        .map(vault_config::open_store)
+        .transpose()?;
+    Ok((primary, secondary))
+}
+
+/// One recovery point with its tiers.
+pub async fn view(
+    primary: &BlobStore,
+    secondary: Option<&BlobStore>,
+    rp: RecoveryPoint,
+    with_report: bool,
+) -> anyhow::Result<RpView> {
+    let (instance, id) = (rp.instance.clone(), rp.id.clone());
+    let recorded = |tier: Tier| {
+        rp.tiers
+            .iter()
+            .find(|t| t.tier == tier)
+            .map(|t| state_name(t.state).to_owned())
+    };
+    let mut tiers = vec![TierView {
+        tier: Tier::Operational,
+        state: recorded(Tier::Operational).unwrap_or_else(|| "not_present".into()),
+        manifest: None,
+    }];
+    let mut places = vec![(Tier::Vault, Some(primary))];
+    if let Some(s) = secondary {
+        places.push((Tier::Secondary, Some(s)));
+    }
+    for (tier, store) in places {
+        let Some(store) = store else { continue };
+        let manifest = catalog::read_tier_manifest(store, &instance, &id, tier)
+            .await
+            .with_context(|| format!("cannot read the {} manifest of {id}", tier_name(tier)))?;
+        let state = match &manifest {
+            Some(_) => "available".to_owned(),
+            None => recorded(tier).unwrap_or_else(|| "not_present".into()),
+        };
+        tiers.push(TierView {
+            tier,
+            state,
+            manifest,
+        });
+    }
+    let (mut resource_count, mut warnings) = (None, Vec::new());
+    if with_report {
+        let key = stowage_stages::snapshot::report_key(&instance, &id)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        match primary.get(&key).await {
+            Ok(object) => {
+                if let Ok(report) = serde_json::from_slice::<stowage_stages::snapshot::SnapshotReport>(
+                    &object.bytes,
+                ) {
+                    resource_count = Some(report.resource_count);
+                    warnings = report.warnings;
+                }
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e).context("cannot read the snapshot report"),
+        }
+    }
+    Ok(RpView {
+        recovery_point: rp,
+        tiers,
+        resource_count,
+        warnings,
+    })
+}
+
+/// `stowage rp list <instance>`: every recovery point of the instance, newest first.
+pub async fn list(args: &VaultArgs, instance: &str, format: Format) -> anyhow::Result<()> {
+    let (primary, secondary) = stores(args)?;
+    let prefix = layout::recovery_points(instance)?;
+    let mut listing = primary.list(&prefix);
+    let mut views = Vec::new();
+    while let Some(info) = listing.next().await {
+        let key = info?.key;
+        // `catalog/<instance>/<rp>.json` is an RP manifest; `<rp>.<tier>.json` a tier manifest.
+        let Some(file) = key.as_str().rsplit('/').next() else {
+            continue;
+        };
+        let Some(rp_id) = file.strip_suffix(".json") else {
+            continue;
+        };
+        if [".vault", ".secondary", ".operational"]
+            .iter()
+            .any(|t| rp_id.ends_with(t))
+        {
+            continue;
+        }
+        let rp = match catalog::read_recovery_point(&primary, instance, rp_id).await {
+            Ok(rp) => rp,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read recovery point {rp_id}")),
+        };
+        views.push(view(&primary, secondary.as_ref(), rp, false).await?);
+    }
+    if views.is_empty() && format == Format::Table {
+        eprintln!(
+            "no recovery points of instance {instance} in the vault's catalog; `stowage backup now` (or a snapshot job) makes one"
+        );
+        return Ok(());
+    }
+    views.sort_by(|a, b| {
+        b.recovery_point
+            .created_at
+            .cmp(&a.recovery_point.created_at)
+            .then(a.recovery_point.id.cmp(&b.recovery_point.id))
+    });
+    let rows: Vec<Vec<String>> = views
+        .iter()
+        .map(|v| {
+            vec![
+                v.recovery_point.id.clone(),
+                v.recovery_point.created_at.to_string(),
+                v.tiers_text(),
+                v.recovery_point.volumes.len().to_string(),
+                format_bytes(v.size()),
+            ]
+        })
+        .collect();
+    output::print(
+        format,
+        &["RECOVERY POINT", "CREATED", "TIERS", "VOLUMES", "SIZE"],
+        &rows,
+        &views,
+    )
+}
+
+/// `stowage rp describe <instance> <rp>`.
+pub async fn describe(
+    args: &VaultArgs,
+    instance: &str,
+    rp_id: &str,
+    format: Format,
+) -> anyhow::Result<()> {
+    let (primary, secondary) = stores(args)?;
+    let rp = match catalog::read_recovery_point(&primary, instance, rp_id).await {
+        Ok(rp) => rp,
+        Err(e) if e.is_not_found() => bail!(
+            "no recovery point {rp_id} of instance {instance} in the vault's catalog; \
+             `stowage rp list {instance}` shows its recovery points"
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot read recovery point {rp_id}")),
+    };
+    let view = view(&primary, secondary.as_ref(), rp, true).await?;
+    if format != Format::Table {
+        return output::print(format, &[], &[], &view);
+    }
+    let rp = &view.recovery_point;
+    let fields = vec![
+        vec!["recovery point".into(), rp.id.clone()],
+        vec!["instance".into(), rp.instance.clone()],
+        vec!["created".into(), rp.created_at.to_string()],
+        vec!["resources".into(), rp.resources.clone()],
+        vec![
+            "objects".into(),
+            view.resource_count
+                .map_or_else(|| "unknown".into(), |n| n.to_string()),
+        ],
+        vec!["volumes".into(), rp.volumes.len().to_string()],
+        vec!["size".into(), format_bytes(view.size())],
+        vec!["warnings".into(), view.warnings.len().to_string()],
+    ];
+    print!("{}", output::table(&["FIELD", "VALUE"], &fields));
+    println!();
+    let tiers: Vec<Vec<String>> = view
+        .tiers
+        .iter()
+        .map(|t| {
+            let (completed, stats) = match &t.manifest {
+                Some(m) => (
+                    m.completed_at.to_string(),
+                    format!(
+                        "{} read, {} stored, {} new / {} reused chunks",
+                        format_bytes(m.stats.bytes_read),
+                        format_bytes(m.stats.bytes_stored),
+                        m.stats.chunks_new,
+                        m.stats.chunks_reused
+                    ),
+                ),
+                None => ("-".into(), "-".into()),
+            };
+            vec![tier_name(t.tier).into(), t.state.clone(), completed, stats]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(&["TIER", "STATE", "COMPLETED", "TRANSFER"], &tiers)
+    );
+    println!();
+    let volumes: Vec<Vec<String>> = rp
+        .volumes
+        .iter()
+        .map(|v| {
+            vec![
+                v.volume_id.clone(),
+                format!("{}/{}", v.namespace, v.pvc),
+                format_bytes(v.size_bytes),
+                v.snapshot_id.clone(),
+                view.tiers
+                    .iter()
+                    .filter_map(|t| t.manifest.as_ref())
+                    .filter_map(|m| m.volumes.iter().find(|tv| tv.volume_id == v.volume_id))
+                    .map(|tv| tv.version.clone())
+                    .next()
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &["VOLUME", "CLAIM", "SIZE", "SNAPSHOT", "VAULT VERSION"],
+            &volumes
+        )
+    );
+    for w in &view.warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
