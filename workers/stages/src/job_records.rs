@@ -526,14 +526,14 @@ mod tests {
         }
     }
 
-    fn fixture(
-        act: Act,
-    ) -> (
+    type Fixture = (
         Recorded<TestHandler>,
         BlobStore,
         Arc<AtomicU32>,
         Arc<Mutex<Option<JobStatus>>>,
-    ) {
+    );
+
+    fn fixture(act: Act) -> Fixture {
         let store = BlobStore::in_memory();
         let calls = Arc::new(AtomicU32::new(0));
         let seen = Arc::new(Mutex::new(None));
