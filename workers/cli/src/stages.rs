@@ -1,8 +1,8 @@
 //! Which stage handlers this build has, and what each needs to run.
 //!
-//! A stage is runnable only once its real handler exists and its dependencies are configured;
-//! otherwise the worker refuses it with an error that says which, rather than run a placeholder
-//! that acks jobs it did not do.
+//! Every stage has a handler; a stage runs only when what it needs is configured, otherwise
+//! the worker refuses it with an error that says what to pass, rather than start a worker that
+//! would fail every job it takes.
 
 use stowage_runtime::{StageConfig, Worker};
 use stowage_schemas::Stage;
@@ -25,17 +25,6 @@ pub struct Services {
 /// Why a stage cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum StageUnavailable {
-    /// The handler is not in this build yet.
-    #[error(
-        "the {stage} stage has no handler in this build yet (it comes with the {component}); \
-         leave its jobs queued: they wait in the `{stage}` queue until a worker for it starts"
-    )]
-    NotBuilt {
-        /// The stage.
-        stage: Stage,
-        /// What will bring it.
-        component: &'static str,
-    },
     /// The handler exists but needs a cluster.
     #[error(
         "the {stage} stage needs a cluster and a vault: pass --cluster-url (e.g. a sandbox from \
@@ -57,24 +46,9 @@ pub enum StageUnavailable {
     },
 }
 
-/// `None` when the stage's handler is in this build, else the component that will bring it.
-fn component_of(stage: Stage) -> Option<&'static str> {
-    match stage {
-        Stage::Snapshot
-        | Stage::Retention
-        | Stage::Restore
-        | Stage::VaultTransfer
-        | Stage::GeoReplication
-        | Stage::RestoreHydration => None,
-    }
-}
-
-/// The stages this build has handlers for.
+/// The stages this build has handlers for: all of them.
 pub fn built() -> Vec<Stage> {
-    Stage::ALL
-        .into_iter()
-        .filter(|s| component_of(*s).is_none())
-        .collect()
+    Stage::ALL.to_vec()
 }
 
 /// Add the handler of `stage` to `worker`, or say why it cannot run. Every handler is wrapped
@@ -85,9 +59,6 @@ pub fn add(
     config: StageConfig,
     services: &Services,
 ) -> Result<Worker, StageUnavailable> {
-    if let Some(component) = component_of(stage) {
-        return Err(StageUnavailable::NotBuilt { stage, component });
-    }
     if matches!(stage, Stage::Snapshot | Stage::Restore) {
         let cluster = services
             .cluster
