@@ -479,6 +479,13 @@ mod tests {
         WaitForCancel,
     }
 
+    type Fixture = (
+        Recorded<TestHandler>,
+        BlobStore,
+        Arc<AtomicU32>,
+        Arc<Mutex<Option<JobStatus>>>,
+    );
+
     struct TestHandler {
         act: Act,
         calls: Arc<AtomicU32>,
@@ -526,14 +533,7 @@ mod tests {
         }
     }
 
-    fn fixture(
-        act: Act,
-    ) -> (
-        Recorded<TestHandler>,
-        BlobStore,
-        Arc<AtomicU32>,
-        Arc<Mutex<Option<JobStatus>>>,
-    ) {
+    fn fixture(act: Act) -> Fixture {
         let store = BlobStore::in_memory();
         let calls = Arc::new(AtomicU32::new(0));
         let seen = Arc::new(Mutex::new(None));

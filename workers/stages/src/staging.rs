@@ -277,10 +277,10 @@ pub async fn sweep(
             delete_if_present(store, &key).await?;
             entry.objects_deleted += 1;
         }
-        if let Some(key) = record_key {
-            if delete_if_present(store, &key).await? {
-                entry.objects_deleted += 1;
-            }
+        if let Some(key) = record_key
+            && delete_if_present(store, &key).await?
+        {
+            entry.objects_deleted += 1;
         }
         entry.removed = true;
         tracing::info!(restore_id = %entry.restore_id, state = ?entry.state, disks = entry.disks_deleted, objects = entry.objects_deleted, "staging area removed");
