@@ -286,6 +286,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         );
     }
 
+    // Every job left a record; the same table `stowage jobs list` prints.
+    let jobs = crate::jobs_cmd::newest(&primary, 10, |_| true).await?;
+    let now = jiff::Timestamp::now();
+    let job_rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| crate::jobs_cmd::list_row(j, now))
+        .collect();
+    println!("\nJob records (stowage jobs list --vault <vault>):");
+    print!(
+        "{}",
+        output::table(
+            &[
+                "ID", "KIND", "INSTANCE", "STATUS", "STAGES", "PROGRESS", "AGE"
+            ],
+            &job_rows
+        )
+    );
+
     trigger.trigger();
     fleet.await??;
     cluster.shutdown().await;

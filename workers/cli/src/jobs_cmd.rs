@@ -287,12 +287,18 @@ pub fn age(since: Timestamp, now: Timestamp) -> String {
     }
 }
 
-/// The stage that is (or was last) in motion.
+/// The stage that is in motion, else the last one that reported progress.
 fn current_stage(job: &JobRecord) -> Option<&StageRun> {
     job.stages
         .iter()
         .rev()
         .find(|s| s.status == JobStatus::Running)
+        .or_else(|| {
+            job.stages
+                .iter()
+                .rev()
+                .find(|s| s.progress != JobProgress::default())
+        })
         .or_else(|| job.stages.last())
 }
 
@@ -304,7 +310,8 @@ fn stages_text(job: &JobRecord) -> String {
         .join(" ")
 }
 
-fn list_row(job: &JobRecord, now: Timestamp) -> Vec<String> {
+/// One row of the `jobs list` table.
+pub fn list_row(job: &JobRecord, now: Timestamp) -> Vec<String> {
     let mut status = status_name(job.status()).to_owned();
     if job.cancel_requested_at.is_some() && !is_finished(job) {
         status.push_str(" (cancelling)");

@@ -479,6 +479,13 @@ mod tests {
         WaitForCancel,
     }
 
+    type Fixture = (
+        Recorded<TestHandler>,
+        BlobStore,
+        Arc<AtomicU32>,
+        Arc<Mutex<Option<JobStatus>>>,
+    );
+
     struct TestHandler {
         act: Act,
         calls: Arc<AtomicU32>,
@@ -525,13 +532,6 @@ mod tests {
             }
         }
     }
-
-    type Fixture = (
-        Recorded<TestHandler>,
-        BlobStore,
-        Arc<AtomicU32>,
-        Arc<Mutex<Option<JobStatus>>>,
-    );
 
     fn fixture(act: Act) -> Fixture {
         let store = BlobStore::in_memory();
