@@ -15,6 +15,7 @@
 pub mod cluster_context;
 pub mod context;
 pub mod geo_replication;
+pub mod preflight;
 pub mod restore;
 pub mod restore_hydration;
 pub mod snapshot;
