@@ -45,6 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Rp(args) => rp(args).await,
         Command::Sandbox(args) => sandbox(args).await,
+        Command::Preflight(args) => crate::preflight_cmd::run(args).await,
     }
 }
 

@@ -7,6 +7,7 @@ mod commands;
 mod demo;
 mod job_file;
 mod output;
+mod preflight_cmd;
 mod stages;
 mod vault_config;
 

@@ -508,17 +508,20 @@ fn open_vault(target: &VaultTarget) -> Result<BlobStore, Check> {
 }
 
 fn container_of(location: &str) -> Option<&str> {
-    location
-        .strip_prefix("azurite://")
-        .or_else(|| location.strip_prefix("azure://")?.split_once('/').map(|(_, c)| c))
+    location.strip_prefix("azurite://").or_else(|| {
+        location
+            .strip_prefix("azure://")?
+            .split_once('/')
+            .map(|(_, c)| c)
+    })
 }
 
 fn storage_failure(target: &VaultTarget, error: &StoreError) -> Check {
     let text = chain(error);
     let container = container_of(&target.location);
-    if let Some(container) = container.filter(|_| {
-        text.contains("ContainerNotFound") || text.contains("container does not exist")
-    }) {
+    if let Some(container) = container
+        .filter(|_| text.contains("ContainerNotFound") || text.contains("container does not exist"))
+    {
         let create = if target.location.starts_with("azurite://") {
             format!(
                 "create it: `az storage container create --name {container} --connection-string \"UseDevelopmentStorage=true\"` (Azurite)"
@@ -536,7 +539,10 @@ fn storage_failure(target: &VaultTarget, error: &StoreError) -> Check {
     }
     Check::fail(
         VAULT_STORAGE,
-        format!("the vault storage at {} cannot be listed: {text}", target.location),
+        format!(
+            "the vault storage at {} cannot be listed: {text}",
+            target.location
+        ),
         if container.is_some() {
             "check that the storage endpoint is reachable (Azurite: `infra/scripts/start-azurite.sh`), the account key (STOWAGE_AZURE_ACCESS_KEY) and the container name"
         } else {
@@ -639,7 +645,12 @@ async fn vault_region(target: &VaultTarget) -> Result<Option<String>, String> {
     match store.get(&layout::vault_settings()).await {
         Ok(object) => serde_json::from_slice::<Vault>(&object.bytes)
             .map(|v| Some(v.region))
-            .map_err(|e| format!("{} is not valid vault settings: {e}", layout::VAULT_SETTINGS)),
+            .map_err(|e| {
+                format!(
+                    "{} is not valid vault settings: {e}",
+                    layout::VAULT_SETTINGS
+                )
+            }),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(chain(&e)),
     }
@@ -652,10 +663,7 @@ async fn vault_region(target: &VaultTarget) -> Result<Option<String>, String> {
 async fn broker_checks(targets: &PreflightTargets) -> Vec<Check> {
     let Some(target) = &targets.broker else {
         let why = "no broker given (--amqp-url)";
-        return vec![
-            Check::skipped(BROKER, why),
-            Check::skipped(TOPOLOGY, why),
-        ];
+        return vec![Check::skipped(BROKER, why), Check::skipped(TOPOLOGY, why)];
     };
     let endpoint = target.broker.endpoint();
     let reach_fix = format!(
@@ -678,10 +686,7 @@ async fn broker_checks(targets: &PreflightTargets) -> Vec<Check> {
     )
     .await;
     if reach.failed() {
-        return vec![
-            reach,
-            Check::skipped(TOPOLOGY, "the broker is unreachable"),
-        ];
+        return vec![reach, Check::skipped(TOPOLOGY, "the broker is unreachable")];
     }
     let declare_fix = format!(
         "declare it: `stowage topology declare --amqp-url <url> --prefix {}` (every worker also declares it at start)",
@@ -821,7 +826,11 @@ async fn check_version(cluster: &KubeTarget, reach_fix: &str) -> Check {
         Err(e) => {
             return Check::fail(
                 CLUSTER,
-                format!("the API server at {} cannot be reached: {}", cluster.url, chain(&e)),
+                format!(
+                    "the API server at {} cannot be reached: {}",
+                    cluster.url,
+                    chain(&e)
+                ),
                 reach_fix,
             );
         }
@@ -902,8 +911,7 @@ async fn check_csi_drivers(targets: &PreflightTargets, cluster: &KubeTarget) -> 
                 .and_then(|c| c.namespace.clone())
                 .unwrap_or_default();
             // Unbound volumes belong to no instance; with a scope, only its claims count.
-            if scope.is_some() && (claim_ns.is_empty() || !namespace_in_scope(scope, &claim_ns))
-            {
+            if scope.is_some() && (claim_ns.is_empty() || !namespace_in_scope(scope, &claim_ns)) {
                 continue;
             }
             let name = pv.metadata.name.unwrap_or_default();
@@ -948,10 +956,7 @@ async fn check_csi_drivers(targets: &PreflightTargets, cluster: &KubeTarget) -> 
             ),
         );
     }
-    Check::pass(
-        CSI_DRIVERS,
-        format!("{ours} volume(s), all on {handled}"),
-    )
+    Check::pass(CSI_DRIVERS, format!("{ours} volume(s), all on {handled}"))
 }
 
 async fn check_permissions(
@@ -983,18 +988,20 @@ async fn check_permissions(
             .buffer_unordered(16)
             .collect()
             .await;
-    let answers: Vec<(&FleetAccount, Permission, bool)> =
-        match answers.into_iter().collect::<Result<_, _>>() {
-            Ok(a) => a,
-            Err(e) => {
-                return Check::fail(
-                    PERMISSIONS,
-                    format!("cannot create SubjectAccessReviews: {}", chain(&e)),
-                    "let the identity running preflight create subjectaccessreviews.authorization.k8s.io \
+    let answers: Vec<(&FleetAccount, Permission, bool)> = match answers
+        .into_iter()
+        .collect::<Result<_, _>>()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            return Check::fail(
+                PERMISSIONS,
+                format!("cannot create SubjectAccessReviews: {}", chain(&e)),
+                "let the identity running preflight create subjectaccessreviews.authorization.k8s.io \
                      (e.g. bind it to the system:auth-delegator ClusterRole)",
-                );
-            }
-        };
+            );
+        }
+    };
     let mut missing: Vec<String> = Vec::new();
     for account in &accounts {
         let mut denied: Vec<String> = answers
@@ -1180,7 +1187,9 @@ async fn check_region(targets: &PreflightTargets, cluster: &KubeTarget) -> Check
     match regions.pop_first() {
         Some(region) => known.push(("cluster", region)),
         None if unlabelled > 0 => {
-            unknown.push(format!("the cluster's (no node has the {REGION_LABEL} label)"));
+            unknown.push(format!(
+                "the cluster's (no node has the {REGION_LABEL} label)"
+            ));
         }
         None => unknown.push("the cluster's (no nodes)".into()),
     }

@@ -461,7 +461,10 @@ mod tests {
         ];
         for key in keys {
             let top = key.split('/').next().unwrap();
-            assert!(is_vault_top_level(top), "{key}: {top} is not in TOP_LEVEL_NAMES");
+            assert!(
+                is_vault_top_level(top),
+                "{key}: {top} is not in TOP_LEVEL_NAMES"
+            );
         }
         assert!(is_vault_top_level(".stowage-locks"));
         assert!(!is_vault_top_level("backup.tar"));

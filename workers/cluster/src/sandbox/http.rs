@@ -74,7 +74,9 @@ async fn route(
             pod,
             "exec",
         ] if method == Method::POST => exec(sandbox, ns, pod, body).await,
-        ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"] if method == Method::POST => {
+        ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]
+            if method == Method::POST =>
+        {
             subject_access_review(sandbox, body)
         }
         ["api", version, rest @ ..] => {
