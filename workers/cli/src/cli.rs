@@ -51,6 +51,8 @@ pub enum Command {
     Jobs(crate::jobs_cmd::JobsArgs),
     /// Restores: create one, follow its status, clean up staging.
     Restore(crate::restore_cmd::RestoreArgs),
+    /// Check what a backup needs before the first one runs; exits 1 when a check fails.
+    Preflight(PreflightArgs),
 }
 
 /// Which Kubernetes cluster the snapshot and restore stages use.
@@ -346,4 +348,33 @@ pub struct DemoArgs {
     /// Folder for disks, key and local vault (default: a new folder under the temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+}
+
+/// `stowage preflight`: the same vault, broker, cluster and disk flags as `stowage worker`.
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    /// Broker settings.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Do not check a broker (e.g. when only the vault and cluster are set up yet).
+    #[arg(long)]
+    pub no_broker: bool,
+    /// Vault settings (the vault key is not needed).
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// The vault's region (default: the region in the vault's vault.json, if it has one).
+    #[arg(long, env = "STOWAGE_VAULT_REGION")]
+    pub vault_region: Option<String>,
+    /// The cluster to back up.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Namespace of the fleet's service accounts, whose permissions are reviewed.
+    #[arg(long, env = "STOWAGE_FLEET_NAMESPACE", default_value = stowage_stages::preflight::DEFAULT_FLEET_NAMESPACE)]
+    pub fleet_namespace: String,
+    /// Seconds each check may take before it fails.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
 }

@@ -47,6 +47,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sandbox(args) => sandbox(args).await,
         Command::Jobs(args) => crate::jobs_cmd::run(args).await,
         Command::Restore(args) => crate::restore_cmd::run(args).await,
+        Command::Preflight(args) => crate::preflight_cmd::run(args).await,
     }
 }
 

@@ -8,6 +8,7 @@ mod demo;
 mod job_file;
 mod jobs_cmd;
 mod output;
+mod preflight_cmd;
 mod restore_cmd;
 mod rp_cmd;
 mod stages;

@@ -28,5 +28,5 @@ pub use collect::{
 };
 pub use exec::{ExecError, ExecOutput, ExecRecord, ExecRequest, PodExec, SandboxExec};
 pub use sandbox::sample::LOCAL_CSI_DRIVER;
-pub use sandbox::{Sandbox, SandboxError, SandboxHandle};
+pub use sandbox::{SAMPLE_REGION, Sandbox, SandboxError, SandboxHandle};
 pub use selector::LabelSelector;

@@ -27,7 +27,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use error::DiskError;
-pub use local::{LOCAL_DRIVER, LocalDiskProvider};
+pub use local::{LOCAL_DRIVER, LOCAL_REGION, LocalDiskProvider};
 pub use ranges::{BLOCK_SIZE, merge_ranges};
 
 /// A boxed, `Send` future: what every [`DiskProvider`] method returns, so the trait stays
@@ -163,6 +163,14 @@ pub trait DiskProvider: Send + Sync + 'static {
     /// CSI driver name this provider handles (local: `"disk.stowage.local"`); the snapshot
     /// stage skips volumes of other drivers.
     fn driver(&self) -> &str;
+
+    /// Region of the location where this provider keeps snapshots (Azure: the snapshot resource
+    /// group's region; local: [`LOCAL_REGION`] unless configured), or `None` when it cannot say.
+    /// Preflight checks it against the vault's and the cluster's regions: a snapshot in another
+    /// region than its cluster makes every backup and restore cross regions.
+    fn location_region(&self) -> Option<&str> {
+        None
+    }
 
     /// Create an empty (all-zero, unallocated) disk of `size` bytes. Idempotent: a disk that
     /// already exists with the same size is returned as is; with a different size it is a

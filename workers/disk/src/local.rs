@@ -22,6 +22,10 @@ use crate::{
 /// The CSI driver name of local disks.
 pub const LOCAL_DRIVER: &str = "disk.stowage.local";
 
+/// The region a [`LocalDiskProvider`] reports for its snapshot location unless told another
+/// ([`LocalDiskProvider::with_region`]); the sandbox cluster's sample node is labelled with it.
+pub const LOCAL_REGION: &str = "local";
+
 /// Bytes copied per read while taking a snapshot.
 const COPY_BUF: usize = 1 << 20;
 /// Bytes of hydration pieces gathered before their change records are made durable and the
@@ -69,6 +73,7 @@ const MAX_NAME: usize = 200;
 #[derive(Debug, Clone)]
 pub struct LocalDiskProvider {
     inner: Arc<Inner>,
+    region: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -87,6 +92,13 @@ struct Intent {
 }
 
 impl LocalDiskProvider {
+    /// The same provider, reporting `region` as its snapshot location's region (default
+    /// [`LOCAL_REGION`]); preflight compares it with the vault's and the cluster's.
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into().into();
+        self
+    }
+
     /// Open (creating if needed) a provider rooted at `root`, and remove temporary files left
     /// by processes that crashed more than an hour ago.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, DiskError> {
@@ -109,6 +121,7 @@ impl LocalDiskProvider {
             remove_stale_temps(dir);
         }
         Ok(Self {
+            region: LOCAL_REGION.into(),
             inner: Arc::new(inner),
         })
     }
@@ -801,6 +814,10 @@ impl Inner {
 impl DiskProvider for LocalDiskProvider {
     fn driver(&self) -> &str {
         LOCAL_DRIVER
+    }
+
+    fn location_region(&self) -> Option<&str> {
+        Some(&self.region)
     }
 
     fn create_disk<'a>(

@@ -19,6 +19,7 @@ pub mod cluster_context;
 pub mod context;
 pub mod geo_replication;
 pub mod job_records;
+pub mod preflight;
 pub mod restore;
 pub mod restore_hydration;
 pub mod retention;

@@ -222,7 +222,7 @@ pub fn catalog() -> KeyPrefix {
 
 /// `vault.json`: the vault's settings.
 pub fn vault_settings() -> BlobKey {
-    key(&["vault.json"])
+    key(&[VAULT_SETTINGS])
 }
 
 /// `policies/<name>.json`.
@@ -494,8 +494,60 @@ pub fn jobs() -> KeyPrefix {
     prefix(&[JOBS])
 }
 
+/// The name of the vault settings object at the top of a vault.
+pub const VAULT_SETTINGS: &str = "vault.json";
+
+/// Every name a vault holds at its top level: the settings object and each prefix above.
+/// Anything else at the top of a container (names starting with `.` aside: the store's own
+/// housekeeping) is not Stowage data, which is how `stowage preflight` tells a vault from a
+/// container another application uses. **A new top-level prefix must be added here.**
+pub const TOP_LEVEL_NAMES: &[&str] = &[
+    VAULT_SETTINGS,
+    POLICIES,
+    INSTANCES,
+    CATALOG,
+    RESOURCES,
+    VOLUMES,
+    PACKS,
+    INDEX,
+    JOBS,
+    STAGING,
+];
+
+/// Whether `name` (one path component at a vault's top level) belongs to a vault: one of
+/// [`TOP_LEVEL_NAMES`] or a hidden housekeeping name.
+pub fn is_vault_top_level(name: &str) -> bool {
+    name.starts_with('.') || TOP_LEVEL_NAMES.contains(&name)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_top_level_key_is_a_vault_name() {
+        let keys = [
+            vault_settings().to_string(),
+            policy("p").unwrap().to_string(),
+            instance("i").unwrap().to_string(),
+            recovery_point("i", "rp").unwrap().to_string(),
+            resource("i", "rp", &["r.jsonl"]).unwrap().to_string(),
+            volume_version("v", "s").unwrap().to_string(),
+            pack("00aa").unwrap().to_string(),
+            index_segment("s").unwrap().to_string(),
+            job("j").unwrap().to_string(),
+            staging("r", "resources").unwrap().to_string(),
+        ];
+        for key in keys {
+            let top = key.split('/').next().unwrap();
+            assert!(
+                is_vault_top_level(top),
+                "{key}: {top} is not in TOP_LEVEL_NAMES"
+            );
+        }
+        assert!(is_vault_top_level(".stowage-locks"));
+        assert!(!is_vault_top_level("backup.tar"));
+        assert!(!is_vault_top_level("catalogue"));
+    }
+
     use super::*;
 
     #[test]

@@ -732,6 +732,29 @@ impl BlobStore {
             .boxed()
     }
 
+    /// The names directly under the root (objects and "folders"), from one delimited listing:
+    /// what `stowage preflight` reads to tell a vault from a container holding other data.
+    /// Only the top level is read, so a vault's size does not matter; the answer holds one
+    /// entry per top-level name.
+    pub async fn list_top_level(&self) -> Result<Vec<String>, StoreError> {
+        let listing = self
+            .inner
+            .list_with_delimiter(None)
+            .await
+            .map_err(|e| self.backend_error("list the top level of", "", e))?;
+        let last = |path: &ObjectPath| {
+            path.parts()
+                .last()
+                .map(|p| p.as_ref().to_owned())
+                .unwrap_or_default()
+        };
+        let mut names: Vec<String> = listing.common_prefixes.iter().map(last).collect();
+        names.extend(listing.objects.iter().map(|o| last(&o.location)));
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     /// Deletes an object. Deleting a missing object succeeds, so retries are harmless.
     pub async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {
         let _lock = match &self.backend {

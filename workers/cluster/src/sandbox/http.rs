@@ -13,12 +13,10 @@ use serde_json::{Value, json};
 
 use super::Sandbox;
 use super::error::ApiError;
+use super::rbac;
 use super::store::{ListOptions, Store};
 use crate::exec::{ExecBody, ExecOutput, ExecRecord, SANDBOX_EXEC_GROUP};
 use crate::selector::LabelSelector;
-
-/// The Kubernetes version the sandbox claims to be.
-const SERVED_VERSION: (&str, &str) = ("1", "33");
 
 pub(crate) fn router(sandbox: Sandbox) -> Router {
     Router::new().fallback(handle).with_state(sandbox)
@@ -54,7 +52,7 @@ async fn route(
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let ok = |v| Ok((StatusCode::OK, v));
     match segments.as_slice() {
-        ["version"] => ok(version()),
+        ["version"] => ok(sandbox.with_store(|s| version(s.version()))),
         ["api"] => ok(json!({
             "kind": "APIVersions",
             "versions": ["v1"],
@@ -76,6 +74,11 @@ async fn route(
             pod,
             "exec",
         ] if method == Method::POST => exec(sandbox, ns, pod, body).await,
+        ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]
+            if method == Method::POST =>
+        {
+            subject_access_review(sandbox, body)
+        }
         ["api", version, rest @ ..] => {
             resource(sandbox, method, uri, headers, body, "", version, rest)
         }
@@ -86,8 +89,7 @@ async fn route(
     }
 }
 
-fn version() -> Value {
-    let (major, minor) = SERVED_VERSION;
+fn version((major, minor): (&str, &str)) -> Value {
     json!({
         "major": major,
         "minor": minor,
@@ -362,6 +364,17 @@ fn table(list: Value) -> Value {
         ],
         "rows": rows,
     })
+}
+
+/// Answers a `SubjectAccessReview` from the RBAC objects in the sandbox (see [`super::rbac`]).
+/// Nothing is stored, as on a real API server.
+fn subject_access_review(sandbox: &Sandbox, body: &Bytes) -> Answer {
+    let review = json_body(body)?;
+    let request = rbac::AccessRequest::from_review(&review).map_err(|message| {
+        ApiError::bad_request(format!("invalid SubjectAccessReview: {message}"))
+    })?;
+    let decision = sandbox.with_store(|store| rbac::evaluate(store, &request));
+    Ok((StatusCode::CREATED, rbac::answer(review, &decision)))
 }
 
 async fn exec(sandbox: &Sandbox, namespace: &str, pod: &str, body: &Bytes) -> Answer {

@@ -29,18 +29,25 @@
 //!   malformed name, name differing from the URL, malformed CRD), 400 `BadRequest`, 405, 415.
 //! - `kubectl --server` can list and get: server-side printing (`as=Table`) answers name and age.
 //! - Hook commands: see [`crate::exec`].
+//! - `SubjectAccessReview` (`POST /apis/authorization.k8s.io/v1/subjectaccessreviews`),
+//!   answered by evaluating the stored Roles, ClusterRoles and bindings (see `rbac`: verbs,
+//!   groups, resources and subresources, resource names, namespaces, `*`); nothing else is
+//!   authorized, so the answers only inform, they do not restrict.
+//! - Nodes (the sample app has one, labelled with [`SAMPLE_REGION`]); the version `/version`
+//!   answers can be changed with [`Sandbox::set_version`].
 //!
 //! # What it does not serve
 //!
 //! Watches, server-side apply, JSON patch, `deletecollection`, subresources (`/status`,
 //! `/scale`, real `pods/exec`), OpenAPI documents, aggregated discovery, authentication and
-//! authorization, admission and schema validation, defaulting, finalizers and graceful
+//! authorization of requests (reviews answer, nothing enforces them), admission and schema validation, defaulting, finalizers and graceful
 //! deletion (deleting a namespace or CRD removes its contents at once), controllers (a
 //! Deployment creates no pods), and consistent paging snapshots (a continued list resumes after
 //! the last name it returned, and sees changes made in between).
 
 pub(crate) mod error;
 mod http;
+pub(crate) mod rbac;
 pub(crate) mod sample;
 pub(crate) mod store;
 mod types;
@@ -52,6 +59,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::exec::ExecRecord;
+pub use sample::SAMPLE_REGION;
 use store::Store;
 
 /// A sandbox cluster's state. Cheap to clone: clones share one cluster.
@@ -137,6 +145,12 @@ impl Sandbox {
     /// Every command run through the exec endpoint so far, oldest first.
     pub fn exec_log(&self) -> Vec<ExecRecord> {
         self.with_store(|s| s.exec_log().to_vec())
+    }
+
+    /// Makes `/version` answer `major.minor` (a new sandbox answers 1.33), e.g. to see a
+    /// version check refuse a cluster too old for CSI snapshots.
+    pub fn set_version(&self, major: &str, minor: &str) {
+        self.with_store_mut(|s| s.set_version(major, minor));
     }
 
     /// The cluster's current resource version (the last one issued).

@@ -6,7 +6,7 @@
 //! | `shop` (team=commerce) | deployments `web`, `cart`; statefulset `db`; services `web`, `db`; configmaps `web-config`, `db-config`; secret `db-credentials`; service account, role, role binding; pods `db-0`, `web-7d9f` (hook targets); PVC `data-db-0` → PV `pv-shop-data` (CSI `disk.stowage.local`, disk `shop-data`); widgets `blue`, `red` | `app`, `tier` (frontend/backend/data), `backup` (`skip` on `cart`) |
 //! | `blog` (team=content) | deployment `wordpress`; statefulset `mysql`; services; configmap; secret; pod `mysql-0`; PVC `data-mysql-0` → `pv-blog-data` (disk `blog-data`); PVC `uploads` → `pv-blog-uploads` (**NFS**: not a CSI volume, skipped by snapshots); widget `green` | `app`, `tier` |
 //! | `kube-system` | deployment and configmap `coredns` | `k8s-app=kube-dns` |
-//! | cluster | storage class `local-disk`, the three PVs, cluster role and binding `widget-reader`, CRD `widgets.demo.stowage.io` | `app.kubernetes.io/part-of=stowage-demo` |
+//! | cluster | node `sandbox-node-1` (region [`SAMPLE_REGION`], zone `local-1`), storage class `local-disk`, the three PVs, cluster role and binding `widget-reader`, CRD `widgets.demo.stowage.io` | `app.kubernetes.io/part-of=stowage-demo` |
 //!
 //! The `db-0` pod carries no exec annotations (hooks succeed); `mysql-0` has
 //! `sandbox.stowage.io/exec-delay-ms: "50"` so hooks take a moment.
@@ -15,6 +15,11 @@ use serde_json::{Value, json};
 
 /// The CSI driver of the local disk provider.
 pub const LOCAL_CSI_DRIVER: &str = "disk.stowage.local";
+
+/// The region of the sample app's node (`topology.kubernetes.io/region`): the same name the
+/// local disk provider reports for its snapshots (`stowage_disk::LOCAL_REGION`), so a local
+/// vault in that region passes the preflight region check.
+pub const SAMPLE_REGION: &str = "local";
 
 fn meta(name: &str, namespace: Option<&str>, labels: Value) -> Value {
     let mut m = json!({"name": name, "labels": labels});
@@ -166,6 +171,17 @@ pub(crate) fn objects() -> Vec<Value> {
         namespace("shop", json!({"team": "commerce", "env": "prod"})),
         namespace("blog", json!({"team": "content", "env": "prod"})),
         widget_crd(),
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": meta("sandbox-node-1", None, json!({
+                "kubernetes.io/hostname": "sandbox-node-1",
+                "kubernetes.io/os": "linux",
+                "topology.kubernetes.io/region": SAMPLE_REGION,
+                "topology.kubernetes.io/zone": format!("{SAMPLE_REGION}-1"),
+            })),
+            "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }),
         json!({
             "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
             "metadata": meta("local-disk", None, demo.clone()),

@@ -20,6 +20,9 @@ type TypeKey = (String, String);
 /// (namespace, name); the namespace is empty for cluster-scoped objects.
 type ObjectKey = (String, String);
 
+/// The Kubernetes version a new sandbox claims to be, as `(major, minor)`.
+pub const DEFAULT_VERSION: (&str, &str) = ("1", "33");
+
 /// Annotation on a pod: the exit code sandbox exec reports (default 0).
 pub const EXEC_EXIT_CODE_ANNOTATION: &str = "sandbox.stowage.io/exec-exit-code";
 /// Annotation on a pod: milliseconds sandbox exec takes before answering (default 0).
@@ -78,6 +81,8 @@ pub(crate) struct Store {
     crd_types: Vec<ResourceType>,
     objects: BTreeMap<TypeKey, BTreeMap<ObjectKey, Value>>,
     exec_log: Vec<ExecRecord>,
+    /// `(major, minor)` answered on `/version`.
+    version: (String, String),
 }
 
 impl Store {
@@ -89,6 +94,7 @@ impl Store {
             crd_types: Vec::new(),
             objects: BTreeMap::new(),
             exec_log: Vec::new(),
+            version: (DEFAULT_VERSION.0.to_owned(), DEFAULT_VERSION.1.to_owned()),
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             store
@@ -103,6 +109,32 @@ impl Store {
     /// The current resource version (the last one issued).
     pub fn resource_version(&self) -> u64 {
         self.resource_version
+    }
+
+    /// The Kubernetes version `/version` answers, as `(major, minor)`.
+    pub fn version(&self) -> (&str, &str) {
+        (&self.version.0, &self.version.1)
+    }
+
+    /// Changes the version `/version` answers (to test version checks).
+    pub fn set_version(&mut self, major: &str, minor: &str) {
+        self.version = (major.to_owned(), minor.to_owned());
+    }
+
+    /// Every stored object of one type (`group`, `plural`), as stored (no `apiVersion` rewrite),
+    /// ordered by namespace and name.
+    pub fn objects_of(&self, group: &str, plural: &str) -> impl Iterator<Item = &Value> {
+        self.objects
+            .get(&(group.to_owned(), plural.to_owned()))
+            .into_iter()
+            .flat_map(BTreeMap::values)
+    }
+
+    /// One stored object; `namespace` is empty for cluster-scoped types.
+    pub fn object(&self, group: &str, plural: &str, namespace: &str, name: &str) -> Option<&Value> {
+        self.objects
+            .get(&(group.to_owned(), plural.to_owned()))?
+            .get(&(namespace.to_owned(), name.to_owned()))
     }
 
     /// Every known resource type: built-ins first, then those of registered CRDs.

@@ -108,6 +108,8 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
             &["pvc"],
         ),
         t("", "v1", "Pod", "pods", true, &["po"]),
+        // Served for their labels (`topology.kubernetes.io/region`); never collected.
+        t("", "v1", "Node", "nodes", false, &["no"]),
         t("apps", "v1", "Deployment", "deployments", true, &["deploy"]),
         t("apps", "v1", "StatefulSet", "statefulsets", true, &["sts"]),
         t(
@@ -147,6 +149,15 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
             "v1",
             "ClusterRoleBinding",
             "clusterrolebindings",
+            false,
+            &[],
+        ),
+        // Discovery lists it; reviews are answered by `rbac`, never stored.
+        t(
+            "authorization.k8s.io",
+            "v1",
+            "SubjectAccessReview",
+            "subjectaccessreviews",
             false,
             &[],
         ),

@@ -1,0 +1,126 @@
+//! `stowage preflight`: runs [`stowage_stages::preflight::run_all`] against the vault, broker,
+//! cluster and disk root given as for a worker, prints a line per check (the fix under each
+//! failure or warning) or JSON/YAML, and exits non-zero when a check fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use stowage_disk::LocalDiskProvider;
+use stowage_runtime::{Names, RabbitBroker};
+use stowage_stages::preflight::{
+    self, BrokerTarget, Check, KubeTarget, PreflightTargets, Report, Status, VaultTarget,
+};
+
+use crate::cli::{Format, PreflightArgs};
+
+/// Runs the checks and prints the report; an error (exit code 1) when any check failed.
+pub async fn run(args: PreflightArgs) -> anyhow::Result<()> {
+    let targets = targets(&args)?;
+    let report = preflight::run_all(&targets).await;
+    match args.output {
+        Format::Table => print!("{}", render(&report)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Yaml => print!("{}", serde_yaml::to_string(&report)?),
+    }
+    let failed = report.failures().count();
+    if failed > 0 {
+        bail!(
+            "{failed} preflight check(s) failed: {}",
+            report
+                .failures()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
+    let vault = args.vault.vault.as_ref().map(|location| VaultTarget {
+        location: location.clone(),
+        access_key: std::env::var("STOWAGE_AZURE_ACCESS_KEY").ok(),
+        region: args.vault_region.clone(),
+    });
+    let broker = (!args.no_broker).then(|| BrokerTarget {
+        broker: Arc::new(RabbitBroker::new(args.broker.amqp_url.clone())),
+        names: Names::new(args.broker.prefix.clone()),
+    });
+    let cluster = match &args.cluster.cluster_url {
+        Some(url) => {
+            let uri: http::Uri = url
+                .parse()
+                .with_context(|| format!("--cluster-url {url:?} is not a URL"))?;
+            let client = kube::Client::try_from(kube::Config::new(uri))
+                .with_context(|| format!("cannot build a client for {url}"))?;
+            Some(KubeTarget {
+                client,
+                url: url.clone(),
+            })
+        }
+        None => None,
+    };
+    let disks = match &args.vault.disk_root {
+        Some(root) => Some(Arc::new(
+            LocalDiskProvider::open(root)
+                .with_context(|| format!("cannot open the disk root {}", root.display()))?,
+        ) as Arc<dyn stowage_disk::DiskProvider>),
+        None => None,
+    };
+    Ok(PreflightTargets {
+        vault,
+        broker,
+        cluster,
+        disks,
+        fleet_namespace: args.fleet_namespace.clone(),
+        scope: None,
+        timeout: Duration::from_secs_f64(args.timeout),
+    })
+}
+
+fn mark(check: &Check) -> &'static str {
+    match check.status {
+        Status::Pass => "✓",
+        Status::Warn => "!",
+        Status::Fail => "✗",
+        Status::Skipped(_) => "-",
+    }
+}
+
+/// One line per check (`✓`, `!`, `✗` or `-`, the name, what was found), the fix indented under
+/// each failure and warning, and a summary line.
+pub fn render(report: &Report) -> String {
+    let width = report
+        .checks
+        .iter()
+        .map(|c| c.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for check in &report.checks {
+        let detail = match &check.status {
+            Status::Skipped(reason) => format!("skipped: {reason}"),
+            _ => check.detail.clone(),
+        };
+        out.push_str(&format!(
+            "{} {:width$}  {detail}\n",
+            mark(check),
+            check.name
+        ));
+        if matches!(check.status, Status::Fail | Status::Warn)
+            && let Some(fix) = &check.fix
+        {
+            out.push_str(&format!("  {:width$}  fix: {fix}\n", ""));
+        }
+    }
+    let count = |s: fn(&Status) -> bool| report.checks.iter().filter(|c| s(&c.status)).count();
+    out.push_str(&format!(
+        "{} passed, {} warned, {} failed, {} skipped\n",
+        count(|s| *s == Status::Pass),
+        count(|s| *s == Status::Warn),
+        count(|s| *s == Status::Fail),
+        count(|s| matches!(s, Status::Skipped(_))),
+    ));
+    out
+}
