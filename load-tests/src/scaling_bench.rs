@@ -17,8 +17,9 @@
 //!    empty (every job acked) and deletes the topology.
 //!
 //! Workers report on stdout: `ready` once consuming, then `handled <count>` as jobs finish.
-//! Each round also measures the bare broker rate: a bare lapin consumer with the workers'
-//! prefetch acking the same envelopes one by one, doing no work.
+//! Each round also measures the bare broker rate: a bare lapin consumer (prefetch
+//! `--bare-prefetch`, 64 as in `broker-throughput`) acking the same envelopes one by one,
+//! doing no work.
 //!
 //! ```sh
 //! cargo run --release -p stowage-load-tests --bin scaling-bench -- --jobs 2000 --work-ms 20
@@ -87,7 +88,7 @@ struct JobArgs {
     /// Jobs one worker process runs at once (the stage's concurrency).
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Deliveries the broker may hand one worker ahead of time; also the bare consumer's.
+    /// Deliveries the broker may hand one worker ahead of time.
     #[arg(long, default_value_t = 8)]
     prefetch: u16,
 }
@@ -110,6 +111,10 @@ struct DriveArgs {
     /// Messages per bare broker measurement (more than --jobs: the bare loop is fast).
     #[arg(long, default_value_t = 20_000)]
     bare_messages: u64,
+    /// Prefetch of the bare consumer. The default is broker-throughput's 64: with a small
+    /// prefetch one consumer is bound by acknowledgement round trips, not by the broker.
+    #[arg(long, default_value_t = 64)]
+    bare_prefetch: u16,
     /// Worker process counts to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     replicas: Vec<usize>,
@@ -436,7 +441,7 @@ fn vault_transfer(i: u64, names: &Names) -> stowage_runtime::broker::Outgoing {
     stowage_runtime::envelope::outgoing(names, &envelope)
 }
 
-/// The bare broker rate with the workers' prefetch and an encoded job as the body.
+/// The bare broker rate with `--bare-prefetch` and an encoded job as the body.
 async fn bare(args: &DriveArgs) -> anyhow::Result<f64> {
     let job = vault_transfer(0, &Names::new("bare"));
     let props = common::persistent()
@@ -447,7 +452,7 @@ async fn bare(args: &DriveArgs) -> anyhow::Result<f64> {
         &connection,
         &publisher,
         args.bare_messages,
-        args.job.prefetch,
+        args.bare_prefetch,
         &job.body,
         &props,
     )
@@ -489,7 +494,10 @@ async fn drive(args: DriveArgs) -> anyhow::Result<()> {
          prefetch {} per worker process; {cores} cores",
         args.rounds, args.jobs, job.work_ms, job.work, job.concurrency, job.prefetch
     );
-    println!("bare broker (median): {bare_median:.0} msg/s");
+    println!(
+        "bare broker (median): {bare_median:.0} msg/s, one consumer with prefetch {}",
+        args.bare_prefetch
+    );
     println!();
     println!(
         "| worker processes | jobs/s (median) | / bare broker | speed-up vs {first} | ideal jobs/s | efficiency vs ideal |"
