@@ -71,8 +71,7 @@ fn the_worker_refuses_stages_it_cannot_run() {
     let out = refuse("retention");
     let err = text(&out.stderr);
     assert!(
-        !out.status.success()
-            && err.contains("the retention stage has no handler in this build yet"),
+        !out.status.success() && err.contains("the retention stage needs a vault: pass --vault"),
         "{err}"
     );
     let out = refuse("snapshot");
