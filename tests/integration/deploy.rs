@@ -29,13 +29,14 @@ const LOAD_RESTRICTOR: [&str; 2] = ["--load-restrictor", "LoadRestrictionsNone"]
 const HEALTH_PORT: i32 = 8080;
 const MAX_REQUEST_MEMORY: f64 = 256.0 * 1024.0 * 1024.0;
 const MAX_REQUEST_MILLICPU: f64 = 500.0;
-/// Stages with a handler in this build: every stage but retention.
-const DEPLOYED: [Stage; 5] = [
+/// Stages with a handler in this build: all of them.
+const DEPLOYED: [Stage; 6] = [
     Stage::Snapshot,
     Stage::VaultTransfer,
     Stage::GeoReplication,
     Stage::RestoreHydration,
     Stage::Restore,
+    Stage::Retention,
 ];
 const WRITE_VERBS: [&str; 9] = [
     "create",

@@ -460,3 +460,55 @@ async fn retention_refuses_an_instance_without_a_policy() {
         .to_string();
     assert!(err.contains("ghost") && err.contains("policy"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handler_expires_by_policy_and_emits_nothing() {
+    use stowage_runtime::StageHandler as _;
+    use stowage_schemas::jobs::RetentionJob;
+    use stowage_schemas::{Envelope, Message};
+
+    let f = fixture(&[(CalendarPeriod::Day, 1)], 1).await;
+    let t0 = local(2026, 5, 1, 2);
+    f.backup("old", t0, 1).await;
+    f.backup("new", t0 + SignedDuration::from_hours(48), 2)
+        .await;
+    let clock_at = t0 + SignedDuration::from_hours(50);
+    let stage = retention::RetentionStage::new(f.ctx.clone())
+        .with_grace(SignedDuration::from_hours(1))
+        .with_clock(Arc::new(move || clock_at));
+    let envelope = Envelope::new(
+        "retention-1",
+        Message::Retention(RetentionJob {
+            instance: INSTANCE.into(),
+            as_of: None,
+        }),
+    );
+    for _ in 0..2 {
+        let outcome = stage
+            .handle(JobContext::detached(Stage::Retention), envelope.clone())
+            .await
+            .unwrap();
+        assert!(outcome.messages().is_empty());
+    }
+    // "old" was only operational and expired a day after it was taken: gone with its snapshot.
+    assert!(
+        catalog::read_recovery_point(&f.ctx.primary, INSTANCE, "old")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(
+        f.disks
+            .get_snapshot(&SnapshotId(format!("old-{DISK}")))
+            .await
+            .is_err()
+    );
+    // "new" is the newest: kept, with a record of its decision.
+    let record = retention::read_record(&f.ctx.primary, INSTANCE, "new")
+        .await
+        .unwrap()
+        .expect("a record");
+    assert_eq!(record.tiers.len(), 1);
+    assert_eq!(record.tiers[0].state, RpState::Available);
+    assert_eq!(record.tiers[0].expires_at, None, "protected as the newest");
+}
