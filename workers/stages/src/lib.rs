@@ -9,6 +9,8 @@
 //! | [`restore`] | restore | `job.restore`, `event.restore.hydrated` | `event.restore.completed` |
 //!
 //! [`verify`] re-reads a recovery point's data in a tier (`stowage rp verify`).
+//! [`settings`] reads and writes the vault settings, policies and backup instances with
+//! validation; [`scheduler`] computes backup slots and triggers scheduled snapshot jobs.
 //! Every handler is idempotent: a redelivered message finds what an earlier attempt made
 //! durable (create-only manifests, job-named packs, chunk-index segments) and reuses it.
 
@@ -17,6 +19,8 @@ pub mod context;
 pub mod geo_replication;
 pub mod restore;
 pub mod restore_hydration;
+pub mod scheduler;
+pub mod settings;
 pub mod snapshot;
 pub mod vault_transfer;
 pub mod verify;
