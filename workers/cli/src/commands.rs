@@ -45,6 +45,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Rp(args) => rp(args).await,
         Command::Sandbox(args) => sandbox(args).await,
+        Command::Vault(args) => crate::catalog_cmd::vault(args).await,
+        Command::Policy(args) => crate::catalog_cmd::policy(args).await,
+        Command::Instance(args) => crate::catalog_cmd::instance(args).await,
+        Command::Backup(args) => crate::catalog_cmd::backup(args).await,
+        Command::Scheduler(args) => crate::scheduler_cmd::run(args).await,
     }
 }
 

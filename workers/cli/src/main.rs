@@ -2,11 +2,13 @@
 //!
 //! `main` only parses arguments, sets up logging and hands over to [`commands`].
 
+mod catalog_cmd;
 mod cli;
 mod commands;
 mod demo;
 mod job_file;
 mod output;
+mod scheduler_cmd;
 mod stages;
 mod vault_config;
 
