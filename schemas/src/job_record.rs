@@ -37,6 +37,12 @@ pub struct JobRecord {
     pub created_at: Timestamp,
     /// When the record last changed.
     pub updated_at: Timestamp,
+    /// When the job's message was published (the broker confirmed it); none: not yet, or the
+    /// producer does not track it. The scheduler claims a slot by creating the record and sets
+    /// this after publishing, so a claim whose producer died before publishing is recognisable
+    /// and republished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<Timestamp>,
     /// When cancellation was requested; none: not requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_requested_at: Option<Timestamp>,
@@ -160,6 +166,7 @@ impl JobRecord {
             requested_by: None,
             created_at: now,
             updated_at: now,
+            submitted_at: None,
             cancel_requested_at: None,
             stages: vec![StageRun::queued(kind)],
         }

@@ -53,6 +53,16 @@ pub enum Command {
     Restore(crate::restore_cmd::RestoreArgs),
     /// Check what a backup needs before the first one runs; exits 1 when a check fails.
     Preflight(PreflightArgs),
+    /// The vault's settings: init, show.
+    Vault(crate::catalog_cmd::VaultCmdArgs),
+    /// Backup policies: create, list, show.
+    Policy(crate::catalog_cmd::PolicyArgs),
+    /// Backup instances: create, list, show.
+    Instance(crate::catalog_cmd::InstanceArgs),
+    /// On-demand backups.
+    Backup(crate::catalog_cmd::BackupArgs),
+    /// Trigger every instance's scheduled backups, until SIGTERM or Ctrl-C.
+    Scheduler(crate::scheduler_cmd::SchedulerArgs),
 }
 
 /// Which Kubernetes cluster the snapshot and restore stages use.

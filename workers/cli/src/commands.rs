@@ -48,6 +48,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs(args) => crate::jobs_cmd::run(args).await,
         Command::Restore(args) => crate::restore_cmd::run(args).await,
         Command::Preflight(args) => crate::preflight_cmd::run(args).await,
+        Command::Vault(args) => crate::catalog_cmd::vault(args).await,
+        Command::Policy(args) => crate::catalog_cmd::policy(args).await,
+        Command::Instance(args) => crate::catalog_cmd::instance(args).await,
+        Command::Backup(args) => crate::catalog_cmd::backup(args).await,
+        Command::Scheduler(args) => crate::scheduler_cmd::run(args).await,
     }
 }
 

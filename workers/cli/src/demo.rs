@@ -20,9 +20,13 @@ use stowage_runtime::client::submit;
 use stowage_runtime::{
     Broker, InProcessBroker, Names, RabbitBroker, Shutdown, StageConfig, Worker, WorkerConfig,
 };
-use stowage_schemas::domain::{BackupInstance, Namespaces, Scope, Tier};
+use stowage_schemas::domain::{
+    BackupInstance, CalendarPeriod, Immutability, Namespaces, Policy, Redundancy, Retention,
+    Schedule, Scope, Tier, Vault, VaultRule,
+};
 use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions, SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message};
+use stowage_stages::settings::{self, WriteMode};
 use stowage_stages::{
     ClusterContext, ClusterTarget, GeoReplication, RecordSettings, Recorded, RestoreHydration,
     RestoreStage, SnapshotStage, VaultContext, VaultTransfer,
@@ -104,11 +108,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             disks.write(&info.id, offset, &block).await?;
         }
     }
+    // The catalog, through the same validated writes as `stowage vault init`,
+    // `stowage policy create` and `stowage instance create`.
+    let demo_vault = Vault {
+        name: "demo".into(),
+        region: "local".into(),
+        location: args
+            .blob_url
+            .clone()
+            .unwrap_or_else(|| dir.join("vault").display().to_string()),
+        redundancy: Redundancy::Geo {
+            secondary_location: args
+                .blob_url
+                .as_ref()
+                .map(|url| format!("{url}-secondary"))
+                .unwrap_or_else(|| dir.join("secondary").display().to_string()),
+            secondary_region: "paired-region".into(),
+        },
+        key_id: "demo-local-key".into(),
+        immutability: Immutability::Disabled,
+    };
+    settings::write_vault(&primary, &demo_vault, WriteMode::Create).await?;
+    let policy = Policy {
+        name: "daily".into(),
+        schedule: Schedule {
+            frequency_hours: 24,
+            start: jiff::civil::Time::constant(2, 0, 0, 0),
+            time_zone: "UTC".into(),
+        },
+        retention: Retention {
+            operational_days: 7,
+            vault: vec![VaultRule {
+                first_of: CalendarPeriod::Day,
+                keep_days: 30,
+            }],
+        },
+    };
+    settings::write_policy(&primary, &policy, WriteMode::Create).await?;
     let instance = BackupInstance {
         name: INSTANCE.into(),
         cluster: CLUSTER.into(),
-        vault: "demo".into(),
-        policy: "daily".into(),
+        vault: demo_vault.name.clone(),
+        policy: policy.name.clone(),
         scope: Scope {
             namespaces: Namespaces::List {
                 names: vec!["shop".into(), "blog".into()],
@@ -122,12 +163,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         snapshot_location: "local".into(),
         hooks: Vec::new(),
     };
-    primary
-        .put_create_only(
-            &stowage_vault::layout::instance(INSTANCE)?,
-            serde_json::to_vec_pretty(&instance)?,
-        )
-        .await?;
+    settings::write_instance(&primary, &instance, WriteMode::Create).await?;
     let cluster_ctx = ClusterContext::new(
         primary.clone(),
         disks.clone(),

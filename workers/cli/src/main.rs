@@ -2,6 +2,7 @@
 //!
 //! `main` only parses arguments, sets up logging and hands over to [`commands`].
 
+mod catalog_cmd;
 mod cli;
 mod commands;
 mod demo;
@@ -11,6 +12,7 @@ mod output;
 mod preflight_cmd;
 mod restore_cmd;
 mod rp_cmd;
+mod scheduler_cmd;
 mod stages;
 mod vault_config;
 

@@ -12,6 +12,8 @@
 //! [`verify`] re-reads a recovery point's data in a tier (`stowage rp verify`).
 //! [`job_records`] wraps any handler so its runs are kept in the job's record (status,
 //! attempts, progress, cancellation); [`staging`] releases and sweeps restores' staging.
+//! [`settings`] reads and writes the vault settings, policies and backup instances with
+//! validation; [`scheduler`] computes backup slots and triggers scheduled snapshot jobs.
 //! Every handler is idempotent: a redelivered message finds what an earlier attempt made
 //! durable (create-only manifests, job-named packs, chunk-index segments) and reuses it.
 
@@ -23,6 +25,8 @@ pub mod preflight;
 pub mod restore;
 pub mod restore_hydration;
 pub mod retention;
+pub mod scheduler;
+pub mod settings;
 pub mod snapshot;
 pub mod staging;
 pub mod vault_transfer;

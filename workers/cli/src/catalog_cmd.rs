@@ -1,0 +1,693 @@
+//! `stowage vault init|show`, `stowage policy create|list|show`,
+//! `stowage instance create|list|show` and `stowage backup now`: the vault's catalog from the
+//! command line, validated by [`stowage_stages::settings`] before anything is written.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use futures::TryStreamExt as _;
+use jiff::Timestamp;
+use jiff::civil::Time;
+use serde::de::DeserializeOwned;
+use stowage_runtime::{Broker, Names, RabbitBroker};
+use stowage_schemas::domain::{
+    BackupInstance, CalendarPeriod, Immutability, Namespaces, Policy, Redundancy, Retention,
+    Schedule, Scope, Vault, VaultRule,
+};
+use stowage_stages::scheduler::{Slots, backup_now};
+use stowage_stages::settings::{self, WriteMode, Written};
+use stowage_vault::store::BlobStore;
+
+use crate::cli::{BrokerArgs, Format, VaultArgs};
+use crate::output;
+use crate::vault_config::open_store;
+
+/// `stowage vault`.
+#[derive(Debug, Args)]
+pub struct VaultCmdArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: VaultAction,
+    /// Where the vault is (`--vault`), and its geo secondary (`--secondary`, `--secondary-region`).
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+/// Vault actions.
+#[derive(Debug, Subcommand)]
+pub enum VaultAction {
+    /// Write the vault settings (vault.json) into the storage --vault names.
+    Init(VaultInitArgs),
+    /// Show the vault settings.
+    Show {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
+}
+
+/// `stowage vault init`.
+#[derive(Debug, Args)]
+pub struct VaultInitArgs {
+    /// Read the settings from this YAML or JSON file (`-` for stdin) instead of flags.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Vault name (instances name it).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Region of the vault's storage (e.g. westeurope).
+    #[arg(long, default_value = "local")]
+    pub region: String,
+    /// Storage location recorded in the settings (default: the --vault value).
+    #[arg(long)]
+    pub location: Option<String>,
+    /// Id of the key that encrypts chunk data (key-vault key id or local key name).
+    #[arg(long, default_value = "local")]
+    pub key_id: String,
+    /// `local`, or `geo` to copy the vault tier to --secondary in --secondary-region.
+    #[arg(long, value_enum, default_value_t = RedundancyChoice::Local)]
+    pub redundancy: RedundancyChoice,
+    /// Whether stored data may be deleted before it expires.
+    #[arg(long, value_enum, default_value_t = ImmutabilityChoice::Disabled)]
+    pub immutability: ImmutabilityChoice,
+    /// Replace existing settings (validated against them) instead of refusing.
+    #[arg(long)]
+    pub update: bool,
+}
+
+/// Vault redundancy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedundancyChoice {
+    /// One copy.
+    Local,
+    /// A copy in the paired region.
+    Geo,
+}
+
+/// Vault immutability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImmutabilityChoice {
+    /// Data may be deleted early.
+    Disabled,
+    /// Data cannot be deleted early; can be turned off.
+    Enabled,
+    /// Like enabled, and can never be turned off.
+    Locked,
+}
+
+/// `stowage policy`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: PolicyAction,
+    /// Where the vault is.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+/// Policy actions.
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// Create a policy (or replace one with --update).
+    Create(PolicyCreateArgs),
+    /// List the vault's policies.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Show one policy.
+    Show {
+        /// Policy name.
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
+}
+
+/// `stowage policy create`.
+#[derive(Debug, Args)]
+pub struct PolicyCreateArgs {
+    /// Policy name (may come from the file instead).
+    pub name: Option<String>,
+    /// Read the policy from this YAML or JSON file (`-` for stdin) instead of flags.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Hours between backups: 4, 8, 12 or 24.
+    #[arg(long, default_value_t = 24)]
+    pub frequency_hours: u8,
+    /// Local time of the first backup of each day, HH:MM.
+    #[arg(long, default_value = "02:00")]
+    pub start: String,
+    /// IANA time zone of the start time.
+    #[arg(long, default_value = "UTC")]
+    pub time_zone: String,
+    /// Days every recovery point stays in the operational tier (1-360).
+    #[arg(long, default_value_t = 7)]
+    pub operational_days: u16,
+    /// A vault-tier rule `PERIOD=DAYS`: keep the first backup of each day/week/month/year for
+    /// DAYS (repeatable, e.g. --vault-rule day=30 --vault-rule year=3650).
+    #[arg(long = "vault-rule", value_name = "PERIOD=DAYS")]
+    pub vault_rules: Vec<String>,
+    /// Replace an existing policy instead of refusing.
+    #[arg(long)]
+    pub update: bool,
+}
+
+/// `stowage instance`.
+#[derive(Debug, Args)]
+pub struct InstanceArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: InstanceAction,
+    /// Where the vault is.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+}
+
+/// Backup-instance actions.
+#[derive(Debug, Subcommand)]
+pub enum InstanceAction {
+    /// Create a backup instance (or replace one with --update).
+    Create(InstanceCreateArgs),
+    /// List the vault's backup instances.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Show one backup instance.
+    Show {
+        /// Instance name.
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
+}
+
+/// `stowage instance create`.
+#[derive(Debug, Args)]
+pub struct InstanceCreateArgs {
+    /// Instance name (may come from the file instead).
+    pub name: Option<String>,
+    /// Read the instance from this YAML or JSON file (`-` for stdin) instead of flags.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// The cluster to back up (the name workers know it by).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// The policy that schedules and retains the backups.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Where the disk provider keeps operational snapshots; cannot change later.
+    #[arg(long)]
+    pub snapshot_location: Option<String>,
+    /// Namespaces to include, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Namespaces to leave out, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_namespaces: Vec<String>,
+    /// A label selector; a resource is included when it matches any (repeatable).
+    #[arg(long = "selector")]
+    pub selectors: Vec<String>,
+    /// Leave out cluster-scoped resources.
+    #[arg(long)]
+    pub no_cluster_scoped: bool,
+    /// Leave out secrets.
+    #[arg(long)]
+    pub no_secrets: bool,
+    /// Leave out volume data.
+    #[arg(long)]
+    pub no_volumes: bool,
+    /// Replace an existing instance instead of refusing.
+    #[arg(long)]
+    pub update: bool,
+}
+
+/// `stowage backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: BackupAction,
+    /// Where the vault is.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Broker settings.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// Backup actions.
+#[derive(Debug, Subcommand)]
+pub enum BackupAction {
+    /// Back an instance up now, outside its schedule; prints the job id.
+    Now {
+        /// The backup instance.
+        instance: String,
+    },
+}
+
+/// Opens the store `--vault` names.
+pub fn vault_store(args: &VaultArgs) -> anyhow::Result<BlobStore> {
+    let Some(location) = &args.vault else {
+        bail!(
+            "--vault is missing: pass the vault's storage (a folder, azurite://<container> or \
+             azure://<account>/<container>) or set STOWAGE_VAULT"
+        );
+    };
+    open_store(location)
+}
+
+fn read_file<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
+    // YAML is a superset of JSON, so one parser reads both.
+    serde_yaml::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a valid document: fix the field named above (`-o yaml` on a show \
+             command prints a valid example)",
+            path.display()
+        )
+    })
+}
+
+fn report(what: &str, name: &str, written: Written) {
+    match written {
+        Written::Created => println!("{what} {name} created"),
+        Written::Updated => println!("{what} {name} updated"),
+        Written::Unchanged => println!("{what} {name} unchanged"),
+    }
+}
+
+fn mode(update: bool) -> WriteMode {
+    if update {
+        WriteMode::CreateOrUpdate
+    } else {
+        WriteMode::Create
+    }
+}
+
+/// `stowage vault ...`.
+pub async fn vault(args: VaultCmdArgs) -> anyhow::Result<()> {
+    let store = vault_store(&args.vault)?;
+    match args.action {
+        VaultAction::Init(init) => {
+            let vault = match &init.file {
+                Some(path) => read_file::<Vault>(path)?,
+                None => {
+                    let Some(name) = init.name.clone() else {
+                        bail!(
+                            "--name is missing: name the vault (e.g. --name main), or give -f <file>"
+                        );
+                    };
+                    let redundancy = match init.redundancy {
+                        RedundancyChoice::Local => Redundancy::Local,
+                        RedundancyChoice::Geo => Redundancy::Geo {
+                            secondary_location: args.vault.secondary.clone().unwrap_or_default(),
+                            secondary_region: args.vault.secondary_region.clone(),
+                        },
+                    };
+                    Vault {
+                        name,
+                        region: init.region.clone(),
+                        location: init
+                            .location
+                            .clone()
+                            .or_else(|| args.vault.vault.clone())
+                            .unwrap_or_default(),
+                        redundancy,
+                        key_id: init.key_id.clone(),
+                        immutability: match init.immutability {
+                            ImmutabilityChoice::Disabled => Immutability::Disabled,
+                            ImmutabilityChoice::Enabled => Immutability::Enabled,
+                            ImmutabilityChoice::Locked => Immutability::Locked,
+                        },
+                    }
+                }
+            };
+            let written = settings::write_vault(&store, &vault, mode(init.update)).await?;
+            report("vault", &vault.name, written);
+            Ok(())
+        }
+        VaultAction::Show { output } => {
+            let vault = settings::read_vault(&store).await?;
+            let (redundancy, secondary) = match &vault.redundancy {
+                Redundancy::Local => ("local".to_owned(), String::new()),
+                Redundancy::Geo {
+                    secondary_location,
+                    secondary_region,
+                } => (
+                    "geo".to_owned(),
+                    format!("{secondary_location} ({secondary_region})"),
+                ),
+            };
+            let row = vec![
+                vault.name.clone(),
+                vault.region.clone(),
+                vault.location.clone(),
+                redundancy,
+                secondary,
+                format!("{:?}", vault.immutability).to_lowercase(),
+            ];
+            output::print(
+                output,
+                &[
+                    "NAME",
+                    "REGION",
+                    "LOCATION",
+                    "REDUNDANCY",
+                    "SECONDARY",
+                    "IMMUTABILITY",
+                ],
+                &[row],
+                &vault,
+            )
+        }
+    }
+}
+
+fn parse_rule(text: &str) -> anyhow::Result<VaultRule> {
+    let Some((period, days)) = text.split_once('=') else {
+        bail!("--vault-rule {text:?} is not PERIOD=DAYS; write e.g. day=30 or year=3650");
+    };
+    let first_of = match period.trim() {
+        "day" => CalendarPeriod::Day,
+        "week" => CalendarPeriod::Week,
+        "month" => CalendarPeriod::Month,
+        "year" => CalendarPeriod::Year,
+        other => bail!("--vault-rule {text:?}: {other:?} is not day, week, month or year"),
+    };
+    let keep_days = days
+        .trim()
+        .parse()
+        .with_context(|| format!("--vault-rule {text:?}: {days:?} is not a number of days"))?;
+    Ok(VaultRule {
+        first_of,
+        keep_days,
+    })
+}
+
+fn describe_rules(rules: &[VaultRule]) -> String {
+    if rules.is_empty() {
+        return "-".into();
+    }
+    rules
+        .iter()
+        .map(|r| format!("{:?}:{}d", r.first_of, r.keep_days).to_lowercase())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `stowage policy ...`.
+pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
+    let store = vault_store(&args.vault)?;
+    match args.action {
+        PolicyAction::Create(create) => {
+            let policy = match &create.file {
+                Some(path) => {
+                    let mut policy = read_file::<Policy>(path)?;
+                    if let Some(name) = &create.name {
+                        policy.name = name.clone();
+                    }
+                    policy
+                }
+                None => {
+                    let Some(name) = create.name.clone() else {
+                        bail!(
+                            "the policy name is missing: `stowage policy create <name> ...` or -f <file>"
+                        );
+                    };
+                    let start: Time = create.start.parse().with_context(|| {
+                        format!(
+                            "--start {:?} is not a time of day; write HH:MM, e.g. 02:00",
+                            create.start
+                        )
+                    })?;
+                    let vault = create
+                        .vault_rules
+                        .iter()
+                        .map(|r| parse_rule(r))
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    Policy {
+                        name,
+                        schedule: Schedule {
+                            frequency_hours: create.frequency_hours,
+                            start,
+                            time_zone: create.time_zone.clone(),
+                        },
+                        retention: Retention {
+                            operational_days: create.operational_days,
+                            vault,
+                        },
+                    }
+                }
+            };
+            let written = settings::write_policy(&store, &policy, mode(create.update)).await?;
+            report("policy", &policy.name, written);
+            Ok(())
+        }
+        PolicyAction::List { output } => {
+            let mut policies: Vec<Policy> = settings::list_policies(&store).try_collect().await?;
+            policies.sort_by(|a, b| a.name.cmp(&b.name));
+            let now = Timestamp::now();
+            let rows: Vec<Vec<String>> = policies
+                .iter()
+                .map(|p| {
+                    let next = Slots::new(&p.schedule)
+                        .ok()
+                        .and_then(|s| s.next_after(now))
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into());
+                    vec![
+                        p.name.clone(),
+                        format!("{}h", p.schedule.frequency_hours),
+                        p.schedule.start.strftime("%H:%M").to_string(),
+                        p.schedule.time_zone.clone(),
+                        format!("{}d", p.retention.operational_days),
+                        describe_rules(&p.retention.vault),
+                        next,
+                    ]
+                })
+                .collect();
+            output::print(
+                output,
+                &[
+                    "NAME",
+                    "EVERY",
+                    "START",
+                    "TIME ZONE",
+                    "OPERATIONAL",
+                    "VAULT RULES",
+                    "NEXT SLOT",
+                ],
+                &rows,
+                &policies,
+            )
+        }
+        PolicyAction::Show { name, output } => {
+            let policy = settings::read_policy(&store, &name).await?;
+            let row = vec![
+                policy.name.clone(),
+                format!("{}h", policy.schedule.frequency_hours),
+                policy.schedule.start.strftime("%H:%M").to_string(),
+                policy.schedule.time_zone.clone(),
+                format!("{}d", policy.retention.operational_days),
+                describe_rules(&policy.retention.vault),
+            ];
+            output::print(
+                output,
+                &[
+                    "NAME",
+                    "EVERY",
+                    "START",
+                    "TIME ZONE",
+                    "OPERATIONAL",
+                    "VAULT RULES",
+                ],
+                &[row],
+                &policy,
+            )
+        }
+    }
+}
+
+/// PREFLIGHT HOOK: the fast checks run when an instance is created (cluster reachable,
+/// namespaces exist, snapshot location usable, ...). Validation of the document itself has
+/// already happened in [`settings::write_instance`]; the preflight checks are built separately
+/// and wired in here by the lead. Until then this accepts every instance.
+async fn preflight_on_create(_instance: &BackupInstance) -> anyhow::Result<()> {
+    Ok(())
+}
+
+fn describe_namespaces(scope: &Scope) -> String {
+    let included = match &scope.namespaces {
+        Namespaces::All => "all".to_owned(),
+        Namespaces::List { names } => names.join(","),
+    };
+    if scope.exclude_namespaces.is_empty() {
+        included
+    } else {
+        format!("{included} except {}", scope.exclude_namespaces.join(","))
+    }
+}
+
+/// `stowage instance ...`.
+pub async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
+    let store = vault_store(&args.vault)?;
+    match args.action {
+        InstanceAction::Create(create) => {
+            let instance = match &create.file {
+                Some(path) => {
+                    let mut instance = read_file::<BackupInstance>(path)?;
+                    if let Some(name) = &create.name {
+                        instance.name = name.clone();
+                    }
+                    instance
+                }
+                None => instance_from_flags(&store, &create).await?,
+            };
+            preflight_on_create(&instance).await?;
+            let written = settings::write_instance(&store, &instance, mode(create.update)).await?;
+            report("instance", &instance.name, written);
+            Ok(())
+        }
+        InstanceAction::List { output } => {
+            let mut instances: Vec<BackupInstance> =
+                settings::list_instances(&store).try_collect().await?;
+            instances.sort_by(|a, b| a.name.cmp(&b.name));
+            let rows: Vec<Vec<String>> = instances.iter().map(instance_row).collect();
+            output::print(
+                output,
+                &[
+                    "NAME",
+                    "CLUSTER",
+                    "POLICY",
+                    "NAMESPACES",
+                    "SNAPSHOT LOCATION",
+                ],
+                &rows,
+                &instances,
+            )
+        }
+        InstanceAction::Show { name, output } => {
+            let instance = settings::read_instance(&store, &name).await?;
+            output::print(
+                output,
+                &[
+                    "NAME",
+                    "CLUSTER",
+                    "POLICY",
+                    "NAMESPACES",
+                    "SNAPSHOT LOCATION",
+                ],
+                &[instance_row(&instance)],
+                &instance,
+            )
+        }
+    }
+}
+
+fn instance_row(i: &BackupInstance) -> Vec<String> {
+    vec![
+        i.name.clone(),
+        i.cluster.clone(),
+        i.policy.clone(),
+        describe_namespaces(&i.scope),
+        i.snapshot_location.clone(),
+    ]
+}
+
+async fn instance_from_flags(
+    store: &BlobStore,
+    create: &InstanceCreateArgs,
+) -> anyhow::Result<BackupInstance> {
+    let missing = |flag: &str, example: &str| {
+        anyhow::anyhow!("{flag} is missing: give it (e.g. {flag} {example}), or use -f <file>")
+    };
+    let Some(name) = create.name.clone() else {
+        bail!("the instance name is missing: `stowage instance create <name> ...` or -f <file>");
+    };
+    let vault = settings::read_vault(store).await?;
+    Ok(BackupInstance {
+        name,
+        cluster: create
+            .cluster
+            .clone()
+            .ok_or_else(|| missing("--cluster", "aks-prod"))?,
+        vault: vault.name,
+        policy: create
+            .policy
+            .clone()
+            .ok_or_else(|| missing("--policy", "daily"))?,
+        scope: Scope {
+            namespaces: if create.namespaces.is_empty() {
+                Namespaces::All
+            } else {
+                Namespaces::List {
+                    names: create.namespaces.clone(),
+                }
+            },
+            exclude_namespaces: create.exclude_namespaces.clone(),
+            label_selectors: create.selectors.clone(),
+            include_cluster_scoped: !create.no_cluster_scoped,
+            include_secrets: !create.no_secrets,
+            include_volumes: !create.no_volumes,
+        },
+        snapshot_location: create
+            .snapshot_location
+            .clone()
+            .ok_or_else(|| missing("--snapshot-location", "rg-aks-snapshots"))?,
+        hooks: Vec::new(),
+    })
+}
+
+/// Who is asking, for job records: `cli: user@host`.
+fn requested_by() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!("cli: {user}@{host}")
+}
+
+/// `stowage backup now <instance>`.
+pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let store = vault_store(&args.vault)?;
+    let BackupAction::Now { instance } = args.action;
+    let broker: Arc<dyn Broker> = Arc::new(RabbitBroker::new(args.broker.amqp_url.clone()));
+    let names = Names::new(args.broker.prefix.clone());
+    let record = backup_now(
+        &store,
+        broker.as_ref(),
+        &names,
+        &instance,
+        Some(requested_by()),
+        Timestamp::now(),
+    )
+    .await?;
+    println!("{}", record.id);
+    eprintln!(
+        "backup of {instance} submitted as job {} (recovery point {}); follow it with `stowage jobs watch {}`",
+        record.id,
+        record.recovery_point_id.as_deref().unwrap_or("-"),
+        record.id
+    );
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! The catalog commands end to end: `vault init|show`, `policy create|list|show`,
+//! `instance create|list|show` against a local-folder vault, and `backup now` and
+//! `scheduler` against the real RabbitMQ (`scripts/test.sh` starts it).
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use stowage_runtime::{RetryPolicy, Topology};
+use stowage_schemas::{ContentType, Message, Stage, decode};
+use stowage_tests::{BrokerKind, Bus, amqp_url};
+
+struct Vault(std::path::PathBuf);
+
+impl Vault {
+    fn new() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("stowage-cli-catalog-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path).expect("create the vault folder");
+        Self(path)
+    }
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn command(vault: &Path, prefix: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stowage"));
+    cmd.args(args)
+        .env("STOWAGE_VAULT", vault)
+        .env("STOWAGE_AMQP_URL", amqp_url())
+        .env("STOWAGE_TOPOLOGY_PREFIX", prefix)
+        .env_remove("STOWAGE_SECONDARY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn stowage(vault: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = command(vault, "stowage-test-unused", args)
+        .spawn()
+        .expect("run stowage");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("wait stowage")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn refused(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
+    text(&out.stderr)
+}
+
+fn init(vault: &Path) {
+    ok(&stowage(
+        vault,
+        &["vault", "init", "--name", "main", "--region", "westeurope"],
+        None,
+    ));
+    ok(&stowage(
+        vault,
+        &[
+            "policy",
+            "create",
+            "every-4h",
+            "--frequency-hours",
+            "4",
+            "--start",
+            "02:00",
+            "--time-zone",
+            "Europe/Amsterdam",
+            "--operational-days",
+            "7",
+            "--vault-rule",
+            "day=30",
+            "--vault-rule",
+            "year=3650",
+        ],
+        None,
+    ));
+    ok(&stowage(
+        vault,
+        &[
+            "instance",
+            "create",
+            "shop",
+            "--cluster",
+            "aks-prod",
+            "--policy",
+            "every-4h",
+            "--snapshot-location",
+            "rg-snaps",
+            "--namespaces",
+            "shop,blog",
+            "--selector",
+            "app=web",
+        ],
+        None,
+    ));
+}
+
+#[test]
+fn the_catalog_is_created_listed_and_shown_with_validation() {
+    let vault = Vault::new();
+    let v = vault.0.as_path();
+
+    // Before `vault init`, writes say to run it.
+    let err = refused(&stowage(
+        v,
+        &["policy", "create", "p", "--frequency-hours", "4"],
+        None,
+    ));
+    assert!(err.contains("stowage vault init"), "{err}");
+
+    // A geo vault must name its secondary location.
+    let err = refused(&stowage(
+        v,
+        &["vault", "init", "--name", "main", "--redundancy", "geo"],
+        None,
+    ));
+    assert!(
+        err.contains("redundancy.secondary_location is empty"),
+        "{err}"
+    );
+
+    init(v);
+    let shown = ok(&stowage(v, &["vault", "show", "-o", "json"], None));
+    let json: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(json["name"], "main");
+    assert_eq!(json["location"], v.display().to_string());
+
+    // Validation names the field and the fix, and nothing is written.
+    let err = refused(&stowage(
+        v,
+        &[
+            "policy",
+            "create",
+            "bad",
+            "--frequency-hours",
+            "6",
+            "--operational-days",
+            "400",
+        ],
+        None,
+    ));
+    assert!(
+        err.contains("policy \"bad\": schedule.frequency_hours is 6; it must be 4, 8, 12 or 24"),
+        "{err}"
+    );
+    assert!(err.contains("retention.operational_days is 400"), "{err}");
+    let err = refused(&stowage(v, &["policy", "show", "bad"], None));
+    assert!(err.contains("policy \"bad\" does not exist"), "{err}");
+
+    // Creating again with other settings is refused unless --update.
+    let err = refused(&stowage(
+        v,
+        &["policy", "create", "every-4h", "--frequency-hours", "8"],
+        None,
+    ));
+    assert!(
+        err.contains("already exists") && err.contains("--update"),
+        "{err}"
+    );
+    let out = ok(&stowage(
+        v,
+        &[
+            "policy",
+            "create",
+            "every-4h",
+            "--frequency-hours",
+            "8",
+            "--update",
+        ],
+        None,
+    ));
+    assert_eq!(out.trim(), "policy every-4h updated");
+
+    let table = ok(&stowage(v, &["policy", "list"], None));
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        table.contains("every-4h") && table.contains("8h"),
+        "{table}"
+    );
+
+    // Instances: policy must exist, snapshot location is fixed, files work.
+    let err = refused(&stowage(
+        v,
+        &[
+            "instance",
+            "create",
+            "blog",
+            "--cluster",
+            "c",
+            "--policy",
+            "nope",
+            "--snapshot-location",
+            "x",
+        ],
+        None,
+    ));
+    assert!(
+        err.contains("instance \"blog\": policy is \"nope\", which does not exist"),
+        "{err}"
+    );
+    let yaml = ok(&stowage(v, &["instance", "show", "shop"], None));
+    let moved = yaml.replace(
+        "snapshot_location: rg-snaps",
+        "snapshot_location: rg-elsewhere",
+    );
+    assert_ne!(moved, yaml, "{yaml}");
+    let err = refused(&stowage(
+        v,
+        &["instance", "create", "-f", "-", "--update"],
+        Some(&moved),
+    ));
+    assert!(
+        err.contains("snapshot location cannot change once set"),
+        "{err}"
+    );
+    let blog = yaml
+        .replace("name: shop", "name: blog")
+        .replace("app=web", "tier in (front");
+    let err = refused(&stowage(v, &["instance", "create", "-f", "-"], Some(&blog)));
+    assert!(err.contains("scope.label_selectors[0]"), "{err}");
+    let blog = yaml.replace("name: shop", "name: blog");
+    assert_eq!(
+        ok(&stowage(v, &["instance", "create", "-f", "-"], Some(&blog))).trim(),
+        "instance blog created"
+    );
+
+    let list = ok(&stowage(v, &["instance", "list", "-o", "json"], None));
+    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let names: Vec<_> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["blog", "shop"]);
+    let table = ok(&stowage(v, &["instance", "list"], None));
+    assert!(
+        table.contains("shop,blog") && table.contains("rg-snaps"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_now_and_the_scheduler_publish_snapshot_jobs() {
+    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let prefix = bus.names.prefix().to_owned();
+    let vault = Vault::new();
+    let v = vault.0.as_path();
+    init(v);
+    let topology = Topology::new(bus.names.clone(), &RetryPolicy::default());
+    bus.broker.declare(&topology).await.expect("declare");
+    let queue = bus.names.stage_queue(Stage::Snapshot);
+
+    let out = command(v, &prefix, &["backup", "now", "nope"])
+        .output()
+        .expect("run");
+    let err = refused(&out);
+    assert!(
+        err.contains("backup instance \"nope\" does not exist"),
+        "{err}"
+    );
+
+    let out = command(v, &prefix, &["backup", "now", "shop"])
+        .output()
+        .expect("run");
+    let job_id = ok(&out).trim().to_owned();
+    assert!(job_id.starts_with("backup-shop-"), "{job_id}");
+    assert!(text(&out.stderr).contains(&format!("stowage jobs watch {job_id}")));
+    let got = bus.drain(&queue).await;
+    assert_eq!(got.len(), 1);
+    let envelope = decode(&got[0].body, ContentType::MessagePack).expect("envelope");
+    assert_eq!(envelope.job_id, job_id);
+    let Message::Snapshot(job) = envelope.message else {
+        panic!("not a snapshot job")
+    };
+    assert_eq!(job.instance, "shop");
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(v.join("jobs").join(format!("{job_id}.json"))).expect("job record"),
+    )
+    .expect("json");
+    assert_eq!(record["recovery_point_id"], job.recovery_point_id.as_str());
+
+    // The scheduler with a day-long window triggers the latest 4-hourly slot once, even with
+    // two of them running, and stops on SIGTERM.
+    let start = |id: &str| {
+        command(
+            v,
+            &prefix,
+            &[
+                "scheduler",
+                "--window-minutes",
+                "1440",
+                "--tick-seconds",
+                "1",
+                "--identity",
+                id,
+                "--health-addr",
+                "127.0.0.1:0",
+            ],
+        )
+        .spawn()
+        .expect("start the scheduler")
+    };
+    let mut a = start("a");
+    let mut b = start("b");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bus.depth(&queue).await == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for child in [&mut a, &mut b] {
+        let pid = child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+    }
+    for child in [a, b] {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "scheduler exit: {}",
+            text(&out.stderr)
+        );
+    }
+    let got = bus.drain(&queue).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "one job for the slot, from one of two schedulers"
+    );
+    let envelope = decode(&got[0].body, ContentType::MessagePack).expect("envelope");
+    assert!(
+        envelope.job_id.starts_with("sched-shop-"),
+        "{}",
+        envelope.job_id
+    );
+    bus.teardown(&topology).await;
+}
