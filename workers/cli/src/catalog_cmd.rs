@@ -167,6 +167,9 @@ pub struct InstanceArgs {
     /// Where the vault is.
     #[command(flatten)]
     pub vault: VaultArgs,
+    /// The cluster the fast preflight checks of `instance create` read (skipped without it).
+    #[command(flatten)]
+    pub cluster: crate::cli::ClusterArgs,
 }
 
 /// Backup-instance actions.
@@ -521,12 +524,61 @@ pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
     }
 }
 
-/// PREFLIGHT HOOK: the fast checks run when an instance is created (cluster reachable,
-/// namespaces exist, snapshot location usable, ...). Validation of the document itself has
-/// already happened in [`settings::write_instance`]; the preflight checks are built separately
-/// and wired in here by the lead. Until then this accepts every instance.
-async fn preflight_on_create(_instance: &BackupInstance) -> anyhow::Result<()> {
-    Ok(())
+/// The fast preflight checks creating an instance depends on (vault reachable and holding only
+/// Stowage data; with `--cluster-url`: cluster version, the CSI drivers of the volumes in the
+/// instance's scope, the snapshot account's permissions, no conflicting backup tool; regions
+/// of vault, cluster and snapshot location). A failing check refuses the instance, naming it
+/// and its fix; a check without its target (no `--cluster-url`) is skipped, not failed.
+async fn preflight_on_create(
+    store: &BlobStore,
+    vault: &VaultArgs,
+    cluster: &crate::cli::ClusterArgs,
+    instance: &BackupInstance,
+) -> anyhow::Result<()> {
+    use stowage_stages::preflight::{self, KubeTarget, PreflightTargets, VaultTarget};
+    let Some(location) = vault.vault.clone() else {
+        return Ok(());
+    };
+    let region = settings::read_vault(store).await.ok().map(|v| v.region);
+    let cluster = match &cluster.cluster_url {
+        Some(url) => {
+            let uri: http::Uri = url
+                .parse()
+                .with_context(|| format!("--cluster-url {url:?} is not a URL"))?;
+            let client = kube::Client::try_from(kube::Config::new(uri))
+                .with_context(|| format!("cannot build a client for {url}"))?;
+            Some(KubeTarget {
+                client,
+                url: url.clone(),
+            })
+        }
+        None => None,
+    };
+    let disks = match &vault.disk_root {
+        Some(root) => Some(Arc::new(
+            stowage_disk::LocalDiskProvider::open(root)
+                .with_context(|| format!("cannot open the disk root {}", root.display()))?,
+        ) as Arc<dyn stowage_disk::DiskProvider>),
+        None => None,
+    };
+    let targets = PreflightTargets {
+        vault: Some(VaultTarget {
+            location,
+            access_key: std::env::var("STOWAGE_AZURE_ACCESS_KEY").ok(),
+            region,
+        }),
+        cluster,
+        disks,
+        ..PreflightTargets::default()
+    };
+    let report = preflight::for_instance(&targets, instance).await;
+    match report.refusal() {
+        Some(reasons) => anyhow::bail!(
+            "instance {:?} is refused: {reasons}. Fix these, or run `stowage preflight` for the full report",
+            instance.name
+        ),
+        None => Ok(()),
+    }
 }
 
 fn describe_namespaces(scope: &Scope) -> String {
@@ -556,7 +608,7 @@ pub async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
                 }
                 None => instance_from_flags(&store, &create).await?,
             };
-            preflight_on_create(&instance).await?;
+            preflight_on_create(&store, &args.vault, &args.cluster, &instance).await?;
             let written = settings::write_instance(&store, &instance, mode(create.update)).await?;
             report("instance", &instance.name, written);
             Ok(())

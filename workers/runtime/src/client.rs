@@ -106,10 +106,30 @@ pub async fn list_dead_letters(
     stage: Stage,
     limit: usize,
 ) -> Result<Vec<DeadLetter>, BrokerError> {
-    let held = browse(broker, &names.dead_letter_queue(stage), limit).await?;
-    let letters = held.iter().map(DeadLetter::from_delivery).collect();
+    let queue = names.dead_letter_queue(stage);
+    let held = browse(broker, &queue, limit).await?;
+    let letters: Vec<DeadLetter> = held.iter().map(DeadLetter::from_delivery).collect();
     release(held).await;
+    settle_requeues(broker, &queue, letters.len()).await;
     Ok(letters)
+}
+
+/// Wait (briefly) until `queue` counts at least `returned` messages again. The broker applies
+/// requeues asynchronously — a quorum queue commits them through Raft — so without this a
+/// listing followed at once by a replay or a depth read could miss the messages it just
+/// browsed. Other consumers may take them meanwhile, so this gives up after a few seconds.
+async fn settle_requeues(broker: &dyn Broker, queue: &str, returned: usize) {
+    if returned == 0 {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        match broker.queue_depth(queue).await {
+            Ok(depth) if depth as usize >= returned => return,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(_) => return,
+        }
+    }
 }
 
 /// Replay dead letters of `stage` back to its queue (all of them, or the one whose message id

@@ -59,7 +59,13 @@ pub struct RetentionStage {
     ctx: VaultContext,
     grace: SignedDuration,
     clock: Clock,
+    keep_failed_staging: std::time::Duration,
 }
+
+/// How long a failed restore's staging disks and objects are kept for inspection before the
+/// retention job removes them.
+pub const DEFAULT_KEEP_FAILED_STAGING: std::time::Duration =
+    std::time::Duration::from_secs(72 * 3600);
 
 impl RetentionStage {
     /// The stage over `ctx`, with the default grace period ([`gc::DEFAULT_GRACE`]) and the
@@ -69,7 +75,14 @@ impl RetentionStage {
             ctx,
             grace: gc::DEFAULT_GRACE,
             clock: Arc::new(Timestamp::now),
+            keep_failed_staging: DEFAULT_KEEP_FAILED_STAGING,
         }
+    }
+
+    /// The same stage keeping a failed restore's staging for `keep` before removing it.
+    pub fn with_failed_staging_kept_for(mut self, keep: std::time::Duration) -> Self {
+        self.keep_failed_staging = keep;
+        self
     }
 
     /// The same stage with another grace period between condemning and deleting vault data.
@@ -101,6 +114,25 @@ impl StageHandler for RetentionStage {
         let as_of = job.as_of.unwrap_or(now);
         let report = run(&self.ctx, &job.instance, as_of).await?;
         let gc = collect(&self.ctx, now, self.grace).await?;
+        // Restores that did not complete keep their staging for inspection, then it goes.
+        let mut staging_removed = 0;
+        let stores =
+            std::iter::once(&self.ctx.primary).chain(self.ctx.secondary.as_ref().map(|s| &s.store));
+        for store in stores {
+            match crate::staging::sweep(
+                store,
+                self.ctx.disks.as_ref(),
+                now,
+                self.keep_failed_staging,
+            )
+            .await
+            {
+                Ok(swept) => staging_removed += swept.iter().filter(|r| r.removed).count(),
+                Err(err) => {
+                    tracing::warn!(%err, "could not sweep restores' staging; the next retention run tries again");
+                }
+            }
+        }
         tracing::info!(
             instance = job.instance,
             %as_of,
@@ -112,6 +144,7 @@ impl StageHandler for RetentionStage {
             packs_condemned = gc.primary.packs_condemned,
             packs_deleted = gc.primary.packs_deleted,
             bytes_deleted = gc.primary.bytes_deleted,
+            staging_removed,
             "retention done"
         );
         Ok(Outcome::done())

@@ -72,8 +72,12 @@ impl StageHandler for VaultTransfer {
         };
         // Policy eligibility: an RP no vault rule selects stays operational only. The job
         // completes without copying and emits nothing, so geo-replication (triggered by
-        // rp.vaulted) is not started for it either.
-        if let Ok(rp) = catalog::read_recovery_point(&self.ctx.primary, &instance, &rp_id).await
+        // rp.vaulted) is not started for it either. The policy decides what the pipeline does
+        // by itself (on rp.created); an explicit job.vault-transfer is an operator's request
+        // and copies whatever it names (retention then keeps that copy only while no rule
+        // selects it and it is not the newest in the vault tier).
+        if matches!(envelope.message, Message::RpCreated(_))
+            && let Ok(rp) = catalog::read_recovery_point(&self.ctx.primary, &instance, &rp_id).await
             && crate::retention::vault_eligibility(&self.ctx.primary, &rp).await?
                 == crate::retention::Eligibility::NotSelected
         {
