@@ -433,8 +433,31 @@ pub async fn watch(
     let started = tokio::time::Instant::now();
     let mut drawn = 0usize;
     let mut last_lines: Vec<String> = Vec::new();
+    let mut announced = false;
     loop {
-        let job = read(store, id).await?;
+        // A job submitted straight to the broker has no record until a worker takes it: wait
+        // for one (up to the timeout) rather than fail on a job that is merely queued.
+        let job = match read_job(store, id).await {
+            Ok((job, _)) => job,
+            Err(e) if is_not_found(&e) => {
+                let limit = timeout.unwrap_or(Duration::from_secs(60));
+                if started.elapsed() >= limit {
+                    bail!(
+                        "no record of job {id} appeared within {:.0} s: no worker has taken it \
+                         yet (is a worker for its stage running?) or the id is wrong — \
+                         `stowage jobs list` shows the jobs the vault has records of",
+                        limit.as_secs_f64()
+                    );
+                }
+                if !announced {
+                    eprintln!("waiting for a worker to take job {id}…");
+                    announced = true;
+                }
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read the record of job {id}")),
+        };
         let lines: Vec<String> = job.stages.iter().map(|s| stage_line(s, tty)).collect();
         let mut out = std::io::stdout().lock();
         if tty {

@@ -512,6 +512,7 @@ pub const TOP_LEVEL_NAMES: &[&str] = &[
     INDEX,
     JOBS,
     STAGING,
+    GC,
 ];
 
 /// Whether `name` (one path component at a vault's top level) belongs to a vault: one of
