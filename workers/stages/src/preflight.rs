@@ -975,7 +975,7 @@ async fn check_permissions(
         .collect();
     let api: Api<SubjectAccessReview> = Api::all(cluster.client.clone());
     let answers: Vec<Result<(&FleetAccount, Permission, bool), kube::Error>> =
-        futures::stream::iter(reviews.into_iter())
+        futures::stream::iter(reviews)
             .map(|(account, permission)| {
                 let api = api.clone();
                 async move {

@@ -744,7 +744,7 @@ impl BlobStore {
             .map_err(|e| self.backend_error("list the top level of", "", e))?;
         let last = |path: &ObjectPath| {
             path.parts()
-                .last()
+                .next_back()
                 .map(|p| p.as_ref().to_owned())
                 .unwrap_or_default()
         };
