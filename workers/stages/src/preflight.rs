@@ -29,10 +29,10 @@
 //!
 //! ```no_run
 //! # async fn create(targets: stowage_stages::preflight::PreflightTargets,
-//! #                 instance: stowage_schemas::domain::BackupInstance) -> anyhow::Result<()> {
+//! #                 instance: stowage_schemas::domain::BackupInstance) -> Result<(), String> {
 //! let report = stowage_stages::preflight::for_instance(&targets, &instance).await;
 //! if let Some(why) = report.refusal() {
-//!     anyhow::bail!("instance {} refused: {why}", instance.name);
+//!     return Err(format!("instance {} refused: {why}", instance.name));
 //! }
 //! # Ok(()) }
 //! ```
