@@ -20,7 +20,10 @@ async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // The demo narrates on stdout; its workers' logs stay quiet unless asked for.
     let quiet = matches!(cli.command, cli::Command::Demo(_));
-    init_logging(cli.verbose, quiet);
+    // Preflight expects refusals (a passive declare of a missing queue); lapin logs each one
+    // as an error, which would drown the report.
+    let preflight = matches!(cli.command, cli::Command::Preflight(_));
+    init_logging(cli.verbose, quiet, preflight);
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -30,7 +33,7 @@ async fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, silence_lapin: bool) {
     let default = match verbose {
         0 if quiet => "warn",
         0 => "info",
@@ -38,8 +41,9 @@ fn init_logging(verbose: u8, quiet: bool) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STOWAGE_LOG").unwrap_or_else(|_| {
+        let lapin = if silence_lapin { ",lapin=off" } else { "" };
         tracing_subscriber::EnvFilter::new(format!(
-            "warn,stowage={default},stowage_runtime={default}"
+            "warn,stowage={default},stowage_runtime={default}{lapin}"
         ))
     });
     tracing_subscriber::fmt()

@@ -594,7 +594,10 @@ async fn vault_checks(targets: &PreflightTargets) -> Vec<Check> {
     };
     let storage = Check::pass(
         VAULT_STORAGE,
-        format!("{store} is reachable ({} top-level names)", names.len()),
+        format!(
+            "{store} is reachable ({} top-level names)",
+            names.iter().filter(|n| !n.starts_with('.')).count()
+        ),
     );
     let foreign: Vec<&String> = names
         .iter()
