@@ -665,7 +665,7 @@ async fn vault_region(target: &VaultTarget) -> Result<Option<String>, String> {
 /// [`BROKER`] and [`TOPOLOGY`].
 async fn broker_checks(targets: &PreflightTargets) -> Vec<Check> {
     let Some(target) = &targets.broker else {
-        let why = "no broker given (--amqp-url)";
+        let why = "no broker to check (--no-broker)";
         return vec![Check::skipped(BROKER, why), Check::skipped(TOPOLOGY, why)];
     };
     let endpoint = target.broker.endpoint();
