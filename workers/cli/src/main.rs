@@ -54,8 +54,15 @@ fn init_telemetry(
         1 => "debug",
         _ => "trace",
     };
+    // Preflight expects refusals (a passive declare of a missing queue); lapin logs each one
+    // as an error, which would drown the report.
+    let lapin = if matches!(cli.command, cli::Command::Preflight(_)) {
+        ",lapin=off"
+    } else {
+        ""
+    };
     let log_filter = std::env::var("STOWAGE_LOG")
-        .unwrap_or_else(|_| format!("warn,stowage={default},stowage_runtime={default}"));
+        .unwrap_or_else(|_| format!("warn,stowage={default},stowage_runtime={default}{lapin}"));
     let otlp_endpoint = cli.otlp_endpoint.clone().or_else(|| {
         std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
             .ok()

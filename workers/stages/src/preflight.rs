@@ -29,10 +29,10 @@
 //!
 //! ```no_run
 //! # async fn create(targets: stowage_stages::preflight::PreflightTargets,
-//! #                 instance: stowage_schemas::domain::BackupInstance) -> anyhow::Result<()> {
+//! #                 instance: stowage_schemas::domain::BackupInstance) -> Result<(), String> {
 //! let report = stowage_stages::preflight::for_instance(&targets, &instance).await;
 //! if let Some(why) = report.refusal() {
-//!     anyhow::bail!("instance {} refused: {why}", instance.name);
+//!     return Err(format!("instance {} refused: {why}", instance.name));
 //! }
 //! # Ok(()) }
 //! ```
@@ -594,7 +594,10 @@ async fn vault_checks(targets: &PreflightTargets) -> Vec<Check> {
     };
     let storage = Check::pass(
         VAULT_STORAGE,
-        format!("{store} is reachable ({} top-level names)", names.len()),
+        format!(
+            "{store} is reachable ({} top-level names)",
+            names.iter().filter(|n| !n.starts_with('.')).count()
+        ),
     );
     let foreign: Vec<&String> = names
         .iter()
@@ -662,7 +665,7 @@ async fn vault_region(target: &VaultTarget) -> Result<Option<String>, String> {
 /// [`BROKER`] and [`TOPOLOGY`].
 async fn broker_checks(targets: &PreflightTargets) -> Vec<Check> {
     let Some(target) = &targets.broker else {
-        let why = "no broker given (--amqp-url)";
+        let why = "no broker to check (--no-broker)";
         return vec![Check::skipped(BROKER, why), Check::skipped(TOPOLOGY, why)];
     };
     let endpoint = target.broker.endpoint();
