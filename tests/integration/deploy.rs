@@ -355,6 +355,7 @@ fn check(m: &Manifests, source: &str) {
     }
 
     let mut deployed = BTreeSet::new();
+    let mut schedulers = 0;
     let mut deployment_names = BTreeSet::new();
     for d in &m.deployments {
         let name = d.metadata.name.clone().expect("deployment name");
@@ -397,28 +398,45 @@ fn check(m: &Manifests, source: &str) {
             "{what}: command"
         );
         let args = c.args.clone().unwrap_or_default();
-        assert_eq!(
-            args.first().map(String::as_str),
-            Some("worker"),
-            "{what}: stowage worker"
-        );
-        let at = args
-            .iter()
-            .position(|a| a == "--stage")
-            .unwrap_or_else(|| panic!("{what}: no --stage"));
-        let stage: Stage = args
-            .get(at + 1)
-            .unwrap_or_else(|| panic!("{what}: --stage without a value"))
-            .parse()
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let is_scheduler = args.first().map(String::as_str) == Some("scheduler");
+        if is_scheduler {
+            schedulers += 1;
+            assert!(
+                m.env(c, "STOWAGE_VAULT_KEY").is_none()
+                    && !c
+                        .env
+                        .iter()
+                        .flatten()
+                        .any(|e| e.name == "STOWAGE_VAULT_KEY"),
+                "{what}: the scheduler reads the catalog only and gets no vault key"
+            );
+        }
         assert!(
-            DEPLOYED.contains(&stage),
-            "{what}: {stage} has no handler in this build"
+            is_scheduler || args.first().map(String::as_str) == Some("worker"),
+            "{what}: stowage worker or stowage scheduler, not {args:?}"
         );
-        assert!(
-            deployed.insert(stage),
-            "{what}: a second Deployment for {stage}"
-        );
+        let stage = if is_scheduler {
+            None
+        } else {
+            let at = args
+                .iter()
+                .position(|a| a == "--stage")
+                .unwrap_or_else(|| panic!("{what}: no --stage"));
+            let stage: Stage = args
+                .get(at + 1)
+                .unwrap_or_else(|| panic!("{what}: --stage without a value"))
+                .parse()
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                DEPLOYED.contains(&stage),
+                "{what}: {stage} has no handler in this build"
+            );
+            assert!(
+                deployed.insert(stage),
+                "{what}: a second Deployment for {stage}"
+            );
+            Some(stage)
+        };
 
         // Health port and probes.
         let health = c
@@ -455,11 +473,16 @@ fn check(m: &Manifests, source: &str) {
             "/livez",
             &format!("{what}: liveness"),
         );
-        check_probe(
-            c.readiness_probe.as_ref(),
-            "/readyz",
-            &format!("{what}: readiness"),
-        );
+        if is_scheduler {
+            // It consumes no queue: /readyz (consuming stages) would never pass.
+            assert!(c.readiness_probe.is_none(), "{what}: no readiness gate");
+        } else {
+            check_probe(
+                c.readiness_probe.as_ref(),
+                "/readyz",
+                &format!("{what}: readiness"),
+            );
+        }
 
         // Env references exist.
         for e in c.env.iter().flatten() {
@@ -501,6 +524,10 @@ fn check(m: &Manifests, source: &str) {
                 );
             }
         }
+        // The rest is about stage workers: the scheduler needs no disks, cluster or queue.
+        let Some(stage) = stage else {
+            continue;
+        };
         for required in [
             "STOWAGE_AMQP_URL",
             "STOWAGE_VAULT",
@@ -753,6 +780,7 @@ fn check(m: &Manifests, source: &str) {
             p.metadata.name
         );
     }
+    assert_eq!(schedulers, 1, "{source}: one scheduler Deployment");
     assert_eq!(m.pod_monitors.len(), 1, "{source}: one PodMonitor");
     for pm in &m.pod_monitors {
         let selector: BTreeMap<String, String> =

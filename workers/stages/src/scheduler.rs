@@ -22,6 +22,12 @@
 //! default) has not passed. Older slots are never triggered: after a downtime of three days the
 //! scheduler triggers at most the one latest slot still in its window, not a burst of eighteen.
 //!
+//! # Retention
+//!
+//! Each tick also claims, once per UTC day and instance, a `job.retention`
+//! (`retention-<instance>-<yyyymmdd>`, create-only like a slot), so expiry, garbage collection
+//! and the staging sweep run daily without anyone submitting them.
+//!
 //! # Exactly once per slot
 //!
 //! The claim on a slot is the create-only job record `jobs/sched-<instance>-<slot UTC
@@ -44,7 +50,7 @@ use jiff::{SignedDuration, Timestamp};
 use stowage_runtime::client::submit;
 use stowage_runtime::{Broker, BrokerError, Names, Shutdown};
 use stowage_schemas::domain::{BackupInstance, JobRecord, JobStatus, Policy, Schedule};
-use stowage_schemas::jobs::{SnapshotJob, Trigger};
+use stowage_schemas::jobs::{RetentionJob, SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message, MessageId, Stage};
 use stowage_vault::jobs::{JobStoreError, create_job, read_job, update_job};
 use stowage_vault::store::{BlobStore, CreateOutcome};
@@ -250,6 +256,8 @@ pub struct TickReport {
     pub triggered: Vec<String>,
     /// Claimed-but-unpublished jobs this scheduler republished.
     pub republished: Vec<String>,
+    /// Daily retention jobs this scheduler claimed and published.
+    pub retention_triggered: Vec<String>,
     /// What went wrong, one line per instance (the other instances are still scheduled).
     pub failures: Vec<String>,
 }
@@ -335,6 +343,11 @@ impl Scheduler {
                     continue;
                 }
             };
+            if let Err(e) = self.trigger_retention(&instance, now, &mut report).await {
+                report
+                    .failures
+                    .push(format!("instance {}: daily retention: {e}", instance.name));
+            }
             let Some(slot) = slots.due(now, self.window) else {
                 continue;
             };
@@ -348,6 +361,55 @@ impl Scheduler {
             tracing::warn!(failure = %failure, "scheduler tick");
         }
         report
+    }
+
+    /// Once per UTC day and instance, a `job.retention` (expire what the policy no longer
+    /// keeps, collect unreferenced vault data, sweep failed restores' staging). The claim is
+    /// the create-only record `retention-<instance>-<yyyymmdd>`; if its claimant dies before
+    /// publishing, that day's run is skipped and the next day's covers it (retention looks at
+    /// everything each time).
+    async fn trigger_retention(
+        &self,
+        instance: &BackupInstance,
+        now: Timestamp,
+        report: &mut TickReport,
+    ) -> Result<(), SchedulerError> {
+        let day = now.strftime("%Y%m%d").to_string();
+        let job_id = format!("retention-{}-{day}", instance.name);
+        let mut record = JobRecord::new(job_id.clone(), Stage::Retention, now);
+        record.instance = Some(instance.name.clone());
+        record.requested_by = Some(format!("{} (daily retention)", self.identity));
+        if let CreateOutcome::AlreadyExists = create_job(&self.store, &record).await? {
+            return Ok(());
+        }
+        let job = RetentionJob {
+            instance: instance.name.clone(),
+            as_of: None,
+        };
+        let mut envelope = Envelope::new(job_id.clone(), Message::Retention(job));
+        envelope.message_id = job_message_id(&job_id);
+        envelope.created_at = now;
+        submit(self.broker.as_ref(), &self.names, &envelope)
+            .await
+            .map_err(|source| SchedulerError::Publish {
+                job_id: job_id.clone(),
+                source,
+            })?;
+        update_job(
+            &self.store,
+            &job_id,
+            || record.clone(),
+            |r| {
+                if r.submitted_at.is_none() {
+                    r.submitted_at = Some(now);
+                    r.updated_at = r.updated_at.max(now);
+                }
+            },
+        )
+        .await?;
+        tracing::info!(job = %job_id, instance = %instance.name, "triggering daily retention");
+        report.retention_triggered.push(job_id);
+        Ok(())
     }
 
     async fn trigger(
@@ -702,6 +764,7 @@ mod tests {
         let end = ts("2026-04-15T00:00:00Z");
         let mut now = start;
         let mut triggered = 0;
+        let mut retention = Vec::new();
         while now < end {
             let (ra, rb) = tokio::join!(a.tick(now), b.tick(now));
             assert!(
@@ -709,6 +772,8 @@ mod tests {
                 "{ra:?} {rb:?}"
             );
             triggered += ra.triggered.len() + rb.triggered.len();
+            retention.extend(ra.retention_triggered.iter().cloned());
+            retention.extend(rb.retention_triggered.iter().cloned());
             now = now.checked_add(SignedDuration::from_mins(7)).unwrap();
         }
         let seen = drain(&f).await;
@@ -729,6 +794,18 @@ mod tests {
         assert_eq!(triggered, expected);
         assert_eq!(seen.len(), expected, "one recovery point per slot");
         assert!(seen.values().all(|n| *n == 1), "no slot published twice");
+        // And one retention job per UTC day, whichever scheduler claimed it.
+        assert_eq!(retention.len(), 31, "{retention:?}");
+        retention.sort();
+        retention.dedup();
+        assert_eq!(retention.len(), 31);
+        assert_eq!(retention[0], "retention-shop-20260315");
+        let queued = f
+            .broker
+            .queue_depth(&f.names.stage_queue(Stage::Retention))
+            .await
+            .unwrap();
+        assert_eq!(queued, 31, "one job.retention published per day");
     }
 
     #[tokio::test]
