@@ -535,32 +535,21 @@ async fn preflight_on_create(
     cluster: &crate::cli::ClusterArgs,
     instance: &BackupInstance,
 ) -> anyhow::Result<()> {
-    use stowage_stages::preflight::{self, KubeTarget, PreflightTargets, VaultTarget};
+    use stowage_stages::preflight::{self, PreflightTargets, VaultTarget};
     let Some(location) = vault.vault.clone() else {
         return Ok(());
     };
     let region = settings::read_vault(store).await.ok().map(|v| v.region);
-    let cluster = match &cluster.cluster_url {
-        Some(url) => {
-            let uri: http::Uri = url
-                .parse()
-                .with_context(|| format!("--cluster-url {url:?} is not a URL"))?;
-            let client = kube::Client::try_from(kube::Config::new(uri))
-                .with_context(|| format!("cannot build a client for {url}"))?;
-            Some(KubeTarget {
-                client,
-                url: url.clone(),
-            })
-        }
-        None => None,
-    };
-    let disks = match &vault.disk_root {
-        Some(root) => Some(Arc::new(
-            stowage_disk::LocalDiskProvider::open(root)
-                .with_context(|| format!("cannot open the disk root {}", root.display()))?,
-        ) as Arc<dyn stowage_disk::DiskProvider>),
-        None => None,
-    };
+    let cluster = cluster
+        .cluster_url
+        .as_deref()
+        .map(crate::preflight_cmd::kube_target)
+        .transpose()?;
+    let disks = vault
+        .disk_root
+        .as_deref()
+        .map(crate::preflight_cmd::disk_provider)
+        .transpose()?;
     let targets = PreflightTargets {
         vault: Some(VaultTarget {
             location,

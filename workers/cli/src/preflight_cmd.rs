@@ -47,27 +47,18 @@ fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
         broker: Arc::new(RabbitBroker::new(args.broker.amqp_url.clone())),
         names: Names::new(args.broker.prefix.clone()),
     });
-    let cluster = match &args.cluster.cluster_url {
-        Some(url) => {
-            let uri: http::Uri = url
-                .parse()
-                .with_context(|| format!("--cluster-url {url:?} is not a URL"))?;
-            let client = kube::Client::try_from(kube::Config::new(uri))
-                .with_context(|| format!("cannot build a client for {url}"))?;
-            Some(KubeTarget {
-                client,
-                url: url.clone(),
-            })
-        }
-        None => None,
-    };
-    let disks = match &args.vault.disk_root {
-        Some(root) => Some(Arc::new(
-            LocalDiskProvider::open(root)
-                .with_context(|| format!("cannot open the disk root {}", root.display()))?,
-        ) as Arc<dyn stowage_disk::DiskProvider>),
-        None => None,
-    };
+    let cluster = args
+        .cluster
+        .cluster_url
+        .as_deref()
+        .map(kube_target)
+        .transpose()?;
+    let disks = args
+        .vault
+        .disk_root
+        .as_deref()
+        .map(disk_provider)
+        .transpose()?;
     Ok(PreflightTargets {
         vault,
         broker,
@@ -77,6 +68,28 @@ fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
         scope: None,
         timeout: Duration::from_secs_f64(args.timeout),
     })
+}
+
+/// The cluster `--cluster-url` names, for the cluster checks.
+pub fn kube_target(url: &str) -> anyhow::Result<KubeTarget> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("--cluster-url {url:?} is not a URL"))?;
+    let client = kube::Client::try_from(kube::Config::new(uri))
+        .with_context(|| format!("cannot build a client for {url}"))?;
+    Ok(KubeTarget {
+        client,
+        url: url.to_owned(),
+    })
+}
+
+/// The disk provider `--disk-root` names, for the CSI-driver and region checks.
+pub fn disk_provider(
+    root: &std::path::Path,
+) -> anyhow::Result<Arc<dyn stowage_disk::DiskProvider>> {
+    Ok(Arc::new(LocalDiskProvider::open(root).with_context(
+        || format!("cannot open the disk root {}", root.display()),
+    )?))
 }
 
 fn mark(check: &Check) -> &'static str {
