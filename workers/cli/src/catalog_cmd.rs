@@ -66,9 +66,10 @@ pub struct VaultInitArgs {
     /// Id of the key that encrypts chunk data (key-vault key id or local key name).
     #[arg(long, default_value = "local")]
     pub key_id: String,
-    /// `local`, or `geo` to copy the vault tier to --secondary in --secondary-region.
-    #[arg(long, value_enum, default_value_t = RedundancyChoice::Local)]
-    pub redundancy: RedundancyChoice,
+    /// `local`, or `geo` to copy the vault tier to --secondary in --secondary-region
+    /// (default: geo when --secondary is given, local otherwise).
+    #[arg(long, value_enum)]
+    pub redundancy: Option<RedundancyChoice>,
     /// Whether stored data may be deleted before it expires.
     #[arg(long, value_enum, default_value_t = ImmutabilityChoice::Disabled)]
     pub immutability: ImmutabilityChoice,
@@ -313,7 +314,17 @@ pub async fn vault(args: VaultCmdArgs) -> anyhow::Result<()> {
                             "--name is missing: name the vault (e.g. --name main), or give -f <file>"
                         );
                     };
-                    let redundancy = match init.redundancy {
+                    let choice = match (init.redundancy, &args.vault.secondary) {
+                        (Some(RedundancyChoice::Local), Some(secondary)) => bail!(
+                            "--redundancy local with --secondary {secondary}: a locally \
+                             redundant vault has no secondary; drop --secondary, or use \
+                             --redundancy geo"
+                        ),
+                        (Some(choice), _) => choice,
+                        (None, Some(_)) => RedundancyChoice::Geo,
+                        (None, None) => RedundancyChoice::Local,
+                    };
+                    let redundancy = match choice {
                         RedundancyChoice::Local => Redundancy::Local,
                         RedundancyChoice::Geo => Redundancy::Geo {
                             secondary_location: args.vault.secondary.clone().unwrap_or_default(),
@@ -338,6 +349,22 @@ pub async fn vault(args: VaultCmdArgs) -> anyhow::Result<()> {
                     }
                 }
             };
+            // A vault needs storage of its own: retention and verification walk all of it.
+            let where_ = args.vault.vault.as_deref().unwrap_or_default();
+            let foreign: Vec<String> = store
+                .list_top_level()
+                .await
+                .with_context(|| format!("cannot list the vault storage {where_}"))?
+                .into_iter()
+                .filter(|name| !stowage_vault::layout::is_vault_top_level(name))
+                .collect();
+            if !foreign.is_empty() {
+                bail!(
+                    "the vault storage {where_} holds data that is not Stowage's ({}); give the \
+                     vault an empty container or folder of its own",
+                    foreign.join(", ")
+                );
+            }
             let written = settings::write_vault(&store, &vault, mode(init.update)).await?;
             report("vault", &vault.name, written);
             Ok(())

@@ -361,3 +361,68 @@ async fn backup_now_and_the_scheduler_publish_snapshot_jobs() {
     );
     bus.teardown(&topology).await;
 }
+
+#[test]
+fn vault_init_infers_geo_from_a_secondary_and_refuses_foreign_storage() {
+    let vault = Vault::new();
+    let secondary = Vault::new();
+    let secondary_path = secondary.0.to_string_lossy().into_owned();
+
+    let conflicting = refused(&stowage(
+        &vault.0,
+        &[
+            "vault",
+            "init",
+            "--name",
+            "main",
+            "--redundancy",
+            "local",
+            "--secondary",
+            &secondary_path,
+        ],
+        None,
+    ));
+    assert!(
+        conflicting.contains("--redundancy local with --secondary"),
+        "{conflicting}"
+    );
+
+    ok(&stowage(
+        &vault.0,
+        &[
+            "vault",
+            "init",
+            "--name",
+            "main",
+            "--secondary",
+            &secondary_path,
+            "--secondary-region",
+            "northeurope",
+        ],
+        None,
+    ));
+    let shown: serde_json::Value = serde_json::from_str(&ok(&stowage(
+        &vault.0,
+        &["vault", "show", "-o", "json"],
+        None,
+    )))
+    .expect("JSON");
+    assert_eq!(shown["redundancy"]["kind"], "geo", "{shown}");
+    assert_eq!(
+        shown["redundancy"]["secondary_location"],
+        secondary_path.as_str()
+    );
+
+    let foreign = Vault::new();
+    std::fs::write(foreign.0.join("notes.txt"), b"not a vault").unwrap();
+    let err = refused(&stowage(
+        &foreign.0,
+        &["vault", "init", "--name", "other"],
+        None,
+    ));
+    assert!(
+        err.contains("holds data that is not Stowage's (notes.txt)"),
+        "{err}"
+    );
+    assert!(!foreign.0.join("vault.json").exists(), "nothing written");
+}
