@@ -150,8 +150,9 @@ pub fn downstream(message: &Message) -> Vec<Stage> {
     }
 }
 
-/// A one-line summary of a stage's result, from the event it emits.
-pub fn summarize(outcome: &Outcome) -> String {
+/// A one-line summary of a `stage`'s result, from the event it emits (or, when it emits
+/// nothing, why a stage that normally does had nothing to do).
+pub fn summarize(stage: Stage, outcome: &Outcome) -> String {
     let gib = |b: u64| format_bytes(b);
     let lines: Vec<String> = outcome
         .messages()
@@ -209,7 +210,15 @@ pub fn summarize(outcome: &Outcome) -> String {
         })
         .collect();
     if lines.is_empty() {
-        "done".to_owned()
+        match stage {
+            Stage::VaultTransfer => {
+                "nothing copied: no vault rule of the policy selects this recovery point".to_owned()
+            }
+            Stage::GeoReplication => {
+                "nothing to replicate: the vault is not geo-redundant".to_owned()
+            }
+            _ => "done".to_owned(),
+        }
     } else {
         lines.join("; ")
     }
@@ -336,7 +345,7 @@ impl<H: StageHandler> StageHandler for Recorded<H> {
         };
         match &result {
             Ok(Ok(outcome)) => {
-                let summary = summarize(outcome);
+                let summary = summarize(stage, outcome);
                 let next: Vec<Stage> = outcome.messages().iter().flat_map(downstream).collect();
                 self.update(&envelope, "success", |r| {
                     record(r, JobStatus::Succeeded, None, Some(summary.clone()));
@@ -696,9 +705,10 @@ mod tests {
         });
         assert_eq!(downstream(&created), vec![Stage::VaultTransfer]);
         assert_eq!(
-            summarize(&Outcome::done().emit(created)),
+            summarize(Stage::Snapshot, &Outcome::done().emit(created)),
             "recovery point rp created: 3 object(s), 1 volume(s), 1.0 MiB"
         );
-        assert_eq!(summarize(&Outcome::done()), "done");
+        assert_eq!(summarize(Stage::Retention, &Outcome::done()), "done");
+        assert!(summarize(Stage::VaultTransfer, &Outcome::done()).contains("no vault rule"));
     }
 }
