@@ -272,6 +272,22 @@ fn check_probe(probe: Option<&Probe>, path: &str, what: &str) {
     );
 }
 
+/// How many Deployments' pods carry every label of `selector`.
+fn selected_deployments(m: &Manifests, selector: &BTreeMap<String, String>) -> usize {
+    m.deployments
+        .iter()
+        .filter(|d| {
+            let labels = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            is_subset(selector, &labels)
+        })
+        .count()
+}
+
 fn is_subset(sel: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -452,10 +468,10 @@ fn check(m: &Manifests, source: &str) {
                 "{what}: STOWAGE_HEALTH_ADDR {addr}"
             );
         }
-        let annotations = d
-            .spec
+        let annotations = spec
+            .template
+            .metadata
             .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.annotations.clone())
             .unwrap_or_default();
         assert_eq!(
@@ -761,19 +777,7 @@ fn check(m: &Manifests, source: &str) {
             .and_then(|s| s.selector.as_ref())
             .and_then(|s| s.match_labels.clone())
             .unwrap_or_default();
-        let n = m
-            .deployments
-            .iter()
-            .filter(|d| {
-                let labels = d
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.template.metadata.as_ref())
-                    .and_then(|m| m.labels.clone())
-                    .unwrap_or_default();
-                is_subset(&sel, &labels)
-            })
-            .count();
+        let n = selected_deployments(m, &sel);
         assert_eq!(
             n, 1,
             "{source}: PDB {:?} selects {n} Deployments",
@@ -786,19 +790,7 @@ fn check(m: &Manifests, source: &str) {
         let selector: BTreeMap<String, String> =
             serde_json::from_value(pm["spec"]["selector"]["matchLabels"].clone())
                 .unwrap_or_default();
-        let selected = m
-            .deployments
-            .iter()
-            .filter(|d| {
-                let labels = d
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.template.metadata.as_ref())
-                    .and_then(|m| m.labels.clone())
-                    .unwrap_or_default();
-                !selector.is_empty() && is_subset(&selector, &labels)
-            })
-            .count();
+        let selected = selected_deployments(m, &selector);
         assert!(
             selected >= deployed.len(),
             "{source}: the PodMonitor selects {selected} Deployments, fewer than the {} stage workers",

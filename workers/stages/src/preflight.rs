@@ -54,7 +54,7 @@ use serde::Serialize;
 use stowage_disk::DiskProvider;
 use stowage_runtime::{Broker, BrokerError, Names};
 use stowage_schemas::Stage;
-use stowage_schemas::domain::{BackupInstance, Namespaces, Scope, Vault};
+use stowage_schemas::domain::{BackupInstance, Namespaces, Scope};
 use stowage_vault::layout;
 use stowage_vault::store::{BlobStore, StoreError};
 
@@ -645,15 +645,8 @@ async fn vault_region(target: &VaultTarget) -> Result<Option<String>, String> {
         return Ok(Some(region.clone()));
     }
     let store = open_vault(target).map_err(|c| c.detail)?;
-    match store.get(&layout::vault_settings()).await {
-        Ok(object) => serde_json::from_slice::<Vault>(&object.bytes)
-            .map(|v| Some(v.region))
-            .map_err(|e| {
-                format!(
-                    "{} is not valid vault settings: {e}",
-                    layout::VAULT_SETTINGS
-                )
-            }),
+    match crate::settings::read_vault(&store).await {
+        Ok(vault) => Ok(Some(vault.region)),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(chain(&e)),
     }

@@ -30,9 +30,9 @@
 pub mod evaluate;
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::StreamExt as _;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -41,9 +41,10 @@ use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::{Policy, RecoveryPoint, RpState, Tier};
 use stowage_schemas::{Envelope, Message, Stage};
 use stowage_vault::catalog;
+use stowage_vault::document::{self, Decision, UpdateError};
 use stowage_vault::gc::{self, GcReport};
 use stowage_vault::layout::{self, CatalogEntry};
-use stowage_vault::store::{BlobStore, StoreError};
+use stowage_vault::store::BlobStore;
 
 use crate::cluster_context::read_instance_opt;
 use crate::context::VaultContext;
@@ -233,27 +234,11 @@ pub async fn read_record(
     instance: &str,
     rp_id: &str,
 ) -> Result<Option<RetentionRecord>, StageError> {
-    Ok(read_record_versioned(store, instance, rp_id)
-        .await?
-        .map(|(r, _)| r))
-}
-
-async fn read_record_versioned(
-    store: &BlobStore,
-    instance: &str,
-    rp_id: &str,
-) -> Result<Option<(RetentionRecord, stowage_vault::store::ObjectVersion)>, StageError> {
     let key = layout::retention_record(instance, rp_id).map_err(StageError::permanent)?;
     match store.get(&key).await {
-        Ok(found) => {
-            let record = serde_json::from_slice(&found.bytes).map_err(|e| {
-                StageError::permanent(format!(
-                    "retention record {key} is unreadable ({e}); delete it — the next run \
-                     re-evaluates the RP from its manifests"
-                ))
-            })?;
-            Ok(Some((record, found.version)))
-        }
+        Ok(found) => document::decode(&key, &found.bytes)
+            .map(Some)
+            .map_err(record_error(instance)),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.stage_error()),
     }
@@ -267,51 +252,43 @@ async fn update_record(
     change: impl Fn(&mut RetentionRecord),
 ) -> Result<(), StageError> {
     let key = layout::retention_record(instance, rp_id).map_err(StageError::permanent)?;
-    for _ in 0..8 {
-        let found = read_record_versioned(store, instance, rp_id).await?;
-        let mut record =
-            found
-                .as_ref()
-                .map(|(r, _)| r.clone())
-                .unwrap_or_else(|| RetentionRecord {
-                    instance: instance.to_owned(),
-                    recovery_point_id: rp_id.to_owned(),
-                    selected_by: Vec::new(),
-                    tiers: Vec::new(),
-                });
-        change(&mut record);
-        if found.as_ref().is_some_and(|(r, _)| *r == record) {
-            return Ok(());
-        }
-        let mut bytes = serde_json::to_vec_pretty(&record).expect("records serialize");
-        bytes.push(b'\n');
-        let written = match &found {
-            Some((_, version)) => {
-                match store
-                    .update_if_unchanged(&key, Bytes::from(bytes), version)
-                    .await
-                {
-                    Ok(_) => true,
-                    Err(StoreError::Conflict { .. }) => false,
-                    Err(e) => return Err(e.stage_error()),
-                }
-            }
-            None => matches!(
-                store
-                    .put_create_only(&key, Bytes::from(bytes))
-                    .await
-                    .map_err(|e| e.stage_error())?,
-                stowage_vault::store::CreateOutcome::Created(_)
-            ),
+    document::update(store, &key, 8, |found: Option<RetentionRecord>| {
+        let Some(before) = found else {
+            let mut record = RetentionRecord {
+                instance: instance.to_owned(),
+                recovery_point_id: rp_id.to_owned(),
+                selected_by: Vec::new(),
+                tiers: Vec::new(),
+            };
+            change(&mut record);
+            return Ok::<_, Infallible>(Decision::Write(record, ()));
         };
-        if written {
-            return Ok(());
-        }
+        let mut record = before.clone();
+        change(&mut record);
+        Ok(if record == before {
+            Decision::Keep(())
+        } else {
+            Decision::Write(record, ())
+        })
+    })
+    .await
+    .map_err(record_error(instance))
+}
+
+/// A retention record that cannot be read or written, as a stage error that says what to do.
+fn record_error(instance: &str) -> impl Fn(UpdateError<Infallible>) -> StageError + '_ {
+    move |e| match e {
+        UpdateError::Corrupt { key, reason } => StageError::permanent(format!(
+            "retention record {key} is unreadable ({reason}); delete it — the next run \
+             re-evaluates the RP from its manifests"
+        )),
+        UpdateError::Contended { key, .. } => StageError::transient(format!(
+            "retention record {key} kept changing under compare-and-swap; another retention job \
+             for instance {instance} is running — this one retries"
+        )),
+        UpdateError::Store(e) => e.stage_error(),
+        UpdateError::Rejected(never) => match never {},
     }
-    Err(StageError::transient(format!(
-        "retention record {key} kept changing under compare-and-swap; another retention job for \
-         instance {instance} is running — this one retries"
-    )))
 }
 
 /// Reads the instance's policy: `instances/<i>.json` names it, `policies/<name>.json` holds it.

@@ -209,28 +209,29 @@ pub fn job_message_id(job_id: &str) -> MessageId {
         .expect("32 hex digits in 8-4-4-4-12 form are a UUID")
 }
 
-fn snapshot_envelope(record: &JobRecord, trigger: Trigger, now: Timestamp) -> Envelope {
-    let job = SnapshotJob {
+/// The `job.snapshot` of a scheduled or on-demand backup record.
+fn snapshot_job(record: &JobRecord, trigger: Trigger) -> Message {
+    Message::Snapshot(SnapshotJob {
         instance: record.instance.clone().unwrap_or_default(),
         recovery_point_id: record.recovery_point_id.clone().unwrap_or_default(),
         trigger,
-    };
-    let mut envelope = Envelope::new(record.id.clone(), Message::Snapshot(job));
-    envelope.message_id = job_message_id(&record.id);
-    envelope.created_at = now;
-    envelope
+    })
 }
 
-/// Publishes the snapshot job of `record` and records `submitted_at`.
+/// Publishes `message` as the job of `record` (message id derived from the job id, so a
+/// republish is a recognisable duplicate) and records `submitted_at`.
 async fn publish_and_mark(
     store: &BlobStore,
     broker: &dyn Broker,
     names: &Names,
     record: &JobRecord,
-    trigger: Trigger,
+    message: Message,
     now: Timestamp,
 ) -> Result<(), SchedulerError> {
-    submit(broker, names, &snapshot_envelope(record, trigger, now))
+    let mut envelope = Envelope::new(record.id.clone(), message);
+    envelope.message_id = job_message_id(&record.id);
+    envelope.created_at = now;
+    submit(broker, names, &envelope)
         .await
         .map_err(|source| SchedulerError::Publish {
             job_id: record.id.clone(),
@@ -386,25 +387,13 @@ impl Scheduler {
             instance: instance.name.clone(),
             as_of: None,
         };
-        let mut envelope = Envelope::new(job_id.clone(), Message::Retention(job));
-        envelope.message_id = job_message_id(&job_id);
-        envelope.created_at = now;
-        submit(self.broker.as_ref(), &self.names, &envelope)
-            .await
-            .map_err(|source| SchedulerError::Publish {
-                job_id: job_id.clone(),
-                source,
-            })?;
-        update_job(
+        publish_and_mark(
             &self.store,
-            &job_id,
-            || record.clone(),
-            |r| {
-                if r.submitted_at.is_none() {
-                    r.submitted_at = Some(now);
-                    r.updated_at = r.updated_at.max(now);
-                }
-            },
+            self.broker.as_ref(),
+            &self.names,
+            &record,
+            Message::Retention(job),
+            now,
         )
         .await?;
         tracing::info!(job = %job_id, instance = %instance.name, "triggering daily retention");
@@ -433,7 +422,7 @@ impl Scheduler {
                     self.broker.as_ref(),
                     &self.names,
                     &record,
-                    trigger,
+                    snapshot_job(&record, trigger),
                     now,
                 )
                 .await?;
@@ -476,7 +465,7 @@ impl Scheduler {
                         self.broker.as_ref(),
                         &self.names,
                         &claimed,
-                        trigger,
+                        snapshot_job(&claimed, trigger),
                         now,
                     )
                     .await?;
@@ -563,7 +552,7 @@ pub async fn backup_now(
         broker,
         names,
         &record,
-        Trigger::OnDemand { requested_by },
+        snapshot_job(&record, Trigger::OnDemand { requested_by }),
         now,
     )
     .await?;

@@ -27,7 +27,6 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Serialize;
@@ -36,8 +35,9 @@ use stowage_cluster::LabelSelector;
 use stowage_schemas::domain::{
     BackupInstance, CalendarPeriod, Immutability, Namespaces, Policy, Redundancy, Vault,
 };
+use stowage_vault::document::{self, Decision, UpdateError};
 use stowage_vault::layout::{self, BlobKey, KeyPrefix, LayoutError};
-use stowage_vault::store::{BlobStore, CreateOutcome, StoreError};
+use stowage_vault::store::{BlobStore, StoreError};
 
 /// The hours a schedule may repeat at.
 pub const FREQUENCIES: [u8; 4] = [4, 8, 12, 24];
@@ -530,17 +530,15 @@ pub fn validate_instance(
     check.finish()
 }
 
-fn encode<T: Serialize>(doc: &T) -> Bytes {
-    let mut bytes = serde_json::to_vec_pretty(doc).expect("catalog documents always serialize");
-    bytes.push(b'\n');
-    Bytes::from(bytes)
-}
-
-fn decode<T: DeserializeOwned>(key: &BlobKey, bytes: &[u8]) -> Result<T, SettingsError> {
-    serde_json::from_slice(bytes).map_err(|e| SettingsError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    })
+impl<E: Into<SettingsError>> From<UpdateError<E>> for SettingsError {
+    fn from(e: UpdateError<E>) -> Self {
+        match e {
+            UpdateError::Corrupt { key, reason } => SettingsError::Corrupt { key, reason },
+            UpdateError::Contended { key, tries } => SettingsError::Contended { key, tries },
+            UpdateError::Store(e) => e.into(),
+            UpdateError::Rejected(e) => e.into(),
+        }
+    }
 }
 
 async fn read_doc<T: DeserializeOwned>(
@@ -548,7 +546,10 @@ async fn read_doc<T: DeserializeOwned>(
     key: &BlobKey,
 ) -> Result<Option<T>, SettingsError> {
     match store.get(key).await {
-        Ok(object) => decode(key, &object.bytes).map(Some),
+        Ok(object) => Ok(Some(document::decode::<T, SettingsError>(
+            key,
+            &object.bytes,
+        )?)),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -565,47 +566,29 @@ async fn write_doc<T>(
     validate: impl Fn(Option<&T>) -> Result<(), SettingsError>,
 ) -> Result<Written, SettingsError>
 where
-    T: Serialize + DeserializeOwned + PartialEq,
+    T: Serialize + DeserializeOwned + PartialEq + Clone,
 {
-    let bytes = encode(doc);
-    for _ in 0..WRITE_TRIES {
-        match store.get(key).await {
-            Ok(object) => {
-                let stored: T = decode(key, &object.bytes)?;
-                if &stored == doc {
-                    return Ok(Written::Unchanged);
-                }
-                if mode == WriteMode::Create {
-                    return Err(SettingsError::AlreadyExists {
-                        what,
-                        name: name.to_owned(),
-                        key: key.to_string(),
-                    });
-                }
-                validate(Some(&stored))?;
-                match store
-                    .update_if_unchanged(key, bytes.clone(), &object.version)
-                    .await
-                {
-                    Ok(_) => return Ok(Written::Updated),
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Err(e) if e.is_not_found() => {
+    Ok(
+        document::update(store, key, WRITE_TRIES, |stored: Option<T>| {
+            let Some(stored) = stored else {
                 validate(None)?;
-                match store.put_create_only(key, bytes.clone()).await? {
-                    CreateOutcome::Created(_) => return Ok(Written::Created),
-                    CreateOutcome::AlreadyExists => continue,
-                }
+                return Ok(Decision::Write(doc.clone(), Written::Created));
+            };
+            if &stored == doc {
+                return Ok(Decision::Keep(Written::Unchanged));
             }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(SettingsError::Contended {
-        key: key.to_string(),
-        tries: WRITE_TRIES,
-    })
+            if mode == WriteMode::Create {
+                return Err(SettingsError::AlreadyExists {
+                    what,
+                    name: name.to_owned(),
+                    key: key.to_string(),
+                });
+            }
+            validate(Some(&stored))?;
+            Ok(Decision::Write(doc.clone(), Written::Updated))
+        })
+        .await?,
+    )
 }
 
 fn list_docs<T: DeserializeOwned + Send + 'static>(

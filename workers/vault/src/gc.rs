@@ -40,7 +40,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use bytes::Bytes;
 use futures::StreamExt as _;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -48,17 +47,18 @@ use stowage_schemas::domain::Tier;
 
 use crate::catalog::{self, CatalogError};
 use crate::chunk::ChunkId;
+use crate::document::{self, Decision, UpdateError};
 use crate::extent::{ExtentMap, ExtentStoreError};
 use crate::index::{self, IndexError};
 use crate::layout::{self, BlobKey, CatalogEntry, LayoutError};
 use crate::pack::{self, PackError, PackId};
-use crate::store::{BlobStore, CreateOutcome, ObjectVersion, StoreError};
+use crate::store::{BlobStore, ObjectVersion, StoreError};
 
 /// Default time between condemning an unreferenced object and deleting it: longer than any job.
 pub const DEFAULT_GRACE: SignedDuration = SignedDuration::from_hours(24);
 
 /// How often a compare-and-swap on the record is retried before giving up.
-const CAS_ATTEMPTS: usize = 8;
+const CAS_ATTEMPTS: u32 = 8;
 
 /// Garbage collection failed.
 #[derive(Debug, thiserror::Error)]
@@ -188,32 +188,22 @@ async fn update_state<T>(
     mut change: impl FnMut(&mut GcState) -> Result<T, GcError>,
 ) -> Result<T, GcError> {
     let key = layout::gc_state();
-    for _ in 0..CAS_ATTEMPTS {
-        let (mut state, version) = read_state(store).await?;
-        let before = state.clone();
+    document::update(store, &key, CAS_ATTEMPTS, |stored: Option<GcState>| {
+        let before = stored.unwrap_or_default();
+        let mut state = before.clone();
         let answer = change(&mut state)?;
-        if state == before {
-            return Ok(answer);
-        }
-        let mut bytes = serde_json::to_vec_pretty(&state).expect("the record serializes");
-        bytes.push(b'\n');
-        let written = match &version {
-            Some(v) => match store.update_if_unchanged(&key, Bytes::from(bytes), v).await {
-                Ok(_) => true,
-                Err(StoreError::Conflict { .. }) => false,
-                Err(e) => return Err(e.into()),
-            },
-            None => matches!(
-                store.put_create_only(&key, Bytes::from(bytes)).await?,
-                CreateOutcome::Created(_)
-            ),
-        };
-        if written {
-            return Ok(answer);
-        }
-    }
-    Err(GcError::Contended {
-        key: key.to_string(),
+        Ok(if state == before {
+            Decision::Keep(answer)
+        } else {
+            Decision::Write(state, answer)
+        })
+    })
+    .await
+    .map_err(|e| match e {
+        UpdateError::Corrupt { key, reason } => GcError::Corrupt { key, reason },
+        UpdateError::Contended { key, .. } => GcError::Contended { key },
+        UpdateError::Store(e) => e.into(),
+        UpdateError::Rejected(e) => e,
     })
 }
 

@@ -14,13 +14,11 @@
 //! Timestamps are the caller's business: `update_job` does not touch `updated_at`, so a change
 //! sets it with the clock it runs on (real time in workers, simulated time in tests).
 
-use std::time::Duration;
-
-use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use stowage_schemas::domain::JobRecord;
 
+use crate::document::{self, Decision, UpdateError};
 use crate::layout::{self, BlobKey, LayoutError};
 use crate::store::{BlobStore, CreateOutcome, ObjectVersion, StoreError};
 
@@ -100,12 +98,6 @@ impl JobStoreError {
     }
 }
 
-fn encode(record: &JobRecord) -> Bytes {
-    let mut bytes = serde_json::to_vec_pretty(record).expect("job records always serialize");
-    bytes.push(b'\n');
-    Bytes::from(bytes)
-}
-
 fn decode(key: &BlobKey, bytes: &[u8]) -> Result<JobRecord, JobStoreError> {
     serde_json::from_slice(bytes).map_err(|e| JobStoreError::Corrupt {
         key: key.to_string(),
@@ -122,7 +114,9 @@ pub async fn create_job(
     record: &JobRecord,
 ) -> Result<CreateOutcome, JobStoreError> {
     let key = layout::job(&record.id)?;
-    Ok(store.put_create_only(&key, encode(record)).await?)
+    Ok(store
+        .put_create_only(&key, document::encode(record))
+        .await?)
 }
 
 /// The record of job `id`, with the version to name in a compare-and-swap.
@@ -149,61 +143,36 @@ pub async fn update_job(
     mut apply: impl FnMut(&mut JobRecord),
 ) -> Result<JobRecord, JobStoreError> {
     let key = layout::job(id)?;
-    for attempt in 0..UPDATE_TRIES {
-        if attempt > 0 {
-            tokio::time::sleep(backoff(id, attempt)).await;
-        }
-        match store.get(&key).await {
-            Ok(object) => {
-                let before = decode(&key, &object.bytes)?;
-                let mut record = before.clone();
-                apply(&mut record);
-                if record == before {
-                    return Ok(record);
-                }
-                match store
-                    .update_if_unchanged(&key, encode(&record), &object.version)
-                    .await
-                {
-                    Ok(_) => return Ok(record),
-                    Err(StoreError::Conflict { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                }
+    document::update(store, &key, UPDATE_TRIES, |stored: Option<JobRecord>| {
+        let Some(before) = stored else {
+            let mut record = init();
+            if record.id != id {
+                return Err(JobStoreError::IdMismatch {
+                    id: id.to_owned(),
+                    init_id: record.id,
+                });
             }
-            Err(e) if e.is_not_found() => {
-                let mut record = init();
-                if record.id != id {
-                    return Err(JobStoreError::IdMismatch {
-                        id: id.to_owned(),
-                        init_id: record.id,
-                    });
-                }
-                apply(&mut record);
-                match store.put_create_only(&key, encode(&record)).await? {
-                    CreateOutcome::Created(_) => return Ok(record),
-                    CreateOutcome::AlreadyExists => continue,
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(JobStoreError::Contended {
-        id: id.to_owned(),
-        tries: UPDATE_TRIES,
+            apply(&mut record);
+            return Ok(Decision::Write(record.clone(), record));
+        };
+        let mut record = before.clone();
+        apply(&mut record);
+        Ok(if record == before {
+            Decision::Keep(record)
+        } else {
+            Decision::Write(record.clone(), record)
+        })
     })
-}
-
-/// A short, growing, jittered pause between compare-and-swap attempts, so writers that
-/// collided do not collide again in lockstep (1–2 ms growing to at most ~100 ms).
-fn backoff(id: &str, attempt: u32) -> Duration {
-    let base_ms = (1u64 << attempt.min(6)).min(64);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let seed = blake3::hash(format!("{id}:{attempt}:{nanos}").as_bytes());
-    let jitter = u64::from(seed.as_bytes()[0]) * base_ms / 255;
-    Duration::from_millis(base_ms + jitter)
+    .await
+    .map_err(|e| match e {
+        UpdateError::Corrupt { key, reason } => JobStoreError::Corrupt { key, reason },
+        UpdateError::Contended { tries, .. } => JobStoreError::Contended {
+            id: id.to_owned(),
+            tries,
+        },
+        UpdateError::Store(e) => e.into(),
+        UpdateError::Rejected(e) => e,
+    })
 }
 
 /// Streams every job record in the vault, in no particular order, reading a few at a time

@@ -13,6 +13,7 @@
 //! | [`extent`] | extent maps of volume versions, chain resolution, consolidation, map storage |
 //! | [`gc`] | two-phase mark-and-sweep of packs and maps no tier manifest references |
 //! | [`jobs`] | job records (`jobs/<id>.json`): create-only claims, compare-and-swap updates, streamed listing |
+//! | [`document`] | mutable JSON documents (job records, settings, retention and GC state): one read-modify-write loop under compare-and-swap |
 //!
 //! # How a vault transfer uses it
 //!
@@ -76,6 +77,7 @@
 pub mod catalog;
 pub mod chunk;
 pub mod crypto;
+pub mod document;
 pub mod extent;
 pub mod gc;
 mod hex;
