@@ -1,0 +1,26 @@
+//! Shared helpers: a running sandbox, with or without the sample application.
+
+use stowage_cluster::{Sandbox, SandboxHandle};
+
+/// A sandbox holding the sample application, served on 127.0.0.1 and a free port.
+pub async fn sample_cluster() -> SandboxHandle {
+    let sandbox = Sandbox::new();
+    sandbox.load_sample_app().expect("the sample app loads");
+    sandbox.start_local().await.expect("the sandbox starts")
+}
+
+/// An empty sandbox (only the built-in namespaces), served on a free port.
+pub async fn empty_cluster() -> SandboxHandle {
+    Sandbox::new()
+        .start_local()
+        .await
+        .expect("the sandbox starts")
+}
+
+/// The code of a `kube::Error::Api`, or a panic naming what came back instead.
+pub fn api_code<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.reason.clone()),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
