@@ -11,7 +11,9 @@
 //! - [`domain`]: vault, policy, backup instance, recovery point and tier, as stored in a vault;
 //! - [`codec`]: encoding, and decoding that checks version and type first;
 //! - [`json_schema`]: the JSON Schemas published in `schemas/json/`;
-//! - [`samples`]: one canonical envelope per message type, the source of the golden fixtures.
+//! - [`samples`]: one canonical envelope per message type, the source of the golden fixtures;
+//! - [`selector`]: Kubernetes label selectors, parsed and matched (an instance's scope holds
+//!   them; collection and the catalog's validation both need them).
 //!
 //! How the contract may change without breaking running workers is written down in
 //! `schemas/EVOLUTION.md`: unknown fields are ignored, new fields are optional, and anything
@@ -26,6 +28,7 @@ pub mod jobs;
 pub mod json_schema;
 mod message;
 pub mod samples;
+pub mod selector;
 mod stage;
 
 pub use codec::{ContentType, DecodeError, decode, encode, encode_as};

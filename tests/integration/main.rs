@@ -3,7 +3,9 @@
 //! - `runtime`: behaviour of the worker runtime, each test run against the real RabbitMQ and
 //!   against the in-process broker.
 //! - `faults`: worker processes killed with SIGKILL, stopped with SIGTERM, and a broker restart.
+//! - `arrows`: the crate graph, from `cargo metadata`, keeps its arrows pointing one way.
 
+mod arrows;
 mod deploy;
 mod faults;
 mod jobs;

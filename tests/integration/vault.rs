@@ -2,6 +2,7 @@
 //! hydration from each tier, compared byte for byte, on a local folder and on Azurite; the
 //! incremental's size; corruption named; redelivery that stores nothing twice.
 
+use stowage_control::verify::verify;
 use stowage_disk::DiskProvider as _;
 use stowage_runtime::JobContext;
 use stowage_schemas::Stage;
@@ -10,7 +11,6 @@ use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions};
 use stowage_stages::geo_replication::replicate;
 use stowage_stages::restore_hydration::{hydrate, staging_disk_name};
 use stowage_stages::vault_transfer::transfer;
-use stowage_stages::verify::verify;
 use stowage_tests::vault_fixture::{
     INSTANCE, VaultBackend, VaultFixture, half_random_half_pattern, scattered_writes,
 };

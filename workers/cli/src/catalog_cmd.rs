@@ -1,6 +1,6 @@
 //! `stowage vault init|show`, `stowage policy create|list|show`,
 //! `stowage instance create|list|show` and `stowage backup now`: the vault's catalog from the
-//! command line, validated by [`stowage_stages::settings`] before anything is written.
+//! command line, validated by [`stowage_vault::catalog::settings`] before anything is written.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,13 +11,13 @@ use futures::TryStreamExt as _;
 use jiff::Timestamp;
 use jiff::civil::Time;
 use serde::de::DeserializeOwned;
+use stowage_control::scheduler::{Slots, backup_now};
 use stowage_runtime::{Broker, Names, RabbitBroker};
 use stowage_schemas::domain::{
     BackupInstance, CalendarPeriod, Immutability, Namespaces, Policy, Redundancy, Retention,
     Schedule, Scope, Vault, VaultRule,
 };
-use stowage_stages::scheduler::{Slots, backup_now};
-use stowage_stages::settings::{self, WriteMode, Written};
+use stowage_vault::catalog::settings::{self, WriteMode, Written};
 use stowage_vault::store::BlobStore;
 
 use crate::cli::{BrokerArgs, Format, VaultArgs};
@@ -562,7 +562,7 @@ async fn preflight_on_create(
     cluster: &crate::cli::ClusterArgs,
     instance: &BackupInstance,
 ) -> anyhow::Result<()> {
-    use stowage_stages::preflight::{self, PreflightTargets, VaultTarget};
+    use stowage_control::preflight::{self, PreflightTargets, VaultTarget};
     let Some(location) = vault.vault.clone() else {
         return Ok(());
     };

@@ -379,7 +379,7 @@ pub struct PreflightArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Namespace of the fleet's service accounts, whose permissions are reviewed.
-    #[arg(long, env = "STOWAGE_FLEET_NAMESPACE", default_value = stowage_stages::preflight::DEFAULT_FLEET_NAMESPACE)]
+    #[arg(long, env = "STOWAGE_FLEET_NAMESPACE", default_value = stowage_control::preflight::DEFAULT_FLEET_NAMESPACE)]
     pub fleet_namespace: String,
     /// Seconds each check may take before it fails.
     #[arg(long, default_value_t = 5.0)]

@@ -69,7 +69,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let services = stages::Services {
         vault,
         cluster,
-        records: stowage_stages::RecordSettings {
+        records: stowage_control::RecordSettings {
             max_attempts: args.max_attempts.max(1),
             poll_interval: Duration::from_secs_f64(args.job_poll_interval.clamp(0.05, 3600.0)),
             ..Default::default()
@@ -246,7 +246,7 @@ async fn rp(args: RpArgs) -> anyhow::Result<()> {
                 None => find_instance(&store, &rp).await?,
             };
             let report =
-                stowage_stages::verify::verify(&store, &key, &instance, &rp, tier, 8).await?;
+                stowage_control::verify::verify(&store, &key, &instance, &rp, tier, 8).await?;
             let rows: Vec<Vec<String>> = if report.damage.is_empty() {
                 vec![vec!["intact".into(), "-".into(), "-".into(), "-".into()]]
             } else {
@@ -313,7 +313,7 @@ async fn find_instance(
 }
 
 async fn sandbox(args: crate::cli::SandboxArgs) -> anyhow::Result<()> {
-    let sandbox = stowage_cluster::Sandbox::new();
+    let sandbox = stowage_sandbox::Sandbox::new();
     if !args.empty {
         sandbox.load_sample_app()?;
     }

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim};
 use rand::{RngExt as _, SeedableRng as _};
-use stowage_cluster::Sandbox;
+use stowage_control::{RecordSettings, Recorded};
 use stowage_disk::{DiskId, DiskProvider as _, LocalDiskProvider};
 use stowage_runtime::client::submit;
 use stowage_runtime::{
     Broker, InProcessBroker, Names, RabbitBroker, Shutdown, StageConfig, Worker, WorkerConfig,
 };
+use stowage_sandbox::Sandbox;
 use stowage_schemas::domain::{
     BackupInstance, CalendarPeriod, Immutability, Namespaces, Policy, Redundancy, Retention,
     Schedule, Scope, Tier, Vault, VaultRule,
@@ -28,11 +29,11 @@ use stowage_schemas::jobs::{
     RestoreHydrationJob, RestoreOptions, SnapshotJob, Trigger, VaultTransferJob,
 };
 use stowage_schemas::{Envelope, Message};
-use stowage_stages::settings::{self, WriteMode};
 use stowage_stages::{
-    ClusterContext, ClusterTarget, GeoReplication, RecordSettings, Recorded, RestoreHydration,
-    RestoreStage, SnapshotStage, VaultContext, VaultTransfer,
+    ClusterContext, GeoReplication, RestoreHydration, RestoreStage, SnapshotStage, VaultContext,
+    VaultTransfer,
 };
+use stowage_vault::catalog::settings::{self, WriteMode};
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
 
@@ -166,13 +167,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         hooks: Vec::new(),
     };
     settings::write_instance(&primary, &instance, WriteMode::Create).await?;
-    let cluster_ctx = ClusterContext::new(
-        primary.clone(),
-        disks.clone(),
-        CLUSTER,
-        ClusterTarget::sandbox(&cluster),
-    )
-    .with_secondary(secondary.clone());
+    let cluster_ctx =
+        ClusterContext::new(primary.clone(), disks.clone(), CLUSTER, cluster.target())
+            .with_secondary(secondary.clone());
 
     let names = Names::new(format!("stowage-demo-{}", std::process::id()));
     let config = WorkerConfig {

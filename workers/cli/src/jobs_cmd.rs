@@ -9,9 +9,9 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt as _;
 use jiff::Timestamp;
+use stowage_control::job_records::format_bytes;
 use stowage_schemas::domain::{JobProgress, JobRecord, JobStatus, StageRun};
-use stowage_stages::job_records::format_bytes;
-use stowage_vault::jobs::{JobStoreError, list_jobs, read_job, update_job};
+use stowage_vault::catalog::jobs::{JobStoreError, list_jobs, read_job, update_job};
 use stowage_vault::store::BlobStore;
 
 use crate::cli::{Format, VaultArgs};

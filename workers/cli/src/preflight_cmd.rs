@@ -1,4 +1,4 @@
-//! `stowage preflight`: runs [`stowage_stages::preflight::run_all`] against the vault, broker,
+//! `stowage preflight`: runs [`stowage_control::preflight::run_all`] against the vault, broker,
 //! cluster and disk root given as for a worker, prints a line per check (the fix under each
 //! failure or warning) or JSON/YAML, and exits non-zero when a check fails.
 
@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use stowage_disk::LocalDiskProvider;
-use stowage_runtime::{Names, RabbitBroker};
-use stowage_stages::preflight::{
+use stowage_control::preflight::{
     self, BrokerTarget, Check, KubeTarget, PreflightTargets, Report, Status, VaultTarget,
 };
+use stowage_disk::LocalDiskProvider;
+use stowage_runtime::{Names, RabbitBroker};
 
 use crate::cli::{Format, PreflightArgs};
 

@@ -19,7 +19,7 @@ use stowage_schemas::domain::{JobRecord, JobStatus, RpState, Tier};
 use stowage_schemas::jobs::{ExistingPolicy, RestoreHydrationJob, RestoreJob, RestoreOptions};
 use stowage_schemas::{Envelope, Message, Stage};
 use stowage_vault::catalog;
-use stowage_vault::jobs::{create_job, update_job};
+use stowage_vault::catalog::jobs::{create_job, update_job};
 use stowage_vault::layout;
 use stowage_vault::store::{BlobStore, CreateOutcome};
 
@@ -376,7 +376,7 @@ pub async fn submit_restore(
         _ => Stage::RestoreHydration,
     };
     let now = Timestamp::now();
-    let mut record: JobRecord = stowage_stages::job_records::new_record(envelope, stage, now);
+    let mut record: JobRecord = stowage_control::job_records::new_record(envelope, stage, now);
     record.requested_by = requested_by;
     let id = &envelope.job_id;
     match create_job(store, &record)

@@ -4,8 +4,8 @@
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use serde::Serialize;
+use stowage_control::job_records::format_bytes;
 use stowage_schemas::domain::{RecoveryPoint, RpState, Tier};
-use stowage_stages::job_records::format_bytes;
 use stowage_vault::catalog::{self, TierManifest};
 use stowage_vault::layout;
 use stowage_vault::store::BlobStore;

@@ -1,5 +1,5 @@
 //! `stowage scheduler`: triggers the scheduled backups of every instance of a vault until
-//! SIGTERM or Ctrl-C (see [`stowage_stages::scheduler`] for slots, windows and why running
+//! SIGTERM or Ctrl-C (see [`stowage_control::scheduler`] for slots, windows and why running
 //! several at once is safe).
 
 use std::net::SocketAddr;
@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 use jiff::{SignedDuration, Timestamp};
+use stowage_control::scheduler::Scheduler;
 use stowage_runtime::{
     Broker, Health, Names, RabbitBroker, RetryPolicy, Shutdown, Topology, health, shutdown,
 };
-use stowage_stages::scheduler::Scheduler;
 
 use crate::catalog_cmd::vault_store;
 use crate::cli::{BrokerArgs, VaultArgs};

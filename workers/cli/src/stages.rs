@@ -4,11 +4,12 @@
 //! the worker refuses it with an error that says what to pass, rather than start a worker that
 //! would fail every job it takes.
 
+use stowage_control::{RecordSettings, Recorded};
 use stowage_runtime::{StageConfig, Worker};
 use stowage_schemas::Stage;
 use stowage_stages::{
-    ClusterContext, GeoReplication, RecordSettings, Recorded, RestoreHydration, RestoreStage,
-    RetentionStage, SnapshotStage, VaultContext, VaultTransfer,
+    ClusterContext, GeoReplication, RestoreHydration, RestoreStage, RetentionStage, SnapshotStage,
+    VaultContext, VaultTransfer,
 };
 
 /// What the configured stages run against.

@@ -8,26 +8,27 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stowage_cluster::Sandbox;
+use stowage_control::job_records::new_record;
+use stowage_control::{RecordSettings, Recorded};
 use stowage_disk::{
     BoxFuture, ByteRange, DiskError, DiskId, DiskInfo, DiskProvider, LocalDiskProvider,
     PieceStream, SnapshotId, SnapshotInfo,
 };
 use stowage_runtime::client::submit;
 use stowage_runtime::{Shutdown, StageConfig, Topology, Worker, WorkerConfig};
+use stowage_sandbox::Sandbox;
 use stowage_schemas::domain::{BackupInstance, JobRecord, JobStatus, Namespaces, Scope};
 use stowage_schemas::jobs::{SnapshotJob, Trigger, VaultTransferJob};
 use stowage_schemas::{Envelope, Message, Stage};
-use stowage_stages::job_records::new_record;
 use stowage_stages::restore_hydration::staging_disk_name;
 use stowage_stages::{
-    ClusterContext, ClusterTarget, GeoReplication, RecordSettings, Recorded, RestoreHydration,
-    RestoreStage, SnapshotStage, VaultContext, VaultTransfer,
+    ClusterContext, GeoReplication, RestoreHydration, RestoreStage, SnapshotStage, VaultContext,
+    VaultTransfer,
 };
 use stowage_tests::vault_fixture::{INSTANCE, VaultBackend, VaultFixture};
 use stowage_tests::{BrokerKind, Bus, amqp_url, free_port};
+use stowage_vault::catalog::jobs::{create_job, read_job};
 use stowage_vault::crypto::VaultKey;
-use stowage_vault::jobs::{create_job, read_job};
 use stowage_vault::store::{BlobStore, LocalDurability};
 
 const MIB: u64 = 1 << 20;
@@ -142,13 +143,9 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         )
         .await
         .unwrap();
-    let cluster_ctx = ClusterContext::new(
-        primary.clone(),
-        disks.clone(),
-        "sandbox",
-        ClusterTarget::sandbox(&cluster),
-    )
-    .with_secondary(secondary.clone());
+    let cluster_ctx =
+        ClusterContext::new(primary.clone(), disks.clone(), "sandbox", cluster.target())
+            .with_secondary(secondary.clone());
     let config = WorkerConfig {
         names: bus.names.clone(),
         ..WorkerConfig::default()

@@ -1,7 +1,7 @@
 //! `stowage preflight` against a sandbox cluster, local and Azurite vaults and the real RabbitMQ:
 //! every check passes on a well-prepared setup, and each fails with its fix when its
 //! prerequisite is broken. The fleet's RBAC comes from `infra/k8s/base/rbac.yaml` itself, so the
-//! permissions table in `stowage_stages::preflight` is checked against the manifests.
+//! permissions table in `stowage_control::preflight` is checked against the manifests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use stowage_cluster::{Sandbox, SandboxHandle};
-use stowage_disk::{DiskProvider, LOCAL_REGION, LocalDiskProvider};
-use stowage_runtime::{Broker, Names, RabbitBroker, RetryPolicy, Topology};
-use stowage_schemas::domain::{BackupInstance, Namespaces, Scope};
-use stowage_stages::preflight::{
+use stowage_control::preflight::{
     self, BrokerTarget, KubeTarget, PreflightTargets, Report, Status, VaultTarget,
 };
+use stowage_disk::{DiskProvider, LOCAL_REGION, LocalDiskProvider};
+use stowage_runtime::{Broker, Names, RabbitBroker, RetryPolicy, Topology};
+use stowage_sandbox::{Sandbox, SandboxHandle};
+use stowage_schemas::domain::{BackupInstance, Namespaces, Scope};
 use stowage_tests::{amqp_url, free_port, shared_broker, unique_prefix};
 
 const FLEET_NS: &str = "stowage";

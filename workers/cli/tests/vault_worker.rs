@@ -179,7 +179,7 @@ async fn a_transfer_killed_midway_resumes_without_duplicates_in_bounded_memory()
     assert_eq!(seen.len(), 384);
 
     // And the recovery point is right.
-    let report = stowage_stages::verify::verify(
+    let report = stowage_control::verify::verify(
         &f.ctx.primary,
         &f.ctx.key,
         INSTANCE,

@@ -40,7 +40,7 @@ use kube::discovery::{ApiCapabilities, Discovery, Scope as KubeScope, verbs};
 use serde_json::Value;
 use stowage_schemas::domain::{Namespaces, Scope};
 
-use crate::selector::LabelSelector;
+use stowage_schemas::selector::LabelSelector;
 
 /// Namespaces never collected unless a scope names them.
 pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];

@@ -1,35 +1,12 @@
-//! Running hook commands in pods.
+//! Running hook commands in pods: the [`PodExec`] port.
 //!
 //! Real `pods/exec` is a WebSocket (or SPDY) upgrade streaming stdin/stdout/stderr channels.
-//! The sandbox does not implement that protocol. It serves a documented alternative instead:
-//!
-//! ```text
-//! POST /apis/sandbox.stowage.io/v1/namespaces/{namespace}/pods/{pod}/exec
-//! {"container": "postgres", "command": ["fsfreeze", "-f", "/data"]}
-//! → 200 {"exitCode": 0, "stdout": "", "stderr": ""}
-//! ```
-//!
-//! Nothing actually runs: the pod's annotations script the outcome
-//! ([`EXEC_EXIT_CODE_ANNOTATION`], [`EXEC_DELAY_MS_ANNOTATION`], [`EXEC_STDOUT_ANNOTATION`],
-//! [`EXEC_STDERR_ANNOTATION`]) and the sandbox records every command it was asked to run
-//! ([`crate::Sandbox::exec_log`]), so tests can assert that hooks ran, in order, and exercise
-//! failures and timeouts. An unknown pod answers 404 and an unknown container 400, as a real
-//! server does.
-//!
-//! Stages run hooks through the [`PodExec`] port; [`SandboxExec`] is its sandbox
-//! implementation. A real-cluster implementation (kube's `ws` feature) is still to come.
+//! Stages run hooks through this port; the sandbox crate implements it over its documented
+//! JSON exec endpoint (`stowage_sandbox::SandboxExec`). A real-cluster implementation (kube's
+//! `ws` feature) is still to come.
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-
-pub use crate::sandbox::store::{
-    EXEC_DELAY_MS_ANNOTATION, EXEC_EXIT_CODE_ANNOTATION, EXEC_STDERR_ANNOTATION,
-    EXEC_STDOUT_ANNOTATION,
-};
-
-/// The API group of the sandbox's exec endpoint. It is not listed in discovery, so collection
-/// never sees it.
-pub const SANDBOX_EXEC_GROUP: &str = "sandbox.stowage.io";
 
 /// A command to run in a pod's container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,27 +35,6 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
-/// A command the sandbox was asked to run, as recorded in its exec log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecRecord {
-    /// Namespace of the pod.
-    pub namespace: String,
-    /// Name of the pod.
-    pub pod: String,
-    /// Container it ran in (the first container when the request named none).
-    pub container: Option<String>,
-    /// Command and arguments.
-    pub command: Vec<String>,
-}
-
-/// The body of a sandbox exec request.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct ExecBody {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    pub command: Vec<String>,
-}
-
 /// Why a command could not be run (a command that ran and failed is an [`ExecOutput`] with a
 /// non-zero exit code, not an error).
 #[derive(Debug, thiserror::Error)]
@@ -104,44 +60,4 @@ pub trait PodExec: Send + Sync {
     /// Runs `request` and waits for it to finish.
     fn exec<'a>(&'a self, request: &'a ExecRequest)
     -> BoxFuture<'a, Result<ExecOutput, ExecError>>;
-}
-
-/// [`PodExec`] against a sandbox cluster, through its exec endpoint.
-#[derive(Clone)]
-pub struct SandboxExec {
-    client: kube::Client,
-}
-
-impl SandboxExec {
-    /// Runs commands through `client`, which must point at a sandbox.
-    pub fn new(client: kube::Client) -> Self {
-        Self { client }
-    }
-}
-
-impl PodExec for SandboxExec {
-    fn exec<'a>(
-        &'a self,
-        request: &'a ExecRequest,
-    ) -> BoxFuture<'a, Result<ExecOutput, ExecError>> {
-        Box::pin(async move {
-            let error = |source| ExecError::Api {
-                namespace: request.namespace.clone(),
-                pod: request.pod.clone(),
-                source,
-            };
-            let body = ExecBody {
-                container: request.container.clone(),
-                command: request.command.clone(),
-            };
-            let http_request = http::Request::post(format!(
-                "/apis/{SANDBOX_EXEC_GROUP}/v1/namespaces/{}/pods/{}/exec",
-                request.namespace, request.pod
-            ))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(&body).expect("plain data serializes"))
-            .map_err(|e| error(kube::Error::HttpError(e)))?;
-            self.client.request(http_request).await.map_err(error)
-        })
-    }
 }

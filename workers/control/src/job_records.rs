@@ -1,5 +1,5 @@
 //! Job records kept by the workers: [`Recorded`] wraps any stage handler and keeps the job's
-//! record (`jobs/<job-id>.json`, see `stowage_vault::jobs`) up to date around it.
+//! record (`jobs/<job-id>.json`, see `stowage_vault::catalog::jobs`) up to date around it.
 //!
 //! Around one delivery of stage `S` of job `J`:
 //!
@@ -36,7 +36,7 @@ use stowage_runtime::{
 use stowage_schemas::domain::{JobProgress, JobRecord, JobStatus};
 use stowage_schemas::jobs::Trigger;
 use stowage_schemas::{Envelope, Message, Route, Stage};
-use stowage_vault::jobs::{read_job, update_job};
+use stowage_vault::catalog::jobs::{read_job, update_job};
 use stowage_vault::store::BlobStore;
 
 /// How [`Recorded`] keeps records.
@@ -474,7 +474,7 @@ mod tests {
 
     use stowage_schemas::events::{RpCreated, RpVaulted};
     use stowage_schemas::jobs::VaultTransferJob;
-    use stowage_vault::jobs::create_job;
+    use stowage_vault::catalog::jobs::create_job;
 
     use super::*;
 

@@ -52,10 +52,10 @@ use stowage_runtime::{Broker, BrokerError, Names, Shutdown};
 use stowage_schemas::domain::{BackupInstance, JobRecord, JobStatus, Policy, Schedule};
 use stowage_schemas::jobs::{RetentionJob, SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message, MessageId, Stage};
-use stowage_vault::jobs::{JobStoreError, create_job, read_job, update_job};
+use stowage_vault::catalog::jobs::{JobStoreError, create_job, read_job, update_job};
 use stowage_vault::store::{BlobStore, CreateOutcome};
 
-use crate::settings::{self, SettingsError};
+use stowage_vault::catalog::settings::{self, SettingsError};
 
 /// How long after its slot a scheduled backup may still start.
 pub const DEFAULT_WINDOW: SignedDuration = SignedDuration::from_hours(2);
@@ -570,7 +570,7 @@ mod tests {
     use stowage_schemas::{ContentType, decode};
 
     use super::*;
-    use crate::settings::{WriteMode, write_instance, write_policy, write_vault};
+    use stowage_vault::catalog::settings::{WriteMode, write_instance, write_policy, write_vault};
 
     fn schedule(frequency_hours: u8, start: Time, zone: &str) -> Schedule {
         Schedule {

@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::types::ResourceType;
+use crate::types::ResourceType;
 
 /// A failed API request: an HTTP code, a machine-readable reason and a message, as the
 /// `Status` kind carries them.

@@ -11,12 +11,13 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::Sandbox;
-use super::error::ApiError;
-use super::rbac;
-use super::store::{ListOptions, Store};
-use crate::exec::{ExecBody, ExecOutput, ExecRecord, SANDBOX_EXEC_GROUP};
-use crate::selector::LabelSelector;
+use crate::Sandbox;
+use crate::error::ApiError;
+use crate::exec::{ExecBody, ExecRecord, SANDBOX_EXEC_GROUP};
+use crate::rbac;
+use crate::store::{ListOptions, Store};
+use stowage_cluster::ExecOutput;
+use stowage_schemas::selector::LabelSelector;
 
 pub(crate) fn router(sandbox: Sandbox) -> Router {
     Router::new().fallback(handle).with_state(sandbox)

@@ -2,8 +2,8 @@
 //! Stowage uses, so the stages, tests and `stowage demo` run without a real cluster.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), stowage_cluster::SandboxError> {
-//! use stowage_cluster::Sandbox;
+//! # async fn demo() -> Result<(), stowage_sandbox::SandboxError> {
+//! use stowage_sandbox::Sandbox;
 //!
 //! let sandbox = Sandbox::new();
 //! sandbox.load_sample_app()?;
@@ -28,7 +28,7 @@
 //!   409 `AlreadyExists`, 409 `Conflict` (stale resourceVersion), 422 `Invalid` (missing or
 //!   malformed name, name differing from the URL, malformed CRD), 400 `BadRequest`, 405, 415.
 //! - `kubectl --server` can list and get: server-side printing (`as=Table`) answers name and age.
-//! - Hook commands: see [`crate::exec`].
+//! - Hook commands: see [`exec`].
 //! - `SubjectAccessReview` (`POST /apis/authorization.k8s.io/v1/subjectaccessreviews`),
 //!   answered by evaluating the stored Roles, ClusterRoles and bindings (see `rbac`: verbs,
 //!   groups, resources and subresources, resource names, namespaces, `*`); nothing else is
@@ -45,7 +45,12 @@
 //! Deployment creates no pods), and consistent paging snapshots (a continued list resumes after
 //! the last name it returned, and sees changes made in between).
 
+//!
+//! No production crate depends on this one: only the CLI's `sandbox` and `demo` commands and
+//! the tests do (a test in `tests/` checks the crate graph).
+
 pub(crate) mod error;
+pub mod exec;
 mod http;
 pub(crate) mod rbac;
 pub(crate) mod sample;
@@ -58,9 +63,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::exec::ExecRecord;
-pub use sample::SAMPLE_REGION;
+pub use exec::{ExecRecord, SandboxExec};
+pub use sample::{LOCAL_CSI_DRIVER, SAMPLE_REGION};
 use store::Store;
+use stowage_cluster::ClusterTarget;
 
 /// A sandbox cluster's state. Cheap to clone: clones share one cluster.
 #[derive(Clone)]
@@ -202,6 +208,14 @@ impl Sandbox {
         self.start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
     }
 
+    /// A new sandbox holding the sample application, served on `127.0.0.1` and a free port:
+    /// what most tests and the demo start from.
+    pub async fn sample_local() -> Result<SandboxHandle, SandboxError> {
+        let sandbox = Self::new();
+        sandbox.load_sample_app()?;
+        sandbox.start_local().await
+    }
+
     fn address_hint(&self) -> String {
         self.address
             .lock()
@@ -242,6 +256,12 @@ impl SandboxHandle {
     /// A kube client for the sandbox (no authentication; default namespace `default`).
     pub fn client(&self) -> kube::Client {
         self.client.clone()
+    }
+
+    /// The sandbox as a cluster target for the stages: its client, with hooks through its
+    /// exec endpoint.
+    pub fn target(&self) -> ClusterTarget {
+        ClusterTarget::new(self.client(), Arc::new(SandboxExec::new(self.client())))
     }
 
     /// The cluster being served, to load objects or read the exec log.

@@ -20,7 +20,7 @@
 
 use serde_json::{Value, json};
 
-use super::store::Store;
+use crate::store::Store;
 
 /// What a review asks: may `user` (in `groups`) do `verb` on a resource or a non-resource path?
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -10,10 +10,10 @@ use std::ops::Bound;
 
 use serde_json::{Map, Value, json};
 
-use super::error::ApiError;
-use super::types::{ResourceType, builtin_types};
+use crate::error::ApiError;
 use crate::exec::ExecRecord;
-use crate::selector::LabelSelector;
+use crate::types::{ResourceType, builtin_types};
+use stowage_schemas::selector::LabelSelector;
 
 /// (group, plural): one bucket per resource type, shared by all its served versions.
 type TypeKey = (String, String);
@@ -414,7 +414,7 @@ impl Store {
         }
         let mut object = self.get(target, name)?;
         let current_rv = object["metadata"]["resourceVersion"].clone();
-        merge(&mut object, patch);
+        json_patch::merge(&mut object, patch);
         if let Some(rv) = patch.pointer("/metadata/resourceVersion")
             && !rv.is_null()
             && *rv != current_rv
@@ -746,25 +746,6 @@ fn without_meta_and_status(object: &Value) -> Map<String, Value> {
     rest
 }
 
-/// RFC 7386 JSON merge patch.
-pub(crate) fn merge(target: &mut Value, patch: &Value) {
-    let Some(patch) = patch.as_object() else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = json!({});
-    }
-    let target = target.as_object_mut().expect("just made an object");
-    for (key, value) in patch {
-        if value.is_null() {
-            target.remove(key);
-        } else {
-            merge(target.entry(key.clone()).or_insert(Value::Null), value);
-        }
-    }
-}
-
 fn managed_fields(target: &Target, operation: &str) -> Value {
     json!([{
         "manager": "stowage-sandbox",
@@ -800,15 +781,6 @@ fn random_suffix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn merge_patch_follows_rfc_7386() {
-        let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}});
-        merge(&mut doc, &json!({"a": "z", "c": {"f": null}}));
-        assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}}));
-        merge(&mut doc, &json!({"a": ["x"], "n": {"m": 1}}));
-        assert_eq!(doc, json!({"a": ["x"], "c": {"d": "e"}, "n": {"m": 1}}));
-    }
 
     #[test]
     fn names_are_dns_subdomains() {

@@ -16,39 +16,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stowage_cluster::{PodExec, SandboxExec, SandboxHandle};
+use stowage_cluster::ClusterTarget;
+use stowage_cluster::apply::ApplyError;
 use stowage_disk::DiskProvider;
 use stowage_runtime::StageError;
 use stowage_schemas::domain::BackupInstance;
-use stowage_vault::layout;
+use stowage_vault::catalog::settings;
 use stowage_vault::store::BlobStore;
 
 use crate::errors::Classify as _;
-
-/// One Kubernetes cluster a worker can reach.
-#[derive(Clone)]
-pub struct ClusterTarget {
-    /// The API client.
-    pub client: kube::Client,
-    /// How hook commands run in its pods.
-    pub exec: Arc<dyn PodExec>,
-}
-
-impl ClusterTarget {
-    /// A cluster reached through `client`, with hooks run through `exec`.
-    pub fn new(client: kube::Client, exec: Arc<dyn PodExec>) -> Self {
-        Self { client, exec }
-    }
-
-    /// A running sandbox cluster, with hooks through its exec endpoint.
-    pub fn sandbox(handle: &SandboxHandle) -> Self {
-        let client = handle.client();
-        Self {
-            exec: Arc::new(SandboxExec::new(client.clone())),
-            client,
-        }
-    }
-}
 
 /// Everything the snapshot and restore stages need besides their message.
 #[derive(Clone)]
@@ -140,23 +116,13 @@ impl ClusterContext {
     }
 }
 
-/// Reads a backup instance from the vault (`instances/<instance>.json`, JSON of
-/// [`BackupInstance`]). A missing or unreadable document is a permanent error naming the key.
+/// Reads a backup instance from the vault's catalog. A missing instance is a permanent error
+/// naming it and the fix; a damaged document is permanent; storage trouble is transient.
 pub async fn read_instance(store: &BlobStore, name: &str) -> Result<BackupInstance, StageError> {
-    let key = layout::instance(name).map_err(StageError::permanent)?;
-    let bytes = match store.get(&key).await {
-        Ok(object) => object.bytes,
-        Err(e) if e.is_not_found() => {
-            return Err(StageError::permanent(format!(
-                "backup instance {name:?} is not defined in the vault: {key} does not exist; \
-                 create the instance first (or check the instance name in the job)"
-            )));
-        }
-        Err(e) => return Err(e.stage_error()),
-    };
-    serde_json::from_slice(&bytes).map_err(|e| {
+    read_instance_opt(store, name).await?.ok_or_else(|| {
         StageError::permanent(format!(
-            "backup instance document {key} is not a valid instance ({e}); rewrite it"
+            "backup instance {name:?} is not defined in the vault; create the instance first \
+             (or check the instance name in the job)"
         ))
     })
 }
@@ -166,9 +132,8 @@ pub(crate) async fn read_instance_opt(
     store: &BlobStore,
     name: &str,
 ) -> Result<Option<BackupInstance>, StageError> {
-    let key = layout::instance(name).map_err(StageError::permanent)?;
-    match store.head(&key).await {
-        Ok(_) => read_instance(store, name).await.map(Some),
+    match settings::read_instance(store, name).await {
+        Ok(instance) => Ok(Some(instance)),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.stage_error()),
     }
@@ -202,6 +167,20 @@ pub(crate) fn kube_error(what: String, error: kube::Error) -> StageError {
         StageError::transient(failure)
     } else {
         StageError::permanent(failure)
+    }
+}
+
+/// A stage error for a failed create or patch of a restored object.
+pub(crate) fn apply_error(error: ApplyError) -> StageError {
+    match error {
+        ApplyError::NotAnObject { .. } => StageError::permanent(format!(
+            "{error} in the resources object; the resources object is damaged"
+        )),
+        ApplyError::Api {
+            what,
+            object,
+            source,
+        } => kube_error(format!("{what} {object} failed"), source),
     }
 }
 

@@ -3,6 +3,7 @@
 use stowage_disk::DiskError;
 use stowage_runtime::StageError;
 use stowage_vault::catalog::CatalogError;
+use stowage_vault::catalog::settings::SettingsError;
 use stowage_vault::extent::ExtentStoreError;
 use stowage_vault::index::IndexError;
 use stowage_vault::pack::PackError;
@@ -58,6 +59,17 @@ impl Classify for IndexError {
 impl Classify for ExtentStoreError {
     fn stage_error(self) -> StageError {
         let transient = matches!(&self, ExtentStoreError::Store(e) if e.is_transient());
+        by(transient, self)
+    }
+}
+
+impl Classify for SettingsError {
+    fn stage_error(self) -> StageError {
+        let transient = match &self {
+            SettingsError::Store(e) => e.is_transient(),
+            SettingsError::Contended { .. } => true,
+            _ => false,
+        };
         by(transient, self)
     }
 }

@@ -12,7 +12,7 @@
 //! | [`pack`] | packing sealed chunks into ~16 MiB pack objects, reading one chunk by range |
 //! | [`extent`] | extent maps of volume versions, chain resolution, consolidation, map storage |
 //! | [`gc`] | two-phase mark-and-sweep of packs and maps no tier manifest references |
-//! | [`jobs`] | job records (`jobs/<id>.json`): create-only claims, compare-and-swap updates, streamed listing |
+//! | [`catalog`] | the catalog documents: vault settings, policies and instances (validated), recovery-point manifests, job records |
 //! | [`document`] | mutable JSON documents (job records, settings, retention and GC state): one read-modify-write loop under compare-and-swap |
 //!
 //! # How a vault transfer uses it
@@ -82,7 +82,6 @@ pub mod extent;
 pub mod gc;
 mod hex;
 pub mod index;
-pub mod jobs;
 pub mod layout;
 pub mod pack;
 pub mod store;

@@ -1,12 +1,12 @@
 //! Shared helpers: a running sandbox, with or without the sample application.
 
-use stowage_cluster::{Sandbox, SandboxHandle};
+use stowage_sandbox::{Sandbox, SandboxHandle};
 
 /// A sandbox holding the sample application, served on 127.0.0.1 and a free port.
 pub async fn sample_cluster() -> SandboxHandle {
-    let sandbox = Sandbox::new();
-    sandbox.load_sample_app().expect("the sample app loads");
-    sandbox.start_local().await.expect("the sandbox starts")
+    Sandbox::sample_local()
+        .await
+        .expect("the sandbox starts with the sample app")
 }
 
 /// An empty sandbox (only the built-in namespaces), served on a free port.

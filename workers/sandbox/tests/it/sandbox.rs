@@ -9,8 +9,9 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{Discovery, Scope};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use stowage_cluster::exec::EXEC_EXIT_CODE_ANNOTATION;
-use stowage_cluster::{ExecRecord, ExecRequest, LOCAL_CSI_DRIVER, PodExec, SandboxExec};
+use stowage_cluster::{ExecRequest, PodExec};
+use stowage_sandbox::exec::EXEC_EXIT_CODE_ANNOTATION;
+use stowage_sandbox::{ExecRecord, LOCAL_CSI_DRIVER, SandboxExec};
 
 use crate::harness::{api_code, empty_cluster, sample_cluster};
 

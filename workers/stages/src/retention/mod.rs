@@ -40,7 +40,7 @@ use stowage_disk::SnapshotId;
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::{Policy, RecoveryPoint, RpState, Tier};
 use stowage_schemas::{Envelope, Message, Stage};
-use stowage_vault::catalog;
+use stowage_vault::catalog::{self, settings};
 use stowage_vault::document::{self, Decision, UpdateError};
 use stowage_vault::gc::{self, GcReport};
 use stowage_vault::layout::{self, CatalogEntry};
@@ -297,13 +297,8 @@ pub async fn read_policy(store: &BlobStore, instance: &str) -> Result<Option<Pol
     let Some(record) = read_instance_opt(store, instance).await? else {
         return Ok(None);
     };
-    let key = layout::policy(&record.policy).map_err(StageError::permanent)?;
-    match store.get(&key).await {
-        Ok(found) => serde_json::from_slice(&found.bytes).map(Some).map_err(|e| {
-            StageError::permanent(format!(
-                "policy document {key} of instance {instance} is not a valid policy ({e}); rewrite it"
-            ))
-        }),
+    match settings::read_policy(store, &record.policy).await {
+        Ok(policy) => Ok(Some(policy)),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.stage_error()),
     }

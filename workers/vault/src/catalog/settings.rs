@@ -15,29 +15,29 @@
 //! | policy | `schedule.frequency_hours` ∈ {4, 8, 12, 24}; `schedule.start` in whole minutes; `schedule.time_zone` is an IANA zone jiff can resolve |
 //! | policy | `retention.operational_days` 1..=360; vault rules keep 1..=360 days, except `year` rules (1..=3650: a yearly point kept for less than a year is pointless); at most one rule per `first_of` |
 //! | instance | `vault` is this vault's name; `policy` exists; `snapshot_location` is set and never changes |
-//! | instance | scope: namespace names are DNS-1123 labels, a namespace list is not empty, label selectors parse (Kubernetes grammar, [`stowage_cluster::selector`]) |
+//! | instance | scope: namespace names are DNS-1123 labels, a namespace list is not empty, label selectors parse (Kubernetes grammar, [`stowage_schemas::selector`]) |
 //! | instance | hooks: unique non-empty names, namespace a DNS-1123 label, a command, selector parses, timeout 1..=3600 s |
 //!
 //! Updates are compare-and-swap ([`BlobStore::update_if_unchanged`]): the rules that compare
 //! with the stored document (snapshot location, immutability, vault name) are checked against
 //! the version being replaced, so two concurrent writers cannot slip a forbidden change past
 //! each other. The stored form is the plain JSON of the domain type, which the stages read
-//! (see [`crate::cluster_context::read_instance`]).
+//! (see [`read_instance`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
 
+use crate::document::{self, Decision, UpdateError};
+use crate::layout::{self, BlobKey, KeyPrefix, LayoutError};
+use crate::store::{BlobStore, StoreError};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use stowage_cluster::LabelSelector;
 use stowage_schemas::domain::{
     BackupInstance, CalendarPeriod, Immutability, Namespaces, Policy, Redundancy, Vault,
 };
-use stowage_vault::document::{self, Decision, UpdateError};
-use stowage_vault::layout::{self, BlobKey, KeyPrefix, LayoutError};
-use stowage_vault::store::{BlobStore, StoreError};
+use stowage_schemas::selector::LabelSelector;
 
 /// The hours a schedule may repeat at.
 pub const FREQUENCIES: [u8; 4] = [4, 8, 12, 24];
@@ -975,9 +975,7 @@ mod tests {
             Written::Created
         );
         // The stages read what was written.
-        let read = crate::cluster_context::read_instance(&store, "shop")
-            .await
-            .unwrap();
+        let read = read_instance(&store, "shop").await.unwrap();
         assert_eq!(read, instance());
         let mut moved = instance();
         moved.snapshot_location = "rg-other".into();

@@ -1,4 +1,4 @@
-//! The collection scope matrix, against the sample application.
+//! The collection scope matrix, against the sandbox's sample application (one integration-test binary for the cluster crate).
 
 use std::convert::Infallible;
 
@@ -8,7 +8,12 @@ use stowage_cluster::{
 };
 use stowage_schemas::domain::{Namespaces, Scope};
 
-use crate::harness::sample_cluster;
+/// A sandbox holding the sample application.
+async fn sample_cluster() -> stowage_sandbox::SandboxHandle {
+    stowage_sandbox::Sandbox::sample_local()
+        .await
+        .expect("the sandbox starts with the sample app")
+}
 
 /// `Kind namespace/name` of everything collected, sorted, with the summary.
 async fn collected(

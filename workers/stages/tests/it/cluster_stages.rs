@@ -7,9 +7,10 @@ use std::sync::Arc;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use serde_json::{Value, json};
-use stowage_cluster::{Sandbox, SandboxHandle, strip_server_fields};
+use stowage_cluster::strip_server_fields;
 use stowage_disk::{DiskId, DiskProvider, LocalDiskProvider};
 use stowage_runtime::{JobContext, StageHandler};
+use stowage_sandbox::{Sandbox, SandboxHandle};
 use stowage_schemas::domain::{
     BackupInstance, Hook, HookErrorMode, HookPhase, Namespaces, Scope, Tier,
 };
@@ -22,8 +23,7 @@ use stowage_schemas::{Envelope, Message, Stage};
 use stowage_stages::restore::{PlanAction, RestoreRequest, RestoreSource, restore};
 use stowage_stages::snapshot::take_snapshot;
 use stowage_stages::{
-    ClusterContext, ClusterTarget, RestoreHydration, RestoreStage, SnapshotStage, VaultContext,
-    VaultTransfer,
+    ClusterContext, RestoreHydration, RestoreStage, SnapshotStage, VaultContext, VaultTransfer,
 };
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::layout;
@@ -80,13 +80,8 @@ impl Fixture {
         sandbox.load_sample_app().unwrap();
         let source = sandbox.start_local().await.unwrap();
         let dr = Sandbox::new().start_local().await.unwrap();
-        let ctx = ClusterContext::new(
-            vault.clone(),
-            disks.clone(),
-            "source",
-            ClusterTarget::sandbox(&source),
-        )
-        .with_cluster("dr", ClusterTarget::sandbox(&dr));
+        let ctx = ClusterContext::new(vault.clone(), disks.clone(), "source", source.target())
+            .with_cluster("dr", dr.target());
         Self {
             dir,
             vault,
@@ -463,9 +458,13 @@ async fn snapshot_and_restore_into_a_second_cluster() {
         target_cluster: Some("dr".into()),
         ..RestoreOptions::default()
     };
-    let report = restore(&f.ctx, &operational("rp-1", "to-dr", options))
-        .await
-        .unwrap();
+    let report = restore(
+        &f.ctx,
+        &operational("rp-1", "to-dr", options),
+        &JobContext::detached(Stage::Restore),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.target_cluster, "dr");
     assert_eq!(report.volumes_restored, 2);
     assert_eq!(report.count(PlanAction::Conflict), 0, "{:#?}", report.plan);
@@ -588,9 +587,13 @@ async fn restore_without_volume_data() {
         include_volumes: false,
         ..RestoreOptions::default()
     };
-    let report = restore(&f.ctx, &operational("rp-1", "no-data", options))
-        .await
-        .unwrap();
+    let report = restore(
+        &f.ctx,
+        &operational("rp-1", "no-data", options),
+        &JobContext::detached(Stage::Restore),
+    )
+    .await
+    .unwrap();
     assert_eq!(report.volumes_restored, 0);
     assert_eq!(f.disk_files(), before, "no disk was created");
     let claim = get(
@@ -791,6 +794,7 @@ async fn skip_keeps_what_exists_and_patch_brings_it_back() {
     let first = restore(
         &f.ctx,
         &operational("rp-1", "r1", mapping("shop", "shop-copy")),
+        &JobContext::detached(Stage::Restore),
     )
     .await
     .unwrap();
@@ -814,6 +818,7 @@ async fn skip_keeps_what_exists_and_patch_brings_it_back() {
     let skip = restore(
         &f.ctx,
         &operational("rp-1", "r2", mapping("shop", "shop-copy")),
+        &JobContext::detached(Stage::Restore),
     )
     .await
     .unwrap();
@@ -847,9 +852,13 @@ async fn skip_keeps_what_exists_and_patch_brings_it_back() {
         existing: ExistingPolicy::Patch,
         ..mapping("shop", "shop-copy")
     };
-    let patch = restore(&f.ctx, &operational("rp-1", "r3", options))
-        .await
-        .unwrap();
+    let patch = restore(
+        &f.ctx,
+        &operational("rp-1", "r3", options),
+        &JobContext::detached(Stage::Restore),
+    )
+    .await
+    .unwrap();
     assert_eq!(action(&patch, "db-config"), PlanAction::Patch);
     assert_eq!(
         action(&patch, "web-config"),
@@ -939,9 +948,13 @@ async fn a_dry_run_changes_nothing() {
     assert!(done.dry_run);
     assert_eq!(done.volumes_restored, 2, "planned");
     assert!(done.resources_created > 20, "{done:?}");
-    let plan = restore(&f.ctx, &RestoreRequest::from_job(&job).unwrap())
-        .await
-        .unwrap();
+    let plan = restore(
+        &f.ctx,
+        &RestoreRequest::from_job(&job).unwrap(),
+        &JobContext::detached(Stage::Restore),
+    )
+    .await
+    .unwrap();
     assert_eq!(plan.count(PlanAction::Conflict), 0, "{:#?}", plan.plan);
     assert_eq!(
         plan.entry("Widget", Some("shop"), "blue").unwrap().action,
@@ -954,9 +967,13 @@ async fn a_dry_run_changes_nothing() {
         dry_run: true,
         ..RestoreOptions::default()
     };
-    let plan = restore(&f.ctx, &operational("rp-1", "dry-2", options))
-        .await
-        .unwrap();
+    let plan = restore(
+        &f.ctx,
+        &operational("rp-1", "dry-2", options),
+        &JobContext::detached(Stage::Restore),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         plan.entry("ConfigMap", Some("shop"), "db-config")
             .unwrap()
@@ -1008,9 +1025,13 @@ async fn controller_owned_pods_are_left_to_their_controller() {
         target_cluster: Some("dr".into()),
         ..RestoreOptions::default()
     };
-    let report = restore(&f.ctx, &operational("rp-1", "owned", options))
-        .await
-        .unwrap();
+    let report = restore(
+        &f.ctx,
+        &operational("rp-1", "owned", options),
+        &JobContext::detached(Stage::Restore),
+    )
+    .await
+    .unwrap();
     let entry = report.entry("Pod", Some("shop"), "web-5c9b-abcde").unwrap();
     assert_eq!(entry.action, PlanAction::Skip);
     assert!(

@@ -9,6 +9,7 @@ use futures::StreamExt as _;
 use jiff::civil::date;
 use jiff::{SignedDuration, Timestamp, ToSpan as _};
 use rand::{RngExt as _, SeedableRng as _};
+use stowage_control::verify;
 use stowage_disk::{DiskId, DiskProvider, LocalDiskProvider, SnapshotId};
 use stowage_runtime::JobContext;
 use stowage_schemas::Stage;
@@ -19,7 +20,7 @@ use stowage_schemas::domain::{
 use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions};
 use stowage_stages::VaultContext;
 use stowage_stages::retention::{self, Eligibility};
-use stowage_stages::{restore_hydration, vault_transfer, verify};
+use stowage_stages::{restore_hydration, vault_transfer};
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
 use stowage_vault::{catalog, gc, layout};

@@ -1,0 +1,6 @@
+//! Integration tests of the sandbox, served on a free port and reached through an ordinary
+//! `kube::Client` (and `kubectl`).
+
+mod harness;
+mod kubectl;
+mod sandbox;

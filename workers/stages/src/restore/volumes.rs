@@ -1,0 +1,304 @@
+//! The volumes of a restore: each restored claim gets a new PV on a new disk — filled from an
+//! operational snapshot, or adopted from hydration's staging disk — never the source's.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
+use serde_json::{Map, Value, json};
+use stowage_cluster::apply::{group_version, name_of, namespace_of};
+use stowage_disk::{DiskError, DiskProvider, SnapshotId};
+use stowage_runtime::StageError;
+use stowage_vault::layout::BlobKey;
+use stowage_vault::store::BlobStore;
+
+use super::objects::{Existing, Run};
+use super::plan::PlanAction;
+use super::reader::ObjectReader;
+use super::{RESTORE_ID_ANNOTATION, SOURCE_VOLUME_ANNOTATION};
+use crate::cluster_context::disk_safe_name;
+
+/// Where one restored claim's data comes from.
+#[derive(Debug, Clone)]
+pub(super) enum VolumeOrigin {
+    /// Fill a new disk from this operational snapshot.
+    Snapshot { snapshot: SnapshotId, size: u64 },
+    /// Adopt this staging disk.
+    Disk { disk: String },
+}
+
+/// Annotations of the source cluster's volume binding, dropped from restored claims.
+const BINDING_ANNOTATIONS: &[&str] = &[
+    "pv.kubernetes.io/bind-completed",
+    "pv.kubernetes.io/bound-by-controller",
+    "volume.kubernetes.io/selected-node",
+];
+
+impl Run<'_> {
+    /// The PV/PVC phase (see "Volumes" in the module doc).
+    pub(super) async fn restore_volumes(
+        &mut self,
+        store: &BlobStore,
+        resources: &BlobKey,
+        origins: &BTreeMap<(String, String), (String, VolumeOrigin)>,
+    ) -> Result<(), StageError> {
+        // Pass 1: the source PVs (one per backed-up claim), to model the new ones on.
+        let mut source_pvs: BTreeMap<String, Value> = BTreeMap::new();
+        let mut reader = ObjectReader::open(store, resources).await?;
+        while let Some(object) = reader.next().await? {
+            if group_version(&object).0.is_empty() && object["kind"] == "PersistentVolume" {
+                source_pvs.insert(name_of(&object), object);
+            }
+        }
+        // Pass 2: the claims. Those that get a new volume wait for their disks.
+        let mut pending = Vec::new();
+        let mut reader = ObjectReader::open(store, resources).await?;
+        while let Some(object) = reader.next().await? {
+            if !(group_version(&object).0.is_empty() && object["kind"] == "PersistentVolumeClaim") {
+                continue;
+            }
+            let source_ns = namespace_of(&object).unwrap_or_default();
+            let source_pv = object
+                .pointer("/spec/volumeName")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let Some(mut claim) = self.prepare(object) else {
+                continue;
+            };
+            clean_claim(&mut claim);
+            let origin = origins.get(&(source_ns.clone(), name_of(&claim)));
+            let Some((_, existing)) = self.existing(&claim).await? else {
+                continue;
+            };
+            match (existing, origin) {
+                (Existing::Missing, Some((volume_id, origin))) => {
+                    let pv = source_pv.and_then(|n| source_pvs.get(&n).cloned());
+                    pending.push((claim, pv, volume_id.clone(), origin.clone()));
+                }
+                (Existing::Missing, None) => {
+                    if self.options.include_volumes {
+                        let key = (source_ns.clone(), name_of(&claim));
+                        self.report.warnings.push(format!(
+                            "PVC {}/{} is restored without data: its volume was not backed up \
+                             (see the recovery point's warnings); the cluster provisions a new \
+                             volume for it if its storage class can",
+                            key.0, key.1
+                        ));
+                    }
+                    if let Some(spec) = claim.get_mut("spec").and_then(Value::as_object_mut) {
+                        spec.remove("volumeName");
+                    }
+                    self.apply(claim).await?;
+                }
+                (Existing::Present(_), _) => {
+                    // Never a new disk under an existing claim; patch only its metadata.
+                    let mut metadata = Map::new();
+                    for field in ["labels", "annotations"] {
+                        if let Some(value) = claim["metadata"].get(field) {
+                            metadata.insert(field.into(), value.clone());
+                        }
+                    }
+                    let body = json!({ "metadata": metadata });
+                    self.apply_with(claim, Some(body)).await?;
+                }
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+
+        // The disks, in parallel.
+        let disks = self.ctx.disks.clone();
+        let dry_run = self.options.dry_run;
+        let restore_id = self.request.restore_id.clone();
+        let piece = self.ctx.copy_piece_bytes.max(4096) as u64;
+        let jobs: Vec<(String, String, VolumeOrigin)> = pending
+            .iter()
+            .map(|(claim, _, volume_id, origin)| {
+                (
+                    format!(
+                        "{}/{}",
+                        namespace_of(claim).unwrap_or_default(),
+                        name_of(claim)
+                    ),
+                    disk_safe_name(&format!("restore-{restore_id}-{volume_id}")),
+                    origin.clone(),
+                )
+            })
+            .collect();
+        let made: Vec<Option<String>> = futures::stream::iter(jobs.into_iter().map(|(who, name, origin)| {
+            let disks = disks.clone();
+            async move {
+                match origin {
+                    VolumeOrigin::Disk { disk } => Ok(Some(disk)),
+                    VolumeOrigin::Snapshot { .. } if dry_run => Ok(None),
+                    VolumeOrigin::Snapshot { snapshot, size } => {
+                        let info = disk_from_snapshot(disks.as_ref(), &snapshot, &name, size, piece)
+                            .await
+                            .map_err(|e| {
+                                let message = format!(
+                                    "restoring the volume of PVC {who} from snapshot {snapshot} into \
+                                     disk {name} failed: {e}"
+                                );
+                                if e.is_transient() {
+                                    StageError::transient(message)
+                                } else {
+                                    StageError::permanent(message)
+                                }
+                            })?;
+                        tracing::info!(pvc = who, disk = %info.id, bytes = info.size, "volume restored");
+                        Ok::<_, StageError>(Some(info.id.0))
+                    }
+                }
+            }
+        }))
+        .buffered(self.ctx.volume_parallelism.max(1))
+        .try_collect()
+        .await?;
+
+        // Then each new PV, and its claim.
+        if !dry_run {
+            for (_, _, _, origin) in &pending {
+                if let VolumeOrigin::Disk { disk } = origin {
+                    self.report.adopted_disks.push(disk.clone());
+                }
+            }
+        }
+        for ((mut claim, source_pv, _, _), disk) in pending.into_iter().zip(made) {
+            let target_ns = namespace_of(&claim).unwrap_or_default();
+            let claim_name = name_of(&claim);
+            let pv_name = restored_pv_name(&self.request.restore_id, &target_ns, &claim_name);
+            let pv = self.new_volume(
+                &pv_name,
+                &claim,
+                source_pv.as_ref(),
+                disk.as_deref().unwrap_or("<new disk>"),
+            );
+            let action = self.apply(pv).await?;
+            if matches!(action, PlanAction::Create) {
+                self.report.volumes_restored += 1;
+            }
+            claim["spec"]["volumeName"] = json!(pv_name);
+            self.apply(claim).await?;
+        }
+        Ok(())
+    }
+
+    /// A PV on the restored disk `disk`, bound to `claim` (already mapped).
+    fn new_volume(&self, name: &str, claim: &Value, source: Option<&Value>, disk: &str) -> Value {
+        let mut spec: Map<String, Value> = source
+            .and_then(|pv| pv.get("spec"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        spec.remove("claimRef");
+        spec.remove("nodeAffinity");
+        let mut csi = spec
+            .get("csi")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        csi.insert("driver".into(), json!(self.ctx.disks.driver()));
+        csi.insert("volumeHandle".into(), json!(disk));
+        spec.insert("csi".into(), Value::Object(csi));
+        if !spec.contains_key("capacity") {
+            let size = claim
+                .pointer("/spec/resources/requests/storage")
+                .cloned()
+                .unwrap_or(json!("1Gi"));
+            spec.insert("capacity".into(), json!({"storage": size}));
+        }
+        for field in ["accessModes", "storageClassName", "volumeMode"] {
+            if !spec.contains_key(field)
+                && let Some(value) = claim.pointer(&format!("/spec/{field}"))
+            {
+                spec.insert(field.into(), value.clone());
+            }
+        }
+        spec.insert(
+            "claimRef".into(),
+            json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "namespace": namespace_of(claim).unwrap_or_default(), "name": name_of(claim),
+            }),
+        );
+        let mut metadata = json!({"name": name, "annotations": {
+            RESTORE_ID_ANNOTATION: self.request.restore_id,
+        }});
+        if let Some(source) = source {
+            if let Some(labels) = source.pointer("/metadata/labels") {
+                metadata["labels"] = labels.clone();
+            }
+            metadata["annotations"][SOURCE_VOLUME_ANNOTATION] = json!(name_of(source));
+        }
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": metadata, "spec": spec})
+    }
+}
+
+/// Drops what binds a claim to the source cluster's volume (annotations of the binding).
+fn clean_claim(claim: &mut Value) {
+    if let Some(annotations) = claim
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        for a in BINDING_ANNOTATIONS {
+            annotations.remove(*a);
+        }
+    }
+}
+
+/// The name of the PV a restore makes for one claim: stable per restore and claim, so a
+/// redelivered restore finds the one it made.
+pub fn restored_pv_name(restore_id: &str, namespace: &str, claim: &str) -> String {
+    let hash = blake3::hash(format!("{restore_id}\n{namespace}\n{claim}").as_bytes());
+    format!("stowage-{}", &hash.to_hex()[..20])
+}
+
+/// Creates disk `name` from `snapshot`: its allocated ranges, read `piece` bytes at a time and
+/// streamed into the provider; holes stay holes.
+async fn disk_from_snapshot(
+    disks: &dyn DiskProvider,
+    snapshot: &SnapshotId,
+    name: &str,
+    size: u64,
+    piece: u64,
+) -> Result<stowage_disk::DiskInfo, DiskError> {
+    let ranges = disks.allocated_ranges(snapshot).await?;
+    let pieces = ranges.into_iter().flat_map(move |r| {
+        let end = r.end().min(size);
+        let mut offset = r.offset;
+        std::iter::from_fn(move || {
+            (offset < end).then(|| {
+                let len = piece.min(end - offset);
+                let at = offset;
+                offset += len;
+                (at, len)
+            })
+        })
+    });
+    let stream = futures::stream::iter(pieces)
+        .then(move |(offset, len)| async move {
+            let mut buf = vec![0u8; usize::try_from(len).expect("a piece fits in memory")];
+            disks.read_snapshot(snapshot, offset, &mut buf).await?;
+            Ok((offset, Bytes::from(buf)))
+        })
+        .boxed();
+    disks.create_disk_from_stream(name, size, stream).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pv_names_are_stable_and_valid() {
+        let a = restored_pv_name("r1", "shop", "data-db-0");
+        assert_eq!(a, restored_pv_name("r1", "shop", "data-db-0"));
+        assert_ne!(a, restored_pv_name("r2", "shop", "data-db-0"));
+        assert!(
+            a.len() < 63
+                && a.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+    }
+}
