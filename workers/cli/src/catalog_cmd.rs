@@ -20,7 +20,7 @@ use stowage_stages::scheduler::{Slots, backup_now};
 use stowage_stages::settings::{self, WriteMode, Written};
 use stowage_vault::store::BlobStore;
 
-use crate::cli::{BrokerArgs, Format, VaultArgs};
+use crate::cli::{BrokerArgs, OutputArgs, TableOutput, VaultArgs, YamlOutput};
 use crate::output;
 use crate::vault_config::open_store;
 
@@ -42,9 +42,8 @@ pub enum VaultAction {
     Init(VaultInitArgs),
     /// Show the vault settings.
     Show {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
-        output: Format,
+        #[command(flatten)]
+        output: YamlOutput,
     },
 }
 
@@ -116,17 +115,15 @@ pub enum PolicyAction {
     Create(PolicyCreateArgs),
     /// List the vault's policies.
     List {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
     /// Show one policy.
     Show {
         /// Policy name.
         name: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
-        output: Format,
+        #[command(flatten)]
+        output: YamlOutput,
     },
 }
 
@@ -180,17 +177,15 @@ pub enum InstanceAction {
     Create(InstanceCreateArgs),
     /// List the vault's backup instances.
     List {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
     /// Show one backup instance.
     Show {
         /// Instance name.
         name: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
-        output: Format,
+        #[command(flatten)]
+        output: YamlOutput,
     },
 }
 
@@ -369,7 +364,9 @@ pub async fn vault(args: VaultCmdArgs) -> anyhow::Result<()> {
             report("vault", &vault.name, written);
             Ok(())
         }
-        VaultAction::Show { output } => {
+        VaultAction::Show {
+            output: OutputArgs { output },
+        } => {
             let vault = settings::read_vault(&store).await?;
             let (redundancy, secondary) = match &vault.redundancy {
                 Redundancy::Local => ("local".to_owned(), String::new()),
@@ -486,7 +483,9 @@ pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
             report("policy", &policy.name, written);
             Ok(())
         }
-        PolicyAction::List { output } => {
+        PolicyAction::List {
+            output: OutputArgs { output },
+        } => {
             let mut policies: Vec<Policy> = settings::list_policies(&store).try_collect().await?;
             policies.sort_by(|a, b| a.name.cmp(&b.name));
             let now = Timestamp::now();
@@ -524,7 +523,10 @@ pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
                 &policies,
             )
         }
-        PolicyAction::Show { name, output } => {
+        PolicyAction::Show {
+            name,
+            output: OutputArgs { output },
+        } => {
             let policy = settings::read_policy(&store, &name).await?;
             let row = vec![
                 policy.name.clone(),
@@ -629,7 +631,9 @@ pub async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
             report("instance", &instance.name, written);
             Ok(())
         }
-        InstanceAction::List { output } => {
+        InstanceAction::List {
+            output: OutputArgs { output },
+        } => {
             let mut instances: Vec<BackupInstance> =
                 settings::list_instances(&store).try_collect().await?;
             instances.sort_by(|a, b| a.name.cmp(&b.name));
@@ -647,7 +651,10 @@ pub async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
                 &instances,
             )
         }
-        InstanceAction::Show { name, output } => {
+        InstanceAction::Show {
+            name,
+            output: OutputArgs { output },
+        } => {
             let instance = settings::read_instance(&store, &name).await?;
             output::print(
                 output,

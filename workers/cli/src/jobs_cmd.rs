@@ -14,7 +14,7 @@ use stowage_stages::job_records::format_bytes;
 use stowage_vault::jobs::{JobStoreError, list_jobs, read_job, update_job};
 use stowage_vault::store::BlobStore;
 
-use crate::cli::{Format, VaultArgs};
+use crate::cli::{Format, OutputArgs, TableOutput, VaultArgs, YamlOutput};
 use crate::output::{self, truncate};
 use crate::vault_config;
 
@@ -43,17 +43,15 @@ pub enum JobsAction {
         /// At most this many (the newest).
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
     /// Show one job's record in full.
     Show {
         /// The job id.
         id: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
-        output: Format,
+        #[command(flatten)]
+        output: YamlOutput,
     },
     /// Follow a job until it finishes: exit 0 if it succeeded, 1 if it failed or was
     /// cancelled.
@@ -110,7 +108,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             instance,
             status,
             limit,
-            output: format,
+            output: OutputArgs { output: format },
         } => {
             let jobs = newest(&store, limit, |job| {
                 instance
@@ -134,7 +132,10 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
                 &jobs,
             )
         }
-        JobsAction::Show { id, output: format } => {
+        JobsAction::Show {
+            id,
+            output: OutputArgs { output: format },
+        } => {
             let job = read(&store, &id).await?;
             show(&job, format)
         }

@@ -23,7 +23,7 @@ use stowage_vault::jobs::{create_job, update_job};
 use stowage_vault::layout;
 use stowage_vault::store::{BlobStore, CreateOutcome};
 
-use crate::cli::{BrokerArgs, Format, VaultArgs};
+use crate::cli::{BrokerArgs, Format, OutputArgs, TableOutput, VaultArgs};
 use crate::jobs_cmd;
 use crate::output;
 
@@ -50,9 +50,8 @@ pub enum RestoreAction {
     Status {
         /// The restore id (`restore create` printed it).
         restore_id: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
     /// Remove staging areas (disks and objects) of restores that did not complete within the
     /// keep time, and the leftover records of completed ones.
@@ -60,9 +59,8 @@ pub enum RestoreAction {
         /// How long a failed restore's staging is kept for inspection, e.g. `72h`, `30m`.
         #[arg(long, default_value = "72h")]
         keep_failed_for: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
 }
 
@@ -182,7 +180,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         }
         RestoreAction::Status {
             restore_id,
-            output: format,
+            output: OutputArgs { output: format },
         } => {
             let store = jobs_cmd::open_vault(&args.vault)?;
             let job = jobs_cmd::read(&store, &restore_id).await.with_context(|| {
@@ -201,7 +199,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         }
         RestoreAction::Cleanup {
             keep_failed_for,
-            output: format,
+            output: OutputArgs { output: format },
         } => cleanup(&args.vault, &keep_failed_for, format).await,
     }
 }
