@@ -2,6 +2,8 @@
 //! line, and `helpers` holds what they share (running the binary, temporary folders, waiting).
 //! The tests use the real RabbitMQ and Azurite (`scripts/test.sh` starts them).
 
+mod helpers;
+
 mod catalog;
 mod cli;
 mod jobs;
