@@ -197,16 +197,33 @@ pub struct VaultArgs {
     pub disk_root: Option<PathBuf>,
 }
 
-/// `stowage rp`.
+/// A noun whose actions work on a vault: `stowage <noun> <action> --vault …`.
 #[derive(Debug, Args)]
-pub struct RpArgs {
+pub struct OnVault<A: Subcommand> {
     /// What to do.
     #[command(subcommand)]
-    pub action: RpAction,
-    /// Vault settings.
+    pub action: A,
+    /// Where the vault is.
     #[command(flatten)]
     pub vault: VaultArgs,
 }
+
+/// A noun whose actions work on a vault and submit jobs to the broker.
+#[derive(Debug, Args)]
+pub struct OnVaultAndBroker<A: Subcommand> {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: A,
+    /// Where the vault is.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Broker settings.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// `stowage rp`.
+pub type RpArgs = OnVault<RpAction>;
 
 /// Recovery-point actions.
 #[derive(Debug, Subcommand)]

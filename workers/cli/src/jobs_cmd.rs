@@ -6,7 +6,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum};
 use futures::StreamExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::Timestamp;
@@ -15,20 +15,12 @@ use stowage_stages::job_records::format_bytes;
 use stowage_vault::jobs::{JobStoreError, list_jobs, read_job, update_job};
 use stowage_vault::store::BlobStore;
 
-use crate::cli::{Format, OutputArgs, TableOutput, VaultArgs, YamlOutput};
+use crate::cli::{Format, OnVault, OutputArgs, TableOutput, VaultArgs, YamlOutput};
 use crate::output::{self, truncate};
 use crate::vault_config;
 
-/// `stowage jobs`.
-#[derive(Debug, Args)]
-pub struct JobsArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub action: JobsAction,
-    /// Vault settings (only `--vault` is read: the records live in the vault).
-    #[command(flatten)]
-    pub vault: VaultArgs,
-}
+/// `stowage jobs` (only `--vault` is read: the records live in the vault).
+pub type JobsArgs = OnVault<JobsAction>;
 
 /// Job actions.
 #[derive(Debug, Subcommand)]
@@ -351,8 +343,7 @@ pub fn show(job: &JobRecord, format: Format) -> anyhow::Result<()> {
                 .map_or_else(|| "-".into(), |t| t.to_string()),
         ],
     ];
-    print!("{}", output::table(&["FIELD", "VALUE"], &fields));
-    println!();
+    output::print_fields(&fields);
     let rows: Vec<Vec<String>> = job
         .stages
         .iter()

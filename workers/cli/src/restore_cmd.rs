@@ -23,23 +23,12 @@ use stowage_vault::jobs::{create_job, update_job};
 use stowage_vault::layout;
 use stowage_vault::store::{BlobStore, CreateOutcome};
 
-use crate::cli::{BrokerArgs, Format, OutputArgs, TableOutput, VaultArgs};
+use crate::cli::{Format, OnVaultAndBroker, OutputArgs, TableOutput, VaultArgs};
 use crate::jobs_cmd;
 use crate::output;
 
-/// `stowage restore`.
-#[derive(Debug, Args)]
-pub struct RestoreArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub action: RestoreAction,
-    /// Vault settings.
-    #[command(flatten)]
-    pub vault: VaultArgs,
-    /// Broker settings (for `create`).
-    #[command(flatten)]
-    pub broker: BrokerArgs,
-}
+/// `stowage restore` (the broker settings are for `create`).
+pub type RestoreArgs = OnVaultAndBroker<RestoreAction>;
 
 /// Restore actions.
 #[derive(Debug, Subcommand)]
