@@ -20,20 +20,13 @@ use stowage_schemas::domain::{
 use stowage_vault::catalog::settings::{self, WriteMode, Written};
 use stowage_vault::store::BlobStore;
 
-use crate::cli::{BrokerArgs, Format, VaultArgs};
+use crate::cli::{OnVault, OnVaultAndBroker, OutputArgs, TableOutput, VaultArgs, YamlOutput};
 use crate::output;
 use crate::vault_config::open_store;
 
-/// `stowage vault`.
-#[derive(Debug, Args)]
-pub struct VaultCmdArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub action: VaultAction,
-    /// Where the vault is (`--vault`), and its geo secondary (`--secondary`, `--secondary-region`).
-    #[command(flatten)]
-    pub vault: VaultArgs,
-}
+/// `stowage vault`: where the vault is (`--vault`), and its geo secondary (`--secondary`,
+/// `--secondary-region`).
+pub type VaultCmdArgs = OnVault<VaultAction>;
 
 /// Vault actions.
 #[derive(Debug, Subcommand)]
@@ -42,9 +35,8 @@ pub enum VaultAction {
     Init(VaultInitArgs),
     /// Show the vault settings.
     Show {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
-        output: Format,
+        #[command(flatten)]
+        output: YamlOutput,
     },
 }
 
@@ -99,15 +91,7 @@ pub enum ImmutabilityChoice {
 }
 
 /// `stowage policy`.
-#[derive(Debug, Args)]
-pub struct PolicyArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub action: PolicyAction,
-    /// Where the vault is.
-    #[command(flatten)]
-    pub vault: VaultArgs,
-}
+pub type PolicyArgs = OnVault<PolicyAction>;
 
 /// Policy actions.
 #[derive(Debug, Subcommand)]
@@ -116,17 +100,15 @@ pub enum PolicyAction {
     Create(PolicyCreateArgs),
     /// List the vault's policies.
     List {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
     /// Show one policy.
     Show {
         /// Policy name.
         name: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
-        output: Format,
+        #[command(flatten)]
+        output: YamlOutput,
     },
 }
 
@@ -180,17 +162,15 @@ pub enum InstanceAction {
     Create(InstanceCreateArgs),
     /// List the vault's backup instances.
     List {
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
     /// Show one backup instance.
     Show {
         /// Instance name.
         name: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
-        output: Format,
+        #[command(flatten)]
+        output: YamlOutput,
     },
 }
 
@@ -235,18 +215,7 @@ pub struct InstanceCreateArgs {
 }
 
 /// `stowage backup`.
-#[derive(Debug, Args)]
-pub struct BackupArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub action: BackupAction,
-    /// Where the vault is.
-    #[command(flatten)]
-    pub vault: VaultArgs,
-    /// Broker settings.
-    #[command(flatten)]
-    pub broker: BrokerArgs,
-}
+pub type BackupArgs = OnVaultAndBroker<BackupAction>;
 
 /// Backup actions.
 #[derive(Debug, Subcommand)]
@@ -283,6 +252,19 @@ fn read_file<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
             path.display()
         )
     })
+}
+
+/// A policy or instance from `-f <file>`, renamed to `name` when one is given too.
+fn read_named<T: DeserializeOwned>(
+    path: &Path,
+    name: Option<&String>,
+    name_of: fn(&mut T) -> &mut String,
+) -> anyhow::Result<T> {
+    let mut document = read_file::<T>(path)?;
+    if let Some(name) = name {
+        name_of(&mut document).clone_from(name);
+    }
+    Ok(document)
 }
 
 fn report(what: &str, name: &str, written: Written) {
@@ -369,7 +351,9 @@ pub async fn vault(args: VaultCmdArgs) -> anyhow::Result<()> {
             report("vault", &vault.name, written);
             Ok(())
         }
-        VaultAction::Show { output } => {
+        VaultAction::Show {
+            output: OutputArgs { output },
+        } => {
             let vault = settings::read_vault(&store).await?;
             let (redundancy, secondary) = match &vault.redundancy {
                 Redundancy::Local => ("local".to_owned(), String::new()),
@@ -438,19 +422,34 @@ fn describe_rules(rules: &[VaultRule]) -> String {
         .join(",")
 }
 
+/// The columns of `policy list` (which adds the next slot) and `policy show`.
+const POLICY_HEADERS: [&str; 6] = [
+    "NAME",
+    "EVERY",
+    "START",
+    "TIME ZONE",
+    "OPERATIONAL",
+    "VAULT RULES",
+];
+
+fn policy_row(p: &Policy) -> Vec<String> {
+    vec![
+        p.name.clone(),
+        format!("{}h", p.schedule.frequency_hours),
+        p.schedule.start.strftime("%H:%M").to_string(),
+        p.schedule.time_zone.clone(),
+        format!("{}d", p.retention.operational_days),
+        describe_rules(&p.retention.vault),
+    ]
+}
+
 /// `stowage policy ...`.
 pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
     let store = vault_store(&args.vault)?;
     match args.action {
         PolicyAction::Create(create) => {
             let policy = match &create.file {
-                Some(path) => {
-                    let mut policy = read_file::<Policy>(path)?;
-                    if let Some(name) = &create.name {
-                        policy.name = name.clone();
-                    }
-                    policy
-                }
+                Some(path) => read_named(path, create.name.as_ref(), |p: &mut Policy| &mut p.name)?,
                 None => {
                     let Some(name) = create.name.clone() else {
                         bail!(
@@ -486,7 +485,9 @@ pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
             report("policy", &policy.name, written);
             Ok(())
         }
-        PolicyAction::List { output } => {
+        PolicyAction::List {
+            output: OutputArgs { output },
+        } => {
             let mut policies: Vec<Policy> = settings::list_policies(&store).try_collect().await?;
             policies.sort_by(|a, b| a.name.cmp(&b.name));
             let now = Timestamp::now();
@@ -498,55 +499,24 @@ pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
                         .and_then(|s| s.next_after(now))
                         .map(|t| t.to_string())
                         .unwrap_or_else(|| "-".into());
-                    vec![
-                        p.name.clone(),
-                        format!("{}h", p.schedule.frequency_hours),
-                        p.schedule.start.strftime("%H:%M").to_string(),
-                        p.schedule.time_zone.clone(),
-                        format!("{}d", p.retention.operational_days),
-                        describe_rules(&p.retention.vault),
-                        next,
-                    ]
+                    let mut row = policy_row(p);
+                    row.push(next);
+                    row
                 })
                 .collect();
             output::print(
                 output,
-                &[
-                    "NAME",
-                    "EVERY",
-                    "START",
-                    "TIME ZONE",
-                    "OPERATIONAL",
-                    "VAULT RULES",
-                    "NEXT SLOT",
-                ],
+                &[&POLICY_HEADERS[..], &["NEXT SLOT"]].concat(),
                 &rows,
                 &policies,
             )
         }
-        PolicyAction::Show { name, output } => {
+        PolicyAction::Show {
+            name,
+            output: OutputArgs { output },
+        } => {
             let policy = settings::read_policy(&store, &name).await?;
-            let row = vec![
-                policy.name.clone(),
-                format!("{}h", policy.schedule.frequency_hours),
-                policy.schedule.start.strftime("%H:%M").to_string(),
-                policy.schedule.time_zone.clone(),
-                format!("{}d", policy.retention.operational_days),
-                describe_rules(&policy.retention.vault),
-            ];
-            output::print(
-                output,
-                &[
-                    "NAME",
-                    "EVERY",
-                    "START",
-                    "TIME ZONE",
-                    "OPERATIONAL",
-                    "VAULT RULES",
-                ],
-                &[row],
-                &policy,
-            )
+            output::print(output, &POLICY_HEADERS, &[policy_row(&policy)], &policy)
         }
     }
 }
@@ -615,13 +585,9 @@ pub async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
     match args.action {
         InstanceAction::Create(create) => {
             let instance = match &create.file {
-                Some(path) => {
-                    let mut instance = read_file::<BackupInstance>(path)?;
-                    if let Some(name) = &create.name {
-                        instance.name = name.clone();
-                    }
-                    instance
-                }
+                Some(path) => read_named(path, create.name.as_ref(), |i: &mut BackupInstance| {
+                    &mut i.name
+                })?,
                 None => instance_from_flags(&store, &create).await?,
             };
             preflight_on_create(&store, &args.vault, &args.cluster, &instance).await?;
@@ -629,41 +595,38 @@ pub async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
             report("instance", &instance.name, written);
             Ok(())
         }
-        InstanceAction::List { output } => {
+        InstanceAction::List {
+            output: OutputArgs { output },
+        } => {
             let mut instances: Vec<BackupInstance> =
                 settings::list_instances(&store).try_collect().await?;
             instances.sort_by(|a, b| a.name.cmp(&b.name));
             let rows: Vec<Vec<String>> = instances.iter().map(instance_row).collect();
-            output::print(
-                output,
-                &[
-                    "NAME",
-                    "CLUSTER",
-                    "POLICY",
-                    "NAMESPACES",
-                    "SNAPSHOT LOCATION",
-                ],
-                &rows,
-                &instances,
-            )
+            output::print(output, &INSTANCE_HEADERS, &rows, &instances)
         }
-        InstanceAction::Show { name, output } => {
+        InstanceAction::Show {
+            name,
+            output: OutputArgs { output },
+        } => {
             let instance = settings::read_instance(&store, &name).await?;
             output::print(
                 output,
-                &[
-                    "NAME",
-                    "CLUSTER",
-                    "POLICY",
-                    "NAMESPACES",
-                    "SNAPSHOT LOCATION",
-                ],
+                &INSTANCE_HEADERS,
                 &[instance_row(&instance)],
                 &instance,
             )
         }
     }
 }
+
+/// The columns of `instance list` and `instance show`.
+const INSTANCE_HEADERS: [&str; 5] = [
+    "NAME",
+    "CLUSTER",
+    "POLICY",
+    "NAMESPACES",
+    "SNAPSHOT LOCATION",
+];
 
 fn instance_row(i: &BackupInstance) -> Vec<String> {
     vec![

@@ -197,16 +197,33 @@ pub struct VaultArgs {
     pub disk_root: Option<PathBuf>,
 }
 
-/// `stowage rp`.
+/// A noun whose actions work on a vault: `stowage <noun> <action> --vault …`.
 #[derive(Debug, Args)]
-pub struct RpArgs {
+pub struct OnVault<A: Subcommand> {
     /// What to do.
     #[command(subcommand)]
-    pub action: RpAction,
-    /// Vault settings.
+    pub action: A,
+    /// Where the vault is.
     #[command(flatten)]
     pub vault: VaultArgs,
 }
+
+/// A noun whose actions work on a vault and submit jobs to the broker.
+#[derive(Debug, Args)]
+pub struct OnVaultAndBroker<A: Subcommand> {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: A,
+    /// Where the vault is.
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Broker settings.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// `stowage rp`.
+pub type RpArgs = OnVault<RpAction>;
 
 /// Recovery-point actions.
 #[derive(Debug, Subcommand)]
@@ -215,9 +232,8 @@ pub enum RpAction {
     List {
         /// The backup instance.
         instance: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
     /// Describe one recovery point: manifest, tiers (with their manifests), volumes.
     Describe {
@@ -225,9 +241,8 @@ pub enum RpAction {
         instance: String,
         /// The recovery point id.
         rp: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
     /// Re-read every chunk of a recovery point and report its integrity.
     Verify {
@@ -239,9 +254,8 @@ pub enum RpAction {
         /// Which copy to check.
         #[arg(long, value_enum, default_value_t = TierChoice::Vault)]
         tier: TierChoice,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
 }
 
@@ -285,9 +299,8 @@ pub enum DlqAction {
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
     /// Show one dead letter in full: reason, error chain, headers and decoded job.
     Show {
@@ -295,9 +308,8 @@ pub enum DlqAction {
         stage: Stage,
         /// The message id (from `dlq list`).
         message_id: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
-        output: Format,
+        #[command(flatten)]
+        output: YamlOutput,
     },
     /// Send dead letters back to their stage with the attempt count reset.
     Replay {
@@ -319,6 +331,23 @@ pub enum Format {
     /// YAML.
     Yaml,
 }
+
+/// `-o`, the output format, declared once for every command that prints a result. `YAML` picks
+/// the default: YAML ([`YamlOutput`]) or a table ([`TableOutput`]).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct OutputArgs<const YAML: bool> {
+    /// Output format.
+    // A literal, not `default_value_t`: the derive keeps a `_t` default's text in a static,
+    // which both instances of this generic struct would share.
+    #[arg(short, long, value_enum, default_value = if YAML { "yaml" } else { "table" })]
+    pub output: Format,
+}
+
+/// `-o`, a table unless asked otherwise.
+pub type TableOutput = OutputArgs<false>;
+
+/// `-o`, YAML unless asked otherwise (commands that show one document).
+pub type YamlOutput = OutputArgs<true>;
 
 /// `stowage topology`.
 #[derive(Debug, Args)]
@@ -385,6 +414,45 @@ pub struct PreflightArgs {
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t = Format::Table)]
-    pub output: Format,
+    #[command(flatten)]
+    pub output: TableOutput,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn each_command_keeps_its_own_output_default() {
+        let output = |args: &[&str]| match Cli::try_parse_from(args).expect("parses").command {
+            Command::Dlq(DlqArgs {
+                action: DlqAction::Show { output, .. },
+                ..
+            }) => output.output,
+            Command::Dlq(DlqArgs {
+                action: DlqAction::List { output, .. },
+                ..
+            }) => output.output,
+            other => panic!("not a dlq list/show: {other:?}"),
+        };
+        assert_eq!(
+            output(&["stowage", "dlq", "show", "snapshot", "m-1"]),
+            Format::Yaml
+        );
+        assert_eq!(
+            output(&["stowage", "dlq", "list", "snapshot"]),
+            Format::Table
+        );
+        assert_eq!(
+            output(&["stowage", "dlq", "show", "snapshot", "m-1", "-o", "json"]),
+            Format::Json
+        );
+    }
 }

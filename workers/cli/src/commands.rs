@@ -12,8 +12,8 @@ use stowage_runtime::{
 };
 
 use crate::cli::{
-    BrokerArgs, Cli, Command, DlqAction, DlqArgs, RpAction, RpArgs, StageChoice, SubmitArgs,
-    TierChoice, TopologyAction, WorkerArgs,
+    BrokerArgs, Cli, Command, DlqAction, DlqArgs, OutputArgs, RpAction, RpArgs, StageChoice,
+    SubmitArgs, TierChoice, TopologyAction, WorkerArgs,
 };
 use crate::output::{self, truncate};
 use crate::{job_file, stages, vault_config};
@@ -140,7 +140,7 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
         DlqAction::List {
             stage,
             limit,
-            output,
+            output: OutputArgs { output },
         } => {
             let letters = list_dead_letters(&broker, &names, stage, limit).await?;
             if letters.is_empty() && output == crate::cli::Format::Table {
@@ -177,7 +177,7 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
         DlqAction::Show {
             stage,
             message_id,
-            output,
+            output: OutputArgs { output },
         } => {
             let letters = list_dead_letters(&broker, &names, stage, usize::MAX).await?;
             let Some(letter) = letters
@@ -210,19 +210,20 @@ async fn dlq(args: DlqArgs) -> anyhow::Result<()> {
 
 async fn rp(args: RpArgs) -> anyhow::Result<()> {
     match args.action {
-        RpAction::List { instance, output } => {
-            crate::rp_cmd::list(&args.vault, &instance, output).await
-        }
+        RpAction::List {
+            instance,
+            output: OutputArgs { output },
+        } => crate::rp_cmd::list(&args.vault, &instance, output).await,
         RpAction::Describe {
             instance,
             rp,
-            output,
+            output: OutputArgs { output },
         } => crate::rp_cmd::describe(&args.vault, &instance, &rp, output).await,
         RpAction::Verify {
             rp,
             instance,
             tier,
-            output,
+            output: OutputArgs { output },
         } => {
             let (location, tier) = match tier {
                 TierChoice::Vault => (

@@ -6,28 +6,21 @@ use std::io::{IsTerminal as _, Write as _};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Subcommand, ValueEnum};
 use futures::StreamExt as _;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::Timestamp;
 use stowage_control::job_records::format_bytes;
 use stowage_schemas::domain::{JobProgress, JobRecord, JobStatus, StageRun};
 use stowage_vault::catalog::jobs::{JobStoreError, list_jobs, read_job, update_job};
 use stowage_vault::store::BlobStore;
 
-use crate::cli::{Format, VaultArgs};
+use crate::cli::{Format, OnVault, OutputArgs, TableOutput, VaultArgs, YamlOutput};
 use crate::output::{self, truncate};
 use crate::vault_config;
 
-/// `stowage jobs`.
-#[derive(Debug, Args)]
-pub struct JobsArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub action: JobsAction,
-    /// Vault settings (only `--vault` is read: the records live in the vault).
-    #[command(flatten)]
-    pub vault: VaultArgs,
-}
+/// `stowage jobs` (only `--vault` is read: the records live in the vault).
+pub type JobsArgs = OnVault<JobsAction>;
 
 /// Job actions.
 #[derive(Debug, Subcommand)]
@@ -43,17 +36,15 @@ pub enum JobsAction {
         /// At most this many (the newest).
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
     /// Show one job's record in full.
     Show {
         /// The job id.
         id: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
-        output: Format,
+        #[command(flatten)]
+        output: YamlOutput,
     },
     /// Follow a job until it finishes: exit 0 if it succeeded, 1 if it failed or was
     /// cancelled.
@@ -110,7 +101,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             instance,
             status,
             limit,
-            output: format,
+            output: OutputArgs { output: format },
         } => {
             let jobs = newest(&store, limit, |job| {
                 instance
@@ -134,7 +125,10 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
                 &jobs,
             )
         }
-        JobsAction::Show { id, output: format } => {
+        JobsAction::Show {
+            id,
+            output: OutputArgs { output: format },
+        } => {
             let job = read(&store, &id).await?;
             show(&job, format)
         }
@@ -267,11 +261,11 @@ pub fn progress_text(p: &JobProgress) -> String {
     }
 }
 
-/// The fraction done, when a total is known (bytes preferred).
-fn fraction(p: &JobProgress) -> Option<f64> {
+/// How far a stage is, `(done, total)`, when a total is known (bytes preferred).
+fn done_of_total(p: &JobProgress) -> Option<(u64, u64)> {
     match (p.bytes_total, p.items_total) {
-        (Some(total), _) if total > 0 => Some(p.bytes_done as f64 / total as f64),
-        (_, Some(total)) if total > 0 => Some(p.items_done as f64 / total as f64),
+        (Some(total), _) if total > 0 => Some((p.bytes_done, total)),
+        (_, Some(total)) if total > 0 => Some((p.items_done, total)),
         _ => None,
     }
 }
@@ -349,8 +343,7 @@ pub fn show(job: &JobRecord, format: Format) -> anyhow::Result<()> {
                 .map_or_else(|| "-".into(), |t| t.to_string()),
         ],
     ];
-    print!("{}", output::table(&["FIELD", "VALUE"], &fields));
-    println!();
+    output::print_fields(&fields);
     let rows: Vec<Vec<String>> = job
         .stages
         .iter()
@@ -383,42 +376,122 @@ pub fn show(job: &JobRecord, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bar(p: &JobProgress, width: usize) -> String {
-    match fraction(p) {
-        Some(f) => {
-            let f = f.clamp(0.0, 1.0);
-            let filled = (f * width as f64).round() as usize;
-            format!(
-                "[{}{}] {:>3.0}%",
-                "#".repeat(filled),
-                ".".repeat(width - filled),
-                f * 100.0
-            )
-        }
-        None => format!("[{}]", "~".repeat(width)),
-    }
-}
-
-fn stage_line(s: &StageRun, tty: bool) -> String {
-    let detail = match (&s.error, &s.summary) {
+/// What a stage did, or its last error while it runs.
+fn stage_detail(s: &StageRun) -> String {
+    match (&s.error, &s.summary) {
         (_, Some(summary)) if s.status != JobStatus::Running => summary.clone(),
         (Some(e), _) => format!("last error: {}", truncate(e, 100)),
         _ => String::new(),
-    };
-    let progress = if s.status == JobStatus::Running && tty {
-        format!("{} {}", bar(&s.progress, 24), progress_text(&s.progress))
-    } else if s.status == JobStatus::Running {
+    }
+}
+
+/// `vault-transfer     running   12 MiB of 40 MiB …`: a stage as `jobs watch` prints it when
+/// stdout is not a terminal.
+fn stage_line(s: &StageRun) -> String {
+    let progress = if s.status == JobStatus::Running {
         progress_text(&s.progress)
     } else {
         String::new()
     };
     format!(
-        "{:<18} {:<9} {progress} {detail}",
+        "{:<18} {:<9} {progress} {}",
         s.stage.as_str(),
-        status_name(s.status)
+        status_name(s.status),
+        stage_detail(s)
     )
     .trim_end()
     .to_owned()
+}
+
+/// The indicatif template of a running stage's bar, `[####....]  45%` (`[~~~~~~~~]` while no
+/// total is known), `width` characters between the brackets.
+fn bar_template(p: &JobProgress, width: usize) -> String {
+    match done_of_total(p) {
+        Some(_) => format!("[{{bar:{width}}}] {{percent:>3}}%"),
+        None => format!("[{{bar:{width}}}]"),
+    }
+}
+
+/// A bar styled by `template` (which holds [`bar_template`]) and placed at `p`'s progress.
+fn show_progress(bar: &ProgressBar, template: &str, p: &JobProgress) {
+    let style = ProgressStyle::with_template(template)
+        .unwrap_or_else(|e| panic!("the progress template {template:?} is invalid: {e}"));
+    match done_of_total(p) {
+        Some((done, total)) => {
+            bar.set_style(style.progress_chars("#."));
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+        None => {
+            bar.set_style(style.progress_chars("~~"));
+            bar.unset_length();
+        }
+    }
+}
+
+/// `jobs watch` on a terminal: the job's status and a line per stage, redrawn in place by
+/// indicatif, with a bar on each running stage. Dropping it leaves the last drawing on screen.
+struct Board {
+    multi: MultiProgress,
+    header: ProgressBar,
+    stages: Vec<ProgressBar>,
+}
+
+impl Board {
+    fn new() -> Self {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+        let header = multi.add(Self::line());
+        Self {
+            multi,
+            header,
+            stages: Vec::new(),
+        }
+    }
+
+    /// A bar that only shows its message (drawn once it is added to the board).
+    fn line() -> ProgressBar {
+        let bar = ProgressBar::hidden();
+        bar.set_style(ProgressStyle::with_template("{msg}").expect("a valid template"));
+        bar
+    }
+
+    fn draw(&mut self, id: &str, job: &JobRecord) {
+        self.header
+            .set_message(format!("job {id}: {}", status_name(job.status())));
+        for (i, s) in job.stages.iter().enumerate() {
+            if i == self.stages.len() {
+                self.stages.push(self.multi.add(Self::line()));
+            }
+            let bar = &self.stages[i];
+            if s.status == JobStatus::Running {
+                let template = format!("  {{prefix}} {} {{msg}}", bar_template(&s.progress, 24));
+                show_progress(bar, &template, &s.progress);
+                bar.set_prefix(format!(
+                    "{:<18} {:<9}",
+                    s.stage.as_str(),
+                    status_name(s.status)
+                ));
+                let text = format!("{} {}", progress_text(&s.progress), stage_detail(s));
+                bar.set_message(text.trim_end().to_owned());
+            } else {
+                bar.set_style(ProgressStyle::with_template("  {msg}").expect("a valid template"));
+                bar.set_message(stage_line(s));
+            }
+        }
+        // Updates in a burst may fall to the rate limit; the whole board is drawn now.
+        for bar in std::iter::once(&self.header).chain(&self.stages) {
+            bar.force_draw();
+        }
+    }
+}
+
+impl Drop for Board {
+    fn drop(&mut self) {
+        for bar in std::iter::once(&self.header).chain(&self.stages) {
+            // `abandon`, not `finish`: finishing would fill the bar to 100%.
+            bar.abandon();
+        }
+    }
 }
 
 /// Follow a job until it finishes (see `jobs watch`). On a terminal the stage lines are
@@ -431,7 +504,7 @@ pub async fn watch(
 ) -> anyhow::Result<()> {
     let tty = std::io::stdout().is_terminal();
     let started = tokio::time::Instant::now();
-    let mut drawn = 0usize;
+    let mut board: Option<Board> = None;
     let mut last_lines: Vec<String> = Vec::new();
     let mut announced = false;
     loop {
@@ -458,28 +531,21 @@ pub async fn watch(
             }
             Err(e) => return Err(e).with_context(|| format!("cannot read the record of job {id}")),
         };
-        let lines: Vec<String> = job.stages.iter().map(|s| stage_line(s, tty)).collect();
-        let mut out = std::io::stdout().lock();
         if tty {
-            if drawn > 0 {
-                write!(out, "\x1b[{drawn}A\x1b[J")?;
-            }
-            writeln!(out, "job {id}: {}", status_name(job.status()))?;
-            for line in &lines {
-                writeln!(out, "  {line}")?;
-            }
-            drawn = lines.len() + 1;
+            board.get_or_insert_with(Board::new).draw(id, &job);
         } else {
+            let lines: Vec<String> = job.stages.iter().map(stage_line).collect();
+            let mut out = std::io::stdout().lock();
             for line in &lines {
                 if !last_lines.contains(line) {
                     writeln!(out, "{} {id} {line}", Timestamp::now().strftime("%H:%M:%S"))?;
                 }
             }
+            out.flush()?;
+            last_lines = lines;
         }
-        out.flush()?;
-        drop(out);
-        last_lines = lines;
         if is_finished(&job) {
+            drop(board.take());
             return match job.status() {
                 JobStatus::Succeeded => {
                     eprintln!("job {id} succeeded");
@@ -568,6 +634,18 @@ pub async fn cancel(store: &BlobStore, id: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// A running stage's bar, `width` wide, as indicatif draws it on a terminal.
+    fn bar(p: &JobProgress, width: usize) -> String {
+        let term = indicatif::InMemoryTerm::new(1, 80);
+        let bar = ProgressBar::with_draw_target(
+            None,
+            ProgressDrawTarget::term_like(Box::new(term.clone())),
+        );
+        show_progress(&bar, &bar_template(p, width), p);
+        bar.force_draw();
+        term.contents()
+    }
+
     #[test]
     fn progress_renders() {
         let p = JobProgress {
@@ -582,5 +660,14 @@ mod tests {
         let t = Timestamp::constant(1_000_000, 0);
         assert_eq!(age(t, Timestamp::constant(1_000_090, 0)), "90s");
         assert_eq!(age(t, Timestamp::constant(1_000_000 + 3 * 86_400, 0)), "3d");
+    }
+
+    #[test]
+    fn a_stage_without_a_total_draws_a_placeholder_bar() {
+        assert_eq!(bar(&JobProgress::default(), 4), "[~~~~]");
+        assert_eq!(
+            stage_line(&StageRun::queued(stowage_schemas::Stage::Snapshot)),
+            "snapshot           queued"
+        );
     }
 }

@@ -19,6 +19,12 @@ pub fn print<T: Serialize>(
     Ok(())
 }
 
+/// A record's fields as a FIELD/VALUE table, then a blank line (before what follows it).
+pub fn print_fields(fields: &[Vec<String>]) {
+    print!("{}", table(&["FIELD", "VALUE"], fields));
+    println!();
+}
+
 /// Left-aligned columns, two spaces apart, headers first.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();

@@ -18,7 +18,7 @@ use crate::cli::{Format, PreflightArgs};
 pub async fn run(args: PreflightArgs) -> anyhow::Result<()> {
     let targets = targets(&args)?;
     let report = preflight::run_all(&targets).await;
-    match args.output {
+    match args.output.output {
         Format::Table => print!("{}", render(&report)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Yaml => print!("{}", serde_yaml::to_string(&report)?),

@@ -23,23 +23,12 @@ use stowage_vault::catalog::jobs::{create_job, update_job};
 use stowage_vault::layout;
 use stowage_vault::store::{BlobStore, CreateOutcome};
 
-use crate::cli::{BrokerArgs, Format, VaultArgs};
+use crate::cli::{Format, OnVaultAndBroker, OutputArgs, TableOutput, VaultArgs};
 use crate::jobs_cmd;
 use crate::output;
 
-/// `stowage restore`.
-#[derive(Debug, Args)]
-pub struct RestoreArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub action: RestoreAction,
-    /// Vault settings.
-    #[command(flatten)]
-    pub vault: VaultArgs,
-    /// Broker settings (for `create`).
-    #[command(flatten)]
-    pub broker: BrokerArgs,
-}
+/// `stowage restore` (the broker settings are for `create`).
+pub type RestoreArgs = OnVaultAndBroker<RestoreAction>;
 
 /// Restore actions.
 #[derive(Debug, Subcommand)]
@@ -50,9 +39,8 @@ pub enum RestoreAction {
     Status {
         /// The restore id (`restore create` printed it).
         restore_id: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
     /// Remove staging areas (disks and objects) of restores that did not complete within the
     /// keep time, and the leftover records of completed ones.
@@ -60,9 +48,8 @@ pub enum RestoreAction {
         /// How long a failed restore's staging is kept for inspection, e.g. `72h`, `30m`.
         #[arg(long, default_value = "72h")]
         keep_failed_for: String,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Table)]
-        output: Format,
+        #[command(flatten)]
+        output: TableOutput,
     },
 }
 
@@ -182,7 +169,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         }
         RestoreAction::Status {
             restore_id,
-            output: format,
+            output: OutputArgs { output: format },
         } => {
             let store = jobs_cmd::open_vault(&args.vault)?;
             let job = jobs_cmd::read(&store, &restore_id).await.with_context(|| {
@@ -201,7 +188,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
         }
         RestoreAction::Cleanup {
             keep_failed_for,
-            output: format,
+            output: OutputArgs { output: format },
         } => cleanup(&args.vault, &keep_failed_for, format).await,
     }
 }

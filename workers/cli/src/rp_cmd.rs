@@ -251,8 +251,7 @@ pub async fn describe(
         vec!["size".into(), format_bytes(view.size())],
         vec!["warnings".into(), view.warnings.len().to_string()],
     ];
-    print!("{}", output::table(&["FIELD", "VALUE"], &fields));
-    println!();
+    output::print_fields(&fields);
     let tiers: Vec<Vec<String>> = view
         .tiers
         .iter()

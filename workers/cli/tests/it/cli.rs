@@ -1,38 +1,19 @@
 //! The `stowage` binary end to end: submit, dead-letter tools, worker refusal, and the
 //! checked-in RabbitMQ definitions. Uses the real RabbitMQ (`scripts/test.sh` starts it).
 
-use std::io::Write as _;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use stowage_runtime::{Names, RetryPolicy, Shutdown, StageConfig, Topology, Worker, WorkerConfig};
 use stowage_schemas::{ContentType, Stage, decode};
 use stowage_tests::{Behavior, BrokerKind, Bus, ScriptedHandler, amqp_url};
 
-fn stowage(args: &[&str], prefix: &str, stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stowage"))
-        .args(args)
-        .env("STOWAGE_AMQP_URL", amqp_url())
-        .env("STOWAGE_TOPOLOGY_PREFIX", prefix)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run stowage");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().expect("wait stowage")
-}
+use crate::helpers::{poll, run, stowage_command, stowage_on, text};
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+fn stowage(args: &[&str], prefix: &str, stdin: Option<&str>) -> Output {
+    let mut cmd = stowage_on(prefix);
+    cmd.args(args);
+    run(cmd, stdin)
 }
 
 #[test]
@@ -221,11 +202,13 @@ async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
 }
 
 async fn wait(mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let met = poll(
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        async || cond().then_some(()),
+    )
+    .await;
+    assert!(met.is_some(), "timed out");
 }
 
 /// The README's promise: any AMQP client plus MessagePack (or JSON) can submit a job.
@@ -278,7 +261,7 @@ async fn a_python_producer_can_submit_jobs_in_msgpack_and_json() {
 #[test]
 fn the_demo_runs_to_a_verified_restore() {
     let dir = std::env::temp_dir().join(format!("stowage-demo-test-{}", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_stowage"))
+    let out = stowage_command()
         .args(["demo", "--dir"])
         .arg(&dir)
         .env_remove("STOWAGE_DEMO_AMQP_URL")

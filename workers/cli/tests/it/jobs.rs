@@ -4,7 +4,7 @@
 //! failure, and cancellation of a queued and of a running job.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,10 +26,14 @@ use stowage_stages::{
     VaultTransfer,
 };
 use stowage_tests::vault_fixture::{INSTANCE, VaultBackend, VaultFixture};
-use stowage_tests::{BrokerKind, Bus, amqp_url, free_port};
+use stowage_tests::{BrokerKind, Bus};
 use stowage_vault::catalog::jobs::{create_job, read_job};
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
+
+use crate::helpers::{
+    fixture_worker, poll, stdout_and_stderr as text, stowage_command, stowage_on, temp_dir,
+};
 
 const MIB: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(120);
@@ -44,22 +48,13 @@ fn settings() -> RecordSettings {
 
 /// `stowage <args> --vault <vault>` with the test's broker.
 fn stowage(bus: &Bus, vault: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stowage"))
+    stowage_on(bus.names.prefix())
         .args(args)
         .arg("--vault")
         .arg(vault)
-        .env("STOWAGE_AMQP_URL", amqp_url())
-        .env("STOWAGE_TOPOLOGY_PREFIX", bus.names.prefix())
         .env("STOWAGE_LOG", "warn")
         .output()
         .expect("run stowage")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 async fn record(store: &BlobStore, id: &str) -> JobRecord {
@@ -72,19 +67,15 @@ async fn wait_record(
     what: &str,
     done: impl Fn(&JobRecord) -> bool,
 ) -> JobRecord {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok((job, _)) = read_job(store, id).await
-            && done(&job)
-        {
-            return job;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {id}: {what} did not happen within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let job = poll(WAIT, Duration::from_millis(50), async || {
+        read_job(store, id)
+            .await
+            .ok()
+            .map(|(job, _)| job)
+            .filter(|job| done(job))
+    })
+    .await;
+    job.unwrap_or_else(|| panic!("job {id}: {what} did not happen within {WAIT:?}"))
 }
 
 fn count_jobs(vault: &Path) -> usize {
@@ -100,7 +91,7 @@ fn count_jobs(vault: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_and_restores_are_followed_through_their_job_records() {
     let bus = Bus::new(BrokerKind::Rabbit).await;
-    let dir = std::env::temp_dir().join(format!("stowage-jobs-{}", uuid::Uuid::new_v4().simple()));
+    let dir = temp_dir("jobs");
     let vault_dir = dir.join("vault");
     let primary = BlobStore::local_folder(&vault_dir, LocalDurability::OsBuffered).unwrap();
     let secondary =
@@ -250,7 +241,7 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
     assert!(text(&shown).0.contains("vaulted:"), "{}", text(&shown).0);
 
     // Recovery points.
-    let mut rp = Command::new(env!("CARGO_BIN_EXE_stowage"));
+    let mut rp = stowage_command();
     rp.args(["rp", "list", "shop", "--vault"])
         .arg(&vault_dir)
         .arg("--secondary")
@@ -470,23 +461,8 @@ impl DiskProvider for SlowReads {
 }
 
 fn worker_process(bus: &Bus, f: &VaultFixture) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_stowage"))
-        .args([
-            "worker",
-            "--stage",
-            "vault-transfer",
-            "--job-poll-interval",
-            "0.2",
-        ])
-        .args(["--health-addr", &format!("127.0.0.1:{}", free_port())])
-        .arg("--vault")
-        .arg(f.dir.join("vault"))
-        .arg("--disk-root")
-        .arg(f.dir.join("disks"))
-        .env("STOWAGE_VAULT_KEY", f.ctx.key.expose_secret_hex())
-        .env("STOWAGE_AMQP_URL", amqp_url())
-        .env("STOWAGE_TOPOLOGY_PREFIX", bus.names.prefix())
-        .env("STOWAGE_LOG", "warn")
+    fixture_worker(f, bus.names.prefix())
+        .args(["--job-poll-interval", "0.2"])
         .spawn()
         .expect("spawn stowage worker")
 }

@@ -4,7 +4,6 @@
 //! permissions table in `stowage_control::preflight` is checked against the manifests.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,16 +17,9 @@ use stowage_sandbox::{Sandbox, SandboxHandle};
 use stowage_schemas::domain::{BackupInstance, Namespaces, Scope};
 use stowage_tests::{amqp_url, free_port, shared_broker, unique_prefix};
 
-const FLEET_NS: &str = "stowage";
+use crate::helpers::{stdout_and_stderr, stowage_command, temp_dir};
 
-fn temp_dir(purpose: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "stowage-preflight-{purpose}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
+const FLEET_NS: &str = "stowage";
 
 /// The fleet's RBAC objects, read from the manifests, in the fleet namespace.
 fn fleet_rbac() -> Vec<Value> {
@@ -81,9 +73,9 @@ struct Setup {
 
 impl Setup {
     fn new() -> Self {
-        let disks = LocalDiskProvider::open(temp_dir("disks")).expect("disks");
+        let disks = LocalDiskProvider::open(temp_dir("preflight-disks")).expect("disks");
         Self {
-            vault: temp_dir("vault"),
+            vault: temp_dir("preflight-vault"),
             disks: Arc::new(disks),
         }
     }
@@ -566,7 +558,7 @@ async fn a_vault_in_another_region_fails_the_region_check() {
     assert_passes(&report, &[preflight::REGION, preflight::VAULT_CONTENTS]);
 
     // A snapshot location elsewhere fails too.
-    let disks = LocalDiskProvider::open(temp_dir("disks"))
+    let disks = LocalDiskProvider::open(temp_dir("preflight-disks"))
         .unwrap()
         .with_region("eastus");
     targets.disks = Some(Arc::new(disks));
@@ -580,17 +572,14 @@ async fn a_vault_in_another_region_fails_the_region_check() {
 }
 
 fn run_cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_stowage"))
+    let out = stowage_command()
         .arg("preflight")
         .args(args)
         .env_remove("STOWAGE_VAULT_REGION")
         .output()
         .expect("run stowage preflight");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (stdout, stderr) = stdout_and_stderr(&out);
+    (out.status.success(), stdout, stderr)
 }
 
 fn path(p: &Path) -> &str {
@@ -602,7 +591,7 @@ async fn the_command_prints_a_table_or_json_and_exits_non_zero_on_failure() {
     let _gate = shared_broker().await;
     let cluster = sandbox().await;
     let setup = Setup::new();
-    let disk_root = temp_dir("cli-disks");
+    let disk_root = temp_dir("preflight-cli-disks");
     let prefix = unique_prefix();
     let rabbit = RabbitBroker::new(amqp_url());
     let topology = Topology::new(Names::new(prefix.clone()), &RetryPolicy::default());

@@ -2,38 +2,20 @@
 //! `instance create|list|show` against a local-folder vault, and `backup now` and
 //! `scheduler` against the real RabbitMQ (`scripts/test.sh` starts it).
 
-use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stowage_runtime::{RetryPolicy, Topology};
 use stowage_schemas::{ContentType, Message, Stage, decode};
-use stowage_tests::{BrokerKind, Bus, amqp_url};
+use stowage_tests::{BrokerKind, Bus};
 
-struct Vault(std::path::PathBuf);
-
-impl Vault {
-    fn new() -> Self {
-        let path =
-            std::env::temp_dir().join(format!("stowage-cli-catalog-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&path).expect("create the vault folder");
-        Self(path)
-    }
-}
-
-impl Drop for Vault {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::helpers::{TempDir, poll, run, stowage_on, terminate, text};
 
 fn command(vault: &Path, prefix: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stowage"));
+    let mut cmd = stowage_on(prefix);
     cmd.args(args)
         .env("STOWAGE_VAULT", vault)
-        .env("STOWAGE_AMQP_URL", amqp_url())
-        .env("STOWAGE_TOPOLOGY_PREFIX", prefix)
         .env_remove("STOWAGE_SECONDARY")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -42,23 +24,7 @@ fn command(vault: &Path, prefix: &str, args: &[&str]) -> Command {
 }
 
 fn stowage(vault: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = command(vault, "stowage-test-unused", args)
-        .spawn()
-        .expect("run stowage");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().expect("wait stowage")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    run(command(vault, "stowage-test-unused", args), stdin)
 }
 
 fn ok(out: &Output) -> String {
@@ -121,7 +87,7 @@ fn init(vault: &Path) {
 
 #[test]
 fn the_catalog_is_created_listed_and_shown_with_validation() {
-    let vault = Vault::new();
+    let vault = TempDir::new("cli-catalog");
     let v = vault.0.as_path();
 
     // Before `vault init`, writes say to run it.
@@ -268,7 +234,7 @@ fn the_catalog_is_created_listed_and_shown_with_validation() {
 async fn backup_now_and_the_scheduler_publish_snapshot_jobs() {
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let prefix = bus.names.prefix().to_owned();
-    let vault = Vault::new();
+    let vault = TempDir::new("cli-catalog");
     let v = vault.0.as_path();
     init(v);
     let topology = Topology::new(bus.names.clone(), &RetryPolicy::default());
@@ -325,19 +291,17 @@ async fn backup_now_and_the_scheduler_publish_snapshot_jobs() {
         .spawn()
         .expect("start the scheduler")
     };
-    let mut a = start("a");
-    let mut b = start("b");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while bus.depth(&queue).await == 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let a = start("a");
+    let b = start("b");
+    poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || (bus.depth(&queue).await > 0).then_some(()),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for child in [&mut a, &mut b] {
-        let pid = child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
+    for child in [&a, &b] {
+        terminate(child);
     }
     for child in [a, b] {
         let out = child.wait_with_output().expect("wait");
@@ -364,8 +328,8 @@ async fn backup_now_and_the_scheduler_publish_snapshot_jobs() {
 
 #[test]
 fn vault_init_infers_geo_from_a_secondary_and_refuses_foreign_storage() {
-    let vault = Vault::new();
-    let secondary = Vault::new();
+    let vault = TempDir::new("cli-catalog");
+    let secondary = TempDir::new("cli-catalog");
     let secondary_path = secondary.0.to_string_lossy().into_owned();
 
     let conflicting = refused(&stowage(
@@ -413,7 +377,7 @@ fn vault_init_infers_geo_from_a_secondary_and_refuses_foreign_storage() {
         secondary_path.as_str()
     );
 
-    let foreign = Vault::new();
+    let foreign = TempDir::new("cli-catalog");
     std::fs::write(foreign.0.join("notes.txt"), b"not a vault").unwrap();
     let err = refused(&stowage(
         &foreign.0,

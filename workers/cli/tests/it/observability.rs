@@ -3,34 +3,14 @@
 //! of its own whose password is a secret the logs are searched for.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use stowage_runtime::{RetryPolicy, Topology};
 use stowage_tests::{BrokerKind, Bus, free_port, http_get};
 
-/// A folder removed when the test ends.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "stowage-observability-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::helpers::{
+    TempDir, poll, stdout_and_stderr, stowage_at, terminate, vault_transfer_worker,
+};
 
 /// A RabbitMQ user that exists for one test.
 struct BrokerUser {
@@ -106,17 +86,9 @@ fn worker(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stowage"));
-    cmd.args(["worker", "--stage", "vault-transfer", "--max-attempts", "1"])
-        .arg("--health-addr")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--vault")
-        .arg(dir.join("vault"))
-        .arg("--disk-root")
-        .arg(dir.join("disks"))
+    let mut cmd = vault_transfer_worker(amqp_url, prefix, dir, port);
+    cmd.args(["--max-attempts", "1"])
         .args(extra)
-        .env("STOWAGE_AMQP_URL", amqp_url)
-        .env("STOWAGE_TOPOLOGY_PREFIX", prefix)
         .env("STOWAGE_VAULT_KEY", &secrets.vault_key)
         .env("STOWAGE_AZURE_ACCESS_KEY", &secrets.azure_key)
         .env_remove("STOWAGE_LOG")
@@ -130,30 +102,27 @@ fn worker(
 }
 
 fn stop(child: Child) -> String {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let out = child.wait_with_output().expect("worker output");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    terminate(&child);
+    let (stdout, stderr) = stdout_and_stderr(&child.wait_with_output().expect("worker output"));
+    format!("{stdout}{stderr}")
 }
 
 async fn metrics_until(port: u16, wanted: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
-    while Instant::now() < deadline {
-        if let Some((200, body)) = http_get(port, "/metrics").await {
-            if body.contains(wanted) {
-                return body;
+    let scrape = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        async || match http_get(port, "/metrics").await {
+            Some((200, body)) if body.contains(wanted) => Some(body),
+            Some((200, body)) => {
+                last = body;
+                None
             }
-            last = body;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("/metrics never showed {wanted:?}; last scrape:\n{last}");
+            _ => None,
+        },
+    )
+    .await;
+    scrape.unwrap_or_else(|| panic!("/metrics never showed {wanted:?}; last scrape:\n{last}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +133,7 @@ async fn metrics_are_served_and_no_secret_reaches_the_logs() {
     let user = format!("stowage-log-test-{}", &secrets.amqp_password[2..10]);
     let _user = BrokerUser::create(&user, &secrets.amqp_password);
     let amqp_url = format!("amqp://{user}:{}@127.0.0.1:5672/%2f", secrets.amqp_password);
-    let dir = TempDir::new();
+    let dir = TempDir::new("observability");
     std::fs::create_dir_all(dir.path().join("vault")).unwrap();
     std::fs::create_dir_all(dir.path().join("disks")).unwrap();
 
@@ -190,10 +159,8 @@ async fn metrics_are_served_and_no_secret_reaches_the_logs() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../schemas/examples/vault-transfer.json"
     );
-    let submitted = Command::new(env!("CARGO_BIN_EXE_stowage"))
+    let submitted = stowage_at(&amqp_url, &prefix)
         .args(["submit", job, "-v"])
-        .env("STOWAGE_AMQP_URL", &amqp_url)
-        .env("STOWAGE_TOPOLOGY_PREFIX", &prefix)
         .output()
         .unwrap();
     assert!(
@@ -250,10 +217,8 @@ async fn metrics_are_served_and_no_secret_reaches_the_logs() {
         &[("STOWAGE_LOG_FORMAT", "json"), ("STOWAGE_LOG", "debug")],
     );
     metrics_until(port, "stowage_jobs_in_flight").await;
-    let submitted = Command::new(env!("CARGO_BIN_EXE_stowage"))
+    let submitted = stowage_at(&amqp_url, &prefix)
         .args(["submit", job])
-        .env("STOWAGE_AMQP_URL", &amqp_url)
-        .env("STOWAGE_TOPOLOGY_PREFIX", &prefix)
         .output()
         .unwrap();
     assert!(submitted.status.success());

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use stowage_runtime::client::submit;
@@ -14,8 +14,10 @@ use stowage_schemas::domain::Tier;
 use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions, VaultTransferJob};
 use stowage_schemas::{Envelope, Message};
 use stowage_tests::vault_fixture::{INSTANCE, VaultBackend, VaultFixture};
-use stowage_tests::{BrokerKind, Bus, amqp_url, free_port};
+use stowage_tests::{BrokerKind, Bus};
 use stowage_vault::pack::{PackId, read_pack_index};
+
+use crate::helpers::{fixture_worker, stdout_and_stderr, stowage_command};
 
 const MIB: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(180);
@@ -24,22 +26,7 @@ struct Worker(Child);
 
 impl Worker {
     fn spawn(bus: &Bus, f: &VaultFixture) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_stowage"))
-            .args([
-                "worker",
-                "--stage",
-                "vault-transfer",
-                "--health-addr",
-                &format!("127.0.0.1:{}", free_port()),
-            ])
-            .arg("--vault")
-            .arg(f.dir.join("vault"))
-            .arg("--disk-root")
-            .arg(f.dir.join("disks"))
-            .env("STOWAGE_VAULT_KEY", f.ctx.key.expose_secret_hex())
-            .env("STOWAGE_AMQP_URL", amqp_url())
-            .env("STOWAGE_TOPOLOGY_PREFIX", bus.names.prefix())
-            .env("STOWAGE_LOG", "warn")
+        let child = fixture_worker(f, bus.names.prefix())
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn stowage worker");
@@ -218,7 +205,7 @@ async fn a_transfer_killed_midway_resumes_without_duplicates_in_bounded_memory()
 }
 
 fn stowage_rp_verify(f: &VaultFixture, rp: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_stowage"))
+    stowage_command()
         .args(["rp", "verify", rp, "--vault"])
         .arg(f.dir.join("vault"))
         .env("STOWAGE_VAULT_KEY", f.ctx.key.expose_secret_hex())
@@ -242,10 +229,7 @@ async fn rp_verify_reports_intact_data_and_names_damage() {
     .expect("transfer");
 
     let ok = stowage_rp_verify(&f, "rp-v");
-    let (out, err) = (
-        String::from_utf8_lossy(&ok.stdout),
-        String::from_utf8_lossy(&ok.stderr),
-    );
+    let (out, err) = stdout_and_stderr(&ok);
     assert!(ok.status.success(), "{err}");
     assert!(
         out.contains("intact") && err.contains("6291456 bytes checked"),
@@ -260,10 +244,7 @@ async fn rp_verify_reports_intact_data_and_names_damage() {
     std::fs::write(&path, bytes).expect("damage the pack");
 
     let bad = stowage_rp_verify(&f, "rp-v");
-    let (out, err) = (
-        String::from_utf8_lossy(&bad.stdout),
-        String::from_utf8_lossy(&bad.stderr),
-    );
+    let (out, err) = stdout_and_stderr(&bad);
     assert_eq!(bad.status.code(), Some(1));
     assert!(
         out.contains(&name) && out.contains("vol-v"),
@@ -283,7 +264,7 @@ async fn rp_verify_reports_intact_data_and_names_damage() {
 
 #[test]
 fn a_vault_stage_without_a_vault_is_refused() {
-    let out = Command::new(env!("CARGO_BIN_EXE_stowage"))
+    let out = stowage_command()
         .args([
             "worker",
             "--stage",

@@ -1,0 +1,138 @@
+//! What the test modules share: running `stowage`, reading its output, temporary folders,
+//! vault-transfer workers, and waiting for a condition.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use stowage_tests::amqp_url;
+use stowage_tests::vault_fixture::VaultFixture;
+
+/// The `stowage` binary under test, as a command with nothing set.
+pub fn stowage_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stowage"))
+}
+
+/// `stowage` on the broker at `amqp_url`, with topology names under `prefix`.
+pub fn stowage_at(amqp_url: &str, prefix: &str) -> Command {
+    let mut cmd = stowage_command();
+    cmd.env("STOWAGE_AMQP_URL", amqp_url)
+        .env("STOWAGE_TOPOLOGY_PREFIX", prefix);
+    cmd
+}
+
+/// `stowage` on the tests' RabbitMQ ([`amqp_url`]), with topology names under `prefix`.
+pub fn stowage_on(prefix: &str) -> Command {
+    stowage_at(&amqp_url(), prefix)
+}
+
+/// Runs `cmd` to the end with `stdin` (nothing when `None`) as its input, capturing its output.
+pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run stowage");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("wait stowage")
+}
+
+/// Output bytes as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A finished command's stdout and stderr, as text.
+pub fn stdout_and_stderr(out: &Output) -> (String, String) {
+    (text(&out.stdout), text(&out.stderr))
+}
+
+/// Sends SIGTERM to `child` (a worker or scheduler shutting down gracefully).
+pub fn terminate(child: &Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+}
+
+/// A new folder `stowage-<purpose>-<unique>` under the temp dir, left in place.
+pub fn temp_dir(purpose: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "stowage-{purpose}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// A [`temp_dir`] removed when the test ends.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new, empty folder.
+    pub fn new(purpose: &str) -> Self {
+        Self(temp_dir(purpose))
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `stowage worker --stage vault-transfer` on `dir`'s vault and disks (`<dir>/vault`,
+/// `<dir>/disks`), on the broker at `amqp_url` under `prefix`, serving health on `port`.
+pub fn vault_transfer_worker(amqp_url: &str, prefix: &str, dir: &Path, port: u16) -> Command {
+    let mut cmd = stowage_at(amqp_url, prefix);
+    cmd.args(["worker", "--stage", "vault-transfer"])
+        .arg("--health-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--vault")
+        .arg(dir.join("vault"))
+        .arg("--disk-root")
+        .arg(dir.join("disks"));
+    cmd
+}
+
+/// A [`vault_transfer_worker`] on a vault fixture, with its key, on the tests' RabbitMQ under
+/// `prefix`, on a free health port, logging warnings only.
+pub fn fixture_worker(f: &VaultFixture, prefix: &str) -> Command {
+    let mut cmd = vault_transfer_worker(&amqp_url(), prefix, &f.dir, stowage_tests::free_port());
+    cmd.env("STOWAGE_VAULT_KEY", f.ctx.key.expose_secret_hex())
+        .env("STOWAGE_LOG", "warn");
+    cmd
+}
+
+/// Asks `probe` every `every` until it answers, for at most `within`; `None` if it never did.
+pub async fn poll<T>(
+    within: Duration,
+    every: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(answer) = probe().await {
+            return Some(answer);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,0 +1,12 @@
+//! The `stowage` binary end to end, in one test binary: each module is one area of the command
+//! line, and `helpers` holds what they share (running the binary, temporary folders, waiting).
+//! The tests use the real RabbitMQ and Azurite (`scripts/test.sh` starts them).
+
+mod helpers;
+
+mod catalog;
+mod cli;
+mod jobs;
+mod observability;
+mod preflight;
+mod vault_worker;
