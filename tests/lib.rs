@@ -271,11 +271,14 @@ impl ScriptedHandler {
 }
 
 impl StageHandler for ScriptedHandler {
+    type Input = Message;
+
     fn stage(&self) -> Stage {
         Stage::Snapshot
     }
 
-    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+    async fn handle(&self, ctx: JobContext, _message: Message) -> Result<Outcome, StageError> {
+        let envelope = ctx.envelope().expect("a worker's context").clone();
         let job_id = envelope.job_id.clone();
         self.calls.lock().unwrap().push(Call {
             job_id: job_id.clone(),
@@ -364,11 +367,14 @@ impl FileEffectHandler {
 }
 
 impl StageHandler for FileEffectHandler {
+    type Input = Message;
+
     fn stage(&self) -> Stage {
         Stage::Snapshot
     }
 
-    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+    async fn handle(&self, ctx: JobContext, _message: Message) -> Result<Outcome, StageError> {
+        let envelope = ctx.envelope().expect("a worker's context").clone();
         let job_id = envelope.job_id.clone();
         self.log("start", &job_id, &ctx);
         tokio::time::sleep(self.delay).await;

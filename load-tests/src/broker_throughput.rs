@@ -103,11 +103,13 @@ struct NoOp {
 }
 
 impl StageHandler for NoOp {
+    type Input = Message;
+
     fn stage(&self) -> Stage {
         Stage::Snapshot
     }
 
-    async fn handle(&self, _ctx: JobContext, _envelope: Envelope) -> Result<Outcome, StageError> {
+    async fn handle(&self, _ctx: JobContext, _message: Message) -> Result<Outcome, StageError> {
         self.handled.fetch_add(1, Ordering::Relaxed);
         Ok(Outcome::done())
     }

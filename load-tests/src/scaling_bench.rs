@@ -160,11 +160,13 @@ struct Simulated {
 }
 
 impl StageHandler for Simulated {
+    type Input = Message;
+
     fn stage(&self) -> Stage {
         self.stage
     }
 
-    async fn handle(&self, _ctx: JobContext, _envelope: Envelope) -> Result<Outcome, StageError> {
+    async fn handle(&self, _ctx: JobContext, _message: Message) -> Result<Outcome, StageError> {
         match self.work {
             Work::Io => tokio::time::sleep(self.duration).await,
             Work::Cpu => {

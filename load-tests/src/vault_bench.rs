@@ -168,9 +168,13 @@ async fn main() -> anyhow::Result<()> {
     // them durable.
     sync()?;
     let started = Instant::now();
-    let staging = stowage_stages::restore_hydration::hydrate(&ctx, &hydration())
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let staging = stowage_stages::restore_hydration::hydrate(
+        &ctx,
+        &hydration(),
+        &JobContext::detached(Stage::RestoreHydration),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let ours_restore = started.elapsed().as_secs_f64();
     anyhow::ensure!(staging.disks.len() == 1);
     let restore_dir = work.join("restic-restore");

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use stowage_disk::DiskId;
+use stowage_runtime::JobContext;
+use stowage_schemas::Stage;
 use stowage_schemas::domain::Tier;
 use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions};
 use stowage_stages::restore::completed_key;
@@ -70,9 +72,13 @@ async fn staging_is_released_after_success_and_swept_after_a_failure() {
     };
 
     // A restore that fails after hydration (nothing applies its staging).
-    let failed = hydrate(&f.ctx, &hydration("r-failed"))
-        .await
-        .expect("hydrate");
+    let failed = hydrate(
+        &f.ctx,
+        &hydration("r-failed"),
+        &JobContext::detached(Stage::RestoreHydration),
+    )
+    .await
+    .expect("hydrate");
     let record = read_record(store, "r-failed")
         .await
         .unwrap()
@@ -81,7 +87,13 @@ async fn staging_is_released_after_success_and_swept_after_a_failure() {
     assert_eq!(failed.disks.len(), 2);
 
     // A restore that completes, adopting only vol-a's staging disk.
-    let ok = hydrate(&f.ctx, &hydration("r-ok")).await.expect("hydrate");
+    let ok = hydrate(
+        &f.ctx,
+        &hydration("r-ok"),
+        &JobContext::detached(Stage::RestoreHydration),
+    )
+    .await
+    .expect("hydrate");
     let adopted = vec![staging_disk_name("r-ok", "vol-a")];
     let released = release(store, f.disks.as_ref(), "r-ok", &ok, &adopted).await;
     assert_eq!(

@@ -91,9 +91,13 @@ async fn round_trip(backend: VaultBackend) {
         ("rp-2", Tier::Secondary),
     ] {
         let restore_id = format!("r-{rp}-{tier:?}").to_lowercase();
-        let staging = hydrate(&f.ctx, &hydration(&restore_id, rp, tier))
-            .await
-            .unwrap_or_else(|e| panic!("hydrate {rp} from {tier:?}: {e}"));
+        let staging = hydrate(
+            &f.ctx,
+            &hydration(&restore_id, rp, tier),
+            &JobContext::detached(Stage::RestoreHydration),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("hydrate {rp} from {tier:?}: {e}"));
         assert_eq!(staging.disks.len(), 2);
         for volume in ["vol-data", "vol-logs"] {
             let hydrated = staging_disk_name(&restore_id, volume);
@@ -182,9 +186,13 @@ async fn an_incremental_stores_about_the_changed_bytes() {
         "random data cannot shrink: {added} < {changed}"
     );
 
-    let staging = hydrate(&f.ctx, &hydration("r-incr", "rp-incr", Tier::Vault))
-        .await
-        .expect("hydrate");
+    let staging = hydrate(
+        &f.ctx,
+        &hydration("r-incr", "rp-incr", Tier::Vault),
+        &JobContext::detached(Stage::RestoreHydration),
+    )
+    .await
+    .expect("hydrate");
     f.assert_same_bytes("rp-incr-disk", &staging.disks[0].disk_id)
         .await;
 }
@@ -229,9 +237,13 @@ async fn a_flipped_byte_in_a_pack_is_detected_and_named() {
             .is_some_and(|p| p.contains(&pack_id)),
         "{report:?}"
     );
-    let err = hydrate(&f.ctx, &hydration("r-x", "rp-x", Tier::Vault))
-        .await
-        .expect_err("corrupt data must not restore");
+    let err = hydrate(
+        &f.ctx,
+        &hydration("r-x", "rp-x", Tier::Vault),
+        &JobContext::detached(Stage::RestoreHydration),
+    )
+    .await
+    .expect_err("corrupt data must not restore");
     let text = err.to_string();
     assert_eq!(err.kind(), stowage_runtime::ErrorKind::Permanent);
     assert!(

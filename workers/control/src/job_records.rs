@@ -273,11 +273,17 @@ impl<H: StageHandler> Recorded<H> {
 }
 
 impl<H: StageHandler> StageHandler for Recorded<H> {
+    type Input = H::Input;
+
     fn stage(&self) -> Stage {
         self.inner.stage()
     }
 
-    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+    async fn handle(&self, ctx: JobContext, input: H::Input) -> Result<Outcome, StageError> {
+        let Some(envelope) = ctx.envelope().cloned() else {
+            // Called outside a worker, with no envelope: there is no job to record.
+            return self.inner.handle(ctx, input).await;
+        };
         let stage = self.inner.stage();
         let now = Timestamp::now();
         let started = self
@@ -321,7 +327,7 @@ impl<H: StageHandler> StageHandler for Recorded<H> {
             .clone()
             .with_cancellation(token)
             .with_progress(latest.clone());
-        let result = AssertUnwindSafe(self.inner.handle(run_ctx, envelope.clone()))
+        let result = AssertUnwindSafe(self.inner.handle(run_ctx, input))
             .catch_unwind()
             .await;
         watcher.abort();
@@ -503,15 +509,20 @@ mod tests {
     }
 
     impl StageHandler for TestHandler {
+        type Input = VaultTransferJob;
+
         fn stage(&self) -> Stage {
             Stage::VaultTransfer
         }
 
-        async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
+        async fn handle(
+            &self,
+            ctx: JobContext,
+            _job: VaultTransferJob,
+        ) -> Result<Outcome, StageError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            let (record, _) = read_job(&self.store, &envelope.job_id)
-                .await
-                .expect("record");
+            let job_id = &ctx.envelope().expect("a worker's context").job_id;
+            let (record, _) = read_job(&self.store, job_id).await.expect("record");
             *self.seen_running.lock().unwrap() = Some(record.stages[0].status);
             match self.act {
                 Act::Succeed => Ok(Outcome::done().emit(Message::RpVaulted(RpVaulted {
@@ -585,7 +596,10 @@ mod tests {
     #[tokio::test]
     async fn success_is_recorded_and_the_next_stage_queued() {
         let (recorded, store, _, seen) = fixture(Act::Succeed);
-        recorded.handle(attempt(0), job("j1")).await.expect("ok");
+        recorded
+            .handle_envelope(attempt(0), job("j1"))
+            .await
+            .expect("ok");
         assert_eq!(*seen.lock().unwrap(), Some(JobStatus::Running));
         let (record, _) = read_job(&store, "j1").await.unwrap();
         assert_eq!(record.instance.as_deref(), Some("shop"));
@@ -612,7 +626,10 @@ mod tests {
     #[tokio::test]
     async fn failures_are_recorded_with_their_reason() {
         let (recorded, store, _, _) = fixture(Act::Permanent);
-        let err = recorded.handle(attempt(0), job("j2")).await.unwrap_err();
+        let err = recorded
+            .handle_envelope(attempt(0), job("j2"))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Permanent);
         let (record, _) = read_job(&store, "j2").await.unwrap();
         assert_eq!(record.status(), JobStatus::Failed);
@@ -622,13 +639,19 @@ mod tests {
         );
 
         let (recorded, store, _, _) = fixture(Act::Transient);
-        recorded.handle(attempt(0), job("j3")).await.unwrap_err();
+        recorded
+            .handle_envelope(attempt(0), job("j3"))
+            .await
+            .unwrap_err();
         let (record, _) = read_job(&store, "j3").await.unwrap();
         let run = &record.stages[0];
         assert_eq!(run.status, JobStatus::Running, "a retry is coming");
         assert_eq!(run.error.as_deref(), Some("storage busy"));
         assert!(run.summary.as_deref().unwrap().starts_with("retrying"));
-        recorded.handle(attempt(2), job("j3")).await.unwrap_err();
+        recorded
+            .handle_envelope(attempt(2), job("j3"))
+            .await
+            .unwrap_err();
         let (record, _) = read_job(&store, "j3").await.unwrap();
         assert_eq!(
             record.stages[0].status,
@@ -644,7 +667,10 @@ mod tests {
         let mut record = new_record(&job("j4"), Stage::VaultTransfer, Timestamp::now());
         record.cancel_requested_at = Some(Timestamp::now());
         create_job(&store, &record).await.unwrap();
-        let err = recorded.handle(attempt(0), job("j4")).await.unwrap_err();
+        let err = recorded
+            .handle_envelope(attempt(0), job("j4"))
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Cancelled);
         assert_eq!(calls.load(Ordering::SeqCst), 0);
         let (record, _) = read_job(&store, "j4").await.unwrap();
@@ -654,7 +680,8 @@ mod tests {
     #[tokio::test]
     async fn a_running_job_sees_its_cancellation_and_its_progress_is_flushed() {
         let (recorded, store, _, _) = fixture(Act::WaitForCancel);
-        let run = tokio::spawn(async move { recorded.handle(attempt(0), job("j5")).await });
+        let run =
+            tokio::spawn(async move { recorded.handle_envelope(attempt(0), job("j5")).await });
         // Progress reaches the record while the handler runs.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {

@@ -17,20 +17,44 @@ use futures::future::BoxFuture;
 use stowage_schemas::domain::JobProgress;
 use stowage_schemas::{Envelope, Message, Stage};
 
+use crate::input::{self, StageInput};
 use crate::shutdown::Shutdown;
 
-/// A stage's work, plugged into the runtime.
+/// A stage's work, plugged into the runtime: one async function from the stage's typed input
+/// to its outcome. The runtime decodes the envelope, refuses (dead-letters, naming what the
+/// stage takes) any message kind the stage does not take, and hands the handler its input.
 pub trait StageHandler: Send + Sync + 'static {
+    /// What the stage takes (a job type, or an enum of its job and the events that trigger it).
+    type Input: StageInput;
+
     /// The stage this handler implements; it consumes that stage's queue.
     fn stage(&self) -> Stage;
 
-    /// Handle one message. Return only once every effect is durable: the runtime acks the
-    /// message right after publishing the returned events.
+    /// Handle one input. Return only once every effect is durable: the runtime acks the
+    /// message right after publishing the returned events. The envelope it came in is
+    /// [`JobContext::envelope`].
     fn handle(
         &self,
         ctx: JobContext,
-        envelope: Envelope,
+        input: Self::Input,
     ) -> impl Future<Output = Result<Outcome, StageError>> + Send;
+
+    /// Handles `envelope` as a worker does: decodes the stage's input from it (refusing a kind
+    /// the stage does not take) and calls [`StageHandler::handle`] with the envelope in the
+    /// context.
+    fn handle_envelope(
+        &self,
+        ctx: JobContext,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<Outcome, StageError>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let input = input::decode::<Self::Input>(self.stage(), &envelope.message)?;
+            self.handle(ctx.with_envelope(envelope), input).await
+        }
+    }
 }
 
 /// Object-safe form of [`StageHandler`], so a worker can hold handlers of different types.
@@ -53,7 +77,7 @@ impl<H: StageHandler> DynHandler for H {
         ctx: JobContext,
         envelope: Envelope,
     ) -> BoxFuture<'_, Result<Outcome, StageError>> {
-        self.handle(ctx, envelope).boxed()
+        self.handle_envelope(ctx, envelope).boxed()
     }
 }
 
@@ -68,6 +92,7 @@ pub struct JobContext {
     /// the earlier run may already exist and must be reused.
     pub redelivered: bool,
     pub(crate) shutdown: Shutdown,
+    envelope: Option<Arc<Envelope>>,
     cancellation: Option<CancellationToken>,
     progress: Option<Arc<dyn ProgressSink>>,
 }
@@ -86,6 +111,7 @@ impl JobContext {
             attempt: 0,
             redelivered: false,
             shutdown: Shutdown::never(),
+            envelope: None,
             cancellation: None,
             progress: None,
         }
@@ -103,9 +129,23 @@ impl JobContext {
             attempt,
             redelivered,
             shutdown,
+            envelope: None,
             cancellation: None,
             progress: None,
         }
+    }
+
+    /// The same context, for a delivery of `envelope` (the runtime sets it; tests that call a
+    /// handler directly may too).
+    pub fn with_envelope(mut self, envelope: Envelope) -> Self {
+        self.envelope = Some(Arc::new(envelope));
+        self
+    }
+
+    /// The envelope the input came in (job id, ids, attempt, creation time, trace); `None` for a
+    /// [`JobContext::detached`] context.
+    pub fn envelope(&self) -> Option<&Envelope> {
+        self.envelope.as_deref()
     }
 
     /// The same context, cancelled when `token` is.

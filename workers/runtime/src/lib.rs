@@ -21,6 +21,7 @@ pub mod client;
 pub mod envelope;
 pub mod handler;
 pub mod health;
+pub mod input;
 pub mod metrics;
 pub mod retry;
 pub mod shutdown;
@@ -35,6 +36,7 @@ pub use handler::{
     CancellationToken, ErrorKind, JobContext, Outcome, ProgressSink, StageError, StageHandler,
 };
 pub use health::Health;
+pub use input::{JobOrEvent, StageInput};
 pub use retry::RetryPolicy;
 pub use shutdown::Shutdown;
 pub use topology::{Names, Topology};

@@ -22,11 +22,13 @@ struct Emits {
 }
 
 impl StageHandler for Emits {
+    type Input = Message;
+
     fn stage(&self) -> Stage {
         self.stage
     }
 
-    async fn handle(&self, _ctx: JobContext, _envelope: Envelope) -> Result<Outcome, StageError> {
+    async fn handle(&self, _ctx: JobContext, _message: Message) -> Result<Outcome, StageError> {
         tracing::info!("working");
         Ok(match &self.emit {
             Some(message) => Outcome::done().emit(message.clone()),

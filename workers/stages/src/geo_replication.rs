@@ -12,10 +12,11 @@
 use std::collections::{BTreeSet, HashSet};
 
 use stowage_runtime::metrics::{BytesKind, metrics};
-use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
+use stowage_runtime::{JobContext, JobOrEvent, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::Tier;
-use stowage_schemas::events::RpReplicated;
-use stowage_schemas::{Envelope, Message, Stage};
+use stowage_schemas::events::{RpReplicated, RpVaulted};
+use stowage_schemas::jobs::GeoReplicationJob;
+use stowage_schemas::{Message, Stage};
 use stowage_vault::catalog::{self, TierManifest};
 use stowage_vault::chunk::ChunkId;
 use stowage_vault::extent::{ExtentMap, load_chain};
@@ -40,20 +41,16 @@ impl GeoReplication {
 }
 
 impl StageHandler for GeoReplication {
+    type Input = JobOrEvent<GeoReplicationJob, RpVaulted>;
+
     fn stage(&self) -> Stage {
         Stage::GeoReplication
     }
 
-    async fn handle(&self, _ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
-        let (instance, rp_id) = match &envelope.message {
-            Message::GeoReplication(job) => (job.instance.clone(), job.recovery_point_id.clone()),
-            Message::RpVaulted(event) => (event.instance.clone(), event.recovery_point_id.clone()),
-            other => {
-                return Err(StageError::permanent(format!(
-                    "the geo-replication stage does not handle {} messages; send job.geo-replication",
-                    other.kind()
-                )));
-            }
+    async fn handle(&self, ctx: JobContext, input: Self::Input) -> Result<Outcome, StageError> {
+        let (instance, rp_id, triggered) = match input {
+            JobOrEvent::Job(job) => (job.instance, job.recovery_point_id, false),
+            JobOrEvent::Event(vaulted) => (vaulted.instance, vaulted.recovery_point_id, true),
         };
         let Some(secondary) = &self.ctx.secondary else {
             // A locally redundant vault: nothing to replicate, and no event to emit.
@@ -66,7 +63,7 @@ impl StageHandler for GeoReplication {
         };
         let copied = replicate(&self.ctx.primary, &secondary.store, &instance, &rp_id).await?;
         metrics().add_bytes(Stage::GeoReplication, BytesKind::Written, copied.bytes);
-        if let Message::RpVaulted(_) = &envelope.message {
+        if triggered && let Some(envelope) = ctx.envelope() {
             // The event was published when the RP reached the vault tier.
             let lag = jiff::Timestamp::now().duration_since(envelope.created_at);
             metrics().replication_lag(lag.unsigned_abs());

@@ -22,7 +22,7 @@ use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::{JobProgress, Tier};
 use stowage_schemas::events::RestoreHydrated;
 use stowage_schemas::jobs::{RestoreHydrationJob, StagedDisk, Staging};
-use stowage_schemas::{Envelope, Message, Stage};
+use stowage_schemas::{Message, Stage};
 use stowage_vault::catalog;
 use stowage_vault::chunk::ChunkId;
 use stowage_vault::crypto::ChunkKeys;
@@ -54,26 +54,26 @@ impl RestoreHydration {
 }
 
 impl StageHandler for RestoreHydration {
+    type Input = RestoreHydrationJob;
+
     fn stage(&self) -> Stage {
         Stage::RestoreHydration
     }
 
-    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
-        let Message::RestoreHydration(job) = &envelope.message else {
-            return Err(StageError::permanent(format!(
-                "the restore-hydration stage does not handle {} messages; send job.restore-hydration",
-                envelope.kind()
-            )));
-        };
-        let staging = hydrate_with(&self.ctx, job, &ctx).await?;
+    async fn handle(
+        &self,
+        ctx: JobContext,
+        job: RestoreHydrationJob,
+    ) -> Result<Outcome, StageError> {
+        let staging = hydrate(&self.ctx, &job, &ctx).await?;
         Ok(
             Outcome::done().emit(Message::RestoreHydrated(RestoreHydrated {
-                restore_id: job.restore_id.clone(),
-                instance: job.instance.clone(),
-                recovery_point_id: job.recovery_point_id.clone(),
+                restore_id: job.restore_id,
+                instance: job.instance,
+                recovery_point_id: job.recovery_point_id,
                 tier: job.tier,
                 staging,
-                options: job.options.clone(),
+                options: job.options,
             })),
         )
     }
@@ -95,14 +95,9 @@ pub fn staging_disk_name(restore_id: &str, volume_id: &str) -> String {
     format!("staging-{}-{}", clean(restore_id), clean(volume_id))
 }
 
-/// Hydrate one recovery point into staging (see the module doc), outside a worker.
-pub async fn hydrate(ctx: &VaultContext, job: &RestoreHydrationJob) -> Result<Staging, StageError> {
-    hydrate_with(ctx, job, &JobContext::detached(Stage::RestoreHydration)).await
-}
-
-/// Hydrate one recovery point into staging, stopping between volumes if `run` is cancelled
-/// and reporting progress (bytes hydrated, volumes done) to it.
-pub async fn hydrate_with(
+/// Hydrates one recovery point into staging (see the module doc), stopping between volumes
+/// if `run` is cancelled and reporting progress (bytes hydrated, volumes done) to it.
+pub async fn hydrate(
     ctx: &VaultContext,
     job: &RestoreHydrationJob,
     run: &JobContext,

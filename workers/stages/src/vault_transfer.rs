@@ -23,10 +23,11 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt as _;
 use stowage_disk::{ByteRange, SnapshotId};
 use stowage_runtime::metrics::{BytesKind, metrics};
-use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
+use stowage_runtime::{JobContext, JobOrEvent, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::{JobProgress, Tier};
-use stowage_schemas::events::RpVaulted;
-use stowage_schemas::{Envelope, Message, Stage};
+use stowage_schemas::events::{RpCreated, RpVaulted};
+use stowage_schemas::jobs::VaultTransferJob;
+use stowage_schemas::{Message, Stage};
 use stowage_vault::catalog::{self, TierManifest, TieredVolume, TransferStats};
 use stowage_vault::chunk::{ChangedRanges, ChunkId, SealedChunk, is_all_zero, seal_chunk};
 use stowage_vault::crypto::ChunkKeys;
@@ -55,20 +56,16 @@ impl VaultTransfer {
 }
 
 impl StageHandler for VaultTransfer {
+    type Input = JobOrEvent<VaultTransferJob, RpCreated>;
+
     fn stage(&self) -> Stage {
         Stage::VaultTransfer
     }
 
-    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
-        let (instance, rp_id) = match &envelope.message {
-            Message::VaultTransfer(job) => (job.instance.clone(), job.recovery_point_id.clone()),
-            Message::RpCreated(event) => (event.instance.clone(), event.recovery_point_id.clone()),
-            other => {
-                return Err(StageError::permanent(format!(
-                    "the vault-transfer stage does not handle {} messages; send job.vault-transfer",
-                    other.kind()
-                )));
-            }
+    async fn handle(&self, ctx: JobContext, input: Self::Input) -> Result<Outcome, StageError> {
+        let (instance, rp_id, requested) = match input {
+            JobOrEvent::Job(job) => (job.instance, job.recovery_point_id, true),
+            JobOrEvent::Event(created) => (created.instance, created.recovery_point_id, false),
         };
         // Policy eligibility: an RP no vault rule selects stays operational only. The job
         // completes without copying and emits nothing, so geo-replication (triggered by
@@ -76,7 +73,7 @@ impl StageHandler for VaultTransfer {
         // by itself (on rp.created); an explicit job.vault-transfer is an operator's request
         // and copies whatever it names (retention then keeps that copy only while no rule
         // selects it and it is not the newest in the vault tier).
-        if matches!(envelope.message, Message::RpCreated(_))
+        if !requested
             && let Ok(rp) = catalog::read_recovery_point(&self.ctx.primary, &instance, &rp_id).await
             && crate::retention::vault_eligibility(&self.ctx.primary, &rp).await?
                 == crate::retention::Eligibility::NotSelected

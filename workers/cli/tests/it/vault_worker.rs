@@ -187,6 +187,7 @@ async fn a_transfer_killed_midway_resumes_without_duplicates_in_bounded_memory()
             staging_location: None,
             options: RestoreOptions::default(),
         },
+        &stowage_runtime::JobContext::detached(stowage_schemas::Stage::RestoreHydration),
     )
     .await
     .expect("hydrate");

@@ -63,11 +63,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use stowage_cluster::apply::name_of;
 use stowage_disk::SnapshotId;
-use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
+use stowage_runtime::{JobContext, JobOrEvent, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::{JobProgress, RecoveryPoint, Tier};
 use stowage_schemas::events::{RestoreCompleted, RestoreHydrated};
 use stowage_schemas::jobs::{RestoreJob, RestoreOptions, Staging};
-use stowage_schemas::{Envelope, Message, Stage};
+use stowage_schemas::{Message, Stage};
 use stowage_vault::catalog;
 use stowage_vault::layout::{self, BlobKey};
 use stowage_vault::store::BlobStore;
@@ -107,20 +107,16 @@ impl RestoreStage {
 }
 
 impl StageHandler for RestoreStage {
+    type Input = JobOrEvent<RestoreJob, RestoreHydrated>;
+
     fn stage(&self) -> Stage {
         Stage::Restore
     }
 
-    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
-        let request = match &envelope.message {
-            Message::Restore(job) => RestoreRequest::from_job(job)?,
-            Message::RestoreHydrated(event) => RestoreRequest::from_hydrated(event),
-            other => {
-                return Err(StageError::permanent(format!(
-                    "the restore stage does not handle {} messages; send job.restore",
-                    other.kind()
-                )));
-            }
+    async fn handle(&self, ctx: JobContext, input: Self::Input) -> Result<Outcome, StageError> {
+        let request = match &input {
+            JobOrEvent::Job(job) => RestoreRequest::from_job(job)?,
+            JobOrEvent::Event(hydrated) => RestoreRequest::from_hydrated(hydrated),
         };
         let completed = self.run(&ctx, &request).await?;
         Ok(Outcome::done().emit(Message::RestoreCompleted(completed)))

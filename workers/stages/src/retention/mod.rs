@@ -38,8 +38,9 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use stowage_disk::SnapshotId;
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
+use stowage_schemas::Stage;
 use stowage_schemas::domain::{Policy, RecoveryPoint, RpState, Tier};
-use stowage_schemas::{Envelope, Message, Stage};
+use stowage_schemas::jobs::RetentionJob;
 use stowage_vault::catalog::{self, settings};
 use stowage_vault::document::{self, Decision, UpdateError};
 use stowage_vault::gc::{self, GcReport};
@@ -100,17 +101,13 @@ impl RetentionStage {
 }
 
 impl StageHandler for RetentionStage {
+    type Input = RetentionJob;
+
     fn stage(&self) -> Stage {
         Stage::Retention
     }
 
-    async fn handle(&self, _ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
-        let Message::Retention(job) = &envelope.message else {
-            return Err(StageError::permanent(format!(
-                "the retention stage does not handle {} messages; send job.retention",
-                envelope.message.kind()
-            )));
-        };
+    async fn handle(&self, _ctx: JobContext, job: RetentionJob) -> Result<Outcome, StageError> {
         let now = (self.clock)();
         let as_of = job.as_of.unwrap_or(now);
         let report = run(&self.ctx, &job.instance, as_of).await?;

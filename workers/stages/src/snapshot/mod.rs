@@ -54,7 +54,7 @@ use stowage_schemas::domain::{
 };
 use stowage_schemas::events::RpCreated;
 use stowage_schemas::jobs::SnapshotJob;
-use stowage_schemas::{Envelope, Message, Stage};
+use stowage_schemas::{Message, Stage};
 use stowage_vault::catalog;
 use stowage_vault::layout::{self, BlobKey};
 use stowage_vault::store::CreateOutcome;
@@ -91,18 +91,14 @@ impl SnapshotStage {
 }
 
 impl StageHandler for SnapshotStage {
+    type Input = SnapshotJob;
+
     fn stage(&self) -> Stage {
         Stage::Snapshot
     }
 
-    async fn handle(&self, ctx: JobContext, envelope: Envelope) -> Result<Outcome, StageError> {
-        let Message::Snapshot(job) = &envelope.message else {
-            return Err(StageError::permanent(format!(
-                "the snapshot stage does not handle {} messages; send job.snapshot",
-                envelope.kind()
-            )));
-        };
-        let created = take_snapshot_with(&self.ctx, job, &ctx).await?;
+    async fn handle(&self, ctx: JobContext, job: SnapshotJob) -> Result<Outcome, StageError> {
+        let created = take_snapshot(&self.ctx, &job, &ctx).await?;
         Ok(Outcome::done().emit(Message::RpCreated(created)))
     }
 }
@@ -132,17 +128,10 @@ pub fn report_key(instance: &str, rp_id: &str) -> Result<BlobKey, StageError> {
     layout::resource(instance, rp_id, &[REPORT_FILE]).map_err(StageError::permanent)
 }
 
-/// Take one recovery point (see the module doc) and answer the `rp.created` to emit.
+/// Takes one recovery point (see the module doc) and answers the `rp.created` to emit. A
+/// cancelled `run` stops before its volumes are snapshotted (post-hooks still run), and
+/// progress counts the volumes snapshotted.
 pub async fn take_snapshot(
-    ctx: &ClusterContext,
-    job: &SnapshotJob,
-) -> Result<RpCreated, StageError> {
-    take_snapshot_with(ctx, job, &JobContext::detached(Stage::Snapshot)).await
-}
-
-/// [`take_snapshot`] in a worker: a cancelled job stops before its volumes are snapshotted
-/// (post-hooks still run), and progress counts the volumes snapshotted.
-pub async fn take_snapshot_with(
     ctx: &ClusterContext,
     job: &SnapshotJob,
     run: &JobContext,

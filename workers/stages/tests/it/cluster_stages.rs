@@ -112,7 +112,13 @@ impl Fixture {
     }
 
     async fn snapshot(&self, rp: &str) -> RpCreated {
-        take_snapshot(&self.ctx, &snapshot_job(rp)).await.unwrap()
+        take_snapshot(
+            &self.ctx,
+            &snapshot_job(rp),
+            &JobContext::detached(Stage::Snapshot),
+        )
+        .await
+        .unwrap()
     }
 
     async fn disk_bytes(&self, disk: &str) -> Vec<u8> {
@@ -330,7 +336,7 @@ async fn snapshot_and_restore_into_another_namespace() {
     let stage = SnapshotStage::new(f.ctx.clone());
     let envelope = Envelope::new("job-1", Message::Snapshot(snapshot_job("rp-1")));
     let outcome = stage
-        .handle(JobContext::detached(Stage::Snapshot), envelope.clone())
+        .handle_envelope(JobContext::detached(Stage::Snapshot), envelope.clone())
         .await
         .unwrap();
     let [Message::RpCreated(created)] = outcome.messages() else {
@@ -349,7 +355,7 @@ async fn snapshot_and_restore_into_another_namespace() {
         .collect();
     assert_eq!(hooks_ran, ["shop/db-0 fsfreeze-f", "shop/db-0 fsfreeze-u"]);
     let again = stage
-        .handle(JobContext::detached(Stage::Snapshot), envelope)
+        .handle_envelope(JobContext::detached(Stage::Snapshot), envelope)
         .await
         .unwrap();
     assert_eq!(again.messages(), outcome.messages());
@@ -377,7 +383,7 @@ async fn snapshot_and_restore_into_another_namespace() {
     };
     let envelope = Envelope::new("restore-1", Message::Restore(job));
     let outcome = restore_stage
-        .handle(JobContext::detached(Stage::Restore), envelope.clone())
+        .handle_envelope(JobContext::detached(Stage::Restore), envelope.clone())
         .await
         .unwrap();
     let [Message::RestoreCompleted(done)] = outcome.messages() else {
@@ -438,7 +444,7 @@ async fn snapshot_and_restore_into_another_namespace() {
     // Redelivered after completion: the same event, nothing redone.
     let rv = f.source.sandbox().resource_version();
     let again = restore_stage
-        .handle(JobContext::detached(Stage::Restore), envelope)
+        .handle_envelope(JobContext::detached(Stage::Restore), envelope)
         .await
         .unwrap();
     assert_eq!(again.messages(), outcome.messages());
@@ -643,9 +649,13 @@ async fn a_failing_hook_fails_the_backup_or_warns() {
         ],
     )
     .await;
-    let error = take_snapshot(&f.ctx, &snapshot_job("rp-fail"))
-        .await
-        .unwrap_err();
+    let error = take_snapshot(
+        &f.ctx,
+        &snapshot_job("rp-fail"),
+        &JobContext::detached(Stage::Snapshot),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(error.kind(), stowage_runtime::ErrorKind::Permanent);
     let text = error.to_string();
     assert!(
@@ -709,9 +719,13 @@ async fn a_hook_that_times_out_fails_the_backup() {
     f.define_instance(namespaces(&["shop"]), vec![slow.clone()])
         .await;
     let started = std::time::Instant::now();
-    let error = take_snapshot(&f.ctx, &snapshot_job("rp-slow"))
-        .await
-        .unwrap_err();
+    let error = take_snapshot(
+        &f.ctx,
+        &snapshot_job("rp-slow"),
+        &JobContext::detached(Stage::Snapshot),
+    )
+    .await
+    .unwrap_err();
     assert!(
         started.elapsed() < std::time::Duration::from_millis(2900),
         "the timeout cut the wait"
@@ -936,7 +950,7 @@ async fn a_dry_run_changes_nothing() {
         options,
     };
     let outcome = stage
-        .handle(
+        .handle_envelope(
             JobContext::detached(Stage::Restore),
             Envelope::new("dry", Message::Restore(job.clone())),
         )
@@ -1075,7 +1089,7 @@ async fn restore_from_the_vault_tier_through_hydration() {
 
     let transfer = VaultTransfer::new(vault_ctx.clone());
     transfer
-        .handle(
+        .handle_envelope(
             JobContext::detached(Stage::VaultTransfer),
             Envelope::new(
                 "vt",
@@ -1089,7 +1103,7 @@ async fn restore_from_the_vault_tier_through_hydration() {
         .unwrap();
     let hydration = RestoreHydration::new(vault_ctx);
     let outcome = hydration
-        .handle(
+        .handle_envelope(
             JobContext::detached(Stage::RestoreHydration),
             Envelope::new(
                 "hy",
@@ -1115,7 +1129,7 @@ async fn restore_from_the_vault_tier_through_hydration() {
 
     let stage = RestoreStage::new(f.ctx.clone());
     let outcome = stage
-        .handle(
+        .handle_envelope(
             JobContext::detached(Stage::Restore),
             Envelope::new("rs", Message::RestoreHydrated(hydrated.clone())),
         )

@@ -162,7 +162,13 @@ impl Fixture {
             staging_location: None,
             options: RestoreOptions::default(),
         };
-        restore_hydration::hydrate(&self.ctx, &job).await.unwrap();
+        restore_hydration::hydrate(
+            &self.ctx,
+            &job,
+            &JobContext::detached(Stage::RestoreHydration),
+        )
+        .await
+        .unwrap();
         let disk = DiskId(restore_hydration::staging_disk_name(restore_id, DISK));
         let hash = self.disk_hash(&disk).await;
         self.disks.delete_disk(&disk).await.unwrap();
@@ -486,7 +492,7 @@ async fn the_handler_expires_by_policy_and_emits_nothing() {
     );
     for _ in 0..2 {
         let outcome = stage
-            .handle(JobContext::detached(Stage::Retention), envelope.clone())
+            .handle_envelope(JobContext::detached(Stage::Retention), envelope.clone())
             .await
             .unwrap();
         assert!(outcome.messages().is_empty());
