@@ -30,7 +30,7 @@ pub mod topology;
 pub mod worker;
 
 pub use broker::in_process::InProcessBroker;
-pub use broker::rabbit::RabbitBroker;
+pub use broker::rabbit::{AmqpUrl, RabbitBroker};
 pub use broker::{Broker, BrokerError};
 pub use handler::{
     CancellationToken, ErrorKind, JobContext, Outcome, ProgressSink, StageError, StageHandler,
