@@ -74,12 +74,6 @@ impl JobOutcome {
     }
 }
 
-impl EncodeLabelValue for JobOutcome {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        encoder.write_str(self.as_str())
-    }
-}
-
 /// Which bytes a stage moved, for `stowage_bytes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum BytesKind {
@@ -101,11 +95,18 @@ impl BytesKind {
     }
 }
 
-impl EncodeLabelValue for BytesKind {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        encoder.write_str(self.as_str())
-    }
+/// Label values are the enums' own words (`as_str`).
+macro_rules! label_value_as_str {
+    ($($label:ty),*) => {$(
+        impl EncodeLabelValue for $label {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+                encoder.write_str(self.as_str())
+            }
+        }
+    )*};
 }
+
+label_value_as_str!(JobOutcome, BytesKind);
 
 /// Upper bounds of the duration buckets, in seconds: jobs take from milliseconds (no-op
 /// redeliveries) to hours (first full transfer of a large volume).

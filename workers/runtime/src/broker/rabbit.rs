@@ -360,10 +360,7 @@ impl Broker for RabbitBroker {
                 .queue_declare(queue.into(), options, FieldTable::default())
                 .await
                 .map_err(|e| match self.classify("queue.declare", e) {
-                    BrokerError::NotFound { .. } => BrokerError::NotFound {
-                        what: "queue",
-                        name: queue.to_owned(),
-                    },
+                    BrokerError::NotFound { .. } => BrokerError::no_queue(queue),
                     other => other,
                 })?;
             let _ = channel.close(200, "done".into()).await;
@@ -427,27 +424,28 @@ struct RabbitSettle {
 }
 
 impl RabbitSettle {
-    async fn finish(&self) {
+    /// Report how an ack or reject (`operation`) went, after closing the channel if it is this
+    /// delivery's own.
+    async fn finish(
+        &self,
+        operation: &str,
+        result: Result<(), lapin::Error>,
+    ) -> Result<(), BrokerError> {
         if self.owns_channel {
             let _ = self.channel.close(200, "settled".into()).await;
         }
+        result.map_err(|e| BrokerError::Unavailable {
+            endpoint: "rabbitmq".into(),
+            reason: format!("{operation} failed ({e}); the broker will redeliver the message"),
+        })
     }
 }
 
 impl Settle for RabbitSettle {
     fn ack(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         async move {
-            let result = self
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(drop)
-                .map_err(|e| BrokerError::Unavailable {
-                    endpoint: "rabbitmq".into(),
-                    reason: format!("ack failed ({e}); the broker will redeliver the message"),
-                });
-            self.finish().await;
-            result
+            let result = self.acker.ack(BasicAckOptions::default()).await.map(drop);
+            self.finish("ack", result).await
         }
         .boxed()
     }
@@ -458,13 +456,8 @@ impl Settle for RabbitSettle {
                 .acker
                 .reject(BasicRejectOptions { requeue })
                 .await
-                .map(drop)
-                .map_err(|e| BrokerError::Unavailable {
-                    endpoint: "rabbitmq".into(),
-                    reason: format!("reject failed ({e}); the broker will redeliver the message"),
-                });
-            self.finish().await;
-            result
+                .map(drop);
+            self.finish("reject", result).await
         }
         .boxed()
     }
