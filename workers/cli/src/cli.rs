@@ -105,7 +105,7 @@ pub struct BrokerArgs {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true
     )]
-    pub amqp_url: String,
+    pub amqp_url: stowage_runtime::AmqpUrl,
     /// Name prefix of every exchange and queue (change it to run several fleets on one broker).
     #[arg(long, global = true, env = "STOWAGE_TOPOLOGY_PREFIX", default_value = stowage_runtime::topology::DEFAULT_PREFIX)]
     pub prefix: String,
@@ -379,7 +379,7 @@ pub enum TopologyAction {
 pub struct DemoArgs {
     /// Use this RabbitMQ instead of the in-process broker.
     #[arg(long, env = "STOWAGE_DEMO_AMQP_URL")]
-    pub amqp_url: Option<String>,
+    pub amqp_url: Option<stowage_runtime::AmqpUrl>,
     /// Keep the vault in this blob storage instead of local folders (e.g. azurite://demo; the
     /// secondary goes to the same name with -secondary).
     #[arg(long, env = "STOWAGE_DEMO_BLOB_URL")]

@@ -1,7 +1,7 @@
 //! What operators and producers do with the fleet from outside a worker: submit jobs, and
 //! inspect and replay dead letters.
 
-use stowage_schemas::{ContentType, Envelope, Stage, decode, encode_as};
+use stowage_schemas::{ContentType, Envelope, Stage, encode_as};
 
 use crate::broker::{Broker, BrokerError, Delivery, HeaderValue, Outgoing};
 use crate::envelope;
@@ -54,7 +54,7 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     fn from_delivery(d: &Delivery) -> Self {
-        let envelope = decoded(d).ok();
+        let envelope = envelope::decode_delivery(d).ok();
         // Messages the broker dead-lettered itself (delivery limit) carry x-death, not ours.
         let reason = d
             .header_str(DEAD_LETTER_REASON)
@@ -87,16 +87,6 @@ impl DeadLetter {
             body_bytes: d.body.len(),
         }
     }
-}
-
-fn decoded(d: &Delivery) -> Result<Envelope, String> {
-    let ct = match d.properties.content_type.as_deref() {
-        None => ContentType::MessagePack,
-        Some(ct) => ct
-            .parse()
-            .map_err(|_| format!("unsupported content type {ct}"))?,
-    };
-    decode(&d.body, ct).map_err(|e| e.to_string())
 }
 
 /// Up to `limit` dead letters of `stage`, oldest first, left in place.
@@ -152,7 +142,7 @@ pub async fn replay_dead_letters(
             kept.push(d);
             continue;
         }
-        let (mut properties, body) = match decoded(&d) {
+        let (mut properties, body) = match envelope::decode_delivery(&d) {
             Ok(mut env) => {
                 env.attempt = 0;
                 (

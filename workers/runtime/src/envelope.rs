@@ -2,9 +2,9 @@
 //! AMQP properties beside the body (so operators and other tools can route, trace and filter
 //! without decoding MessagePack).
 
-use stowage_schemas::{ContentType, Envelope, MessageId, Route, encode_as};
+use stowage_schemas::{ContentType, Envelope, MessageId, Route, decode, encode_as};
 
-use crate::broker::{Headers, Outgoing, Properties};
+use crate::broker::{Delivery, Headers, Outgoing, Properties};
 use crate::topology::Names;
 
 /// Header carrying the job id.
@@ -54,6 +54,20 @@ pub fn properties(envelope: &Envelope, content_type: ContentType) -> Properties 
         headers,
         expiration: None,
     }
+}
+
+/// The envelope a delivery carries, decoded as its content type says (MessagePack when it says
+/// nothing), or why it cannot be.
+pub fn decode_delivery(delivery: &Delivery) -> Result<Envelope, String> {
+    let content_type = match delivery.properties.content_type.as_deref() {
+        None => ContentType::MessagePack,
+        Some(ct) => ct.parse::<ContentType>().map_err(|_| {
+            format!(
+                "unsupported content type {ct:?}: send application/msgpack (MessagePack) or application/json"
+            )
+        })?,
+    };
+    decode(&delivery.body, content_type).map_err(|e| e.to_string())
 }
 
 /// The broker message that publishes `envelope` to where its kind routes it.

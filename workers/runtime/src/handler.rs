@@ -10,7 +10,6 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
@@ -19,6 +18,10 @@ use stowage_schemas::{Envelope, Message, Stage};
 
 use crate::input::{self, StageInput};
 use crate::shutdown::Shutdown;
+
+/// Asks a running job to stop at its next safe point; clones share the request. tokio-util's
+/// token, re-exported so stages need no dependency of their own.
+pub use tokio_util::sync::CancellationToken;
 
 /// A stage's work, plugged into the runtime: one async function from the stage's typed input
 /// to its outcome. The runtime decodes the envelope, refuses (dead-letters, naming what the
@@ -194,29 +197,6 @@ impl JobContext {
     /// waits for them until the shutdown deadline.
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_triggered()
-    }
-}
-
-/// A flag that asks a running job to stop at its next safe point. Clones share the flag.
-#[derive(Debug, Clone, Default)]
-pub struct CancellationToken {
-    flag: Arc<AtomicBool>,
-}
-
-impl CancellationToken {
-    /// A token not cancelled yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Ask every holder to stop.
-    pub fn cancel(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-    }
-
-    /// True once [`CancellationToken::cancel`] was called on any clone.
-    pub fn is_cancelled(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
     }
 }
 

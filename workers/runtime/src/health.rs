@@ -63,7 +63,7 @@ async fn prometheus() -> ([(axum::http::header::HeaderName, &'static str); 1], S
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::CONTENT_TYPE,
         )],
         crate::metrics::metrics().render(),
     )

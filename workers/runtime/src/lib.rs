@@ -10,9 +10,10 @@
 //!   [`StageError`] that says whether a retry can help.
 //! - [`worker`]: the consume loop — prefetch, concurrency, ack after durable effects and
 //!   confirmed publishes, retries through delay queues, dead-letters, reconnects, draining.
-//! - [`metrics`]: the Prometheus registry served at `/metrics`.
+//! - [`metrics`]: the Prometheus registry (`prometheus-client`) served at `/metrics`.
 //! - [`telemetry`]: logs (JSON in a pod, text in a terminal) and OTLP traces linked across stages.
-//! - [`retry`]: backoff with jitter. [`shutdown`]: SIGTERM/Ctrl-C. [`health`]: `/livez`, `/readyz`.
+//! - [`retry`]: the delay-queue schedule for failed jobs. [`shutdown`]: SIGTERM/Ctrl-C.
+//!   [`health`]: `/livez`, `/readyz`.
 //! - [`envelope`]: envelopes to broker messages and back. [`client`]: submit jobs, inspect and
 //!   replay dead letters.
 
@@ -30,7 +31,7 @@ pub mod topology;
 pub mod worker;
 
 pub use broker::in_process::InProcessBroker;
-pub use broker::rabbit::RabbitBroker;
+pub use broker::rabbit::{AmqpUrl, RabbitBroker};
 pub use broker::{Broker, BrokerError};
 pub use handler::{
     CancellationToken, ErrorKind, JobContext, Outcome, ProgressSink, StageError, StageHandler,

@@ -5,9 +5,10 @@
 //! (jobs by outcome, durations, retries, dead-letters, work in flight, queue depth and wait), and
 //! stages add what only they know (bytes read, written and deduplicated; geo replication lag).
 //!
-//! The exposition is written by hand: the format is a few lines of text, the set of series is
-//! fixed and small (labels are stages and fixed words, never ids), and a metrics crate would add
-//! a dependency tree for what a `BTreeMap` behind a mutex does here.
+//! The series live in `prometheus-client` metrics and are encoded by its Prometheus text encoder
+//! (format 0.0.4). One collector announces every family on every scrape, in the order below,
+//! with its `# HELP` and `# TYPE` even before it has a series, so a dashboard or alert sees
+//! the whole set from a worker's first scrape. Labels are stages and fixed words, never ids.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -31,10 +32,23 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use stowage_schemas::Stage;
+
+/// The `Content-Type` of what [`Metrics::render`] returns (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// How a job's delivery ended, for `stowage_jobs_total` and the duration histogram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -81,78 +95,226 @@ impl BytesKind {
     }
 }
 
+/// Label values are the enums' own words (`as_str`).
+macro_rules! label_value_as_str {
+    ($($label:ty),*) => {$(
+        impl EncodeLabelValue for $label {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+                encoder.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+label_value_as_str!(JobOutcome, BytesKind);
+
 /// Upper bounds of the duration buckets, in seconds: jobs take from milliseconds (no-op
 /// redeliveries) to hours (first full transfer of a large volume).
 const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
 ];
 
-#[derive(Debug, Clone, Default)]
-struct Histogram {
-    /// Count per bucket (not cumulative), one more for +Inf.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+fn histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS.iter().copied())
 }
 
-impl Histogram {
-    fn observe(&mut self, value: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; DURATION_BUCKETS.len() + 1];
-        }
-        let index = DURATION_BUCKETS
-            .iter()
-            .position(|bound| value <= *bound)
-            .unwrap_or(DURATION_BUCKETS.len());
-        self.counts[index] += 1;
-        self.sum += value;
-        self.count += 1;
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += self.counts.get(i).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    stage: &'static str,
+    outcome: JobOutcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    stage: &'static str,
+    kind: BytesKind,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    stage: &'static str,
+    queue: &'static str,
+}
+
+fn stage_labels(stage: Stage) -> StageLabels {
+    StageLabels {
+        stage: stage.as_str(),
     }
 }
 
-#[derive(Debug, Default)]
-struct State {
-    jobs: BTreeMap<(Stage, JobOutcome), u64>,
-    durations: BTreeMap<(Stage, JobOutcome), Histogram>,
-    retries: BTreeMap<Stage, u64>,
-    dead_letters: BTreeMap<Stage, u64>,
-    in_flight: BTreeMap<Stage, i64>,
-    bytes: BTreeMap<(Stage, BytesKind), u64>,
-    queue_depth: BTreeMap<Stage, (u64, u64)>,
-    /// Unix seconds at which the last delivered message of a stage was published.
-    last_delivery_published: BTreeMap<Stage, f64>,
-    queue_wait: BTreeMap<Stage, Histogram>,
+/// What the broker last said about a stage's queues, and when the last delivery taken from it
+/// was published: the queue gauges are derived from it at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+struct QueueState {
+    /// Messages in the work queue and in the dead-letter queue, once the broker was asked.
+    depth: Option<(u64, u64)>,
+    /// Unix seconds at which the last delivered message of the stage was published.
+    last_delivery_published: Option<f64>,
+}
+
+/// Every series of the process, and the collector that encodes them.
+#[derive(Debug)]
+struct Series {
+    jobs: Family<JobLabels, Counter>,
+    durations: Family<JobLabels, Histogram>,
+    retries: Family<StageLabels, Counter>,
+    dead_letters: Family<StageLabels, Counter>,
+    in_flight: Family<StageLabels, Gauge>,
+    bytes: Family<BytesLabels, Counter>,
+    queue_wait: Family<StageLabels, Histogram>,
     replication_lag: Histogram,
+    queues: Mutex<BTreeMap<Stage, QueueState>>,
+}
+
+impl Default for Series {
+    fn default() -> Self {
+        Self {
+            jobs: Family::default(),
+            durations: Family::new_with_constructor(histogram),
+            retries: Family::default(),
+            dead_letters: Family::default(),
+            in_flight: Family::default(),
+            bytes: Family::default(),
+            queue_wait: Family::new_with_constructor(histogram),
+            replication_lag: histogram(),
+            queues: Mutex::default(),
+        }
+    }
+}
+
+/// Encode one family under its name and help (counter names without `_total`: the encoder adds
+/// it).
+fn family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: &impl EncodeMetric,
+) -> std::fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Series {
+    fn queues(&self) -> MutexGuard<'_, BTreeMap<Stage, QueueState>> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Collector for Series {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let e = &mut encoder;
+        family(
+            e,
+            "stowage_jobs",
+            "Deliveries handled, by stage and how they ended.",
+            &self.jobs,
+        )?;
+        family(
+            e,
+            "stowage_job_duration_seconds",
+            "Time a handler ran, including publishing its events.",
+            &self.durations,
+        )?;
+        family(
+            e,
+            "stowage_retries",
+            "Transient failures sent back through a delay queue.",
+            &self.retries,
+        )?;
+        family(
+            e,
+            "stowage_dead_letters",
+            "Messages given up on and moved to the stage's dead-letter queue.",
+            &self.dead_letters,
+        )?;
+        family(
+            e,
+            "stowage_jobs_in_flight",
+            "Handlers running now.",
+            &self.in_flight,
+        )?;
+        family(
+            e,
+            "stowage_bytes",
+            "Bytes read, written, and not written because the destination already held them.",
+            &self.bytes,
+        )?;
+
+        let queues = self.queues().clone();
+        let now = now_unix();
+        let mut depth = e.encode_descriptor(
+            "stowage_queue_depth",
+            "Messages waiting in the stage's queue (work) and dead-letter queue (dead_letter).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (stage, q) in &queues {
+            let Some((work, dead)) = q.depth else {
+                continue;
+            };
+            for (queue, n) in [("work", work), ("dead_letter", dead)] {
+                let labels = QueueLabels {
+                    stage: stage.as_str(),
+                    queue,
+                };
+                ConstGauge::new(saturating_i64(n)).encode(depth.encode_family(&labels)?)?;
+            }
+        }
+        let mut age = e.encode_descriptor(
+            "stowage_queue_oldest_message_age_seconds",
+            "Upper bound on the age of the message at the head of the stage's queue; 0 when empty.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (stage, q) in &queues {
+            let oldest = match (q.depth, q.last_delivery_published) {
+                (None, _) => continue,
+                (Some((0, _)), _) => 0.0,
+                (Some(_), Some(published)) => (now - published).max(0.0),
+                // Messages wait and none was ever taken: no bound is known yet.
+                (Some(_), None) => continue,
+            };
+            // Milliseconds are precision enough for an age.
+            let oldest = (oldest * 1000.0).round() / 1000.0;
+            ConstGauge::new(oldest).encode(age.encode_family(&stage_labels(*stage))?)?;
+        }
+        family(
+            e,
+            "stowage_queue_wait_seconds",
+            "Time from publish (or the end of a retry delay) to delivery.",
+            &self.queue_wait,
+        )?;
+        family(
+            e,
+            "stowage_geo_replication_lag_seconds",
+            "Time from rp.vaulted to rp.replicated.",
+            &self.replication_lag,
+        )
+    }
 }
 
 /// The metrics of one process. Cheap to update from any task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    state: Mutex<State>,
+    series: Arc<Series>,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let series = Arc::new(Series::default());
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(series.clone()));
+        Self { series, registry }
+    }
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -167,198 +329,103 @@ fn now_unix() -> f64 {
 }
 
 impl Metrics {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// A job of `stage` ended with `outcome` after `elapsed`.
     pub fn job_finished(&self, stage: Stage, outcome: JobOutcome, elapsed: Duration) {
-        let mut s = self.lock();
-        *s.jobs.entry((stage, outcome)).or_default() += 1;
+        let s = &self.series;
+        let labels = JobLabels {
+            stage: stage.as_str(),
+            outcome,
+        };
+        s.jobs.get_or_create(&labels).inc();
         s.durations
-            .entry((stage, outcome))
-            .or_default()
+            .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
-        match outcome {
-            JobOutcome::Retried => *s.retries.entry(stage).or_default() += 1,
-            JobOutcome::DeadLettered => *s.dead_letters.entry(stage).or_default() += 1,
-            JobOutcome::Succeeded | JobOutcome::Cancelled => {}
+        let also = match outcome {
+            JobOutcome::Retried => Some(&s.retries),
+            JobOutcome::DeadLettered => Some(&s.dead_letters),
+            JobOutcome::Succeeded | JobOutcome::Cancelled => None,
+        };
+        if let Some(counter) = also {
+            counter.get_or_create(&stage_labels(stage)).inc();
         }
     }
 
     /// A handler of `stage` started (`+1`) or ended (`-1`).
     pub fn in_flight(&self, stage: Stage, delta: i64) {
-        *self.lock().in_flight.entry(stage).or_default() += delta;
+        self.series
+            .in_flight
+            .get_or_create(&stage_labels(stage))
+            .inc_by(delta);
     }
 
     /// `stage` moved `bytes` bytes of `kind`.
     pub fn add_bytes(&self, stage: Stage, kind: BytesKind, bytes: u64) {
         if bytes > 0 {
-            *self.lock().bytes.entry((stage, kind)).or_default() += bytes;
+            self.series
+                .bytes
+                .get_or_create(&BytesLabels {
+                    stage: stage.as_str(),
+                    kind,
+                })
+                .inc_by(bytes);
         }
     }
 
     /// A delivery of `stage` published at `published_unix` (seconds) was taken now.
     pub fn delivered(&self, stage: Stage, published_unix: f64) {
         let wait = (now_unix() - published_unix).max(0.0);
-        let mut s = self.lock();
-        s.queue_wait.entry(stage).or_default().observe(wait);
-        s.last_delivery_published.insert(stage, published_unix);
+        self.series
+            .queue_wait
+            .get_or_create(&stage_labels(stage))
+            .observe(wait);
+        self.series
+            .queues()
+            .entry(stage)
+            .or_default()
+            .last_delivery_published = Some(published_unix);
     }
 
     /// The broker reported `work` messages waiting in `stage`'s queue and `dead` in its
     /// dead-letter queue.
     pub fn queue_depth(&self, stage: Stage, work: u64, dead: u64) {
-        self.lock().queue_depth.insert(stage, (work, dead));
+        self.series.queues().entry(stage).or_default().depth = Some((work, dead));
     }
 
     /// A recovery point reached the secondary region `lag` after it reached the vault tier.
     pub fn replication_lag(&self, lag: Duration) {
-        self.lock().replication_lag.observe(lag.as_secs_f64());
+        self.series.replication_lag.observe(lag.as_secs_f64());
     }
 
     /// The number of jobs of `stage` that ended with `outcome` so far (for tests and reports).
     pub fn jobs(&self, stage: Stage, outcome: JobOutcome) -> u64 {
-        self.lock()
+        self.series
             .jobs
-            .get(&(stage, outcome))
-            .copied()
-            .unwrap_or(0)
+            .get(&JobLabels {
+                stage: stage.as_str(),
+                outcome,
+            })
+            .map_or(0, |c| c.get())
     }
 
     /// Bytes of `kind` moved by `stage` so far.
     pub fn bytes(&self, stage: Stage, kind: BytesKind) -> u64 {
-        self.lock().bytes.get(&(stage, kind)).copied().unwrap_or(0)
+        self.series
+            .bytes
+            .get(&BytesLabels {
+                stage: stage.as_str(),
+                kind,
+            })
+            .map_or(0, |c| c.get())
     }
 
-    /// The Prometheus text exposition (format 0.0.4) of every metric.
+    /// The Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]) of every metric.
     pub fn render(&self) -> String {
-        let s = self.lock();
-        let now = now_unix();
         let mut out = String::with_capacity(4096);
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-        };
-
-        family(
-            &mut out,
-            "stowage_jobs_total",
-            "counter",
-            "Deliveries handled, by stage and how they ended.",
-        );
-        for ((stage, outcome), n) in &s.jobs {
-            let _ = writeln!(
-                out,
-                "stowage_jobs_total{{stage=\"{stage}\",outcome=\"{}\"}} {n}",
-                outcome.as_str()
-            );
+        if let Err(err) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::warn!(%err, "cannot encode the metrics");
         }
-        family(
-            &mut out,
-            "stowage_job_duration_seconds",
-            "histogram",
-            "Time a handler ran, including publishing its events.",
-        );
-        for ((stage, outcome), h) in &s.durations {
-            let labels = format!("stage=\"{stage}\",outcome=\"{}\"", outcome.as_str());
-            h.render(&mut out, "stowage_job_duration_seconds", &labels);
-        }
-        family(
-            &mut out,
-            "stowage_retries_total",
-            "counter",
-            "Transient failures sent back through a delay queue.",
-        );
-        for (stage, n) in &s.retries {
-            let _ = writeln!(out, "stowage_retries_total{{stage=\"{stage}\"}} {n}");
-        }
-        family(
-            &mut out,
-            "stowage_dead_letters_total",
-            "counter",
-            "Messages given up on and moved to the stage's dead-letter queue.",
-        );
-        for (stage, n) in &s.dead_letters {
-            let _ = writeln!(out, "stowage_dead_letters_total{{stage=\"{stage}\"}} {n}");
-        }
-        family(
-            &mut out,
-            "stowage_jobs_in_flight",
-            "gauge",
-            "Handlers running now.",
-        );
-        for (stage, n) in &s.in_flight {
-            let _ = writeln!(out, "stowage_jobs_in_flight{{stage=\"{stage}\"}} {n}");
-        }
-        family(
-            &mut out,
-            "stowage_bytes_total",
-            "counter",
-            "Bytes read, written, and not written because the destination already held them.",
-        );
-        for ((stage, kind), n) in &s.bytes {
-            let _ = writeln!(
-                out,
-                "stowage_bytes_total{{stage=\"{stage}\",kind=\"{}\"}} {n}",
-                kind.as_str()
-            );
-        }
-        family(
-            &mut out,
-            "stowage_queue_depth",
-            "gauge",
-            "Messages waiting in the stage's queue (work) and dead-letter queue (dead_letter).",
-        );
-        for (stage, (work, dead)) in &s.queue_depth {
-            let _ = writeln!(
-                out,
-                "stowage_queue_depth{{stage=\"{stage}\",queue=\"work\"}} {work}"
-            );
-            let _ = writeln!(
-                out,
-                "stowage_queue_depth{{stage=\"{stage}\",queue=\"dead_letter\"}} {dead}"
-            );
-        }
-        family(
-            &mut out,
-            "stowage_queue_oldest_message_age_seconds",
-            "gauge",
-            "Upper bound on the age of the message at the head of the stage's queue; 0 when empty.",
-        );
-        for (stage, (work, _)) in &s.queue_depth {
-            let age = match (work, s.last_delivery_published.get(stage)) {
-                (0, _) => 0.0,
-                (_, Some(published)) => (now - published).max(0.0),
-                // Messages wait and none was ever taken: no bound is known yet.
-                (_, None) => continue,
-            };
-            let _ = writeln!(
-                out,
-                "stowage_queue_oldest_message_age_seconds{{stage=\"{stage}\"}} {age:.3}"
-            );
-        }
-        family(
-            &mut out,
-            "stowage_queue_wait_seconds",
-            "histogram",
-            "Time from publish (or the end of a retry delay) to delivery.",
-        );
-        for (stage, h) in &s.queue_wait {
-            h.render(
-                &mut out,
-                "stowage_queue_wait_seconds",
-                &format!("stage=\"{stage}\""),
-            );
-        }
-        family(
-            &mut out,
-            "stowage_geo_replication_lag_seconds",
-            "histogram",
-            "Time from rp.vaulted to rp.replicated.",
-        );
-        s.replication_lag
-            .render(&mut out, "stowage_geo_replication_lag_seconds", "");
         out
     }
 }
@@ -409,7 +476,7 @@ mod tests {
             )
         );
         assert!(
-            text.contains("stowage_queue_oldest_message_age_seconds{stage=\"snapshot\"} 0.000\n")
+            text.contains("stowage_queue_oldest_message_age_seconds{stage=\"snapshot\"} 0.0\n")
         );
         let age_line = text
             .lines()

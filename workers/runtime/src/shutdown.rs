@@ -2,40 +2,51 @@
 
 use std::future::Future;
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// A cloneable view of "has shutdown been asked for?".
 #[derive(Debug, Clone)]
 pub struct Shutdown {
-    rx: watch::Receiver<bool>,
+    token: CancellationToken,
 }
 
-/// The side that asks for shutdown.
+/// The side that asks for shutdown. Dropping it asks too, so a listener never waits on a
+/// trigger nobody can pull any more.
 #[derive(Debug)]
 pub struct ShutdownTrigger {
-    tx: watch::Sender<bool>,
+    token: CancellationToken,
 }
 
 impl ShutdownTrigger {
     /// Ask every listener to stop.
     pub fn trigger(&self) {
-        self.tx.send_replace(true);
+        self.token.cancel();
+    }
+}
+
+impl Drop for ShutdownTrigger {
+    fn drop(&mut self) {
+        self.token.cancel();
     }
 }
 
 impl Shutdown {
     /// A new trigger and its listener.
     pub fn new() -> (ShutdownTrigger, Shutdown) {
-        let (tx, rx) = watch::channel(false);
-        (ShutdownTrigger { tx }, Shutdown { rx })
+        let token = CancellationToken::new();
+        (
+            ShutdownTrigger {
+                token: token.clone(),
+            },
+            Shutdown { token },
+        )
     }
 
     /// A listener that never fires.
     pub fn never() -> Self {
-        let (tx, rx) = watch::channel(false);
-        // Keep the sender alive forever so `triggered()` stays pending.
-        std::mem::forget(tx);
-        Shutdown { rx }
+        Shutdown {
+            token: CancellationToken::new(),
+        }
     }
 
     /// A listener that fires when `signal` completes.
@@ -50,13 +61,12 @@ impl Shutdown {
 
     /// True once shutdown was asked for.
     pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
+        self.token.is_cancelled()
     }
 
     /// Completes when shutdown is asked for (or its trigger is dropped).
     pub async fn triggered(&self) {
-        let mut rx = self.rx.clone();
-        let _ = rx.wait_for(|stop| *stop).await;
+        self.token.cancelled().await;
     }
 }
 

@@ -12,8 +12,9 @@
 //! vault-transfer and geo-replication jobs its events trigger, form one trace per recovery
 //! point: scheduler → snapshot → vault-transfer → geo-replication.
 //!
-//! Secrets never reach a log line: connection URLs are logged redacted
-//! ([`crate::broker::rabbit`]), and keys are kept in types whose `Debug` does not print them.
+//! Secrets never reach a log line: the broker URL is an [`crate::AmqpUrl`], whose `Debug` and
+//! `Display` leave the credentials out, and keys are kept in types whose `Debug` does not print
+//! them.
 
 use std::collections::HashMap;
 use std::io::IsTerminal as _;

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures::{FutureExt as _, StreamExt as _};
-use stowage_schemas::{ContentType, Envelope, Stage, decode};
+use stowage_schemas::{Envelope, Stage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
@@ -309,17 +309,7 @@ impl StageRunner {
         {
             metrics().delivered(self.stage, published_ms as f64 / 1000.0);
         }
-        let content_type = match delivery.properties.content_type.as_deref() {
-            None => Ok(ContentType::MessagePack),
-            Some(ct) => ct.parse::<ContentType>().map_err(|_| ct.to_owned()),
-        };
-        let envelope = match content_type {
-            Err(ct) => Err(format!(
-                "unsupported content type {ct:?}: send application/msgpack (MessagePack) or application/json"
-            )),
-            Ok(ct) => decode(&delivery.body, ct).map_err(|e| e.to_string()),
-        };
-        let envelope = match envelope {
+        let envelope = match envelope::decode_delivery(&delivery) {
             Ok(e) => e,
             Err(reason) => {
                 tracing::warn!(stage = %self.stage, %reason, message_id = ?delivery.properties.message_id, "undecodable message; dead-lettering");

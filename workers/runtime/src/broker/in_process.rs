@@ -222,10 +222,7 @@ impl InProcessBroker {
         let q = state
             .queues
             .get_mut(queue)
-            .ok_or_else(|| BrokerError::NotFound {
-                what: "queue",
-                name: queue.to_owned(),
-            })?;
+            .ok_or_else(|| BrokerError::no_queue(queue))?;
         if budget.is_some_and(|b| b.load(Ordering::SeqCst) >= prefetch) {
             return Ok(None);
         }
@@ -266,10 +263,7 @@ impl InProcessBroker {
             .queues
             .get(queue)
             .map(|q| q.changed.clone())
-            .ok_or_else(|| BrokerError::NotFound {
-                what: "queue",
-                name: queue.to_owned(),
-            })
+            .ok_or_else(|| BrokerError::no_queue(queue))
     }
 }
 
@@ -422,10 +416,7 @@ impl Broker for InProcessBroker {
             let q = state
                 .queues
                 .get(queue)
-                .ok_or_else(|| BrokerError::NotFound {
-                    what: "queue",
-                    name: queue.to_owned(),
-                })?;
+                .ok_or_else(|| BrokerError::no_queue(queue))?;
             Ok(u32::try_from(q.ready.len()).unwrap_or(u32::MAX))
         }
         .boxed()
@@ -445,17 +436,23 @@ struct InProcessCancel {
     changed: Arc<Notify>,
 }
 
-impl Cancel for InProcessCancel {
-    fn cancel(&mut self) -> BoxFuture<'_, ()> {
+impl InProcessCancel {
+    /// Ends the delivery stream; deliveries handed out stay valid (in memory there is no
+    /// channel to close, so cancelling and closing are the same).
+    fn stop(&self) -> BoxFuture<'static, ()> {
         self.cancelled.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
         futures::future::ready(()).boxed()
     }
+}
+
+impl Cancel for InProcessCancel {
+    fn cancel(&mut self) -> BoxFuture<'_, ()> {
+        self.stop()
+    }
 
     fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
-        self.cancelled.store(true, Ordering::SeqCst);
-        self.changed.notify_waiters();
-        futures::future::ready(()).boxed()
+        self.stop()
     }
 }
 
@@ -477,9 +474,14 @@ impl InProcessSettle {
             });
         };
         how(&self.broker, &self.queue, stored);
+        self.free_prefetch_slot();
+        Ok(())
+    }
+
+    /// The delivery no longer counts against its consumer's prefetch: wake the consumer.
+    fn free_prefetch_slot(&self) {
         self.budget.fetch_sub(1, Ordering::SeqCst);
         self.changed.notify_waiters();
-        Ok(())
     }
 }
 
@@ -510,8 +512,7 @@ impl Drop for InProcessSettle {
             .take();
         if let Some(stored) = stored {
             self.broker.return_to_queue(&self.queue, stored);
-            self.budget.fetch_sub(1, Ordering::SeqCst);
-            self.changed.notify_waiters();
+            self.free_prefetch_slot();
         }
     }
 }

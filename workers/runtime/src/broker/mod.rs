@@ -239,6 +239,14 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
+    /// Queue `name` does not exist.
+    pub(crate) fn no_queue(name: &str) -> Self {
+        BrokerError::NotFound {
+            what: "queue",
+            name: name.to_owned(),
+        }
+    }
+
     /// Whether retrying the same operation later can succeed.
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -7,6 +7,9 @@
 //! belong to the channel that delivered, and closing that channel is what hands unsettled
 //! deliveries back to the queue.
 
+use std::convert::Infallible;
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,6 +24,7 @@ use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
+use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::Mutex;
 
 use super::{
@@ -29,10 +33,70 @@ use super::{
 };
 use crate::topology::{self, Topology};
 
+/// The URL of a RabbitMQ broker, whose credentials are a secret: `Debug` and `Display` show
+/// it without them, and only [`AmqpUrl::expose_secret`] hands out the whole URL (to connect).
+#[derive(Clone)]
+pub struct AmqpUrl {
+    url: SecretString,
+    redacted: String,
+}
+
+impl AmqpUrl {
+    /// Wrap `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        let url: String = url.into();
+        Self {
+            redacted: redact(&url),
+            url: url.into(),
+        }
+    }
+
+    /// The URL without its credentials, for logs and messages.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    /// The whole URL, password included: only to connect with.
+    pub fn expose_secret(&self) -> &str {
+        self.url.expose_secret()
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("AmqpUrl").field(&self.redacted).finish()
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl From<String> for AmqpUrl {
+    fn from(url: String) -> Self {
+        Self::new(url)
+    }
+}
+
+impl From<&str> for AmqpUrl {
+    fn from(url: &str) -> Self {
+        Self::new(url)
+    }
+}
+
+impl FromStr for AmqpUrl {
+    type Err = Infallible;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(url))
+    }
+}
+
 /// A RabbitMQ broker at an `amqp://` or `amqps://` URL.
 pub struct RabbitBroker {
-    url: String,
-    endpoint: String,
+    url: AmqpUrl,
     live: Mutex<Option<Arc<Live>>>,
     connected: Arc<AtomicBool>,
 }
@@ -44,11 +108,9 @@ struct Live {
 
 impl RabbitBroker {
     /// A broker at `url`. Nothing connects until the first operation.
-    pub fn new(url: impl Into<String>) -> Self {
-        let url = url.into();
+    pub fn new(url: impl Into<AmqpUrl>) -> Self {
         Self {
-            endpoint: redact(&url),
-            url,
+            url: url.into(),
             live: Mutex::new(None),
             connected: Arc::new(AtomicBool::new(false)),
         }
@@ -57,7 +119,7 @@ impl RabbitBroker {
     fn unavailable(&self, err: impl std::fmt::Display) -> BrokerError {
         self.connected.store(false, Ordering::SeqCst);
         BrokerError::Unavailable {
-            endpoint: self.endpoint.clone(),
+            endpoint: self.endpoint(),
             reason: err.to_string(),
         }
     }
@@ -76,7 +138,7 @@ impl RabbitBroker {
             let _ = old.connection.close(200, "reconnecting".into()).await;
         }
         let props = ConnectionProperties::default().with_connection_name("stowage".into());
-        let connection = Connection::connect(&self.url, props)
+        let connection = Connection::connect(self.url.expose_secret(), props)
             .await
             .map_err(|e| self.unavailable(e))?;
         let publisher = connection
@@ -87,7 +149,7 @@ impl RabbitBroker {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| self.unavailable(e))?;
-        tracing::info!(endpoint = %self.endpoint, "connected to RabbitMQ");
+        tracing::info!(endpoint = %self.url, "connected to RabbitMQ");
         let fresh = Arc::new(Live {
             connection,
             publisher,
@@ -247,7 +309,7 @@ impl Broker for RabbitBroker {
                 .await
                 .map_err(|e| self.classify("basic.consume", e))?;
             let tag = consumer.tag();
-            let endpoint = self.endpoint.clone();
+            let endpoint = self.endpoint();
             let connected = self.connected.clone();
             let delivery_channel = channel.clone();
             let deliveries = consumer
@@ -298,10 +360,7 @@ impl Broker for RabbitBroker {
                 .queue_declare(queue.into(), options, FieldTable::default())
                 .await
                 .map_err(|e| match self.classify("queue.declare", e) {
-                    BrokerError::NotFound { .. } => BrokerError::NotFound {
-                        what: "queue",
-                        name: queue.to_owned(),
-                    },
+                    BrokerError::NotFound { .. } => BrokerError::no_queue(queue),
                     other => other,
                 })?;
             let _ = channel.close(200, "done".into()).await;
@@ -315,7 +374,7 @@ impl Broker for RabbitBroker {
     }
 
     fn endpoint(&self) -> String {
-        self.endpoint.clone()
+        self.url.redacted().to_owned()
     }
 }
 
@@ -365,27 +424,28 @@ struct RabbitSettle {
 }
 
 impl RabbitSettle {
-    async fn finish(&self) {
+    /// Report how an ack or reject (`operation`) went, after closing the channel if it is this
+    /// delivery's own.
+    async fn finish(
+        &self,
+        operation: &str,
+        result: Result<(), lapin::Error>,
+    ) -> Result<(), BrokerError> {
         if self.owns_channel {
             let _ = self.channel.close(200, "settled".into()).await;
         }
+        result.map_err(|e| BrokerError::Unavailable {
+            endpoint: "rabbitmq".into(),
+            reason: format!("{operation} failed ({e}); the broker will redeliver the message"),
+        })
     }
 }
 
 impl Settle for RabbitSettle {
     fn ack(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
         async move {
-            let result = self
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(drop)
-                .map_err(|e| BrokerError::Unavailable {
-                    endpoint: "rabbitmq".into(),
-                    reason: format!("ack failed ({e}); the broker will redeliver the message"),
-                });
-            self.finish().await;
-            result
+            let result = self.acker.ack(BasicAckOptions::default()).await.map(drop);
+            self.finish("ack", result).await
         }
         .boxed()
     }
@@ -396,13 +456,8 @@ impl Settle for RabbitSettle {
                 .acker
                 .reject(BasicRejectOptions { requeue })
                 .await
-                .map(drop)
-                .map_err(|e| BrokerError::Unavailable {
-                    endpoint: "rabbitmq".into(),
-                    reason: format!("reject failed ({e}); the broker will redeliver the message"),
-                });
-            self.finish().await;
-            result
+                .map(drop);
+            self.finish("reject", result).await
         }
         .boxed()
     }
@@ -531,6 +586,21 @@ mod tests {
             "amqp://127.0.0.1:5672/%2f"
         );
         assert_eq!(redact("amqp://127.0.0.1:5672"), "amqp://127.0.0.1:5672");
+    }
+
+    #[test]
+    fn an_amqp_url_never_prints_its_password() {
+        let url = AmqpUrl::from("amqp://guest:secret@127.0.0.1:5672/%2f");
+        for shown in [format!("{url}"), format!("{url:?}"), format!("{url:#?}")] {
+            assert!(!shown.contains("secret"), "{shown}");
+            assert!(shown.contains("127.0.0.1:5672"), "{shown}");
+        }
+        assert_eq!(
+            url.expose_secret(),
+            "amqp://guest:secret@127.0.0.1:5672/%2f"
+        );
+        let broker = RabbitBroker::new(url);
+        assert_eq!(broker.endpoint(), "amqp://127.0.0.1:5672/%2f");
     }
 
     #[test]
