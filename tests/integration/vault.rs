@@ -319,9 +319,9 @@ async fn the_stages_chain_through_events_on_rabbitmq() {
     let topology = config.topology();
     let stage = StageConfig::default();
     let worker = Worker::new(bus.broker.clone(), config)
-        .stage(VaultTransfer::new(f.ctx.clone()), stage)
-        .stage(GeoReplication::new(f.ctx.clone()), stage)
-        .stage(RestoreHydration::new(f.ctx.clone()), stage);
+        .stage(VaultTransfer(f.ctx.clone()), stage)
+        .stage(GeoReplication(f.ctx.clone()), stage)
+        .stage(RestoreHydration(f.ctx.clone()), stage);
     let health = worker.health();
     let (trigger, shutdown) = Shutdown::new();
     let task = tokio::spawn(worker.run(shutdown));

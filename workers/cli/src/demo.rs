@@ -184,31 +184,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let worker = Worker::new(broker.clone(), config.clone())
         .stage(
-            Recorded::new(
-                SnapshotStage::new(cluster_ctx.clone()),
-                primary.clone(),
-                records,
-            ),
+            Recorded::new(SnapshotStage(cluster_ctx.clone()), primary.clone(), records),
             stage,
         )
         .stage(
-            Recorded::new(VaultTransfer::new(vault.clone()), primary.clone(), records),
+            Recorded::new(VaultTransfer(vault.clone()), primary.clone(), records),
             stage,
         )
         .stage(
-            Recorded::new(GeoReplication::new(vault.clone()), primary.clone(), records),
+            Recorded::new(GeoReplication(vault.clone()), primary.clone(), records),
             stage,
         )
         .stage(
-            Recorded::new(
-                RestoreHydration::new(vault.clone()),
-                primary.clone(),
-                records,
-            ),
+            Recorded::new(RestoreHydration(vault.clone()), primary.clone(), records),
             stage,
         )
         .stage(
-            Recorded::new(RestoreStage::new(cluster_ctx), primary.clone(), records),
+            Recorded::new(RestoreStage(cluster_ctx), primary.clone(), records),
             stage,
         );
     let health = worker.health();

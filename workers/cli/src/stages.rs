@@ -68,13 +68,10 @@ pub fn add(
         let (store, records) = (cluster.vault.clone(), services.records);
         return Ok(match stage {
             Stage::Snapshot => worker.stage(
-                Recorded::new(SnapshotStage::new(cluster), store, records),
+                Recorded::new(SnapshotStage(cluster), store, records),
                 config,
             ),
-            _ => worker.stage(
-                Recorded::new(RestoreStage::new(cluster), store, records),
-                config,
-            ),
+            _ => worker.stage(Recorded::new(RestoreStage(cluster), store, records), config),
         });
     }
     let vault = services
@@ -83,16 +80,14 @@ pub fn add(
         .ok_or(StageUnavailable::NeedsVault { stage })?;
     let (store, records) = (vault.primary.clone(), services.records);
     Ok(match stage {
-        Stage::VaultTransfer => worker.stage(
-            Recorded::new(VaultTransfer::new(vault), store, records),
-            config,
-        ),
-        Stage::GeoReplication => worker.stage(
-            Recorded::new(GeoReplication::new(vault), store, records),
-            config,
-        ),
+        Stage::VaultTransfer => {
+            worker.stage(Recorded::new(VaultTransfer(vault), store, records), config)
+        }
+        Stage::GeoReplication => {
+            worker.stage(Recorded::new(GeoReplication(vault), store, records), config)
+        }
         Stage::RestoreHydration => worker.stage(
-            Recorded::new(RestoreHydration::new(vault), store, records),
+            Recorded::new(RestoreHydration(vault), store, records),
             config,
         ),
         Stage::Retention => worker.stage(

@@ -27,18 +27,9 @@ use stowage_vault::store::BlobStore;
 use crate::context::VaultContext;
 use crate::errors::Classify as _;
 
-/// The geo-replication stage.
+/// The geo-replication stage, over the vault it replicates.
 #[derive(Clone)]
-pub struct GeoReplication {
-    ctx: VaultContext,
-}
-
-impl GeoReplication {
-    /// The stage over `ctx`.
-    pub fn new(ctx: VaultContext) -> Self {
-        Self { ctx }
-    }
-}
+pub struct GeoReplication(pub VaultContext);
 
 impl StageHandler for GeoReplication {
     type Input = JobOrEvent<GeoReplicationJob, RpVaulted>;
@@ -52,7 +43,7 @@ impl StageHandler for GeoReplication {
             JobOrEvent::Job(job) => (job.instance, job.recovery_point_id, false),
             JobOrEvent::Event(vaulted) => (vaulted.instance, vaulted.recovery_point_id, true),
         };
-        let Some(secondary) = &self.ctx.secondary else {
+        let Some(secondary) = &self.0.secondary else {
             // A locally redundant vault: nothing to replicate, and no event to emit.
             tracing::info!(
                 instance,
@@ -61,7 +52,7 @@ impl StageHandler for GeoReplication {
             );
             return Ok(Outcome::done());
         };
-        let copied = replicate(&self.ctx.primary, &secondary.store, &instance, &rp_id).await?;
+        let copied = replicate(&self.0.primary, &secondary.store, &instance, &rp_id).await?;
         metrics().add_bytes(Stage::GeoReplication, BytesKind::Written, copied.bytes);
         if triggered && let Some(envelope) = ctx.envelope() {
             // The event was published when the RP reached the vault tier.

@@ -40,18 +40,9 @@ use crate::staging::{self, StagingRecord};
 /// many extents to one chunk.
 const CHUNK_CACHE_ENTRIES: usize = 8;
 
-/// The restore-hydration stage.
+/// The restore-hydration stage, over the vault it reads.
 #[derive(Clone)]
-pub struct RestoreHydration {
-    ctx: VaultContext,
-}
-
-impl RestoreHydration {
-    /// The stage over `ctx`.
-    pub fn new(ctx: VaultContext) -> Self {
-        Self { ctx }
-    }
-}
+pub struct RestoreHydration(pub VaultContext);
 
 impl StageHandler for RestoreHydration {
     type Input = RestoreHydrationJob;
@@ -65,7 +56,7 @@ impl StageHandler for RestoreHydration {
         ctx: JobContext,
         job: RestoreHydrationJob,
     ) -> Result<Outcome, StageError> {
-        let staging = hydrate(&self.ctx, &job, &ctx).await?;
+        let staging = hydrate(&self.0, &job, &ctx).await?;
         Ok(
             Outcome::done().emit(Message::RestoreHydrated(RestoreHydrated {
                 restore_id: job.restore_id,

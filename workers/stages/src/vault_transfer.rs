@@ -42,18 +42,9 @@ use stowage_vault::store::{BlobStore, CreateOutcome};
 use crate::context::VaultContext;
 use crate::errors::Classify as _;
 
-/// The vault-transfer stage.
+/// The vault-transfer stage, over the vault it fills.
 #[derive(Clone)]
-pub struct VaultTransfer {
-    ctx: VaultContext,
-}
-
-impl VaultTransfer {
-    /// The stage over `ctx`.
-    pub fn new(ctx: VaultContext) -> Self {
-        Self { ctx }
-    }
-}
+pub struct VaultTransfer(pub VaultContext);
 
 impl StageHandler for VaultTransfer {
     type Input = JobOrEvent<VaultTransferJob, RpCreated>;
@@ -74,8 +65,8 @@ impl StageHandler for VaultTransfer {
         // and copies whatever it names (retention then keeps that copy only while no rule
         // selects it and it is not the newest in the vault tier).
         if !requested
-            && let Ok(rp) = catalog::read_recovery_point(&self.ctx.primary, &instance, &rp_id).await
-            && crate::retention::vault_eligibility(&self.ctx.primary, &rp).await?
+            && let Ok(rp) = catalog::read_recovery_point(&self.0.primary, &instance, &rp_id).await
+            && crate::retention::vault_eligibility(&self.0.primary, &rp).await?
                 == crate::retention::Eligibility::NotSelected
         {
             tracing::info!(
@@ -85,7 +76,7 @@ impl StageHandler for VaultTransfer {
             );
             return Ok(Outcome::done());
         }
-        let manifest = transfer(&self.ctx, &instance, &rp_id, &ctx).await?;
+        let manifest = transfer(&self.0, &instance, &rp_id, &ctx).await?;
         Ok(Outcome::done().emit(Message::RpVaulted(RpVaulted {
             instance,
             recovery_point_id: rp_id,

@@ -145,23 +145,23 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
     let (s, st) = (settings(), StageConfig::default());
     let worker = Worker::new(bus.broker.clone(), config)
         .stage(
-            Recorded::new(SnapshotStage::new(cluster_ctx.clone()), primary.clone(), s),
+            Recorded::new(SnapshotStage(cluster_ctx.clone()), primary.clone(), s),
             st,
         )
         .stage(
-            Recorded::new(VaultTransfer::new(vault.clone()), primary.clone(), s),
+            Recorded::new(VaultTransfer(vault.clone()), primary.clone(), s),
             st,
         )
         .stage(
-            Recorded::new(GeoReplication::new(vault.clone()), primary.clone(), s),
+            Recorded::new(GeoReplication(vault.clone()), primary.clone(), s),
             st,
         )
         .stage(
-            Recorded::new(RestoreHydration::new(vault.clone()), primary.clone(), s),
+            Recorded::new(RestoreHydration(vault.clone()), primary.clone(), s),
             st,
         )
         .stage(
-            Recorded::new(RestoreStage::new(cluster_ctx), primary.clone(), s),
+            Recorded::new(RestoreStage(cluster_ctx), primary.clone(), s),
             st,
         );
     let health = worker.health();
@@ -548,7 +548,7 @@ async fn cancelled_jobs_stop_and_are_acked_not_retried() {
         ..WorkerConfig::default()
     };
     let worker = Worker::new(bus.broker.clone(), config).stage(
-        Recorded::new(VaultTransfer::new(ctx), store.clone(), settings()),
+        Recorded::new(VaultTransfer(ctx), store.clone(), settings()),
         StageConfig::default(),
     );
     let (trigger, shutdown) = Shutdown::new();

@@ -93,18 +93,9 @@ pub const RESTORE_ID_ANNOTATION: &str = "stowage.io/restore-id";
 /// Annotation on a restored PV: the PV it replaces in the source cluster.
 pub const SOURCE_VOLUME_ANNOTATION: &str = "stowage.io/source-volume";
 
-/// The restore stage.
+/// The restore stage, over the clusters it restores into.
 #[derive(Clone)]
-pub struct RestoreStage {
-    ctx: ClusterContext,
-}
-
-impl RestoreStage {
-    /// The stage over `ctx`.
-    pub fn new(ctx: ClusterContext) -> Self {
-        Self { ctx }
-    }
-}
+pub struct RestoreStage(pub ClusterContext);
 
 impl StageHandler for RestoreStage {
     type Input = JobOrEvent<RestoreJob, RestoreHydrated>;
@@ -212,7 +203,7 @@ impl RestoreStage {
         job: &JobContext,
         request: &RestoreRequest,
     ) -> Result<RestoreCompleted, StageError> {
-        let ctx = &self.ctx;
+        let ctx = &self.0;
         let record = completed_key(&request.restore_id)?;
         if !request.options.dry_run {
             match ctx.vault.get(&record).await {

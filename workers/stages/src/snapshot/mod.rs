@@ -77,18 +77,9 @@ pub const RESOURCE_BATCH_BYTES: usize = 1 << 20;
 /// Batches waiting for the store at most; collection waits when they are all taken.
 pub const RESOURCE_BATCHES_IN_FLIGHT: usize = 4;
 
-/// The snapshot stage.
+/// The snapshot stage, over the clusters it backs up.
 #[derive(Clone)]
-pub struct SnapshotStage {
-    ctx: ClusterContext,
-}
-
-impl SnapshotStage {
-    /// The stage over `ctx`.
-    pub fn new(ctx: ClusterContext) -> Self {
-        Self { ctx }
-    }
-}
+pub struct SnapshotStage(pub ClusterContext);
 
 impl StageHandler for SnapshotStage {
     type Input = SnapshotJob;
@@ -98,7 +89,7 @@ impl StageHandler for SnapshotStage {
     }
 
     async fn handle(&self, ctx: JobContext, job: SnapshotJob) -> Result<Outcome, StageError> {
-        let created = take_snapshot(&self.ctx, &job, &ctx).await?;
+        let created = take_snapshot(&self.0, &job, &ctx).await?;
         Ok(Outcome::done().emit(Message::RpCreated(created)))
     }
 }

@@ -32,7 +32,7 @@ async fn snapshot_and_restore_into_another_namespace() {
     )
     .await;
     // Through the handler, twice: the redelivery re-emits the same event and runs nothing.
-    let stage = SnapshotStage::new(f.ctx.clone());
+    let stage = SnapshotStage(f.ctx.clone());
     let envelope = Envelope::new("job-1", Message::Snapshot(snapshot_job("rp-1")));
     let outcome = stage
         .handle_envelope(JobContext::detached(Stage::Snapshot), envelope.clone())
@@ -71,7 +71,7 @@ async fn snapshot_and_restore_into_another_namespace() {
         .await
         .unwrap();
 
-    let restore_stage = RestoreStage::new(f.ctx.clone());
+    let restore_stage = RestoreStage(f.ctx.clone());
     let job = RestoreJob {
         restore_id: "restore-1".into(),
         instance: INSTANCE.into(),
@@ -458,7 +458,7 @@ async fn a_dry_run_changes_nothing() {
         dry_run: true,
         ..RestoreOptions::default()
     };
-    let stage = RestoreStage::new(f.ctx.clone());
+    let stage = RestoreStage(f.ctx.clone());
     let job = RestoreJob {
         restore_id: "dry".into(),
         instance: INSTANCE.into(),
@@ -605,7 +605,7 @@ async fn restore_from_the_vault_tier_through_hydration() {
         f.disks.clone(),
     );
 
-    let transfer = VaultTransfer::new(vault_ctx.clone());
+    let transfer = VaultTransfer(vault_ctx.clone());
     transfer
         .handle_envelope(
             JobContext::detached(Stage::VaultTransfer),
@@ -619,7 +619,7 @@ async fn restore_from_the_vault_tier_through_hydration() {
         )
         .await
         .unwrap();
-    let hydration = RestoreHydration::new(vault_ctx);
+    let hydration = RestoreHydration(vault_ctx);
     let outcome = hydration
         .handle_envelope(
             JobContext::detached(Stage::RestoreHydration),
@@ -645,7 +645,7 @@ async fn restore_from_the_vault_tier_through_hydration() {
     };
     let staged = hydrated.staging.resources.clone();
 
-    let stage = RestoreStage::new(f.ctx.clone());
+    let stage = RestoreStage(f.ctx.clone());
     let outcome = stage
         .handle_envelope(
             JobContext::detached(Stage::Restore),
