@@ -11,7 +11,8 @@
 //! - [`domain`]: vault, policy, backup instance, recovery point and tier, as stored in a vault;
 //! - [`codec`]: encoding, and decoding that checks version and type first;
 //! - [`json_schema`]: the JSON Schemas published in `schemas/json/`;
-//! - [`samples`]: one canonical envelope per message type, the source of the golden fixtures.
+//! - [`samples`]: one canonical envelope per message type, the source of the golden fixtures;
+//! - [`Retryable`]: whether a failure is worth another try, answered once per error type.
 //!
 //! How the contract may change without breaking running workers is written down in
 //! `schemas/EVOLUTION.md`: unknown fields are ignored, new fields are optional, and anything
@@ -25,12 +26,14 @@ mod job_record;
 pub mod jobs;
 pub mod json_schema;
 mod message;
+mod retry;
 pub mod samples;
 mod stage;
 
 pub use codec::{ContentType, DecodeError, decode, encode, encode_as};
 pub use envelope::{Envelope, MessageId, TraceContext};
 pub use message::{Message, Route};
+pub use retry::Retryable;
 pub use stage::{Stage, UnknownStage};
 
 /// The version of the wire contract this crate speaks. Bumped by every breaking change

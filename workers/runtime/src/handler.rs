@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use stowage_schemas::domain::JobProgress;
-use stowage_schemas::{Envelope, Message, Stage};
+use stowage_schemas::{Envelope, Message, Retryable, Stage};
 
 use crate::shutdown::Shutdown;
 
@@ -268,6 +268,19 @@ impl StageError {
             source = err.source();
         }
         chain
+    }
+}
+
+/// Any error that answers [`Retryable`] becomes a stage failure with `?`: transient when a
+/// retry may help, permanent otherwise. `StageError` itself deliberately does not implement
+/// `std::error::Error`, which is what keeps this blanket conversion coherent.
+impl<E: Retryable> From<E> for StageError {
+    fn from(error: E) -> Self {
+        if error.is_transient() {
+            Self::transient(error)
+        } else {
+            Self::permanent(error)
+        }
     }
 }
 
