@@ -11,7 +11,7 @@ use futures::StreamExt as _;
 use jiff::Timestamp;
 use stowage_schemas::domain::{JobProgress, JobRecord, JobStatus, StageRun};
 use stowage_stages::job_records::format_bytes;
-use stowage_vault::jobs::{JobStoreError, list_jobs, read_job, update_job};
+use stowage_vault::jobs::{list_jobs, read_job, update_job};
 use stowage_vault::store::BlobStore;
 
 use crate::cli::{Format, VaultArgs};
@@ -177,7 +177,7 @@ pub async fn read(store: &BlobStore, id: &str) -> anyhow::Result<JobRecord> {
     }
 }
 
-fn is_not_found(e: &JobStoreError) -> bool {
+fn is_not_found(e: &stowage_vault::Error) -> bool {
     e.is_not_found()
 }
 

@@ -1,12 +1,12 @@
-//! Sorting vault, disk and catalog failures into "retry may help" and "it won't".
+//! Sorting vault and disk failures into "retry may help" and "it won't".
+//!
+//! The policy lives with each error type ([`stowage_schemas::Retryable`]: `stowage_vault::Error`
+//! and `DiskError` answer it), and `?` converts either into a [`StageError`]. `Classify` is the
+//! spelling the stage files still use (`.map_err(|e| e.stage_error())`); it is the same
+//! conversion and goes away when those call sites become `?`.
 
 use stowage_disk::DiskError;
 use stowage_runtime::StageError;
-use stowage_vault::catalog::CatalogError;
-use stowage_vault::extent::ExtentStoreError;
-use stowage_vault::index::IndexError;
-use stowage_vault::pack::PackError;
-use stowage_vault::store::StoreError;
 
 /// Classify a failure for the runtime: storage and disk I/O hiccups are transient, everything
 /// that means bad input or damaged data is permanent.
@@ -14,50 +14,14 @@ pub(crate) trait Classify {
     fn stage_error(self) -> StageError;
 }
 
-fn by(transient: bool, err: impl std::error::Error + Send + Sync + 'static) -> StageError {
-    if transient {
-        StageError::transient(err)
-    } else {
-        StageError::permanent(err)
-    }
-}
-
-impl Classify for StoreError {
+impl Classify for stowage_vault::Error {
     fn stage_error(self) -> StageError {
-        by(self.is_transient(), self)
+        self.into()
     }
 }
 
 impl Classify for DiskError {
     fn stage_error(self) -> StageError {
-        by(self.is_transient(), self)
-    }
-}
-
-impl Classify for CatalogError {
-    fn stage_error(self) -> StageError {
-        let transient = matches!(&self, CatalogError::Store(e) if e.is_transient());
-        by(transient, self)
-    }
-}
-
-impl Classify for PackError {
-    fn stage_error(self) -> StageError {
-        let transient = matches!(&self, PackError::Store(e) if e.is_transient());
-        by(transient, self)
-    }
-}
-
-impl Classify for IndexError {
-    fn stage_error(self) -> StageError {
-        let transient = matches!(&self, IndexError::Store(e) if e.is_transient());
-        by(transient, self)
-    }
-}
-
-impl Classify for ExtentStoreError {
-    fn stage_error(self) -> StageError {
-        let transient = matches!(&self, ExtentStoreError::Store(e) if e.is_transient());
-        by(transient, self)
+        self.into()
     }
 }

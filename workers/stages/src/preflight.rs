@@ -56,7 +56,7 @@ use stowage_runtime::{Broker, BrokerError, Names};
 use stowage_schemas::Stage;
 use stowage_schemas::domain::{BackupInstance, Namespaces, Scope};
 use stowage_vault::layout;
-use stowage_vault::store::{BlobStore, StoreError};
+use stowage_vault::store::BlobStore;
 
 /// Check name: the vault's storage is reachable and its container exists.
 pub const VAULT_STORAGE: &str = "vault-storage";
@@ -516,7 +516,7 @@ fn container_of(location: &str) -> Option<&str> {
     })
 }
 
-fn storage_failure(target: &VaultTarget, error: &StoreError) -> Check {
+fn storage_failure(target: &VaultTarget, error: &stowage_vault::Error) -> Check {
     let text = chain(error);
     let container = container_of(&target.location);
     if let Some(container) = container

@@ -29,7 +29,7 @@ use stowage_vault::crypto::ChunkKeys;
 use stowage_vault::extent::{ExtentMap, ExtentTarget, load_chain};
 use stowage_vault::index::ChunkIndex;
 use stowage_vault::layout;
-use stowage_vault::pack::{PackError, read_chunk};
+use stowage_vault::pack::read_chunk;
 use stowage_vault::store::BlobStore;
 
 use crate::context::VaultContext;
@@ -266,7 +266,7 @@ async fn hydrate_volume(
                         });
                         let read = read.await.map_err(|e| StageError::transient(format!("a chunk read task failed: {e}")))?;
                         let plain = Bytes::from(read.map_err(|e| match e {
-                            PackError::CorruptChunk { .. } => StageError::permanent(format!(
+                            e if e.corruption().is_some() => StageError::permanent(format!(
                                 "recovery point {rp_id} ({tier} tier) cannot be restored: {e}"
                             )),
                             other => other.stage_error(),

@@ -559,22 +559,9 @@ pub async fn collect(
     now: Timestamp,
     grace: SignedDuration,
 ) -> Result<CollectReport, StageError> {
-    let classify = |e: gc::GcError| {
-        if e.is_transient() {
-            StageError::transient(e)
-        } else {
-            StageError::permanent(e)
-        }
-    };
-    let primary = gc::collect(&ctx.primary, Tier::Vault, now, grace)
-        .await
-        .map_err(classify)?;
+    let primary = gc::collect(&ctx.primary, Tier::Vault, now, grace).await?;
     let secondary = match &ctx.secondary {
-        Some(s) => Some(
-            gc::collect(&s.store, Tier::Secondary, now, grace)
-                .await
-                .map_err(classify)?,
-        ),
+        Some(s) => Some(gc::collect(&s.store, Tier::Secondary, now, grace).await?),
         None => None,
     };
     Ok(CollectReport { primary, secondary })

@@ -37,7 +37,7 @@ use stowage_schemas::domain::{
 };
 use stowage_vault::document::{self, Decision, UpdateError};
 use stowage_vault::layout::{self, BlobKey, KeyPrefix, LayoutError};
-use stowage_vault::store::{BlobStore, StoreError};
+use stowage_vault::store::BlobStore;
 
 /// The hours a schedule may repeat at.
 pub const FREQUENCIES: [u8; 4] = [4, 8, 12, 24];
@@ -150,7 +150,7 @@ pub enum SettingsError {
     Layout(#[from] LayoutError),
     /// Blob storage failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] stowage_vault::Error),
 }
 
 impl SettingsError {

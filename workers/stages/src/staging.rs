@@ -36,8 +36,9 @@ use stowage_disk::{DiskError, DiskId, DiskProvider};
 use stowage_runtime::StageError;
 use stowage_schemas::domain::Tier;
 use stowage_schemas::jobs::Staging;
+use stowage_vault::Error as StoreError;
 use stowage_vault::layout::{self, BlobKey, LayoutError};
-use stowage_vault::store::{BlobStore, StoreError};
+use stowage_vault::store::BlobStore;
 
 use crate::errors::Classify as _;
 

@@ -34,7 +34,7 @@ use stowage_vault::extent::{ExtentMap, ExtentMapBuilder, load_chain};
 use stowage_vault::index::{self, ChunkIndex};
 use stowage_vault::layout;
 use stowage_vault::pack::{
-    ChunkLocation, PackError, PackId, PackNaming, PackWriter, WrittenPack, read_pack_index,
+    ChunkLocation, PackId, PackNaming, PackWriter, WrittenPack, read_pack_index,
 };
 use stowage_vault::store::{BlobStore, CreateOutcome};
 
@@ -298,7 +298,7 @@ async fn recover_packs(
                 }
                 seq += 1;
             }
-            Err(PackError::Store(e)) if e.is_not_found() => return Ok((entries, seq)),
+            Err(e) if e.is_not_found() => return Ok((entries, seq)),
             Err(e) => return Err(e.stage_error()),
         }
     }
@@ -315,7 +315,7 @@ async fn volume_map(
 ) -> Result<Option<ExtentMap>, StageError> {
     match ExtentMap::load(store, volume_id, version).await {
         Ok(map) => Ok(Some(map)),
-        Err(stowage_vault::extent::ExtentStoreError::Store(e)) if e.is_not_found() => Ok(None),
+        Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.stage_error()),
     }
 }
