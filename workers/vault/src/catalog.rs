@@ -82,7 +82,7 @@ async fn write_json<T: Serialize>(
 ) -> Result<CreateOutcome, Error> {
     let mut bytes = serde_json::to_vec_pretty(value).expect("manifests always serialize");
     bytes.push(b'\n');
-    Ok(store.put_create_only(key, Bytes::from(bytes)).await?)
+    store.put_create_only(key, Bytes::from(bytes)).await
 }
 
 /// The recovery point manifest.

@@ -259,9 +259,9 @@ pub async fn write_segment(
     entries: &[(ChunkId, ChunkLocation)],
 ) -> Result<CreateOutcome, Error> {
     let key = layout::index_segment(segment_id)?;
-    Ok(store
+    store
         .put_create_only(&key, Bytes::from(encode_segment(entries)))
-        .await?)
+        .await
 }
 
 #[cfg(test)]
