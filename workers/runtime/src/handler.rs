@@ -317,4 +317,26 @@ mod tests {
             vec!["bad input"]
         );
     }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("storage said {0}")]
+    struct Flaky(bool);
+
+    impl Retryable for Flaky {
+        fn is_transient(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[test]
+    fn question_mark_classifies_a_retryable_error_by_its_own_policy() {
+        fn fail(transient: bool) -> Result<(), StageError> {
+            Err(Flaky(transient))?;
+            Ok(())
+        }
+        let transient = fail(true).unwrap_err();
+        assert_eq!(transient.kind(), ErrorKind::Transient);
+        assert_eq!(transient.chain(), vec!["storage said true"]);
+        assert_eq!(fail(false).unwrap_err().kind(), ErrorKind::Permanent);
+    }
 }

@@ -36,7 +36,6 @@ use stowage_disk::{DiskError, DiskId, DiskProvider};
 use stowage_runtime::StageError;
 use stowage_schemas::domain::Tier;
 use stowage_schemas::jobs::Staging;
-use stowage_vault::Error as StoreError;
 use stowage_vault::layout::{self, BlobKey, LayoutError};
 use stowage_vault::store::BlobStore;
 
@@ -84,7 +83,7 @@ pub async fn write_record(store: &BlobStore, record: &StagingRecord) -> Result<(
 pub async fn read_record(
     store: &BlobStore,
     restore_id: &str,
-) -> Result<Option<StagingRecord>, StoreError> {
+) -> Result<Option<StagingRecord>, stowage_vault::Error> {
     let Ok(key) = record_key(restore_id) else {
         return Ok(None);
     };
@@ -149,7 +148,7 @@ pub struct ReleaseReport {
 pub enum SweepError {
     /// The store failed.
     #[error("sweeping staging areas failed: {0}; run the sweep again, it resumes where it stopped")]
-    Store(#[from] StoreError),
+    Store(#[from] stowage_vault::Error),
     /// The disk provider failed.
     #[error(
         "deleting staging disk {disk} of restore {restore_id} failed: {source}; run the sweep \
@@ -290,7 +289,7 @@ pub async fn sweep(
     Ok(swept)
 }
 
-async fn delete_if_present(store: &BlobStore, key: &BlobKey) -> Result<bool, StoreError> {
+async fn delete_if_present(store: &BlobStore, key: &BlobKey) -> Result<bool, stowage_vault::Error> {
     match store.delete(key).await {
         Ok(()) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),

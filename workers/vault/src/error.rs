@@ -112,7 +112,8 @@ impl Error {
         self
     }
 
-    /// Other writers kept changing `what` (a job, a record) over `tries` attempts.
+    /// An [`ErrorKind::Contended`] error (transient) saying `message`: other writers kept
+    /// winning, or what the caller relies on is being deleted right now.
     pub fn contended(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Contended, message)
     }
@@ -224,5 +225,37 @@ impl From<ChunkError> for Error {
                 Self::wrap(ErrorKind::Damaged, error).with_corruption(corruption)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_decide_retries_unless_told_otherwise() {
+        assert!(Error::contended("busy").is_transient());
+        assert!(Error::new(ErrorKind::Unavailable, "down").is_transient());
+        let conflict = Error::new(ErrorKind::Conflict, "lost");
+        assert!(conflict.is_conflict() && !conflict.is_transient());
+        let source = Error::new(ErrorKind::Source, "x").with_transient(true);
+        assert!(stowage_schemas::Retryable::is_transient(&source));
+    }
+
+    #[test]
+    fn a_wrapped_error_reads_as_its_source_and_keeps_its_causes() {
+        let layout = crate::layout::job("a/b").unwrap_err();
+        let text = layout.to_string();
+        let error = Error::from(layout);
+        assert_eq!(error.kind(), ErrorKind::InvalidInput);
+        assert_eq!(error.to_string(), text);
+        assert!(StdError::source(&error).is_none());
+
+        let io = std::io::Error::other("disk on fire");
+        let error =
+            Error::new(ErrorKind::Unavailable, "cannot write: disk on fire").with_source(io);
+        let cause = StdError::source(&error).expect("a cause");
+        assert_eq!(cause.to_string(), "disk on fire");
+        assert!(format!("{error:?}").contains("Unavailable"));
     }
 }

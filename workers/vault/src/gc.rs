@@ -452,10 +452,7 @@ async fn rewrite_segments(store: &BlobStore, deleted: &BTreeSet<String>) -> Resu
             continue;
         }
         if !kept.is_empty() {
-            let new_id = format!(
-                "gc-{}",
-                &blake3::hash(format!("{old_id}/{}", kept.len()).as_bytes()).to_hex()[..32]
-            );
+            let new_id = layout::rewritten_segment_id(old_id, kept.len());
             index::write_segment(store, &new_id, &kept).await?;
         }
         let old: BlobKey = info.key.clone();

@@ -518,6 +518,14 @@ pub fn segment_id_from_key(key: &BlobKey) -> Option<&str> {
         .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
+/// The id of the segment that replaces segment `old_id` once garbage collection dropped the
+/// entries of deleted packs, keeping `kept` entries: `gc-<32 hex digits>`, derived from both, so
+/// a collector that crashes and runs again writes the same segment (create-only) again.
+pub fn rewritten_segment_id(old_id: &str, kept: usize) -> String {
+    let hash = blake3::hash(format!("{old_id}/{kept}").as_bytes());
+    format!("gc-{}", &hash.to_hex()[..32])
+}
+
 /// The instance named by a key listed under [`catalog`] (`catalog/<instance>/...`), or `None`.
 pub fn instance_from_catalog_key(key: &BlobKey) -> Option<&str> {
     let mut parts = key.as_str().split('/');
