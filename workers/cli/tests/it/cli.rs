@@ -4,11 +4,14 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use stowage_runtime::{Names, RetryPolicy, Shutdown, StageConfig, Topology, Worker, WorkerConfig};
+use stowage_runtime::{Names, RetryPolicy, Topology, WorkerConfig};
 use stowage_schemas::{ContentType, Stage, decode};
-use stowage_tests::{Behavior, BrokerKind, Bus, ScriptedHandler, amqp_url};
+use stowage_tests::{Behavior, BrokerKind, Bus, RunningWorker, ScriptedHandler, amqp_url};
 
-use crate::helpers::{poll, run, stowage_command, stowage_on, text};
+use crate::helpers::{run, stowage_command, stowage_on, text};
+
+/// How long the dead-letter test waits for the worker.
+const WAIT: Duration = Duration::from_secs(20);
 
 fn stowage(args: &[&str], prefix: &str, stdin: Option<&str>) -> Output {
     let mut cmd = stowage_on(prefix);
@@ -120,12 +123,7 @@ async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
         ..WorkerConfig::default()
     };
     let topology = config.topology();
-    let worker =
-        Worker::new(bus.broker.clone(), config).stage(handler.clone(), StageConfig::default());
-    let health = worker.health();
-    let (trigger, shutdown) = Shutdown::new();
-    let task = tokio::spawn(worker.run(shutdown));
-    wait(|| health.is_ready()).await;
+    let running = RunningWorker::start(&bus, config, handler.clone(), WAIT).await;
 
     let job = "type: job.snapshot\njob_id: job-cli-dlq\npayload: {instance: shop, recovery_point_id: rp-9, trigger: {kind: on_demand}}\n";
     handler.set(
@@ -137,7 +135,7 @@ async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
     let out = stowage(&["submit", "-"], &prefix, Some(job));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let dlq = bus.names.dead_letter_queue(Stage::Snapshot);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + WAIT;
     while bus.depth(&dlq).await < 1 {
         assert!(
             Instant::now() < deadline,
@@ -191,24 +189,11 @@ async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
         "{}",
         text(&replayed.stderr)
     );
-    handler
-        .wait_calls("job-cli-dlq", 2, Duration::from_secs(20))
-        .await;
+    handler.wait_calls("job-cli-dlq", 2, WAIT).await;
     assert_eq!(bus.depth(&dlq).await, 0);
 
-    trigger.trigger();
-    task.await.expect("join").expect("worker");
+    running.stop(WAIT).await;
     bus.teardown(&topology).await;
-}
-
-async fn wait(mut cond: impl FnMut() -> bool) {
-    let met = poll(
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        async || cond().then_some(()),
-    )
-    .await;
-    assert!(met.is_some(), "timed out");
 }
 
 /// The README's promise: any AMQP client plus MessagePack (or JSON) can submit a job.

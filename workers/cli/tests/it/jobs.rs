@@ -15,7 +15,7 @@ use stowage_disk::{
     PieceStream, SnapshotId, SnapshotInfo,
 };
 use stowage_runtime::client::submit;
-use stowage_runtime::{Shutdown, StageConfig, Topology, Worker, WorkerConfig};
+use stowage_runtime::{Shutdown, StageConfig, StageHandler, Topology, Worker, WorkerConfig};
 use stowage_sandbox::Sandbox;
 use stowage_schemas::domain::{BackupInstance, JobRecord, JobStatus, Namespaces, Scope};
 use stowage_schemas::jobs::{SnapshotJob, Trigger, VaultTransferJob};
@@ -26,7 +26,7 @@ use stowage_stages::{
     VaultTransfer,
 };
 use stowage_tests::vault_fixture::{INSTANCE, VaultBackend, VaultFixture};
-use stowage_tests::{BrokerKind, Bus};
+use stowage_tests::{BrokerKind, Bus, wait_until};
 use stowage_vault::catalog::jobs::{create_job, read_job};
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
@@ -44,6 +44,11 @@ fn settings() -> RecordSettings {
         flush_interval: Duration::from_millis(200),
         ..RecordSettings::default()
     }
+}
+
+/// `handler`, keeping its records in `store` with quick [`settings`].
+fn recorded<H: StageHandler>(handler: H, store: &BlobStore) -> Recorded<H> {
+    Recorded::new(handler, store.clone(), settings())
 }
 
 /// `stowage <args> --vault <vault>` with the test's broker.
@@ -142,36 +147,20 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         ..WorkerConfig::default()
     };
     let topology = config.topology();
-    let (s, st) = (settings(), StageConfig::default());
+    let st = StageConfig::default();
     let worker = Worker::new(bus.broker.clone(), config)
         .stage(
-            Recorded::new(SnapshotStage::new(cluster_ctx.clone()), primary.clone(), s),
+            recorded(SnapshotStage::new(cluster_ctx.clone()), &primary),
             st,
         )
-        .stage(
-            Recorded::new(VaultTransfer::new(vault.clone()), primary.clone(), s),
-            st,
-        )
-        .stage(
-            Recorded::new(GeoReplication::new(vault.clone()), primary.clone(), s),
-            st,
-        )
-        .stage(
-            Recorded::new(RestoreHydration::new(vault.clone()), primary.clone(), s),
-            st,
-        )
-        .stage(
-            Recorded::new(RestoreStage::new(cluster_ctx), primary.clone(), s),
-            st,
-        );
+        .stage(recorded(VaultTransfer::new(vault.clone()), &primary), st)
+        .stage(recorded(GeoReplication::new(vault.clone()), &primary), st)
+        .stage(recorded(RestoreHydration::new(vault.clone()), &primary), st)
+        .stage(recorded(RestoreStage::new(cluster_ctx), &primary), st);
     let health = worker.health();
     let (trigger, shutdown) = Shutdown::new();
     let fleet = tokio::spawn(worker.run(shutdown));
-    let deadline = Instant::now() + WAIT;
-    while !health.is_ready() {
-        assert!(Instant::now() < deadline, "workers not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the workers are ready", WAIT, || health.is_ready()).await;
 
     // A backup submitted over raw AMQP: no record yet; the workers make it.
     let backup = Envelope::new(
@@ -548,7 +537,7 @@ async fn cancelled_jobs_stop_and_are_acked_not_retried() {
         ..WorkerConfig::default()
     };
     let worker = Worker::new(bus.broker.clone(), config).stage(
-        Recorded::new(VaultTransfer::new(ctx), store.clone(), settings()),
+        recorded(VaultTransfer::new(ctx), &store),
         StageConfig::default(),
     );
     let (trigger, shutdown) = Shutdown::new();
