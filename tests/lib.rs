@@ -509,6 +509,22 @@ impl FileEffectHandler {
 
 snapshot_handler!(FileEffectHandler);
 
+/// Run `rabbitmqctl <args>` against the local RabbitMQ node, failing the test if it fails.
+pub fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run rabbitmqctl ({e}); these tests need RabbitMQ's CLI on PATH (scripts/test.sh installs it)")
+        });
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}{}; run the tests as a user that may manage RabbitMQ (scripts/test.sh)",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A free loopback port (bound, then released for a child process to take).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

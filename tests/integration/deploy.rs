@@ -369,12 +369,8 @@ fn check(m: &Manifests, source: &str) {
             assert_eq!(ns, &namespace, "{what}: namespace");
         }
         let spec = d.spec.as_ref().expect("spec");
-        let template_labels = spec
-            .template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default();
+        let template = spec.template.metadata.clone().unwrap_or_default();
+        let template_labels = template.labels.unwrap_or_default();
         let selector = spec.selector.match_labels.clone().unwrap_or_default();
         assert!(
             is_subset(&selector, &template_labels),
@@ -456,12 +452,7 @@ fn check(m: &Manifests, source: &str) {
                 "{what}: STOWAGE_HEALTH_ADDR {addr}"
             );
         }
-        let annotations = spec
-            .template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.annotations.clone())
-            .unwrap_or_default();
+        let annotations = template.annotations.unwrap_or_default();
         assert_eq!(
             annotations.get("prometheus.io/port").map(String::as_str),
             Some(HEALTH_PORT.to_string().as_str()),

@@ -10,7 +10,8 @@ use stowage_runtime::{RetryPolicy, WorkerConfig};
 use stowage_schemas::Stage;
 use stowage_tests::{
     Behavior, BrokerKind, Bus, FileEffectHandler, RunningWorker, ScriptedHandler, exclusive_broker,
-    fast_retry, free_port, http_get, shared_broker, snapshot_job, temp_dir, wait_until,
+    fast_retry, free_port, http_get, rabbitmqctl, shared_broker, snapshot_job, temp_dir,
+    wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -223,17 +224,6 @@ impl Drop for RestartOnDrop {
     fn drop(&mut self) {
         let _ = Command::new("rabbitmqctl").arg("start_app").output();
     }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl").args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run rabbitmqctl ({e}); this test restarts the local RabbitMQ and needs its CLI on PATH (scripts/test.sh installs it)")
-    });
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,16 @@ fn stowage(bus: &Bus, vault: &Path, args: &[&str]) -> Output {
         .expect("run stowage")
 }
 
+/// Submit `job` over raw AMQP, then `stowage jobs watch` it for up to `timeout` seconds.
+async fn submit_and_watch(bus: &Bus, vault: &Path, job: &Envelope, timeout: &str) -> Output {
+    submit(bus.broker.as_ref(), &bus.names, job).await.unwrap();
+    stowage(
+        bus,
+        vault,
+        &["jobs", "watch", &job.job_id, "--timeout", timeout],
+    )
+}
+
 async fn record(store: &BlobStore, id: &str) -> JobRecord {
     read_job(store, id).await.expect("job record").0
 }
@@ -173,14 +183,7 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
             },
         }),
     );
-    submit(bus.broker.as_ref(), &bus.names, &backup)
-        .await
-        .unwrap();
-    let watched = stowage(
-        &bus,
-        &vault_dir,
-        &["jobs", "watch", "backup-rp-1", "--timeout", "120"],
-    );
+    let watched = submit_and_watch(&bus, &vault_dir, &backup, "120").await;
     let (out, err) = text(&watched);
     assert!(watched.status.success(), "{out}\n{err}");
     assert!(
@@ -351,14 +354,7 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
             recovery_point_id: "rp-missing".into(),
         }),
     );
-    submit(bus.broker.as_ref(), &bus.names, &broken)
-        .await
-        .unwrap();
-    let watched = stowage(
-        &bus,
-        &vault_dir,
-        &["jobs", "watch", "vt-missing", "--timeout", "60"],
-    );
+    let watched = submit_and_watch(&bus, &vault_dir, &broken, "60").await;
     let (_, err) = text(&watched);
     assert!(!watched.status.success());
     assert!(

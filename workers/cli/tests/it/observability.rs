@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use stowage_runtime::{RetryPolicy, Topology};
-use stowage_tests::{BrokerKind, Bus, free_port, http_get};
+use stowage_tests::{BrokerKind, Bus, free_port, http_get, rabbitmqctl};
 
 use crate::helpers::{
     TempDir, poll, stdout_and_stderr, stowage_at, terminate, vault_transfer_worker,
@@ -23,16 +23,7 @@ impl BrokerUser {
             vec!["add_user", name, password],
             vec!["set_permissions", "-p", "/", name, ".*", ".*", ".*"],
         ] {
-            let out = Command::new("rabbitmqctl")
-                .args(&args)
-                .output()
-                .expect("rabbitmqctl runs (scripts/test.sh installs and starts RabbitMQ)");
-            assert!(
-                out.status.success(),
-                "rabbitmqctl {args:?} failed: {}{}; run the tests as a user that may manage RabbitMQ (scripts/test.sh)",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            rabbitmqctl(&args);
         }
         Self { name: name.into() }
     }
