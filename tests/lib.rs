@@ -148,6 +148,14 @@ impl Bus {
         self.broker.queue_depth(queue).await.expect("queue depth")
     }
 
+    /// The default worker configuration, on this bus's names.
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            names: self.names.clone(),
+            ..WorkerConfig::default()
+        }
+    }
+
     /// Wait until `queue` holds exactly `depth` messages, or panic after `within`.
     pub async fn wait_depth(&self, queue: &str, depth: u32, within: Duration) {
         let deadline = Instant::now() + within;
@@ -167,9 +175,8 @@ impl Bus {
     /// Delete the topology a worker with `retry` declares on this bus (see [`Bus::teardown`]).
     pub async fn teardown_worker(&self, retry: RetryPolicy) {
         let config = WorkerConfig {
-            names: self.names.clone(),
             retry,
-            ..WorkerConfig::default()
+            ..self.worker_config()
         };
         self.teardown(&config.topology()).await;
     }

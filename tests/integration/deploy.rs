@@ -281,6 +281,15 @@ fn selected_deployments(m: &Manifests, selector: &BTreeMap<String, String>) -> u
         .count()
 }
 
+/// The labels a PodDisruptionBudget selects its pods by.
+fn pdb_selector(pdb: &PodDisruptionBudget) -> BTreeMap<String, String> {
+    pdb.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .and_then(|s| s.match_labels.clone())
+        .unwrap_or_default()
+}
+
 fn is_subset(sel: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -727,15 +736,7 @@ fn check(m: &Manifests, source: &str) {
         let pdbs = m
             .pdbs
             .iter()
-            .filter(|p| {
-                let sel = p
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.selector.as_ref())
-                    .and_then(|s| s.match_labels.clone())
-                    .unwrap_or_default();
-                is_subset(&sel, &template_labels)
-            })
+            .filter(|p| is_subset(&pdb_selector(p), &template_labels))
             .count();
         assert_eq!(
             pdbs, 1,
@@ -750,13 +751,7 @@ fn check(m: &Manifests, source: &str) {
 
     // Every PDB and ScaledObject belongs to exactly one Deployment.
     for p in &m.pdbs {
-        let sel = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.as_ref())
-            .and_then(|s| s.match_labels.clone())
-            .unwrap_or_default();
-        let n = selected_deployments(m, &sel);
+        let n = selected_deployments(m, &pdb_selector(p));
         assert_eq!(
             n, 1,
             "{source}: PDB {:?} selects {n} Deployments",

@@ -208,10 +208,7 @@ async fn sigterm_drains_in_flight_work_then_exits() {
 
 /// Declare the topology the worker processes use, so jobs can be submitted before they start.
 async fn declare(bus: &Bus) {
-    let config = WorkerConfig {
-        names: bus.names.clone(),
-        ..WorkerConfig::default()
-    };
+    let config = bus.worker_config();
     bus.broker
         .declare(&config.topology())
         .await

@@ -244,7 +244,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn the_stages_chain_through_events_on_rabbitmq() {
     use std::time::Duration;
     use stowage_runtime::client::submit;
-    use stowage_runtime::{Shutdown, StageConfig, Worker, WorkerConfig};
+    use stowage_runtime::{Shutdown, StageConfig, Worker};
     use stowage_schemas::jobs::VaultTransferJob;
     use stowage_schemas::{Envelope, Message};
     use stowage_stages::{GeoReplication, RestoreHydration, VaultTransfer};
@@ -256,10 +256,7 @@ async fn the_stages_chain_through_events_on_rabbitmq() {
     f.write_patterned("data", 32 * MIB, MIB, 10 * MIB, 21).await;
     f.snapshot_rp("rp-e2e", &[("data", "vol-e2e")]).await;
 
-    let config = WorkerConfig {
-        names: bus.names.clone(),
-        ..WorkerConfig::default()
-    };
+    let config = bus.worker_config();
     let topology = config.topology();
     let stage = StageConfig::default();
     let worker = Worker::new(bus.broker.clone(), config)

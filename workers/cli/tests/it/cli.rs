@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use stowage_runtime::{Names, RetryPolicy, Topology, WorkerConfig};
+use stowage_runtime::{Names, RetryPolicy, Topology};
 use stowage_schemas::{ContentType, Stage, decode};
 use stowage_tests::{Behavior, BrokerKind, Bus, RunningWorker, ScriptedHandler, amqp_url};
 
@@ -118,10 +118,7 @@ async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let prefix = bus.names.prefix().to_owned();
     let handler = ScriptedHandler::default();
-    let config = WorkerConfig {
-        names: bus.names.clone(),
-        ..WorkerConfig::default()
-    };
+    let config = bus.worker_config();
     let topology = config.topology();
     let running = RunningWorker::start(&bus, config, handler.clone(), WAIT).await;
 

@@ -15,7 +15,7 @@ use stowage_disk::{
     PieceStream, SnapshotId, SnapshotInfo,
 };
 use stowage_runtime::client::submit;
-use stowage_runtime::{Shutdown, StageConfig, StageHandler, Topology, Worker, WorkerConfig};
+use stowage_runtime::{Shutdown, StageConfig, StageHandler, Topology, Worker};
 use stowage_sandbox::Sandbox;
 use stowage_schemas::domain::{BackupInstance, JobRecord, JobStatus, Namespaces, Scope};
 use stowage_schemas::jobs::{SnapshotJob, Trigger, VaultTransferJob};
@@ -152,10 +152,7 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
     let cluster_ctx =
         ClusterContext::new(primary.clone(), disks.clone(), "sandbox", cluster.target())
             .with_secondary(secondary.clone());
-    let config = WorkerConfig {
-        names: bus.names.clone(),
-        ..WorkerConfig::default()
-    };
+    let config = bus.worker_config();
     let topology = config.topology();
     let st = StageConfig::default();
     let worker = Worker::new(bus.broker.clone(), config)
@@ -528,10 +525,7 @@ async fn cancelled_jobs_stop_and_are_acked_not_retried() {
     let mut ctx = f.ctx.clone();
     ctx.disks = Arc::new(SlowReads(f.disks.clone()));
     ctx.parallelism = 1;
-    let config = WorkerConfig {
-        names: bus.names.clone(),
-        ..WorkerConfig::default()
-    };
+    let config = bus.worker_config();
     let worker = Worker::new(bus.broker.clone(), config).stage(
         recorded(VaultTransfer::new(ctx), &store),
         StageConfig::default(),
