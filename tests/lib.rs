@@ -22,7 +22,7 @@ use stowage_runtime::{
     StageConfig, StageError, StageHandler, Worker, WorkerConfig, WorkerError,
 };
 use stowage_schemas::events::RpCreated;
-use stowage_schemas::jobs::{SnapshotJob, Trigger};
+use stowage_schemas::jobs::{SnapshotJob, Trigger, VaultTransferJob};
 use stowage_schemas::{Envelope, Message, Stage};
 use tokio::task::JoinHandle;
 
@@ -154,6 +154,18 @@ impl Bus {
             names: self.names.clone(),
             ..WorkerConfig::default()
         }
+    }
+
+    /// Take the next message from `queue` and ack it; `what` says what the test expected there.
+    pub async fn take(&self, queue: &str, what: &str) -> Delivery {
+        let got = self
+            .broker
+            .get(queue)
+            .await
+            .expect("get")
+            .unwrap_or_else(|| panic!("{what}: nothing in {queue}"));
+        got.ack().await.expect("ack");
+        got
     }
 
     /// Wait until `queue` holds exactly `depth` messages, or panic after `within`.
@@ -324,6 +336,17 @@ macro_rules! snapshot_handler {
             }
         }
     };
+}
+
+/// A vault-transfer job `job_id` for recovery point `rp_id` of `instance`.
+pub fn vault_transfer_job(job_id: &str, instance: &str, rp_id: &str) -> Envelope {
+    Envelope::new(
+        job_id,
+        Message::VaultTransfer(VaultTransferJob {
+            instance: instance.into(),
+            recovery_point_id: rp_id.into(),
+        }),
+    )
 }
 
 /// What the scripted handler does with a job.

@@ -245,10 +245,9 @@ async fn the_stages_chain_through_events_on_rabbitmq() {
     use std::time::Duration;
     use stowage_runtime::client::submit;
     use stowage_runtime::{Shutdown, StageConfig, Worker};
-    use stowage_schemas::jobs::VaultTransferJob;
     use stowage_schemas::{Envelope, Message};
     use stowage_stages::{GeoReplication, RestoreHydration, VaultTransfer};
-    use stowage_tests::{BrokerKind, Bus, shared_broker, wait_until};
+    use stowage_tests::{BrokerKind, Bus, shared_broker, vault_transfer_job, wait_until};
 
     let _gate = shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
@@ -272,13 +271,7 @@ async fn the_stages_chain_through_events_on_rabbitmq() {
     .await;
     let probe = bus.probe_events().await;
 
-    let job = Envelope::new(
-        "vault-transfer-rp-e2e",
-        Message::VaultTransfer(VaultTransferJob {
-            instance: INSTANCE.into(),
-            recovery_point_id: "rp-e2e".into(),
-        }),
-    );
+    let job = vault_transfer_job("vault-transfer-rp-e2e", INSTANCE, "rp-e2e");
     submit(bus.broker.as_ref(), &bus.names, &job)
         .await
         .expect("submit");

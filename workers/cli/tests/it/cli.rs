@@ -87,12 +87,8 @@ async fn submit_validates_publishes_and_prints_the_job_id() {
 
     let queue = bus.names.stage_queue(Stage::VaultTransfer);
     let got = bus
-        .broker
-        .get(&queue)
-        .await
-        .expect("get")
-        .expect("the job is in the vault-transfer queue");
-    got.ack().await.expect("ack");
+        .take(&queue, "the job is in the vault-transfer queue")
+        .await;
     let envelope = decode(&got.body, ContentType::MessagePack).expect("a valid envelope");
     assert_eq!(envelope.job_id, "vault-transfer-rp-2026-11-22-0300");
 
@@ -223,13 +219,7 @@ async fn a_python_producer_can_submit_jobs_in_msgpack_and_json() {
             text(&out.stderr)
         );
         assert_eq!(text(&out.stdout).trim(), "vault-transfer-rp-from-python");
-        let got = bus
-            .broker
-            .get(&queue)
-            .await
-            .expect("get")
-            .expect("the job arrived");
-        got.ack().await.expect("ack");
+        let got = bus.take(&queue, "the job arrived").await;
         assert_eq!(got.properties.content_type.as_deref(), Some(content_type));
         let ct: ContentType = content_type.parse().expect("content type");
         let envelope = decode(&got.body, ct).unwrap_or_else(|e| panic!("{content_type}: {e}"));

@@ -18,7 +18,7 @@ use stowage_runtime::client::submit;
 use stowage_runtime::{Shutdown, StageConfig, StageHandler, Topology, Worker};
 use stowage_sandbox::Sandbox;
 use stowage_schemas::domain::{BackupInstance, JobRecord, JobStatus, Namespaces, Scope};
-use stowage_schemas::jobs::{SnapshotJob, Trigger, VaultTransferJob};
+use stowage_schemas::jobs::{SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message, Stage};
 use stowage_stages::restore_hydration::staging_disk_name;
 use stowage_stages::{
@@ -26,7 +26,7 @@ use stowage_stages::{
     VaultTransfer,
 };
 use stowage_tests::vault_fixture::{INSTANCE, VaultBackend, VaultFixture};
-use stowage_tests::{BrokerKind, Bus, wait_until};
+use stowage_tests::{BrokerKind, Bus, vault_transfer_job, wait_until};
 use stowage_vault::catalog::jobs::{create_job, read_job};
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
@@ -344,13 +344,7 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
     );
 
     // A permanent failure is recorded with its reason, and `jobs watch` says so.
-    let broken = Envelope::new(
-        "vt-missing",
-        Message::VaultTransfer(VaultTransferJob {
-            instance: "shop".into(),
-            recovery_point_id: "rp-missing".into(),
-        }),
-    );
+    let broken = vault_transfer_job("vt-missing", "shop", "rp-missing");
     let watched = submit_and_watch(&bus, &vault_dir, &broken, "60").await;
     let (_, err) = text(&watched);
     assert!(!watched.status.success());
@@ -467,15 +461,7 @@ async fn cancelled_jobs_stop_and_are_acked_not_retried() {
     let store = f.ctx.primary.clone();
     let queue = bus.names.stage_queue(Stage::VaultTransfer);
     let dlq = bus.names.dead_letter_queue(Stage::VaultTransfer);
-    let job = |id: &str| {
-        Envelope::new(
-            id,
-            Message::VaultTransfer(VaultTransferJob {
-                instance: INSTANCE.into(),
-                recovery_point_id: "rp-1".into(),
-            }),
-        )
-    };
+    let job = |id: &str| vault_transfer_job(id, INSTANCE, "rp-1");
 
     // Queued: cancelled before any worker runs; the worker that picks it acks it unrun.
     let queued = job("vt-queued");
