@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use stowage_tests::amqp_url;
+pub use stowage_tests::temp_dir;
 use stowage_tests::vault_fixture::VaultFixture;
 
 /// The `stowage` binary under test, as a command with nothing set.
@@ -63,16 +64,6 @@ pub fn terminate(child: &Child) {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .expect("run kill");
-}
-
-/// A new folder `stowage-<purpose>-<unique>` under the temp dir, left in place.
-pub fn temp_dir(purpose: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "stowage-{purpose}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
 }
 
 /// A [`temp_dir`] removed when the test ends.
