@@ -20,6 +20,17 @@
 //! `schemas/EVOLUTION.md`: unknown fields are ignored, new fields are optional, and anything
 //! else bumps [`SCHEMA_VERSION`].
 
+/// `Display` for names that print as their `as_str()` (their wire name).
+macro_rules! display_as_str {
+    ($($ty:ty),+ $(,)?) => {$(
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )+};
+}
+
 pub mod codec;
 pub mod domain;
 mod envelope;
