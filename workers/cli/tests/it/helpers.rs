@@ -106,7 +106,11 @@ pub fn vault_transfer_worker(amqp_url: &str, prefix: &str, dir: &Path, port: u16
 pub fn fixture_worker(f: &VaultFixture, prefix: &str) -> Command {
     let mut cmd = vault_transfer_worker(&amqp_url(), prefix, &f.dir, stowage_tests::free_port());
     cmd.env("STOWAGE_VAULT_KEY", f.ctx.key.expose_secret_hex())
-        .env("STOWAGE_LOG", "warn");
+        .env("STOWAGE_LOG", "warn")
+        // As the Deployments run workers (infra/k8s/base): glibc's per-thread arenas otherwise
+        // add memory that grows with how busy the machine's other processes keep the
+        // worker's threads, not with what the worker holds.
+        .env("MALLOC_ARENA_MAX", "2");
     cmd
 }
 

@@ -156,10 +156,7 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
     let topology = config.topology();
     let st = StageConfig::default();
     let worker = Worker::new(bus.broker.clone(), config)
-        .stage(
-            recorded(SnapshotStage(cluster_ctx.clone()), &primary),
-            st,
-        )
+        .stage(recorded(SnapshotStage(cluster_ctx.clone()), &primary), st)
         .stage(recorded(VaultTransfer(vault.clone()), &primary), st)
         .stage(recorded(GeoReplication(vault.clone()), &primary), st)
         .stage(recorded(RestoreHydration(vault.clone()), &primary), st)
@@ -512,10 +509,8 @@ async fn cancelled_jobs_stop_and_are_acked_not_retried() {
     ctx.disks = Arc::new(SlowReads(f.disks.clone()));
     ctx.parallelism = 1;
     let config = bus.worker_config();
-    let worker = Worker::new(bus.broker.clone(), config).stage(
-        recorded(VaultTransfer(ctx), &store),
-        StageConfig::default(),
-    );
+    let worker = Worker::new(bus.broker.clone(), config)
+        .stage(recorded(VaultTransfer(ctx), &store), StageConfig::default());
     let (trigger, shutdown) = Shutdown::new();
     let fleet = tokio::spawn(worker.run(shutdown));
     submit(bus.broker.as_ref(), &bus.names, &job("vt-running"))
