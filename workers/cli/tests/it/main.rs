@@ -8,5 +8,6 @@ mod catalog;
 mod cli;
 mod jobs;
 mod observability;
+mod ownership;
 mod preflight;
 mod vault_worker;
