@@ -31,8 +31,9 @@ const COPY_BUF: usize = 1 << 20;
 /// Bytes of hydration pieces gathered before their change records are made durable and the
 /// data is written.
 const HYDRATE_BATCH: usize = 8 << 20;
-/// Temporary files older than this are leftovers of a crashed process; `open` removes them.
-const STALE_TEMP: Duration = Duration::from_secs(3600);
+/// A temporary file is removed only when no process holds its lock and it is older than this
+/// (see [`LocalDiskProvider::remove_stale_temporaries`]).
+pub const TEMP_MIN_AGE: Duration = Duration::from_secs(600);
 /// Longest accepted disk or snapshot name.
 const MAX_NAME: usize = 200;
 
@@ -100,7 +101,7 @@ impl LocalDiskProvider {
     }
 
     /// Open (creating if needed) a provider rooted at `root`, and remove temporary files left
-    /// by processes that crashed more than an hour ago.
+    /// by killed writers (see [`Self::remove_stale_temporaries`]).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, DiskError> {
         let root = root.into();
         let inner = Inner {
@@ -118,12 +119,27 @@ impl LocalDiskProvider {
                     e,
                 )
             })?;
-            remove_stale_temps(dir);
+            remove_stale_temps(dir, TEMP_MIN_AGE);
         }
         Ok(Self {
             region: LOCAL_REGION.into(),
             inner: Arc::new(inner),
         })
+    }
+
+    /// Removes the temporary files (`.<file>.<uuid>.tmp`: partial snapshot images, disk images
+    /// and metadata being written) that killed writers left in `disks/` and `snapshots/`, and
+    /// returns them. **Rule:** a writer holds an exclusive lock (`flock`) on its temporary file
+    /// from the moment it creates it until it renames or removes it, and the kernel drops the
+    /// lock when the writer dies; a file is removed only if this lock can be taken (no live
+    /// writer) and it was last modified more than `min_age` ago (which covers the instant
+    /// between creating a file and locking it). Called at `open` (worker start) with
+    /// [`TEMP_MIN_AGE`] and by every retention run.
+    pub fn remove_stale_temporaries(&self, min_age: Duration) -> Vec<PathBuf> {
+        [&self.inner.disks, &self.inner.snapshots]
+            .into_iter()
+            .flat_map(|dir| remove_stale_temps(dir, min_age))
+            .collect()
     }
 
     /// The folder this provider keeps its disks and snapshots in.
@@ -158,9 +174,10 @@ impl LocalDiskProvider {
     }
 }
 
-fn remove_stale_temps(dir: &Path) {
+fn remove_stale_temps(dir: &Path, min_age: Duration) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
-        return;
+        return removed;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -173,12 +190,32 @@ fn remove_stale_temps(dir: &Path) {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > STALE_TEMP);
-        if old {
-            tracing::info!(path = %entry.path().display(), "removing stale temporary file");
-            let _ = fs::remove_file(entry.path());
+            .is_some_and(|age| age > min_age);
+        if !old {
+            continue;
+        }
+        // A live writer holds the lock: the file is still being written.
+        let Ok(file) = OpenOptions::new().read(true).open(entry.path()) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            tracing::debug!(path = %entry.path().display(), "temporary file still locked by its writer; kept");
+            continue;
+        }
+        tracing::info!(path = %entry.path().display(), "removing a temporary file a killed writer left");
+        if fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
         }
     }
+    removed
+}
+
+/// Creates a temporary file and locks it for as long as it is open, so a sweep never removes
+/// it under a live writer (see [`LocalDiskProvider::remove_stale_temporaries`]).
+fn create_temp(path: &Path) -> io::Result<File> {
+    let file = File::create_new(path)?;
+    file.lock()?;
+    Ok(file)
 }
 
 fn validate(what: &'static str, name: &str) -> Result<(), DiskError> {
@@ -261,7 +298,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DiskError> {
         keep: false,
     };
     let ctx = || format!("writing {}", path.display());
-    let mut f = File::create_new(&temp.path).map_err(io_ctx(ctx))?;
+    let mut f = create_temp(&temp.path).map_err(io_ctx(ctx))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(io_ctx(ctx))?;
@@ -483,7 +520,7 @@ impl Inner {
             keep: false,
         };
         let ctx = || format!("creating disk image {}", img.display());
-        let f = File::create_new(&temp.path).map_err(io_ctx(ctx))?;
+        let f = create_temp(&temp.path).map_err(io_ctx(ctx))?;
         f.set_len(size)
             .and_then(|()| f.sync_all())
             .map_err(io_ctx(ctx))?;
@@ -686,7 +723,7 @@ impl Inner {
             keep: false,
         };
         let ctx = || format!("writing snapshot image {}", snap_img.display());
-        let out = File::create_new(&temp.path).map_err(io_ctx(ctx))?;
+        let out = create_temp(&temp.path).map_err(io_ctx(ctx))?;
         out.set_len(size).map_err(io_ctx(ctx))?;
         let copied = copy_data(&img, &img_path, &out, &temp.path, size)?;
         out.sync_all().map_err(io_ctx(ctx))?;
@@ -947,6 +984,15 @@ impl DiskProvider for LocalDiskProvider {
     fn delete_snapshot<'a>(&'a self, id: &'a SnapshotId) -> BoxFuture<'a, Result<(), DiskError>> {
         let id = id.0.clone();
         Box::pin(self.blocking(move |inner| inner.delete_snapshot(&id)))
+    }
+
+    fn remove_leftovers(&self) -> BoxFuture<'_, Result<u64, DiskError>> {
+        Box::pin(self.blocking(|inner| {
+            Ok([&inner.disks, &inner.snapshots]
+                .into_iter()
+                .map(|dir| remove_stale_temps(dir, TEMP_MIN_AGE).len() as u64)
+                .sum())
+        }))
     }
 }
 

@@ -1077,6 +1077,150 @@ impl BlobStore {
     }
 }
 
+/// A temporary object a writer left behind (see "Leftovers of killed writers" on
+/// [`BlobStore::temporary_objects`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemporaryObject {
+    /// Where it is: a path relative to the vault's root (`.stowage-tmp/<hex>`, or a local
+    /// folder's staged file `<key>#<n>`).
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written.
+    pub modified: std::time::SystemTime,
+}
+
+/// Leftovers of killed writers.
+///
+/// Two kinds of temporary objects exist only while a write runs: the `.stowage-tmp/<hex>`
+/// object of a streamed write (every backend), and on a local folder the staged file
+/// `<key>#<n>` object_store writes before renaming it into place (listings hide those). A writer
+/// killed mid-write leaves them behind. **Rule:** one is garbage once it has not been written
+/// for longer than any write can pause — the caller's `older_than`, which the retention job sets
+/// to the garbage-collection grace (24 h; "no job runs longer than the grace"). A live writer
+/// writes its temporary object at least once per part (5 MiB), so its modification time stays
+/// recent, and nothing else is ever deleted: only names of these two forms are considered.
+impl BlobStore {
+    /// Every temporary object in the store, with its size and modification time.
+    pub async fn temporary_objects(&self) -> Result<Vec<TemporaryObject>, StoreError> {
+        match &self.backend {
+            Backend::LocalFolder { lock_dir } => {
+                let root = lock_dir.parent().unwrap_or(lock_dir).to_owned();
+                tokio::task::spawn_blocking(move || local_temporaries(&root))
+                    .await
+                    .map_err(|e| StoreError::LocalFolder {
+                        path: PathBuf::new(),
+                        source: std::io::Error::other(e),
+                    })?
+            }
+            Backend::Native => {
+                let prefix = to_path(STREAM_TEMP_DIR);
+                let mut found = Vec::new();
+                let mut listing = self.inner.list(Some(&prefix));
+                while let Some(meta) = listing.next().await {
+                    let meta =
+                        meta.map_err(|e| self.backend_error("list", STREAM_TEMP_DIR, e))?;
+                    found.push(TemporaryObject {
+                        path: meta.location.to_string(),
+                        size: meta.size,
+                        modified: meta.last_modified.into(),
+                    });
+                }
+                Ok(found)
+            }
+        }
+    }
+
+    /// Deletes the temporary objects not written for longer than `older_than` at `now` (the
+    /// rule above) and returns them; younger ones are kept.
+    pub async fn remove_stale_temporaries(
+        &self,
+        older_than: std::time::Duration,
+        now: std::time::SystemTime,
+    ) -> Result<Vec<TemporaryObject>, StoreError> {
+        let mut removed = Vec::new();
+        for temp in self.temporary_objects().await? {
+            let stale = now
+                .duration_since(temp.modified)
+                .is_ok_and(|age| age > older_than);
+            if !stale {
+                continue;
+            }
+            let gone = match &self.backend {
+                Backend::LocalFolder { lock_dir } => {
+                    let file = lock_dir.parent().unwrap_or(lock_dir).join(&temp.path);
+                    match std::fs::remove_file(&file) {
+                        Ok(()) => true,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                        Err(source) => return Err(StoreError::LocalFolder { path: file, source }),
+                    }
+                }
+                Backend::Native => {
+                    match self.inner.delete(&to_path(&temp.path)).await {
+                        Ok(()) => true,
+                        Err(object_store::Error::NotFound { .. }) => false,
+                        Err(e) => return Err(self.backend_error("delete", &temp.path, e)),
+                    }
+                }
+            };
+            if gone {
+                tracing::info!(path = %temp.path, size = temp.size, "removed a temporary object a killed writer left");
+                removed.push(temp);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A local folder's temporary files: everything under `.stowage-tmp/`, and staged files
+/// `<name>#<digits>` anywhere else but the lock folder.
+fn local_temporaries(root: &FsPath) -> Result<Vec<TemporaryObject>, StoreError> {
+    let mut found = Vec::new();
+    let mut folders = vec![(root.to_owned(), false)];
+    while let Some((folder, in_temp_dir)) = folders.pop() {
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(StoreError::LocalFolder { path: folder, source }),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|source| StoreError::LocalFolder {
+                path: folder.clone(),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                if folder == root && name == LOCAL_LOCK_DIR {
+                    continue;
+                }
+                let temp = in_temp_dir || (folder == root && name == STREAM_TEMP_DIR);
+                folders.push((entry.path(), temp));
+                continue;
+            }
+            let staged = name
+                .split_once('#')
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if !(in_temp_dir || staged) {
+                continue;
+            }
+            let Ok(relative) = entry.path().strip_prefix(root).map(FsPath::to_owned) else {
+                continue;
+            };
+            // Without a modification time its age is unknown: never reported, never removed.
+            let Ok(modified) = meta.modified() else {
+                continue;
+            };
+            found.push(TemporaryObject {
+                path: relative.to_string_lossy().into_owned(),
+                size: meta.len(),
+                modified,
+            });
+        }
+    }
+    Ok(found)
+}
+
 /// A unique temporary key for a streamed write of `key` (see the module doc).
 fn temp_path(key: &BlobKey) -> ObjectPath {
     use std::hash::BuildHasher as _;
@@ -1846,5 +1990,82 @@ pub(crate) mod tests {
             "{refused}"
         );
         assert_eq!(&raw.get(&key).await.unwrap().bytes[..], b"a");
+    }
+
+    fn set_age(path: &FsPath, age: std::time::Duration) {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - age).unwrap();
+    }
+
+    #[tokio::test]
+    async fn temporaries_killed_writers_left_are_listed_and_swept_by_age() {
+        let folder = TempFolder::new("temporaries");
+        let store = BlobStore::local_folder(&folder.0, LocalDurability::OsBuffered).unwrap();
+        let job = layout::job("j-1").unwrap();
+        store.put_create_only(&job, b"{}".to_vec()).await.unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        // A killed CAS/put left a staged file beside the record; a killed streamed write left
+        // its temporary object (and object_store's staged file of it); a live write is fresh.
+        let root = &folder.0;
+        let staged = root.join("jobs/j-1.json#17");
+        let streamed = root.join(".stowage-tmp/0123abcd");
+        let streamed_staged = root.join(".stowage-tmp/4567ef01#3");
+        let live = root.join("jobs/j-2.json#18");
+        std::fs::create_dir_all(root.join(".stowage-tmp")).unwrap();
+        for path in [&staged, &streamed, &streamed_staged, &live] {
+            std::fs::write(path, b"partial").unwrap();
+        }
+        for path in [&staged, &streamed, &streamed_staged] {
+            set_age(path, 25 * hour);
+        }
+        // Not temporaries: a real key whose name has a '#' followed by non-digits, the lock
+        // folder's files, the record itself — even when old.
+        let odd = root.join("jobs/notes#a1");
+        std::fs::write(&odd, b"x").unwrap();
+        set_age(&odd, 25 * hour);
+        set_age(&root.join("jobs/j-1.json"), 25 * hour);
+
+        let mut listed: Vec<String> = store
+            .temporary_objects()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.path)
+            .collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            [
+                ".stowage-tmp/0123abcd",
+                ".stowage-tmp/4567ef01#3",
+                "jobs/j-1.json#17",
+                "jobs/j-2.json#18"
+            ]
+        );
+        let removed = store
+            .remove_stale_temporaries(24 * hour, std::time::SystemTime::now())
+            .await
+            .unwrap();
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(!staged.exists() && !streamed.exists() && !streamed_staged.exists());
+        assert!(live.exists(), "a temporary written recently may be a live write: kept");
+        assert!(odd.exists());
+        assert_eq!(store.get(&job).await.unwrap().bytes.as_ref(), b"{}");
+        assert!(root.join(LOCAL_LOCK_DIR).is_dir());
+
+        // Any backend: the streamed-write folder, by the backend's modification time.
+        let memory = BlobStore::in_memory();
+        memory
+            .inner
+            .put(&to_path(".stowage-tmp/89ab"), PutPayload::from_static(b"partial"))
+            .await
+            .unwrap();
+        memory.put_create_only(&job, b"{}".to_vec()).await.unwrap();
+        let now = std::time::SystemTime::now();
+        assert!(memory.remove_stale_temporaries(hour, now).await.unwrap().is_empty());
+        let later = now + 2 * hour;
+        assert_eq!(memory.remove_stale_temporaries(hour, later).await.unwrap().len(), 1);
+        assert!(memory.temporary_objects().await.unwrap().is_empty());
+        assert!(memory.get(&job).await.is_ok());
     }
 }

@@ -131,9 +131,32 @@ impl StageHandler for RetentionStage {
                 }
             }
         }
+        // What killed writers left: temporary objects not written for the grace period, and
+        // the disk provider's leftovers under its own rule (see ARCHITECTURE.md, "Leftovers of
+        // killed writers").
+        let mut temporaries_removed = 0;
+        let grace = std::time::Duration::try_from(self.grace).unwrap_or_default();
+        let wall = std::time::SystemTime::from(now);
+        let stores =
+            std::iter::once(&self.ctx.primary).chain(self.ctx.secondary.as_ref().map(|s| &s.store));
+        for store in stores {
+            match store.remove_stale_temporaries(grace, wall).await {
+                Ok(removed) => temporaries_removed += removed.len(),
+                Err(err) => {
+                    tracing::warn!(%err, "could not sweep temporary objects; the next retention run tries again");
+                }
+            }
+        }
+        match self.ctx.disks.remove_leftovers().await {
+            Ok(n) => temporaries_removed += n as usize,
+            Err(err) => {
+                tracing::warn!(%err, "could not sweep the disk provider's leftovers; the next retention run tries again");
+            }
+        }
         tracing::info!(
             instance = job.instance,
             %as_of,
+            temporaries_removed,
             rps = report.rps,
             operational_expired = report.operational_deleted,
             vault_expired = report.vault_deleted,
