@@ -66,7 +66,7 @@ use stowage_runtime::{Broker, BrokerError, Names, Shutdown};
 use stowage_schemas::domain::{BackupInstance, JobRecord, JobStatus, Policy, Schedule};
 use stowage_schemas::jobs::{RetentionJob, SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message, MessageId, Stage};
-use stowage_vault::catalog::jobs::{JobStoreError, create_job, read_job, update_job};
+use stowage_vault::catalog::jobs::{create_job, read_job, update_job};
 use stowage_vault::store::{BlobStore, CreateOutcome};
 
 use stowage_vault::catalog::settings::{self, SettingsError};
@@ -99,7 +99,7 @@ pub enum SchedulerError {
     Settings(#[from] SettingsError),
     /// A job record could not be read or written.
     #[error(transparent)]
-    Jobs(#[from] JobStoreError),
+    Jobs(#[from] stowage_vault::Error),
     /// Publishing failed.
     #[error(
         "cannot publish job {job_id}: {source}; its record stays queued, and a running \
@@ -453,7 +453,9 @@ impl Scheduler {
             let info = match info {
                 Ok(info) => info,
                 Err(e) => {
-                    report.failures.push(format!("cannot list job records: {e}"));
+                    report
+                        .failures
+                        .push(format!("cannot list job records: {e}"));
                     return Ok(());
                 }
             };
@@ -465,14 +467,21 @@ impl Scheduler {
             else {
                 continue;
             };
-            if self.settled.lock().unwrap_or_else(|p| p.into_inner()).contains(id) {
+            if self
+                .settled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(id)
+            {
                 continue;
             }
             let record = match read_job(&self.store, id).await {
                 Ok((record, _)) => record,
-                Err(JobStoreError::NotFound { .. }) => continue,
+                Err(e) if e.is_not_found() => continue,
                 Err(e) => {
-                    report.failures.push(format!("cannot read job record {id}: {e}"));
+                    report
+                        .failures
+                        .push(format!("cannot read job record {id}: {e}"));
                     continue;
                 }
             };
@@ -687,10 +696,9 @@ pub async fn backup_now(
         CreateOutcome::Created(_) => {}
         CreateOutcome::AlreadyExists => {
             // A 24-bit nonce collided within one second: vanishingly rare; say so plainly.
-            return Err(SchedulerError::Jobs(JobStoreError::Contended {
-                id: record.id,
-                tries: 1,
-            }));
+            return Err(SchedulerError::Jobs(stowage_vault::Error::job_contended(
+                &record.id, 1,
+            )));
         }
     }
     publish_and_mark(
@@ -1003,7 +1011,11 @@ mod tests {
         let f = fixture("UTC", &["shop"]).await;
         // `backup now` wrote its record, then the publish failed (the broker was away).
         let created = ts("2026-05-01T10:11:12Z");
-        let mut record = JobRecord::new("backup-shop-20260501T101112Z-abc123", Stage::Snapshot, created);
+        let mut record = JobRecord::new(
+            "backup-shop-20260501T101112Z-abc123",
+            Stage::Snapshot,
+            created,
+        );
         record.instance = Some("shop".into());
         record.recovery_point_id = Some("ondemand-20260501T101112Z-abc123".into());
         record.requested_by = Some("alice".into());
@@ -1015,19 +1027,31 @@ mod tests {
         let a = Scheduler::new(f.store.clone(), f.broker.clone(), f.names.clone());
         let b = Scheduler::new(f.store.clone(), f.broker.clone(), f.names.clone());
         let soon = ts("2026-05-01T10:11:40Z");
-        assert!(a.tick(soon).await.republished.is_empty(), "within the grace");
+        assert!(
+            a.tick(soon).await.republished.is_empty(),
+            "within the grace"
+        );
         let later = ts("2026-05-01T10:13:00Z");
         let (ra, rb) = tokio::join!(a.tick(later), b.tick(later));
         assert_eq!(
             [ra.republished.clone(), rb.republished.clone()].concat(),
             vec![record.id.clone()]
         );
-        assert!(a.tick(ts("2026-05-01T10:20:00Z")).await.republished.is_empty());
+        assert!(
+            a.tick(ts("2026-05-01T10:20:00Z"))
+                .await
+                .republished
+                .is_empty()
+        );
         let queue = f.names.stage_queue(Stage::Snapshot);
         let mut messages = Vec::new();
         while let Some(d) = f.broker.get(&queue).await.unwrap() {
             d.ack().await.unwrap();
-            let ct = d.properties.content_type.as_deref().unwrap_or("application/msgpack");
+            let ct = d
+                .properties
+                .content_type
+                .as_deref()
+                .unwrap_or("application/msgpack");
             messages.push(decode(&d.body, ct.parse::<ContentType>().unwrap()).unwrap());
         }
         let snapshots: Vec<_> = messages.iter().filter(|m| m.job_id == record.id).collect();

@@ -48,9 +48,7 @@ use stowage_runtime::StageError;
 use stowage_schemas::domain::Tier;
 use stowage_schemas::jobs::Staging;
 use stowage_vault::layout::{self, BlobKey, LayoutError};
-use stowage_vault::store::{BlobStore, StoreError};
-
-use crate::errors::Classify as _;
+use stowage_vault::store::BlobStore;
 
 /// File name of the hydration record under `staging/<restore-id>/`.
 pub const HYDRATION_FILE: &str = "hydration.json";
@@ -83,10 +81,7 @@ pub fn record_key(restore_id: &str) -> Result<BlobKey, LayoutError> {
 pub async fn write_record(store: &BlobStore, record: &StagingRecord) -> Result<(), StageError> {
     let key = record_key(&record.restore_id).map_err(StageError::permanent)?;
     let bytes = serde_json::to_vec_pretty(record).expect("a staging record serializes");
-    store
-        .put_create_only(&key, bytes)
-        .await
-        .map_err(|e| e.stage_error())?;
+    store.put_create_only(&key, bytes).await?;
     Ok(())
 }
 
@@ -94,7 +89,7 @@ pub async fn write_record(store: &BlobStore, record: &StagingRecord) -> Result<(
 pub async fn read_record(
     store: &BlobStore,
     restore_id: &str,
-) -> Result<Option<StagingRecord>, StoreError> {
+) -> Result<Option<StagingRecord>, stowage_vault::Error> {
     let Ok(key) = record_key(restore_id) else {
         return Ok(None);
     };
@@ -119,7 +114,11 @@ pub fn owns_disk(record: &StagingRecord, restore_id: &str, disk: &str) -> bool {
 
 /// Why a staging disk named by a restore's message is not this restore's: `None` when the
 /// hydration record says the restore made it, else the reason, for the restore's warnings.
-pub fn disk_refusal(record: Option<&StagingRecord>, restore_id: &str, disk: &str) -> Option<String> {
+pub fn disk_refusal(
+    record: Option<&StagingRecord>,
+    restore_id: &str,
+    disk: &str,
+) -> Option<String> {
     match record {
         Some(record) if owns_disk(record, restore_id, disk) => None,
         Some(_) => Some(format!(
@@ -209,7 +208,7 @@ pub struct ReleaseReport {
 pub enum SweepError {
     /// The store failed.
     #[error("sweeping staging areas failed: {0}; run the sweep again, it resumes where it stopped")]
-    Store(#[from] StoreError),
+    Store(#[from] stowage_vault::Error),
     /// The disk provider failed.
     #[error(
         "deleting staging disk {disk} of restore {restore_id} failed: {source}; run the sweep \
@@ -354,7 +353,7 @@ pub async fn sweep(
     Ok(swept)
 }
 
-async fn delete_if_present(store: &BlobStore, key: &BlobKey) -> Result<bool, StoreError> {
+async fn delete_if_present(store: &BlobStore, key: &BlobKey) -> Result<bool, stowage_vault::Error> {
     match store.delete(key).await {
         Ok(()) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),

@@ -51,7 +51,10 @@ async fn wait_event(
                 return envelope.message;
             }
         }
-        assert!(Instant::now() < deadline, "no {routing_key} within {WAIT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no {routing_key} within {WAIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -70,8 +73,8 @@ async fn a_restore_never_deletes_or_adopts_a_disk_it_did_not_make() {
     let _gate = stowage_tests::shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let dir = TempDir::new("ownership");
-    let vault = BlobStore::local_folder(dir.path().join("vault"), LocalDurability::OsBuffered)
-        .unwrap();
+    let vault =
+        BlobStore::local_folder(dir.path().join("vault"), LocalDurability::OsBuffered).unwrap();
     let disks = Arc::new(LocalDiskProvider::open(dir.path().join("disks")).unwrap());
     for (disk, size, fill) in [("shop-data", 16 * MIB, 0x5a), ("blog-data", 8 * MIB, 0xb1)] {
         let info = disks.create_disk(disk, size).await.unwrap();
@@ -204,9 +207,11 @@ async fn a_restore_never_deletes_or_adopts_a_disk_it_did_not_make() {
         );
         for disk in ["shop-data", "blog-data"] {
             assert!(
-                done.warnings.iter().any(|w| w.contains(&format!("disk {disk} "))
-                    && w.contains("hydration record")
-                    && w.contains("neither used nor deleted")),
+                done.warnings
+                    .iter()
+                    .any(|w| w.contains(&format!("disk {disk} "))
+                        && w.contains("hydration record")
+                        && w.contains("neither used nor deleted")),
                 "{restore_id}: no warning about {disk}: {:#?}",
                 done.warnings
             );

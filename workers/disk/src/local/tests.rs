@@ -1,3 +1,5 @@
+use std::fs::OpenOptions;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
@@ -8,6 +10,7 @@ use rand::{Rng, RngExt, SeedableRng};
 
 use super::*;
 use crate::merge_ranges;
+use crate::ranges::BLOCK_SIZE;
 
 const MIB: u64 = 1 << 20;
 
@@ -603,13 +606,15 @@ async fn concurrent_writes_and_snapshots_stay_consistent() {
 }
 
 /// Sets a file's modification time `age` into the past.
-fn age_file(path: &Path, age: Duration) {
+fn age_file(path: &std::path::Path, age: Duration) {
     let file = OpenOptions::new().write(true).open(path).unwrap();
-    file.set_modified(SystemTime::now() - age).unwrap();
+    file.set_modified(std::time::SystemTime::now() - age)
+        .unwrap();
 }
 
 #[tokio::test]
 async fn leftovers_of_killed_writers_are_swept_but_never_under_a_live_writer() {
+    use super::files::temp_path;
     let f = fixture();
     let p = &f.provider;
     let inner = &p.inner;
@@ -620,11 +625,12 @@ async fn leftovers_of_killed_writers_are_swept_but_never_under_a_live_writer() {
 
     // A partial snapshot image of a killed writer: old, nobody holds its lock.
     let dead = temp_path(&inner.snap_file("k-2", "img"));
-    drop(create_temp(&dead).unwrap());
+    fs::write(&dead, b"partial").unwrap();
     age_file(&dead, old);
     // A snapshot still being copied by a live writer: old, but its lock is held.
     let live = temp_path(&inner.snap_file("k-3", "img"));
-    let writer = create_temp(&live).unwrap();
+    let writer = std::fs::File::create_new(&live).unwrap();
+    writer.lock().unwrap();
     age_file(&live, old);
     // A fresh one nobody holds (the instant between create and lock): kept too.
     let fresh = temp_path(&inner.disk_file("k4", "img"));
@@ -632,12 +638,18 @@ async fn leftovers_of_killed_writers_are_swept_but_never_under_a_live_writer() {
 
     let removed = p.remove_leftovers().await.unwrap();
     assert_eq!(removed, 1);
-    assert!(!dead.exists(), "the killed writer's partial image is removed");
+    assert!(
+        !dead.exists(),
+        "the killed writer's partial image is removed"
+    );
     assert!(live.exists(), "a live writer's file is never removed");
     assert!(fresh.exists(), "a fresh temporary file is kept");
     // Real data untouched.
     assert_eq!(read_disk_all(p, "k", MIB).await[4096..8192], [7; 4096]);
-    assert_eq!(read_snapshot_all(p, "k-1", MIB).await[4096..8192], [7; 4096]);
+    assert_eq!(
+        read_snapshot_all(p, "k-1", MIB).await[4096..8192],
+        [7; 4096]
+    );
 
     // Once the writer is gone (its lock released), the same file goes; so does it at `open`.
     drop(writer);
@@ -645,5 +657,8 @@ async fn leftovers_of_killed_writers_are_swept_but_never_under_a_live_writer() {
     let reopened = LocalDiskProvider::open(&f.root).unwrap();
     assert!(!live.exists() && !fresh.exists());
     assert!(reopened.remove_stale_temporaries(TEMP_MIN_AGE).is_empty());
-    assert_eq!(read_disk_all(&reopened, "k", MIB).await[4096..8192], [7; 4096]);
+    assert_eq!(
+        read_disk_all(&reopened, "k", MIB).await[4096..8192],
+        [7; 4096]
+    );
 }

@@ -73,7 +73,6 @@ use stowage_vault::layout::{self, BlobKey};
 use stowage_vault::store::BlobStore;
 
 use crate::cluster_context::{ClusterContext, read_instance_opt};
-use crate::errors::Classify as _;
 
 pub mod objects;
 pub mod plan;
@@ -215,7 +214,7 @@ impl RestoreStage {
                     tracing::warn!(%record, "completion record unreadable; restoring again");
                 }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.stage_error()),
+                Err(e) => return Err(StageError::from(e)),
             }
         }
         let report = restore(ctx, request, job).await?;
@@ -225,10 +224,7 @@ impl RestoreStage {
         let completed = report.completed_event(request);
         if !report.dry_run {
             let bytes = serde_json::to_vec_pretty(&completed).expect("an event serializes");
-            ctx.vault
-                .put_create_only(&record, bytes)
-                .await
-                .map_err(|e| e.stage_error())?;
+            ctx.vault.put_create_only(&record, bytes).await?;
         }
         if let RestoreSource::Staged { staging, .. } = &request.source {
             let store = staging_store(ctx, staging)?;
@@ -323,9 +319,7 @@ pub async fn restore(
     if let RestoreSource::Staged { staging, .. } = &request.source
         && !staging.disks.is_empty()
     {
-        let hydration = crate::staging::read_record(store, &request.restore_id)
-            .await
-            .map_err(|e| e.stage_error())?;
+        let hydration = crate::staging::read_record(store, &request.restore_id).await?;
         for disk in &staging.disks {
             if let Some(reason) =
                 crate::staging::disk_refusal(hydration.as_ref(), &request.restore_id, &disk.disk_id)
@@ -444,7 +438,7 @@ async fn read_rp(store: &BlobStore, request: &RestoreRequest) -> Result<Recovery
                      ({e}); check the ids (`stowage rp list`)"
                 ))
             } else {
-                e.stage_error()
+                StageError::from(e)
             }
         })
 }

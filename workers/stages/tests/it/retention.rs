@@ -528,18 +528,24 @@ async fn a_retention_run_sweeps_what_killed_writers_left_and_nothing_else() {
 
     let age = |path: &std::path::Path, by: std::time::Duration| {
         let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-        file.set_modified(std::time::SystemTime::now() - by).unwrap();
+        file.set_modified(std::time::SystemTime::now() - by)
+            .unwrap();
     };
     let hour = std::time::Duration::from_secs(3600);
     let f = fixture(&[(CalendarPeriod::Day, 30)], 7).await;
     let now = Timestamp::now();
-    let (_, before) = f.backup("rp-1", now - SignedDuration::from_hours(1), 1).await;
+    let (_, before) = f
+        .backup("rp-1", now - SignedDuration::from_hours(1), 1)
+        .await;
     let vault = f._dir.join("vault");
     let snapshots = f.disks.root().join("snapshots");
     // Left by killed writers: a staged record, a streamed write, a partial snapshot image.
     let staged = vault.join("jobs/j-1.json#4");
     let streamed = vault.join(".stowage-tmp/00ff00ff");
-    let partial = snapshots.join(format!(".rp-2-{DISK}.img.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let partial = snapshots.join(format!(
+        ".rp-2-{DISK}.img.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(vault.join("jobs")).unwrap();
     std::fs::create_dir_all(vault.join(".stowage-tmp")).unwrap();
     for path in [&staged, &streamed, &partial] {
@@ -548,8 +554,10 @@ async fn a_retention_run_sweeps_what_killed_writers_left_and_nothing_else() {
     }
     // Written just now (live writers, as far as anyone can tell): kept.
     let fresh_staged = vault.join("jobs/j-2.json#5");
-    let fresh_partial =
-        snapshots.join(format!(".rp-3-{DISK}.img.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let fresh_partial = snapshots.join(format!(
+        ".rp-3-{DISK}.img.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
     for path in [&fresh_staged, &fresh_partial] {
         std::fs::write(path, b"partial").unwrap();
     }
