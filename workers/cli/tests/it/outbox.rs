@@ -16,7 +16,7 @@ use stowage_runtime::{
 use stowage_schemas::domain::{
     BackupInstance, Immutability, JobStatus, Policy, Redundancy, Retention, Schedule, Scope, Vault,
 };
-use stowage_tests::{BrokerKind, Bus, ScriptedHandler, amqp_url, exclusive_broker};
+use stowage_tests::{BrokerKind, Bus, ScriptedHandler, amqp_url, exclusive_broker, rabbitmqctl};
 use stowage_vault::catalog::jobs::list_jobs;
 use stowage_vault::catalog::settings::{WriteMode, write_instance, write_policy, write_vault};
 use stowage_vault::store::{BlobStore, LocalDurability};
@@ -33,17 +33,6 @@ impl Drop for RestartOnDrop {
         let _ = Command::new("rabbitmqctl").arg("start_app").output();
         let _ = Command::new("rabbitmqctl").arg("await_startup").output();
     }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl").args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run rabbitmqctl ({e}); this test restarts the local RabbitMQ and needs its CLI on PATH (scripts/test.sh installs it)")
-    });
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A vault with one instance whose only daily slot is twelve hours away (so the schedulers
