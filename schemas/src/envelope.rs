@@ -37,6 +37,7 @@ pub struct Envelope {
     #[serde(default)]
     pub attempt: u32,
     /// When the message was first created (RFC 3339, UTC).
+    #[serde(deserialize_with = "crate::timestamp::required")]
     pub created_at: Timestamp,
     /// W3C trace context, so that one trace follows a recovery point through every stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]

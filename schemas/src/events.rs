@@ -27,6 +27,7 @@ pub struct RpCreated {
     #[schemars(with = "crate::id::Id")]
     pub recovery_point_id: String,
     /// When the snapshot was taken.
+    #[serde(deserialize_with = "crate::timestamp::required")]
     pub created_at: Timestamp,
     /// Number of Kubernetes resources collected.
     #[serde(default)]
@@ -69,6 +70,7 @@ pub struct RpVaulted {
     pub chunks_reused: u64,
     /// When the vault-tier copy expires, per the policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::timestamp::option")]
     pub expires_at: Option<Timestamp>,
 }
 

@@ -37,6 +37,7 @@ pub enum Trigger {
     /// The policy's schedule.
     Scheduled {
         /// The schedule slot this backup is for.
+        #[serde(deserialize_with = "crate::timestamp::required")]
         slot: Timestamp,
     },
     /// A request by a person or a tool.
@@ -223,5 +224,6 @@ pub struct RetentionJob {
     pub instance: String,
     /// Expire what is expired at this instant; none: now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::timestamp::option")]
     pub as_of: Option<Timestamp>,
 }

@@ -32,6 +32,7 @@ mod message;
 pub mod samples;
 pub mod selector;
 mod stage;
+mod timestamp;
 
 pub use codec::{ContentType, DecodeError, decode, encode, encode_as};
 pub use envelope::{Envelope, MessageId, TraceContext};
