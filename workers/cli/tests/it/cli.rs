@@ -285,3 +285,58 @@ fn the_demo_runs_to_a_verified_restore() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 13, items 3, 5 and 7: `submit` refuses bad ids, oversized or deeply nested files and
+/// wrongly typed fields before connecting anywhere, naming the field and the rule or form.
+#[test]
+fn submit_refuses_bad_ids_deep_input_and_wrong_types_naming_the_field() {
+    let refused = |job: &str| {
+        let out = stowage(&["submit", "-"], "stowage-test-edges", Some(job));
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let rule = stowage_schemas::id::RULE;
+    let err = refused("type: job.retention\njob_id: ../../x\npayload: {instance: shop}\n");
+    assert!(err.contains("job_id: \"../../x\" is not a valid id"), "{err}");
+    assert!(err.contains(rule), "{err}");
+    let err = refused("type: job.retention\npayload: {instance: ../shop}\n");
+    assert!(
+        err.contains("payload.instance: \"../shop\" is not a valid id"),
+        "{err}"
+    );
+    assert!(err.contains(rule), "{err}");
+    let err = refused("type: job.retention\npayload: {instance: [1]}\n");
+    assert!(
+        err.contains("payload.instance: expected an id string") && err.contains("got a sequence"),
+        "{err}"
+    );
+    // 200 KB of nested YAML lists took 30–45 s to refuse; now the size bound refuses it
+    // unread, and a smaller one the depth bound.
+    let deep = format!(
+        "type: job.retention\npayload: {{instance: shop, x: {}1{}}}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    // From a file: standard input would stop being read after the bound.
+    let path = std::env::temp_dir().join(format!("stowage-deep-{}.yaml", std::process::id()));
+    std::fs::write(&path, &deep).expect("write the deep job file");
+    let out = stowage(
+        &["submit", path.to_str().expect("a UTF-8 path")],
+        "stowage-test-edges",
+        None,
+    );
+    let _ = std::fs::remove_file(&path);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refused before parsing") && err.contains("at most 65536 bytes"),
+        "{err}"
+    );
+    let deep = format!(
+        "type: job.retention\npayload: {{instance: shop, x: {}1{}}}\n",
+        "[".repeat(30_000),
+        "]".repeat(30_000)
+    );
+    let err = refused(&deep);
+    assert!(err.contains("more than 32 levels deep"), "{err}");
+}
