@@ -126,8 +126,10 @@ pub struct WorkerArgs {
     /// The cluster the snapshot and restore stages work on.
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Address of the /livez, /readyz and /metrics endpoints.
-    #[arg(long, env = "STOWAGE_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    /// Address of the /livez, /readyz and /metrics endpoints (unauthenticated): loopback
+    /// (127.0.0.1:8080) by default, all interfaces (0.0.0.0:8080) inside Kubernetes
+    /// (KUBERNETES_SERVICE_HOST set).
+    #[arg(long, env = "STOWAGE_HEALTH_ADDR", default_value_t = default_health_addr())]
     pub health_addr: SocketAddr,
     /// Deliveries the broker may hand this worker ahead of time, per stage.
     #[arg(long, env = "STOWAGE_PREFETCH", default_value_t = 8)]
@@ -455,4 +457,22 @@ mod tests {
             Format::Json
         );
     }
+}
+
+/// The default `--health-addr`: `127.0.0.1:8080` outside Kubernetes, so that the
+/// unauthenticated health and metrics endpoints are not on every interface of a laptop or VM;
+/// `0.0.0.0:8080` in a pod (`KUBERNETES_SERVICE_HOST` is set), where the kubelet probes the pod
+/// IP. The manifests in `infra/k8s` set it explicitly either way.
+pub fn default_health_addr() -> SocketAddr {
+    health_addr_for(std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty()))
+}
+
+/// The default health address in (`true`) or outside Kubernetes.
+pub fn health_addr_for(in_kubernetes: bool) -> SocketAddr {
+    let ip = if in_kubernetes {
+        std::net::Ipv4Addr::UNSPECIFIED
+    } else {
+        std::net::Ipv4Addr::LOCALHOST
+    };
+    SocketAddr::from((ip, 8080))
 }

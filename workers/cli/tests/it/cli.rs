@@ -340,3 +340,31 @@ fn submit_refuses_bad_ids_deep_input_and_wrong_types_naming_the_field() {
     let err = refused(&deep);
     assert!(err.contains("more than 32 levels deep"), "{err}");
 }
+
+/// Issue 13, item 8: the unauthenticated health and metrics port listens on loopback unless the
+/// process runs in Kubernetes (where the manifests set it explicitly anyway).
+#[test]
+fn the_health_address_defaults_to_loopback_outside_kubernetes() {
+    let help = |command: &str, kubernetes: Option<&str>| {
+        let mut cmd = stowage_command();
+        cmd.args([command, "--help"])
+            .env_remove("STOWAGE_HEALTH_ADDR")
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        if let Some(host) = kubernetes {
+            cmd.env("KUBERNETES_SERVICE_HOST", host);
+        }
+        let out = run(cmd, None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    for command in ["worker", "scheduler"] {
+        let outside = help(command, None);
+        assert!(
+            outside.contains("[default: 127.0.0.1:8080]"),
+            "{command}: {outside}"
+        );
+        assert!(!outside.contains("[default: 0.0.0.0"), "{command}: {outside}");
+        let inside = help(command, Some("10.96.0.1"));
+        assert!(inside.contains("[default: 0.0.0.0:8080]"), "{command}: {inside}");
+    }
+}
