@@ -233,6 +233,7 @@ pub enum RpAction {
     /// List an instance's recovery points, newest first, with the state of each tier.
     List {
         /// The backup instance.
+        #[arg(value_parser = crate::cli::id_arg)]
         instance: String,
         #[command(flatten)]
         output: TableOutput,
@@ -240,8 +241,10 @@ pub enum RpAction {
     /// Describe one recovery point: manifest, tiers (with their manifests), volumes.
     Describe {
         /// The backup instance.
+        #[arg(value_parser = crate::cli::id_arg)]
         instance: String,
         /// The recovery point id.
+        #[arg(value_parser = crate::cli::id_arg)]
         rp: String,
         #[command(flatten)]
         output: TableOutput,
@@ -249,9 +252,10 @@ pub enum RpAction {
     /// Re-read every chunk of a recovery point and report its integrity.
     Verify {
         /// The recovery point id.
+        #[arg(value_parser = crate::cli::id_arg)]
         rp: String,
         /// Its backup instance (found in the catalog when omitted).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::cli::id_arg)]
         instance: Option<String>,
         /// Which copy to check.
         #[arg(long, value_enum, default_value_t = TierChoice::Vault)]
@@ -475,4 +479,12 @@ pub fn health_addr_for(in_kubernetes: bool) -> SocketAddr {
         std::net::Ipv4Addr::LOCALHOST
     };
     SocketAddr::from((ip, 8080))
+}
+
+/// Parses a command-line id (instance, recovery point, job, restore or cluster name) by the id
+/// rule of `stowage_schemas::id`, so a bad one is refused naming the flag and the rule.
+pub fn id_arg(value: &str) -> Result<String, String> {
+    stowage_schemas::id::validate(value)
+        .map(|()| value.to_owned())
+        .map_err(|e| e.to_string())
 }

@@ -368,3 +368,31 @@ fn the_health_address_defaults_to_loopback_outside_kubernetes() {
         assert!(inside.contains("[default: 0.0.0.0:8080]"), "{command}: {inside}");
     }
 }
+
+/// Issue 13, item 3: id flags and arguments are checked by the id rule when parsed, naming the
+/// argument.
+#[test]
+fn id_arguments_are_refused_by_the_id_rule() {
+    let rule = stowage_schemas::id::RULE;
+    for args in [
+        &["jobs", "show", "../../x"][..],
+        &["backup", "now", "../shop"],
+        &["rp", "list", "shop/.."],
+        &[
+            "restore", "create", "--instance", "shop", "--rp", "rp-1", "--restore-id", "../r",
+        ],
+    ] {
+        let out = run(
+            {
+                let mut cmd = stowage_command();
+                cmd.args(args);
+                cmd
+            },
+            None,
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("invalid value"), "{args:?}: {err}");
+        assert!(err.contains("is not a valid id") && err.contains(rule), "{args:?}: {err}");
+    }
+}
