@@ -9,7 +9,6 @@
 //! 2. only `message.type`: an unknown type is [`DecodeError::UnknownType`];
 //! 3. the whole envelope: anything else that does not fit is [`DecodeError::Malformed`].
 
-use std::fmt;
 use std::io::Cursor;
 use std::str::FromStr;
 
@@ -38,11 +37,7 @@ impl ContentType {
     }
 }
 
-impl fmt::Display for ContentType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+display_as_str!(ContentType);
 
 impl FromStr for ContentType {
     type Err = UnknownContentType;
@@ -127,14 +122,18 @@ pub fn encode_as(env: &Envelope, ct: ContentType) -> Vec<u8> {
 pub fn decode(bytes: &[u8], ct: ContentType) -> Result<Envelope, DecodeError> {
     /// Step 1: nothing but the version.
     #[derive(Deserialize)]
-    #[serde(expecting = "an envelope: a map with schema_version, message_id, job_id, created_at and message")]
+    #[serde(
+        expecting = "an envelope: a map with schema_version, message_id, job_id, created_at and message"
+    )]
     struct VersionProbe {
         schema_version: u16,
     }
 
     /// Step 2: nothing but the message type.
     #[derive(Deserialize)]
-    #[serde(expecting = "an envelope: a map with schema_version, message_id, job_id, created_at and message")]
+    #[serde(
+        expecting = "an envelope: a map with schema_version, message_id, job_id, created_at and message"
+    )]
     struct TypeProbe {
         message: KindProbe,
     }
@@ -219,7 +218,10 @@ fn read<T: DeserializeOwned>(bytes: &[u8], ct: ContentType) -> Result<T, DecodeE
             let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
             de.set_max_depth(MAX_DEPTH);
             let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-                malformed(field_error(&err.path().to_string(), &err.inner().to_string()))
+                malformed(field_error(
+                    &err.path().to_string(),
+                    &err.inner().to_string(),
+                ))
             })?;
             let used = de.position();
             if used != bytes.len() as u64 {
@@ -242,7 +244,8 @@ fn read<T: DeserializeOwned>(bytes: &[u8], ct: ContentType) -> Result<T, DecodeE
                 let text = text.split(" at line ").next().unwrap_or_default();
                 malformed(format!("{}{at}", field_error(&path, text)))
             })?;
-            de.end().map_err(|err| malformed(format!("after the envelope: {err}")))?;
+            de.end()
+                .map_err(|err| malformed(format!("after the envelope: {err}")))?;
             Ok(value)
         }
     }

@@ -311,18 +311,38 @@ mod tests {
         let err = LabelSelector::parse(&format!("{long_key}=x")).unwrap_err();
         assert!(err.reason.contains("is not a valid label key"), "{err}");
         assert!(err.reason.contains("at most 63"), "{err}");
-        assert!(err.to_string().len() < 1000, "the error quotes a cut key: {err}");
+        assert!(
+            err.to_string().len() < 1000,
+            "the error quotes a cut key: {err}"
+        );
         let long_prefix = format!("{}/app", "a".repeat(254));
         let err = LabelSelector::parse(&long_prefix).unwrap_err();
         assert!(err.reason.contains("DNS subdomain"), "{err}");
-        for bad in ["Example.com/app", "/app", "a/", "-app", "app-=x", &format!("a={}", "v".repeat(64))] {
+        for bad in [
+            "Example.com/app",
+            "/app",
+            "a/",
+            "-app",
+            "app-=x",
+            &format!("a={}", "v".repeat(64)),
+        ] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad}");
         }
         let prefix = format!("{0}.{0}.{0}.{1}", "a".repeat(63), "b".repeat(61));
         assert_eq!(prefix.len(), 253);
         let longest = format!("{prefix}/{}={}", "n".repeat(63), "v".repeat(63));
-        for good in ["app.kubernetes.io/name=web", "k8s.io/x", &longest, "tier=", "A_b.c-9"] {
-            assert!(LabelSelector::parse(good).is_ok(), "{good}: {:?}", LabelSelector::parse(good));
+        for good in [
+            "app.kubernetes.io/name=web",
+            "k8s.io/x",
+            &longest,
+            "tier=",
+            "A_b.c-9",
+        ] {
+            assert!(
+                LabelSelector::parse(good).is_ok(),
+                "{good}: {:?}",
+                LabelSelector::parse(good)
+            );
         }
     }
 }

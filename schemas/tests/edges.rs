@@ -106,13 +106,19 @@ fn a_body_of_the_wrong_shape_names_no_internal_type() {
         for value in [json!(5), json!("x"), json!(null)] {
             let err = refusal(&value, ct);
             assert!(!err.contains("Probe"), "{ct}: {err}");
-            assert!(err.contains("the body: expected an envelope"), "{ct}: {err}");
+            assert!(
+                err.contains("the body: expected an envelope"),
+                "{ct}: {err}"
+            );
         }
         let mut value = snapshot();
         value["message"]["payload"] = json!(7);
         let err = refusal(&value, ct);
         assert!(!err.contains("SnapshotJob"), "{ct}: {err}");
-        assert!(err.contains("message.payload: expected a map"), "{ct}: {err}");
+        assert!(
+            err.contains("message.payload: expected a map"),
+            "{ct}: {err}"
+        );
     }
 }
 

@@ -113,27 +113,25 @@ pub fn parse(origin: &str, text: &str) -> Result<Envelope, JobFileError> {
         origin: origin.to_owned(),
         reason,
     })?;
-    let file: JobFile =
-        serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(
-            |e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                let at = inner
-                    .location()
-                    .map(|l| format!(" (at line {} column {})", l.line(), l.column()))
-                    .unwrap_or_default();
-                let message = inner.to_string();
-                let message = message.split(" at line ").next().unwrap_or_default();
-                // serde_yaml names the path itself too; say it once.
-                let message = message
-                    .strip_prefix(&format!("{path}: "))
-                    .unwrap_or(message);
-                JobFileError::Shape {
-                    origin: origin.to_owned(),
-                    reason: format!("{}{at}", field_error(&path, message)),
-                }
-            },
-        )?;
+    let file: JobFile = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let at = inner
+                .location()
+                .map(|l| format!(" (at line {} column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            let message = inner.to_string();
+            let message = message.split(" at line ").next().unwrap_or_default();
+            // serde_yaml names the path itself too; say it once.
+            let message = message
+                .strip_prefix(&format!("{path}: "))
+                .unwrap_or(message);
+            JobFileError::Shape {
+                origin: origin.to_owned(),
+                reason: format!("{}{at}", field_error(&path, message)),
+            }
+        })?;
     let jobs = || {
         Message::KINDS
             .iter()
@@ -348,7 +346,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("job_id: \"../../x\" is not a valid id"), "{err}");
+        assert!(
+            err.contains("job_id: \"../../x\" is not a valid id"),
+            "{err}"
+        );
         assert!(err.contains(stowage_schemas::id::RULE), "{err}");
         let err = parse("f", "type: job.retention\npayload: {instance: ../etc}\n")
             .unwrap_err()
@@ -373,7 +374,10 @@ mod tests {
         let err = parse("f", "type: [job.retention]\npayload: {}\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("type: expected a string, got a sequence"), "{err}");
+        assert!(
+            err.contains("type: expected a string, got a sequence"),
+            "{err}"
+        );
         let err = parse(
             "f",
             "type: job.retention\npayload: {instance: shop, as_of: 2026-11-29T10:00:00}\n",
@@ -396,13 +400,22 @@ mod tests {
         let err = parse("f", &flow).unwrap_err().to_string();
         assert!(err.contains("refused before parsing"), "{err}");
         assert!(err.contains("at most 65536 bytes"), "{err}");
-        let block = format!("type: job.retention\npayload:\n  x:\n  {}1\n", "- ".repeat(100));
+        let block = format!(
+            "type: job.retention\npayload:\n  x:\n  {}1\n",
+            "- ".repeat(100)
+        );
         let err = parse("f", &block).unwrap_err().to_string();
         assert!(err.contains("more than 32 levels deep"), "{err}");
-        let flow = format!("type: job.retention\npayload: {{x: {}1{}}}\n", "[".repeat(40), "]".repeat(40));
+        let flow = format!(
+            "type: job.retention\npayload: {{x: {}1{}}}\n",
+            "[".repeat(40),
+            "]".repeat(40)
+        );
         let err = parse("f", &flow).unwrap_err().to_string();
         assert!(err.contains("more than 32 levels deep"), "{err}");
-        let indented: String = (0..40).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
+        let indented: String = (0..40)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
         let err = parse("f", &indented).unwrap_err().to_string();
         assert!(err.contains("more than 32 levels deep"), "{err}");
         // Brackets in quoted strings and comments are not nesting.

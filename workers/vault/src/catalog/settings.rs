@@ -29,7 +29,7 @@ use std::fmt;
 
 use crate::document::{self, Decision, UpdateError};
 use crate::layout::{self, BlobKey, KeyPrefix, LayoutError};
-use crate::store::{BlobStore, StoreError};
+use crate::store::BlobStore;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Serialize;
@@ -150,7 +150,17 @@ pub enum SettingsError {
     Layout(#[from] LayoutError),
     /// Blob storage failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] crate::Error),
+}
+
+impl stowage_schemas::Retryable for SettingsError {
+    fn is_transient(&self) -> bool {
+        match self {
+            SettingsError::Store(e) => e.is_transient(),
+            SettingsError::Contended { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 impl SettingsError {
@@ -457,7 +467,11 @@ pub fn validate_instance(
     );
     check.not_empty("cluster", &instance.cluster, "aks-prod");
     if !instance.cluster.trim().is_empty() {
-        check.id("cluster", &instance.cluster, stowage_schemas::id::MAX_ID_LEN);
+        check.id(
+            "cluster",
+            &instance.cluster,
+            stowage_schemas::id::MAX_ID_LEN,
+        );
     }
     if instance.vault != vault.name {
         check.fail(
@@ -917,7 +931,10 @@ mod tests {
             i.name = name.into();
             i.cluster = cluster.into();
             let all = messages(validate_instance(&i, &vault(), true, None));
-            assert!(all.iter().any(|m| m.contains(fragment)), "{name} {cluster}: {all:?}");
+            assert!(
+                all.iter().any(|m| m.contains(fragment)),
+                "{name} {cluster}: {all:?}"
+            );
         }
         let mut i = instance();
         i.name = "a".repeat(63);
