@@ -237,9 +237,11 @@ fn read<T: DeserializeOwned>(bytes: &[u8], ct: ContentType) -> Result<T, DecodeE
             let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
                 let path = err.path().to_string();
                 let inner = err.into_inner();
-                let at = (inner.line() > 0)
-                    .then(|| format!(" (at line {} column {})", inner.line(), inner.column()))
-                    .unwrap_or_default();
+                let at = if inner.line() > 0 {
+                    format!(" (at line {} column {})", inner.line(), inner.column())
+                } else {
+                    String::new()
+                };
                 let text = inner.to_string();
                 let text = text.split(" at line ").next().unwrap_or_default();
                 malformed(format!("{}{at}", field_error(&path, text)))

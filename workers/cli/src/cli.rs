@@ -424,6 +424,32 @@ pub struct PreflightArgs {
     pub output: TableOutput,
 }
 
+/// The default `--health-addr`: `127.0.0.1:8080` outside Kubernetes, so that the
+/// unauthenticated health and metrics endpoints are not on every interface of a laptop or VM;
+/// `0.0.0.0:8080` in a pod (`KUBERNETES_SERVICE_HOST` is set), where the kubelet probes the pod
+/// IP. The manifests in `infra/k8s` set it explicitly either way.
+pub fn default_health_addr() -> SocketAddr {
+    health_addr_for(std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty()))
+}
+
+/// The default health address in (`true`) or outside Kubernetes.
+pub fn health_addr_for(in_kubernetes: bool) -> SocketAddr {
+    let ip = if in_kubernetes {
+        std::net::Ipv4Addr::UNSPECIFIED
+    } else {
+        std::net::Ipv4Addr::LOCALHOST
+    };
+    SocketAddr::from((ip, 8080))
+}
+
+/// Parses a command-line id (instance, recovery point, job, restore or cluster name) by the id
+/// rule of `stowage_schemas::id`, so a bad one is refused naming the flag and the rule.
+pub fn id_arg(value: &str) -> Result<String, String> {
+    stowage_schemas::id::validate(value)
+        .map(|()| value.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory as _, Parser as _};
@@ -461,30 +487,4 @@ mod tests {
             Format::Json
         );
     }
-}
-
-/// The default `--health-addr`: `127.0.0.1:8080` outside Kubernetes, so that the
-/// unauthenticated health and metrics endpoints are not on every interface of a laptop or VM;
-/// `0.0.0.0:8080` in a pod (`KUBERNETES_SERVICE_HOST` is set), where the kubelet probes the pod
-/// IP. The manifests in `infra/k8s` set it explicitly either way.
-pub fn default_health_addr() -> SocketAddr {
-    health_addr_for(std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty()))
-}
-
-/// The default health address in (`true`) or outside Kubernetes.
-pub fn health_addr_for(in_kubernetes: bool) -> SocketAddr {
-    let ip = if in_kubernetes {
-        std::net::Ipv4Addr::UNSPECIFIED
-    } else {
-        std::net::Ipv4Addr::LOCALHOST
-    };
-    SocketAddr::from((ip, 8080))
-}
-
-/// Parses a command-line id (instance, recovery point, job, restore or cluster name) by the id
-/// rule of `stowage_schemas::id`, so a bad one is refused naming the flag and the rule.
-pub fn id_arg(value: &str) -> Result<String, String> {
-    stowage_schemas::id::validate(value)
-        .map(|()| value.to_owned())
-        .map_err(|e| e.to_string())
 }

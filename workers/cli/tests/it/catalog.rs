@@ -70,20 +70,10 @@ fn instance_create_refuses_oversized_label_keys_and_bad_names() {
     let create = |name: &str, selector: &str| {
         refused(&stowage(
             v,
-            &[
-                "instance",
-                "create",
-                name,
-                "--cluster",
-                "aks-prod",
-                "--policy",
-                "every-4h",
-                "--snapshot-location",
-                "rg-snaps",
-                "--selector",
-                selector,
-            ],
-            None,
+            &format!(
+                "instance create {name} --cluster aks-prod --policy every-4h \
+                 --snapshot-location rg-snaps --selector {selector}"
+            ),
         ))
     };
     let err = create("blog", &format!("{}=web", "k".repeat(300)));
@@ -99,7 +89,7 @@ fn instance_create_refuses_oversized_label_keys_and_bad_names() {
         err.contains("name") && err.contains("path separator"),
         "{err}"
     );
-    let list = ok(&stowage(v, &["instance", "list", "-o", "json"], None));
+    let list = ok(&stowage(v, "instance list -o json"));
     let list: serde_json::Value = serde_json::from_str(&list).expect("json");
     let names: Vec<_> = list
         .as_array()
