@@ -64,10 +64,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use stowage_cluster::apply::name_of;
 use stowage_disk::SnapshotId;
 use stowage_runtime::{JobContext, JobOrEvent, Outcome, StageError, StageHandler};
+use stowage_schemas::Message;
 use stowage_schemas::domain::{JobProgress, RecoveryPoint, Tier};
 use stowage_schemas::events::{RestoreCompleted, RestoreHydrated};
 use stowage_schemas::jobs::{RestoreJob, RestoreOptions, Staging};
-use stowage_schemas::{Message, Stage};
 use stowage_vault::catalog;
 use stowage_vault::layout::{self, BlobKey};
 use stowage_vault::store::BlobStore;
@@ -98,10 +98,6 @@ pub struct RestoreStage(pub ClusterContext);
 
 impl StageHandler for RestoreStage {
     type Input = JobOrEvent<RestoreJob, RestoreHydrated>;
-
-    fn stage(&self) -> Stage {
-        Stage::Restore
-    }
 
     async fn handle(&self, ctx: JobContext, input: Self::Input) -> Result<Outcome, StageError> {
         let request = match &input {

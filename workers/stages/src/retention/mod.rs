@@ -38,7 +38,6 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use stowage_disk::SnapshotId;
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
-use stowage_schemas::Stage;
 use stowage_schemas::domain::{Policy, RecoveryPoint, RpState, Tier};
 use stowage_schemas::jobs::RetentionJob;
 use stowage_vault::catalog::{self, settings};
@@ -101,10 +100,6 @@ impl RetentionStage {
 
 impl StageHandler for RetentionStage {
     type Input = RetentionJob;
-
-    fn stage(&self) -> Stage {
-        Stage::Retention
-    }
 
     async fn handle(&self, _ctx: JobContext, job: RetentionJob) -> Result<Outcome, StageError> {
         let now = (self.clock)();
