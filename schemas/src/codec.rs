@@ -120,17 +120,24 @@ pub fn encode_as(env: &Envelope, ct: ContentType) -> Vec<u8> {
 pub fn decode(bytes: &[u8], ct: ContentType) -> Result<Envelope, DecodeError> {
     /// Step 1: nothing but the version.
     #[derive(Deserialize)]
+    #[serde(
+        expecting = "an envelope: a map with schema_version, message_id, job_id, created_at and message"
+    )]
     struct VersionProbe {
         schema_version: u16,
     }
 
     /// Step 2: nothing but the message type.
     #[derive(Deserialize)]
+    #[serde(
+        expecting = "an envelope: a map with schema_version, message_id, job_id, created_at and message"
+    )]
     struct TypeProbe {
         message: KindProbe,
     }
 
     #[derive(Deserialize)]
+    #[serde(expecting = "a message: a map with type and payload")]
     struct KindProbe {
         #[serde(rename = "type")]
         kind: String,
@@ -149,10 +156,56 @@ pub fn decode(bytes: &[u8], ct: ContentType) -> Result<Envelope, DecodeError> {
     if !Message::KINDS.contains(&kind.as_str()) {
         return Err(DecodeError::UnknownType { kind });
     }
-    read(bytes, ct)
+    match read(bytes, ct) {
+        Err(DecodeError::Malformed { reason, .. }) if reason.starts_with("message: ") => {
+            Err(DecodeError::Malformed {
+                content_type: ct,
+                reason: payload_error(bytes, ct, &kind).unwrap_or(reason),
+            })
+        }
+        result => result,
+    }
 }
 
-/// Reads one value of `T` filling the whole body.
+/// Names the field of a payload that did not fit, when the body put `payload` before `type`.
+///
+/// serde then buffers the payload before it knows its type and reports its errors against
+/// `message` alone. The payload is read again on its own, as JSON after `type`, to find the
+/// path inside it. `None` if that reading succeeds or fails for another reason.
+fn payload_error(bytes: &[u8], ct: ContentType, kind: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Outer {
+        message: Inner,
+    }
+
+    #[derive(Deserialize)]
+    struct Inner {
+        payload: serde_json::Value,
+    }
+
+    let Outer {
+        message: Inner { payload },
+    } = read(bytes, ct).ok()?;
+    let text = format!(
+        "{{\"type\":{},\"payload\":{}}}",
+        serde_json::to_string(kind).ok()?,
+        serde_json::to_string(&payload).ok()?
+    );
+    let mut de = serde_json::Deserializer::from_str(&text);
+    let err = serde_path_to_error::deserialize::<_, Message>(&mut de).err()?;
+    let path = err.path().to_string();
+    let text = err.into_inner().to_string();
+    let text = text.split(" at line ").next().unwrap_or_default();
+    Some(field_error(&format!("message.{path}"), text))
+}
+
+/// The deepest nesting of arrays and maps a MessagePack body may have. An envelope nests about
+/// six levels deep; the bound keeps a hostile body from recursing the decoder off the stack
+/// (serde_json has its own bound of 128).
+pub const MAX_DEPTH: usize = 32;
+
+/// Reads one value of `T` filling the whole body. A refusal names the field it is about
+/// (`message.payload.instance: expected a string, got a sequence`), see [`field_error`].
 fn read<T: DeserializeOwned>(bytes: &[u8], ct: ContentType) -> Result<T, DecodeError> {
     let malformed = |reason: String| DecodeError::Malformed {
         content_type: ct,
@@ -161,7 +214,13 @@ fn read<T: DeserializeOwned>(bytes: &[u8], ct: ContentType) -> Result<T, DecodeE
     match ct {
         ContentType::MessagePack => {
             let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
-            let value = T::deserialize(&mut de).map_err(|err| malformed(err.to_string()))?;
+            de.set_max_depth(MAX_DEPTH);
+            let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+                malformed(field_error(
+                    &err.path().to_string(),
+                    &err.inner().to_string(),
+                ))
+            })?;
             let used = de.position();
             if used != bytes.len() as u64 {
                 return Err(malformed(format!(
@@ -172,9 +231,107 @@ fn read<T: DeserializeOwned>(bytes: &[u8], ct: ContentType) -> Result<T, DecodeE
             Ok(value)
         }
         ContentType::Json => {
-            serde_json::from_slice(bytes).map_err(|err| malformed(err.to_string()))
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+                let path = err.path().to_string();
+                let inner = err.into_inner();
+                let at = if inner.line() > 0 {
+                    format!(" (at line {} column {})", inner.line(), inner.column())
+                } else {
+                    String::new()
+                };
+                let text = inner.to_string();
+                let text = text.split(" at line ").next().unwrap_or_default();
+                malformed(format!("{}{at}", field_error(&path, text)))
+            })?;
+            de.end()
+                .map_err(|err| malformed(format!("after the envelope: {err}")))?;
+            Ok(value)
         }
     }
+}
+
+/// Phrases a deserializer's complaint about the field at `path` (dotted, `.` for the whole
+/// body) as `<path>: expected <form>, got <what was there>`, without Rust type names.
+///
+/// serde words a type mismatch `invalid type: sequence, expected a string`; this turns it into
+/// `payload.instance: expected a string, got a sequence`, and names integer types by their
+/// range. Other complaints (missing fields, custom messages) are kept, prefixed by the path.
+pub fn field_error(path: &str, message: &str) -> String {
+    let message = message.trim();
+    let phrased = ["invalid type: ", "invalid value: ", "invalid length "]
+        .iter()
+        .find_map(|prefix| {
+            let rest = message.strip_prefix(prefix)?;
+            let (got, expected) = rest.rsplit_once(", expected ")?;
+            let got = if *prefix == "invalid length " {
+                format!("length {got}")
+            } else {
+                article(got)
+            };
+            Some(format!("expected {}, got {got}", plain_type(expected)))
+        })
+        .unwrap_or_else(|| plain_type(message));
+    if path.is_empty() || path == "." {
+        format!("the body: {phrased}")
+    } else {
+        format!("{path}: {phrased}")
+    }
+}
+
+/// `sequence` → `a sequence`, `map` → `a map`; values such as ``integer `5` `` are kept.
+fn article(what: &str) -> String {
+    match what {
+        "sequence" | "map" | "boolean" | "string" | "unit value" | "newtype struct"
+        | "unit variant" | "newtype variant" | "tuple variant" | "struct variant" | "option" => {
+            let what = match what {
+                "newtype struct" => "tagged (extension) value",
+                "unit value" => "null",
+                other => other,
+            };
+            if what == "null" {
+                what.to_owned()
+            } else if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                format!("an {what}")
+            } else {
+                format!("a {what}")
+            }
+        }
+        other => other.to_owned(),
+    }
+}
+
+/// Replaces Rust type names in an `expected …` phrase by the form they take on the wire.
+fn plain_type(expected: &str) -> String {
+    let integer = |t: &str| -> Option<&'static str> {
+        Some(match t {
+            "u8" => "an integer from 0 to 255",
+            "u16" => "an integer from 0 to 65535",
+            "u32" => "an integer from 0 to 4294967295",
+            "u64" => "an integer from 0 to 18446744073709551615",
+            "i32" => "an integer from -2147483648 to 2147483647",
+            "i64" => "an integer from -9223372036854775808 to 9223372036854775807",
+            "a boolean" => "true or false",
+            _ => return None,
+        })
+    };
+    if let Some(text) = integer(expected) {
+        return text.to_owned();
+    }
+    // `struct SnapshotJob`, `adjacently tagged enum Message`, `internally tagged enum Trigger`.
+    for (marker, form) in [
+        ("struct ", "a map of fields"),
+        ("adjacently tagged enum ", "a map with `type` and `payload`"),
+        ("internally tagged enum ", "a map with a `kind` field"),
+    ] {
+        if let Some(at) = expected.find(marker) {
+            let name_end = expected[at + marker.len()..]
+                .find(|c: char| !c.is_alphanumeric() && c != '_')
+                .map_or(expected.len(), |end| at + marker.len() + end);
+            return format!("{}{form}{}", &expected[..at], &expected[name_end..]);
+        }
+    }
+    expected.to_owned()
 }
 
 #[cfg(test)]

@@ -20,17 +20,24 @@ pub struct Envelope {
     /// The wire-contract version the message was written with; see `schemas/EVOLUTION.md`.
     pub schema_version: u16,
     /// The job this message belongs to: the job it requests, or the job that emitted the event.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub job_id: String,
     /// The recovery point the message is about, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::id::fields::option")]
+    #[schemars(with = "Option<crate::id::Id>")]
     pub recovery_point_id: Option<String>,
     /// The restore the message is about, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::id::fields::option")]
+    #[schemars(with = "Option<crate::id::Id>")]
     pub restore_id: Option<String>,
     /// Delivery attempt: 0 on the first delivery, incremented by the runtime on each retry.
     #[serde(default)]
     pub attempt: u32,
     /// When the message was first created (RFC 3339, UTC).
+    #[serde(deserialize_with = "crate::timestamp::required")]
     pub created_at: Timestamp,
     /// W3C trace context, so that one trace follows a recovery point through every stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]

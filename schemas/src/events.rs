@@ -19,10 +19,15 @@ use crate::jobs::{RestoreOptions, Staging};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RpCreated {
     /// Name of the backup instance.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub instance: String,
     /// The new recovery point.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub recovery_point_id: String,
     /// When the snapshot was taken.
+    #[serde(deserialize_with = "crate::timestamp::required")]
     pub created_at: Timestamp,
     /// Number of Kubernetes resources collected.
     #[serde(default)]
@@ -44,8 +49,12 @@ pub struct RpCreated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RpVaulted {
     /// Name of the backup instance.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub instance: String,
     /// The recovery point.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub recovery_point_id: String,
     /// Volume bytes read from the disk provider (changed ranges only when incremental).
     #[serde(default)]
@@ -61,6 +70,7 @@ pub struct RpVaulted {
     pub chunks_reused: u64,
     /// When the vault-tier copy expires, per the policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::timestamp::option")]
     pub expires_at: Option<Timestamp>,
 }
 
@@ -70,8 +80,12 @@ pub struct RpVaulted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RpReplicated {
     /// Name of the backup instance.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub instance: String,
     /// The recovery point.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub recovery_point_id: String,
     /// Region of the secondary copy.
     pub secondary_region: String,
@@ -89,10 +103,16 @@ pub struct RpReplicated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RestoreHydrated {
     /// Id of the restore.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub restore_id: String,
     /// Name of the backup instance.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub instance: String,
     /// The recovery point being restored.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub recovery_point_id: String,
     /// The tier the data was read from.
     pub tier: Tier,
@@ -109,10 +129,16 @@ pub struct RestoreHydrated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RestoreCompleted {
     /// Id of the restore.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub restore_id: String,
     /// Name of the backup instance.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub instance: String,
     /// The recovery point restored.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub recovery_point_id: String,
     /// The cluster restored into.
     pub target_cluster: String,
@@ -142,6 +168,8 @@ pub struct RestoreCompleted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct JobProgress {
     /// The job.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub job_id: String,
     /// The stage running it.
     pub stage: Stage,
@@ -156,6 +184,8 @@ pub struct JobProgress {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct JobFailed {
     /// The job.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub job_id: String,
     /// The stage that ran it.
     pub stage: Stage,

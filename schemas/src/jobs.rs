@@ -19,8 +19,12 @@ use crate::domain::{Tier, yes};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SnapshotJob {
     /// Name of the backup instance.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub instance: String,
     /// Id the new recovery point gets; chosen by the producer so a redelivery is idempotent.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub recovery_point_id: String,
     /// Why the snapshot is taken.
     pub trigger: Trigger,
@@ -33,6 +37,7 @@ pub enum Trigger {
     /// The policy's schedule.
     Scheduled {
         /// The schedule slot this backup is for.
+        #[serde(deserialize_with = "crate::timestamp::required")]
         slot: Timestamp,
     },
     /// A request by a person or a tool.
@@ -50,8 +55,12 @@ pub enum Trigger {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct VaultTransferJob {
     /// Name of the backup instance.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub instance: String,
     /// The recovery point to transfer.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub recovery_point_id: String,
 }
 
@@ -62,8 +71,12 @@ pub struct VaultTransferJob {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct GeoReplicationJob {
     /// Name of the backup instance.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub instance: String,
     /// The recovery point to replicate.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub recovery_point_id: String,
 }
 
@@ -75,10 +88,16 @@ pub struct GeoReplicationJob {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RestoreHydrationJob {
     /// Id of the restore; stable across hydration and restore.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub restore_id: String,
     /// Name of the backup instance.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub instance: String,
     /// The recovery point to restore.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub recovery_point_id: String,
     /// The tier to read from: `vault` or `secondary`.
     pub tier: Tier,
@@ -97,10 +116,16 @@ pub struct RestoreHydrationJob {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RestoreJob {
     /// Id of the restore.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub restore_id: String,
     /// Name of the backup instance.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub instance: String,
     /// The recovery point to restore.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub recovery_point_id: String,
     /// The tier the data comes from. `operational` restores straight from snapshots;
     /// `vault` and `secondary` need `staging` from a hydration.
@@ -118,6 +143,8 @@ pub struct RestoreJob {
 pub struct RestoreOptions {
     /// The cluster to restore into; none: the instance's own cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::id::fields::option")]
+    #[schemars(with = "Option<crate::id::Id>")]
     pub target_cluster: Option<String>,
     /// Namespaces to restore; empty: every namespace in the recovery point.
     #[serde(default)]
@@ -178,6 +205,8 @@ pub struct StagedDisk {
     /// The backed-up volume.
     pub volume_id: String,
     /// Disk-provider id of the staging disk.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub disk_id: String,
     /// Size in bytes.
     pub size_bytes: u64,
@@ -190,8 +219,11 @@ pub struct StagedDisk {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RetentionJob {
     /// Name of the backup instance.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
     pub instance: String,
     /// Expire what is expired at this instant; none: now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::timestamp::option")]
     pub as_of: Option<Timestamp>,
 }

@@ -12,6 +12,7 @@
 //! - [`codec`]: encoding, and decoding that checks version and type first;
 //! - [`json_schema`]: the JSON Schemas published in `schemas/json/`;
 //! - [`samples`]: one canonical envelope per message type, the source of the golden fixtures;
+//! - [`id`]: the one rule for instance, recovery-point, job, restore, disk and cluster ids;
 //! - [`selector`]: Kubernetes label selectors, parsed and matched (an instance's scope holds
 //!   them; collection and the catalog's validation both need them);
 //! - [`Retryable`]: whether a failure is worth another try, answered once per error type.
@@ -49,6 +50,7 @@ pub mod codec;
 pub mod domain;
 mod envelope;
 pub mod events;
+pub mod id;
 mod job_record;
 pub mod jobs;
 pub mod json_schema;
@@ -57,9 +59,11 @@ mod retry;
 pub mod samples;
 pub mod selector;
 mod stage;
+mod timestamp;
 
 pub use codec::{ContentType, DecodeError, decode, encode, encode_as};
 pub use envelope::{Envelope, MessageId, TraceContext};
+pub use id::{Id, IdError};
 pub use message::{Message, Route};
 pub use retry::Retryable;
 pub use stage::{Stage, UnknownStage};

@@ -38,7 +38,7 @@ pub enum Requirement {
 
 /// A label selector that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid label selector {selector:?}: {reason}")]
+#[error("invalid label selector {}: {reason}", crate::id::quote(selector))]
 pub struct SelectorError {
     /// The selector as given.
     pub selector: String,
@@ -185,28 +185,73 @@ fn parse_requirement(part: &str) -> Result<Requirement, String> {
     Ok(Requirement::Exists(key_checked(part)?))
 }
 
+/// The longest label name (the part after the optional `prefix/`), and the longest value.
+pub const MAX_LABEL_NAME_LEN: usize = 63;
+/// The longest label-key prefix (a DNS subdomain).
+pub const MAX_LABEL_PREFIX_LEN: usize = 253;
+
+/// A label name or value: at most 63 characters of ASCII letters, digits, `-`, `_` and `.`,
+/// starting and ending with a letter or digit (a value may also be empty).
+fn is_label_name(name: &str) -> bool {
+    name.len() <= MAX_LABEL_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// A DNS subdomain: at most 253 characters, dot-separated labels of lowercase letters, digits
+/// and `-`, each starting and ending with a letter or digit.
+fn is_dns_subdomain(prefix: &str) -> bool {
+    prefix.len() <= MAX_LABEL_PREFIX_LEN
+        && prefix.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 fn key_checked(key: &str) -> Result<String, String> {
     let key = key.trim();
-    let valid = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    if valid {
-        Ok(key.to_owned())
-    } else {
-        Err(format!("{key:?} is not a valid label key"))
+    let shown = crate::id::quote(key);
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix
+        && !is_dns_subdomain(prefix)
+    {
+        return Err(format!(
+            "{shown} is not a valid label key: its prefix must be a DNS subdomain (at most \
+             {MAX_LABEL_PREFIX_LEN} characters of lowercase letters, digits, '-' and '.')"
+        ));
     }
+    if !is_label_name(name) {
+        return Err(format!(
+            "{shown} is not a valid label key: a key is an optional DNS-subdomain prefix (at most \
+             {MAX_LABEL_PREFIX_LEN} characters) and '/', then a name of at most \
+             {MAX_LABEL_NAME_LEN} ASCII letters, digits, '-', '_' and '.', starting and ending \
+             with a letter or digit"
+        ));
+    }
+    Ok(key.to_owned())
 }
 
 fn value_checked(value: &str) -> Result<String, String> {
     let value = value.trim();
-    if value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
+    if value.is_empty() || is_label_name(value) {
         Ok(value.to_owned())
     } else {
-        Err(format!("{value:?} is not a valid label value"))
+        Err(format!(
+            "{} is not a valid label value: a value is empty or at most {MAX_LABEL_NAME_LEN} \
+             ASCII letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+            crate::id::quote(value)
+        ))
     }
 }
 
@@ -257,6 +302,47 @@ mod tests {
     fn malformed_selectors_are_refused() {
         for bad in ["app in (web", "app=we b", "app ni (x)", "=x", "a in ((b))"] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_keys_and_values_follow_kubernetes_lengths() {
+        let long_key = "k".repeat(300);
+        let err = LabelSelector::parse(&format!("{long_key}=x")).unwrap_err();
+        assert!(err.reason.contains("is not a valid label key"), "{err}");
+        assert!(err.reason.contains("at most 63"), "{err}");
+        assert!(
+            err.to_string().len() < 1000,
+            "the error quotes a cut key: {err}"
+        );
+        let long_prefix = format!("{}/app", "a".repeat(254));
+        let err = LabelSelector::parse(&long_prefix).unwrap_err();
+        assert!(err.reason.contains("DNS subdomain"), "{err}");
+        for bad in [
+            "Example.com/app",
+            "/app",
+            "a/",
+            "-app",
+            "app-=x",
+            &format!("a={}", "v".repeat(64)),
+        ] {
+            assert!(LabelSelector::parse(bad).is_err(), "{bad}");
+        }
+        let prefix = format!("{0}.{0}.{0}.{1}", "a".repeat(63), "b".repeat(61));
+        assert_eq!(prefix.len(), 253);
+        let longest = format!("{prefix}/{}={}", "n".repeat(63), "v".repeat(63));
+        for good in [
+            "app.kubernetes.io/name=web",
+            "k8s.io/x",
+            &longest,
+            "tier=",
+            "A_b.c-9",
+        ] {
+            assert!(
+                LabelSelector::parse(good).is_ok(),
+                "{good}: {:?}",
+                LabelSelector::parse(good)
+            );
         }
     }
 }

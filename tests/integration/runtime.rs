@@ -232,12 +232,34 @@ async fn malformed_and_unknown_version_messages_are_dead_lettered(kind: BrokerKi
         ))
         .await
         .expect("publish");
+    // Issue 13, items 3 and 7: a `../` id and a timestamp without an offset are refused at
+    // decode, the reason naming the field and the rule or expected form.
+    let mut escaping = serde_json::to_value(snapshot_job("job-escape")).expect("json");
+    escaping["message"]["payload"]["instance"] = "../../etc".into();
+    bus.broker
+        .publish(raw(
+            serde_json::to_vec(&escaping).expect("json"),
+            "application/json",
+            "escape",
+        ))
+        .await
+        .expect("publish");
+    let mut naive = serde_json::to_value(snapshot_job("job-naive")).expect("json");
+    naive["created_at"] = "2026-11-29T10:00:00".into();
+    bus.broker
+        .publish(raw(
+            serde_json::to_vec(&naive).expect("json"),
+            "application/json",
+            "naive",
+        ))
+        .await
+        .expect("publish");
     submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-fine"))
         .await
         .expect("submit");
 
     handler.wait_calls("job-fine", 1, WAIT).await;
-    bus.wait_depth(&dlq, 3, WAIT).await;
+    bus.wait_depth(&dlq, 5, WAIT).await;
     assert!(running.health.is_ready(), "the worker keeps running");
     let letters = list_dead_letters(bus.broker.as_ref(), &bus.names, Stage::Snapshot, 10)
         .await
@@ -263,6 +285,22 @@ async fn malformed_and_unknown_version_messages_are_dead_lettered(kind: BrokerKi
         reason_of("xml").contains("unsupported content type"),
         "{}",
         reason_of("xml")
+    );
+    let escape = reason_of("escape");
+    assert!(
+        escape.contains("message.payload.instance: \"../../etc\" is not a valid id")
+            && escape.contains(stowage_schemas::id::RULE),
+        "{escape}"
+    );
+    let naive = reason_of("naive");
+    assert!(
+        naive.contains("created_at: expected an RFC 3339 timestamp with an offset")
+            && naive.contains("got \"2026-11-29T10:00:00\""),
+        "{naive}"
+    );
+    assert!(
+        handler.calls_for("job-escape").is_empty() && handler.calls_for("job-naive").is_empty(),
+        "a refused id or timestamp never reaches the handler"
     );
     assert!(
         handler.calls_for("job-future").is_empty(),

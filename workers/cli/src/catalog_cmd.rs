@@ -242,6 +242,7 @@ pub enum BackupAction {
     /// Back an instance up now, outside its schedule; prints the job id.
     Now {
         /// The backup instance.
+        #[arg(value_parser = crate::cli::id_arg)]
         instance: String,
     },
 }

@@ -126,8 +126,10 @@ pub struct WorkerArgs {
     /// The cluster the snapshot and restore stages work on.
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Address of the /livez, /readyz and /metrics endpoints.
-    #[arg(long, env = "STOWAGE_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    /// Address of the /livez, /readyz and /metrics endpoints (unauthenticated): loopback
+    /// (127.0.0.1:8080) by default, all interfaces (0.0.0.0:8080) inside Kubernetes
+    /// (KUBERNETES_SERVICE_HOST set).
+    #[arg(long, env = "STOWAGE_HEALTH_ADDR", default_value_t = default_health_addr())]
     pub health_addr: SocketAddr,
     /// Deliveries the broker may hand this worker ahead of time, per stage.
     #[arg(long, env = "STOWAGE_PREFETCH", default_value_t = 8)]
@@ -231,6 +233,7 @@ pub enum RpAction {
     /// List an instance's recovery points, newest first, with the state of each tier.
     List {
         /// The backup instance.
+        #[arg(value_parser = crate::cli::id_arg)]
         instance: String,
         #[command(flatten)]
         output: TableOutput,
@@ -238,8 +241,10 @@ pub enum RpAction {
     /// Describe one recovery point: manifest, tiers (with their manifests), volumes.
     Describe {
         /// The backup instance.
+        #[arg(value_parser = crate::cli::id_arg)]
         instance: String,
         /// The recovery point id.
+        #[arg(value_parser = crate::cli::id_arg)]
         rp: String,
         #[command(flatten)]
         output: TableOutput,
@@ -247,9 +252,10 @@ pub enum RpAction {
     /// Re-read every chunk of a recovery point and report its integrity.
     Verify {
         /// The recovery point id.
+        #[arg(value_parser = crate::cli::id_arg)]
         rp: String,
         /// Its backup instance (found in the catalog when omitted).
-        #[arg(long)]
+        #[arg(long, value_parser = crate::cli::id_arg)]
         instance: Option<String>,
         /// Which copy to check.
         #[arg(long, value_enum, default_value_t = TierChoice::Vault)]
@@ -416,6 +422,32 @@ pub struct PreflightArgs {
     /// Output format.
     #[command(flatten)]
     pub output: TableOutput,
+}
+
+/// The default `--health-addr`: `127.0.0.1:8080` outside Kubernetes, so that the
+/// unauthenticated health and metrics endpoints are not on every interface of a laptop or VM;
+/// `0.0.0.0:8080` in a pod (`KUBERNETES_SERVICE_HOST` is set), where the kubelet probes the pod
+/// IP. The manifests in `infra/k8s` set it explicitly either way.
+pub fn default_health_addr() -> SocketAddr {
+    health_addr_for(std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty()))
+}
+
+/// The default health address in (`true`) or outside Kubernetes.
+pub fn health_addr_for(in_kubernetes: bool) -> SocketAddr {
+    let ip = if in_kubernetes {
+        std::net::Ipv4Addr::UNSPECIFIED
+    } else {
+        std::net::Ipv4Addr::LOCALHOST
+    };
+    SocketAddr::from((ip, 8080))
+}
+
+/// Parses a command-line id (instance, recovery point, job, restore or cluster name) by the id
+/// rule of `stowage_schemas::id`, so a bad one is refused naming the flag and the rule.
+pub fn id_arg(value: &str) -> Result<String, String> {
+    stowage_schemas::id::validate(value)
+        .map(|()| value.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

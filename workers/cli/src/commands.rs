@@ -108,14 +108,20 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 async fn submit_file(args: SubmitArgs) -> anyhow::Result<()> {
+    // Read at most one byte more than a job file may have: enough to refuse a larger one
+    // without reading (or parsing) all of it.
+    let limit = job_file::MAX_JOB_FILE_BYTES as u64 + 1;
     let (origin, text) = if args.file.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
+            .take(limit)
             .read_to_string(&mut text)
             .context("cannot read the job from standard input")?;
         ("<stdin>".to_owned(), text)
     } else {
-        let text = std::fs::read_to_string(&args.file)
+        let mut text = String::new();
+        std::fs::File::open(&args.file)
+            .and_then(|file| file.take(limit).read_to_string(&mut text))
             .with_context(|| format!("cannot read job file {}", args.file.display()))?;
         (args.file.display().to_string(), text)
     };

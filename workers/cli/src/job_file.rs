@@ -12,26 +12,51 @@
 //! Validation is strict where the wire is lenient: a worker ignores unknown fields so the
 //! schema can grow, but a person's typo (`instanse:`) would then silently vanish, so a job
 //! file with a field the type does not have is refused, naming the field.
+//!
+//! Parsing is bounded before it starts: a job file is at most [`MAX_JOB_FILE_BYTES`] and nests
+//! at most [`MAX_NESTING`] levels (YAML's parser is slow on deep nesting: 200 KB of nested
+//! lists took it 30–45 s). Ids (`job_id`, `payload.instance`, …) follow the id rule of
+//! [`stowage_schemas::id`], and every refusal names the field and the form it expects.
 
 use serde::Deserialize;
 use serde_json::Value;
+use stowage_schemas::codec::field_error;
 use stowage_schemas::{Envelope, Message, Route};
 
 /// A parsed job file.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a job file: a map with type, payload and optionally job_id"
+)]
 struct JobFile {
     #[serde(rename = "type")]
     kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "stowage_schemas::id::fields::option")]
     job_id: Option<String>,
     #[serde(default)]
     payload: Value,
 }
 
+/// The largest job file read, in bytes. A job file is a few hundred bytes; a bigger one is a
+/// mistake or an attack, and is refused before it is parsed.
+pub const MAX_JOB_FILE_BYTES: usize = 64 * 1024;
+
+/// The deepest nesting of lists and maps a job file may have. A job nests at most five levels
+/// (`payload.options.namespace_mapping`), and YAML parsing slows down badly with depth.
+pub const MAX_NESTING: usize = 32;
+
 /// Why a job file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum JobFileError {
+    /// Too large or too deeply nested to be parsed.
+    #[error("{origin}: refused before parsing: {reason}")]
+    TooLarge {
+        /// Where it came from.
+        origin: String,
+        /// Which bound it exceeds.
+        reason: String,
+    },
     /// Not YAML or JSON of the right shape.
     #[error(
         "{origin}: not a job file ({reason}); expected `type: job.<stage>` and `payload: {{...}}`, optionally `job_id`"
@@ -84,10 +109,29 @@ pub enum JobFileError {
 
 /// Parse and validate a job file's text (YAML, of which JSON is a subset).
 pub fn parse(origin: &str, text: &str) -> Result<Envelope, JobFileError> {
-    let file: JobFile = serde_yaml::from_str(text).map_err(|e| JobFileError::Shape {
+    check_bounds(text).map_err(|reason| JobFileError::TooLarge {
         origin: origin.to_owned(),
-        reason: e.to_string(),
+        reason,
     })?;
+    let file: JobFile = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let at = inner
+                .location()
+                .map(|l| format!(" (at line {} column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            let message = inner.to_string();
+            let message = message.split(" at line ").next().unwrap_or_default();
+            // serde_yaml names the path itself too; say it once.
+            let message = message
+                .strip_prefix(&format!("{path}: "))
+                .unwrap_or(message);
+            JobFileError::Shape {
+                origin: origin.to_owned(),
+                reason: format!("{}{at}", field_error(&path, message)),
+            }
+        })?;
     let jobs = || {
         Message::KINDS
             .iter()
@@ -103,16 +147,33 @@ pub fn parse(origin: &str, text: &str) -> Result<Envelope, JobFileError> {
             jobs: jobs(),
         });
     }
-    let tagged = serde_json::json!({ "type": file.kind, "payload": file.payload });
-    let message: Message = serde_json::from_value(tagged).map_err(|e| JobFileError::Payload {
-        origin: origin.to_owned(),
-        kind: file.kind.clone(),
-        reason: if Message::KINDS.contains(&file.kind.as_str()) {
-            format!("the payload does not fit {}: {e}", file.kind)
-        } else {
-            format!("unknown job type `{}`; use one of: {}", file.kind, jobs())
-        },
-    })?;
+    // As JSON text with `type` first, so that a refusal inside the payload names its path
+    // (serde would buffer a payload that comes first and lose where it failed).
+    let tagged = format!(
+        "{{\"type\":{},\"payload\":{}}}",
+        serde_json::Value::from(file.kind.as_str()),
+        file.payload
+    );
+    let message: Message =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&tagged))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.into_inner().to_string();
+                let message = message.split(" at line ").next().unwrap_or_default();
+                JobFileError::Payload {
+                    origin: origin.to_owned(),
+                    kind: file.kind.clone(),
+                    reason: if Message::KINDS.contains(&file.kind.as_str()) {
+                        format!(
+                            "the payload does not fit {}: {}",
+                            file.kind,
+                            field_error(&path, message)
+                        )
+                    } else {
+                        format!("unknown job type `{}`; use one of: {}", file.kind, jobs())
+                    },
+                }
+            })?;
     let echoed = serde_json::to_value(&message).expect("messages always serialize to JSON");
     if let Some(path) = unknown_field(&file.payload, &echoed["payload"], String::new()) {
         return Err(JobFileError::UnknownField {
@@ -135,6 +196,83 @@ pub fn parse(origin: &str, text: &str) -> Result<Envelope, JobFileError> {
         None => format!("{}-{}", stage.as_str(), uuid::Uuid::now_v7()),
     };
     Ok(Envelope::new(job_id, message))
+}
+
+/// Refuses a text larger than [`MAX_JOB_FILE_BYTES`] or nested deeper than [`MAX_NESTING`],
+/// saying which, in one pass and before any parsing.
+///
+/// The depth is an upper-bound estimate that needs no parser: block nesting is the number of
+/// open indentation levels plus the `- `/`? ` entries that open on the same line, flow nesting
+/// is the number of open `[` and `{`. Quotes that begin a scalar hide what they contain, and
+/// `#` after a space starts a comment. It may overestimate (never below the real depth), which
+/// only matters for files far deeper than any job.
+pub fn check_bounds(text: &str) -> Result<(), String> {
+    if text.len() > MAX_JOB_FILE_BYTES {
+        return Err(format!(
+            "it is {} bytes; a job file may be at most {MAX_JOB_FILE_BYTES} bytes",
+            text.len()
+        ));
+    }
+    let too_deep = || {
+        Err(format!(
+            "it nests lists or maps more than {MAX_NESTING} levels deep; a job nests at most a \
+             few"
+        ))
+    };
+    let mut indents: Vec<usize> = Vec::new();
+    let mut flow = 0usize;
+    let mut quote: Option<char> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let mut block = indents.len();
+        if flow == 0 && quote.is_none() && !trimmed.is_empty() && !trimmed.starts_with('#') {
+            let indent = line.len() - trimmed.len();
+            while indents.last().is_some_and(|&open| open >= indent) {
+                indents.pop();
+            }
+            indents.push(indent);
+            let mut rest = trimmed;
+            let mut inline = 0;
+            while let Some(after) = rest
+                .strip_prefix("- ")
+                .or_else(|| rest.strip_prefix("? "))
+                .or_else(|| (rest == "-").then_some(""))
+            {
+                inline += 1;
+                rest = after.trim_start();
+            }
+            block = indents.len() + inline;
+        }
+        if block + flow > MAX_NESTING {
+            return too_deep();
+        }
+        let mut previous = ' ';
+        let mut escaped = false;
+        for c in line.chars() {
+            match quote {
+                Some('"') if escaped => escaped = false,
+                Some('"') if c == '\\' => escaped = true,
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '"' | '\'' if previous.is_whitespace() || "[{,:-?".contains(previous) => {
+                        quote = Some(c)
+                    }
+                    '#' if previous.is_whitespace() => break,
+                    '[' | '{' => {
+                        flow += 1;
+                        if block + flow > MAX_NESTING {
+                            return too_deep();
+                        }
+                    }
+                    ']' | '}' => flow = flow.saturating_sub(1),
+                    _ => {}
+                },
+            }
+            previous = c;
+        }
+    }
+    Ok(())
 }
 
 /// The first field present in `given` that did not survive parsing into the type (`echoed`).
@@ -198,6 +336,94 @@ mod tests {
     fn a_generated_job_id_names_the_stage() {
         let env = parse("f", "type: job.retention\npayload: {instance: shop}\n").unwrap();
         assert!(env.job_id.starts_with("retention-"), "{}", env.job_id);
+    }
+
+    #[test]
+    fn bad_ids_are_refused_naming_the_field_and_the_rule() {
+        let err = parse(
+            "f",
+            "type: job.retention\njob_id: ../../x\npayload: {instance: shop}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("job_id: \"../../x\" is not a valid id"),
+            "{err}"
+        );
+        assert!(err.contains(stowage_schemas::id::RULE), "{err}");
+        let err = parse("f", "type: job.retention\npayload: {instance: ../etc}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("payload.instance: \"../etc\" is not a valid id"),
+            "{err}"
+        );
+        assert!(err.contains(stowage_schemas::id::RULE), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_field_and_the_expected_form() {
+        let err = parse("f", "type: job.retention\npayload: {instance: [1]}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("payload.instance: expected an id string"),
+            "{err}"
+        );
+        assert!(err.contains("got a sequence"), "{err}");
+        let err = parse("f", "type: [job.retention]\npayload: {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("type: expected a string, got a sequence"),
+            "{err}"
+        );
+        let err = parse(
+            "f",
+            "type: job.retention\npayload: {instance: shop, as_of: 2026-11-29T10:00:00}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("payload.as_of: expected an RFC 3339 timestamp with an offset"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn deep_or_large_files_are_refused_before_parsing() {
+        let flow = format!(
+            "type: job.retention\npayload: {{instance: shop, x: {}1{}}}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let err = parse("f", &flow).unwrap_err().to_string();
+        assert!(err.contains("refused before parsing"), "{err}");
+        assert!(err.contains("at most 65536 bytes"), "{err}");
+        let block = format!(
+            "type: job.retention\npayload:\n  x:\n  {}1\n",
+            "- ".repeat(100)
+        );
+        let err = parse("f", &block).unwrap_err().to_string();
+        assert!(err.contains("more than 32 levels deep"), "{err}");
+        let flow = format!(
+            "type: job.retention\npayload: {{x: {}1{}}}\n",
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        let err = parse("f", &flow).unwrap_err().to_string();
+        assert!(err.contains("more than 32 levels deep"), "{err}");
+        let indented: String = (0..40)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        let err = parse("f", &indented).unwrap_err().to_string();
+        assert!(err.contains("more than 32 levels deep"), "{err}");
+        // Brackets in quoted strings and comments are not nesting.
+        let quoted = format!(
+            "type: job.snapshot # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\npayload: {{instance: a, recovery_point_id: b, trigger: {{kind: on_demand, requested_by: \"{}\"}}}}\n",
+            "[".repeat(50)
+        );
+        assert!(parse("f", &quoted).is_ok(), "{:?}", parse("f", &quoted));
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub enum JobsAction {
     /// List jobs, newest first.
     List {
         /// Only jobs of this backup instance.
-        #[arg(long)]
+        #[arg(long, value_parser = crate::cli::id_arg)]
         instance: Option<String>,
         /// Only jobs with this status.
         #[arg(long, value_enum)]
@@ -42,6 +42,7 @@ pub enum JobsAction {
     /// Show one job's record in full.
     Show {
         /// The job id.
+        #[arg(value_parser = crate::cli::id_arg)]
         id: String,
         #[command(flatten)]
         output: YamlOutput,
@@ -50,6 +51,7 @@ pub enum JobsAction {
     /// cancelled.
     Watch {
         /// The job id.
+        #[arg(value_parser = crate::cli::id_arg)]
         id: String,
         /// Seconds between reads of the record.
         #[arg(long, default_value_t = 1.0)]
@@ -62,6 +64,7 @@ pub enum JobsAction {
     /// cancelled when a worker picks it up.
     Cancel {
         /// The job id.
+        #[arg(value_parser = crate::cli::id_arg)]
         id: String,
     },
 }

@@ -38,6 +38,7 @@ pub enum RestoreAction {
     /// Show a restore's job record: stages, progress, and the counts of what was restored.
     Status {
         /// The restore id (`restore create` printed it).
+        #[arg(value_parser = crate::cli::id_arg)]
         restore_id: String,
         #[command(flatten)]
         output: TableOutput,
@@ -87,10 +88,10 @@ pub enum ExistingChoice {
 #[derive(Debug, Clone, Args)]
 pub struct CreateArgs {
     /// The backup instance.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::id_arg)]
     pub instance: String,
     /// The recovery point (`stowage rp list <instance>` shows them).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::id_arg)]
     pub rp: String,
     /// The tier to restore from.
     #[arg(long, value_enum, default_value_t = FromTier::Operational)]
@@ -109,10 +110,10 @@ pub struct CreateArgs {
     pub no_volumes: bool,
     /// The cluster to restore into (a name the restore worker serves); default: the
     /// instance's own cluster.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::id_arg)]
     pub target_cluster: Option<String>,
     /// The restore id (default: generated). It is also the job id.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::id_arg)]
     pub restore_id: Option<String>,
     /// Check the request and print the job; write and submit nothing.
     #[arg(long)]
@@ -302,13 +303,19 @@ pub async fn plan(
     }
     let restore_id = match &args.restore_id {
         Some(id) => {
-            layout::validate_component("restore id", id)?;
+            layout::validate_id("restore id", id)?;
             id.clone()
         }
-        None => format!(
-            "restore-{rp_id}-{}",
-            &uuid::Uuid::now_v7().simple().to_string()[20..]
-        ),
+        None => {
+            let nonce = &uuid::Uuid::now_v7().simple().to_string()[20..];
+            let id = format!("restore-{rp_id}-{nonce}");
+            // A recovery-point id near the length limit would push the restore id past it.
+            if id.len() <= stowage_schemas::id::MAX_ID_LEN {
+                id
+            } else {
+                format!("restore-{}", uuid::Uuid::now_v7().simple())
+            }
+        }
     };
     let options = RestoreOptions {
         target_cluster: args.target_cluster.clone(),

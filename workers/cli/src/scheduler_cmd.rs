@@ -35,8 +35,9 @@ pub struct SchedulerArgs {
     /// Who this scheduler is, for job records (default: the host name).
     #[arg(long, env = "STOWAGE_SCHEDULER_ID")]
     pub identity: Option<String>,
-    /// Address of the /livez endpoint.
-    #[arg(long, env = "STOWAGE_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    /// Address of the /livez endpoint: loopback (127.0.0.1:8080) by default, all interfaces
+    /// (0.0.0.0:8080) inside Kubernetes (KUBERNETES_SERVICE_HOST set).
+    #[arg(long, env = "STOWAGE_HEALTH_ADDR", default_value_t = crate::cli::default_health_addr())]
     pub health_addr: SocketAddr,
 }
 

@@ -78,7 +78,17 @@ pub fn staging_disk_name(restore_id: &str, volume_id: &str) -> String {
             })
             .collect::<String>()
     };
-    format!("staging-{}-{}", clean(restore_id), clean(volume_id))
+    let mut name = format!("staging-{}-{}", clean(restore_id), clean(volume_id));
+    // The name travels as `disk_id` in `restore.hydrated`, which the restore decodes by the id
+    // rule (stowage_schemas::id): it must end with a letter or digit and fit in 253 bytes.
+    let limit = stowage_schemas::id::MAX_ID_LEN;
+    if name.len() > limit || !name.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+        let hash = blake3::hash(format!("{restore_id}\0{volume_id}").as_bytes()).to_hex();
+        name.truncate(limit - 17);
+        name.push('-');
+        name.push_str(&hash[..16]);
+    }
+    name
 }
 
 /// Hydrates one recovery point into staging (see the module doc), stopping between volumes
@@ -297,4 +307,27 @@ async fn hydrate_volume(
         return Err(cause);
     }
     created.map_err(StageError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::staging_disk_name;
+
+    #[test]
+    fn staging_disk_names_follow_the_id_rule() {
+        assert_eq!(
+            staging_disk_name("restore-7f3a", "vol-5d1c"),
+            "staging-restore-7f3a-vol-5d1c"
+        );
+        let long = "r".repeat(253);
+        for (restore, volume) in [(&*long, "vol-1"), ("r-1", "vol%2E_"), ("r-1", "ünï")] {
+            let name = staging_disk_name(restore, volume);
+            stowage_schemas::id::validate(&name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        assert_ne!(
+            staging_disk_name(&long, "a"),
+            staging_disk_name(&long, "b"),
+            "a cut name stays distinct"
+        );
+    }
 }

@@ -158,6 +158,19 @@ pub fn validate_component(what: &'static str, value: &str) -> Result<(), LayoutE
     Ok(())
 }
 
+/// Checks a component that is an id (instance name, recovery-point, restore or job id): the
+/// component rule above, and then the one id rule of [`stowage_schemas::id`] (ASCII letters,
+/// digits, `-`, `_`, `.`, at most 253 bytes, starting and ending with a letter or digit), the
+/// same rule the CLI and the message decoder apply, so that an id accepted anywhere fits here.
+pub fn validate_id(what: &'static str, value: &str) -> Result<(), LayoutError> {
+    validate_component(what, value)?;
+    stowage_schemas::id::validate(value).map_err(|e| LayoutError {
+        what,
+        value: e.value,
+        reason: e.reason,
+    })
+}
+
 /// Turns any name into a valid component, reversibly: allowed characters other than `%` stay,
 /// every other byte becomes `%XX` (upper-case hex), and a leading `.` becomes `%2E`.
 /// An empty name becomes `%` followed by nothing, i.e. `%`, so it still round-trips.
@@ -230,7 +243,7 @@ pub fn policies() -> KeyPrefix {
 
 /// `instances/<instance>.json`.
 pub fn instance(instance: &str) -> Result<BlobKey, LayoutError> {
-    validate_component("backup instance name", instance)?;
+    validate_id("backup instance name", instance)?;
     Ok(key(&[INSTANCES, &format!("{instance}.json")]))
 }
 
@@ -241,22 +254,22 @@ pub fn instances() -> KeyPrefix {
 
 /// `catalog/<instance>/<rp-id>.json`: a recovery point manifest.
 pub fn recovery_point(instance: &str, rp_id: &str) -> Result<BlobKey, LayoutError> {
-    validate_component("backup instance name", instance)?;
-    validate_component("recovery point id", rp_id)?;
+    validate_id("backup instance name", instance)?;
+    validate_id("recovery point id", rp_id)?;
     Ok(key(&[CATALOG, instance, &format!("{rp_id}.json")]))
 }
 
 /// `catalog/<instance>`: every recovery point manifest of one instance.
 pub fn recovery_points(instance: &str) -> Result<KeyPrefix, LayoutError> {
-    validate_component("backup instance name", instance)?;
+    validate_id("backup instance name", instance)?;
     Ok(prefix(&[CATALOG, instance]))
 }
 
 /// `resources/<instance>/<rp-id>/<path...>`: one collected object (or file) of a recovery point.
 /// Each element of `path` is one component; escape Kubernetes names with [`escape_component`].
 pub fn resource(instance: &str, rp_id: &str, path: &[&str]) -> Result<BlobKey, LayoutError> {
-    validate_component("backup instance name", instance)?;
-    validate_component("recovery point id", rp_id)?;
+    validate_id("backup instance name", instance)?;
+    validate_id("recovery point id", rp_id)?;
     if path.is_empty() {
         return Err(LayoutError {
             what: "resource path",
@@ -274,8 +287,8 @@ pub fn resource(instance: &str, rp_id: &str, path: &[&str]) -> Result<BlobKey, L
 
 /// `resources/<instance>/<rp-id>`: every resource object of a recovery point.
 pub fn resources(instance: &str, rp_id: &str) -> Result<KeyPrefix, LayoutError> {
-    validate_component("backup instance name", instance)?;
-    validate_component("recovery point id", rp_id)?;
+    validate_id("backup instance name", instance)?;
+    validate_id("recovery point id", rp_id)?;
     Ok(prefix(&[RESOURCES, instance, rp_id]))
 }
 
@@ -365,14 +378,14 @@ pub fn parse_resource_key(text: &str) -> Result<BlobKey, LayoutError> {
 
 /// `staging/<restore-id>/<file>`: what a restore-hydration stages for the restore stage.
 pub fn staging(restore_id: &str, file: &str) -> Result<BlobKey, LayoutError> {
-    validate_component("restore id", restore_id)?;
+    validate_id("restore id", restore_id)?;
     validate_component("staging file", file)?;
     Ok(key(&[STAGING, restore_id, file]))
 }
 
 /// `staging/<restore-id>`: everything staged for one restore.
 pub fn staging_prefix(restore_id: &str) -> Result<KeyPrefix, LayoutError> {
-    validate_component("restore id", restore_id)?;
+    validate_id("restore id", restore_id)?;
     Ok(prefix(&[STAGING, restore_id]))
 }
 
@@ -400,8 +413,8 @@ pub fn recovery_point_tier(
     rp_id: &str,
     tier: &str,
 ) -> Result<BlobKey, LayoutError> {
-    validate_component("instance", instance)?;
-    validate_component("recovery point id", rp_id)?;
+    validate_id("instance", instance)?;
+    validate_id("recovery point id", rp_id)?;
     validate_component("tier", tier)?;
     Ok(key(&[CATALOG, instance, &format!("{rp_id}.{tier}.json")]))
 }
@@ -409,8 +422,8 @@ pub fn recovery_point_tier(
 /// `catalog/<instance>/<rp-id>.retention.json`: what retention decided and deleted for one
 /// recovery point, updated with compare-and-swap (see `stowage_stages::retention`).
 pub fn retention_record(instance: &str, rp_id: &str) -> Result<BlobKey, LayoutError> {
-    validate_component("instance", instance)?;
-    validate_component("recovery point id", rp_id)?;
+    validate_id("instance", instance)?;
+    validate_id("recovery point id", rp_id)?;
     Ok(key(&[
         CATALOG,
         instance,
@@ -480,7 +493,7 @@ pub fn gc_state() -> BlobKey {
 
 /// `jobs/<job-id>.json`: a job record, updated with compare-and-swap.
 pub fn job(job_id: &str) -> Result<BlobKey, LayoutError> {
-    validate_component("job id", job_id)?;
+    validate_id("job id", job_id)?;
     Ok(key(&[JOBS, &format!("{job_id}.json")]))
 }
 
@@ -671,8 +684,16 @@ mod tests {
             assert!(message.contains("escape_component"), "{message}");
         }
         let long = "a".repeat(MAX_COMPONENT_LEN + 1);
-        assert!(job(&long).is_err());
-        assert!(job(&"a".repeat(MAX_COMPONENT_LEN)).is_ok());
+        assert!(policy(&long).is_err());
+        assert!(policy(&"a".repeat(MAX_COMPONENT_LEN)).is_ok());
+        // Ids follow the stricter id rule of stowage_schemas::id.
+        assert!(job(&"a".repeat(253)).is_ok());
+        assert!(job(&"a".repeat(254)).is_err());
+        for bad in ["x-", "a+b", "a@b", "-x", "a%2F"] {
+            assert!(job(bad).is_err(), "{bad}");
+            assert!(instance(bad).is_err(), "{bad}");
+            assert!(recovery_point("web", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -59,6 +59,47 @@ fn init(vault: &Path) {
     ));
 }
 
+/// Issue 13, item 3: `instance create` refuses a 300-character label-selector key (a key is an
+/// optional DNS-subdomain prefix of at most 253 and `/`, then a name of at most 63) and an
+/// instance name that breaks the id rule, naming the field.
+#[test]
+fn instance_create_refuses_oversized_label_keys_and_bad_names() {
+    let vault = TempDir::new("cli-edges");
+    let v = vault.path();
+    init(v);
+    let create = |name: &str, selector: &str| {
+        refused(&stowage(
+            v,
+            &format!(
+                "instance create {name} --cluster aks-prod --policy every-4h \
+                 --snapshot-location rg-snaps --selector {selector}"
+            ),
+        ))
+    };
+    let err = create("blog", &format!("{}=web", "k".repeat(300)));
+    assert!(
+        err.contains("scope.label_selectors[0]") && err.contains("is not a valid label key"),
+        "{err}"
+    );
+    assert!(err.contains("at most 63"), "{err}");
+    let err = create("blog", &format!("{}/app=web", "p".repeat(254)));
+    assert!(err.contains("DNS subdomain"), "{err}");
+    let err = create("../blog", "app=web");
+    assert!(
+        err.contains("name") && err.contains("path separator"),
+        "{err}"
+    );
+    let list = ok(&stowage(v, "instance list -o json"));
+    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let names: Vec<_> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|i| i["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names, ["shop"], "nothing was created");
+}
+
 #[test]
 fn the_catalog_is_created_listed_and_shown_with_validation() {
     let vault = TempDir::new("cli-catalog");

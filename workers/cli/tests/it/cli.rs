@@ -263,3 +263,133 @@ fn the_demo_runs_to_a_verified_restore() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 13, items 3, 5 and 7: `submit` refuses bad ids, oversized or deeply nested files and
+/// wrongly typed fields before connecting anywhere, naming the field and the rule or form.
+#[test]
+fn submit_refuses_bad_ids_deep_input_and_wrong_types_naming_the_field() {
+    let refused = |job: &str| {
+        let out = stowage(&["submit", "-"], "stowage-test-edges", Some(job));
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let rule = stowage_schemas::id::RULE;
+    let err = refused("type: job.retention\njob_id: ../../x\npayload: {instance: shop}\n");
+    assert!(
+        err.contains("job_id: \"../../x\" is not a valid id"),
+        "{err}"
+    );
+    assert!(err.contains(rule), "{err}");
+    let err = refused("type: job.retention\npayload: {instance: ../shop}\n");
+    assert!(
+        err.contains("payload.instance: \"../shop\" is not a valid id"),
+        "{err}"
+    );
+    assert!(err.contains(rule), "{err}");
+    let err = refused("type: job.retention\npayload: {instance: [1]}\n");
+    assert!(
+        err.contains("payload.instance: expected an id string") && err.contains("got a sequence"),
+        "{err}"
+    );
+    // 200 KB of nested YAML lists took 30–45 s to refuse; now the size bound refuses it
+    // unread, and a smaller one the depth bound.
+    let deep = format!(
+        "type: job.retention\npayload: {{instance: shop, x: {}1{}}}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    // From a file: standard input would stop being read after the bound.
+    let path = std::env::temp_dir().join(format!("stowage-deep-{}.yaml", std::process::id()));
+    std::fs::write(&path, &deep).expect("write the deep job file");
+    let out = stowage(
+        &["submit", path.to_str().expect("a UTF-8 path")],
+        "stowage-test-edges",
+        None,
+    );
+    let _ = std::fs::remove_file(&path);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refused before parsing") && err.contains("at most 65536 bytes"),
+        "{err}"
+    );
+    let deep = format!(
+        "type: job.retention\npayload: {{instance: shop, x: {}1{}}}\n",
+        "[".repeat(30_000),
+        "]".repeat(30_000)
+    );
+    let err = refused(&deep);
+    assert!(err.contains("more than 32 levels deep"), "{err}");
+}
+
+/// Issue 13, item 8: the unauthenticated health and metrics port listens on loopback unless the
+/// process runs in Kubernetes (where the manifests set it explicitly anyway).
+#[test]
+fn the_health_address_defaults_to_loopback_outside_kubernetes() {
+    let help = |command: &str, kubernetes: Option<&str>| {
+        let mut cmd = stowage_command();
+        cmd.args([command, "--help"])
+            .env_remove("STOWAGE_HEALTH_ADDR")
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        if let Some(host) = kubernetes {
+            cmd.env("KUBERNETES_SERVICE_HOST", host);
+        }
+        let out = run(cmd, None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    for command in ["worker", "scheduler"] {
+        let outside = help(command, None);
+        assert!(
+            outside.contains("[default: 127.0.0.1:8080]"),
+            "{command}: {outside}"
+        );
+        assert!(
+            !outside.contains("[default: 0.0.0.0"),
+            "{command}: {outside}"
+        );
+        let inside = help(command, Some("10.96.0.1"));
+        assert!(
+            inside.contains("[default: 0.0.0.0:8080]"),
+            "{command}: {inside}"
+        );
+    }
+}
+
+/// Issue 13, item 3: id flags and arguments are checked by the id rule when parsed, naming the
+/// argument.
+#[test]
+fn id_arguments_are_refused_by_the_id_rule() {
+    let rule = stowage_schemas::id::RULE;
+    for args in [
+        &["jobs", "show", "../../x"][..],
+        &["backup", "now", "../shop"],
+        &["rp", "list", "shop/.."],
+        &[
+            "restore",
+            "create",
+            "--instance",
+            "shop",
+            "--rp",
+            "rp-1",
+            "--restore-id",
+            "../r",
+        ],
+    ] {
+        let out = run(
+            {
+                let mut cmd = stowage_command();
+                cmd.args(args);
+                cmd
+            },
+            None,
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("invalid value"), "{args:?}: {err}");
+        assert!(
+            err.contains("is not a valid id") && err.contains(rule),
+            "{args:?}: {err}"
+        );
+    }
+}

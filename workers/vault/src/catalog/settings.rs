@@ -234,6 +234,26 @@ impl Check {
         }
     }
 
+    /// An id (see `stowage_schemas::id`) of at most `max_len` bytes.
+    fn id(&mut self, field: &str, value: &str, max_len: usize) {
+        if let Err(e) = stowage_schemas::id::validate(value) {
+            self.fail(
+                field,
+                format!("is {}: {}", stowage_schemas::id::quote(value), e.reason),
+                format!("use {}", stowage_schemas::id::RULE),
+            );
+        } else if value.len() > max_len {
+            self.fail(
+                field,
+                format!("is {} bytes long", value.len()),
+                format!(
+                    "use at most {max_len} bytes, so that the job and recovery-point ids made \
+                     from it stay within 253"
+                ),
+            );
+        }
+    }
+
     fn not_empty(&mut self, field: &str, value: &str, example: &str) {
         if value.trim().is_empty() {
             self.fail(field, "is empty", format!("set it (e.g. {example})"));
@@ -413,8 +433,19 @@ pub fn validate_instance(
     previous: Option<&BackupInstance>,
 ) -> Result<(), SettingsError> {
     let mut check = Check::new(format!("instance {:?}", instance.name));
-    check.component("name", "backup instance name", &instance.name);
+    check.id(
+        "name",
+        &instance.name,
+        stowage_schemas::id::MAX_INSTANCE_NAME_LEN,
+    );
     check.not_empty("cluster", &instance.cluster, "aks-prod");
+    if !instance.cluster.trim().is_empty() {
+        check.id(
+            "cluster",
+            &instance.cluster,
+            stowage_schemas::id::MAX_ID_LEN,
+        );
+    }
     if instance.vault != vault.name {
         check.fail(
             "vault",
@@ -838,6 +869,28 @@ mod tests {
             messages(validate_vault(&renamed, Some(&vault())))[0].contains("name never changes")
         );
         validate_vault(&locked, Some(&vault())).unwrap();
+    }
+
+    #[test]
+    fn instance_and_cluster_names_follow_the_id_rule() {
+        for (name, cluster, fragment) in [
+            ("../x", "c", "path separator"),
+            ("x-", "c", "start and end with a letter or digit"),
+            (&*"a".repeat(64), "c", "64 bytes long"),
+            ("shop", "../c", "path separator"),
+        ] {
+            let mut i = instance();
+            i.name = name.into();
+            i.cluster = cluster.into();
+            let all = messages(validate_instance(&i, &vault(), true, None));
+            assert!(
+                all.iter().any(|m| m.contains(fragment)),
+                "{name} {cluster}: {all:?}"
+            );
+        }
+        let mut i = instance();
+        i.name = "a".repeat(63);
+        validate_instance(&i, &vault(), true, None).unwrap();
     }
 
     #[test]
