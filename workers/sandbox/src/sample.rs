@@ -29,6 +29,11 @@ fn meta(name: &str, namespace: Option<&str>, labels: Value) -> Value {
     m
 }
 
+/// The `app` and `tier` labels most of the sample's objects carry.
+fn app(app: &str, tier: &str) -> Value {
+    json!({"app": app, "tier": tier})
+}
+
 fn namespace(name: &str, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(name, None, labels)})
 }
@@ -199,13 +204,7 @@ pub(crate) fn objects() -> Vec<Value> {
             "subjects": [{"kind": "ServiceAccount", "name": "shop", "namespace": "shop"}],
         }),
         // shop
-        deployment(
-            "shop",
-            "web",
-            json!({"app": "web", "tier": "frontend"}),
-            "nginx:1.27",
-            2,
-        ),
+        deployment("shop", "web", app("web", "frontend"), "nginx:1.27", 2),
         deployment(
             "shop",
             "cart",
@@ -213,31 +212,25 @@ pub(crate) fn objects() -> Vec<Value> {
             "shop/cart:3.1",
             1,
         ),
-        statefulset(
-            "shop",
-            "db",
-            json!({"app": "db", "tier": "data"}),
-            "postgres:16",
-            "postgres",
-        ),
-        service("shop", "web", json!({"app": "web", "tier": "frontend"}), 80),
-        service("shop", "db", json!({"app": "db", "tier": "data"}), 5432),
+        statefulset("shop", "db", app("db", "data"), "postgres:16", "postgres"),
+        service("shop", "web", app("web", "frontend"), 80),
+        service("shop", "db", app("db", "data"), 5432),
         configmap(
             "shop",
             "web-config",
-            json!({"app": "web", "tier": "frontend"}),
+            app("web", "frontend"),
             json!({"nginx.conf": "worker_processes 2;\n"}),
         ),
         configmap(
             "shop",
             "db-config",
-            json!({"app": "db", "tier": "data"}),
+            app("db", "data"),
             json!({"max_connections": "100"}),
         ),
         secret(
             "shop",
             "db-credentials",
-            json!({"app": "db", "tier": "data"}),
+            app("db", "data"),
             json!({"password": "c2VjcmV0LXBhc3N3b3Jk"}),
         ),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta("shop", Some("shop"), json!({"app": "web"}))}),
@@ -252,86 +245,46 @@ pub(crate) fn objects() -> Vec<Value> {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "config-reader"},
             "subjects": [{"kind": "ServiceAccount", "name": "shop", "namespace": "shop"}],
         }),
-        pod(
-            "shop",
-            "db-0",
-            json!({"app": "db", "tier": "data"}),
-            "postgres",
-            json!({}),
-        ),
-        pod(
-            "shop",
-            "web-7d9f",
-            json!({"app": "web", "tier": "frontend"}),
-            "web",
-            json!({}),
-        ),
+        pod("shop", "db-0", app("db", "data"), "postgres", json!({})),
+        pod("shop", "web-7d9f", app("web", "frontend"), "web", json!({})),
         csi_volume("pv-shop-data", "shop-data", "shop", "data-db-0", "1Gi"),
         claim(
             "shop",
             "data-db-0",
-            json!({"app": "db", "tier": "data"}),
+            app("db", "data"),
             "pv-shop-data",
             "1Gi",
             "local-disk",
         ),
-        widget(
-            "shop",
-            "blue",
-            json!({"app": "web", "tier": "frontend"}),
-            "blue",
-            3,
-        ),
-        widget(
-            "shop",
-            "red",
-            json!({"app": "cart", "tier": "backend"}),
-            "red",
-            5,
-        ),
+        widget("shop", "blue", app("web", "frontend"), "blue", 3),
+        widget("shop", "red", app("cart", "backend"), "red", 5),
         // blog
         deployment(
             "blog",
             "wordpress",
-            json!({"app": "wordpress", "tier": "frontend"}),
+            app("wordpress", "frontend"),
             "wordpress:6",
             1,
         ),
-        statefulset(
-            "blog",
-            "mysql",
-            json!({"app": "mysql", "tier": "data"}),
-            "mysql:8",
-            "mysql",
-        ),
-        service(
-            "blog",
-            "wordpress",
-            json!({"app": "wordpress", "tier": "frontend"}),
-            80,
-        ),
-        service(
-            "blog",
-            "mysql",
-            json!({"app": "mysql", "tier": "data"}),
-            3306,
-        ),
+        statefulset("blog", "mysql", app("mysql", "data"), "mysql:8", "mysql"),
+        service("blog", "wordpress", app("wordpress", "frontend"), 80),
+        service("blog", "mysql", app("mysql", "data"), 3306),
         configmap(
             "blog",
             "wordpress-config",
-            json!({"app": "wordpress", "tier": "frontend"}),
+            app("wordpress", "frontend"),
             json!({"WORDPRESS_DB_HOST": "mysql"}),
         ),
         secret(
             "blog",
             "mysql-credentials",
-            json!({"app": "mysql", "tier": "data"}),
+            app("mysql", "data"),
             json!({"password": "YmxvZy1wYXNzd29yZA=="}),
         ),
         pod(
             "blog",
             "mysql-0",
-            json!({"app": "mysql", "tier": "data"}),
+            app("mysql", "data"),
             "mysql",
             json!({"sandbox.stowage.io/exec-delay-ms": "50"}),
         ),
@@ -339,7 +292,7 @@ pub(crate) fn objects() -> Vec<Value> {
         claim(
             "blog",
             "data-mysql-0",
-            json!({"app": "mysql", "tier": "data"}),
+            app("mysql", "data"),
             "pv-blog-data",
             "2Gi",
             "local-disk",
@@ -360,18 +313,12 @@ pub(crate) fn objects() -> Vec<Value> {
         claim(
             "blog",
             "uploads",
-            json!({"app": "wordpress", "tier": "frontend"}),
+            app("wordpress", "frontend"),
             "pv-blog-uploads",
             "5Gi",
             "",
         ),
-        widget(
-            "blog",
-            "green",
-            json!({"app": "wordpress", "tier": "frontend"}),
-            "green",
-            1,
-        ),
+        widget("blog", "green", app("wordpress", "frontend"), "green", 1),
         // kube-system: present so that "never collect kube-system unless asked" is tested.
         deployment(
             "kube-system",

@@ -80,6 +80,11 @@ impl Setup {
         }
     }
 
+    /// Runs every check against this setup and `cluster`.
+    async fn run(&self, cluster: &SandboxHandle) -> Report {
+        preflight::run_all(&self.targets(cluster)).await
+    }
+
     fn targets(&self, cluster: &SandboxHandle) -> PreflightTargets {
         PreflightTargets {
             vault: Some(VaultTarget {
@@ -224,7 +229,7 @@ async fn foreign_data_in_a_local_vault_folder_fails_the_contents_check() {
     std::fs::write(setup.vault.join("backup-2019.tar"), b"not a vault").unwrap();
     std::fs::create_dir_all(setup.vault.join("photos")).unwrap();
     std::fs::write(setup.vault.join("photos/cat.jpg"), b"meow").unwrap();
-    let report = preflight::run_all(&setup.targets(&cluster)).await;
+    let report = setup.run(&cluster).await;
     assert_passes(&report, &[preflight::VAULT_STORAGE]);
     assert_fails(
         &report,
@@ -382,7 +387,7 @@ async fn a_cluster_older_than_1_20_fails_the_version_check() {
     let cluster = sandbox().await;
     cluster.sandbox().set_version("1", "19");
     let setup = Setup::new();
-    let report = preflight::run_all(&setup.targets(&cluster)).await;
+    let report = setup.run(&cluster).await;
     assert_fails(
         &report,
         preflight::CLUSTER,
@@ -390,7 +395,7 @@ async fn a_cluster_older_than_1_20_fails_the_version_check() {
         "upgrade",
     );
     cluster.sandbox().set_version("1", "20+");
-    let report = preflight::run_all(&setup.targets(&cluster)).await;
+    let report = setup.run(&cluster).await;
     assert_passes(&report, &[preflight::CLUSTER]);
 }
 
@@ -468,7 +473,7 @@ async fn a_service_account_missing_a_permission_is_named_with_the_rbac_fix() {
     })
     .await;
     let setup = Setup::new();
-    let report = preflight::run_all(&setup.targets(&cluster)).await;
+    let report = setup.run(&cluster).await;
     assert_fails(
         &report,
         preflight::PERMISSIONS,
@@ -489,7 +494,7 @@ async fn a_service_account_missing_a_permission_is_named_with_the_rbac_fix() {
         !(object["kind"] == "ClusterRoleBinding" && object["metadata"]["name"] == "stowage-restore")
     })
     .await;
-    let report = preflight::run_all(&setup.targets(&cluster)).await;
+    let report = setup.run(&cluster).await;
     assert_fails(
         &report,
         preflight::PERMISSIONS,
@@ -512,7 +517,7 @@ async fn velero_and_kasten_are_reported_as_conflicting_tools() {
         }))
         .unwrap();
     let setup = Setup::new();
-    let report = preflight::run_all(&setup.targets(&cluster)).await;
+    let report = setup.run(&cluster).await;
     assert_fails(
         &report,
         preflight::CONFLICTING_TOOLS,
@@ -527,7 +532,7 @@ async fn velero_and_kasten_are_reported_as_conflicting_tools() {
             .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
             .unwrap();
     }
-    let report = preflight::run_all(&setup.targets(&cluster)).await;
+    let report = setup.run(&cluster).await;
     assert_fails(
         &report,
         preflight::CONFLICTING_TOOLS,

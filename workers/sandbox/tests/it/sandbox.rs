@@ -66,12 +66,7 @@ async fn typed_crud_round_trip_populates_server_fields() {
     assert_eq!(fetched.metadata.uid, created.metadata.uid);
     assert_eq!(fetched.data, created.data);
 
-    let mut changed = fetched.clone();
-    changed
-        .data
-        .as_mut()
-        .unwrap()
-        .insert("key".into(), "other".into());
+    let changed = with_entry(&fetched, "key", "other");
     let updated = api
         .replace("settings", &PostParams::default(), &changed)
         .await
@@ -379,22 +374,12 @@ async fn a_stale_resource_version_is_a_conflict() {
     let api: Api<ConfigMap> = Api::namespaced(cluster.client(), "shop");
     let original = api.get("web-config").await.unwrap();
 
-    let mut first = original.clone();
-    first
-        .data
-        .as_mut()
-        .unwrap()
-        .insert("first".into(), "1".into());
+    let first = with_entry(&original, "first", "1");
     api.replace("web-config", &PostParams::default(), &first)
         .await
         .unwrap();
 
-    let mut second = original.clone();
-    second
-        .data
-        .as_mut()
-        .unwrap()
-        .insert("second".into(), "2".into());
+    let second = with_entry(&original, "second", "2");
     let (code, reason) = api_code(
         api.replace("web-config", &PostParams::default(), &second)
             .await,
@@ -625,4 +610,15 @@ async fn dropping_the_handle_stops_the_server() {
     client.apiserver_version().await.unwrap();
     cluster.shutdown().await;
     assert!(client.apiserver_version().await.is_err());
+}
+
+/// A copy of `cm` with `key` set to `value` in its data.
+fn with_entry(cm: &ConfigMap, key: &str, value: &str) -> ConfigMap {
+    let mut changed = cm.clone();
+    changed
+        .data
+        .as_mut()
+        .unwrap()
+        .insert(key.into(), value.into());
+    changed
 }

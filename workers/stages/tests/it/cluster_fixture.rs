@@ -10,14 +10,14 @@ use kube::core::ApiResource;
 use serde_json::{Value, json};
 use stowage_cluster::strip_server_fields;
 use stowage_disk::{DiskId, DiskProvider, LocalDiskProvider};
-use stowage_runtime::JobContext;
+use stowage_runtime::{JobContext, StageError};
 use stowage_sandbox::{Sandbox, SandboxHandle};
 use stowage_schemas::Stage;
 use stowage_schemas::domain::{BackupInstance, Hook, HookErrorMode, HookPhase, Namespaces, Scope};
 use stowage_schemas::events::RpCreated;
 use stowage_schemas::jobs::{RestoreOptions, SnapshotJob, Trigger};
 use stowage_stages::ClusterContext;
-use stowage_stages::restore::{RestoreRequest, RestoreSource};
+use stowage_stages::restore::{RestoreReport, RestoreRequest, RestoreSource, restore};
 use stowage_stages::snapshot::take_snapshot;
 use stowage_vault::layout;
 use stowage_vault::store::{BlobStore, LocalDurability};
@@ -105,10 +105,30 @@ impl Fixture {
     }
 
     pub(crate) async fn snapshot(&self, rp: &str) -> RpCreated {
+        self.try_snapshot(rp).await.unwrap()
+    }
+
+    /// Takes the snapshot `rp`, answering its error if it fails.
+    pub(crate) async fn try_snapshot(&self, rp: &str) -> Result<RpCreated, StageError> {
         take_snapshot(
             &self.ctx,
             &snapshot_job(rp),
             &JobContext::detached(Stage::Snapshot),
+        )
+        .await
+    }
+
+    /// Restores `rp` from the operational tier as `restore_id`, through the restore function.
+    pub(crate) async fn restore(
+        &self,
+        rp: &str,
+        restore_id: &str,
+        options: RestoreOptions,
+    ) -> RestoreReport {
+        restore(
+            &self.ctx,
+            &operational(rp, restore_id, options),
+            &JobContext::detached(Stage::Restore),
         )
         .await
         .unwrap()
@@ -182,6 +202,14 @@ pub(crate) fn mapping(from: &str, to: &str) -> RestoreOptions {
     }
 }
 
+/// Restore options that target the second cluster `dr`.
+pub(crate) fn to_dr() -> RestoreOptions {
+    RestoreOptions {
+        target_cluster: Some("dr".into()),
+        ..RestoreOptions::default()
+    }
+}
+
 pub(crate) fn ar(api_version: &str, kind: &str, plural: &str) -> ApiResource {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     ApiResource {
@@ -221,6 +249,45 @@ pub(crate) async fn get(
         .await
         .unwrap()
         .map(|o| serde_json::to_value(o).unwrap())
+}
+
+pub(crate) const CONFIG_MAP: (&str, &str, &str) = ("v1", "ConfigMap", "configmaps");
+pub(crate) const CLAIM: (&str, &str, &str) =
+    ("v1", "PersistentVolumeClaim", "persistentvolumeclaims");
+pub(crate) const NAMESPACE: (&str, &str, &str) = ("v1", "Namespace", "namespaces");
+pub(crate) const ROLE_BINDING: (&str, &str, &str) = (
+    "rbac.authorization.k8s.io/v1",
+    "RoleBinding",
+    "rolebindings",
+);
+pub(crate) const CLUSTER_ROLE_BINDING: (&str, &str, &str) = (
+    "rbac.authorization.k8s.io/v1",
+    "ClusterRoleBinding",
+    "clusterrolebindings",
+);
+
+/// The object `t` named `name` (in `ns`, when namespaced), which must exist.
+pub(crate) async fn existing(
+    client: &kube::Client,
+    t: (&str, &str, &str),
+    ns: Option<&str>,
+    name: &str,
+) -> Value {
+    get(client, t, ns, name)
+        .await
+        .unwrap_or_else(|| panic!("{} {ns:?}/{name} does not exist", t.1))
+}
+
+pub(crate) async fn config_map(client: &kube::Client, ns: &str, name: &str) -> Value {
+    existing(client, CONFIG_MAP, Some(ns), name).await
+}
+
+pub(crate) async fn claim(client: &kube::Client, ns: &str, name: &str) -> Value {
+    existing(client, CLAIM, Some(ns), name).await
+}
+
+pub(crate) async fn namespace(client: &kube::Client, name: &str) -> Value {
+    existing(client, NAMESPACE, None, name).await
 }
 
 pub(crate) async fn list(client: &kube::Client, t: (&str, &str, &str), ns: &str) -> Vec<Value> {
@@ -280,14 +347,9 @@ pub(crate) async fn assert_namespace_copied(
 
 /// The restored claim `ns/pvc` in `client`: bound to a new PV on a new disk. Answers the disk.
 pub(crate) async fn restored_disk(client: &kube::Client, ns: &str, pvc: &str) -> String {
-    let claim = get(
-        client,
-        ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
-        Some(ns),
-        pvc,
-    )
-    .await
-    .unwrap_or_else(|| panic!("PVC {ns}/{pvc} was not restored"));
+    let claim = get(client, CLAIM, Some(ns), pvc)
+        .await
+        .unwrap_or_else(|| panic!("PVC {ns}/{pvc} was not restored"));
     let pv_name = claim["spec"]["volumeName"]
         .as_str()
         .expect("the claim names its new PV");

@@ -6,7 +6,7 @@
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::json;
 use stowage_disk::{DiskId, DiskProvider};
-use stowage_runtime::{JobContext, StageHandler};
+use stowage_runtime::{JobContext, Outcome, StageHandler};
 use stowage_schemas::domain::{HookErrorMode, HookPhase, Scope, Tier};
 use stowage_schemas::events::RestoreCompleted;
 use stowage_schemas::jobs::{
@@ -19,6 +19,26 @@ use stowage_vault::crypto::VaultKey;
 use stowage_vault::layout;
 
 use crate::cluster_fixture::*;
+
+/// Hands `envelope` to `handler` as its stage's worker would, which must not fail.
+async fn deliver(handler: &impl StageHandler, envelope: Envelope) -> Outcome {
+    handler
+        .handle_envelope(JobContext::detached(handler.stage()), envelope)
+        .await
+        .unwrap()
+}
+
+/// The restore job of `rp` from the operational tier, as the API would queue it.
+fn operational_job(rp: &str, restore_id: &str, options: RestoreOptions) -> RestoreJob {
+    RestoreJob {
+        restore_id: restore_id.into(),
+        instance: INSTANCE.into(),
+        recovery_point_id: rp.into(),
+        source_tier: Tier::Operational,
+        staging: None,
+        options,
+    }
+}
 
 #[tokio::test]
 async fn snapshot_and_restore_into_another_namespace() {
@@ -34,10 +54,7 @@ async fn snapshot_and_restore_into_another_namespace() {
     // Through the handler, twice: the redelivery re-emits the same event and runs nothing.
     let stage = SnapshotStage(f.ctx.clone());
     let envelope = Envelope::new("job-1", Message::Snapshot(snapshot_job("rp-1")));
-    let outcome = stage
-        .handle_envelope(JobContext::detached(Stage::Snapshot), envelope.clone())
-        .await
-        .unwrap();
+    let outcome = deliver(&stage, envelope.clone()).await;
     let [Message::RpCreated(created)] = outcome.messages() else {
         panic!("expected rp.created, got {:?}", outcome.messages());
     };
@@ -53,10 +70,7 @@ async fn snapshot_and_restore_into_another_namespace() {
         .map(|r| format!("{}/{} {}", r.namespace, r.pod, r.command[0]))
         .collect();
     assert_eq!(hooks_ran, ["shop/db-0 fsfreeze-f", "shop/db-0 fsfreeze-u"]);
-    let again = stage
-        .handle_envelope(JobContext::detached(Stage::Snapshot), envelope)
-        .await
-        .unwrap();
+    let again = deliver(&stage, envelope).await;
     assert_eq!(again.messages(), outcome.messages());
     assert_eq!(
         f.source.sandbox().exec_log().len(),
@@ -72,19 +86,9 @@ async fn snapshot_and_restore_into_another_namespace() {
         .unwrap();
 
     let restore_stage = RestoreStage(f.ctx.clone());
-    let job = RestoreJob {
-        restore_id: "restore-1".into(),
-        instance: INSTANCE.into(),
-        recovery_point_id: "rp-1".into(),
-        source_tier: Tier::Operational,
-        staging: None,
-        options: mapping("shop", "shop-copy"),
-    };
+    let job = operational_job("rp-1", "restore-1", mapping("shop", "shop-copy"));
     let envelope = Envelope::new("restore-1", Message::Restore(job));
-    let outcome = restore_stage
-        .handle_envelope(JobContext::detached(Stage::Restore), envelope.clone())
-        .await
-        .unwrap();
+    let outcome = deliver(&restore_stage, envelope.clone()).await;
     let [Message::RestoreCompleted(done)] = outcome.messages() else {
         panic!("expected restore.completed, got {:?}", outcome.messages());
     };
@@ -98,27 +102,9 @@ async fn snapshot_and_restore_into_another_namespace() {
     let client = f.source.client();
     let compared = assert_namespace_copied(&client, "shop", &client, "shop-copy").await;
     assert!(compared >= 12, "compared {compared} objects");
-    let ns = get(
-        &client,
-        ("v1", "Namespace", "namespaces"),
-        None,
-        "shop-copy",
-    )
-    .await
-    .unwrap();
+    let ns = namespace(&client, "shop-copy").await;
     assert_eq!(ns["metadata"]["labels"]["team"], "commerce");
-    let binding = get(
-        &client,
-        (
-            "rbac.authorization.k8s.io/v1",
-            "RoleBinding",
-            "rolebindings",
-        ),
-        Some("shop-copy"),
-        "config-reader",
-    )
-    .await
-    .unwrap();
+    let binding = existing(&client, ROLE_BINDING, Some("shop-copy"), "config-reader").await;
     assert_eq!(
         binding["subjects"][0]["namespace"], "shop-copy",
         "RBAC subjects follow the mapping"
@@ -130,22 +116,12 @@ async fn snapshot_and_restore_into_another_namespace() {
         "the restored volume holds the snapshot's bytes"
     );
     // The source claim is untouched.
-    let source_claim = get(
-        &client,
-        ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
-        Some("shop"),
-        "data-db-0",
-    )
-    .await
-    .unwrap();
+    let source_claim = claim(&client, "shop", "data-db-0").await;
     assert_eq!(source_claim["spec"]["volumeName"], "pv-shop-data");
 
     // Redelivered after completion: the same event, nothing redone.
     let rv = f.source.sandbox().resource_version();
-    let again = restore_stage
-        .handle_envelope(JobContext::detached(Stage::Restore), envelope)
-        .await
-        .unwrap();
+    let again = deliver(&restore_stage, envelope).await;
     assert_eq!(again.messages(), outcome.messages());
     assert_eq!(f.source.sandbox().resource_version(), rv);
 }
@@ -159,17 +135,7 @@ async fn snapshot_and_restore_into_a_second_cluster() {
     let expected_shop = f.disk_bytes("shop-data").await;
     let expected_blog = f.disk_bytes("blog-data").await;
 
-    let options = RestoreOptions {
-        target_cluster: Some("dr".into()),
-        ..RestoreOptions::default()
-    };
-    let report = restore(
-        &f.ctx,
-        &operational("rp-1", "to-dr", options),
-        &JobContext::detached(Stage::Restore),
-    )
-    .await
-    .unwrap();
+    let report = f.restore("rp-1", "to-dr", to_dr()).await;
     assert_eq!(report.target_cluster, "dr");
     assert_eq!(report.volumes_restored, 2);
     assert_eq!(report.count(PlanAction::Conflict), 0, "{:#?}", report.plan);
@@ -234,11 +200,7 @@ async fn snapshot_and_restore_into_a_second_cluster() {
             .unwrap_or_else(|| panic!("{name} not restored"));
         assert_eq!(comparable(copy)["spec"], comparable(original)["spec"]);
     }
-    assert!(
-        get(&dr, ("v1", "Namespace", "namespaces"), None, "kube-system")
-            .await
-            .is_some()
-    );
+    assert!(get(&dr, NAMESPACE, None, "kube-system").await.is_some());
     assert!(
         list(&dr, ("apps/v1", "Deployment", "deployments"), "kube-system")
             .await
@@ -250,14 +212,7 @@ async fn snapshot_and_restore_into_a_second_cluster() {
     assert_eq!(f.disk_bytes(&shop_disk).await, expected_shop);
     assert_eq!(f.disk_bytes(&blog_disk).await, expected_blog);
     // The NFS claim had no backed-up data: restored empty, for the cluster to provision.
-    let uploads = get(
-        &dr,
-        ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
-        Some("blog"),
-        "uploads",
-    )
-    .await
-    .unwrap();
+    let uploads = claim(&dr, "blog", "uploads").await;
     assert!(uploads["spec"].get("volumeName").is_none(), "{uploads}");
     assert!(
         report.warnings.iter().any(|w| w.contains("blog/uploads")),
@@ -292,23 +247,10 @@ async fn restore_without_volume_data() {
         include_volumes: false,
         ..RestoreOptions::default()
     };
-    let report = restore(
-        &f.ctx,
-        &operational("rp-1", "no-data", options),
-        &JobContext::detached(Stage::Restore),
-    )
-    .await
-    .unwrap();
+    let report = f.restore("rp-1", "no-data", options).await;
     assert_eq!(report.volumes_restored, 0);
     assert_eq!(f.disk_files(), before, "no disk was created");
-    let claim = get(
-        &f.dr.client(),
-        ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
-        Some("shop"),
-        "data-db-0",
-    )
-    .await
-    .unwrap();
+    let claim = claim(&f.dr.client(), "shop", "data-db-0").await;
     assert!(claim["spec"].get("volumeName").is_none());
     assert!(
         report.warnings.is_empty(),
@@ -323,13 +265,7 @@ async fn skip_keeps_what_exists_and_patch_brings_it_back() {
     f.define_instance(namespaces(&["shop"]), Vec::new()).await;
     f.snapshot("rp-1").await;
     let client = f.source.client();
-    let first = restore(
-        &f.ctx,
-        &operational("rp-1", "r1", mapping("shop", "shop-copy")),
-        &JobContext::detached(Stage::Restore),
-    )
-    .await
-    .unwrap();
+    let first = f.restore("rp-1", "r1", mapping("shop", "shop-copy")).await;
     assert_eq!(first.volumes_restored, 1);
 
     // Someone edits one config map and deletes another.
@@ -347,13 +283,7 @@ async fn skip_keeps_what_exists_and_patch_brings_it_back() {
     .unwrap();
     cms.delete("web-config", &Default::default()).await.unwrap();
 
-    let skip = restore(
-        &f.ctx,
-        &operational("rp-1", "r2", mapping("shop", "shop-copy")),
-        &JobContext::detached(Stage::Restore),
-    )
-    .await
-    .unwrap();
+    let skip = f.restore("rp-1", "r2", mapping("shop", "shop-copy")).await;
     let action = |r: &stowage_stages::restore::RestoreReport, name: &str| {
         r.entry("ConfigMap", Some("shop-copy"), name)
             .unwrap()
@@ -370,27 +300,14 @@ async fn skip_keeps_what_exists_and_patch_brings_it_back() {
         skip.volumes_restored, 0,
         "an existing claim gets no new disk"
     );
-    let db = get(
-        &client,
-        ("v1", "ConfigMap", "configmaps"),
-        Some("shop-copy"),
-        "db-config",
-    )
-    .await
-    .unwrap();
+    let db = config_map(&client, "shop-copy", "db-config").await;
     assert_eq!(db["data"]["max_connections"], "5", "skip leaves the edit");
 
     let options = RestoreOptions {
         existing: ExistingPolicy::Patch,
         ..mapping("shop", "shop-copy")
     };
-    let patch = restore(
-        &f.ctx,
-        &operational("rp-1", "r3", options),
-        &JobContext::detached(Stage::Restore),
-    )
-    .await
-    .unwrap();
+    let patch = f.restore("rp-1", "r3", options).await;
     assert_eq!(action(&patch, "db-config"), PlanAction::Patch);
     assert_eq!(
         action(&patch, "web-config"),
@@ -408,18 +325,7 @@ async fn skip_keeps_what_exists_and_patch_brings_it_back() {
         patched,
         ["ConfigMap db-config", "ClusterRoleBinding widget-reader"]
     );
-    let binding = get(
-        &client,
-        (
-            "rbac.authorization.k8s.io/v1",
-            "ClusterRoleBinding",
-            "clusterrolebindings",
-        ),
-        None,
-        "widget-reader",
-    )
-    .await
-    .unwrap();
+    let binding = existing(&client, CLUSTER_ROLE_BINDING, None, "widget-reader").await;
     let subjects: Vec<&str> = binding["subjects"]
         .as_array()
         .unwrap()
@@ -429,14 +335,7 @@ async fn skip_keeps_what_exists_and_patch_brings_it_back() {
     assert_eq!(subjects, ["shop", "shop-copy"]);
     assert_eq!(patch.count(PlanAction::Conflict), 0, "{:#?}", patch.plan);
     assert_eq!(patch.volumes_restored, 0);
-    let db = get(
-        &client,
-        ("v1", "ConfigMap", "configmaps"),
-        Some("shop-copy"),
-        "db-config",
-    )
-    .await
-    .unwrap();
+    let db = config_map(&client, "shop-copy", "db-config").await;
     assert_eq!(
         db["data"]["max_connections"], "100",
         "patch restores the backup's data"
@@ -454,26 +353,12 @@ async fn a_dry_run_changes_nothing() {
 
     // Into the empty cluster: everything would be created, custom resources after their CRD.
     let options = RestoreOptions {
-        target_cluster: Some("dr".into()),
         dry_run: true,
-        ..RestoreOptions::default()
+        ..to_dr()
     };
     let stage = RestoreStage(f.ctx.clone());
-    let job = RestoreJob {
-        restore_id: "dry".into(),
-        instance: INSTANCE.into(),
-        recovery_point_id: "rp-1".into(),
-        source_tier: Tier::Operational,
-        staging: None,
-        options,
-    };
-    let outcome = stage
-        .handle_envelope(
-            JobContext::detached(Stage::Restore),
-            Envelope::new("dry", Message::Restore(job.clone())),
-        )
-        .await
-        .unwrap();
+    let job = operational_job("rp-1", "dry", options);
+    let outcome = deliver(&stage, Envelope::new("dry", Message::Restore(job.clone()))).await;
     let [Message::RestoreCompleted(done)] = outcome.messages() else {
         panic!()
     };
@@ -499,13 +384,7 @@ async fn a_dry_run_changes_nothing() {
         dry_run: true,
         ..RestoreOptions::default()
     };
-    let plan = restore(
-        &f.ctx,
-        &operational("rp-1", "dry-2", options),
-        &JobContext::detached(Stage::Restore),
-    )
-    .await
-    .unwrap();
+    let plan = f.restore("rp-1", "dry-2", options).await;
     assert_eq!(
         plan.entry("ConfigMap", Some("shop"), "db-config")
             .unwrap()
@@ -553,17 +432,7 @@ async fn controller_owned_pods_are_left_to_their_controller() {
     })).unwrap();
     f.define_instance(namespaces(&["shop"]), Vec::new()).await;
     f.snapshot("rp-1").await;
-    let options = RestoreOptions {
-        target_cluster: Some("dr".into()),
-        ..RestoreOptions::default()
-    };
-    let report = restore(
-        &f.ctx,
-        &operational("rp-1", "owned", options),
-        &JobContext::detached(Stage::Restore),
-    )
-    .await
-    .unwrap();
+    let report = f.restore("rp-1", "owned", to_dr()).await;
     let entry = report.entry("Pod", Some("shop"), "web-5c9b-abcde").unwrap();
     assert_eq!(entry.action, PlanAction::Skip);
     assert!(
@@ -579,14 +448,7 @@ async fn controller_owned_pods_are_left_to_their_controller() {
             .await
             .is_none()
     );
-    let cm = get(
-        &dr,
-        ("v1", "ConfigMap", "configmaps"),
-        Some("shop"),
-        "owned-config",
-    )
-    .await
-    .unwrap();
+    let cm = config_map(&dr, "shop", "owned-config").await;
     assert!(
         cm["metadata"].get("ownerReferences").is_none(),
         "source uids are dropped: {cm}"
@@ -606,53 +468,44 @@ async fn restore_from_the_vault_tier_through_hydration() {
     );
 
     let transfer = VaultTransfer(vault_ctx.clone());
-    transfer
-        .handle_envelope(
-            JobContext::detached(Stage::VaultTransfer),
-            Envelope::new(
-                "vt",
-                Message::VaultTransfer(VaultTransferJob {
-                    instance: INSTANCE.into(),
-                    recovery_point_id: created.recovery_point_id.clone(),
-                }),
-            ),
-        )
-        .await
-        .unwrap();
+    deliver(
+        &transfer,
+        Envelope::new(
+            "vt",
+            Message::VaultTransfer(VaultTransferJob {
+                instance: INSTANCE.into(),
+                recovery_point_id: created.recovery_point_id.clone(),
+            }),
+        ),
+    )
+    .await;
     let hydration = RestoreHydration(vault_ctx);
-    let outcome = hydration
-        .handle_envelope(
-            JobContext::detached(Stage::RestoreHydration),
-            Envelope::new(
-                "hy",
-                Message::RestoreHydration(RestoreHydrationJob {
-                    restore_id: "from-vault".into(),
-                    instance: INSTANCE.into(),
-                    recovery_point_id: "rp-1".into(),
-                    tier: Tier::Vault,
-                    staging_location: None,
-                    options: RestoreOptions {
-                        target_cluster: Some("dr".into()),
-                        ..RestoreOptions::default()
-                    },
-                }),
-            ),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(
+        &hydration,
+        Envelope::new(
+            "hy",
+            Message::RestoreHydration(RestoreHydrationJob {
+                restore_id: "from-vault".into(),
+                instance: INSTANCE.into(),
+                recovery_point_id: "rp-1".into(),
+                tier: Tier::Vault,
+                staging_location: None,
+                options: to_dr(),
+            }),
+        ),
+    )
+    .await;
     let [Message::RestoreHydrated(hydrated)] = outcome.messages() else {
         panic!("{:?}", outcome.messages())
     };
     let staged = hydrated.staging.resources.clone();
 
     let stage = RestoreStage(f.ctx.clone());
-    let outcome = stage
-        .handle_envelope(
-            JobContext::detached(Stage::Restore),
-            Envelope::new("rs", Message::RestoreHydrated(hydrated.clone())),
-        )
-        .await
-        .unwrap();
+    let outcome = deliver(
+        &stage,
+        Envelope::new("rs", Message::RestoreHydrated(hydrated.clone())),
+    )
+    .await;
     let [
         Message::RestoreCompleted(RestoreCompleted {
             volumes_restored,

@@ -147,6 +147,23 @@ impl Fixture {
         (rp, self.disk_hash(&DiskId(DISK.into())).await)
     }
 
+    /// Deletes the vault-tier manifest of `rp_id`, as if its vault tier had expired.
+    async fn drop_vault_tier(&self, rp_id: &str) {
+        self.ctx
+            .primary
+            .delete(&catalog::tier_manifest_key(INSTANCE, rp_id, Tier::Vault).unwrap())
+            .await
+            .unwrap();
+    }
+
+    /// Whether the record of `rp_id` is gone (not merely unreadable).
+    async fn rp_gone(&self, rp_id: &str) -> bool {
+        catalog::read_recovery_point(&self.ctx.primary, INSTANCE, rp_id)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    }
+
     async fn disk_hash(&self, disk: &DiskId) -> blake3::Hash {
         let mut buf = vec![0u8; SIZE as usize];
         self.disks.read_disk(disk, 0, &mut buf).await.unwrap();
@@ -294,12 +311,7 @@ async fn retention_over_simulated_months_expires_tiers_collects_data_and_keeps_r
             .is_ok()
     );
     // RPs in no tier are gone entirely, with their resources and records.
-    assert!(
-        catalog::read_recovery_point(&f.ctx.primary, INSTANCE, "rp-2026-09-25-14")
-            .await
-            .unwrap_err()
-            .is_not_found()
-    );
+    assert!(f.rp_gone("rp-2026-09-25-14").await);
     assert_eq!(
         f.count(layout::resources(INSTANCE, "rp-2026-09-25-14").unwrap())
             .await,
@@ -346,6 +358,9 @@ async fn a_transfer_that_deduplicated_against_a_condemned_chunk_stays_restorable
     let grace = SignedDuration::from_hours(24);
     let job = JobContext::detached(Stage::VaultTransfer);
     let t0 = local(2026, 5, 1, 2);
+    // Garbage collection `hours` after t0.
+    let collect_at =
+        |hours| retention::collect(&f.ctx, t0 + SignedDuration::from_hours(hours), grace);
     // RP a: vaulted. Then its vault tier expires and its packs become unreferenced.
     let (_, hash_a) = f.backup("a", t0, 1).await;
     vault_transfer::transfer(&f.ctx, INSTANCE, "a", &job)
@@ -358,14 +373,8 @@ async fn a_transfer_that_deduplicated_against_a_condemned_chunk_stays_restorable
     assert!(!index_before.is_empty());
     // ...the vault tier of "a" goes (simulate: another RP "b" is newer and "a" expired).
     f.backup("b", t0 + SignedDuration::from_hours(1), 2).await;
-    f.ctx
-        .primary
-        .delete(&catalog::tier_manifest_key(INSTANCE, "a", Tier::Vault).unwrap())
-        .await
-        .unwrap();
-    let first = retention::collect(&f.ctx, t0 + SignedDuration::from_hours(2), grace)
-        .await
-        .unwrap();
+    f.drop_vault_tier("a").await;
+    let first = collect_at(2).await.unwrap();
     assert!(first.primary.packs_condemned > 0, "{first:?}");
     assert_eq!(first.primary.packs_deleted, 0);
     // New transfers no longer deduplicate against condemned chunks.
@@ -400,9 +409,7 @@ async fn a_transfer_that_deduplicated_against_a_condemned_chunk_stays_restorable
     .await
     .unwrap();
     // Phase 2, a grace period later: the condemned packs are referenced again, so revived.
-    let second = retention::collect(&f.ctx, t0 + SignedDuration::from_hours(30), grace)
-        .await
-        .unwrap();
+    let second = collect_at(30).await.unwrap();
     assert_eq!(second.primary.packs_deleted, 0, "{second:?}");
     assert!(second.primary.packs_revived > 0, "{second:?}");
     assert_eq!(f.restore_hash("b", "r-b").await, hash_a);
@@ -413,23 +420,13 @@ async fn a_transfer_that_deduplicated_against_a_condemned_chunk_stays_restorable
 
     // Now that data leaves the vault for good: condemned, then deleted a grace period later,
     // and the index no longer names its packs.
-    f.ctx
-        .primary
-        .delete(&catalog::tier_manifest_key(INSTANCE, "b", Tier::Vault).unwrap())
-        .await
-        .unwrap();
-    let third = retention::collect(&f.ctx, t0 + SignedDuration::from_hours(40), grace)
-        .await
-        .unwrap();
+    f.drop_vault_tier("b").await;
+    let third = collect_at(40).await.unwrap();
     assert!(third.primary.packs_condemned > 0);
     // A grace period has not passed yet: nothing deleted.
-    let early = retention::collect(&f.ctx, t0 + SignedDuration::from_hours(50), grace)
-        .await
-        .unwrap();
+    let early = collect_at(50).await.unwrap();
     assert_eq!(early.primary.packs_deleted, 0);
-    let fourth = retention::collect(&f.ctx, t0 + SignedDuration::from_hours(70), grace)
-        .await
-        .unwrap();
+    let fourth = collect_at(70).await.unwrap();
     assert!(fourth.primary.packs_deleted > 0, "{fourth:?}");
     assert!(fourth.primary.maps_deleted > 0 || third.primary.maps_condemned > 0);
     assert_eq!(f.packs().await.len(), 0);
@@ -498,12 +495,7 @@ async fn the_handler_expires_by_policy_and_emits_nothing() {
         assert!(outcome.messages().is_empty());
     }
     // "old" was only operational and expired a day after it was taken: gone with its snapshot.
-    assert!(
-        catalog::read_recovery_point(&f.ctx.primary, INSTANCE, "old")
-            .await
-            .unwrap_err()
-            .is_not_found()
-    );
+    assert!(f.rp_gone("old").await);
     assert!(
         f.disks
             .get_snapshot(&SnapshotId(format!("old-{DISK}")))

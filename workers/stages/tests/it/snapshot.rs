@@ -2,10 +2,8 @@
 //! it cannot snapshot.
 
 use serde_json::json;
-use stowage_runtime::JobContext;
-use stowage_schemas::Stage;
 use stowage_schemas::domain::{HookErrorMode, HookPhase};
-use stowage_stages::snapshot::take_snapshot;
+use stowage_schemas::events::RpCreated;
 
 use crate::cluster_fixture::*;
 
@@ -28,13 +26,7 @@ async fn a_failing_hook_fails_the_backup_or_warns() {
         ],
     )
     .await;
-    let error = take_snapshot(
-        &f.ctx,
-        &snapshot_job("rp-fail"),
-        &JobContext::detached(Stage::Snapshot),
-    )
-    .await
-    .unwrap_err();
+    let error = f.try_snapshot("rp-fail").await.unwrap_err();
     assert_eq!(error.kind(), stowage_runtime::ErrorKind::Permanent);
     let text = error.to_string();
     assert!(
@@ -98,13 +90,7 @@ async fn a_hook_that_times_out_fails_the_backup() {
     f.define_instance(namespaces(&["shop"]), vec![slow.clone()])
         .await;
     let started = std::time::Instant::now();
-    let error = take_snapshot(
-        &f.ctx,
-        &snapshot_job("rp-slow"),
-        &JobContext::detached(Stage::Snapshot),
-    )
-    .await
-    .unwrap_err();
+    let error = f.try_snapshot("rp-slow").await.unwrap_err();
     assert!(
         started.elapsed() < std::time::Duration::from_millis(2900),
         "the timeout cut the wait"
@@ -146,20 +132,12 @@ async fn unsupported_volumes_are_skipped_with_a_warning() {
         created.volume_count, 1,
         "only blog-data is snapshotted: {created:?}"
     );
-    let nfs = created
-        .warnings
-        .iter()
-        .find(|w| w.contains("blog/uploads"))
-        .expect("a warning for the NFS volume");
+    let nfs = warning_about(&created, "blog/uploads").expect("a warning for the NFS volume");
     assert!(
         nfs.contains("nfs") && nfs.contains("not backed up"),
         "{nfs}"
     );
-    let azure = created
-        .warnings
-        .iter()
-        .find(|w| w.contains("blog/media"))
-        .expect("a warning for the other driver");
+    let azure = warning_about(&created, "blog/media").expect("a warning for the other driver");
     assert!(azure.contains("disk.csi.azure.com"), "{azure}");
     // Recorded with the RP.
     let report = stowage_stages::snapshot::read_report(&f.ctx, INSTANCE, "rp-1")
@@ -176,4 +154,9 @@ async fn unsupported_volumes_are_skipped_with_a_warning() {
         ("blog", "data-mysql-0")
     );
     assert_eq!(rp.volumes[0].volume_id, "blog-data");
+}
+
+/// The first warning of `created` that names `needle`.
+fn warning_about<'a>(created: &'a RpCreated, needle: &str) -> Option<&'a String> {
+    created.warnings.iter().find(|w| w.contains(needle))
 }

@@ -22,6 +22,18 @@ fn chunk(offset: u64, length: u64, n: u8, offset_in_chunk: u32) -> Extent {
     }
 }
 
+/// A full map of version `version` with nothing written: all holes.
+fn empty_full(version: &str, size: u64) -> ExtentMap {
+    ExtentMapBuilder::full(version, size).unwrap().finish()
+}
+
+/// An incremental map of `version` over `base` that changes nothing.
+fn unchanged(version: &str, base: &str, size: u64) -> ExtentMap {
+    ExtentMapBuilder::incremental(version, base, size)
+        .unwrap()
+        .finish()
+}
+
 #[test]
 fn child_overrides_parent_and_clips_its_extents() {
     let mut full = ExtentMapBuilder::full("v1", 100).unwrap();
@@ -92,10 +104,8 @@ fn builders_refuse_disorder_and_full_maps_skip_zeros() {
 
 #[test]
 fn broken_chains_are_refused_with_the_reason() {
-    let full = ExtentMapBuilder::full("v1", 10).unwrap().finish();
-    let orphan = ExtentMapBuilder::incremental("v3", "v2", 10)
-        .unwrap()
-        .finish();
+    let full = empty_full("v1", 10);
+    let orphan = unchanged("v3", "v2", 10);
     let error = ExtentMap::resolve(&[full.clone(), orphan.clone()]).unwrap_err();
     assert!(
         error.to_string().contains("names v2 as its parent"),
@@ -133,13 +143,11 @@ fn serialization_round_trips_and_detects_damage() {
 #[tokio::test]
 async fn maps_are_saved_create_only_and_chains_load_in_order() {
     let store = BlobStore::in_memory();
-    let full = ExtentMapBuilder::full("v1", 10).unwrap().finish();
+    let full = empty_full("v1", 10);
     let mut second = ExtentMapBuilder::incremental("v2", "v1", 10).unwrap();
     second.push_chunk(0, 5, id(1), 0).unwrap();
     let second = second.finish();
-    let third = ExtentMapBuilder::incremental("v3", "v2", 10)
-        .unwrap()
-        .finish();
+    let third = unchanged("v3", "v2", 10);
     for map in [&full, &second, &third] {
         assert!(matches!(
             map.save(&store, "vol").await.unwrap(),
@@ -335,10 +343,8 @@ fn scattered_small_writes_store_about_the_changed_bytes() {
 
 #[test]
 fn consolidation_policy_boundaries() {
-    let full = ExtentMapBuilder::full("v0", 10).unwrap().finish();
-    let next = ExtentMapBuilder::incremental("v1", "v0", 10)
-        .unwrap()
-        .finish();
+    let full = empty_full("v0", 10);
+    let next = unchanged("v1", "v0", 10);
     assert!(
         !ConsolidationPolicy::new(2)
             .apply(std::slice::from_ref(&full), next.clone())
@@ -362,14 +368,10 @@ fn shrinking_and_growing_volumes_resolve() {
     let mut full = ExtentMapBuilder::full("v0", 100).unwrap();
     full.push_chunk(80, 20, id(1), 0).unwrap();
     let full = full.finish();
-    let shrunk = ExtentMapBuilder::incremental("v1", "v0", 90)
-        .unwrap()
-        .finish();
+    let shrunk = unchanged("v1", "v0", 90);
     let resolved = ExtentMap::resolve(&[full.clone(), shrunk]).unwrap();
     assert_eq!(resolved.extents(), &[chunk(80, 10, 1, 0)]);
-    let grown = ExtentMapBuilder::incremental("v1", "v0", 200)
-        .unwrap()
-        .finish();
+    let grown = unchanged("v1", "v0", 200);
     let resolved = ExtentMap::resolve(&[full, grown]).unwrap();
     assert_eq!(resolved.volume_size(), 200);
     assert_eq!(resolved.pieces(190..300).len(), 1);

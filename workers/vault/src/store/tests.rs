@@ -60,6 +60,22 @@ async fn leftovers(store: &BlobStore) -> Vec<String> {
         .unwrap()
 }
 
+/// A racing writer's temp object, published to `key` by the create-only copy after the early
+/// check has passed: answers the temp object and what the copy reports.
+async fn race_the_publishing_copy(store: &BlobStore, key: &BlobKey) -> (ObjectPath, CreateOutcome) {
+    let temp = temp_path(key);
+    store
+        .inner
+        .put(&temp, PutPayload::from_static(b"racer"))
+        .await
+        .unwrap();
+    let raced = store
+        .publish_copy(&temp, key, || async { unreachable!("nothing was created") })
+        .await
+        .unwrap();
+    (temp, raced)
+}
+
 #[tokio::test]
 async fn streamed_write_round_trips_a_multi_part_object() {
     for (store, _folder) in stores() {
@@ -110,18 +126,7 @@ async fn streamed_write_is_create_only() {
 
         // The copy that publishes is create-only by itself, even when the key appears
         // after the early check (a racing writer).
-        let temp = temp_path(&key);
-        store
-            .inner
-            .put(&temp, PutPayload::from_static(b"racer"))
-            .await
-            .unwrap();
-        let raced = store
-            .publish_copy(&temp, &key, || async {
-                unreachable!("nothing was created")
-            })
-            .await
-            .unwrap();
+        let (_, raced) = race_the_publishing_copy(&store, &key).await;
         assert_eq!(raced, CreateOutcome::AlreadyExists, "{store}");
         assert!(
             store.get(&key).await.unwrap().bytes[..] == first[..],
@@ -275,18 +280,7 @@ async fn streamed_write_and_copy_on_azurite() {
         .unwrap();
     assert_eq!(again, CreateOutcome::AlreadyExists);
     // The publishing copy alone refuses an existing key on Azure too.
-    let temp = temp_path(&key);
-    store
-        .inner
-        .put(&temp, PutPayload::from_static(b"racer"))
-        .await
-        .unwrap();
-    let raced = store
-        .publish_copy(&temp, &key, || async {
-            unreachable!("nothing was created")
-        })
-        .await
-        .unwrap();
+    let (temp, raced) = race_the_publishing_copy(&store, &key).await;
     assert_eq!(raced, CreateOutcome::AlreadyExists);
     store.inner.delete(&temp).await.unwrap();
     let staged = layout::staging("restore-1", "resources").unwrap();
