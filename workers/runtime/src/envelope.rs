@@ -42,7 +42,10 @@ pub fn properties(envelope: &Envelope, content_type: ContentType) -> Properties 
         jiff::Timestamp::now().as_millisecond().into(),
     );
     if let Some(trace) = &envelope.trace {
-        headers.insert(TRACEPARENT.into(), crate::limits::header_str(&trace.traceparent));
+        headers.insert(
+            TRACEPARENT.into(),
+            crate::limits::header_str(&trace.traceparent),
+        );
         if let Some(state) = &trace.tracestate {
             headers.insert(TRACESTATE.into(), crate::limits::header_str(state));
         }

@@ -145,7 +145,9 @@ mod tests {
 
     #[test]
     fn chains_and_foreign_headers_stay_bounded() {
-        let chain: Vec<String> = (0..100).map(|i| format!("{i}{}", "x".repeat(9000))).collect();
+        let chain: Vec<String> = (0..100)
+            .map(|i| format!("{i}{}", "x".repeat(9000)))
+            .collect();
         let header = chain_header(&chain);
         assert!(wire_size(&header) < 12 * 1024, "{}", wire_size(&header));
 

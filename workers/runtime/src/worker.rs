@@ -462,8 +462,14 @@ impl StageRunner {
             RetryDecision::GiveUp { attempts } => {
                 tracing::warn!(error = %limits::log_field(&err.to_string()), attempts, "job failed on its last attempt; dead-lettering");
                 let reason = format!("gave up after {attempts} attempts: {err}");
-                self.dead_letter(delivery, delivery.body.clone(), &reason, &err.chain(), attempts)
-                    .await;
+                self.dead_letter(
+                    delivery,
+                    delivery.body.clone(),
+                    &reason,
+                    &err.chain(),
+                    attempts,
+                )
+                .await;
                 metrics().job_finished(self.stage, JobOutcome::DeadLettered, elapsed);
                 Ok(())
             }
