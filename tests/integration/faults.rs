@@ -251,7 +251,7 @@ async fn declare(bus: &Bus) {
         .expect("declare topology");
 }
 
-struct RestartOnDrop;
+pub(crate) struct RestartOnDrop;
 
 impl Drop for RestartOnDrop {
     fn drop(&mut self) {
@@ -259,7 +259,7 @@ impl Drop for RestartOnDrop {
     }
 }
 
-fn rabbitmqctl(args: &[&str]) {
+pub(crate) fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl").args(args).output().unwrap_or_else(|e| {
         panic!("cannot run rabbitmqctl ({e}); this test restarts the local RabbitMQ and needs its CLI on PATH (scripts/test.sh installs it)")
     });

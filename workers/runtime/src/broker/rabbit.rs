@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -101,6 +101,7 @@ pub struct RabbitBroker {
     live: Mutex<Option<Arc<Live>>>,
     connected: Arc<AtomicBool>,
     timeout: Duration,
+    connections: AtomicU64,
 }
 
 /// How long connecting, opening a channel or waiting for a publisher confirm may take before
@@ -120,7 +121,13 @@ impl RabbitBroker {
             live: Mutex::new(None),
             connected: Arc::new(AtomicBool::new(false)),
             timeout: DEFAULT_BROKER_TIMEOUT,
+            connections: AtomicU64::new(0),
         }
+    }
+
+    /// How many connections this broker has opened so far (1 while the first one holds).
+    pub fn connections_opened(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// The same broker with another limit on connecting, opening a channel and publisher
@@ -191,6 +198,7 @@ impl RabbitBroker {
             |e| self.unavailable(e),
         )
         .await?;
+        self.connections.fetch_add(1, Ordering::SeqCst);
         tracing::info!(endpoint = %self.url, "connected to RabbitMQ");
         let fresh = Arc::new(Live {
             connection,
