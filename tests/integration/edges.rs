@@ -135,8 +135,14 @@ async fn oversized_fields_are_dead_lettered_once_and_the_worker_stays_connected(
 
     let kb70 = "k".repeat(70_000);
     let mb10 = "m".repeat(10_000_000);
-    publish_json(&bus, "type-70k", |j| j["message"]["type"] = kb70.clone().into()).await;
-    publish_json(&bus, "type-10m", |j| j["message"]["type"] = mb10.clone().into()).await;
+    publish_json(&bus, "type-70k", |j| {
+        j["message"]["type"] = kb70.clone().into()
+    })
+    .await;
+    publish_json(&bus, "type-10m", |j| {
+        j["message"]["type"] = mb10.clone().into()
+    })
+    .await;
     publish_json(&bus, "instance-10m", |j| {
         j["message"]["payload"]["instance"] = mb10.clone().into();
     })
@@ -204,7 +210,9 @@ async fn oversized_fields_are_dead_lettered_once_and_the_worker_stays_connected(
     }
     let instance70k = letter(&letters, "instance-70k");
     assert!(
-        instance70k.reason.starts_with("permanent failure: instance \"kkkk")
+        instance70k
+            .reason
+            .starts_with("permanent failure: instance \"kkkk")
             && instance70k.reason.ends_with("bytes in all)"),
         "{}",
         instance70k.reason
