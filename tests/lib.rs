@@ -15,13 +15,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stowage_runtime::broker::{Broker, Delivery};
+use stowage_runtime::shutdown::ShutdownTrigger;
 use stowage_runtime::topology::{BindingSpec, QueueKind, QueueSpec, Topology};
 use stowage_runtime::{
-    InProcessBroker, JobContext, Names, Outcome, RabbitBroker, StageError, StageHandler,
+    Health, InProcessBroker, JobContext, Names, Outcome, RabbitBroker, RetryPolicy, Shutdown,
+    StageConfig, StageError, StageHandler, Worker, WorkerConfig, WorkerError,
 };
 use stowage_schemas::events::RpCreated;
-use stowage_schemas::jobs::{SnapshotJob, Trigger};
+use stowage_schemas::jobs::{SnapshotJob, Trigger, VaultTransferJob};
 use stowage_schemas::{Envelope, Message, Stage};
+use tokio::task::JoinHandle;
 
 /// The RabbitMQ the tests use: `STOWAGE_AMQP_URL`, or the local default.
 pub fn amqp_url() -> String {
@@ -145,6 +148,51 @@ impl Bus {
         self.broker.queue_depth(queue).await.expect("queue depth")
     }
 
+    /// The default worker configuration, on this bus's names.
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            names: self.names.clone(),
+            ..WorkerConfig::default()
+        }
+    }
+
+    /// Take the next message from `queue` and ack it; `what` says what the test expected there.
+    pub async fn take(&self, queue: &str, what: &str) -> Delivery {
+        let got = self
+            .broker
+            .get(queue)
+            .await
+            .expect("get")
+            .unwrap_or_else(|| panic!("{what}: nothing in {queue}"));
+        got.ack().await.expect("ack");
+        got
+    }
+
+    /// Wait until `queue` holds exactly `depth` messages, or panic after `within`.
+    pub async fn wait_depth(&self, queue: &str, depth: u32, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.depth(queue).await;
+            if now == depth {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "queue {queue} has {now} messages, expected {depth}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Delete the topology a worker with `retry` declares on this bus (see [`Bus::teardown`]).
+    pub async fn teardown_worker(&self, retry: RetryPolicy) {
+        let config = WorkerConfig {
+            retry,
+            ..self.worker_config()
+        };
+        self.teardown(&config.topology()).await;
+    }
+
     /// Delete this test's queues and exchanges from RabbitMQ (nothing to do in-process).
     pub async fn teardown(&self, topology: &Topology) {
         if self.kind != BrokerKind::Rabbit {
@@ -181,6 +229,76 @@ impl Bus {
     }
 }
 
+/// A fresh folder under the system temp dir, `stowage-<name>-<uuid>`.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("stowage-{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Poll `cond` every 20 ms until it holds, or panic after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Quick retries (200 ms growing to 5 s, five attempts), so retry tests finish in seconds.
+pub fn fast_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        base_delay: Duration::from_millis(200),
+        max_delay: Duration::from_secs(5),
+        delivery_limit: 10,
+    }
+}
+
+/// A worker task running one scripted snapshot stage (prefetch 4, concurrency 2).
+pub struct RunningWorker {
+    trigger: ShutdownTrigger,
+    task: JoinHandle<Result<(), WorkerError>>,
+    /// The worker's health.
+    pub health: Health,
+}
+
+impl RunningWorker {
+    /// Start a worker with `config` on `bus` and wait (up to `within`) until it is ready.
+    pub async fn start(
+        bus: &Bus,
+        config: WorkerConfig,
+        handler: ScriptedHandler,
+        within: Duration,
+    ) -> Self {
+        let stage = StageConfig {
+            prefetch: 4,
+            concurrency: 2,
+        };
+        let worker = Worker::new(bus.broker.clone(), config).stage(handler, stage);
+        let health = worker.health();
+        let (trigger, shutdown) = Shutdown::new();
+        let task = tokio::spawn(worker.run(shutdown));
+        wait_until("the worker is ready", within, || health.is_ready()).await;
+        Self {
+            trigger,
+            task,
+            health,
+        }
+    }
+
+    /// Trigger shutdown and wait (up to `within`) for the worker to stop cleanly.
+    pub async fn stop(self, within: Duration) {
+        self.trigger.trigger();
+        tokio::time::timeout(within, self.task)
+            .await
+            .expect("worker stops in time")
+            .expect("join")
+            .expect("worker result");
+    }
+}
+
 /// A snapshot job for `job_id`, with a recovery point named after it.
 pub fn snapshot_job(job_id: &str) -> Envelope {
     Envelope::new(
@@ -191,6 +309,42 @@ pub fn snapshot_job(job_id: &str) -> Envelope {
             trigger: Trigger::OnDemand {
                 requested_by: Some("tests".into()),
             },
+        }),
+    )
+}
+
+/// `StageHandler` for a snapshot-stage test handler with an inherent
+/// `run(&self, &JobContext, &Envelope) -> Result<(), StageError>`: on success it emits `rp.created`
+/// for the job's recovery point.
+macro_rules! snapshot_handler {
+    ($handler:ty) => {
+        impl StageHandler for $handler {
+            type Input = Message;
+
+            fn stage(&self) -> Stage {
+                Stage::Snapshot
+            }
+
+            async fn handle(
+                &self,
+                ctx: JobContext,
+                _message: Message,
+            ) -> Result<Outcome, StageError> {
+                let envelope = ctx.envelope().expect("a worker's context").clone();
+                self.run(&ctx, &envelope).await?;
+                Ok(Outcome::done().emit(rp_created(&envelope)))
+            }
+        }
+    };
+}
+
+/// A vault-transfer job `job_id` for recovery point `rp_id` of `instance`.
+pub fn vault_transfer_job(job_id: &str, instance: &str, rp_id: &str) -> Envelope {
+    Envelope::new(
+        job_id,
+        Message::VaultTransfer(VaultTransferJob {
+            instance: instance.into(),
+            recovery_point_id: rp_id.into(),
         }),
     )
 }
@@ -268,20 +422,12 @@ impl ScriptedHandler {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-}
 
-impl StageHandler for ScriptedHandler {
-    type Input = Message;
-
-    fn stage(&self) -> Stage {
-        Stage::Snapshot
-    }
-
-    async fn handle(&self, ctx: JobContext, _message: Message) -> Result<Outcome, StageError> {
-        let envelope = ctx.envelope().expect("a worker's context").clone();
-        let job_id = envelope.job_id.clone();
+    /// The scripted effect of one call.
+    async fn run(&self, ctx: &JobContext, envelope: &Envelope) -> Result<(), StageError> {
+        let job_id = envelope.job_id.as_str();
         self.calls.lock().unwrap().push(Call {
-            job_id: job_id.clone(),
+            job_id: job_id.to_owned(),
             attempt: ctx.attempt,
             at: Instant::now(),
             redelivered: ctx.redelivered,
@@ -290,7 +436,7 @@ impl StageHandler for ScriptedHandler {
             .script
             .lock()
             .unwrap()
-            .get(&job_id)
+            .get(job_id)
             .cloned()
             .unwrap_or(Behavior::Succeed);
         match behavior {
@@ -299,7 +445,7 @@ impl StageHandler for ScriptedHandler {
             Behavior::FailPermanently(reason) => return Err(StageError::permanent(reason)),
             Behavior::FailTransiently(n) => {
                 let mut failures = self.failures.lock().unwrap();
-                let count = failures.entry(job_id.clone()).or_default();
+                let count = failures.entry(job_id.to_owned()).or_default();
                 if *count < n {
                     *count += 1;
                     return Err(StageError::transient(format!(
@@ -308,9 +454,11 @@ impl StageHandler for ScriptedHandler {
                 }
             }
         }
-        Ok(Outcome::done().emit(rp_created(&envelope)))
+        Ok(())
     }
 }
+
+snapshot_handler!(ScriptedHandler);
 
 /// The `rp.created` event a snapshot of `envelope`'s job emits.
 pub fn rp_created(envelope: &Envelope) -> Message {
@@ -364,21 +512,13 @@ impl FileEffectHandler {
         .expect("write call log");
         f.sync_all().expect("sync call log");
     }
-}
 
-impl StageHandler for FileEffectHandler {
-    type Input = Message;
-
-    fn stage(&self) -> Stage {
-        Stage::Snapshot
-    }
-
-    async fn handle(&self, ctx: JobContext, _message: Message) -> Result<Outcome, StageError> {
-        let envelope = ctx.envelope().expect("a worker's context").clone();
-        let job_id = envelope.job_id.clone();
-        self.log("start", &job_id, &ctx);
+    /// The effect of one call: the job's file, created once.
+    async fn run(&self, ctx: &JobContext, envelope: &Envelope) -> Result<(), StageError> {
+        let job_id = envelope.job_id.as_str();
+        self.log("start", job_id, ctx);
         tokio::time::sleep(self.delay).await;
-        let path = Self::effect_path(&self.dir, &job_id);
+        let path = Self::effect_path(&self.dir, job_id);
         std::fs::create_dir_all(path.parent().expect("effects dir"))
             .map_err(StageError::transient)?;
         // Create-only, like a vault manifest: a redelivered job finds the effect and reuses it.
@@ -388,13 +528,31 @@ impl StageHandler for FileEffectHandler {
                 f.sync_all().map_err(StageError::transient)?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                self.log("reuse", &job_id, &ctx)
+                self.log("reuse", job_id, ctx)
             }
             Err(e) => return Err(StageError::transient(e)),
         }
-        self.log("done", &job_id, &ctx);
-        Ok(Outcome::done().emit(rp_created(&envelope)))
+        self.log("done", job_id, ctx);
+        Ok(())
     }
+}
+
+snapshot_handler!(FileEffectHandler);
+
+/// Run `rabbitmqctl <args>` against the local RabbitMQ node, failing the test if it fails.
+pub fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run rabbitmqctl ({e}); these tests need RabbitMQ's CLI on PATH (scripts/test.sh installs it)")
+        });
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}{}; run the tests as a user that may manage RabbitMQ (scripts/test.sh)",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A free loopback port (bound, then released for a child process to take).

@@ -6,8 +6,12 @@ use std::sync::Arc;
 
 use rand::{RngExt as _, SeedableRng as _};
 use stowage_disk::{ByteRange, DiskId, DiskProvider, LocalDiskProvider, SnapshotId};
+use stowage_runtime::{JobContext, StageError};
+use stowage_schemas::Stage;
 use stowage_schemas::domain::{RecoveryPoint, RpState, Tier, TierState, VolumeBackup};
+use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions, Staging};
 use stowage_stages::VaultContext;
+use stowage_vault::catalog::TierManifest;
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::layout;
 use stowage_vault::store::{AzureConfig, BlobStore, LocalDurability};
@@ -37,9 +41,7 @@ pub struct VaultFixture {
 impl VaultFixture {
     /// A fresh fixture on `backend`.
     pub async fn new(backend: VaultBackend) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("stowage-vault-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = crate::temp_dir("vault");
         let disks = Arc::new(LocalDiskProvider::open(dir.join("disks")).expect("disk provider"));
         let (primary, secondary) = match backend {
             VaultBackend::LocalFolder => (
@@ -72,6 +74,30 @@ impl VaultFixture {
                 .await
                 .expect("write disk");
         }
+    }
+
+    /// Create `disk` of `size` bytes with `len` bytes of [`half_random_half_pattern`] at `offset`.
+    pub async fn write_patterned(&self, disk: &str, size: u64, offset: u64, len: u64, seed: u64) {
+        let data = half_random_half_pattern(len as usize, seed);
+        self.write(disk, size, &[(offset, data)]).await;
+    }
+
+    /// Run vault-transfer for `rp_id` of [`INSTANCE`], outside a worker.
+    pub async fn transfer(&self, rp_id: &str) -> Result<TierManifest, StageError> {
+        let job = JobContext::detached(Stage::VaultTransfer);
+        stowage_stages::vault_transfer::transfer(&self.ctx, INSTANCE, rp_id, &job).await
+    }
+
+    /// Run restore-hydration of `rp_id` from `tier` as restore `restore_id`, outside a worker.
+    pub async fn hydrate(
+        &self,
+        restore_id: &str,
+        rp_id: &str,
+        tier: Tier,
+    ) -> Result<Staging, StageError> {
+        let job = JobContext::detached(Stage::RestoreHydration);
+        let hydration = hydration(restore_id, rp_id, tier);
+        stowage_stages::restore_hydration::hydrate(&self.ctx, &hydration, &job).await
     }
 
     /// Create an empty (sparse) disk.
@@ -207,6 +233,18 @@ impl VaultFixture {
 impl Drop for VaultFixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A restore-hydration job for `rp_id` of [`INSTANCE`] from `tier`, with default options.
+pub fn hydration(restore_id: &str, rp_id: &str, tier: Tier) -> RestoreHydrationJob {
+    RestoreHydrationJob {
+        restore_id: restore_id.into(),
+        instance: INSTANCE.into(),
+        recovery_point_id: rp_id.into(),
+        tier,
+        staging_location: None,
+        options: RestoreOptions::default(),
     }
 }
 

@@ -4,13 +4,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)/azurite"
 log="${AZURITE_LOG:-${TMPDIR:-/tmp}/stowage-azurite.log}"
+# shellcheck source=port.sh
+. "$(dirname "$0")/port.sh"
 
-port_open() { (exec 3<>/dev/tcp/127.0.0.1/10000) 2>/dev/null; }
-
-if port_open; then
-  echo "Azurite: already running on 127.0.0.1:10000"
-  exit 0
-fi
+exit_if_running Azurite 10000
 
 if ! command -v npm >/dev/null 2>&1; then
   echo "Azurite needs Node.js and npm: apt-get install nodejs npm" >&2
@@ -25,9 +22,4 @@ fi
 echo "Azurite: starting (log: $log)"
 nohup "$here/node_modules/.bin/azurite-blob" --inMemoryPersistence --blobHost 127.0.0.1 --blobPort 10000 \
   --skipApiVersionCheck --loose >"$log" 2>&1 &
-for _ in $(seq 1 60); do
-  if port_open; then echo "Azurite: ready on 127.0.0.1:10000"; exit 0; fi
-  sleep 0.5
-done
-echo "Azurite did not open 127.0.0.1:10000 within 30 s; see $log" >&2
-exit 1
+await_port Azurite 10000 60 0.5 "see $log"

@@ -2,13 +2,10 @@
 # Make sure a RabbitMQ broker answers on 127.0.0.1:5672: install it (Debian) if missing, start
 # the node if it is down, start the app if the node runs with the app stopped.
 set -euo pipefail
+# shellcheck source=port.sh
+. "$(dirname "$0")/port.sh"
 
-port_open() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
-
-if port_open; then
-  echo "RabbitMQ: already running on 127.0.0.1:5672"
-  exit 0
-fi
+exit_if_running RabbitMQ 5672
 
 if ! command -v rabbitmq-server >/dev/null 2>&1; then
   echo "RabbitMQ: not installed; installing from Debian packages"
@@ -25,9 +22,4 @@ else
   rabbitmq-server -detached
 fi
 timeout 120 rabbitmqctl -q await_startup
-for _ in $(seq 1 60); do
-  if port_open; then echo "RabbitMQ: ready on 127.0.0.1:5672"; exit 0; fi
-  sleep 1
-done
-echo "RabbitMQ did not open 127.0.0.1:5672 within 60 s; see /var/log/rabbitmq/ for why" >&2
-exit 1
+await_port RabbitMQ 5672 60 1 "see /var/log/rabbitmq/ for why"

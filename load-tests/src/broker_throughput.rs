@@ -30,13 +30,9 @@ use common::{bare_round, connect, drain_and_delete, median, persistent, publish_
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "STOWAGE_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
+    /// Where RabbitMQ is.
+    #[command(flatten)]
+    broker: common::AmqpArgs,
     /// Messages per round.
     #[arg(long, default_value_t = 20_000)]
     messages: u64,
@@ -58,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
     let mut runtime = Vec::new();
     for round in 1..=args.rounds {
         // Each side of each round gets a fresh connection (see `common::connect`).
-        let (connection, publisher) = connect(&args.amqp_url).await?;
+        let (connection, publisher) = connect(&args.broker.amqp_url).await?;
         let body = vec![0x5au8; args.size];
         let b = bare_round(
             &connection,
@@ -71,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         let _ = connection.close(200, "round done".into()).await;
         eprintln!("round {round}: bare lapin     {b:>9.0} msg/s");
-        let (connection, publisher) = connect(&args.amqp_url).await?;
+        let (connection, publisher) = connect(&args.broker.amqp_url).await?;
         let r = runtime_round(&connection, &publisher, &args).await?;
         let _ = connection.close(200, "round done".into()).await;
         eprintln!(
@@ -146,7 +142,11 @@ async fn runtime_round(
         prefetch: args.prefetch,
         concurrency: usize::from(args.prefetch),
     };
-    let worker = Worker::new(Arc::new(RabbitBroker::new(args.amqp_url.clone())), config).stage(
+    let worker = Worker::new(
+        Arc::new(RabbitBroker::new(args.broker.amqp_url.clone())),
+        config,
+    )
+    .stage(
         NoOp {
             handled: handled.clone(),
         },
@@ -186,7 +186,7 @@ async fn runtime_round(
 
     // Every message was acked: none came back when the worker's channels closed.
     drain_and_delete(
-        &args.amqp_url,
+        &args.broker.amqp_url,
         connection,
         &topology,
         &names.stage_queue(Stage::Snapshot),

@@ -17,6 +17,18 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use stowage_runtime::{Broker as _, Names, RabbitBroker, Topology};
 
+/// Where RabbitMQ is (`--amqp-url`, or `STOWAGE_AMQP_URL`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AmqpArgs {
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "STOWAGE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+}
+
 /// Confirms a publisher keeps in flight, as a real producer would bound them.
 pub const CONFIRM_WINDOW: usize = 1000;
 

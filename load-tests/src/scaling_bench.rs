@@ -72,13 +72,9 @@ enum Mode {
 /// Settings the driver hands on to each worker process.
 #[derive(Debug, Clone, Args)]
 struct JobArgs {
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "STOWAGE_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
+    /// Where RabbitMQ is.
+    #[command(flatten)]
+    broker: common::AmqpArgs,
     /// How long each simulated job takes, in milliseconds.
     #[arg(long, default_value_t = 20)]
     work_ms: u64,
@@ -206,8 +202,11 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         prefetch: args.job.prefetch,
         concurrency: args.job.concurrency,
     };
-    let worker =
-        Worker::new(Arc::new(RabbitBroker::new(args.job.amqp_url)), config).stage(handler, stage);
+    let worker = Worker::new(
+        Arc::new(RabbitBroker::new(args.job.broker.amqp_url)),
+        config,
+    )
+    .stage(handler, stage);
     let health = worker.health();
     // The driver stops a replica by closing its stdin (tokio here has no async stdin).
     let shutdown = Shutdown::from_future(async {
@@ -268,13 +267,13 @@ async fn replicas_round(args: &DriveArgs, replicas: usize) -> anyhow::Result<f64
         ..WorkerConfig::default()
     };
     let topology = config.topology();
-    let broker = Arc::new(RabbitBroker::new(job.amqp_url.clone()));
+    let broker = Arc::new(RabbitBroker::new(job.broker.amqp_url.clone()));
     broker
         .declare(&topology)
         .await
         .context("cannot declare the benchmark topology")?;
     let queue = names.stage_queue(STAGE);
-    let (connection, _publisher) = connect(&job.amqp_url).await?;
+    let (connection, _publisher) = connect(&job.broker.amqp_url).await?;
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut children = Vec::new();
@@ -344,7 +343,7 @@ async fn replicas_round(args: &DriveArgs, replicas: usize) -> anyhow::Result<f64
         "the workers handled {total} jobs, {} were sent: some ran twice",
         args.jobs
     );
-    drain_and_delete(&job.amqp_url, &connection, &topology, &queue).await?;
+    drain_and_delete(&job.broker.amqp_url, &connection, &topology, &queue).await?;
     let _ = connection.close(200, "round done".into()).await;
     Ok(args.jobs as f64 / (finished - started).as_secs_f64())
 }
@@ -359,7 +358,7 @@ fn spawn_worker(
     let exe = std::env::current_exe().context("cannot find this benchmark's own executable")?;
     let mut child = Command::new(exe)
         .arg("worker")
-        .args(["--amqp-url", &job.amqp_url])
+        .args(["--amqp-url", &job.broker.amqp_url])
         .args(["--prefix", prefix])
         .args(["--stage", STAGE.as_str()])
         .args(["--work-ms", &job.work_ms.to_string()])
@@ -449,7 +448,7 @@ async fn bare(args: &DriveArgs) -> anyhow::Result<f64> {
     let props = common::persistent()
         .with_content_type(job.properties.content_type.unwrap_or_default().into())
         .with_message_id(job.properties.message_id.unwrap_or_default().into());
-    let (connection, publisher) = connect(&args.job.amqp_url).await?;
+    let (connection, publisher) = connect(&args.job.broker.amqp_url).await?;
     let rate = bare_round(
         &connection,
         &publisher,

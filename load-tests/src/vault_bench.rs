@@ -98,32 +98,17 @@ async fn main() -> anyhow::Result<()> {
 
     // (a) full
     let ours_full = stowage_backup(&ctx, &disks, "rp-1", size, &vault).await?;
-    let restic_repo = work.join("restic");
-    let borg_repo = work.join("borg");
-    run(Command::new("restic")
-        .args(["init", "--repo"])
-        .arg(&restic_repo)
-        .env("RESTIC_PASSWORD", "bench"))?;
-    run(Command::new("borg")
-        .args(["init", "--encryption=repokey-blake2"])
-        .arg(&borg_repo)
-        .env("BORG_PASSPHRASE", "bench"))?;
-    let restic_full = peer(
-        &restic_repo,
-        Command::new("restic")
-            .args(["backup", "--repo"])
-            .arg(&restic_repo)
-            .arg(&raw)
-            .env("RESTIC_PASSWORD", "bench"),
-    )?;
-    let borg_full = peer(
-        &borg_repo,
-        Command::new("borg")
-            .arg("create")
-            .arg(format!("{}::full", borg_repo.display()))
-            .arg(&raw)
-            .env("BORG_PASSPHRASE", "bench"),
-    )?;
+    let peers = Peers {
+        restic_repo: work.join("restic"),
+        borg_repo: work.join("borg"),
+        raw: raw.clone(),
+    };
+    run(&mut peers.restic(&["init"]))?;
+    run(peers
+        .borg(&["init", "--encryption=repokey-blake2"])
+        .arg(&peers.borg_repo))?;
+    let restic_full = peers.restic_backup()?;
+    let borg_full = peers.borg_create("full")?;
 
     // (b) 1% changed, in scattered 4 KiB writes, identical on both copies.
     let writes = (size / 100 / 4096) as usize;
@@ -145,22 +130,8 @@ async fn main() -> anyhow::Result<()> {
     drop(file);
     let changed_bytes = writes as u64 * 4096;
     let ours_incr = stowage_backup(&ctx, &disks, "rp-2", size, &vault).await?;
-    let restic_incr = peer(
-        &restic_repo,
-        Command::new("restic")
-            .args(["backup", "--repo"])
-            .arg(&restic_repo)
-            .arg(&raw)
-            .env("RESTIC_PASSWORD", "bench"),
-    )?;
-    let borg_incr = peer(
-        &borg_repo,
-        Command::new("borg")
-            .arg("create")
-            .arg(format!("{}::incr", borg_repo.display()))
-            .arg(&raw)
-            .env("BORG_PASSPHRASE", "bench"),
-    )?;
+    let restic_incr = peers.restic_backup()?;
+    let borg_incr = peers.borg_create("incr")?;
 
     // (c) restore of the latest version. Each restore starts with nothing dirty in the page
     // cache; Stowage's hydration fsyncs its disk before reporting done (the restore stage acts
@@ -181,12 +152,10 @@ async fn main() -> anyhow::Result<()> {
     sync()?;
     let restic_restore = peer(
         &restore_dir,
-        Command::new("restic")
-            .args(["restore", "latest", "--repo"])
-            .arg(&restic_repo)
+        peers
+            .restic(&["restore", "latest"])
             .arg("--target")
-            .arg(&restore_dir)
-            .env("RESTIC_PASSWORD", "bench"),
+            .arg(&restore_dir),
     )?;
     let restic_sync = timed_sync()?;
     let borg_dir = work.join("borg-restore");
@@ -194,11 +163,10 @@ async fn main() -> anyhow::Result<()> {
     sync()?;
     let borg_restore = peer(
         &borg_dir,
-        Command::new("borg")
-            .arg("extract")
-            .arg(format!("{}::incr", borg_repo.display()))
-            .current_dir(&borg_dir)
-            .env("BORG_PASSPHRASE", "bench"),
+        peers
+            .borg(&["extract"])
+            .arg(peers.borg_archive("incr"))
+            .current_dir(&borg_dir),
     )?;
     let borg_sync = timed_sync()?;
     let peak = peak_rss_self();
@@ -333,6 +301,49 @@ fn hydration() -> RestoreHydrationJob {
 }
 
 /// Run a peer command under GNU time; its duration, how much `dir` grew, and its peak RSS.
+/// restic and borg, each with its repository, backing up the same raw image.
+struct Peers {
+    restic_repo: PathBuf,
+    borg_repo: PathBuf,
+    raw: PathBuf,
+}
+
+impl Peers {
+    /// `restic <args> --repo <repo>`, with the repository's password.
+    fn restic(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("restic");
+        cmd.args(args)
+            .arg("--repo")
+            .arg(&self.restic_repo)
+            .env("RESTIC_PASSWORD", "bench");
+        cmd
+    }
+
+    /// `borg <args>`, with the repository's passphrase.
+    fn borg(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("borg");
+        cmd.args(args).env("BORG_PASSPHRASE", "bench");
+        cmd
+    }
+
+    /// `<repo>::<name>`.
+    fn borg_archive(&self, name: &str) -> String {
+        format!("{}::{name}", self.borg_repo.display())
+    }
+
+    /// A restic backup of the image, measured.
+    fn restic_backup(&self) -> anyhow::Result<Measure> {
+        peer(&self.restic_repo, self.restic(&["backup"]).arg(&self.raw))
+    }
+
+    /// A borg archive `name` of the image, measured.
+    fn borg_create(&self, name: &str) -> anyhow::Result<Measure> {
+        let mut cmd = self.borg(&["create"]);
+        cmd.arg(self.borg_archive(name)).arg(&self.raw);
+        peer(&self.borg_repo, &mut cmd)
+    }
+}
+
 fn peer(dir: &Path, cmd: &mut Command) -> anyhow::Result<Measure> {
     let before = dir_bytes(dir);
     let program = cmd.get_program().to_owned();

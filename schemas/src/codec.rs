@@ -9,7 +9,6 @@
 //! 2. only `message.type`: an unknown type is [`DecodeError::UnknownType`];
 //! 3. the whole envelope: anything else that does not fit is [`DecodeError::Malformed`].
 
-use std::fmt;
 use std::io::Cursor;
 use std::str::FromStr;
 
@@ -38,11 +37,7 @@ impl ContentType {
     }
 }
 
-impl fmt::Display for ContentType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+display_as_str!(ContentType);
 
 impl FromStr for ContentType {
     type Err = UnknownContentType;

@@ -13,11 +13,23 @@
 //! - [`json_schema`]: the JSON Schemas published in `schemas/json/`;
 //! - [`samples`]: one canonical envelope per message type, the source of the golden fixtures;
 //! - [`selector`]: Kubernetes label selectors, parsed and matched (an instance's scope holds
-//!   them; collection and the catalog's validation both need them).
+//!   them; collection and the catalog's validation both need them);
+//! - [`Retryable`]: whether a failure is worth another try, answered once per error type.
 //!
 //! How the contract may change without breaking running workers is written down in
 //! `schemas/EVOLUTION.md`: unknown fields are ignored, new fields are optional, and anything
 //! else bumps [`SCHEMA_VERSION`].
+
+/// `Display` for names that print as their `as_str()` (their wire name).
+macro_rules! display_as_str {
+    ($($ty:ty),+ $(,)?) => {$(
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )+};
+}
 
 pub mod codec;
 pub mod domain;
@@ -27,6 +39,7 @@ mod job_record;
 pub mod jobs;
 pub mod json_schema;
 mod message;
+mod retry;
 pub mod samples;
 pub mod selector;
 mod stage;
@@ -34,6 +47,7 @@ mod stage;
 pub use codec::{ContentType, DecodeError, decode, encode, encode_as};
 pub use envelope::{Envelope, MessageId, TraceContext};
 pub use message::{Message, Route};
+pub use retry::Retryable;
 pub use stage::{Stage, UnknownStage};
 
 /// The version of the wire contract this crate speaks. Bumped by every breaking change

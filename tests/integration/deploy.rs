@@ -30,14 +30,7 @@ const HEALTH_PORT: i32 = 8080;
 const MAX_REQUEST_MEMORY: f64 = 256.0 * 1024.0 * 1024.0;
 const MAX_REQUEST_MILLICPU: f64 = 500.0;
 /// Stages with a handler in this build: all of them.
-const DEPLOYED: [Stage; 6] = [
-    Stage::Snapshot,
-    Stage::VaultTransfer,
-    Stage::GeoReplication,
-    Stage::RestoreHydration,
-    Stage::Restore,
-    Stage::Retention,
-];
+const DEPLOYED: [Stage; 6] = Stage::ALL;
 const WRITE_VERBS: [&str; 9] = [
     "create",
     "update",
@@ -288,6 +281,15 @@ fn selected_deployments(m: &Manifests, selector: &BTreeMap<String, String>) -> u
         .count()
 }
 
+/// The labels a PodDisruptionBudget selects its pods by.
+fn pdb_selector(pdb: &PodDisruptionBudget) -> BTreeMap<String, String> {
+    pdb.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .and_then(|s| s.match_labels.clone())
+        .unwrap_or_default()
+}
+
 fn is_subset(sel: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -309,21 +311,16 @@ fn check(m: &Manifests, source: &str) {
         .collect();
 
     // RBAC: no wildcard verbs, no cluster-admin, every binding resolves.
-    for r in &m.cluster_roles {
-        for rule in r.rules.iter().flatten() {
+    let roles = m
+        .cluster_roles
+        .iter()
+        .map(|r| ("ClusterRole", &r.metadata.name, &r.rules))
+        .chain(m.roles.iter().map(|r| ("Role", &r.metadata.name, &r.rules)));
+    for (kind, name, rules) in roles {
+        for rule in rules.iter().flatten() {
             assert!(
                 !rule.verbs.iter().any(|v| v == "*"),
-                "{source}: ClusterRole {:?} grants the * verb",
-                r.metadata.name
-            );
-        }
-    }
-    for r in &m.roles {
-        for rule in r.rules.iter().flatten() {
-            assert!(
-                !rule.verbs.iter().any(|v| v == "*"),
-                "{source}: Role {:?} grants the * verb",
-                r.metadata.name
+                "{source}: {kind} {name:?} grants the * verb"
             );
         }
     }
@@ -381,12 +378,8 @@ fn check(m: &Manifests, source: &str) {
             assert_eq!(ns, &namespace, "{what}: namespace");
         }
         let spec = d.spec.as_ref().expect("spec");
-        let template_labels = spec
-            .template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default();
+        let template = spec.template.metadata.clone().unwrap_or_default();
+        let template_labels = template.labels.unwrap_or_default();
         let selector = spec.selector.match_labels.clone().unwrap_or_default();
         assert!(
             is_subset(&selector, &template_labels),
@@ -468,12 +461,7 @@ fn check(m: &Manifests, source: &str) {
                 "{what}: STOWAGE_HEALTH_ADDR {addr}"
             );
         }
-        let annotations = spec
-            .template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.annotations.clone())
-            .unwrap_or_default();
+        let annotations = template.annotations.unwrap_or_default();
         assert_eq!(
             annotations.get("prometheus.io/port").map(String::as_str),
             Some(HEALTH_PORT.to_string().as_str()),
@@ -748,15 +736,7 @@ fn check(m: &Manifests, source: &str) {
         let pdbs = m
             .pdbs
             .iter()
-            .filter(|p| {
-                let sel = p
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.selector.as_ref())
-                    .and_then(|s| s.match_labels.clone())
-                    .unwrap_or_default();
-                is_subset(&sel, &template_labels)
-            })
+            .filter(|p| is_subset(&pdb_selector(p), &template_labels))
             .count();
         assert_eq!(
             pdbs, 1,
@@ -771,13 +751,7 @@ fn check(m: &Manifests, source: &str) {
 
     // Every PDB and ScaledObject belongs to exactly one Deployment.
     for p in &m.pdbs {
-        let sel = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.as_ref())
-            .and_then(|s| s.match_labels.clone())
-            .unwrap_or_default();
-        let n = selected_deployments(m, &sel);
+        let n = selected_deployments(m, &pdb_selector(p));
         assert_eq!(
             n, 1,
             "{source}: PDB {:?} selects {n} Deployments",

@@ -289,7 +289,7 @@ async fn a_submit_while_the_broker_is_stopped_fails_within_the_timeout() {
     let _gate = exclusive_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let _restart = crate::faults::RestartOnDrop;
-    crate::faults::rabbitmqctl(&["stop_app"]);
+    stowage_tests::rabbitmqctl(&["stop_app"]);
     let broker = RabbitBroker::new(amqp_url()).with_timeout(Duration::from_secs(3));
     let started = Instant::now();
     let err = submit(&broker, &bus.names, &snapshot_job("while-stopped"))

@@ -1,16 +1,17 @@
 //! Faults on the real RabbitMQ: a worker process killed with SIGKILL mid-job, a worker process
 //! stopped with SIGTERM mid-job, and the broker itself stopped and started under a worker.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stowage_runtime::client::submit;
-use stowage_runtime::{RetryPolicy, Shutdown, StageConfig, Worker, WorkerConfig};
+use stowage_runtime::{RetryPolicy, WorkerConfig};
 use stowage_schemas::Stage;
 use stowage_tests::{
-    Behavior, BrokerKind, Bus, FileEffectHandler, ScriptedHandler, exclusive_broker, free_port,
-    http_get, shared_broker, snapshot_job,
+    Behavior, BrokerKind, Bus, FileEffectHandler, RunningWorker, ScriptedHandler, exclusive_broker,
+    fast_retry, free_port, http_get, rabbitmqctl, shared_broker, snapshot_job, temp_dir,
+    wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -74,13 +75,6 @@ impl Drop for WorkerProcess {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("stowage-{name}-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 /// Lines of the call log, split into words.
 fn call_log(dir: &Path) -> Vec<Vec<String>> {
     std::fs::read_to_string(FileEffectHandler::log_path(dir))
@@ -105,33 +99,6 @@ async fn wait_log(dir: &Path, what: &str, job: &str, count: usize) -> Vec<Vec<St
     }
 }
 
-async fn wait_depth(bus: &Bus, queue: &str, depth: u32) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = bus.depth(queue).await;
-        if now == depth {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "queue {queue} has {now} messages, expected {depth}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn teardown(bus: &Bus, retry: RetryPolicy) {
-    bus.teardown(
-        &WorkerConfig {
-            names: bus.names.clone(),
-            retry,
-            ..WorkerConfig::default()
-        }
-        .topology(),
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
     let _gate = shared_broker().await;
@@ -150,7 +117,7 @@ async fn a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
 
     let mut second = WorkerProcess::spawn(&bus, &dir, Duration::from_millis(100), free_port());
     let log = wait_log(&dir, "done", "job-killed", 1).await;
-    wait_depth(&bus, &probe, 1).await;
+    bus.wait_depth(&probe, 1, WAIT).await;
     second.sigterm();
     assert!(second.wait_exit().await.success());
 
@@ -176,7 +143,7 @@ async fn a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
     assert_eq!(effect.lines().count(), 1, "one effect, not two");
     assert_eq!(bus.depth(&stage_queue).await, 0, "acked");
     assert_eq!(bus.drain(&probe).await.len(), 1, "one event");
-    teardown(&bus, RetryPolicy::default()).await;
+    bus.teardown_worker(RetryPolicy::default()).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -235,16 +202,13 @@ async fn sigterm_drains_in_flight_work_then_exits() {
         1,
         "its event was published before exit"
     );
-    teardown(&bus, RetryPolicy::default()).await;
+    bus.teardown_worker(RetryPolicy::default()).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Declare the topology the worker processes use, so jobs can be submitted before they start.
 async fn declare(bus: &Bus) {
-    let config = WorkerConfig {
-        names: bus.names.clone(),
-        ..WorkerConfig::default()
-    };
+    let config = bus.worker_config();
     bus.broker
         .declare(&config.topology())
         .await
@@ -259,45 +223,20 @@ impl Drop for RestartOnDrop {
     }
 }
 
-pub(crate) fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl").args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run rabbitmqctl ({e}); this test restarts the local RabbitMQ and needs its CLI on PATH (scripts/test.sh installs it)")
-    });
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_reconnects_after_the_broker_restarts() {
     let _gate = exclusive_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let handler = ScriptedHandler::default();
-    let retry = RetryPolicy {
-        max_attempts: 5,
-        base_delay: Duration::from_millis(200),
-        max_delay: Duration::from_secs(5),
-        delivery_limit: 10,
-    };
+    let retry = fast_retry();
     let config = WorkerConfig {
         names: bus.names.clone(),
         retry: retry.clone(),
         max_reconnect_delay: Duration::from_secs(1),
         ..WorkerConfig::default()
     };
-    let worker = Worker::new(bus.broker.clone(), config).stage(
-        handler.clone(),
-        StageConfig {
-            prefetch: 4,
-            concurrency: 2,
-        },
-    );
-    let health = worker.health();
-    let (trigger, shutdown) = Shutdown::new();
-    let task = tokio::spawn(worker.run(shutdown));
-    wait_until("ready", || health.is_ready()).await;
+    let running = RunningWorker::start(&bus, config, handler.clone(), WAIT).await;
+    let health = &running.health;
     let probe = bus.probe_events().await;
 
     submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-before"))
@@ -314,14 +253,14 @@ async fn the_worker_reconnects_after_the_broker_restarts() {
     // If anything below fails, still bring the broker back for the tests that follow.
     let _restart = RestartOnDrop;
     rabbitmqctl(&["stop_app"]);
-    wait_until("the worker notices the broker is gone", || {
+    wait_until("the worker notices the broker is gone", WAIT, || {
         !health.is_ready()
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     rabbitmqctl(&["start_app"]);
     rabbitmqctl(&["await_startup"]);
-    wait_until("the worker is consuming again", || health.is_ready()).await;
+    wait_until("the worker is consuming again", WAIT, || health.is_ready()).await;
 
     submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-after"))
         .await
@@ -329,13 +268,8 @@ async fn the_worker_reconnects_after_the_broker_restarts() {
     handler.wait_calls("job-after", 1, WAIT).await;
     // The interrupted job comes back and completes; its event is published once, not lost.
     handler.wait_calls("job-during", 2, WAIT).await;
-    wait_depth(&bus, &probe, 3).await;
-    trigger.trigger();
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("stops")
-        .expect("join")
-        .expect("worker");
+    bus.wait_depth(&probe, 3, WAIT).await;
+    running.stop(WAIT).await;
 
     let events = bus.drain(&probe).await;
     let jobs: Vec<_> = events
@@ -349,13 +283,5 @@ async fn the_worker_reconnects_after_the_broker_restarts() {
     );
     assert_eq!(handler.calls_for("job-after").len(), 1);
     assert_eq!(bus.depth(&bus.names.stage_queue(Stage::Snapshot)).await, 0);
-    teardown(&bus, retry).await;
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    bus.teardown_worker(retry).await;
 }

@@ -4,32 +4,15 @@
 use std::time::Duration;
 
 use stowage_disk::DiskId;
-use stowage_runtime::JobContext;
-use stowage_schemas::Stage;
 use stowage_schemas::domain::Tier;
-use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions};
 use stowage_stages::restore::completed_key;
-use stowage_stages::restore_hydration::{hydrate, staging_disk_name};
+use stowage_stages::restore_hydration::staging_disk_name;
 use stowage_stages::staging::{self, StagingState, read_record, release, sweep};
-use stowage_stages::vault_transfer::transfer;
-use stowage_tests::vault_fixture::{
-    INSTANCE, VaultBackend, VaultFixture, half_random_half_pattern,
-};
+use stowage_tests::vault_fixture::{VaultBackend, VaultFixture};
 use stowage_vault::layout;
 
 const MIB: u64 = 1 << 20;
 const KEEP: Duration = Duration::from_secs(72 * 3600);
-
-fn hydration(restore_id: &str) -> RestoreHydrationJob {
-    RestoreHydrationJob {
-        restore_id: restore_id.into(),
-        instance: INSTANCE.into(),
-        recovery_point_id: "rp-1".into(),
-        tier: Tier::Vault,
-        staging_location: None,
-        options: RestoreOptions::default(),
-    }
-}
 
 fn later(hours: i64) -> jiff::Timestamp {
     jiff::Timestamp::now() + jiff::SignedDuration::from_hours(hours)
@@ -38,28 +21,11 @@ fn later(hours: i64) -> jiff::Timestamp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staging_is_released_after_success_and_swept_after_a_failure() {
     let f = VaultFixture::new(VaultBackend::LocalFolder).await;
-    f.write(
-        "a",
-        8 * MIB,
-        &[(0, half_random_half_pattern(2 * MIB as usize, 1))],
-    )
-    .await;
-    f.write(
-        "b",
-        8 * MIB,
-        &[(MIB, half_random_half_pattern(MIB as usize, 2))],
-    )
-    .await;
+    f.write_patterned("a", 8 * MIB, 0, 2 * MIB, 1).await;
+    f.write_patterned("b", 8 * MIB, MIB, MIB, 2).await;
     f.snapshot_rp("rp-1", &[("a", "vol-a"), ("b", "vol-b")])
         .await;
-    transfer(
-        &f.ctx,
-        INSTANCE,
-        "rp-1",
-        &stowage_runtime::JobContext::detached(stowage_schemas::Stage::VaultTransfer),
-    )
-    .await
-    .expect("transfer");
+    f.transfer("rp-1").await.expect("transfer");
     let store = &f.ctx.primary;
     let disk_exists = |restore: &str, volume: &str| {
         f.disks
@@ -72,13 +38,10 @@ async fn staging_is_released_after_success_and_swept_after_a_failure() {
     };
 
     // A restore that fails after hydration (nothing applies its staging).
-    let failed = hydrate(
-        &f.ctx,
-        &hydration("r-failed"),
-        &JobContext::detached(Stage::RestoreHydration),
-    )
-    .await
-    .expect("hydrate");
+    let failed = f
+        .hydrate("r-failed", "rp-1", Tier::Vault)
+        .await
+        .expect("hydrate");
     let record = read_record(store, "r-failed")
         .await
         .unwrap()
@@ -87,13 +50,10 @@ async fn staging_is_released_after_success_and_swept_after_a_failure() {
     assert_eq!(failed.disks.len(), 2);
 
     // A restore that completes, adopting only vol-a's staging disk.
-    let ok = hydrate(
-        &f.ctx,
-        &hydration("r-ok"),
-        &JobContext::detached(Stage::RestoreHydration),
-    )
-    .await
-    .expect("hydrate");
+    let ok = f
+        .hydrate("r-ok", "rp-1", Tier::Vault)
+        .await
+        .expect("hydrate");
     let adopted = vec![staging_disk_name("r-ok", "vol-a")];
     let released = release(store, f.disks.as_ref(), "r-ok", &ok, &adopted).await;
     assert_eq!(

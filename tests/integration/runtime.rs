@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use stowage_runtime::broker::{Outgoing, Properties};
 use stowage_runtime::client::{list_dead_letters, replay_dead_letters, submit};
-use stowage_runtime::shutdown::ShutdownTrigger;
-use stowage_runtime::{Health, RetryPolicy, Shutdown, StageConfig, Worker, WorkerConfig};
+use stowage_runtime::{RetryPolicy, WorkerConfig};
 use stowage_schemas::{ContentType, Stage, encode_as};
-use stowage_tests::{Behavior, BrokerKind, Bus, ScriptedHandler, shared_broker, snapshot_job};
-use tokio::task::JoinHandle;
+use stowage_tests::{
+    Behavior, BrokerKind, Bus, RunningWorker, ScriptedHandler, fast_retry, shared_broker,
+    snapshot_job,
+};
 
 /// Run a behaviour test against RabbitMQ and against the in-process broker.
 macro_rules! on_both_brokers {
@@ -40,94 +41,21 @@ on_both_brokers!(shutdown_drains_in_flight_work);
 
 const WAIT: Duration = Duration::from_secs(20);
 
-struct Running {
-    trigger: ShutdownTrigger,
-    task: JoinHandle<Result<(), stowage_runtime::WorkerError>>,
-    health: Health,
-}
-
-impl Running {
-    async fn start(bus: &Bus, handler: ScriptedHandler, retry: RetryPolicy) -> Self {
-        let config = WorkerConfig {
-            names: bus.names.clone(),
-            retry,
-            shutdown_deadline: Duration::from_secs(10),
-            ..WorkerConfig::default()
-        };
-        let worker = Worker::new(bus.broker.clone(), config).stage(
-            handler,
-            StageConfig {
-                prefetch: 4,
-                concurrency: 2,
-            },
-        );
-        let health = worker.health();
-        let (trigger, shutdown) = Shutdown::new();
-        let task = tokio::spawn(worker.run(shutdown));
-        let running = Self {
-            trigger,
-            task,
-            health,
-        };
-        wait_until("the worker is ready", || running.health.is_ready()).await;
-        running
-    }
-
-    async fn stop(self) {
-        self.trigger.trigger();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("worker stops in time")
-            .expect("join")
-            .expect("worker result");
-    }
-}
-
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 5,
-        base_delay: Duration::from_millis(200),
-        max_delay: Duration::from_secs(5),
-        delivery_limit: 10,
-    }
-}
-
-async fn teardown(bus: &Bus) {
+/// A worker running `handler` with `retry`, ready.
+async fn start(bus: &Bus, handler: ScriptedHandler, retry: RetryPolicy) -> RunningWorker {
     let config = WorkerConfig {
         names: bus.names.clone(),
-        retry: fast_retry(),
+        retry,
+        shutdown_deadline: Duration::from_secs(10),
         ..WorkerConfig::default()
     };
-    bus.teardown(&config.topology()).await;
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_depth(bus: &Bus, queue: &str, depth: u32) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = bus.depth(queue).await;
-        if now == depth {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "queue {queue} has {now} messages, expected {depth}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    RunningWorker::start(bus, config, handler, WAIT).await
 }
 
 async fn a_job_is_consumed_and_acked_once(kind: BrokerKind) {
     let bus = Bus::new(kind).await;
     let handler = ScriptedHandler::default();
-    let running = Running::start(&bus, handler.clone(), fast_retry()).await;
+    let running = start(&bus, handler.clone(), fast_retry()).await;
     let probe = bus.probe_events().await;
 
     let job = snapshot_job("job-once");
@@ -135,8 +63,8 @@ async fn a_job_is_consumed_and_acked_once(kind: BrokerKind) {
         .await
         .expect("submit");
     handler.wait_calls("job-once", 1, WAIT).await;
-    wait_depth(&bus, &probe, 1).await;
-    running.stop().await;
+    bus.wait_depth(&probe, 1, WAIT).await;
+    running.stop(WAIT).await;
 
     // Stopping closed the worker's channels: anything unacked would be back in the queue now.
     assert_eq!(
@@ -160,7 +88,7 @@ async fn a_job_is_consumed_and_acked_once(kind: BrokerKind) {
         Some("event.rp.created")
     );
     assert_eq!(events[0].header_str("x-stowage-job-id"), Some("job-once"));
-    teardown(&bus).await;
+    bus.teardown_worker(fast_retry()).await;
 }
 
 async fn a_transient_failure_is_retried_with_growing_delays(kind: BrokerKind) {
@@ -168,15 +96,15 @@ async fn a_transient_failure_is_retried_with_growing_delays(kind: BrokerKind) {
     let handler = ScriptedHandler::default();
     handler.set("job-flaky", Behavior::FailTransiently(3));
     let retry = fast_retry();
-    let running = Running::start(&bus, handler.clone(), retry.clone()).await;
+    let running = start(&bus, handler.clone(), retry.clone()).await;
     let probe = bus.probe_events().await;
 
     submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-flaky"))
         .await
         .expect("submit");
     let calls = handler.wait_calls("job-flaky", 4, WAIT).await;
-    wait_depth(&bus, &probe, 1).await;
-    running.stop().await;
+    bus.wait_depth(&probe, 1, WAIT).await;
+    running.stop(WAIT).await;
 
     assert_eq!(
         calls.iter().map(|c| c.attempt).collect::<Vec<_>>(),
@@ -203,7 +131,7 @@ async fn a_transient_failure_is_retried_with_growing_delays(kind: BrokerKind) {
         1,
         "one event for one successful job"
     );
-    teardown(&bus).await;
+    bus.teardown_worker(fast_retry()).await;
 }
 
 async fn a_permanent_failure_is_dead_lettered_and_replayable(kind: BrokerKind) {
@@ -211,14 +139,14 @@ async fn a_permanent_failure_is_dead_lettered_and_replayable(kind: BrokerKind) {
     let handler = ScriptedHandler::default();
     let reason = "instance \"shop\" does not exist; create it with `stowage instance create` first";
     handler.set("job-bad", Behavior::FailPermanently(reason.into()));
-    let running = Running::start(&bus, handler.clone(), fast_retry()).await;
+    let running = start(&bus, handler.clone(), fast_retry()).await;
     let dlq = bus.names.dead_letter_queue(Stage::Snapshot);
 
     let job = snapshot_job("job-bad");
     submit(bus.broker.as_ref(), &bus.names, &job)
         .await
         .expect("submit");
-    wait_depth(&bus, &dlq, 1).await;
+    bus.wait_depth(&dlq, 1, WAIT).await;
     assert_eq!(
         handler.calls_for("job-bad").len(),
         1,
@@ -245,7 +173,7 @@ async fn a_permanent_failure_is_dead_lettered_and_replayable(kind: BrokerKind) {
     // Listing leaves the dead letter in place. The broker applies the requeue of a browsed
     // message asynchronously (a quorum queue commits it through Raft), so a depth read right
     // after the listing may not count it yet: wait for it.
-    wait_depth(&bus, &dlq, 1).await;
+    bus.wait_depth(&dlq, 1, WAIT).await;
 
     // The operator fixes the cause, then replays.
     handler.set("job-bad", Behavior::Succeed);
@@ -255,16 +183,16 @@ async fn a_permanent_failure_is_dead_lettered_and_replayable(kind: BrokerKind) {
     assert_eq!(replayed, 1);
     let calls = handler.wait_calls("job-bad", 2, WAIT).await;
     assert_eq!(calls[1].attempt, 0, "a replay starts over");
-    wait_depth(&bus, &dlq, 0).await;
-    running.stop().await;
+    bus.wait_depth(&dlq, 0, WAIT).await;
+    running.stop(WAIT).await;
     assert_eq!(bus.depth(&bus.names.stage_queue(Stage::Snapshot)).await, 0);
-    teardown(&bus).await;
+    bus.teardown_worker(fast_retry()).await;
 }
 
 async fn malformed_and_unknown_version_messages_are_dead_lettered(kind: BrokerKind) {
     let bus = Bus::new(kind).await;
     let handler = ScriptedHandler::default();
-    let running = Running::start(&bus, handler.clone(), fast_retry()).await;
+    let running = start(&bus, handler.clone(), fast_retry()).await;
     let dlq = bus.names.dead_letter_queue(Stage::Snapshot);
     let raw = |body: Vec<u8>, content_type: &str, id: &str| Outgoing {
         exchange: bus.names.jobs_exchange(),
@@ -309,7 +237,7 @@ async fn malformed_and_unknown_version_messages_are_dead_lettered(kind: BrokerKi
         .expect("submit");
 
     handler.wait_calls("job-fine", 1, WAIT).await;
-    wait_depth(&bus, &dlq, 3).await;
+    bus.wait_depth(&dlq, 3, WAIT).await;
     assert!(running.health.is_ready(), "the worker keeps running");
     let letters = list_dead_letters(bus.broker.as_ref(), &bus.names, Stage::Snapshot, 10)
         .await
@@ -346,15 +274,15 @@ async fn malformed_and_unknown_version_messages_are_dead_lettered(kind: BrokerKi
         .await
         .expect("submit");
     handler.wait_calls("job-after", 1, WAIT).await;
-    running.stop().await;
-    teardown(&bus).await;
+    running.stop(WAIT).await;
+    bus.teardown_worker(fast_retry()).await;
 }
 
 async fn shutdown_drains_in_flight_work(kind: BrokerKind) {
     let bus = Bus::new(kind).await;
     let handler = ScriptedHandler::default();
     handler.set("job-slow", Behavior::Slow(Duration::from_millis(1500)));
-    let running = Running::start(&bus, handler.clone(), fast_retry()).await;
+    let running = start(&bus, handler.clone(), fast_retry()).await;
     let probe = bus.probe_events().await;
 
     submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-slow"))
@@ -362,7 +290,7 @@ async fn shutdown_drains_in_flight_work(kind: BrokerKind) {
         .expect("submit");
     handler.wait_calls("job-slow", 1, WAIT).await;
     let asked = Instant::now();
-    running.stop().await;
+    running.stop(WAIT).await;
     assert!(
         asked.elapsed() >= Duration::from_millis(1000),
         "stop waited for the in-flight job"
@@ -379,5 +307,5 @@ async fn shutdown_drains_in_flight_work(kind: BrokerKind) {
         "and was acked"
     );
     assert_eq!(handler.calls_for("job-slow").len(), 1);
-    teardown(&bus).await;
+    bus.teardown_worker(fast_retry()).await;
 }

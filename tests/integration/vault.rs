@@ -4,33 +4,15 @@
 
 use stowage_control::verify::verify;
 use stowage_disk::DiskProvider as _;
-use stowage_runtime::JobContext;
 use stowage_schemas::Stage;
 use stowage_schemas::domain::Tier;
-use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions};
 use stowage_stages::geo_replication::replicate;
-use stowage_stages::restore_hydration::{hydrate, staging_disk_name};
-use stowage_stages::vault_transfer::transfer;
+use stowage_stages::restore_hydration::staging_disk_name;
 use stowage_tests::vault_fixture::{
-    INSTANCE, VaultBackend, VaultFixture, half_random_half_pattern, scattered_writes,
+    INSTANCE, VaultBackend, VaultFixture, half_random_half_pattern, hydration, scattered_writes,
 };
 
 const MIB: u64 = 1 << 20;
-
-fn job() -> JobContext {
-    JobContext::detached(Stage::VaultTransfer)
-}
-
-fn hydration(restore_id: &str, rp_id: &str, tier: Tier) -> RestoreHydrationJob {
-    RestoreHydrationJob {
-        restore_id: restore_id.into(),
-        instance: INSTANCE.into(),
-        recovery_point_id: rp_id.into(),
-        tier,
-        staging_location: None,
-        options: RestoreOptions::default(),
-    }
-}
 
 /// Both tiers, both versions, every byte.
 async fn round_trip(backend: VaultBackend) {
@@ -48,9 +30,7 @@ async fn round_trip(backend: VaultBackend) {
     f.snapshot_rp("rp-1", &[("data", "vol-data"), ("logs", "vol-logs")])
         .await;
 
-    let vaulted = transfer(&f.ctx, INSTANCE, "rp-1", &job())
-        .await
-        .expect("vault transfer");
+    let vaulted = f.transfer("rp-1").await.expect("vault transfer");
     assert_eq!(vaulted.volumes.len(), 2);
     assert!(vaulted.stats.chunks_new > 0);
     // The pattern repeats every 4 KiB and the grid is 1 MiB: the pattern halves dedupe to one chunk.
@@ -71,9 +51,7 @@ async fn round_trip(backend: VaultBackend) {
     }
     f.snapshot_rp("rp-2", &[("data", "vol-data"), ("logs", "vol-logs")])
         .await;
-    let incremental = transfer(&f.ctx, INSTANCE, "rp-2", &job())
-        .await
-        .expect("incremental transfer");
+    let incremental = f.transfer("rp-2").await.expect("incremental transfer");
     assert_eq!(
         incremental.stats.bytes_read,
         64 * 4096,
@@ -91,13 +69,10 @@ async fn round_trip(backend: VaultBackend) {
         ("rp-2", Tier::Secondary),
     ] {
         let restore_id = format!("r-{rp}-{tier:?}").to_lowercase();
-        let staging = hydrate(
-            &f.ctx,
-            &hydration(&restore_id, rp, tier),
-            &JobContext::detached(Stage::RestoreHydration),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("hydrate {rp} from {tier:?}: {e}"));
+        let staging = f
+            .hydrate(&restore_id, rp, tier)
+            .await
+            .unwrap_or_else(|e| panic!("hydrate {rp} from {tier:?}: {e}"));
         assert_eq!(staging.disks.len(), 2);
         for volume in ["vol-data", "vol-logs"] {
             let hydrated = staging_disk_name(&restore_id, volume);
@@ -153,9 +128,7 @@ async fn an_incremental_stores_about_the_changed_bytes() {
         .for_each(|b| *b = b.wrapping_add(1));
     f.write("disk", size, &[(0, data)]).await;
     f.snapshot_rp("rp-full", &[("disk", "vol")]).await;
-    transfer(&f.ctx, INSTANCE, "rp-full", &job())
-        .await
-        .expect("full");
+    f.transfer("rp-full").await.expect("full");
     let before = VaultFixture::folder_bytes(&f.dir.join("vault"));
 
     // 1% of the volume, in scattered 4 KiB writes of random bytes.
@@ -168,9 +141,7 @@ async fn an_incremental_stores_about_the_changed_bytes() {
             .expect("write");
     }
     f.snapshot_rp("rp-incr", &[("disk", "vol")]).await;
-    let m = transfer(&f.ctx, INSTANCE, "rp-incr", &job())
-        .await
-        .expect("incremental");
+    let m = f.transfer("rp-incr").await.expect("incremental");
     let added = VaultFixture::folder_bytes(&f.dir.join("vault")) - before;
     assert_eq!(
         m.stats.bytes_read, changed,
@@ -186,13 +157,10 @@ async fn an_incremental_stores_about_the_changed_bytes() {
         "random data cannot shrink: {added} < {changed}"
     );
 
-    let staging = hydrate(
-        &f.ctx,
-        &hydration("r-incr", "rp-incr", Tier::Vault),
-        &JobContext::detached(Stage::RestoreHydration),
-    )
-    .await
-    .expect("hydrate");
+    let staging = f
+        .hydrate("r-incr", "rp-incr", Tier::Vault)
+        .await
+        .expect("hydrate");
     f.assert_same_bytes("rp-incr-disk", &staging.disks[0].disk_id)
         .await;
 }
@@ -200,16 +168,9 @@ async fn an_incremental_stores_about_the_changed_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_in_a_pack_is_detected_and_named() {
     let f = VaultFixture::new(VaultBackend::LocalFolder).await;
-    f.write(
-        "disk",
-        8 * MIB,
-        &[(0, half_random_half_pattern(4 * MIB as usize, 11))],
-    )
-    .await;
+    f.write_patterned("disk", 8 * MIB, 0, 4 * MIB, 11).await;
     f.snapshot_rp("rp-x", &[("disk", "vol")]).await;
-    transfer(&f.ctx, INSTANCE, "rp-x", &job())
-        .await
-        .expect("transfer");
+    f.transfer("rp-x").await.expect("transfer");
     let report = verify(&f.ctx.primary, &f.ctx.key, INSTANCE, "rp-x", Tier::Vault, 4)
         .await
         .expect("verify");
@@ -237,13 +198,10 @@ async fn a_flipped_byte_in_a_pack_is_detected_and_named() {
             .is_some_and(|p| p.contains(&pack_id)),
         "{report:?}"
     );
-    let err = hydrate(
-        &f.ctx,
-        &hydration("r-x", "rp-x", Tier::Vault),
-        &JobContext::detached(Stage::RestoreHydration),
-    )
-    .await
-    .expect_err("corrupt data must not restore");
+    let err = f
+        .hydrate("r-x", "rp-x", Tier::Vault)
+        .await
+        .expect_err("corrupt data must not restore");
     let text = err.to_string();
     assert_eq!(err.kind(), stowage_runtime::ErrorKind::Permanent);
     assert!(
@@ -255,20 +213,11 @@ async fn a_flipped_byte_in_a_pack_is_detected_and_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_transfer_stores_nothing_twice() {
     let f = VaultFixture::new(VaultBackend::LocalFolder).await;
-    f.write(
-        "disk",
-        16 * MIB,
-        &[(0, half_random_half_pattern(12 * MIB as usize, 5))],
-    )
-    .await;
+    f.write_patterned("disk", 16 * MIB, 0, 12 * MIB, 5).await;
     f.snapshot_rp("rp-r", &[("disk", "vol")]).await;
-    let first = transfer(&f.ctx, INSTANCE, "rp-r", &job())
-        .await
-        .expect("transfer");
+    let first = f.transfer("rp-r").await.expect("transfer");
     let after_first = VaultFixture::folder_bytes(&f.dir.join("vault"));
-    let again = transfer(&f.ctx, INSTANCE, "rp-r", &job())
-        .await
-        .expect("again");
+    let again = f.transfer("rp-r").await.expect("again");
     assert_eq!(first, again, "the stored manifest is the answer");
     assert_eq!(
         VaultFixture::folder_bytes(&f.dir.join("vault")),
@@ -293,29 +242,20 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// geo-replication with no one calling it; restore-hydration jobs bring both tiers back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stages_chain_through_events_on_rabbitmq() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use stowage_runtime::client::submit;
-    use stowage_runtime::{Shutdown, StageConfig, Worker, WorkerConfig};
-    use stowage_schemas::jobs::VaultTransferJob;
+    use stowage_runtime::{Shutdown, StageConfig, Worker};
     use stowage_schemas::{Envelope, Message};
     use stowage_stages::{GeoReplication, RestoreHydration, VaultTransfer};
-    use stowage_tests::{BrokerKind, Bus, shared_broker};
+    use stowage_tests::{BrokerKind, Bus, shared_broker, vault_transfer_job, wait_until};
 
     let _gate = shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let f = VaultFixture::new(VaultBackend::LocalFolder).await;
-    f.write(
-        "data",
-        32 * MIB,
-        &[(MIB, half_random_half_pattern(10 * MIB as usize, 21))],
-    )
-    .await;
+    f.write_patterned("data", 32 * MIB, MIB, 10 * MIB, 21).await;
     f.snapshot_rp("rp-e2e", &[("data", "vol-e2e")]).await;
 
-    let config = WorkerConfig {
-        names: bus.names.clone(),
-        ..WorkerConfig::default()
-    };
+    let config = bus.worker_config();
     let topology = config.topology();
     let stage = StageConfig::default();
     let worker = Worker::new(bus.broker.clone(), config)
@@ -325,20 +265,13 @@ async fn the_stages_chain_through_events_on_rabbitmq() {
     let health = worker.health();
     let (trigger, shutdown) = Shutdown::new();
     let task = tokio::spawn(worker.run(shutdown));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !health.is_ready() {
-        assert!(Instant::now() < deadline, "worker not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the worker is ready", Duration::from_secs(30), || {
+        health.is_ready()
+    })
+    .await;
     let probe = bus.probe_events().await;
 
-    let job = Envelope::new(
-        "vault-transfer-rp-e2e",
-        Message::VaultTransfer(VaultTransferJob {
-            instance: INSTANCE.into(),
-            recovery_point_id: "rp-e2e".into(),
-        }),
-    );
+    let job = vault_transfer_job("vault-transfer-rp-e2e", INSTANCE, "rp-e2e");
     submit(bus.broker.as_ref(), &bus.names, &job)
         .await
         .expect("submit");

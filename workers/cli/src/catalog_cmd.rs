@@ -93,33 +93,70 @@ pub enum ImmutabilityChoice {
 /// `stowage policy`.
 pub type PolicyArgs = OnVault<PolicyAction>;
 
-/// Policy actions.
+/// The flags of `create` for one kind of catalog document, and how its help names it.
+pub trait CatalogNoun: Args {
+    /// Help of `create`.
+    const CREATE: &'static str;
+    /// Help of `list`.
+    const LIST: &'static str;
+    /// Help of `show`.
+    const SHOW: &'static str;
+    /// Help of `show`'s name.
+    const NAME: &'static str;
+}
+
+/// What `stowage policy` and `stowage instance` do; `C` holds the flags of `create`.
 #[derive(Debug, Subcommand)]
-pub enum PolicyAction {
-    /// Create a policy (or replace one with --update).
-    Create(PolicyCreateArgs),
-    /// List the vault's policies.
+pub enum CatalogAction<C: CatalogNoun> {
+    #[command(about = C::CREATE)]
+    Create(C),
+    #[command(about = C::LIST)]
     List {
         #[command(flatten)]
         output: TableOutput,
     },
-    /// Show one policy.
+    #[command(about = C::SHOW)]
     Show {
-        /// Policy name.
+        #[arg(help = C::NAME)]
         name: String,
         #[command(flatten)]
         output: YamlOutput,
     },
 }
 
+impl CatalogNoun for PolicyCreateArgs {
+    const CREATE: &'static str = "Create a policy (or replace one with --update)";
+    const LIST: &'static str = "List the vault's policies";
+    const SHOW: &'static str = "Show one policy";
+    const NAME: &'static str = "Policy name";
+}
+
+impl CatalogNoun for InstanceCreateArgs {
+    const CREATE: &'static str = "Create a backup instance (or replace one with --update)";
+    const LIST: &'static str = "List the vault's backup instances";
+    const SHOW: &'static str = "Show one backup instance";
+    const NAME: &'static str = "Instance name";
+}
+
+/// Policy actions.
+pub type PolicyAction = CatalogAction<PolicyCreateArgs>;
+
+/// The name and the file of what `create` writes.
+#[derive(Debug, Args)]
+pub struct Document {
+    /// Name (may come from the file instead).
+    pub name: Option<String>,
+    /// Read it from this YAML or JSON file (`-` for stdin) instead of flags.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+}
+
 /// `stowage policy create`.
 #[derive(Debug, Args)]
 pub struct PolicyCreateArgs {
-    /// Policy name (may come from the file instead).
-    pub name: Option<String>,
-    /// Read the policy from this YAML or JSON file (`-` for stdin) instead of flags.
-    #[arg(short = 'f', long = "file")]
-    pub file: Option<PathBuf>,
+    /// The policy's name, and the file it may come from.
+    #[command(flatten)]
+    pub document: Document,
     /// Hours between backups: 4, 8, 12 or 24.
     #[arg(long, default_value_t = 24)]
     pub frequency_hours: u8,
@@ -156,32 +193,14 @@ pub struct InstanceArgs {
 }
 
 /// Backup-instance actions.
-#[derive(Debug, Subcommand)]
-pub enum InstanceAction {
-    /// Create a backup instance (or replace one with --update).
-    Create(InstanceCreateArgs),
-    /// List the vault's backup instances.
-    List {
-        #[command(flatten)]
-        output: TableOutput,
-    },
-    /// Show one backup instance.
-    Show {
-        /// Instance name.
-        name: String,
-        #[command(flatten)]
-        output: YamlOutput,
-    },
-}
+pub type InstanceAction = CatalogAction<InstanceCreateArgs>;
 
 /// `stowage instance create`.
 #[derive(Debug, Args)]
 pub struct InstanceCreateArgs {
-    /// Instance name (may come from the file instead).
-    pub name: Option<String>,
-    /// Read the instance from this YAML or JSON file (`-` for stdin) instead of flags.
-    #[arg(short = 'f', long = "file")]
-    pub file: Option<PathBuf>,
+    /// The instance's name, and the file it may come from.
+    #[command(flatten)]
+    pub document: Document,
     /// The cluster to back up (the name workers know it by).
     #[arg(long)]
     pub cluster: Option<String>,
@@ -448,10 +467,12 @@ pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
     let store = vault_store(&args.vault)?;
     match args.action {
         PolicyAction::Create(create) => {
-            let policy = match &create.file {
-                Some(path) => read_named(path, create.name.as_ref(), |p: &mut Policy| &mut p.name)?,
+            let policy = match &create.document.file {
+                Some(path) => read_named(path, create.document.name.as_ref(), |p: &mut Policy| {
+                    &mut p.name
+                })?,
                 None => {
-                    let Some(name) = create.name.clone() else {
+                    let Some(name) = create.document.name.clone() else {
                         bail!(
                             "the policy name is missing: `stowage policy create <name> ...` or -f <file>"
                         );
@@ -584,10 +605,12 @@ pub async fn instance(args: InstanceArgs) -> anyhow::Result<()> {
     let store = vault_store(&args.vault)?;
     match args.action {
         InstanceAction::Create(create) => {
-            let instance = match &create.file {
-                Some(path) => read_named(path, create.name.as_ref(), |i: &mut BackupInstance| {
-                    &mut i.name
-                })?,
+            let instance = match &create.document.file {
+                Some(path) => read_named(
+                    path,
+                    create.document.name.as_ref(),
+                    |i: &mut BackupInstance| &mut i.name,
+                )?,
                 None => instance_from_flags(&store, &create).await?,
             };
             preflight_on_create(&store, &args.vault, &args.cluster, &instance).await?;
@@ -645,7 +668,7 @@ async fn instance_from_flags(
     let missing = |flag: &str, example: &str| {
         anyhow::anyhow!("{flag} is missing: give it (e.g. {flag} {example}), or use -f <file>")
     };
-    let Some(name) = create.name.clone() else {
+    let Some(name) = create.document.name.clone() else {
         bail!("the instance name is missing: `stowage instance create <name> ...` or -f <file>");
     };
     let vault = settings::read_vault(store).await?;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim};
 use rand::{RngExt as _, SeedableRng as _};
-use stowage_control::{RecordSettings, Recorded};
+use stowage_control::RecordSettings;
 use stowage_disk::{DiskId, DiskProvider as _, LocalDiskProvider};
 use stowage_runtime::client::submit;
 use stowage_runtime::{
@@ -178,31 +178,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let stage = StageConfig::default();
     // Every stage keeps its job's record (`jobs/<job-id>.json`), as in the fleet.
-    let records = RecordSettings {
-        max_attempts: config.retry.max_attempts,
-        ..RecordSettings::default()
+    let rec = crate::stages::Recording {
+        store: primary.clone(),
+        settings: RecordSettings {
+            max_attempts: config.retry.max_attempts,
+            ..RecordSettings::default()
+        },
     };
     let worker = Worker::new(broker.clone(), config.clone())
-        .stage(
-            Recorded::new(SnapshotStage(cluster_ctx.clone()), primary.clone(), records),
-            stage,
-        )
-        .stage(
-            Recorded::new(VaultTransfer(vault.clone()), primary.clone(), records),
-            stage,
-        )
-        .stage(
-            Recorded::new(GeoReplication(vault.clone()), primary.clone(), records),
-            stage,
-        )
-        .stage(
-            Recorded::new(RestoreHydration(vault.clone()), primary.clone(), records),
-            stage,
-        )
-        .stage(
-            Recorded::new(RestoreStage(cluster_ctx), primary.clone(), records),
-            stage,
-        );
+        .stage(rec.wrap(SnapshotStage(cluster_ctx.clone())), stage)
+        .stage(rec.wrap(VaultTransfer(vault.clone())), stage)
+        .stage(rec.wrap(GeoReplication(vault.clone())), stage)
+        .stage(rec.wrap(RestoreHydration(vault.clone())), stage)
+        .stage(rec.wrap(RestoreStage(cluster_ctx)), stage);
     let health = worker.health();
     let (trigger, shutdown) = Shutdown::new();
     let fleet = tokio::spawn(worker.run(shutdown));
@@ -405,7 +393,11 @@ async fn backup(
     stowage_schemas::events::RpVaulted,
     stowage_schemas::events::RpReplicated,
 )> {
-    let t = Instant::now();
+    let mut t = Instant::now();
+    let mut lap = |step: String| {
+        timings.push((step, t.elapsed()));
+        t = Instant::now();
+    };
     let job = SnapshotJob {
         instance: INSTANCE.into(),
         recovery_point_id: rp.into(),
@@ -419,14 +411,8 @@ async fn backup(
         &Envelope::new(format!("snapshot-{rp}"), Message::Snapshot(job)),
     )
     .await?;
-    let Message::RpCreated(created) = events.wait("rp.created").await? else {
-        unreachable!("filtered by kind")
-    };
-    timings.push((
-        format!("1. snapshot {rp} (collect + volume snapshots)"),
-        t.elapsed(),
-    ));
-    let t = Instant::now();
+    let created = events.wait("rp.created").await?;
+    lap(format!("1. snapshot {rp} (collect + volume snapshots)"));
     if !first_of_day {
         // The policy vaults the first backup of each day, so the pipeline keeps this one in
         // the operational tier only; the demo asks for its vault copy, as an operator can.
@@ -441,16 +427,14 @@ async fn backup(
         )
         .await?;
     }
-    let Message::RpVaulted(vaulted) = events.wait("rp.vaulted").await? else {
-        unreachable!("filtered by kind")
-    };
-    timings.push((format!("2. vault-transfer {rp}"), t.elapsed()));
-    let t = Instant::now();
-    let Message::RpReplicated(replicated) = events.wait("rp.replicated").await? else {
-        unreachable!("filtered by kind")
-    };
-    timings.push((format!("3. geo-replication {rp}"), t.elapsed()));
-    Ok((created, vaulted, replicated))
+    let vaulted = events.wait("rp.vaulted").await?;
+    lap(format!("2. vault-transfer {rp}"));
+    let replicated = events.wait("rp.replicated").await?;
+    lap(format!("3. geo-replication {rp}"));
+    match (created, vaulted, replicated) {
+        (Message::RpCreated(c), Message::RpVaulted(v), Message::RpReplicated(r)) => Ok((c, v, r)),
+        _ => unreachable!("filtered by kind"),
+    }
 }
 
 /// The restored namespaces hold the source's config maps, and each restored claim's new

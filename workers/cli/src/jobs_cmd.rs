@@ -12,7 +12,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::Timestamp;
 use stowage_control::job_records::format_bytes;
 use stowage_schemas::domain::{JobProgress, JobRecord, JobStatus, StageRun};
-use stowage_vault::catalog::jobs::{JobStoreError, list_jobs, read_job, update_job};
+use stowage_vault::catalog::jobs::{list_jobs, read_job, update_job};
 use stowage_vault::store::BlobStore;
 
 use crate::cli::{Format, OnVault, OutputArgs, TableOutput, VaultArgs, YamlOutput};
@@ -171,7 +171,7 @@ pub async fn read(store: &BlobStore, id: &str) -> anyhow::Result<JobRecord> {
     }
 }
 
-fn is_not_found(e: &JobStoreError) -> bool {
+fn is_not_found(e: &stowage_vault::Error) -> bool {
     e.is_not_found()
 }
 

@@ -5,12 +5,13 @@
 //! would fail every job it takes.
 
 use stowage_control::{RecordSettings, Recorded};
-use stowage_runtime::{StageConfig, Worker};
+use stowage_runtime::{StageConfig, StageHandler, Worker};
 use stowage_schemas::Stage;
 use stowage_stages::{
     ClusterContext, GeoReplication, RestoreHydration, RestoreStage, RetentionStage, SnapshotStage,
     VaultContext, VaultTransfer,
 };
+use stowage_vault::store::BlobStore;
 
 /// What the configured stages run against.
 #[derive(Clone, Default)]
@@ -52,6 +53,22 @@ pub fn built() -> Vec<Stage> {
     Stage::ALL.to_vec()
 }
 
+/// Wraps handlers in [`Recorded`], keeping their job records in one store.
+#[derive(Clone)]
+pub struct Recording {
+    /// Where the records live (the vault's primary storage).
+    pub store: BlobStore,
+    /// How the records are kept.
+    pub settings: RecordSettings,
+}
+
+impl Recording {
+    /// `handler`, recording its runs.
+    pub fn wrap<H: StageHandler>(&self, handler: H) -> Recorded<H> {
+        Recorded::new(handler, self.store.clone(), self.settings)
+    }
+}
+
 /// Add the handler of `stage` to `worker`, or say why it cannot run. Every handler is wrapped
 /// in [`Recorded`], so its runs show in `stowage jobs` and can be cancelled.
 pub fn add(
@@ -65,35 +82,28 @@ pub fn add(
             .cluster
             .clone()
             .ok_or(StageUnavailable::NeedsCluster { stage })?;
-        let (store, records) = (cluster.vault.clone(), services.records);
+        let rec = Recording {
+            store: cluster.vault.clone(),
+            settings: services.records,
+        };
         return Ok(match stage {
-            Stage::Snapshot => worker.stage(
-                Recorded::new(SnapshotStage(cluster), store, records),
-                config,
-            ),
-            _ => worker.stage(Recorded::new(RestoreStage(cluster), store, records), config),
+            Stage::Snapshot => worker.stage(rec.wrap(SnapshotStage(cluster)), config),
+            _ => worker.stage(rec.wrap(RestoreStage(cluster)), config),
         });
     }
     let vault = services
         .vault
         .clone()
         .ok_or(StageUnavailable::NeedsVault { stage })?;
-    let (store, records) = (vault.primary.clone(), services.records);
+    let rec = Recording {
+        store: vault.primary.clone(),
+        settings: services.records,
+    };
     Ok(match stage {
-        Stage::VaultTransfer => {
-            worker.stage(Recorded::new(VaultTransfer(vault), store, records), config)
-        }
-        Stage::GeoReplication => {
-            worker.stage(Recorded::new(GeoReplication(vault), store, records), config)
-        }
-        Stage::RestoreHydration => worker.stage(
-            Recorded::new(RestoreHydration(vault), store, records),
-            config,
-        ),
-        Stage::Retention => worker.stage(
-            Recorded::new(RetentionStage::new(vault), store, records),
-            config,
-        ),
+        Stage::VaultTransfer => worker.stage(rec.wrap(VaultTransfer(vault)), config),
+        Stage::GeoReplication => worker.stage(rec.wrap(GeoReplication(vault)), config),
+        Stage::RestoreHydration => worker.stage(rec.wrap(RestoreHydration(vault)), config),
+        Stage::Retention => worker.stage(rec.wrap(RetentionStage::new(vault)), config),
         Stage::Snapshot | Stage::Restore => unreachable!("handled above"),
     })
 }

@@ -151,17 +151,8 @@ pub async fn create(api: &Api<DynamicObject>, object: &Value) -> Result<Applied,
             reason: e.to_string(),
         })?;
     match api.create(&PostParams::default(), &dynamic).await {
-        Ok(_) => Ok(Applied::Done),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(Applied::AlreadyExists),
-        Err(kube::Error::Api(status)) if is_refusal(status.code) => Ok(Applied::Refused(format!(
-            "the target refused to create it ({} {}): {}",
-            status.code, status.reason, status.message
-        ))),
-        Err(source) => Err(ApplyError::Api {
-            what: "creating",
-            object: describe(object),
-            source,
-        }),
+        result => applied(result, ("creating", "to create it"), object),
     }
 }
 
@@ -171,21 +162,31 @@ pub async fn merge_patch(
     object: &Value,
     body: &Value,
 ) -> Result<Applied, ApplyError> {
-    match api
+    let result = api
         .patch(
             &name_of(object),
             &PatchParams::default(),
             &Patch::Merge(body),
         )
-        .await
-    {
+        .await;
+    applied(result, ("patching", "the patch"), object)
+}
+
+/// What a create or patch of `object` came to: done, refused by the target (`refused` names
+/// what it refused), or an error; `what` is the verb for the error.
+fn applied<T>(
+    result: Result<T, kube::Error>,
+    (what, refused): (&'static str, &str),
+    object: &Value,
+) -> Result<Applied, ApplyError> {
+    match result {
         Ok(_) => Ok(Applied::Done),
         Err(kube::Error::Api(status)) if is_refusal(status.code) => Ok(Applied::Refused(format!(
-            "the target refused the patch ({} {}): {}",
+            "the target refused {refused} ({} {}): {}",
             status.code, status.reason, status.message
         ))),
         Err(source) => Err(ApplyError::Api {
-            what: "patching",
+            what,
             object: describe(object),
             source,
         }),

@@ -43,7 +43,10 @@ async fn collected(
     (keys, objects, summary)
 }
 
-async fn keys(client: &kube::Client, scope: Scope) -> Vec<String> {
+/// The keys collected with the default scope changed by `edit`.
+async fn keys_with(client: &kube::Client, edit: impl FnOnce(&mut Scope)) -> Vec<String> {
+    let mut scope = Scope::default();
+    edit(&mut scope);
     collected(client, &scope, 250).await.0
 }
 
@@ -143,16 +146,12 @@ async fn namespaces_created_later_are_included_and_excludes_win() {
         .unwrap();
     let client = cluster.client();
 
-    let all = keys(&client, Scope::default()).await;
+    let all = keys_with(&client, |_| ()).await;
     assert!(has(&all, "Namespace /later") && has(&all, "ConfigMap later/new"));
 
-    let without_blog = keys(
-        &client,
-        Scope {
-            exclude_namespaces: vec!["blog".into(), "later".into()],
-            ..Scope::default()
-        },
-    )
+    let without_blog = keys_with(&client, |s| {
+        s.exclude_namespaces = vec!["blog".into(), "later".into()]
+    })
     .await;
     assert!(
         in_namespace(&without_blog, "blog").is_empty()
@@ -171,13 +170,9 @@ async fn a_namespace_list_takes_only_those_and_system_namespaces_when_named() {
     let cluster = sample_cluster().await;
     let client = cluster.client();
 
-    let shop = keys(
-        &client,
-        Scope {
-            namespaces: namespaces(&["shop", "nonexistent"]),
-            ..Scope::default()
-        },
-    )
+    let shop = keys_with(&client, |s| {
+        s.namespaces = namespaces(&["shop", "nonexistent"])
+    })
     .await;
     assert!(in_namespace(&shop, "blog").is_empty());
     assert!(
@@ -192,14 +187,7 @@ async fn a_namespace_list_takes_only_those_and_system_namespaces_when_named() {
         .collect();
     assert_eq!(volumes, ["PersistentVolume /pv-shop-data"]);
 
-    let system = keys(
-        &client,
-        Scope {
-            namespaces: namespaces(&["kube-system"]),
-            ..Scope::default()
-        },
-    )
-    .await;
+    let system = keys_with(&client, |s| s.namespaces = namespaces(&["kube-system"])).await;
     assert!(
         has(&system, "Deployment kube-system/coredns") && has(&system, "Namespace /kube-system")
     );
@@ -211,13 +199,9 @@ async fn label_selectors_and_within_one_or_across_several() {
     let cluster = sample_cluster().await;
     let client = cluster.client();
 
-    let and = keys(
-        &client,
-        Scope {
-            label_selectors: vec!["app=db,tier=data".into()],
-            ..Scope::default()
-        },
-    )
+    let and = keys_with(&client, |s| {
+        s.label_selectors = vec!["app=db,tier=data".into()]
+    })
     .await;
     let namespaced: Vec<&String> = and.iter().filter(|k| !k.contains(" /")).collect();
     assert_eq!(
@@ -243,13 +227,9 @@ async fn label_selectors_and_within_one_or_across_several() {
         "namespaces always, the claimed volume, nothing else unlabelled"
     );
 
-    let or = keys(
-        &client,
-        Scope {
-            label_selectors: vec!["app=db".into(), "app=wordpress,tier=frontend".into()],
-            ..Scope::default()
-        },
-    )
+    let or = keys_with(&client, |s| {
+        s.label_selectors = vec!["app=db".into(), "app=wordpress,tier=frontend".into()]
+    })
     .await;
     for key in [
         "StatefulSet shop/db",
@@ -268,13 +248,9 @@ async fn label_selectors_and_within_one_or_across_several() {
     );
 
     // One selector goes to the server; the CRD and PV of what it selects still follow.
-    let single = keys(
-        &client,
-        Scope {
-            label_selectors: vec!["app=wordpress".into()],
-            ..Scope::default()
-        },
-    )
+    let single = keys_with(&client, |s| {
+        s.label_selectors = vec!["app=wordpress".into()]
+    })
     .await;
     for key in [
         "Widget blog/green",
@@ -285,13 +261,9 @@ async fn label_selectors_and_within_one_or_across_several() {
     }
     assert!(!has(&single, "StorageClass /local-disk"));
 
-    let set_based = keys(
-        &client,
-        Scope {
-            label_selectors: vec!["tier in (backend),backup notin (keep)".into()],
-            ..Scope::default()
-        },
-    )
+    let set_based = keys_with(&client, |s| {
+        s.label_selectors = vec!["tier in (backend),backup notin (keep)".into()]
+    })
     .await;
     assert!(has(&set_based, "Deployment shop/cart") && has(&set_based, "Widget shop/red"));
     assert!(!has(&set_based, "Deployment shop/web"));
@@ -302,39 +274,18 @@ async fn secrets_volumes_and_cluster_scoped_resources_switch_off() {
     let cluster = sample_cluster().await;
     let client = cluster.client();
 
-    let no_secrets = keys(
-        &client,
-        Scope {
-            include_secrets: false,
-            ..Scope::default()
-        },
-    )
-    .await;
+    let no_secrets = keys_with(&client, |s| s.include_secrets = false).await;
     assert!(!no_secrets.iter().any(|k| k.starts_with("Secret ")));
     assert!(has(&no_secrets, "ConfigMap shop/db-config"));
 
-    let no_volumes = keys(
-        &client,
-        Scope {
-            include_volumes: false,
-            ..Scope::default()
-        },
-    )
-    .await;
+    let no_volumes = keys_with(&client, |s| s.include_volumes = false).await;
     assert!(
         !no_volumes.iter().any(|k| k.starts_with("PersistentVolume")),
         "{no_volumes:#?}"
     );
     assert!(has(&no_volumes, "StatefulSet shop/db"));
 
-    let no_cluster = keys(
-        &client,
-        Scope {
-            include_cluster_scoped: false,
-            ..Scope::default()
-        },
-    )
-    .await;
+    let no_cluster = keys_with(&client, |s| s.include_cluster_scoped = false).await;
     for gone in [
         "StorageClass /local-disk",
         "ClusterRole /widget-reader",

@@ -52,7 +52,7 @@ use stowage_runtime::{Broker, BrokerError, Names, Shutdown};
 use stowage_schemas::domain::{BackupInstance, JobRecord, JobStatus, Policy, Schedule};
 use stowage_schemas::jobs::{RetentionJob, SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message, MessageId, Stage};
-use stowage_vault::catalog::jobs::{JobStoreError, create_job, read_job, update_job};
+use stowage_vault::catalog::jobs::{create_job, read_job, update_job};
 use stowage_vault::store::{BlobStore, CreateOutcome};
 
 use stowage_vault::catalog::settings::{self, SettingsError};
@@ -81,7 +81,7 @@ pub enum SchedulerError {
     Settings(#[from] SettingsError),
     /// A job record could not be read or written.
     #[error(transparent)]
-    Jobs(#[from] JobStoreError),
+    Jobs(#[from] stowage_vault::Error),
     /// Publishing failed.
     #[error(
         "cannot publish job {job_id}: {source}; the job record stays queued and is republished"
@@ -548,10 +548,9 @@ pub async fn backup_now(
         CreateOutcome::Created(_) => {}
         CreateOutcome::AlreadyExists => {
             // A 24-bit nonce collided within one second: vanishingly rare; say so plainly.
-            return Err(SchedulerError::Jobs(JobStoreError::Contended {
-                id: record.id,
-                tries: 1,
-            }));
+            return Err(SchedulerError::Jobs(stowage_vault::Error::job_contended(
+                &record.id, 1,
+            )));
         }
     }
     publish_and_mark(

@@ -13,7 +13,7 @@ use stowage_vault::chunk::ChunkId;
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::extent::{ExtentMap, load_chain};
 use stowage_vault::index::ChunkIndex;
-use stowage_vault::pack::{PackError, read_chunk};
+use stowage_vault::pack::read_chunk;
 use stowage_vault::store::BlobStore;
 
 /// One problem found.
@@ -142,17 +142,14 @@ pub async fn verify(
                     let pack = Some(location.pack.key().to_string());
                     let result = match read_chunk(store, keys, &id, &location).await {
                         Ok(plain) => Ok(plain.len()),
-                        Err(PackError::CorruptChunk { reason, .. }) => Err(Damage {
-                            volume_id,
-                            chunk: id.to_string(),
-                            pack,
-                            reason: reason.to_string(),
-                        }),
                         Err(e) => Err(Damage {
                             volume_id,
                             chunk: id.to_string(),
                             pack,
-                            reason: e.to_string(),
+                            reason: match e.corruption() {
+                                Some(reason) => reason.to_string(),
+                                None => e.to_string(),
+                            },
                         }),
                     };
                     (id, result)

@@ -62,6 +62,12 @@ pub enum DiskError {
     },
 }
 
+impl stowage_schemas::Retryable for DiskError {
+    fn is_transient(&self) -> bool {
+        DiskError::is_transient(self)
+    }
+}
+
 impl DiskError {
     /// Whether retrying the same call later may succeed. Missing things, bad ranges, conflicts
     /// and bad names are permanent; storage errors are transient unless they report corrupt

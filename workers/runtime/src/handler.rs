@@ -14,7 +14,7 @@ use std::sync::Arc;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use stowage_schemas::domain::JobProgress;
-use stowage_schemas::{Envelope, Message, Stage};
+use stowage_schemas::{Envelope, Message, Retryable, Stage};
 
 use crate::input::{self, StageInput};
 use crate::shutdown::Shutdown;
@@ -291,6 +291,19 @@ impl StageError {
     }
 }
 
+/// Any error that answers [`Retryable`] becomes a stage failure with `?`: transient when a
+/// retry may help, permanent otherwise. `StageError` itself deliberately does not implement
+/// `std::error::Error`, which is what keeps this blanket conversion coherent.
+impl<E: Retryable> From<E> for StageError {
+    fn from(error: E) -> Self {
+        if error.is_transient() {
+            Self::transient(error)
+        } else {
+            Self::permanent(error)
+        }
+    }
+}
+
 impl fmt::Display for StageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.error)
@@ -323,5 +336,27 @@ mod tests {
             StageError::permanent("bad input").chain(),
             vec!["bad input"]
         );
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("storage said {0}")]
+    struct Flaky(bool);
+
+    impl Retryable for Flaky {
+        fn is_transient(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[test]
+    fn question_mark_classifies_a_retryable_error_by_its_own_policy() {
+        fn fail(transient: bool) -> Result<(), StageError> {
+            Err(Flaky(transient))?;
+            Ok(())
+        }
+        let transient = fail(true).unwrap_err();
+        assert_eq!(transient.kind(), ErrorKind::Transient);
+        assert_eq!(transient.chain(), vec!["storage said true"]);
+        assert_eq!(fail(false).unwrap_err().kind(), ErrorKind::Permanent);
     }
 }

@@ -43,13 +43,24 @@ impl ApiError {
         )
     }
 
-    pub fn not_found(rt: &ResourceType, name: &str) -> Self {
+    /// An error about the object `name` of type `rt`: `{plural} {name:?} {message}`.
+    fn about(
+        code: StatusCode,
+        reason: &'static str,
+        rt: &ResourceType,
+        name: &str,
+        message: &str,
+    ) -> Self {
         Self::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("{} {name:?} not found", qualified(rt)),
+            code,
+            reason,
+            format!("{} {name:?} {message}", qualified(rt)),
         )
         .with_details(rt, name, &rt.plural)
+    }
+
+    pub fn not_found(rt: &ResourceType, name: &str) -> Self {
+        Self::about(StatusCode::NOT_FOUND, "NotFound", rt, name, "not found")
     }
 
     pub fn namespace_not_found(namespace: &str) -> Self {
@@ -64,36 +75,38 @@ impl ApiError {
     }
 
     pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
-        Self::new(
+        Self::about(
             StatusCode::CONFLICT,
             "AlreadyExists",
-            format!("{} {name:?} already exists", qualified(rt)),
+            rt,
+            name,
+            "already exists",
+        )
+    }
+
+    /// A write refused on `name`'s current state: `Operation cannot be fulfilled on …: {why}`.
+    fn cannot_fulfil(rt: &ResourceType, name: &str, why: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} {name:?}: {why}",
+                qualified(rt)
+            ),
         )
         .with_details(rt, name, &rt.plural)
     }
 
     pub fn conflict(rt: &ResourceType, name: &str) -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
-                qualified(rt)
-            ),
+        Self::cannot_fulfil(
+            rt,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
         )
-        .with_details(rt, name, &rt.plural)
     }
 
     pub fn precondition_failed(rt: &ResourceType, name: &str, field: &str) -> Self {
-        Self::new(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} {name:?}: precondition failed for {field}",
-                qualified(rt)
-            ),
-        )
-        .with_details(rt, name, &rt.plural)
+        Self::cannot_fulfil(rt, name, &format!("precondition failed for {field}"))
     }
 
     pub fn invalid(rt: &ResourceType, name: &str, field: &str, cause: &str, message: &str) -> Self {

@@ -303,16 +303,7 @@ impl Store {
         metadata.insert("resourceVersion".into(), json!(rv));
         metadata.insert("creationTimestamp".into(), json!(now()));
         metadata.insert("generation".into(), json!(1));
-        metadata.insert("managedFields".into(), managed_fields(target, "Update"));
-        populate_status(target, &mut object);
-        self.objects
-            .entry(target.type_key())
-            .or_default()
-            .insert(key, object);
-        if target.rt.is_crd() {
-            self.refresh_crd_types();
-        }
-        self.get(target, &name)
+        self.store(target, key, object, &name)
     }
 
     pub fn update(
@@ -389,6 +380,19 @@ impl Store {
             "generation".into(),
             json!(generation + i64::from(spec_changed)),
         );
+        self.store(target, key, object, name)
+    }
+
+    /// Stamp `object`'s managed fields and status, keep it under `key`, and return it as read
+    /// back (the last step of a create and of an update).
+    fn store(
+        &mut self,
+        target: &Target,
+        key: ObjectKey,
+        mut object: Value,
+        name: &str,
+    ) -> Result<Value, ApiError> {
+        let metadata = object["metadata"].as_object_mut().expect("checked shape");
         metadata.insert("managedFields".into(), managed_fields(target, "Update"));
         populate_status(target, &mut object);
         self.objects

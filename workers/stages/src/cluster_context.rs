@@ -24,8 +24,6 @@ use stowage_schemas::domain::BackupInstance;
 use stowage_vault::catalog::settings;
 use stowage_vault::store::BlobStore;
 
-use crate::errors::Classify as _;
-
 /// Everything the snapshot and restore stages need besides their message.
 #[derive(Clone)]
 pub struct ClusterContext {
@@ -135,7 +133,7 @@ pub(crate) async fn read_instance_opt(
     match settings::read_instance(store, name).await {
         Ok(instance) => Ok(Some(instance)),
         Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.stage_error()),
+        Err(e) => Err(StageError::from(e)),
     }
 }
 

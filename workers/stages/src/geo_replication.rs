@@ -25,7 +25,6 @@ use stowage_vault::layout::{self, BlobKey};
 use stowage_vault::store::BlobStore;
 
 use crate::context::VaultContext;
-use crate::errors::Classify as _;
 
 /// The geo-replication stage, over the vault it replicates.
 #[derive(Clone)]
@@ -87,8 +86,7 @@ pub async fn replicate(
 ) -> Result<Copied, StageError> {
     let mut copied = Copied::default();
     if catalog::read_tier_manifest(secondary, instance, rp_id, Tier::Secondary)
-        .await
-        .map_err(|e| e.stage_error())?
+        .await?
         .is_some()
     {
         tracing::info!(
@@ -98,9 +96,7 @@ pub async fn replicate(
         );
         return Ok(copied);
     }
-    let Some(vaulted) = catalog::read_tier_manifest(primary, instance, rp_id, Tier::Vault)
-        .await
-        .map_err(|e| e.stage_error())?
+    let Some(vaulted) = catalog::read_tier_manifest(primary, instance, rp_id, Tier::Vault).await?
     else {
         return Err(StageError::permanent(format!(
             "recovery point {rp_id} of instance {instance} is not in the vault tier yet; \
@@ -112,9 +108,7 @@ pub async fn replicate(
     let mut map_keys: Vec<BlobKey> = Vec::new();
     let mut wanted: HashSet<ChunkId> = HashSet::new();
     for volume in &vaulted.volumes {
-        let chain = load_chain(primary, &volume.volume_id, &volume.version)
-            .await
-            .map_err(|e| e.stage_error())?;
+        let chain = load_chain(primary, &volume.volume_id, &volume.version).await?;
         for map in &chain {
             map_keys.push(
                 layout::volume_version(&volume.volume_id, map.version())
@@ -127,9 +121,7 @@ pub async fn replicate(
                 .chunk_ids(),
         );
     }
-    let index = ChunkIndex::load_only(primary, &wanted)
-        .await
-        .map_err(|e| e.stage_error())?;
+    let index = ChunkIndex::load_only(primary, &wanted).await?;
     let mut entries = Vec::with_capacity(wanted.len());
     let mut packs = BTreeSet::new();
     for id in &wanted {
@@ -151,15 +143,7 @@ pub async fn replicate(
         .filter_map(|k| layout::volume_and_version_from_key(k))
         .map(|(v, version)| (v.to_owned(), version.to_owned()))
         .collect();
-    stowage_vault::gc::claim(secondary, &pack_list, &map_list)
-        .await
-        .map_err(|e| {
-            if e.is_transient() {
-                StageError::transient(e)
-            } else {
-                StageError::permanent(e)
-            }
-        })?;
+    stowage_vault::gc::claim(secondary, &pack_list, &map_list).await?;
     for pack in &packs {
         copy_if_missing(primary, secondary, &pack.key(), &mut copied).await?;
     }
@@ -167,9 +151,7 @@ pub async fn replicate(
         "geo-{}",
         &blake3::hash(format!("{instance}/{rp_id}").as_bytes()).to_hex()[..32]
     );
-    index::write_segment(secondary, &segment, &entries)
-        .await
-        .map_err(|e| e.stage_error())?;
+    index::write_segment(secondary, &segment, &entries).await?;
     for key in &map_keys {
         copy_if_missing(primary, secondary, key, &mut copied).await?;
     }
@@ -185,9 +167,7 @@ pub async fn replicate(
         completed_at: jiff::Timestamp::now(),
         ..vaulted
     };
-    catalog::write_tier_manifest(secondary, &manifest)
-        .await
-        .map_err(|e| e.stage_error())?;
+    catalog::write_tier_manifest(secondary, &manifest).await?;
     tracing::info!(
         instance,
         rp_id,
@@ -214,14 +194,10 @@ async fn copy_if_missing(
     match to.head(key).await {
         Ok(_) => return Ok(()),
         Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(e.stage_error()),
+        Err(e) => return Err(StageError::from(e)),
     }
-    let size = from.head(key).await.map_err(|e| e.stage_error())?.size;
-    if let stowage_vault::store::CreateOutcome::Created(_) = from
-        .copy_create_only(to, key)
-        .await
-        .map_err(|e| e.stage_error())?
-    {
+    let size = from.head(key).await?.size;
+    if let stowage_vault::store::CreateOutcome::Created(_) = from.copy_create_only(to, key).await? {
         copied.objects += 1;
         copied.bytes += size;
     }

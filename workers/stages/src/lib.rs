@@ -11,8 +11,13 @@
 //!
 //! Shared by several stages: [`context`] (what the vault stages need) and
 //! [`cluster_context`] (what the cluster stages need), [`staging`] (the staging area
-//! hydration fills and restore releases; retention sweeps failed restores' leftovers), and the
-//! classification of vault and disk failures into retry-or-not.
+//! hydration fills and restore releases; retention sweeps failed restores' leftovers).
+//!
+//! Error policy: whether a failure is worth a retry is decided once per error type
+//! (`stowage_schemas::Retryable`, answered by `stowage_vault::Error`, the catalog's
+//! `SettingsError`, `DiskError`), and `?` turns any of them into the runtime's `StageError`;
+//! the stages decide only what the type cannot know (a missing manifest is the caller's
+//! mistake, a missing cluster object is not).
 //!
 //! Every handler is idempotent: a redelivered message finds what an earlier attempt made
 //! durable (create-only manifests, job-named packs, chunk-index segments) and reuses it. The
@@ -29,8 +34,6 @@ pub mod retention;
 pub mod snapshot;
 pub mod staging;
 pub mod vault_transfer;
-
-mod errors;
 
 pub use cluster_context::ClusterContext;
 pub use context::VaultContext;

@@ -29,11 +29,10 @@ use stowage_vault::crypto::ChunkKeys;
 use stowage_vault::extent::{ExtentMap, ExtentTarget, load_chain};
 use stowage_vault::index::ChunkIndex;
 use stowage_vault::layout;
-use stowage_vault::pack::{PackError, read_chunk};
+use stowage_vault::pack::read_chunk;
 use stowage_vault::store::BlobStore;
 
 use crate::context::VaultContext;
-use crate::errors::Classify as _;
 use crate::staging::{self, StagingRecord};
 
 /// Chunks kept decrypted for reuse: repeated data (a pattern, a zeroed-but-written file) maps
@@ -110,9 +109,7 @@ pub async fn hydrate(
         }
     };
     let (instance, rp_id) = (&job.instance, &job.recovery_point_id);
-    let Some(manifest) = catalog::read_tier_manifest(store, instance, rp_id, job.tier)
-        .await
-        .map_err(|e| e.stage_error())?
+    let Some(manifest) = catalog::read_tier_manifest(store, instance, rp_id, job.tier).await?
     else {
         return Err(StageError::permanent(format!(
             "recovery point {rp_id} of instance {instance} is not in the {location} tier; \
@@ -149,9 +146,7 @@ pub async fn hydrate(
             items_done: done as u64,
             items_total: Some(items_total),
         });
-        let chain = load_chain(store, &volume.volume_id, &volume.version)
-            .await
-            .map_err(|e| e.stage_error())?;
+        let chain = load_chain(store, &volume.volume_id, &volume.version).await?;
         let resolved = ExtentMap::resolve(&chain).map_err(StageError::permanent)?;
         let name = staging_disk_name(&job.restore_id, &volume.volume_id);
         let info = hydrate_volume(ctx, store, &keys, &resolved, &name, rp_id, location).await?;
@@ -183,8 +178,7 @@ pub async fn hydrate(
         // job finds the copy made before and keeps it.
         store
             .copy_to_key_create_only(&source, store, &resources)
-            .await
-            .map_err(|e| e.stage_error())?;
+            .await?;
     }
     Ok(Staging {
         location: location.to_owned(),
@@ -203,11 +197,7 @@ async fn hydrate_volume(
     tier: &str,
 ) -> Result<stowage_disk::DiskInfo, StageError> {
     let wanted: HashSet<ChunkId> = resolved.chunk_ids().collect();
-    let index = Arc::new(
-        ChunkIndex::load_only(store, &wanted)
-            .await
-            .map_err(|e| e.stage_error())?,
-    );
+    let index = Arc::new(ChunkIndex::load_only(store, &wanted).await?);
     if let Some(missing) = wanted.iter().find(|id| !index.contains(id)) {
         return Err(StageError::permanent(format!(
             "chunk {missing} of recovery point {rp_id} ({tier} tier) is in no index segment: the data is \
@@ -252,10 +242,10 @@ async fn hydrate_volume(
                         });
                         let read = read.await.map_err(|e| StageError::transient(format!("a chunk read task failed: {e}")))?;
                         let plain = Bytes::from(read.map_err(|e| match e {
-                            PackError::CorruptChunk { .. } => StageError::permanent(format!(
+                            e if e.corruption().is_some() => StageError::permanent(format!(
                                 "recovery point {rp_id} ({tier} tier) cannot be restored: {e}"
                             )),
-                            other => other.stage_error(),
+                            other => StageError::from(other),
                         })?);
                         let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
                         if c.len() >= CHUNK_CACHE_ENTRIES {
@@ -310,5 +300,5 @@ async fn hydrate_volume(
     if let Some(cause) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(cause);
     }
-    created.map_err(|e| e.stage_error())
+    created.map_err(StageError::from)
 }

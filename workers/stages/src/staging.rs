@@ -37,9 +37,7 @@ use stowage_runtime::StageError;
 use stowage_schemas::domain::Tier;
 use stowage_schemas::jobs::Staging;
 use stowage_vault::layout::{self, BlobKey, LayoutError};
-use stowage_vault::store::{BlobStore, StoreError};
-
-use crate::errors::Classify as _;
+use stowage_vault::store::BlobStore;
 
 /// File name of the hydration record under `staging/<restore-id>/`.
 pub const HYDRATION_FILE: &str = "hydration.json";
@@ -72,10 +70,7 @@ pub fn record_key(restore_id: &str) -> Result<BlobKey, LayoutError> {
 pub async fn write_record(store: &BlobStore, record: &StagingRecord) -> Result<(), StageError> {
     let key = record_key(&record.restore_id).map_err(StageError::permanent)?;
     let bytes = serde_json::to_vec_pretty(record).expect("a staging record serializes");
-    store
-        .put_create_only(&key, bytes)
-        .await
-        .map_err(|e| e.stage_error())?;
+    store.put_create_only(&key, bytes).await?;
     Ok(())
 }
 
@@ -83,7 +78,7 @@ pub async fn write_record(store: &BlobStore, record: &StagingRecord) -> Result<(
 pub async fn read_record(
     store: &BlobStore,
     restore_id: &str,
-) -> Result<Option<StagingRecord>, StoreError> {
+) -> Result<Option<StagingRecord>, stowage_vault::Error> {
     let Ok(key) = record_key(restore_id) else {
         return Ok(None);
     };
@@ -148,7 +143,7 @@ pub struct ReleaseReport {
 pub enum SweepError {
     /// The store failed.
     #[error("sweeping staging areas failed: {0}; run the sweep again, it resumes where it stopped")]
-    Store(#[from] StoreError),
+    Store(#[from] stowage_vault::Error),
     /// The disk provider failed.
     #[error(
         "deleting staging disk {disk} of restore {restore_id} failed: {source}; run the sweep \
@@ -289,7 +284,7 @@ pub async fn sweep(
     Ok(swept)
 }
 
-async fn delete_if_present(store: &BlobStore, key: &BlobKey) -> Result<bool, StoreError> {
+async fn delete_if_present(store: &BlobStore, key: &BlobKey) -> Result<bool, stowage_vault::Error> {
     match store.delete(key).await {
         Ok(()) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),

@@ -35,12 +35,11 @@ use stowage_vault::extent::{ExtentMap, ExtentMapBuilder, load_chain};
 use stowage_vault::index::{self, ChunkIndex};
 use stowage_vault::layout;
 use stowage_vault::pack::{
-    ChunkLocation, PackError, PackId, PackNaming, PackWriter, WrittenPack, read_pack_index,
+    ChunkLocation, PackId, PackNaming, PackWriter, WrittenPack, read_pack_index,
 };
 use stowage_vault::store::{BlobStore, CreateOutcome};
 
 use crate::context::VaultContext;
-use crate::errors::Classify as _;
 
 /// The vault-transfer stage, over the vault it fills.
 #[derive(Clone)]
@@ -106,10 +105,7 @@ pub async fn transfer(
     job: &JobContext,
 ) -> Result<TierManifest, StageError> {
     let store = &ctx.primary;
-    if let Some(done) = catalog::read_tier_manifest(store, instance, rp_id, Tier::Vault)
-        .await
-        .map_err(|e| e.stage_error())?
-    {
+    if let Some(done) = catalog::read_tier_manifest(store, instance, rp_id, Tier::Vault).await? {
         tracing::info!(instance, rp_id, "already in the vault tier; nothing to do");
         return Ok(done);
     }
@@ -120,26 +116,18 @@ pub async fn transfer(
                  only recovery points made by the snapshot stage can be transferred"
             ))
         } else {
-            e.stage_error()
+            StageError::from(e)
         }
     })?;
 
     let key = job_key(instance, rp_id);
-    let mut known = ChunkIndex::load(store).await.map_err(|e| e.stage_error())?;
+    let mut known = ChunkIndex::load(store).await?;
     let (mut job_entries, next_seq) = recover_packs(store, &key, &mut known).await?;
     if next_seq > 0 {
         // Packs of an interrupted attempt may have been condemned meanwhile: revive them
         // before relying on them (or wait if the collector is deleting them right now).
         let ids: Vec<PackId> = (0..next_seq).map(|n| PackId::for_job(&key, n)).collect();
-        stowage_vault::gc::claim(store, &ids, &[])
-            .await
-            .map_err(|e| {
-                if e.is_transient() {
-                    StageError::transient(e)
-                } else {
-                    StageError::permanent(e)
-                }
-            })?;
+        stowage_vault::gc::claim(store, &ids, &[]).await?;
     }
     if !job_entries.is_empty() {
         tracing::info!(
@@ -148,9 +136,8 @@ pub async fn transfer(
             "resuming: reusing packs an earlier attempt uploaded"
         );
     }
-    let mut writer = PackWriter::new(store.clone(), ctx.pack_target)
-        .map_err(|e| e.stage_error())?
-        .with_naming(PackNaming::Job {
+    let mut writer =
+        PackWriter::new(store.clone(), ctx.pack_target)?.with_naming(PackNaming::Job {
             job_key: key.clone(),
             next_seq,
         });
@@ -197,9 +184,7 @@ pub async fn transfer(
                 match &plan.base {
                     None => built,
                     Some(base) => {
-                        let chain = load_chain(store, &volume.volume_id, base)
-                            .await
-                            .map_err(|e| e.stage_error())?;
+                        let chain = load_chain(store, &volume.volume_id, base).await?;
                         ctx.consolidation
                             .apply(&chain, built)
                             .map_err(StageError::permanent)?
@@ -215,21 +200,17 @@ pub async fn transfer(
         items_done: volumes,
         items_total: Some(volumes),
     });
-    for written in writer.finish().await.map_err(|e| e.stage_error())? {
+    for written in writer.finish().await? {
         record(&written, &mut job_entries);
     }
 
     // Packs are durable; now what points at them, most general last.
     if !job_entries.is_empty() {
-        index::write_segment(store, &segment_id(&key), &job_entries)
-            .await
-            .map_err(|e| e.stage_error())?;
+        index::write_segment(store, &segment_id(&key), &job_entries).await?;
     }
     let mut volumes = Vec::new();
     for (volume_id, map, size_bytes) in maps {
-        map.save(store, &volume_id)
-            .await
-            .map_err(|e| e.stage_error())?;
+        map.save(store, &volume_id).await?;
         volumes.push(TieredVolume {
             volume_id,
             version: map.version().to_owned(),
@@ -245,16 +226,12 @@ pub async fn transfer(
         volumes,
         stats,
     };
-    match catalog::write_tier_manifest(store, &manifest)
-        .await
-        .map_err(|e| e.stage_error())?
-    {
+    match catalog::write_tier_manifest(store, &manifest).await? {
         CreateOutcome::Created(_) => Ok(manifest),
         // Another worker finished the same RP first; theirs is the record.
         CreateOutcome::AlreadyExists => {
             catalog::read_tier_manifest(store, instance, rp_id, Tier::Vault)
-                .await
-                .map_err(|e| e.stage_error())?
+                .await?
                 .ok_or_else(|| {
                     StageError::transient("the vault manifest vanished right after it was found")
                 })
@@ -286,8 +263,8 @@ async fn recover_packs(
                 }
                 seq += 1;
             }
-            Err(PackError::Store(e)) if e.is_not_found() => return Ok((entries, seq)),
-            Err(e) => return Err(e.stage_error()),
+            Err(e) if e.is_not_found() => return Ok((entries, seq)),
+            Err(e) => return Err(StageError::from(e)),
         }
     }
 }
@@ -303,8 +280,8 @@ async fn volume_map(
 ) -> Result<Option<ExtentMap>, StageError> {
     match ExtentMap::load(store, volume_id, version).await {
         Ok(map) => Ok(Some(map)),
-        Err(stowage_vault::extent::ExtentStoreError::Store(e)) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.stage_error()),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(StageError::from(e)),
     }
 }
 
@@ -326,23 +303,11 @@ async fn plan_volume(
     snapshot: &SnapshotId,
     size: u64,
 ) -> Result<VolumePlan, StageError> {
-    let info = ctx
-        .disks
-        .get_snapshot(snapshot)
-        .await
-        .map_err(|e| e.stage_error())?;
+    let info = ctx.disks.get_snapshot(snapshot).await?;
     let mut changed: Vec<ByteRange> = info.changed.clone();
     let mut parent = info.parent.clone();
     let mut base = None;
-    let (gc_state, _) = stowage_vault::gc::read_state(&ctx.primary)
-        .await
-        .map_err(|e| {
-            if e.is_transient() {
-                StageError::transient(e)
-            } else {
-                StageError::permanent(e)
-            }
-        })?;
+    let (gc_state, _) = stowage_vault::gc::read_state(&ctx.primary).await?;
     while let Some(p) = parent {
         let key = layout::volume_version(volume_id, &p.0).map_err(StageError::permanent)?;
         match ctx.primary.head(&key).await {
@@ -353,7 +318,7 @@ async fn plan_volume(
             }
             Ok(_) => {}
             Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.stage_error()),
+            Err(e) => return Err(StageError::from(e)),
         }
         match ctx.disks.get_snapshot(&p).await {
             Ok(older) => {
@@ -362,16 +327,12 @@ async fn plan_volume(
             }
             // The chain has a gap (retention deleted a snapshot): fall back to a full.
             Err(stowage_disk::DiskError::NotFound { .. }) => break,
-            Err(e) => return Err(e.stage_error()),
+            Err(e) => return Err(StageError::from(e)),
         }
     }
     let ranges: Vec<ByteRange> = match base {
         Some(_) => changed,
-        None => ctx
-            .disks
-            .allocated_ranges(snapshot)
-            .await
-            .map_err(|e| e.stage_error())?,
+        None => ctx.disks.allocated_ranges(snapshot).await?,
     };
     let ranges = ChangedRanges::from_unsorted(
         ranges
@@ -425,8 +386,7 @@ async fn transfer_volume(
                 let mut data = vec![0u8; (range.end - range.start) as usize];
                 disks
                     .read_snapshot(&snapshot, range.start, &mut data)
-                    .await
-                    .map_err(|e| e.stage_error())?;
+                    .await?;
                 tokio::task::spawn_blocking(move || prepare(range, data, &keys, &known, &claimed))
                     .await
                     .map_err(|e| StageError::transient(format!("a chunking task failed: {e}")))?
@@ -461,9 +421,7 @@ async fn transfer_volume(
                             BytesKind::Written,
                             chunk.bytes.len() as u64,
                         );
-                        if let Some(written) =
-                            writer.add(chunk).await.map_err(|e| e.stage_error())?
-                        {
+                        if let Some(written) = writer.add(chunk).await? {
                             record(&written, job_entries);
                         }
                     }

@@ -15,14 +15,15 @@
 //! Deriving rather than reusing one key keeps a weakness in one use from spilling into another,
 //! and lets a later format add purposes without touching existing data.
 //!
-//! Secrets never print: `Debug` and `Display` of [`VaultKey`] and [`ChunkKeys`] show only the
-//! key id. The bytes are overwritten when a [`VaultKey`] is dropped (best effort: without
-//! `unsafe`, the compiler is asked, not forced, to keep the overwrite).
+//! Secrets never print: the key material is held in [`secrecy::SecretBox`], whose `Debug` says
+//! `[REDACTED]` and which zeroizes it on drop; `Debug` and `Display` of [`VaultKey`] and
+//! [`ChunkKeys`] show only the key id, and the bytes are read only through `expose_secret`.
 
 use std::fmt;
 
 use ring::aead;
 use ring::rand::{SecureRandom, SystemRandom};
+use secrecy::{ExposeSecret as _, SecretBox};
 
 use crate::chunk::ChunkId;
 use crate::hex;
@@ -65,22 +66,25 @@ pub enum KeyError {
 
 /// The secret of one vault. `Debug` and `Display` print its key id, never its bytes.
 pub struct VaultKey {
-    bytes: [u8; VAULT_KEY_LEN],
+    bytes: SecretBox<[u8; VAULT_KEY_LEN]>,
 }
 
 impl VaultKey {
     /// A new random key from the operating system's secure random source.
     pub fn generate() -> Result<Self, KeyError> {
-        let mut bytes = [0u8; VAULT_KEY_LEN];
-        SystemRandom::new()
-            .fill(&mut bytes)
-            .map_err(|_| KeyError::Random)?;
+        let mut filled = Ok(());
+        let bytes = SecretBox::init_with_mut(|bytes: &mut [u8; VAULT_KEY_LEN]| {
+            filled = SystemRandom::new().fill(bytes);
+        });
+        filled.map_err(|_| KeyError::Random)?;
         Ok(Self { bytes })
     }
 
     /// A key from raw bytes (e.g. read from a Kubernetes secret).
     pub fn from_bytes(bytes: [u8; VAULT_KEY_LEN]) -> Self {
-        Self { bytes }
+        Self {
+            bytes: SecretBox::new(Box::new(bytes)),
+        }
     }
 
     /// A key from 64 hex digits; surrounding whitespace is ignored.
@@ -95,42 +99,40 @@ impl VaultKey {
             return Err(bad(""));
         }
         let decoded = hex::decode(text).ok_or_else(|| bad(" (not all hex digits)"))?;
-        let mut bytes = [0u8; VAULT_KEY_LEN];
-        bytes.copy_from_slice(&decoded);
+        let decoded = secrecy::SecretSlice::from(decoded);
+        let bytes = SecretBox::init_with_mut(|bytes: &mut [u8; VAULT_KEY_LEN]| {
+            bytes.copy_from_slice(decoded.expose_secret());
+        });
         Ok(Self { bytes })
     }
 
     /// The key as hex, for storing it in a secret store. The name says what it does.
     pub fn expose_secret_hex(&self) -> String {
-        hex::encode(&self.bytes)
+        hex::encode(self.bytes.expose_secret())
     }
 
     /// The public fingerprint of this key.
     pub fn key_id(&self) -> KeyId {
-        let derived = blake3::derive_key(CONTEXT_KEY_ID, &self.bytes);
+        let derived = blake3::derive_key(CONTEXT_KEY_ID, self.bytes.expose_secret());
         KeyId(hex::encode(&derived[..8]))
     }
 
     /// The keys that id and encrypt chunks.
     pub fn chunk_keys(&self) -> ChunkKeys {
-        let id_key = blake3::derive_key(CONTEXT_CHUNK_ID, &self.bytes);
-        let mut encryption_key = blake3::derive_key(CONTEXT_CHUNK_ENCRYPTION, &self.bytes);
-        let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, &encryption_key)
+        let secret = self.bytes.expose_secret();
+        let id_key = SecretBox::init_with_mut(|key: &mut [u8; 32]| {
+            *key = blake3::derive_key(CONTEXT_CHUNK_ID, secret);
+        });
+        let encryption_key = SecretBox::init_with_mut(|key: &mut [u8; 32]| {
+            *key = blake3::derive_key(CONTEXT_CHUNK_ENCRYPTION, secret);
+        });
+        let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, encryption_key.expose_secret())
             .expect("AES-256-GCM accepts any 32-byte key");
-        encryption_key.fill(0);
-        std::hint::black_box(&encryption_key);
         ChunkKeys {
             id_key,
             cipher: aead::LessSafeKey::new(unbound),
             key_id: self.key_id(),
         }
-    }
-}
-
-impl Drop for VaultKey {
-    fn drop(&mut self) {
-        self.bytes.fill(0);
-        std::hint::black_box(&self.bytes);
     }
 }
 
@@ -169,7 +171,7 @@ impl fmt::Display for KeyId {
 
 /// The keys that name and encrypt chunks, derived from a [`VaultKey`].
 pub struct ChunkKeys {
-    id_key: [u8; 32],
+    id_key: SecretBox<[u8; 32]>,
     cipher: aead::LessSafeKey,
     key_id: KeyId,
 }
@@ -177,7 +179,7 @@ pub struct ChunkKeys {
 impl ChunkKeys {
     /// The chunk id of `plaintext`: BLAKE3 keyed with this vault's chunk-id key.
     pub fn chunk_id(&self, plaintext: &[u8]) -> ChunkId {
-        ChunkId::from_bytes(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+        ChunkId::from_bytes(*blake3::keyed_hash(self.id_key.expose_secret(), plaintext).as_bytes())
     }
 
     /// Key id of the vault key these were derived from.
@@ -220,13 +222,6 @@ impl ChunkKeys {
                 in_out,
             )
             .ok()
-    }
-}
-
-impl Drop for ChunkKeys {
-    fn drop(&mut self) {
-        self.id_key.fill(0);
-        std::hint::black_box(&self.id_key);
     }
 }
 

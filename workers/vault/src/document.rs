@@ -6,17 +6,20 @@
 //! there, then write it only if nobody changed it meanwhile — with the version read
 //! ([`BlobStore::update_if_unchanged`]) or, for an absent document, create-only. On a conflict
 //! the caller's decision runs again on the fresh document, after a short jittered pause so
-//! colliding writers do not collide again in lockstep. Documents are pretty-printed JSON with
+//! colliding writers do not collide again in lockstep ([`backon`]'s exponential backoff). Documents are pretty-printed JSON with
 //! a trailing newline, so an operator can read them with any blob browser.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable as _};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::error::Error;
 use crate::layout::BlobKey;
-use crate::store::{BlobStore, CreateOutcome, StoreError};
+use crate::store::{BlobStore, CreateOutcome};
 
 /// What to do with the document, decided from what is stored.
 pub enum Decision<T, R> {
@@ -47,7 +50,7 @@ pub enum UpdateError<E> {
     },
     /// Blob storage failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] Error),
     /// The caller's decision refused the change.
     #[error("{0}")]
     Rejected(E),
@@ -74,53 +77,80 @@ pub async fn update<T, R, E>(
     store: &BlobStore,
     key: &BlobKey,
     tries: u32,
-    mut decide: impl FnMut(Option<T>) -> Result<Decision<T, R>, E>,
+    decide: impl FnMut(Option<T>) -> Result<Decision<T, R>, E>,
 ) -> Result<R, UpdateError<E>>
 where
     T: Serialize + DeserializeOwned,
 {
-    for attempt in 0..tries {
-        if attempt > 0 {
-            tokio::time::sleep(backoff(key, attempt)).await;
-        }
+    // Each attempt borrows the decision; a lock (never contended: attempts run one at a time)
+    // lets the attempt futures share it.
+    let decide = Mutex::new(decide);
+    let attempt = || async {
         let (stored, version) = match store.get(key).await {
             Ok(object) => (Some(decode(key, &object.bytes)?), Some(object.version)),
             Err(e) if e.is_not_found() => (None, None),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Attempt::Failed(e.into())),
         };
-        let (doc, answer) = match decide(stored).map_err(UpdateError::Rejected)? {
+        let decision = (decide.lock().unwrap_or_else(|p| p.into_inner()))(stored);
+        let (doc, answer) = match decision.map_err(UpdateError::Rejected)? {
             Decision::Keep(answer) => return Ok(answer),
             Decision::Write(doc, answer) => (doc, answer),
         };
         let written = match &version {
             Some(version) => match store.update_if_unchanged(key, encode(&doc), version).await {
                 Ok(_) => true,
-                Err(StoreError::Conflict { .. }) => false,
-                Err(e) => return Err(e.into()),
+                Err(e) if e.is_conflict() => false,
+                Err(e) => return Err(Attempt::Failed(e.into())),
             },
             None => matches!(
-                store.put_create_only(key, encode(&doc)).await?,
+                store
+                    .put_create_only(key, encode(&doc))
+                    .await
+                    .map_err(UpdateError::from)?,
                 CreateOutcome::Created(_)
             ),
         };
         if written {
-            return Ok(answer);
+            Ok(answer)
+        } else {
+            Err(Attempt::Lost)
         }
+    };
+    match attempt
+        .retry(pauses(tries))
+        .when(|e| matches!(e, Attempt::Lost))
+        .await
+    {
+        Ok(answer) => Ok(answer),
+        Err(Attempt::Failed(e)) => Err(e),
+        Err(Attempt::Lost) => Err(UpdateError::Contended {
+            key: key.to_string(),
+            tries,
+        }),
     }
-    Err(UpdateError::Contended {
-        key: key.to_string(),
-        tries,
-    })
 }
 
-/// A short, growing, jittered pause between attempts (1–2 ms growing to at most ~130 ms).
-fn backoff(key: &BlobKey, attempt: u32) -> Duration {
-    let base_ms = (1u64 << attempt.min(6)).min(64);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let seed = blake3::hash(format!("{key}:{attempt}:{nanos}").as_bytes());
-    let jitter = u64::from(seed.as_bytes()[0]) * base_ms / 255;
-    Duration::from_millis(base_ms + jitter)
+/// How one attempt of [`update`] ended, if not with an answer.
+enum Attempt<E> {
+    /// Another writer changed the document since it was read: decide again.
+    Lost,
+    /// Give up with this error.
+    Failed(UpdateError<E>),
+}
+
+impl<E> From<UpdateError<E>> for Attempt<E> {
+    fn from(error: UpdateError<E>) -> Self {
+        Self::Failed(error)
+    }
+}
+
+/// The pauses between attempts: short, growing, jittered (2–4 ms, doubling to at most
+/// 64–128 ms), and `tries - 1` of them.
+fn pauses(tries: u32) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(2))
+        .with_factor(2.0)
+        .with_max_delay(Duration::from_millis(64))
+        .with_max_times(tries.saturating_sub(1) as usize)
+        .with_jitter()
 }

@@ -45,14 +45,15 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use stowage_schemas::domain::Tier;
 
-use crate::catalog::{self, CatalogError};
+use crate::catalog;
 use crate::chunk::ChunkId;
 use crate::document::{self, Decision, UpdateError};
-use crate::extent::{ExtentMap, ExtentStoreError};
-use crate::index::{self, IndexError};
-use crate::layout::{self, BlobKey, CatalogEntry, LayoutError};
-use crate::pack::{self, PackError, PackId};
-use crate::store::{BlobStore, ObjectVersion, StoreError};
+use crate::error::{Error, ErrorKind};
+use crate::extent::ExtentMap;
+use crate::index;
+use crate::layout::{self, BlobKey, CatalogEntry};
+use crate::pack::{self, PackId};
+use crate::store::{BlobStore, ObjectVersion};
 
 /// Default time between condemning an unreferenced object and deleting it: longer than any job.
 pub const DEFAULT_GRACE: SignedDuration = SignedDuration::from_hours(24);
@@ -60,73 +61,39 @@ pub const DEFAULT_GRACE: SignedDuration = SignedDuration::from_hours(24);
 /// How often a compare-and-swap on the record is retried before giving up.
 const CAS_ATTEMPTS: u32 = 8;
 
-/// Garbage collection failed.
-#[derive(Debug, thiserror::Error)]
-pub enum GcError {
+/// The collector's failures, with the texts operators see.
+impl Error {
     /// The record is damaged.
-    #[error(
-        "garbage-collection record {key} is unreadable: {reason}; \
-         move it aside — the next run rebuilds it, condemning afresh (nothing is deleted before a new grace period)"
-    )]
-    Corrupt {
-        /// Its key.
-        key: String,
-        /// The parser's complaint.
-        reason: String,
-    },
-    /// Other collectors kept changing the record.
-    #[error(
-        "the garbage-collection record {key} changed under every one of {CAS_ATTEMPTS} attempts; \
-         another collector is running on this store — retry later"
-    )]
-    Contended {
-        /// Its key.
-        key: String,
-    },
-    /// Something the caller wants to rely on is being deleted right now.
-    #[error(
-        "{what} is being deleted by garbage collection in this store; retry in a few minutes, \
-         when it is gone and will be copied afresh"
-    )]
-    BeingDeleted {
-        /// The pack or map.
-        what: String,
-    },
-    /// A referenced map is missing or damaged: marking cannot be trusted, so nothing is swept.
-    #[error(
-        "cannot mark live data: {0}; nothing was deleted. Run `stowage rp verify` on the recovery \
-         points of the volume"
-    )]
-    Mark(#[from] ExtentStoreError),
-    /// A manifest could not be read.
-    #[error(transparent)]
-    Catalog(#[from] CatalogError),
-    /// An index segment could not be read or written.
-    #[error(transparent)]
-    Index(#[from] IndexError),
-    /// A pack trailer could not be read.
-    #[error(transparent)]
-    Pack(#[from] PackError),
-    /// A bad key.
-    #[error(transparent)]
-    Layout(#[from] LayoutError),
-    /// Blob storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+    fn gc_record_corrupt(key: &str, reason: &str) -> Self {
+        Self::new(
+            ErrorKind::Damaged,
+            format!(
+                "garbage-collection record {key} is unreadable: {reason}; move it aside — the \
+                 next run rebuilds it, condemning afresh (nothing is deleted before a new grace \
+                 period)"
+            ),
+        )
+    }
 
-impl GcError {
-    /// Whether retrying later may succeed.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            GcError::Contended { .. } | GcError::BeingDeleted { .. } => true,
-            GcError::Store(e) => e.is_transient(),
-            GcError::Catalog(CatalogError::Store(e)) => e.is_transient(),
-            GcError::Index(IndexError::Store(e)) => e.is_transient(),
-            GcError::Pack(PackError::Store(e)) => e.is_transient(),
-            GcError::Mark(ExtentStoreError::Store(e)) => e.is_transient(),
-            _ => false,
-        }
+    /// Something the caller wants to rely on is being deleted right now: retry later.
+    fn being_deleted(what: &str) -> Self {
+        Self::contended(format!(
+            "{what} is being deleted by garbage collection in this store; retry in a few \
+             minutes, when it is gone and will be copied afresh"
+        ))
+    }
+
+    /// A referenced map is missing or damaged: marking cannot be trusted, so nothing is swept.
+    fn mark_failed(cause: Error) -> Self {
+        Self::new(
+            cause.kind(),
+            format!(
+                "cannot mark live data: {cause}; nothing was deleted. Run `stowage rp verify` on \
+                 the recovery points of the volume"
+            ),
+        )
+        .with_transient(cause.is_transient())
+        .with_source(cause)
     }
 }
 
@@ -166,18 +133,16 @@ fn map_name(volume_id: &str, version: &str) -> String {
 }
 
 /// The record and the version read, `None` when no collection ever ran.
-pub async fn read_state(store: &BlobStore) -> Result<(GcState, Option<ObjectVersion>), GcError> {
+pub async fn read_state(store: &BlobStore) -> Result<(GcState, Option<ObjectVersion>), Error> {
     let key = layout::gc_state();
     match store.get(&key).await {
         Ok(found) => {
-            let state = serde_json::from_slice(&found.bytes).map_err(|e| GcError::Corrupt {
-                key: key.to_string(),
-                reason: e.to_string(),
-            })?;
+            let state = serde_json::from_slice(&found.bytes)
+                .map_err(|e| Error::gc_record_corrupt(key.as_str(), &e.to_string()))?;
             Ok((state, Some(found.version)))
         }
         Err(e) if e.is_not_found() => Ok((GcState::default(), None)),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -185,8 +150,8 @@ pub async fn read_state(store: &BlobStore) -> Result<(GcState, Option<ObjectVers
 /// `change` returns what the caller wants back, or an error that aborts without writing.
 async fn update_state<T>(
     store: &BlobStore,
-    mut change: impl FnMut(&mut GcState) -> Result<T, GcError>,
-) -> Result<T, GcError> {
+    mut change: impl FnMut(&mut GcState) -> Result<T, Error>,
+) -> Result<T, Error> {
     let key = layout::gc_state();
     document::update(store, &key, CAS_ATTEMPTS, |stored: Option<GcState>| {
         let before = stored.unwrap_or_default();
@@ -200,36 +165,35 @@ async fn update_state<T>(
     })
     .await
     .map_err(|e| match e {
-        UpdateError::Corrupt { key, reason } => GcError::Corrupt { key, reason },
-        UpdateError::Contended { key, .. } => GcError::Contended { key },
-        UpdateError::Store(e) => e.into(),
+        UpdateError::Corrupt { key, reason } => Error::gc_record_corrupt(&key, &reason),
+        UpdateError::Contended { key, .. } => Error::contended(format!(
+            "the garbage-collection record {key} changed under every one of {CAS_ATTEMPTS} \
+             attempts; another collector is running on this store — retry later"
+        )),
+        UpdateError::Store(e) => e,
         UpdateError::Rejected(e) => e,
     })
 }
 
 /// Make sure the collector will not delete `packs` and `maps` (`(volume, version)`), which the
 /// caller found in the store and is about to rely on: condemned ones are revived; one being
-/// deleted is [`GcError::BeingDeleted`] (retry later, when it is gone, and copy it afresh).
+/// deleted is an [`ErrorKind::Contended`] error (retry later, when it is gone, and copy it afresh).
 pub async fn claim(
     store: &BlobStore,
     packs: &[PackId],
     maps: &[(String, String)],
-) -> Result<(), GcError> {
+) -> Result<(), Error> {
     update_state(store, |state| {
         for pack in packs {
             if state.deleted_packs.contains(pack.as_str()) {
-                return Err(GcError::BeingDeleted {
-                    what: format!("pack {pack}"),
-                });
+                return Err(Error::being_deleted(&format!("pack {pack}")));
             }
             state.condemned_packs.remove(pack.as_str());
         }
         for (volume, version) in maps {
             let name = map_name(volume, version);
             if state.deleted_maps.contains(&name) {
-                return Err(GcError::BeingDeleted {
-                    what: format!("extent map {name}"),
-                });
+                return Err(Error::being_deleted(&format!("extent map {name}")));
             }
             state.condemned_maps.remove(&name);
         }
@@ -270,15 +234,14 @@ struct Marked {
     manifests: u64,
 }
 
-async fn mark(store: &BlobStore, tier: Tier) -> Result<Marked, GcError> {
+async fn mark(store: &BlobStore, tier: Tier) -> Result<Marked, Error> {
     let wanted = match tier {
-        Tier::Vault => "vault",
-        Tier::Secondary => "secondary",
+        Tier::Vault | Tier::Secondary => layout::tier_name(tier),
         Tier::Operational => {
-            return Err(GcError::Corrupt {
-                key: layout::gc_state().to_string(),
-                reason: "the operational tier holds no vault data to collect".into(),
-            });
+            return Err(Error::gc_record_corrupt(
+                layout::gc_state().as_str(),
+                "the operational tier holds no vault data to collect",
+            ));
         }
     };
     let mut marked = Marked {
@@ -289,7 +252,7 @@ async fn mark(store: &BlobStore, tier: Tier) -> Result<Marked, GcError> {
     let mut listing = store.list(&layout::catalog());
     while let Some(info) = listing.next().await {
         let info = info?;
-        let Some(instance) = info.key.as_str().split('/').nth(1) else {
+        let Some(instance) = layout::instance_from_catalog_key(&info.key) else {
             continue;
         };
         let Some(CatalogEntry::Tier(rp, name)) = layout::parse_catalog_key(instance, &info.key)
@@ -309,7 +272,9 @@ async fn mark(store: &BlobStore, tier: Tier) -> Result<Marked, GcError> {
                 if !marked.maps.insert(map_name(&volume.volume_id, &v)) {
                     break; // this map and its ancestors are marked already
                 }
-                let map = ExtentMap::load(store, &volume.volume_id, &v).await?;
+                let map = ExtentMap::load(store, &volume.volume_id, &v)
+                    .await
+                    .map_err(Error::mark_failed)?;
                 marked.chunks.extend(map.chunk_ids());
                 version = map.parent().map(str::to_owned);
             }
@@ -326,7 +291,7 @@ pub async fn collect(
     tier: Tier,
     now: Timestamp,
     grace: SignedDuration,
-) -> Result<GcReport, GcError> {
+) -> Result<GcReport, Error> {
     let marked = mark(store, tier).await?;
     let mut report = GcReport {
         manifests: marked.manifests,
@@ -352,8 +317,8 @@ pub async fn collect(
         }
         let live = match pack::read_pack_index(store, &id).await {
             Ok(entries) => entries.iter().any(|e| marked.chunks.contains(&e.chunk)),
-            Err(PackError::Store(e)) if e.is_not_found() => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
         };
         match (live, state.condemned_packs.get(id.as_str())) {
             (true, Some(_)) => revive_packs.push(id),
@@ -464,21 +429,18 @@ pub async fn collect(
 /// Rewrite every segment naming a pack in `deleted` without those entries: the new segment
 /// (create-only, named after the old one) first, then the old one is deleted. One segment in
 /// memory at a time.
-async fn rewrite_segments(store: &BlobStore, deleted: &BTreeSet<String>) -> Result<u64, GcError> {
+async fn rewrite_segments(store: &BlobStore, deleted: &BTreeSet<String>) -> Result<u64, Error> {
     let mut rewritten = 0;
     let mut listing = store.list(&layout::index_segments());
     while let Some(info) = listing.next().await {
         let info = info?;
-        let Some(file) = info.key.as_str().rsplit('/').next() else {
-            continue;
-        };
-        let Some(old_id) = file.strip_suffix(layout::INDEX_EXTENSION) else {
+        let Some(old_id) = layout::segment_id_from_key(&info.key) else {
             continue;
         };
         let bytes = match store.get(&info.key).await {
             Ok(found) => found.bytes,
             Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         let entries = index::decode_segment(&bytes, &info.key)?;
         let before = entries.len();
@@ -490,10 +452,7 @@ async fn rewrite_segments(store: &BlobStore, deleted: &BTreeSet<String>) -> Resu
             continue;
         }
         if !kept.is_empty() {
-            let new_id = format!(
-                "gc-{}",
-                &blake3::hash(format!("{old_id}/{}", kept.len()).as_bytes()).to_hex()[..32]
-            );
+            let new_id = layout::rewritten_segment_id(old_id, kept.len());
             index::write_segment(store, &new_id, &kept).await?;
         }
         let old: BlobKey = info.key.clone();

@@ -26,32 +26,23 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 
 use crate::chunk::ChunkId;
-use crate::layout::{self, BlobKey, LayoutError};
+use crate::error::{Error, ErrorKind};
+use crate::layout::{self, BlobKey};
 use crate::pack::{ChunkLocation, PackId};
-use crate::store::{BlobStore, CreateOutcome, StoreError};
+use crate::store::{BlobStore, CreateOutcome};
 
 const SEGMENT_MAGIC: &[u8; 8] = b"STWIDX01";
 const ENTRY_LEN: usize = 32 + 4 + 8 + 4;
 
-/// An index segment could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum IndexError {
-    /// The segment's bytes are damaged.
-    #[error(
-        "chunk-index segment {key} is corrupt: {reason}; rebuild it from the trailers of the packs it lists"
-    )]
-    Corrupt {
-        /// The segment's key.
-        key: String,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A bad segment id.
-    #[error(transparent)]
-    Layout(#[from] LayoutError),
-    /// Blob storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+/// A segment that cannot be decoded.
+fn corrupt_segment(key: &BlobKey, reason: &str) -> Error {
+    Error::new(
+        ErrorKind::Damaged,
+        format!(
+            "chunk-index segment {key} is corrupt: {reason}; rebuild it from the trailers of the \
+             packs it lists"
+        ),
+    )
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -78,7 +69,7 @@ impl ChunkIndex {
     /// Every segment in `store`, for deduplication: chunks of packs the garbage collector has
     /// condemned or is deleting are left out (see [`crate::gc`]), so a new transfer never comes
     /// to depend on them.
-    pub async fn load(store: &BlobStore) -> Result<Self, IndexError> {
+    pub async fn load(store: &BlobStore) -> Result<Self, Error> {
         let state = gc_state(store).await?;
         Self::load_where(store, |_| true, |pack| state.pack_usable(pack)).await
     }
@@ -86,10 +77,7 @@ impl ChunkIndex {
     /// Only the entries of `wanted` chunks, so memory follows what a job needs, not the vault.
     /// For reading: chunks of condemned packs are included (a job that deduplicated against one
     /// before it was condemned needs it), those of deleted packs are not.
-    pub async fn load_only(
-        store: &BlobStore,
-        wanted: &HashSet<ChunkId>,
-    ) -> Result<Self, IndexError> {
+    pub async fn load_only(store: &BlobStore, wanted: &HashSet<ChunkId>) -> Result<Self, Error> {
         let state = gc_state(store).await?;
         Self::load_where(
             store,
@@ -103,7 +91,7 @@ impl ChunkIndex {
         store: &BlobStore,
         keep: impl Fn(&ChunkId) -> bool,
         pack_ok: impl Fn(&PackId) -> bool,
-    ) -> Result<Self, IndexError> {
+    ) -> Result<Self, Error> {
         let mut index = Self::new();
         let mut listing = store.list(&layout::index_segments());
         while let Some(info) = listing.next().await {
@@ -170,17 +158,16 @@ impl ChunkIndex {
     }
 }
 
-async fn gc_state(store: &BlobStore) -> Result<crate::gc::GcState, IndexError> {
-    crate::gc::read_state(store)
-        .await
-        .map(|(state, _)| state)
-        .map_err(|e| match e {
-            crate::gc::GcError::Store(e) => IndexError::Store(e),
-            other => IndexError::Corrupt {
-                key: layout::gc_state().to_string(),
-                reason: other.to_string(),
-            },
-        })
+/// The collector's record; a damaged one is reported as a damaged index (nothing can be
+/// loaded safely without knowing which packs are being deleted).
+async fn gc_state(store: &BlobStore) -> Result<crate::gc::GcState, Error> {
+    match crate::gc::read_state(store).await {
+        Ok((state, _)) => Ok(state),
+        Err(e) if e.kind() == ErrorKind::Damaged => {
+            Err(corrupt_segment(&layout::gc_state(), &e.to_string()))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Encode a segment. Entries are sorted by chunk id; duplicates keep the first.
@@ -212,14 +199,8 @@ pub fn encode_segment(entries: &[(ChunkId, ChunkLocation)]) -> Vec<u8> {
 }
 
 /// Decode a segment read from `key`.
-pub fn decode_segment(
-    bytes: &[u8],
-    key: &BlobKey,
-) -> Result<Vec<(ChunkId, ChunkLocation)>, IndexError> {
-    let corrupt = |reason: &str| IndexError::Corrupt {
-        key: key.to_string(),
-        reason: reason.to_owned(),
-    };
+pub fn decode_segment(bytes: &[u8], key: &BlobKey) -> Result<Vec<(ChunkId, ChunkLocation)>, Error> {
+    let corrupt = |reason: &str| corrupt_segment(key, reason);
     if bytes.len() < 8 + 4 + 8 + 32 || &bytes[..8] != SEGMENT_MAGIC {
         return Err(corrupt(
             "it does not start with the segment magic, or is truncated",
@@ -230,7 +211,7 @@ pub fn decode_segment(
         return Err(corrupt("its checksum does not match its content"));
     }
     let mut at = 8;
-    let mut take = |n: usize| -> Result<&[u8], IndexError> {
+    let mut take = |n: usize| -> Result<&[u8], Error> {
         let slice = body
             .get(at..at + n)
             .ok_or_else(|| corrupt("it ends early"))?;
@@ -276,11 +257,11 @@ pub async fn write_segment(
     store: &BlobStore,
     segment_id: &str,
     entries: &[(ChunkId, ChunkLocation)],
-) -> Result<CreateOutcome, IndexError> {
+) -> Result<CreateOutcome, Error> {
     let key = layout::index_segment(segment_id)?;
-    Ok(store
+    store
         .put_create_only(&key, Bytes::from(encode_segment(entries)))
-        .await?)
+        .await
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@
 
 use std::fmt;
 
+use stowage_schemas::domain::Tier;
+
 /// The longest component accepted: the file-name limit of common local filesystems.
 pub const MAX_COMPONENT_LEN: usize = 255;
 
@@ -450,7 +452,7 @@ pub fn parse_catalog_key<'a>(instance: &str, key: &'a BlobKey) -> Option<Catalog
         .strip_prefix(instance)?
         .strip_prefix('/')?;
     let stem = rest.strip_suffix(".json").filter(|s| !s.contains('/'))?;
-    for tier in ["vault", "secondary"] {
+    for tier in [TIER_VAULT, TIER_SECONDARY] {
         if let Some(rp) = stem.strip_suffix(&format!(".{tier}")) {
             return (!rp.is_empty()).then_some(CatalogEntry::Tier(rp, tier));
         }
@@ -477,10 +479,13 @@ pub fn volume_and_version_from_key(key: &BlobKey) -> Option<(&str, &str)> {
     Some((volume, version))
 }
 
+/// The file name of the garbage collector's record inside [`GC`].
+const GC_STATE_FILE: &str = "state.json";
+
 /// `gc/state.json`: the garbage collector's record of condemned and deleted packs and maps,
 /// updated with compare-and-swap (see [`crate::gc`]).
 pub fn gc_state() -> BlobKey {
-    key(&[GC, "state.json"])
+    key(&[GC, GC_STATE_FILE])
 }
 
 /// `jobs/<job-id>.json`: a job record, updated with compare-and-swap.
@@ -492,6 +497,74 @@ pub fn job(job_id: &str) -> Result<BlobKey, LayoutError> {
 /// `jobs`: every job record.
 pub fn jobs() -> KeyPrefix {
     prefix(&[JOBS])
+}
+
+/// The `.json` ending of every JSON document a vault holds (settings, records, manifests).
+pub const JSON_EXTENSION: &str = ".json";
+
+/// The job id named by a key listed under [`jobs`] (`jobs/<job-id>.json`), or `None` for any
+/// other object there.
+pub fn job_id_from_key(key: &BlobKey) -> Option<&str> {
+    let file = key.as_str().strip_prefix(JOBS)?.strip_prefix('/')?;
+    file.strip_suffix(JSON_EXTENSION)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// The segment id named by a key listed under [`index_segments`] (`index/<segment-id>.idx`),
+/// or `None` for any other object there.
+pub fn segment_id_from_key(key: &BlobKey) -> Option<&str> {
+    let file = key.as_str().strip_prefix(INDEX)?.strip_prefix('/')?;
+    file.strip_suffix(INDEX_EXTENSION)
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// The id of the segment that replaces segment `old_id` once garbage collection dropped the
+/// entries of deleted packs, keeping `kept` entries: `gc-<32 hex digits>`, derived from both, so
+/// a collector that crashes and runs again writes the same segment (create-only) again.
+pub fn rewritten_segment_id(old_id: &str, kept: usize) -> String {
+    let hash = blake3::hash(format!("{old_id}/{kept}").as_bytes());
+    format!("gc-{}", &hash.to_hex()[..32])
+}
+
+/// The instance named by a key listed under [`catalog`] (`catalog/<instance>/...`), or `None`.
+pub fn instance_from_catalog_key(key: &BlobKey) -> Option<&str> {
+    let mut parts = key.as_str().split('/');
+    (parts.next()? == CATALOG).then_some(())?;
+    parts.next().filter(|instance| !instance.is_empty())
+}
+
+/// The tier name in a tier manifest's key (`catalog/<instance>/<rp-id>.<tier>.json`).
+pub fn tier_name(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Operational => "operational",
+        Tier::Vault => TIER_VAULT,
+        Tier::Secondary => TIER_SECONDARY,
+    }
+}
+
+/// Tier name of vault-tier manifests.
+pub const TIER_VAULT: &str = "vault";
+/// Tier name of secondary-tier manifests.
+pub const TIER_SECONDARY: &str = "secondary";
+
+/// Folder inside a local vault that holds the compare-and-swap lock files (see
+/// `store/local.rs`). Its leading `.` makes it unnameable through this module, so no vault key
+/// can collide with it.
+pub const LOCAL_LOCK_DIR: &str = ".stowage-locks";
+
+/// The lock file of compare-and-swap stripe `stripe`, inside [`LOCAL_LOCK_DIR`].
+pub fn local_lock_file(stripe: usize) -> String {
+    format!("{stripe:03}.lock")
+}
+
+/// Folder at the top of a vault that holds the temporary objects of streamed writes while they
+/// upload (see `store/stream.rs`). Its leading `.` makes it unnameable through this module, so
+/// no vault key or listing reaches it.
+pub const STREAM_TEMP_DIR: &str = ".stowage-tmp";
+
+/// `.stowage-tmp/<name>`: the temporary object of one streamed write.
+pub fn stream_temp(name: &str) -> String {
+    format!("{STREAM_TEMP_DIR}/{name}")
 }
 
 /// The name of the vault settings object at the top of a vault.

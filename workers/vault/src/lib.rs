@@ -5,8 +5,9 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`Error`] | the crate's one error: a kind, whether a retry can help, the message and cause |
 //! | [`layout`] | every key name in a vault, and validation of the names that go into keys |
-//! | [`store`] | [`store::BlobStore`]: local folder, Azure Blob (Azurite), in-memory; create-only writes and compare-and-swap |
+//! | [`store`] | [`store::BlobStore`]: local folder (flock compare-and-swap), Azure Blob (Azurite), in-memory; create-only, streamed and compare-and-swap writes |
 //! | [`crypto`] | [`crypto::VaultKey`] and the keys derived from it (keyed chunk ids, AES-256-GCM) |
 //! | [`chunk`] | cutting changed ranges into chunks, sealing (zstd + AES-GCM) and verified opening |
 //! | [`pack`] | packing sealed chunks into ~16 MiB pack objects, reading one chunk by range |
@@ -78,6 +79,7 @@ pub mod catalog;
 pub mod chunk;
 pub mod crypto;
 pub mod document;
+mod error;
 pub mod extent;
 pub mod gc;
 mod hex;
@@ -85,3 +87,5 @@ pub mod index;
 pub mod layout;
 pub mod pack;
 pub mod store;
+
+pub use error::{Error, ErrorKind};

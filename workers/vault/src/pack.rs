@@ -35,10 +35,11 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::chunk::{ChunkError, ChunkId, Corruption, SealedChunk, open_chunk};
+use crate::chunk::{ChunkError, ChunkId, SealedChunk, open_chunk};
 use crate::crypto::ChunkKeys;
+use crate::error::{Error, ErrorKind};
 use crate::layout::{self, BlobKey};
-use crate::store::{BlobStore, CreateOutcome, StoreError};
+use crate::store::{BlobStore, CreateOutcome};
 
 /// Default size a pack is filled to before it is uploaded.
 pub const DEFAULT_PACK_TARGET: usize = 16 << 20;
@@ -154,50 +155,17 @@ impl WrittenPack {
     }
 }
 
-/// A pack could not be written or read.
-#[derive(Debug, thiserror::Error)]
-pub enum PackError {
-    /// A chunk inside a pack failed verification.
-    #[error(
-        "chunk {chunk} in pack {pack_key} is corrupt: {reason}; restore from the secondary tier, \
-         or re-run the vault transfer that stored it"
-    )]
-    CorruptChunk {
-        /// The chunk.
-        chunk: ChunkId,
-        /// The pack's key.
-        pack_key: BlobKey,
-        /// What is wrong.
-        reason: Corruption,
-    },
-    /// A pack's trailer or index is damaged.
-    #[error(
-        "the index of pack {pack_key} is corrupt: {reason}; its chunks can only be found through \
-         another index; restore the pack from the secondary tier"
-    )]
-    CorruptIndex {
-        /// The pack's key.
-        pack_key: BlobKey,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The requested pack target size is unusable.
-    #[error(
-        "pack target of {target} bytes is below the minimum of {MIN_PACK_TARGET}; the default is 16 MiB"
-    )]
-    TargetTooSmall {
-        /// The refused target.
-        target: usize,
-    },
-    /// A background pack upload died (panicked or was cancelled).
-    #[error("a pack upload task failed: {0}")]
-    Upload(String),
-    /// A chunk-level failure that is not corruption (e.g. no randomness).
-    #[error(transparent)]
-    Chunk(ChunkError),
-    /// Blob storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+/// The pack failures, with the texts operators see.
+impl Error {
+    fn corrupt_pack_index(pack_key: &BlobKey, reason: &str) -> Self {
+        Self::new(
+            ErrorKind::Damaged,
+            format!(
+                "the index of pack {pack_key} is corrupt: {reason}; its chunks can only be found \
+                 through another index; restore the pack from the secondary tier"
+            ),
+        )
+    }
 }
 
 /// How a [`PackWriter`] names the packs it uploads.
@@ -224,7 +192,7 @@ pub struct PackWriter {
     naming: PackNaming,
     /// The previous pack, uploading while the next one fills (at most one at a time, so memory
     /// stays at two packs and sequence numbers stay in order).
-    pending: Option<tokio::task::JoinHandle<Result<(WrittenPack, PackNaming), PackError>>>,
+    pending: Option<tokio::task::JoinHandle<Result<(WrittenPack, PackNaming), Error>>>,
     target: usize,
     buffer: Vec<u8>,
     entries: Vec<PackEntry>,
@@ -233,9 +201,15 @@ pub struct PackWriter {
 
 impl PackWriter {
     /// A writer filling packs to about `target` bytes (see [`DEFAULT_PACK_TARGET`]).
-    pub fn new(store: BlobStore, target: usize) -> Result<Self, PackError> {
+    pub fn new(store: BlobStore, target: usize) -> Result<Self, Error> {
         if target < MIN_PACK_TARGET {
-            return Err(PackError::TargetTooSmall { target });
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "pack target of {target} bytes is below the minimum of {MIN_PACK_TARGET}; \
+                     the default is 16 MiB"
+                ),
+            ));
         }
         Ok(Self {
             store,
@@ -267,7 +241,7 @@ impl PackWriter {
     /// Adds a chunk. If it would push the current pack past the target, that pack starts
     /// uploading in the background, and the pack uploaded before it (if any) is returned once
     /// stored. A chunk already in the current pack is skipped.
-    pub async fn add(&mut self, chunk: SealedChunk) -> Result<Option<WrittenPack>, PackError> {
+    pub async fn add(&mut self, chunk: SealedChunk) -> Result<Option<WrittenPack>, Error> {
         if self.chunks_in_buffer.contains(&chunk.id) {
             return Ok(None);
         }
@@ -297,7 +271,7 @@ impl PackWriter {
 
     /// Uploads the last, partly filled pack, and waits for every upload: the packs stored since
     /// the last [`PackWriter::add`] that returned one, oldest first.
-    pub async fn finish(mut self) -> Result<Vec<WrittenPack>, PackError> {
+    pub async fn finish(mut self) -> Result<Vec<WrittenPack>, Error> {
         let mut written = Vec::new();
         if !self.entries.is_empty() {
             written.extend(self.flush().await?);
@@ -306,19 +280,22 @@ impl PackWriter {
         Ok(written)
     }
 
-    async fn wait_pending(&mut self) -> Result<Option<WrittenPack>, PackError> {
+    async fn wait_pending(&mut self) -> Result<Option<WrittenPack>, Error> {
         let Some(upload) = self.pending.take() else {
             return Ok(None);
         };
-        let (written, naming) = upload
-            .await
-            .map_err(|e| PackError::Upload(e.to_string()))??;
+        let (written, naming) = upload.await.map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("a pack upload task failed: {e}"),
+            )
+        })??;
         self.naming = naming;
         Ok(Some(written))
     }
 
     /// Seal the current pack and start uploading it; returns the previous upload's result.
-    async fn flush(&mut self) -> Result<Option<WrittenPack>, PackError> {
+    async fn flush(&mut self) -> Result<Option<WrittenPack>, Error> {
         let previous = self.wait_pending().await?;
         let mut pack = std::mem::take(&mut self.buffer);
         let entries = std::mem::take(&mut self.entries);
@@ -351,7 +328,7 @@ async fn upload(
     mut naming: PackNaming,
     pack: Bytes,
     entries: Vec<PackEntry>,
-) -> Result<(WrittenPack, PackNaming), PackError> {
+) -> Result<(WrittenPack, PackNaming), Error> {
     {
         let size = pack.len() as u64;
         let (id, outcome) = match &mut naming {
@@ -390,31 +367,28 @@ pub async fn read_chunk(
     keys: &ChunkKeys,
     chunk: &ChunkId,
     location: &ChunkLocation,
-) -> Result<Vec<u8>, PackError> {
+) -> Result<Vec<u8>, Error> {
     let key = location.pack.key();
     let end = location.offset + u64::from(location.length);
     let sealed = store.get_range(&key, location.offset..end).await?;
     open_chunk(keys, chunk, &sealed).map_err(|error| match error {
-        ChunkError::Corrupt { chunk, reason } => PackError::CorruptChunk {
-            chunk,
-            pack_key: key,
-            reason,
-        },
-        other => PackError::Chunk(other),
+        ChunkError::Corrupt { chunk, reason } => Error::new(
+            ErrorKind::Damaged,
+            format!(
+                "chunk {chunk} in pack {key} is corrupt: {reason}; restore from the secondary \
+                 tier, or re-run the vault transfer that stored it"
+            ),
+        )
+        .with_corruption(reason),
+        other => other.into(),
     })
 }
 
 /// Reads a pack's index from its trailer (two range reads, plus a `head` for the size), and
 /// checks that every entry lies inside the pack's chunk area without overlapping another.
-pub async fn read_pack_index(
-    store: &BlobStore,
-    pack: &PackId,
-) -> Result<Vec<PackEntry>, PackError> {
+pub async fn read_pack_index(store: &BlobStore, pack: &PackId) -> Result<Vec<PackEntry>, Error> {
     let key = pack.key();
-    let corrupt = |reason: String| PackError::CorruptIndex {
-        pack_key: key.clone(),
-        reason,
-    };
+    let corrupt = |reason: String| Error::corrupt_pack_index(&key, &reason);
     let size = store.head(&key).await?.size;
     let minimum = (PACK_MAGIC.len() + TRAILER_LEN) as u64;
     if size < minimum {
@@ -573,10 +547,12 @@ mod tests {
         let store = BlobStore::in_memory();
         let writer = PackWriter::new(store.clone(), DEFAULT_PACK_TARGET).unwrap();
         assert!(writer.finish().await.unwrap().is_empty());
-        assert!(matches!(
-            PackWriter::new(store, 100),
-            Err(PackError::TargetTooSmall { target: 100 })
-        ));
+        let refused = PackWriter::new(store, 100).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::InvalidInput, "{refused}");
+        assert!(
+            refused.to_string().contains("pack target of 100 bytes"),
+            "{refused}"
+        );
     }
 
     #[tokio::test]
@@ -601,7 +577,7 @@ mod tests {
             .unwrap_err();
         let message = error.to_string();
         assert!(
-            matches!(&error, PackError::CorruptChunk { chunk, .. } if *chunk == victim.chunk),
+            error.kind() == ErrorKind::Damaged && error.corruption().is_some(),
             "{message}"
         );
         assert!(message.contains(&victim.chunk.to_string()), "{message}");
@@ -635,14 +611,12 @@ mod tests {
             damaged[position] ^= 0x01;
             std::fs::write(&path, &damaged).unwrap();
             let error = read_pack_index(&store, &pack.id).await.unwrap_err();
-            assert!(matches!(error, PackError::CorruptIndex { .. }), "{error}");
+            assert_eq!(error.kind(), ErrorKind::Damaged, "{error}");
             assert!(error.to_string().contains(pack.key.as_str()), "{error}");
         }
         std::fs::write(&path, &original[..10]).unwrap();
-        assert!(matches!(
-            read_pack_index(&store, &pack.id).await,
-            Err(PackError::CorruptIndex { .. })
-        ));
+        let error = read_pack_index(&store, &pack.id).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Damaged, "{error}");
     }
 
     #[tokio::test]
@@ -658,10 +632,7 @@ mod tests {
         let error = read_chunk(&store, &keys, &keys.chunk_id(b"x"), &location)
             .await
             .unwrap_err();
-        assert!(
-            matches!(&error, PackError::Store(e) if e.is_not_found()),
-            "{error}"
-        );
+        assert!(error.is_not_found(), "{error}");
         assert!(error.to_string().contains(pack.key().as_str()));
         assert!(PackId::parse("AB").is_none());
     }

@@ -23,8 +23,15 @@ fn command(vault: &Path, prefix: &str, args: &[&str]) -> Command {
     cmd
 }
 
-fn stowage(vault: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    run(command(vault, "stowage-test-unused", args), stdin)
+/// `stowage <line>` (split at white space) on `vault`.
+fn stowage(vault: &Path, line: &str) -> Output {
+    stowage_fed(vault, line, None)
+}
+
+/// [`stowage`], with `stdin` as its input.
+fn stowage_fed(vault: &Path, line: &str, stdin: Option<&str>) -> Output {
+    let args: Vec<&str> = line.split_whitespace().collect();
+    run(command(vault, "stowage-test-unused", &args), stdin)
 }
 
 fn ok(out: &Output) -> String {
@@ -40,48 +47,15 @@ fn refused(out: &Output) -> String {
 fn init(vault: &Path) {
     ok(&stowage(
         vault,
-        &["vault", "init", "--name", "main", "--region", "westeurope"],
-        None,
+        "vault init --name main --region westeurope",
     ));
     ok(&stowage(
         vault,
-        &[
-            "policy",
-            "create",
-            "every-4h",
-            "--frequency-hours",
-            "4",
-            "--start",
-            "02:00",
-            "--time-zone",
-            "Europe/Amsterdam",
-            "--operational-days",
-            "7",
-            "--vault-rule",
-            "day=30",
-            "--vault-rule",
-            "year=3650",
-        ],
-        None,
+        "policy create every-4h --frequency-hours 4 --start 02:00 --time-zone Europe/Amsterdam --operational-days 7 --vault-rule day=30 --vault-rule year=3650",
     ));
     ok(&stowage(
         vault,
-        &[
-            "instance",
-            "create",
-            "shop",
-            "--cluster",
-            "aks-prod",
-            "--policy",
-            "every-4h",
-            "--snapshot-location",
-            "rg-snaps",
-            "--namespaces",
-            "shop,blog",
-            "--selector",
-            "app=web",
-        ],
-        None,
+        "instance create shop --cluster aks-prod --policy every-4h --snapshot-location rg-snaps --namespaces shop,blog --selector app=web",
     ));
 }
 
@@ -91,26 +65,18 @@ fn the_catalog_is_created_listed_and_shown_with_validation() {
     let v = vault.0.as_path();
 
     // Before `vault init`, writes say to run it.
-    let err = refused(&stowage(
-        v,
-        &["policy", "create", "p", "--frequency-hours", "4"],
-        None,
-    ));
+    let err = refused(&stowage(v, "policy create p --frequency-hours 4"));
     assert!(err.contains("stowage vault init"), "{err}");
 
     // A geo vault must name its secondary location.
-    let err = refused(&stowage(
-        v,
-        &["vault", "init", "--name", "main", "--redundancy", "geo"],
-        None,
-    ));
+    let err = refused(&stowage(v, "vault init --name main --redundancy geo"));
     assert!(
         err.contains("redundancy.secondary_location is empty"),
         "{err}"
     );
 
     init(v);
-    let shown = ok(&stowage(v, &["vault", "show", "-o", "json"], None));
+    let shown = ok(&stowage(v, "vault show -o json"));
     let json: serde_json::Value = serde_json::from_str(&shown).expect("json");
     assert_eq!(json["name"], "main");
     assert_eq!(json["location"], v.display().to_string());
@@ -118,50 +84,29 @@ fn the_catalog_is_created_listed_and_shown_with_validation() {
     // Validation names the field and the fix, and nothing is written.
     let err = refused(&stowage(
         v,
-        &[
-            "policy",
-            "create",
-            "bad",
-            "--frequency-hours",
-            "6",
-            "--operational-days",
-            "400",
-        ],
-        None,
+        "policy create bad --frequency-hours 6 --operational-days 400",
     ));
     assert!(
         err.contains("policy \"bad\": schedule.frequency_hours is 6; it must be 4, 8, 12 or 24"),
         "{err}"
     );
     assert!(err.contains("retention.operational_days is 400"), "{err}");
-    let err = refused(&stowage(v, &["policy", "show", "bad"], None));
+    let err = refused(&stowage(v, "policy show bad"));
     assert!(err.contains("policy \"bad\" does not exist"), "{err}");
 
     // Creating again with other settings is refused unless --update.
-    let err = refused(&stowage(
-        v,
-        &["policy", "create", "every-4h", "--frequency-hours", "8"],
-        None,
-    ));
+    let err = refused(&stowage(v, "policy create every-4h --frequency-hours 8"));
     assert!(
         err.contains("already exists") && err.contains("--update"),
         "{err}"
     );
     let out = ok(&stowage(
         v,
-        &[
-            "policy",
-            "create",
-            "every-4h",
-            "--frequency-hours",
-            "8",
-            "--update",
-        ],
-        None,
+        "policy create every-4h --frequency-hours 8 --update",
     ));
     assert_eq!(out.trim(), "policy every-4h updated");
 
-    let table = ok(&stowage(v, &["policy", "list"], None));
+    let table = ok(&stowage(v, "policy list"));
     assert!(table.starts_with("NAME"), "{table}");
     assert!(
         table.contains("every-4h") && table.contains("8h"),
@@ -171,32 +116,21 @@ fn the_catalog_is_created_listed_and_shown_with_validation() {
     // Instances: policy must exist, snapshot location is fixed, files work.
     let err = refused(&stowage(
         v,
-        &[
-            "instance",
-            "create",
-            "blog",
-            "--cluster",
-            "c",
-            "--policy",
-            "nope",
-            "--snapshot-location",
-            "x",
-        ],
-        None,
+        "instance create blog --cluster c --policy nope --snapshot-location x",
     ));
     assert!(
         err.contains("instance \"blog\": policy is \"nope\", which does not exist"),
         "{err}"
     );
-    let yaml = ok(&stowage(v, &["instance", "show", "shop"], None));
+    let yaml = ok(&stowage(v, "instance show shop"));
     let moved = yaml.replace(
         "snapshot_location: rg-snaps",
         "snapshot_location: rg-elsewhere",
     );
     assert_ne!(moved, yaml, "{yaml}");
-    let err = refused(&stowage(
+    let err = refused(&stowage_fed(
         v,
-        &["instance", "create", "-f", "-", "--update"],
+        "instance create -f - --update",
         Some(&moved),
     ));
     assert!(
@@ -206,15 +140,15 @@ fn the_catalog_is_created_listed_and_shown_with_validation() {
     let blog = yaml
         .replace("name: shop", "name: blog")
         .replace("app=web", "tier in (front");
-    let err = refused(&stowage(v, &["instance", "create", "-f", "-"], Some(&blog)));
+    let err = refused(&stowage_fed(v, "instance create -f -", Some(&blog)));
     assert!(err.contains("scope.label_selectors[0]"), "{err}");
     let blog = yaml.replace("name: shop", "name: blog");
     assert_eq!(
-        ok(&stowage(v, &["instance", "create", "-f", "-"], Some(&blog))).trim(),
+        ok(&stowage_fed(v, "instance create -f -", Some(&blog))).trim(),
         "instance blog created"
     );
 
-    let list = ok(&stowage(v, &["instance", "list", "-o", "json"], None));
+    let list = ok(&stowage(v, "instance list -o json"));
     let list: serde_json::Value = serde_json::from_str(&list).expect("json");
     let names: Vec<_> = list
         .as_array()
@@ -223,7 +157,7 @@ fn the_catalog_is_created_listed_and_shown_with_validation() {
         .map(|i| i["name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(names, ["blog", "shop"]);
-    let table = ok(&stowage(v, &["instance", "list"], None));
+    let table = ok(&stowage(v, "instance list"));
     assert!(
         table.contains("shop,blog") && table.contains("rg-snaps"),
         "{table}"
@@ -334,17 +268,7 @@ fn vault_init_infers_geo_from_a_secondary_and_refuses_foreign_storage() {
 
     let conflicting = refused(&stowage(
         &vault.0,
-        &[
-            "vault",
-            "init",
-            "--name",
-            "main",
-            "--redundancy",
-            "local",
-            "--secondary",
-            &secondary_path,
-        ],
-        None,
+        &format!("vault init --name main --redundancy local --secondary {secondary_path}"),
     ));
     assert!(
         conflicting.contains("--redundancy local with --secondary"),
@@ -353,24 +277,12 @@ fn vault_init_infers_geo_from_a_secondary_and_refuses_foreign_storage() {
 
     ok(&stowage(
         &vault.0,
-        &[
-            "vault",
-            "init",
-            "--name",
-            "main",
-            "--secondary",
-            &secondary_path,
-            "--secondary-region",
-            "northeurope",
-        ],
-        None,
+        &format!(
+            "vault init --name main --secondary {secondary_path} --secondary-region northeurope"
+        ),
     ));
-    let shown: serde_json::Value = serde_json::from_str(&ok(&stowage(
-        &vault.0,
-        &["vault", "show", "-o", "json"],
-        None,
-    )))
-    .expect("JSON");
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&stowage(&vault.0, "vault show -o json"))).expect("JSON");
     assert_eq!(shown["redundancy"]["kind"], "geo", "{shown}");
     assert_eq!(
         shown["redundancy"]["secondary_location"],
@@ -379,11 +291,7 @@ fn vault_init_infers_geo_from_a_secondary_and_refuses_foreign_storage() {
 
     let foreign = TempDir::new("cli-catalog");
     std::fs::write(foreign.0.join("notes.txt"), b"not a vault").unwrap();
-    let err = refused(&stowage(
-        &foreign.0,
-        &["vault", "init", "--name", "other"],
-        None,
-    ));
+    let err = refused(&stowage(&foreign.0, "vault init --name other"));
     assert!(
         err.contains("holds data that is not Stowage's (notes.txt)"),
         "{err}"

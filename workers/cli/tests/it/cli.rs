@@ -4,11 +4,14 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use stowage_runtime::{Names, RetryPolicy, Shutdown, StageConfig, Topology, Worker, WorkerConfig};
+use stowage_runtime::{Names, RetryPolicy, Topology};
 use stowage_schemas::{ContentType, Stage, decode};
-use stowage_tests::{Behavior, BrokerKind, Bus, ScriptedHandler, amqp_url};
+use stowage_tests::{Behavior, BrokerKind, Bus, RunningWorker, ScriptedHandler, amqp_url};
 
-use crate::helpers::{poll, run, stowage_command, stowage_on, text};
+use crate::helpers::{run, stowage_command, stowage_on, text};
+
+/// How long the dead-letter test waits for the worker.
+const WAIT: Duration = Duration::from_secs(20);
 
 fn stowage(args: &[&str], prefix: &str, stdin: Option<&str>) -> Output {
     let mut cmd = stowage_on(prefix);
@@ -84,12 +87,8 @@ async fn submit_validates_publishes_and_prints_the_job_id() {
 
     let queue = bus.names.stage_queue(Stage::VaultTransfer);
     let got = bus
-        .broker
-        .get(&queue)
-        .await
-        .expect("get")
-        .expect("the job is in the vault-transfer queue");
-    got.ack().await.expect("ack");
+        .take(&queue, "the job is in the vault-transfer queue")
+        .await;
     let envelope = decode(&got.body, ContentType::MessagePack).expect("a valid envelope");
     assert_eq!(envelope.job_id, "vault-transfer-rp-2026-11-22-0300");
 
@@ -115,17 +114,9 @@ async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let prefix = bus.names.prefix().to_owned();
     let handler = ScriptedHandler::default();
-    let config = WorkerConfig {
-        names: bus.names.clone(),
-        ..WorkerConfig::default()
-    };
+    let config = bus.worker_config();
     let topology = config.topology();
-    let worker =
-        Worker::new(bus.broker.clone(), config).stage(handler.clone(), StageConfig::default());
-    let health = worker.health();
-    let (trigger, shutdown) = Shutdown::new();
-    let task = tokio::spawn(worker.run(shutdown));
-    wait(|| health.is_ready()).await;
+    let running = RunningWorker::start(&bus, config, handler.clone(), WAIT).await;
 
     let job = "type: job.snapshot\njob_id: job-cli-dlq\npayload: {instance: shop, recovery_point_id: rp-9, trigger: {kind: on_demand}}\n";
     handler.set(
@@ -137,7 +128,7 @@ async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
     let out = stowage(&["submit", "-"], &prefix, Some(job));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let dlq = bus.names.dead_letter_queue(Stage::Snapshot);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + WAIT;
     while bus.depth(&dlq).await < 1 {
         assert!(
             Instant::now() < deadline,
@@ -191,24 +182,11 @@ async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
         "{}",
         text(&replayed.stderr)
     );
-    handler
-        .wait_calls("job-cli-dlq", 2, Duration::from_secs(20))
-        .await;
+    handler.wait_calls("job-cli-dlq", 2, WAIT).await;
     assert_eq!(bus.depth(&dlq).await, 0);
 
-    trigger.trigger();
-    task.await.expect("join").expect("worker");
+    running.stop(WAIT).await;
     bus.teardown(&topology).await;
-}
-
-async fn wait(mut cond: impl FnMut() -> bool) {
-    let met = poll(
-        Duration::from_secs(20),
-        Duration::from_millis(20),
-        async || cond().then_some(()),
-    )
-    .await;
-    assert!(met.is_some(), "timed out");
 }
 
 /// The README's promise: any AMQP client plus MessagePack (or JSON) can submit a job.
@@ -241,13 +219,7 @@ async fn a_python_producer_can_submit_jobs_in_msgpack_and_json() {
             text(&out.stderr)
         );
         assert_eq!(text(&out.stdout).trim(), "vault-transfer-rp-from-python");
-        let got = bus
-            .broker
-            .get(&queue)
-            .await
-            .expect("get")
-            .expect("the job arrived");
-        got.ack().await.expect("ack");
+        let got = bus.take(&queue, "the job arrived").await;
         assert_eq!(got.properties.content_type.as_deref(), Some(content_type));
         let ct: ContentType = content_type.parse().expect("content type");
         let envelope = decode(&got.body, ct).unwrap_or_else(|e| panic!("{content_type}: {e}"));

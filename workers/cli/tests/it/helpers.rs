@@ -7,6 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use stowage_tests::amqp_url;
+pub use stowage_tests::temp_dir;
 use stowage_tests::vault_fixture::VaultFixture;
 
 /// The `stowage` binary under test, as a command with nothing set.
@@ -65,16 +66,6 @@ pub fn terminate(child: &Child) {
         .expect("run kill");
 }
 
-/// A new folder `stowage-<purpose>-<unique>` under the temp dir, left in place.
-pub fn temp_dir(purpose: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "stowage-{purpose}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
 /// A [`temp_dir`] removed when the test ends.
 pub struct TempDir(pub PathBuf);
 
@@ -115,7 +106,11 @@ pub fn vault_transfer_worker(amqp_url: &str, prefix: &str, dir: &Path, port: u16
 pub fn fixture_worker(f: &VaultFixture, prefix: &str) -> Command {
     let mut cmd = vault_transfer_worker(&amqp_url(), prefix, &f.dir, stowage_tests::free_port());
     cmd.env("STOWAGE_VAULT_KEY", f.ctx.key.expose_secret_hex())
-        .env("STOWAGE_LOG", "warn");
+        .env("STOWAGE_LOG", "warn")
+        // As the Deployments run workers (infra/k8s/base): glibc's per-thread arenas otherwise
+        // add memory that grows with how busy the machine's other processes keep the
+        // worker's threads, not with what the worker holds.
+        .env("MALLOC_ARENA_MAX", "2");
     cmd
 }
 

@@ -15,10 +15,10 @@ use stowage_disk::{
     PieceStream, SnapshotId, SnapshotInfo,
 };
 use stowage_runtime::client::submit;
-use stowage_runtime::{Shutdown, StageConfig, Topology, Worker, WorkerConfig};
+use stowage_runtime::{Shutdown, StageConfig, StageHandler, Topology, Worker};
 use stowage_sandbox::Sandbox;
 use stowage_schemas::domain::{BackupInstance, JobRecord, JobStatus, Namespaces, Scope};
-use stowage_schemas::jobs::{SnapshotJob, Trigger, VaultTransferJob};
+use stowage_schemas::jobs::{SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message, Stage};
 use stowage_stages::restore_hydration::staging_disk_name;
 use stowage_stages::{
@@ -26,7 +26,7 @@ use stowage_stages::{
     VaultTransfer,
 };
 use stowage_tests::vault_fixture::{INSTANCE, VaultBackend, VaultFixture};
-use stowage_tests::{BrokerKind, Bus};
+use stowage_tests::{BrokerKind, Bus, vault_transfer_job, wait_until};
 use stowage_vault::catalog::jobs::{create_job, read_job};
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
@@ -46,6 +46,11 @@ fn settings() -> RecordSettings {
     }
 }
 
+/// `handler`, keeping its records in `store` with quick [`settings`].
+fn recorded<H: StageHandler>(handler: H, store: &BlobStore) -> Recorded<H> {
+    Recorded::new(handler, store.clone(), settings())
+}
+
 /// `stowage <args> --vault <vault>` with the test's broker.
 fn stowage(bus: &Bus, vault: &Path, args: &[&str]) -> Output {
     stowage_on(bus.names.prefix())
@@ -55,6 +60,16 @@ fn stowage(bus: &Bus, vault: &Path, args: &[&str]) -> Output {
         .env("STOWAGE_LOG", "warn")
         .output()
         .expect("run stowage")
+}
+
+/// Submit `job` over raw AMQP, then `stowage jobs watch` it for up to `timeout` seconds.
+async fn submit_and_watch(bus: &Bus, vault: &Path, job: &Envelope, timeout: &str) -> Output {
+    submit(bus.broker.as_ref(), &bus.names, job).await.unwrap();
+    stowage(
+        bus,
+        vault,
+        &["jobs", "watch", &job.job_id, "--timeout", timeout],
+    )
 }
 
 async fn record(store: &BlobStore, id: &str) -> JobRecord {
@@ -137,41 +152,19 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
     let cluster_ctx =
         ClusterContext::new(primary.clone(), disks.clone(), "sandbox", cluster.target())
             .with_secondary(secondary.clone());
-    let config = WorkerConfig {
-        names: bus.names.clone(),
-        ..WorkerConfig::default()
-    };
+    let config = bus.worker_config();
     let topology = config.topology();
-    let (s, st) = (settings(), StageConfig::default());
+    let st = StageConfig::default();
     let worker = Worker::new(bus.broker.clone(), config)
-        .stage(
-            Recorded::new(SnapshotStage(cluster_ctx.clone()), primary.clone(), s),
-            st,
-        )
-        .stage(
-            Recorded::new(VaultTransfer(vault.clone()), primary.clone(), s),
-            st,
-        )
-        .stage(
-            Recorded::new(GeoReplication(vault.clone()), primary.clone(), s),
-            st,
-        )
-        .stage(
-            Recorded::new(RestoreHydration(vault.clone()), primary.clone(), s),
-            st,
-        )
-        .stage(
-            Recorded::new(RestoreStage(cluster_ctx), primary.clone(), s),
-            st,
-        );
+        .stage(recorded(SnapshotStage(cluster_ctx.clone()), &primary), st)
+        .stage(recorded(VaultTransfer(vault.clone()), &primary), st)
+        .stage(recorded(GeoReplication(vault.clone()), &primary), st)
+        .stage(recorded(RestoreHydration(vault.clone()), &primary), st)
+        .stage(recorded(RestoreStage(cluster_ctx), &primary), st);
     let health = worker.health();
     let (trigger, shutdown) = Shutdown::new();
     let fleet = tokio::spawn(worker.run(shutdown));
-    let deadline = Instant::now() + WAIT;
-    while !health.is_ready() {
-        assert!(Instant::now() < deadline, "workers not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the workers are ready", WAIT, || health.is_ready()).await;
 
     // A backup submitted over raw AMQP: no record yet; the workers make it.
     let backup = Envelope::new(
@@ -184,14 +177,7 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
             },
         }),
     );
-    submit(bus.broker.as_ref(), &bus.names, &backup)
-        .await
-        .unwrap();
-    let watched = stowage(
-        &bus,
-        &vault_dir,
-        &["jobs", "watch", "backup-rp-1", "--timeout", "120"],
-    );
+    let watched = submit_and_watch(&bus, &vault_dir, &backup, "120").await;
     let (out, err) = text(&watched);
     assert!(watched.status.success(), "{out}\n{err}");
     assert!(
@@ -355,21 +341,8 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
     );
 
     // A permanent failure is recorded with its reason, and `jobs watch` says so.
-    let broken = Envelope::new(
-        "vt-missing",
-        Message::VaultTransfer(VaultTransferJob {
-            instance: "shop".into(),
-            recovery_point_id: "rp-missing".into(),
-        }),
-    );
-    submit(bus.broker.as_ref(), &bus.names, &broken)
-        .await
-        .unwrap();
-    let watched = stowage(
-        &bus,
-        &vault_dir,
-        &["jobs", "watch", "vt-missing", "--timeout", "60"],
-    );
+    let broken = vault_transfer_job("vt-missing", "shop", "rp-missing");
+    let watched = submit_and_watch(&bus, &vault_dir, &broken, "60").await;
     let (_, err) = text(&watched);
     assert!(!watched.status.success());
     assert!(
@@ -485,15 +458,7 @@ async fn cancelled_jobs_stop_and_are_acked_not_retried() {
     let store = f.ctx.primary.clone();
     let queue = bus.names.stage_queue(Stage::VaultTransfer);
     let dlq = bus.names.dead_letter_queue(Stage::VaultTransfer);
-    let job = |id: &str| {
-        Envelope::new(
-            id,
-            Message::VaultTransfer(VaultTransferJob {
-                instance: INSTANCE.into(),
-                recovery_point_id: "rp-1".into(),
-            }),
-        )
-    };
+    let job = |id: &str| vault_transfer_job(id, INSTANCE, "rp-1");
 
     // Queued: cancelled before any worker runs; the worker that picks it acks it unrun.
     let queued = job("vt-queued");
@@ -543,14 +508,9 @@ async fn cancelled_jobs_stop_and_are_acked_not_retried() {
     let mut ctx = f.ctx.clone();
     ctx.disks = Arc::new(SlowReads(f.disks.clone()));
     ctx.parallelism = 1;
-    let config = WorkerConfig {
-        names: bus.names.clone(),
-        ..WorkerConfig::default()
-    };
-    let worker = Worker::new(bus.broker.clone(), config).stage(
-        Recorded::new(VaultTransfer(ctx), store.clone(), settings()),
-        StageConfig::default(),
-    );
+    let config = bus.worker_config();
+    let worker = Worker::new(bus.broker.clone(), config)
+        .stage(recorded(VaultTransfer(ctx), &store), StageConfig::default());
     let (trigger, shutdown) = Shutdown::new();
     let fleet = tokio::spawn(worker.run(shutdown));
     submit(bus.broker.as_ref(), &bus.names, &job("vt-running"))

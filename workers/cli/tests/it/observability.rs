@@ -2,11 +2,12 @@
 //! logs (JSON or text) that never contain a password or key. Uses the real RabbitMQ, with a user
 //! of its own whose password is a secret the logs are searched for.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use stowage_runtime::{RetryPolicy, Topology};
-use stowage_tests::{BrokerKind, Bus, free_port, http_get};
+use stowage_tests::{BrokerKind, Bus, free_port, http_get, rabbitmqctl};
 
 use crate::helpers::{
     TempDir, poll, stdout_and_stderr, stowage_at, terminate, vault_transfer_worker,
@@ -23,16 +24,7 @@ impl BrokerUser {
             vec!["add_user", name, password],
             vec!["set_permissions", "-p", "/", name, ".*", ".*", ".*"],
         ] {
-            let out = Command::new("rabbitmqctl")
-                .args(&args)
-                .output()
-                .expect("rabbitmqctl runs (scripts/test.sh installs and starts RabbitMQ)");
-            assert!(
-                out.status.success(),
-                "rabbitmqctl {args:?} failed: {}{}; run the tests as a user that may manage RabbitMQ (scripts/test.sh)",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            rabbitmqctl(&args);
         }
         Self { name: name.into() }
     }
@@ -83,28 +75,32 @@ impl Secrets {
     }
 }
 
-fn worker(
-    secrets: &Secrets,
-    amqp_url: &str,
-    prefix: &str,
-    dir: &std::path::Path,
-    port: u16,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> Child {
-    let mut cmd = vault_transfer_worker(amqp_url, prefix, dir, port);
-    cmd.args(["--max-attempts", "1"])
-        .args(extra)
-        .env("STOWAGE_VAULT_KEY", &secrets.vault_key)
-        .env("STOWAGE_AZURE_ACCESS_KEY", &secrets.azure_key)
-        .env_remove("STOWAGE_LOG")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
+/// What the test's workers share: the secrets, the topology prefix and the folder.
+struct Fleet<'a> {
+    secrets: &'a Secrets,
+    prefix: &'a str,
+    dir: &'a Path,
+}
+
+impl Fleet<'_> {
+    /// A vault-transfer worker on `amqp_url` with `extra` flags and `env`, logging to pipes;
+    /// and the free port it serves health and metrics on.
+    fn worker(&self, amqp_url: &str, extra: &[&str], env: &[(&str, &str)]) -> (Child, u16) {
+        let port = free_port();
+        let mut cmd = vault_transfer_worker(amqp_url, self.prefix, self.dir, port);
+        cmd.args(["--max-attempts", "1"])
+            .args(extra)
+            .env("STOWAGE_VAULT_KEY", &self.secrets.vault_key)
+            .env("STOWAGE_AZURE_ACCESS_KEY", &self.secrets.azure_key)
+            .env_remove("STOWAGE_LOG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        (cmd.spawn().expect("start stowage worker"), port)
     }
-    cmd.spawn().expect("start stowage worker")
 }
 
 fn stop(child: Child) -> String {
@@ -144,13 +140,13 @@ async fn metrics_are_served_and_no_secret_reaches_the_logs() {
     std::fs::create_dir_all(dir.path().join("disks")).unwrap();
 
     // Text logs at trace level for Stowage, and debug for every library.
-    let port = free_port();
-    let text_worker = worker(
-        &secrets,
+    let fleet = Fleet {
+        secrets: &secrets,
+        prefix: &prefix,
+        dir: dir.path(),
+    };
+    let (text_worker, port) = fleet.worker(
         &amqp_url,
-        &prefix,
-        dir.path(),
-        port,
         &["-vv", "--log-format", "text"],
         &[("STOWAGE_QUEUE_POLL_SECS", "1")],
     );
@@ -212,13 +208,8 @@ async fn metrics_are_served_and_no_secret_reaches_the_logs() {
     secrets.assert_absent(&text_log, "the text log");
 
     // JSON logs, every library at debug: one JSON object per line.
-    let port = free_port();
-    let json_worker = worker(
-        &secrets,
+    let (json_worker, port) = fleet.worker(
         &amqp_url,
-        &prefix,
-        dir.path(),
-        port,
         &[],
         &[("STOWAGE_LOG_FORMAT", "json"), ("STOWAGE_LOG", "debug")],
     );
@@ -252,20 +243,12 @@ async fn metrics_are_served_and_no_secret_reaches_the_logs() {
     secrets.assert_absent(&json_log, "the JSON log");
 
     // A broker that refuses the connection is named, redacted, in the error.
-    let port = free_port();
     let closed = free_port();
-    let refused = worker(
-        &secrets,
-        &format!(
-            "amqp://{user}:{}@127.0.0.1:{closed}/%2f",
-            secrets.amqp_password
-        ),
-        &prefix,
-        dir.path(),
-        port,
-        &["-vv"],
-        &[("STOWAGE_LOG", "debug")],
+    let refused_url = format!(
+        "amqp://{user}:{}@127.0.0.1:{closed}/%2f",
+        secrets.amqp_password
     );
+    let (refused, _) = fleet.worker(&refused_url, &["-vv"], &[("STOWAGE_LOG", "debug")]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let refused_log = stop(refused);
     assert!(
@@ -449,13 +432,13 @@ async fn an_otlp_endpoint_never_takes_a_process_down() {
         "/../../schemas/examples/vault-transfer.json"
     );
 
-    let port = free_port();
-    let traced = worker(
-        &secrets,
+    let fleet = Fleet {
+        secrets: &secrets,
+        prefix: &prefix,
+        dir: dir.path(),
+    };
+    let (traced, port) = fleet.worker(
         &amqp_url,
-        &prefix,
-        dir.path(),
-        port,
         &["--otlp-endpoint", &unreachable, "--log-format", "text"],
         &[("STOWAGE_QUEUE_POLL_SECS", "1")],
     );
@@ -503,13 +486,13 @@ async fn spans_reach_an_otlp_receiver_as_one_trace_from_the_submitter() {
         "/../../schemas/examples/vault-transfer.json"
     );
 
-    let port = free_port();
-    let traced = worker(
-        &secrets,
+    let fleet = Fleet {
+        secrets: &secrets,
+        prefix: &prefix,
+        dir: dir.path(),
+    };
+    let (traced, port) = fleet.worker(
         &amqp_url,
-        &prefix,
-        dir.path(),
-        port,
         &["--otlp-endpoint", &receiver.endpoint()],
         &[("STOWAGE_QUEUE_POLL_SECS", "1")],
     );

@@ -11,10 +11,8 @@ use std::time::{Duration, Instant};
 use stowage_runtime::client::submit;
 use stowage_runtime::{RetryPolicy, Topology};
 use stowage_schemas::domain::Tier;
-use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions, VaultTransferJob};
-use stowage_schemas::{Envelope, Message};
 use stowage_tests::vault_fixture::{INSTANCE, VaultBackend, VaultFixture};
-use stowage_tests::{BrokerKind, Bus};
+use stowage_tests::{BrokerKind, Bus, vault_transfer_job};
 use stowage_vault::pack::{PackId, read_pack_index};
 
 use crate::helpers::{fixture_worker, stdout_and_stderr, stowage_command};
@@ -95,13 +93,7 @@ async fn a_transfer_killed_midway_resumes_without_duplicates_in_bounded_memory()
     f.snapshot_rp("rp-big", &[("big", "vol-big")]).await;
 
     let mut first = Worker::spawn(&bus, &f);
-    let job = Envelope::new(
-        "vault-transfer-rp-big",
-        Message::VaultTransfer(VaultTransferJob {
-            instance: INSTANCE.into(),
-            recovery_point_id: "rp-big".into(),
-        }),
-    );
+    let job = vault_transfer_job("vault-transfer-rp-big", INSTANCE, "rp-big");
     submit(bus.broker.as_ref(), &bus.names, &job)
         .await
         .expect("submit");
@@ -177,20 +169,10 @@ async fn a_transfer_killed_midway_resumes_without_duplicates_in_bounded_memory()
     .await
     .expect("verify");
     assert!(report.is_intact(), "{report:?}");
-    let staging = stowage_stages::restore_hydration::hydrate(
-        &f.ctx,
-        &RestoreHydrationJob {
-            restore_id: "r-big".into(),
-            instance: INSTANCE.into(),
-            recovery_point_id: "rp-big".into(),
-            tier: Tier::Vault,
-            staging_location: None,
-            options: RestoreOptions::default(),
-        },
-        &stowage_runtime::JobContext::detached(stowage_schemas::Stage::RestoreHydration),
-    )
-    .await
-    .expect("hydrate");
+    let staging = f
+        .hydrate("r-big", "rp-big", Tier::Vault)
+        .await
+        .expect("hydrate");
     f.assert_same_bytes_in(
         "rp-big-big",
         &staging.disks[0].disk_id,

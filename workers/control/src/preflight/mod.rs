@@ -61,7 +61,7 @@ use stowage_runtime::{Broker, BrokerError, Names};
 use stowage_schemas::Stage;
 use stowage_schemas::domain::{BackupInstance, Namespaces, Scope};
 use stowage_vault::layout;
-use stowage_vault::store::{BlobStore, StoreError};
+use stowage_vault::store::BlobStore;
 
 use broker::broker_checks;
 use cluster::cluster_checks;

@@ -48,7 +48,7 @@ pub(super) fn container_of(location: &str) -> Option<&str> {
     })
 }
 
-pub(super) fn storage_failure(target: &VaultTarget, error: &StoreError) -> Check {
+pub(super) fn storage_failure(target: &VaultTarget, error: &stowage_vault::Error) -> Check {
     let text = chain(error);
     let container = container_of(&target.location);
     if let Some(container) = container

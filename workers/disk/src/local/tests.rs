@@ -1,3 +1,5 @@
+use std::fs::OpenOptions;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
@@ -8,6 +10,7 @@ use rand::{Rng, RngExt, SeedableRng};
 
 use super::*;
 use crate::merge_ranges;
+use crate::ranges::BLOCK_SIZE;
 
 const MIB: u64 = 1 << 20;
 

@@ -73,7 +73,6 @@ use stowage_vault::layout::{self, BlobKey};
 use stowage_vault::store::BlobStore;
 
 use crate::cluster_context::{ClusterContext, read_instance_opt};
-use crate::errors::Classify as _;
 
 pub mod objects;
 pub mod plan;
@@ -215,7 +214,7 @@ impl RestoreStage {
                     tracing::warn!(%record, "completion record unreadable; restoring again");
                 }
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.stage_error()),
+                Err(e) => return Err(StageError::from(e)),
             }
         }
         let report = restore(ctx, request, job).await?;
@@ -225,10 +224,7 @@ impl RestoreStage {
         let completed = report.completed_event(request);
         if !report.dry_run {
             let bytes = serde_json::to_vec_pretty(&completed).expect("an event serializes");
-            ctx.vault
-                .put_create_only(&record, bytes)
-                .await
-                .map_err(|e| e.stage_error())?;
+            ctx.vault.put_create_only(&record, bytes).await?;
         }
         if let RestoreSource::Staged { staging, .. } = &request.source {
             let store = staging_store(ctx, staging)?;
@@ -416,7 +412,7 @@ async fn read_rp(store: &BlobStore, request: &RestoreRequest) -> Result<Recovery
                      ({e}); check the ids (`stowage rp list`)"
                 ))
             } else {
-                e.stage_error()
+                StageError::from(e)
             }
         })
 }

@@ -8,8 +8,6 @@ use stowage_runtime::StageError;
 use stowage_vault::layout::BlobKey;
 use stowage_vault::store::BlobStore;
 
-use crate::errors::Classify as _;
-
 /// Bytes read from the resources object per range request.
 const READ_WINDOW: u64 = 1 << 20;
 
@@ -35,7 +33,7 @@ impl<'a> ObjectReader<'a> {
                      staging area) is incomplete: restore another recovery point, or hydrate again"
                 ))
             } else {
-                e.stage_error()
+                StageError::from(e)
             }
         })?;
         Ok(Self {
@@ -66,11 +64,7 @@ impl<'a> ObjectReader<'a> {
                     self.buffer.drain(..self.start);
                     self.start = 0;
                     let end = (self.position + READ_WINDOW).min(self.size);
-                    let bytes = self
-                        .store
-                        .get_range(self.key, self.position..end)
-                        .await
-                        .map_err(|e| e.stage_error())?;
+                    let bytes = self.store.get_range(self.key, self.position..end).await?;
                     self.buffer.extend_from_slice(&bytes);
                     self.position = end;
                     continue;

@@ -49,7 +49,6 @@ use stowage_vault::store::BlobStore;
 
 use crate::cluster_context::read_instance_opt;
 use crate::context::VaultContext;
-use crate::errors::Classify as _;
 use evaluate::{RpDecision, RpSummary};
 
 /// A clock, so tests control the garbage collector's notion of now.
@@ -237,7 +236,7 @@ pub async fn read_record(
             .map(Some)
             .map_err(record_error(instance)),
         Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.stage_error()),
+        Err(e) => Err(StageError::from(e)),
     }
 }
 
@@ -283,7 +282,7 @@ fn record_error(instance: &str) -> impl Fn(UpdateError<Infallible>) -> StageErro
             "retention record {key} kept changing under compare-and-swap; another retention job \
              for instance {instance} is running — this one retries"
         )),
-        UpdateError::Store(e) => e.stage_error(),
+        UpdateError::Store(e) => StageError::from(e),
         UpdateError::Rejected(never) => match never {},
     }
 }
@@ -297,7 +296,7 @@ pub async fn read_policy(store: &BlobStore, instance: &str) -> Result<Option<Pol
     match settings::read_policy(store, &record.policy).await {
         Ok(policy) => Ok(Some(policy)),
         Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.stage_error()),
+        Err(e) => Err(StageError::from(e)),
     }
 }
 
@@ -319,7 +318,7 @@ async fn scan(
     let prefix = layout::recovery_points(instance).map_err(StageError::permanent)?;
     let mut listing = store.list(&prefix);
     while let Some(info) = listing.next().await {
-        let info = info.map_err(|e| e.stage_error())?;
+        let info = info?;
         let Some(entry) = layout::parse_catalog_key(instance, &info.key) else {
             continue;
         };
@@ -383,7 +382,7 @@ pub async fn run(
         let rp = match catalog::read_recovery_point(store, instance, rp_id).await {
             Ok(rp) => rp,
             Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e.stage_error()),
+            Err(e) => return Err(StageError::from(e)),
         };
         let record = if f.record {
             read_record(store, instance, rp_id).await?
@@ -422,7 +421,7 @@ async fn delete_key(
     key: Result<layout::BlobKey, layout::LayoutError>,
 ) -> Result<(), StageError> {
     let key = key.map_err(StageError::permanent)?;
-    store.delete(&key).await.map_err(|e| e.stage_error())
+    store.delete(&key).await.map_err(StageError::from)
 }
 
 async fn apply(
@@ -467,9 +466,7 @@ async fn apply(
         }
         match tier {
             Tier::Operational => {
-                let rp = catalog::read_recovery_point(store, instance, rp_id)
-                    .await
-                    .map_err(|e| e.stage_error())?;
+                let rp = catalog::read_recovery_point(store, instance, rp_id).await?;
                 report.snapshots_deleted += delete_snapshots(ctx, &rp).await?;
                 report.operational_deleted += 1;
             }
@@ -509,14 +506,10 @@ async fn apply(
     let resources = layout::resources(instance, rp_id).map_err(StageError::permanent)?;
     if let Some(secondary) = &ctx.secondary {
         delete_prefix(&secondary.store, &resources).await?;
-        secondary
-            .store
-            .delete(&rp_key)
-            .await
-            .map_err(|e| e.stage_error())?;
+        secondary.store.delete(&rp_key).await?;
     }
     delete_prefix(store, &resources).await?;
-    store.delete(&rp_key).await.map_err(|e| e.stage_error())?;
+    store.delete(&rp_key).await?;
     delete_key(store, layout::retention_record(instance, rp_id)).await?;
     report.rps_removed += 1;
     tracing::info!(instance, rp_id, "recovery point removed: no tier left");
@@ -528,8 +521,7 @@ async fn delete_snapshots(ctx: &VaultContext, rp: &RecoveryPoint) -> Result<u64,
     for volume in &rp.volumes {
         ctx.disks
             .delete_snapshot(&SnapshotId(volume.snapshot_id.clone()))
-            .await
-            .map_err(|e| e.stage_error())?;
+            .await?;
         deleted += 1;
     }
     Ok(deleted)
@@ -539,8 +531,8 @@ async fn delete_snapshots(ctx: &VaultContext, rp: &RecoveryPoint) -> Result<u64,
 async fn delete_prefix(store: &BlobStore, prefix: &layout::KeyPrefix) -> Result<(), StageError> {
     let mut listing = store.list(prefix);
     while let Some(info) = listing.next().await {
-        let info = info.map_err(|e| e.stage_error())?;
-        store.delete(&info.key).await.map_err(|e| e.stage_error())?;
+        let info = info?;
+        store.delete(&info.key).await?;
     }
     Ok(())
 }
@@ -551,22 +543,9 @@ pub async fn collect(
     now: Timestamp,
     grace: SignedDuration,
 ) -> Result<CollectReport, StageError> {
-    let classify = |e: gc::GcError| {
-        if e.is_transient() {
-            StageError::transient(e)
-        } else {
-            StageError::permanent(e)
-        }
-    };
-    let primary = gc::collect(&ctx.primary, Tier::Vault, now, grace)
-        .await
-        .map_err(classify)?;
+    let primary = gc::collect(&ctx.primary, Tier::Vault, now, grace).await?;
     let secondary = match &ctx.secondary {
-        Some(s) => Some(
-            gc::collect(&s.store, Tier::Secondary, now, grace)
-                .await
-                .map_err(classify)?,
-        ),
+        Some(s) => Some(gc::collect(&s.store, Tier::Secondary, now, grace).await?),
         None => None,
     };
     Ok(CollectReport { primary, secondary })
@@ -609,7 +588,7 @@ pub async fn vault_eligibility(
                 secondary: false,
             }),
             Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.stage_error()),
+            Err(e) => return Err(StageError::from(e)),
         }
     }
     let this = RpSummary {

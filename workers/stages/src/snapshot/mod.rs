@@ -61,7 +61,6 @@ use stowage_vault::store::CreateOutcome;
 use tokio::sync::mpsc;
 
 use crate::cluster_context::{ClusterContext, disk_safe_name, read_instance};
-use crate::errors::Classify as _;
 
 mod hooks;
 
@@ -139,7 +138,7 @@ pub async fn take_snapshot(
             return rp_created_from(ctx, &rp).await;
         }
         Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(e.stage_error()),
+        Err(e) => return Err(StageError::from(e)),
     }
     let instance = read_instance(&ctx.vault, instance_name).await?;
     let (cluster_name, cluster) = ctx.instance_cluster(&instance.cluster);
@@ -189,8 +188,7 @@ pub async fn take_snapshot(
     let report_bytes = serde_json::to_vec_pretty(&report).expect("a report serializes");
     ctx.vault
         .put_create_only(&report_key(instance_name, rp_id)?, report_bytes)
-        .await
-        .map_err(|e| e.stage_error())?;
+        .await?;
     let rp = RecoveryPoint {
         id: rp_id.to_owned(),
         instance: instance_name.to_owned(),
@@ -203,10 +201,7 @@ pub async fn take_snapshot(
         resources: resources.to_string(),
         volumes,
     };
-    match catalog::write_recovery_point(&ctx.vault, &rp)
-        .await
-        .map_err(|e| e.stage_error())?
-    {
+    match catalog::write_recovery_point(&ctx.vault, &rp).await? {
         CreateOutcome::Created(_) => {
             tracing::info!(
                 instance = instance_name,
@@ -220,9 +215,7 @@ pub async fn take_snapshot(
         }
         // Another attempt of the same job got there first: its manifest is the truth.
         CreateOutcome::AlreadyExists => {
-            let stored = catalog::read_recovery_point(&ctx.vault, instance_name, rp_id)
-                .await
-                .map_err(|e| e.stage_error())?;
+            let stored = catalog::read_recovery_point(&ctx.vault, instance_name, rp_id).await?;
             rp_created_from(ctx, &stored).await
         }
     }
@@ -257,7 +250,7 @@ pub async fn read_report(
                 ))
             }),
         Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.stage_error()),
+        Err(e) => Err(StageError::from(e)),
     }
 }
 
@@ -368,7 +361,7 @@ async fn collect_and_snapshot(
     let (collected, written) = tokio::join!(collecting, writing);
     let summary = collected.map_err(|e| collect_error(e, instance))?;
     let resource_count = summary.objects() as u64;
-    match written.map_err(|e| e.stage_error())? {
+    match written? {
         CreateOutcome::Created(_) => {}
         CreateOutcome::AlreadyExists => tracing::info!(
             %key,

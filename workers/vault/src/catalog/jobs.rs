@@ -19,8 +19,9 @@ use futures::stream::BoxStream;
 use stowage_schemas::domain::JobRecord;
 
 use crate::document::{self, Decision, UpdateError};
-use crate::layout::{self, BlobKey, LayoutError};
-use crate::store::{BlobStore, CreateOutcome, ObjectVersion, StoreError};
+use crate::error::{Error, ErrorKind};
+use crate::layout::{self, BlobKey};
+use crate::store::{BlobStore, CreateOutcome, ObjectVersion};
 
 /// How many times [`update_job`] re-reads and re-applies after a compare-and-swap conflict
 /// before giving up.
@@ -29,106 +30,59 @@ pub const UPDATE_TRIES: u32 = 64;
 /// How many records [`list_jobs`] reads at once.
 const LIST_READS_IN_FLIGHT: usize = 8;
 
-/// A job record could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum JobStoreError {
+/// The job-record failures, with the texts operators see.
+impl Error {
     /// No record with this id.
-    #[error(
-        "job {id} has no record in the vault (jobs/{id}.json is missing); check the id \
-         (`stowage jobs list` shows the known jobs) and that --vault names the right vault"
-    )]
-    NotFound {
-        /// The job id.
-        id: String,
-    },
-    /// The record is not valid JSON of the expected shape.
-    #[error(
-        "job record {key} is unreadable: {reason}; it was damaged or written by an \
-         incompatible version of Stowage"
-    )]
-    Corrupt {
-        /// Its key.
-        key: String,
-        /// The parser's complaint.
-        reason: String,
-    },
-    /// `update_job`'s `init()` built a record for another job.
-    #[error(
-        "update of job {id} was given an initial record for job {init_id}; \
-         the init closure must build the record of the job being updated"
-    )]
-    IdMismatch {
-        /// The job being updated.
-        id: String,
-        /// The id of the record `init()` returned.
-        init_id: String,
-    },
-    /// Too many writers changed the record at once.
-    #[error(
-        "job {id}: gave up after {tries} compare-and-swap conflicts in a row; \
-         too many writers update this record at once, retry the operation"
-    )]
-    Contended {
-        /// The job id.
-        id: String,
-        /// Attempts made.
-        tries: u32,
-    },
-    /// A job id that cannot be a key component.
-    #[error(transparent)]
-    Layout(#[from] LayoutError),
-    /// Blob storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl JobStoreError {
-    /// Whether the record simply does not exist.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, JobStoreError::NotFound { .. })
+    fn job_not_found(id: &str) -> Self {
+        Self::new(
+            ErrorKind::NotFound,
+            format!(
+                "job {id} has no record in the vault (jobs/{id}.json is missing); check the id \
+                 (`stowage jobs list` shows the known jobs) and that --vault names the right vault"
+            ),
+        )
     }
 
-    /// Whether retrying the operation later may succeed (storage hiccup or contention).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            JobStoreError::Contended { .. } => true,
-            JobStoreError::Store(e) => e.is_transient(),
-            _ => false,
-        }
+    /// Too many writers changed the record of job `id` at once, `tries` times in a row.
+    pub fn job_contended(id: &str, tries: u32) -> Self {
+        Self::contended(format!(
+            "job {id}: gave up after {tries} compare-and-swap conflicts in a row; \
+             too many writers update this record at once, retry the operation"
+        ))
     }
 }
 
-fn decode(key: &BlobKey, bytes: &[u8]) -> Result<JobRecord, JobStoreError> {
-    serde_json::from_slice(bytes).map_err(|e| JobStoreError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    })
+fn decode(key: &BlobKey, bytes: &[u8]) -> Result<JobRecord, Error> {
+    serde_json::from_slice(bytes).map_err(|e| job_corrupt(key.as_str(), &e.to_string()))
+}
+
+/// The record is not valid JSON of the expected shape.
+fn job_corrupt(key: &str, reason: &str) -> Error {
+    Error::new(
+        ErrorKind::Damaged,
+        format!(
+            "job record {key} is unreadable: {reason}; it was damaged or written by an \
+             incompatible version of Stowage"
+        ),
+    )
 }
 
 /// Writes `record` as `jobs/<record.id>.json` unless a record with that id exists.
 ///
 /// [`CreateOutcome::AlreadyExists`] leaves the stored record untouched: the caller lost the
 /// claim (or is a redelivery of the submission that won it).
-pub async fn create_job(
-    store: &BlobStore,
-    record: &JobRecord,
-) -> Result<CreateOutcome, JobStoreError> {
+pub async fn create_job(store: &BlobStore, record: &JobRecord) -> Result<CreateOutcome, Error> {
     let key = layout::job(&record.id)?;
-    Ok(store
-        .put_create_only(&key, document::encode(record))
-        .await?)
+    store.put_create_only(&key, document::encode(record)).await
 }
 
 /// The record of job `id`, with the version to name in a compare-and-swap.
-pub async fn read_job(
-    store: &BlobStore,
-    id: &str,
-) -> Result<(JobRecord, ObjectVersion), JobStoreError> {
+pub async fn read_job(store: &BlobStore, id: &str) -> Result<(JobRecord, ObjectVersion), Error> {
     let key = layout::job(id)?;
     match store.get(&key).await {
         Ok(object) => Ok((decode(&key, &object.bytes)?, object.version)),
-        Err(e) if e.is_not_found() => Err(JobStoreError::NotFound { id: id.to_owned() }),
-        Err(e) => Err(e.into()),
+        Err(e) if e.is_not_found() => Err(Error::job_not_found(id)),
+        Err(e) => Err(e),
     }
 }
 
@@ -141,16 +95,20 @@ pub async fn update_job(
     id: &str,
     init: impl Fn() -> JobRecord,
     mut apply: impl FnMut(&mut JobRecord),
-) -> Result<JobRecord, JobStoreError> {
+) -> Result<JobRecord, Error> {
     let key = layout::job(id)?;
     document::update(store, &key, UPDATE_TRIES, |stored: Option<JobRecord>| {
         let Some(before) = stored else {
             let mut record = init();
             if record.id != id {
-                return Err(JobStoreError::IdMismatch {
-                    id: id.to_owned(),
-                    init_id: record.id,
-                });
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "update of job {id} was given an initial record for job {}; \
+                         the init closure must build the record of the job being updated",
+                        record.id
+                    ),
+                ));
             }
             apply(&mut record);
             return Ok(Decision::Write(record.clone(), record));
@@ -165,12 +123,9 @@ pub async fn update_job(
     })
     .await
     .map_err(|e| match e {
-        UpdateError::Corrupt { key, reason } => JobStoreError::Corrupt { key, reason },
-        UpdateError::Contended { tries, .. } => JobStoreError::Contended {
-            id: id.to_owned(),
-            tries,
-        },
-        UpdateError::Store(e) => e.into(),
+        UpdateError::Corrupt { key, reason } => job_corrupt(&key, &reason),
+        UpdateError::Contended { tries, .. } => Error::job_contended(id, tries),
+        UpdateError::Store(e) => e,
         UpdateError::Rejected(e) => e,
     })
 }
@@ -178,15 +133,15 @@ pub async fn update_job(
 /// Streams every job record in the vault, in no particular order, reading a few at a time
 /// (memory stays bounded however many jobs the vault holds). A record deleted between the
 /// listing and its read is skipped; objects under `jobs/` that are not `<id>.json` are ignored.
-pub fn list_jobs(store: &BlobStore) -> BoxStream<'static, Result<JobRecord, JobStoreError>> {
+pub fn list_jobs(store: &BlobStore) -> BoxStream<'static, Result<JobRecord, Error>> {
     let reader = store.clone();
     store
         .list(&layout::jobs())
         .filter_map(|item| async move {
             match item {
-                Ok(info) if info.key.as_str().ends_with(".json") => Some(Ok(info.key)),
+                Ok(info) if layout::job_id_from_key(&info.key).is_some() => Some(Ok(info.key)),
                 Ok(_) => None,
-                Err(e) => Some(Err(JobStoreError::from(e))),
+                Err(e) => Some(Err(e)),
             }
         })
         .map(move |key| {
@@ -199,7 +154,7 @@ pub fn list_jobs(store: &BlobStore) -> BoxStream<'static, Result<JobRecord, JobS
                 match store.get(&key).await {
                     Ok(object) => Some(decode(&key, &object.bytes)),
                     Err(e) if e.is_not_found() => None,
-                    Err(e) => Some(Err(e.into())),
+                    Err(e) => Some(Err(e)),
                 }
             }
         })
@@ -289,11 +244,11 @@ mod tests {
         assert!(err.is_not_found());
         assert!(err.to_string().contains("job nope has no record"), "{err}");
         let err = read_job(&store, "a/b").await.unwrap_err();
-        assert!(matches!(err, JobStoreError::Layout(_)), "{err}");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
         let key = layout::job("broken").unwrap();
         store.put_create_only(&key, &b"{"[..]).await.unwrap();
         let err = read_job(&store, "broken").await.unwrap_err();
-        assert!(matches!(err, JobStoreError::Corrupt { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Damaged, "{err}");
     }
 
     #[tokio::test]
@@ -317,7 +272,11 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(matches!(err, JobStoreError::IdMismatch { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(
+            err.to_string().contains("initial record for job other"),
+            "{err}"
+        );
     }
 
     async fn concurrent_updates_all_land(store: BlobStore) {

@@ -11,36 +11,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use stowage_schemas::domain::{RecoveryPoint, Tier};
 
+use crate::error::{Error, ErrorKind};
 use crate::layout::{self, BlobKey, LayoutError};
-use crate::store::{BlobStore, CreateOutcome, StoreError};
-
-/// A manifest could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    /// The manifest is not valid JSON of the expected shape.
-    #[error(
-        "manifest {key} is unreadable: {reason}; it was damaged or written by an incompatible version"
-    )]
-    Corrupt {
-        /// Its key.
-        key: String,
-        /// The parser's complaint.
-        reason: String,
-    },
-    /// A bad instance or RP id.
-    #[error(transparent)]
-    Layout(#[from] LayoutError),
-    /// Blob storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl CatalogError {
-    /// Whether the manifest is simply absent.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, CatalogError::Store(e) if e.is_not_found())
-    }
-}
+use crate::store::{BlobStore, CreateOutcome};
 
 /// One volume of a recovery point, in a data tier.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,22 +59,19 @@ pub struct TierManifest {
     pub stats: TransferStats,
 }
 
-fn tier_name(tier: Tier) -> &'static str {
-    match tier {
-        Tier::Operational => "operational",
-        Tier::Vault => "vault",
-        Tier::Secondary => "secondary",
-    }
-}
-
 async fn read_json<T: for<'de> Deserialize<'de>>(
     store: &BlobStore,
     key: &BlobKey,
-) -> Result<T, CatalogError> {
+) -> Result<T, Error> {
     let bytes = store.get(key).await?.bytes;
-    serde_json::from_slice(&bytes).map_err(|e| CatalogError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::Damaged,
+            format!(
+                "manifest {key} is unreadable: {e}; it was damaged or written by an incompatible \
+                 version"
+            ),
+        )
     })
 }
 
@@ -109,10 +79,10 @@ async fn write_json<T: Serialize>(
     store: &BlobStore,
     key: &BlobKey,
     value: &T,
-) -> Result<CreateOutcome, CatalogError> {
+) -> Result<CreateOutcome, Error> {
     let mut bytes = serde_json::to_vec_pretty(value).expect("manifests always serialize");
     bytes.push(b'\n');
-    Ok(store.put_create_only(key, Bytes::from(bytes)).await?)
+    store.put_create_only(key, Bytes::from(bytes)).await
 }
 
 /// The recovery point manifest.
@@ -120,7 +90,7 @@ pub async fn read_recovery_point(
     store: &BlobStore,
     instance: &str,
     rp_id: &str,
-) -> Result<RecoveryPoint, CatalogError> {
+) -> Result<RecoveryPoint, Error> {
     read_json(store, &layout::recovery_point(instance, rp_id)?).await
 }
 
@@ -128,7 +98,7 @@ pub async fn read_recovery_point(
 pub async fn write_recovery_point(
     store: &BlobStore,
     rp: &RecoveryPoint,
-) -> Result<CreateOutcome, CatalogError> {
+) -> Result<CreateOutcome, Error> {
     write_json(store, &layout::recovery_point(&rp.instance, &rp.id)?, rp).await
 }
 
@@ -138,10 +108,10 @@ pub async fn read_tier_manifest(
     instance: &str,
     rp_id: &str,
     tier: Tier,
-) -> Result<Option<TierManifest>, CatalogError> {
+) -> Result<Option<TierManifest>, Error> {
     match read_json(
         store,
-        &layout::recovery_point_tier(instance, rp_id, tier_name(tier))?,
+        &layout::recovery_point_tier(instance, rp_id, layout::tier_name(tier))?,
     )
     .await
     {
@@ -155,16 +125,16 @@ pub async fn read_tier_manifest(
 pub async fn write_tier_manifest(
     store: &BlobStore,
     manifest: &TierManifest,
-) -> Result<CreateOutcome, CatalogError> {
+) -> Result<CreateOutcome, Error> {
     let key = layout::recovery_point_tier(
         &manifest.instance,
         &manifest.recovery_point_id,
-        tier_name(manifest.tier),
+        layout::tier_name(manifest.tier),
     )?;
     write_json(store, &key, manifest).await
 }
 
 /// Key of a tier manifest, for copying it.
 pub fn tier_manifest_key(instance: &str, rp_id: &str, tier: Tier) -> Result<BlobKey, LayoutError> {
-    layout::recovery_point_tier(instance, rp_id, tier_name(tier))
+    layout::recovery_point_tier(instance, rp_id, layout::tier_name(tier))
 }

@@ -29,7 +29,7 @@ use std::fmt;
 
 use crate::document::{self, Decision, UpdateError};
 use crate::layout::{self, BlobKey, KeyPrefix, LayoutError};
-use crate::store::{BlobStore, StoreError};
+use crate::store::BlobStore;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Serialize;
@@ -150,7 +150,17 @@ pub enum SettingsError {
     Layout(#[from] LayoutError),
     /// Blob storage failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] crate::Error),
+}
+
+impl stowage_schemas::Retryable for SettingsError {
+    fn is_transient(&self) -> bool {
+        match self {
+            SettingsError::Store(e) => e.is_transient(),
+            SettingsError::Contended { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 impl SettingsError {
