@@ -27,13 +27,11 @@ pub enum ContentType {
     Json,
 }
 
-impl ContentType {
+as_str! {
     /// The canonical `content-type` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContentType::MessagePack => "application/msgpack",
-            ContentType::Json => "application/json",
-        }
+    ContentType {
+        MessagePack => "application/msgpack",
+        Json => "application/json",
     }
 }
 

@@ -27,6 +27,15 @@ pub enum Tier {
     Secondary,
 }
 
+as_str! {
+    /// The wire name, e.g. `operational`.
+    Tier {
+        Operational => "operational",
+        Vault => "vault",
+        Secondary => "secondary",
+    }
+}
+
 /// A backup vault: one storage location holding the catalog and the vault-tier data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Vault {
@@ -73,6 +82,15 @@ pub enum Immutability {
     Enabled,
     /// Like `enabled`, and the setting can never be turned off again.
     Locked,
+}
+
+as_str! {
+    /// The wire name, e.g. `locked`.
+    Immutability {
+        Disabled => "disabled",
+        Enabled => "enabled",
+        Locked => "locked",
+    }
 }
 
 /// A backup policy: when backups run and how long each tier keeps them.
@@ -137,6 +155,16 @@ pub enum CalendarPeriod {
     Month,
     /// A year, starting on January 1.
     Year,
+}
+
+as_str! {
+    /// The wire name, e.g. `month`.
+    CalendarPeriod {
+        Day => "day",
+        Week => "week",
+        Month => "month",
+        Year => "year",
+    }
 }
 
 /// What to protect: a cluster, backed up into a vault according to a policy, within a scope.
@@ -355,27 +383,7 @@ mod tests {
             key_id: "https://kv.vault.azure.net/keys/stowage/1".into(),
             immutability: Immutability::Locked,
         });
-        round_trip(&Policy {
-            name: "daily".into(),
-            schedule: Schedule {
-                frequency_hours: 4,
-                start: Time::constant(2, 0, 0, 0),
-                time_zone: "Europe/Amsterdam".into(),
-            },
-            retention: Retention {
-                operational_days: 7,
-                vault: vec![
-                    VaultRule {
-                        first_of: CalendarPeriod::Day,
-                        keep_days: 30,
-                    },
-                    VaultRule {
-                        first_of: CalendarPeriod::Year,
-                        keep_days: 3650,
-                    },
-                ],
-            },
-        });
+        round_trip(&crate::samples::policy());
         round_trip(&BackupInstance {
             name: "shop-prod".into(),
             cluster: "aks-prod".into(),

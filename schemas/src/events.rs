@@ -145,18 +145,9 @@ pub struct JobProgress {
     pub job_id: String,
     /// The stage running it.
     pub stage: Stage,
-    /// Bytes processed so far.
-    #[serde(default)]
-    pub bytes_done: u64,
-    /// Bytes to process in total, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_total: Option<u64>,
-    /// Items (resources, volumes, objects) processed so far.
-    #[serde(default)]
-    pub items_done: u64,
-    /// Items to process in total, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub items_total: Option<u64>,
+    /// How far it got; its fields sit beside `job_id` and `stage` on the wire.
+    #[serde(flatten)]
+    pub progress: crate::domain::JobProgress,
 }
 
 /// A job failed: permanently, or after its last retry.

@@ -31,6 +31,20 @@ macro_rules! display_as_str {
     )+};
 }
 
+/// `as_str()` for enums with one fixed name per variant (their wire or CLI name).
+macro_rules! as_str {
+    ($(#[$doc:meta])* $ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            $(#[$doc])*
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
 pub mod codec;
 pub mod domain;
 mod envelope;

@@ -1,14 +1,16 @@
 //! Canonical sample envelopes, one per message type, with fixed ids and timestamps.
 //!
 //! They are the source of the golden fixtures in `schemas/fixtures/` and are public so that
-//! other crates' tests can reuse realistic messages.
+//! other crates' tests can reuse realistic messages. [`policy`] is a sample catalog document
+//! for the same reason (it is not a message and has no fixture).
 
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
+use jiff::civil::Time;
 use uuid::Uuid;
 
-use crate::domain::Tier;
+use crate::domain::{CalendarPeriod, Policy, Retention, Schedule, Tier, VaultRule};
 use crate::events::{
     JobFailed, JobProgress, RestoreCompleted, RestoreHydrated, RpCreated, RpReplicated, RpVaulted,
 };
@@ -23,6 +25,33 @@ const T0: i64 = 1_736_906_400;
 
 fn at(offset_seconds: i64) -> Timestamp {
     Timestamp::constant(T0 + offset_seconds, 0)
+}
+
+/// A policy named `daily`: every 4 hours from 02:00 in Europe/Amsterdam, 7 days in the
+/// operational tier, the first backup of each day kept 30 days and of each year 3650 days in
+/// the vault tier.
+pub fn policy() -> Policy {
+    Policy {
+        name: "daily".into(),
+        schedule: Schedule {
+            frequency_hours: 4,
+            start: Time::constant(2, 0, 0, 0),
+            time_zone: "Europe/Amsterdam".into(),
+        },
+        retention: Retention {
+            operational_days: 7,
+            vault: vec![
+                VaultRule {
+                    first_of: CalendarPeriod::Day,
+                    keep_days: 30,
+                },
+                VaultRule {
+                    first_of: CalendarPeriod::Year,
+                    keep_days: 3650,
+                },
+            ],
+        },
+    }
 }
 
 /// One canonical envelope per message type, in [`Message::KINDS`] order.
@@ -168,10 +197,12 @@ pub fn samples() -> Vec<Envelope> {
             Message::JobProgress(JobProgress {
                 job_id: format!("vault-transfer-{instance}-{rp}"),
                 stage: Stage::VaultTransfer,
-                bytes_done: 256 << 20,
-                bytes_total: Some(512 << 20),
-                items_done: 1,
-                items_total: Some(2),
+                progress: crate::domain::JobProgress {
+                    bytes_done: 256 << 20,
+                    bytes_total: Some(512 << 20),
+                    items_done: 1,
+                    items_total: Some(2),
+                },
             }),
         ),
         (

@@ -40,17 +40,17 @@ impl Stage {
         Stage::Restore,
         Stage::Retention,
     ];
+}
 
+as_str! {
     /// The wire and CLI name, e.g. `vault-transfer`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Snapshot => "snapshot",
-            Stage::VaultTransfer => "vault-transfer",
-            Stage::GeoReplication => "geo-replication",
-            Stage::RestoreHydration => "restore-hydration",
-            Stage::Restore => "restore",
-            Stage::Retention => "retention",
-        }
+    Stage {
+        Snapshot => "snapshot",
+        VaultTransfer => "vault-transfer",
+        GeoReplication => "geo-replication",
+        RestoreHydration => "restore-hydration",
+        Restore => "restore",
+        Retention => "retention",
     }
 }
 

@@ -199,14 +199,7 @@ fn requested_by() -> Option<String> {
 
 /// A Kubernetes namespace name (RFC 1123 label).
 fn check_namespace(what: &str, name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if !ok {
+    if !catalog::settings::is_namespace_name(name) {
         bail!(
             "{what} {name:?} is not a namespace name: at most 63 lowercase letters, digits and \
              '-', starting and ending with a letter or digit"

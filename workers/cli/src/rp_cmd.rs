@@ -54,17 +54,9 @@ impl RpView {
     fn tiers_text(&self) -> String {
         self.tiers
             .iter()
-            .map(|t| format!("{}:{}", tier_name(t.tier), t.state))
+            .map(|t| format!("{}:{}", t.tier.as_str(), t.state))
             .collect::<Vec<_>>()
             .join(" ")
-    }
-}
-
-fn tier_name(tier: Tier) -> &'static str {
-    match tier {
-        Tier::Operational => "operational",
-        Tier::Vault => "vault",
-        Tier::Secondary => "secondary",
     }
 }
 
@@ -120,7 +112,7 @@ pub async fn view(
         let Some(store) = store else { continue };
         let manifest = catalog::read_tier_manifest(store, &instance, &id, tier)
             .await
-            .with_context(|| format!("cannot read the {} manifest of {id}", tier_name(tier)))?;
+            .with_context(|| format!("cannot read the {} manifest of {id}", tier.as_str()))?;
         let state = match &manifest {
             Some(_) => "available".to_owned(),
             None => recorded(tier).unwrap_or_else(|| "not_present".into()),
@@ -269,7 +261,7 @@ pub async fn describe(
                 ),
                 None => ("-".into(), "-".into()),
             };
-            vec![tier_name(t.tier).into(), t.state.clone(), completed, stats]
+            vec![t.tier.as_str().into(), t.state.clone(), completed, stats]
         })
         .collect();
     print!(

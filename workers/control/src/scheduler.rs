@@ -38,6 +38,20 @@
 //! republished by whichever scheduler wins a compare-and-swap on its `updated_at`. The message
 //! id is derived from the job id, and the snapshot stage is idempotent per recovery-point id, so
 //! even a republish that races a slow original publish only produces a recognisable duplicate.
+//!
+//! # An outbox that cannot strand work
+//!
+//! The job record is the outbox: `backup_now`, a slot and a daily retention each write the
+//! record (`queued`) before publishing and set `submitted_at` after the broker confirmed. A
+//! record whose publish failed (the broker was unreachable) or whose writer died in between is
+//! found by the **sweep** ([`Scheduler::sweep_unpublished`]), which each scheduler runs at most
+//! once per republish period: every `job.snapshot` or `job.retention` record still `queued`,
+//! never submitted, not cancelled and untouched for the republish period is claimed by a
+//! compare-and-swap on its `updated_at` (so of several schedulers one wins) and republished
+//! with the message id derived from its job id (so a duplicate is recognisable, and the
+//! snapshot stage is idempotent per recovery point). A republish that fails again leaves the
+//! record for the next period. Restore records are not swept: `restore create` marks them
+//! failed when its publish fails.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,6 +75,10 @@ use stowage_vault::catalog::settings::{self, SettingsError};
 pub const DEFAULT_WINDOW: SignedDuration = SignedDuration::from_hours(2);
 /// How long a claimed, unpublished slot waits before another scheduler republishes it.
 pub const DEFAULT_REPUBLISH_AFTER: SignedDuration = SignedDuration::from_secs(60);
+/// With the defaults (republish after 60 s, a sweep at most every 60 s), the longest a record
+/// left unpublished waits after the broker is back: its last 60 s of grace, then one sweep
+/// period.
+pub const REPUBLISH_BOUND_SECS: i64 = 2 * DEFAULT_REPUBLISH_AFTER.as_secs();
 
 /// Scheduling failed.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +102,10 @@ pub enum SchedulerError {
     Jobs(#[from] stowage_vault::Error),
     /// Publishing failed.
     #[error(
-        "cannot publish job {job_id}: {source}; the job record stays queued and is republished"
+        "cannot publish job {job_id}: {source}; its record stays queued, and a running \
+         `stowage scheduler` for this vault republishes it within {} s of the broker being \
+         reachable again (it runs once; without a scheduler, submit the backup again)",
+        REPUBLISH_BOUND_SECS
     )]
     Publish {
         /// The job.
@@ -218,6 +239,36 @@ fn snapshot_job(record: &JobRecord, trigger: Trigger) -> Message {
     })
 }
 
+/// The message a queued record stands for, if the scheduler can rebuild it: the snapshot of a
+/// scheduled (`sched-<slot>` recovery point) or on-demand backup, or a daily retention.
+fn republished_message(record: &JobRecord) -> Option<Message> {
+    let instance = record.instance.clone()?;
+    match record.kind {
+        Stage::Snapshot => {
+            let rp = record.recovery_point_id.as_deref()?;
+            let trigger = match rp
+                .strip_prefix("sched-")
+                .and_then(|stamp| jiff::fmt::strtime::parse("%Y%m%dT%H%MZ", stamp).ok())
+                .and_then(|t| t.to_datetime().ok())
+                .and_then(|dt| dt.to_zoned(TimeZone::UTC).ok())
+            {
+                Some(slot) if record.id.starts_with("sched-") => Trigger::Scheduled {
+                    slot: slot.timestamp(),
+                },
+                _ => Trigger::OnDemand {
+                    requested_by: record.requested_by.clone(),
+                },
+            };
+            Some(snapshot_job(record, trigger))
+        }
+        Stage::Retention => Some(Message::Retention(RetentionJob {
+            instance,
+            as_of: None,
+        })),
+        _ => None,
+    }
+}
+
 /// Publishes `message` as the job of `record` (message id derived from the job id, so a
 /// republish is a recognisable duplicate) and records `submitted_at`.
 async fn publish_and_mark(
@@ -279,6 +330,10 @@ pub struct Scheduler {
     window: SignedDuration,
     republish_after: SignedDuration,
     identity: String,
+    /// When this scheduler last swept for unpublished records.
+    last_sweep: Arc<std::sync::Mutex<Option<Timestamp>>>,
+    /// Ids of records a sweep found settled (see [`Scheduler::sweep_unpublished`]).
+    settled: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Scheduler {
@@ -291,6 +346,8 @@ impl Scheduler {
             window: DEFAULT_WINDOW,
             republish_after: DEFAULT_REPUBLISH_AFTER,
             identity: "scheduler".into(),
+            last_sweep: Arc::default(),
+            settled: Arc::default(),
         }
     }
 
@@ -365,10 +422,145 @@ impl Scheduler {
                     .push(format!("instance {}, slot {slot}: {e}", instance.name));
             }
         }
+        let sweep_due = {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|t| {
+                t.checked_add(self.republish_after)
+                    .is_ok_and(|next| next <= now)
+            });
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if sweep_due && let Err(e) = self.sweep_unpublished(now, &mut report).await {
+            report
+                .failures
+                .push(format!("sweeping unpublished job records: {e}"));
+        }
         for failure in &report.failures {
             tracing::warn!(failure = %failure, "scheduler tick");
         }
         report
+    }
+
+    /// Republishes every job record left unpublished (see "An outbox that cannot strand work"
+    /// in the module doc): `job.snapshot` and `job.retention` records still queued, never
+    /// submitted, not cancelled, and untouched for the republish period. Each is claimed by a
+    /// compare-and-swap first, so one scheduler of several publishes it.
+    pub async fn sweep_unpublished(
+        &self,
+        now: Timestamp,
+        report: &mut TickReport,
+    ) -> Result<(), SchedulerError> {
+        // Records found settled (published, or past queued) never become stale again: their
+        // ids are remembered so later sweeps list them without reading them.
+        let mut keys = self.store.list(&stowage_vault::layout::jobs());
+        while let Some(info) = keys.next().await {
+            let info = match info {
+                Ok(info) => info,
+                Err(e) => {
+                    report
+                        .failures
+                        .push(format!("cannot list job records: {e}"));
+                    return Ok(());
+                }
+            };
+            let Some(id) = info
+                .key
+                .as_str()
+                .strip_prefix("jobs/")
+                .and_then(|name| name.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            if self
+                .settled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(id)
+            {
+                continue;
+            }
+            let record = match read_job(&self.store, id).await {
+                Ok((record, _)) => record,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => {
+                    report
+                        .failures
+                        .push(format!("cannot read job record {id}: {e}"));
+                    continue;
+                }
+            };
+            if record.submitted_at.is_some()
+                || record.cancel_requested_at.is_some()
+                || record.status() != JobStatus::Queued
+                || republished_message(&record).is_none()
+            {
+                self.settled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(record.id);
+                continue;
+            }
+            if !self.stale(&record, now) {
+                continue;
+            }
+            match self.claim_and_republish(&record, now).await {
+                Ok(true) => report.republished.push(record.id.clone()),
+                Ok(false) => {}
+                Err(e) => report.failures.push(format!("job {}: {e}", record.id)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `record` is queued, never published, not cancelled, and older than the
+    /// republish period.
+    fn stale(&self, r: &JobRecord, now: Timestamp) -> bool {
+        r.submitted_at.is_none()
+            && r.cancel_requested_at.is_none()
+            && r.status() == JobStatus::Queued
+            && r.updated_at
+                .checked_add(self.republish_after)
+                .is_ok_and(|t| t <= now)
+    }
+
+    /// Claims the republish of `record` (a compare-and-swap moving `updated_at` to `now` while
+    /// it is still stale) and, if this scheduler won, publishes its message. `Ok(false)`: someone
+    /// else did, or it is no longer stale.
+    async fn claim_and_republish(
+        &self,
+        record: &JobRecord,
+        now: Timestamp,
+    ) -> Result<bool, SchedulerError> {
+        let mut mine = false;
+        let claimed = update_job(
+            &self.store,
+            &record.id,
+            || record.clone(),
+            |r| {
+                mine = self.stale(r, now);
+                if mine {
+                    r.updated_at = now;
+                }
+            },
+        )
+        .await?;
+        let Some(message) = mine.then(|| republished_message(&claimed)).flatten() else {
+            return Ok(false);
+        };
+        tracing::warn!(job = %claimed.id, "republishing a job record that was never published");
+        publish_and_mark(
+            &self.store,
+            self.broker.as_ref(),
+            &self.names,
+            &claimed,
+            message,
+            now,
+        )
+        .await?;
+        Ok(true)
     }
 
     /// Once per UTC day and instance, a `job.retention` (expire what the policy no longer
@@ -436,46 +628,9 @@ impl Scheduler {
                 report.triggered.push(job_id);
             }
             CreateOutcome::AlreadyExists => {
+                // Claimed by someone: republished only if its claimant never published it.
                 let (stored, _) = read_job(&self.store, &job_id).await?;
-                if stored.submitted_at.is_some() || stored.status() != JobStatus::Queued {
-                    return Ok(());
-                }
-                let stale = |r: &JobRecord| {
-                    r.submitted_at.is_none()
-                        && r.status() == JobStatus::Queued
-                        && r.updated_at
-                            .checked_add(self.republish_after)
-                            .is_ok_and(|t| t <= now)
-                };
-                if !stale(&stored) {
-                    return Ok(());
-                }
-                // Claim the republish: only the writer whose compare-and-swap moved
-                // `updated_at` to `now` publishes.
-                let mut mine = false;
-                let claimed = update_job(
-                    &self.store,
-                    &job_id,
-                    || stored.clone(),
-                    |r| {
-                        mine = stale(r);
-                        if mine {
-                            r.updated_at = now;
-                        }
-                    },
-                )
-                .await?;
-                if mine {
-                    tracing::warn!(job = %job_id, "republishing a slot claimed but never published");
-                    publish_and_mark(
-                        &self.store,
-                        self.broker.as_ref(),
-                        &self.names,
-                        &claimed,
-                        snapshot_job(&claimed, trigger),
-                        now,
-                    )
-                    .await?;
+                if self.stale(&stored, now) && self.claim_and_republish(&stored, now).await? {
                     report.republished.push(job_id);
                 }
             }
@@ -856,6 +1011,73 @@ mod tests {
         assert_eq!(drain(&f).await.values().sum::<usize>(), 1);
         let (stored, _) = read_job(&f.store, &record.id).await.unwrap();
         assert_eq!(stored.submitted_at, Some(ts("2026-05-01T02:05:00Z")));
+    }
+
+    #[tokio::test]
+    async fn an_unpublished_backup_record_is_republished_once_by_the_sweep() {
+        let f = fixture("UTC", &["shop"]).await;
+        // `backup now` wrote its record, then the publish failed (the broker was away).
+        let created = ts("2026-05-01T10:11:12Z");
+        let mut record = JobRecord::new(
+            "backup-shop-20260501T101112Z-abc123",
+            Stage::Snapshot,
+            created,
+        );
+        record.instance = Some("shop".into());
+        record.recovery_point_id = Some("ondemand-20260501T101112Z-abc123".into());
+        record.requested_by = Some("alice".into());
+        create_job(&f.store, &record).await.unwrap();
+        // A restore record is never swept (restore create marks a failed publish failed).
+        let mut restore = JobRecord::new("r-1", Stage::RestoreHydration, created);
+        restore.instance = Some("shop".into());
+        create_job(&f.store, &restore).await.unwrap();
+        let a = Scheduler::new(f.store.clone(), f.broker.clone(), f.names.clone());
+        let b = Scheduler::new(f.store.clone(), f.broker.clone(), f.names.clone());
+        let soon = ts("2026-05-01T10:11:40Z");
+        assert!(
+            a.tick(soon).await.republished.is_empty(),
+            "within the grace"
+        );
+        let later = ts("2026-05-01T10:13:00Z");
+        let (ra, rb) = tokio::join!(a.tick(later), b.tick(later));
+        assert_eq!(
+            [ra.republished.clone(), rb.republished.clone()].concat(),
+            vec![record.id.clone()]
+        );
+        assert!(
+            a.tick(ts("2026-05-01T10:20:00Z"))
+                .await
+                .republished
+                .is_empty()
+        );
+        let queue = f.names.stage_queue(Stage::Snapshot);
+        let mut messages = Vec::new();
+        while let Some(d) = f.broker.get(&queue).await.unwrap() {
+            d.ack().await.unwrap();
+            let ct = d
+                .properties
+                .content_type
+                .as_deref()
+                .unwrap_or("application/msgpack");
+            messages.push(decode(&d.body, ct.parse::<ContentType>().unwrap()).unwrap());
+        }
+        let snapshots: Vec<_> = messages.iter().filter(|m| m.job_id == record.id).collect();
+        assert_eq!(snapshots.len(), 1, "{messages:?}");
+        assert_eq!(snapshots[0].message_id, job_message_id(&record.id));
+        let Message::Snapshot(job) = &snapshots[0].message else {
+            panic!("{:?}", snapshots[0]);
+        };
+        assert_eq!(job.recovery_point_id, "ondemand-20260501T101112Z-abc123");
+        assert_eq!(
+            job.trigger,
+            Trigger::OnDemand {
+                requested_by: Some("alice".into())
+            }
+        );
+        let (stored, _) = read_job(&f.store, &record.id).await.unwrap();
+        assert_eq!(stored.submitted_at, Some(later));
+        let (restore, _) = read_job(&f.store, "r-1").await.unwrap();
+        assert_eq!((restore.submitted_at, restore.updated_at), (None, created));
     }
 
     #[tokio::test]

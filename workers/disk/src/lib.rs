@@ -244,4 +244,11 @@ pub trait DiskProvider: Send + Sync + 'static {
 
     /// Delete a snapshot. Idempotent: deleting a missing snapshot is `Ok`.
     fn delete_snapshot<'a>(&'a self, id: &'a SnapshotId) -> BoxFuture<'a, Result<(), DiskError>>;
+
+    /// Removes what killed writers left behind (partial images and the like) under the
+    /// provider's own rule, which never touches a file a live writer is writing; returns how
+    /// many were removed. Providers without such leftovers keep the default (nothing).
+    fn remove_leftovers(&self) -> BoxFuture<'_, Result<u64, DiskError>> {
+        Box::pin(async { Ok(0) })
+    }
 }

@@ -30,8 +30,13 @@ pub trait StageHandler: Send + Sync + 'static {
     /// What the stage takes (a job type, or an enum of its job and the events that trigger it).
     type Input: StageInput;
 
-    /// The stage this handler implements; it consumes that stage's queue.
-    fn stage(&self) -> Stage;
+    /// The stage this handler implements; it consumes that stage's queue. By default the
+    /// stage whose job the input is; a handler taking any [`Message`] must say.
+    fn stage(&self) -> Stage {
+        Self::Input::stage().expect(
+            "a handler whose input names no stage (e.g. any Message) implements stage() itself",
+        )
+    }
 
     /// Handle one input. Return only once every effect is durable: the runtime acks the
     /// message right after publishing the returned events. The envelope it came in is

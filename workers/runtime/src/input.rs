@@ -18,6 +18,12 @@ pub trait StageInput: Sized + Send + 'static {
     /// refusal of any other.
     fn takes() -> Vec<&'static str>;
 
+    /// The stage whose job this input is (`None` for inputs that are not one stage's, such as
+    /// [`Message`]): a handler taking it consumes that stage's queue.
+    fn stage() -> Option<Stage> {
+        None
+    }
+
     /// The input `message` carries; `None` for a kind the stage does not take.
     fn from_message(message: &Message) -> Option<Self>;
 }
@@ -63,6 +69,10 @@ impl<J: StageInput, E: StageInput> StageInput for JobOrEvent<J, E> {
         takes
     }
 
+    fn stage() -> Option<Stage> {
+        J::stage()
+    }
+
     fn from_message(message: &Message) -> Option<Self> {
         J::from_message(message)
             .map(Self::Job)
@@ -70,13 +80,19 @@ impl<J: StageInput, E: StageInput> StageInput for JobOrEvent<J, E> {
     }
 }
 
-/// A stage input that is exactly one message type.
+/// A stage input that is exactly one message type (of `$stage`'s job, or an event).
 macro_rules! single_input {
-    ($type:ty, $variant:ident, $kind:literal) => {
+    ($type:ty, $variant:ident, $kind:literal $(, $stage:ident)?) => {
         impl StageInput for $type {
             fn takes() -> Vec<&'static str> {
                 vec![$kind]
             }
+
+            $(
+                fn stage() -> Option<Stage> {
+                    Some(Stage::$stage)
+                }
+            )?
 
             fn from_message(message: &Message) -> Option<Self> {
                 match message {
@@ -88,16 +104,27 @@ macro_rules! single_input {
     };
 }
 
-single_input!(SnapshotJob, Snapshot, "job.snapshot");
-single_input!(VaultTransferJob, VaultTransfer, "job.vault-transfer");
-single_input!(GeoReplicationJob, GeoReplication, "job.geo-replication");
+single_input!(SnapshotJob, Snapshot, "job.snapshot", Snapshot);
+single_input!(
+    VaultTransferJob,
+    VaultTransfer,
+    "job.vault-transfer",
+    VaultTransfer
+);
+single_input!(
+    GeoReplicationJob,
+    GeoReplication,
+    "job.geo-replication",
+    GeoReplication
+);
 single_input!(
     RestoreHydrationJob,
     RestoreHydration,
-    "job.restore-hydration"
+    "job.restore-hydration",
+    RestoreHydration
 );
-single_input!(RestoreJob, Restore, "job.restore");
-single_input!(RetentionJob, Retention, "job.retention");
+single_input!(RestoreJob, Restore, "job.restore", Restore);
+single_input!(RetentionJob, Retention, "job.retention", Retention);
 single_input!(RpCreated, RpCreated, "event.rp.created");
 single_input!(RpVaulted, RpVaulted, "event.rp.vaulted");
 single_input!(RestoreHydrated, RestoreHydrated, "event.restore.hydrated");
@@ -117,6 +144,12 @@ mod tests {
             .find(|m| m.kind() == "job.snapshot")
             .expect("a sample snapshot job");
         let job: SnapshotJob = decode(Stage::Snapshot, &snapshot).unwrap();
+        assert_eq!(SnapshotJob::stage(), Some(Stage::Snapshot));
+        assert_eq!(
+            <JobOrEvent<RestoreJob, RestoreHydrated>>::stage(),
+            Some(Stage::Restore)
+        );
+        assert_eq!(RpCreated::stage(), None);
         assert_eq!(Message::Snapshot(job), snapshot);
         let err = decode::<RetentionJob>(Stage::Retention, &snapshot).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Permanent);

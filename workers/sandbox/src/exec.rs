@@ -29,18 +29,9 @@ pub use crate::store::{
 /// never sees it.
 pub const SANDBOX_EXEC_GROUP: &str = "sandbox.stowage.io";
 
-/// A command the sandbox was asked to run, as recorded in its exec log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecRecord {
-    /// Namespace of the pod.
-    pub namespace: String,
-    /// Name of the pod.
-    pub pod: String,
-    /// Container it ran in (the first container when the request named none).
-    pub container: Option<String>,
-    /// Command and arguments.
-    pub command: Vec<String>,
-}
+/// A command the sandbox was asked to run, as recorded in its exec log: the request, with the
+/// container it ran in (the pod's first container when the request named none).
+pub type ExecRecord = ExecRequest;
 
 /// The body of a sandbox exec request.
 #[derive(Debug, Serialize, Deserialize)]

@@ -33,10 +33,6 @@ pub struct GeoReplication(pub VaultContext);
 impl StageHandler for GeoReplication {
     type Input = JobOrEvent<GeoReplicationJob, RpVaulted>;
 
-    fn stage(&self) -> Stage {
-        Stage::GeoReplication
-    }
-
     async fn handle(&self, ctx: JobContext, input: Self::Input) -> Result<Outcome, StageError> {
         let (instance, rp_id, triggered) = match input {
             JobOrEvent::Job(job) => (job.instance, job.recovery_point_id, false),

@@ -46,10 +46,6 @@ pub struct RestoreHydration(pub VaultContext);
 impl StageHandler for RestoreHydration {
     type Input = RestoreHydrationJob;
 
-    fn stage(&self) -> Stage {
-        Stage::RestoreHydration
-    }
-
     async fn handle(
         &self,
         ctx: JobContext,

@@ -25,6 +25,17 @@
 //!   dead-lettered after its last attempt, which the stage cannot tell apart from the inside.
 //!   Disks of a failed restore that had already been adopted by restored volumes are deleted
 //!   too: a failed restore is not a restore to keep.
+//!
+//! # Ownership
+//!
+//! A restore deletes (or adopts as a restored volume) only staging disks its own hydration
+//! record lists ([`owns_disk`]): the record is written create-only by the hydration before it
+//! makes any disk, so it is the vault's own account of what the restore made. The `staging`
+//! section of a message (a `job.restore` anyone can publish, dry run or not) only *names*
+//! disks; a disk it names that the record does not give this restore — an application's live
+//! disk, another restore's disk — is refused: not used, not deleted, and reported in the
+//! restore's warnings and log. Without a record, nothing is deleted, the staged resources
+//! included. The sweep follows the same rule.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -89,10 +100,46 @@ pub async fn read_record(
     }
 }
 
+/// Whether the hydration record `record` says restore `restore_id` made staging disk `disk`.
+///
+/// This is the one ownership rule for staging disks (see "Ownership" in the module doc): the
+/// record must be this restore's (written create-only by its hydration before any disk), list
+/// the disk, and the disk must carry the name hydration gives this restore's disks
+/// (`staging-<restore-id>-…`). Anything a message says about disks counts for nothing.
+pub fn owns_disk(record: &StagingRecord, restore_id: &str, disk: &str) -> bool {
+    record.restore_id == restore_id
+        && record.disks.iter().any(|d| d == disk)
+        && disk.starts_with(&crate::restore_hydration::staging_disk_name(restore_id, ""))
+}
+
+/// Why a staging disk named by a restore's message is not this restore's: `None` when the
+/// hydration record says the restore made it, else the reason, for the restore's warnings.
+pub fn disk_refusal(
+    record: Option<&StagingRecord>,
+    restore_id: &str,
+    disk: &str,
+) -> Option<String> {
+    match record {
+        Some(record) if owns_disk(record, restore_id, disk) => None,
+        Some(_) => Some(format!(
+            "disk {disk} is named in the staging of restore {restore_id}, but the restore's \
+             hydration record (staging/{restore_id}/{HYDRATION_FILE}) does not list it as a disk \
+             it made: refused — it is neither used nor deleted"
+        )),
+        None => Some(format!(
+            "disk {disk} is named in the staging of restore {restore_id}, but the vault holds no \
+             hydration record for that restore (staging/{restore_id}/{HYDRATION_FILE}), so \
+             nothing says the restore made it: refused — it is neither used nor deleted"
+        )),
+    }
+}
+
 /// After a successful restore from `staging` (held in `store`): delete the staged resources
-/// object and every staging disk not in `adopted`. Failures are logged, not returned: the
-/// restore is done, and [`sweep`] does not touch a completed restore's disks, so a disk left
-/// here is reported in the log by name for an operator to delete.
+/// object and every staging disk not in `adopted` — but only what the restore's hydration
+/// record says the restore made ([`owns_disk`]); anything else named in `staging` is refused,
+/// counted and logged, never deleted. Failures are logged, not returned: the restore is done,
+/// and [`sweep`] does not touch a completed restore's disks, so a disk left here is reported in
+/// the log by name for an operator to delete.
 pub async fn release(
     store: &BlobStore,
     disks: &dyn DiskProvider,
@@ -101,7 +148,17 @@ pub async fn release(
     adopted: &[String],
 ) -> ReleaseReport {
     let mut report = ReleaseReport::default();
-    if let Ok(key) = layout::staging(restore_id, RESOURCES_FILE)
+    let record = match read_record(store, restore_id).await {
+        Ok(record) => record,
+        Err(e) => {
+            tracing::warn!(restore_id, error = %e, "could not read the hydration record; releasing nothing (`stowage restore cleanup` removes the staging after the keep time)");
+            report.disks_refused = staging.disks.len() as u64;
+            return report;
+        }
+    };
+    // The staged resources are hydration's too: without its record nothing here is ours.
+    if record.is_some()
+        && let Ok(key) = layout::staging(restore_id, RESOURCES_FILE)
         && staging.resources == key.as_str()
     {
         match store.delete(&key).await {
@@ -115,6 +172,11 @@ pub async fn release(
     for disk in &staging.disks {
         if adopted.iter().any(|a| a == &disk.disk_id) {
             report.disks_kept += 1;
+            continue;
+        }
+        if let Some(reason) = disk_refusal(record.as_ref(), restore_id, &disk.disk_id) {
+            report.disks_refused += 1;
+            tracing::warn!(disk = %disk.disk_id, restore_id, "{reason}");
             continue;
         }
         match disks.delete_disk(&DiskId(disk.disk_id.clone())).await {
@@ -136,6 +198,9 @@ pub struct ReleaseReport {
     pub disks_deleted: u64,
     /// Staging disks the restore adopted as restored volumes.
     pub disks_kept: u64,
+    /// Disks named in the staging that the hydration record does not give this restore: left
+    /// alone.
+    pub disks_refused: u64,
 }
 
 /// Why a sweep stopped.
@@ -246,6 +311,10 @@ pub async fn sweep(
             && let Some(record) = &record
         {
             for disk in &record.disks {
+                if !owns_disk(record, &restore_id, disk) {
+                    tracing::warn!(%restore_id, %disk, "the hydration record lists a disk not named like this restore's staging disks; left alone");
+                    continue;
+                }
                 match disks.delete_disk(&DiskId(disk.clone())).await {
                     Ok(()) | Err(DiskError::NotFound { .. }) => entry.disks_deleted += 1,
                     Err(source) => {

@@ -48,10 +48,6 @@ pub struct VaultTransfer(pub VaultContext);
 impl StageHandler for VaultTransfer {
     type Input = JobOrEvent<VaultTransferJob, RpCreated>;
 
-    fn stage(&self) -> Stage {
-        Stage::VaultTransfer
-    }
-
     async fn handle(&self, ctx: JobContext, input: Self::Input) -> Result<Outcome, StageError> {
         let (instance, rp_id, requested) = match input {
             JobOrEvent::Job(job) => (job.instance, job.recovery_point_id, true),

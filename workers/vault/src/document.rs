@@ -14,11 +14,13 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable as _};
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::layout::BlobKey;
+use crate::layout::{BlobKey, KeyPrefix};
 use crate::store::{BlobStore, CreateOutcome};
 
 /// What to do with the document, decided from what is stored.
@@ -69,6 +71,51 @@ pub fn decode<T: DeserializeOwned, E>(key: &BlobKey, bytes: &[u8]) -> Result<T, 
         key: key.to_string(),
         reason: e.to_string(),
     })
+}
+
+/// How many documents [`list`] reads at once.
+const LIST_READS_IN_FLIGHT: usize = 8;
+
+/// Streams the documents under `prefix` whose key `wanted` accepts, in no particular order,
+/// reading a few at a time (memory stays bounded however many there are) and parsing each
+/// with `decode`. A document deleted between the listing and its read is skipped.
+pub fn list<T, E>(
+    store: &BlobStore,
+    prefix: &KeyPrefix,
+    wanted: fn(&BlobKey) -> bool,
+    decode: fn(&BlobKey, &[u8]) -> Result<T, E>,
+) -> BoxStream<'static, Result<T, E>>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let reader = store.clone();
+    store
+        .list(prefix)
+        .filter_map(move |item| async move {
+            match item {
+                Ok(info) if wanted(&info.key) => Some(Ok(info.key)),
+                Ok(_) => None,
+                Err(e) => Some(Err(E::from(e))),
+            }
+        })
+        .map(move |key| {
+            let store = reader.clone();
+            async move {
+                let key = match key {
+                    Ok(key) => key,
+                    Err(e) => return Some(Err(e)),
+                };
+                match store.get(&key).await {
+                    Ok(object) => Some(decode(&key, &object.bytes)),
+                    Err(e) if e.is_not_found() => None,
+                    Err(e) => Some(Err(E::from(e))),
+                }
+            }
+        })
+        .buffer_unordered(LIST_READS_IN_FLIGHT)
+        .filter_map(|item| async move { item })
+        .boxed()
 }
 
 /// Change the document at `key`: `decide` gets what is stored (`None` when absent) and says

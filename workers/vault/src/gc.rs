@@ -283,6 +283,72 @@ async fn mark(store: &BlobStore, tier: Tier) -> Result<Marked, Error> {
     Ok(marked)
 }
 
+/// The sweep's verdicts on one kind of object (packs or maps), each by its name `N`, with what
+/// deleting it takes (`X`: a pack's size, a map's key).
+struct Sweep<N, X> {
+    /// Referenced again after they were condemned: no longer condemned.
+    revive: Vec<N>,
+    /// Unreferenced and not condemned yet: condemned now.
+    condemn: Vec<N>,
+    /// Unreferenced and condemned at least the grace period ago, or already being deleted.
+    delete: Vec<(N, X)>,
+}
+
+impl<N: Clone, X: Clone> Sweep<N, X> {
+    fn new() -> Self {
+        Self {
+            revive: Vec::new(),
+            condemn: Vec::new(),
+            delete: Vec::new(),
+        }
+    }
+
+    /// Sorts an object that is `live` (referenced) or not and was `condemned` at some instant
+    /// or not; one referenced and not condemned, or condemned too recently, is left alone.
+    fn sort(
+        &mut self,
+        (name, deleting): (N, X),
+        live: bool,
+        condemned: Option<&Timestamp>,
+        (now, grace): (Timestamp, SignedDuration),
+    ) {
+        match (live, condemned) {
+            (true, Some(_)) => self.revive.push(name),
+            (false, None) => self.condemn.push(name),
+            (false, Some(at)) if now.duration_since(*at) >= grace => {
+                self.delete.push((name, deleting))
+            }
+            (true, None) | (false, Some(_)) => {}
+        }
+    }
+
+    /// Records the verdicts in the state's `condemned` and `deleted` sets (condemned `now`)
+    /// and returns what to delete: only objects still condemned as read (or already being
+    /// deleted) move to deletion, so one a writer claimed in the meantime stays.
+    fn record(
+        &self,
+        name: fn(&N) -> &str,
+        condemned: &mut BTreeMap<String, Timestamp>,
+        deleted: &mut BTreeSet<String>,
+        now: Timestamp,
+    ) -> Vec<(N, X)> {
+        for n in &self.revive {
+            condemned.remove(name(n));
+        }
+        for n in &self.condemn {
+            condemned.entry(name(n).to_owned()).or_insert(now);
+        }
+        let mut to_delete = Vec::new();
+        for (n, deleting) in &self.delete {
+            if deleted.contains(name(n)) || condemned.remove(name(n)).is_some() {
+                deleted.insert(name(n).to_owned());
+                to_delete.push((n.clone(), deleting.clone()));
+            }
+        }
+        to_delete
+    }
+}
+
 /// One collection of `store` (whose tier manifests are of `tier`: vault for the primary,
 /// secondary for the secondary store) at `now`, deleting what was condemned at least `grace`
 /// ago and is still unreferenced. See the module doc.
@@ -301,9 +367,7 @@ pub async fn collect(
     let (state, _) = read_state(store).await?;
 
     // Sweep packs: live, newly dead, or dead for long enough.
-    let mut revive_packs = Vec::new();
-    let mut condemn_packs = Vec::new();
-    let mut delete_packs = Vec::new();
+    let mut packs = Sweep::new();
     let mut listing = store.list(&layout::packs());
     while let Some(info) = listing.next().await {
         let info = info?;
@@ -312,7 +376,7 @@ pub async fn collect(
         };
         report.packs += 1;
         if state.deleted_packs.contains(id.as_str()) {
-            delete_packs.push((id, info.size)); // a crash interrupted the deletion
+            packs.delete.push((id, info.size)); // a crash interrupted the deletion
             continue;
         }
         let live = match pack::read_pack_index(store, &id).await {
@@ -320,20 +384,11 @@ pub async fn collect(
             Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(e),
         };
-        match (live, state.condemned_packs.get(id.as_str())) {
-            (true, Some(_)) => revive_packs.push(id),
-            (true, None) => {}
-            (false, None) => condemn_packs.push(id),
-            (false, Some(at)) if now.duration_since(*at) >= grace => {
-                delete_packs.push((id, info.size))
-            }
-            (false, Some(_)) => {}
-        }
+        let condemned = state.condemned_packs.get(id.as_str());
+        packs.sort((id, info.size), live, condemned, (now, grace));
     }
     // Sweep maps the same way.
-    let mut revive_maps = Vec::new();
-    let mut condemn_maps = Vec::new();
-    let mut delete_maps = Vec::new();
+    let mut maps = Sweep::new();
     let mut listing = store.list(&layout::all_volumes());
     while let Some(info) = listing.next().await {
         let info = info?;
@@ -342,58 +397,33 @@ pub async fn collect(
         };
         let name = map_name(volume, version);
         if state.deleted_maps.contains(&name) {
-            delete_maps.push((name, info.key.clone()));
+            maps.delete.push((name, info.key.clone()));
             continue;
         }
-        match (marked.maps.contains(&name), state.condemned_maps.get(&name)) {
-            (true, Some(_)) => revive_maps.push(name),
-            (true, None) => {}
-            (false, None) => condemn_maps.push(name),
-            (false, Some(at)) if now.duration_since(*at) >= grace => {
-                delete_maps.push((name, info.key.clone()))
-            }
-            (false, Some(_)) => {}
-        }
+        let live = marked.maps.contains(&name);
+        let condemned = state.condemned_maps.get(&name);
+        maps.sort((name, info.key.clone()), live, condemned, (now, grace));
     }
 
-    // Record the decisions before acting on them. Only objects still condemned as read are
-    // moved to deletion: one a writer claimed in the meantime stays.
+    // Record the decisions before acting on them.
     let (to_delete_packs, to_delete_maps) = update_state(store, |s| {
-        for id in &revive_packs {
-            s.condemned_packs.remove(id.as_str());
-        }
-        for id in &condemn_packs {
-            s.condemned_packs
-                .entry(id.as_str().to_owned())
-                .or_insert(now);
-        }
-        let mut packs = Vec::new();
-        for (id, size) in &delete_packs {
-            if s.deleted_packs.contains(id.as_str())
-                || s.condemned_packs.remove(id.as_str()).is_some()
-            {
-                s.deleted_packs.insert(id.as_str().to_owned());
-                packs.push((id.clone(), *size));
-            }
-        }
-        for name in &revive_maps {
-            s.condemned_maps.remove(name);
-        }
-        for name in &condemn_maps {
-            s.condemned_maps.entry(name.clone()).or_insert(now);
-        }
-        let mut maps = Vec::new();
-        for (name, key) in &delete_maps {
-            if s.deleted_maps.contains(name) || s.condemned_maps.remove(name).is_some() {
-                s.deleted_maps.insert(name.clone());
-                maps.push((name.clone(), key.clone()));
-            }
-        }
+        let packs = packs.record(
+            PackId::as_str,
+            &mut s.condemned_packs,
+            &mut s.deleted_packs,
+            now,
+        );
+        let maps = maps.record(
+            String::as_str,
+            &mut s.condemned_maps,
+            &mut s.deleted_maps,
+            now,
+        );
         Ok((packs, maps))
     })
     .await?;
-    report.packs_revived = revive_packs.len() as u64;
-    report.packs_condemned = condemn_packs.len() as u64;
+    report.packs_revived = packs.revive.len() as u64;
+    report.packs_condemned = packs.condemn.len() as u64;
 
     for (id, size) in &to_delete_packs {
         store.delete(&id.key()).await?;
@@ -404,7 +434,7 @@ pub async fn collect(
         store.delete(key).await?;
         report.maps_deleted += 1;
     }
-    report.maps_condemned = condemn_maps.len() as u64;
+    report.maps_condemned = maps.condemn.len() as u64;
 
     // Drop index entries of deleted packs, then forget the packs.
     let (state, _) = read_state(store).await?;

@@ -79,17 +79,7 @@ impl BlobKey {
     }
 }
 
-impl fmt::Display for BlobKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for BlobKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BlobKey({})", self.0)
-    }
-}
+fmt_as_inner_text!(BlobKey);
 
 /// A folder-like prefix of keys, for listing (`catalog/web`). Listing a prefix matches whole
 /// components only: `catalog/web` does not match `catalog/web2/...`.

@@ -75,6 +75,23 @@
 //! remain (a job that never comes back) are found by retention as packs absent from every
 //! segment and older than the longest job.
 
+/// `Display` as the inner text and `Debug` as `Name(text)`, for the newtypes around a `String`.
+macro_rules! fmt_as_inner_text {
+    ($($ty:ident),+ $(,)?) => {$(
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl ::std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                write!(f, concat!(stringify!($ty), "({})"), self.0)
+            }
+        }
+    )+};
+}
+
 pub mod catalog;
 pub mod chunk;
 pub mod crypto;

@@ -31,7 +31,6 @@
 //! ([`read_chunk`], [`read_pack_index`]) use range reads only; a whole pack is never fetched.
 
 use std::collections::HashSet;
-use std::fmt;
 
 use bytes::Bytes;
 
@@ -90,17 +89,7 @@ impl PackId {
     }
 }
 
-impl fmt::Display for PackId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for PackId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PackId({})", self.0)
-    }
-}
+fmt_as_inner_text!(PackId);
 
 /// Where a chunk sits inside its pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

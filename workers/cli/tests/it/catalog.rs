@@ -166,6 +166,8 @@ fn the_catalog_is_created_listed_and_shown_with_validation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_now_and_the_scheduler_publish_snapshot_jobs() {
+    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
+    let _gate = stowage_tests::shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let prefix = bus.names.prefix().to_owned();
     let vault = TempDir::new("cli-catalog");

@@ -69,6 +69,8 @@ fn the_worker_refuses_stages_it_cannot_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_validates_publishes_and_prints_the_job_id() {
+    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
+    let _gate = stowage_tests::shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let prefix = bus.names.prefix().to_owned();
     let declared = stowage(&["topology", "declare"], &prefix, None);
@@ -111,6 +113,8 @@ async fn submit_validates_publishes_and_prints_the_job_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
+    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
+    let _gate = stowage_tests::shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let prefix = bus.names.prefix().to_owned();
     let handler = ScriptedHandler::default();
@@ -192,6 +196,8 @@ async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
 /// The README's promise: any AMQP client plus MessagePack (or JSON) can submit a job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_producer_can_submit_jobs_in_msgpack_and_json() {
+    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
+    let _gate = stowage_tests::shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let topology = Topology::new(bus.names.clone(), &RetryPolicy::default());
     bus.broker.declare(&topology).await.expect("declare");

@@ -105,6 +105,8 @@ fn count_jobs(vault: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_and_restores_are_followed_through_their_job_records() {
+    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
+    let _gate = stowage_tests::shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let dir = temp_dir("jobs");
     let vault_dir = dir.join("vault");
@@ -446,6 +448,8 @@ fn vault_dir(f: &VaultFixture) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_jobs_stop_and_are_acked_not_retried() {
+    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
+    let _gate = stowage_tests::shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let topology = Topology::new(bus.names.clone(), &stowage_runtime::RetryPolicy::default());
     bus.broker.declare(&topology).await.expect("declare");

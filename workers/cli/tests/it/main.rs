@@ -8,5 +8,7 @@ mod catalog;
 mod cli;
 mod jobs;
 mod observability;
+mod outbox;
+mod ownership;
 mod preflight;
 mod vault_worker;

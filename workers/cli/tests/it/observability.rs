@@ -129,6 +129,8 @@ async fn metrics_until(port: u16, wanted: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_and_no_secret_reaches_the_logs() {
+    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
+    let _gate = stowage_tests::shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let prefix = bus.names.prefix().to_owned();
     let secrets = Secrets::new();

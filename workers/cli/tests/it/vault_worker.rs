@@ -73,6 +73,8 @@ fn pack_files(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_killed_midway_resumes_without_duplicates_in_bounded_memory() {
+    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
+    let _gate = stowage_tests::shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let topology = Topology::new(bus.names.clone(), &RetryPolicy::default());
     bus.broker.declare(&topology).await.expect("declare");

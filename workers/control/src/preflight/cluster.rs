@@ -172,11 +172,7 @@ pub(super) async fn check_csi_drivers(targets: &PreflightTargets, cluster: &Kube
     })
     .await;
     if let Err(e) = listed {
-        return Check::fail(
-            CSI_DRIVERS,
-            format!("cannot list persistent volumes: {}", chain(&e)),
-            "let the identity running preflight list persistentvolumes",
-        );
+        return cannot_list(CSI_DRIVERS, "persistent volumes", "persistentvolumes", &e);
     }
     if !foreign.is_empty() {
         return Check::fail(
@@ -222,10 +218,11 @@ pub(super) async fn check_conflicting_tools(cluster: &KubeTarget) -> Check {
     })
     .await;
     if let Err(e) = listed {
-        return Check::fail(
+        return cannot_list(
             CONFLICTING_TOOLS,
-            format!("cannot list CustomResourceDefinitions: {}", chain(&e)),
-            "let the identity running preflight list customresourcedefinitions",
+            "CustomResourceDefinitions",
+            "customresourcedefinitions",
+            &e,
         );
     }
     if !velero_crds.is_empty() {
@@ -307,11 +304,7 @@ pub(super) async fn check_region(targets: &PreflightTargets, cluster: &KubeTarge
     })
     .await;
     if let Err(e) = listed {
-        return Check::fail(
-            REGION,
-            format!("cannot list nodes: {}", chain(&e)),
-            "let the identity running preflight list nodes",
-        );
+        return cannot_list(REGION, "nodes", "nodes", &e);
     }
     if regions.len() > 1 {
         return Check::fail(
@@ -381,4 +374,14 @@ pub(super) async fn check_region(targets: &PreflightTargets, cluster: &KubeTarge
             ),
         )
     }
+}
+
+/// The check `name` failed because listing `what` (RBAC resource `resource`) was refused or
+/// failed.
+fn cannot_list(name: &str, what: &str, resource: &str, error: &kube::Error) -> Check {
+    Check::fail(
+        name,
+        format!("cannot list {what}: {}", chain(error)),
+        format!("let the identity running preflight list {resource}"),
+    )
 }

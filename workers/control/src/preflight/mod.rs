@@ -134,40 +134,29 @@ pub struct Check {
 }
 
 impl Check {
-    fn pass(name: &str, detail: impl Into<String>) -> Self {
+    fn new(name: &str, status: Status, detail: impl Into<String>, fix: Option<String>) -> Self {
         Self {
             name: name.to_owned(),
-            status: Status::Pass,
+            status,
             detail: detail.into(),
-            fix: None,
+            fix,
         }
+    }
+
+    fn pass(name: &str, detail: impl Into<String>) -> Self {
+        Self::new(name, Status::Pass, detail, None)
     }
 
     fn fail(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            name: name.to_owned(),
-            status: Status::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Self::new(name, Status::Fail, detail, Some(fix.into()))
     }
 
     fn warn(name: &str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self {
-            name: name.to_owned(),
-            status: Status::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Self::new(name, Status::Warn, detail, Some(fix.into()))
     }
 
     fn skipped(name: &str, reason: impl Into<String>) -> Self {
-        Self {
-            name: name.to_owned(),
-            status: Status::Skipped(reason.into()),
-            detail: String::new(),
-            fix: None,
-        }
+        Self::new(name, Status::Skipped(reason.into()), "", None)
     }
 
     /// Whether the check failed.

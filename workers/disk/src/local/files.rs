@@ -16,14 +16,16 @@ use crate::{ByteRange, DiskError};
 
 /// Bytes copied per read while taking a snapshot.
 const COPY_BUF: usize = 1 << 20;
-/// Temporary files older than this are leftovers of a crashed process; `open` removes them.
-const STALE_TEMP: Duration = Duration::from_secs(3600);
+/// A temporary file is removed only when no process holds its lock and it is older than this
+/// (see [`super::LocalDiskProvider::remove_stale_temporaries`]).
+pub const TEMP_MIN_AGE: Duration = Duration::from_secs(600);
 /// Longest accepted disk or snapshot name.
 const MAX_NAME: usize = 200;
 
-pub(super) fn remove_stale_temps(dir: &Path) {
+pub(super) fn remove_stale_temps(dir: &Path, min_age: Duration) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
-        return;
+        return removed;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -36,12 +38,24 @@ pub(super) fn remove_stale_temps(dir: &Path) {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age > STALE_TEMP);
-        if old {
-            tracing::info!(path = %entry.path().display(), "removing stale temporary file");
-            let _ = fs::remove_file(entry.path());
+            .is_some_and(|age| age > min_age);
+        if !old {
+            continue;
+        }
+        // A live writer holds the lock: the file is still being written.
+        let Ok(file) = OpenOptions::new().read(true).open(entry.path()) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            tracing::debug!(path = %entry.path().display(), "temporary file still locked by its writer; kept");
+            continue;
+        }
+        tracing::info!(path = %entry.path().display(), "removing a temporary file a killed writer left");
+        if fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
         }
     }
+    removed
 }
 
 pub(super) fn validate(what: &'static str, name: &str) -> Result<(), DiskError> {
@@ -95,7 +109,7 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), DiskError> {
         .map_err(io_ctx(|| format!("syncing folder {}", dir.display())))
 }
 
-fn temp_path(path: &Path) -> PathBuf {
+pub(super) fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -116,7 +130,11 @@ impl Temp {
             path: temp_path(dest),
             keep: false,
         };
-        let file = File::create_new(&temp.path).map_err(io_ctx(&ctx))?;
+        // Locked for as long as it is open, so a sweep never removes it under a live writer
+        // (see `remove_stale_temps`).
+        let file = File::create_new(&temp.path)
+            .and_then(|file| file.lock().map(|()| file))
+            .map_err(io_ctx(&ctx))?;
         Ok((temp, file))
     }
 

@@ -8,9 +8,11 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 
+pub use self::files::TEMP_MIN_AGE;
 use self::files::{check_bounds, remove_stale_temps};
 use crate::{
     BoxFuture, ByteRange, DiskError, DiskId, DiskInfo, DiskProvider, PieceStream, SnapshotId,
@@ -94,7 +96,7 @@ impl LocalDiskProvider {
     }
 
     /// Open (creating if needed) a provider rooted at `root`, and remove temporary files left
-    /// by processes that crashed more than an hour ago.
+    /// by killed writers (see [`Self::remove_stale_temporaries`]).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, DiskError> {
         let root = root.into();
         let inner = Inner {
@@ -112,12 +114,27 @@ impl LocalDiskProvider {
                     e,
                 )
             })?;
-            remove_stale_temps(dir);
+            remove_stale_temps(dir, TEMP_MIN_AGE);
         }
         Ok(Self {
             region: LOCAL_REGION.into(),
             inner: Arc::new(inner),
         })
+    }
+
+    /// Removes the temporary files (`.<file>.<uuid>.tmp`: partial snapshot images, disk images
+    /// and metadata being written) that killed writers left in `disks/` and `snapshots/`, and
+    /// returns them. **Rule:** a writer holds an exclusive lock (`flock`) on its temporary file
+    /// from the moment it creates it until it renames or removes it, and the kernel drops the
+    /// lock when the writer dies; a file is removed only if this lock can be taken (no live
+    /// writer) and it was last modified more than `min_age` ago (which covers the instant
+    /// between creating a file and locking it). Called at `open` (worker start) with
+    /// [`TEMP_MIN_AGE`] and by every retention run.
+    pub fn remove_stale_temporaries(&self, min_age: Duration) -> Vec<PathBuf> {
+        [&self.inner.disks, &self.inner.snapshots]
+            .into_iter()
+            .flat_map(|dir| remove_stale_temps(dir, min_age))
+            .collect()
     }
 
     /// The folder this provider keeps its disks and snapshots in.
@@ -290,6 +307,15 @@ impl DiskProvider for LocalDiskProvider {
     fn delete_snapshot<'a>(&'a self, id: &'a SnapshotId) -> BoxFuture<'a, Result<(), DiskError>> {
         let id = id.0.clone();
         Box::pin(self.blocking(move |inner| inner.delete_snapshot(&id)))
+    }
+
+    fn remove_leftovers(&self) -> BoxFuture<'_, Result<u64, DiskError>> {
+        Box::pin(self.blocking(|inner| {
+            Ok([&inner.disks, &inner.snapshots]
+                .into_iter()
+                .map(|dir| remove_stale_temps(dir, TEMP_MIN_AGE).len() as u64)
+                .sum())
+        }))
     }
 }
 

@@ -604,3 +604,61 @@ async fn concurrent_writes_and_snapshots_stay_consistent() {
         }
     }
 }
+
+/// Sets a file's modification time `age` into the past.
+fn age_file(path: &std::path::Path, age: Duration) {
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - age)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn leftovers_of_killed_writers_are_swept_but_never_under_a_live_writer() {
+    use super::files::temp_path;
+    let f = fixture();
+    let p = &f.provider;
+    let inner = &p.inner;
+    p.create_disk("k", MIB).await.unwrap();
+    p.write(&d("k"), 4096, &[7; 4096]).await.unwrap();
+    p.snapshot(&d("k"), "k-1").await.unwrap();
+    let old = TEMP_MIN_AGE + Duration::from_secs(60);
+
+    // A partial snapshot image of a killed writer: old, nobody holds its lock.
+    let dead = temp_path(&inner.snap_file("k-2", "img"));
+    fs::write(&dead, b"partial").unwrap();
+    age_file(&dead, old);
+    // A snapshot still being copied by a live writer: old, but its lock is held.
+    let live = temp_path(&inner.snap_file("k-3", "img"));
+    let writer = std::fs::File::create_new(&live).unwrap();
+    writer.lock().unwrap();
+    age_file(&live, old);
+    // A fresh one nobody holds (the instant between create and lock): kept too.
+    let fresh = temp_path(&inner.disk_file("k4", "img"));
+    fs::write(&fresh, b"new").unwrap();
+
+    let removed = p.remove_leftovers().await.unwrap();
+    assert_eq!(removed, 1);
+    assert!(
+        !dead.exists(),
+        "the killed writer's partial image is removed"
+    );
+    assert!(live.exists(), "a live writer's file is never removed");
+    assert!(fresh.exists(), "a fresh temporary file is kept");
+    // Real data untouched.
+    assert_eq!(read_disk_all(p, "k", MIB).await[4096..8192], [7; 4096]);
+    assert_eq!(
+        read_snapshot_all(p, "k-1", MIB).await[4096..8192],
+        [7; 4096]
+    );
+
+    // Once the writer is gone (its lock released), the same file goes; so does it at `open`.
+    drop(writer);
+    age_file(&fresh, old);
+    let reopened = LocalDiskProvider::open(&f.root).unwrap();
+    assert!(!live.exists() && !fresh.exists());
+    assert!(reopened.remove_stale_temporaries(TEMP_MIN_AGE).is_empty());
+    assert_eq!(
+        read_disk_all(&reopened, "k", MIB).await[4096..8192],
+        [7; 4096]
+    );
+}

@@ -64,10 +64,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use stowage_cluster::apply::name_of;
 use stowage_disk::SnapshotId;
 use stowage_runtime::{JobContext, JobOrEvent, Outcome, StageError, StageHandler};
+use stowage_schemas::Message;
 use stowage_schemas::domain::{JobProgress, RecoveryPoint, Tier};
 use stowage_schemas::events::{RestoreCompleted, RestoreHydrated};
 use stowage_schemas::jobs::{RestoreJob, RestoreOptions, Staging};
-use stowage_schemas::{Message, Stage};
 use stowage_vault::catalog;
 use stowage_vault::layout::{self, BlobKey};
 use stowage_vault::store::BlobStore;
@@ -98,10 +98,6 @@ pub struct RestoreStage(pub ClusterContext);
 
 impl StageHandler for RestoreStage {
     type Input = JobOrEvent<RestoreJob, RestoreHydrated>;
-
-    fn stage(&self) -> Stage {
-        Stage::Restore
-    }
 
     async fn handle(&self, ctx: JobContext, input: Self::Input) -> Result<Outcome, StageError> {
         let request = match &input {
@@ -236,7 +232,7 @@ impl RestoreStage {
                 &report.adopted_disks,
             )
             .await;
-            tracing::info!(restore_id = %request.restore_id, objects_deleted = released.objects_deleted, disks_deleted = released.disks_deleted, disks_adopted = released.disks_kept, "staging released");
+            tracing::info!(restore_id = %request.restore_id, objects_deleted = released.objects_deleted, disks_deleted = released.disks_deleted, disks_adopted = released.disks_kept, disks_refused = released.disks_refused, "staging released");
         }
         Ok(completed)
     }
@@ -313,6 +309,24 @@ pub async fn restore(
         }
     };
 
+    // The vault's own account of what this restore's hydration made: only those staging disks
+    // are used (and later released); any other disk a message names is refused and reported.
+    let mut refused = BTreeSet::new();
+    if let RestoreSource::Staged { staging, .. } = &request.source
+        && !staging.disks.is_empty()
+    {
+        let hydration = crate::staging::read_record(store, &request.restore_id).await?;
+        for disk in &staging.disks {
+            if let Some(reason) =
+                crate::staging::disk_refusal(hydration.as_ref(), &request.restore_id, &disk.disk_id)
+            {
+                tracing::warn!(restore_id = %request.restore_id, disk = %disk.disk_id, "{reason}");
+                warnings.push(reason);
+                refused.insert(disk.disk_id.clone());
+            }
+        }
+    }
+
     // (backed-up namespace, claim) → where its data comes from.
     let mut origins: BTreeMap<(String, String), (String, VolumeOrigin)> = BTreeMap::new();
     if options.include_volumes {
@@ -328,6 +342,14 @@ pub async fn restore(
                         .iter()
                         .find(|d| d.volume_id == volume.volume_id)
                     {
+                        Some(disk) if refused.contains(&disk.disk_id) => {
+                            warnings.push(format!(
+                                "the data of PVC {}/{} is not restored: its staging disk {} was \
+                                 refused (above)",
+                                volume.namespace, volume.pvc, disk.disk_id
+                            ));
+                            continue;
+                        }
                         Some(disk) => VolumeOrigin::Disk {
                             disk: disk.disk_id.clone(),
                         },

@@ -38,7 +38,6 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use stowage_disk::SnapshotId;
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
-use stowage_schemas::Stage;
 use stowage_schemas::domain::{Policy, RecoveryPoint, RpState, Tier};
 use stowage_schemas::jobs::RetentionJob;
 use stowage_vault::catalog::{self, settings};
@@ -102,10 +101,6 @@ impl RetentionStage {
 impl StageHandler for RetentionStage {
     type Input = RetentionJob;
 
-    fn stage(&self) -> Stage {
-        Stage::Retention
-    }
-
     async fn handle(&self, _ctx: JobContext, job: RetentionJob) -> Result<Outcome, StageError> {
         let now = (self.clock)();
         let as_of = job.as_of.unwrap_or(now);
@@ -130,9 +125,32 @@ impl StageHandler for RetentionStage {
                 }
             }
         }
+        // What killed writers left: temporary objects not written for the grace period, and
+        // the disk provider's leftovers under its own rule (see ARCHITECTURE.md, "Leftovers of
+        // killed writers").
+        let mut temporaries_removed = 0;
+        let grace = std::time::Duration::try_from(self.grace).unwrap_or_default();
+        let wall = std::time::SystemTime::from(now);
+        let stores =
+            std::iter::once(&self.ctx.primary).chain(self.ctx.secondary.as_ref().map(|s| &s.store));
+        for store in stores {
+            match store.remove_stale_temporaries(grace, wall).await {
+                Ok(removed) => temporaries_removed += removed.len(),
+                Err(err) => {
+                    tracing::warn!(%err, "could not sweep temporary objects; the next retention run tries again");
+                }
+            }
+        }
+        match self.ctx.disks.remove_leftovers().await {
+            Ok(n) => temporaries_removed += n as usize,
+            Err(err) => {
+                tracing::warn!(%err, "could not sweep the disk provider's leftovers; the next retention run tries again");
+            }
+        }
         tracing::info!(
             instance = job.instance,
             %as_of,
+            temporaries_removed,
             rps = report.rps,
             operational_expired = report.operational_deleted,
             vault_expired = report.vault_deleted,
@@ -467,6 +485,10 @@ async fn apply(
         match tier {
             Tier::Operational => {
                 let rp = catalog::read_recovery_point(store, instance, rp_id).await?;
+                if rp.instance != instance || rp.id != *rp_id {
+                    tracing::warn!(instance, rp_id, manifest_instance = %rp.instance, manifest_id = %rp.id, "the RP manifest names another instance or recovery point; its snapshots are not this RP's and are not deleted");
+                    continue;
+                }
                 report.snapshots_deleted += delete_snapshots(ctx, &rp).await?;
                 report.operational_deleted += 1;
             }
@@ -516,15 +538,30 @@ async fn apply(
     Ok(())
 }
 
+/// Deletes the snapshots the RP manifest names — only those named like the snapshot stage names
+/// this RP's snapshots (`<rp>-<disk>`): a snapshot named otherwise is not one Stowage took for
+/// this RP and is left alone, with a warning.
 async fn delete_snapshots(ctx: &VaultContext, rp: &RecoveryPoint) -> Result<u64, StageError> {
     let mut deleted = 0;
     for volume in &rp.volumes {
+        if !snapshot_of_rp(&rp.id, &volume.snapshot_id) {
+            tracing::warn!(instance = %rp.instance, rp_id = %rp.id, snapshot = %volume.snapshot_id, "the RP manifest names a snapshot the snapshot stage would not have taken for this RP; left alone");
+            continue;
+        }
         ctx.disks
             .delete_snapshot(&SnapshotId(volume.snapshot_id.clone()))
             .await?;
         deleted += 1;
     }
     Ok(deleted)
+}
+
+/// Whether `snapshot` carries the name the snapshot stage gives a snapshot of RP `rp_id`
+/// (`disk_safe_name("<rp>-<disk>")`, whose first 183 bytes are kept even when hashed).
+pub(crate) fn snapshot_of_rp(rp_id: &str, snapshot: &str) -> bool {
+    let prefix = crate::cluster_context::disk_safe_name(&format!("{rp_id}-"));
+    let n = prefix.len().min(183);
+    snapshot.len() > n && snapshot.as_bytes()[..n] == prefix.as_bytes()[..n]
 }
 
 /// Deletes every object under `prefix`, streaming the listing.
@@ -604,4 +641,24 @@ pub async fn vault_eligibility(
             None => Eligibility::NotSelected,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_of_rp;
+
+    #[test]
+    fn only_snapshots_named_for_the_rp_are_its_own() {
+        assert!(snapshot_of_rp("rp-1", "rp-1-shop-data"));
+        assert!(snapshot_of_rp(
+            "sched-2026-01-01T00:00Z",
+            "sched-2026-01-01T00-00Z-blog-data"
+        ));
+        assert!(!snapshot_of_rp("rp-1", "blog-data"));
+        assert!(!snapshot_of_rp("rp-1", "rp-10-shop-data"));
+        assert!(!snapshot_of_rp("rp-1", "rp-1-"));
+        let long = "r".repeat(300);
+        let name = crate::cluster_context::disk_safe_name(&format!("{long}-disk"));
+        assert!(snapshot_of_rp(&long, &name));
+    }
 }

@@ -49,12 +49,12 @@ use serde_json::Value;
 use stowage_cluster::{ClusterTarget, CollectError, CollectedObject, collect};
 use stowage_disk::DiskId;
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
+use stowage_schemas::Message;
 use stowage_schemas::domain::{
     HookPhase, JobProgress, RecoveryPoint, RpState, Tier, TierState, VolumeBackup,
 };
 use stowage_schemas::events::RpCreated;
 use stowage_schemas::jobs::SnapshotJob;
-use stowage_schemas::{Message, Stage};
 use stowage_vault::catalog;
 use stowage_vault::layout::{self, BlobKey};
 use stowage_vault::store::CreateOutcome;
@@ -82,10 +82,6 @@ pub struct SnapshotStage(pub ClusterContext);
 
 impl StageHandler for SnapshotStage {
     type Input = SnapshotJob;
-
-    fn stage(&self) -> Stage {
-        Stage::Snapshot
-    }
 
     async fn handle(&self, ctx: JobContext, job: SnapshotJob) -> Result<Outcome, StageError> {
         let created = take_snapshot(&self.0, &job, &ctx).await?;

@@ -519,3 +519,74 @@ async fn the_handler_expires_by_policy_and_emits_nothing() {
     assert_eq!(record.tiers[0].state, RpState::Available);
     assert_eq!(record.tiers[0].expires_at, None, "protected as the newest");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_run_sweeps_what_killed_writers_left_and_nothing_else() {
+    use stowage_runtime::StageHandler as _;
+    use stowage_schemas::jobs::RetentionJob;
+    use stowage_schemas::{Envelope, Message};
+
+    let age = |path: &std::path::Path, by: std::time::Duration| {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - by)
+            .unwrap();
+    };
+    let hour = std::time::Duration::from_secs(3600);
+    let f = fixture(&[(CalendarPeriod::Day, 30)], 7).await;
+    let now = Timestamp::now();
+    let (_, before) = f
+        .backup("rp-1", now - SignedDuration::from_hours(1), 1)
+        .await;
+    let vault = f._dir.join("vault");
+    let snapshots = f.disks.root().join("snapshots");
+    // Left by killed writers: a staged record, a streamed write, a partial snapshot image.
+    let staged = vault.join("jobs/j-1.json#4");
+    let streamed = vault.join(".stowage-tmp/00ff00ff");
+    let partial = snapshots.join(format!(
+        ".rp-2-{DISK}.img.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(vault.join("jobs")).unwrap();
+    std::fs::create_dir_all(vault.join(".stowage-tmp")).unwrap();
+    for path in [&staged, &streamed, &partial] {
+        std::fs::write(path, b"partial").unwrap();
+        age(path, 25 * hour);
+    }
+    // Written just now (live writers, as far as anyone can tell): kept.
+    let fresh_staged = vault.join("jobs/j-2.json#5");
+    let fresh_partial = snapshots.join(format!(
+        ".rp-3-{DISK}.img.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    for path in [&fresh_staged, &fresh_partial] {
+        std::fs::write(path, b"partial").unwrap();
+    }
+
+    let stage = retention::RetentionStage::new(f.ctx.clone());
+    let envelope = Envelope::new(
+        "retention-1",
+        Message::Retention(RetentionJob {
+            instance: INSTANCE.into(),
+            as_of: None,
+        }),
+    );
+    stage
+        .handle_envelope(JobContext::detached(Stage::Retention), envelope)
+        .await
+        .unwrap();
+    assert!(!staged.exists() && !streamed.exists() && !partial.exists());
+    assert!(fresh_staged.exists() && fresh_partial.exists());
+    // Real data untouched: the disk, its snapshot, the recovery point.
+    assert_eq!(f.disk_hash(&DiskId(DISK.into())).await, before);
+    let mut image = vec![0u8; SIZE as usize];
+    f.disks
+        .read_snapshot(&SnapshotId(format!("rp-1-{DISK}")), 0, &mut image)
+        .await
+        .unwrap();
+    assert_eq!(blake3::hash(&image), before);
+    assert!(
+        catalog::read_recovery_point(&f.ctx.primary, INSTANCE, "rp-1")
+            .await
+            .is_ok()
+    );
+}

@@ -14,7 +14,6 @@
 //! Timestamps are the caller's business: `update_job` does not touch `updated_at`, so a change
 //! sets it with the clock it runs on (real time in workers, simulated time in tests).
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use stowage_schemas::domain::JobRecord;
 
@@ -26,9 +25,6 @@ use crate::store::{BlobStore, CreateOutcome, ObjectVersion};
 /// How many times [`update_job`] re-reads and re-applies after a compare-and-swap conflict
 /// before giving up.
 pub const UPDATE_TRIES: u32 = 64;
-
-/// How many records [`list_jobs`] reads at once.
-const LIST_READS_IN_FLIGHT: usize = 8;
 
 /// The job-record failures, with the texts operators see.
 impl Error {
@@ -134,33 +130,12 @@ pub async fn update_job(
 /// (memory stays bounded however many jobs the vault holds). A record deleted between the
 /// listing and its read is skipped; objects under `jobs/` that are not `<id>.json` are ignored.
 pub fn list_jobs(store: &BlobStore) -> BoxStream<'static, Result<JobRecord, Error>> {
-    let reader = store.clone();
-    store
-        .list(&layout::jobs())
-        .filter_map(|item| async move {
-            match item {
-                Ok(info) if layout::job_id_from_key(&info.key).is_some() => Some(Ok(info.key)),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            }
-        })
-        .map(move |key| {
-            let store = reader.clone();
-            async move {
-                let key = match key {
-                    Ok(key) => key,
-                    Err(e) => return Some(Err(e)),
-                };
-                match store.get(&key).await {
-                    Ok(object) => Some(decode(&key, &object.bytes)),
-                    Err(e) if e.is_not_found() => None,
-                    Err(e) => Some(Err(e)),
-                }
-            }
-        })
-        .buffer_unordered(LIST_READS_IN_FLIGHT)
-        .filter_map(|item| async move { item })
-        .boxed()
+    document::list(
+        store,
+        &layout::jobs(),
+        |key| layout::job_id_from_key(key).is_some(),
+        decode,
+    )
 }
 
 #[cfg(test)]

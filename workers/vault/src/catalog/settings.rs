@@ -30,7 +30,6 @@ use std::fmt;
 use crate::document::{self, Decision, UpdateError};
 use crate::layout::{self, BlobKey, KeyPrefix, LayoutError};
 use crate::store::BlobStore;
-use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -50,8 +49,6 @@ pub const MAX_HOOK_TIMEOUT_SECONDS: u32 = 3600;
 
 /// Compare-and-swap attempts of one write before giving up.
 const WRITE_TRIES: u32 = 16;
-/// Documents a listing reads at once.
-const LIST_READS_IN_FLIGHT: usize = 8;
 
 /// One problem with one field of a document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,14 +241,7 @@ impl Check {
     }
 
     fn dns_label(&mut self, field: &str, value: &str) {
-        let ok = !value.is_empty()
-            && value.len() <= 63
-            && value
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !value.starts_with('-')
-            && !value.ends_with('-');
-        if !ok {
+        if !is_namespace_name(value) {
             self.fail(
                 field,
                 format!("is {value:?}, which is not a Kubernetes namespace name"),
@@ -340,30 +330,13 @@ pub fn validate_vault(vault: &Vault, previous: Option<&Vault>) -> Result<(), Set
                 "immutability",
                 format!(
                     "would change from locked to {}",
-                    immutability_name(vault.immutability)
+                    vault.immutability.as_str()
                 ),
                 "locked immutability can never be turned off; keep it locked",
             );
         }
     }
     check.finish()
-}
-
-fn immutability_name(value: Immutability) -> &'static str {
-    match value {
-        Immutability::Disabled => "disabled",
-        Immutability::Enabled => "enabled",
-        Immutability::Locked => "locked",
-    }
-}
-
-fn period_name(period: CalendarPeriod) -> &'static str {
-    match period {
-        CalendarPeriod::Day => "day",
-        CalendarPeriod::Week => "week",
-        CalendarPeriod::Month => "month",
-        CalendarPeriod::Year => "year",
-    }
 }
 
 /// Checks a policy.
@@ -413,7 +386,7 @@ pub fn validate_policy(policy: &Policy) -> Result<(), SettingsError> {
                 format!("is {}", rule.keep_days),
                 format!(
                     "a first-of-{} rule keeps recovery points 1 to {max} days",
-                    period_name(rule.first_of)
+                    rule.first_of.as_str()
                 ),
             );
         }
@@ -422,7 +395,7 @@ pub fn validate_policy(policy: &Policy) -> Result<(), SettingsError> {
                 format!("retention.vault[{i}].first_of"),
                 format!(
                     "repeats {}, which an earlier rule already selects",
-                    period_name(rule.first_of)
+                    rule.first_of.as_str()
                 ),
                 "keep one rule per period and give it the longest duration you need",
             );
@@ -565,6 +538,24 @@ async fn read_doc<T: DeserializeOwned>(
     }
 }
 
+/// The document at `key`, which must exist: a missing one is [`SettingsError::NotFound`],
+/// saying `what` it is, its `name` and the `fix`.
+async fn read_required<T: DeserializeOwned>(
+    store: &BlobStore,
+    key: &BlobKey,
+    (what, name): (&'static str, &str),
+    fix: &'static str,
+) -> Result<T, SettingsError> {
+    read_doc(store, key)
+        .await?
+        .ok_or_else(|| SettingsError::NotFound {
+            what,
+            name: name.to_owned(),
+            key: key.to_string(),
+            fix,
+        })
+}
+
 /// The create/compare-and-swap loop shared by every document: `validate` sees the stored
 /// version being replaced (or `None` on create) on every attempt.
 async fn write_doc<T>(
@@ -605,29 +596,24 @@ fn list_docs<T: DeserializeOwned + Send + 'static>(
     store: &BlobStore,
     prefix: &KeyPrefix,
 ) -> BoxStream<'static, Result<T, SettingsError>> {
-    let reader = store.clone();
-    store
-        .list(prefix)
-        .filter_map(|item| async move {
-            match item {
-                Ok(info) if info.key.as_str().ends_with(".json") => Some(Ok(info.key)),
-                Ok(_) => None,
-                Err(e) => Some(Err(SettingsError::from(e))),
-            }
-        })
-        .map(move |key| {
-            let store = reader.clone();
-            async move {
-                let key = match key {
-                    Ok(key) => key,
-                    Err(e) => return Some(Err(e)),
-                };
-                read_doc::<T>(&store, &key).await.transpose()
-            }
-        })
-        .buffer_unordered(LIST_READS_IN_FLIGHT)
-        .filter_map(|item| async move { item })
-        .boxed()
+    document::list(
+        store,
+        prefix,
+        |key| key.as_str().ends_with(".json"),
+        |key, bytes| Ok(document::decode::<T, SettingsError>(key, bytes)?),
+    )
+}
+
+/// Whether `name` is a Kubernetes namespace name (an RFC 1123 label): at most 63 lowercase
+/// letters, digits and '-', starting and ending with a letter or digit.
+pub fn is_namespace_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 const VAULT_FIX: &str = "initialise the vault first with `stowage vault init`";
@@ -635,14 +621,7 @@ const VAULT_FIX: &str = "initialise the vault first with `stowage vault init`";
 /// The vault settings (`vault.json`).
 pub async fn read_vault(store: &BlobStore) -> Result<Vault, SettingsError> {
     let key = layout::vault_settings();
-    read_doc(store, &key)
-        .await?
-        .ok_or_else(|| SettingsError::NotFound {
-            what: "vault settings",
-            name: "vault.json".into(),
-            key: key.to_string(),
-            fix: VAULT_FIX,
-        })
+    read_required(store, &key, ("vault settings", "vault.json"), VAULT_FIX).await
 }
 
 /// Validates and writes the vault settings.
@@ -666,14 +645,13 @@ pub async fn write_vault(
 /// A policy (`policies/<name>.json`).
 pub async fn read_policy(store: &BlobStore, name: &str) -> Result<Policy, SettingsError> {
     let key = layout::policy(name)?;
-    read_doc(store, &key)
-        .await?
-        .ok_or_else(|| SettingsError::NotFound {
-            what: "policy",
-            name: name.to_owned(),
-            key: key.to_string(),
-            fix: "create it with `stowage policy create`, or see `stowage policy list`",
-        })
+    read_required(
+        store,
+        &key,
+        ("policy", name),
+        "create it with `stowage policy create`, or see `stowage policy list`",
+    )
+    .await
 }
 
 /// Validates and writes a policy. The vault must be initialised.
@@ -699,14 +677,13 @@ pub fn list_policies(store: &BlobStore) -> BoxStream<'static, Result<Policy, Set
 /// A backup instance (`instances/<name>.json`).
 pub async fn read_instance(store: &BlobStore, name: &str) -> Result<BackupInstance, SettingsError> {
     let key = layout::instance(name)?;
-    read_doc(store, &key)
-        .await?
-        .ok_or_else(|| SettingsError::NotFound {
-            what: "backup instance",
-            name: name.to_owned(),
-            key: key.to_string(),
-            fix: "create it with `stowage instance create`, or see `stowage instance list`",
-        })
+    read_required(
+        store,
+        &key,
+        ("backup instance", name),
+        "create it with `stowage instance create`, or see `stowage instance list`",
+    )
+    .await
 }
 
 /// Validates and writes a backup instance: the vault must be initialised under the name the
@@ -749,11 +726,10 @@ pub fn list_instances(
 mod tests {
     use futures::TryStreamExt;
     use jiff::civil::Time;
-    use stowage_schemas::domain::{
-        Hook, HookErrorMode, HookPhase, Retention, Schedule, Scope, VaultRule,
-    };
+    use stowage_schemas::domain::{Hook, HookErrorMode, HookPhase, Scope, VaultRule};
 
     use super::*;
+    use stowage_schemas::samples::policy;
 
     fn vault() -> Vault {
         Vault {
@@ -763,30 +739,6 @@ mod tests {
             redundancy: Redundancy::Local,
             key_id: "local".into(),
             immutability: Immutability::Disabled,
-        }
-    }
-
-    fn policy() -> Policy {
-        Policy {
-            name: "daily".into(),
-            schedule: Schedule {
-                frequency_hours: 4,
-                start: Time::constant(2, 0, 0, 0),
-                time_zone: "Europe/Amsterdam".into(),
-            },
-            retention: Retention {
-                operational_days: 7,
-                vault: vec![
-                    VaultRule {
-                        first_of: CalendarPeriod::Day,
-                        keep_days: 30,
-                    },
-                    VaultRule {
-                        first_of: CalendarPeriod::Year,
-                        keep_days: 3650,
-                    },
-                ],
-            },
         }
     }
 

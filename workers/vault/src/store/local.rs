@@ -109,6 +109,10 @@ impl BlobStore {
 }
 
 impl Cas for LocalFolderCas {
+    fn local_root(&self) -> Option<&FsPath> {
+        self.lock_dir.parent()
+    }
+
     fn version_of(
         &self,
         bytes: &[u8],

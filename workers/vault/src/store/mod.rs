@@ -58,10 +58,12 @@ use crate::layout::{BlobKey, KeyPrefix};
 mod azure;
 mod local;
 mod stream;
+mod temporaries;
 
 pub use azure::{AzureConfig, create_azurite_container};
 pub use local::{LOCAL_LOCK_STRIPES, LocalDurability};
 pub use stream::{STREAM_PART_BYTES, STREAM_PARTS_IN_FLIGHT};
+pub use temporaries::TemporaryObject;
 
 pub use crate::layout::{LOCAL_LOCK_DIR, STREAM_TEMP_DIR};
 
@@ -272,6 +274,11 @@ trait Cas: fmt::Debug + Send + Sync {
         store: &'a BlobStore,
         key: &'a BlobKey,
     ) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// The folder of a local-folder store (whose staged files listings hide); `None` otherwise.
+    fn local_root(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// Compare-and-swap by the backend's own conditional update (e-tags).

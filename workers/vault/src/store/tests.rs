@@ -592,3 +592,100 @@ async fn a_backend_without_conditional_update_refuses_cas() {
     assert!(refused.kind() == ErrorKind::Unsupported, "{refused}");
     assert_eq!(&raw.get(&key).await.unwrap().bytes[..], b"a");
 }
+
+fn set_age(path: &std::path::Path, age: std::time::Duration) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - age)
+        .unwrap();
+}
+
+#[tokio::test]
+async fn temporaries_killed_writers_left_are_listed_and_swept_by_age() {
+    let folder = TempFolder::new("temporaries");
+    let store = BlobStore::local_folder(&folder.0, LocalDurability::OsBuffered).unwrap();
+    let job = layout::job("j-1").unwrap();
+    store.put_create_only(&job, b"{}".to_vec()).await.unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    // A killed CAS/put left a staged file beside the record; a killed streamed write left
+    // its temporary object (and object_store's staged file of it); a live write is fresh.
+    let root = &folder.0;
+    let staged = root.join("jobs/j-1.json#17");
+    let streamed = root.join(".stowage-tmp/0123abcd");
+    let streamed_staged = root.join(".stowage-tmp/4567ef01#3");
+    let live = root.join("jobs/j-2.json#18");
+    std::fs::create_dir_all(root.join(".stowage-tmp")).unwrap();
+    for path in [&staged, &streamed, &streamed_staged, &live] {
+        std::fs::write(path, b"partial").unwrap();
+    }
+    for path in [&staged, &streamed, &streamed_staged] {
+        set_age(path, 25 * hour);
+    }
+    // Not temporaries: a real key whose name has a '#' followed by non-digits, the lock
+    // folder's files, the record itself — even when old.
+    let odd = root.join("jobs/notes#a1");
+    std::fs::write(&odd, b"x").unwrap();
+    set_age(&odd, 25 * hour);
+    set_age(&root.join("jobs/j-1.json"), 25 * hour);
+
+    let mut listed: Vec<String> = store
+        .temporary_objects()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.path)
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            ".stowage-tmp/0123abcd",
+            ".stowage-tmp/4567ef01#3",
+            "jobs/j-1.json#17",
+            "jobs/j-2.json#18"
+        ]
+    );
+    let removed = store
+        .remove_stale_temporaries(24 * hour, std::time::SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(removed.len(), 3, "{removed:?}");
+    assert!(!staged.exists() && !streamed.exists() && !streamed_staged.exists());
+    assert!(
+        live.exists(),
+        "a temporary written recently may be a live write: kept"
+    );
+    assert!(odd.exists());
+    assert_eq!(store.get(&job).await.unwrap().bytes.as_ref(), b"{}");
+    assert!(root.join(LOCAL_LOCK_DIR).is_dir());
+
+    // Any backend: the streamed-write folder, by the backend's modification time.
+    let memory = BlobStore::in_memory();
+    memory
+        .inner
+        .put(
+            &to_path(".stowage-tmp/89ab"),
+            PutPayload::from_static(b"partial"),
+        )
+        .await
+        .unwrap();
+    memory.put_create_only(&job, b"{}".to_vec()).await.unwrap();
+    let now = std::time::SystemTime::now();
+    assert!(
+        memory
+            .remove_stale_temporaries(hour, now)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let later = now + 2 * hour;
+    assert_eq!(
+        memory
+            .remove_stale_temporaries(hour, later)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(memory.temporary_objects().await.unwrap().is_empty());
+    assert!(memory.get(&job).await.is_ok());
+}
