@@ -268,6 +268,8 @@ async fn metrics_are_served_and_no_secret_reaches_the_logs() {
 /// password) are capped whatever the filter says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_at_trace_level() {
+    // The outbox test stops the broker; hold the gate it waits for.
+    let _gate = stowage_tests::shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let prefix = bus.names.prefix().to_owned();
     let secrets = Secrets::new();
@@ -421,6 +423,8 @@ impl OtlpReceiver {
 /// the worker and `stowage submit` start, work and stop cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_otlp_endpoint_never_takes_a_process_down() {
+    // The outbox test stops the broker; hold the gate it waits for.
+    let _gate = stowage_tests::shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let prefix = bus.names.prefix().to_owned();
     let secrets = Secrets::new();
@@ -475,6 +479,8 @@ async fn an_otlp_endpoint_never_takes_a_process_down() {
 /// are one trace, the job a child of the submit, and the worker flushes on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_an_otlp_receiver_as_one_trace_from_the_submitter() {
+    // The outbox test stops the broker; hold the gate it waits for.
+    let _gate = stowage_tests::shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let prefix = bus.names.prefix().to_owned();
     let secrets = Secrets::new();
