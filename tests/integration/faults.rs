@@ -215,7 +215,7 @@ async fn declare(bus: &Bus) {
         .expect("declare topology");
 }
 
-struct RestartOnDrop;
+pub(crate) struct RestartOnDrop;
 
 impl Drop for RestartOnDrop {
     fn drop(&mut self) {

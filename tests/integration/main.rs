@@ -3,10 +3,12 @@
 //! - `runtime`: behaviour of the worker runtime, each test run against the real RabbitMQ and
 //!   against the in-process broker.
 //! - `faults`: worker processes killed with SIGKILL, stopped with SIGTERM, and a broker restart.
+//! - `edges`: oversized input, counters at their maximum, broker timeouts (issue 13).
 //! - `arrows`: the crate graph, from `cargo metadata`, keeps its arrows pointing one way.
 
 mod arrows;
 mod deploy;
+mod edges;
 mod faults;
 mod jobs;
 mod runtime;

@@ -728,13 +728,19 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let BackupAction::Now { instance } = args.action;
     let broker: Arc<dyn Broker> = Arc::new(RabbitBroker::new(args.broker.amqp_url.clone()));
     let names = Names::new(args.broker.prefix.clone());
-    let record = backup_now(
-        &store,
-        broker.as_ref(),
-        &names,
-        &instance,
-        Some(requested_by()),
-        Timestamp::now(),
+    // One backup is one trace from here: snapshot, vault-transfer and geo-replication jobs are
+    // children of this span (submit stamps it on the job's envelope).
+    let span = tracing::info_span!("backup now", instance = %instance);
+    let record = tracing::Instrument::instrument(
+        backup_now(
+            &store,
+            broker.as_ref(),
+            &names,
+            &instance,
+            Some(requested_by()),
+            Timestamp::now(),
+        ),
+        span,
     )
     .await?;
     println!("{}", record.id);

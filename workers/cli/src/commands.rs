@@ -127,7 +127,13 @@ async fn submit_file(args: SubmitArgs) -> anyhow::Result<()> {
     };
     let envelope = job_file::parse(&origin, &text)?;
     let (broker, names) = connect(&args.broker);
-    submit(&broker, &names, &envelope)
+    // The submitter's span starts the job's trace (submit stamps it on the envelope).
+    let span = tracing::info_span!(
+        "submit",
+        otel.name = %format_args!("submit {}", envelope.kind()),
+        job_id = %stowage_runtime::limits::log_field(&envelope.job_id),
+    );
+    tracing::Instrument::instrument(submit(&broker, &names, &envelope), span)
         .await
         .with_context(|| format!("cannot submit {origin}"))?;
     eprintln!(

@@ -370,13 +370,13 @@ impl<H: StageHandler> StageHandler for Recorded<H> {
                     ErrorKind::Permanent => (JobStatus::Failed, "failed permanently".to_owned()),
                     ErrorKind::Transient if last_attempt => (
                         JobStatus::Failed,
-                        format!("gave up after {} attempt(s)", ctx.attempt + 1),
+                        format!("gave up after {} attempt(s)", ctx.attempt.saturating_add(1)),
                     ),
                     ErrorKind::Transient => (
                         JobStatus::Running,
                         format!(
                             "retrying: attempt {} of {} failed",
-                            ctx.attempt + 1,
+                            ctx.attempt.saturating_add(1),
                             self.settings.max_attempts
                         ),
                     ),

@@ -282,7 +282,14 @@ async fn publish_and_mark(
     let mut envelope = Envelope::new(record.id.clone(), message);
     envelope.message_id = job_message_id(&record.id);
     envelope.created_at = now;
-    submit(broker, names, &envelope)
+    // A job the scheduler (or `backup now`) publishes starts its trace here, or continues the
+    // caller's: submit stamps the current span on the envelope.
+    let span = tracing::info_span!(
+        "publish job",
+        otel.name = %format_args!("publish {}", envelope.kind()),
+        job_id = %record.id,
+    );
+    tracing::Instrument::instrument(submit(broker, names, &envelope), span)
         .await
         .map_err(|source| SchedulerError::Publish {
             job_id: record.id.clone(),

@@ -32,7 +32,7 @@ pub fn route(names: &Names, envelope: &Envelope) -> (String, String, bool) {
 /// Properties for an envelope encoded as `content_type`.
 pub fn properties(envelope: &Envelope, content_type: ContentType) -> Properties {
     let mut headers = Headers::new();
-    headers.insert(JOB_ID.into(), envelope.job_id.clone().into());
+    headers.insert(JOB_ID.into(), crate::limits::header_str(&envelope.job_id));
     headers.insert(
         SCHEMA_VERSION.into(),
         i64::from(envelope.schema_version).into(),
@@ -42,9 +42,12 @@ pub fn properties(envelope: &Envelope, content_type: ContentType) -> Properties 
         jiff::Timestamp::now().as_millisecond().into(),
     );
     if let Some(trace) = &envelope.trace {
-        headers.insert(TRACEPARENT.into(), trace.traceparent.clone().into());
+        headers.insert(
+            TRACEPARENT.into(),
+            crate::limits::header_str(&trace.traceparent),
+        );
         if let Some(state) = &trace.tracestate {
-            headers.insert(TRACESTATE.into(), state.clone().into());
+            headers.insert(TRACESTATE.into(), crate::limits::header_str(state));
         }
     }
     Properties {
@@ -59,6 +62,13 @@ pub fn properties(envelope: &Envelope, content_type: ContentType) -> Properties 
 /// The envelope a delivery carries, decoded as its content type says (MessagePack when it says
 /// nothing), or why it cannot be.
 pub fn decode_delivery(delivery: &Delivery) -> Result<Envelope, String> {
+    if delivery.body.len() > crate::limits::MAX_BODY_BYTES {
+        return Err(format!(
+            "message body is {} bytes; the limit is {} bytes (an envelope is a few KiB): not decoded",
+            delivery.body.len(),
+            crate::limits::MAX_BODY_BYTES
+        ));
+    }
     let content_type = match delivery.properties.content_type.as_deref() {
         None => ContentType::MessagePack,
         Some(ct) => ct.parse::<ContentType>().map_err(|_| {

@@ -15,7 +15,7 @@
 //! - [`retry`]: the delay-queue schedule for failed jobs. [`shutdown`]: SIGTERM/Ctrl-C.
 //!   [`health`]: `/livez`, `/readyz`.
 //! - [`envelope`]: envelopes to broker messages and back. [`client`]: submit jobs, inspect and
-//!   replay dead letters.
+//!   replay dead letters. [`limits`]: sizes of bodies, headers and log fields.
 
 pub mod broker;
 pub mod client;
@@ -23,6 +23,7 @@ pub mod envelope;
 pub mod handler;
 pub mod health;
 pub mod input;
+pub mod limits;
 pub mod metrics;
 pub mod retry;
 pub mod shutdown;

@@ -153,11 +153,19 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
             .with_writer(std::io::stderr)
             .boxed(),
     }
-    .with_filter(filter);
+    .with_filter(filter)
+    .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+        !is_capped(meta.target(), *meta.level())
+    }));
 
-    let provider = match &config.otlp_endpoint {
-        None => None,
-        Some(endpoint) => Some(otlp_provider(endpoint, &config.service_name)?),
+    // Telemetry never takes a process down: an exporter that cannot be built costs the spans
+    // (with a warning once logging is up), never the process's work.
+    let (provider, exporter_error) = match &config.otlp_endpoint {
+        None => (None, None),
+        Some(endpoint) => match otlp_provider(endpoint, &config.service_name) {
+            Ok(provider) => (Some(provider), None),
+            Err(err) => (None, Some(err)),
+        },
     };
     let traces = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
@@ -169,11 +177,40 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .with(traces)
         .try_init()
         .map_err(|_| TelemetryError::AlreadySet)?;
+    if let Some(err) = exporter_error {
+        tracing::warn!(%err, "trace export is off; the process runs without it");
+    }
     Ok(Telemetry { provider })
+}
+
+/// Targets of the AMQP libraries whose trace-level events dump whole frames or the broker URI —
+/// among them the login frame, whose SASL response holds the broker password (as a list of
+/// decimal bytes). Nothing below debug is ever logged from them, whatever the filter says.
+const FRAME_LEVEL_TARGETS: &[&str] = &["lapin", "amq_protocol"];
+
+/// Whether an event or span is dropped by the cap on the AMQP libraries' frame-level logs: any
+/// target under `lapin` or `amq_protocol*` (`amq_protocol_tcp` logs the URI with its password)
+/// at trace level.
+fn is_capped(target: &str, level: tracing::Level) -> bool {
+    level == tracing::Level::TRACE
+        && FRAME_LEVEL_TARGETS
+            .iter()
+            .any(|prefix| target.starts_with(prefix))
+}
+
+/// Install ring as rustls's process-wide crypto provider, once. The OTLP exporter's HTTP client
+/// (reqwest built with `rustls-no-provider`) panics without one; whoever installed a provider
+/// first wins, which is fine.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 fn otlp_provider(endpoint: &str, service: &str) -> Result<SdkTracerProvider, TelemetryError> {
     use opentelemetry_otlp::WithExportConfig as _;
+    install_crypto_provider();
     let base = endpoint.trim_end_matches('/');
     let url = if base.ends_with("/v1/traces") {
         base.to_owned()
@@ -262,6 +299,23 @@ mod tests {
             tracestate: None,
         };
         assert!(!context_of(Some(&garbage)).span().span_context().is_valid());
+    }
+
+    #[test]
+    fn the_amqp_libraries_never_log_frames() {
+        use tracing::Level;
+        for target in [
+            "lapin",
+            "lapin::io_loop",
+            "lapin::frames",
+            "lapin::channels",
+            "amq_protocol_tcp",
+            "amq_protocol::frame",
+        ] {
+            assert!(is_capped(target, Level::TRACE), "{target}");
+            assert!(!is_capped(target, Level::DEBUG), "{target}");
+        }
+        assert!(!is_capped("stowage_runtime::worker", Level::TRACE));
     }
 
     #[test]

@@ -35,6 +35,7 @@ use crate::broker::{Broker, BrokerError, Delivery, HeaderValue, Outgoing};
 use crate::envelope;
 use crate::handler::{DynHandler, ErrorKind, JobContext, StageError, StageHandler};
 use crate::health::Health;
+use crate::limits;
 use crate::metrics::{JobOutcome, metrics};
 use crate::retry::{RetryDecision, RetryPolicy};
 use crate::shutdown::Shutdown;
@@ -300,7 +301,7 @@ impl StageRunner {
     }
 
     /// Handle one delivery and settle it.
-    async fn process(&self, delivery: Delivery, _permit: OwnedSemaphorePermit) {
+    async fn process(&self, mut delivery: Delivery, _permit: OwnedSemaphorePermit) {
         if let Some(published_ms) = delivery
             .properties
             .headers
@@ -312,8 +313,15 @@ impl StageRunner {
         let envelope = match envelope::decode_delivery(&delivery) {
             Ok(e) => e,
             Err(reason) => {
-                tracing::warn!(stage = %self.stage, %reason, message_id = ?delivery.properties.message_id, "undecodable message; dead-lettering");
-                self.dead_letter(&delivery, &reason, std::slice::from_ref(&reason), 1)
+                tracing::warn!(
+                    stage = %self.stage,
+                    reason = %limits::log_field(&reason),
+                    message_id = ?delivery.properties.message_id.as_deref().map(limits::log_field),
+                    "undecodable message; dead-lettering"
+                );
+                // The body goes to the dead-letter queue as it came, without a copy.
+                let body = std::mem::take(&mut delivery.body);
+                self.dead_letter(&delivery, body, &reason, std::slice::from_ref(&reason), 1)
                     .await;
                 metrics().job_finished(self.stage, JobOutcome::DeadLettered, Duration::ZERO);
                 return;
@@ -323,11 +331,11 @@ impl StageRunner {
             "job",
             otel.name = %format_args!("{} {}", self.stage, envelope.kind()),
             stage = %self.stage,
-            job_id = %envelope.job_id,
+            job_id = %limits::log_field(&envelope.job_id),
             message_id = %envelope.message_id,
             kind = envelope.kind(),
             attempt = envelope.attempt,
-            recovery_point_id = envelope.recovery_point_id.as_deref().unwrap_or(""),
+            recovery_point_id = %limits::log_field(envelope.recovery_point_id.as_deref().unwrap_or("")),
         );
         // The job continues the trace its message carries (one trace per recovery point).
         telemetry::set_parent(&span, envelope.trace.as_ref());
@@ -393,9 +401,17 @@ impl StageRunner {
             }
             Err(err) => match err.kind() {
                 ErrorKind::Permanent => {
-                    tracing::warn!(error = %err, chain = ?err.chain(), "job failed permanently; dead-lettering");
+                    let chain = err.chain();
+                    tracing::warn!(
+                        error = %limits::log_field(&err.to_string()),
+                        chain = ?chain.iter().map(|c| limits::log_field(c)).collect::<Vec<_>>(),
+                        "job failed permanently; dead-lettering"
+                    );
                     let reason = format!("permanent failure: {err}");
-                    self.dead_letter(&delivery, &reason, &err.chain(), envelope.attempt + 1)
+                    // An attempt counter from the message may be anything: saturate, never wrap.
+                    let attempts = envelope.attempt.saturating_add(1);
+                    let body = delivery.body.clone();
+                    self.dead_letter(&delivery, body, &reason, &chain, attempts)
                         .await;
                     metrics().job_finished(self.stage, JobOutcome::DeadLettered, elapsed);
                     return;
@@ -426,8 +442,8 @@ impl StageRunner {
     ) -> Result<(), BrokerError> {
         match self.worker.retry.after_failure(envelope.attempt) {
             RetryDecision::RetryAfter { level, delay } => {
-                tracing::warn!(error = %err, retry_in = ?delay, "job failed; will retry");
-                envelope.attempt += 1;
+                tracing::warn!(error = %limits::log_field(&err.to_string()), retry_in = ?delay, "job failed; will retry");
+                envelope.attempt = envelope.attempt.saturating_add(1);
                 let mut message = envelope::outgoing(&self.worker.names, &envelope);
                 message.exchange = self.worker.names.delay_exchange();
                 message.routing_key = Names::delay_routing_key(level, self.stage);
@@ -444,33 +460,46 @@ impl StageRunner {
                 delivery.ack().await
             }
             RetryDecision::GiveUp { attempts } => {
-                tracing::warn!(error = %err, attempts, "job failed on its last attempt; dead-lettering");
+                tracing::warn!(error = %limits::log_field(&err.to_string()), attempts, "job failed on its last attempt; dead-lettering");
                 let reason = format!("gave up after {attempts} attempts: {err}");
-                self.dead_letter(delivery, &reason, &err.chain(), attempts)
-                    .await;
+                self.dead_letter(
+                    delivery,
+                    delivery.body.clone(),
+                    &reason,
+                    &err.chain(),
+                    attempts,
+                )
+                .await;
                 metrics().job_finished(self.stage, JobOutcome::DeadLettered, elapsed);
                 Ok(())
             }
         }
     }
 
-    /// Publish the original message to the stage's dead-letter queue with the reason in its
-    /// headers, then ack it. Leaves it unsettled (to be redelivered) if the publish fails.
+    /// Publish the original message (`body`) to the stage's dead-letter queue with the reason in
+    /// its headers, then ack it. Leaves it unsettled (to be redelivered) if the publish fails.
+    /// Every header is bounded ([`limits`]): a reason that quotes an oversized field must not
+    /// make the frame exceed the broker's limit, which would close the whole connection.
     async fn dead_letter(
         &self,
         delivery: &Delivery,
+        body: Vec<u8>,
         reason: &str,
         chain: &[String],
         attempts: u32,
     ) {
         let mut properties = delivery.properties.clone();
         properties.expiration = None;
+        let dropped = limits::bound_headers(&mut properties.headers);
         let h = &mut properties.headers;
-        h.insert(DEAD_LETTER_REASON.into(), reason.into());
-        h.insert(
-            DEAD_LETTER_CHAIN.into(),
-            HeaderValue::List(chain.iter().map(|c| c.as_str().into()).collect()),
-        );
+        if dropped > 0 {
+            h.insert(
+                "x-stowage-headers-dropped".into(),
+                i64::try_from(dropped).unwrap_or(i64::MAX).into(),
+            );
+        }
+        h.insert(DEAD_LETTER_REASON.into(), limits::header_str(reason));
+        h.insert(DEAD_LETTER_CHAIN.into(), limits::chain_header(chain));
         h.insert(DEAD_LETTER_STAGE.into(), self.stage.as_str().into());
         h.insert(DEAD_LETTER_ATTEMPTS.into(), i64::from(attempts).into());
         h.insert(
@@ -479,18 +508,18 @@ impl StageRunner {
         );
         h.insert(
             "x-stowage-original-exchange".into(),
-            delivery.exchange.clone().into(),
+            limits::header_str(&delivery.exchange),
         );
         h.insert(
             "x-stowage-original-routing-key".into(),
-            delivery.routing_key.clone().into(),
+            limits::header_str(&delivery.routing_key),
         );
         let message = Outgoing {
             exchange: String::new(),
             routing_key: self.worker.names.dead_letter_queue(self.stage),
             mandatory: true,
             properties,
-            body: delivery.body.clone(),
+            body,
         };
         let result = match self.broker.publish(message).await {
             Ok(()) => delivery.ack().await,

@@ -194,6 +194,19 @@ pub enum BrokerError {
         /// Why the connection failed.
         reason: String,
     },
+    /// The broker did not answer in time: connecting, opening a channel or confirming a
+    /// publish. Retrying later can help.
+    #[error(
+        "{operation} {endpoint} timed out after {after:?}; check that the broker is running and reachable"
+    )]
+    TimedOut {
+        /// What was waited for, e.g. `connecting to`.
+        operation: &'static str,
+        /// Where the broker was expected (credentials removed).
+        endpoint: String,
+        /// How long it waited.
+        after: Duration,
+    },
     /// The broker refused a publish (publisher nack), e.g. a queue at its length limit.
     #[error(
         "the broker refused message {message_id} for exchange {exchange:?} with key {routing_key:?} (publisher nack); the broker may be out of resources, retry later"
@@ -251,7 +264,9 @@ impl BrokerError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            BrokerError::Unavailable { .. } | BrokerError::Nacked { .. }
+            BrokerError::Unavailable { .. }
+                | BrokerError::TimedOut { .. }
+                | BrokerError::Nacked { .. }
         )
     }
 }

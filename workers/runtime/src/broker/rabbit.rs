@@ -11,7 +11,8 @@ use std::convert::Infallible;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt as _, StreamExt as _};
@@ -99,7 +100,13 @@ pub struct RabbitBroker {
     url: AmqpUrl,
     live: Mutex<Option<Arc<Live>>>,
     connected: Arc<AtomicBool>,
+    timeout: Duration,
+    connections: AtomicU64,
 }
+
+/// How long connecting, opening a channel or waiting for a publisher confirm may take before
+/// it is an error naming which ([`BrokerError::TimedOut`]).
+pub const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Live {
     connection: Connection,
@@ -113,6 +120,41 @@ impl RabbitBroker {
             url: url.into(),
             live: Mutex::new(None),
             connected: Arc::new(AtomicBool::new(false)),
+            timeout: DEFAULT_BROKER_TIMEOUT,
+            connections: AtomicU64::new(0),
+        }
+    }
+
+    /// How many connections this broker has opened so far (1 while the first one holds).
+    pub fn connections_opened(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// The same broker with another limit on connecting, opening a channel and publisher
+    /// confirms.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Run `step` within the broker timeout: a timeout is [`BrokerError::TimedOut`] naming
+    /// `operation`, any other error goes through `map`.
+    async fn within<T, E>(
+        &self,
+        operation: &'static str,
+        step: impl std::future::Future<Output = Result<T, E>>,
+        map: impl FnOnce(E) -> BrokerError,
+    ) -> Result<T, BrokerError> {
+        match tokio::time::timeout(self.timeout, step).await {
+            Ok(result) => result.map_err(map),
+            Err(_) => {
+                self.connected.store(false, Ordering::SeqCst);
+                Err(BrokerError::TimedOut {
+                    operation,
+                    endpoint: self.endpoint(),
+                    after: self.timeout,
+                })
+            }
         }
     }
 
@@ -138,17 +180,25 @@ impl RabbitBroker {
             let _ = old.connection.close(200, "reconnecting".into()).await;
         }
         let props = ConnectionProperties::default().with_connection_name("stowage".into());
-        let connection = Connection::connect(self.url.expose_secret(), props)
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        let publisher = connection
-            .create_channel()
-            .await
-            .map_err(|e| self.unavailable(e))?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| self.unavailable(e))?;
+        let connection = self
+            .within(
+                "connecting to",
+                Connection::connect(self.url.expose_secret(), props),
+                |e| self.unavailable(e),
+            )
+            .await?;
+        let publisher = self
+            .within("opening a channel on", connection.create_channel(), |e| {
+                self.unavailable(e)
+            })
+            .await?;
+        self.within(
+            "opening a channel on",
+            publisher.confirm_select(ConfirmSelectOptions::default()),
+            |e| self.unavailable(e),
+        )
+        .await?;
+        self.connections.fetch_add(1, Ordering::SeqCst);
         tracing::info!(endpoint = %self.url, "connected to RabbitMQ");
         let fresh = Arc::new(Live {
             connection,
@@ -180,10 +230,12 @@ impl RabbitBroker {
 
     async fn channel(&self) -> Result<Channel, BrokerError> {
         let live = self.live().await?;
-        live.connection
-            .create_channel()
-            .await
-            .map_err(|e| self.unavailable(e))
+        self.within(
+            "opening a channel on",
+            live.connection.create_channel(),
+            |e| self.unavailable(e),
+        )
+        .await
     }
 }
 
@@ -256,20 +308,38 @@ impl Broker for RabbitBroker {
                 mandatory: message.mandatory,
                 ..BasicPublishOptions::default()
             };
-            let confirm = live
-                .publisher
-                .basic_publish(
-                    message.exchange.as_str().into(),
-                    message.routing_key.as_str().into(),
-                    options,
-                    &message.body,
-                    to_amqp_properties(&message.properties),
-                )
-                .await
-                .map_err(|e| self.classify("basic.publish", e))?;
-            let confirmation = confirm
-                .await
-                .map_err(|e| self.classify("basic.publish", e))?;
+            let publishing = live.publisher.basic_publish(
+                message.exchange.as_str().into(),
+                message.routing_key.as_str().into(),
+                options,
+                &message.body,
+                to_amqp_properties(&message.properties),
+            );
+            let confirm = self
+                .within("publishing to", publishing, |e| {
+                    self.classify("basic.publish", e)
+                })
+                .await?;
+            let confirmation = self
+                .within("waiting for the publisher confirm from", confirm, |e| {
+                    self.classify("basic.publish", e)
+                })
+                .await;
+            if matches!(confirmation, Err(BrokerError::TimedOut { .. })) {
+                // The publisher channel's state is unknown now: start over on the next call,
+                // closing the old connection in the background (it may not answer either).
+                if let Some(old) = self.live.lock().await.take() {
+                    let timeout = self.timeout;
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(
+                            timeout,
+                            old.connection.close(200, "confirm timed out".into()),
+                        )
+                        .await;
+                    });
+                }
+            }
+            let confirmation = confirmation?;
             let id = message.properties.message_id.clone().unwrap_or_default();
             match confirmation {
                 Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),

@@ -1,0 +1,336 @@
+//! Bad input never harms a worker (issue 13): oversized fields and bodies are dead-lettered once
+//! with a bounded reason while the worker's connection stays up, counters from messages never
+//! wrap, and a broker that is away fails a submit within the timeout, saying which step.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stowage_runtime::broker::{Outgoing, Properties};
+use stowage_runtime::client::{DeadLetter, list_dead_letters, submit};
+use stowage_runtime::limits::{MAX_BODY_BYTES, MAX_HEADER_VALUE_BYTES};
+use stowage_runtime::{
+    BrokerError, RabbitBroker, RetryPolicy, Shutdown, StageConfig, Worker, WorkerConfig,
+};
+use stowage_schemas::Stage;
+use stowage_tests::{
+    Behavior, BrokerKind, Bus, ScriptedHandler, amqp_url, exclusive_broker, shared_broker,
+    snapshot_job,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        base_delay: Duration::from_millis(200),
+        max_delay: Duration::from_secs(5),
+        delivery_limit: 10,
+    }
+}
+
+struct Running {
+    broker: Arc<RabbitBroker>,
+    trigger: stowage_runtime::shutdown::ShutdownTrigger,
+    task: tokio::task::JoinHandle<Result<(), stowage_runtime::WorkerError>>,
+}
+
+async fn start(bus: &Bus, handler: ScriptedHandler) -> Running {
+    let broker = Arc::new(RabbitBroker::new(amqp_url()));
+    let config = WorkerConfig {
+        names: bus.names.clone(),
+        retry: retry(),
+        shutdown_deadline: Duration::from_secs(10),
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(broker.clone(), config).stage(
+        handler,
+        StageConfig {
+            prefetch: 4,
+            concurrency: 2,
+        },
+    );
+    let health = worker.health();
+    let (trigger, shutdown) = Shutdown::new();
+    let task = tokio::spawn(worker.run(shutdown));
+    let deadline = Instant::now() + WAIT;
+    while !health.is_ready() {
+        assert!(Instant::now() < deadline, "the worker never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Running {
+        broker,
+        trigger,
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.trigger.trigger();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("worker stops in time")
+            .expect("join")
+            .expect("worker result");
+    }
+}
+
+async fn teardown(bus: &Bus) {
+    let config = WorkerConfig {
+        names: bus.names.clone(),
+        retry: retry(),
+        ..WorkerConfig::default()
+    };
+    bus.teardown(&config.topology()).await;
+}
+
+async fn wait_depth(bus: &Bus, queue: &str, depth: u32) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = bus.depth(queue).await;
+        if now == depth {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue {queue} has {now} messages, expected {depth}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A snapshot job as JSON, changed by `edit`, published raw to the stage.
+async fn publish_json(bus: &Bus, id: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut job = serde_json::to_value(snapshot_job(id)).expect("json");
+    edit(&mut job);
+    let message = Outgoing {
+        exchange: bus.names.jobs_exchange(),
+        routing_key: "snapshot".into(),
+        mandatory: true,
+        properties: Properties {
+            content_type: Some("application/json".into()),
+            message_id: Some(id.into()),
+            ..Properties::default()
+        },
+        body: serde_json::to_vec(&job).expect("json"),
+    };
+    bus.broker.publish(message).await.expect("publish");
+}
+
+fn letter<'a>(letters: &'a [DeadLetter], id: &str) -> &'a DeadLetter {
+    letters
+        .iter()
+        .find(|l| l.message_id.as_deref() == Some(id))
+        .unwrap_or_else(|| panic!("no dead letter {id} in {letters:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_fields_are_dead_lettered_once_and_the_worker_stays_connected() {
+    let _gate = shared_broker().await;
+    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let handler = ScriptedHandler::default();
+    let running = start(&bus, handler.clone()).await;
+    let dlq = bus.names.dead_letter_queue(Stage::Snapshot);
+    let probe = bus.probe_events().await;
+
+    let kb70 = "k".repeat(70_000);
+    let mb10 = "m".repeat(10_000_000);
+    publish_json(&bus, "type-70k", |j| {
+        j["message"]["type"] = kb70.clone().into()
+    })
+    .await;
+    publish_json(&bus, "type-10m", |j| {
+        j["message"]["type"] = mb10.clone().into()
+    })
+    .await;
+    publish_json(&bus, "instance-10m", |j| {
+        j["message"]["payload"]["instance"] = mb10.clone().into();
+    })
+    .await;
+    // A stage that quotes a 70 KB instance name in its error, as a lookup failure does.
+    handler.set(
+        "instance-70k",
+        Behavior::FailPermanently(format!("instance {kb70:?} does not exist")),
+    );
+    publish_json(&bus, "instance-70k", |j| {
+        j["message"]["payload"]["instance"] = kb70.clone().into();
+    })
+    .await;
+    // A 70 KB job id: the job succeeds, and its event's job-id header is bounded.
+    let long_job = snapshot_job(&"j".repeat(70_000));
+    submit(bus.broker.as_ref(), &bus.names, &long_job)
+        .await
+        .expect("submit");
+
+    wait_depth(&bus, &dlq, 4).await;
+    // Other jobs keep flowing on the same connection.
+    submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-after"))
+        .await
+        .expect("submit");
+    handler.wait_calls("job-after", 1, WAIT).await;
+    wait_depth(&bus, &probe, 2).await;
+
+    let letters = list_dead_letters(bus.broker.as_ref(), &bus.names, Stage::Snapshot, 10)
+        .await
+        .expect("list");
+    assert_eq!(letters.len(), 4, "each dead-lettered once: {letters:#?}");
+    for l in &letters {
+        assert!(
+            l.reason.len() <= MAX_HEADER_VALUE_BYTES,
+            "{:?}: reason of {} bytes",
+            l.message_id,
+            l.reason.len()
+        );
+        assert!(
+            !l.reason.contains("delivered too many times"),
+            "dead-lettered by the worker, not the delivery limit: {}",
+            l.reason
+        );
+        for cause in &l.error_chain {
+            assert!(cause.len() <= MAX_HEADER_VALUE_BYTES);
+        }
+    }
+    let type70k = letter(&letters, "type-70k");
+    assert!(
+        type70k.reason.starts_with("unknown message type `kkkk")
+            && type70k.reason.ends_with("bytes in all)"),
+        "{}",
+        type70k.reason
+    );
+    assert_eq!(type70k.attempts, Some(1));
+    for id in ["type-10m", "instance-10m"] {
+        let l = letter(&letters, id);
+        assert!(
+            l.reason
+                .contains(&format!("the limit is {MAX_BODY_BYTES} bytes")),
+            "{id}: {}",
+            l.reason
+        );
+        assert!(l.body_bytes > 10_000_000, "the body is kept for inspection");
+    }
+    let instance70k = letter(&letters, "instance-70k");
+    assert!(
+        instance70k
+            .reason
+            .starts_with("permanent failure: instance \"kkkk")
+            && instance70k.reason.ends_with("bytes in all)"),
+        "{}",
+        instance70k.reason
+    );
+    assert_eq!(instance70k.attempts, Some(1));
+    assert_eq!(
+        handler.calls_for("instance-70k").len(),
+        1,
+        "handled once, never redelivered"
+    );
+    let events = bus.drain(&probe).await;
+    let long = events
+        .iter()
+        .find(|e| e.header_str("x-stowage-job-id") != Some("job-after"))
+        .expect("the long job's event");
+    let header = long.header_str("x-stowage-job-id").expect("job id header");
+    assert!(header.len() <= MAX_HEADER_VALUE_BYTES && header.ends_with("70000 bytes in all)"));
+
+    assert_eq!(
+        running.broker.connections_opened(),
+        1,
+        "the worker never lost its connection"
+    );
+    running.stop().await;
+    teardown(&bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_counter_at_its_maximum_does_not_wrap() {
+    let _gate = shared_broker().await;
+    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let handler = ScriptedHandler::default();
+    handler.set("max-permanent", Behavior::FailPermanently("no".into()));
+    handler.set("max-transient", Behavior::FailTransiently(1));
+    handler.set("almost-max-transient", Behavior::FailTransiently(1));
+    let running = start(&bus, handler.clone()).await;
+    let dlq = bus.names.dead_letter_queue(Stage::Snapshot);
+
+    for (id, attempt) in [
+        ("max-permanent", u32::MAX),
+        ("max-transient", u32::MAX),
+        ("almost-max-transient", u32::MAX - 1),
+    ] {
+        let mut job = snapshot_job(id);
+        job.attempt = attempt;
+        job.message_id = stowage_schemas::MessageId(uuid::Uuid::new_v4());
+        submit(bus.broker.as_ref(), &bus.names, &job)
+            .await
+            .expect("submit");
+    }
+    wait_depth(&bus, &dlq, 3).await;
+    let letters = list_dead_letters(bus.broker.as_ref(), &bus.names, Stage::Snapshot, 10)
+        .await
+        .expect("list");
+    assert_eq!(letters.len(), 3, "{letters:#?}");
+    for l in &letters {
+        assert_eq!(
+            l.attempts,
+            Some(i64::from(u32::MAX)),
+            "{:?}: {}",
+            l.job_id,
+            l.reason
+        );
+    }
+    for id in ["max-permanent", "max-transient", "almost-max-transient"] {
+        assert_eq!(handler.calls_for(id).len(), 1, "{id} handled once");
+    }
+    running.stop().await;
+    teardown(&bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_while_the_broker_is_stopped_fails_within_the_timeout() {
+    let _gate = exclusive_broker().await;
+    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let _restart = crate::faults::RestartOnDrop;
+    stowage_tests::rabbitmqctl(&["stop_app"]);
+    let broker = RabbitBroker::new(amqp_url()).with_timeout(Duration::from_secs(3));
+    let started = Instant::now();
+    let err = submit(&broker, &bus.names, &snapshot_job("while-stopped"))
+        .await
+        .expect_err("no broker, no submit");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "took {took:?}: {err}");
+    assert!(err.is_transient(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("127.0.0.1:5672") && !text.contains("guest:guest"),
+        "{text}"
+    );
+    drop(_restart);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_never_answers_times_out_naming_the_step() {
+    // A TCP listener that accepts and never speaks AMQP: connecting hangs without a timeout.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let broker = RabbitBroker::new(format!("amqp://user:sekret@127.0.0.1:{port}/%2f"))
+        .with_timeout(Duration::from_secs(2));
+    let names = stowage_runtime::Names::new(stowage_tests::unique_prefix());
+    let started = Instant::now();
+    let err = submit(&broker, &names, &snapshot_job("never"))
+        .await
+        .expect_err("times out");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(err, BrokerError::TimedOut { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "connecting to amqp://127.0.0.1:{port}/%2f timed out after 2s; check that the broker is running and reachable"
+        )
+    );
+    held.abort();
+}
