@@ -67,28 +67,44 @@ impl StageHandler for RestoreHydration {
 
 /// The name of the staging disk of one volume of one restore.
 pub fn staging_disk_name(restore_id: &str, volume_id: &str) -> String {
-    let clean = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect::<String>()
-    };
-    let mut name = format!("staging-{}-{}", clean(restore_id), clean(volume_id));
+    let mut name = format!(
+        "{}{}",
+        staging_disk_prefix(restore_id),
+        disk_name_part(volume_id)
+    );
     // The name travels as `disk_id` in `restore.hydrated`, which the restore decodes by the id
     // rule (stowage_schemas::id): it must end with a letter or digit and fit in 253 bytes.
-    let limit = stowage_schemas::id::MAX_ID_LEN;
-    if name.len() > limit || !name.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+    if name.len() > STAGING_NAME_KEPT + 17 || !name.ends_with(|c: char| c.is_ascii_alphanumeric()) {
         let hash = blake3::hash(format!("{restore_id}\0{volume_id}").as_bytes()).to_hex();
-        name.truncate(limit - 17);
+        name.truncate(STAGING_NAME_KEPT);
         name.push('-');
         name.push_str(&hash[..16]);
     }
     name
+}
+
+/// How much of a staging disk's name survives when it must be shortened (a hash follows).
+const STAGING_NAME_KEPT: usize = stowage_schemas::id::MAX_ID_LEN - 17;
+
+/// What every staging disk name of restore `restore_id` starts with (at most the part of it
+/// a shortened name keeps): the ownership rule checks a disk's name against it.
+pub fn staging_disk_prefix(restore_id: &str) -> String {
+    let mut prefix = format!("staging-{}-", disk_name_part(restore_id));
+    prefix.truncate(STAGING_NAME_KEPT);
+    prefix
+}
+
+/// `raw` with every character a disk name cannot hold replaced by `-`.
+fn disk_name_part(raw: &str) -> String {
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// Hydrates one recovery point into staging (see the module doc), stopping between volumes
@@ -311,7 +327,7 @@ async fn hydrate_volume(
 
 #[cfg(test)]
 mod tests {
-    use super::staging_disk_name;
+    use super::{staging_disk_name, staging_disk_prefix};
 
     #[test]
     fn staging_disk_names_follow_the_id_rule() {
@@ -329,5 +345,24 @@ mod tests {
             staging_disk_name(&long, "b"),
             "a cut name stays distinct"
         );
+    }
+
+    #[test]
+    fn every_staging_disk_name_starts_with_its_restores_prefix() {
+        // The ownership rule (staging::owns_disk) checks names against the prefix.
+        let long = "r".repeat(253);
+        for (restore, volume) in [
+            ("restore-rp-2-from-vault", "shop-data"),
+            ("r-1", "vol%2E_"),
+            (&*long, "vol-1"),
+        ] {
+            let name = staging_disk_name(restore, volume);
+            assert!(
+                name.starts_with(&staging_disk_prefix(restore)),
+                "{name} does not start with {}",
+                staging_disk_prefix(restore)
+            );
+        }
+        assert!(!staging_disk_name("r-10", "v").starts_with(&staging_disk_prefix("r-1-x")));
     }
 }

@@ -109,7 +109,7 @@ pub async fn read_record(
 pub fn owns_disk(record: &StagingRecord, restore_id: &str, disk: &str) -> bool {
     record.restore_id == restore_id
         && record.disks.iter().any(|d| d == disk)
-        && disk.starts_with(&crate::restore_hydration::staging_disk_name(restore_id, ""))
+        && disk.starts_with(&crate::restore_hydration::staging_disk_prefix(restore_id))
 }
 
 /// Why a staging disk named by a restore's message is not this restore's: `None` when the
