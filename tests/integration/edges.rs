@@ -147,33 +147,35 @@ async fn oversized_fields_are_dead_lettered_once_and_the_worker_stays_connected(
         j["message"]["payload"]["instance"] = mb10.clone().into();
     })
     .await;
-    // A stage that quotes a 70 KB instance name in its error, as a lookup failure does.
-    handler.set(
-        "instance-70k",
-        Behavior::FailPermanently(format!("instance {kb70:?} does not exist")),
-    );
+    // A 70 KB instance name breaks the id rule: refused at decode, quoting only a bounded part.
     publish_json(&bus, "instance-70k", |j| {
         j["message"]["payload"]["instance"] = kb70.clone().into();
     })
     .await;
-    // A 70 KB job id: the job succeeds, and its event's job-id header is bounded.
+    // A stage that quotes a 70 KB text in its error: the reason header is cut with a note.
+    handler.set(
+        "quotes-70k",
+        Behavior::FailPermanently(format!("instance {kb70:?} does not exist")),
+    );
+    publish_json(&bus, "quotes-70k", |_| {}).await;
+    // A 70 KB job id breaks the id rule too.
     let long_job = snapshot_job(&"j".repeat(70_000));
     submit(bus.broker.as_ref(), &bus.names, &long_job)
         .await
         .expect("submit");
 
-    wait_depth(&bus, &dlq, 4).await;
+    wait_depth(&bus, &dlq, 6).await;
     // Other jobs keep flowing on the same connection.
     submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-after"))
         .await
         .expect("submit");
     handler.wait_calls("job-after", 1, WAIT).await;
-    wait_depth(&bus, &probe, 2).await;
+    wait_depth(&bus, &probe, 1).await;
 
     let letters = list_dead_letters(bus.broker.as_ref(), &bus.names, Stage::Snapshot, 10)
         .await
         .expect("list");
-    assert_eq!(letters.len(), 4, "each dead-lettered once: {letters:#?}");
+    assert_eq!(letters.len(), 6, "each dead-lettered once: {letters:#?}");
     for l in &letters {
         assert!(
             l.reason.len() <= MAX_HEADER_VALUE_BYTES,
@@ -210,26 +212,43 @@ async fn oversized_fields_are_dead_lettered_once_and_the_worker_stays_connected(
     }
     let instance70k = letter(&letters, "instance-70k");
     assert!(
-        instance70k
-            .reason
-            .starts_with("permanent failure: instance \"kkkk")
-            && instance70k.reason.ends_with("bytes in all)"),
+        instance70k.reason.contains("payload.instance") && instance70k.reason.contains("id"),
         "{}",
         instance70k.reason
     );
-    assert_eq!(instance70k.attempts, Some(1));
+    assert!(
+        handler.calls_for("instance-70k").is_empty(),
+        "refused before the stage"
+    );
+    let quotes70k = letter(&letters, "quotes-70k");
+    assert!(
+        quotes70k
+            .reason
+            .starts_with("permanent failure: instance \"kkkk")
+            && quotes70k.reason.ends_with("bytes in all)"),
+        "{}",
+        quotes70k.reason
+    );
+    assert_eq!(quotes70k.attempts, Some(1));
     assert_eq!(
-        handler.calls_for("instance-70k").len(),
+        handler.calls_for("quotes-70k").len(),
         1,
         "handled once, never redelivered"
     );
-    let events = bus.drain(&probe).await;
-    let long = events
+    let named = [
+        "type-70k",
+        "type-10m",
+        "instance-10m",
+        "instance-70k",
+        "quotes-70k",
+    ];
+    let long = letters
         .iter()
-        .find(|e| e.header_str("x-stowage-job-id") != Some("job-after"))
-        .expect("the long job's event");
-    let header = long.header_str("x-stowage-job-id").expect("job id header");
-    assert!(header.len() <= MAX_HEADER_VALUE_BYTES && header.ends_with("70000 bytes in all)"));
+        .find(|l| !named.contains(&l.message_id.as_deref().unwrap_or_default()))
+        .expect("the long job id's dead letter");
+    assert!(long.reason.contains("job_id"), "{}", long.reason);
+    let events = bus.drain(&probe).await;
+    assert_eq!(events.len(), 1, "only job-after emitted an event");
 
     assert_eq!(
         running.broker.connections_opened(),
