@@ -30,9 +30,11 @@ pub use error::DiskError;
 pub use local::{LOCAL_DRIVER, LOCAL_REGION, LocalDiskProvider};
 pub use ranges::{BLOCK_SIZE, merge_ranges};
 
-/// A boxed, `Send` future: what every [`DiskProvider`] method returns, so the trait stays
-/// object-safe.
+/// A boxed, `Send` future, so that [`DiskProvider`] stays object-safe.
 pub type BoxFuture<'a, T> = futures::future::BoxFuture<'a, T>;
+
+/// What every [`DiskProvider`] method returns: a [`BoxFuture`] of the operation's result.
+pub type DiskFuture<'a, T = ()> = BoxFuture<'a, Result<T, DiskError>>;
 
 /// A boxed, `Send` stream of pieces for [`DiskProvider::create_disk_from_stream`].
 pub type PieceStream<'a> = futures::stream::BoxStream<'a, Result<(u64, bytes::Bytes), DiskError>>;
@@ -175,43 +177,22 @@ pub trait DiskProvider: Send + Sync + 'static {
     /// Create an empty (all-zero, unallocated) disk of `size` bytes. Idempotent: a disk that
     /// already exists with the same size is returned as is; with a different size it is a
     /// [`DiskError::Conflict`].
-    fn create_disk<'a>(
-        &'a self,
-        name: &'a str,
-        size: u64,
-    ) -> BoxFuture<'a, Result<DiskInfo, DiskError>>;
+    fn create_disk<'a>(&'a self, name: &'a str, size: u64) -> DiskFuture<'a, DiskInfo>;
 
     /// Write `data` at `offset`. The written range is recorded for change tracking, and both the
     /// data and the record are durable before this returns `Ok`.
-    fn write<'a>(
-        &'a self,
-        disk: &'a DiskId,
-        offset: u64,
-        data: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), DiskError>>;
+    fn write<'a>(&'a self, disk: &'a DiskId, offset: u64, data: &'a [u8]) -> DiskFuture<'a>;
 
     /// Fill `buf` from the disk's current contents at `offset`; never-written bytes read as zero.
-    fn read_disk<'a>(
-        &'a self,
-        disk: &'a DiskId,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> BoxFuture<'a, Result<(), DiskError>>;
+    fn read_disk<'a>(&'a self, disk: &'a DiskId, offset: u64, buf: &'a mut [u8]) -> DiskFuture<'a>;
 
     /// Take a point-in-time snapshot named `name` of `disk`. Idempotent by name: a second call
     /// (a redelivered snapshot job) returns the same [`SnapshotInfo`] without taking another.
     /// A snapshot of that name on a different disk is a [`DiskError::Conflict`].
-    fn snapshot<'a>(
-        &'a self,
-        disk: &'a DiskId,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<SnapshotInfo, DiskError>>;
+    fn snapshot<'a>(&'a self, disk: &'a DiskId, name: &'a str) -> DiskFuture<'a, SnapshotInfo>;
 
     /// The snapshot's metadata.
-    fn get_snapshot<'a>(
-        &'a self,
-        id: &'a SnapshotId,
-    ) -> BoxFuture<'a, Result<SnapshotInfo, DiskError>>;
+    fn get_snapshot<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, SnapshotInfo>;
 
     /// Fill `buf` from the snapshot's frozen contents at `offset`; holes read as zeros.
     fn read_snapshot<'a>(
@@ -219,14 +200,11 @@ pub trait DiskProvider: Send + Sync + 'static {
         id: &'a SnapshotId,
         offset: u64,
         buf: &'a mut [u8],
-    ) -> BoxFuture<'a, Result<(), DiskError>>;
+    ) -> DiskFuture<'a>;
 
     /// Ranges of the snapshot that may hold data (everything written up to it), sorted and
     /// merged; holes are never listed. Used for full transfers.
-    fn allocated_ranges<'a>(
-        &'a self,
-        id: &'a SnapshotId,
-    ) -> BoxFuture<'a, Result<Vec<ByteRange>, DiskError>>;
+    fn allocated_ranges<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, Vec<ByteRange>>;
 
     /// Create a disk (hydration) from a stream of `(offset, bytes)` pieces; regions never
     /// written stay holes. Idempotent by name: if the disk exists (with the same size) it is
@@ -237,18 +215,18 @@ pub trait DiskProvider: Send + Sync + 'static {
         name: &'a str,
         size: u64,
         pieces: PieceStream<'a>,
-    ) -> BoxFuture<'a, Result<DiskInfo, DiskError>>;
+    ) -> DiskFuture<'a, DiskInfo>;
 
     /// Delete a disk. Its snapshots stay. Idempotent: deleting a missing disk is `Ok`.
-    fn delete_disk<'a>(&'a self, disk: &'a DiskId) -> BoxFuture<'a, Result<(), DiskError>>;
+    fn delete_disk<'a>(&'a self, disk: &'a DiskId) -> DiskFuture<'a>;
 
     /// Delete a snapshot. Idempotent: deleting a missing snapshot is `Ok`.
-    fn delete_snapshot<'a>(&'a self, id: &'a SnapshotId) -> BoxFuture<'a, Result<(), DiskError>>;
+    fn delete_snapshot<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a>;
 
     /// Removes what killed writers left behind (partial images and the like) under the
     /// provider's own rule, which never touches a file a live writer is writing; returns how
     /// many were removed. Providers without such leftovers keep the default (nothing).
-    fn remove_leftovers(&self) -> BoxFuture<'_, Result<u64, DiskError>> {
+    fn remove_leftovers(&self) -> DiskFuture<'_, u64> {
         Box::pin(async { Ok(0) })
     }
 }

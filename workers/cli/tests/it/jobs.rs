@@ -11,28 +11,27 @@ use std::time::{Duration, Instant};
 use stowage_control::job_records::new_record;
 use stowage_control::{RecordSettings, Recorded};
 use stowage_disk::{
-    BoxFuture, ByteRange, DiskError, DiskId, DiskInfo, DiskProvider, LocalDiskProvider,
-    PieceStream, SnapshotId, SnapshotInfo,
+    ByteRange, DiskFuture, DiskId, DiskInfo, DiskProvider, LocalDiskProvider, PieceStream,
+    SnapshotId, SnapshotInfo,
 };
 use stowage_runtime::client::submit;
-use stowage_runtime::{Shutdown, StageConfig, StageHandler, Topology, Worker};
-use stowage_sandbox::Sandbox;
-use stowage_schemas::domain::{BackupInstance, JobRecord, JobStatus, Namespaces, Scope};
-use stowage_schemas::jobs::{SnapshotJob, Trigger};
-use stowage_schemas::{Envelope, Message, Stage};
+use stowage_runtime::{StageConfig, StageHandler, Worker};
+use stowage_schemas::domain::{JobRecord, JobStatus};
+use stowage_schemas::{Envelope, Stage};
 use stowage_stages::restore_hydration::staging_disk_name;
 use stowage_stages::{
     ClusterContext, GeoReplication, RestoreHydration, RestoreStage, SnapshotStage, VaultContext,
     VaultTransfer,
 };
 use stowage_tests::vault_fixture::{INSTANCE, VaultBackend, VaultFixture};
-use stowage_tests::{BrokerKind, Bus, vault_transfer_job, wait_until};
+use stowage_tests::{Bus, RunningWorker, shared_rabbit_bus, vault_transfer_job};
 use stowage_vault::catalog::jobs::{create_job, read_job};
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
 
 use crate::helpers::{
-    fixture_worker, poll, stdout_and_stderr as text, stowage_command, stowage_on, temp_dir,
+    fixture_worker, poll, sample_app, shop_backup, stdout_and_stderr as text, stowage_command,
+    stowage_on, temp_dir,
 };
 
 const MIB: u64 = 1 << 20;
@@ -105,52 +104,19 @@ fn count_jobs(vault: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_and_restores_are_followed_through_their_job_records() {
-    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
-    let _gate = stowage_tests::shared_broker().await;
-    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let (_gate, bus) = shared_rabbit_bus().await;
     let dir = temp_dir("jobs");
     let vault_dir = dir.join("vault");
     let primary = BlobStore::local_folder(&vault_dir, LocalDurability::OsBuffered).unwrap();
     let secondary =
         BlobStore::local_folder(dir.join("secondary"), LocalDurability::OsBuffered).unwrap();
-    let disks = Arc::new(LocalDiskProvider::open(dir.join("disks")).unwrap());
-    for (disk, size) in [("shop-data", 16 * MIB), ("blog-data", 8 * MIB)] {
-        let info = disks.create_disk(disk, size).await.unwrap();
-        disks
-            .write(&info.id, MIB, &vec![0x5a; 2 * MIB as usize])
-            .await
-            .unwrap();
-    }
+    let (disks, cluster) = sample_app(&dir.join("disks"), &primary, [0x5a; 2]).await;
     let vault = VaultContext::new(
         primary.clone(),
         VaultKey::generate().unwrap(),
         disks.clone(),
     )
     .with_secondary(secondary.clone(), "paired");
-    let sandbox = Sandbox::new();
-    sandbox.load_sample_app().unwrap();
-    let cluster = sandbox.start_local().await.unwrap();
-    let instance = BackupInstance {
-        name: "shop".into(),
-        cluster: "sandbox".into(),
-        vault: "v".into(),
-        policy: "p".into(),
-        scope: Scope {
-            namespaces: Namespaces::List {
-                names: vec!["shop".into(), "blog".into()],
-            },
-            ..Scope::default()
-        },
-        snapshot_location: "local".into(),
-        hooks: Vec::new(),
-    };
-    primary
-        .put_create_only(
-            &stowage_vault::layout::instance("shop").unwrap(),
-            serde_json::to_vec(&instance).unwrap(),
-        )
-        .await
-        .unwrap();
     let cluster_ctx =
         ClusterContext::new(primary.clone(), disks.clone(), "sandbox", cluster.target())
             .with_secondary(secondary.clone());
@@ -163,23 +129,10 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         .stage(recorded(GeoReplication(vault.clone()), &primary), st)
         .stage(recorded(RestoreHydration(vault.clone()), &primary), st)
         .stage(recorded(RestoreStage(cluster_ctx), &primary), st);
-    let health = worker.health();
-    let (trigger, shutdown) = Shutdown::new();
-    let fleet = tokio::spawn(worker.run(shutdown));
-    wait_until("the workers are ready", WAIT, || health.is_ready()).await;
+    let fleet = RunningWorker::spawn(worker, WAIT).await;
 
     // A backup submitted over raw AMQP: no record yet; the workers make it.
-    let backup = Envelope::new(
-        "backup-rp-1",
-        Message::Snapshot(SnapshotJob {
-            instance: "shop".into(),
-            recovery_point_id: "rp-1".into(),
-            trigger: Trigger::OnDemand {
-                requested_by: Some("tests".into()),
-            },
-        }),
-    );
-    let watched = submit_and_watch(&bus, &vault_dir, &backup, "120").await;
+    let watched = submit_and_watch(&bus, &vault_dir, &shop_backup(), "120").await;
     let (out, err) = text(&watched);
     assert!(watched.status.success(), "{out}\n{err}");
     assert!(
@@ -235,11 +188,13 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         .arg("--secondary")
         .arg(dir.join("secondary"));
     let (out, err) = text(&rp.output().unwrap());
+    let tiers = [
+        "operational:available",
+        "vault:available",
+        "secondary:available",
+    ];
     assert!(
-        out.contains("rp-1")
-            && out.contains("operational:available")
-            && out.contains("vault:available")
-            && out.contains("secondary:available"),
+        out.contains("rp-1") && tiers.iter().all(|tier| out.contains(tier)),
         "{out}\n{err}"
     );
     let described = stowage(
@@ -352,8 +307,7 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         "{err}"
     );
 
-    trigger.trigger();
-    fleet.await.unwrap().unwrap();
+    fleet.stop(WAIT).await;
     cluster.shutdown().await;
     bus.teardown(&topology).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -366,40 +320,19 @@ impl DiskProvider for SlowReads {
     fn driver(&self) -> &str {
         self.0.driver()
     }
-    fn create_disk<'a>(
-        &'a self,
-        name: &'a str,
-        size: u64,
-    ) -> BoxFuture<'a, Result<DiskInfo, DiskError>> {
+    fn create_disk<'a>(&'a self, name: &'a str, size: u64) -> DiskFuture<'a, DiskInfo> {
         self.0.create_disk(name, size)
     }
-    fn write<'a>(
-        &'a self,
-        disk: &'a DiskId,
-        offset: u64,
-        data: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), DiskError>> {
+    fn write<'a>(&'a self, disk: &'a DiskId, offset: u64, data: &'a [u8]) -> DiskFuture<'a> {
         self.0.write(disk, offset, data)
     }
-    fn read_disk<'a>(
-        &'a self,
-        disk: &'a DiskId,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> BoxFuture<'a, Result<(), DiskError>> {
+    fn read_disk<'a>(&'a self, disk: &'a DiskId, offset: u64, buf: &'a mut [u8]) -> DiskFuture<'a> {
         self.0.read_disk(disk, offset, buf)
     }
-    fn snapshot<'a>(
-        &'a self,
-        disk: &'a DiskId,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<SnapshotInfo, DiskError>> {
+    fn snapshot<'a>(&'a self, disk: &'a DiskId, name: &'a str) -> DiskFuture<'a, SnapshotInfo> {
         self.0.snapshot(disk, name)
     }
-    fn get_snapshot<'a>(
-        &'a self,
-        id: &'a SnapshotId,
-    ) -> BoxFuture<'a, Result<SnapshotInfo, DiskError>> {
+    fn get_snapshot<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, SnapshotInfo> {
         self.0.get_snapshot(id)
     }
     fn read_snapshot<'a>(
@@ -407,16 +340,13 @@ impl DiskProvider for SlowReads {
         id: &'a SnapshotId,
         offset: u64,
         buf: &'a mut [u8],
-    ) -> BoxFuture<'a, Result<(), DiskError>> {
+    ) -> DiskFuture<'a> {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(60)).await;
             self.0.read_snapshot(id, offset, buf).await
         })
     }
-    fn allocated_ranges<'a>(
-        &'a self,
-        id: &'a SnapshotId,
-    ) -> BoxFuture<'a, Result<Vec<ByteRange>, DiskError>> {
+    fn allocated_ranges<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, Vec<ByteRange>> {
         self.0.allocated_ranges(id)
     }
     fn create_disk_from_stream<'a>(
@@ -424,13 +354,13 @@ impl DiskProvider for SlowReads {
         name: &'a str,
         size: u64,
         pieces: PieceStream<'a>,
-    ) -> BoxFuture<'a, Result<DiskInfo, DiskError>> {
+    ) -> DiskFuture<'a, DiskInfo> {
         self.0.create_disk_from_stream(name, size, pieces)
     }
-    fn delete_disk<'a>(&'a self, disk: &'a DiskId) -> BoxFuture<'a, Result<(), DiskError>> {
+    fn delete_disk<'a>(&'a self, disk: &'a DiskId) -> DiskFuture<'a> {
         self.0.delete_disk(disk)
     }
-    fn delete_snapshot<'a>(&'a self, id: &'a SnapshotId) -> BoxFuture<'a, Result<(), DiskError>> {
+    fn delete_snapshot<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a> {
         self.0.delete_snapshot(id)
     }
 }
@@ -448,11 +378,8 @@ fn vault_dir(f: &VaultFixture) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_jobs_stop_and_are_acked_not_retried() {
-    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
-    let _gate = stowage_tests::shared_broker().await;
-    let bus = Bus::new(BrokerKind::Rabbit).await;
-    let topology = Topology::new(bus.names.clone(), &stowage_runtime::RetryPolicy::default());
-    bus.broker.declare(&topology).await.expect("declare");
+    let (_gate, bus) = shared_rabbit_bus().await;
+    let topology = bus.declare_topology().await;
     let f = VaultFixture::new(VaultBackend::LocalFolder).await;
     f.disks_create("d", 96 * MIB).await;
     for i in 0..12 {
@@ -512,11 +439,9 @@ async fn cancelled_jobs_stop_and_are_acked_not_retried() {
     let mut ctx = f.ctx.clone();
     ctx.disks = Arc::new(SlowReads(f.disks.clone()));
     ctx.parallelism = 1;
-    let config = bus.worker_config();
-    let worker = Worker::new(bus.broker.clone(), config)
+    let worker = Worker::new(bus.broker.clone(), bus.worker_config())
         .stage(recorded(VaultTransfer(ctx), &store), StageConfig::default());
-    let (trigger, shutdown) = Shutdown::new();
-    let fleet = tokio::spawn(worker.run(shutdown));
+    let fleet = RunningWorker::spawn(worker, WAIT).await;
     submit(bus.broker.as_ref(), &bus.names, &job("vt-running"))
         .await
         .unwrap();
@@ -554,7 +479,6 @@ async fn cancelled_jobs_stop_and_are_acked_not_retried() {
         1,
         "no retry ran"
     );
-    trigger.trigger();
-    fleet.await.unwrap().unwrap();
+    fleet.stop(WAIT).await;
     bus.teardown(&topology).await;
 }

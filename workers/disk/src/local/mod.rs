@@ -15,7 +15,7 @@ use futures::StreamExt;
 pub use self::files::TEMP_MIN_AGE;
 use self::files::{check_bounds, remove_stale_temps};
 use crate::{
-    BoxFuture, ByteRange, DiskError, DiskId, DiskInfo, DiskProvider, PieceStream, SnapshotId,
+    ByteRange, DiskError, DiskFuture, DiskId, DiskInfo, DiskProvider, PieceStream, SnapshotId,
     SnapshotInfo,
 };
 
@@ -169,11 +169,7 @@ impl LocalDiskProvider {
     }
 
     /// Fill `buf` with what `read` (given `buf`'s length) returns, off the async threads.
-    fn read_into<'a, F>(
-        &'a self,
-        buf: &'a mut [u8],
-        read: F,
-    ) -> BoxFuture<'a, Result<(), DiskError>>
+    fn read_into<'a, F>(&'a self, buf: &'a mut [u8], read: F) -> DiskFuture<'a>
     where
         F: FnOnce(&Inner, usize) -> Result<Vec<u8>, DiskError> + Send + 'static,
     {
@@ -185,6 +181,7 @@ impl LocalDiskProvider {
         })
     }
 }
+
 impl DiskProvider for LocalDiskProvider {
     fn driver(&self) -> &str {
         LOCAL_DRIVER
@@ -194,52 +191,20 @@ impl DiskProvider for LocalDiskProvider {
         Some(&self.region)
     }
 
-    fn create_disk<'a>(
-        &'a self,
-        name: &'a str,
-        size: u64,
-    ) -> BoxFuture<'a, Result<DiskInfo, DiskError>> {
+    fn create_disk<'a>(&'a self, name: &'a str, size: u64) -> DiskFuture<'a, DiskInfo> {
         let name = name.to_owned();
         Box::pin(self.blocking(move |inner| inner.create_disk(&name, size)))
     }
 
-    fn write<'a>(
-        &'a self,
-        disk: &'a DiskId,
-        offset: u64,
-        data: &'a [u8],
-    ) -> BoxFuture<'a, Result<(), DiskError>> {
+    fn write<'a>(&'a self, disk: &'a DiskId, offset: u64, data: &'a [u8]) -> DiskFuture<'a> {
         let disk = disk.0.clone();
         let data = data.to_vec();
         Box::pin(self.blocking(move |inner| inner.write(&disk, offset, &data)))
     }
 
-    fn read_disk<'a>(
-        &'a self,
-        disk: &'a DiskId,
-        offset: u64,
-        buf: &'a mut [u8],
-    ) -> BoxFuture<'a, Result<(), DiskError>> {
+    fn read_disk<'a>(&'a self, disk: &'a DiskId, offset: u64, buf: &'a mut [u8]) -> DiskFuture<'a> {
         let id = disk.0.clone();
         self.read_into(buf, move |inner, len| inner.read_disk(&id, offset, len))
-    }
-
-    fn snapshot<'a>(
-        &'a self,
-        disk: &'a DiskId,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<SnapshotInfo, DiskError>> {
-        let disk = disk.0.clone();
-        let name = name.to_owned();
-        Box::pin(self.blocking(move |inner| inner.snapshot(&disk, &name)))
-    }
-
-    fn get_snapshot<'a>(
-        &'a self,
-        id: &'a SnapshotId,
-    ) -> BoxFuture<'a, Result<SnapshotInfo, DiskError>> {
-        let id = id.0.clone();
-        Box::pin(self.blocking(move |inner| inner.get_snapshot(&id)))
     }
 
     fn read_snapshot<'a>(
@@ -247,15 +212,23 @@ impl DiskProvider for LocalDiskProvider {
         id: &'a SnapshotId,
         offset: u64,
         buf: &'a mut [u8],
-    ) -> BoxFuture<'a, Result<(), DiskError>> {
+    ) -> DiskFuture<'a> {
         let id = id.0.clone();
         self.read_into(buf, move |inner, len| inner.read_snapshot(&id, offset, len))
     }
 
-    fn allocated_ranges<'a>(
-        &'a self,
-        id: &'a SnapshotId,
-    ) -> BoxFuture<'a, Result<Vec<ByteRange>, DiskError>> {
+    fn snapshot<'a>(&'a self, disk: &'a DiskId, name: &'a str) -> DiskFuture<'a, SnapshotInfo> {
+        let disk = disk.0.clone();
+        let name = name.to_owned();
+        Box::pin(self.blocking(move |inner| inner.snapshot(&disk, &name)))
+    }
+
+    fn get_snapshot<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, SnapshotInfo> {
+        let id = id.0.clone();
+        Box::pin(self.blocking(move |inner| inner.get_snapshot(&id)))
+    }
+
+    fn allocated_ranges<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, Vec<ByteRange>> {
         let id = id.0.clone();
         Box::pin(self.blocking(move |inner| inner.allocated_ranges(&id)))
     }
@@ -265,7 +238,7 @@ impl DiskProvider for LocalDiskProvider {
         name: &'a str,
         size: u64,
         mut pieces: PieceStream<'a>,
-    ) -> BoxFuture<'a, Result<DiskInfo, DiskError>> {
+    ) -> DiskFuture<'a, DiskInfo> {
         Box::pin(async move {
             let info = self.create_disk(name, size).await?;
             let mut batch: Vec<(u64, bytes::Bytes)> = Vec::new();
@@ -299,17 +272,17 @@ impl DiskProvider for LocalDiskProvider {
         })
     }
 
-    fn delete_disk<'a>(&'a self, disk: &'a DiskId) -> BoxFuture<'a, Result<(), DiskError>> {
+    fn delete_disk<'a>(&'a self, disk: &'a DiskId) -> DiskFuture<'a> {
         let disk = disk.0.clone();
         Box::pin(self.blocking(move |inner| inner.delete_disk(&disk)))
     }
 
-    fn delete_snapshot<'a>(&'a self, id: &'a SnapshotId) -> BoxFuture<'a, Result<(), DiskError>> {
+    fn delete_snapshot<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a> {
         let id = id.0.clone();
         Box::pin(self.blocking(move |inner| inner.delete_snapshot(&id)))
     }
 
-    fn remove_leftovers(&self) -> BoxFuture<'_, Result<u64, DiskError>> {
+    fn remove_leftovers(&self) -> DiskFuture<'_, u64> {
         Box::pin(self.blocking(|inner| {
             Ok([&inner.disks, &inner.snapshots]
                 .into_iter()

@@ -26,10 +26,25 @@ impl Drop for Fixture {
     }
 }
 
+impl std::ops::Deref for Fixture {
+    type Target = LocalDiskProvider;
+
+    fn deref(&self) -> &LocalDiskProvider {
+        &self.provider
+    }
+}
+
 fn fixture() -> Fixture {
     let root = std::env::temp_dir().join(format!("stowage-disk-test-{}", uuid::Uuid::new_v4()));
     let provider = LocalDiskProvider::open(&root).unwrap();
     Fixture { provider, root }
+}
+
+/// A [`fixture`] holding one empty disk, `name`, of `size` bytes.
+async fn fixture_with_disk(name: &str, size: u64) -> Fixture {
+    let f = fixture();
+    f.create_disk(name, size).await.unwrap();
+    f
 }
 
 fn d(name: &str) -> DiskId {
@@ -94,8 +109,7 @@ fn covers(outer: &[ByteRange], inner: &[ByteRange]) -> bool {
 
 #[tokio::test]
 async fn snapshots_round_trip_and_track_changes() {
-    let f = fixture();
-    let p = &f.provider;
+    let p = &fixture();
     let size = 8 * MIB;
     let mut rng = StdRng::seed_from_u64(7);
     let mut model = vec![0u8; size as usize];
@@ -166,11 +180,9 @@ async fn snapshots_round_trip_and_track_changes() {
 
 #[tokio::test]
 async fn snapshot_is_point_in_time_and_idempotent() {
-    let f = fixture();
-    let p = &f.provider;
     let size = 2 * MIB;
+    let p = &fixture_with_disk("a", size).await;
     let mut model = vec![0u8; size as usize];
-    p.create_disk("a", size).await.unwrap();
     write(p, &mut model, "a", 4096, &pattern(8192, 1)).await;
     let s1 = p.snapshot(&d("a"), "a-1").await.unwrap();
     let frozen = model.clone();
@@ -191,13 +203,7 @@ async fn snapshot_is_point_in_time_and_idempotent() {
     p.create_disk("b", size).await.unwrap();
     let err = p.snapshot(&d("b"), "a-1").await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            DiskError::Conflict {
-                what: "snapshot",
-                ..
-            }
-        ),
+        matches!(err, DiskError::Conflict { what, .. } if what == "snapshot"),
         "{err}"
     );
     assert!(
@@ -208,12 +214,10 @@ async fn snapshot_is_point_in_time_and_idempotent() {
 
 #[tokio::test]
 async fn hydration_from_a_stream_keeps_holes_and_is_idempotent() {
-    let f = fixture();
-    let p = &f.provider;
     let size = 32 * MIB;
+    let p = &fixture_with_disk("src", size).await;
     let mut rng = StdRng::seed_from_u64(11);
     let mut model = vec![0u8; size as usize];
-    p.create_disk("src", size).await.unwrap();
     write(p, &mut model, "src", 0, &random(&mut rng, 3 * MIB as usize)).await;
     write(
         p,
@@ -280,11 +284,9 @@ async fn hydration_from_a_stream_keeps_holes_and_is_idempotent() {
 
 #[tokio::test]
 async fn sparse_64_gib_disk_never_reads_holes() {
-    let f = fixture();
-    let p = &f.provider;
     let size: u64 = 64 << 30;
+    let p = &fixture_with_disk("big", size).await;
     let mut rng = StdRng::seed_from_u64(64);
-    p.create_disk("big", size).await.unwrap();
 
     // A few MiB in all: large writes in distinct GiB slots, then scattered 4 KiB ones.
     let mut writes: Vec<(u64, Vec<u8>)> = vec![
@@ -357,8 +359,7 @@ async fn sparse_64_gib_disk_never_reads_holes() {
 
 #[tokio::test]
 async fn deletes_are_idempotent_and_snapshots_outlive_disks() {
-    let f = fixture();
-    let p = &f.provider;
+    let p = &fixture();
     p.create_disk("gone", MIB).await.unwrap();
     p.write(&d("gone"), 0, b"hello").await.unwrap();
     p.snapshot(&d("gone"), "gone-1").await.unwrap();
@@ -393,8 +394,7 @@ async fn deletes_are_idempotent_and_snapshots_outlive_disks() {
 
 #[tokio::test]
 async fn errors_name_the_thing_and_the_fix() {
-    let f = fixture();
-    let p = &f.provider;
+    let p = &fixture();
     p.create_disk("e", 10_000).await.unwrap();
     assert_eq!(p.create_disk("e", 10_000).await.unwrap().size, 10_000);
     let err = p.create_disk("e", 20_000).await.unwrap_err();
@@ -463,13 +463,7 @@ async fn errors_name_the_thing_and_the_fix() {
     }
     let err = p.snapshot(&d("e"), "x/y").await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            DiskError::InvalidName {
-                what: "snapshot",
-                ..
-            }
-        ),
+        matches!(err, DiskError::InvalidName { what, .. } if what == "snapshot"),
         "{err}"
     );
     let err = p.get_snapshot(&s("../../etc/passwd")).await.unwrap_err();
@@ -479,10 +473,8 @@ async fn errors_name_the_thing_and_the_fix() {
 
 #[tokio::test]
 async fn crash_after_commit_is_finished_by_the_next_snapshot() {
-    let f = fixture();
-    let p = &f.provider;
+    let p = &fixture_with_disk("c", MIB).await;
     let inner = &p.inner;
-    p.create_disk("c", MIB).await.unwrap();
     p.write(&d("c"), 0, &[1; 10]).await.unwrap();
     let log_before = fs::read(inner.disk_file("c", "cbt")).unwrap();
     p.snapshot(&d("c"), "c-1").await.unwrap();
@@ -520,10 +512,8 @@ async fn crash_after_commit_is_finished_by_the_next_snapshot() {
 
 #[tokio::test]
 async fn crash_before_commit_leaves_nothing_visible() {
-    let f = fixture();
-    let p = &f.provider;
+    let p = &fixture_with_disk("k", MIB).await;
     let inner = &p.inner;
-    p.create_disk("k", MIB).await.unwrap();
     p.write(&d("k"), 4096, &[3; 4096]).await.unwrap();
 
     // A snapshot killed after renaming its image but before writing its metadata.
@@ -615,10 +605,8 @@ fn age_file(path: &std::path::Path, age: Duration) {
 #[tokio::test]
 async fn leftovers_of_killed_writers_are_swept_but_never_under_a_live_writer() {
     use super::files::temp_path;
-    let f = fixture();
-    let p = &f.provider;
+    let p = &fixture_with_disk("k", MIB).await;
     let inner = &p.inner;
-    p.create_disk("k", MIB).await.unwrap();
     p.write(&d("k"), 4096, &[7; 4096]).await.unwrap();
     p.snapshot(&d("k"), "k-1").await.unwrap();
     let old = TEMP_MIN_AGE + Duration::from_secs(60);
@@ -654,7 +642,7 @@ async fn leftovers_of_killed_writers_are_swept_but_never_under_a_live_writer() {
     // Once the writer is gone (its lock released), the same file goes; so does it at `open`.
     drop(writer);
     age_file(&fresh, old);
-    let reopened = LocalDiskProvider::open(&f.root).unwrap();
+    let reopened = LocalDiskProvider::open(&p.root).unwrap();
     assert!(!live.exists() && !fresh.exists());
     assert!(reopened.remove_stale_temporaries(TEMP_MIN_AGE).is_empty());
     assert_eq!(
