@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stowage_runtime::broker::{Broker, Delivery};
+use stowage_runtime::broker::{Broker, Delivery, Outgoing, Properties};
 use stowage_runtime::shutdown::ShutdownTrigger;
 use stowage_runtime::topology::{BindingSpec, QueueKind, QueueSpec, Topology};
 use stowage_runtime::{
@@ -43,6 +43,14 @@ pub async fn shared_broker() -> tokio::sync::RwLockReadGuard<'static, ()> {
 /// Held by tests that stop and start the broker: no other broker test runs meanwhile.
 pub async fn exclusive_broker() -> tokio::sync::RwLockWriteGuard<'static, ()> {
     BROKER_GATE.write().await
+}
+
+/// A [`Bus`] on the real RabbitMQ for a test that only uses the broker, with [`shared_broker`]
+/// held: keep the guard for the whole test, so the broker-outage tests stop RabbitMQ only
+/// while no such test runs.
+pub async fn shared_rabbit_bus() -> (tokio::sync::RwLockReadGuard<'static, ()>, Bus) {
+    let gate = shared_broker().await;
+    (gate, Bus::new(BrokerKind::Rabbit).await)
 }
 
 /// Which broker a behaviour test runs against.
@@ -143,9 +151,42 @@ impl Bus {
         out
     }
 
+    /// Publish `body` as is to the snapshot stage, as `content_type` with message id `id`: what
+    /// a producer that bypasses Stowage's client might send.
+    pub async fn publish_raw(&self, body: Vec<u8>, content_type: &str, id: &str) {
+        let message = Outgoing {
+            exchange: self.names.jobs_exchange(),
+            routing_key: "snapshot".into(),
+            mandatory: true,
+            properties: Properties {
+                content_type: Some(content_type.into()),
+                message_id: Some(id.into()),
+                ..Properties::default()
+            },
+            body,
+        };
+        self.broker.publish(message).await.expect("publish");
+    }
+
+    /// [`snapshot_job`] `id` as JSON, changed by `edit`, published raw (message id `id`).
+    pub async fn publish_json(&self, id: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+        let mut job = serde_json::to_value(snapshot_job(id)).expect("json");
+        edit(&mut job);
+        let body = serde_json::to_vec(&job).expect("json");
+        self.publish_raw(body, "application/json", id).await;
+    }
+
     /// Depth of a queue.
     pub async fn depth(&self, queue: &str) -> u32 {
         self.broker.queue_depth(queue).await.expect("queue depth")
+    }
+
+    /// Declare the topology of the default retry policy on this bus's names; returns it for
+    /// [`Bus::teardown`].
+    pub async fn declare_topology(&self) -> Topology {
+        let topology = Topology::new(self.names.clone(), &RetryPolicy::default());
+        self.broker.declare(&topology).await.expect("declare");
+        topology
     }
 
     /// The default worker configuration, on this bus's names.
@@ -256,7 +297,8 @@ pub fn fast_retry() -> RetryPolicy {
     }
 }
 
-/// A worker task running one scripted snapshot stage (prefetch 4, concurrency 2).
+/// A worker running as a task: one scripted snapshot stage (prefetch 4, concurrency 2) from
+/// [`RunningWorker::start`], or any stages from [`RunningWorker::spawn`].
 pub struct RunningWorker {
     trigger: ShutdownTrigger,
     task: JoinHandle<Result<(), WorkerError>>,
@@ -276,7 +318,15 @@ impl RunningWorker {
             prefetch: 4,
             concurrency: 2,
         };
-        let worker = Worker::new(bus.broker.clone(), config).stage(handler, stage);
+        Self::spawn(
+            Worker::new(bus.broker.clone(), config).stage(handler, stage),
+            within,
+        )
+        .await
+    }
+
+    /// Run `worker` as a task and wait (up to `within`) until it is ready.
+    pub async fn spawn(worker: Worker, within: Duration) -> Self {
         let health = worker.health();
         let (trigger, shutdown) = Shutdown::new();
         let task = tokio::spawn(worker.run(shutdown));
@@ -325,11 +375,7 @@ macro_rules! snapshot_handler {
                 Stage::Snapshot
             }
 
-            async fn handle(
-                &self,
-                ctx: JobContext,
-                _message: Message,
-            ) -> Result<Outcome, StageError> {
+            async fn handle(&self, ctx: JobContext, _: Message) -> Result<Outcome, StageError> {
                 let envelope = ctx.envelope().expect("a worker's context").clone();
                 self.run(&ctx, &envelope).await?;
                 Ok(Outcome::done().emit(rp_created(&envelope)))

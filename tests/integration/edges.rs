@@ -5,116 +5,57 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stowage_runtime::broker::{Outgoing, Properties};
 use stowage_runtime::client::{DeadLetter, list_dead_letters, submit};
 use stowage_runtime::limits::{MAX_BODY_BYTES, MAX_HEADER_VALUE_BYTES};
-use stowage_runtime::{
-    BrokerError, RabbitBroker, RetryPolicy, Shutdown, StageConfig, Worker, WorkerConfig,
-};
+use stowage_runtime::{BrokerError, RabbitBroker, StageConfig, Worker, WorkerConfig};
 use stowage_schemas::Stage;
 use stowage_tests::{
-    Behavior, BrokerKind, Bus, ScriptedHandler, amqp_url, exclusive_broker, shared_broker,
-    snapshot_job,
+    Behavior, BrokerKind, Bus, RunningWorker, ScriptedHandler, amqp_url, exclusive_broker,
+    fast_retry, shared_rabbit_bus, snapshot_job,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn retry() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 5,
-        base_delay: Duration::from_millis(200),
-        max_delay: Duration::from_secs(5),
-        delivery_limit: 10,
-    }
-}
-
+/// A worker with fast retries, on a connection of its own so the test can count its
+/// connections.
 struct Running {
     broker: Arc<RabbitBroker>,
-    trigger: stowage_runtime::shutdown::ShutdownTrigger,
-    task: tokio::task::JoinHandle<Result<(), stowage_runtime::WorkerError>>,
+    worker: RunningWorker,
 }
 
 async fn start(bus: &Bus, handler: ScriptedHandler) -> Running {
     let broker = Arc::new(RabbitBroker::new(amqp_url()));
     let config = WorkerConfig {
         names: bus.names.clone(),
-        retry: retry(),
+        retry: fast_retry(),
         shutdown_deadline: Duration::from_secs(10),
         ..WorkerConfig::default()
     };
-    let worker = Worker::new(broker.clone(), config).stage(
-        handler,
-        StageConfig {
-            prefetch: 4,
-            concurrency: 2,
-        },
-    );
-    let health = worker.health();
-    let (trigger, shutdown) = Shutdown::new();
-    let task = tokio::spawn(worker.run(shutdown));
-    let deadline = Instant::now() + WAIT;
-    while !health.is_ready() {
-        assert!(Instant::now() < deadline, "the worker never became ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let stage = StageConfig {
+        prefetch: 4,
+        concurrency: 2,
+    };
+    let worker = Worker::new(broker.clone(), config).stage(handler, stage);
     Running {
         broker,
-        trigger,
-        task,
+        worker: RunningWorker::spawn(worker, WAIT).await,
     }
 }
 
 impl Running {
-    async fn stop(self) {
-        self.trigger.trigger();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("worker stops in time")
-            .expect("join")
-            .expect("worker result");
+    async fn stop(self, bus: &Bus) {
+        self.worker.stop(WAIT).await;
+        bus.teardown_worker(fast_retry()).await;
     }
 }
 
-async fn teardown(bus: &Bus) {
-    let config = WorkerConfig {
-        names: bus.names.clone(),
-        retry: retry(),
-        ..WorkerConfig::default()
-    };
-    bus.teardown(&config.topology()).await;
-}
-
-async fn wait_depth(bus: &Bus, queue: &str, depth: u32) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = bus.depth(queue).await;
-        if now == depth {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "queue {queue} has {now} messages, expected {depth}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A snapshot job as JSON, changed by `edit`, published raw to the stage.
-async fn publish_json(bus: &Bus, id: &str, edit: impl FnOnce(&mut serde_json::Value)) {
-    let mut job = serde_json::to_value(snapshot_job(id)).expect("json");
-    edit(&mut job);
-    let message = Outgoing {
-        exchange: bus.names.jobs_exchange(),
-        routing_key: "snapshot".into(),
-        mandatory: true,
-        properties: Properties {
-            content_type: Some("application/json".into()),
-            message_id: Some(id.into()),
-            ..Properties::default()
-        },
-        body: serde_json::to_vec(&job).expect("json"),
-    };
-    bus.broker.publish(message).await.expect("publish");
+/// The snapshot stage's dead letters, which `what` says are `count`.
+async fn dead_letters(bus: &Bus, count: usize, what: &str) -> Vec<DeadLetter> {
+    let letters = list_dead_letters(bus.broker.as_ref(), &bus.names, Stage::Snapshot, 10)
+        .await
+        .expect("list");
+    assert_eq!(letters.len(), count, "{what}: {letters:#?}");
+    letters
 }
 
 fn letter<'a>(letters: &'a [DeadLetter], id: &str) -> &'a DeadLetter {
@@ -126,8 +67,7 @@ fn letter<'a>(letters: &'a [DeadLetter], id: &str) -> &'a DeadLetter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_fields_are_dead_lettered_once_and_the_worker_stays_connected() {
-    let _gate = shared_broker().await;
-    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let (_gate, bus) = shared_rabbit_bus().await;
     let handler = ScriptedHandler::default();
     let running = start(&bus, handler.clone()).await;
     let dlq = bus.names.dead_letter_queue(Stage::Snapshot);
@@ -135,20 +75,16 @@ async fn oversized_fields_are_dead_lettered_once_and_the_worker_stays_connected(
 
     let kb70 = "k".repeat(70_000);
     let mb10 = "m".repeat(10_000_000);
-    publish_json(&bus, "type-70k", |j| {
-        j["message"]["type"] = kb70.clone().into()
-    })
-    .await;
-    publish_json(&bus, "type-10m", |j| {
-        j["message"]["type"] = mb10.clone().into()
-    })
-    .await;
-    publish_json(&bus, "instance-10m", |j| {
+    bus.publish_json("type-70k", |j| j["message"]["type"] = kb70.clone().into())
+        .await;
+    bus.publish_json("type-10m", |j| j["message"]["type"] = mb10.clone().into())
+        .await;
+    bus.publish_json("instance-10m", |j| {
         j["message"]["payload"]["instance"] = mb10.clone().into();
     })
     .await;
     // A 70 KB instance name breaks the id rule: refused at decode, quoting only a bounded part.
-    publish_json(&bus, "instance-70k", |j| {
+    bus.publish_json("instance-70k", |j| {
         j["message"]["payload"]["instance"] = kb70.clone().into();
     })
     .await;
@@ -157,25 +93,22 @@ async fn oversized_fields_are_dead_lettered_once_and_the_worker_stays_connected(
         "quotes-70k",
         Behavior::FailPermanently(format!("instance {kb70:?} does not exist")),
     );
-    publish_json(&bus, "quotes-70k", |_| {}).await;
+    bus.publish_json("quotes-70k", |_| {}).await;
     // A 70 KB job id breaks the id rule too.
     let long_job = snapshot_job(&"j".repeat(70_000));
     submit(bus.broker.as_ref(), &bus.names, &long_job)
         .await
         .expect("submit");
 
-    wait_depth(&bus, &dlq, 6).await;
+    bus.wait_depth(&dlq, 6, WAIT).await;
     // Other jobs keep flowing on the same connection.
     submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-after"))
         .await
         .expect("submit");
     handler.wait_calls("job-after", 1, WAIT).await;
-    wait_depth(&bus, &probe, 1).await;
+    bus.wait_depth(&probe, 1, WAIT).await;
 
-    let letters = list_dead_letters(bus.broker.as_ref(), &bus.names, Stage::Snapshot, 10)
-        .await
-        .expect("list");
-    assert_eq!(letters.len(), 6, "each dead-lettered once: {letters:#?}");
+    let letters = dead_letters(&bus, 6, "each dead-lettered once").await;
     for l in &letters {
         assert!(
             l.reason.len() <= MAX_HEADER_VALUE_BYTES,
@@ -255,14 +188,12 @@ async fn oversized_fields_are_dead_lettered_once_and_the_worker_stays_connected(
         1,
         "the worker never lost its connection"
     );
-    running.stop().await;
-    teardown(&bus).await;
+    running.stop(&bus).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_counter_at_its_maximum_does_not_wrap() {
-    let _gate = shared_broker().await;
-    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let (_gate, bus) = shared_rabbit_bus().await;
     let handler = ScriptedHandler::default();
     handler.set("max-permanent", Behavior::FailPermanently("no".into()));
     handler.set("max-transient", Behavior::FailTransiently(1));
@@ -282,11 +213,8 @@ async fn an_attempt_counter_at_its_maximum_does_not_wrap() {
             .await
             .expect("submit");
     }
-    wait_depth(&bus, &dlq, 3).await;
-    let letters = list_dead_letters(bus.broker.as_ref(), &bus.names, Stage::Snapshot, 10)
-        .await
-        .expect("list");
-    assert_eq!(letters.len(), 3, "{letters:#?}");
+    bus.wait_depth(&dlq, 3, WAIT).await;
+    let letters = dead_letters(&bus, 3, "one for each job").await;
     for l in &letters {
         assert_eq!(
             l.attempts,
@@ -299,8 +227,7 @@ async fn an_attempt_counter_at_its_maximum_does_not_wrap() {
     for id in ["max-permanent", "max-transient", "almost-max-transient"] {
         assert_eq!(handler.calls_for(id).len(), 1, "{id} handled once");
     }
-    running.stop().await;
-    teardown(&bus).await;
+    running.stop(&bus).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use stowage_runtime::broker::{Outgoing, Properties};
 use stowage_runtime::client::{list_dead_letters, replay_dead_letters, submit};
 use stowage_runtime::{RetryPolicy, WorkerConfig};
 use stowage_schemas::{ContentType, Stage, encode_as};
@@ -194,66 +193,27 @@ async fn malformed_and_unknown_version_messages_are_dead_lettered(kind: BrokerKi
     let handler = ScriptedHandler::default();
     let running = start(&bus, handler.clone(), fast_retry()).await;
     let dlq = bus.names.dead_letter_queue(Stage::Snapshot);
-    let raw = |body: Vec<u8>, content_type: &str, id: &str| Outgoing {
-        exchange: bus.names.jobs_exchange(),
-        routing_key: "snapshot".into(),
-        mandatory: true,
-        properties: Properties {
-            content_type: Some(content_type.into()),
-            message_id: Some(id.into()),
-            ..Properties::default()
-        },
-        body,
-    };
 
-    bus.broker
-        .publish(raw(
-            b"\xc1 definitely not msgpack".to_vec(),
-            "application/msgpack",
-            "garbage",
-        ))
-        .await
-        .expect("publish");
-    let mut future = serde_json::to_value(snapshot_job("job-future")).expect("json");
-    future["schema_version"] = 99.into();
-    bus.broker
-        .publish(raw(
-            serde_json::to_vec(&future).expect("json"),
-            "application/json",
-            "future",
-        ))
-        .await
-        .expect("publish");
-    bus.broker
-        .publish(raw(
-            encode_as(&snapshot_job("job-xml"), ContentType::MessagePack),
-            "text/xml",
-            "xml",
-        ))
-        .await
-        .expect("publish");
+    bus.publish_raw(
+        b"\xc1 definitely not msgpack".to_vec(),
+        "application/msgpack",
+        "garbage",
+    )
+    .await;
+    bus.publish_json("future", |job| job["schema_version"] = 99.into())
+        .await;
+    let xml = encode_as(&snapshot_job("xml"), ContentType::MessagePack);
+    bus.publish_raw(xml, "text/xml", "xml").await;
     // Issue 13, items 3 and 7: a `../` id and a timestamp without an offset are refused at
     // decode, the reason naming the field and the rule or expected form.
-    let mut escaping = serde_json::to_value(snapshot_job("job-escape")).expect("json");
-    escaping["message"]["payload"]["instance"] = "../../etc".into();
-    bus.broker
-        .publish(raw(
-            serde_json::to_vec(&escaping).expect("json"),
-            "application/json",
-            "escape",
-        ))
-        .await
-        .expect("publish");
-    let mut naive = serde_json::to_value(snapshot_job("job-naive")).expect("json");
-    naive["created_at"] = "2026-11-29T10:00:00".into();
-    bus.broker
-        .publish(raw(
-            serde_json::to_vec(&naive).expect("json"),
-            "application/json",
-            "naive",
-        ))
-        .await
-        .expect("publish");
+    bus.publish_json("escape", |job| {
+        job["message"]["payload"]["instance"] = "../../etc".into();
+    })
+    .await;
+    bus.publish_json("naive", |job| {
+        job["created_at"] = "2026-11-29T10:00:00".into();
+    })
+    .await;
     submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-fine"))
         .await
         .expect("submit");

@@ -6,9 +6,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use stowage_runtime::{RetryPolicy, Topology};
 use stowage_schemas::{ContentType, Message, Stage, decode};
-use stowage_tests::{BrokerKind, Bus};
+use stowage_tests::shared_rabbit_bus;
 
 use crate::helpers::{TempDir, poll, run, stowage_on, terminate, text};
 
@@ -59,6 +58,17 @@ fn init(vault: &Path) {
     ));
 }
 
+/// The names `instance list -o json` lists on `vault`.
+fn instance_names(vault: &Path) -> Vec<String> {
+    let list = ok(&stowage(vault, "instance list -o json"));
+    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
+    list.as_array()
+        .expect("array")
+        .iter()
+        .map(|i| i["name"].as_str().expect("a name").to_owned())
+        .collect()
+}
+
 /// Issue 13, item 3: `instance create` refuses a 300-character label-selector key (a key is an
 /// optional DNS-subdomain prefix of at most 253 and `/`, then a name of at most 63) and an
 /// instance name that breaks the id rule, naming the field.
@@ -89,15 +99,7 @@ fn instance_create_refuses_oversized_label_keys_and_bad_names() {
         err.contains("name") && err.contains("path separator"),
         "{err}"
     );
-    let list = ok(&stowage(v, "instance list -o json"));
-    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
-    let names: Vec<_> = list
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|i| i["name"].as_str().unwrap_or_default().to_owned())
-        .collect();
-    assert_eq!(names, ["shop"], "nothing was created");
+    assert_eq!(instance_names(v), ["shop"], "nothing was created");
 }
 
 #[test]
@@ -189,15 +191,7 @@ fn the_catalog_is_created_listed_and_shown_with_validation() {
         "instance blog created"
     );
 
-    let list = ok(&stowage(v, "instance list -o json"));
-    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
-    let names: Vec<_> = list
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|i| i["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(names, ["blog", "shop"]);
+    assert_eq!(instance_names(v), ["blog", "shop"]);
     let table = ok(&stowage(v, "instance list"));
     assert!(
         table.contains("shop,blog") && table.contains("rg-snaps"),
@@ -207,15 +201,12 @@ fn the_catalog_is_created_listed_and_shown_with_validation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_now_and_the_scheduler_publish_snapshot_jobs() {
-    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
-    let _gate = stowage_tests::shared_broker().await;
-    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let (_gate, bus) = shared_rabbit_bus().await;
     let prefix = bus.names.prefix().to_owned();
     let vault = TempDir::new("cli-catalog");
     let v = vault.0.as_path();
     init(v);
-    let topology = Topology::new(bus.names.clone(), &RetryPolicy::default());
-    bus.broker.declare(&topology).await.expect("declare");
+    let topology = bus.declare_topology().await;
     let queue = bus.names.stage_queue(Stage::Snapshot);
 
     let out = command(v, &prefix, &["backup", "now", "nope"])

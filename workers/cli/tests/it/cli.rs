@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use stowage_runtime::{Names, RetryPolicy, Topology};
 use stowage_schemas::{ContentType, Stage, decode};
-use stowage_tests::{Behavior, BrokerKind, Bus, RunningWorker, ScriptedHandler, amqp_url};
+use stowage_tests::{Behavior, RunningWorker, ScriptedHandler, amqp_url, shared_rabbit_bus};
 
 use crate::helpers::{run, stowage_command, stowage_on, text};
 
@@ -69,9 +69,7 @@ fn the_worker_refuses_stages_it_cannot_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_validates_publishes_and_prints_the_job_id() {
-    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
-    let _gate = stowage_tests::shared_broker().await;
-    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let (_gate, bus) = shared_rabbit_bus().await;
     let prefix = bus.names.prefix().to_owned();
     let declared = stowage(&["topology", "declare"], &prefix, None);
     assert!(declared.status.success(), "{}", text(&declared.stderr));
@@ -113,9 +111,7 @@ async fn submit_validates_publishes_and_prints_the_job_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
-    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
-    let _gate = stowage_tests::shared_broker().await;
-    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let (_gate, bus) = shared_rabbit_bus().await;
     let prefix = bus.names.prefix().to_owned();
     let handler = ScriptedHandler::default();
     let config = bus.worker_config();
@@ -196,11 +192,8 @@ async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
 /// The README's promise: any AMQP client plus MessagePack (or JSON) can submit a job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_producer_can_submit_jobs_in_msgpack_and_json() {
-    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
-    let _gate = stowage_tests::shared_broker().await;
-    let bus = Bus::new(BrokerKind::Rabbit).await;
-    let topology = Topology::new(bus.names.clone(), &RetryPolicy::default());
-    bus.broker.declare(&topology).await.expect("declare");
+    let (_gate, bus) = shared_rabbit_bus().await;
+    let topology = bus.declare_topology().await;
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../schemas/examples/submit.py"
@@ -293,11 +286,11 @@ fn submit_refuses_bad_ids_deep_input_and_wrong_types_naming_the_field() {
     );
     // 200 KB of nested YAML lists took 30–45 s to refuse; now the size bound refuses it
     // unread, and a smaller one the depth bound.
-    let deep = format!(
-        "type: job.retention\npayload: {{instance: shop, x: {}1{}}}\n",
-        "[".repeat(100_000),
-        "]".repeat(100_000)
-    );
+    let nested = |depth: usize| {
+        let (open, close) = ("[".repeat(depth), "]".repeat(depth));
+        format!("type: job.retention\npayload: {{instance: shop, x: {open}1{close}}}\n")
+    };
+    let deep = nested(100_000);
     // From a file: standard input would stop being read after the bound.
     let path = std::env::temp_dir().join(format!("stowage-deep-{}.yaml", std::process::id()));
     std::fs::write(&path, &deep).expect("write the deep job file");
@@ -313,12 +306,7 @@ fn submit_refuses_bad_ids_deep_input_and_wrong_types_naming_the_field() {
         err.contains("refused before parsing") && err.contains("at most 65536 bytes"),
         "{err}"
     );
-    let deep = format!(
-        "type: job.retention\npayload: {{instance: shop, x: {}1{}}}\n",
-        "[".repeat(30_000),
-        "]".repeat(30_000)
-    );
-    let err = refused(&deep);
+    let err = refused(&nested(30_000));
     assert!(err.contains("more than 32 levels deep"), "{err}");
 }
 
@@ -362,28 +350,14 @@ fn the_health_address_defaults_to_loopback_outside_kubernetes() {
 fn id_arguments_are_refused_by_the_id_rule() {
     let rule = stowage_schemas::id::RULE;
     for args in [
-        &["jobs", "show", "../../x"][..],
-        &["backup", "now", "../shop"],
-        &["rp", "list", "shop/.."],
-        &[
-            "restore",
-            "create",
-            "--instance",
-            "shop",
-            "--rp",
-            "rp-1",
-            "--restore-id",
-            "../r",
-        ],
+        "jobs show ../../x",
+        "backup now ../shop",
+        "rp list shop/..",
+        "restore create --instance shop --rp rp-1 --restore-id ../r",
     ] {
-        let out = run(
-            {
-                let mut cmd = stowage_command();
-                cmd.args(args);
-                cmd
-            },
-            None,
-        );
+        let mut cmd = stowage_command();
+        cmd.args(args.split(' '));
+        let out = run(cmd, None);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains("invalid value"), "{args:?}: {err}");

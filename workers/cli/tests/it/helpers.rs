@@ -1,14 +1,23 @@
 //! What the test modules share: running `stowage`, reading its output, temporary folders,
-//! vault-transfer workers, and waiting for a condition.
+//! vault-transfer workers, the sample app to back up, and waiting for a condition.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use stowage_disk::{DiskProvider, LocalDiskProvider};
+use stowage_sandbox::{Sandbox, SandboxHandle};
+use stowage_schemas::domain::{BackupInstance, Namespaces, Scope};
+use stowage_schemas::jobs::{SnapshotJob, Trigger};
+use stowage_schemas::{Envelope, Message};
 use stowage_tests::amqp_url;
 pub use stowage_tests::temp_dir;
 use stowage_tests::vault_fixture::VaultFixture;
+use stowage_vault::store::BlobStore;
+
+const MIB: u64 = 1 << 20;
 
 /// The `stowage` binary under test, as a command with nothing set.
 pub fn stowage_command() -> Command {
@@ -130,4 +139,65 @@ pub async fn poll<T>(
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// The sample app on a sandbox cluster (`sandbox`), its two volumes' disks in `disk_root` —
+/// `shop-data` (16 MiB) and `blog-data` (8 MiB), each with 2 MiB of its `fills` byte at 1 MiB —
+/// and the backup instance `shop` of its namespaces shop and blog in `vault`.
+pub async fn sample_app(
+    disk_root: &Path,
+    vault: &BlobStore,
+    fills: [u8; 2],
+) -> (Arc<LocalDiskProvider>, SandboxHandle) {
+    let disks = Arc::new(LocalDiskProvider::open(disk_root).unwrap());
+    for ((disk, size), fill) in [("shop-data", 16 * MIB), ("blog-data", 8 * MIB)]
+        .into_iter()
+        .zip(fills)
+    {
+        let info = disks.create_disk(disk, size).await.unwrap();
+        disks
+            .write(&info.id, MIB, &vec![fill; 2 * MIB as usize])
+            .await
+            .unwrap();
+    }
+    let sandbox = Sandbox::new();
+    sandbox.load_sample_app().unwrap();
+    let cluster = sandbox.start_local().await.unwrap();
+    let instance = BackupInstance {
+        name: "shop".into(),
+        cluster: "sandbox".into(),
+        vault: "v".into(),
+        policy: "p".into(),
+        scope: Scope {
+            namespaces: Namespaces::List {
+                names: vec!["shop".into(), "blog".into()],
+            },
+            ..Scope::default()
+        },
+        snapshot_location: "local".into(),
+        hooks: Vec::new(),
+    };
+    vault
+        .put_create_only(
+            &stowage_vault::layout::instance("shop").unwrap(),
+            serde_json::to_vec(&instance).unwrap(),
+        )
+        .await
+        .unwrap();
+    (disks, cluster)
+}
+
+/// The on-demand backup `backup-rp-1` of [`sample_app`]'s instance, as recovery point `rp-1`,
+/// requested by `tests`.
+pub fn shop_backup() -> Envelope {
+    Envelope::new(
+        "backup-rp-1",
+        Message::Snapshot(SnapshotJob {
+            instance: "shop".into(),
+            recovery_point_id: "rp-1".into(),
+            trigger: Trigger::OnDemand {
+                requested_by: Some("tests".into()),
+            },
+        }),
+    )
 }

@@ -2,26 +2,21 @@
 //! queued, unpublished job record and says who republishes it and when; once the broker is
 //! back, the schedulers' sweep republishes it and the job runs exactly once.
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use jiff::civil::Time;
 use jiff::{SignedDuration, Timestamp};
 use stowage_control::scheduler::{REPUBLISH_BOUND_SECS, Scheduler};
-use stowage_runtime::{
-    Broker, RabbitBroker, RetryPolicy, Shutdown, StageConfig, Topology, Worker, WorkerConfig,
-};
-use stowage_schemas::domain::{
-    BackupInstance, Immutability, JobStatus, Policy, Redundancy, Retention, Schedule, Scope, Vault,
-};
+use stowage_runtime::{Broker, RabbitBroker, Shutdown, StageConfig, Worker, WorkerConfig};
+use stowage_schemas::domain::JobStatus;
 use stowage_tests::{BrokerKind, Bus, ScriptedHandler, amqp_url, exclusive_broker, rabbitmqctl};
 use stowage_vault::catalog::jobs::list_jobs;
-use stowage_vault::catalog::settings::{WriteMode, write_instance, write_policy, write_vault};
 use stowage_vault::store::{BlobStore, LocalDurability};
 
-use crate::helpers::{TempDir, stdout_and_stderr, stowage_on};
+use crate::helpers::{TempDir, stdout_and_stderr, stowage_command, stowage_on};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -35,60 +30,28 @@ impl Drop for RestartOnDrop {
     }
 }
 
-/// A vault with one instance whose only daily slot is twelve hours away (so the schedulers
-/// trigger no slot of their own during the test).
-async fn catalog(store: &BlobStore) {
-    write_vault(
-        store,
-        &Vault {
-            name: "main".into(),
-            region: "westeurope".into(),
-            location: "local".into(),
-            redundancy: Redundancy::Local,
-            key_id: "local".into(),
-            immutability: Immutability::Disabled,
-        },
-        WriteMode::Create,
-    )
-    .await
-    .unwrap();
+/// A vault at `vault` with one instance whose only daily slot is twelve hours away (so the
+/// schedulers trigger no slot of their own during the test), made with the catalog commands.
+fn catalog(vault: &Path) {
     let later = Timestamp::now()
         .checked_add(SignedDuration::from_hours(12))
         .unwrap()
         .to_zoned(jiff::tz::TimeZone::UTC);
-    write_policy(
-        store,
-        &Policy {
-            name: "daily".into(),
-            schedule: Schedule {
-                frequency_hours: 24,
-                start: Time::constant(later.hour(), later.minute(), 0, 0),
-                time_zone: "UTC".into(),
-            },
-            retention: Retention {
-                operational_days: 7,
-                vault: Vec::new(),
-            },
-        },
-        WriteMode::Create,
-    )
-    .await
-    .unwrap();
-    write_instance(
-        store,
-        &BackupInstance {
-            name: "shop".into(),
-            cluster: "c".into(),
-            vault: "main".into(),
-            policy: "daily".into(),
-            scope: Scope::default(),
-            snapshot_location: "local".into(),
-            hooks: Vec::new(),
-        },
-        WriteMode::Create,
-    )
-    .await
-    .unwrap();
+    let start = format!("{:02}:{:02}", later.hour(), later.minute());
+    for line in [
+        "vault init --name main --region westeurope",
+        &format!("policy create daily --start {start} --time-zone UTC --operational-days 7"),
+        "instance create shop --cluster c --policy daily --snapshot-location local",
+    ] {
+        let out = stowage_command()
+            .args(line.split(' '))
+            .env("STOWAGE_VAULT", vault)
+            .env_remove("STOWAGE_SECONDARY")
+            .output()
+            .expect("run stowage");
+        let (_, stderr) = stdout_and_stderr(&out);
+        assert!(out.status.success(), "stowage {line}: {stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,10 +60,9 @@ async fn a_backup_submitted_while_the_broker_is_down_runs_once_when_it_is_back()
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let dir = TempDir::new("outbox");
     let vault_dir = dir.path().join("vault");
+    catalog(&vault_dir);
     let store = BlobStore::local_folder(&vault_dir, LocalDurability::OsBuffered).unwrap();
-    catalog(&store).await;
-    let topology = Topology::new(bus.names.clone(), &RetryPolicy::default());
-    bus.broker.declare(&topology).await.unwrap();
+    let topology = bus.declare_topology().await;
 
     // The broker goes away; `backup now` fails and says what happens next.
     let _restart = RestartOnDrop;

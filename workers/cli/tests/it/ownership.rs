@@ -3,26 +3,22 @@
 //! neither deleted by the release step nor adopted as a restored volume — and the restore's
 //! `restore.completed` says why.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stowage_disk::{DiskId, DiskProvider, LocalDiskProvider};
 use stowage_runtime::client::submit;
-use stowage_runtime::{Shutdown, StageConfig, Worker, WorkerConfig};
-use stowage_sandbox::Sandbox;
+use stowage_runtime::{StageConfig, Worker};
 use stowage_schemas::codec::{ContentType, decode};
-use stowage_schemas::domain::{BackupInstance, Namespaces, Scope, Tier};
+use stowage_schemas::domain::Tier;
 use stowage_schemas::events::RestoreCompleted;
-use stowage_schemas::jobs::{
-    RestoreJob, RestoreOptions, SnapshotJob, StagedDisk, Staging, Trigger,
-};
+use stowage_schemas::jobs::{RestoreJob, RestoreOptions, StagedDisk, Staging};
 use stowage_schemas::{Envelope, Message};
 use stowage_stages::{ClusterContext, RestoreStage, SnapshotStage};
-use stowage_tests::{BrokerKind, Bus};
+use stowage_tests::{Bus, RunningWorker, shared_rabbit_bus};
 use stowage_vault::catalog;
 use stowage_vault::store::{BlobStore, LocalDurability};
 
-use crate::helpers::TempDir;
+use crate::helpers::{TempDir, sample_app, shop_backup};
 
 const MIB: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(120);
@@ -70,74 +66,22 @@ async fn disk_bytes(disks: &LocalDiskProvider, disk: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_never_deletes_or_adopts_a_disk_it_did_not_make() {
-    let _gate = stowage_tests::shared_broker().await;
-    let bus = Bus::new(BrokerKind::Rabbit).await;
+    let (_gate, bus) = shared_rabbit_bus().await;
     let dir = TempDir::new("ownership");
     let vault =
         BlobStore::local_folder(dir.path().join("vault"), LocalDurability::OsBuffered).unwrap();
-    let disks = Arc::new(LocalDiskProvider::open(dir.path().join("disks")).unwrap());
-    for (disk, size, fill) in [("shop-data", 16 * MIB, 0x5a), ("blog-data", 8 * MIB, 0xb1)] {
-        let info = disks.create_disk(disk, size).await.unwrap();
-        disks
-            .write(&info.id, MIB, &vec![fill; 2 * MIB as usize])
-            .await
-            .unwrap();
-    }
-    let sandbox = Sandbox::new();
-    sandbox.load_sample_app().unwrap();
-    let cluster = sandbox.start_local().await.unwrap();
-    let instance = BackupInstance {
-        name: "shop".into(),
-        cluster: "sandbox".into(),
-        vault: "v".into(),
-        policy: "p".into(),
-        scope: Scope {
-            namespaces: Namespaces::List {
-                names: vec!["shop".into(), "blog".into()],
-            },
-            ..Scope::default()
-        },
-        snapshot_location: "local".into(),
-        hooks: Vec::new(),
-    };
-    vault
-        .put_create_only(
-            &stowage_vault::layout::instance("shop").unwrap(),
-            serde_json::to_vec(&instance).unwrap(),
-        )
-        .await
-        .unwrap();
+    let (disks, cluster) = sample_app(&dir.path().join("disks"), &vault, [0x5a, 0xb1]).await;
     let ctx = ClusterContext::new(vault.clone(), disks.clone(), "sandbox", cluster.target());
-    let config = WorkerConfig {
-        names: bus.names.clone(),
-        ..WorkerConfig::default()
-    };
+    let config = bus.worker_config();
     let topology = config.topology();
     let worker = Worker::new(bus.broker.clone(), config)
         .stage(SnapshotStage(ctx.clone()), StageConfig::default())
         .stage(RestoreStage(ctx), StageConfig::default());
-    let health = worker.health();
-    let (trigger, shutdown) = Shutdown::new();
-    let fleet = tokio::spawn(worker.run(shutdown));
-    let deadline = Instant::now() + WAIT;
-    while !health.is_ready() {
-        assert!(Instant::now() < deadline, "worker not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let fleet = RunningWorker::spawn(worker, WAIT).await;
     let probe = bus.probe_events().await;
 
     // A real backup, so the crafted restores name a real recovery point.
-    let backup = Envelope::new(
-        "backup-rp-1",
-        Message::Snapshot(SnapshotJob {
-            instance: "shop".into(),
-            recovery_point_id: "rp-1".into(),
-            trigger: Trigger::OnDemand {
-                requested_by: Some("tests".into()),
-            },
-        }),
-    );
-    submit(bus.broker.as_ref(), &bus.names, &backup)
+    submit(bus.broker.as_ref(), &bus.names, &shop_backup())
         .await
         .unwrap();
     wait_event(&bus, &probe, "rp.created", |_| true).await;
@@ -237,8 +181,7 @@ async fn a_restore_never_deletes_or_adopts_a_disk_it_did_not_make() {
         );
     }
 
-    trigger.trigger();
-    fleet.await.unwrap().unwrap();
+    fleet.stop(WAIT).await;
     cluster.shutdown().await;
     bus.teardown(&topology).await;
 }

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use stowage_control::preflight::{
-    self, BrokerTarget, KubeTarget, PreflightTargets, Report, Status, VaultTarget,
+    self, BrokerTarget, Check, KubeTarget, PreflightTargets, Report, Status, VaultTarget,
 };
-use stowage_disk::{DiskProvider, LOCAL_REGION, LocalDiskProvider};
-use stowage_runtime::{Broker, Names, RabbitBroker, RetryPolicy, Topology};
+use stowage_disk::{LOCAL_REGION, LocalDiskProvider};
+use stowage_runtime::{Names, RabbitBroker};
 use stowage_sandbox::{Sandbox, SandboxHandle};
 use stowage_schemas::domain::{BackupInstance, Namespaces, Scope};
-use stowage_tests::{amqp_url, free_port, shared_broker, unique_prefix};
+use stowage_tests::{amqp_url, free_port, shared_rabbit_bus, unique_prefix};
 
 use crate::helpers::{stdout_and_stderr, stowage_command, temp_dir};
 
@@ -47,7 +47,8 @@ fn fleet_rbac() -> Vec<Value> {
     objects
 }
 
-/// A sandbox with the sample app and the fleet's RBAC, minus the objects `skip` rejects.
+/// A sandbox with the sample app and the fleet's RBAC, as `edit` changes it, minus the objects
+/// it rejects.
 async fn sandbox_with(edit: impl Fn(&mut Value) -> bool) -> SandboxHandle {
     let sandbox = Sandbox::new();
     sandbox.load_sample_app().expect("sample app");
@@ -62,33 +63,28 @@ async fn sandbox_with(edit: impl Fn(&mut Value) -> bool) -> SandboxHandle {
     sandbox.start_local().await.expect("start sandbox")
 }
 
-async fn sandbox() -> SandboxHandle {
-    sandbox_with(|_| true).await
-}
-
+/// What preflight checks: a sandbox cluster, and a fresh local vault folder and disk root, as
+/// `targets` that a test may change.
 struct Setup {
+    cluster: SandboxHandle,
     vault: PathBuf,
-    disks: Arc<dyn DiskProvider>,
+    targets: PreflightTargets,
 }
 
 impl Setup {
-    fn new() -> Self {
+    /// On a [`sandbox_with`] all of the fleet's RBAC.
+    async fn new() -> Self {
+        Self::with(|_| true).await
+    }
+
+    /// On a [`sandbox_with`] the fleet's RBAC as `edit` leaves it.
+    async fn with(edit: impl Fn(&mut Value) -> bool) -> Self {
+        let cluster = sandbox_with(edit).await;
+        let vault = temp_dir("preflight-vault");
         let disks = LocalDiskProvider::open(temp_dir("preflight-disks")).expect("disks");
-        Self {
-            vault: temp_dir("preflight-vault"),
-            disks: Arc::new(disks),
-        }
-    }
-
-    /// Runs every check against this setup and `cluster`.
-    async fn run(&self, cluster: &SandboxHandle) -> Report {
-        preflight::run_all(&self.targets(cluster)).await
-    }
-
-    fn targets(&self, cluster: &SandboxHandle) -> PreflightTargets {
-        PreflightTargets {
+        let targets = PreflightTargets {
             vault: Some(VaultTarget {
-                location: self.vault.display().to_string(),
+                location: vault.display().to_string(),
                 access_key: None,
                 region: Some(LOCAL_REGION.to_owned()),
             }),
@@ -97,25 +93,36 @@ impl Setup {
                 client: cluster.client(),
                 url: cluster.url().to_owned(),
             }),
-            disks: Some(self.disks.clone()),
+            disks: Some(Arc::new(disks)),
             ..PreflightTargets::default()
+        };
+        Self {
+            cluster,
+            vault,
+            targets,
         }
+    }
+
+    /// Runs every check against the targets.
+    async fn run(&self) -> Report {
+        preflight::run_all(&self.targets).await
     }
 }
 
-fn status(report: &Report, name: &str) -> Status {
+/// The check `name` of `report`, which must have run.
+fn check<'r>(report: &'r Report, name: &str) -> &'r Check {
     report
         .get(name)
         .unwrap_or_else(|| panic!("{name} ran: {report:#?}"))
-        .status
-        .clone()
+}
+
+fn status(report: &Report, name: &str) -> Status {
+    check(report, name).status.clone()
 }
 
 /// Asserts `name` failed, its detail contains `detail` and its fix contains `fix`.
 fn assert_fails(report: &Report, name: &str, detail: &str, fix: &str) {
-    let check = report
-        .get(name)
-        .unwrap_or_else(|| panic!("{name} ran: {report:#?}"));
+    let check = check(report, name);
     assert_eq!(check.status, Status::Fail, "{name}: {check:#?}");
     assert!(
         check.detail.contains(detail),
@@ -136,27 +143,17 @@ fn assert_passes(report: &Report, names: &[&str]) {
 
 #[tokio::test]
 async fn every_check_passes_on_a_prepared_sandbox_local_vault_and_rabbitmq() {
-    let _gate = shared_broker().await;
-    let cluster = sandbox().await;
-    let setup = Setup::new();
-    let names = Names::new(unique_prefix());
-    let rabbit: Arc<dyn Broker> = Arc::new(RabbitBroker::new(amqp_url()));
-    let topology = Topology::new(names.clone(), &RetryPolicy::default());
-    rabbit.declare(&topology).await.unwrap_or_else(|e| {
-        panic!(
-            "RabbitMQ must run at {} (scripts/test.sh starts it): {e}",
-            amqp_url()
-        )
-    });
+    let (_gate, bus) = shared_rabbit_bus().await;
+    let topology = bus.declare_topology().await;
+    let mut setup = Setup::new().await;
     // A vault that already holds Stowage data still passes.
     std::fs::create_dir_all(setup.vault.join("catalog/shop")).unwrap();
     std::fs::write(setup.vault.join("catalog/shop/rp-1.json"), "{}").unwrap();
-    let mut targets = setup.targets(&cluster);
-    targets.broker = Some(BrokerTarget {
-        broker: rabbit.clone(),
-        names: names.clone(),
+    setup.targets.broker = Some(BrokerTarget {
+        broker: bus.broker.clone(),
+        names: bus.names.clone(),
     });
-    let report = preflight::run_all(&targets).await;
+    let report = setup.run().await;
     assert_passes(
         &report,
         &[
@@ -176,21 +173,18 @@ async fn every_check_passes_on_a_prepared_sandbox_local_vault_and_rabbitmq() {
     assert!(drivers.detail.contains("pv-blog-uploads"), "{drivers:#?}");
     assert!(report.passed(), "{report:#?}");
     assert_eq!(report.refusal(), None);
+    let detail = &check(&report, preflight::PERMISSIONS).detail;
     assert!(
-        report
-            .get(preflight::PERMISSIONS)
-            .unwrap()
-            .detail
-            .contains("stowage-snapshot, stowage-restore, stowage-vault"),
+        detail.contains("stowage-snapshot, stowage-restore, stowage-vault"),
         "{report:#?}"
     );
 
     // The same broker without the topology (another prefix): the topology check fails.
-    targets.broker = Some(BrokerTarget {
-        broker: rabbit.clone(),
+    setup.targets.broker = Some(BrokerTarget {
+        broker: bus.broker.clone(),
         names: Names::new(unique_prefix()),
     });
-    let report = preflight::run_all(&targets).await;
+    let report = setup.run().await;
     assert_passes(&report, &[preflight::BROKER]);
     assert_fails(
         &report,
@@ -200,50 +194,42 @@ async fn every_check_passes_on_a_prepared_sandbox_local_vault_and_rabbitmq() {
     );
 
     // A closed port: the broker check fails at once and the topology check is skipped.
-    targets.broker = Some(BrokerTarget {
+    setup.targets.broker = Some(BrokerTarget {
         broker: Arc::new(RabbitBroker::new(format!(
             "amqp://guest:guest@127.0.0.1:{}/%2f",
             free_port()
         ))),
-        names: names.clone(),
+        names: bus.names.clone(),
     });
-    let report = preflight::run_all(&targets).await;
+    let report = setup.run().await;
     assert_fails(&report, preflight::BROKER, "unreachable", "start RabbitMQ");
     assert!(matches!(
         status(&report, preflight::TOPOLOGY),
         Status::Skipped(_)
     ));
 
-    let bus = stowage_tests::Bus {
-        broker: rabbit,
-        names,
-        kind: stowage_tests::BrokerKind::Rabbit,
-    };
     bus.teardown(&topology).await;
 }
 
 #[tokio::test]
 async fn foreign_data_in_a_local_vault_folder_fails_the_contents_check() {
-    let cluster = sandbox().await;
-    let setup = Setup::new();
+    let setup = Setup::new().await;
     std::fs::write(setup.vault.join("backup-2019.tar"), b"not a vault").unwrap();
     std::fs::create_dir_all(setup.vault.join("photos")).unwrap();
     std::fs::write(setup.vault.join("photos/cat.jpg"), b"meow").unwrap();
-    let report = setup.run(&cluster).await;
-    assert_passes(&report, &[preflight::VAULT_STORAGE]);
+    let report = setup.run().await;
     assert_fails(
         &report,
         preflight::VAULT_CONTENTS,
         "2 top-level name(s) that are not Stowage data: backup-2019.tar, photos",
         "container or folder of its own",
     );
+    assert_passes(&report, &[preflight::VAULT_STORAGE]);
 }
 
 #[tokio::test]
 async fn azurite_containers_missing_empty_and_holding_stowage_data() {
-    let cluster = sandbox().await;
-    let setup = Setup::new();
-    let mut targets = setup.targets(&cluster);
+    let mut setup = Setup::new().await;
     let azurite = |container: &str| {
         Some(VaultTarget {
             location: format!("azurite://{container}"),
@@ -256,8 +242,8 @@ async fn azurite_containers_missing_empty_and_holding_stowage_data() {
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
 
-    targets.vault = azurite(&container);
-    let report = preflight::run_all(&targets).await;
+    setup.targets.vault = azurite(&container);
+    let report = setup.run().await;
     assert_fails(
         &report,
         preflight::VAULT_STORAGE,
@@ -270,19 +256,13 @@ async fn azurite_containers_missing_empty_and_holding_stowage_data() {
         .unwrap_or_else(|e| {
             panic!("Azurite must run (infra/scripts/start-azurite.sh starts it): {e}")
         });
-    let report = preflight::run_all(&targets).await;
+    let report = setup.run().await;
     assert_passes(
         &report,
         &[preflight::VAULT_STORAGE, preflight::VAULT_CONTENTS],
     );
-    assert!(
-        report
-            .get(preflight::VAULT_CONTENTS)
-            .unwrap()
-            .detail
-            .starts_with("empty"),
-        "{report:#?}"
-    );
+    let detail = &check(&report, preflight::VAULT_CONTENTS).detail;
+    assert!(detail.starts_with("empty"), "{report:#?}");
 
     // Stowage's own data passes (foreign names are refused by the same listing code, tested
     // on a local folder: layout cannot even spell a foreign key).
@@ -298,30 +278,22 @@ async fn azurite_containers_missing_empty_and_holding_stowage_data() {
         .unwrap();
     let key = stowage_vault::layout::recovery_point("shop", "rp-1").unwrap();
     store.put_create_only(&key, b"{}".to_vec()).await.unwrap();
-    targets.vault.as_mut().unwrap().region = None;
-    let report = preflight::run_all(&targets).await;
+    setup.targets.vault.as_mut().unwrap().region = None;
+    let report = setup.run().await;
     assert_passes(&report, &[preflight::VAULT_CONTENTS, preflight::REGION]);
-    assert!(
-        report
-            .get(preflight::VAULT_CONTENTS)
-            .unwrap()
-            .detail
-            .contains("catalog, vault.json"),
-        "{report:#?}"
-    );
+    let detail = &check(&report, preflight::VAULT_CONTENTS).detail;
+    assert!(detail.contains("catalog, vault.json"), "{report:#?}");
 }
 
 #[tokio::test]
 async fn an_unreachable_cluster_fails_and_skips_what_depends_on_it() {
-    let cluster = sandbox().await;
-    let setup = Setup::new();
-    let mut targets = setup.targets(&cluster);
+    let mut setup = Setup::new().await;
     let url = format!("http://127.0.0.1:{}", free_port());
-    targets.cluster = Some(KubeTarget {
+    setup.targets.cluster = Some(KubeTarget {
         client: kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap(),
         url: url.clone(),
     });
-    let report = preflight::run_all(&targets).await;
+    let report = setup.run().await;
     assert_fails(&report, preflight::CLUSTER, "cannot be reached", &url);
     for name in [
         preflight::CSI_DRIVERS,
@@ -348,21 +320,19 @@ async fn a_silent_endpoint_times_out_instead_of_hanging() {
             held.push(socket);
         }
     });
-    let cluster = sandbox().await;
-    let setup = Setup::new();
-    let mut targets = setup.targets(&cluster);
+    let mut setup = Setup::new().await;
     let url = format!("http://{addr}");
-    targets.cluster = Some(KubeTarget {
+    setup.targets.cluster = Some(KubeTarget {
         client: kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap(),
         url,
     });
-    targets.broker = Some(BrokerTarget {
+    setup.targets.broker = Some(BrokerTarget {
         broker: Arc::new(RabbitBroker::new(format!("amqp://guest:guest@{addr}/%2f"))),
         names: Names::new(unique_prefix()),
     });
-    targets.timeout = Duration::from_millis(800);
+    setup.targets.timeout = Duration::from_millis(800);
     let started = Instant::now();
-    let report = preflight::run_all(&targets).await;
+    let report = setup.run().await;
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(3),
@@ -384,18 +354,17 @@ async fn a_silent_endpoint_times_out_instead_of_hanging() {
 
 #[tokio::test]
 async fn a_cluster_older_than_1_20_fails_the_version_check() {
-    let cluster = sandbox().await;
-    cluster.sandbox().set_version("1", "19");
-    let setup = Setup::new();
-    let report = setup.run(&cluster).await;
+    let setup = Setup::new().await;
+    setup.cluster.sandbox().set_version("1", "19");
+    let report = setup.run().await;
     assert_fails(
         &report,
         preflight::CLUSTER,
         "1.19 is older than 1.20",
         "upgrade",
     );
-    cluster.sandbox().set_version("1", "20+");
-    let report = setup.run(&cluster).await;
+    setup.cluster.sandbox().set_version("1", "20+");
+    let report = setup.run().await;
     assert_passes(&report, &[preflight::CLUSTER]);
 }
 
@@ -425,11 +394,9 @@ fn instance(scope: Scope) -> BackupInstance {
 
 #[tokio::test]
 async fn a_volume_of_another_csi_driver_fails_unless_the_scope_leaves_it_out() {
-    let cluster = sandbox().await;
-    cluster.sandbox().create(foreign_volume()).unwrap();
-    let setup = Setup::new();
-    let targets = setup.targets(&cluster);
-    let report = preflight::run_all(&targets).await;
+    let setup = Setup::new().await;
+    setup.cluster.sandbox().create(foreign_volume()).unwrap();
+    let report = setup.run().await;
     assert_fails(
         &report,
         preflight::CSI_DRIVERS,
@@ -438,7 +405,7 @@ async fn a_volume_of_another_csi_driver_fails_unless_the_scope_leaves_it_out() {
     );
 
     // Creating an instance: only the volumes its scope covers count.
-    let refused = preflight::for_instance(&targets, &instance(Scope::default())).await;
+    let refused = preflight::for_instance(&setup.targets, &instance(Scope::default())).await;
     let why = refused.refusal().expect("the blog volume is in scope");
     assert!(
         why.contains("csi-drivers") && why.contains("ebs.csi.aws.com"),
@@ -450,7 +417,7 @@ async fn a_volume_of_another_csi_driver_fails_unless_the_scope_leaves_it_out() {
         },
         ..Scope::default()
     };
-    let accepted = preflight::for_instance(&targets, &instance(shop_only)).await;
+    let accepted = preflight::for_instance(&setup.targets, &instance(shop_only)).await;
     assert_eq!(accepted.refusal(), None, "{accepted:#?}");
     assert_passes(&accepted, &[preflight::CSI_DRIVERS]);
     assert!(
@@ -462,7 +429,7 @@ async fn a_volume_of_another_csi_driver_fails_unless_the_scope_leaves_it_out() {
 #[tokio::test]
 async fn a_service_account_missing_a_permission_is_named_with_the_rbac_fix() {
     // The manifests without the snapshot role's pods/exec rule.
-    let cluster = sandbox_with(|object| {
+    let setup = Setup::with(|object| {
         if object["kind"] == "ClusterRole" && object["metadata"]["name"] == "stowage-snapshot" {
             let rules = object["rules"].as_array_mut().unwrap();
             let before = rules.len();
@@ -472,31 +439,23 @@ async fn a_service_account_missing_a_permission_is_named_with_the_rbac_fix() {
         true
     })
     .await;
-    let setup = Setup::new();
-    let report = setup.run(&cluster).await;
+    let report = setup.run().await;
     assert_fails(
         &report,
         preflight::PERMISSIONS,
         "stowage-snapshot (snapshot) cannot create pods/exec (core)",
         "infra/k8s/base/rbac.yaml",
     );
-    assert!(
-        !report
-            .get(preflight::PERMISSIONS)
-            .unwrap()
-            .detail
-            .contains("stowage-restore"),
-        "{report:#?}"
-    );
+    let detail = &check(&report, preflight::PERMISSIONS).detail;
+    assert!(!detail.contains("stowage-restore"), "{report:#?}");
 
     // Without the restore binding, every restore permission is missing.
-    let cluster = sandbox_with(|object| {
+    let setup = Setup::with(|object| {
         !(object["kind"] == "ClusterRoleBinding" && object["metadata"]["name"] == "stowage-restore")
     })
     .await;
-    let report = setup.run(&cluster).await;
     assert_fails(
-        &report,
+        &setup.run().await,
         preflight::PERMISSIONS,
         "stowage-restore (restore) cannot create * (*)",
         "kubectl apply",
@@ -505,8 +464,9 @@ async fn a_service_account_missing_a_permission_is_named_with_the_rbac_fix() {
 
 #[tokio::test]
 async fn velero_and_kasten_are_reported_as_conflicting_tools() {
-    let cluster = sandbox().await;
-    cluster
+    let setup = Setup::new().await;
+    setup
+        .cluster
         .sandbox()
         .create(json!({
             "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -516,8 +476,7 @@ async fn velero_and_kasten_are_reported_as_conflicting_tools() {
                 "versions": [{"name": "v1", "served": true, "storage": true}]},
         }))
         .unwrap();
-    let setup = Setup::new();
-    let report = setup.run(&cluster).await;
+    let report = setup.run().await;
     assert_fails(
         &report,
         preflight::CONFLICTING_TOOLS,
@@ -525,14 +484,15 @@ async fn velero_and_kasten_are_reported_as_conflicting_tools() {
         "velero uninstall",
     );
 
-    let cluster = sandbox().await;
+    let setup = Setup::new().await;
     for ns in ["velero", "kasten-io"] {
-        cluster
+        setup
+            .cluster
             .sandbox()
             .create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
             .unwrap();
     }
-    let report = setup.run(&cluster).await;
+    let report = setup.run().await;
     assert_fails(
         &report,
         preflight::CONFLICTING_TOOLS,
@@ -543,11 +503,9 @@ async fn velero_and_kasten_are_reported_as_conflicting_tools() {
 
 #[tokio::test]
 async fn a_vault_in_another_region_fails_the_region_check() {
-    let cluster = sandbox().await;
-    let setup = Setup::new();
-    let mut targets = setup.targets(&cluster);
-    targets.vault.as_mut().unwrap().region = Some("westeurope".into());
-    let report = preflight::run_all(&targets).await;
+    let mut setup = Setup::new().await;
+    setup.targets.vault.as_mut().unwrap().region = Some("westeurope".into());
+    let report = setup.run().await;
     assert_fails(
         &report,
         preflight::REGION,
@@ -556,18 +514,18 @@ async fn a_vault_in_another_region_fails_the_region_check() {
     );
 
     // Without a region given, vault.json's is used.
-    targets.vault.as_mut().unwrap().region = None;
+    setup.targets.vault.as_mut().unwrap().region = None;
     let settings = json!({"name": "v", "region": "local", "location": "x", "key_id": "k"});
     std::fs::write(setup.vault.join("vault.json"), settings.to_string()).unwrap();
-    let report = preflight::run_all(&targets).await;
+    let report = setup.run().await;
     assert_passes(&report, &[preflight::REGION, preflight::VAULT_CONTENTS]);
 
     // A snapshot location elsewhere fails too.
     let disks = LocalDiskProvider::open(temp_dir("preflight-disks"))
         .unwrap()
         .with_region("eastus");
-    targets.disks = Some(Arc::new(disks));
-    let report = preflight::run_all(&targets).await;
+    setup.targets.disks = Some(Arc::new(disks));
+    let report = setup.run().await;
     assert_fails(
         &report,
         preflight::REGION,
@@ -593,15 +551,12 @@ fn path(p: &Path) -> &str {
 
 #[tokio::test]
 async fn the_command_prints_a_table_or_json_and_exits_non_zero_on_failure() {
-    let _gate = shared_broker().await;
-    let cluster = sandbox().await;
-    let setup = Setup::new();
+    let (_gate, bus) = shared_rabbit_bus().await;
+    let topology = bus.declare_topology().await;
+    let prefix = bus.names.prefix().to_owned();
+    let setup = Setup::new().await;
     let disk_root = temp_dir("preflight-cli-disks");
-    let prefix = unique_prefix();
-    let rabbit = RabbitBroker::new(amqp_url());
-    let topology = Topology::new(Names::new(prefix.clone()), &RetryPolicy::default());
-    rabbit.declare(&topology).await.expect("RabbitMQ must run");
-    let url = cluster.url().to_owned();
+    let url = setup.cluster.url().to_owned();
     let amqp = amqp_url();
     let base = [
         "--vault",
@@ -659,10 +614,5 @@ async fn the_command_prints_a_table_or_json_and_exits_non_zero_on_failure() {
     assert_eq!(region["status"], "fail");
     assert!(region["fix"].as_str().unwrap().contains("one region"));
 
-    let bus = stowage_tests::Bus {
-        broker: Arc::new(rabbit),
-        names: Names::new(prefix),
-        kind: stowage_tests::BrokerKind::Rabbit,
-    };
     bus.teardown(&topology).await;
 }

@@ -9,10 +9,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use stowage_runtime::client::submit;
-use stowage_runtime::{RetryPolicy, Topology};
 use stowage_schemas::domain::Tier;
 use stowage_tests::vault_fixture::{INSTANCE, VaultBackend, VaultFixture};
-use stowage_tests::{BrokerKind, Bus, vault_transfer_job};
+use stowage_tests::{Bus, shared_rabbit_bus, vault_transfer_job};
 use stowage_vault::pack::{PackId, read_pack_index};
 
 use crate::helpers::{fixture_worker, stdout_and_stderr, stowage_command};
@@ -73,11 +72,8 @@ fn pack_files(dir: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_killed_midway_resumes_without_duplicates_in_bounded_memory() {
-    // The broker-outage test (outbox) stops RabbitMQ only while no test holds this.
-    let _gate = stowage_tests::shared_broker().await;
-    let bus = Bus::new(BrokerKind::Rabbit).await;
-    let topology = Topology::new(bus.names.clone(), &RetryPolicy::default());
-    bus.broker.declare(&topology).await.expect("declare");
+    let (_gate, bus) = shared_rabbit_bus().await;
+    let topology = bus.declare_topology().await;
     let probe = bus.probe_events().await;
     let f = VaultFixture::new(VaultBackend::LocalFolder).await;
 
