@@ -10,7 +10,9 @@ use jiff::Timestamp;
 use jiff::civil::Time;
 use uuid::Uuid;
 
-use crate::domain::{CalendarPeriod, Policy, Retention, Schedule, Tier, VaultRule};
+use crate::domain::{
+    CalendarPeriod, Immutability, Policy, Redundancy, Retention, Schedule, Tier, Vault, VaultRule,
+};
 use crate::events::{
     JobFailed, JobProgress, RestoreCompleted, RestoreHydrated, RpCreated, RpReplicated, RpVaulted,
 };
@@ -27,29 +29,60 @@ fn at(offset_seconds: i64) -> Timestamp {
     Timestamp::constant(T0 + offset_seconds, 0)
 }
 
+/// A locally redundant, unlocked vault named `name` stored at `location`, in westeurope.
+pub fn vault(name: &str, location: &str) -> Vault {
+    Vault {
+        name: name.into(),
+        region: "westeurope".into(),
+        location: location.into(),
+        redundancy: Redundancy::Local,
+        key_id: "local".into(),
+        immutability: Immutability::Disabled,
+    }
+}
+
 /// A policy named `daily`: every 4 hours from 02:00 in Europe/Amsterdam, 7 days in the
 /// operational tier, the first backup of each day kept 30 days and of each year 3650 days in
 /// the vault tier.
 pub fn policy() -> Policy {
+    policy_every(
+        "daily",
+        4,
+        Time::constant(2, 0, 0, 0),
+        "Europe/Amsterdam",
+        7,
+        &[(CalendarPeriod::Day, 30), (CalendarPeriod::Year, 3650)],
+    )
+}
+
+/// A policy named `name` backing up every `frequency_hours` from `start` in `time_zone`,
+/// keeping recovery points `operational_days` in the operational tier and, in the vault tier,
+/// the first of each period for the days each `(period, days)` rule gives.
+pub fn policy_every(
+    name: &str,
+    frequency_hours: u8,
+    start: Time,
+    time_zone: &str,
+    operational_days: u16,
+    rules: &[(CalendarPeriod, u32)],
+) -> Policy {
+    let vault = rules
+        .iter()
+        .map(|&(first_of, keep_days)| VaultRule {
+            first_of,
+            keep_days,
+        })
+        .collect();
     Policy {
-        name: "daily".into(),
+        name: name.into(),
         schedule: Schedule {
-            frequency_hours: 4,
-            start: Time::constant(2, 0, 0, 0),
-            time_zone: "Europe/Amsterdam".into(),
+            frequency_hours,
+            start,
+            time_zone: time_zone.into(),
         },
         retention: Retention {
-            operational_days: 7,
-            vault: vec![
-                VaultRule {
-                    first_of: CalendarPeriod::Day,
-                    keep_days: 30,
-                },
-                VaultRule {
-                    first_of: CalendarPeriod::Year,
-                    keep_days: 3650,
-                },
-            ],
+            operational_days,
+            vault,
         },
     }
 }

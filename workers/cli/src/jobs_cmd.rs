@@ -12,7 +12,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::Timestamp;
 use stowage_control::job_records::format_bytes;
 use stowage_schemas::domain::{JobProgress, JobRecord, JobStatus, StageRun};
-use stowage_vault::catalog::jobs::{list_jobs, read_job, update_job};
+use stowage_vault::catalog::jobs::{list_jobs, read_job, update_known_job};
 use stowage_vault::store::BlobStore;
 
 use crate::cli::{Format, OnVault, OutputArgs, TableOutput, VaultArgs, YamlOutput};
@@ -600,18 +600,12 @@ pub async fn cancel(store: &BlobStore, id: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     let now = Timestamp::now();
-    let fallback = before.clone();
-    let job = update_job(
-        store,
-        id,
-        || fallback.clone(),
-        |job| {
-            if job.cancel_requested_at.is_none() {
-                job.cancel_requested_at = Some(now);
-                job.updated_at = now;
-            }
-        },
-    )
+    let job = update_known_job(store, &before, |job| {
+        if job.cancel_requested_at.is_none() {
+            job.cancel_requested_at = Some(now);
+            job.updated_at = now;
+        }
+    })
     .await
     .with_context(|| format!("cannot record the cancellation of job {id}"))?;
     println!(

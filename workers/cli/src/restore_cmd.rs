@@ -19,7 +19,7 @@ use stowage_schemas::domain::{JobRecord, JobStatus, RpState, Tier};
 use stowage_schemas::jobs::{ExistingPolicy, RestoreHydrationJob, RestoreJob, RestoreOptions};
 use stowage_schemas::{Envelope, Message, Stage};
 use stowage_vault::catalog;
-use stowage_vault::catalog::jobs::{create_job, update_job};
+use stowage_vault::catalog::jobs::{create_job, update_known_job};
 use stowage_vault::layout;
 use stowage_vault::store::{BlobStore, CreateOutcome};
 
@@ -378,19 +378,13 @@ pub async fn submit_restore(
     }
     if let Err(err) = submit(broker, names, envelope).await {
         let reason = format!("the job could not be submitted: {err}");
-        let fallback = record.clone();
-        let marked = update_job(
-            store,
-            id,
-            || fallback.clone(),
-            |r| {
-                r.updated_at = Timestamp::now();
-                let run = r.stage_mut(stage);
-                run.status = JobStatus::Failed;
-                run.finished_at = Some(Timestamp::now());
-                run.error = Some(reason.clone());
-            },
-        )
+        let marked = update_known_job(store, &record, |r| {
+            r.updated_at = Timestamp::now();
+            let run = r.stage_mut(stage);
+            run.status = JobStatus::Failed;
+            run.finished_at = Some(Timestamp::now());
+            run.error = Some(reason.clone());
+        })
         .await;
         if let Err(e) = marked {
             tracing::warn!(error = %e, "could not mark the unsubmitted restore failed");

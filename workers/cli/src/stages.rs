@@ -77,33 +77,34 @@ pub fn add(
     config: StageConfig,
     services: &Services,
 ) -> Result<Worker, StageUnavailable> {
-    if matches!(stage, Stage::Snapshot | Stage::Restore) {
-        let cluster = services
-            .cluster
-            .clone()
-            .ok_or(StageUnavailable::NeedsCluster { stage })?;
-        let rec = Recording {
-            store: cluster.vault.clone(),
-            settings: services.records,
-        };
-        return Ok(match stage {
-            Stage::Snapshot => worker.stage(rec.wrap(SnapshotStage(cluster)), config),
-            _ => worker.stage(rec.wrap(RestoreStage(cluster)), config),
-        });
-    }
-    let vault = services
-        .vault
-        .clone()
-        .ok_or(StageUnavailable::NeedsVault { stage })?;
-    let rec = Recording {
-        store: vault.primary.clone(),
+    let rec = |store: &BlobStore| Recording {
+        store: store.clone(),
         settings: services.records,
     };
     Ok(match stage {
-        Stage::VaultTransfer => worker.stage(rec.wrap(VaultTransfer(vault)), config),
-        Stage::GeoReplication => worker.stage(rec.wrap(GeoReplication(vault)), config),
-        Stage::RestoreHydration => worker.stage(rec.wrap(RestoreHydration(vault)), config),
-        Stage::Retention => worker.stage(rec.wrap(RetentionStage::new(vault)), config),
-        Stage::Snapshot | Stage::Restore => unreachable!("handled above"),
+        Stage::Snapshot | Stage::Restore => {
+            let cluster = services.cluster.clone();
+            let cluster = cluster.ok_or(StageUnavailable::NeedsCluster { stage })?;
+            let rec = rec(&cluster.vault);
+            if stage == Stage::Snapshot {
+                worker.stage(rec.wrap(SnapshotStage(cluster)), config)
+            } else {
+                worker.stage(rec.wrap(RestoreStage(cluster)), config)
+            }
+        }
+        Stage::VaultTransfer
+        | Stage::GeoReplication
+        | Stage::RestoreHydration
+        | Stage::Retention => {
+            let vault = services.vault.clone();
+            let vault = vault.ok_or(StageUnavailable::NeedsVault { stage })?;
+            let rec = rec(&vault.primary);
+            match stage {
+                Stage::VaultTransfer => worker.stage(rec.wrap(VaultTransfer(vault)), config),
+                Stage::GeoReplication => worker.stage(rec.wrap(GeoReplication(vault)), config),
+                Stage::RestoreHydration => worker.stage(rec.wrap(RestoreHydration(vault)), config),
+                _ => worker.stage(rec.wrap(RetentionStage::new(vault)), config),
+            }
+        }
     })
 }

@@ -321,6 +321,12 @@ pub struct TickReport {
     pub failures: Vec<String>,
 }
 
+impl TickReport {
+    fn fail(&mut self, what: String) {
+        self.failures.push(what);
+    }
+}
+
 /// Triggers scheduled snapshot jobs for every backup instance of a vault.
 #[derive(Clone)]
 pub struct Scheduler {
@@ -384,9 +390,7 @@ impl Scheduler {
             let instance = match instance {
                 Ok(instance) => instance,
                 Err(e) => {
-                    report
-                        .failures
-                        .push(format!("cannot read an instance: {e}"));
+                    report.fail(format!("cannot read an instance: {e}"));
                     continue;
                 }
             };
@@ -401,7 +405,7 @@ impl Scheduler {
             let slots = match &policies[&instance.policy] {
                 Ok(slots) => slots,
                 Err(e) => {
-                    report.failures.push(format!(
+                    report.fail(format!(
                         "instance {}: policy {}: {e}",
                         instance.name, instance.policy
                     ));
@@ -434,9 +438,7 @@ impl Scheduler {
             due
         };
         if sweep_due && let Err(e) = self.sweep_unpublished(now, &mut report).await {
-            report
-                .failures
-                .push(format!("sweeping unpublished job records: {e}"));
+            report.fail(format!("sweeping unpublished job records: {e}"));
         }
         for failure in &report.failures {
             tracing::warn!(failure = %failure, "scheduler tick");
@@ -460,9 +462,7 @@ impl Scheduler {
             let info = match info {
                 Ok(info) => info,
                 Err(e) => {
-                    report
-                        .failures
-                        .push(format!("cannot list job records: {e}"));
+                    report.fail(format!("cannot list job records: {e}"));
                     return Ok(());
                 }
             };
@@ -486,9 +486,7 @@ impl Scheduler {
                 Ok((record, _)) => record,
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => {
-                    report
-                        .failures
-                        .push(format!("cannot read job record {id}: {e}"));
+                    report.fail(format!("cannot read job record {id}: {e}"));
                     continue;
                 }
             };
@@ -509,7 +507,7 @@ impl Scheduler {
             match self.claim_and_republish(&record, now).await {
                 Ok(true) => report.republished.push(record.id.clone()),
                 Ok(false) => {}
-                Err(e) => report.failures.push(format!("job {}: {e}", record.id)),
+                Err(e) => report.fail(format!("job {}: {e}", record.id)),
             }
         }
         Ok(())
@@ -727,8 +725,8 @@ mod tests {
 
     use jiff::civil::{Time, date};
     use stowage_runtime::{RetryPolicy, Topology};
-    use stowage_schemas::domain::{Immutability, Redundancy, Retention, Scope, Vault};
-    use stowage_schemas::{ContentType, decode};
+    use stowage_schemas::domain::Scope;
+    use stowage_schemas::{ContentType, decode, samples};
 
     use super::*;
     use stowage_vault::catalog::settings::{WriteMode, write_instance, write_policy, write_vault};
@@ -741,6 +739,10 @@ mod tests {
         }
     }
 
+    fn texts(slots: Vec<Timestamp>) -> Vec<String> {
+        slots.iter().map(ToString::to_string).collect()
+    }
+
     fn ts(text: &str) -> Timestamp {
         text.parse().unwrap()
     }
@@ -750,11 +752,7 @@ mod tests {
         let slots =
             Slots::new(&schedule(4, Time::constant(2, 0, 0, 0), "Europe/Amsterdam")).unwrap();
         // An ordinary winter day: 02:00 CET = 01:00 UTC, then every 4 h.
-        let normal: Vec<String> = slots
-            .on(date(2026, 3, 1))
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let normal: Vec<String> = texts(slots.on(date(2026, 3, 1)));
         assert_eq!(
             normal,
             [
@@ -781,11 +779,7 @@ mod tests {
     #[test]
     fn slots_wrap_past_midnight_and_due_respects_the_window() {
         let slots = Slots::new(&schedule(8, Time::constant(22, 30, 0, 0), "UTC")).unwrap();
-        let day: Vec<String> = slots
-            .on(date(2026, 1, 1))
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let day: Vec<String> = texts(slots.on(date(2026, 1, 1)));
         assert_eq!(
             day,
             [
@@ -824,30 +818,12 @@ mod tests {
 
     async fn fixture(zone: &str, instances: &[&str]) -> Fixture {
         let store = BlobStore::in_memory();
-        write_vault(
-            &store,
-            &Vault {
-                name: "main".into(),
-                region: "westeurope".into(),
-                location: "memory".into(),
-                redundancy: Redundancy::Local,
-                key_id: "local".into(),
-                immutability: Immutability::Disabled,
-            },
-            WriteMode::Create,
-        )
-        .await
-        .unwrap();
+        write_vault(&store, &samples::vault("main", "memory"), WriteMode::Create)
+            .await
+            .unwrap();
         write_policy(
             &store,
-            &Policy {
-                name: "every-4h".into(),
-                schedule: schedule(4, Time::constant(2, 0, 0, 0), zone),
-                retention: Retention {
-                    operational_days: 7,
-                    vault: Vec::new(),
-                },
-            },
+            &samples::policy_every("every-4h", 4, Time::constant(2, 0, 0, 0), zone, 7, &[]),
             WriteMode::Create,
         )
         .await

@@ -103,14 +103,9 @@ impl Run<'_> {
         if action == PlanAction::Conflict
             && let Some(note) = &note
         {
-            self.report.warnings.push(format!(
-                "{} {}{}: {note}",
-                object["kind"].as_str().unwrap_or_default(),
-                namespace_of(object)
-                    .map(|n| format!("{n}/"))
-                    .unwrap_or_default(),
-                name_of(object)
-            ));
+            self.report
+                .warnings
+                .push(format!("{}: {note}", describe(object)));
         }
         self.report.plan.push(PlanEntry {
             action,

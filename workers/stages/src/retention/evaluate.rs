@@ -278,29 +278,12 @@ pub fn vault_eligible(
 mod tests {
     use super::*;
     use jiff::civil::{date, time};
-    use stowage_schemas::domain::{Retention, Schedule, VaultRule};
 
     const ZONE: &str = "Europe/Amsterdam";
 
     fn policy(operational_days: u16, rules: &[(CalendarPeriod, u32)]) -> Policy {
-        Policy {
-            name: "p".into(),
-            schedule: Schedule {
-                frequency_hours: 4,
-                start: time(2, 0, 0, 0),
-                time_zone: ZONE.into(),
-            },
-            retention: Retention {
-                operational_days,
-                vault: rules
-                    .iter()
-                    .map(|&(first_of, keep_days)| VaultRule {
-                        first_of,
-                        keep_days,
-                    })
-                    .collect(),
-            },
-        }
+        let start = time(2, 0, 0, 0);
+        stowage_schemas::samples::policy_every("p", 4, start, ZONE, operational_days, rules)
     }
 
     fn local(y: i16, m: i8, d: i8, h: i8) -> Timestamp {
@@ -345,42 +328,42 @@ mod tests {
     fn weeks_start_on_sunday_months_on_day_one_years_on_january_first() {
         let zone = TimeZone::get(ZONE).unwrap();
         // 2026-03-04 is a Wednesday.
-        let at = local(2026, 3, 4, 12);
-        assert_eq!(
-            period_start(at, &zone, CalendarPeriod::Day),
-            date(2026, 3, 4)
-        );
-        assert_eq!(
-            period_start(at, &zone, CalendarPeriod::Week),
-            date(2026, 3, 1)
-        );
-        assert_eq!(
-            period_start(at, &zone, CalendarPeriod::Month),
-            date(2026, 3, 1)
-        );
-        assert_eq!(
-            period_start(at, &zone, CalendarPeriod::Year),
-            date(2026, 1, 1)
-        );
-        // A Sunday is its own week's start; the Saturday before belongs to the previous week.
-        assert_eq!(
-            period_start(local(2026, 3, 8, 2), &zone, CalendarPeriod::Week),
-            date(2026, 3, 8)
-        );
-        assert_eq!(
-            period_start(local(2026, 3, 7, 23), &zone, CalendarPeriod::Week),
-            date(2026, 3, 1)
-        );
+        let wednesday = local(2026, 3, 4, 12);
         // 00:30 local on Jan 1 is still Dec 31 in UTC: the zone decides.
         let new_year = local(2027, 1, 1, 0) + jiff::SignedDuration::from_mins(30);
-        assert_eq!(
-            period_start(new_year, &zone, CalendarPeriod::Year),
-            date(2027, 1, 1)
-        );
-        assert_eq!(
-            period_start(new_year, &TimeZone::UTC, CalendarPeriod::Year),
-            date(2026, 1, 1)
-        );
+        let cases = [
+            (wednesday, &zone, CalendarPeriod::Day, date(2026, 3, 4)),
+            (wednesday, &zone, CalendarPeriod::Week, date(2026, 3, 1)),
+            (wednesday, &zone, CalendarPeriod::Month, date(2026, 3, 1)),
+            (wednesday, &zone, CalendarPeriod::Year, date(2026, 1, 1)),
+            // A Sunday is its own week's start; the Saturday before belongs to the previous week.
+            (
+                local(2026, 3, 8, 2),
+                &zone,
+                CalendarPeriod::Week,
+                date(2026, 3, 8),
+            ),
+            (
+                local(2026, 3, 7, 23),
+                &zone,
+                CalendarPeriod::Week,
+                date(2026, 3, 1),
+            ),
+            (new_year, &zone, CalendarPeriod::Year, date(2027, 1, 1)),
+            (
+                new_year,
+                &TimeZone::UTC,
+                CalendarPeriod::Year,
+                date(2026, 1, 1),
+            ),
+        ];
+        for (at, zone, period, start) in cases {
+            assert_eq!(
+                period_start(at, zone, period),
+                start,
+                "{period:?} of {at} in {zone:?}"
+            );
+        }
     }
 
     #[test]

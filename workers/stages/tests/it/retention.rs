@@ -12,12 +12,12 @@ use rand::{RngExt as _, SeedableRng as _};
 use stowage_control::verify;
 use stowage_disk::{DiskId, DiskProvider, LocalDiskProvider, SnapshotId};
 use stowage_runtime::JobContext;
-use stowage_schemas::Stage;
 use stowage_schemas::domain::{
-    BackupInstance, CalendarPeriod, Namespaces, Policy, RecoveryPoint, Retention, RpState,
-    Schedule, Scope, Tier, TierState, VaultRule, VolumeBackup,
+    BackupInstance, CalendarPeriod, Namespaces, RecoveryPoint, RpState, Scope, Tier, TierState,
+    VolumeBackup,
 };
 use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions};
+use stowage_schemas::{Stage, samples};
 use stowage_stages::VaultContext;
 use stowage_stages::retention::{self, Eligibility};
 use stowage_stages::{restore_hydration, vault_transfer};
@@ -43,24 +43,8 @@ async fn fixture(rules: &[(CalendarPeriod, u32)], operational_days: u16) -> Fixt
     let primary = BlobStore::local_folder(dir.join("vault"), LocalDurability::OsBuffered).unwrap();
     let mut ctx = VaultContext::new(primary, VaultKey::generate().unwrap(), disks.clone());
     ctx.pack_target = 1 << 20; // small packs, so packs die independently
-    let policy = Policy {
-        name: "p".into(),
-        schedule: Schedule {
-            frequency_hours: 12,
-            start: jiff::civil::time(2, 0, 0, 0),
-            time_zone: ZONE.into(),
-        },
-        retention: Retention {
-            operational_days,
-            vault: rules
-                .iter()
-                .map(|&(first_of, keep_days)| VaultRule {
-                    first_of,
-                    keep_days,
-                })
-                .collect(),
-        },
-    };
+    let start = jiff::civil::time(2, 0, 0, 0);
+    let policy = samples::policy_every("p", 12, start, ZONE, operational_days, rules);
     let instance = BackupInstance {
         name: INSTANCE.into(),
         cluster: "c".into(),

@@ -82,6 +82,16 @@ pub async fn read_job(store: &BlobStore, id: &str) -> Result<(JobRecord, ObjectV
     }
 }
 
+/// [`update_job`] of a job whose record the caller has already read: if it vanished since,
+/// it is recreated from `known` with `apply` applied.
+pub async fn update_known_job(
+    store: &BlobStore,
+    known: &JobRecord,
+    apply: impl FnMut(&mut JobRecord),
+) -> Result<JobRecord, Error> {
+    update_job(store, &known.id, || known.clone(), apply).await
+}
+
 /// Applies `apply` to the record of job `id` with compare-and-swap, re-reading and re-applying
 /// on a conflict (at most [`UPDATE_TRIES`] times). A missing record is created from `init()`
 /// with `apply` applied. Returns the record as written. A change that leaves the record equal
