@@ -35,8 +35,6 @@ as_str! {
     }
 }
 
-display_as_str!(ContentType);
-
 impl FromStr for ContentType {
     type Err = UnknownContentType;
 

@@ -1,11 +1,10 @@
 //! The envelope: the versioned header every message travels in.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
 use jiff::Timestamp;
-use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use uuid::Uuid;
 
@@ -150,22 +149,10 @@ impl<'de> Deserialize<'de> for MessageId {
     }
 }
 
-impl JsonSchema for MessageId {
-    fn inline_schema() -> bool {
-        true
-    }
-
-    fn schema_name() -> Cow<'static, str> {
-        "MessageId".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "format": "uuid"
-        })
-    }
-}
+string_schema!(MessageId {
+    "type": "string",
+    "format": "uuid"
+});
 
 #[cfg(test)]
 mod tests {

@@ -25,12 +25,11 @@
 //! wire structs keep `String` fields and check them with the [`fields`] helpers,
 //! which apply the same rule while deserializing.
 
-use std::borrow::{Borrow, Cow};
+use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
 use std::str::FromStr;
 
-use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// The longest id accepted, in bytes.
@@ -210,55 +209,60 @@ impl Serialize for Id {
 
 /// Reads a string and checks it against the rule; anything but a string is refused as
 /// "expected an id string".
-struct IdVisitor;
-
-impl de::Visitor<'_> for IdVisitor {
-    type Value = Id;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "an id string ({RULE})")
-    }
-
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Id, E> {
-        Id::new(s).map_err(E::custom)
-    }
-
-    fn visit_string<E: de::Error>(self, s: String) -> Result<Id, E> {
-        Id::new(s).map_err(E::custom)
-    }
-
-    fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Id, E> {
-        match std::str::from_utf8(b) {
-            Ok(s) => self.visit_str(s),
-            Err(_) => Err(E::invalid_type(de::Unexpected::Bytes(b), &self)),
-        }
-    }
-}
-
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(IdVisitor)
-    }
-}
-
-impl JsonSchema for Id {
-    fn inline_schema() -> bool {
-        true
-    }
-
-    fn schema_name() -> Cow<'static, str> {
-        "Id".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "minLength": 1,
-            "maxLength": MAX_ID_LEN,
-            "pattern": PATTERN
+        deserialize_text(deserializer, format_args!("an id string ({RULE})"), |s| {
+            Id::new(s)
         })
     }
 }
+
+/// Deserializes a value written as a string (ids, timestamps): `parse` turns the text into the
+/// value or says why not. MessagePack `bin` holding UTF-8 is read as that text; anything else
+/// is refused as "expected `expecting`".
+pub(crate) fn deserialize_text<'de, D, T, M>(
+    deserializer: D,
+    expecting: fmt::Arguments<'_>,
+    parse: impl FnOnce(&str) -> Result<T, M>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    M: fmt::Display,
+{
+    struct Text<'a, F>(fmt::Arguments<'a>, F);
+
+    impl<T, M, F> de::Visitor<'_> for Text<'_, F>
+    where
+        M: fmt::Display,
+        F: FnOnce(&str) -> Result<T, M>,
+    {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_fmt(self.0)
+        }
+
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+            (self.1)(s).map_err(E::custom)
+        }
+
+        fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<T, E> {
+            match std::str::from_utf8(b) {
+                Ok(s) => self.visit_str(s),
+                Err(_) => Err(E::invalid_type(de::Unexpected::Bytes(b), &self)),
+            }
+        }
+    }
+
+    deserializer.deserialize_str(Text(expecting, parse))
+}
+
+string_schema!(Id {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_ID_LEN,
+    "pattern": PATTERN
+});
 
 /// `deserialize_with` helpers for `String` fields that hold ids: they apply the rule while
 /// deserializing, so the wire structs can keep plain strings.

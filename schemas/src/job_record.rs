@@ -110,18 +110,18 @@ pub enum JobStatus {
     Cancelled,
 }
 
-impl JobStatus {
+as_str! {
     /// The lowercase name, as serialized (e.g. `succeeded`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Running => "running",
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::Failed => "failed",
-            JobStatus::Cancelled => "cancelled",
-        }
+    JobStatus {
+        Queued => "queued",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
     }
+}
 
+impl JobStatus {
     /// Whether the status is final (succeeded, failed or cancelled).
     pub fn is_final(self) -> bool {
         matches!(
@@ -130,8 +130,6 @@ impl JobStatus {
         )
     }
 }
-
-display_as_str!(JobStatus);
 
 /// Progress of a stage, as last reported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -21,18 +21,8 @@
 //! `schemas/EVOLUTION.md`: unknown fields are ignored, new fields are optional, and anything
 //! else bumps [`SCHEMA_VERSION`].
 
-/// `Display` for names that print as their `as_str()` (their wire name).
-macro_rules! display_as_str {
-    ($($ty:ty),+ $(,)?) => {$(
-        impl ::std::fmt::Display for $ty {
-            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    )+};
-}
-
-/// `as_str()` for enums with one fixed name per variant (their wire or CLI name).
+/// `as_str()` for enums with one fixed name per variant (their wire or CLI name), and a
+/// `Display` that prints that name.
 macro_rules! as_str {
     ($(#[$doc:meta])* $ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
         impl $ty {
@@ -41,6 +31,32 @@ macro_rules! as_str {
                 match self {
                     $($ty::$variant => $name,)+
                 }
+            }
+        }
+
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// `JsonSchema` for a type that is a string on the wire: the given schema, inlined wherever the
+/// type is used, under the type's own name.
+macro_rules! string_schema {
+    ($ty:ident $schema:tt) => {
+        impl ::schemars::JsonSchema for $ty {
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                stringify!($ty).into()
+            }
+
+            fn json_schema(_: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
+                ::schemars::json_schema!($schema)
             }
         }
     };

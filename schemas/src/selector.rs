@@ -201,19 +201,21 @@ fn is_label_name(name: &str) -> bool {
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-/// A DNS subdomain: at most 253 characters, dot-separated labels of lowercase letters, digits
-/// and `-`, each starting and ending with a letter or digit.
+/// A DNS subdomain: at most 253 characters, dot-separated [DNS labels](is_dns_label).
 fn is_dns_subdomain(prefix: &str) -> bool {
-    prefix.len() <= MAX_LABEL_PREFIX_LEN
-        && prefix.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    prefix.len() <= MAX_LABEL_PREFIX_LEN && prefix.split('.').all(is_dns_label)
+}
+
+/// A DNS label (RFC 1123), the form of a Kubernetes namespace name: at most 63 lowercase
+/// letters, digits and `-`, starting and ending with a letter or digit.
+pub fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
 }
 
 fn key_checked(key: &str) -> Result<String, String> {
@@ -302,6 +304,18 @@ mod tests {
     fn malformed_selectors_are_refused() {
         for bad in ["app in (web", "app=we b", "app ni (x)", "=x", "a in ((b))"] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dns_labels_are_namespace_names() {
+        let longest = "a".repeat(63);
+        for good in ["shop", "a", "a-1", "0x", &longest] {
+            assert!(is_dns_label(good), "{good}");
+        }
+        let too_long = "a".repeat(64);
+        for bad in ["", "Shop", "-a", "a-", "a.b", "a_b", &too_long] {
+            assert!(!is_dns_label(bad), "{bad}");
         }
     }
 

@@ -54,8 +54,6 @@ as_str! {
     }
 }
 
-display_as_str!(Stage);
-
 impl FromStr for Stage {
     type Err = UnknownStage;
 

@@ -8,40 +8,22 @@ use std::fmt;
 use jiff::Timestamp;
 use serde::de::{self, Deserializer};
 
-use crate::id::quote;
+use crate::id::{deserialize_text, quote};
 
 /// What a timestamp must look like, as quoted in refusals.
 pub const EXPECTED: &str = "an RFC 3339 timestamp with an offset";
 
-struct Visitor;
-
-impl de::Visitor<'_> for Visitor {
-    type Value = Timestamp;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{EXPECTED} (e.g. 2025-01-15T02:00:00Z)")
-    }
-
-    fn visit_str<E: de::Error>(self, s: &str) -> Result<Timestamp, E> {
-        s.parse().map_err(|_| {
-            E::custom(format_args!(
-                "expected {EXPECTED} (e.g. 2025-01-15T02:00:00Z), got {}",
-                quote(s)
-            ))
-        })
-    }
-
-    fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<Timestamp, E> {
-        match std::str::from_utf8(b) {
-            Ok(s) => self.visit_str(s),
-            Err(_) => Err(E::invalid_type(de::Unexpected::Bytes(b), &self)),
-        }
-    }
-}
-
 /// A required timestamp.
 pub fn required<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
-    deserializer.deserialize_str(Visitor)
+    let expecting = format_args!("{EXPECTED} (e.g. 2025-01-15T02:00:00Z)");
+    deserialize_text(deserializer, expecting, |s| {
+        s.parse().map_err(|_| {
+            format!(
+                "expected {EXPECTED} (e.g. 2025-01-15T02:00:00Z), got {}",
+                quote(s)
+            )
+        })
+    })
 }
 
 /// An optional timestamp (null or absent: `None`; use with `#[serde(default)]`).

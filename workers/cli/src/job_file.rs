@@ -304,6 +304,15 @@ fn unknown_field(given: &Value, echoed: &Value, path: String) -> Option<String> 
 mod tests {
     use super::*;
 
+    /// Parses `text` as a job file that must be refused, and checks that the refusal says
+    /// every one of `phrases`.
+    fn assert_refused(text: &str, phrases: &[&str]) {
+        let err = parse("f", text).unwrap_err().to_string();
+        for phrase in phrases {
+            assert!(err.contains(phrase), "{phrase:?} is not in: {err}");
+        }
+    }
+
     #[test]
     fn the_examples_are_valid() {
         for (name, text) in [
@@ -340,84 +349,56 @@ mod tests {
 
     #[test]
     fn bad_ids_are_refused_naming_the_field_and_the_rule() {
-        let err = parse(
-            "f",
+        let rule = stowage_schemas::id::RULE;
+        assert_refused(
             "type: job.retention\njob_id: ../../x\npayload: {instance: shop}\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("job_id: \"../../x\" is not a valid id"),
-            "{err}"
+            &["job_id: \"../../x\" is not a valid id", rule],
         );
-        assert!(err.contains(stowage_schemas::id::RULE), "{err}");
-        let err = parse("f", "type: job.retention\npayload: {instance: ../etc}\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("payload.instance: \"../etc\" is not a valid id"),
-            "{err}"
+        assert_refused(
+            "type: job.retention\npayload: {instance: ../etc}\n",
+            &["payload.instance: \"../etc\" is not a valid id", rule],
         );
-        assert!(err.contains(stowage_schemas::id::RULE), "{err}");
     }
 
     #[test]
     fn a_wrong_type_names_the_field_and_the_expected_form() {
-        let err = parse("f", "type: job.retention\npayload: {instance: [1]}\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("payload.instance: expected an id string"),
-            "{err}"
+        assert_refused(
+            "type: job.retention\npayload: {instance: [1]}\n",
+            &["payload.instance: expected an id string", "got a sequence"],
         );
-        assert!(err.contains("got a sequence"), "{err}");
-        let err = parse("f", "type: [job.retention]\npayload: {}\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("type: expected a string, got a sequence"),
-            "{err}"
+        assert_refused(
+            "type: [job.retention]\npayload: {}\n",
+            &["type: expected a string, got a sequence"],
         );
-        let err = parse(
-            "f",
+        assert_refused(
             "type: job.retention\npayload: {instance: shop, as_of: 2026-11-29T10:00:00}\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("payload.as_of: expected an RFC 3339 timestamp with an offset"),
-            "{err}"
+            &["payload.as_of: expected an RFC 3339 timestamp with an offset"],
         );
     }
 
     #[test]
     fn deep_or_large_files_are_refused_before_parsing() {
-        let flow = format!(
+        let huge = format!(
             "type: job.retention\npayload: {{instance: shop, x: {}1{}}}\n",
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        let err = parse("f", &flow).unwrap_err().to_string();
-        assert!(err.contains("refused before parsing"), "{err}");
-        assert!(err.contains("at most 65536 bytes"), "{err}");
+        assert_refused(&huge, &["refused before parsing", "at most 65536 bytes"]);
         let block = format!(
             "type: job.retention\npayload:\n  x:\n  {}1\n",
             "- ".repeat(100)
         );
-        let err = parse("f", &block).unwrap_err().to_string();
-        assert!(err.contains("more than 32 levels deep"), "{err}");
         let flow = format!(
             "type: job.retention\npayload: {{x: {}1{}}}\n",
             "[".repeat(40),
             "]".repeat(40)
         );
-        let err = parse("f", &flow).unwrap_err().to_string();
-        assert!(err.contains("more than 32 levels deep"), "{err}");
         let indented: String = (0..40)
             .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
             .collect();
-        let err = parse("f", &indented).unwrap_err().to_string();
-        assert!(err.contains("more than 32 levels deep"), "{err}");
+        for deep in [block, flow, indented] {
+            assert_refused(&deep, &["more than 32 levels deep"]);
+        }
         // Brackets in quoted strings and comments are not nesting.
         let quoted = format!(
             "type: job.snapshot # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\npayload: {{instance: a, recovery_point_id: b, trigger: {{kind: on_demand, requested_by: \"{}\"}}}}\n",
@@ -428,37 +409,31 @@ mod tests {
 
     #[test]
     fn mistakes_are_named() {
-        let typo = parse("f", "type: job.retention\npayload: {instanse: shop}\n")
-            .unwrap_err()
-            .to_string();
-        assert!(typo.contains("missing field `instance`"), "{typo}");
-        let extra = parse(
-            "f",
-            "type: job.retention\npayload: {instance: shop, colour: red}\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            extra.contains("`colour` is not a field of job.retention"),
-            "{extra}"
-        );
-        let nested = parse("f", "type: job.snapshot\npayload: {instance: a, recovery_point_id: b, trigger: {kind: on_demand, by: me}}\n")
-            .unwrap_err()
-            .to_string();
-        assert!(nested.contains("`trigger.by`"), "{nested}");
-        let event = parse("f", "type: event.rp.created\npayload: {}\n")
-            .unwrap_err()
-            .to_string();
-        assert!(event.contains("is an event, not a job"), "{event}");
-        let unknown = parse("f", "type: job.backup\npayload: {}\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            unknown.contains("unknown job type `job.backup`"),
-            "{unknown}"
-        );
-        let shape = parse("f", "kind: job.retention\n").unwrap_err().to_string();
-        assert!(shape.contains("not a job file"), "{shape}");
+        for (text, phrase) in [
+            (
+                "type: job.retention\npayload: {instanse: shop}\n",
+                "missing field `instance`",
+            ),
+            (
+                "type: job.retention\npayload: {instance: shop, colour: red}\n",
+                "`colour` is not a field of job.retention",
+            ),
+            (
+                "type: job.snapshot\npayload: {instance: a, recovery_point_id: b, trigger: {kind: on_demand, by: me}}\n",
+                "`trigger.by`",
+            ),
+            (
+                "type: event.rp.created\npayload: {}\n",
+                "is an event, not a job",
+            ),
+            (
+                "type: job.backup\npayload: {}\n",
+                "unknown job type `job.backup`",
+            ),
+            ("kind: job.retention\n", "not a job file"),
+        ] {
+            assert_refused(text, &[phrase]);
+        }
         let null_ok = parse(
             "f",
             "type: job.snapshot\npayload: {instance: a, recovery_point_id: b, trigger: {kind: on_demand, requested_by: null}}\n",

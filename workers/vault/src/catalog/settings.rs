@@ -638,13 +638,7 @@ fn list_docs<T: DeserializeOwned + Send + 'static>(
 /// Whether `name` is a Kubernetes namespace name (an RFC 1123 label): at most 63 lowercase
 /// letters, digits and '-', starting and ending with a letter or digit.
 pub fn is_namespace_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
+    stowage_schemas::selector::is_dns_label(name)
 }
 
 const VAULT_FIX: &str = "initialise the vault first with `stowage vault init`";
