@@ -129,9 +129,6 @@ struct WorkerArgs {
     /// Topology prefix (the driver's unique one for this measurement).
     #[arg(long)]
     prefix: String,
-    /// Stage to run.
-    #[arg(long, default_value_t = STAGE)]
-    stage: Stage,
 }
 
 #[tokio::main]
@@ -148,7 +145,6 @@ async fn main() -> anyhow::Result<()> {
 
 /// A stage handler that stands for a job: waits or spins for a fixed time, then counts.
 struct Simulated {
-    stage: Stage,
     work: Work,
     duration: Duration,
     handled: Arc<AtomicU64>,
@@ -159,7 +155,7 @@ impl StageHandler for Simulated {
     type Input = Message;
 
     fn stage(&self) -> Stage {
-        self.stage
+        STAGE
     }
 
     async fn handle(&self, _ctx: JobContext, _message: Message) -> Result<Outcome, StageError> {
@@ -192,7 +188,6 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         ..WorkerConfig::default()
     };
     let handler = Simulated {
-        stage: args.stage,
         work: args.job.work,
         duration: Duration::from_millis(args.job.work_ms),
         handled: handled.clone(),
@@ -360,7 +355,6 @@ fn spawn_worker(
         .arg("worker")
         .args(["--amqp-url", &job.broker.amqp_url])
         .args(["--prefix", prefix])
-        .args(["--stage", STAGE.as_str()])
         .args(["--work-ms", &job.work_ms.to_string()])
         .args([
             "--work",

@@ -446,6 +446,18 @@ fn type_name(ar: &ApiResource) -> String {
     }
 }
 
+/// The `metadata` fields the server populates, which [`strip_server_fields`] removes.
+pub const SERVER_METADATA_FIELDS: [&str; 8] = [
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+];
+
 /// Removes what the server populates, so the object can be created again elsewhere:
 /// `metadata.uid`, `resourceVersion`, `creationTimestamp`, `generation`, `managedFields`,
 /// `selfLink`, `deletionTimestamp`, `deletionGracePeriodSeconds` and `status`; a PV's
@@ -457,16 +469,7 @@ fn type_name(ar: &ApiResource) -> String {
 /// annotations and owner references, which restore decides about.
 pub fn strip_server_fields(object: &mut Value) {
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        for field in [
-            "uid",
-            "resourceVersion",
-            "creationTimestamp",
-            "generation",
-            "managedFields",
-            "selfLink",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-        ] {
+        for field in SERVER_METADATA_FIELDS {
             metadata.remove(field);
         }
     }

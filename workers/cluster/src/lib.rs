@@ -22,8 +22,8 @@ pub mod exec;
 pub mod target;
 
 pub use collect::{
-    CollectError, CollectOptions, CollectSummary, CollectedObject, collect, collect_with_options,
-    strip_server_fields,
+    CollectError, CollectOptions, CollectSummary, CollectedObject, SERVER_METADATA_FIELDS, collect,
+    collect_with_options, strip_server_fields,
 };
 pub use exec::{ExecError, ExecOutput, ExecRequest, PodExec};
 pub use stowage_schemas::selector::LabelSelector;

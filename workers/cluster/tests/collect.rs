@@ -4,7 +4,8 @@ use std::convert::Infallible;
 
 use serde_json::json;
 use stowage_cluster::{
-    CollectError, CollectOptions, CollectSummary, CollectedObject, collect, collect_with_options,
+    CollectError, CollectOptions, CollectSummary, CollectedObject, SERVER_METADATA_FIELDS, collect,
+    collect_with_options,
 };
 use stowage_schemas::domain::{Namespaces, Scope};
 
@@ -97,13 +98,7 @@ async fn the_default_scope_takes_every_namespace_but_the_system_ones() {
     // Every object is stripped of what the server populated, and keeps what restore needs.
     for o in &objects {
         let meta = &o.object["metadata"];
-        for field in [
-            "uid",
-            "resourceVersion",
-            "creationTimestamp",
-            "generation",
-            "managedFields",
-        ] {
+        for field in SERVER_METADATA_FIELDS {
             assert!(
                 meta.get(field).is_none(),
                 "{} {} kept {field}",

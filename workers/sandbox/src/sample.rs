@@ -168,11 +168,58 @@ pub(crate) fn widget_crd() -> Value {
     })
 }
 
+/// A namespace's web tier and its database with a disk: deployment and service `web`, a
+/// configmap `<web>-config`; statefulset and service `db`, a secret `<db>-credentials`, pod
+/// `<db>-0` (a hook target) and its claim `data-<db>-0`, bound to PV `pv-<ns>-data` on disk
+/// `<ns>-data`.
+struct Stack {
+    ns: &'static str,
+    web: &'static str,
+    web_image: &'static str,
+    web_replicas: u32,
+    web_port: u16,
+    web_config: Value,
+    db: &'static str,
+    db_image: &'static str,
+    db_container: &'static str,
+    db_port: u16,
+    db_password: &'static str,
+    db_pod_annotations: Value,
+    disk_size: &'static str,
+}
+
+fn stack(s: Stack) -> Vec<Value> {
+    let (ns, web, db) = (s.ns, app(s.web, "frontend"), app(s.db, "data"));
+    let (volume, claim_name) = (format!("pv-{ns}-data"), format!("data-{}-0", s.db));
+    vec![
+        deployment(ns, s.web, web.clone(), s.web_image, s.web_replicas),
+        statefulset(ns, s.db, db.clone(), s.db_image, s.db_container),
+        service(ns, s.web, web.clone(), s.web_port),
+        service(ns, s.db, db.clone(), s.db_port),
+        configmap(ns, &format!("{}-config", s.web), web, s.web_config),
+        secret(
+            ns,
+            &format!("{}-credentials", s.db),
+            db.clone(),
+            json!({"password": s.db_password}),
+        ),
+        pod(
+            ns,
+            &format!("{}-0", s.db),
+            db.clone(),
+            s.db_container,
+            s.db_pod_annotations,
+        ),
+        csi_volume(&volume, &format!("{ns}-data"), ns, &claim_name, s.disk_size),
+        claim(ns, &claim_name, db, &volume, s.disk_size, "local-disk"),
+    ]
+}
+
 /// Every object of the sample application, in an order the sandbox accepts (namespaces and
 /// the CRD before what they hold).
 pub(crate) fn objects() -> Vec<Value> {
     let demo = json!({"app.kubernetes.io/part-of": "stowage-demo"});
-    vec![
+    let mut objects = vec![
         namespace("shop", json!({"team": "commerce", "env": "prod"})),
         namespace("blog", json!({"team": "content", "env": "prod"})),
         widget_crd(),
@@ -203,8 +250,23 @@ pub(crate) fn objects() -> Vec<Value> {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "widget-reader"},
             "subjects": [{"kind": "ServiceAccount", "name": "shop", "namespace": "shop"}],
         }),
-        // shop
-        deployment("shop", "web", app("web", "frontend"), "nginx:1.27", 2),
+    ];
+    objects.extend(stack(Stack {
+        ns: "shop",
+        web: "web",
+        web_image: "nginx:1.27",
+        web_replicas: 2,
+        web_port: 80,
+        web_config: json!({"nginx.conf": "worker_processes 2;\n"}),
+        db: "db",
+        db_image: "postgres:16",
+        db_container: "postgres",
+        db_port: 5432,
+        db_password: "c2VjcmV0LXBhc3N3b3Jk",
+        db_pod_annotations: json!({}),
+        disk_size: "1Gi",
+    }));
+    objects.extend([
         deployment(
             "shop",
             "cart",
@@ -212,26 +274,11 @@ pub(crate) fn objects() -> Vec<Value> {
             "shop/cart:3.1",
             1,
         ),
-        statefulset("shop", "db", app("db", "data"), "postgres:16", "postgres"),
-        service("shop", "web", app("web", "frontend"), 80),
-        service("shop", "db", app("db", "data"), 5432),
-        configmap(
-            "shop",
-            "web-config",
-            app("web", "frontend"),
-            json!({"nginx.conf": "worker_processes 2;\n"}),
-        ),
         configmap(
             "shop",
             "db-config",
             app("db", "data"),
             json!({"max_connections": "100"}),
-        ),
-        secret(
-            "shop",
-            "db-credentials",
-            app("db", "data"),
-            json!({"password": "c2VjcmV0LXBhc3N3b3Jk"}),
         ),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta("shop", Some("shop"), json!({"app": "web"}))}),
         json!({
@@ -245,58 +292,26 @@ pub(crate) fn objects() -> Vec<Value> {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "config-reader"},
             "subjects": [{"kind": "ServiceAccount", "name": "shop", "namespace": "shop"}],
         }),
-        pod("shop", "db-0", app("db", "data"), "postgres", json!({})),
         pod("shop", "web-7d9f", app("web", "frontend"), "web", json!({})),
-        csi_volume("pv-shop-data", "shop-data", "shop", "data-db-0", "1Gi"),
-        claim(
-            "shop",
-            "data-db-0",
-            app("db", "data"),
-            "pv-shop-data",
-            "1Gi",
-            "local-disk",
-        ),
         widget("shop", "blue", app("web", "frontend"), "blue", 3),
         widget("shop", "red", app("cart", "backend"), "red", 5),
-        // blog
-        deployment(
-            "blog",
-            "wordpress",
-            app("wordpress", "frontend"),
-            "wordpress:6",
-            1,
-        ),
-        statefulset("blog", "mysql", app("mysql", "data"), "mysql:8", "mysql"),
-        service("blog", "wordpress", app("wordpress", "frontend"), 80),
-        service("blog", "mysql", app("mysql", "data"), 3306),
-        configmap(
-            "blog",
-            "wordpress-config",
-            app("wordpress", "frontend"),
-            json!({"WORDPRESS_DB_HOST": "mysql"}),
-        ),
-        secret(
-            "blog",
-            "mysql-credentials",
-            app("mysql", "data"),
-            json!({"password": "YmxvZy1wYXNzd29yZA=="}),
-        ),
-        pod(
-            "blog",
-            "mysql-0",
-            app("mysql", "data"),
-            "mysql",
-            json!({"sandbox.stowage.io/exec-delay-ms": "50"}),
-        ),
-        csi_volume("pv-blog-data", "blog-data", "blog", "data-mysql-0", "2Gi"),
-        claim(
-            "blog",
-            "data-mysql-0",
-            app("mysql", "data"),
-            "pv-blog-data",
-            "2Gi",
-            "local-disk",
-        ),
+    ]);
+    objects.extend(stack(Stack {
+        ns: "blog",
+        web: "wordpress",
+        web_image: "wordpress:6",
+        web_replicas: 1,
+        web_port: 80,
+        web_config: json!({"WORDPRESS_DB_HOST": "mysql"}),
+        db: "mysql",
+        db_image: "mysql:8",
+        db_container: "mysql",
+        db_port: 3306,
+        db_password: "YmxvZy1wYXNzd29yZA==",
+        db_pod_annotations: json!({"sandbox.stowage.io/exec-delay-ms": "50"}),
+        disk_size: "2Gi",
+    }));
+    objects.extend([
         json!({
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": meta("pv-blog-uploads", None, demo),
@@ -333,5 +348,6 @@ pub(crate) fn objects() -> Vec<Value> {
             json!({"k8s-app": "kube-dns"}),
             json!({"Corefile": ".:53 { forward . /etc/resolv.conf }"}),
         ),
-    ]
+    ]);
+    objects
 }

@@ -17,17 +17,11 @@ pub(crate) struct ResourceType {
 }
 
 impl ResourceType {
-    fn builtin(
-        group: &str,
-        version: &str,
-        kind: &str,
-        plural: &str,
-        namespaced: bool,
-        short: &[&str],
-    ) -> Self {
+    /// A built-in type, served at `v1`.
+    fn builtin(group: &str, kind: &str, plural: &str, namespaced: bool, short: &[&str]) -> Self {
         Self {
             group: group.to_owned(),
-            versions: vec![version.to_owned()],
+            versions: vec!["v1".to_owned()],
             kind: kind.to_owned(),
             plural: plural.to_owned(),
             singular: kind.to_lowercase(),
@@ -85,77 +79,41 @@ impl ResourceType {
 /// The built-in types Stowage backs up and restores.
 pub(crate) fn builtin_types() -> Vec<ResourceType> {
     let t = ResourceType::builtin;
+    let core = |kind, plural, namespaced, short| t("", kind, plural, namespaced, short);
+    let rbac =
+        |kind, plural, namespaced| t("rbac.authorization.k8s.io", kind, plural, namespaced, &[]);
     vec![
-        t("", "v1", "Namespace", "namespaces", false, &["ns"]),
-        t("", "v1", "ConfigMap", "configmaps", true, &["cm"]),
-        t("", "v1", "Secret", "secrets", true, &[]),
-        t("", "v1", "Service", "services", true, &["svc"]),
-        t("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"]),
-        t(
-            "",
-            "v1",
-            "PersistentVolume",
-            "persistentvolumes",
-            false,
-            &["pv"],
-        ),
-        t(
-            "",
-            "v1",
+        core("Namespace", "namespaces", false, &["ns"]),
+        core("ConfigMap", "configmaps", true, &["cm"]),
+        core("Secret", "secrets", true, &[]),
+        core("Service", "services", true, &["svc"]),
+        core("ServiceAccount", "serviceaccounts", true, &["sa"]),
+        core("PersistentVolume", "persistentvolumes", false, &["pv"]),
+        core(
             "PersistentVolumeClaim",
             "persistentvolumeclaims",
             true,
             &["pvc"],
         ),
-        t("", "v1", "Pod", "pods", true, &["po"]),
+        core("Pod", "pods", true, &["po"]),
         // Served for their labels (`topology.kubernetes.io/region`); never collected.
-        t("", "v1", "Node", "nodes", false, &["no"]),
-        t("apps", "v1", "Deployment", "deployments", true, &["deploy"]),
-        t("apps", "v1", "StatefulSet", "statefulsets", true, &["sts"]),
+        core("Node", "nodes", false, &["no"]),
+        t("apps", "Deployment", "deployments", true, &["deploy"]),
+        t("apps", "StatefulSet", "statefulsets", true, &["sts"]),
         t(
             "storage.k8s.io",
-            "v1",
             "StorageClass",
             "storageclasses",
             false,
             &["sc"],
         ),
-        t(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "Role",
-            "roles",
-            true,
-            &[],
-        ),
-        t(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "RoleBinding",
-            "rolebindings",
-            true,
-            &[],
-        ),
-        t(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "ClusterRole",
-            "clusterroles",
-            false,
-            &[],
-        ),
-        t(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "ClusterRoleBinding",
-            "clusterrolebindings",
-            false,
-            &[],
-        ),
+        rbac("Role", "roles", true),
+        rbac("RoleBinding", "rolebindings", true),
+        rbac("ClusterRole", "clusterroles", false),
+        rbac("ClusterRoleBinding", "clusterrolebindings", false),
         // Discovery lists it; reviews are answered by `rbac`, never stored.
         t(
             "authorization.k8s.io",
-            "v1",
             "SubjectAccessReview",
             "subjectaccessreviews",
             false,
@@ -163,7 +121,6 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
         ),
         t(
             "apiextensions.k8s.io",
-            "v1",
             "CustomResourceDefinition",
             "customresourcedefinitions",
             false,

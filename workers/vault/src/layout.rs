@@ -311,12 +311,7 @@ pub fn volume_versions(volume_id: &str) -> Result<KeyPrefix, LayoutError> {
 
 /// The version named by a key made by [`volume_version`], or `None` for any other key.
 pub fn version_from_key(key: &BlobKey) -> Option<&str> {
-    let mut parts = key.as_str().split('/');
-    let (top, _volume, file) = (parts.next()?, parts.next()?, parts.next()?);
-    if top != VOLUMES || parts.next().is_some() {
-        return None;
-    }
-    file.strip_suffix(MAP_EXTENSION).filter(|v| !v.is_empty())
+    volume_and_version_from_key(key).map(|(_, version)| version)
 }
 
 /// `packs/<first two hex digits>/<pack-id>`: one pack object. The two-digit fan-out keeps any
@@ -508,16 +503,19 @@ pub const JSON_EXTENSION: &str = ".json";
 /// The job id named by a key listed under [`jobs`] (`jobs/<job-id>.json`), or `None` for any
 /// other object there.
 pub fn job_id_from_key(key: &BlobKey) -> Option<&str> {
-    let file = key.as_str().strip_prefix(JOBS)?.strip_prefix('/')?;
-    file.strip_suffix(JSON_EXTENSION)
-        .filter(|id| !id.is_empty() && !id.contains('/'))
+    id_from_key(key, JOBS, JSON_EXTENSION)
 }
 
 /// The segment id named by a key listed under [`index_segments`] (`index/<segment-id>.idx`),
 /// or `None` for any other object there.
 pub fn segment_id_from_key(key: &BlobKey) -> Option<&str> {
-    let file = key.as_str().strip_prefix(INDEX)?.strip_prefix('/')?;
-    file.strip_suffix(INDEX_EXTENSION)
+    id_from_key(key, INDEX, INDEX_EXTENSION)
+}
+
+/// The `<id>` of a key `<folder>/<id><extension>`, or `None` for any other key.
+fn id_from_key<'k>(key: &'k BlobKey, folder: &str, extension: &str) -> Option<&'k str> {
+    let file = key.as_str().strip_prefix(folder)?.strip_prefix('/')?;
+    file.strip_suffix(extension)
         .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 

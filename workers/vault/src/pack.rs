@@ -479,6 +479,35 @@ mod tests {
         (located, packs)
     }
 
+    /// `count` chunks of `chunk_len` bytes in one pack in a local folder, whose file (at `path`)
+    /// a test can damage; the folder is removed when `_folder` is dropped.
+    struct PackOnDisk {
+        _folder: TempFolder,
+        store: BlobStore,
+        keys: ChunkKeys,
+        located: HashMap<ChunkId, (Vec<u8>, ChunkLocation)>,
+        pack: WrittenPack,
+        path: std::path::PathBuf,
+    }
+
+    async fn pack_on_disk(purpose: &str, count: u64, chunk_len: usize) -> PackOnDisk {
+        let folder = TempFolder::new(purpose);
+        let store = BlobStore::local_folder(&folder.0, LocalDurability::OsBuffered).unwrap();
+        let keys = VaultKey::generate().unwrap().chunk_keys();
+        let (located, mut packs) = write_chunks(&store, &keys, count, chunk_len, 1 << 20).await;
+        assert_eq!(packs.len(), 1);
+        let pack = packs.remove(0);
+        let path = folder.0.join(pack.key.as_str());
+        PackOnDisk {
+            _folder: folder,
+            store,
+            keys,
+            located,
+            pack,
+            path,
+        }
+    }
+
     #[tokio::test]
     async fn chunks_round_trip_through_packs_of_bounded_size() {
         let store = BlobStore::in_memory();
@@ -546,16 +575,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_flipped_byte_in_a_pack_is_detected_and_names_chunk_and_pack() {
-        let folder = TempFolder::new("pack-flip");
-        let store = BlobStore::local_folder(&folder.0, LocalDurability::OsBuffered).unwrap();
-        let keys = VaultKey::generate().unwrap().chunk_keys();
-        let (located, packs) = write_chunks(&store, &keys, 8, 3000, 1 << 20).await;
-        assert_eq!(packs.len(), 1);
-        let pack = &packs[0];
+        let PackOnDisk {
+            _folder,
+            store,
+            keys,
+            located,
+            pack,
+            path,
+        } = pack_on_disk("pack-flip", 8, 3000).await;
         let victim = pack.entries[3];
 
         // Flip one byte in the middle of the victim's ciphertext, directly on disk.
-        let path = folder.0.join(pack.key.as_str());
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[(victim.offset + u64::from(victim.length) / 2) as usize] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
@@ -586,12 +616,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_damaged_index_or_trailer_is_detected() {
-        let folder = TempFolder::new("pack-index");
-        let store = BlobStore::local_folder(&folder.0, LocalDurability::OsBuffered).unwrap();
-        let keys = VaultKey::generate().unwrap().chunk_keys();
-        let (_, packs) = write_chunks(&store, &keys, 4, 1000, 1 << 20).await;
-        let pack = &packs[0];
-        let path = folder.0.join(pack.key.as_str());
+        let PackOnDisk {
+            _folder,
+            store,
+            pack,
+            path,
+            ..
+        } = pack_on_disk("pack-index", 4, 1000).await;
         let original = std::fs::read(&path).unwrap();
         let len = original.len();
         let index_start = len - TRAILER_LEN - 4 * INDEX_ENTRY_LEN;

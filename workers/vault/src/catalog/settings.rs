@@ -635,6 +635,62 @@ fn list_docs<T: DeserializeOwned + Send + 'static>(
     )
 }
 
+/// A kind of settings document kept under its own name (a policy, a backup instance).
+struct Named {
+    /// What it is, in messages.
+    what: &'static str,
+    /// What to do when one is missing.
+    fix: &'static str,
+    /// Its key, from its name.
+    key: fn(&str) -> Result<BlobKey, LayoutError>,
+}
+
+const POLICY: Named = Named {
+    what: "policy",
+    fix: "create it with `stowage policy create`, or see `stowage policy list`",
+    key: layout::policy,
+};
+
+const INSTANCE: Named = Named {
+    what: "backup instance",
+    fix: "create it with `stowage instance create`, or see `stowage instance list`",
+    key: layout::instance,
+};
+
+impl Named {
+    /// The document called `name`, which must exist.
+    async fn read<T: DeserializeOwned>(
+        &self,
+        store: &BlobStore,
+        name: &str,
+    ) -> Result<T, SettingsError> {
+        read_required(store, &(self.key)(name)?, (self.what, name), self.fix).await
+    }
+
+    /// Writes `doc`, called `name`, with [`write_doc`].
+    async fn write<T>(
+        &self,
+        store: &BlobStore,
+        doc: &T,
+        name: &str,
+        mode: WriteMode,
+        validate: impl Fn(Option<&T>) -> Result<(), SettingsError>,
+    ) -> Result<Written, SettingsError>
+    where
+        T: Serialize + DeserializeOwned + PartialEq + Clone,
+    {
+        write_doc(
+            store,
+            &(self.key)(name)?,
+            doc,
+            mode,
+            (self.what, name),
+            validate,
+        )
+        .await
+    }
+}
+
 /// Whether `name` is a Kubernetes namespace name (an RFC 1123 label): at most 63 lowercase
 /// letters, digits and '-', starting and ending with a letter or digit.
 pub fn is_namespace_name(name: &str) -> bool {
@@ -669,14 +725,7 @@ pub async fn write_vault(
 
 /// A policy (`policies/<name>.json`).
 pub async fn read_policy(store: &BlobStore, name: &str) -> Result<Policy, SettingsError> {
-    let key = layout::policy(name)?;
-    read_required(
-        store,
-        &key,
-        ("policy", name),
-        "create it with `stowage policy create`, or see `stowage policy list`",
-    )
-    .await
+    POLICY.read(store, name).await
 }
 
 /// Validates and writes a policy. The vault must be initialised.
@@ -687,11 +736,11 @@ pub async fn write_policy(
 ) -> Result<Written, SettingsError> {
     validate_policy(policy)?;
     read_vault(store).await?;
-    let key = layout::policy(&policy.name)?;
-    write_doc(store, &key, policy, mode, ("policy", &policy.name), |_| {
-        validate_policy(policy)
-    })
-    .await
+    POLICY
+        .write(store, policy, &policy.name, mode, |_| {
+            validate_policy(policy)
+        })
+        .await
 }
 
 /// Streams every policy, in no particular order.
@@ -701,14 +750,7 @@ pub fn list_policies(store: &BlobStore) -> BoxStream<'static, Result<Policy, Set
 
 /// A backup instance (`instances/<name>.json`).
 pub async fn read_instance(store: &BlobStore, name: &str) -> Result<BackupInstance, SettingsError> {
-    let key = layout::instance(name)?;
-    read_required(
-        store,
-        &key,
-        ("backup instance", name),
-        "create it with `stowage instance create`, or see `stowage instance list`",
-    )
-    .await
+    INSTANCE.read(store, name).await
 }
 
 /// Validates and writes a backup instance: the vault must be initialised under the name the
@@ -728,16 +770,11 @@ pub async fn write_instance(
         Err(_) => false,
     };
     validate_instance(instance, &vault, policy_exists, None)?;
-    let key = layout::instance(&instance.name)?;
-    write_doc(
-        store,
-        &key,
-        instance,
-        mode,
-        ("backup instance", &instance.name),
-        |previous| validate_instance(instance, &vault, policy_exists, previous),
-    )
-    .await
+    INSTANCE
+        .write(store, instance, &instance.name, mode, |previous| {
+            validate_instance(instance, &vault, policy_exists, previous)
+        })
+        .await
 }
 
 /// Streams every backup instance, in no particular order.
@@ -788,6 +825,16 @@ mod tests {
             .collect()
     }
 
+    /// The field path of every problem `result` reports.
+    fn fields(result: Result<(), SettingsError>) -> Vec<String> {
+        result
+            .unwrap_err()
+            .field_errors()
+            .iter()
+            .map(|e| e.field.clone())
+            .collect()
+    }
+
     #[test]
     fn good_documents_pass() {
         validate_vault(&vault(), None).unwrap();
@@ -816,14 +863,8 @@ mod tests {
         });
         p.retention.vault[0].keep_days = 400;
         let all = messages(validate_policy(&p));
-        let fields: Vec<_> = validate_policy(&p)
-            .unwrap_err()
-            .field_errors()
-            .iter()
-            .map(|e| e.field.clone())
-            .collect();
         assert_eq!(
-            fields,
+            fields(validate_policy(&p)),
             [
                 "schedule.start",
                 "schedule.time_zone",
@@ -906,14 +947,8 @@ mod tests {
             timeout_seconds: 0,
             on_error: HookErrorMode::Fail,
         }];
-        let fields: Vec<_> = validate_instance(&i, &vault(), false, None)
-            .unwrap_err()
-            .field_errors()
-            .iter()
-            .map(|e| e.field.clone())
-            .collect();
         assert_eq!(
-            fields,
+            fields(validate_instance(&i, &vault(), false, None)),
             [
                 "name",
                 "vault",

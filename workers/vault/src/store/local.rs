@@ -33,7 +33,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use futures::future::BoxFuture;
 use object_store::local::LocalFileSystem;
 use object_store::{ObjectStoreExt, PutMode, PutPayload};
 
@@ -103,90 +102,68 @@ impl BlobStore {
             .with_fsync(durability == LocalDurability::Fsync);
         Ok(Self::with_cas(
             Arc::new(local),
-            Arc::new(LocalFolderCas { lock_dir }),
+            Cas::LocalFolder(LocalFolderCas { lock_dir }),
         ))
     }
 }
 
-impl Cas for LocalFolderCas {
-    fn local_root(&self) -> Option<&FsPath> {
+impl LocalFolderCas {
+    /// The vault's folder.
+    pub(super) fn root(&self) -> Option<&FsPath> {
         self.lock_dir.parent()
     }
 
-    fn version_of(
+    /// Replaces the object under the key's lock if its content is still what `expected` names.
+    pub(super) async fn update(
         &self,
-        bytes: &[u8],
-        _e_tag: Option<String>,
-        _version: Option<String>,
-    ) -> ObjectVersion {
-        ObjectVersion::content_hash(bytes)
-    }
-
-    fn content_hasher(&self) -> Option<blake3::Hasher> {
-        Some(blake3::Hasher::new())
-    }
-
-    fn version_of_stored<'a>(
-        &'a self,
-        store: &'a BlobStore,
-        key: &'a BlobKey,
-    ) -> BoxFuture<'a, Result<ObjectVersion, Error>> {
-        Box::pin(async move {
-            // The content hash, read by streaming.
-            let mut chunks = store
-                .inner
-                .get(&to_path(key.as_str()))
-                .await
-                .map_err(|e| store.backend_error("get", key.as_str(), e))?
-                .into_stream();
-            let mut hasher = blake3::Hasher::new();
-            while let Some(chunk) = chunks.next().await {
-                hasher.update(&chunk.map_err(|e| store.backend_error("get", key.as_str(), e))?);
-            }
-            Ok(ObjectVersion::hashed(hasher.finalize()))
-        })
-    }
-
-    fn update<'a>(
-        &'a self,
-        store: &'a BlobStore,
-        key: &'a BlobKey,
+        store: &BlobStore,
+        key: &BlobKey,
         bytes: Bytes,
-        expected: &'a ObjectVersion,
-    ) -> BoxFuture<'a, Result<ObjectVersion, Error>> {
-        Box::pin(async move {
-            let _lock = local_lock(&self.lock_dir, key).await?;
-            let current = match store.get(key).await {
-                Ok(current) => current,
-                Err(e) if e.is_not_found() => return Err(store.conflict(key)),
-                Err(other) => return Err(other),
-            };
-            if &current.version != expected {
-                return Err(store.conflict(key));
-            }
-            let new_version = ObjectVersion::content_hash(&bytes);
-            store
-                .inner
-                .put_opts(
-                    &to_path(key.as_str()),
-                    PutPayload::from(bytes),
-                    PutMode::Overwrite.into(),
-                )
-                .await
-                .map_err(|e| store.backend_error("update", key.as_str(), e))?;
-            Ok(new_version)
-        })
+        expected: &ObjectVersion,
+    ) -> Result<ObjectVersion, Error> {
+        let _lock = local_lock(&self.lock_dir, key).await?;
+        let current = match store.get(key).await {
+            Ok(current) => current,
+            Err(e) if e.is_not_found() => return Err(store.conflict(key)),
+            Err(other) => return Err(other),
+        };
+        if &current.version != expected {
+            return Err(store.conflict(key));
+        }
+        let new_version = ObjectVersion::content_hash(&bytes);
+        store
+            .inner
+            .put_opts(
+                &to_path(key.as_str()),
+                PutPayload::from(bytes),
+                PutMode::Overwrite.into(),
+            )
+            .await
+            .map_err(|e| store.backend_error("update", key.as_str(), e))?;
+        Ok(new_version)
     }
 
-    fn delete<'a>(
-        &'a self,
-        store: &'a BlobStore,
-        key: &'a BlobKey,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(async move {
-            let _lock = local_lock(&self.lock_dir, key).await?;
-            store.delete_now(key).await
-        })
+    /// Deletes the object under the key's lock, so no update is half-way through.
+    pub(super) async fn delete(&self, store: &BlobStore, key: &BlobKey) -> Result<(), Error> {
+        let _lock = local_lock(&self.lock_dir, key).await?;
+        store.delete_now(key).await
+    }
+}
+
+impl BlobStore {
+    /// The content-hash version of a stored object, read by streaming.
+    pub(super) async fn content_version(&self, key: &BlobKey) -> Result<ObjectVersion, Error> {
+        let mut chunks = self
+            .inner
+            .get(&to_path(key.as_str()))
+            .await
+            .map_err(|e| self.backend_error("get", key.as_str(), e))?
+            .into_stream();
+        let mut hasher = blake3::Hasher::new();
+        while let Some(chunk) = chunks.next().await {
+            hasher.update(&chunk.map_err(|e| self.backend_error("get", key.as_str(), e))?);
+        }
+        Ok(ObjectVersion::hashed(hasher.finalize()))
     }
 }
 

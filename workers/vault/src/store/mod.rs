@@ -18,12 +18,11 @@
 //! | Azure Blob (`MicrosoftAzure`, also Azurite) | yes (`If-None-Match: *`) | yes (`If-Match: <etag>`) |
 //! | local folder (`LocalFileSystem`) | yes (publishes with a hard link, which fails if the name exists) | **no**: returns `NotImplemented` |
 //!
-//! So compare-and-swap comes in two implementations of one small trait, [`Cas`]: the backend's
-//! native conditional update (in-memory, Azure, any store given to
-//! [`BlobStore::from_object_store`]; a backend without one answers [`ErrorKind::Unsupported`],
-//! never a silent overwrite), and, for the local folder (the embedded default), an emulation
-//! under `flock` with content-hash versions, correct for one host (see `store/local.rs`). The write
-//! paths of [`BlobStore`] do not know which one they use.
+//! So compare-and-swap comes in two kinds, [`Cas`]: the backend's native conditional update
+//! (in-memory, Azure, any store given to [`BlobStore::from_object_store`]; a backend without one
+//! answers [`ErrorKind::Unsupported`], never a silent overwrite), and, for the local folder (the
+//! embedded default), an emulation under `flock` with content-hash versions, correct for one host
+//! (see `store/local.rs`). The write paths of [`BlobStore`] do not know which one they use.
 //!
 //! | file | holds |
 //! |---|---|
@@ -44,12 +43,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::stream::{BoxStream, StreamExt};
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, PutResult, UpdateVersion,
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 
 use crate::error::{Error, ErrorKind};
@@ -210,7 +208,7 @@ impl Error {
 #[derive(Clone)]
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
-    cas: Arc<dyn Cas>,
+    cas: Arc<Cas>,
     description: Arc<str>,
 }
 
@@ -234,10 +232,18 @@ fn to_path(key: &str) -> ObjectPath {
     ObjectPath::from(key)
 }
 
-/// How one kind of store names versions and does compare-and-swap: the backend's native
-/// conditional update ([`NativeCas`]) or the local folder's emulation (`local::LocalFolderCas`).
-/// [`BlobStore`] asks it at the few points where the two differ, and nowhere else.
-trait Cas: fmt::Debug + Send + Sync {
+/// How a store names versions and does compare-and-swap: by the backend's native conditional
+/// update, or by the local folder's emulation (`local::LocalFolderCas`). [`BlobStore`] looks at
+/// it at the few points where the two differ, and nowhere else.
+#[derive(Debug)]
+enum Cas {
+    /// The backend's own conditional update; versions are its e-tags.
+    Native,
+    /// flock per key stripe, content-hash versions (see `store/local.rs`).
+    LocalFolder(local::LocalFolderCas),
+}
+
+impl Cas {
     /// The version of `bytes`, just created or read whole; `e_tag` and `version` are what the
     /// backend reported for them.
     fn version_of(
@@ -245,143 +251,45 @@ trait Cas: fmt::Debug + Send + Sync {
         bytes: &[u8],
         e_tag: Option<String>,
         version: Option<String>,
-    ) -> ObjectVersion;
+    ) -> ObjectVersion {
+        match self {
+            Self::Native => ObjectVersion::native(e_tag, version),
+            Self::LocalFolder(_) => ObjectVersion::content_hash(bytes),
+        }
+    }
 
     /// A hasher to feed a streamed write's content through, if versions are content hashes
     /// (then [`ObjectVersion::hashed`] of its result is the version of what was written).
-    fn content_hasher(&self) -> Option<blake3::Hasher>;
-
-    /// The version of an object that was just created without passing through this process
-    /// (by a copy inside the store).
-    fn version_of_stored<'a>(
-        &'a self,
-        store: &'a BlobStore,
-        key: &'a BlobKey,
-    ) -> BoxFuture<'a, Result<ObjectVersion, Error>>;
-
-    /// Replaces the object only if it is still at `expected`.
-    fn update<'a>(
-        &'a self,
-        store: &'a BlobStore,
-        key: &'a BlobKey,
-        bytes: Bytes,
-        expected: &'a ObjectVersion,
-    ) -> BoxFuture<'a, Result<ObjectVersion, Error>>;
-
-    /// Deletes the object (a missing one included), excluding concurrent updates if needed.
-    fn delete<'a>(
-        &'a self,
-        store: &'a BlobStore,
-        key: &'a BlobKey,
-    ) -> BoxFuture<'a, Result<(), Error>>;
+    fn content_hasher(&self) -> Option<blake3::Hasher> {
+        matches!(self, Self::LocalFolder(_)).then(blake3::Hasher::new)
+    }
 
     /// The folder of a local-folder store (whose staged files listings hide); `None` otherwise.
     fn local_root(&self) -> Option<&std::path::Path> {
-        None
+        match self {
+            Self::Native => None,
+            Self::LocalFolder(local) => local.root(),
+        }
     }
-}
-
-/// Compare-and-swap by the backend's own conditional update (e-tags).
-#[derive(Debug)]
-struct NativeCas;
-
-impl Cas for NativeCas {
-    fn version_of(
-        &self,
-        _bytes: &[u8],
-        e_tag: Option<String>,
-        version: Option<String>,
-    ) -> ObjectVersion {
-        ObjectVersion::native(e_tag, version)
-    }
-
-    fn content_hasher(&self) -> Option<blake3::Hasher> {
-        None
-    }
-
-    fn version_of_stored<'a>(
-        &'a self,
-        store: &'a BlobStore,
-        key: &'a BlobKey,
-    ) -> BoxFuture<'a, Result<ObjectVersion, Error>> {
-        Box::pin(async move {
-            // The native version of an object just created: its e-tag, from a `head`.
-            let meta = store
-                .inner
-                .head(&to_path(key.as_str()))
-                .await
-                .map_err(|e| store.backend_error("head", key.as_str(), e))?;
-            Ok(ObjectVersion::native(meta.e_tag, meta.version))
-        })
-    }
-
-    fn update<'a>(
-        &'a self,
-        store: &'a BlobStore,
-        key: &'a BlobKey,
-        bytes: Bytes,
-        expected: &'a ObjectVersion,
-    ) -> BoxFuture<'a, Result<ObjectVersion, Error>> {
-        Box::pin(async move {
-            let VersionToken::Native { e_tag, version } = &expected.0 else {
-                // A content-hash token can only come from a local-folder store.
-                return Err(store.conflict(key));
-            };
-            let mode = PutMode::Update(UpdateVersion {
-                e_tag: e_tag.clone(),
-                version: version.clone(),
-            });
-            match store
-                .inner
-                .put_opts(&to_path(key.as_str()), PutPayload::from(bytes), mode.into())
-                .await
-            {
-                Ok(result) => Ok(version_of_put(result)),
-                Err(
-                    object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
-                ) => Err(store.conflict(key)),
-                Err(object_store::Error::NotImplemented { operation, .. }) => {
-                    Err(Error::cas_unsupported(
-                        &store.description,
-                        key.as_str(),
-                        &format!("{operation} is not implemented"),
-                    ))
-                }
-                Err(source) => Err(store.backend_error("update", key.as_str(), source)),
-            }
-        })
-    }
-
-    fn delete<'a>(
-        &'a self,
-        store: &'a BlobStore,
-        key: &'a BlobKey,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(store.delete_now(key))
-    }
-}
-
-fn version_of_put(result: PutResult) -> ObjectVersion {
-    ObjectVersion::native(result.e_tag, result.version)
 }
 
 impl BlobStore {
     /// An empty in-memory store, for unit tests.
     pub fn in_memory() -> Self {
-        Self::with_cas(Arc::new(InMemory::new()), Arc::new(NativeCas))
+        Self::with_cas(Arc::new(InMemory::new()), Cas::Native)
     }
 
     /// Wraps any object_store backend. Compare-and-swap uses its native conditional update and
     /// is refused ([`ErrorKind::Unsupported`]) if it has none.
     pub fn from_object_store(store: Arc<dyn ObjectStore>) -> Self {
-        Self::with_cas(store, Arc::new(NativeCas))
+        Self::with_cas(store, Cas::Native)
     }
 
-    fn with_cas(inner: Arc<dyn ObjectStore>, cas: Arc<dyn Cas>) -> Self {
+    fn with_cas(inner: Arc<dyn ObjectStore>, cas: Cas) -> Self {
         let description = inner.to_string().into();
         Self {
             inner,
-            cas,
+            cas: Arc::new(cas),
             description,
         }
     }
@@ -469,15 +377,31 @@ impl BlobStore {
 
     /// Size of an object, without reading it.
     pub async fn head(&self, key: &BlobKey) -> Result<ObjectInfo, Error> {
-        let meta = self
-            .inner
-            .head(&to_path(key.as_str()))
-            .await
-            .map_err(|e| self.backend_error("head", key.as_str(), e))?;
+        let meta = self.meta(key).await?;
         Ok(ObjectInfo {
             key: key.clone(),
             size: meta.size,
         })
+    }
+
+    /// What the backend reports about an object, without reading it.
+    async fn meta(&self, key: &BlobKey) -> Result<ObjectMeta, Error> {
+        self.inner
+            .head(&to_path(key.as_str()))
+            .await
+            .map_err(|e| self.backend_error("head", key.as_str(), e))
+    }
+
+    /// The version of an object that was just created without passing through this process
+    /// (by a copy inside the store).
+    async fn version_of_stored(&self, key: &BlobKey) -> Result<ObjectVersion, Error> {
+        match &*self.cas {
+            Cas::Native => {
+                let meta = self.meta(key).await?;
+                Ok(ObjectVersion::native(meta.e_tag, meta.version))
+            }
+            Cas::LocalFolder(_) => self.content_version(key).await,
+        }
     }
 
     /// Streams every object under `prefix` (recursively), in no particular order.
@@ -521,7 +445,10 @@ impl BlobStore {
 
     /// Deletes an object. Deleting a missing object succeeds, so retries are harmless.
     pub async fn delete(&self, key: &BlobKey) -> Result<(), Error> {
-        self.cas.delete(self, key).await
+        match &*self.cas {
+            Cas::Native => self.delete_now(key).await,
+            Cas::LocalFolder(local) => local.delete(self, key).await,
+        }
     }
 
     /// The delete itself, without any exclusion against updates.
@@ -541,7 +468,46 @@ impl BlobStore {
         bytes: impl Into<Bytes>,
         expected: &ObjectVersion,
     ) -> Result<ObjectVersion, Error> {
-        self.cas.update(self, key, bytes.into(), expected).await
+        let bytes = bytes.into();
+        match &*self.cas {
+            Cas::Native => self.update_natively(key, bytes, expected).await,
+            Cas::LocalFolder(local) => local.update(self, key, bytes, expected).await,
+        }
+    }
+
+    /// Compare-and-swap by the backend's own conditional update (e-tags).
+    async fn update_natively(
+        &self,
+        key: &BlobKey,
+        bytes: Bytes,
+        expected: &ObjectVersion,
+    ) -> Result<ObjectVersion, Error> {
+        let VersionToken::Native { e_tag, version } = &expected.0 else {
+            // A content-hash token can only come from a local-folder store.
+            return Err(self.conflict(key));
+        };
+        let mode = PutMode::Update(UpdateVersion {
+            e_tag: e_tag.clone(),
+            version: version.clone(),
+        });
+        match self
+            .inner
+            .put_opts(&to_path(key.as_str()), PutPayload::from(bytes), mode.into())
+            .await
+        {
+            Ok(result) => Ok(ObjectVersion::native(result.e_tag, result.version)),
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Err(self.conflict(key)),
+            Err(object_store::Error::NotImplemented { operation, .. }) => {
+                Err(Error::cas_unsupported(
+                    &self.description,
+                    key.as_str(),
+                    &format!("{operation} is not implemented"),
+                ))
+            }
+            Err(source) => Err(self.backend_error("update", key.as_str(), source)),
+        }
     }
 }
 

@@ -133,7 +133,7 @@ impl BlobStore {
             self.head(from_key).await?;
             return to
                 .publish_copy(&from_path, to_key, || async {
-                    to.cas.version_of_stored(to, to_key).await
+                    to.version_of_stored(to_key).await
                 })
                 .await;
         }
@@ -222,7 +222,7 @@ impl BlobStore {
             .publish_copy(&temp.path, key, || async {
                 match hasher {
                     Some(hasher) => Ok(ObjectVersion::hashed(hasher.finalize())),
-                    None => self.cas.version_of_stored(self, key).await,
+                    None => self.version_of_stored(key).await,
                 }
             })
             .await;
