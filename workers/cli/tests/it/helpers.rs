@@ -88,8 +88,25 @@ impl Drop for TempDir {
 }
 
 /// `stowage worker --stage vault-transfer` on `dir`'s vault and disks (`<dir>/vault`,
-/// `<dir>/disks`), on the broker at `amqp_url` under `prefix`, serving health on `port`.
+/// `<dir>/disks`), on the broker at `amqp_url` under `prefix`, serving health on `port`. A
+/// vault folder without settings gets those of a locally redundant vault (workers refuse an
+/// uninitialised vault).
 pub fn vault_transfer_worker(amqp_url: &str, prefix: &str, dir: &Path, port: u16) -> Command {
+    let settings = dir.join("vault").join("vault.json");
+    if !settings.exists() {
+        std::fs::create_dir_all(dir.join("vault")).expect("vault folder");
+        let vault = stowage_schemas::domain::Vault {
+            name: "test".into(),
+            region: "local".into(),
+            location: dir.join("vault").display().to_string(),
+            redundancy: stowage_schemas::domain::Redundancy::Local,
+            key_id: "local".into(),
+            immutability: stowage_schemas::domain::Immutability::Disabled,
+            minimum_retention_days: 0,
+            soft_delete_days: stowage_schemas::domain::DEFAULT_SOFT_DELETE_DAYS,
+        };
+        std::fs::write(&settings, serde_json::to_vec(&vault).expect("JSON")).expect("vault.json");
+    }
     let mut cmd = stowage_at(amqp_url, prefix);
     cmd.args(["worker", "--stage", "vault-transfer"])
         .arg("--health-addr")

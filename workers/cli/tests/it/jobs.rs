@@ -126,7 +126,7 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         VaultKey::generate().unwrap(),
         disks.clone(),
     )
-    .with_secondary(secondary.clone(), "paired");
+    .with_secondary(secondary.clone());
     let sandbox = Sandbox::new();
     sandbox.load_sample_app().unwrap();
     let cluster = sandbox.start_local().await.unwrap();
@@ -148,6 +148,27 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         .put_create_only(
             &stowage_vault::layout::instance("shop").unwrap(),
             serde_json::to_vec(&instance).unwrap(),
+        )
+        .await
+        .unwrap();
+    // The settings the vault stages follow: geo, with the secondary above.
+    let settings = stowage_schemas::domain::Vault {
+        name: "v".into(),
+        region: "local".into(),
+        location: vault_dir.display().to_string(),
+        redundancy: stowage_schemas::domain::Redundancy::Geo {
+            secondary_location: dir.join("secondary").display().to_string(),
+            secondary_region: "paired".into(),
+        },
+        key_id: "local".into(),
+        immutability: stowage_schemas::domain::Immutability::Disabled,
+        minimum_retention_days: 0,
+        soft_delete_days: stowage_schemas::domain::DEFAULT_SOFT_DELETE_DAYS,
+    };
+    primary
+        .put_create_only(
+            &stowage_vault::layout::vault_settings(),
+            serde_json::to_vec(&settings).unwrap(),
         )
         .await
         .unwrap();

@@ -47,6 +47,8 @@ async fn catalog(store: &BlobStore) {
             redundancy: Redundancy::Local,
             key_id: "local".into(),
             immutability: Immutability::Disabled,
+            minimum_retention_days: 0,
+            soft_delete_days: stowage_schemas::domain::DEFAULT_SOFT_DELETE_DAYS,
         },
         WriteMode::Create,
     )
