@@ -211,7 +211,14 @@ pub async fn list(args: &VaultArgs, instance: &str, format: Format) -> anyhow::R
         .collect();
     output::print(
         format,
-        &["RECOVERY POINT", "CREATED", "TIERS", "VOLUMES", "SIZE", "STATE"],
+        &[
+            "RECOVERY POINT",
+            "CREATED",
+            "TIERS",
+            "VOLUMES",
+            "SIZE",
+            "STATE",
+        ],
         &rows,
         &views,
     )

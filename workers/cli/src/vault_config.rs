@@ -86,7 +86,13 @@ pub async fn vault_context(args: &VaultArgs) -> anyhow::Result<Option<VaultConte
              init --update --redundancy geo --secondary <location> --secondary-region <region>`",
             vault.name
         ),
-        (Redundancy::Geo { secondary_location, secondary_region }, flag) => {
+        (
+            Redundancy::Geo {
+                secondary_location,
+                secondary_region,
+            },
+            flag,
+        ) => {
             let location = flag.as_deref().unwrap_or(secondary_location);
             ctx = match open_existing_store(location) {
                 Ok(store) => ctx.with_secondary(store),

@@ -328,12 +328,10 @@ impl<N: Clone, X: Clone> Sweep<N, X> {
         match (live, condemned) {
             (true, Some(_)) => self.revive.push(name),
             (false, None) => self.condemn.push(name),
-            (false, Some(at)) if rules.now.duration_since(*at) >= rules.grace => {
-                match rules.hold {
-                    Some(hold) if rules.now.duration_since(modified) < hold => self.held += 1,
-                    _ => self.delete.push((name, deleting)),
-                }
-            }
+            (false, Some(at)) if rules.now.duration_since(*at) >= rules.grace => match rules.hold {
+                Some(hold) if rules.now.duration_since(modified) < hold => self.held += 1,
+                _ => self.delete.push((name, deleting)),
+            },
             (true, None) | (false, Some(_)) => {}
         }
     }

@@ -63,7 +63,10 @@ fn vault_lock_is_final_and_only_grows() {
     ok(&stowage(v, "vault lock --minimum-retention-days 45 --yes"));
     // `vault init --immutability locked` needs its minimum retention too.
     let other = TempDir::new("cli-lock");
-    let err = refused(&stowage(other.path(), "vault init --name x --immutability locked"));
+    let err = refused(&stowage(
+        other.path(),
+        "vault init --name x --immutability locked",
+    ));
     assert!(
         err.contains("minimum_retention_days is 0 with immutability locked"),
         "{err}"
@@ -107,7 +110,10 @@ async fn rp_delete_obeys_the_lock_and_undelete_brings_it_back() {
             .unwrap_or_else(|| panic!("{id} in {listed}"))
             .to_owned()
     };
-    assert!(line("old").contains("soft-deleted (undelete until"), "{listed}");
+    assert!(
+        line("old").contains("soft-deleted (undelete until"),
+        "{listed}"
+    );
     assert!(line("young").contains("active"), "{listed}");
     let json: serde_json::Value =
         serde_json::from_str(&ok(&stowage(v, "rp list shop -o json"))).expect("JSON");
@@ -145,7 +151,11 @@ async fn rp_delete_obeys_the_lock_and_undelete_brings_it_back() {
 
     let out = ok(&stowage(v, "rp undelete shop old"));
     assert!(out.contains("undeleted"), "{out}");
-    assert!(ok(&stowage(v, "rp list shop")).lines().all(|l| !l.contains("soft-deleted")));
+    assert!(
+        ok(&stowage(v, "rp list shop"))
+            .lines()
+            .all(|l| !l.contains("soft-deleted"))
+    );
     let err = refused(&stowage(v, "rp undelete shop old"));
     assert!(err.contains("is not deleted"), "{err}");
     ok(&stowage(
@@ -161,7 +171,13 @@ fn workers_follow_the_vault_settings() {
     std::fs::create_dir_all(&vault).unwrap();
     let worker = |extra: &[&str]| {
         let out = stowage_command()
-            .args(["worker", "--stage", "vault-transfer", "--health-addr", "127.0.0.1:0"])
+            .args([
+                "worker",
+                "--stage",
+                "vault-transfer",
+                "--health-addr",
+                "127.0.0.1:0",
+            ])
             .arg("--vault")
             .arg(&vault)
             .arg("--disk-root")

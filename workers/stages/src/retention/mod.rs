@@ -547,104 +547,104 @@ impl Run<'_> {
         record: Option<RetentionRecord>,
         report: &mut RetentionReport,
     ) -> Result<(), StageError> {
-    let (ctx, instance) = (self.ctx, self.instance);
-    let store = &ctx.primary;
-    let rp_id = &decision.id;
-    // Expired tiers the lock still holds, and until when.
-    let held = decision
-        .tiers
-        .iter()
-        .any(|d| d.expired)
-        .then(|| self.lock.lock_date(decision.created_at))
-        .flatten()
-        .filter(|until| self.now < *until);
-    // The decision, for whoever looks (written only when it changed).
-    let wanted = |r: &mut RetentionRecord| {
-        r.selected_by = decision.selected_by.clone();
-        for d in &decision.tiers {
-            let t = r.tier_mut(d.tier);
-            t.expires_at = (!d.protected).then_some(d.expires_at);
-            t.state = if d.expired {
-                RpState::Deleting
-            } else {
-                RpState::Available
-            };
-            t.held_until = held.filter(|_| d.expired);
+        let (ctx, instance) = (self.ctx, self.instance);
+        let store = &ctx.primary;
+        let rp_id = &decision.id;
+        // Expired tiers the lock still holds, and until when.
+        let held = decision
+            .tiers
+            .iter()
+            .any(|d| d.expired)
+            .then(|| self.lock.lock_date(decision.created_at))
+            .flatten()
+            .filter(|until| self.now < *until);
+        // The decision, for whoever looks (written only when it changed).
+        let wanted = |r: &mut RetentionRecord| {
+            r.selected_by = decision.selected_by.clone();
+            for d in &decision.tiers {
+                let t = r.tier_mut(d.tier);
+                t.expires_at = (!d.protected).then_some(d.expires_at);
+                t.state = if d.expired {
+                    RpState::Deleting
+                } else {
+                    RpState::Available
+                };
+                t.held_until = held.filter(|_| d.expired);
+            }
+        };
+        let unchanged = record.as_ref().is_some_and(|r| {
+            let mut copy = r.clone();
+            wanted(&mut copy);
+            copy == *r
+        });
+        if !unchanged {
+            update_record(store, instance, rp_id, wanted).await?;
         }
-    };
-    let unchanged = record.as_ref().is_some_and(|r| {
-        let mut copy = r.clone();
-        wanted(&mut copy);
-        copy == *r
-    });
-    if !unchanged {
-        update_record(store, instance, rp_id, wanted).await?;
-    }
 
-    let mut remaining = [summary.operational, summary.vault, summary.secondary];
-    for (slot, tier) in [Tier::Operational, Tier::Vault, Tier::Secondary]
-        .into_iter()
-        .enumerate()
-    {
-        if !decision.is_expired(tier) {
-            continue;
-        }
-        let what = format!("the {} tier of ", tier.as_str());
-        if self
-            .lock_allows(&what, rp_id, decision.created_at, report)
-            .is_some()
+        let mut remaining = [summary.operational, summary.vault, summary.secondary];
+        for (slot, tier) in [Tier::Operational, Tier::Vault, Tier::Secondary]
+            .into_iter()
+            .enumerate()
         {
-            continue;
-        }
-        match tier {
-            Tier::Operational => {
-                let rp = catalog::read_recovery_point(store, instance, rp_id).await?;
-                if rp.instance != instance || rp.id != *rp_id {
-                    tracing::warn!(instance, rp_id, manifest_instance = %rp.instance, manifest_id = %rp.id, "the RP manifest names another instance or recovery point; its snapshots are not this RP's and are not deleted");
-                    continue;
+            if !decision.is_expired(tier) {
+                continue;
+            }
+            let what = format!("the {} tier of ", tier.as_str());
+            if self
+                .lock_allows(&what, rp_id, decision.created_at, report)
+                .is_some()
+            {
+                continue;
+            }
+            match tier {
+                Tier::Operational => {
+                    let rp = catalog::read_recovery_point(store, instance, rp_id).await?;
+                    if rp.instance != instance || rp.id != *rp_id {
+                        tracing::warn!(instance, rp_id, manifest_instance = %rp.instance, manifest_id = %rp.id, "the RP manifest names another instance or recovery point; its snapshots are not this RP's and are not deleted");
+                        continue;
+                    }
+                    report.snapshots_deleted += delete_snapshots(ctx, &rp).await?;
+                    report.operational_deleted += 1;
                 }
-                report.snapshots_deleted += delete_snapshots(ctx, &rp).await?;
-                report.operational_deleted += 1;
-            }
-            Tier::Vault => {
-                delete_key(
-                    store,
-                    catalog::tier_manifest_key(instance, rp_id, Tier::Vault),
-                )
-                .await?;
-                report.vault_deleted += 1;
-            }
-            Tier::Secondary => {
-                if let Some(secondary) = self.secondary {
+                Tier::Vault => {
                     delete_key(
-                        secondary,
-                        catalog::tier_manifest_key(instance, rp_id, Tier::Secondary),
+                        store,
+                        catalog::tier_manifest_key(instance, rp_id, Tier::Vault),
                     )
                     .await?;
-                    report.secondary_deleted += 1;
+                    report.vault_deleted += 1;
+                }
+                Tier::Secondary => {
+                    if let Some(secondary) = self.secondary {
+                        delete_key(
+                            secondary,
+                            catalog::tier_manifest_key(instance, rp_id, Tier::Secondary),
+                        )
+                        .await?;
+                        report.secondary_deleted += 1;
+                    }
                 }
             }
+            let now = Timestamp::now();
+            update_record(store, instance, rp_id, |r| {
+                let t = r.tier_mut(tier);
+                t.state = RpState::Deleting;
+                t.deleted_at.get_or_insert(now);
+            })
+            .await?;
+            remaining[slot] = false;
         }
-        let now = Timestamp::now();
-        update_record(store, instance, rp_id, |r| {
-            let t = r.tier_mut(tier);
-            t.state = RpState::Deleting;
-            t.deleted_at.get_or_insert(now);
-        })
-        .await?;
-        remaining[slot] = false;
-    }
-    if remaining.iter().any(|r| *r)
-        || self
-            .lock_allows("", rp_id, decision.created_at, report)
-            .is_some()
-    {
-        return Ok(());
-    }
-    self.remove(rp_id).await?;
-    report.rps_removed += 1;
-    tracing::info!(instance, rp_id, "recovery point removed: no tier left");
-    Ok(())
+        if remaining.iter().any(|r| *r)
+            || self
+                .lock_allows("", rp_id, decision.created_at, report)
+                .is_some()
+        {
+            return Ok(());
+        }
+        self.remove(rp_id).await?;
+        report.rps_removed += 1;
+        tracing::info!(instance, rp_id, "recovery point removed: no tier left");
+        Ok(())
     }
 
     /// An RP with no tier left: its own objects, most general last.
@@ -807,7 +807,11 @@ async fn vaulted(store: &BlobStore, rp: &RecoveryPoint) -> Result<Vec<RpSummary>
         if !f.vault || *id == rp.id {
             continue;
         }
-        if f.soft_deleted && soft_delete::deleted(store, &rp.instance, id).await?.is_some() {
+        if f.soft_deleted
+            && soft_delete::deleted(store, &rp.instance, id)
+                .await?
+                .is_some()
+        {
             continue;
         }
         match catalog::read_recovery_point(store, &rp.instance, id).await {

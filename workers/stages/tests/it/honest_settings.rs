@@ -136,16 +136,11 @@ async fn a_geo_vault_without_its_secondary_never_reports_replication() {
     );
 
     // Retention of a geo vault without its secondary refuses too.
-    let (kind, message) = match stowage_stages::retention::run(
-        &f.ctx,
-        INSTANCE,
-        jiff::Timestamp::now(),
-    )
-    .await
-    {
-        Ok(report) => panic!("retention ran without the secondary: {report:?}"),
-        Err(e) => (e.kind(), e.chain().join(": ")),
-    };
+    let (kind, message) =
+        match stowage_stages::retention::run(&f.ctx, INSTANCE, jiff::Timestamp::now()).await {
+            Ok(report) => panic!("retention ran without the secondary: {report:?}"),
+            Err(e) => (e.kind(), e.chain().join(": ")),
+        };
     assert_eq!(kind, ErrorKind::Permanent);
     assert!(message.contains("is geo-redundant"), "{message}");
 }

@@ -89,7 +89,11 @@ async fn the_lock_holds_expired_tiers_until_their_lock_date_whatever_as_of_says(
         let report = retention::run_at(&f.ctx, INSTANCE, as_of, t0 + 5 * DAY)
             .await
             .unwrap();
-        assert_eq!(report.operational_deleted + report.vault_deleted, 0, "{report:?}");
+        assert_eq!(
+            report.operational_deleted + report.vault_deleted,
+            0,
+            "{report:?}"
+        );
         assert_eq!(report.held_by_lock, 2, "{report:?}");
     }
     assert!(rp_exists(&f, "a").await && snapshot_exists(&f, "a").await);
@@ -118,7 +122,11 @@ async fn the_lock_holds_expired_tiers_until_their_lock_date_whatever_as_of_says(
         .await
         .unwrap();
     assert_eq!(
-        (report.operational_deleted, report.vault_deleted, report.rps_removed),
+        (
+            report.operational_deleted,
+            report.vault_deleted,
+            report.rps_removed
+        ),
         (1, 1, 1),
         "{report:?}"
     );
@@ -146,7 +154,11 @@ async fn garbage_collection_keeps_data_younger_than_the_minimum_retention() {
         .await
         .unwrap();
     assert_eq!(held.primary.packs_deleted, 0, "{held:?}");
-    assert_eq!(held.primary.held_by_lock, packs.len() as u64 + 1, "packs and the map");
+    assert_eq!(
+        held.primary.held_by_lock,
+        packs.len() as u64 + 1,
+        "packs and the map"
+    );
     assert_eq!(f.packs().await, packs);
     // Old enough: deleted.
     let gone = retention::collect(&f.ctx, now + 3 * DAY + grace, grace)
@@ -167,7 +179,9 @@ async fn a_soft_deleted_rp_is_kept_whole_unrestorable_and_purged_after_its_windo
     transfer(&f, "b").await;
     let store = &f.ctx.primary;
 
-    let record = soft_delete::delete(store, INSTANCE, "a", now).await.unwrap();
+    let record = soft_delete::delete(store, INSTANCE, "a", now)
+        .await
+        .unwrap();
     assert_eq!(record.purge_after, now + 14 * DAY);
     // Within the window, a run long past every expiry of "a" deletes nothing of it.
     let report = retention::run_at(&f.ctx, INSTANCE, now + 400 * DAY, now + DAY)
@@ -187,15 +201,12 @@ async fn a_soft_deleted_rp_is_kept_whole_unrestorable_and_purged_after_its_windo
         staging_location: None,
         options: RestoreOptions::default(),
     };
-    let refused = restore_hydration::hydrate(
-        &f.ctx,
-        &job,
-        &JobContext::detached(Stage::RestoreHydration),
-    )
-    .await
-    .unwrap_err()
-    .chain()
-    .join(": ");
+    let refused =
+        restore_hydration::hydrate(&f.ctx, &job, &JobContext::detached(Stage::RestoreHydration))
+            .await
+            .unwrap_err()
+            .chain()
+            .join(": ");
     assert!(
         refused.contains("was deleted at") && refused.contains("stowage rp undelete shop a"),
         "{refused}"

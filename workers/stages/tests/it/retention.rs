@@ -107,7 +107,12 @@ pub(crate) async fn fixture(rules: &[(CalendarPeriod, u32)], operational_days: u
 impl Fixture {
     /// Write 1 MiB of fresh random data somewhere, snapshot, and record the RP at `at`.
     /// Returns the RP and a hash of the whole disk at that point.
-    pub(crate) async fn backup(&self, rp_id: &str, at: Timestamp, seed: u64) -> (RecoveryPoint, blake3::Hash) {
+    pub(crate) async fn backup(
+        &self,
+        rp_id: &str,
+        at: Timestamp,
+        seed: u64,
+    ) -> (RecoveryPoint, blake3::Hash) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut data = vec![0u8; 1 << 20];
         rng.fill(&mut data[..]);

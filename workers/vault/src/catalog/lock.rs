@@ -81,7 +81,9 @@ impl Lock {
 
 /// A delete the vault's lock does not allow yet.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what} is held by vault {vault}'s lock ({terms}) until {until}; it can be deleted from then")]
+#[error(
+    "{what} is held by vault {vault}'s lock ({terms}) until {until}; it can be deleted from then"
+)]
 pub struct LockRefusal {
     /// What would have been deleted, e.g. `recovery point r-1 of instance shop`.
     pub what: String,
@@ -119,7 +121,9 @@ mod tests {
         let until: Timestamp = "2026-01-31T02:00:00Z".parse().unwrap();
         assert_eq!(lock.lock_date(created), Some(until));
         let just_before = until - SignedDuration::from_secs(1);
-        let refusal = lock.check("recovery point r", created, just_before).unwrap_err();
+        let refusal = lock
+            .check("recovery point r", created, just_before)
+            .unwrap_err();
         assert_eq!(
             refusal.to_string(),
             "recovery point r is held by vault main's lock (immutability locked, minimum \

@@ -932,7 +932,10 @@ mod tests {
         shrunk.minimum_retention_days = 29;
         shrunk.soft_delete_days = 13;
         let all = messages(validate_vault(&shrunk, Some(&locked)));
-        assert!(all.iter().any(|m| m.contains("soft_delete_days is 13")), "{all:?}");
+        assert!(
+            all.iter().any(|m| m.contains("soft_delete_days is 13")),
+            "{all:?}"
+        );
         assert!(
             all.iter()
                 .any(|m| m.contains("minimum_retention_days would shrink from 30 to 29")),

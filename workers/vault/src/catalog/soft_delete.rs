@@ -91,7 +91,9 @@ pub enum SoftDeleteError {
     )]
     AlreadyDeleted(SoftDeleteRecord),
     /// Not deleted: nothing to undelete.
-    #[error("recovery point {rp} of instance {instance} is not deleted; there is nothing to undelete")]
+    #[error(
+        "recovery point {rp} of instance {instance} is not deleted; there is nothing to undelete"
+    )]
     NotDeleted {
         /// The instance.
         instance: String,
@@ -127,7 +129,10 @@ fn purging_since(record: &SoftDeleteRecord) -> String {
         .unwrap_or_default()
 }
 
-fn update_error<E>(e: UpdateError<E>, rejected: impl FnOnce(E) -> SoftDeleteError) -> SoftDeleteError {
+fn update_error<E>(
+    e: UpdateError<E>,
+    rejected: impl FnOnce(E) -> SoftDeleteError,
+) -> SoftDeleteError {
     match e {
         UpdateError::Rejected(e) => rejected(e),
         other => SoftDeleteError::Store(store_error(other)),
@@ -299,7 +304,7 @@ pub async fn remove(store: &BlobStore, instance: &str, rp_id: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use stowage_schemas::domain::{
-        Immutability, RecoveryPoint, Redundancy, DEFAULT_SOFT_DELETE_DAYS, Vault,
+        DEFAULT_SOFT_DELETE_DAYS, Immutability, RecoveryPoint, Redundancy, Vault,
     };
 
     use super::*;
@@ -354,7 +359,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, SoftDeleteError::Locked(_)), "{err}");
-        assert!(err.to_string().contains("until 2026-01-31T00:00:00Z"), "{err}");
+        assert!(
+            err.to_string().contains("until 2026-01-31T00:00:00Z"),
+            "{err}"
+        );
         assert!(read(&store, "shop", "r").await.unwrap().is_none());
         let missing = delete(&store, "shop", "nope", at("2026-03-01T00:00:00Z"))
             .await
@@ -365,7 +373,10 @@ mod tests {
         let record = delete(&store, "shop", "r", now).await.unwrap();
         assert_eq!(record.purge_after, at("2026-02-15T00:00:00Z"));
         let again = delete(&store, "shop", "r", now).await.unwrap_err();
-        assert!(matches!(again, SoftDeleteError::AlreadyDeleted(_)), "{again}");
+        assert!(
+            matches!(again, SoftDeleteError::AlreadyDeleted(_)),
+            "{again}"
+        );
         // The window is open: no purge; undelete removes the record.
         assert!(!begin_purge(&store, "shop", "r", now).await.unwrap());
         undelete(&store, "shop", "r", at("2026-02-14T23:59:59Z"))
@@ -379,10 +390,16 @@ mod tests {
         delete(&store, "shop", "r", now).await.unwrap();
         let late = at("2026-02-15T00:00:00Z");
         let closed = undelete(&store, "shop", "r", late).await.unwrap_err();
-        assert!(matches!(closed, SoftDeleteError::WindowClosed(_)), "{closed}");
+        assert!(
+            matches!(closed, SoftDeleteError::WindowClosed(_)),
+            "{closed}"
+        );
         assert!(begin_purge(&store, "shop", "r", late).await.unwrap());
         let purging = undelete(&store, "shop", "r", now).await.unwrap_err();
-        assert!(matches!(purging, SoftDeleteError::BeingPurged(_)), "{purging}");
+        assert!(
+            matches!(purging, SoftDeleteError::BeingPurged(_)),
+            "{purging}"
+        );
         assert!(deleted(&store, "shop", "r").await.unwrap().is_some());
     }
 
@@ -404,7 +421,11 @@ mod tests {
             .put_create_only(&key, document::encode(&marked))
             .await
             .unwrap();
-        assert!(!begin_purge(&store, "shop", "r", at("2027-01-01T00:00:00Z")).await.unwrap());
+        assert!(
+            !begin_purge(&store, "shop", "r", at("2027-01-01T00:00:00Z"))
+                .await
+                .unwrap()
+        );
         assert!(deleted(&store, "shop", "r").await.unwrap().is_none());
         // It can be deleted again (the leftover is replaced).
         delete(&store, "shop", "r", at("2026-01-04T00:00:00Z"))

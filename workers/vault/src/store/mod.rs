@@ -153,7 +153,8 @@ impl ObjectInfo {
             key,
             size: meta.size,
             // A time jiff cannot hold is in no real listing; "just written" errs on keeping.
-            modified: jiff::Timestamp::try_from(modified).unwrap_or_else(|_| jiff::Timestamp::now()),
+            modified: jiff::Timestamp::try_from(modified)
+                .unwrap_or_else(|_| jiff::Timestamp::now()),
         }
     }
 }
