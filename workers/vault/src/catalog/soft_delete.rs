@@ -89,7 +89,7 @@ pub enum SoftDeleteError {
          {} (`stowage rp undelete`)",
         .0.recovery_point_id, .0.instance, .0.deleted_at, .0.purge_after
     )]
-    AlreadyDeleted(SoftDeleteRecord),
+    AlreadyDeleted(Box<SoftDeleteRecord>),
     /// Not deleted: nothing to undelete.
     #[error(
         "recovery point {rp} of instance {instance} is not deleted; there is nothing to undelete"
@@ -106,14 +106,14 @@ pub enum SoftDeleteError {
          {}); retention purges it at its next run",
         .0.recovery_point_id, .0.instance, .0.purge_after, .0.deleted_at
     )]
-    WindowClosed(SoftDeleteRecord),
+    WindowClosed(Box<SoftDeleteRecord>),
     /// Retention is purging it.
     #[error(
         "recovery point {} of instance {} is being purged by retention (since {}); it can no \
          longer be undeleted",
         .0.recovery_point_id, .0.instance, purging_since(.0)
     )]
-    BeingPurged(SoftDeleteRecord),
+    BeingPurged(Box<SoftDeleteRecord>),
     /// The vault settings could not be read.
     #[error(transparent)]
     Settings(#[from] SettingsError),
@@ -221,7 +221,7 @@ pub async fn delete(
     document::update(store, &key, TRIES, |stored: Option<SoftDeleteRecord>| {
         match stored {
             Some(existing) if existing.is_deleted() => {
-                Err(SoftDeleteError::AlreadyDeleted(existing))
+                Err(SoftDeleteError::AlreadyDeleted(Box::new(existing)))
             }
             // None, or what an undelete interrupted before removing its record left.
             _ => Ok(Decision::Write(record.clone(), record.clone())),
@@ -247,13 +247,13 @@ pub async fn undelete(
             });
         };
         if record.purging_since.is_some() {
-            return Err(SoftDeleteError::BeingPurged(record));
+            return Err(SoftDeleteError::BeingPurged(Box::new(record)));
         }
         if !record.is_deleted() {
             return Ok(Decision::Keep(record)); // an earlier undelete stopped before removing it
         }
         if now >= record.purge_after {
-            return Err(SoftDeleteError::WindowClosed(record));
+            return Err(SoftDeleteError::WindowClosed(Box::new(record)));
         }
         let undeleted = SoftDeleteRecord {
             undeleted_at: Some(now),
