@@ -9,8 +9,7 @@ use stowage_disk::{ByteRange, DiskId, DiskProvider, LocalDiskProvider, SnapshotI
 use stowage_runtime::{JobContext, StageError};
 use stowage_schemas::Stage;
 use stowage_schemas::domain::{
-    DEFAULT_SOFT_DELETE_DAYS, Immutability, RecoveryPoint, Redundancy, RpState, Tier, TierState,
-    Vault, VolumeBackup,
+    RecoveryPoint, Redundancy, RpState, Tier, TierState, Vault, VolumeBackup,
 };
 use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions, Staging};
 use stowage_stages::VaultContext;
@@ -67,17 +66,11 @@ impl VaultFixture {
         };
         // The settings the stages and workers read: a geo vault, its secondary in westeurope.
         let settings = Vault {
-            name: "fixture".into(),
-            region: "local".into(),
-            location,
             redundancy: Redundancy::Geo {
                 secondary_location,
                 secondary_region: SECONDARY_REGION.into(),
             },
-            key_id: "local".into(),
-            immutability: Immutability::Disabled,
-            minimum_retention_days: 0,
-            soft_delete_days: DEFAULT_SOFT_DELETE_DAYS,
+            ..stowage_schemas::samples::vault("fixture", &location)
         };
         settings::write_vault(&primary, &settings, WriteMode::Create)
             .await

@@ -1,8 +1,8 @@
 //! Canonical sample envelopes, one per message type, with fixed ids and timestamps.
 //!
 //! They are the source of the golden fixtures in `schemas/fixtures/` and are public so that
-//! other crates' tests can reuse realistic messages. [`policy`] is a sample catalog document
-//! for the same reason (it is not a message and has no fixture).
+//! other crates' tests can reuse realistic messages. [`policy`] and [`vault`] are sample
+//! catalog documents for the same reason (they are not messages and have no fixture).
 
 use std::collections::BTreeMap;
 
@@ -10,7 +10,10 @@ use jiff::Timestamp;
 use jiff::civil::Time;
 use uuid::Uuid;
 
-use crate::domain::{CalendarPeriod, Policy, Retention, Schedule, Tier, VaultRule};
+use crate::domain::{
+    CalendarPeriod, DEFAULT_SOFT_DELETE_DAYS, Immutability, Policy, Redundancy, Retention,
+    Schedule, Tier, Vault, VaultRule,
+};
 use crate::events::{
     JobFailed, JobProgress, RestoreCompleted, RestoreHydrated, RpCreated, RpReplicated, RpVaulted,
 };
@@ -25,6 +28,21 @@ const T0: i64 = 1_736_906_400;
 
 fn at(offset_seconds: i64) -> Timestamp {
     Timestamp::constant(T0 + offset_seconds, 0)
+}
+
+/// Settings of a vault named `name` at `location`: locally redundant, in region `local`,
+/// without a lock, with the default undelete window.
+pub fn vault(name: &str, location: &str) -> Vault {
+    Vault {
+        name: name.into(),
+        region: "local".into(),
+        location: location.into(),
+        redundancy: Redundancy::Local,
+        key_id: "local".into(),
+        immutability: Immutability::Disabled,
+        minimum_retention_days: 0,
+        soft_delete_days: DEFAULT_SOFT_DELETE_DAYS,
+    }
 }
 
 /// A policy named `daily`: every 4 hours from 02:00 in Europe/Amsterdam, 7 days in the

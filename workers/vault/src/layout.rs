@@ -437,13 +437,8 @@ pub const RETENTION_SUFFIX: &str = "retention";
 /// `catalog/<instance>/<rp-id>.deleted.json`: the soft-delete record of a recovery point
 /// (`stowage rp delete`; see `catalog::soft_delete`).
 pub fn soft_delete_record(instance: &str, rp_id: &str) -> Result<BlobKey, LayoutError> {
-    validate_id("instance", instance)?;
-    validate_id("recovery point id", rp_id)?;
-    Ok(key(&[
-        CATALOG,
-        instance,
-        &format!("{rp_id}.{SOFT_DELETE_SUFFIX}.json"),
-    ]))
+    // The same form as a tier manifest's key, with the suffix in the tier's place.
+    recovery_point_tier(instance, rp_id, SOFT_DELETE_SUFFIX)
 }
 
 /// Suffix naming soft-delete records among an instance's catalog objects.

@@ -95,16 +95,8 @@ pub fn vault_transfer_worker(amqp_url: &str, prefix: &str, dir: &Path, port: u16
     let settings = dir.join("vault").join("vault.json");
     if !settings.exists() {
         std::fs::create_dir_all(dir.join("vault")).expect("vault folder");
-        let vault = stowage_schemas::domain::Vault {
-            name: "test".into(),
-            region: "local".into(),
-            location: dir.join("vault").display().to_string(),
-            redundancy: stowage_schemas::domain::Redundancy::Local,
-            key_id: "local".into(),
-            immutability: stowage_schemas::domain::Immutability::Disabled,
-            minimum_retention_days: 0,
-            soft_delete_days: stowage_schemas::domain::DEFAULT_SOFT_DELETE_DAYS,
-        };
+        let vault =
+            stowage_schemas::samples::vault("test", &dir.join("vault").display().to_string());
         std::fs::write(&settings, serde_json::to_vec(&vault).expect("JSON")).expect("vault.json");
     }
     let mut cmd = stowage_at(amqp_url, prefix);

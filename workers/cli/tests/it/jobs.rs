@@ -153,17 +153,11 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         .unwrap();
     // The settings the vault stages follow: geo, with the secondary above.
     let settings = stowage_schemas::domain::Vault {
-        name: "v".into(),
-        region: "local".into(),
-        location: vault_dir.display().to_string(),
         redundancy: stowage_schemas::domain::Redundancy::Geo {
             secondary_location: dir.join("secondary").display().to_string(),
             secondary_region: "paired".into(),
         },
-        key_id: "local".into(),
-        immutability: stowage_schemas::domain::Immutability::Disabled,
-        minimum_retention_days: 0,
-        soft_delete_days: stowage_schemas::domain::DEFAULT_SOFT_DELETE_DAYS,
+        ..stowage_schemas::samples::vault("v", &vault_dir.display().to_string())
     };
     primary
         .put_create_only(

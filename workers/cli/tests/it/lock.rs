@@ -7,12 +7,20 @@
 use std::path::Path;
 
 use jiff::{SignedDuration, Timestamp};
-use stowage_schemas::domain::{BackupInstance, RecoveryPoint, RpState, Tier, TierState};
+use stowage_schemas::domain::{RecoveryPoint, RpState, Tier, TierState};
 use stowage_vault::catalog;
 use stowage_vault::store::{BlobStore, LocalDurability};
 
 use crate::catalog::{ok, refused, stowage};
 use crate::helpers::{TempDir, stowage_command, text};
+
+/// `stowage <line>` on `vault` is refused, saying every one of `says`.
+fn refusal(vault: &Path, line: &str, says: &[&str]) {
+    let err = refused(&stowage(vault, line));
+    for text in says {
+        assert!(err.contains(text), "{line}: {text:?} not in {err}");
+    }
+}
 
 /// Records an RP of instance `shop` taken at `created_at`, as the snapshot stage would.
 async fn recovery_point(vault: &Path, id: &str, created_at: Timestamp) {
@@ -37,10 +45,16 @@ fn vault_lock_is_final_and_only_grows() {
     let vault = TempDir::new("cli-lock");
     let v = vault.path();
     ok(&stowage(v, "vault init --name main"));
-    let err = refused(&stowage(v, "vault lock --minimum-retention-days 30"));
-    assert!(err.contains("is final") && err.contains("--yes"), "{err}");
-    let err = refused(&stowage(v, "vault lock --yes"));
-    assert!(err.contains("--minimum-retention-days is missing"), "{err}");
+    refusal(
+        v,
+        "vault lock --minimum-retention-days 30",
+        &["is final", "--yes"],
+    );
+    refusal(
+        v,
+        "vault lock --yes",
+        &["--minimum-retention-days is missing"],
+    );
     let out = ok(&stowage(v, "vault lock --minimum-retention-days 30 --yes"));
     assert!(out.contains("vault main is locked"), "{out}");
     let shown: serde_json::Value =
@@ -50,26 +64,22 @@ fn vault_lock_is_final_and_only_grows() {
     let table = ok(&stowage(v, "vault show -o table"));
     assert!(table.contains("30d (enforced by stowage)"), "{table}");
 
-    let err = refused(&stowage(v, "vault lock --minimum-retention-days 10 --yes"));
-    assert!(
-        err.contains("minimum_retention_days would shrink from 30 to 10"),
-        "{err}"
+    refusal(
+        v,
+        "vault lock --minimum-retention-days 10 --yes",
+        &["minimum_retention_days would shrink from 30 to 10"],
     );
-    let err = refused(&stowage(v, "vault init --name main --update"));
-    assert!(
-        err.contains("immutability would change from locked to disabled"),
-        "{err}"
+    refusal(
+        v,
+        "vault init --name main --update",
+        &["immutability would change from locked to disabled"],
     );
     ok(&stowage(v, "vault lock --minimum-retention-days 45 --yes"));
     // `vault init --immutability locked` needs its minimum retention too.
-    let other = TempDir::new("cli-lock");
-    let err = refused(&stowage(
-        other.path(),
+    refusal(
+        TempDir::new("cli-lock").path(),
         "vault init --name x --immutability locked",
-    ));
-    assert!(
-        err.contains("minimum_retention_days is 0 with immutability locked"),
-        "{err}"
+        &["minimum_retention_days is 0 with immutability locked"],
     );
 }
 
@@ -77,30 +87,28 @@ fn vault_lock_is_final_and_only_grows() {
 async fn rp_delete_obeys_the_lock_and_undelete_brings_it_back() {
     let vault = TempDir::new("cli-lock");
     let v = vault.path();
-    ok(&stowage(
-        v,
+    for line in [
         "vault init --name main --immutability locked --minimum-retention-days 30",
-    ));
+        "policy create p",
+        "instance create shop --cluster c --policy p --snapshot-location local",
+    ] {
+        ok(&stowage(v, line));
+    }
     let now = Timestamp::now();
     let young = now - SignedDuration::from_hours(24);
     recovery_point(v, "young", young).await;
     recovery_point(v, "old", now - SignedDuration::from_hours(40 * 24)).await;
 
-    let err = refused(&stowage(v, "rp delete shop young"));
     let until = young + SignedDuration::from_hours(30 * 24);
-    assert!(
-        err.contains(&format!(
-            "recovery point young of instance shop is held by vault main's lock (immutability \
-             locked, minimum retention 30 days) until {until}"
-        )),
-        "{err}"
+    let held = format!(
+        "recovery point young of instance shop is held by vault main's lock (immutability \
+         locked, minimum retention 30 days) until {until}"
     );
+    refusal(v, "rp delete shop young", &[&held]);
     let out = ok(&stowage(v, "rp delete shop old"));
     assert!(out.contains("can be undeleted until"), "{out}");
-    let err = refused(&stowage(v, "rp delete shop old"));
-    assert!(err.contains("already deleted"), "{err}");
-    let err = refused(&stowage(v, "rp delete shop ghost"));
-    assert!(err.contains("no recovery point ghost"), "{err}");
+    refusal(v, "rp delete shop old", &["already deleted"]);
+    refusal(v, "rp delete shop ghost", &["no recovery point ghost"]);
 
     let listed = ok(&stowage(v, "rp list shop"));
     let line = |id: &str| {
@@ -126,42 +134,15 @@ async fn rp_delete_obeys_the_lock_and_undelete_brings_it_back() {
     assert!(old["soft_deleted"]["purge_after"].is_string(), "{old}");
 
     // No restore from a deleted recovery point.
-    let store = BlobStore::local_folder(v, LocalDurability::OsBuffered).unwrap();
-    let instance = BackupInstance {
-        name: "shop".into(),
-        cluster: "c".into(),
-        vault: "main".into(),
-        policy: "p".into(),
-        scope: Default::default(),
-        snapshot_location: "local".into(),
-        hooks: Vec::new(),
-    };
-    store
-        .put_create_only(
-            &stowage_vault::layout::instance("shop").unwrap(),
-            serde_json::to_vec(&instance).unwrap(),
-        )
-        .await
-        .unwrap();
-    let err = refused(&stowage(
-        v,
-        "restore create --instance shop --rp old --dry-run",
-    ));
-    assert!(err.contains("undelete it first"), "{err}");
+    let restore = "restore create --instance shop --rp old --dry-run";
+    refusal(v, restore, &["undelete it first"]);
 
     let out = ok(&stowage(v, "rp undelete shop old"));
     assert!(out.contains("undeleted"), "{out}");
-    assert!(
-        ok(&stowage(v, "rp list shop"))
-            .lines()
-            .all(|l| !l.contains("soft-deleted"))
-    );
-    let err = refused(&stowage(v, "rp undelete shop old"));
-    assert!(err.contains("is not deleted"), "{err}");
-    ok(&stowage(
-        v,
-        "restore create --instance shop --rp old --dry-run",
-    ));
+    let listed = ok(&stowage(v, "rp list shop"));
+    assert!(!listed.contains("soft-deleted"), "{listed}");
+    refusal(v, "rp undelete shop old", &["is not deleted"]);
+    ok(&stowage(v, restore));
 }
 
 #[test]
@@ -171,13 +152,7 @@ fn workers_follow_the_vault_settings() {
     std::fs::create_dir_all(&vault).unwrap();
     let worker = |extra: &[&str]| {
         let out = stowage_command()
-            .args([
-                "worker",
-                "--stage",
-                "vault-transfer",
-                "--health-addr",
-                "127.0.0.1:0",
-            ])
+            .args("worker --stage vault-transfer --health-addr 127.0.0.1:0".split(' '))
             .arg("--vault")
             .arg(&vault)
             .arg("--disk-root")
@@ -204,10 +179,9 @@ fn workers_follow_the_vault_settings() {
     );
     // A geo vault names its secondary region; workers report that one.
     let secondary = dir.path().join("secondary");
-    let line = format!("vault init --name geo --secondary {}", secondary.display());
-    let err = refused(&stowage(&TempDir::new("cli-lock").0, &line));
-    assert!(
-        err.contains("redundancy.secondary_region is empty"),
-        "{err}"
+    refusal(
+        TempDir::new("cli-lock").path(),
+        &format!("vault init --name geo --secondary {}", secondary.display()),
+        &["redundancy.secondary_region is empty"],
     );
 }

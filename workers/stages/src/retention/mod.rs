@@ -34,7 +34,7 @@
 //! **Soft-deleted RPs** ([`catalog::soft_delete`]) are left out of the evaluation: none of their
 //! tiers expires, they are neither the newest of a tier nor the first of a period. Once their
 //! undelete window is over (by the real clock) and the lock allows, the run claims them
-//! (`purging_since`) and purges them whole: snapshots, tier manifests, the secondary's copies,
+//! (state `purging`) and purges them whole: snapshots, tier manifests, the secondary's copies,
 //! resources, the RP manifest, the retention record, and the soft-delete record last.
 
 pub mod evaluate;

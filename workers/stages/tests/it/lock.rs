@@ -7,29 +7,13 @@ use jiff::{SignedDuration, Timestamp};
 use stowage_disk::{DiskProvider as _, SnapshotId};
 use stowage_runtime::JobContext;
 use stowage_schemas::Stage;
-use stowage_schemas::domain::{
-    CalendarPeriod, DEFAULT_SOFT_DELETE_DAYS, Immutability, Redundancy, Tier, Vault,
-};
+use stowage_schemas::domain::{CalendarPeriod, Immutability, Tier};
 use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions};
 use stowage_stages::{restore_hydration, retention, vault_transfer};
 use stowage_vault::catalog::settings::{self, WriteMode};
 use stowage_vault::catalog::{self, soft_delete};
 
 use crate::retention::{DISK, Fixture, INSTANCE, fixture, local};
-
-/// The settings of a locally redundant vault called `name`, without a lock.
-pub(crate) fn local_vault(name: &str) -> Vault {
-    Vault {
-        name: name.into(),
-        region: "local".into(),
-        location: "/vault".into(),
-        redundancy: Redundancy::Local,
-        key_id: "local".into(),
-        immutability: Immutability::Disabled,
-        minimum_retention_days: 0,
-        soft_delete_days: DEFAULT_SOFT_DELETE_DAYS,
-    }
-}
 
 /// Sets the fixture vault's lock, through the validated write `stowage vault lock` uses.
 async fn lock(f: &Fixture, immutability: Immutability, days: u32) {

@@ -83,7 +83,7 @@ pub(crate) async fn fixture(rules: &[(CalendarPeriod, u32)], operational_days: u
     };
     put(
         layout::vault_settings(),
-        serde_json::to_vec(&crate::lock::local_vault("v")).unwrap(),
+        serde_json::to_vec(&stowage_schemas::samples::vault("v", "/vault")).unwrap(),
     )
     .await;
     put(

@@ -97,20 +97,13 @@ pub struct LockRefusal {
 
 #[cfg(test)]
 mod tests {
-    use stowage_schemas::domain::{DEFAULT_SOFT_DELETE_DAYS, Redundancy};
-
     use super::*;
 
     fn vault(immutability: Immutability, days: u32) -> Vault {
         Vault {
-            name: "main".into(),
-            region: "westeurope".into(),
-            location: "/v".into(),
-            redundancy: Redundancy::Local,
-            key_id: "local".into(),
             immutability,
             minimum_retention_days: days,
-            soft_delete_days: DEFAULT_SOFT_DELETE_DAYS,
+            ..stowage_schemas::samples::vault("main", "/v")
         }
     }
 

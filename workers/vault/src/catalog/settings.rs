@@ -922,25 +922,17 @@ mod tests {
             "{all:?}"
         );
         locked.minimum_retention_days = 30;
+        let says = |all: &[String], text: &str| {
+            assert!(all.iter().any(|m| m.contains(text)), "{text}: {all:?}");
+        };
         let all = messages(validate_vault(&vault(), Some(&locked)));
-        assert!(
-            all.iter()
-                .any(|m| m.contains("immutability would change from locked to disabled")),
-            "{all:?}"
-        );
+        says(&all, "immutability would change from locked to disabled");
         let mut shrunk = locked.clone();
         shrunk.minimum_retention_days = 29;
         shrunk.soft_delete_days = 13;
         let all = messages(validate_vault(&shrunk, Some(&locked)));
-        assert!(
-            all.iter().any(|m| m.contains("soft_delete_days is 13")),
-            "{all:?}"
-        );
-        assert!(
-            all.iter()
-                .any(|m| m.contains("minimum_retention_days would shrink from 30 to 29")),
-            "{all:?}"
-        );
+        says(&all, "soft_delete_days is 13");
+        says(&all, "minimum_retention_days would shrink from 30 to 29");
         let mut grown = locked.clone();
         grown.minimum_retention_days = 31;
         grown.soft_delete_days = 30;

@@ -8,9 +8,9 @@
 //! purges the RP ([`begin_purge`], then the stage deletes every part of it, this record last).
 //!
 //! The record changes by compare-and-swap only, so an undelete and a purge racing at the end of
-//! the window serialise: the undelete marks `undeleted_at` before removing the record (a purge
-//! that reads it skips the RP), and a purge marks `purging_since` before deleting anything (an
-//! undelete that reads it is refused). Deleting is refused while the vault's lock holds the RP
+//! the window serialise: the undelete marks it `undeleted` before removing it (a purge that
+//! reads that skips the RP), and a purge marks it `purging` before deleting anything (an
+//! undelete that reads that is refused). Deleting is refused while the vault's lock holds the RP
 //! ([`super::lock`]). See "The vault lock and soft delete" in ARCHITECTURE.md.
 
 use std::convert::Infallible;
@@ -39,18 +39,34 @@ pub struct SoftDeleteRecord {
     pub deleted_at: Timestamp,
     /// The end of the undelete window: from then on retention purges it.
     pub purge_after: Timestamp,
-    /// Set by an undelete just before it removes the record.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub undeleted_at: Option<Timestamp>,
-    /// Set by retention just before it starts deleting the recovery point.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub purging_since: Option<Timestamp>,
+    /// Where the record is in its life.
+    #[serde(default)]
+    pub state: SoftDeleteState,
+}
+
+/// Where a soft-delete record is in its life; each step is one compare-and-swap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SoftDeleteState {
+    /// Deleted, within or past its window.
+    #[default]
+    Deleted,
+    /// An undelete marked it just before removing the record.
+    Undeleted {
+        /// When.
+        at: Timestamp,
+    },
+    /// Retention marked it just before it started deleting the recovery point.
+    Purging {
+        /// When.
+        since: Timestamp,
+    },
 }
 
 impl SoftDeleteRecord {
     /// Whether the recovery point is soft-deleted (not undeleted meanwhile).
     pub fn is_deleted(&self) -> bool {
-        self.undeleted_at.is_none()
+        !matches!(self.state, SoftDeleteState::Undeleted { .. })
     }
 
     /// Why a restore from the recovery point is refused.
@@ -123,10 +139,10 @@ pub enum SoftDeleteError {
 }
 
 fn purging_since(record: &SoftDeleteRecord) -> String {
-    record
-        .purging_since
-        .map(|t| t.to_string())
-        .unwrap_or_default()
+    match record.state {
+        SoftDeleteState::Purging { since } => since.to_string(),
+        _ => String::new(),
+    }
 }
 
 fn update_error<E>(
@@ -214,8 +230,7 @@ pub async fn delete(
         recovery_point_id: rp_id.to_owned(),
         deleted_at: now,
         purge_after: now.checked_add(window).unwrap_or(Timestamp::MAX),
-        undeleted_at: None,
-        purging_since: None,
+        state: SoftDeleteState::Deleted,
     };
     let key = layout::soft_delete_record(instance, rp_id).map_err(Error::from)?;
     document::update(store, &key, TRIES, |stored: Option<SoftDeleteRecord>| {
@@ -246,7 +261,7 @@ pub async fn undelete(
                 rp: rp_id.to_owned(),
             });
         };
-        if record.purging_since.is_some() {
+        if matches!(record.state, SoftDeleteState::Purging { .. }) {
             return Err(SoftDeleteError::BeingPurged(Box::new(record)));
         }
         if !record.is_deleted() {
@@ -256,7 +271,7 @@ pub async fn undelete(
             return Err(SoftDeleteError::WindowClosed(Box::new(record)));
         }
         let undeleted = SoftDeleteRecord {
-            undeleted_at: Some(now),
+            state: SoftDeleteState::Undeleted { at: now },
             ..record
         };
         Ok(Decision::Write(undeleted.clone(), undeleted))
@@ -268,7 +283,7 @@ pub async fn undelete(
 }
 
 /// Retention's claim on a soft-deleted recovery point whose window is over at `now`: marks the
-/// record `purging_since` (compare-and-swap) and answers whether to purge it. `false` when
+/// record `purging` (compare-and-swap) and answers whether to purge it. `false` when
 /// there is no record, it was undeleted, or its window is still open.
 pub async fn begin_purge(
     store: &BlobStore,
@@ -279,15 +294,18 @@ pub async fn begin_purge(
     let key = layout::soft_delete_record(instance, rp_id)?;
     document::update(store, &key, TRIES, |stored: Option<SoftDeleteRecord>| {
         Ok::<_, Infallible>(match stored {
-            Some(r) if r.purging_since.is_some() => Decision::Keep(true),
-            Some(r) if r.is_deleted() && now >= r.purge_after => {
-                let marked = SoftDeleteRecord {
-                    purging_since: Some(now),
-                    ..r
-                };
-                Decision::Write(marked, true)
-            }
-            _ => Decision::Keep(false),
+            Some(r) => match r.state {
+                SoftDeleteState::Purging { .. } => Decision::Keep(true),
+                SoftDeleteState::Deleted if now >= r.purge_after => {
+                    let marked = SoftDeleteRecord {
+                        state: SoftDeleteState::Purging { since: now },
+                        ..r
+                    };
+                    Decision::Write(marked, true)
+                }
+                _ => Decision::Keep(false),
+            },
+            None => Decision::Keep(false),
         })
     })
     .await
@@ -303,48 +321,34 @@ pub async fn remove(store: &BlobStore, instance: &str, rp_id: &str) -> Result<()
 
 #[cfg(test)]
 mod tests {
-    use stowage_schemas::domain::{
-        DEFAULT_SOFT_DELETE_DAYS, Immutability, RecoveryPoint, Redundancy, Vault,
-    };
+    use stowage_schemas::domain::{Immutability, RecoveryPoint, Vault};
 
     use super::*;
     use crate::catalog::settings::WriteMode;
 
-    async fn vault(immutability: Immutability, days: u32) -> BlobStore {
+    /// A vault with the lock given, holding recovery point `r` of `shop`, taken 2026-01-01.
+    async fn vault_with_rp(immutability: Immutability, days: u32) -> BlobStore {
         let store = BlobStore::in_memory();
-        settings::write_vault(
-            &store,
-            &Vault {
-                name: "main".into(),
-                region: "westeurope".into(),
-                location: "/v".into(),
-                redundancy: Redundancy::Local,
-                key_id: "local".into(),
-                immutability,
-                minimum_retention_days: days,
-                soft_delete_days: DEFAULT_SOFT_DELETE_DAYS,
-            },
-            WriteMode::Create,
-        )
-        .await
-        .unwrap();
+        let vault = Vault {
+            immutability,
+            minimum_retention_days: days,
+            ..stowage_schemas::samples::vault("main", "/v")
+        };
+        settings::write_vault(&store, &vault, WriteMode::Create)
+            .await
+            .unwrap();
+        let rp = RecoveryPoint {
+            id: "r".into(),
+            instance: "shop".into(),
+            created_at: at("2026-01-01T00:00:00Z"),
+            tiers: Vec::new(),
+            resources: String::new(),
+            volumes: Vec::new(),
+        };
+        crate::catalog::write_recovery_point(&store, &rp)
+            .await
+            .unwrap();
         store
-    }
-
-    async fn rp(store: &BlobStore, id: &str, created_at: Timestamp) {
-        crate::catalog::write_recovery_point(
-            store,
-            &RecoveryPoint {
-                id: id.into(),
-                instance: "shop".into(),
-                created_at,
-                tiers: Vec::new(),
-                resources: String::new(),
-                volumes: Vec::new(),
-            },
-        )
-        .await
-        .unwrap();
     }
 
     fn at(text: &str) -> Timestamp {
@@ -353,8 +357,7 @@ mod tests {
 
     #[tokio::test]
     async fn delete_respects_the_lock_and_undelete_the_window() {
-        let store = vault(Immutability::Locked, 30).await;
-        rp(&store, "r", at("2026-01-01T00:00:00Z")).await;
+        let store = vault_with_rp(Immutability::Locked, 30).await;
         let err = delete(&store, "shop", "r", at("2026-01-20T00:00:00Z"))
             .await
             .unwrap_err();
@@ -405,15 +408,16 @@ mod tests {
 
     #[tokio::test]
     async fn an_undelete_that_won_the_race_stops_the_purge() {
-        let store = vault(Immutability::Disabled, 0).await;
-        rp(&store, "r", at("2026-01-01T00:00:00Z")).await;
-        let record = delete(&store, "shop", "r", at("2026-01-02T00:00:00Z"))
-            .await
-            .unwrap();
+        let store = vault_with_rp(Immutability::Disabled, 0).await;
+        let deleted_at = at("2026-01-02T00:00:00Z");
+        let record = delete(&store, "shop", "r", deleted_at).await.unwrap();
+        assert_eq!(record.state, SoftDeleteState::Deleted);
         // An undelete that marked the record and died before removing it.
         let key = layout::soft_delete_record("shop", "r").unwrap();
         let marked = SoftDeleteRecord {
-            undeleted_at: Some(at("2026-01-03T00:00:00Z")),
+            state: SoftDeleteState::Undeleted {
+                at: at("2026-01-03T00:00:00Z"),
+            },
             ..record
         };
         store.delete(&key).await.unwrap();
