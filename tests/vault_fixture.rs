@@ -70,6 +70,7 @@ impl VaultFixture {
                 secondary_location,
                 secondary_region: SECONDARY_REGION.into(),
             },
+            region: "local".into(),
             ..stowage_schemas::samples::vault("fixture", &location)
         };
         settings::write_vault(&primary, &settings, WriteMode::Create)

@@ -30,12 +30,11 @@ fn at(offset_seconds: i64) -> Timestamp {
     Timestamp::constant(T0 + offset_seconds, 0)
 }
 
-/// Settings of a vault named `name` at `location`: locally redundant, in region `local`,
-/// without a lock, with the default undelete window.
+/// A locally redundant, unlocked vault named `name` stored at `location`, in westeurope.
 pub fn vault(name: &str, location: &str) -> Vault {
     Vault {
         name: name.into(),
-        region: "local".into(),
+        region: "westeurope".into(),
         location: location.into(),
         redundancy: Redundancy::Local,
         key_id: "local".into(),
