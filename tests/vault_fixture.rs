@@ -8,16 +8,22 @@ use rand::{RngExt as _, SeedableRng as _};
 use stowage_disk::{ByteRange, DiskId, DiskProvider, LocalDiskProvider, SnapshotId};
 use stowage_runtime::{JobContext, StageError};
 use stowage_schemas::Stage;
-use stowage_schemas::domain::{RecoveryPoint, RpState, Tier, TierState, VolumeBackup};
+use stowage_schemas::domain::{
+    RecoveryPoint, Redundancy, RpState, Tier, TierState, Vault, VolumeBackup,
+};
 use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions, Staging};
 use stowage_stages::VaultContext;
 use stowage_vault::catalog::TierManifest;
+use stowage_vault::catalog::settings::{self, WriteMode};
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::layout;
 use stowage_vault::store::{AzureConfig, BlobStore, LocalDurability};
 
 /// The instance every fixture RP belongs to.
 pub const INSTANCE: &str = "shop-prod";
+
+/// The secondary region the fixture's `vault.json` records.
+pub const SECONDARY_REGION: &str = "westeurope";
 
 /// Where the fixture's vault lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,21 +49,35 @@ impl VaultFixture {
     pub async fn new(backend: VaultBackend) -> Self {
         let dir = crate::temp_dir("vault");
         let disks = Arc::new(LocalDiskProvider::open(dir.join("disks")).expect("disk provider"));
-        let (primary, secondary) = match backend {
-            VaultBackend::LocalFolder => (
-                BlobStore::local_folder(dir.join("vault"), LocalDurability::OsBuffered)
-                    .expect("vault folder"),
-                BlobStore::local_folder(dir.join("secondary"), LocalDurability::OsBuffered)
-                    .expect("secondary folder"),
-            ),
+        let ((primary, location), (secondary, secondary_location)) = match backend {
+            VaultBackend::LocalFolder => {
+                let folder = |name: &str| {
+                    let path = dir.join(name);
+                    let store = BlobStore::local_folder(&path, LocalDurability::OsBuffered)
+                        .expect("vault folder");
+                    (store, path.display().to_string())
+                };
+                (folder("vault"), folder("secondary"))
+            }
             VaultBackend::Azurite => (
-                azurite_container("vault").await,
-                azurite_container("secondary").await,
+                azurite_location("vault").await,
+                azurite_location("secondary").await,
             ),
         };
+        // The settings the stages and workers read: a geo vault, its secondary in westeurope.
+        let settings = Vault {
+            redundancy: Redundancy::Geo {
+                secondary_location,
+                secondary_region: SECONDARY_REGION.into(),
+            },
+            region: "local".into(),
+            ..stowage_schemas::samples::vault("fixture", &location)
+        };
+        settings::write_vault(&primary, &settings, WriteMode::Create)
+            .await
+            .expect("vault.json");
         let key = VaultKey::generate().expect("key");
-        let ctx =
-            VaultContext::new(primary, key, disks.clone()).with_secondary(secondary, "westeurope");
+        let ctx = VaultContext::new(primary, key, disks.clone()).with_secondary(secondary);
         Self { dir, ctx, disks }
     }
 
@@ -287,6 +307,11 @@ pub fn total(ranges: &[ByteRange]) -> u64 {
 
 /// A fresh Azurite container (Azurite must be running: `scripts/test.sh` starts it).
 pub async fn azurite_container(purpose: &str) -> BlobStore {
+    azurite_location(purpose).await.0
+}
+
+/// A fresh Azurite container for `purpose`, and its location as `--vault` takes it.
+pub async fn azurite_location(purpose: &str) -> (BlobStore, String) {
     let container = format!(
         "{purpose}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -294,5 +319,7 @@ pub async fn azurite_container(purpose: &str) -> BlobStore {
     stowage_vault::store::create_azurite_container(&container).await.unwrap_or_else(|e| {
         panic!("cannot create Azurite container {container}: {e}\nStart Azurite with infra/scripts/start-azurite.sh (scripts/test.sh does it).")
     });
-    BlobStore::azure(&AzureConfig::Emulator { container }).expect("azure store")
+    let location = format!("azurite://{container}");
+    let store = BlobStore::azure(&AzureConfig::Emulator { container }).expect("azure store");
+    (store, location)
 }

@@ -50,9 +50,25 @@ pub struct Vault {
     pub redundancy: Redundancy,
     /// Identifier of the key that encrypts chunk data (a key-vault key id or a local key name).
     pub key_id: String,
-    /// Whether stored data may be deleted or overwritten before it expires.
+    /// Whether the vault's lock is in force: while it is `enabled` or `locked`, no part of a
+    /// recovery point is deleted before its lock date (`created_at` + `minimum_retention_days`).
     #[serde(default)]
     pub immutability: Immutability,
+    /// Days every recovery point is kept, whatever its policy says, while the lock is in force
+    /// (1–36500 when `immutability` is `enabled` or `locked`; only grows once `locked`).
+    #[serde(default)]
+    pub minimum_retention_days: u32,
+    /// Days a deleted recovery point can be undeleted before retention purges it (14–180; only
+    /// grows once `locked`).
+    #[serde(default = "default_soft_delete_days")]
+    pub soft_delete_days: u16,
+}
+
+/// The undelete window of a vault whose settings name none: 14 days, as Azure Backup's.
+pub const DEFAULT_SOFT_DELETE_DAYS: u16 = 14;
+
+fn default_soft_delete_days() -> u16 {
+    DEFAULT_SOFT_DELETE_DAYS
 }
 
 /// Redundancy of a vault's data.
@@ -71,16 +87,18 @@ pub enum Redundancy {
     },
 }
 
-/// Immutability setting of a vault.
+/// Immutability setting of a vault: its lock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Immutability {
-    /// Data may be deleted before it expires.
+    /// No lock: recovery points may be deleted whenever their policy or an operator says.
     #[default]
     Disabled,
-    /// Data cannot be deleted before it expires; the setting itself can still be turned off.
+    /// The lock is enforced (nothing is deleted before its lock date), but the setting can still
+    /// be relaxed or turned off.
     Enabled,
-    /// Like `enabled`, and the setting can never be turned off again.
+    /// Like `enabled`, and final: the setting never goes back and its minimum retention and
+    /// undelete window only grow.
     Locked,
 }
 
@@ -382,6 +400,8 @@ mod tests {
             },
             key_id: "https://kv.vault.azure.net/keys/stowage/1".into(),
             immutability: Immutability::Locked,
+            minimum_retention_days: 30,
+            soft_delete_days: 14,
         });
         round_trip(&crate::samples::policy());
         round_trip(&BackupInstance {

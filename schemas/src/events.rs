@@ -68,7 +68,9 @@ pub struct RpVaulted {
     /// Chunks already present and reused.
     #[serde(default)]
     pub chunks_reused: u64,
-    /// When the vault-tier copy expires, per the policy.
+    /// When retention may delete the vault-tier copy: the policy's vault expiry (the RP's
+    /// creation when no vault rule selects it), or the vault lock's date if later; absent when
+    /// the instance has no stored policy. The newest vault copy is kept past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(deserialize_with = "crate::timestamp::option")]
     pub expires_at: Option<Timestamp>,
@@ -87,7 +89,7 @@ pub struct RpReplicated {
     #[serde(deserialize_with = "crate::id::fields::string")]
     #[schemars(with = "crate::id::Id")]
     pub recovery_point_id: String,
-    /// Region of the secondary copy.
+    /// Region of the secondary copy, as the vault's settings (`vault.json`) record it.
     pub secondary_region: String,
     /// Objects the secondary lacked and that were copied.
     #[serde(default)]

@@ -1,8 +1,8 @@
 //! Canonical sample envelopes, one per message type, with fixed ids and timestamps.
 //!
 //! They are the source of the golden fixtures in `schemas/fixtures/` and are public so that
-//! other crates' tests can reuse realistic messages. [`policy`] is a sample catalog document
-//! for the same reason (it is not a message and has no fixture).
+//! other crates' tests can reuse realistic messages. [`policy`] and [`vault`] are sample
+//! catalog documents for the same reason (they are not messages and have no fixture).
 
 use std::collections::BTreeMap;
 
@@ -11,7 +11,8 @@ use jiff::civil::Time;
 use uuid::Uuid;
 
 use crate::domain::{
-    CalendarPeriod, Immutability, Policy, Redundancy, Retention, Schedule, Tier, Vault, VaultRule,
+    CalendarPeriod, DEFAULT_SOFT_DELETE_DAYS, Immutability, Policy, Redundancy, Retention,
+    Schedule, Tier, Vault, VaultRule,
 };
 use crate::events::{
     JobFailed, JobProgress, RestoreCompleted, RestoreHydrated, RpCreated, RpReplicated, RpVaulted,
@@ -38,6 +39,8 @@ pub fn vault(name: &str, location: &str) -> Vault {
         redundancy: Redundancy::Local,
         key_id: "local".into(),
         immutability: Immutability::Disabled,
+        minimum_retention_days: 0,
+        soft_delete_days: DEFAULT_SOFT_DELETE_DAYS,
     }
 }
 
@@ -45,44 +48,25 @@ pub fn vault(name: &str, location: &str) -> Vault {
 /// operational tier, the first backup of each day kept 30 days and of each year 3650 days in
 /// the vault tier.
 pub fn policy() -> Policy {
-    policy_every(
-        "daily",
-        4,
-        Time::constant(2, 0, 0, 0),
-        "Europe/Amsterdam",
-        7,
-        &[(CalendarPeriod::Day, 30), (CalendarPeriod::Year, 3650)],
-    )
-}
-
-/// A policy named `name` backing up every `frequency_hours` from `start` in `time_zone`,
-/// keeping recovery points `operational_days` in the operational tier and, in the vault tier,
-/// the first of each period for the days each `(period, days)` rule gives.
-pub fn policy_every(
-    name: &str,
-    frequency_hours: u8,
-    start: Time,
-    time_zone: &str,
-    operational_days: u16,
-    rules: &[(CalendarPeriod, u32)],
-) -> Policy {
-    let vault = rules
-        .iter()
-        .map(|&(first_of, keep_days)| VaultRule {
-            first_of,
-            keep_days,
-        })
-        .collect();
     Policy {
-        name: name.into(),
+        name: "daily".into(),
         schedule: Schedule {
-            frequency_hours,
-            start,
-            time_zone: time_zone.into(),
+            frequency_hours: 4,
+            start: Time::constant(2, 0, 0, 0),
+            time_zone: "Europe/Amsterdam".into(),
         },
         retention: Retention {
-            operational_days,
-            vault,
+            operational_days: 7,
+            vault: vec![
+                VaultRule {
+                    first_of: CalendarPeriod::Day,
+                    keep_days: 30,
+                },
+                VaultRule {
+                    first_of: CalendarPeriod::Year,
+                    keep_days: 3650,
+                },
+            ],
         },
     }
 }

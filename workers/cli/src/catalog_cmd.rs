@@ -1,4 +1,4 @@
-//! `stowage vault init|show`, `stowage policy create|list|show`,
+//! `stowage vault init|show|lock`, `stowage policy create|list|show`,
 //! `stowage instance create|list|show` and `stowage backup now`: the vault's catalog from the
 //! command line, validated by [`stowage_vault::catalog::settings`] before anything is written.
 
@@ -17,6 +17,7 @@ use stowage_schemas::domain::{
     BackupInstance, CalendarPeriod, Immutability, Namespaces, Policy, Redundancy, Retention,
     Schedule, Scope, Vault, VaultRule,
 };
+use stowage_vault::catalog::lock::Lock;
 use stowage_vault::catalog::settings::{self, WriteMode, Written};
 use stowage_vault::store::BlobStore;
 
@@ -24,8 +25,7 @@ use crate::cli::{OnVault, OnVaultAndBroker, OutputArgs, TableOutput, VaultArgs, 
 use crate::output;
 use crate::vault_config::open_store;
 
-/// `stowage vault`: where the vault is (`--vault`), and its geo secondary (`--secondary`,
-/// `--secondary-region`).
+/// `stowage vault`: where the vault is (`--vault`), and its geo secondary (`--secondary`).
 pub type VaultCmdArgs = OnVault<VaultAction>;
 
 /// Vault actions.
@@ -38,6 +38,21 @@ pub enum VaultAction {
         #[command(flatten)]
         output: YamlOutput,
     },
+    /// Lock the vault for good: no recovery point is deleted before its minimum retention,
+    /// by anything, and the lock can never be undone.
+    Lock(VaultLockArgs),
+}
+
+/// `stowage vault lock`.
+#[derive(Debug, Args)]
+pub struct VaultLockArgs {
+    /// Days every recovery point is kept, whatever its policy says (1-36500; default: the
+    /// vault's current minimum retention, if it has one). Can only grow once locked.
+    #[arg(long)]
+    pub minimum_retention_days: Option<u32>,
+    /// Confirm: the lock is final.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 /// `stowage vault init`.
@@ -62,9 +77,20 @@ pub struct VaultInitArgs {
     /// (default: geo when --secondary is given, local otherwise).
     #[arg(long, value_enum)]
     pub redundancy: Option<RedundancyChoice>,
-    /// Whether stored data may be deleted before it expires.
+    /// Region of a geo vault's secondary (e.g. northeurope): what workers report.
+    #[arg(long)]
+    pub secondary_region: Option<String>,
+    /// The vault lock: `enabled` or `locked` keep every recovery point for
+    /// --minimum-retention-days whatever deletes it (`locked` is final).
     #[arg(long, value_enum, default_value_t = ImmutabilityChoice::Disabled)]
     pub immutability: ImmutabilityChoice,
+    /// Days the lock keeps every recovery point (1-36500; needed with --immutability enabled
+    /// or locked).
+    #[arg(long, default_value_t = 0)]
+    pub minimum_retention_days: u32,
+    /// Days a deleted recovery point can be undeleted before it is purged (14-180).
+    #[arg(long, default_value_t = stowage_schemas::domain::DEFAULT_SOFT_DELETE_DAYS)]
+    pub soft_delete_days: u16,
     /// Replace existing settings (validated against them) instead of refusing.
     #[arg(long)]
     pub update: bool,
@@ -79,14 +105,14 @@ pub enum RedundancyChoice {
     Geo,
 }
 
-/// Vault immutability.
+/// Vault immutability: its lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ImmutabilityChoice {
-    /// Data may be deleted early.
+    /// No lock.
     Disabled,
-    /// Data cannot be deleted early; can be turned off.
+    /// Nothing is deleted before its minimum retention; can be relaxed or turned off.
     Enabled,
-    /// Like enabled, and can never be turned off.
+    /// Like enabled, and final: never turned off, its minimum retention never shrinks.
     Locked,
 }
 
@@ -330,7 +356,7 @@ pub async fn vault(args: VaultCmdArgs) -> anyhow::Result<()> {
                         RedundancyChoice::Local => Redundancy::Local,
                         RedundancyChoice::Geo => Redundancy::Geo {
                             secondary_location: args.vault.secondary.clone().unwrap_or_default(),
-                            secondary_region: args.vault.secondary_region.clone(),
+                            secondary_region: init.secondary_region.clone().unwrap_or_default(),
                         },
                     };
                     Vault {
@@ -348,6 +374,8 @@ pub async fn vault(args: VaultCmdArgs) -> anyhow::Result<()> {
                             ImmutabilityChoice::Enabled => Immutability::Enabled,
                             ImmutabilityChoice::Locked => Immutability::Locked,
                         },
+                        minimum_retention_days: init.minimum_retention_days,
+                        soft_delete_days: init.soft_delete_days,
                     }
                 }
             };
@@ -385,13 +413,20 @@ pub async fn vault(args: VaultCmdArgs) -> anyhow::Result<()> {
                     format!("{secondary_location} ({secondary_region})"),
                 ),
             };
+            let lock = Lock::of(&vault);
             let row = vec![
                 vault.name.clone(),
                 vault.region.clone(),
                 vault.location.clone(),
                 redundancy,
                 secondary,
-                format!("{:?}", vault.immutability).to_lowercase(),
+                vault.immutability.as_str().to_owned(),
+                if lock.in_force() {
+                    format!("{}d (enforced by stowage)", vault.minimum_retention_days)
+                } else {
+                    "-".into()
+                },
+                format!("{}d", vault.soft_delete_days),
             ];
             output::print(
                 output,
@@ -402,12 +437,66 @@ pub async fn vault(args: VaultCmdArgs) -> anyhow::Result<()> {
                     "REDUNDANCY",
                     "SECONDARY",
                     "IMMUTABILITY",
+                    "MINIMUM RETENTION",
+                    "UNDELETE WINDOW",
                 ],
                 &[row],
                 &vault,
             )
         }
+        VaultAction::Lock(lock) => lock_vault(&store, &args.vault, &lock).await,
     }
+}
+
+/// `stowage vault lock`: immutability `locked` with a minimum retention, written by
+/// compare-and-swap against the stored settings (so "only grows" holds against a concurrent
+/// writer too).
+async fn lock_vault(store: &BlobStore, at: &VaultArgs, args: &VaultLockArgs) -> anyhow::Result<()> {
+    let mut vault = settings::read_vault(store).await?;
+    let days = args
+        .minimum_retention_days
+        .unwrap_or(vault.minimum_retention_days);
+    if days == 0 {
+        bail!(
+            "--minimum-retention-days is missing: say how many days every recovery point is kept \
+             whatever deletes it (e.g. --minimum-retention-days 30)"
+        );
+    }
+    if !args.yes {
+        bail!(
+            "locking vault {} is final: immutability can never be turned off again, and no \
+             recovery point will be deleted before it is {days} days old, by retention, garbage \
+             collection or `stowage rp delete`; run again with --yes to lock it",
+            vault.name
+        );
+    }
+    vault.immutability = Immutability::Locked;
+    vault.minimum_retention_days = days;
+    let written = settings::write_vault(store, &vault, WriteMode::CreateOrUpdate).await?;
+    report("vault", &vault.name, written);
+    println!(
+        "vault {} is locked: every recovery point is kept at least {days} days after it was \
+         taken (enforced by stowage on every delete path)",
+        vault.name
+    );
+    if let Some(azure) = at.vault.as_deref().filter(|l| l.starts_with("azure://")) {
+        let (account, container) = azure
+            .trim_start_matches("azure://")
+            .split_once('/')
+            .unwrap_or(("<account>", "<container>"));
+        println!(
+            "Azure Blob can hold the data itself too; stowage neither sets nor checks this. On a \
+             container with version-level immutability support (blob versioning on), set the \
+             default version-level retention policy and lock it (Azure's \"Configure \
+             immutability policies for blob versions\"):\n  \
+             az storage container immutability-policy create --account-name {account} \
+             --container-name {container} --period {days}\n  \
+             az storage container immutability-policy lock --account-name {account} \
+             --container-name {container} --if-match <etag printed by create>\n\
+             plus a lifecycle rule that deletes previous versions older than {days} days."
+        );
+    }
+    Ok(())
 }
 
 fn parse_rule(text: &str) -> anyhow::Result<VaultRule> {

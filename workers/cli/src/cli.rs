@@ -180,17 +180,11 @@ pub struct VaultArgs {
     /// (with STOWAGE_AZURE_ACCESS_KEY).
     #[arg(long, global = true, env = "STOWAGE_VAULT")]
     pub vault: Option<String>,
-    /// Storage of the geo-redundant copy, in the paired region (same forms as --vault).
+    /// Storage of the geo-redundant copy, in the paired region (same forms as --vault), as
+    /// this process reaches it. Workers default to the secondary location vault.json records;
+    /// its region always comes from vault.json.
     #[arg(long, global = true, env = "STOWAGE_SECONDARY")]
     pub secondary: Option<String>,
-    /// Name of the paired region, for events and messages.
-    #[arg(
-        long,
-        global = true,
-        env = "STOWAGE_SECONDARY_REGION",
-        default_value = "secondary"
-    )]
-    pub secondary_region: String,
     /// File holding the vault key (64 hex digits). Alternatively STOWAGE_VAULT_KEY holds the key.
     #[arg(long, global = true, env = "STOWAGE_VAULT_KEY_FILE")]
     pub vault_key_file: Option<PathBuf>,
@@ -248,6 +242,25 @@ pub enum RpAction {
         rp: String,
         #[command(flatten)]
         output: TableOutput,
+    },
+    /// Delete a recovery point: soft delete, undeletable for the vault's undelete window
+    /// (refused while the vault's lock holds it).
+    Delete {
+        /// The backup instance.
+        #[arg(value_parser = crate::cli::id_arg)]
+        instance: String,
+        /// The recovery point id.
+        #[arg(value_parser = crate::cli::id_arg)]
+        rp: String,
+    },
+    /// Bring a deleted recovery point back, within its undelete window.
+    Undelete {
+        /// The backup instance.
+        #[arg(value_parser = crate::cli::id_arg)]
+        instance: String,
+        /// The recovery point id.
+        #[arg(value_parser = crate::cli::id_arg)]
+        rp: String,
     },
     /// Re-read every chunk of a recovery point and report its integrity.
     Verify {

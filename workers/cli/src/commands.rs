@@ -64,7 +64,7 @@ fn connect(args: &BrokerArgs) -> (RabbitBroker, Names) {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let vault = vault_config::vault_context(&args.vault)?;
+    let vault = vault_config::vault_context(&args.vault).await?;
     let cluster = vault_config::cluster_context(&args.cluster, vault.as_ref())?;
     let services = stages::Services {
         vault,
@@ -231,6 +231,12 @@ async fn rp(args: RpArgs) -> anyhow::Result<()> {
             rp,
             output: OutputArgs { output },
         } => crate::rp_cmd::describe(&args.vault, &instance, &rp, output).await,
+        RpAction::Delete { instance, rp } => {
+            crate::rp_cmd::delete(&args.vault, &instance, &rp).await
+        }
+        RpAction::Undelete { instance, rp } => {
+            crate::rp_cmd::undelete(&args.vault, &instance, &rp).await
+        }
         RpAction::Verify {
             rp,
             instance,

@@ -87,8 +87,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::write(dir.join("vault.key"), key.expose_secret_hex())
         .context("cannot save the vault key")?;
     let disks = Arc::new(LocalDiskProvider::open(dir.join("disks"))?);
-    let vault = VaultContext::new(primary.clone(), key, disks.clone())
-        .with_secondary(secondary.clone(), "paired-region");
+    let vault =
+        VaultContext::new(primary.clone(), key, disks.clone()).with_secondary(secondary.clone());
 
     // The cluster: a sandbox API server with the sample app, whose PVs name local disks.
     let sandbox = Sandbox::new();
@@ -130,6 +130,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
         key_id: "demo-local-key".into(),
         immutability: Immutability::Disabled,
+        minimum_retention_days: 0,
+        soft_delete_days: stowage_schemas::domain::DEFAULT_SOFT_DELETE_DAYS,
     };
     settings::write_vault(&primary, &demo_vault, WriteMode::Create).await?;
     let policy = Policy {

@@ -262,6 +262,12 @@ pub async fn plan(
         ),
         Err(e) => return Err(e).with_context(|| format!("cannot read recovery point {rp_id}")),
     };
+    if let Some(deleted) = catalog::soft_delete::deleted(store, instance, rp_id)
+        .await
+        .with_context(|| format!("cannot read the soft-delete record of recovery point {rp_id}"))?
+    {
+        bail!("{}", deleted.restore_refusal());
+    }
     let tier = args.from.tier();
     match tier {
         Tier::Operational => {

@@ -1,11 +1,13 @@
-//! `stowage rp list|describe`: recovery points as the catalog records them, with the state of
-//! each tier.
+//! `stowage rp list|describe|delete|undelete`: recovery points as the catalog records them,
+//! with the state of each tier, and their soft delete (see "The vault lock and soft delete" in
+//! ARCHITECTURE.md).
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
 use serde::Serialize;
 use stowage_control::job_records::format_bytes;
 use stowage_schemas::domain::{RecoveryPoint, RpState, Tier};
+use stowage_vault::catalog::soft_delete::{self, SoftDeleteRecord};
 use stowage_vault::catalog::{self, TierManifest};
 use stowage_vault::layout;
 use stowage_vault::store::BlobStore;
@@ -40,6 +42,9 @@ pub struct RpView {
     /// Warnings the snapshot recorded.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// When it was deleted and when it is purged, while it is soft-deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soft_deleted: Option<SoftDeleteRecord>,
 }
 
 impl RpView {
@@ -49,6 +54,13 @@ impl RpView {
             .iter()
             .map(|v| v.size_bytes)
             .sum()
+    }
+
+    fn state_text(&self) -> String {
+        match &self.soft_deleted {
+            Some(d) => format!("soft-deleted (undelete until {})", d.purge_after),
+            None => "active".into(),
+        }
     }
 
     fn tiers_text(&self) -> String {
@@ -123,6 +135,9 @@ pub async fn view(
             manifest,
         });
     }
+    let soft_deleted = soft_delete::deleted(primary, &instance, &id)
+        .await
+        .with_context(|| format!("cannot read the soft-delete record of {id}"))?;
     let (mut resource_count, mut warnings) = (None, Vec::new());
     if with_report {
         let key = stowage_stages::snapshot::report_key(&instance, &id)
@@ -145,6 +160,7 @@ pub async fn view(
         tiers,
         resource_count,
         warnings,
+        soft_deleted,
     })
 }
 
@@ -156,19 +172,11 @@ pub async fn list(args: &VaultArgs, instance: &str, format: Format) -> anyhow::R
     let mut views = Vec::new();
     while let Some(info) = listing.next().await {
         let key = info?.key;
-        // `catalog/<instance>/<rp>.json` is an RP manifest; `<rp>.<tier>.json` a tier manifest.
-        let Some(file) = key.as_str().rsplit('/').next() else {
+        // Only RP manifests: tier manifests, retention and soft-delete records are read per RP.
+        let Some(layout::CatalogEntry::Manifest(rp_id)) = layout::parse_catalog_key(instance, &key)
+        else {
             continue;
         };
-        let Some(rp_id) = file.strip_suffix(".json") else {
-            continue;
-        };
-        if [".vault", ".secondary", ".operational"]
-            .iter()
-            .any(|t| rp_id.ends_with(t))
-        {
-            continue;
-        }
         let rp = match catalog::read_recovery_point(&primary, instance, rp_id).await {
             Ok(rp) => rp,
             Err(e) if e.is_not_found() => continue,
@@ -197,12 +205,20 @@ pub async fn list(args: &VaultArgs, instance: &str, format: Format) -> anyhow::R
                 v.tiers_text(),
                 v.recovery_point.volumes.len().to_string(),
                 format_bytes(v.size()),
+                v.state_text(),
             ]
         })
         .collect();
     output::print(
         format,
-        &["RECOVERY POINT", "CREATED", "TIERS", "VOLUMES", "SIZE"],
+        &[
+            "RECOVERY POINT",
+            "CREATED",
+            "TIERS",
+            "VOLUMES",
+            "SIZE",
+            "STATE",
+        ],
         &rows,
         &views,
     )
@@ -233,6 +249,7 @@ pub async fn describe(
         vec!["recovery point".into(), rp.id.clone()],
         vec!["instance".into(), rp.instance.clone()],
         vec!["created".into(), rp.created_at.to_string()],
+        vec!["state".into(), view.state_text()],
         vec!["resources".into(), rp.resources.clone()],
         vec![
             "objects".into(),
@@ -298,5 +315,29 @@ pub async fn describe(
     for w in &view.warnings {
         println!("warning: {w}");
     }
+    Ok(())
+}
+
+/// `stowage rp delete <instance> <rp>`: soft delete, refused while the vault's lock holds it.
+pub async fn delete(args: &VaultArgs, instance: &str, rp_id: &str) -> anyhow::Result<()> {
+    let (primary, _) = stores(args)?;
+    let record = soft_delete::delete(&primary, instance, rp_id, jiff::Timestamp::now()).await?;
+    println!(
+        "recovery point {rp_id} of instance {instance} deleted; it can be undeleted until {} \
+         (`stowage rp undelete {instance} {rp_id}`), then retention purges it",
+        record.purge_after
+    );
+    Ok(())
+}
+
+/// `stowage rp undelete <instance> <rp>`: within the undelete window.
+pub async fn undelete(args: &VaultArgs, instance: &str, rp_id: &str) -> anyhow::Result<()> {
+    let (primary, _) = stores(args)?;
+    let record = soft_delete::undelete(&primary, instance, rp_id, jiff::Timestamp::now()).await?;
+    println!(
+        "recovery point {rp_id} of instance {instance} undeleted (it was deleted at {}); its \
+         policy applies to it again",
+        record.deleted_at
+    );
     Ok(())
 }

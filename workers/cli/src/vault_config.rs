@@ -1,10 +1,14 @@
-//! Turning `--vault`, `--secondary`, the key and `--disk-root` into a [`VaultContext`].
+//! Turning `--vault`, `--secondary`, the key and `--disk-root` into a [`VaultContext`], as the
+//! vault's settings (`vault.json`) say: see "Honest settings" in ARCHITECTURE.md.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use stowage_disk::LocalDiskProvider;
+use stowage_schemas::domain::Redundancy;
 use stowage_stages::VaultContext;
+use stowage_vault::catalog::settings;
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::BlobStore;
 
@@ -29,12 +33,42 @@ pub fn open_store(location: &str) -> anyhow::Result<BlobStore> {
     Ok(BlobStore::open(location, key.as_deref())?)
 }
 
-/// The vault stages' context, or `None` when no vault is configured.
-pub fn vault_context(args: &VaultArgs) -> anyhow::Result<Option<VaultContext>> {
+/// Open a storage location that must already exist: a local folder is never created (a
+/// missing one is an unmounted volume or a typo, not a place to start writing a copy).
+pub fn open_existing_store(location: &str) -> anyhow::Result<BlobStore> {
+    if !location.contains("://") || location.starts_with("file://") {
+        let folder = Path::new(location.strip_prefix("file://").unwrap_or(location));
+        if !folder.is_dir() {
+            bail!(
+                "the folder {} does not exist; workers do not create it (an unmounted volume \
+                 would be replaced by an empty folder): mount or create it",
+                folder.display()
+            );
+        }
+    }
+    open_store(location)
+}
+
+/// The vault stages' context, or `None` when no vault is configured. Reads `vault.json` and
+/// refuses an uninitialised vault; a geo vault's secondary is `--secondary`, else the location
+/// its settings record, and when it cannot be opened the context says why (the stages that
+/// need it fail with that reason; the others run).
+pub async fn vault_context(args: &VaultArgs) -> anyhow::Result<Option<VaultContext>> {
     let Some(location) = &args.vault else {
         return Ok(None);
     };
     let primary = open_store(location)?;
+    let vault = match settings::read_vault(&primary).await {
+        Ok(vault) => vault,
+        Err(e) if e.is_not_found() => bail!(
+            "the vault at {location} is not initialised (it has no vault.json): run `stowage \
+             vault init --vault {location} --name <name>` first, then start the worker"
+        ),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the settings of the vault at {location}"));
+        }
+    };
     let key = vault_key(args)?;
     let Some(root) = &args.disk_root else {
         bail!(
@@ -44,8 +78,38 @@ pub fn vault_context(args: &VaultArgs) -> anyhow::Result<Option<VaultContext>> {
     let disks = LocalDiskProvider::open(root)
         .with_context(|| format!("cannot open the disk root {}", root.display()))?;
     let mut ctx = VaultContext::new(primary, key, Arc::new(disks));
-    if let Some(secondary) = &args.secondary {
-        ctx = ctx.with_secondary(open_store(secondary)?, args.secondary_region.clone());
+    match (&vault.redundancy, &args.secondary) {
+        (Redundancy::Local, None) => {}
+        (Redundancy::Local, Some(secondary)) => bail!(
+            "--secondary {secondary} is given, but vault {} is locally redundant (its vault.json \
+             says so); drop --secondary, or make the vault geo-redundant with `stowage vault \
+             init --update --redundancy geo --secondary <location> --secondary-region <region>`",
+            vault.name
+        ),
+        (
+            Redundancy::Geo {
+                secondary_location,
+                secondary_region,
+            },
+            flag,
+        ) => {
+            let location = flag.as_deref().unwrap_or(secondary_location);
+            ctx = match open_existing_store(location) {
+                Ok(store) => ctx.with_secondary(store),
+                Err(e) => {
+                    let reason = format!("cannot open {location}: {e:#}");
+                    tracing::warn!(
+                        vault = %vault.name,
+                        secondary_region,
+                        %reason,
+                        "the vault is geo-redundant but its secondary storage cannot be opened; \
+                         geo-replication, retention and restores from the secondary tier will \
+                         fail until it can"
+                    );
+                    ctx.without_secondary(reason)
+                }
+            };
+        }
     }
     Ok(Some(ctx))
 }

@@ -1,5 +1,11 @@
 //! geo-replication: copy a vaulted recovery point to the vault's secondary location.
 //!
+//! The vault's settings (`vault.json`, read per job) decide: a locally redundant vault has
+//! nothing to replicate (the job completes and emits nothing); a geo vault needs its secondary
+//! ([`VaultContext::secondary_of`]: permanent failure when this worker has none, transient while
+//! it does not answer), and `rp.replicated` names the region the settings record. The stage
+//! never reports success without the RP's secondary manifest in place.
+//!
 //! Copies only what the secondary lacks — packs are immutable and named by id, so "lacks" is a
 //! `head` per pack — then writes, each create-only: a chunk-index segment for the chunks this
 //! RP needs there, the extent maps of its volume chains, the resources object, the RP manifest,
@@ -38,7 +44,8 @@ impl StageHandler for GeoReplication {
             JobOrEvent::Job(job) => (job.instance, job.recovery_point_id, false),
             JobOrEvent::Event(vaulted) => (vaulted.instance, vaulted.recovery_point_id, true),
         };
-        let Some(secondary) = &self.0.secondary else {
+        let vault = self.0.settings().await?;
+        let Some((secondary, secondary_region)) = self.0.secondary_of(&vault).await? else {
             // A locally redundant vault: nothing to replicate, and no event to emit.
             tracing::info!(
                 instance,
@@ -47,7 +54,7 @@ impl StageHandler for GeoReplication {
             );
             return Ok(Outcome::done());
         };
-        let copied = replicate(&self.0.primary, &secondary.store, &instance, &rp_id).await?;
+        let copied = replicate(&self.0.primary, secondary, &instance, &rp_id).await?;
         metrics().add_bytes(Stage::GeoReplication, BytesKind::Written, copied.bytes);
         if triggered && let Some(envelope) = ctx.envelope() {
             // The event was published when the RP reached the vault tier.
@@ -57,7 +64,7 @@ impl StageHandler for GeoReplication {
         Ok(Outcome::done().emit(Message::RpReplicated(RpReplicated {
             instance,
             recovery_point_id: rp_id,
-            secondary_region: secondary.region.clone(),
+            secondary_region: secondary_region.to_owned(),
             objects_copied: copied.objects,
             bytes_copied: copied.bytes,
         })))

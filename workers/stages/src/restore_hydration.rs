@@ -23,7 +23,7 @@ use stowage_schemas::domain::{JobProgress, Tier};
 use stowage_schemas::events::RestoreHydrated;
 use stowage_schemas::jobs::{RestoreHydrationJob, StagedDisk, Staging};
 use stowage_schemas::{Message, Stage};
-use stowage_vault::catalog;
+use stowage_vault::catalog::{self, soft_delete};
 use stowage_vault::chunk::ChunkId;
 use stowage_vault::crypto::ChunkKeys;
 use stowage_vault::extent::{ExtentMap, ExtentTarget, load_chain};
@@ -114,16 +114,22 @@ pub async fn hydrate(
     job: &RestoreHydrationJob,
     run: &JobContext,
 ) -> Result<Staging, StageError> {
+    let settings;
     let (store, location) = match job.tier {
         Tier::Vault => (&ctx.primary, "vault"),
-        Tier::Secondary => match &ctx.secondary {
-            Some(s) => (&s.store, "secondary"),
-            None => {
-                return Err(StageError::permanent(
-                    "this vault has no secondary location (it is not geo-redundant); restore from the vault tier",
-                ));
+        Tier::Secondary => {
+            settings = ctx.settings().await?;
+            match ctx.secondary_of(&settings).await? {
+                Some((store, _)) => (store, "secondary"),
+                None => {
+                    return Err(StageError::permanent(format!(
+                        "vault {} is locally redundant: it has no secondary tier; restore from \
+                         the vault tier",
+                        settings.name
+                    )));
+                }
             }
-        },
+        }
         Tier::Operational => {
             return Err(StageError::permanent(
                 "an operational-tier restore needs no hydration: submit a job.restore with source_tier operational",
@@ -131,6 +137,9 @@ pub async fn hydrate(
         }
     };
     let (instance, rp_id) = (&job.instance, &job.recovery_point_id);
+    if let Some(deleted) = soft_delete::deleted(&ctx.primary, instance, rp_id).await? {
+        return Err(StageError::permanent(deleted.restore_refusal()));
+    }
     let Some(manifest) = catalog::read_tier_manifest(store, instance, rp_id, job.tier).await?
     else {
         return Err(StageError::permanent(format!(

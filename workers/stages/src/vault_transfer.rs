@@ -72,6 +72,8 @@ impl StageHandler for VaultTransfer {
             return Ok(Outcome::done());
         }
         let manifest = transfer(&self.0, &instance, &rp_id, &ctx).await?;
+        let rp = catalog::read_recovery_point(&self.0.primary, &instance, &rp_id).await?;
+        let expires_at = crate::retention::vault_expiry(&self.0.primary, &rp).await?;
         Ok(Outcome::done().emit(Message::RpVaulted(RpVaulted {
             instance,
             recovery_point_id: rp_id,
@@ -79,7 +81,7 @@ impl StageHandler for VaultTransfer {
             bytes_stored: manifest.stats.bytes_stored,
             chunks_new: manifest.stats.chunks_new,
             chunks_reused: manifest.stats.chunks_reused,
-            expires_at: None,
+            expires_at,
         })))
     }
 }

@@ -29,6 +29,11 @@
 //!    them (new segment create-only, then the old one deleted), and only after that are the packs
 //!    dropped from the record. Until then readers leave them out of every index load.
 //!
+//! **Under a vault lock** (see [`crate::catalog::lock`]) the caller passes the lock's minimum
+//! retention: an unreferenced object younger than that (by the store's modification time) stays
+//! condemned, however long ago it was condemned, and is deleted by the first run after it has
+//! aged ([`GcReport::held_by_lock`] counts them).
+//!
 //! The one assumption: no job runs longer than the grace period (default 24 h; a transfer of
 //! one RP takes minutes to hours). Geo-replication, which writes the secondary without a chunk
 //! index, instead calls [`claim`] before relying on a pack or map the secondary already holds:
@@ -225,6 +230,9 @@ pub struct GcReport {
     pub maps_deleted: u64,
     /// Index segments rewritten without deleted packs.
     pub segments_rewritten: u64,
+    /// Packs and maps due for deletion but younger than the vault lock's minimum retention:
+    /// kept condemned for a later run.
+    pub held_by_lock: u64,
 }
 
 /// The live set: maps and chunks reachable from the tier manifests of `tier` in `store`.
@@ -292,6 +300,8 @@ struct Sweep<N, X> {
     condemn: Vec<N>,
     /// Unreferenced and condemned at least the grace period ago, or already being deleted.
     delete: Vec<(N, X)>,
+    /// Due for deletion but younger than the lock's minimum retention: left condemned.
+    held: u64,
 }
 
 impl<N: Clone, X: Clone> Sweep<N, X> {
@@ -300,24 +310,28 @@ impl<N: Clone, X: Clone> Sweep<N, X> {
             revive: Vec::new(),
             condemn: Vec::new(),
             delete: Vec::new(),
+            held: 0,
         }
     }
 
     /// Sorts an object that is `live` (referenced) or not and was `condemned` at some instant
-    /// or not; one referenced and not condemned, or condemned too recently, is left alone.
+    /// or not; one referenced and not condemned, or condemned too recently, is left alone, and
+    /// so is one due for deletion that was written (`modified`) within the `hold` (a vault
+    /// lock's minimum retention).
     fn sort(
         &mut self,
-        (name, deleting): (N, X),
+        (name, deleting, modified): (N, X, Timestamp),
         live: bool,
         condemned: Option<&Timestamp>,
-        (now, grace): (Timestamp, SignedDuration),
+        rules: &Rules,
     ) {
         match (live, condemned) {
             (true, Some(_)) => self.revive.push(name),
             (false, None) => self.condemn.push(name),
-            (false, Some(at)) if now.duration_since(*at) >= grace => {
-                self.delete.push((name, deleting))
-            }
+            (false, Some(at)) if rules.now.duration_since(*at) >= rules.grace => match rules.hold {
+                Some(hold) if rules.now.duration_since(modified) < hold => self.held += 1,
+                _ => self.delete.push((name, deleting)),
+            },
             (true, None) | (false, Some(_)) => {}
         }
     }
@@ -349,15 +363,26 @@ impl<N: Clone, X: Clone> Sweep<N, X> {
     }
 }
 
+/// When a collection deletes: its clock, the grace after condemnation, and the vault lock's
+/// minimum retention, if one is in force.
+struct Rules {
+    now: Timestamp,
+    grace: SignedDuration,
+    hold: Option<SignedDuration>,
+}
+
 /// One collection of `store` (whose tier manifests are of `tier`: vault for the primary,
 /// secondary for the secondary store) at `now`, deleting what was condemned at least `grace`
-/// ago and is still unreferenced. See the module doc.
+/// ago and is still unreferenced — and, when `hold` is a vault lock's minimum retention, was
+/// written at least that long ago. See the module doc.
 pub async fn collect(
     store: &BlobStore,
     tier: Tier,
     now: Timestamp,
     grace: SignedDuration,
+    hold: Option<SignedDuration>,
 ) -> Result<GcReport, Error> {
+    let rules = Rules { now, grace, hold };
     let marked = mark(store, tier).await?;
     let mut report = GcReport {
         manifests: marked.manifests,
@@ -385,7 +410,7 @@ pub async fn collect(
             Err(e) => return Err(e),
         };
         let condemned = state.condemned_packs.get(id.as_str());
-        packs.sort((id, info.size), live, condemned, (now, grace));
+        packs.sort((id, info.size, info.modified), live, condemned, &rules);
     }
     // Sweep maps the same way.
     let mut maps = Sweep::new();
@@ -402,7 +427,12 @@ pub async fn collect(
         }
         let live = marked.maps.contains(&name);
         let condemned = state.condemned_maps.get(&name);
-        maps.sort((name, info.key.clone()), live, condemned, (now, grace));
+        maps.sort(
+            (name, info.key.clone(), info.modified),
+            live,
+            condemned,
+            &rules,
+        );
     }
 
     // Record the decisions before acting on them.
@@ -424,6 +454,7 @@ pub async fn collect(
     .await?;
     report.packs_revived = packs.revive.len() as u64;
     report.packs_condemned = packs.condemn.len() as u64;
+    report.held_by_lock = packs.held + maps.held;
 
     for (id, size) in &to_delete_packs {
         store.delete(&id.key()).await?;

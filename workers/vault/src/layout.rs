@@ -429,6 +429,16 @@ pub fn retention_record(instance: &str, rp_id: &str) -> Result<BlobKey, LayoutEr
 /// Suffix naming retention records among an instance's catalog objects.
 pub const RETENTION_SUFFIX: &str = "retention";
 
+/// `catalog/<instance>/<rp-id>.deleted.json`: the soft-delete record of a recovery point
+/// (`stowage rp delete`; see `catalog::soft_delete`).
+pub fn soft_delete_record(instance: &str, rp_id: &str) -> Result<BlobKey, LayoutError> {
+    // The same form as a tier manifest's key, with the suffix in the tier's place.
+    recovery_point_tier(instance, rp_id, SOFT_DELETE_SUFFIX)
+}
+
+/// Suffix naming soft-delete records among an instance's catalog objects.
+pub const SOFT_DELETE_SUFFIX: &str = "deleted";
+
 /// What a key listed under [`recovery_points`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CatalogEntry<'a> {
@@ -438,6 +448,8 @@ pub enum CatalogEntry<'a> {
     Tier(&'a str, &'a str),
     /// `<rp-id>.retention.json`: a retention record.
     Retention(&'a str),
+    /// `<rp-id>.deleted.json`: a soft-delete record.
+    SoftDeleted(&'a str),
 }
 
 /// Parses a key listed under [`recovery_points`]`(instance)`; `None` for anything else.
@@ -457,6 +469,9 @@ pub fn parse_catalog_key<'a>(instance: &str, key: &'a BlobKey) -> Option<Catalog
     }
     if let Some(rp) = stem.strip_suffix(&format!(".{RETENTION_SUFFIX}")) {
         return (!rp.is_empty()).then_some(CatalogEntry::Retention(rp));
+    }
+    if let Some(rp) = stem.strip_suffix(&format!(".{SOFT_DELETE_SUFFIX}")) {
+        return (!rp.is_empty()).then_some(CatalogEntry::SoftDeleted(rp));
     }
     (!stem.is_empty()).then_some(CatalogEntry::Manifest(stem))
 }

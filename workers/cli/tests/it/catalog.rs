@@ -23,7 +23,7 @@ fn command(vault: &Path, prefix: &str, args: &[&str]) -> Command {
 }
 
 /// `stowage <line>` (split at white space) on `vault`.
-fn stowage(vault: &Path, line: &str) -> Output {
+pub(crate) fn stowage(vault: &Path, line: &str) -> Output {
     stowage_fed(vault, line, None)
 }
 
@@ -33,12 +33,12 @@ fn stowage_fed(vault: &Path, line: &str, stdin: Option<&str>) -> Output {
     run(command(vault, "stowage-test-unused", &args), stdin)
 }
 
-fn ok(out: &Output) -> String {
+pub(crate) fn ok(out: &Output) -> String {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     text(&out.stdout)
 }
 
-fn refused(out: &Output) -> String {
+pub(crate) fn refused(out: &Output) -> String {
     assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
     text(&out.stderr)
 }

@@ -116,7 +116,22 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         VaultKey::generate().unwrap(),
         disks.clone(),
     )
-    .with_secondary(secondary.clone(), "paired");
+    .with_secondary(secondary.clone());
+    // The settings the vault stages follow: geo, with the secondary above.
+    let settings = stowage_schemas::domain::Vault {
+        redundancy: stowage_schemas::domain::Redundancy::Geo {
+            secondary_location: dir.join("secondary").display().to_string(),
+            secondary_region: "paired".into(),
+        },
+        ..stowage_schemas::samples::vault("v", &vault_dir.display().to_string())
+    };
+    primary
+        .put_create_only(
+            &stowage_vault::layout::vault_settings(),
+            serde_json::to_vec(&settings).unwrap(),
+        )
+        .await
+        .unwrap();
     let cluster_ctx =
         ClusterContext::new(primary.clone(), disks.clone(), "sandbox", cluster.target())
             .with_secondary(secondary.clone());

@@ -7,6 +7,7 @@ mod helpers;
 mod catalog;
 mod cli;
 mod jobs;
+mod lock;
 mod observability;
 mod outbox;
 mod ownership;

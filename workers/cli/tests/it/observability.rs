@@ -729,6 +729,8 @@ async fn a_backup_is_one_trace_through_every_stage_from_backup_now_or_the_schedu
     // `blog`'s slot is this minute, so the scheduler backs it up at its first tick.
     let slot = Timestamp::from_second(Timestamp::now().as_second() / 60 * 60).unwrap();
     backup_catalog(&store, &secondary, slot).await;
+    // Workers never create a secondary folder (an unmounted volume must not be replaced).
+    std::fs::create_dir_all(&secondary).unwrap();
     let disks = LocalDiskProvider::open(dir.join("disks")).unwrap();
     for disk in ["shop-data", "blog-data"] {
         let info = disks.create_disk(disk, 4 * MIB).await.unwrap();
@@ -743,8 +745,6 @@ async fn a_backup_is_one_trace_through_every_stage_from_backup_now_or_the_schedu
     let flags = [
         "--secondary",
         &secondary_flag,
-        "--secondary-region",
-        "paired",
         "--cluster-url",
         cluster.url(),
         "--cluster-name",

@@ -286,6 +286,15 @@ pub async fn restore(
     let (store, resources, rp) = match &request.source {
         RestoreSource::Operational => {
             let rp = read_rp(&ctx.vault, request).await?;
+            let deleted = stowage_vault::catalog::soft_delete::deleted(
+                &ctx.vault,
+                &request.instance,
+                &request.recovery_point_id,
+            )
+            .await?;
+            if let Some(deleted) = deleted {
+                return Err(StageError::permanent(deleted.restore_refusal()));
+            }
             let key = layout::parse_resource_key(&rp.resources).map_err(StageError::permanent)?;
             (&ctx.vault, key, rp)
         }

@@ -23,9 +23,19 @@
 //! not recorded and finds the rest done: deleting a missing snapshot or object succeeds, and a
 //! missing tier manifest simply means the tier is gone. Nothing is emitted; counts are logged.
 //!
-//! Leftovers of killed streaming writes under `.stowage-tmp/` are not swept here: the store
-//! offers no listing outside layout prefixes and reports no modification times, so the sweep
-//! cannot tell a leftover from an upload in progress. That needs a store method (future work).
+//! **The vault's settings** (`vault.json`) are read per run. A geo vault needs its secondary
+//! ([`VaultContext::secondary_of`]): without it retention fails rather than remove RP manifests
+//! whose secondary copies it cannot see. **The vault lock** ([`catalog::lock`]): while it is in
+//! force nothing of an RP is deleted before its lock date — an expired tier, or an RP with no
+//! tier left, is *held* (its record's tier says `held_until`) and deleted by the first run after;
+//! the garbage collector keeps unreferenced objects younger than the minimum retention. Lock
+//! checks use the stage's clock (the real one), never `as_of`.
+//!
+//! **Soft-deleted RPs** ([`catalog::soft_delete`]) are left out of the evaluation: none of their
+//! tiers expires, they are neither the newest of a tier nor the first of a period. Once their
+//! undelete window is over (by the real clock) and the lock allows, the run claims them
+//! (state `purging`) and purges them whole: snapshots, tier manifests, the secondary's copies,
+//! resources, the RP manifest, the retention record, and the soft-delete record last.
 
 pub mod evaluate;
 
@@ -40,7 +50,8 @@ use stowage_disk::SnapshotId;
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::{Policy, RecoveryPoint, RpState, Tier};
 use stowage_schemas::jobs::RetentionJob;
-use stowage_vault::catalog::{self, settings};
+use stowage_vault::catalog::lock::Lock;
+use stowage_vault::catalog::{self, settings, soft_delete};
 use stowage_vault::document::{self, Decision, UpdateError};
 use stowage_vault::gc::{self, GcReport};
 use stowage_vault::layout::{self, CatalogEntry};
@@ -104,7 +115,7 @@ impl StageHandler for RetentionStage {
     async fn handle(&self, _ctx: JobContext, job: RetentionJob) -> Result<Outcome, StageError> {
         let now = (self.clock)();
         let as_of = job.as_of.unwrap_or(now);
-        let report = run(&self.ctx, &job.instance, as_of).await?;
+        let report = run_at(&self.ctx, &job.instance, as_of, now).await?;
         let gc = collect(&self.ctx, now, self.grace).await?;
         // Restores that did not complete keep their staging for inspection, then it goes.
         let mut staging_removed = 0;
@@ -156,6 +167,8 @@ impl StageHandler for RetentionStage {
             vault_expired = report.vault_deleted,
             secondary_expired = report.secondary_deleted,
             rps_removed = report.rps_removed,
+            rps_purged = report.purged,
+            held_by_lock = report.held_by_lock + gc.primary.held_by_lock,
             packs_condemned = gc.primary.packs_condemned,
             packs_deleted = gc.primary.packs_deleted,
             bytes_deleted = gc.primary.bytes_deleted,
@@ -181,6 +194,10 @@ pub struct RetentionReport {
     pub rps_removed: u64,
     /// Snapshots deleted through the disk provider.
     pub snapshots_deleted: u64,
+    /// Deletes the vault's lock held back (expired tiers, RPs, soft-deleted RPs to purge).
+    pub held_by_lock: u64,
+    /// Soft-deleted RPs purged after their undelete window.
+    pub purged: u64,
 }
 
 /// What garbage collection did in each store.
@@ -205,6 +222,9 @@ pub struct TierRecord {
     /// When retention finished deleting it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<Timestamp>,
+    /// Expired, but the vault's lock keeps it until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<Timestamp>,
 }
 
 /// `catalog/<instance>/<rp>.retention.json`: what retention decided for one RP.
@@ -237,6 +257,7 @@ impl RetentionRecord {
             state: RpState::Available,
             expires_at: None,
             deleted_at: None,
+            held_until: None,
         });
         self.tiers.last_mut().expect("just pushed")
     }
@@ -325,6 +346,7 @@ struct Found {
     vault: bool,
     secondary: bool,
     record: bool,
+    soft_deleted: bool,
 }
 
 async fn scan(
@@ -353,18 +375,31 @@ async fn scan(
             CatalogEntry::Retention(rp) if !secondary_store => {
                 found.entry(rp.to_owned()).or_default().record = true
             }
+            CatalogEntry::SoftDeleted(rp) if !secondary_store => {
+                found.entry(rp.to_owned()).or_default().soft_deleted = true
+            }
             _ => {}
         }
     }
     Ok(())
 }
 
-/// Evaluate and apply retention for `instance` at `as_of` (see the module doc); no garbage
-/// collection (that is [`collect`]).
+/// Evaluate and apply retention for `instance` at `as_of` (see the module doc), with the lock
+/// and undelete windows read on the system clock; no garbage collection (that is [`collect`]).
 pub async fn run(
     ctx: &VaultContext,
     instance: &str,
     as_of: Timestamp,
+) -> Result<RetentionReport, StageError> {
+    run_at(ctx, instance, as_of, Timestamp::now()).await
+}
+
+/// [`run`] with the lock and undelete windows read at `now` (the real clock; tests set it).
+pub async fn run_at(
+    ctx: &VaultContext,
+    instance: &str,
+    as_of: Timestamp,
+    now: Timestamp,
 ) -> Result<RetentionReport, StageError> {
     let store = &ctx.primary;
     let policy = read_policy(store, instance).await?.ok_or_else(|| {
@@ -374,16 +409,42 @@ pub async fn run(
              instance and its policy, then resubmit"
         ))
     })?;
+    let vault = ctx.settings().await?;
+    let secondary = ctx.secondary_of(&vault).await?.map(|(store, _)| store);
+    let job = Run {
+        ctx,
+        secondary,
+        lock: Lock::of(&vault),
+        instance,
+        now,
+    };
     let mut found = BTreeMap::new();
     scan(store, instance, &mut found, false).await?;
-    if let Some(secondary) = &ctx.secondary {
-        scan(&secondary.store, instance, &mut found, true).await?;
+    if let Some(secondary) = secondary {
+        scan(secondary, instance, &mut found, true).await?;
     }
 
     let mut report = RetentionReport::default();
     let mut summaries = Vec::new();
     let mut records = BTreeMap::new();
+    let mut to_purge = Vec::new();
     for (rp_id, f) in &found {
+        if f.soft_deleted {
+            match soft_delete::read(store, instance, rp_id).await? {
+                Some(record) if record.is_deleted() => {
+                    if f.manifest {
+                        to_purge.push(record);
+                    } else {
+                        // A purge removed the RP and stopped before its record: finish.
+                        soft_delete::remove(store, instance, rp_id).await?;
+                    }
+                    continue; // left out of the evaluation, whatever its tiers
+                }
+                // What an undelete left when it stopped before removing the record.
+                Some(_) => soft_delete::remove(store, instance, rp_id).await?,
+                None => {}
+            }
+        }
         if !f.manifest {
             if f.record && !f.vault && !f.secondary {
                 // A run removed the RP and crashed before its record: finish.
@@ -429,9 +490,23 @@ pub async fn run(
             .find(|s| s.id == decision.id)
             .expect("decided from the summaries");
         let record = records.get(&decision.id).cloned().flatten();
-        apply(ctx, instance, decision, summary, record, &mut report).await?;
+        job.apply(decision, summary, record, &mut report).await?;
+    }
+    for record in &to_purge {
+        job.purge(record, &mut report).await?;
     }
     Ok(report)
+}
+
+/// One retention run of one instance: what every step needs.
+struct Run<'a> {
+    ctx: &'a VaultContext,
+    /// The secondary store, for a geo vault.
+    secondary: Option<&'a BlobStore>,
+    lock: Lock,
+    instance: &'a str,
+    /// The real clock, for the lock and undelete windows.
+    now: Timestamp,
 }
 
 async fn delete_key(
@@ -442,100 +517,194 @@ async fn delete_key(
     store.delete(&key).await.map_err(StageError::from)
 }
 
-async fn apply(
-    ctx: &VaultContext,
-    instance: &str,
-    decision: &RpDecision,
-    summary: &RpSummary,
-    record: Option<RetentionRecord>,
-    report: &mut RetentionReport,
-) -> Result<(), StageError> {
-    let store = &ctx.primary;
-    let rp_id = &decision.id;
-    // The decision, for whoever looks (written only when it changed).
-    let wanted = |r: &mut RetentionRecord| {
-        r.selected_by = decision.selected_by.clone();
-        for d in &decision.tiers {
-            let t = r.tier_mut(d.tier);
-            t.expires_at = (!d.protected).then_some(d.expires_at);
-            t.state = if d.expired {
-                RpState::Deleting
-            } else {
-                RpState::Available
-            };
+impl Run<'_> {
+    /// Whether the lock lets `what` of the RP go now; logs and counts it when not.
+    fn lock_allows(
+        &self,
+        what: &str,
+        rp_id: &str,
+        created_at: Timestamp,
+        report: &mut RetentionReport,
+    ) -> Option<Timestamp> {
+        match self.lock.check(
+            format_args!("{what}recovery point {rp_id} of instance {}", self.instance),
+            created_at,
+            self.now,
+        ) {
+            Ok(()) => None,
+            Err(refusal) => {
+                tracing::info!(instance = self.instance, rp_id, "{refusal}");
+                report.held_by_lock += 1;
+                Some(refusal.until)
+            }
         }
-    };
-    let unchanged = record.as_ref().is_some_and(|r| {
-        let mut copy = r.clone();
-        wanted(&mut copy);
-        copy == *r
-    });
-    if !unchanged {
-        update_record(store, instance, rp_id, wanted).await?;
     }
 
-    let mut remaining = [summary.operational, summary.vault, summary.secondary];
-    for (slot, tier) in [Tier::Operational, Tier::Vault, Tier::Secondary]
-        .into_iter()
-        .enumerate()
-    {
-        if !decision.is_expired(tier) {
-            continue;
+    async fn apply(
+        &self,
+        decision: &RpDecision,
+        summary: &RpSummary,
+        record: Option<RetentionRecord>,
+        report: &mut RetentionReport,
+    ) -> Result<(), StageError> {
+        let (ctx, instance) = (self.ctx, self.instance);
+        let store = &ctx.primary;
+        let rp_id = &decision.id;
+        // Expired tiers the lock still holds, and until when.
+        let held = decision
+            .tiers
+            .iter()
+            .any(|d| d.expired)
+            .then(|| self.lock.lock_date(decision.created_at))
+            .flatten()
+            .filter(|until| self.now < *until);
+        // The decision, for whoever looks (written only when it changed).
+        let wanted = |r: &mut RetentionRecord| {
+            r.selected_by = decision.selected_by.clone();
+            for d in &decision.tiers {
+                let t = r.tier_mut(d.tier);
+                t.expires_at = (!d.protected).then_some(d.expires_at);
+                t.state = if d.expired {
+                    RpState::Deleting
+                } else {
+                    RpState::Available
+                };
+                t.held_until = held.filter(|_| d.expired);
+            }
+        };
+        let unchanged = record.as_ref().is_some_and(|r| {
+            let mut copy = r.clone();
+            wanted(&mut copy);
+            copy == *r
+        });
+        if !unchanged {
+            update_record(store, instance, rp_id, wanted).await?;
         }
-        match tier {
-            Tier::Operational => {
-                let rp = catalog::read_recovery_point(store, instance, rp_id).await?;
-                if rp.instance != instance || rp.id != *rp_id {
-                    tracing::warn!(instance, rp_id, manifest_instance = %rp.instance, manifest_id = %rp.id, "the RP manifest names another instance or recovery point; its snapshots are not this RP's and are not deleted");
-                    continue;
+
+        let mut remaining = [summary.operational, summary.vault, summary.secondary];
+        for (slot, tier) in [Tier::Operational, Tier::Vault, Tier::Secondary]
+            .into_iter()
+            .enumerate()
+        {
+            if !decision.is_expired(tier) {
+                continue;
+            }
+            let what = format!("the {} tier of ", tier.as_str());
+            if self
+                .lock_allows(&what, rp_id, decision.created_at, report)
+                .is_some()
+            {
+                continue;
+            }
+            match tier {
+                Tier::Operational => {
+                    let rp = catalog::read_recovery_point(store, instance, rp_id).await?;
+                    if rp.instance != instance || rp.id != *rp_id {
+                        tracing::warn!(instance, rp_id, manifest_instance = %rp.instance, manifest_id = %rp.id, "the RP manifest names another instance or recovery point; its snapshots are not this RP's and are not deleted");
+                        continue;
+                    }
+                    report.snapshots_deleted += delete_snapshots(ctx, &rp).await?;
+                    report.operational_deleted += 1;
                 }
-                report.snapshots_deleted += delete_snapshots(ctx, &rp).await?;
-                report.operational_deleted += 1;
-            }
-            Tier::Vault => {
-                delete_key(
-                    store,
-                    catalog::tier_manifest_key(instance, rp_id, Tier::Vault),
-                )
-                .await?;
-                report.vault_deleted += 1;
-            }
-            Tier::Secondary => {
-                if let Some(secondary) = &ctx.secondary {
+                Tier::Vault => {
                     delete_key(
-                        &secondary.store,
-                        catalog::tier_manifest_key(instance, rp_id, Tier::Secondary),
+                        store,
+                        catalog::tier_manifest_key(instance, rp_id, Tier::Vault),
                     )
                     .await?;
-                    report.secondary_deleted += 1;
+                    report.vault_deleted += 1;
+                }
+                Tier::Secondary => {
+                    if let Some(secondary) = self.secondary {
+                        delete_key(
+                            secondary,
+                            catalog::tier_manifest_key(instance, rp_id, Tier::Secondary),
+                        )
+                        .await?;
+                        report.secondary_deleted += 1;
+                    }
                 }
             }
+            let now = Timestamp::now();
+            update_record(store, instance, rp_id, |r| {
+                let t = r.tier_mut(tier);
+                t.state = RpState::Deleting;
+                t.deleted_at.get_or_insert(now);
+            })
+            .await?;
+            remaining[slot] = false;
         }
-        let now = Timestamp::now();
-        update_record(store, instance, rp_id, |r| {
-            let t = r.tier_mut(tier);
-            t.state = RpState::Deleting;
-            t.deleted_at.get_or_insert(now);
-        })
+        if remaining.iter().any(|r| *r)
+            || self
+                .lock_allows("", rp_id, decision.created_at, report)
+                .is_some()
+        {
+            return Ok(());
+        }
+        self.remove(rp_id).await?;
+        report.rps_removed += 1;
+        tracing::info!(instance, rp_id, "recovery point removed: no tier left");
+        Ok(())
+    }
+
+    /// An RP with no tier left: its own objects, most general last.
+    async fn remove(&self, rp_id: &str) -> Result<(), StageError> {
+        let (store, instance) = (&self.ctx.primary, self.instance);
+        let rp_key = layout::recovery_point(instance, rp_id).map_err(StageError::permanent)?;
+        let resources = layout::resources(instance, rp_id).map_err(StageError::permanent)?;
+        if let Some(secondary) = self.secondary {
+            delete_prefix(secondary, &resources).await?;
+            secondary.delete(&rp_key).await?;
+        }
+        delete_prefix(store, &resources).await?;
+        store.delete(&rp_key).await?;
+        delete_key(store, layout::retention_record(instance, rp_id)).await
+    }
+
+    /// Purges a soft-deleted RP whose undelete window is over and which the lock no longer
+    /// holds: claims it ([`soft_delete::begin_purge`]), then deletes every tier and object of
+    /// it, the soft-delete record last.
+    async fn purge(
+        &self,
+        record: &soft_delete::SoftDeleteRecord,
+        report: &mut RetentionReport,
+    ) -> Result<(), StageError> {
+        let (ctx, instance) = (self.ctx, self.instance);
+        let rp_id = record.recovery_point_id.as_str();
+        if self.now < record.purge_after {
+            return Ok(()); // still undeletable
+        }
+        let rp = catalog::read_recovery_point(&ctx.primary, instance, rp_id).await?;
+        if self
+            .lock_allows("soft-deleted ", rp_id, rp.created_at, report)
+            .is_some()
+            || !soft_delete::begin_purge(&ctx.primary, instance, rp_id, self.now).await?
+        {
+            return Ok(());
+        }
+        if rp.instance == instance && rp.id == rp_id {
+            report.snapshots_deleted += delete_snapshots(ctx, &rp).await?;
+        } else {
+            tracing::warn!(instance, rp_id, manifest_instance = %rp.instance, manifest_id = %rp.id, "the RP manifest names another instance or recovery point; its snapshots are not this RP's and are not deleted");
+        }
+        delete_key(
+            &ctx.primary,
+            catalog::tier_manifest_key(instance, rp_id, Tier::Vault),
+        )
         .await?;
-        remaining[slot] = false;
+        if let Some(secondary) = self.secondary {
+            delete_key(
+                secondary,
+                catalog::tier_manifest_key(instance, rp_id, Tier::Secondary),
+            )
+            .await?;
+        }
+        self.remove(rp_id).await?;
+        soft_delete::remove(&ctx.primary, instance, rp_id).await?;
+        report.purged += 1;
+        tracing::info!(instance, rp_id, deleted_at = %record.deleted_at, "soft-deleted recovery point purged: its undelete window is over");
+        Ok(())
     }
-    if remaining.iter().any(|r| *r) {
-        return Ok(());
-    }
-    // No tier left: the RP's own objects, most general last.
-    let rp_key = layout::recovery_point(instance, rp_id).map_err(StageError::permanent)?;
-    let resources = layout::resources(instance, rp_id).map_err(StageError::permanent)?;
-    if let Some(secondary) = &ctx.secondary {
-        delete_prefix(&secondary.store, &resources).await?;
-        secondary.store.delete(&rp_key).await?;
-    }
-    delete_prefix(store, &resources).await?;
-    store.delete(&rp_key).await?;
-    delete_key(store, layout::retention_record(instance, rp_id)).await?;
-    report.rps_removed += 1;
-    tracing::info!(instance, rp_id, "recovery point removed: no tier left");
-    Ok(())
 }
 
 /// Deletes the snapshots the RP manifest names — only those named like the snapshot stage names
@@ -574,15 +743,18 @@ async fn delete_prefix(store: &BlobStore, prefix: &layout::KeyPrefix) -> Result<
     Ok(())
 }
 
-/// Two-phase garbage collection of the vault's stores at `now` (see [`stowage_vault::gc`]).
+/// Two-phase garbage collection of the vault's stores at `now` (see [`stowage_vault::gc`]),
+/// keeping what the vault's lock holds.
 pub async fn collect(
     ctx: &VaultContext,
     now: Timestamp,
     grace: SignedDuration,
 ) -> Result<CollectReport, StageError> {
-    let primary = gc::collect(&ctx.primary, Tier::Vault, now, grace).await?;
-    let secondary = match &ctx.secondary {
-        Some(s) => Some(gc::collect(&s.store, Tier::Secondary, now, grace).await?),
+    let vault = ctx.settings().await?;
+    let hold = Lock::of(&vault).minimum_retention();
+    let primary = gc::collect(&ctx.primary, Tier::Vault, now, grace, hold).await?;
+    let secondary = match ctx.secondary_of(&vault).await? {
+        Some((store, _)) => Some(gc::collect(store, Tier::Secondary, now, grace, hold).await?),
         None => None,
     };
     Ok(CollectReport { primary, secondary })
@@ -609,25 +781,7 @@ pub async fn vault_eligibility(
     let Some(policy) = read_policy(store, &rp.instance).await? else {
         return Ok(Eligibility::NoPolicy);
     };
-    let mut found = BTreeMap::new();
-    scan(store, &rp.instance, &mut found, false).await?;
-    let mut earlier = Vec::new();
-    for (id, f) in &found {
-        if !f.vault || *id == rp.id {
-            continue;
-        }
-        match catalog::read_recovery_point(store, &rp.instance, id).await {
-            Ok(other) => earlier.push(RpSummary {
-                id: id.clone(),
-                created_at: other.created_at,
-                operational: true,
-                vault: true,
-                secondary: false,
-            }),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(StageError::from(e)),
-        }
-    }
+    let earlier = vaulted(store, rp).await?;
     let this = RpSummary {
         id: rp.id.clone(),
         created_at: rp.created_at,
@@ -641,6 +795,75 @@ pub async fn vault_eligibility(
             None => Eligibility::NotSelected,
         },
     )
+}
+
+/// The instance's other RPs complete in the vault tier (soft-deleted ones left out, as
+/// retention leaves them out), as summaries.
+async fn vaulted(store: &BlobStore, rp: &RecoveryPoint) -> Result<Vec<RpSummary>, StageError> {
+    let mut found = BTreeMap::new();
+    scan(store, &rp.instance, &mut found, false).await?;
+    let mut vaulted = Vec::new();
+    for (id, f) in &found {
+        if !f.vault || *id == rp.id {
+            continue;
+        }
+        if f.soft_deleted
+            && soft_delete::deleted(store, &rp.instance, id)
+                .await?
+                .is_some()
+        {
+            continue;
+        }
+        match catalog::read_recovery_point(store, &rp.instance, id).await {
+            Ok(other) => vaulted.push(RpSummary {
+                id: id.clone(),
+                created_at: other.created_at,
+                operational: true,
+                vault: true,
+                secondary: false,
+            }),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(StageError::from(e)),
+        }
+    }
+    Ok(vaulted)
+}
+
+/// When retention may delete `rp`'s vault copy, as `rp.vaulted` announces it: the policy's
+/// vault expiry among the RPs already in the vault tier (its creation when no rule selects
+/// it), or the vault lock's date if later. `None` when the instance has no stored policy.
+pub async fn vault_expiry(
+    store: &BlobStore,
+    rp: &RecoveryPoint,
+) -> Result<Option<Timestamp>, StageError> {
+    let Some(policy) = read_policy(store, &rp.instance).await? else {
+        return Ok(None);
+    };
+    let mut rps = vaulted(store, rp).await?;
+    rps.push(RpSummary {
+        id: rp.id.clone(),
+        created_at: rp.created_at,
+        operational: false,
+        vault: true,
+        secondary: false,
+    });
+    let decisions =
+        evaluate::evaluate(&policy, &rps, rp.created_at).map_err(StageError::permanent)?;
+    let Some(expiry) = decisions
+        .iter()
+        .find(|d| d.id == rp.id)
+        .and_then(|d| d.tier(Tier::Vault))
+        .map(|d| d.expires_at)
+    else {
+        return Ok(None);
+    };
+    let lock_date = match settings::read_vault(store).await {
+        Ok(vault) => Lock::of(&vault).lock_date(rp.created_at),
+        // Workers refuse an uninitialised vault at start; a vault without settings has no lock.
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(lock_date.map_or(expiry, |date| date.max(expiry))))
 }
 
 #[cfg(test)]

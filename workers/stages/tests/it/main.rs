@@ -3,6 +3,8 @@
 //! local-folder vaults and local disks.
 
 mod cluster_fixture;
+mod honest_settings;
+mod lock;
 mod restore;
 mod retention;
 mod snapshot;

@@ -25,18 +25,18 @@ use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
 use stowage_vault::{catalog, gc, layout};
 
-const INSTANCE: &str = "shop";
-const DISK: &str = "pg";
+pub(crate) const INSTANCE: &str = "shop";
+pub(crate) const DISK: &str = "pg";
 const SIZE: u64 = 8 << 20;
 const ZONE: &str = "Europe/Amsterdam";
 
-struct Fixture {
-    _dir: PathBuf,
-    ctx: VaultContext,
-    disks: Arc<LocalDiskProvider>,
+pub(crate) struct Fixture {
+    pub(crate) _dir: PathBuf,
+    pub(crate) ctx: VaultContext,
+    pub(crate) disks: Arc<LocalDiskProvider>,
 }
 
-async fn fixture(rules: &[(CalendarPeriod, u32)], operational_days: u16) -> Fixture {
+pub(crate) async fn fixture(rules: &[(CalendarPeriod, u32)], operational_days: u16) -> Fixture {
     let dir = std::env::temp_dir().join(format!("stowage-ret-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let disks = Arc::new(LocalDiskProvider::open(dir.join("disks")).unwrap());
@@ -66,6 +66,11 @@ async fn fixture(rules: &[(CalendarPeriod, u32)], operational_days: u16) -> Fixt
         async move { store.put_create_only(&key, value).await.unwrap() }
     };
     put(
+        layout::vault_settings(),
+        serde_json::to_vec(&stowage_schemas::samples::vault("v", "/vault")).unwrap(),
+    )
+    .await;
+    put(
         layout::policy("p").unwrap(),
         serde_json::to_vec(&policy).unwrap(),
     )
@@ -86,7 +91,12 @@ async fn fixture(rules: &[(CalendarPeriod, u32)], operational_days: u16) -> Fixt
 impl Fixture {
     /// Write 1 MiB of fresh random data somewhere, snapshot, and record the RP at `at`.
     /// Returns the RP and a hash of the whole disk at that point.
-    async fn backup(&self, rp_id: &str, at: Timestamp, seed: u64) -> (RecoveryPoint, blake3::Hash) {
+    pub(crate) async fn backup(
+        &self,
+        rp_id: &str,
+        at: Timestamp,
+        seed: u64,
+    ) -> (RecoveryPoint, blake3::Hash) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut data = vec![0u8; 1 << 20];
         rng.fill(&mut data[..]);
@@ -132,7 +142,7 @@ impl Fixture {
     }
 
     /// Deletes the vault-tier manifest of `rp_id`, as if its vault tier had expired.
-    async fn drop_vault_tier(&self, rp_id: &str) {
+    pub(crate) async fn drop_vault_tier(&self, rp_id: &str) {
         self.ctx
             .primary
             .delete(&catalog::tier_manifest_key(INSTANCE, rp_id, Tier::Vault).unwrap())
@@ -154,7 +164,7 @@ impl Fixture {
         blake3::hash(&buf)
     }
 
-    async fn restore_hash(&self, rp_id: &str, restore_id: &str) -> blake3::Hash {
+    pub(crate) async fn restore_hash(&self, rp_id: &str, restore_id: &str) -> blake3::Hash {
         let job = RestoreHydrationJob {
             restore_id: restore_id.into(),
             instance: INSTANCE.into(),
@@ -180,7 +190,7 @@ impl Fixture {
         self.ctx.primary.list(&prefix).count().await
     }
 
-    async fn packs(&self) -> HashSet<String> {
+    pub(crate) async fn packs(&self) -> HashSet<String> {
         self.ctx
             .primary
             .list(&layout::packs())
@@ -190,7 +200,7 @@ impl Fixture {
     }
 }
 
-fn local(y: i16, m: i8, d: i8, h: i8) -> Timestamp {
+pub(crate) fn local(y: i16, m: i8, d: i8, h: i8) -> Timestamp {
     date(y, m, d)
         .at(h, 0, 0, 0)
         .in_tz(ZONE)

@@ -5,13 +5,17 @@
 //! | [`settings`] | `vault.json`, `policies/<name>.json`, `instances/<name>.json`: validated on write, compare-and-swap updates |
 //! | [`manifest`] (re-exported here) | `catalog/<instance>/<rp>.json` and its tier manifests: create-only recovery-point manifests |
 //! | [`jobs`] | `jobs/<id>.json`: job records, create-only claims and compare-and-swap updates |
+//! | [`soft_delete`] | `catalog/<instance>/<rp>.deleted.json`: soft-deleted recovery points (`rp delete`/`undelete`) |
+//! | [`lock`] | no document of its own: what `vault.json`'s lock lets anything delete, and when |
 //!
 //! The stages read the settings and the manifests and write manifests and job records, so
 //! these documents live here, below the stages; what drives the stages from outside (the
 //! scheduler, preflight) sits above them in `stowage-control`.
 
 pub mod jobs;
+pub mod lock;
 pub mod manifest;
 pub mod settings;
+pub mod soft_delete;
 
 pub use manifest::*;

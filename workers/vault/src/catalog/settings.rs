@@ -11,7 +11,8 @@
 //! | document | rule |
 //! |---|---|
 //! | vault | a `geo` vault names its secondary location and region (both different from the primary's) |
-//! | vault | the name never changes; immutability `locked` can never be changed again |
+//! | vault | the name never changes; immutability `locked` can never be changed again, and its `minimum_retention_days` and `soft_delete_days` only grow |
+//! | vault | `enabled`/`locked` immutability needs `minimum_retention_days` 1..=36500; `soft_delete_days` 14..=180 |
 //! | policy | `schedule.frequency_hours` ∈ {4, 8, 12, 24}; `schedule.start` in whole minutes; `schedule.time_zone` is an IANA zone jiff can resolve |
 //! | policy | `retention.operational_days` 1..=360; vault rules keep 1..=360 days, except `year` rules (1..=3650: a yearly point kept for less than a year is pointless); at most one rule per `first_of` |
 //! | instance | `vault` is this vault's name; `policy` exists; `snapshot_location` is set and never changes |
@@ -46,6 +47,10 @@ pub const MAX_RETENTION_DAYS: u32 = 360;
 pub const MAX_YEARLY_RETENTION_DAYS: u32 = 3650;
 /// Longest hook timeout, in seconds.
 pub const MAX_HOOK_TIMEOUT_SECONDS: u32 = 3600;
+/// Longest minimum retention of a vault lock, in days (a hundred years).
+pub const MAX_MINIMUM_RETENTION_DAYS: u32 = 36_500;
+/// The shortest and longest undelete windows, in days (Azure Backup's range).
+pub const SOFT_DELETE_DAYS: std::ops::RangeInclusive<u16> = 14..=180;
 
 /// Compare-and-swap attempts of one write before giving up.
 const WRITE_TRIES: u32 = 16;
@@ -335,7 +340,55 @@ pub fn validate_vault(vault: &Vault, previous: Option<&Vault>) -> Result<(), Set
             );
         }
     }
+    if vault.immutability != Immutability::Disabled
+        && !(1..=MAX_MINIMUM_RETENTION_DAYS).contains(&vault.minimum_retention_days)
+    {
+        check.fail(
+            "minimum_retention_days",
+            format!(
+                "is {} with immutability {}",
+                vault.minimum_retention_days,
+                vault.immutability.as_str()
+            ),
+            format!(
+                "a lock keeps every recovery point 1 to {MAX_MINIMUM_RETENTION_DAYS} days; set it                  (e.g. --minimum-retention-days 30)"
+            ),
+        );
+    }
+    if !SOFT_DELETE_DAYS.contains(&vault.soft_delete_days) {
+        check.fail(
+            "soft_delete_days",
+            format!("is {}", vault.soft_delete_days),
+            format!(
+                "a deleted recovery point can be undeleted for {} to {} days",
+                SOFT_DELETE_DAYS.start(),
+                SOFT_DELETE_DAYS.end()
+            ),
+        );
+    }
     if let Some(previous) = previous {
+        if previous.immutability == Immutability::Locked {
+            if vault.minimum_retention_days < previous.minimum_retention_days {
+                check.fail(
+                    "minimum_retention_days",
+                    format!(
+                        "would shrink from {} to {}",
+                        previous.minimum_retention_days, vault.minimum_retention_days
+                    ),
+                    "a locked vault's minimum retention only grows; keep it or raise it",
+                );
+            }
+            if vault.soft_delete_days < previous.soft_delete_days {
+                check.fail(
+                    "soft_delete_days",
+                    format!(
+                        "would shrink from {} to {}",
+                        previous.soft_delete_days, vault.soft_delete_days
+                    ),
+                    "a locked vault's undelete window only grows; keep it or raise it",
+                );
+            }
+        }
         if previous.name != vault.name {
             check.fail(
                 "name",
@@ -801,6 +854,8 @@ mod tests {
             redundancy: Redundancy::Local,
             key_id: "local".into(),
             immutability: Immutability::Disabled,
+            minimum_retention_days: 0,
+            soft_delete_days: stowage_schemas::domain::DEFAULT_SOFT_DELETE_DAYS,
         }
     }
 
@@ -896,8 +951,33 @@ mod tests {
         assert!(all[1].contains("the primary region"), "{all:?}");
         let mut locked = vault();
         locked.immutability = Immutability::Locked;
+        let all = messages(validate_vault(&locked, None));
+        assert!(
+            all[0].contains("minimum_retention_days is 0 with immutability locked"),
+            "{all:?}"
+        );
+        locked.minimum_retention_days = 30;
+        let says = |all: &[String], text: &str| {
+            assert!(all.iter().any(|m| m.contains(text)), "{text}: {all:?}");
+        };
         let all = messages(validate_vault(&vault(), Some(&locked)));
-        assert!(all[0].contains("immutability would change from locked to disabled"));
+        says(&all, "immutability would change from locked to disabled");
+        let mut shrunk = locked.clone();
+        shrunk.minimum_retention_days = 29;
+        shrunk.soft_delete_days = 13;
+        let all = messages(validate_vault(&shrunk, Some(&locked)));
+        says(&all, "soft_delete_days is 13");
+        says(&all, "minimum_retention_days would shrink from 30 to 29");
+        let mut grown = locked.clone();
+        grown.minimum_retention_days = 31;
+        grown.soft_delete_days = 30;
+        validate_vault(&grown, Some(&locked)).unwrap();
+        // An unlocked (`enabled`) vault may relax its lock.
+        let mut enabled = locked.clone();
+        enabled.immutability = Immutability::Enabled;
+        let mut relaxed = enabled.clone();
+        relaxed.minimum_retention_days = 1;
+        validate_vault(&relaxed, Some(&enabled)).unwrap();
         let mut renamed = vault();
         renamed.name = "other".into();
         assert!(

@@ -140,6 +140,21 @@ pub struct ObjectInfo {
     pub key: BlobKey,
     /// Its size in bytes.
     pub size: u64,
+    /// When it was last written (the garbage collector's age under a vault lock).
+    pub modified: jiff::Timestamp,
+}
+
+impl ObjectInfo {
+    fn of(key: BlobKey, meta: &object_store::ObjectMeta) -> Self {
+        let modified = std::time::SystemTime::from(meta.last_modified);
+        Self {
+            key,
+            size: meta.size,
+            // A time jiff cannot hold is in no real listing; "just written" errs on keeping.
+            modified: jiff::Timestamp::try_from(modified)
+                .unwrap_or_else(|_| jiff::Timestamp::now()),
+        }
+    }
 }
 
 /// The blob-storage failures, with the texts operators see.
@@ -378,10 +393,31 @@ impl BlobStore {
     /// Size of an object, without reading it.
     pub async fn head(&self, key: &BlobKey) -> Result<ObjectInfo, Error> {
         let meta = self.meta(key).await?;
-        Ok(ObjectInfo {
-            key: key.clone(),
-            size: meta.size,
-        })
+        Ok(ObjectInfo::of(key.clone(), &meta))
+    }
+
+    /// Whether the storage itself is there, reading nothing in it: a local folder's root with
+    /// its lock folder (an unmounted volume takes them away, and writing would otherwise make a
+    /// new, empty folder in its place), or a container that answers a listing. A missing local
+    /// folder is [`ErrorKind::Unavailable`] (transient: a volume may come back).
+    pub async fn probe(&self) -> Result<(), Error> {
+        if let Some(root) = self.cas.local_root() {
+            let locks = root.join(crate::layout::LOCAL_LOCK_DIR);
+            return match std::fs::metadata(&locks) {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                _ => Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "{} is not there: the folder {} (or its {} folder) is missing — was its \
+                         volume unmounted? Mount it again; nothing is written until it is back",
+                        self.description,
+                        root.display(),
+                        crate::layout::LOCAL_LOCK_DIR
+                    ),
+                )),
+            };
+        }
+        self.list_top_level().await.map(|_| ())
     }
 
     /// What the backend reports about an object, without reading it.
@@ -411,10 +447,10 @@ impl BlobStore {
         self.inner
             .list(Some(&to_path(prefix.as_str())))
             .map(move |item| match item {
-                Ok(meta) => Ok(ObjectInfo {
-                    key: BlobKey::from_listing(meta.location.to_string()),
-                    size: meta.size,
-                }),
+                Ok(meta) => Ok(ObjectInfo::of(
+                    BlobKey::from_listing(meta.location.to_string()),
+                    &meta,
+                )),
                 Err(source) => Err(store.backend_error("list", &prefix_text, source)),
             })
             .boxed()
