@@ -48,25 +48,44 @@ pub fn vault(name: &str, location: &str) -> Vault {
 /// operational tier, the first backup of each day kept 30 days and of each year 3650 days in
 /// the vault tier.
 pub fn policy() -> Policy {
+    policy_every(
+        "daily",
+        4,
+        Time::constant(2, 0, 0, 0),
+        "Europe/Amsterdam",
+        7,
+        &[(CalendarPeriod::Day, 30), (CalendarPeriod::Year, 3650)],
+    )
+}
+
+/// A policy named `name` backing up every `frequency_hours` from `start` in `time_zone`,
+/// keeping recovery points `operational_days` in the operational tier and, in the vault tier,
+/// the first of each period for the days each `(period, days)` rule gives.
+pub fn policy_every(
+    name: &str,
+    frequency_hours: u8,
+    start: Time,
+    time_zone: &str,
+    operational_days: u16,
+    rules: &[(CalendarPeriod, u32)],
+) -> Policy {
+    let vault = rules
+        .iter()
+        .map(|&(first_of, keep_days)| VaultRule {
+            first_of,
+            keep_days,
+        })
+        .collect();
     Policy {
-        name: "daily".into(),
+        name: name.into(),
         schedule: Schedule {
-            frequency_hours: 4,
-            start: Time::constant(2, 0, 0, 0),
-            time_zone: "Europe/Amsterdam".into(),
+            frequency_hours,
+            start,
+            time_zone: time_zone.into(),
         },
         retention: Retention {
-            operational_days: 7,
-            vault: vec![
-                VaultRule {
-                    first_of: CalendarPeriod::Day,
-                    keep_days: 30,
-                },
-                VaultRule {
-                    first_of: CalendarPeriod::Year,
-                    keep_days: 3650,
-                },
-            ],
+            operational_days,
+            vault,
         },
     }
 }
