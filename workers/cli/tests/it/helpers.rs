@@ -96,18 +96,23 @@ impl Drop for TempDir {
     }
 }
 
+/// Gives a vault folder without settings those of a locally redundant vault (workers refuse an
+/// uninitialised vault).
+pub fn ensure_vault_settings(vault: &Path) {
+    let settings = vault.join("vault.json");
+    if !settings.exists() {
+        std::fs::create_dir_all(vault).expect("vault folder");
+        let sample = stowage_schemas::samples::vault("test", &vault.display().to_string());
+        std::fs::write(&settings, serde_json::to_vec(&sample).expect("JSON")).expect("vault.json");
+    }
+}
+
 /// `stowage worker --stage vault-transfer` on `dir`'s vault and disks (`<dir>/vault`,
 /// `<dir>/disks`), on the broker at `amqp_url` under `prefix`, serving health on `port`. A
 /// vault folder without settings gets those of a locally redundant vault (workers refuse an
 /// uninitialised vault).
 pub fn vault_transfer_worker(amqp_url: &str, prefix: &str, dir: &Path, port: u16) -> Command {
-    let settings = dir.join("vault").join("vault.json");
-    if !settings.exists() {
-        std::fs::create_dir_all(dir.join("vault")).expect("vault folder");
-        let vault =
-            stowage_schemas::samples::vault("test", &dir.join("vault").display().to_string());
-        std::fs::write(&settings, serde_json::to_vec(&vault).expect("JSON")).expect("vault.json");
-    }
+    ensure_vault_settings(&dir.join("vault"));
     let mut cmd = stowage_at(amqp_url, prefix);
     cmd.args(["worker", "--stage", "vault-transfer"])
         .arg("--health-addr")

@@ -23,7 +23,9 @@ use stowage_vault::catalog::jobs::read_job;
 use stowage_vault::catalog::settings::{WriteMode, write_instance, write_policy, write_vault};
 use stowage_vault::store::{BlobStore, LocalDurability};
 
-use crate::helpers::{TempDir, poll, stdout_and_stderr, stowage_at, terminate};
+use crate::helpers::{
+    TempDir, ensure_vault_settings, poll, stdout_and_stderr, stowage_at, terminate,
+};
 
 /// A vault-transfer job for an instance the workers' vault does not have: it fails at once, and
 /// is dead-lettered.
@@ -156,6 +158,7 @@ impl Setup {
     /// filter of a process outside a pod, queue depths read every second. Not started; with
     /// the free port it serves health and metrics on.
     fn worker_command(&self, amqp_url: &str, stage: &str, extra: &[&str]) -> (Command, u16) {
+        ensure_vault_settings(&self.dir.path().join("vault"));
         let port = free_port();
         let health = format!("127.0.0.1:{port}");
         let mut cmd = stowage_at(amqp_url, &self.prefix);
