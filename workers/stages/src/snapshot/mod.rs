@@ -192,7 +192,7 @@ pub async fn take_snapshot(
         Err(e) => return Err(StageError::from(e)),
     }
     let instance = read_instance(&ctx.vault, instance_name).await?;
-    let (cluster_name, cluster) = ctx.instance_cluster(&instance.cluster);
+    let (cluster_name, cluster) = ctx.instance_cluster(&instance)?;
     tracing::info!(
         instance = instance_name,
         rp_id,
