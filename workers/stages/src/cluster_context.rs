@@ -46,6 +46,9 @@ pub struct ClusterContext {
     pub copy_piece_bytes: usize,
     /// How long a restore waits for a created CRD to become `Established`.
     pub crd_established_timeout: Duration,
+    /// When a recovery point is taken, by the snapshot stage's reckoning (the system clock;
+    /// tests simulating weeks of backups set their own).
+    clock: crate::retention::Clock,
 }
 
 impl ClusterContext {
@@ -66,7 +69,19 @@ impl ClusterContext {
             volume_parallelism: 4,
             copy_piece_bytes: 1 << 20,
             crd_established_timeout: Duration::from_secs(60),
+            clock: Arc::new(jiff::Timestamp::now),
         }
+    }
+
+    /// The same context dating recovery points by `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: crate::retention::Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, by this context's clock.
+    pub fn now(&self) -> jiff::Timestamp {
+        (self.clock)()
     }
 
     /// The same context with another cluster, reachable as `name`.

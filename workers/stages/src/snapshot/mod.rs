@@ -44,7 +44,6 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use stowage_cluster::{ClusterTarget, CollectError, CollectedObject, collect};
@@ -199,7 +198,7 @@ pub async fn take_snapshot(
         cluster = cluster_name,
         "snapshot starting"
     );
-    let created_at = Timestamp::now();
+    let created_at = ctx.now();
     let mut warnings = Vec::new();
 
     let pre = run_hooks(cluster, &instance.hooks, HookPhase::Pre, &mut warnings).await;
