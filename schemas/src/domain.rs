@@ -125,7 +125,7 @@ pub struct Policy {
 /// A backup schedule: every `frequency_hours` from `start`, in `time_zone`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Schedule {
-    /// Hours between backups: 4, 8, 12 or 24.
+    /// Hours between backups: 4, 6, 8, 12 or 24.
     pub frequency_hours: u8,
     /// Time of day of the first backup of each day (e.g. `02:00:00`).
     pub start: Time,

@@ -13,8 +13,9 @@
 //! are reserved by the vault layout; a leading `.` would hide a file. Upper case is allowed
 //! because Stowage's own time stamps use it (`sched-shop-20250115T0200Z`).
 //!
-//! Every id Stowage generates satisfies it: `sched-<instance>-<yyyymmddThhmmZ>`,
-//! `backup-<instance>-<yyyymmddThhmmssZ>-<hex>`, `ondemand-<stamp>-<hex>`,
+//! Every id Stowage generates satisfies it: `sched-<instance>-<yyyymmddThhmmZ>` (a scheduled
+//! job and its recovery point), `backup-<instance>-<yyyymmddThhmmssZ>-<hex>`,
+//! `ondemand-<instance>-<stamp>-<hex>`,
 //! `retention-<instance>-<yyyymmdd>`, `<stage>-<uuid>`, `restore-<rp>-<hex>` and
 //! `staging-<restore>-<volume>`. So that the ids built from an instance name stay within the
 //! limit, an instance name is at most [`MAX_INSTANCE_NAME_LEN`] (63) bytes (the catalog checks
@@ -293,10 +294,10 @@ mod tests {
             "shop-prod".to_owned(),
             format!("sched-{instance}-20250115T0200Z"),
             format!("backup-{instance}-20250115T020000Z-0a1b2c"),
-            "ondemand-20250115T020000Z-0a1b2c".to_owned(),
+            format!("ondemand-{instance}-20250115T020000Z-0a1b2c"),
             format!("retention-{instance}-20250115"),
             "snapshot-01946a4c-8e00-7000-8000-000000000001".to_owned(),
-            "restore-sched-20250115T0200Z-8000a1b2c3d4".to_owned(),
+            format!("restore-sched-{instance}-20250115T0200Z-8000a1b2c3d4"),
             "staging-restore-7f3a-vol-5d1c".to_owned(),
             "rp-2026-11-22-0300".to_owned(),
             "a".into(),

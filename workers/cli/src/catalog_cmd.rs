@@ -183,7 +183,7 @@ pub struct PolicyCreateArgs {
     /// The policy's name, and the file it may come from.
     #[command(flatten)]
     pub document: Document,
-    /// Hours between backups: 4, 8, 12 or 24.
+    /// Hours between backups: 4, 6, 8, 12 or 24.
     #[arg(long, default_value_t = 24)]
     pub frequency_hours: u8,
     /// Local time of the first backup of each day, HH:MM.

@@ -73,7 +73,8 @@ pub struct ClusterArgs {
     /// exec endpoint.
     #[arg(long, global = true, env = "STOWAGE_CLUSTER_URL")]
     pub cluster_url: Option<String>,
-    /// The name jobs use for this cluster (a restore's target_cluster, an instance's cluster).
+    /// The name jobs use for this cluster (a restore's target_cluster, an instance's cluster):
+    /// the snapshot and restore stages take only instances that name it, and refuse others.
     #[arg(
         long,
         global = true,

@@ -486,7 +486,8 @@ async fn check_restore(
         if handle == *disk {
             bail!("restored claim {target}/{claim} points at the source disk {disk}");
         }
-        compare(disks, &format!("rp-2-{disk}"), &handle, *size).await?;
+        let snapshot = stowage_stages::snapshot::snapshot_name(INSTANCE, "rp-2", disk);
+        compare(disks, &snapshot, &handle, *size).await?;
     }
     Ok(compared)
 }

@@ -31,7 +31,9 @@
 //! # Exactly once per slot
 //!
 //! The claim on a slot is the create-only job record `jobs/sched-<instance>-<slot UTC
-//! yyyymmddThhmmZ>.json` (with a deterministic recovery-point id `sched-<slot>`). Only the
+//! yyyymmddThhmmZ>.json`, whose recovery point has the same deterministic id: it names the
+//! instance, so two instances protecting one volume at the same slot never share a recovery-point
+//! id, nor (the snapshot stage names snapshots after both) a snapshot. Only the
 //! scheduler whose create succeeded publishes the `job.snapshot`, then records
 //! `submitted_at`. A claim left without `submitted_at` for longer than
 //! [`Scheduler::with_republish_after`] (the claimant died between claim and publish) is
@@ -204,9 +206,27 @@ pub fn scheduled_job_id(instance: &str, slot: Timestamp) -> String {
     format!("sched-{instance}-{}", slot_stamp(slot))
 }
 
-/// The recovery-point id of a scheduled backup for `slot`: `sched-<yyyymmddThhmmZ>`.
-pub fn scheduled_rp_id(slot: Timestamp) -> String {
-    format!("sched-{}", slot_stamp(slot))
+/// The recovery-point id of `instance`'s scheduled backup for `slot`:
+/// `sched-<instance>-<yyyymmddThhmmZ>`, the same as its job id. It names the instance, so the
+/// recovery points (and the snapshots named after them) of two instances taken at the same slot
+/// never share a name.
+pub fn scheduled_rp_id(instance: &str, slot: Timestamp) -> String {
+    format!("sched-{instance}-{}", slot_stamp(slot))
+}
+
+/// The slot a scheduled recovery point of `instance` was taken for, from its id
+/// (`sched-<instance>-<stamp>`, or `sched-<stamp>` as earlier versions named them).
+fn scheduled_slot(instance: &str, rp_id: &str) -> Option<Timestamp> {
+    let rest = rp_id.strip_prefix("sched-")?;
+    let stamp = rest
+        .strip_prefix(instance)
+        .and_then(|s| s.strip_prefix('-'))
+        .unwrap_or(rest);
+    let civil = jiff::fmt::strtime::parse("%Y%m%dT%H%MZ", stamp)
+        .ok()?
+        .to_datetime()
+        .ok()?;
+    Some(civil.to_zoned(TimeZone::UTC).ok()?.timestamp())
 }
 
 /// The message id every publish of job `job_id` uses, so duplicates are recognisable: a
@@ -240,21 +260,15 @@ fn snapshot_job(record: &JobRecord, trigger: Trigger) -> Message {
 }
 
 /// The message a queued record stands for, if the scheduler can rebuild it: the snapshot of a
-/// scheduled (`sched-<slot>` recovery point) or on-demand backup, or a daily retention.
+/// scheduled (`sched-<instance>-<slot>` recovery point) or on-demand backup, or a daily
+/// retention.
 fn republished_message(record: &JobRecord) -> Option<Message> {
     let instance = record.instance.clone()?;
     match record.kind {
         Stage::Snapshot => {
             let rp = record.recovery_point_id.as_deref()?;
-            let trigger = match rp
-                .strip_prefix("sched-")
-                .and_then(|stamp| jiff::fmt::strtime::parse("%Y%m%dT%H%MZ", stamp).ok())
-                .and_then(|t| t.to_datetime().ok())
-                .and_then(|dt| dt.to_zoned(TimeZone::UTC).ok())
-            {
-                Some(slot) if record.id.starts_with("sched-") => Trigger::Scheduled {
-                    slot: slot.timestamp(),
-                },
+            let trigger = match scheduled_slot(&instance, rp) {
+                Some(slot) if record.id.starts_with("sched-") => Trigger::Scheduled { slot },
                 _ => Trigger::OnDemand {
                     requested_by: record.requested_by.clone(),
                 },
@@ -608,7 +622,7 @@ impl Scheduler {
         let job_id = scheduled_job_id(&instance.name, slot);
         let mut record = JobRecord::new(job_id.clone(), Stage::Snapshot, now);
         record.instance = Some(instance.name.clone());
-        record.recovery_point_id = Some(scheduled_rp_id(slot));
+        record.recovery_point_id = Some(scheduled_rp_id(&instance.name, slot));
         record.requested_by = Some(format!("{} (slot {slot})", self.identity));
         let trigger = Trigger::Scheduled { slot };
         match create_job(&self.store, &record).await? {
@@ -663,7 +677,8 @@ impl Scheduler {
 
 /// Triggers an on-demand backup of `instance` now: checks the instance exists, creates its job
 /// record (`backup-<instance>-<yyyymmddThhmmssZ>-<6 hex>`, recovery point
-/// `ondemand-<yyyymmddThhmmssZ>-<6 hex>`) and publishes the `job.snapshot`. Returns the record.
+/// `ondemand-<instance>-<yyyymmddThhmmssZ>-<6 hex>`: it names the instance, like a scheduled
+/// one) and publishes the `job.snapshot`. Returns the record.
 pub async fn backup_now(
     store: &BlobStore,
     broker: &dyn Broker,
@@ -695,7 +710,7 @@ pub async fn backup_now(
         now,
     );
     record.instance = Some(instance.name.clone());
-    record.recovery_point_id = Some(format!("ondemand-{stamp}-{suffix}"));
+    record.recovery_point_id = Some(format!("ondemand-{}-{stamp}-{suffix}", instance.name));
     record.requested_by = requested_by.clone();
     match create_job(store, &record).await? {
         CreateOutcome::Created(_) => {}
@@ -967,7 +982,7 @@ mod tests {
         // A scheduler claimed the slot and died before publishing.
         let mut record = JobRecord::new(scheduled_job_id("shop", slot), Stage::Snapshot, slot);
         record.instance = Some("shop".into());
-        record.recovery_point_id = Some(scheduled_rp_id(slot));
+        record.recovery_point_id = Some(scheduled_rp_id("shop", slot));
         create_job(&f.store, &record).await.unwrap();
         let s = Scheduler::new(f.store.clone(), f.broker.clone(), f.names.clone());
         // Within the grace period: left alone (its claimant may be publishing right now).
@@ -1000,7 +1015,7 @@ mod tests {
             created,
         );
         record.instance = Some("shop".into());
-        record.recovery_point_id = Some("ondemand-20260501T101112Z-abc123".into());
+        record.recovery_point_id = Some("ondemand-shop-20260501T101112Z-abc123".into());
         record.requested_by = Some("alice".into());
         create_job(&f.store, &record).await.unwrap();
         // A restore record is never swept (restore create marks a failed publish failed).
@@ -1043,7 +1058,10 @@ mod tests {
         let Message::Snapshot(job) = &snapshots[0].message else {
             panic!("{:?}", snapshots[0]);
         };
-        assert_eq!(job.recovery_point_id, "ondemand-20260501T101112Z-abc123");
+        assert_eq!(
+            job.recovery_point_id,
+            "ondemand-shop-20260501T101112Z-abc123"
+        );
         assert_eq!(
             job.trigger,
             Trigger::OnDemand {
@@ -1086,5 +1104,74 @@ mod tests {
         let ((instance, rp), _) = seen.into_iter().next().unwrap();
         assert_eq!(instance, "shop");
         assert_eq!(Some(rp), record.recovery_point_id);
+        assert!(
+            record
+                .recovery_point_id
+                .as_deref()
+                .is_some_and(|rp| rp.starts_with("ondemand-shop-20260501T101112Z-")),
+            "the recovery point names its instance: {record:?}"
+        );
+    }
+
+    #[test]
+    fn six_hourly_slots_are_four_a_day() {
+        let slots = Slots::new(&schedule(6, Time::constant(1, 30, 0, 0), "UTC")).unwrap();
+        let first = ts("2026-01-01T01:30:00Z");
+        let every_six: Vec<Timestamp> = (0..4)
+            .map(|k| first + SignedDuration::from_hours(6 * k))
+            .collect();
+        assert_eq!(slots.on(date(2026, 1, 1)), every_six);
+        // Four a local day across both DST changes too.
+        let zoned =
+            Slots::new(&schedule(6, Time::constant(2, 0, 0, 0), "Europe/Amsterdam")).unwrap();
+        for day in [date(2026, 3, 29), date(2026, 10, 25)] {
+            assert_eq!(zoned.on(day).len(), 4, "{day}");
+        }
+    }
+
+    #[test]
+    fn scheduled_recovery_points_name_their_instance() {
+        let slot = ts("2026-01-02T06:30:00Z");
+        assert_eq!(scheduled_rp_id("shop", slot), "sched-shop-20260102T0630Z");
+        assert_ne!(scheduled_rp_id("shop", slot), scheduled_rp_id("blog", slot));
+        // The slot is read back from the id, whatever the instance's name looks like, and from
+        // ids of the earlier form.
+        for instance in ["shop", "shop-20260102T0630Z", "a.b_c"] {
+            assert_eq!(
+                scheduled_slot(instance, &scheduled_rp_id(instance, slot)),
+                Some(slot)
+            );
+        }
+        assert_eq!(scheduled_slot("shop", "sched-20260102T0630Z"), Some(slot));
+        assert_eq!(scheduled_slot("shop", "ondemand-shop-20260102T0630Z"), None);
+        // A republished claim is the scheduled job it was.
+        let mut record = JobRecord::new(scheduled_job_id("shop", slot), Stage::Snapshot, slot);
+        record.instance = Some("shop".into());
+        record.recovery_point_id = Some(scheduled_rp_id("shop", slot));
+        let Some(Message::Snapshot(job)) = republished_message(&record) else {
+            panic!("a snapshot job");
+        };
+        assert_eq!(job.trigger, Trigger::Scheduled { slot });
+        assert_eq!(job.recovery_point_id, "sched-shop-20260102T0630Z");
+        // The longest instance name still makes an id within the id rule.
+        let long = "a".repeat(stowage_schemas::id::MAX_INSTANCE_NAME_LEN);
+        stowage_vault::layout::validate_id("recovery point", &scheduled_rp_id(&long, slot))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn two_instances_at_one_slot_get_their_own_recovery_points() {
+        let f = fixture("UTC", &["shop", "blog"]).await;
+        let s = Scheduler::new(f.store.clone(), f.broker.clone(), f.names.clone());
+        assert_eq!(s.tick(ts("2026-05-01T02:10:00Z")).await.triggered.len(), 2);
+        let mut rps: Vec<(String, String)> = drain(&f).await.into_keys().collect();
+        rps.sort();
+        assert_eq!(
+            rps,
+            [
+                ("blog".to_owned(), "sched-blog-20260501T0200Z".to_owned()),
+                ("shop".to_owned(), "sched-shop-20260501T0200Z".to_owned())
+            ]
+        );
     }
 }

@@ -3,14 +3,17 @@
 //!
 //! A backup instance names its cluster (`BackupInstance::cluster`), and a restore may name a
 //! target (`RestoreOptions::target_cluster`). A worker holds one [`ClusterTarget`] (a
-//! `kube::Client` plus the [`PodExec`] its hooks run through) per cluster name it serves, and
-//! one of them is the default:
+//! `kube::Client` plus the [`PodExec`] its hooks run through) per cluster name it serves
+//! (`--cluster-name`), and one of them is the default:
 //!
 //! - the snapshot stage and a restore without `target_cluster` use the instance's cluster by
-//!   name, and the default one when this worker has no cluster of that name (a worker deployed
-//!   inside one cluster serves that cluster's instances whatever name they give it);
+//!   name, which must be one this worker has ([`ClusterContext::instance_cluster`]). An instance
+//!   that names no cluster, or one this worker does not serve, is refused: backing up (or
+//!   restoring onto) whatever cluster the worker happens to reach would put one cluster's
+//!   resources under another's instance;
 //! - an explicit `target_cluster` must be a name this worker has: restoring somewhere else than
-//!   asked is never a good guess.
+//!   asked is never a good guess;
+//! - the default serves only a restore whose instance is no longer in the catalog.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,6 +46,9 @@ pub struct ClusterContext {
     pub copy_piece_bytes: usize,
     /// How long a restore waits for a created CRD to become `Established`.
     pub crd_established_timeout: Duration,
+    /// When a recovery point is taken, by the snapshot stage's reckoning (the system clock;
+    /// tests simulating weeks of backups set their own).
+    clock: crate::retention::Clock,
 }
 
 impl ClusterContext {
@@ -63,7 +69,19 @@ impl ClusterContext {
             volume_parallelism: 4,
             copy_piece_bytes: 1 << 20,
             crd_established_timeout: Duration::from_secs(60),
+            clock: Arc::new(jiff::Timestamp::now),
         }
+    }
+
+    /// The same context dating recovery points by `clock` instead of the system clock.
+    pub fn with_clock(mut self, clock: crate::retention::Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, by this context's clock.
+    pub fn now(&self) -> jiff::Timestamp {
+        (self.clock)()
     }
 
     /// The same context with another cluster, reachable as `name`.
@@ -97,20 +115,35 @@ impl ClusterContext {
             })
     }
 
-    /// The cluster of a backup instance: the one of that name, else the default.
-    pub fn instance_cluster(&self, name: &str) -> (&str, &ClusterTarget) {
-        match self.clusters.get_key_value(name) {
-            Some((n, c)) => (n.as_str(), c),
-            None => {
-                let default = &self.clusters[&self.default_cluster];
-                tracing::debug!(
-                    cluster = name,
-                    default = %self.default_cluster,
-                    "no cluster of that name on this worker; using the default"
-                );
-                (self.default_cluster.as_str(), default)
-            }
+    /// The cluster of a backup instance: the one it names, exactly. An instance that names no
+    /// cluster, or one this worker does not have, is a permanent error saying which and the fix;
+    /// there is no fallback to this worker's default cluster.
+    pub fn instance_cluster(
+        &self,
+        instance: &BackupInstance,
+    ) -> Result<(&str, &ClusterTarget), StageError> {
+        if instance.cluster.trim().is_empty() {
+            return Err(StageError::permanent(format!(
+                "backup instance {:?} names no cluster, so no worker can tell which cluster to \
+                 back up or restore it from; give it one (`stowage instance create {} --cluster \
+                 <name> ... --update`), the name a worker serves that cluster by (--cluster-name)",
+                instance.name, instance.name
+            )));
         }
+        self.clusters
+            .get_key_value(instance.cluster.as_str())
+            .map(|(n, c)| (n.as_str(), c))
+            .ok_or_else(|| {
+                StageError::permanent(format!(
+                    "backup instance {:?} is of cluster {:?}, which this worker does not serve (it \
+                     serves: {}); run a worker with --cluster-name {} for it, or fix the \
+                     instance's cluster",
+                    instance.name,
+                    instance.cluster,
+                    self.clusters.keys().cloned().collect::<Vec<_>>().join(", "),
+                    instance.cluster
+                ))
+            })
     }
 }
 

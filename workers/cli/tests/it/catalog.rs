@@ -127,10 +127,10 @@ fn the_catalog_is_created_listed_and_shown_with_validation() {
     // Validation names the field and the fix, and nothing is written.
     let err = refused(&stowage(
         v,
-        "policy create bad --frequency-hours 6 --operational-days 400",
+        "policy create bad --frequency-hours 5 --operational-days 400",
     ));
     assert!(
-        err.contains("policy \"bad\": schedule.frequency_hours is 6; it must be 4, 8, 12 or 24"),
+        err.contains("policy \"bad\": schedule.frequency_hours is 5; it must be 4, 6, 8, 12 or 24"),
         "{err}"
     );
     assert!(err.contains("retention.operational_days is 400"), "{err}");

@@ -6,6 +6,7 @@ mod helpers;
 
 mod catalog;
 mod cli;
+mod instances;
 mod jobs;
 mod lock;
 mod observability;

@@ -278,7 +278,7 @@ pub async fn restore(
     let (cluster_name, cluster) = match &options.target_cluster {
         Some(name) => ctx.cluster(name)?,
         None => match read_instance_opt(&ctx.vault, &request.instance).await? {
-            Some(instance) => ctx.instance_cluster(&instance.cluster),
+            Some(instance) => ctx.instance_cluster(&instance)?,
             None => ctx.cluster(ctx.default_cluster())?,
         },
     };

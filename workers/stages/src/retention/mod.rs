@@ -5,8 +5,10 @@
 //! (`instances/<i>.json` → `policies/<name>.json`), evaluates every RP ([`evaluate`]) at `as_of`
 //! (default: now), and for each expired tier, in this order:
 //!
-//! * **operational** — deletes the RP's volume snapshots through the disk provider, then records
-//!   the tier as deleted in the RP's retention record;
+//! * **operational** — deletes the RP's volume snapshots through the disk provider (only those
+//!   named exactly as the snapshot stage names this instance's snapshot of that RP and disk,
+//!   [`crate::snapshot::snapshot_name`], so never another instance's), then records the tier as
+//!   deleted in the RP's retention record;
 //! * **vault** — deletes the RP's `vault` tier manifest, so its volume versions become
 //!   unreferenced (their data goes with garbage collection, below), then records it;
 //! * **secondary** — likewise the `secondary` tier manifest in the secondary store;
@@ -48,7 +50,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use stowage_disk::SnapshotId;
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
-use stowage_schemas::domain::{Policy, RecoveryPoint, RpState, Tier};
+use stowage_schemas::domain::{Policy, RecoveryPoint, RpState, Tier, VolumeBackup};
 use stowage_schemas::jobs::RetentionJob;
 use stowage_vault::catalog::lock::Lock;
 use stowage_vault::catalog::{self, settings, soft_delete};
@@ -707,14 +709,15 @@ impl Run<'_> {
     }
 }
 
-/// Deletes the snapshots the RP manifest names — only those named like the snapshot stage names
-/// this RP's snapshots (`<rp>-<disk>`): a snapshot named otherwise is not one Stowage took for
-/// this RP and is left alone, with a warning.
+/// Deletes the snapshots the RP manifest names — only those named exactly as the snapshot stage
+/// names this instance's snapshot of this RP and disk: a snapshot named otherwise is not one
+/// Stowage took for this RP of this instance (another instance's, or one named before snapshot
+/// names carried the instance) and is left alone, with a warning.
 async fn delete_snapshots(ctx: &VaultContext, rp: &RecoveryPoint) -> Result<u64, StageError> {
     let mut deleted = 0;
     for volume in &rp.volumes {
-        if !snapshot_of_rp(&rp.id, &volume.snapshot_id) {
-            tracing::warn!(instance = %rp.instance, rp_id = %rp.id, snapshot = %volume.snapshot_id, "the RP manifest names a snapshot the snapshot stage would not have taken for this RP; left alone");
+        if !snapshot_of_rp(rp, volume) {
+            tracing::warn!(instance = %rp.instance, rp_id = %rp.id, snapshot = %volume.snapshot_id, "the RP manifest names a snapshot the snapshot stage would not have taken for this RP of this instance; left alone");
             continue;
         }
         ctx.disks
@@ -725,12 +728,12 @@ async fn delete_snapshots(ctx: &VaultContext, rp: &RecoveryPoint) -> Result<u64,
     Ok(deleted)
 }
 
-/// Whether `snapshot` carries the name the snapshot stage gives a snapshot of RP `rp_id`
-/// (`disk_safe_name("<rp>-<disk>")`, whose first 183 bytes are kept even when hashed).
-pub(crate) fn snapshot_of_rp(rp_id: &str, snapshot: &str) -> bool {
-    let prefix = crate::cluster_context::disk_safe_name(&format!("{rp_id}-"));
-    let n = prefix.len().min(183);
-    snapshot.len() > n && snapshot.as_bytes()[..n] == prefix.as_bytes()[..n]
+/// Whether `volume`'s snapshot carries exactly the name the snapshot stage gives the snapshot
+/// of its disk (the volume id, unescaped) for `rp` of `rp.instance`.
+pub(crate) fn snapshot_of_rp(rp: &RecoveryPoint, volume: &VolumeBackup) -> bool {
+    layout::unescape_component(&volume.volume_id).is_some_and(|disk| {
+        volume.snapshot_id == crate::snapshot::snapshot_name(&rp.instance, &rp.id, &disk)
+    })
 }
 
 /// Deletes every object under `prefix`, streaming the listing.
@@ -869,19 +872,57 @@ pub async fn vault_expiry(
 #[cfg(test)]
 mod tests {
     use super::snapshot_of_rp;
+    use crate::snapshot::snapshot_name;
+    use stowage_schemas::domain::{RecoveryPoint, VolumeBackup};
+
+    fn rp(instance: &str, id: &str) -> RecoveryPoint {
+        RecoveryPoint {
+            id: id.into(),
+            instance: instance.into(),
+            created_at: jiff::Timestamp::UNIX_EPOCH,
+            tiers: Vec::new(),
+            resources: String::new(),
+            volumes: Vec::new(),
+        }
+    }
+
+    fn volume(volume_id: &str, snapshot_id: &str) -> VolumeBackup {
+        VolumeBackup {
+            volume_id: volume_id.into(),
+            namespace: "shop".into(),
+            pvc: "data".into(),
+            size_bytes: 1,
+            snapshot_id: snapshot_id.into(),
+            vault_version: None,
+        }
+    }
 
     #[test]
-    fn only_snapshots_named_for_the_rp_are_its_own() {
-        assert!(snapshot_of_rp("rp-1", "rp-1-shop-data"));
-        assert!(snapshot_of_rp(
-            "sched-2026-01-01T00:00Z",
-            "sched-2026-01-01T00-00Z-blog-data"
-        ));
-        assert!(!snapshot_of_rp("rp-1", "blog-data"));
-        assert!(!snapshot_of_rp("rp-1", "rp-10-shop-data"));
-        assert!(!snapshot_of_rp("rp-1", "rp-1-"));
-        let long = "r".repeat(300);
-        let name = crate::cluster_context::disk_safe_name(&format!("{long}-disk"));
-        assert!(snapshot_of_rp(&long, &name));
+    fn only_snapshots_named_for_the_rp_of_this_instance_are_its_own() {
+        let shop = rp("shop", "rp-1");
+        let own = snapshot_name("shop", "rp-1", "shop-data");
+        assert!(snapshot_of_rp(&shop, &volume("shop-data", &own)));
+        // Another instance's snapshot of the same RP id and disk is not this one's.
+        let other = snapshot_name("blog", "rp-1", "shop-data");
+        assert!(!snapshot_of_rp(&shop, &volume("shop-data", &other)));
+        // Nor one of another RP or disk, the disk itself, or names of the earlier form.
+        for name in [
+            snapshot_name("shop", "rp-10", "shop-data"),
+            snapshot_name("shop", "rp-1", "blog-data"),
+            "shop-data".to_owned(),
+            "rp-1-shop-data".to_owned(),
+            format!("{own}x"),
+        ] {
+            assert!(
+                !snapshot_of_rp(&shop, &volume("shop-data", &name)),
+                "{name}"
+            );
+        }
+        // Escaped volume ids name their disk.
+        let odd = snapshot_name("shop", "rp-1", "disk%x");
+        assert!(snapshot_of_rp(&shop, &volume("disk%25x", &odd)));
+        let long = "r".repeat(253);
+        let name = snapshot_name("shop", &long, "disk");
+        assert!(snapshot_of_rp(&rp("shop", &long), &volume("disk", &name)));
     }
 }

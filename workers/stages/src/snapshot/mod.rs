@@ -19,8 +19,9 @@
 //!    and nothing is stored under the key.
 //! 3. **Snapshot volumes**, in parallel ([`ClusterContext::volume_parallelism`]): every
 //!    collected PVC bound to a collected PV whose `spec.csi.driver` is the disk provider's
-//!    driver; `spec.csi.volumeHandle` names the disk. Each snapshot is named
-//!    `<rp-id>-<disk>` (unique across disks, and idempotent by name). Claims that are not
+//!    driver; `spec.csi.volumeHandle` names the disk. Each snapshot is named by
+//!    [`snapshot_name`] after the instance, the recovery point and the disk (unique across
+//!    instances, recovery points and disks, and idempotent by name). Claims that are not
 //!    bound, and volumes of other kinds (NFS, host paths, another CSI driver), are skipped
 //!    with a warning; the backup still succeeds. The volume id is the disk name (escaped for
 //!    the vault's keys), stable across recovery points so vault transfers can be incremental.
@@ -43,7 +44,6 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use stowage_cluster::{ClusterTarget, CollectError, CollectedObject, collect};
@@ -60,7 +60,7 @@ use stowage_vault::layout::{self, BlobKey};
 use stowage_vault::store::CreateOutcome;
 use tokio::sync::mpsc;
 
-use crate::cluster_context::{ClusterContext, disk_safe_name, read_instance};
+use crate::cluster_context::{ClusterContext, read_instance};
 
 mod hooks;
 
@@ -75,6 +75,60 @@ pub const REPORT_FILE: &str = "snapshot-report.json";
 pub const RESOURCE_BATCH_BYTES: usize = 1 << 20;
 /// Batches waiting for the store at most; collection waits when they are all taken.
 pub const RESOURCE_BATCHES_IN_FLIGHT: usize = 4;
+
+/// The longest snapshot name [`snapshot_name`] makes: what Azure accepts for a managed-disk
+/// snapshot (80 characters; the local provider takes up to 200).
+pub const MAX_SNAPSHOT_NAME_LEN: usize = 80;
+/// Hex digits of the hash that ends every snapshot name (64 bits).
+const SNAPSHOT_NAME_HASH_HEX: usize = 16;
+
+/// The name of the snapshot of `disk` taken for recovery point `rp_id` of `instance`:
+/// `<rp>-<disk>` made safe for disk providers (ASCII letters, digits, `.`, `_`, `-`; starting
+/// with a letter or digit, no `..`) and cut to fit, then `-` and 16 hex digits of a BLAKE3 hash
+/// of the three, each length-prefixed — e.g. `sched-shop-20260102T0630Z-pg-data-1f0c…`. At
+/// most [`MAX_SNAPSHOT_NAME_LEN`] characters.
+///
+/// The readable part is for people (Stowage's own recovery-point ids name the instance); the
+/// hash is what makes the name unique: two instances protecting the same disk with recovery
+/// points of the same id, ids whose joined text coincides (`a` + `b-c` and `a-b` + `c`) or
+/// names cut to the same prefix still get different names. Retention deletes a snapshot only
+/// if its name is exactly the one this function gives the recovery point and disk of its own
+/// instance's manifest.
+pub fn snapshot_name(instance: &str, rp_id: &str, disk: &str) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"stowage snapshot name\0");
+    for part in [instance, rp_id, disk] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let hash = hasher.finalize().to_hex();
+    let budget = MAX_SNAPSHOT_NAME_LEN - 1 - SNAPSHOT_NAME_HASH_HEX;
+    let mut readable = String::with_capacity(budget);
+    for c in format!("{rp_id}-{disk}").chars() {
+        if readable.len() == budget {
+            break;
+        }
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+            c
+        } else {
+            '-'
+        };
+        if readable.is_empty() && !c.is_ascii_alphanumeric() {
+            continue;
+        }
+        readable.push(if c == '.' && readable.ends_with('.') {
+            '-'
+        } else {
+            c
+        });
+    }
+    let readable = readable.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    if readable.is_empty() {
+        hash[..SNAPSHOT_NAME_HASH_HEX].to_owned()
+    } else {
+        format!("{readable}-{}", &hash[..SNAPSHOT_NAME_HASH_HEX])
+    }
+}
 
 /// The snapshot stage, over the clusters it backs up.
 #[derive(Clone)]
@@ -137,14 +191,14 @@ pub async fn take_snapshot(
         Err(e) => return Err(StageError::from(e)),
     }
     let instance = read_instance(&ctx.vault, instance_name).await?;
-    let (cluster_name, cluster) = ctx.instance_cluster(&instance.cluster);
+    let (cluster_name, cluster) = ctx.instance_cluster(&instance)?;
     tracing::info!(
         instance = instance_name,
         rp_id,
         cluster = cluster_name,
         "snapshot starting"
     );
-    let created_at = Timestamp::now();
+    let created_at = ctx.now();
     let mut warnings = Vec::new();
 
     let pre = run_hooks(cluster, &instance.hooks, HookPhase::Pre, &mut warnings).await;
@@ -415,7 +469,7 @@ async fn collect_and_snapshot(
     let mut snapshots = futures::stream::iter(eligible)
         .map(|(claim, pv, disk)| {
             let disks = disks.clone();
-            let name = disk_safe_name(&format!("{rp_id}-{disk}"));
+            let name = snapshot_name(instance, rp_id, &disk);
             async move {
                 let info = disks.snapshot(&DiskId(disk.clone()), &name).await.map_err(|e| {
                     let message = format!(
@@ -539,6 +593,60 @@ fn volume_kind(spec: &Value) -> VolumeKind {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// What every provider (the local one and Azure managed-disk snapshots) accepts.
+    fn acceptable(name: &str) -> bool {
+        let bytes = name.as_bytes();
+        (1..=MAX_SNAPSHOT_NAME_LEN).contains(&name.len())
+            && bytes[0].is_ascii_alphanumeric()
+            && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+            && !name.contains("..")
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    }
+
+    #[test]
+    fn snapshot_names_are_unique_per_instance_and_fit_every_provider() {
+        let name = snapshot_name("shop", "sched-shop-20260102T0630Z", "pg-data");
+        assert!(
+            name.starts_with("sched-shop-20260102T0630Z-pg-data-"),
+            "{name}"
+        );
+        assert_eq!(name.len(), "sched-shop-20260102T0630Z-pg-data-".len() + 16);
+        // Deterministic: a redelivered job asks for the same snapshot.
+        assert_eq!(
+            name,
+            snapshot_name("shop", "sched-shop-20260102T0630Z", "pg-data")
+        );
+        let long = "a".repeat(stowage_schemas::id::MAX_ID_LEN);
+        let longest = "b".repeat(stowage_schemas::id::MAX_INSTANCE_NAME_LEN);
+        let cases = [
+            // Two instances, one recovery-point id, one disk: the collision of issue 12.
+            ("shop", "rp-1", "pg"),
+            ("blog", "rp-1", "pg"),
+            // Joined texts that coincide.
+            ("a", "b-c", "d"),
+            ("a", "b", "c-d"),
+            ("a-b", "c", "d"),
+            // Long ids cut to one readable prefix.
+            (longest.as_str(), long.as_str(), "x"),
+            (longest.as_str(), long.as_str(), "y"),
+            ("c", long.as_str(), long.as_str()),
+            // Characters providers refuse, and `..`.
+            ("c", "rp..1", "disk/with:odd chars"),
+            ("c", ".hidden", "-"),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (instance, rp, disk) in cases {
+            let name = snapshot_name(instance, rp, disk);
+            assert!(acceptable(&name), "{instance} {rp} {disk}: {name:?}");
+            assert!(
+                seen.insert(name.clone()),
+                "{instance} {rp} {disk}: {name} twice"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn batches_end_only_after_the_end_marker() {

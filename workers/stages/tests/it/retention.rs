@@ -20,6 +20,7 @@ use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions};
 use stowage_schemas::{Stage, samples};
 use stowage_stages::VaultContext;
 use stowage_stages::retention::{self, Eligibility};
+use stowage_stages::snapshot::snapshot_name;
 use stowage_stages::{restore_hydration, vault_transfer};
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
@@ -107,7 +108,7 @@ impl Fixture {
             .unwrap();
         let snap = self
             .disks
-            .snapshot(&DiskId(DISK.into()), &format!("{rp_id}-{DISK}"))
+            .snapshot(&DiskId(DISK.into()), &snapshot_name(INSTANCE, rp_id, DISK))
             .await
             .unwrap();
         let resources = layout::resource(INSTANCE, rp_id, &["resources.jsonl"]).unwrap();
@@ -260,7 +261,7 @@ async fn retention_over_simulated_months_expires_tiers_collects_data_and_keeps_r
     // gone through the provider.
     let mut with_snapshots = 0;
     for id in hashes.keys() {
-        let snap = SnapshotId(format!("{id}-{DISK}"));
+        let snap = SnapshotId(snapshot_name(INSTANCE, id, DISK));
         if f.disks.get_snapshot(&snap).await.is_ok() {
             with_snapshots += 1;
         }
@@ -394,7 +395,7 @@ async fn a_transfer_that_deduplicated_against_a_condemned_chunk_stays_restorable
                 .to_string(),
             volumes: vec![catalog::TieredVolume {
                 volume_id: DISK.into(),
-                version: format!("a-{DISK}"),
+                version: snapshot_name(INSTANCE, "a", DISK),
                 size_bytes: SIZE,
             }],
             stats: Default::default(),
@@ -492,7 +493,7 @@ async fn the_handler_expires_by_policy_and_emits_nothing() {
     assert!(f.rp_gone("old").await);
     assert!(
         f.disks
-            .get_snapshot(&SnapshotId(format!("old-{DISK}")))
+            .get_snapshot(&SnapshotId(snapshot_name(INSTANCE, "old", DISK)))
             .await
             .is_err()
     );
@@ -566,7 +567,11 @@ async fn a_retention_run_sweeps_what_killed_writers_left_and_nothing_else() {
     assert_eq!(f.disk_hash(&DiskId(DISK.into())).await, before);
     let mut image = vec![0u8; SIZE as usize];
     f.disks
-        .read_snapshot(&SnapshotId(format!("rp-1-{DISK}")), 0, &mut image)
+        .read_snapshot(
+            &SnapshotId(snapshot_name(INSTANCE, "rp-1", DISK)),
+            0,
+            &mut image,
+        )
         .await
         .unwrap();
     assert_eq!(blake3::hash(&image), before);

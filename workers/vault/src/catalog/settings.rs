@@ -3,8 +3,8 @@
 //!
 //! Everything is validated on write, and every problem is a [`FieldError`] naming the document,
 //! the field path and the fix, e.g.
-//! `policy "daily": schedule.frequency_hours is 6; it must be 4, 8, 12 or 24 (Azure Backup for
-//! AKS's choices)`. A write reports every problem of the document at once.
+//! `policy "daily": schedule.frequency_hours is 5; it must be 4, 6, 8, 12 or 24 (Azure Backup
+//! for AKS's choices)`. A write reports every problem of the document at once.
 //!
 //! Rules (besides "names are valid key components" and "required text is not empty"):
 //!
@@ -13,7 +13,7 @@
 //! | vault | a `geo` vault names its secondary location and region (both different from the primary's) |
 //! | vault | the name never changes; immutability `locked` can never be changed again, and its `minimum_retention_days` and `soft_delete_days` only grow |
 //! | vault | `enabled`/`locked` immutability needs `minimum_retention_days` 1..=36500; `soft_delete_days` 14..=180 |
-//! | policy | `schedule.frequency_hours` ∈ {4, 8, 12, 24}; `schedule.start` in whole minutes; `schedule.time_zone` is an IANA zone jiff can resolve |
+//! | policy | `schedule.frequency_hours` ∈ {4, 6, 8, 12, 24}; `schedule.start` in whole minutes; `schedule.time_zone` is an IANA zone jiff can resolve |
 //! | policy | `retention.operational_days` 1..=360; vault rules keep 1..=360 days, except `year` rules (1..=3650: a yearly point kept for less than a year is pointless); at most one rule per `first_of` |
 //! | instance | `vault` is this vault's name; `policy` exists; `snapshot_location` is set and never changes |
 //! | instance | scope: namespace names are DNS-1123 labels, a namespace list is not empty, label selectors parse (Kubernetes grammar, [`stowage_schemas::selector`]) |
@@ -39,8 +39,9 @@ use stowage_schemas::domain::{
 };
 use stowage_schemas::selector::LabelSelector;
 
-/// The hours a schedule may repeat at.
-pub const FREQUENCIES: [u8; 4] = [4, 8, 12, 24];
+/// The hours a schedule may repeat at: Azure Backup for AKS's choices (6 h joined them later;
+/// each divides a day, so every local day has the same slots).
+pub const FREQUENCIES: [u8; 5] = [4, 6, 8, 12, 24];
 /// Longest retention of the operational tier and of vault rules other than `year`, in days.
 pub const MAX_RETENTION_DAYS: u32 = 360;
 /// Longest retention of a `year` vault rule, in days (ten years).
@@ -64,7 +65,7 @@ pub struct FieldError {
     pub field: String,
     /// What is wrong, e.g. `is 6`.
     pub problem: String,
-    /// What to do, e.g. `it must be 4, 8, 12 or 24`.
+    /// What to do, e.g. `it must be 4, 6, 8, 12 or 24`.
     pub fix: String,
 }
 
@@ -412,6 +413,16 @@ pub fn validate_vault(vault: &Vault, previous: Option<&Vault>) -> Result<(), Set
     check.finish()
 }
 
+/// [`FREQUENCIES`] as a refusal lists them: `4, 6, 8, 12 or 24`.
+pub fn frequency_choices() -> String {
+    let text: Vec<String> = FREQUENCIES.iter().map(u8::to_string).collect();
+    match text.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 /// Checks a policy.
 pub fn validate_policy(policy: &Policy) -> Result<(), SettingsError> {
     let mut check = Check::new(format!("policy {:?}", policy.name));
@@ -421,7 +432,10 @@ pub fn validate_policy(policy: &Policy) -> Result<(), SettingsError> {
         check.fail(
             "schedule.frequency_hours",
             format!("is {}", schedule.frequency_hours),
-            "it must be 4, 8, 12 or 24 (Azure Backup for AKS's choices)",
+            format!(
+                "it must be {} (Azure Backup for AKS's choices)",
+                frequency_choices()
+            ),
         );
     }
     if schedule.start.second() != 0 || schedule.start.subsec_nanosecond() != 0 {
@@ -900,14 +914,24 @@ mod tests {
     #[test]
     fn policy_errors_name_the_field_and_the_fix() {
         let mut p = policy();
-        p.schedule.frequency_hours = 6;
+        p.schedule.frequency_hours = 5;
         assert_eq!(
             messages(validate_policy(&p)),
             [
-                "policy \"daily\": schedule.frequency_hours is 6; it must be 4, 8, 12 or 24 \
+                "policy \"daily\": schedule.frequency_hours is 5; it must be 4, 6, 8, 12 or 24 \
                  (Azure Backup for AKS's choices)"
             ]
         );
+        // Every frequency Azure Backup for AKS offers is accepted, and nothing else is.
+        for hours in 0..=48u8 {
+            let mut p = policy();
+            p.schedule.frequency_hours = hours;
+            assert_eq!(
+                validate_policy(&p).is_ok(),
+                [4, 6, 8, 12, 24].contains(&hours),
+                "{hours} h"
+            );
+        }
         let mut p = policy();
         p.schedule.time_zone = "Mars/Olympus".into();
         p.schedule.start = Time::constant(2, 0, 30, 0);
