@@ -5,8 +5,8 @@
 
 mod cluster_fixture;
 mod honest_settings;
-mod lock;
 mod instances;
+mod lock;
 mod restore;
 mod retention;
 mod snapshot;
