@@ -9,6 +9,7 @@ use stowage_runtime::JobContext;
 use stowage_schemas::Stage;
 use stowage_schemas::domain::{CalendarPeriod, Immutability, Tier};
 use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions};
+use stowage_stages::snapshot::snapshot_name;
 use stowage_stages::{restore_hydration, retention, vault_transfer};
 use stowage_vault::catalog::settings::{self, WriteMode};
 use stowage_vault::catalog::{self, soft_delete};
@@ -34,7 +35,7 @@ async fn transfer(f: &Fixture, rp_id: &str) {
 
 async fn snapshot_exists(f: &Fixture, rp_id: &str) -> bool {
     f.disks
-        .get_snapshot(&SnapshotId(format!("{rp_id}-{DISK}")))
+        .get_snapshot(&SnapshotId(snapshot_name(INSTANCE, rp_id, DISK)))
         .await
         .is_ok()
 }
