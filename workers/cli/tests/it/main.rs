@@ -10,5 +10,6 @@ mod jobs;
 mod observability;
 mod outbox;
 mod ownership;
+mod poison;
 mod preflight;
 mod vault_worker;
