@@ -11,7 +11,7 @@ use jiff::civil::Time;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use crate::job_record::{JobProgress, JobRecord, JobStatus, StageRun};
+pub use crate::job_record::{Handling, JobProgress, JobRecord, JobStatus, StageRun};
 
 /// Where a recovery point's data is kept.
 #[derive(

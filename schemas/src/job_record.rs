@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Stage;
+use crate::{MessageId, Stage};
 
 /// The record of one job and the stages it ran, stored as `jobs/<id>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -76,6 +76,38 @@ pub struct StageRun {
     /// A one-line summary of what the stage did (e.g. `3 volumes, 1.2 GiB stored`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
+    /// The handling of the stage's message under way, if any: set when a worker starts
+    /// handling it, cleared when that handling ends, whatever its result. Found still set by a
+    /// redelivery of the same message, it means the worker handling it died mid-job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handling: Option<Handling>,
+    /// Handlings of this stage that started and never ended because the worker running them
+    /// died (graceful shutdowns and retries do not count). At the workers' poison limit the
+    /// message is dead-lettered as poison instead of being handled again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interrupted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One handling of a stage's message, as recorded when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Handling {
+    /// Identifies this handling, so that its end clears only its own mark.
+    pub id: String,
+    /// The message being handled (`Envelope::message_id`).
+    pub message_id: MessageId,
+    /// Its attempt (`Envelope::attempt`): a retry is a new message, not a redelivery.
+    #[serde(default)]
+    pub attempt: u32,
+    /// When the handling started.
+    pub started_at: Timestamp,
+    /// The worker began a graceful shutdown while this handling ran: if the handling never
+    /// ends, the shutdown handed the message back, which is not a crash.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shutting_down: bool,
 }
 
 impl StageRun {
@@ -90,6 +122,8 @@ impl StageRun {
             progress: JobProgress::default(),
             error: None,
             summary: None,
+            handling: None,
+            interrupted: 0,
         }
     }
 }
@@ -271,6 +305,11 @@ mod tests {
         assert_eq!(record.kind, Stage::RestoreHydration);
         assert_eq!(record.stages[0].attempts, 0);
         assert_eq!(record.stages[0].progress, JobProgress::default());
+        // Records written before handlings were tracked: none under way, none interrupted.
+        assert_eq!(
+            (&record.stages[0].handling, record.stages[0].interrupted),
+            (&None, 0)
+        );
         assert_eq!(record.status(), JobStatus::Running);
         let again: JobRecord =
             serde_json::from_slice(&serde_json::to_vec(&record).unwrap()).unwrap();

@@ -141,6 +141,11 @@ pub struct WorkerArgs {
     /// Attempts per job before it is dead-lettered (transient failures only).
     #[arg(long, env = "STOWAGE_MAX_ATTEMPTS", default_value_t = 6)]
     pub max_attempts: u32,
+    /// Times a job's handling may start and die with its worker (killed, crashed) before the
+    /// job is dead-lettered as poison; 0 never does. Deaths of workers that merely held it
+    /// (prefetched) do not count, nor do graceful shutdowns.
+    #[arg(long, env = "STOWAGE_POISON_LIMIT", default_value_t = stowage_control::job_records::POISON_LIMIT)]
+    pub poison_limit: u32,
     /// Seconds to wait for in-flight jobs on shutdown before handing them back.
     #[arg(long, env = "STOWAGE_SHUTDOWN_DEADLINE", default_value_t = 30)]
     pub shutdown_deadline: u64,

@@ -72,6 +72,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         records: stowage_control::RecordSettings {
             max_attempts: args.max_attempts.max(1),
             poll_interval: Duration::from_secs_f64(args.job_poll_interval.clamp(0.05, 3600.0)),
+            poison_limit: args.poison_limit,
             ..Default::default()
         },
     };

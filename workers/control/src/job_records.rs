@@ -22,6 +22,19 @@
 //! A record that cannot be read or written never fails the job: the data path matters more.
 //! The failure is logged as a warning and the handler runs (or its result stands) as if the
 //! record were not there. Each record operation is bounded by `record_timeout`.
+//!
+//! **Poison, told apart from a dying worker.** The start also marks the run's `handling` (which
+//! message, which attempt, a fresh id), and every end of that handling — success, failure,
+//! retry, cancellation, panic — clears it. A *redelivery* of the same message and attempt that
+//! finds the mark still there proves a worker started handling it and died before it ended: the
+//! run's `interrupted` count goes up. At `poison_limit` such deaths the start refuses the message
+//! instead: the run is marked failed and the handler returns a permanent error saying so, which
+//! the runtime dead-letters with that reason. Messages a dying worker merely held (prefetched)
+//! were never started, so they carry no mark and count nothing; a retry is a new attempt and
+//! does not match; a handling under way when the worker began a graceful shutdown has its mark
+//! flagged `shutting_down` at once by the watcher, so the hand-back at the drain deadline is
+//! not a death either. The broker's own delivery limit stays only as a last resort for a
+//! message that kills workers before its start can be recorded.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -33,7 +46,7 @@ use stowage_runtime::topology::triggers;
 use stowage_runtime::{
     CancellationToken, ErrorKind, JobContext, Outcome, ProgressSink, StageError, StageHandler,
 };
-use stowage_schemas::domain::{JobProgress, JobRecord, JobStatus};
+use stowage_schemas::domain::{Handling, JobProgress, JobRecord, JobStatus, StageRun};
 use stowage_schemas::jobs::Trigger;
 use stowage_schemas::{Envelope, Message, Route, Stage};
 use stowage_vault::catalog::jobs::{read_job, update_job};
@@ -51,7 +64,15 @@ pub struct RecordSettings {
     pub flush_interval: Duration,
     /// Longest wait for one record read or write before giving up on it (the job goes on).
     pub record_timeout: Duration,
+    /// Handlings of one stage of a job that may start and die with their worker (killed, out
+    /// of memory, crashed) before the next delivery is refused as poison and dead-lettered; 0
+    /// never refuses. Deaths of workers that merely held the message do not count, nor do
+    /// graceful shutdowns or retries (see the module doc).
+    pub poison_limit: u32,
 }
+
+/// The default [`RecordSettings::poison_limit`].
+pub const POISON_LIMIT: u32 = 3;
 
 impl Default for RecordSettings {
     fn default() -> Self {
@@ -60,6 +81,7 @@ impl Default for RecordSettings {
             poll_interval: Duration::from_secs(3),
             flush_interval: Duration::from_secs(1),
             record_timeout: Duration::from_secs(10),
+            poison_limit: POISON_LIMIT,
         }
     }
 }
@@ -242,6 +264,84 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
+/// What the start of a delivery found in the stage's run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Start {
+    /// Nothing in the way: run the handler.
+    Run,
+    /// Run the handler; the previous handling of this message started at the given time and
+    /// its worker died before it ended (counted in `interrupted`).
+    AfterDeath(Timestamp),
+    /// Run the handler; the previous handling of this message was handed back by a worker
+    /// shutting down gracefully (not counted).
+    AfterShutdown,
+    /// The job was cancelled: do not run the handler.
+    Cancelled,
+    /// Refused as poison, for this reason: do not run the handler, dead-letter the message.
+    Poison(String),
+}
+
+/// Marks `run` started for `handling` (a delivery of a message, `redelivered` or not), or
+/// refuses it as poison once `limit` handlings of it died with their workers (see the module
+/// doc). Pure, so the compare-and-swap loop can re-apply it to whatever record it re-read.
+fn start_run(
+    run: &mut StageRun,
+    handling: &Handling,
+    redelivered: bool,
+    limit: u32,
+    job_id: &str,
+) -> Start {
+    let now = handling.started_at;
+    if run.status.is_final() && !redelivered {
+        // A fresh message for a stage that had finished (a replay from the dead-letter queue,
+        // a duplicate): deaths of earlier messages are history. A *redelivery* keeps them, so a
+        // refused message that comes back (its dead-lettering failed) is refused again.
+        run.interrupted = 0;
+    }
+    let mut start = Start::Run;
+    if let Some(previous) = run.handling.take()
+        && redelivered
+        && previous.message_id == handling.message_id
+        && previous.attempt == handling.attempt
+    {
+        if previous.shutting_down {
+            start = Start::AfterShutdown;
+        } else {
+            run.interrupted = run.interrupted.saturating_add(1);
+            start = Start::AfterDeath(previous.started_at);
+        }
+    }
+    if limit > 0 && run.interrupted >= limit {
+        let stage = run.stage;
+        let times = run.interrupted;
+        let reason = format!(
+            "poison: job {job_id}'s {stage} stage was started {times} times and the worker \
+             handling it died each time before it finished; refusing it so that it takes no \
+             more workers down (poison limit {limit}). Find out why from those workers' logs \
+             and exit reasons, then `stowage dlq replay {stage}` it"
+        );
+        run.status = JobStatus::Failed;
+        run.finished_at = Some(now);
+        run.error = Some(reason.clone());
+        run.summary = Some(format!(
+            "dead-lettered as poison: {times} handlings died with their worker"
+        ));
+        return Start::Poison(reason);
+    }
+    run.status = JobStatus::Running;
+    run.attempts += 1;
+    run.started_at.get_or_insert(now);
+    run.finished_at = None;
+    run.progress = JobProgress::default();
+    run.handling = Some(handling.clone());
+    start
+}
+
+/// A fresh id for one handling.
+fn handling_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
 impl<H: StageHandler> Recorded<H> {
     /// Run `apply` on the record under compare-and-swap, bounded by the record timeout.
     /// `None` (logged) when the record could not be written.
@@ -286,6 +386,14 @@ impl<H: StageHandler> StageHandler for Recorded<H> {
         };
         let stage = self.inner.stage();
         let now = Timestamp::now();
+        let handling = Handling {
+            id: handling_id(),
+            message_id: envelope.message_id,
+            attempt: envelope.attempt,
+            started_at: now,
+            shutting_down: false,
+        };
+        let mut start = Start::Run;
         let started = self
             .update(&envelope, "the start", |r| {
                 r.updated_at = now;
@@ -295,30 +403,62 @@ impl<H: StageHandler> StageHandler for Recorded<H> {
                     run.status = JobStatus::Cancelled;
                     run.finished_at = Some(now);
                     run.summary = Some("cancelled before it started".into());
+                    run.handling = None;
+                    start = Start::Cancelled;
                 } else {
-                    run.status = JobStatus::Running;
-                    run.attempts += 1;
-                    run.started_at.get_or_insert(now);
-                    run.finished_at = None;
-                    run.progress = JobProgress::default();
+                    start = start_run(
+                        run,
+                        &handling,
+                        ctx.redelivered,
+                        self.settings.poison_limit,
+                        &envelope.job_id,
+                    );
                 }
             })
             .await;
-        if let Some(record) = &started
-            && let Some(at) = record.cancel_requested_at
-        {
-            return Err(StageError::cancelled(format!(
-                "job {} was cancelled at {at}; its {stage} stage was not started",
-                envelope.job_id
-            )));
+        // What the start found counts only if it was written; otherwise the job goes on as if
+        // there were no record.
+        if let Some(record) = &started {
+            let job_id = &envelope.job_id;
+            match start {
+                Start::Cancelled => {
+                    let at = record.cancel_requested_at.unwrap_or(now);
+                    return Err(StageError::cancelled(format!(
+                        "job {} was cancelled at {at}; its {stage} stage was not started",
+                        envelope.job_id
+                    )));
+                }
+                Start::Poison(reason) => {
+                    tracing::error!(%job_id, %stage, poison_limit = self.settings.poison_limit, "refusing a poison job: every worker that started it died");
+                    return Err(StageError::permanent(reason));
+                }
+                Start::AfterDeath(at) => {
+                    let interrupted = record.stage(stage).map_or(0, |run| run.interrupted);
+                    tracing::warn!(%job_id, %stage, previous_start = %at, interrupted, poison_limit = self.settings.poison_limit, "the previous handling of this message never ended: the worker running it died");
+                }
+                Start::AfterShutdown => {
+                    tracing::info!(%job_id, %stage, "the previous handling of this message was handed back by a worker shutting down");
+                }
+                Start::Run => {}
+            }
         }
 
         let token = CancellationToken::new();
         let latest = Arc::new(Latest::default());
+        // The watcher is stopped below when the handler returns, and by this guard if the
+        // handling is dropped instead (a drain deadline aborting it): it then ends after what it
+        // is writing, rather than outliving the handling.
+        let ended = CancellationToken::new();
+        let _stop_watcher = ended.clone().drop_guard();
         let watcher = tokio::spawn(watch(
             self.store.clone(),
             envelope.clone(),
-            stage,
+            Watched {
+                stage,
+                handling: handling.id.clone(),
+                ctx: ctx.clone(),
+                ended,
+            },
             latest.clone(),
             token.clone(),
             self.settings,
@@ -337,6 +477,10 @@ impl<H: StageHandler> StageHandler for Recorded<H> {
         let record = |r: &mut JobRecord, status: JobStatus, error: Option<String>, summary| {
             r.updated_at = now;
             let run = r.stage_mut(stage);
+            // This handling ended; another one's mark (a duplicate running alongside) stays.
+            if run.handling.as_ref().is_some_and(|h| h.id == handling.id) {
+                run.handling = None;
+            }
             run.status = status;
             if let Some(p) = &progress {
                 run.progress = *p;
@@ -414,23 +558,65 @@ impl<H: StageHandler> StageHandler for Recorded<H> {
     }
 }
 
-/// While the handler runs: flush its progress and look for a cancellation request.
+/// The handling a watcher watches.
+struct Watched {
+    stage: Stage,
+    /// Its [`Handling::id`].
+    handling: String,
+    /// Its context, which says when the worker begins shutting down.
+    ctx: JobContext,
+    /// Cancelled when the handling was dropped without ending.
+    ended: CancellationToken,
+}
+
+/// While the handler runs: flush its progress, look for a cancellation request, and flag the
+/// handling `shutting_down` the moment the worker begins a graceful shutdown (a drain that
+/// ends by handing the message back is then not mistaken for a death). The watcher runs as a
+/// task of its own, so the flag is written even if the drain deadline aborts the handler.
+/// It ends when the handler returns (aborted) or when the handling is dropped (`ended`).
 async fn watch(
     store: BlobStore,
     envelope: Envelope,
-    stage: Stage,
+    watched: Watched,
     latest: Arc<Latest>,
     token: CancellationToken,
     settings: RecordSettings,
 ) {
+    let stage = watched.stage;
     let tick = settings
         .flush_interval
         .min(settings.poll_interval)
         .max(Duration::from_millis(10));
     let mut flushed: Option<JobProgress> = None;
     let mut since_read = Duration::ZERO;
+    let mut flagged = false;
     loop {
-        tokio::time::sleep(tick).await;
+        tokio::select! {
+            // A shutdown first: if the drain deadline is so short that the handling is already
+            // dropped, its flag is still written.
+            biased;
+            () = watched.ctx.shutting_down(), if !flagged => {
+                flagged = true;
+                let init = || new_record(&envelope, stage, Timestamp::now());
+                let write = update_job(&store, &envelope.job_id, init, |r| {
+                    if let Some(h) = r.stage_mut(stage).handling.as_mut()
+                        && h.id == watched.handling
+                    {
+                        h.shutting_down = true;
+                    }
+                });
+                if let Err(err) = tokio::time::timeout(settings.record_timeout, write)
+                    .await
+                    .map_err(|_| "timed out".to_owned())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                {
+                    tracing::warn!(job_id = %envelope.job_id, %stage, error = %err, "could not flag the job's handling as handed back by a shutdown; if the drain deadline stops it, it counts as a death");
+                }
+                continue;
+            }
+            () = watched.ended.cancelled() => return,
+            () = tokio::time::sleep(tick) => {}
+        }
         since_read += tick;
         let current = latest.get();
         let cancel_requested = if current.is_some() && current != flushed {
@@ -492,6 +678,8 @@ mod tests {
         Transient,
         /// Report progress, then wait for cancellation (up to 10 s).
         WaitForCancel,
+        /// Never finish (until the test kills it, standing in for a worker that dies).
+        Hang,
     }
 
     type Fixture = (
@@ -501,6 +689,7 @@ mod tests {
         Arc<Mutex<Option<JobStatus>>>,
     );
 
+    #[derive(Clone)]
     struct TestHandler {
         act: Act,
         calls: Arc<AtomicU32>,
@@ -549,6 +738,10 @@ mod tests {
                     }
                     Err(StageError::permanent("never cancelled"))
                 }
+                Act::Hang => {
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                    Err(StageError::permanent("never killed"))
+                }
             }
         }
     }
@@ -568,6 +761,7 @@ mod tests {
             poll_interval: Duration::from_millis(50),
             flush_interval: Duration::from_millis(20),
             record_timeout: Duration::from_secs(5),
+            poison_limit: 3,
         };
         (
             Recorded::new(handler, store.clone(), settings),
@@ -710,6 +904,174 @@ mod tests {
         let (record, _) = read_job(&store, "j5").await.unwrap();
         assert_eq!(record.stages[0].status, JobStatus::Cancelled);
         assert_eq!(record.stages[0].progress.items_done, 1);
+    }
+
+    /// A context for a delivery of attempt `n` the broker made before (`redelivered`).
+    fn delivery(n: u32, redelivered: bool) -> JobContext {
+        let mut ctx = attempt(n);
+        ctx.redelivered = redelivered;
+        ctx
+    }
+
+    /// The vault-transfer run of job `id`.
+    async fn run_of(store: &BlobStore, id: &str) -> StageRun {
+        let (record, _) = read_job(store, id).await.expect("record");
+        record.stage(Stage::VaultTransfer).expect("a run").clone()
+    }
+
+    /// Starts `envelope` on `recorded` in a task and waits until its handling is marked, then
+    /// returns the task (abort it to stand in for the worker dying).
+    async fn start_hanging(
+        recorded: &Recorded<TestHandler>,
+        store: &BlobStore,
+        ctx: JobContext,
+        envelope: &Envelope,
+    ) -> tokio::task::JoinHandle<Result<Outcome, StageError>> {
+        let before = read_job(store, &envelope.job_id)
+            .await
+            .ok()
+            .and_then(|(r, _)| {
+                r.stage(Stage::VaultTransfer)
+                    .and_then(|s| s.handling.clone())
+            });
+        let recorded = recorded.clone();
+        let envelope_for_task = envelope.clone();
+        let task =
+            tokio::spawn(async move { recorded.handle_envelope(ctx, envelope_for_task).await });
+        for _ in 0..500 {
+            if let Ok((record, _)) = read_job(store, &envelope.job_id).await
+                && let Some(h) = record
+                    .stage(Stage::VaultTransfer)
+                    .and_then(|s| s.handling.clone())
+                && Some(&h) != before.as_ref()
+            {
+                return task;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the handling of {} was never marked", envelope.job_id);
+    }
+
+    #[tokio::test]
+    async fn handlings_that_die_with_their_worker_count_and_poison_is_refused_at_the_limit() {
+        let (recorded, store, calls, _) = fixture(Act::Hang);
+        let envelope = job("p1");
+        // Started three times; each time the worker dies (the task is aborted mid-handling) and
+        // the broker redelivers the same message.
+        for n in 0..3 {
+            let task = start_hanging(&recorded, &store, delivery(0, n > 0), &envelope).await;
+            task.abort();
+            let _ = task.await;
+            let run = run_of(&store, "p1").await;
+            assert_eq!(
+                (run.status, run.attempts, run.interrupted),
+                (JobStatus::Running, n + 1, n),
+                "{run:?}"
+            );
+            assert!(run.handling.is_some(), "a dead handling leaves its mark");
+        }
+        let err = recorded
+            .handle_envelope(delivery(0, true), envelope.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Permanent);
+        assert!(
+            err.to_string().starts_with("poison: job p1's vault-transfer stage was started 3 times and the worker handling it died each time"),
+            "{err}"
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "the poison is not run again"
+        );
+        let run = run_of(&store, "p1").await;
+        assert_eq!(
+            (
+                run.status,
+                run.attempts,
+                run.interrupted,
+                run.handling.is_none()
+            ),
+            (JobStatus::Failed, 3, 3, true)
+        );
+        assert_eq!(run.error.as_deref(), Some(err.to_string().as_str()));
+        assert!(run.summary.unwrap().starts_with("dead-lettered as poison"));
+
+        // Redelivered again (its dead-lettering failed): refused again, not run.
+        let again = recorded
+            .handle_envelope(delivery(0, true), envelope.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(again.kind(), ErrorKind::Permanent);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // Replayed from the dead-letter queue (a fresh publish): it runs again, counting anew.
+        let task = start_hanging(&recorded, &store, delivery(0, false), &envelope).await;
+        task.abort();
+        let _ = task.await;
+        let run = run_of(&store, "p1").await;
+        assert_eq!((run.status, run.interrupted), (JobStatus::Running, 0));
+    }
+
+    #[tokio::test]
+    async fn retries_duplicates_and_graceful_shutdowns_are_not_deaths() {
+        let (recorded, store, _, _) = fixture(Act::Hang);
+        let envelope = job("p2");
+        let dead = start_hanging(&recorded, &store, delivery(0, false), &envelope).await;
+        dead.abort();
+        let _ = dead.await;
+        // A retry is a new attempt: the dead handling's mark (attempt 0) does not match.
+        let retry = Envelope {
+            attempt: 1,
+            ..envelope.clone()
+        };
+        let task = start_hanging(&recorded, &store, delivery(1, false), &retry).await;
+        task.abort();
+        let _ = task.await;
+        assert_eq!(run_of(&store, "p2").await.interrupted, 0);
+        // The same message published again (not a redelivery): never started, so not a death.
+        let task = start_hanging(&recorded, &store, delivery(1, false), &retry).await;
+        task.abort();
+        let _ = task.await;
+        assert_eq!(run_of(&store, "p2").await.interrupted, 0);
+
+        // A handling under way when the worker begins a graceful shutdown is flagged at once;
+        // the drain deadline then stops it, and its redelivery does not count it.
+        let (trigger, shutdown) = stowage_runtime::Shutdown::new();
+        let task = start_hanging(
+            &recorded,
+            &store,
+            delivery(1, true).with_shutdown(shutdown),
+            &retry,
+        )
+        .await;
+        assert_eq!(run_of(&store, "p2").await.interrupted, 1, "that one died");
+        trigger.trigger();
+        for _ in 0..500 {
+            if run_of(&store, "p2")
+                .await
+                .handling
+                .is_some_and(|h| h.shutting_down)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.abort();
+        let _ = task.await;
+        let task = start_hanging(&recorded, &store, delivery(1, true), &retry).await;
+        task.abort();
+        let _ = task.await;
+        let run = run_of(&store, "p2").await;
+        assert_eq!((run.interrupted, run.attempts), (1, 5), "{run:?}");
+
+        // A handling that ends, however it ends, clears its mark.
+        let (recorded, store, _, _) = fixture(Act::Transient);
+        recorded
+            .handle_envelope(delivery(0, false), job("p3"))
+            .await
+            .unwrap_err();
+        let run = run_of(&store, "p3").await;
+        assert_eq!((run.handling, run.interrupted), (None, 0));
     }
 
     #[test]

@@ -203,6 +203,20 @@ impl JobContext {
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_triggered()
     }
+
+    /// Completes once the worker has been asked to stop (never, for a context with no worker):
+    /// what a task watching a running job awaits, where [`JobContext::is_shutting_down`] is what
+    /// a handler checks at a safe point.
+    pub async fn shutting_down(&self) {
+        self.shutdown.triggered().await;
+    }
+
+    /// The same context, shutting down when `shutdown` fires (the runtime sets the worker's;
+    /// tests and one-shot runs that call a handler directly may pass their own).
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
 }
 
 /// Where a handler's progress reports go. Implementations must not block: keep the latest

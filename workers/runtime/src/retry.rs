@@ -18,8 +18,12 @@ pub struct RetryPolicy {
     /// Upper bound of any one delay.
     pub max_delay: Duration,
     /// Deliveries of one message (redeliveries after a crash or lost connection included) after
-    /// which the broker dead-letters it instead: protects the fleet from a message that kills
-    /// every worker that takes it.
+    /// which the broker dead-letters it instead (the stage queue's `x-delivery-limit`). Only a
+    /// last resort: the broker counts every message a dying worker held, prefetched ones too,
+    /// so a crash-looping worker would get innocent jobs dead-lettered at a low limit. Poison is
+    /// told apart from a dying worker where handling starts are recorded (`stowage-control`'s
+    /// job-record decorator and its poison limit); this limit only catches a message that kills
+    /// workers before its start can even be recorded, so it stays well above that one.
     pub delivery_limit: u32,
 }
 
@@ -29,7 +33,7 @@ impl Default for RetryPolicy {
             max_attempts: 6,
             base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(300),
-            delivery_limit: 10,
+            delivery_limit: 50,
         }
     }
 }

@@ -12,5 +12,6 @@ mod lock;
 mod observability;
 mod outbox;
 mod ownership;
+mod poison;
 mod preflight;
 mod vault_worker;

@@ -32,7 +32,7 @@ impl Drop for RestartOnDrop {
 
 /// A vault at `vault` with one instance whose only daily slot is twelve hours away (so the
 /// schedulers trigger no slot of their own during the test), made with the catalog commands.
-fn catalog(vault: &Path) {
+pub(crate) fn catalog(vault: &Path) {
     let later = Timestamp::now()
         .checked_add(SignedDuration::from_hours(12))
         .unwrap()
