@@ -11,4 +11,6 @@ mod observability;
 mod outbox;
 mod ownership;
 mod preflight;
+mod secrets;
+mod tamper;
 mod vault_worker;

@@ -5,4 +5,5 @@
 mod cluster_fixture;
 mod restore;
 mod retention;
+mod sealed;
 mod snapshot;
