@@ -37,6 +37,9 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// A way to damage the vault.
+type Tamper<'a> = Box<dyn Fn() -> Damage + 'a>;
+
 /// What was done to a file, undone by [`Damage::undo`].
 struct Damage {
     path: PathBuf,
@@ -133,7 +136,7 @@ async fn every_damaged_part_of_a_recovery_point_is_named_and_refused() {
     let sealed = stowage_vault::seal::HEADER_LEN + stowage_vault::seal::SEALED_SEGMENT_LEN;
 
     // (what is done, the object verify must name, what it must say about it)
-    let cases: Vec<(&str, Box<dyn Fn() -> Damage>, String, &str)> = vec![
+    let cases: Vec<(&str, Tamper, String, &str)> = vec![
         (
             "a byte of the resources object",
             Box::new(|| Damage::flip(&resources_file, sealed + 100)),
