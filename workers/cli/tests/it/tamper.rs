@@ -25,16 +25,17 @@ fn verify(f: &VaultFixture) -> Output {
         .expect("run stowage rp verify")
 }
 
-/// The only file in `dir` (a pack shard, a volume's maps).
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+/// The files (or, with `folders`, the folders) in `dir`, sorted: a volume's maps, a pack shard's
+/// packs, the pack shards.
+fn entries_in(dir: &Path, folders: bool) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.is_file())
+        .filter(|p| if folders { p.is_dir() } else { p.is_file() })
         .collect();
-    files.sort();
-    files
+    found.sort();
+    found
 }
 
 /// A way to damage the vault.
@@ -121,13 +122,13 @@ async fn every_damaged_part_of_a_recovery_point_is_named_and_refused() {
     let resources_file = path(resources.as_str());
     let manifest_key = layout::recovery_point(INSTANCE, RP).unwrap();
     let tier_key = layout::recovery_point_tier(INSTANCE, RP, layout::TIER_VAULT).unwrap();
-    let map_file = files_in(&vault.join("volumes").join("vol-t")).remove(0);
+    let map_file = entries_in(&vault.join("volumes").join("vol-t"), false).remove(0);
     let map_key = format!(
         "volumes/vol-t/{}",
         map_file.file_name().unwrap().to_string_lossy()
     );
-    let shard = files_in_dirs(&vault.join("packs")).remove(0);
-    let pack_file = files_in(&shard).remove(0);
+    let shard = entries_in(&vault.join("packs"), true).remove(0);
+    let pack_file = entries_in(&shard, false).remove(0);
     let pack_name = pack_file
         .file_name()
         .unwrap()
@@ -255,16 +256,4 @@ async fn every_damaged_part_of_a_recovery_point_is_named_and_refused() {
     }
     let healed = verify(&f);
     assert!(healed.status.success(), "{}", stdout_and_stderr(&healed).0);
-}
-
-/// Folders in `dir` (the pack shards).
-fn files_in_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir())
-        .collect();
-    dirs.sort();
-    dirs
 }
