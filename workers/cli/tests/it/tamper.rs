@@ -256,4 +256,33 @@ async fn every_damaged_part_of_a_recovery_point_is_named_and_refused() {
     }
     let healed = verify(&f);
     assert!(healed.status.success(), "{}", stdout_and_stderr(&healed).0);
+
+    // Without the key, or with another vault's, a reader names the fix and the key ids.
+    let key_id = f.ctx.key.key_id().to_string();
+    let other = stowage_vault::crypto::VaultKey::generate().unwrap();
+    for (given, wanted) in [
+        (
+            None,
+            vec!["--vault-key-file", "STOWAGE_VAULT_KEY", key_id.as_str()],
+        ),
+        (
+            Some(other.expose_secret_hex()),
+            vec!["another vault's key", key_id.as_str()],
+        ),
+    ] {
+        let mut list = stowage_command();
+        list.args(["rp", "list", INSTANCE, "--vault"])
+            .arg(&vault)
+            .env_remove("STOWAGE_VAULT_KEY")
+            .env_remove("STOWAGE_VAULT_KEY_FILE");
+        if let Some(hex) = &given {
+            list.env("STOWAGE_VAULT_KEY", hex);
+        }
+        let out = list.output().expect("run stowage rp list");
+        let (_, err) = stdout_and_stderr(&out);
+        assert!(!out.status.success(), "{err}");
+        for text in wanted {
+            assert!(err.contains(text), "{text:?} missing: {err}");
+        }
+    }
 }
