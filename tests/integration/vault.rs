@@ -191,13 +191,7 @@ async fn a_flipped_byte_in_a_pack_is_detected_and_named() {
         .await
         .expect("verify");
     assert_eq!(report.damage.len(), 1, "{report:?}");
-    assert!(
-        report.damage[0]
-            .pack
-            .as_deref()
-            .is_some_and(|p| p.contains(&pack_id)),
-        "{report:?}"
-    );
+    assert!(report.damage[0].object.contains(&pack_id), "{report:?}");
     let err = f
         .hydrate("r-x", "rp-x", Tier::Vault)
         .await

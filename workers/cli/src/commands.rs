@@ -259,8 +259,8 @@ async fn rp(args: RpArgs) -> anyhow::Result<()> {
                     "say where the {tier:?} copy is: --vault for the vault tier, --secondary for the secondary tier"
                 );
             };
-            let store = vault_config::open_store(location)?;
             let key = vault_config::vault_key(&args.vault)?;
+            let store = vault_config::open_store(location)?.with_key(&key);
             let instance = match instance {
                 Some(i) => i,
                 None => find_instance(&store, &rp).await?,
@@ -275,9 +275,9 @@ async fn rp(args: RpArgs) -> anyhow::Result<()> {
                     .iter()
                     .map(|d| {
                         vec![
+                            d.object.clone(),
                             d.volume_id.clone(),
                             d.chunk.clone(),
-                            d.pack.clone().unwrap_or_else(|| "-".into()),
                             d.reason.clone(),
                         ]
                     })
@@ -285,25 +285,36 @@ async fn rp(args: RpArgs) -> anyhow::Result<()> {
             };
             if output == crate::cli::Format::Table {
                 eprintln!(
-                    "recovery point {} of {} ({:?} tier): {} volume(s), {} chunk(s), {} bytes checked",
+                    "recovery point {} of {} ({:?} tier): {} volume(s), {} object(s), {} chunk(s), {} bytes checked",
                     report.recovery_point_id,
                     report.instance,
                     report.tier,
                     report.volumes,
+                    report.objects_checked,
                     report.chunks_checked,
                     report.bytes_checked
                 );
             }
             output::print(
                 output,
-                &["VOLUME", "CHUNK", "PACK", "PROBLEM"],
+                &["OBJECT", "VOLUME", "CHUNK", "PROBLEM"],
                 &rows,
                 &report,
             )?;
             if !report.is_intact() {
+                let mut found = Vec::new();
+                if report.damaged_objects() > 0 {
+                    found.push(format!(
+                        "{} damaged or missing object(s)",
+                        report.damaged_objects()
+                    ));
+                }
+                if report.damaged_chunks() > 0 {
+                    found.push(format!("{} damaged chunk(s)", report.damaged_chunks()));
+                }
                 bail!(
-                    "{} damaged chunk(s) in recovery point {rp}; restore it from the other tier",
-                    report.damage.len()
+                    "{} in recovery point {rp}; restore it from the other tier",
+                    found.join(" and ")
                 );
             }
             Ok(())
@@ -311,21 +322,27 @@ async fn rp(args: RpArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The instance a recovery point belongs to, from the catalog (`catalog/<instance>/<rp>.json`).
+/// The instance a recovery point belongs to, from the catalog: the instance folder holding its
+/// manifest, or any of its tier manifests or retention record (so a recovery point whose own
+/// manifest is gone can still be verified).
 async fn find_instance(
     store: &stowage_vault::store::BlobStore,
     rp: &str,
 ) -> anyhow::Result<String> {
     use futures::StreamExt as _;
-    let wanted = format!("/{rp}.json");
-    let mut listing = store.list(&stowage_vault::layout::catalog());
+    use stowage_vault::layout::{self, CatalogEntry};
+    let mut listing = store.list(&layout::catalog());
     while let Some(info) = listing.next().await {
         let key = info?.key;
-        if let Some(instance) = key
-            .as_str()
-            .strip_suffix(&wanted)
-            .and_then(|head| head.strip_prefix("catalog/"))
-        {
+        let Some(instance) = layout::instance_from_catalog_key(&key) else {
+            continue;
+        };
+        let named = match layout::parse_catalog_key(instance, &key) {
+            Some(CatalogEntry::Manifest(id) | CatalogEntry::Tier(id, _)) => id,
+            Some(CatalogEntry::Retention(id)) => id,
+            None => continue,
+        };
+        if named == rp {
             return Ok(instance.to_owned());
         }
     }

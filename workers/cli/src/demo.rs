@@ -86,6 +86,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let key = VaultKey::generate()?;
     std::fs::write(dir.join("vault.key"), key.expose_secret_hex())
         .context("cannot save the vault key")?;
+    // Every store handle seals what a recovery point holds (stowage_vault::seal).
+    let (primary, secondary) = (primary.with_key(&key), secondary.with_key(&key));
     let disks = Arc::new(LocalDiskProvider::open(dir.join("disks"))?);
     let vault =
         VaultContext::new(primary.clone(), key, disks.clone()).with_secondary(secondary.clone());

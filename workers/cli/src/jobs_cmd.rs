@@ -160,7 +160,7 @@ pub fn open_vault(args: &VaultArgs) -> anyhow::Result<BlobStore> {
              azure://<account>/<container>); job records live in the vault"
         );
     };
-    vault_config::open_store(location)
+    vault_config::open_keyed_store(location, args)
 }
 
 /// A job's record, or an error that says how to find the id.

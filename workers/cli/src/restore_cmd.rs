@@ -135,7 +135,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
                 .vault
                 .secondary
                 .as_deref()
-                .map(crate::vault_config::open_store)
+                .map(|location| crate::vault_config::open_keyed_store(location, &args.vault))
                 .transpose()?;
             let envelope = plan(&store, secondary.as_ref(), &create).await?;
             if create.dry_run {

@@ -88,11 +88,11 @@ pub fn stores(args: &VaultArgs) -> anyhow::Result<(BlobStore, Option<BlobStore>)
             "say where the vault is: --vault (a folder, azurite://<container> or azure://<account>/<container>)"
         );
     };
-    let primary = vault_config::open_store(location)?;
+    let primary = vault_config::open_keyed_store(location, args)?;
     let secondary = args
         .secondary
         .as_deref()
-        .map(vault_config::open_store)
+        .map(|location| vault_config::open_keyed_store(location, args))
         .transpose()?;
     Ok((primary, secondary))
 }

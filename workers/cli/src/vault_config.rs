@@ -16,15 +16,33 @@ use crate::cli::{ClusterArgs, VaultArgs};
 
 /// The vault key: `STOWAGE_VAULT_KEY`, or the file `--vault-key-file` names.
 pub fn vault_key(args: &VaultArgs) -> anyhow::Result<VaultKey> {
+    configured_vault_key(args)?.context(
+        "the vault key is missing: set STOWAGE_VAULT_KEY to its 64 hex digits, or pass --vault-key-file",
+    )
+}
+
+/// The vault key if one is configured (`STOWAGE_VAULT_KEY` or `--vault-key-file`).
+fn configured_vault_key(args: &VaultArgs) -> anyhow::Result<Option<VaultKey>> {
     let text = match (std::env::var("STOWAGE_VAULT_KEY"), &args.vault_key_file) {
         (Ok(key), _) => key,
         (Err(_), Some(path)) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the vault key file {}", path.display()))?,
-        (Err(_), None) => bail!(
-            "the vault key is missing: set STOWAGE_VAULT_KEY to its 64 hex digits, or pass --vault-key-file"
-        ),
+        (Err(_), None) => return Ok(None),
     };
-    VaultKey::from_hex(text.trim()).context("the vault key is not 64 hex digits")
+    let key = VaultKey::from_hex(text.trim()).context("the vault key is not 64 hex digits")?;
+    Ok(Some(key))
+}
+
+/// Open a vault location for a command, with the vault key when one is configured, so what a
+/// recovery point holds (sealed, see `stowage_vault::seal`) can be read; without a key, reading
+/// a sealed object fails naming the fix. Settings, policies, instances and job records need no
+/// key.
+pub fn open_keyed_store(location: &str, args: &VaultArgs) -> anyhow::Result<BlobStore> {
+    let store = open_store(location)?;
+    Ok(match configured_vault_key(args)? {
+        Some(key) => store.with_key(&key),
+        None => store,
+    })
 }
 
 /// Open a vault location, with the Azure access key from the environment if it needs one.

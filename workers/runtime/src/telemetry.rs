@@ -188,14 +188,21 @@ pub fn init(config: &TelemetryConfig) -> Result<Telemetry, TelemetryError> {
 /// decimal bytes). Nothing below debug is ever logged from them, whatever the filter says.
 const FRAME_LEVEL_TARGETS: &[&str] = &["lapin", "amq_protocol"];
 
-/// Whether an event or span is dropped by the cap on the AMQP libraries' frame-level logs: any
-/// target under `lapin` or `amq_protocol*` (`amq_protocol_tcp` logs the URI with its password)
-/// at trace level.
+/// The target of kube-rs's request code, whose warnings about a response it cannot parse print
+/// the whole response body — which may be a Secret, or a list of them — and whose trace events
+/// print response headers and bodies. The caller gets the parse error anyway; only its errors
+/// (which name a status or an error, never a body) are logged from it.
+const BODY_DUMPING_TARGET: &str = "kube_client::client";
+
+/// Whether an event or span is dropped by the caps on libraries that log secrets: any target
+/// under `lapin` or `amq_protocol*` (`amq_protocol_tcp` logs the URI with its password) at trace
+/// level, and kube-rs's request code below error level.
 fn is_capped(target: &str, level: tracing::Level) -> bool {
-    level == tracing::Level::TRACE
+    let frames = level == tracing::Level::TRACE
         && FRAME_LEVEL_TARGETS
             .iter()
-            .any(|prefix| target.starts_with(prefix))
+            .any(|prefix| target.starts_with(prefix));
+    frames || (target == BODY_DUMPING_TARGET && level != tracing::Level::ERROR)
 }
 
 /// Install ring as rustls's process-wide crypto provider, once. The OTLP exporter's HTTP client
@@ -316,6 +323,16 @@ mod tests {
             assert!(!is_capped(target, Level::DEBUG), "{target}");
         }
         assert!(!is_capped("stowage_runtime::worker", Level::TRACE));
+    }
+
+    #[test]
+    fn the_kube_client_never_logs_response_bodies() {
+        use tracing::Level;
+        for level in [Level::WARN, Level::INFO, Level::DEBUG, Level::TRACE] {
+            assert!(is_capped("kube_client::client", level), "{level}");
+        }
+        assert!(!is_capped("kube_client::client", Level::ERROR));
+        assert!(!is_capped("kube_client::client::builder", Level::DEBUG));
     }
 
     #[test]

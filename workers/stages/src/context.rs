@@ -15,7 +15,7 @@ use stowage_vault::store::BlobStore;
 /// Everything a vault stage needs besides its message.
 #[derive(Clone)]
 pub struct VaultContext {
-    /// The vault's own storage (primary region).
+    /// The vault's own storage (primary region), sealing with [`Self::key`].
     pub primary: BlobStore,
     /// The paired region's storage, for a geo-redundant vault.
     pub secondary: Option<Secondary>,
@@ -46,10 +46,11 @@ pub struct Secondary {
 }
 
 impl VaultContext {
-    /// A context with default tuning.
+    /// A context with default tuning. The store is given the key, so it seals and opens what a
+    /// recovery point holds (see `stowage_vault::seal`).
     pub fn new(primary: BlobStore, key: VaultKey, disks: Arc<dyn DiskProvider>) -> Self {
         Self {
-            primary,
+            primary: primary.with_key(&key),
             secondary: None,
             secondary_unavailable: None,
             key: Arc::new(key),
@@ -64,9 +65,11 @@ impl VaultContext {
         }
     }
 
-    /// The same context with a secondary location.
+    /// The same context with a secondary location (given the vault's key too).
     pub fn with_secondary(mut self, store: BlobStore) -> Self {
-        self.secondary = Some(Secondary { store });
+        self.secondary = Some(Secondary {
+            store: store.with_key(&self.key),
+        });
         self.secondary_unavailable = None;
         self
     }

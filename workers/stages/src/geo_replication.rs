@@ -13,7 +13,9 @@
 //! the secondary tier, and a redelivered job re-checks and copies only what is still missing.
 //! Objects move one at a time and are streamed
 //! ([`BlobStore::copy_create_only`]): a pack, a map or a resources object (which grows with the
-//! cluster) is never held whole, only a few upload parts of it.
+//! cluster) is never held whole, only a few upload parts of it. Sealed objects (maps, manifests,
+//! resources; `stowage_vault::seal`) are copied byte for byte: they are sealed to their key,
+//! which is the same in the secondary, so they open there with the vault key as they are.
 
 use std::collections::{BTreeSet, HashSet};
 

@@ -6,8 +6,10 @@
 //! between volumes when the job is cancelled. For each volume: resolve its extent-map chain into one flat map, find where each chunk lives,
 //! read chunks by range, verify them (authentication tag, then a re-hash against the id) and
 //! stream the bytes into a new staging disk through the disk provider; ranges no chunk covers
-//! stay holes. The resources object is copied to `staging/<restore-id>/resources` by the store
-//! itself (a server-side, create-only copy; never held in memory). Any damaged
+//! stay holes. Before the volumes, the resources object is copied to
+//! `staging/<restore-id>/resources` (create-only, streamed, never held in memory): a sealed
+//! object is bound to its key, so the copy is opened and sealed again for the staging key,
+//! which authenticates every segment on the way. Any damaged
 //! or missing chunk fails the job permanently, naming the chunk, its pack and the RP: a restore
 //! from damaged data must not look like success. A redelivered job rewrites the same bytes.
 
@@ -165,6 +167,26 @@ pub async fn hydrate(
         },
     )
     .await?;
+    // The resources first: it is small next to the volumes, and a damaged one fails the
+    // hydration before any staging disk is written.
+    let resources =
+        layout::staging(&job.restore_id, staging::RESOURCES_FILE).map_err(StageError::permanent)?;
+    if !manifest.resources.is_empty() {
+        let source =
+            layout::parse_resource_key(&manifest.resources).map_err(StageError::permanent)?;
+        // Streamed (a resources object grows with the cluster), opened and sealed again for
+        // its staging key, every segment authenticated on the way. Create-only: a redelivered
+        // job finds the copy made before and keeps it.
+        store
+            .copy_to_key_create_only(&source, store, &resources)
+            .await
+            .map_err(|e| match e.is_transient() {
+                true => StageError::from(e),
+                false => StageError::permanent(format!(
+                    "recovery point {rp_id} ({location} tier) cannot be restored: {e}"
+                )),
+            })?;
+    }
     let keys = Arc::new(ctx.key.chunk_keys());
     let mut disks = Vec::new();
     let items_total = manifest.volumes.len() as u64;
@@ -199,18 +221,6 @@ pub async fn hydrate(
         items_done: items_total,
         items_total: Some(items_total),
     });
-    let resources =
-        layout::staging(&job.restore_id, staging::RESOURCES_FILE).map_err(StageError::permanent)?;
-    if !manifest.resources.is_empty() {
-        let source =
-            layout::parse_resource_key(&manifest.resources).map_err(StageError::permanent)?;
-        // Streamed (a resources object grows with the cluster); within one store the backend
-        // copies it without the bytes passing through this worker. Create-only: a redelivered
-        // job finds the copy made before and keeps it.
-        store
-            .copy_to_key_create_only(&source, store, &resources)
-            .await?;
-    }
     Ok(Staging {
         location: location.to_owned(),
         resources: resources.to_string(),

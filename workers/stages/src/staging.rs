@@ -7,7 +7,8 @@
 //!   started and the staging disks it makes, so whatever it leaves behind can be found even if
 //!   it dies half-way;
 //! - one staging disk per volume, `staging-<restore-id>-<volume-id>`;
-//! - `staging/<restore-id>/resources`, the copied resources object.
+//! - `staging/<restore-id>/resources`, the copied resources object (sealed for that key, see
+//!   `stowage_vault::seal`: hydration opens the recovery point's copy and seals it again).
 //!
 //! Then:
 //!
@@ -52,8 +53,9 @@ use stowage_vault::store::BlobStore;
 
 /// File name of the hydration record under `staging/<restore-id>/`.
 pub const HYDRATION_FILE: &str = "hydration.json";
-/// File name of the staged resources object under `staging/<restore-id>/`.
-pub const RESOURCES_FILE: &str = "resources";
+/// File name of the staged resources object under `staging/<restore-id>/` (sealed like the
+/// resources object it copies).
+pub const RESOURCES_FILE: &str = layout::STAGED_RESOURCES;
 
 /// What a hydration records before it makes anything, so its leftovers can be found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,6 +9,8 @@
 //!   two vaults gets unrelated ids. Deduplication still works inside the vault, which is the only
 //!   place it is wanted.
 //! * the **chunk-encryption key**: AES-256-GCM (via `ring`) for chunk contents.
+//! * the **sealing root**: each sealed object (manifests, extent maps, resources; see
+//!   [`crate::seal`]) is encrypted under a key derived from it and the object's random salt.
 //! * the **key id**: a short public fingerprint, stored in `vault.json`, so a worker configured
 //!   with the wrong key refuses to write instead of filling the vault with unreadable chunks.
 //!
@@ -33,6 +35,7 @@ use crate::hex;
 const CONTEXT_CHUNK_ID: &str = "stowage vault 2025 chunk id key v1";
 const CONTEXT_CHUNK_ENCRYPTION: &str = "stowage vault 2025 chunk encryption key v1";
 const CONTEXT_KEY_ID: &str = "stowage vault 2025 key id v1";
+const CONTEXT_SEALED_OBJECT: &str = "stowage vault 2025 sealed object key v1";
 
 /// Length of a vault key in bytes.
 pub const VAULT_KEY_LEN: usize = 32;
@@ -115,6 +118,15 @@ impl VaultKey {
     pub fn key_id(&self) -> KeyId {
         let derived = blake3::derive_key(CONTEXT_KEY_ID, self.bytes.expose_secret());
         KeyId(hex::encode(&derived[..8]))
+    }
+
+    /// The root of the keys that seal objects ([`crate::seal`]): each object's key is derived
+    /// from it and the object's random salt.
+    pub(crate) fn sealing_root(&self) -> SecretBox<[u8; 32]> {
+        let secret = self.bytes.expose_secret();
+        SecretBox::init_with_mut(|key: &mut [u8; 32]| {
+            *key = blake3::derive_key(CONTEXT_SEALED_OBJECT, secret);
+        })
     }
 
     /// The keys that id and encrypt chunks.

@@ -371,6 +371,25 @@ pub fn parse_resource_key(text: &str) -> Result<BlobKey, LayoutError> {
     resource(rest[0], rest[1], &rest[2..])
 }
 
+/// The file name of the staged resources object under `staging/<restore-id>/`.
+pub const STAGED_RESOURCES: &str = "resources";
+
+/// Whether the object at `key` is sealed (encrypted and authenticated under the vault key, see
+/// [`crate::seal`]): everything a recovery point holds — its manifests and retention record
+/// (`catalog/`), its resources object and snapshot report (`resources/`), the extent maps of
+/// its volumes (`volumes/`) — and everything staged for a restore (`staging/`: the resources
+/// copy, and the hydration and completion records, which makes the record a restore's
+/// ownership of its staging disks rests on unforgeable without the key). Settings, policies,
+/// instances, job records, chunk-index segments and the collector's state are not: they hold no
+/// cluster data and are read by commands without the key. Packs are not sealed as objects:
+/// every chunk in them is sealed on its own ([`crate::chunk`]).
+pub fn is_sealed(key: &BlobKey) -> bool {
+    matches!(
+        key.as_str().split('/').next(),
+        Some(CATALOG | RESOURCES | VOLUMES | STAGING)
+    )
+}
+
 /// `staging/<restore-id>/<file>`: what a restore-hydration stages for the restore stage.
 pub fn staging(restore_id: &str, file: &str) -> Result<BlobKey, LayoutError> {
     validate_id("restore id", restore_id)?;

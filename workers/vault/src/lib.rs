@@ -9,6 +9,7 @@
 //! | [`layout`] | every key name in a vault, and validation of the names that go into keys |
 //! | [`store`] | [`store::BlobStore`]: local folder (flock compare-and-swap), Azure Blob (Azurite), in-memory; create-only, streamed and compare-and-swap writes |
 //! | [`crypto`] | [`crypto::VaultKey`] and the keys derived from it (keyed chunk ids, AES-256-GCM) |
+//! | [`seal`] | sealed objects: manifests, extent maps and resources encrypted and authenticated in 64 KiB segments (STREAM), bound to their key |
 //! | [`chunk`] | cutting changed ranges into chunks, sealing (zstd + AES-GCM) and verified opening |
 //! | [`pack`] | packing sealed chunks into ~16 MiB pack objects, reading one chunk by range |
 //! | [`extent`] | extent maps of volume versions, chain resolution, consolidation, map storage |
@@ -103,6 +104,7 @@ mod hex;
 pub mod index;
 pub mod layout;
 pub mod pack;
+pub mod seal;
 pub mod store;
 
 pub use error::{Error, ErrorKind};

@@ -52,13 +52,17 @@ fn recorded<H: StageHandler>(handler: H, store: &BlobStore) -> Recorded<H> {
 
 /// `stowage <args> --vault <vault>` with the test's broker.
 fn stowage(bus: &Bus, vault: &Path, args: &[&str]) -> Output {
-    stowage_on(bus.names.prefix())
-        .args(args)
+    let mut cmd = stowage_on(bus.names.prefix());
+    cmd.args(args)
         .arg("--vault")
         .arg(vault)
-        .env("STOWAGE_LOG", "warn")
-        .output()
-        .expect("run stowage")
+        .env("STOWAGE_LOG", "warn");
+    // What a recovery point holds is sealed: commands that read it need the vault's key.
+    let key = vault.with_file_name("vault.key");
+    if key.exists() {
+        cmd.arg("--vault-key-file").arg(key);
+    }
+    cmd.output().expect("run stowage")
 }
 
 /// Submit `job` over raw AMQP, then `stowage jobs watch` it for up to `timeout` seconds.
@@ -117,6 +121,7 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         disks.clone(),
     )
     .with_secondary(secondary.clone());
+    std::fs::write(dir.join("vault.key"), vault.key.expose_secret_hex()).unwrap();
     // The settings the vault stages follow: geo, with the secondary above.
     let settings = stowage_schemas::domain::Vault {
         redundancy: stowage_schemas::domain::Redundancy::Geo {
@@ -132,9 +137,13 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         )
         .await
         .unwrap();
-    let cluster_ctx =
-        ClusterContext::new(primary.clone(), disks.clone(), "sandbox", cluster.target())
-            .with_secondary(secondary.clone());
+    let cluster_ctx = ClusterContext::new(
+        vault.primary.clone(),
+        disks.clone(),
+        "sandbox",
+        cluster.target(),
+    )
+    .with_secondary(vault.secondary.clone().expect("geo").store);
     let config = bus.worker_config();
     let topology = config.topology();
     let st = StageConfig::default();
@@ -200,6 +209,8 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
     let mut rp = stowage_command();
     rp.args(["rp", "list", "shop", "--vault"])
         .arg(&vault_dir)
+        .arg("--vault-key-file")
+        .arg(dir.join("vault.key"))
         .arg("--secondary")
         .arg(dir.join("secondary"));
     let (out, err) = text(&rp.output().unwrap());

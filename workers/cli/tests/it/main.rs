@@ -14,4 +14,6 @@ mod outbox;
 mod ownership;
 mod poison;
 mod preflight;
+mod secrets;
+mod tamper;
 mod vault_worker;

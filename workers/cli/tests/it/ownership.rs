@@ -68,8 +68,9 @@ async fn disk_bytes(disks: &LocalDiskProvider, disk: &str) -> Vec<u8> {
 async fn a_restore_never_deletes_or_adopts_a_disk_it_did_not_make() {
     let (_gate, bus) = shared_rabbit_bus().await;
     let dir = TempDir::new("ownership");
-    let vault =
-        BlobStore::local_folder(dir.path().join("vault"), LocalDurability::OsBuffered).unwrap();
+    let vault = BlobStore::local_folder(dir.path().join("vault"), LocalDurability::OsBuffered)
+        .unwrap()
+        .with_key(&stowage_vault::crypto::VaultKey::generate().unwrap());
     let (disks, cluster) = sample_app(&dir.path().join("disks"), &vault, [0x5a, 0xb1]).await;
     let ctx = ClusterContext::new(vault.clone(), disks.clone(), "sandbox", cluster.target());
     let config = bus.worker_config();

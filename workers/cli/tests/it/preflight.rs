@@ -277,7 +277,9 @@ async fn azurite_containers_missing_empty_and_holding_stowage_data() {
         .await
         .unwrap();
     let key = stowage_vault::layout::recovery_point("shop", "rp-1").unwrap();
-    store.put_create_only(&key, b"{}".to_vec()).await.unwrap();
+    let vault_key = stowage_vault::crypto::VaultKey::generate().unwrap();
+    let sealing = store.with_key(&vault_key);
+    sealing.put_create_only(&key, b"{}".to_vec()).await.unwrap();
     setup.targets.vault.as_mut().unwrap().region = None;
     let report = setup.run().await;
     assert_passes(&report, &[preflight::VAULT_CONTENTS, preflight::REGION]);

@@ -15,7 +15,9 @@
 //!
 //! The resources object is read in passes, one per group, so memory does not grow with its
 //! size (it is read by ranges; the PVs and the claims that get new volumes are held, one
-//! small entry per volume):
+//! small entry per volume). It is sealed (`stowage_vault::seal`), and a first pass
+//! authenticates all of it, so a damaged, truncated or swapped object fails the restore before
+//! anything is applied:
 //!
 //! 1. CRDs — then the restore waits until each is `Established` and rediscovers the API;
 //! 2. namespaces; 3. storage classes; 4. PVs and PVCs; 5. config maps and secrets;
@@ -396,6 +398,8 @@ pub async fn restore(
         planned_crds: BTreeSet::new(),
     };
 
+    // Every segment of the resources object is authenticated before anything is applied.
+    reader::authenticate(store, &resources).await?;
     let groups = Phase::ALL.len() as u64;
     for (done, phase) in Phase::ALL.into_iter().enumerate() {
         job.check_cancelled("the restore")?;

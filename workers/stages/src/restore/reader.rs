@@ -1,48 +1,69 @@
 //! Reading a resources object one Kubernetes object at a time, by ranges, so a restore's memory
-//! does not grow with the object.
+//! does not grow with the object. The object is sealed (`stowage_vault::seal`): each window is
+//! authenticated before any object in it is handed on, and [`authenticate`] checks the whole
+//! object before a restore applies anything from it.
 
 use std::collections::VecDeque;
 
 use serde_json::Value;
 use stowage_runtime::StageError;
 use stowage_vault::layout::BlobKey;
-use stowage_vault::store::BlobStore;
-
-/// Bytes read from the resources object per range request.
-const READ_WINDOW: u64 = 1 << 20;
+use stowage_vault::store::{BlobStore, WindowReader};
 
 /// Reads a resources object (JSON lines; a line may also be a `…List` whose items are the
-/// objects) one object at a time, by ranges of [`READ_WINDOW`] bytes.
+/// objects) one object at a time, a window (about 1 MiB) per range request.
 pub(super) struct ObjectReader<'a> {
-    store: &'a BlobStore,
     key: &'a BlobKey,
-    size: u64,
-    position: u64,
+    windows: WindowReader,
     buffer: Vec<u8>,
     start: usize,
+    ended: bool,
     pending: VecDeque<Value>,
     line: u64,
 }
 
+/// The resources object `key` opened for reading, or a permanent error naming it.
+async fn open(store: &BlobStore, key: &BlobKey) -> Result<WindowReader, StageError> {
+    store.read_windows(key).await.map_err(|e| {
+        if e.is_not_found() {
+            StageError::permanent(format!(
+                "the resources object {key} is missing ({e}); the recovery point (or its \
+                 staging area) is incomplete: restore another recovery point, or hydrate again"
+            ))
+        } else {
+            unreadable(key, e)
+        }
+    })
+}
+
+fn unreadable(key: &BlobKey, error: stowage_vault::Error) -> StageError {
+    if error.is_transient() {
+        return StageError::from(error);
+    }
+    StageError::permanent(format!(
+        "the resources object {key} cannot be used, so nothing was restored from it: {error}"
+    ))
+}
+
+/// Reads the whole resources object `key` once, authenticating every segment, before anything
+/// from it is applied: a damaged object fails the restore before the cluster is touched, not
+/// half-way through it.
+pub(super) async fn authenticate(store: &BlobStore, key: &BlobKey) -> Result<u64, StageError> {
+    open(store, key)
+        .await?
+        .check_to_end()
+        .await
+        .map_err(|e| unreadable(key, e))
+}
+
 impl<'a> ObjectReader<'a> {
-    pub(super) async fn open(store: &'a BlobStore, key: &'a BlobKey) -> Result<Self, StageError> {
-        let info = store.head(key).await.map_err(|e| {
-            if e.is_not_found() {
-                StageError::permanent(format!(
-                    "the resources object {key} is missing ({e}); the recovery point (or its \
-                     staging area) is incomplete: restore another recovery point, or hydrate again"
-                ))
-            } else {
-                StageError::from(e)
-            }
-        })?;
+    pub(super) async fn open(store: &BlobStore, key: &'a BlobKey) -> Result<Self, StageError> {
         Ok(Self {
-            store,
             key,
-            size: info.size,
-            position: 0,
+            windows: open(store, key).await?,
             buffer: Vec::new(),
             start: 0,
+            ended: false,
             pending: VecDeque::new(),
             line: 0,
         })
@@ -60,13 +81,14 @@ impl<'a> ObjectReader<'a> {
                     self.start += end + 1;
                     line
                 }
-                None if self.position < self.size => {
+                None if !self.ended => {
                     self.buffer.drain(..self.start);
                     self.start = 0;
-                    let end = (self.position + READ_WINDOW).min(self.size);
-                    let bytes = self.store.get_range(self.key, self.position..end).await?;
-                    self.buffer.extend_from_slice(&bytes);
-                    self.position = end;
+                    match self.windows.next_window().await {
+                        Ok(Some(window)) => self.buffer.extend_from_slice(&window),
+                        Ok(None) => self.ended = true,
+                        Err(e) => return Err(unreadable(self.key, e)),
+                    }
                     continue;
                 }
                 None if self.start < self.buffer.len() => {

@@ -675,7 +675,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_unfinished_collection_stores_no_resources_object() {
-        let store = stowage_vault::store::BlobStore::in_memory();
+        let store = stowage_vault::store::BlobStore::in_memory()
+            .with_key(&stowage_vault::crypto::VaultKey::generate().unwrap());
         let key = resources_key("web", "rp-1").unwrap();
         let (tx, rx) = mpsc::channel(RESOURCE_BATCHES_IN_FLIGHT);
         let writing = store.put_stream_create_only(&key, batches(rx));

@@ -19,6 +19,7 @@ use stowage_schemas::jobs::{RestoreOptions, SnapshotJob, Trigger};
 use stowage_stages::ClusterContext;
 use stowage_stages::restore::{RestoreReport, RestoreRequest, RestoreSource, restore};
 use stowage_stages::snapshot::take_snapshot;
+use stowage_vault::crypto::VaultKey;
 use stowage_vault::layout;
 use stowage_vault::store::{BlobStore, LocalDurability};
 
@@ -29,7 +30,9 @@ pub(crate) const DISK_SIZE: u64 = 4 << 20;
 /// known bytes), and a second, empty sandbox `dr`.
 pub(crate) struct Fixture {
     pub(crate) dir: PathBuf,
+    /// The vault, sealing with [`Self::key`].
     pub(crate) vault: BlobStore,
+    pub(crate) key: VaultKey,
     pub(crate) disks: Arc<LocalDiskProvider>,
     pub(crate) source: SandboxHandle,
     pub(crate) dr: SandboxHandle,
@@ -56,8 +59,10 @@ impl Fixture {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let disks = Arc::new(LocalDiskProvider::open(dir.join("disks")).unwrap());
-        let vault =
-            BlobStore::local_folder(dir.join("vault"), LocalDurability::OsBuffered).unwrap();
+        let key = VaultKey::generate().unwrap();
+        let vault = BlobStore::local_folder(dir.join("vault"), LocalDurability::OsBuffered)
+            .unwrap()
+            .with_key(&key);
         for (disk, seed) in [("shop-data", 1u8), ("blog-data", 2u8)] {
             let info = disks.create_disk(disk, DISK_SIZE).await.unwrap();
             disks
@@ -78,6 +83,7 @@ impl Fixture {
         Self {
             dir,
             vault,
+            key,
             disks,
             source,
             dr,

@@ -9,4 +9,5 @@ mod instances;
 mod lock;
 mod restore;
 mod retention;
+mod sealed;
 mod snapshot;

@@ -463,7 +463,7 @@ async fn restore_from_the_vault_tier_through_hydration() {
     let expected = f.disk_bytes("shop-data").await;
     let vault_ctx = VaultContext::new(
         f.vault.clone(),
-        VaultKey::generate().unwrap(),
+        VaultKey::from_hex(&f.key.expose_secret_hex()).unwrap(),
         f.disks.clone(),
     );
 

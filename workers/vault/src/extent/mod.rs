@@ -35,7 +35,10 @@
 //! BLAKE3 of everything above                  32
 //! ```
 //!
-//! Maps are not encrypted: they hold keyed chunk ids and the layout of written ranges, not data.
+//! A map is stored sealed ([`crate::seal`]: encrypted and authenticated under the vault key,
+//! bound to its key `volumes/<volume-id>/<version>.map`): it holds only keyed chunk ids and the
+//! layout of written ranges, but that layout still says where a volume holds data, and a map
+//! swapped for another would restore the wrong bytes without any chunk being damaged.
 
 use std::ops::Range;
 

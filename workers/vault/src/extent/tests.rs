@@ -142,7 +142,7 @@ fn serialization_round_trips_and_detects_damage() {
 
 #[tokio::test]
 async fn maps_are_saved_create_only_and_chains_load_in_order() {
-    let store = BlobStore::in_memory();
+    let store = BlobStore::in_memory().with_key(&VaultKey::generate().unwrap());
     let full = empty_full("v1", 10);
     let mut second = ExtentMapBuilder::incremental("v2", "v1", 10).unwrap();
     second.push_chunk(0, 5, id(1), 0).unwrap();

@@ -122,7 +122,7 @@ impl LocalFolderCas {
         expected: &ObjectVersion,
     ) -> Result<ObjectVersion, Error> {
         let _lock = local_lock(&self.lock_dir, key).await?;
-        let current = match store.get(key).await {
+        let current = match store.get_raw(key).await {
             Ok(current) => current,
             Err(e) if e.is_not_found() => return Err(store.conflict(key)),
             Err(other) => return Err(other),

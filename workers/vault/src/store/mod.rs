@@ -55,11 +55,13 @@ use crate::layout::{BlobKey, KeyPrefix};
 
 mod azure;
 mod local;
+mod sealed;
 mod stream;
 mod temporaries;
 
 pub use azure::{AzureConfig, create_azurite_container};
 pub use local::{LOCAL_LOCK_STRIPES, LocalDurability};
+pub use sealed::{WINDOW_BYTES, WINDOW_SEGMENTS, WindowReader};
 pub use stream::{STREAM_PART_BYTES, STREAM_PARTS_IN_FLIGHT};
 pub use temporaries::TemporaryObject;
 
@@ -225,12 +227,15 @@ pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     cas: Arc<Cas>,
     description: Arc<str>,
+    /// The vault's sealing keys, if this store was given the vault key (`store/sealed.rs`).
+    seal: Option<Arc<crate::seal::SealKeys>>,
 }
 
 impl fmt::Debug for BlobStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BlobStore")
             .field("backend", &self.description)
+            .field("sealing_key_id", &self.sealing_key_id())
             .finish()
     }
 }
@@ -306,6 +311,7 @@ impl BlobStore {
             inner,
             cas: Arc::new(cas),
             description,
+            seal: None,
         }
     }
 
@@ -321,13 +327,23 @@ impl BlobStore {
     }
 
     /// Writes `bytes` under `key` unless the key exists. An existing object is left untouched
-    /// and reported as [`CreateOutcome::AlreadyExists`].
+    /// and reported as [`CreateOutcome::AlreadyExists`]. A key [`crate::layout::is_sealed`]
+    /// names is sealed first (see `store/sealed.rs`).
     pub async fn put_create_only(
         &self,
         key: &BlobKey,
         bytes: impl Into<Bytes>,
     ) -> Result<CreateOutcome, Error> {
-        let bytes: Bytes = bytes.into();
+        let bytes = self.seal_for(key, bytes.into())?;
+        self.put_raw_create_only(key, bytes).await
+    }
+
+    /// [`Self::put_create_only`] of bytes as they are to be stored.
+    pub(crate) async fn put_raw_create_only(
+        &self,
+        key: &BlobKey,
+        bytes: Bytes,
+    ) -> Result<CreateOutcome, Error> {
         let options = PutOptions::from(PutMode::Create);
         match self
             .inner
@@ -348,8 +364,18 @@ impl BlobStore {
         }
     }
 
-    /// Reads a whole object with its version. For small objects (manifests, records, maps).
+    /// Reads a whole object with its version. For small objects (manifests, records, maps). A
+    /// sealed key is opened (and authenticated); its version is that of the stored bytes.
     pub async fn get(&self, key: &BlobKey) -> Result<StoredObject, Error> {
+        let stored = self.get_raw(key).await?;
+        Ok(StoredObject {
+            bytes: self.open_for(key, stored.bytes)?,
+            version: stored.version,
+        })
+    }
+
+    /// [`Self::get`] of the bytes as stored.
+    pub(crate) async fn get_raw(&self, key: &BlobKey) -> Result<StoredObject, Error> {
         let result = self
             .inner
             .get(&to_path(key.as_str()))
@@ -365,8 +391,21 @@ impl BlobStore {
     }
 
     /// Reads `range` of an object; fails with [`ErrorKind::Damaged`] rather than returning
-    /// fewer bytes than asked for.
+    /// fewer bytes than asked for. Sealed keys are refused: read them with
+    /// [`Self::read_windows`].
     pub async fn get_range(&self, key: &BlobKey, range: Range<u64>) -> Result<Bytes, Error> {
+        if crate::layout::is_sealed(key) {
+            return Err(Error::range_of_sealed(key));
+        }
+        self.get_range_raw(key, range).await
+    }
+
+    /// [`Self::get_range`] of the bytes as stored.
+    pub(crate) async fn get_range_raw(
+        &self,
+        key: &BlobKey,
+        range: Range<u64>,
+    ) -> Result<Bytes, Error> {
         let wanted = range.end.saturating_sub(range.start);
         let result = self
             .inner
@@ -504,7 +543,7 @@ impl BlobStore {
         bytes: impl Into<Bytes>,
         expected: &ObjectVersion,
     ) -> Result<ObjectVersion, Error> {
-        let bytes = bytes.into();
+        let bytes = self.seal_for(key, bytes.into())?;
         match &*self.cas {
             Cas::Native => self.update_natively(key, bytes, expected).await,
             Cas::LocalFolder(local) => local.update(self, key, bytes, expected).await,

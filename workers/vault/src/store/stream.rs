@@ -100,7 +100,7 @@ impl BlobStore {
         let chunks = chunks.map(|item| {
             item.map_err(|source| Error::source_failed(&self.description, key, source.into()))
         });
-        self.put_stream(key, chunks).await
+        self.put_plaintext_stream(key, chunks).await
     }
 
     /// Copies the object `key` of this store to the same key in `to`, create-only, streaming:
@@ -117,13 +117,23 @@ impl BlobStore {
     }
 
     /// Like [`Self::copy_create_only`], to another key `to_key` of `to` (which may be this
-    /// store), such as a staging copy of a resources object.
+    /// store), such as a staging copy of a resources object. A sealed object is bound to its key
+    /// (see [`crate::seal`]), so a copy to another key is opened and sealed again for it on the
+    /// way (authenticating every segment; streamed, never held whole), which needs the vault key
+    /// in both stores; a sealed object is never copied to a key that is not sealed.
     pub async fn copy_to_key_create_only(
         &self,
         from_key: &BlobKey,
         to: &BlobStore,
         to_key: &BlobKey,
     ) -> Result<CreateOutcome, Error> {
+        if from_key != to_key && (layout::is_sealed(from_key) || layout::is_sealed(to_key)) {
+            if !layout::is_sealed(to_key) {
+                return Err(Error::unsealing_copy(from_key, to_key));
+            }
+            let content = self.read_windows(from_key).await?.into_stream();
+            return to.put_plaintext_stream(to_key, content).await;
+        }
         let from_path = to_path(from_key.as_str());
         if Arc::ptr_eq(&self.inner, &to.inner) {
             if from_key == to_key {
@@ -149,8 +159,13 @@ impl BlobStore {
     }
 
     /// The streamed write behind [`Self::put_stream_create_only`] and
-    /// [`Self::copy_to_key_create_only`]; errors of `chunks` are returned as they are.
-    async fn put_stream<S>(&self, key: &BlobKey, chunks: S) -> Result<CreateOutcome, Error>
+    /// [`Self::copy_to_key_create_only`], of bytes as they are to be stored; errors of `chunks`
+    /// are returned as they are.
+    pub(super) async fn put_stream<S>(
+        &self,
+        key: &BlobKey,
+        chunks: S,
+    ) -> Result<CreateOutcome, Error>
     where
         S: futures::Stream<Item = Result<Bytes, Error>> + Send,
     {
@@ -170,7 +185,7 @@ impl BlobStore {
                         1 => first.pop().unwrap_or_default(),
                         _ => Bytes::from(first.concat()),
                     };
-                    return self.put_create_only(key, whole).await;
+                    return self.put_raw_create_only(key, whole).await;
                 }
             }
         }

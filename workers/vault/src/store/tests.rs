@@ -26,10 +26,16 @@ impl Drop for TempFolder {
     }
 }
 
+/// An in-memory store and a local folder, holding one vault key (resources, manifests and maps
+/// are sealed, see `store/sealed.rs`).
 fn stores() -> Vec<(BlobStore, Option<TempFolder>)> {
+    let key = crate::crypto::VaultKey::generate().unwrap();
     let folder = TempFolder::new("store");
     let local = BlobStore::local_folder(&folder.0, LocalDurability::OsBuffered).unwrap();
-    vec![(BlobStore::in_memory(), None), (local, Some(folder))]
+    vec![
+        (BlobStore::in_memory().with_key(&key), None),
+        (local.with_key(&key), Some(folder)),
+    ]
 }
 
 /// `len` bytes of a pattern that does not repeat at part boundaries.
@@ -91,7 +97,10 @@ async fn streamed_write_round_trips_a_multi_part_object() {
         let read = store.get(&key).await.unwrap();
         assert!(read.bytes[..] == data[..], "{store}: content differs");
         assert_eq!(read.version, version, "{store}: create and get disagree");
-        assert_eq!(store.head(&key).await.unwrap().size, data.len() as u64);
+        assert_eq!(
+            store.read_windows(&key).await.unwrap().len(),
+            data.len() as u64
+        );
         assert!(leftovers(&store).await.is_empty(), "{store}");
         // The version is a valid compare-and-swap token.
         store
@@ -261,7 +270,9 @@ async fn streamed_write_and_copy_on_azurite() {
                 "{e}\nStart Azurite with infra/scripts/start-azurite.sh (scripts/test.sh does it)."
             )
         });
-    let store = BlobStore::azure(&AzureConfig::Emulator { container }).unwrap();
+    let store = BlobStore::azure(&AzureConfig::Emulator { container })
+        .unwrap()
+        .with_key(&crate::crypto::VaultKey::generate().unwrap());
     let key = layout::resource("web", "rp-1", &["resources.jsonl"]).unwrap();
     let data = pattern(2 * STREAM_PART_BYTES + 7);
     let CreateOutcome::Created(version) = store
@@ -339,10 +350,15 @@ async fn streamed_write_and_copy_use_bounded_memory() {
         );
         return;
     }
+    let vault_key = crate::crypto::VaultKey::generate().unwrap();
     let folder = TempFolder::new("bounded-memory");
-    let store = BlobStore::local_folder(&folder.0, LocalDurability::OsBuffered).unwrap();
+    let store = BlobStore::local_folder(&folder.0, LocalDurability::OsBuffered)
+        .unwrap()
+        .with_key(&vault_key);
     let other_folder = TempFolder::new("bounded-memory-copy");
-    let other = BlobStore::local_folder(&other_folder.0, LocalDurability::OsBuffered).unwrap();
+    let other = BlobStore::local_folder(&other_folder.0, LocalDurability::OsBuffered)
+        .unwrap()
+        .with_key(&vault_key);
     let key = layout::resource("big", "rp-1", &["resources.jsonl"]).unwrap();
     let before = peak_resident_bytes().unwrap();
     // A generated stream: each chunk is made when asked for and freed once uploaded.
@@ -353,7 +369,7 @@ async fn streamed_write_and_copy_use_bounded_memory() {
     let copied = store.copy_create_only(&other, &key).await.unwrap();
     assert!(matches!(copied, CreateOutcome::Created(_)));
     let after = peak_resident_bytes().unwrap();
-    assert_eq!(other.head(&key).await.unwrap().size, OBJECT as u64);
+    assert_eq!(other.read_windows(&key).await.unwrap().len(), OBJECT as u64);
     let growth = after.saturating_sub(before);
     println!(
         "peak memory grew by {} KiB writing and copying a {} MiB object",
