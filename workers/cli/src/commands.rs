@@ -339,7 +339,7 @@ async fn find_instance(
         };
         let named = match layout::parse_catalog_key(instance, &key) {
             Some(CatalogEntry::Manifest(id) | CatalogEntry::Tier(id, _)) => id,
-            Some(CatalogEntry::Retention(id)) => id,
+            Some(CatalogEntry::Retention(id) | CatalogEntry::SoftDeleted(id)) => id,
             None => continue,
         };
         if named == rp {

@@ -135,7 +135,7 @@ async fn no_secret_value_is_in_the_clear_in_the_vault_staging_records_logs_or_ou
         BlobStore::local_folder(root.join(folder), LocalDurability::OsBuffered).expect(folder)
     };
     let vault = VaultContext::new(open("vault"), VaultKey::from_hex(&key_hex).unwrap(), disks)
-        .with_secondary(open("secondary"), "paired-region");
+        .with_secondary(open("secondary"));
     for (restore_id, tier) in [
         ("grep-staged-vault", Tier::Vault),
         ("grep-staged-secondary", Tier::Secondary),
