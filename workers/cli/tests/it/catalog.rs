@@ -11,10 +11,15 @@ use stowage_tests::shared_rabbit_bus;
 
 use crate::helpers::{TempDir, poll, run, stowage_on, terminate, text};
 
+/// The vault key the catalog commands run with (recovery points are sealed under it).
+pub(crate) const TEST_VAULT_KEY: &str =
+    "5757575757575757575757575757575757575757575757575757575757575757";
+
 fn command(vault: &Path, prefix: &str, args: &[&str]) -> Command {
     let mut cmd = stowage_on(prefix);
     cmd.args(args)
         .env("STOWAGE_VAULT", vault)
+        .env("STOWAGE_VAULT_KEY", TEST_VAULT_KEY)
         .env_remove("STOWAGE_SECONDARY")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -9,9 +9,10 @@ use std::path::Path;
 use jiff::{SignedDuration, Timestamp};
 use stowage_schemas::domain::{RecoveryPoint, RpState, Tier, TierState};
 use stowage_vault::catalog;
+use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
 
-use crate::catalog::{ok, refused, stowage};
+use crate::catalog::{TEST_VAULT_KEY, ok, refused, stowage};
 use crate::helpers::{TempDir, stowage_command, text};
 
 /// `stowage <line>` on `vault` is refused, saying every one of `says`.
@@ -24,7 +25,10 @@ fn refusal(vault: &Path, line: &str, says: &[&str]) {
 
 /// Records an RP of instance `shop` taken at `created_at`, as the snapshot stage would.
 async fn recovery_point(vault: &Path, id: &str, created_at: Timestamp) {
-    let store = BlobStore::local_folder(vault, LocalDurability::OsBuffered).unwrap();
+    let key = VaultKey::from_hex(TEST_VAULT_KEY).unwrap();
+    let store = BlobStore::local_folder(vault, LocalDurability::OsBuffered)
+        .unwrap()
+        .with_key(&key);
     let rp = RecoveryPoint {
         id: id.into(),
         instance: "shop".into(),

@@ -127,7 +127,9 @@ async fn a_geo_vault_without_its_secondary_never_reports_replication() {
         }
         other => panic!("expected one rp.replicated, got {other:?}"),
     }
-    let store = BlobStore::local_folder(&folder, LocalDurability::OsBuffered).unwrap();
+    let store = BlobStore::local_folder(&folder, LocalDurability::OsBuffered)
+        .unwrap()
+        .with_key(&f.ctx.key);
     assert!(
         catalog::read_tier_manifest(&store, INSTANCE, "a", Tier::Secondary)
             .await

@@ -204,11 +204,8 @@ async fn two_instances_of_one_cluster_never_touch_each_others_data() {
         let now = now.clone();
         Arc::new(move || *now.lock().unwrap())
     });
-    let mut vault = VaultContext::new(
-        f.vault.clone(),
-        VaultKey::generate().unwrap(),
-        f.disks.clone(),
-    );
+    let key = VaultKey::from_hex(&f.key.expose_secret_hex()).unwrap();
+    let mut vault = VaultContext::new(f.vault.clone(), key, f.disks.clone());
     vault.pack_target = 1 << 20; // small packs, so packs die independently
     let grace = SignedDuration::from_hours(24);
     let transfer_job = JobContext::detached(Stage::VaultTransfer);

@@ -328,7 +328,8 @@ mod tests {
 
     /// A vault with the lock given, holding recovery point `r` of `shop`, taken 2026-01-01.
     async fn vault_with_rp(immutability: Immutability, days: u32) -> BlobStore {
-        let store = BlobStore::in_memory();
+        let key = crate::crypto::VaultKey::generate().unwrap();
+        let store = BlobStore::in_memory().with_key(&key);
         let vault = Vault {
             immutability,
             minimum_retention_days: days,
