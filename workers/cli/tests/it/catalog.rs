@@ -33,7 +33,7 @@ pub(crate) fn stowage(vault: &Path, line: &str) -> Output {
 }
 
 /// [`stowage`], with `stdin` as its input.
-fn stowage_fed(vault: &Path, line: &str, stdin: Option<&str>) -> Output {
+pub(crate) fn stowage_fed(vault: &Path, line: &str, stdin: Option<&str>) -> Output {
     let args: Vec<&str> = line.split_whitespace().collect();
     run(command(vault, "stowage-test-unused", &args), stdin)
 }

@@ -3,19 +3,8 @@
 //! of one cluster with overlapping scopes and different policies, one of them every 6 hours,
 //! are both accepted.
 
-use std::path::Path;
-use std::process::Output;
-
-use crate::helpers::{TempDir, run, stowage_command, text};
-
-/// `stowage <line>` (split at white space) on the local-folder vault `vault`, fed `stdin`.
-fn stowage(vault: &Path, line: &str, stdin: Option<&str>) -> Output {
-    let mut cmd = stowage_command();
-    cmd.args(line.split_whitespace())
-        .env("STOWAGE_VAULT", vault)
-        .env_remove("STOWAGE_SECONDARY");
-    run(cmd, stdin)
-}
+use crate::catalog::stowage_fed as stowage;
+use crate::helpers::{TempDir, text};
 
 #[test]
 fn every_instance_names_its_cluster_and_instances_may_share_one() {
