@@ -41,6 +41,18 @@ pub enum VaultAction {
     /// Lock the vault for good: no recovery point is deleted before its minimum retention,
     /// by anything, and the lock can never be undone.
     Lock(VaultLockArgs),
+    /// Bring in a new key-encryption key: re-wrap the vault's data key under it (no data is
+    /// re-encrypted), update vault.json's key id, copy the keyring to the geo secondary. The
+    /// current key comes from STOWAGE_VAULT_KEY or --vault-key-file; afterwards it is refused.
+    RotateKey(RotateKeyArgs),
+}
+
+/// `stowage vault rotate-key`.
+#[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    /// File holding the new key (64 hex digits, e.g. from `openssl rand -hex 32`).
+    #[arg(long)]
+    pub new_key_file: PathBuf,
 }
 
 /// `stowage vault lock`.
@@ -70,9 +82,10 @@ pub struct VaultInitArgs {
     /// Storage location recorded in the settings (default: the --vault value).
     #[arg(long)]
     pub location: Option<String>,
-    /// Id of the key that encrypts chunk data (key-vault key id or local key name).
-    #[arg(long, default_value = "local")]
-    pub key_id: String,
+    /// Id of the operator's key (its fingerprint, as `vault show` prints it): optional, and
+    /// refused when it is not the id of the key given (STOWAGE_VAULT_KEY or --vault-key-file).
+    #[arg(long)]
+    pub key_id: Option<String>,
     /// `local`, or `geo` to copy the vault tier to --secondary in --secondary-region
     /// (default: geo when --secondary is given, local otherwise).
     #[arg(long, value_enum)]
@@ -368,7 +381,7 @@ pub async fn vault(args: VaultCmdArgs) -> anyhow::Result<()> {
                             .or_else(|| args.vault.vault.clone())
                             .unwrap_or_default(),
                         redundancy,
-                        key_id: init.key_id.clone(),
+                        key_id: init.key_id.clone().unwrap_or_default(),
                         immutability: match init.immutability {
                             ImmutabilityChoice::Disabled => Immutability::Disabled,
                             ImmutabilityChoice::Enabled => Immutability::Enabled,
@@ -395,6 +408,7 @@ pub async fn vault(args: VaultCmdArgs) -> anyhow::Result<()> {
                     foreign.join(", ")
                 );
             }
+            let vault = init_keyring(&store, &args.vault, vault, init.file.is_some()).await?;
             let written = settings::write_vault(&store, &vault, mode(init.update)).await?;
             report("vault", &vault.name, written);
             Ok(())
@@ -445,7 +459,138 @@ pub async fn vault(args: VaultCmdArgs) -> anyhow::Result<()> {
             )
         }
         VaultAction::Lock(lock) => lock_vault(&store, &args.vault, &lock).await,
+        VaultAction::RotateKey(rotate) => rotate_key(&store, &args.vault, &rotate).await,
     }
+}
+
+/// The key hierarchy of `vault init`: a new vault gets a keyring (a fresh data key wrapped
+/// under the operator's key) before its settings, whose `key_id` is that key's id. A vault
+/// that already has settings but no keyring (made before the key hierarchy) keeps working
+/// with its operator key as its data key; `vault rotate-key` gives it a keyring.
+async fn init_keyring(
+    store: &BlobStore,
+    at: &VaultArgs,
+    mut vault: Vault,
+    from_file: bool,
+) -> anyhow::Result<Vault> {
+    let Some(key) = crate::vault_config::configured_vault_key(at)? else {
+        bail!(
+            "vault init needs the operator's key, which wraps the vault's data key: generate one              (`openssl rand -hex 32 > vault.key`, keep it safe: without it nothing in the vault              can be read) and pass --vault-key-file vault.key or set STOWAGE_VAULT_KEY"
+        );
+    };
+    let kek_id = key.key_id().to_string();
+    let given_id = vault.key_id.trim().to_owned();
+    if !given_id.is_empty() && given_id != kek_id {
+        let origin = if from_file {
+            "the file's key_id"
+        } else {
+            "--key-id"
+        };
+        bail!(
+            "{origin} is {given_id:?}, but the key given has id {kek_id}: key_id is the id of the              operator's key, not a name of your choosing; drop it (vault init sets it) or set it              to {kek_id}"
+        );
+    }
+    let existing = match settings::read_vault(store).await {
+        Ok(existing) => Some(existing),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let has_keyring = stowage_vault::keyring::read(store).await?.is_some();
+    if let (Some(existing), false) = (&existing, has_keyring) {
+        // A vault from before the key hierarchy: its key id stays what it was.
+        if given_id.is_empty() {
+            vault.key_id = existing.key_id.clone();
+        }
+        eprintln!(
+            "vault {} has no keyring (it was made before the key hierarchy): its key is used as              its data key; give it a keyring with `stowage vault rotate-key --new-key-file <file>`",
+            existing.name
+        );
+        return Ok(vault);
+    }
+    // Settings that will be refused are refused before the keyring is made.
+    vault.key_id = kek_id.clone();
+    settings::validate_vault(&vault, existing.as_ref())?;
+    let (keyring, outcome) = stowage_vault::keyring::init(store, &key).await?;
+    if outcome == stowage_vault::keyring::Initialised::Created {
+        eprintln!(
+            "vault data key {} generated and wrapped under key-encryption key {kek_id} in {}",
+            keyring.data_key_id()?,
+            stowage_vault::layout::keyring()
+        );
+    }
+    if let Some(secondary) = &at.secondary {
+        match crate::vault_config::open_existing_store(secondary) {
+            Ok(secondary_store) => {
+                stowage_vault::keyring::replicate(&secondary_store, &keyring).await?;
+            }
+            Err(e) => eprintln!(
+                "the keyring was not copied to the secondary {secondary} ({e:#});                  `stowage vault rotate-key` or the geo-replication stage copies it later"
+            ),
+        }
+    }
+    Ok(vault)
+}
+
+/// `stowage vault rotate-key`: re-wrap the data key under the new key-encryption key (see
+/// `stowage_vault::keyring::rotate`), then copy the keyring to a geo vault's secondary.
+async fn rotate_key(store: &BlobStore, at: &VaultArgs, args: &RotateKeyArgs) -> anyhow::Result<()> {
+    let current = crate::vault_config::vault_key(at)
+        .context("the current key is needed to unwrap the data key")?;
+    let text = std::fs::read_to_string(&args.new_key_file).with_context(|| {
+        format!("cannot read the new key file {}", args.new_key_file.display())
+    })?;
+    let new = stowage_vault::crypto::VaultKey::from_hex(text.trim()).with_context(|| {
+        format!(
+            "the new key file {} does not hold a key",
+            args.new_key_file.display()
+        )
+    })?;
+    let vault = settings::read_vault(store).await?;
+    // The secondary is opened before anything is written, so a wrong path is found first.
+    let secondary = match stowage_vault::keyring::secondary_location(&vault) {
+        None => None,
+        Some(recorded) => {
+            let location = at.secondary.as_deref().unwrap_or(recorded);
+            Some((
+                location.to_owned(),
+                crate::vault_config::open_existing_store(location),
+            ))
+        }
+    };
+    let rotated = stowage_vault::keyring::rotate(store, &current, &new).await?;
+    if rotated.resumed {
+        eprintln!(
+            "the keyring was already wrapped under {} (an interrupted rotation): finishing it",
+            rotated.new_kek_id
+        );
+    }
+    if rotated.first_keyring {
+        eprintln!(
+            "vault {} had no keyring: its old key {} is now its data key, wrapped under the new key",
+            vault.name, rotated.old_kek_id
+        );
+    }
+    if let Some((location, opened)) = secondary {
+        match opened {
+            Ok(secondary) => {
+                stowage_vault::keyring::replicate(&secondary, &rotated.keyring)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "the keyring was rotated on the primary and in vault.json, but not                              copied to the secondary {location}: rerun `stowage vault rotate-key`                              with the same arguments when it is reachable (until then the                              secondary's copy opens with the old key only)"
+                        )
+                    })?;
+            }
+            Err(e) => bail!(
+                "the keyring was rotated on the primary and in vault.json, but the secondary                  {location} cannot be opened ({e:#}): rerun `stowage vault rotate-key` with the                  same arguments when it is reachable (until then the secondary's copy opens with                  the old key only)"
+            ),
+        }
+    }
+    println!(
+        "vault {}: data key {} is now wrapped under key-encryption key {} (was {}); no data was          re-encrypted; use the new key everywhere (workers, CLI): the old one is refused",
+        vault.name, rotated.data_key_id, rotated.new_kek_id, rotated.old_kek_id
+    );
+    Ok(())
 }
 
 /// `stowage vault lock`: immutability `locked` with a minimum retention, written by
@@ -814,6 +959,11 @@ fn requested_by() -> String {
 /// `stowage backup now <instance>`.
 pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     let store = vault_store(&args.vault)?;
+    // The job runs on workers with their own key; a key given here is checked anyway, so a
+    // wrong one is refused before the job record is written or the job published.
+    if let Some(key) = crate::vault_config::configured_vault_key(&args.vault)? {
+        crate::vault_config::unlock(&store, &key).await?;
+    }
     let BackupAction::Now { instance } = args.action;
     let broker: Arc<dyn Broker> = Arc::new(RabbitBroker::new(args.broker.amqp_url.clone()));
     let names = Names::new(args.broker.prefix.clone());

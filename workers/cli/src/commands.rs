@@ -259,7 +259,12 @@ async fn rp(args: RpArgs) -> anyhow::Result<()> {
                     "say where the {tier:?} copy is: --vault for the vault tier, --secondary for the secondary tier"
                 );
             };
-            let key = vault_config::vault_key(&args.vault)?;
+            // The data key, unwrapped from the keyring with the operator's key (a wrong key
+            // is refused here, naming the key id the vault expects).
+            vault_config::vault_key(&args.vault)?;
+            let key = vault_config::data_key(&args.vault)
+                .await?
+                .context("the vault key is missing")?;
             let store = vault_config::open_store(location)?.with_key(&key);
             let instance = match instance {
                 Some(i) => i,

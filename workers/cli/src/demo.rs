@@ -83,9 +83,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ),
         ),
     };
-    let key = VaultKey::generate()?;
-    std::fs::write(dir.join("vault.key"), key.expose_secret_hex())
+    // The operator's key (a key-encryption key) wraps the vault's data key in its keyring, as
+    // `stowage vault init` does; the keyring is copied to the secondary.
+    let operator_key = VaultKey::generate()?;
+    std::fs::write(dir.join("vault.key"), operator_key.expose_secret_hex())
         .context("cannot save the vault key")?;
+    let (keyring, _) = stowage_vault::keyring::init(&primary, &operator_key).await?;
+    stowage_vault::keyring::replicate(&secondary, &keyring).await?;
+    let key = keyring.open(&operator_key)?;
     // Every store handle seals what a recovery point holds (stowage_vault::seal).
     let (primary, secondary) = (primary.with_key(&key), secondary.with_key(&key));
     let disks = Arc::new(LocalDiskProvider::open(dir.join("disks"))?);
@@ -130,7 +135,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| dir.join("secondary").display().to_string()),
             secondary_region: "paired-region".into(),
         },
-        key_id: "demo-local-key".into(),
+        key_id: operator_key.key_id().to_string(),
         immutability: Immutability::Disabled,
         minimum_retention_days: 0,
         soft_delete_days: stowage_schemas::domain::DEFAULT_SOFT_DELETE_DAYS,

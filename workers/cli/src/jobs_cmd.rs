@@ -98,7 +98,7 @@ impl StatusChoice {
 
 /// Run `stowage jobs …`.
 pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
-    let store = open_vault(&args.vault)?;
+    let store = open_vault(&args.vault).await?;
     match args.action {
         JobsAction::List {
             instance,
@@ -153,14 +153,15 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
 }
 
 /// The vault store from `--vault`.
-pub fn open_vault(args: &VaultArgs) -> anyhow::Result<BlobStore> {
+pub async fn open_vault(args: &VaultArgs) -> anyhow::Result<BlobStore> {
     let Some(location) = &args.vault else {
         bail!(
             "say where the vault is: --vault (a folder, azurite://<container> or \
              azure://<account>/<container>); job records live in the vault"
         );
     };
-    vault_config::open_keyed_store(location, args)
+    let key = vault_config::data_key(args).await?;
+    vault_config::open_keyed_store(location, key.as_ref())
 }
 
 /// A job's record, or an error that says how to find the id.

@@ -130,13 +130,9 @@ pub struct CreateArgs {
 pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
     match args.action {
         RestoreAction::Create(create) => {
-            let store = jobs_cmd::open_vault(&args.vault)?;
-            let secondary = args
-                .vault
-                .secondary
-                .as_deref()
-                .map(|location| crate::vault_config::open_keyed_store(location, &args.vault))
-                .transpose()?;
+            // Unlocked first: a wrong key is refused (naming the key id the vault expects)
+            // before anything is written.
+            let (store, secondary) = crate::rp_cmd::stores(&args.vault).await?;
             let envelope = plan(&store, secondary.as_ref(), &create).await?;
             if create.dry_run {
                 eprintln!(
@@ -172,7 +168,7 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
             restore_id,
             output: OutputArgs { output: format },
         } => {
-            let store = jobs_cmd::open_vault(&args.vault)?;
+            let store = jobs_cmd::open_vault(&args.vault).await?;
             let job = jobs_cmd::read(&store, &restore_id).await.with_context(|| {
                 format!(
                     "restore {restore_id} has no record (the job id of a restore is its restore id)"
@@ -411,7 +407,7 @@ async fn cleanup(vault: &VaultArgs, keep: &str, format: Format) -> anyhow::Resul
     })?;
     let keep = Duration::try_from(keep)
         .map_err(|_| anyhow::anyhow!("--keep-failed-for must not be negative"))?;
-    let (primary, secondary) = crate::rp_cmd::stores(vault)?;
+    let (primary, secondary) = crate::rp_cmd::stores(vault).await?;
     let Some(root) = &vault.disk_root else {
         bail!(
             "--disk-root is missing: staging disks are deleted through the disk provider rooted there"

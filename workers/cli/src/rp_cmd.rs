@@ -82,17 +82,20 @@ fn state_name(state: RpState) -> &'static str {
 }
 
 /// The primary store (and the secondary, if given).
-pub fn stores(args: &VaultArgs) -> anyhow::Result<(BlobStore, Option<BlobStore>)> {
+pub async fn stores(args: &VaultArgs) -> anyhow::Result<(BlobStore, Option<BlobStore>)> {
     let Some(location) = &args.vault else {
         bail!(
             "say where the vault is: --vault (a folder, azurite://<container> or azure://<account>/<container>)"
         );
     };
-    let primary = vault_config::open_keyed_store(location, args)?;
+    // The key is checked against the vault's keyring first: a wrong one is refused, naming
+    // the id the vault expects, before anything is read or written.
+    let key = vault_config::data_key(args).await?;
+    let primary = vault_config::open_keyed_store(location, key.as_ref())?;
     let secondary = args
         .secondary
         .as_deref()
-        .map(|location| vault_config::open_keyed_store(location, args))
+        .map(|location| vault_config::open_keyed_store(location, key.as_ref()))
         .transpose()?;
     Ok((primary, secondary))
 }
@@ -166,7 +169,7 @@ pub async fn view(
 
 /// `stowage rp list <instance>`: every recovery point of the instance, newest first.
 pub async fn list(args: &VaultArgs, instance: &str, format: Format) -> anyhow::Result<()> {
-    let (primary, secondary) = stores(args)?;
+    let (primary, secondary) = stores(args).await?;
     let prefix = layout::recovery_points(instance)?;
     let mut listing = primary.list(&prefix);
     let mut views = Vec::new();
@@ -231,7 +234,7 @@ pub async fn describe(
     rp_id: &str,
     format: Format,
 ) -> anyhow::Result<()> {
-    let (primary, secondary) = stores(args)?;
+    let (primary, secondary) = stores(args).await?;
     let rp = match catalog::read_recovery_point(&primary, instance, rp_id).await {
         Ok(rp) => rp,
         Err(e) if e.is_not_found() => bail!(
@@ -320,7 +323,7 @@ pub async fn describe(
 
 /// `stowage rp delete <instance> <rp>`: soft delete, refused while the vault's lock holds it.
 pub async fn delete(args: &VaultArgs, instance: &str, rp_id: &str) -> anyhow::Result<()> {
-    let (primary, _) = stores(args)?;
+    let (primary, _) = stores(args).await?;
     let record = soft_delete::delete(&primary, instance, rp_id, jiff::Timestamp::now()).await?;
     println!(
         "recovery point {rp_id} of instance {instance} deleted; it can be undeleted until {} \
@@ -332,7 +335,7 @@ pub async fn delete(args: &VaultArgs, instance: &str, rp_id: &str) -> anyhow::Re
 
 /// `stowage rp undelete <instance> <rp>`: within the undelete window.
 pub async fn undelete(args: &VaultArgs, instance: &str, rp_id: &str) -> anyhow::Result<()> {
-    let (primary, _) = stores(args)?;
+    let (primary, _) = stores(args).await?;
     let record = soft_delete::undelete(&primary, instance, rp_id, jiff::Timestamp::now()).await?;
     println!(
         "recovery point {rp_id} of instance {instance} undeleted (it was deleted at {}); its \

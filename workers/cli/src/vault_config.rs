@@ -10,19 +10,21 @@ use stowage_schemas::domain::Redundancy;
 use stowage_stages::VaultContext;
 use stowage_vault::catalog::settings;
 use stowage_vault::crypto::VaultKey;
+use stowage_vault::keyring;
 use stowage_vault::store::BlobStore;
 
 use crate::cli::{ClusterArgs, VaultArgs};
 
-/// The vault key: `STOWAGE_VAULT_KEY`, or the file `--vault-key-file` names.
+/// The operator's key: `STOWAGE_VAULT_KEY`, or the file `--vault-key-file` names. It is the
+/// key-encryption key that unwraps the vault's data key (`stowage_vault::keyring`).
 pub fn vault_key(args: &VaultArgs) -> anyhow::Result<VaultKey> {
     configured_vault_key(args)?.context(
         "the vault key is missing: set STOWAGE_VAULT_KEY to its 64 hex digits, or pass --vault-key-file",
     )
 }
 
-/// The vault key if one is configured (`STOWAGE_VAULT_KEY` or `--vault-key-file`).
-fn configured_vault_key(args: &VaultArgs) -> anyhow::Result<Option<VaultKey>> {
+/// The operator's key if one is configured (`STOWAGE_VAULT_KEY` or `--vault-key-file`).
+pub fn configured_vault_key(args: &VaultArgs) -> anyhow::Result<Option<VaultKey>> {
     let text = match (std::env::var("STOWAGE_VAULT_KEY"), &args.vault_key_file) {
         (Ok(key), _) => key,
         (Err(_), Some(path)) => std::fs::read_to_string(path)
@@ -33,14 +35,33 @@ fn configured_vault_key(args: &VaultArgs) -> anyhow::Result<Option<VaultKey>> {
     Ok(Some(key))
 }
 
-/// Open a vault location for a command, with the vault key when one is configured, so what a
-/// recovery point holds (sealed, see `stowage_vault::seal`) can be read; without a key, reading
-/// a sealed object fails naming the fix. Settings, policies, instances and job records need no
-/// key.
-pub fn open_keyed_store(location: &str, args: &VaultArgs) -> anyhow::Result<BlobStore> {
+/// The vault's data key, unwrapped from the keyring of `store` with the operator's `key`;
+/// refuses a key that is not the vault's (naming the id it expects) before anything is written.
+pub async fn unlock(store: &BlobStore, key: &VaultKey) -> anyhow::Result<keyring::Unlocked> {
+    Ok(keyring::unlock(store, key).await?)
+}
+
+/// The vault's data key when the operator's key is configured, unwrapped from the keyring of
+/// `--vault` (or of `--secondary` when only it is given); `None` without a key.
+pub async fn data_key(args: &VaultArgs) -> anyhow::Result<Option<VaultKey>> {
+    let Some(key) = configured_vault_key(args)? else {
+        return Ok(None);
+    };
+    let Some(location) = args.vault.as_deref().or(args.secondary.as_deref()) else {
+        return Ok(Some(key));
+    };
     let store = open_store(location)?;
-    Ok(match configured_vault_key(args)? {
-        Some(key) => store.with_key(&key),
+    Ok(Some(unlock(&store, &key).await?.data_key))
+}
+
+/// Open a vault location for a command, with the vault's data key when one is given (see
+/// [`data_key`]), so what a recovery point holds (sealed, see `stowage_vault::seal`) can be
+/// read; without a key, reading a sealed object fails naming the fix. Settings, policies,
+/// instances and job records need no key.
+pub fn open_keyed_store(location: &str, data_key: Option<&VaultKey>) -> anyhow::Result<BlobStore> {
+    let store = open_store(location)?;
+    Ok(match data_key {
+        Some(key) => store.with_key(key),
         None => store,
     })
 }
@@ -87,7 +108,12 @@ pub async fn vault_context(args: &VaultArgs) -> anyhow::Result<Option<VaultConte
                 .with_context(|| format!("cannot read the settings of the vault at {location}"));
         }
     };
-    let key = vault_key(args)?;
+    // The key is checked against the vault's keyring before anything else happens: a worker
+    // with the wrong key refuses to start, naming the key id the vault expects.
+    let key = unlock(&primary, &vault_key(args)?)
+        .await
+        .with_context(|| format!("the worker cannot use the vault at {location}"))?
+        .data_key;
     let Some(root) = &args.disk_root else {
         bail!(
             "--disk-root is missing: the vault stages read snapshots and write staging disks through the local disk provider rooted there"

@@ -109,6 +109,15 @@ pub async fn replicate(
         )));
     };
 
+    // The keyring first (a few hundred bytes): with the operator's key, the secondary alone
+    // then opens what it holds. Written only when the secondary's copy differs (a vault's
+    // first replication, or after `stowage vault rotate-key`).
+    if let Some(keyring) = stowage_vault::keyring::read(primary).await?
+        && stowage_vault::keyring::replicate(secondary, &keyring).await?
+    {
+        tracing::info!(instance, rp_id, "keyring copied to the secondary");
+    }
+
     // Which maps and chunks the RP's volumes need.
     let mut map_keys: Vec<BlobKey> = Vec::new();
     let mut wanted: HashSet<ChunkId> = HashSet::new();

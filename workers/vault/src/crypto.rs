@@ -36,6 +36,7 @@ const CONTEXT_CHUNK_ID: &str = "stowage vault 2025 chunk id key v1";
 const CONTEXT_CHUNK_ENCRYPTION: &str = "stowage vault 2025 chunk encryption key v1";
 const CONTEXT_KEY_ID: &str = "stowage vault 2025 key id v1";
 const CONTEXT_SEALED_OBJECT: &str = "stowage vault 2025 sealed object key v1";
+const CONTEXT_KEY_WRAPPING: &str = "stowage vault 2025 key wrapping key v1";
 
 /// Length of a vault key in bytes.
 pub const VAULT_KEY_LEN: usize = 32;
@@ -127,6 +128,65 @@ impl VaultKey {
         SecretBox::init_with_mut(|key: &mut [u8; 32]| {
             *key = blake3::derive_key(CONTEXT_SEALED_OBJECT, secret);
         })
+    }
+
+    /// Another handle on the same key (the bytes are copied into a new zeroizing box).
+    pub(crate) fn duplicate(&self) -> Self {
+        Self::from_bytes(*self.bytes.expose_secret())
+    }
+
+    /// The AES-256-GCM key this key wraps other keys with, when it is used as a key-encryption
+    /// key (see [`crate::keyring`]).
+    fn wrapping_cipher(&self) -> aead::LessSafeKey {
+        let derived = SecretBox::init_with_mut(|key: &mut [u8; 32]| {
+            *key = blake3::derive_key(CONTEXT_KEY_WRAPPING, self.bytes.expose_secret());
+        });
+        let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, derived.expose_secret())
+            .expect("AES-256-GCM accepts any 32-byte key");
+        aead::LessSafeKey::new(unbound)
+    }
+
+    /// `key` wrapped under this key-encryption key: a fresh random nonce and the AES-256-GCM
+    /// ciphertext of its bytes with the tag appended, authenticated with `associated`.
+    pub(crate) fn wrap(
+        &self,
+        key: &VaultKey,
+        associated: &[u8],
+    ) -> Result<([u8; NONCE_LEN], Vec<u8>), KeyError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| KeyError::Random)?;
+        let mut in_out = key.bytes.expose_secret().to_vec();
+        self.wrapping_cipher()
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(associated),
+                &mut in_out,
+            )
+            .expect("AES-GCM sealing only fails for inputs over 64 GiB");
+        Ok((nonce, in_out))
+    }
+
+    /// The key [`Self::wrap`] wrapped, or `None` when `wrapped` does not authenticate under
+    /// this key with `associated` (another key-encryption key, or altered bytes or ids).
+    pub(crate) fn unwrap(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        associated: &[u8],
+        wrapped: &[u8],
+    ) -> Option<VaultKey> {
+        let mut in_out = secrecy::SecretSlice::from(wrapped.to_vec());
+        let opened = self
+            .wrapping_cipher()
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(associated),
+                secrecy::ExposeSecretMut::expose_secret_mut(&mut in_out),
+            )
+            .ok()?;
+        let bytes: [u8; VAULT_KEY_LEN] = (&*opened).try_into().ok()?;
+        Some(Self::from_bytes(bytes))
     }
 
     /// The keys that id and encrypt chunks.
@@ -291,6 +351,22 @@ mod tests {
             key.chunk_keys().chunk_id(b"x"),
             again.chunk_keys().chunk_id(b"x")
         );
+    }
+
+    #[test]
+    fn a_wrapped_key_opens_only_with_its_key_encryption_key_and_associated_data() {
+        let kek = VaultKey::generate().unwrap();
+        let data = VaultKey::generate().unwrap();
+        let (nonce, wrapped) = kek.wrap(&data, b"ids").unwrap();
+        assert_eq!(wrapped.len(), VAULT_KEY_LEN + TAG_LEN);
+        assert!(!hex::encode(&wrapped).contains(&data.expose_secret_hex()));
+        let opened = kek.unwrap(nonce, b"ids", &wrapped).unwrap();
+        assert_eq!(opened.key_id(), data.key_id());
+        assert!(kek.unwrap(nonce, b"other ids", &wrapped).is_none());
+        assert!(VaultKey::generate().unwrap().unwrap(nonce, b"ids", &wrapped).is_none());
+        let mut flipped = wrapped.clone();
+        flipped[3] ^= 1;
+        assert!(kek.unwrap(nonce, b"ids", &flipped).is_none());
     }
 
     #[test]

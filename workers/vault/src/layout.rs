@@ -56,6 +56,8 @@ pub const STAGING: &str = "staging";
 pub const INDEX: &str = "index";
 /// Top-level folder of garbage-collection state.
 pub const GC: &str = "gc";
+/// Top-level folder of the vault's keyring (its data keys, wrapped; see [`crate::keyring`]).
+pub const KEYS: &str = "keys";
 /// Extension of a chunk-index segment object.
 pub const INDEX_EXTENSION: &str = ".idx";
 /// Extension of an extent-map object.
@@ -228,6 +230,12 @@ pub fn catalog() -> KeyPrefix {
 /// `vault.json`: the vault's settings.
 pub fn vault_settings() -> BlobKey {
     key(&[VAULT_SETTINGS])
+}
+
+/// `keys/keyring.json`: the vault's data keys, wrapped under the operator's key-encryption key
+/// (see [`crate::keyring`]). Not sealed: it is what opens the seal.
+pub fn keyring() -> BlobKey {
+    key(&[KEYS, "keyring.json"])
 }
 
 /// `policies/<name>.json`.
@@ -621,6 +629,7 @@ pub const TOP_LEVEL_NAMES: &[&str] = &[
     JOBS,
     STAGING,
     GC,
+    KEYS,
 ];
 
 /// Whether `name` (one path component at a vault's top level) belongs to a vault: one of
@@ -644,6 +653,7 @@ mod tests {
             index_segment("s").unwrap().to_string(),
             job("j").unwrap().to_string(),
             staging("r", "resources").unwrap().to_string(),
+            keyring().to_string(),
         ];
         for key in keys {
             let top = key.split('/').next().unwrap();

@@ -9,6 +9,7 @@
 //! | [`layout`] | every key name in a vault, and validation of the names that go into keys |
 //! | [`store`] | [`store::BlobStore`]: local folder (flock compare-and-swap), Azure Blob (Azurite), in-memory; create-only, streamed and compare-and-swap writes |
 //! | [`crypto`] | [`crypto::VaultKey`] and the keys derived from it (keyed chunk ids, AES-256-GCM) |
+//! | [`keyring`] | the key hierarchy: the operator's key-encryption key wraps the vault's data key in `keys/keyring.json`; unlock, init, rotation |
 //! | [`seal`] | sealed objects: manifests, extent maps and resources encrypted and authenticated in 64 KiB segments (STREAM), bound to their key |
 //! | [`chunk`] | cutting changed ranges into chunks, sealing (zstd + AES-GCM) and verified opening |
 //! | [`pack`] | packing sealed chunks into ~16 MiB pack objects, reading one chunk by range |
@@ -102,6 +103,7 @@ pub mod extent;
 pub mod gc;
 mod hex;
 pub mod index;
+pub mod keyring;
 pub mod layout;
 pub mod pack;
 pub mod seal;

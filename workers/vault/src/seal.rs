@@ -64,6 +64,13 @@ pub const MAX_SEGMENTS: u64 = 1 << 32;
 const KEY_ID_LEN: usize = 8;
 const SALT_LEN: usize = 32;
 
+/// The id of the key a sealed object's header says it was sealed under (16 hex digits), or
+/// `None` when `header` (the object's first bytes) is not a sealed object's.
+pub(crate) fn sealed_under(header: &[u8]) -> Option<String> {
+    (header.starts_with(MAGIC) && header.len() >= 8 + KEY_ID_LEN)
+        .then(|| hex::encode(&header[8..8 + KEY_ID_LEN]))
+}
+
 /// The keys that seal and open objects of one vault, derived from its [`VaultKey`]. `Debug`
 /// shows the key id only.
 pub struct SealKeys {

@@ -10,6 +10,7 @@
 //!
 //! | document | rule |
 //! |---|---|
+//! | vault | `key_id` is the id of the key-encryption key its keyring (`keys/keyring.json`) is wrapped under, when it has one (see [`crate::keyring`]) |
 //! | vault | a `geo` vault names its secondary location and region (both different from the primary's) |
 //! | vault | the name never changes; immutability `locked` can never be changed again, and its `minimum_retention_days` and `soft_delete_days` only grow |
 //! | vault | `enabled`/`locked` immutability needs `minimum_retention_days` 1..=36500; `soft_delete_days` 14..=180 |
@@ -779,13 +780,34 @@ pub async fn write_vault(
     mode: WriteMode,
 ) -> Result<Written, SettingsError> {
     let key = layout::vault_settings();
+    // `key_id` is the key-encryption key's id: checked against the keyring when there is one.
+    let key_id_problem = crate::keyring::key_id_problem(store, vault).await?;
+    let with_key_id = |result: Result<(), SettingsError>| {
+        let Some((problem, fix)) = &key_id_problem else {
+            return result;
+        };
+        let error = FieldError {
+            document: format!("vault {:?}", vault.name),
+            field: "key_id".into(),
+            problem: problem.clone(),
+            fix: fix.clone(),
+        };
+        match result {
+            Ok(()) => Err(SettingsError::Invalid(FieldErrors(vec![error]))),
+            Err(SettingsError::Invalid(mut errors)) => {
+                errors.0.push(error);
+                Err(SettingsError::Invalid(errors))
+            }
+            Err(other) => Err(other),
+        }
+    };
     write_doc(
         store,
         &key,
         vault,
         mode,
         ("vault settings", &vault.name),
-        |previous| validate_vault(vault, previous),
+        |previous| with_key_id(validate_vault(vault, previous)),
     )
     .await
 }
