@@ -49,20 +49,25 @@
 //! No production crate depends on this one: only the CLI's `sandbox` and `demo` commands and
 //! the tests do (a test in `tests/` checks the crate graph).
 
+pub mod auth;
 pub(crate) mod error;
 pub mod exec;
 mod http;
 pub(crate) mod rbac;
 pub(crate) mod sample;
+mod serve;
 pub(crate) mod store;
 mod types;
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use auth::{ADMIN, FLEET_NAMESPACE, Identity, apply_fleet_rbac, fleet_rbac};
 pub use exec::{ExecRecord, SandboxExec};
 pub use sample::{LOCAL_CSI_DRIVER, SAMPLE_REGION};
 use store::Store;
@@ -91,6 +96,26 @@ pub enum SandboxError {
     /// A kube client for the sandbox could not be built.
     #[error("cannot build a Kubernetes client for the sandbox: {0}")]
     Client(#[source] kube::Error),
+    /// The CA or the server certificate could not be made, or TLS not set up with them.
+    #[error("cannot set up the sandbox's TLS: {0}")]
+    Tls(String),
+    /// A kubeconfig could not be written.
+    #[error("cannot write the kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No identity of that name.
+    #[error("the sandbox has no identity {identity:?}; it has: {}", known.join(", "))]
+    UnknownIdentity {
+        /// The name asked for.
+        identity: String,
+        /// The identities there are.
+        known: Vec<String>,
+    },
     /// The sandbox refused an object it was asked to load.
     #[error("the sandbox refused {object}: {message}")]
     Rejected {
@@ -164,8 +189,8 @@ impl Sandbox {
         self.with_store(Store::resource_version)
     }
 
-    /// Serves the cluster on `addr` (port 0 picks a free port) until the handle is dropped
-    /// or shut down.
+    /// Serves the cluster over HTTPS on `addr` (port 0 picks a free port) until the handle is
+    /// dropped or shut down, with a new CA, server certificate and tokens (see [`auth`]).
     pub async fn start(self, addr: SocketAddr) -> Result<SandboxHandle, SandboxError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -174,30 +199,23 @@ impl Sandbox {
             .local_addr()
             .map_err(|source| SandboxError::Bind { addr, source })?;
         *self.address.lock().unwrap_or_else(PoisonError::into_inner) = Some(addr);
-        let url = format!("http://{addr}");
-        let mut config =
-            kube::Config::new(url.parse().expect("a socket address makes a valid URI"));
-        config.default_namespace = "default".to_owned();
-        let client = kube::Client::try_from(config).map_err(SandboxError::Client)?;
+        let credentials = Arc::new(auth::Credentials::generate(addr)?);
+        let url = format!("https://{addr}");
+        let admin = credentials
+            .identity(ADMIN)
+            .expect("the admin identity always exists");
+        let client = client_for(&url, &credentials, admin)?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = http::router(self.clone());
-        let server = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(%error, "sandbox server failed");
-            }
-        });
+        let app = http::router(self.clone(), credentials.clone());
+        let tls = tokio_rustls::TlsAcceptor::from(credentials.server_config.clone());
+        let server = tokio::spawn(serve::serve(listener, tls, app, stopped));
         tracing::info!(%url, "sandbox cluster serving");
         Ok(SandboxHandle {
             sandbox: self,
             addr,
             url,
             client,
+            credentials,
             stop: Some(stop),
             server: Some(server),
         })
@@ -232,20 +250,75 @@ impl Sandbox {
     }
 }
 
+/// A kube client for `identity`: the sandbox's CA as the only trusted root, the identity's
+/// token, default namespace `default`.
+fn client_for(
+    url: &str,
+    credentials: &auth::Credentials,
+    identity: &Identity,
+) -> Result<kube::Client, SandboxError> {
+    let mut config = kube::Config::new(url.parse().expect("a socket address makes a valid URI"));
+    config.default_namespace = "default".to_owned();
+    config.root_cert = Some(vec![credentials.ca_der().to_vec()]);
+    config.auth_info.token = Some(identity.token().to_owned().into());
+    kube::Client::try_from(config).map_err(SandboxError::Client)
+}
+
 /// A running sandbox server. Dropping it stops the server.
 pub struct SandboxHandle {
     sandbox: Sandbox,
     addr: SocketAddr,
     url: String,
     client: kube::Client,
+    credentials: Arc<auth::Credentials>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
 
 impl SandboxHandle {
-    /// The base URL, e.g. `http://127.0.0.1:41234` (for `kubectl --server`).
+    /// The base URL, e.g. `https://127.0.0.1:41234`. Reaching it takes the CA
+    /// ([`SandboxHandle::ca_pem`]) and a token: use [`SandboxHandle::client`],
+    /// [`SandboxHandle::client_as`] or a kubeconfig from [`SandboxHandle::write_kubeconfigs`].
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The sandbox CA's certificate (PEM), the one root its server certificate chains to.
+    pub fn ca_pem(&self) -> &str {
+        self.credentials.ca_pem()
+    }
+
+    /// The identities the sandbox knows: [`ADMIN`] and the fleet's service accounts
+    /// (`stowage-snapshot`, `stowage-restore`, `stowage-vault`).
+    pub fn identities(&self) -> Vec<String> {
+        self.credentials
+            .identities()
+            .iter()
+            .map(|i| i.name.clone())
+            .collect()
+    }
+
+    /// A kube client authenticated as `identity` (see [`SandboxHandle::identities`]),
+    /// trusting only the sandbox's CA.
+    pub fn client_as(&self, identity: &str) -> Result<kube::Client, SandboxError> {
+        let found = self.credentials.identity(identity).ok_or_else(|| {
+            SandboxError::UnknownIdentity {
+                identity: identity.to_owned(),
+                known: self.identities(),
+            }
+        })?;
+        client_for(&self.url, &self.credentials, found)
+    }
+
+    /// Writes a kubeconfig per identity into `dir` (`<identity>.kubeconfig`: the CA as
+    /// `certificate-authority-data`, the https URL, the identity's token, one context
+    /// `sandbox-<identity>`), plus `sandbox.kubeconfig` holding every context (current:
+    /// `sandbox-admin`). Files are readable by their owner only. Answers identity → path.
+    pub fn write_kubeconfigs(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<BTreeMap<String, PathBuf>, SandboxError> {
+        self.credentials.write_kubeconfigs(&self.url, dir)
     }
 
     /// The address the server listens on.
@@ -253,7 +326,8 @@ impl SandboxHandle {
         self.addr
     }
 
-    /// A kube client for the sandbox (no authentication; default namespace `default`).
+    /// A kube client for the sandbox as [`ADMIN`] (allowed everything; CA-verified; default
+    /// namespace `default`).
     pub fn client(&self) -> kube::Client {
         self.client.clone()
     }

@@ -8,6 +8,7 @@ mod catalog;
 mod cli;
 mod instances;
 mod jobs;
+mod kubeconfig;
 mod lock;
 mod observability;
 mod outbox;
