@@ -1,5 +1,5 @@
-//! The sandbox cluster: an in-process HTTP server for the subset of the Kubernetes API that
-//! Stowage uses, so the stages, tests and `stowage demo` run without a real cluster.
+//! The sandbox cluster: an in-process HTTPS API server for the subset of the Kubernetes API
+//! that Stowage uses, so the stages, tests and `stowage demo` run without a real cluster.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), stowage_sandbox::SandboxError> {
@@ -8,12 +8,26 @@
 //! let sandbox = Sandbox::new();
 //! sandbox.load_sample_app()?;
 //! let handle = sandbox.start_local().await?;
-//! let client = handle.client(); // a kube::Client, as for any cluster
-//! # let _ = client; Ok(()) }
+//! let client = handle.client(); // a kube::Client as the admin, as for any cluster
+//! let snapshot = handle.client_as("stowage-snapshot")?; // as a fleet service account
+//! let files = handle.write_kubeconfigs(std::path::Path::new("kubeconfigs"))?; // for kubectl
+//! # let _ = (client, snapshot, files); Ok(()) }
 //! ```
 //!
 //! # What it serves
 //!
+//! - HTTPS only (rustls on ring, HTTP/1.1 with upgrades), with a CA generated at start and a
+//!   server certificate it signs for `localhost`, `127.0.0.1` and the address served on. A
+//!   client that does not trust that CA fails the handshake.
+//! - Authentication by bearer token, one per identity (see [`auth`]): the admin
+//!   (`system:masters`) and every ServiceAccount `infra/k8s/base/rbac.yaml` defines, as
+//!   `system:serviceaccount:stowage:<name>`. No token, or an unknown one: 401 `Unauthorized`.
+//!   [`SandboxHandle::write_kubeconfigs`] writes a kubeconfig per identity (CA embedded).
+//! - Authorization of every request by the stored Roles, ClusterRoles and bindings (the
+//!   evaluator behind the reviews, below): refused with 403 `Forbidden`, worded as the API
+//!   server words it. Discovery, `/version` and `/openapi*` are open to every authenticated
+//!   user. The fleet's roles exist only once someone applies `rbac.yaml`
+//!   ([`apply_fleet_rbac`] does it through a client, as `kubectl apply` would).
 //! - `/version`; discovery: `/api`, `/api/v1`, `/apis`, `/apis/{group}`, `/apis/{group}/{version}`,
 //!   including the types of CRDs created at run time (created CRDs are `Established` at once).
 //! - For every type: list (label selectors with every operator, `fieldSelector` on
@@ -31,16 +45,17 @@
 //! - Hook commands: see [`exec`].
 //! - `SubjectAccessReview` (`POST /apis/authorization.k8s.io/v1/subjectaccessreviews`),
 //!   answered by evaluating the stored Roles, ClusterRoles and bindings (see `rbac`: verbs,
-//!   groups, resources and subresources, resource names, namespaces, `*`); nothing else is
-//!   authorized, so the answers only inform, they do not restrict.
+//!   groups, resources and subresources, resource names, namespaces, `*`, `system:masters`):
+//!   the same evaluation that authorizes every request.
 //! - Nodes (the sample app has one, labelled with [`SAMPLE_REGION`]); the version `/version`
 //!   answers can be changed with [`Sandbox::set_version`].
 //!
 //! # What it does not serve
 //!
 //! Watches, server-side apply, JSON patch, `deletecollection`, subresources (`/status`,
-//! `/scale`, real `pods/exec`), OpenAPI documents, aggregated discovery, authentication and
-//! authorization of requests (reviews answer, nothing enforces them), admission and schema validation, defaulting, finalizers and graceful
+//! `/scale`, real `pods/exec`), OpenAPI documents, aggregated discovery, client-certificate or
+//! OIDC authentication, impersonation, aggregated ClusterRoles, HTTP/2, admission and schema
+//! validation, defaulting, finalizers and graceful
 //! deletion (deleting a namespace or CRD removes its contents at once), controllers (a
 //! Deployment creates no pods), and consistent paging snapshots (a continued list resumes after
 //! the last name it returned, and sees changes made in between).
