@@ -62,9 +62,13 @@ pub(crate) async fn serve(
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
                 .with_upgrades();
             tokio::pin!(connection);
+            let draining = async move {
+                // Drop the borrow at once: it must not live across the awaits below.
+                let _ = drain_signal.wait_for(|d| *d).await.map(|_| ());
+            };
             let result = tokio::select! {
                 result = connection.as_mut() => result,
-                _ = drain_signal.wait_for(|d| *d) => {
+                () = draining => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
