@@ -226,7 +226,8 @@ pub struct InstanceArgs {
     /// Where the vault is.
     #[command(flatten)]
     pub vault: VaultArgs,
-    /// The cluster the fast preflight checks of `instance create` read (skipped without it).
+    /// The cluster the fast preflight checks of `instance create` read (skipped when no
+    /// credentials are found).
     #[command(flatten)]
     pub cluster: crate::cli::ClusterArgs,
 }
@@ -778,10 +779,10 @@ pub async fn policy(args: PolicyArgs) -> anyhow::Result<()> {
 }
 
 /// The fast preflight checks creating an instance depends on (vault reachable and holding only
-/// Stowage data; with `--cluster-url`: cluster version, the CSI drivers of the volumes in the
+/// Stowage data; with a cluster (`--kubeconfig`, KUBECONFIG, ~/.kube/config, in-cluster): cluster version, the CSI drivers of the volumes in the
 /// instance's scope, the snapshot account's permissions, no conflicting backup tool; regions
 /// of vault, cluster and snapshot location). A failing check refuses the instance, naming it
-/// and its fix; a check without its target (no `--cluster-url`) is skipped, not failed.
+/// and its fix; a check without its target (no cluster credentials found) is skipped, not failed.
 async fn preflight_on_create(
     store: &BlobStore,
     vault: &VaultArgs,
@@ -793,11 +794,7 @@ async fn preflight_on_create(
         return Ok(());
     };
     let region = settings::read_vault(store).await.ok().map(|v| v.region);
-    let cluster = cluster
-        .cluster_url
-        .as_deref()
-        .map(crate::preflight_cmd::kube_target)
-        .transpose()?;
+    let cluster = crate::preflight_cmd::kube_target(cluster).await?;
     let disks = vault
         .disk_root
         .as_deref()

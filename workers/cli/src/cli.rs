@@ -65,14 +65,18 @@ pub enum Command {
     Scheduler(crate::scheduler_cmd::SchedulerArgs),
 }
 
-/// Which Kubernetes cluster the snapshot and restore stages use.
+/// Which Kubernetes cluster the snapshot and restore stages use, and the credentials: kube's
+/// standard inference, as kubectl does it (see `kube_config`).
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
-    /// URL of the cluster's API server (a sandbox from `stowage sandbox`, or any API server that
-    /// accepts unauthenticated requests from this worker). Hooks run through the sandbox's
-    /// exec endpoint.
-    #[arg(long, global = true, env = "STOWAGE_CLUSTER_URL")]
-    pub cluster_url: Option<String>,
+    /// Kubeconfig file (default: the KUBECONFIG variable, then ~/.kube/config, then the
+    /// service account of the pod the command runs in). `stowage sandbox` writes one per
+    /// identity.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current-context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
     /// The name jobs use for this cluster (a restore's target_cluster, an instance's cluster):
     /// the snapshot and restore stages take only instances that name it, and refuse others.
     #[arg(
@@ -93,6 +97,14 @@ pub struct SandboxArgs {
     /// Start empty instead of with the sample application.
     #[arg(long)]
     pub empty: bool,
+    /// Folder the kubeconfigs are written to: one per identity (`admin.kubeconfig`,
+    /// `stowage-snapshot.kubeconfig`, …) and `sandbox.kubeconfig` with every context.
+    #[arg(long, value_name = "DIR", default_value = "sandbox-kubeconfigs")]
+    pub kubeconfig_dir: PathBuf,
+    /// Root folder of the local disk provider: the sample application's disks (`shop-data`,
+    /// `blog-data`) are created there, for workers given the same --disk-root.
+    #[arg(long, env = "STOWAGE_DISK_ROOT", value_name = "DIR")]
+    pub disk_root: Option<PathBuf>,
 }
 
 /// Where the broker is.

@@ -65,7 +65,7 @@ fn connect(args: &BrokerArgs) -> (RabbitBroker, Names) {
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let vault = vault_config::vault_context(&args.vault).await?;
-    let cluster = vault_config::cluster_context(&args.cluster, vault.as_ref())?;
+    let cluster = vault_config::cluster_context(&args.cluster, vault.as_ref()).await?;
     let services = stages::Services {
         vault,
         cluster,
@@ -355,17 +355,57 @@ async fn find_instance(
 }
 
 async fn sandbox(args: crate::cli::SandboxArgs) -> anyhow::Result<()> {
+    use rand::SeedableRng as _;
     let sandbox = stowage_sandbox::Sandbox::new();
     if !args.empty {
         sandbox.load_sample_app()?;
     }
+    if let (Some(root), false) = (&args.disk_root, args.empty) {
+        let disks = stowage_disk::LocalDiskProvider::open(root)
+            .with_context(|| format!("cannot open the disk root {}", root.display()))?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        crate::demo::create_sample_disks(&disks, &mut rng).await?;
+    }
     let handle = sandbox.start(args.addr).await?;
-    println!(
-        "sandbox cluster at {} (try: kubectl --server {} get all -A); Ctrl-C stops it",
-        handle.url(),
-        handle.url()
-    );
+    let written = handle.write_kubeconfigs(&args.kubeconfig_dir)?;
+    let dir = std::path::absolute(&args.kubeconfig_dir).unwrap_or(args.kubeconfig_dir.clone());
+    println!("{}", sandbox_banner(handle.url(), &dir, &written, args.disk_root.as_deref()));
     shutdown::signal().await;
     handle.shutdown().await;
     Ok(())
+}
+
+/// What `stowage sandbox` prints: where it serves, the kubeconfigs and how to use them.
+fn sandbox_banner(
+    url: &str,
+    dir: &std::path::Path,
+    written: &std::collections::BTreeMap<String, std::path::PathBuf>,
+    disk_root: Option<&std::path::Path>,
+) -> String {
+    let mut out = format!(
+        "sandbox cluster at {url} (HTTPS, its own CA; RBAC enforced); Ctrl-C stops it\n\
+         kubeconfigs in {} (valid while this sandbox runs):\n",
+        dir.display()
+    );
+    for (identity, path) in written {
+        let file = path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default();
+        out.push_str(&format!("  {identity:<18} {file}\n"));
+    }
+    out.push_str(&format!(
+        "  {:<18} sandbox.kubeconfig (every context; current: sandbox-admin)\n\n\
+         use it:\n  export KUBECONFIG={}\n  kubectl get namespaces\n\
+         workers take the service account's own: stowage worker --stage snapshot --kubeconfig {} ...\n\
+         the fleet's roles apply as on any cluster: kubectl create namespace stowage && \
+         kubectl apply -n stowage -f infra/k8s/base/rbac.yaml\n",
+        "(all)",
+        dir.join("admin.kubeconfig").display(),
+        dir.join("stowage-snapshot.kubeconfig").display(),
+    ));
+    if let Some(root) = disk_root {
+        out.push_str(&format!(
+            "the sample app's disks are in {} (pass the same --disk-root to the workers)\n",
+            root.display()
+        ));
+    }
+    out
 }

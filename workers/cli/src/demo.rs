@@ -51,6 +51,35 @@ const VOLUMES: &[(&str, &str, &str, u64)] = &[
     ("blog-data", "blog", "data-mysql-0", 32 * MIB),
 ];
 
+/// Creates the disks the sample application's volumes name (`shop-data`, `blog-data`) in
+/// `disks`, their first halves filled with table-like and repetitive data from `rng`: what
+/// `stowage demo` backs up, and what `stowage sandbox --disk-root` provides so that a backup
+/// of the sample app finds its disks. Creating a disk that exists is a no-op (same size).
+pub async fn create_sample_disks(
+    disks: &LocalDiskProvider,
+    rng: &mut rand::rngs::StdRng,
+) -> anyhow::Result<()> {
+    for (disk, _, _, size) in VOLUMES {
+        let info = disks
+            .create_disk(disk, *size)
+            .await
+            .with_context(|| format!("cannot create the sample disk {disk}"))?;
+        let mut block = vec![0u8; 4 * MIB as usize];
+        for (i, offset) in (0..size / 2).step_by(block.len()).enumerate() {
+            if i % 2 == 0 {
+                rng.fill(&mut block[..]); // table data
+            } else {
+                block
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, b)| *b = (j % 251) as u8); // repetitive data
+            }
+            disks.write(&info.id, offset, &block).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Run the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let dir = args.dir.clone().unwrap_or_else(|| {
@@ -103,21 +132,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let cluster = sandbox.start_local().await?;
     let client = cluster.client();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    for (disk, _, _, size) in VOLUMES {
-        let info = disks.create_disk(disk, *size).await?;
-        let mut block = vec![0u8; 4 * MIB as usize];
-        for (i, offset) in (0..size / 2).step_by(block.len()).enumerate() {
-            if i % 2 == 0 {
-                rng.fill(&mut block[..]); // table data
-            } else {
-                block
-                    .iter_mut()
-                    .enumerate()
-                    .for_each(|(j, b)| *b = (j % 251) as u8); // repetitive data
-            }
-            disks.write(&info.id, offset, &block).await?;
-        }
-    }
+    create_sample_disks(&disks, &mut rng).await?;
     // The catalog, through the same validated writes as `stowage vault init`,
     // `stowage policy create` and `stowage instance create`.
     let demo_vault = Vault {

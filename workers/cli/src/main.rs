@@ -8,6 +8,7 @@ mod commands;
 mod demo;
 mod job_file;
 mod jobs_cmd;
+mod kube_config;
 mod output;
 mod preflight_cmd;
 mod restore_cmd;

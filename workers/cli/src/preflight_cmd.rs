@@ -16,7 +16,7 @@ use crate::cli::{Format, PreflightArgs};
 
 /// Runs the checks and prints the report; an error (exit code 1) when any check failed.
 pub async fn run(args: PreflightArgs) -> anyhow::Result<()> {
-    let targets = targets(&args)?;
+    let targets = targets(&args).await?;
     let report = preflight::run_all(&targets).await;
     match args.output.output {
         Format::Table => print!("{}", render(&report)),
@@ -37,7 +37,7 @@ pub async fn run(args: PreflightArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
+async fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
     let vault = args.vault.vault.as_ref().map(|location| VaultTarget {
         location: location.clone(),
         access_key: std::env::var("STOWAGE_AZURE_ACCESS_KEY").ok(),
@@ -47,12 +47,7 @@ fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
         broker: Arc::new(RabbitBroker::new(args.broker.amqp_url.clone())),
         names: Names::new(args.broker.prefix.clone()),
     });
-    let cluster = args
-        .cluster
-        .cluster_url
-        .as_deref()
-        .map(kube_target)
-        .transpose()?;
+    let cluster = kube_target(&args.cluster).await?;
     let disks = args
         .vault
         .disk_root
@@ -70,17 +65,18 @@ fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
     })
 }
 
-/// The cluster `--cluster-url` names, for the cluster checks.
-pub fn kube_target(url: &str) -> anyhow::Result<KubeTarget> {
-    let uri: http::Uri = url
-        .parse()
-        .with_context(|| format!("--cluster-url {url:?} is not a URL"))?;
-    let client = kube::Client::try_from(kube::Config::new(uri))
-        .with_context(|| format!("cannot build a client for {url}"))?;
-    Ok(KubeTarget {
-        client,
-        url: url.to_owned(),
-    })
+/// The cluster the flags and environment name (see `kube_config`), for the cluster checks;
+/// `None` (the checks are skipped, saying why) when no credentials are found. Explicit
+/// credentials that cannot be used are an error.
+pub async fn kube_target(
+    cluster: &crate::cli::ClusterArgs,
+) -> anyhow::Result<Option<KubeTarget>> {
+    Ok(crate::kube_config::cluster_client(cluster)
+        .await?
+        .map(|found| KubeTarget {
+            client: found.client,
+            url: found.url,
+        }))
 }
 
 /// The disk provider `--disk-root` names, for the CSI-driver and region checks.

@@ -18,7 +18,8 @@ use stowage_vault::store::BlobStore;
 pub struct Services {
     /// The vault, its key and the disks, when `--vault` was given.
     pub vault: Option<VaultContext>,
-    /// The cluster, the vault and the disks, when `--cluster-url` and `--vault` were given.
+    /// The cluster, the vault and the disks, when cluster credentials were found (`--kubeconfig`,
+    /// KUBECONFIG, ~/.kube/config or in-cluster) and `--vault` was given.
     pub cluster: Option<ClusterContext>,
     /// How every stage keeps its job records (in the vault's primary storage).
     pub records: RecordSettings,
@@ -29,8 +30,10 @@ pub struct Services {
 pub enum StageUnavailable {
     /// The handler exists but needs a cluster.
     #[error(
-        "the {stage} stage needs a cluster and a vault: pass --cluster-url (e.g. a sandbox from \
-         `stowage sandbox`), --vault, the vault key (STOWAGE_VAULT_KEY) and --disk-root"
+        "the {stage} stage needs a cluster and a vault: give the cluster's credentials \
+         (--kubeconfig, KUBECONFIG, ~/.kube/config, or the service account of the pod it runs \
+         in; `stowage sandbox` writes kubeconfigs for its cluster), --vault, the vault key \
+         (STOWAGE_VAULT_KEY) and --disk-root"
     )]
     NeedsCluster {
         /// The stage.

@@ -158,22 +158,22 @@ pub async fn vault_context(args: &VaultArgs) -> anyhow::Result<Option<VaultConte
     Ok(Some(ctx))
 }
 
-/// The snapshot and restore stages' context, or `None` without a cluster URL.
-pub fn cluster_context(
+/// The snapshot and restore stages' context, or `None` when no cluster credentials are found
+/// (see `kube_config`).
+pub async fn cluster_context(
     cluster: &ClusterArgs,
     vault: Option<&VaultContext>,
 ) -> anyhow::Result<Option<stowage_stages::ClusterContext>> {
-    let Some(url) = &cluster.cluster_url else {
+    let Some(found) = crate::kube_config::cluster_client(cluster).await? else {
         return Ok(None);
     };
     let Some(vault) = vault else {
-        bail!("--cluster-url needs a vault too: pass --vault, the vault key and --disk-root");
+        // A vault-stage worker given a cluster (or running in a pod with a token) needs none.
+        tracing::debug!(source = found.source, "a cluster but no vault: the cluster stages cannot run");
+        return Ok(None);
     };
-    let uri: http::Uri = url
-        .parse()
-        .with_context(|| format!("--cluster-url {url:?} is not a URL"))?;
-    let client = kube::Client::try_from(kube::Config::new(uri))
-        .with_context(|| format!("cannot build a client for {url}"))?;
+    tracing::info!(url = found.url, source = found.source, "cluster credentials");
+    let client = found.client;
     let target = stowage_cluster::ClusterTarget::new(
         client.clone(),
         Arc::new(stowage_sandbox::SandboxExec::new(client)),

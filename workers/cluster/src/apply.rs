@@ -115,7 +115,7 @@ pub enum Applied {
     /// A create found the object there already (created meanwhile by a controller or an
     /// earlier attempt).
     AlreadyExists,
-    /// The cluster refused the request for good (422, 403, 400…): what it said.
+    /// The cluster refused the request for good (422, 400…): what it said.
     Refused(String),
 }
 
@@ -193,9 +193,11 @@ fn applied<T>(
     }
 }
 
-/// A client error other than throttling: asking again gives the same answer.
+/// A client error other than throttling: asking again gives the same answer. A 401 or 403
+/// is not the target refusing this object but the worker's identity lacking a permission:
+/// an error for the caller (see [`crate::access`]), not a per-object refusal.
 fn is_refusal(code: u16) -> bool {
-    code < 500 && code != 429
+    code < 500 && code != 429 && code != 401 && code != 403
 }
 
 /// Why [`wait_established`] gave up.

@@ -8,6 +8,7 @@
 //!   JSON exec endpoint; a websocket `pods/exec` implementation is still to come).
 //! - [`collect`]: reads every object a backup scope covers, page by page, strips the fields
 //!   the server populates and hands each object to a sink: the resources half of a snapshot.
+//! - [`access`]: 401 and 403 answers read into what was refused and which role should grant it.
 //! - [`apply`]: the other direction, used by restore: discovery, reading what a target holds,
 //!   creating or merge-patching an object, waiting for CRDs to be established.
 //!
@@ -16,11 +17,13 @@
 //! `sandbox` and `demo` commands). Label selectors are a domain type
 //! (`stowage_schemas::selector`), shared with the catalog's validation.
 
+pub mod access;
 pub mod apply;
 pub mod collect;
 pub mod exec;
 pub mod target;
 
+pub use access::AccessDenied;
 pub use collect::{
     CollectError, CollectOptions, CollectSummary, CollectedObject, SERVER_METADATA_FIELDS, collect,
     collect_with_options, strip_server_fields,

@@ -2,6 +2,7 @@
 //! handler serves every resource type (including CRDs registered at run time).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -12,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::Sandbox;
+use crate::auth::{Credentials, RequestAttributes};
 use crate::error::ApiError;
 use crate::exec::{ExecBody, ExecRecord, SANDBOX_EXEC_GROUP};
 use crate::rbac;
@@ -19,18 +21,47 @@ use crate::store::{ListOptions, Store};
 use stowage_cluster::ExecOutput;
 use stowage_schemas::selector::LabelSelector;
 
-pub(crate) fn router(sandbox: Sandbox) -> Router {
-    Router::new().fallback(handle).with_state(sandbox)
+/// What every request handler shares: the cluster, and who may use it.
+#[derive(Clone)]
+struct Served {
+    sandbox: Sandbox,
+    credentials: Arc<Credentials>,
 }
 
+pub(crate) fn router(sandbox: Sandbox, credentials: Arc<Credentials>) -> Router {
+    Router::new().fallback(handle).with_state(Served {
+        sandbox,
+        credentials,
+    })
+}
+
+/// Authenticates (bearer token: 401 without a known one), authorizes through the stored RBAC
+/// objects (403 worded as the API server words it), then serves.
 async fn handle(
-    State(sandbox): State<Sandbox>,
+    State(Served {
+        sandbox,
+        credentials,
+    }): State<Served>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
+    let Some(identity) = credentials.authenticate(&headers) else {
+        tracing::debug!(%method, %path, "sandbox request without a valid token");
+        return ApiError::unauthorized().into_response();
+    };
+    let attributes = RequestAttributes::from_request(&method, &path, uri.query());
+    if !attributes.is_discovery() {
+        let decision =
+            sandbox.with_store(|s| rbac::evaluate(s, &attributes.access_request(identity)));
+        if !decision.allowed {
+            let error = attributes.forbidden(&identity.user);
+            tracing::debug!(%method, %path, user = identity.user, message = error.message, "sandbox request forbidden");
+            return error.into_response();
+        }
+    }
     let result = route(&sandbox, &method, &uri, &headers, &body).await;
     match result {
         Ok((code, value)) => (code, axum::Json(value)).into_response(),

@@ -1,5 +1,5 @@
-//! The sandbox cluster: an in-process HTTP server for the subset of the Kubernetes API that
-//! Stowage uses, so the stages, tests and `stowage demo` run without a real cluster.
+//! The sandbox cluster: an in-process HTTPS API server for the subset of the Kubernetes API
+//! that Stowage uses, so the stages, tests and `stowage demo` run without a real cluster.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), stowage_sandbox::SandboxError> {
@@ -8,12 +8,26 @@
 //! let sandbox = Sandbox::new();
 //! sandbox.load_sample_app()?;
 //! let handle = sandbox.start_local().await?;
-//! let client = handle.client(); // a kube::Client, as for any cluster
-//! # let _ = client; Ok(()) }
+//! let client = handle.client(); // a kube::Client as the admin, as for any cluster
+//! let snapshot = handle.client_as("stowage-snapshot")?; // as a fleet service account
+//! let files = handle.write_kubeconfigs(std::path::Path::new("kubeconfigs"))?; // for kubectl
+//! # let _ = (client, snapshot, files); Ok(()) }
 //! ```
 //!
 //! # What it serves
 //!
+//! - HTTPS only (rustls on ring, HTTP/1.1 with upgrades), with a CA generated at start and a
+//!   server certificate it signs for `localhost`, `127.0.0.1` and the address served on. A
+//!   client that does not trust that CA fails the handshake.
+//! - Authentication by bearer token, one per identity (see [`auth`]): the admin
+//!   (`system:masters`) and every ServiceAccount `infra/k8s/base/rbac.yaml` defines, as
+//!   `system:serviceaccount:stowage:<name>`. No token, or an unknown one: 401 `Unauthorized`.
+//!   [`SandboxHandle::write_kubeconfigs`] writes a kubeconfig per identity (CA embedded).
+//! - Authorization of every request by the stored Roles, ClusterRoles and bindings (the
+//!   evaluator behind the reviews, below): refused with 403 `Forbidden`, worded as the API
+//!   server words it. Discovery, `/version` and `/openapi*` are open to every authenticated
+//!   user. The fleet's roles exist only once someone applies `rbac.yaml`
+//!   ([`apply_fleet_rbac`] does it through a client, as `kubectl apply` would).
 //! - `/version`; discovery: `/api`, `/api/v1`, `/apis`, `/apis/{group}`, `/apis/{group}/{version}`,
 //!   including the types of CRDs created at run time (created CRDs are `Established` at once).
 //! - For every type: list (label selectors with every operator, `fieldSelector` on
@@ -31,16 +45,17 @@
 //! - Hook commands: see [`exec`].
 //! - `SubjectAccessReview` (`POST /apis/authorization.k8s.io/v1/subjectaccessreviews`),
 //!   answered by evaluating the stored Roles, ClusterRoles and bindings (see `rbac`: verbs,
-//!   groups, resources and subresources, resource names, namespaces, `*`); nothing else is
-//!   authorized, so the answers only inform, they do not restrict.
+//!   groups, resources and subresources, resource names, namespaces, `*`, `system:masters`):
+//!   the same evaluation that authorizes every request.
 //! - Nodes (the sample app has one, labelled with [`SAMPLE_REGION`]); the version `/version`
 //!   answers can be changed with [`Sandbox::set_version`].
 //!
 //! # What it does not serve
 //!
 //! Watches, server-side apply, JSON patch, `deletecollection`, subresources (`/status`,
-//! `/scale`, real `pods/exec`), OpenAPI documents, aggregated discovery, authentication and
-//! authorization of requests (reviews answer, nothing enforces them), admission and schema validation, defaulting, finalizers and graceful
+//! `/scale`, real `pods/exec`), OpenAPI documents, aggregated discovery, client-certificate or
+//! OIDC authentication, impersonation, aggregated ClusterRoles, HTTP/2, admission and schema
+//! validation, defaulting, finalizers and graceful
 //! deletion (deleting a namespace or CRD removes its contents at once), controllers (a
 //! Deployment creates no pods), and consistent paging snapshots (a continued list resumes after
 //! the last name it returned, and sees changes made in between).
@@ -49,20 +64,25 @@
 //! No production crate depends on this one: only the CLI's `sandbox` and `demo` commands and
 //! the tests do (a test in `tests/` checks the crate graph).
 
+pub mod auth;
 pub(crate) mod error;
 pub mod exec;
 mod http;
 pub(crate) mod rbac;
 pub(crate) mod sample;
+mod serve;
 pub(crate) mod store;
 mod types;
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use auth::{ADMIN, FLEET_NAMESPACE, Identity, apply_fleet_rbac, fleet_rbac};
 pub use exec::{ExecRecord, SandboxExec};
 pub use sample::{LOCAL_CSI_DRIVER, SAMPLE_REGION};
 use store::Store;
@@ -91,6 +111,26 @@ pub enum SandboxError {
     /// A kube client for the sandbox could not be built.
     #[error("cannot build a Kubernetes client for the sandbox: {0}")]
     Client(#[source] kube::Error),
+    /// The CA or the server certificate could not be made, or TLS not set up with them.
+    #[error("cannot set up the sandbox's TLS: {0}")]
+    Tls(String),
+    /// A kubeconfig could not be written.
+    #[error("cannot write the kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No identity of that name.
+    #[error("the sandbox has no identity {identity:?}; it has: {}", known.join(", "))]
+    UnknownIdentity {
+        /// The name asked for.
+        identity: String,
+        /// The identities there are.
+        known: Vec<String>,
+    },
     /// The sandbox refused an object it was asked to load.
     #[error("the sandbox refused {object}: {message}")]
     Rejected {
@@ -164,8 +204,8 @@ impl Sandbox {
         self.with_store(Store::resource_version)
     }
 
-    /// Serves the cluster on `addr` (port 0 picks a free port) until the handle is dropped
-    /// or shut down.
+    /// Serves the cluster over HTTPS on `addr` (port 0 picks a free port) until the handle is
+    /// dropped or shut down, with a new CA, server certificate and tokens (see [`auth`]).
     pub async fn start(self, addr: SocketAddr) -> Result<SandboxHandle, SandboxError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -174,30 +214,23 @@ impl Sandbox {
             .local_addr()
             .map_err(|source| SandboxError::Bind { addr, source })?;
         *self.address.lock().unwrap_or_else(PoisonError::into_inner) = Some(addr);
-        let url = format!("http://{addr}");
-        let mut config =
-            kube::Config::new(url.parse().expect("a socket address makes a valid URI"));
-        config.default_namespace = "default".to_owned();
-        let client = kube::Client::try_from(config).map_err(SandboxError::Client)?;
+        let credentials = Arc::new(auth::Credentials::generate(addr)?);
+        let url = format!("https://{addr}");
+        let admin = credentials
+            .identity(ADMIN)
+            .expect("the admin identity always exists");
+        let client = client_for(&url, &credentials, admin)?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = http::router(self.clone());
-        let server = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(%error, "sandbox server failed");
-            }
-        });
+        let app = http::router(self.clone(), credentials.clone());
+        let tls = tokio_rustls::TlsAcceptor::from(credentials.server_config.clone());
+        let server = tokio::spawn(serve::serve(listener, tls, app, stopped));
         tracing::info!(%url, "sandbox cluster serving");
         Ok(SandboxHandle {
             sandbox: self,
             addr,
             url,
             client,
+            credentials,
             stop: Some(stop),
             server: Some(server),
         })
@@ -232,20 +265,75 @@ impl Sandbox {
     }
 }
 
+/// A kube client for `identity`: the sandbox's CA as the only trusted root, the identity's
+/// token, default namespace `default`.
+fn client_for(
+    url: &str,
+    credentials: &auth::Credentials,
+    identity: &Identity,
+) -> Result<kube::Client, SandboxError> {
+    let mut config = kube::Config::new(url.parse().expect("a socket address makes a valid URI"));
+    config.default_namespace = "default".to_owned();
+    config.root_cert = Some(vec![credentials.ca_der().to_vec()]);
+    config.auth_info.token = Some(identity.token().to_owned().into());
+    kube::Client::try_from(config).map_err(SandboxError::Client)
+}
+
 /// A running sandbox server. Dropping it stops the server.
 pub struct SandboxHandle {
     sandbox: Sandbox,
     addr: SocketAddr,
     url: String,
     client: kube::Client,
+    credentials: Arc<auth::Credentials>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
 
 impl SandboxHandle {
-    /// The base URL, e.g. `http://127.0.0.1:41234` (for `kubectl --server`).
+    /// The base URL, e.g. `https://127.0.0.1:41234`. Reaching it takes the CA
+    /// ([`SandboxHandle::ca_pem`]) and a token: use [`SandboxHandle::client`],
+    /// [`SandboxHandle::client_as`] or a kubeconfig from [`SandboxHandle::write_kubeconfigs`].
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The sandbox CA's certificate (PEM), the one root its server certificate chains to.
+    pub fn ca_pem(&self) -> &str {
+        self.credentials.ca_pem()
+    }
+
+    /// The identities the sandbox knows: [`ADMIN`] and the fleet's service accounts
+    /// (`stowage-snapshot`, `stowage-restore`, `stowage-vault`).
+    pub fn identities(&self) -> Vec<String> {
+        self.credentials
+            .identities()
+            .iter()
+            .map(|i| i.name.clone())
+            .collect()
+    }
+
+    /// A kube client authenticated as `identity` (see [`SandboxHandle::identities`]),
+    /// trusting only the sandbox's CA.
+    pub fn client_as(&self, identity: &str) -> Result<kube::Client, SandboxError> {
+        let found = self.credentials.identity(identity).ok_or_else(|| {
+            SandboxError::UnknownIdentity {
+                identity: identity.to_owned(),
+                known: self.identities(),
+            }
+        })?;
+        client_for(&self.url, &self.credentials, found)
+    }
+
+    /// Writes a kubeconfig per identity into `dir` (`<identity>.kubeconfig`: the CA as
+    /// `certificate-authority-data`, the https URL, the identity's token, one context
+    /// `sandbox-<identity>`), plus `sandbox.kubeconfig` holding every context (current:
+    /// `sandbox-admin`). Files are readable by their owner only. Answers identity → path.
+    pub fn write_kubeconfigs(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<BTreeMap<String, PathBuf>, SandboxError> {
+        self.credentials.write_kubeconfigs(&self.url, dir)
     }
 
     /// The address the server listens on.
@@ -253,7 +341,8 @@ impl SandboxHandle {
         self.addr
     }
 
-    /// A kube client for the sandbox (no authentication; default namespace `default`).
+    /// A kube client for the sandbox as [`ADMIN`] (allowed everything; CA-verified; default
+    /// namespace `default`).
     pub fn client(&self) -> kube::Client {
         self.client.clone()
     }

@@ -1,6 +1,7 @@
-//! A small RBAC evaluator behind the sandbox's `SubjectAccessReview` endpoint
-//! (`POST /apis/authorization.k8s.io/v1/subjectaccessreviews`), so `stowage preflight` can ask
-//! whether the fleet's service accounts hold what each stage needs, as it would on a real cluster.
+//! A small RBAC evaluator: it authorizes every request the sandbox serves, and answers its
+//! `SubjectAccessReview` endpoint (`POST /apis/authorization.k8s.io/v1/subjectaccessreviews`),
+//! so `stowage preflight` can ask whether the fleet's service accounts hold what each stage
+//! needs, as it would on a real cluster.
 //!
 //! It evaluates the Roles, ClusterRoles, RoleBindings and ClusterRoleBindings stored in the
 //! sandbox the way Kubernetes' RBAC authorizer does, for what the checks ask:
@@ -14,9 +15,10 @@
 //!   `resourceNames` (an empty list matches every name) and `nonResourceURLs` (exact, or a
 //!   prefix ending in `*`); `*` is a wildcard everywhere.
 //!
+//! The `system:masters` group is allowed everything, as the API server allows it before RBAC.
 //! Not evaluated: aggregated ClusterRoles (`aggregationRule`), impersonation and `escalate`/`bind`
-//! semantics, webhooks and the `system:masters` group. The sandbox serves no authorization
-//! itself: every request is still allowed, whatever the reviews answer.
+//! semantics, webhooks. The same evaluation authorizes every request the sandbox serves (see
+//! `auth`), so the reviews answer what the sandbox then enforces.
 
 use serde_json::{Value, json};
 
@@ -104,6 +106,13 @@ impl AccessRequest {
 
 /// Evaluates `request` against the RBAC objects in `store`.
 pub(crate) fn evaluate(store: &Store, request: &AccessRequest) -> Decision {
+    // The API server's superuser group, allowed before any authorizer is asked.
+    if request.groups.iter().any(|g| g == "system:masters") {
+        return Decision {
+            allowed: true,
+            reason: "allowed: member of the system:masters group".to_owned(),
+        };
+    }
     let rbac = "rbac.authorization.k8s.io";
     for binding in store.objects_of(rbac, "clusterrolebindings") {
         if let Some(subject) = matching_subject(binding, "", request) {

@@ -180,8 +180,12 @@ pub(crate) fn kube_is_transient(error: &kube::Error) -> bool {
     }
 }
 
-/// A stage error for a Kubernetes API failure, with `what` naming what was being done.
+/// A stage error for a Kubernetes API failure, with `what` naming what was being done. A 401
+/// or 403 is permanent and names the verb, the resource and the RBAC fix.
 pub(crate) fn kube_error(what: String, error: kube::Error) -> StageError {
+    if let Some(denied) = stowage_cluster::AccessDenied::from_error(&error) {
+        return access_denied(&what, &denied);
+    }
     #[derive(Debug, thiserror::Error)]
     #[error("{what}: {source}")]
     struct KubeFailure {
@@ -199,6 +203,11 @@ pub(crate) fn kube_error(what: String, error: kube::Error) -> StageError {
     } else {
         StageError::permanent(failure)
     }
+}
+
+/// The permanent error for a request the API server refused to the worker's identity.
+pub(crate) fn access_denied(what: &str, denied: &stowage_cluster::AccessDenied) -> StageError {
+    StageError::permanent(format!("{what}: {denied}; fix: {}", denied.fix()))
 }
 
 /// A stage error for a failed create or patch of a restored object.

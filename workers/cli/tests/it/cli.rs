@@ -62,7 +62,7 @@ fn the_worker_refuses_stages_it_cannot_run() {
     let err = text(&out.stderr);
     assert!(
         !out.status.success()
-            && err.contains("the snapshot stage needs a cluster and a vault: pass --cluster-url"),
+            && err.contains("the snapshot stage needs a cluster and a vault: give the cluster's credentials (--kubeconfig"),
         "{err}"
     );
 }

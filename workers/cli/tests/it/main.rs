@@ -9,6 +9,7 @@ mod cli;
 mod instances;
 mod jobs;
 mod keys;
+mod kubeconfig;
 mod lock;
 mod observability;
 mod outbox;

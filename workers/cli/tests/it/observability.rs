@@ -745,11 +745,15 @@ async fn a_backup_is_one_trace_through_every_stage_from_backup_now_or_the_schedu
     let cluster = Sandbox::sample_local().await.unwrap();
 
     let secondary_flag = secondary.display().to_string();
+    let kubeconfigs = cluster
+        .write_kubeconfigs(&dir.join("kubeconfigs"))
+        .expect("kubeconfigs written");
+    let kubeconfig = kubeconfigs[stowage_sandbox::ADMIN].display().to_string();
     let flags = [
         "--secondary",
         &secondary_flag,
-        "--cluster-url",
-        cluster.url(),
+        "--kubeconfig",
+        &kubeconfig,
         "--cluster-name",
         "sandbox",
         "--otlp-endpoint",

@@ -344,7 +344,7 @@ async fn a_silent_endpoint_times_out_instead_of_hanging() {
         &report,
         preflight::CLUSTER,
         "did not answer within 0.8 s",
-        "--cluster-url",
+        "--kubeconfig",
     );
     assert_fails(
         &report,
@@ -558,15 +558,19 @@ async fn the_command_prints_a_table_or_json_and_exits_non_zero_on_failure() {
     let prefix = bus.names.prefix().to_owned();
     let setup = Setup::new().await;
     let disk_root = temp_dir("preflight-cli-disks");
-    let url = setup.cluster.url().to_owned();
+    let kubeconfigs = setup
+        .cluster
+        .write_kubeconfigs(&temp_dir("preflight-cli-kubeconfigs"))
+        .expect("kubeconfigs written");
+    let kubeconfig = kubeconfigs[stowage_sandbox::ADMIN].display().to_string();
     let amqp = amqp_url();
     let base = [
         "--vault",
         path(&setup.vault),
         "--disk-root",
         path(&disk_root),
-        "--cluster-url",
-        &url,
+        "--kubeconfig",
+        &kubeconfig,
         "--amqp-url",
         &amqp,
         "--prefix",

@@ -10,13 +10,13 @@ use super::*;
 pub(super) async fn cluster_checks(targets: &PreflightTargets, selection: Selection) -> Vec<Check> {
     let names = [CSI_DRIVERS, PERMISSIONS, CONFLICTING_TOOLS, REGION];
     let Some(cluster) = &targets.cluster else {
-        let why = "no cluster given (--cluster-url)";
+        let why = "no cluster credentials found (--kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster)";
         let mut checks = vec![Check::skipped(CLUSTER, why)];
         checks.extend(names.iter().map(|n| Check::skipped(n, why)));
         return checks;
     };
     let reach_fix = format!(
-        "check that the API server at {} is up and that --cluster-url is right",
+        "check that the API server at {} is up and that the kubeconfig (--kubeconfig, --context) is right",
         cluster.url
     );
     let version = timed(
@@ -71,6 +71,13 @@ pub fn parse_minor(minor: &str) -> Option<u32> {
 pub(super) async fn check_version(cluster: &KubeTarget, reach_fix: &str) -> Check {
     let info = match cluster.client.apiserver_version().await {
         Ok(info) => info,
+        Err(e) if let Some(denied) = stowage_cluster::AccessDenied::from_error(&e) => {
+            return Check::fail(
+                CLUSTER,
+                format!("the API server at {} refused preflight: {denied}", cluster.url),
+                denied.fix(),
+            );
+        }
         Err(e) => {
             return Check::fail(
                 CLUSTER,
@@ -379,6 +386,9 @@ pub(super) async fn check_region(targets: &PreflightTargets, cluster: &KubeTarge
 /// The check `name` failed because listing `what` (RBAC resource `resource`) was refused or
 /// failed.
 fn cannot_list(name: &str, what: &str, resource: &str, error: &kube::Error) -> Check {
+    if let Some(denied) = stowage_cluster::AccessDenied::from_error(error) {
+        return Check::fail(name, format!("cannot list {what}: {denied}"), denied.fix());
+    }
     Check::fail(
         name,
         format!("cannot list {what}: {}", chain(error)),

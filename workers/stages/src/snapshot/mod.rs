@@ -541,6 +541,11 @@ fn encode(
 
 fn collect_error(error: CollectError, instance: &str) -> StageError {
     let message = format!("collecting the resources of instance {instance} failed: {error}");
+    if let CollectError::Discovery(source) | CollectError::List { source, .. } = &error
+        && let Some(denied) = stowage_cluster::AccessDenied::from_error(source)
+    {
+        return crate::cluster_context::access_denied(&message, &denied);
+    }
     if error.is_transient() {
         StageError::transient(message)
     } else {
