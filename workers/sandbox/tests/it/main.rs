@@ -3,4 +3,5 @@
 
 mod harness;
 mod kubectl;
+mod kubectl_apply;
 mod sandbox;
