@@ -55,12 +55,13 @@ impl Kubectl {
             })
     }
 
-    /// Runs kubectl, which must succeed; answers its standard output.
+    /// Runs kubectl, which must succeed without a word on standard error (no warning, no
+    /// fallback notice); answers its standard output.
     fn ok(&self, args: &[&str]) -> String {
         let output = self.output(args);
         assert!(
-            output.status.success(),
-            "kubectl {args:?} failed: {}\n{}",
+            output.status.success() && output.stderr.is_empty(),
+            "kubectl {args:?} failed or warned: {}\n{}",
             String::from_utf8_lossy(&output.stderr),
             String::from_utf8_lossy(&output.stdout)
         );
