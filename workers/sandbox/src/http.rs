@@ -16,8 +16,9 @@ use crate::Sandbox;
 use crate::auth::{Credentials, RequestAttributes};
 use crate::error::ApiError;
 use crate::exec::{ExecBody, ExecRecord, SANDBOX_EXEC_GROUP};
-use crate::rbac;
 use crate::store::{ListOptions, Store};
+use crate::validation::{self, WriteParams};
+use crate::{openapi, rbac};
 use stowage_cluster::ExecOutput;
 use stowage_schemas::selector::LabelSelector;
 
@@ -62,9 +63,20 @@ async fn handle(
             return error.into_response();
         }
     }
-    let result = route(&sandbox, &method, &uri, &headers, &body).await;
+    let mut warnings = Vec::new();
+    let result = route(&sandbox, &method, &uri, &headers, &body, &mut warnings).await;
     match result {
-        Ok((code, value)) => (code, axum::Json(value)).into_response(),
+        Ok((code, value)) => {
+            let mut response = (code, axum::Json(value)).into_response();
+            for warning in warnings {
+                // RFC 7234 warn-code 299 ("miscellaneous persistent warning"), as Kubernetes sends.
+                let text = format!("299 - {}", serde_json::Value::String(warning));
+                if let Ok(value) = header::HeaderValue::from_str(&text) {
+                    response.headers_mut().append(header::WARNING, value);
+                }
+            }
+            response
+        }
         Err(error) => {
             tracing::debug!(%method, %path, code = error.code.as_u16(), reason = error.reason, "sandbox request refused");
             error.into_response()
@@ -80,6 +92,7 @@ async fn route(
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
+    warnings: &mut Vec<String>,
 ) -> Answer {
     let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let ok = |v| Ok((StatusCode::OK, v));
@@ -96,6 +109,13 @@ async fn route(
             .with_store(|s| api_group(s, group))
             .map(|v| (StatusCode::OK, v)),
         ["apis", group, version] => sandbox.with_store(|s| resource_list(s, group, version)),
+        ["openapi", "v3"] => ok(sandbox.with_store(openapi::root)),
+        ["openapi", "v3", "api", version] => sandbox
+            .with_store(|s| openapi::group_version(s, "", version))
+            .map(|v| (StatusCode::OK, v)),
+        ["openapi", "v3", "apis", group, version] => sandbox
+            .with_store(|s| openapi::group_version(s, group, version))
+            .map(|v| (StatusCode::OK, v)),
         [
             "apis",
             SANDBOX_EXEC_GROUP,
@@ -112,10 +132,12 @@ async fn route(
             subject_access_review(sandbox, body)
         }
         ["api", version, rest @ ..] => {
-            resource(sandbox, method, uri, headers, body, "", version, rest)
+            let request = (method, uri, headers, body);
+            resource(sandbox, request, "", version, rest, warnings)
         }
         ["apis", group, version, rest @ ..] => {
-            resource(sandbox, method, uri, headers, body, group, version, rest)
+            let request = (method, uri, headers, body);
+            resource(sandbox, request, group, version, rest, warnings)
         }
         _ => Err(ApiError::no_such_resource()),
     }
@@ -222,16 +244,13 @@ fn categories(group: &str, plural: &str) -> Vec<&'static str> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn resource(
     sandbox: &Sandbox,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
+    (method, uri, headers, body): (&Method, &Uri, &HeaderMap, &Bytes),
     group: &str,
     version: &str,
     rest: &[&str],
+    warnings: &mut Vec<String>,
 ) -> Answer {
     let (namespace, plural, name) = match rest {
         [plural] => (None, *plural, None),
@@ -270,25 +289,31 @@ fn resource(
                     ok(object)
                 }
             }
-            (&Method::POST, None) => Ok((
-                StatusCode::CREATED,
-                store.create(&target, json_body(body)?)?,
-            )),
-            (&Method::PUT, Some(name)) => ok(store.update(&target, name, json_body(body)?)?),
+            (&Method::POST, None) => {
+                let params = WriteParams::from_query(&query)?;
+                let (object, warned) =
+                    validation::object_body(store, &target, headers, body, &params)?;
+                let created = store.create(&target, object)?;
+                warnings.extend(warned);
+                Ok((StatusCode::CREATED, store.record_manager(&target, created, &params)))
+            }
+            (&Method::PUT, Some(name)) => {
+                let params = WriteParams::from_query(&query)?;
+                let (object, warned) =
+                    validation::object_body(store, &target, headers, body, &params)?;
+                let updated = store.update(&target, name, object)?;
+                warnings.extend(warned);
+                ok(store.record_manager(&target, updated, &params))
+            }
             (&Method::PATCH, Some(name)) => {
-                let content_type = headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                let media = content_type.split(';').next().unwrap_or_default().trim();
-                match media {
-                    // Strategic merge is served as a plain merge patch: close enough for the
-                    // label and annotation patches kubectl sends, but lists are replaced whole.
-                    "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-                        ok(store.merge_patch(&target, name, &json_body(body)?)?)
-                    }
-                    other => Err(ApiError::unsupported_media_type(other)),
-                }
+                let params = WriteParams::from_query(&query)?;
+                let current = store.get(&target, name)?;
+                let media = validation::media_type(headers);
+                let (patch, warned) =
+                    validation::patch_body(store, &target, &current, media, body, &params)?;
+                let patched = store.merge_patch(&target, name, &patch)?;
+                warnings.extend(warned);
+                ok(store.record_manager(&target, patched, &params))
             }
             (&Method::DELETE, Some(name)) => {
                 let options = if body.is_empty() {

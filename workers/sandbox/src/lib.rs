@@ -42,6 +42,25 @@
 //!   409 `AlreadyExists`, 409 `Conflict` (stale resourceVersion), 422 `Invalid` (missing or
 //!   malformed name, name differing from the URL, malformed CRD), 400 `BadRequest`, 405, 415.
 //! - `kubectl --server` can list and get: server-side printing (`as=Table`) answers name and age.
+//! - kubectl's writes as users type them: `kubectl create namespace|serviceaccount|configmap|secret`
+//!   (they send protobuf, decoded by `protobuf`: client-go's typed clients post
+//!   `application/vnd.kubernetes.protobuf` and never fall back to JSON, so a server has to read
+//!   it; prost reads the wire format, the messages declare the fields kubectl fills in, and a
+//!   body holding any other field is refused rather than stored without it; answers stay JSON,
+//!   which kubectl accepts), and `kubectl apply -f` with its default strict validation.
+//! - OpenAPI v3 discovery (`/openapi/v3` and one document per group-version, see `openapi`):
+//!   paths, operations, query parameters and request media types, no schemas; enough for kubectl
+//!   to see that every PATCH takes `fieldValidation` and leave validation to the server.
+//! - Write parameters (see `validation`): `fieldValidation` `Strict` refuses unknown fields (a
+//!   built-in kind's fields are those of its `k8s-openapi` type, a custom resource's those of
+//!   its CRD's structural schema) and duplicate JSON keys; `Warn` drops them with a `Warning`
+//!   header each; `Ignore` or none stores the object as sent. `fieldManager` is recorded as the
+//!   writer in `managedFields`. `dryRun` is refused (the sandbox would write).
+//!   Strategic merge patches are applied as merge patches, which is what kubectl's re-apply of a
+//!   kind without merge-keyed lists (RBAC, service accounts, config maps) needs; a patch holding
+//!   a strategic-merge directive (`$setElementOrder`, `$patch`, `$retainKeys`,
+//!   `$deleteFromPrimitiveList`, sent when a merge-keyed list such as a pod's containers
+//!   changes) is refused with 400 rather than misapplied.
 //! - Hook commands: see [`exec`].
 //! - `SubjectAccessReview` (`POST /apis/authorization.k8s.io/v1/subjectaccessreviews`),
 //!   answered by evaluating the stored Roles, ClusterRoles and bindings (see `rbac`: verbs,
@@ -53,9 +72,10 @@
 //! # What it does not serve
 //!
 //! Watches, server-side apply, JSON patch, `deletecollection`, subresources (`/status`,
-//! `/scale`, real `pods/exec`), OpenAPI documents, aggregated discovery, client-certificate or
-//! OIDC authentication, impersonation, aggregated ClusterRoles, HTTP/2, admission and schema
-//! validation, defaulting, finalizers and graceful
+//! `/scale`, real `pods/exec`), OpenAPI v2 and schemas in OpenAPI v3, protobuf for kinds other
+//! than the four above (and protobuf answers), dry runs, aggregated discovery,
+//! client-certificate or OIDC authentication, impersonation, aggregated ClusterRoles, HTTP/2,
+//! admission, defaulting, finalizers and graceful
 //! deletion (deleting a namespace or CRD removes its contents at once), controllers (a
 //! Deployment creates no pods), and consistent paging snapshots (a continued list resumes after
 //! the last name it returned, and sees changes made in between).
@@ -68,11 +88,14 @@ pub mod auth;
 pub(crate) mod error;
 pub mod exec;
 mod http;
+mod openapi;
+mod protobuf;
 pub(crate) mod rbac;
 pub(crate) mod sample;
 mod serve;
 pub(crate) mod store;
 mod types;
+mod validation;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -527,6 +527,40 @@ impl Store {
         Ok(script)
     }
 
+    /// Names the request's `fieldManager` (if it gave one) as the writer in the managedFields of
+    /// `written`, the object a create, update or patch just stored; answers it as stored.
+    pub fn record_manager(
+        &mut self,
+        target: &Target,
+        mut written: Value,
+        params: &crate::validation::WriteParams,
+    ) -> Value {
+        let Some(manager) = &params.field_manager else {
+            return written;
+        };
+        let name = written["metadata"]["name"].as_str().unwrap_or_default();
+        let Ok(key) = object_key(target, name) else {
+            return written;
+        };
+        if let Some(stored) = self
+            .objects
+            .get_mut(&target.type_key())
+            .and_then(|bucket| bucket.get_mut(&key))
+        {
+            for object in [stored, &mut written] {
+                if let Some(entries) = object
+                    .pointer_mut("/metadata/managedFields")
+                    .and_then(Value::as_array_mut)
+                {
+                    for entry in entries {
+                        entry["manager"] = json!(manager);
+                    }
+                }
+            }
+        }
+        written
+    }
+
     pub fn exec_log(&self) -> &[ExecRecord] {
         &self.exec_log
     }

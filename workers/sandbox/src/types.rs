@@ -30,6 +30,13 @@ impl ResourceType {
         }
     }
 
+    /// Whether this is one of the built-in types (not defined by a CRD).
+    pub fn is_builtin(&self) -> bool {
+        builtin_types()
+            .iter()
+            .any(|t| t.group == self.group && t.plural == self.plural)
+    }
+
     /// Whether this is the CustomResourceDefinition type itself.
     pub fn is_crd(&self) -> bool {
         self.group == "apiextensions.k8s.io" && self.plural == "customresourcedefinitions"

@@ -16,6 +16,7 @@ mod outbox;
 mod ownership;
 mod poison;
 mod preflight;
+mod rbac_fix;
 mod secrets;
 mod tamper;
 mod vault_worker;

@@ -99,9 +99,26 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Each check's deadline in [`for_instance`].
 pub const INSTANCE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where the fleet's RBAC lives, for fixes.
-const RBAC_FIX: &str = "apply the fleet's RBAC: `kubectl apply -n {ns} -f infra/k8s/base/rbac.yaml` \
-     (or the whole fleet: `kubectl kustomize --load-restrictor LoadRestrictionsNone infra/k8s/overlays/prod | kubectl apply -f -`)";
+/// The fix for missing fleet permissions: commands to paste, from the root of a Stowage
+/// checkout, that create the fleet's namespace `ns` if it is missing (idempotent: a client-side
+/// dry run piped to apply) and apply `infra/k8s/base/rbac.yaml` into it. The file binds the
+/// service accounts of namespace `stowage`; for another namespace the bindings' subjects are
+/// rewritten on the way.
+pub(crate) fn rbac_fix(ns: &str) -> String {
+    let apply = if ns == DEFAULT_FLEET_NAMESPACE {
+        format!("kubectl apply -n {ns} -f infra/k8s/base/rbac.yaml")
+    } else {
+        format!(
+            "sed 's/namespace: {DEFAULT_FLEET_NAMESPACE}$/namespace: {ns}/' infra/k8s/base/rbac.yaml \
+             | kubectl apply -n {ns} -f -"
+        )
+    };
+    format!(
+        "apply the fleet's RBAC, from the root of the Stowage repository: \
+         `kubectl create namespace {ns} --dry-run=client -o yaml | kubectl apply -f - && {apply}` \
+         (or the whole fleet: `kubectl kustomize --load-restrictor LoadRestrictionsNone infra/k8s/overlays/prod | kubectl apply -f -`)"
+    )
+}
 
 /// How a check came out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -207,7 +207,7 @@ pub(super) async fn check_permissions(
         Check::fail(
             PERMISSIONS,
             missing.join("; "),
-            RBAC_FIX.replace("{ns}", ns),
+            rbac_fix(ns),
         )
     }
 }

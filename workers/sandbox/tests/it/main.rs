@@ -4,4 +4,5 @@
 mod auth;
 mod harness;
 mod kubectl;
+mod kubectl_apply;
 mod sandbox;
