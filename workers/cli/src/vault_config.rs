@@ -148,10 +148,8 @@ pub fn cluster_context(
         .with_context(|| format!("--cluster-url {url:?} is not a URL"))?;
     let client = kube::Client::try_from(kube::Config::new(uri))
         .with_context(|| format!("cannot build a client for {url}"))?;
-    let target = stowage_cluster::ClusterTarget::new(
-        client.clone(),
-        Arc::new(stowage_sandbox::SandboxExec::new(client)),
-    );
+    // Hooks run through the same API server's pods/exec websocket, with the same client.
+    let target = stowage_cluster::ClusterTarget::new(client);
     let mut ctx = stowage_stages::ClusterContext::new(
         vault.primary.clone(),
         vault.disks.clone(),

@@ -2,7 +2,6 @@
 //! handler serves every resource type (including CRDs registered at run time).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -13,14 +12,19 @@ use serde_json::{Value, json};
 
 use crate::Sandbox;
 use crate::error::ApiError;
-use crate::exec::{ExecBody, ExecRecord, SANDBOX_EXEC_GROUP};
 use crate::rbac;
 use crate::store::{ListOptions, Store};
-use stowage_cluster::ExecOutput;
 use stowage_schemas::selector::LabelSelector;
 
 pub(crate) fn router(sandbox: Sandbox) -> Router {
-    Router::new().fallback(handle).with_state(sandbox)
+    Router::new()
+        // A websocket upgrade, so it needs the request itself (see `crate::exec`).
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{pod}/exec",
+            axum::routing::any(crate::exec::serve),
+        )
+        .fallback(handle)
+        .with_state(sandbox)
 }
 
 async fn handle(
@@ -65,16 +69,6 @@ async fn route(
             .with_store(|s| api_group(s, group))
             .map(|v| (StatusCode::OK, v)),
         ["apis", group, version] => sandbox.with_store(|s| resource_list(s, group, version)),
-        [
-            "apis",
-            SANDBOX_EXEC_GROUP,
-            "v1",
-            "namespaces",
-            ns,
-            "pods",
-            pod,
-            "exec",
-        ] if method == Method::POST => exec(sandbox, ns, pod, body).await,
         ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]
             if method == Method::POST =>
         {
@@ -376,28 +370,4 @@ fn subject_access_review(sandbox: &Sandbox, body: &Bytes) -> Answer {
     })?;
     let decision = sandbox.with_store(|store| rbac::evaluate(store, &request));
     Ok((StatusCode::CREATED, rbac::answer(review, &decision)))
-}
-
-async fn exec(sandbox: &Sandbox, namespace: &str, pod: &str, body: &Bytes) -> Answer {
-    let request: ExecBody = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid exec request: {e}")))?;
-    let record = ExecRecord {
-        namespace: namespace.to_owned(),
-        pod: pod.to_owned(),
-        container: request.container,
-        command: request.command,
-    };
-    let script = sandbox.with_store_mut(|store| store.exec(namespace, pod, record))?;
-    if script.delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
-    }
-    let output = ExecOutput {
-        exit_code: script.exit_code,
-        stdout: script.stdout,
-        stderr: script.stderr,
-    };
-    Ok((
-        StatusCode::OK,
-        serde_json::to_value(output).expect("plain data serializes"),
-    ))
 }

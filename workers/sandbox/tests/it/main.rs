@@ -2,5 +2,6 @@
 //! `kube::Client` (and `kubectl`).
 
 mod harness;
+mod exec_ws;
 mod kubectl;
 mod sandbox;
