@@ -173,11 +173,8 @@ pub async fn cluster_context(
         return Ok(None);
     };
     tracing::info!(url = found.url, source = found.source, "cluster credentials");
-    let client = found.client;
-    let target = stowage_cluster::ClusterTarget::new(
-        client.clone(),
-        Arc::new(stowage_sandbox::SandboxExec::new(client)),
-    );
+    // Hooks run through the same API server's pods/exec websocket, with the same client.
+    let target = stowage_cluster::ClusterTarget::new(found.client);
     let mut ctx = stowage_stages::ClusterContext::new(
         vault.primary.clone(),
         vault.disks.clone(),

@@ -3,9 +3,10 @@
 //! # Layout
 //!
 //! - [`target`]: [`ClusterTarget`], one cluster a worker reaches (a `kube::Client` and the
-//!   [`PodExec`] its hooks run through).
-//! - [`exec`]: the [`PodExec`] port hooks run through (the sandbox crate implements it over its
-//!   JSON exec endpoint; a websocket `pods/exec` implementation is still to come).
+//!   [`PodExec`] its hooks run through, built from that client).
+//! - [`exec`]: [`PodExec`], hook commands run in pods the way `kubectl exec` runs them: the
+//!   `pods/exec` websocket (`v5.channel.k8s.io`, `v4.channel.k8s.io`), with bounded output,
+//!   a timeout that closes the session, and errors sorted by whether a retry helps.
 //! - [`collect`]: reads every object a backup scope covers, page by page, strips the fields
 //!   the server populates and hands each object to a sink: the resources half of a snapshot.
 //! - [`access`]: 401 and 403 answers read into what was refused and which role should grant it.
@@ -28,6 +29,6 @@ pub use collect::{
     CollectError, CollectOptions, CollectSummary, CollectedObject, SERVER_METADATA_FIELDS, collect,
     collect_with_options, strip_server_fields,
 };
-pub use exec::{ExecError, ExecOutput, ExecRequest, PodExec};
+pub use exec::{ExecError, ExecOutput, ExecRequest, OUTPUT_LIMIT, PodExec};
 pub use stowage_schemas::selector::LabelSelector;
 pub use target::ClusterTarget;

@@ -1,7 +1,5 @@
 //! One Kubernetes cluster a worker can reach: its API client and how hooks run in its pods.
 
-use std::sync::Arc;
-
 use crate::exec::PodExec;
 
 /// One Kubernetes cluster a worker can reach.
@@ -9,13 +7,17 @@ use crate::exec::PodExec;
 pub struct ClusterTarget {
     /// The API client.
     pub client: kube::Client,
-    /// How hook commands run in its pods.
-    pub exec: Arc<dyn PodExec>,
+    /// How hook commands run in its pods: `pods/exec` over a websocket, with the client's
+    /// credentials.
+    pub exec: PodExec,
 }
 
 impl ClusterTarget {
-    /// A cluster reached through `client`, with hooks run through `exec`.
-    pub fn new(client: kube::Client, exec: Arc<dyn PodExec>) -> Self {
-        Self { client, exec }
+    /// A cluster reached through `client`; hooks run through the same API server's `pods/exec`.
+    pub fn new(client: kube::Client) -> Self {
+        Self {
+            exec: PodExec::new(client.clone()),
+            client,
+        }
     }
 }

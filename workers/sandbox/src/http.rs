@@ -15,11 +15,9 @@ use serde_json::{Value, json};
 use crate::Sandbox;
 use crate::auth::{Credentials, RequestAttributes};
 use crate::error::ApiError;
-use crate::exec::{ExecBody, ExecRecord, SANDBOX_EXEC_GROUP};
 use crate::store::{ListOptions, Store};
 use crate::validation::{self, WriteParams};
 use crate::{openapi, rbac};
-use stowage_cluster::ExecOutput;
 use stowage_schemas::selector::LabelSelector;
 
 /// What every request handler shares: the cluster, and who may use it.
@@ -30,30 +28,41 @@ struct Served {
 }
 
 pub(crate) fn router(sandbox: Sandbox, credentials: Arc<Credentials>) -> Router {
-    Router::new().fallback(handle).with_state(Served {
-        sandbox,
+    let served = Served {
+        sandbox: sandbox.clone(),
         credentials,
-    })
+    };
+    Router::new()
+        // A websocket upgrade, so it needs the request itself (see `crate::exec`).
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{pod}/exec",
+            axum::routing::any(crate::exec::serve).with_state(sandbox),
+        )
+        .fallback(handle)
+        .layer(axum::middleware::from_fn_with_state(
+            served.clone(),
+            authorize,
+        ))
+        .with_state(served)
 }
 
-/// Authenticates (bearer token: 401 without a known one), authorizes through the stored RBAC
-/// objects (403 worded as the API server words it), then serves.
-async fn handle(
+/// Authenticates (bearer token: 401 without a known one) and authorizes through the stored
+/// RBAC objects (403 worded as the API server words it) every request, exec upgrades included.
+async fn authorize(
     State(Served {
         sandbox,
         credentials,
     }): State<Served>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
 ) -> Response {
-    let path = uri.path().to_owned();
-    let Some(identity) = credentials.authenticate(&headers) else {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let Some(identity) = credentials.authenticate(request.headers()) else {
         tracing::debug!(%method, %path, "sandbox request without a valid token");
         return ApiError::unauthorized().into_response();
     };
-    let attributes = RequestAttributes::from_request(&method, &path, uri.query());
+    let attributes = RequestAttributes::from_request(&method, &path, request.uri().query());
     if !attributes.is_discovery() {
         let decision =
             sandbox.with_store(|s| rbac::evaluate(s, &attributes.access_request(identity)));
@@ -63,6 +72,18 @@ async fn handle(
             return error.into_response();
         }
     }
+    next.run(request).await
+}
+
+/// Serves a request [`authorize`] let through.
+async fn handle(
+    State(Served { sandbox, .. }): State<Served>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
     let mut warnings = Vec::new();
     let result = route(&sandbox, &method, &uri, &headers, &body, &mut warnings).await;
     match result {
@@ -116,16 +137,6 @@ async fn route(
         ["openapi", "v3", "apis", group, version] => sandbox
             .with_store(|s| openapi::group_version(s, group, version))
             .map(|v| (StatusCode::OK, v)),
-        [
-            "apis",
-            SANDBOX_EXEC_GROUP,
-            "v1",
-            "namespaces",
-            ns,
-            "pods",
-            pod,
-            "exec",
-        ] if method == Method::POST => exec(sandbox, ns, pod, body).await,
         ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"]
             if method == Method::POST =>
         {
@@ -432,28 +443,4 @@ fn subject_access_review(sandbox: &Sandbox, body: &Bytes) -> Answer {
     })?;
     let decision = sandbox.with_store(|store| rbac::evaluate(store, &request));
     Ok((StatusCode::CREATED, rbac::answer(review, &decision)))
-}
-
-async fn exec(sandbox: &Sandbox, namespace: &str, pod: &str, body: &Bytes) -> Answer {
-    let request: ExecBody = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid exec request: {e}")))?;
-    let record = ExecRecord {
-        namespace: namespace.to_owned(),
-        pod: pod.to_owned(),
-        container: request.container,
-        command: request.command,
-    };
-    let script = sandbox.with_store_mut(|store| store.exec(namespace, pod, record))?;
-    if script.delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(script.delay_ms)).await;
-    }
-    let output = ExecOutput {
-        exit_code: script.exit_code,
-        stdout: script.stdout,
-        stderr: script.stderr,
-    };
-    Ok((
-        StatusCode::OK,
-        serde_json::to_value(output).expect("plain data serializes"),
-    ))
 }

@@ -61,7 +61,8 @@
 //!   a strategic-merge directive (`$setElementOrder`, `$patch`, `$retainKeys`,
 //!   `$deleteFromPrimitiveList`, sent when a merge-keyed list such as a pod's containers
 //!   changes) is refused with 400 rather than misapplied.
-//! - Hook commands: see [`exec`].
+//! - `pods/exec` as a websocket session (`v5.channel.k8s.io`, `v4.channel.k8s.io`), what
+//!   `kubectl exec` and kube's `Api::exec` speak, running scripted pods: see [`exec`].
 //! - `SubjectAccessReview` (`POST /apis/authorization.k8s.io/v1/subjectaccessreviews`),
 //!   answered by evaluating the stored Roles, ClusterRoles and bindings (see `rbac`: verbs,
 //!   groups, resources and subresources, resource names, namespaces, `*`, `system:masters`):
@@ -72,10 +73,10 @@
 //! # What it does not serve
 //!
 //! Watches, server-side apply, JSON patch, `deletecollection`, subresources (`/status`,
-//! `/scale`, real `pods/exec`), OpenAPI v2 and schemas in OpenAPI v3, protobuf for kinds other
-//! than the four above (and protobuf answers), dry runs, aggregated discovery,
-//! client-certificate or OIDC authentication, impersonation, aggregated ClusterRoles, HTTP/2,
-//! admission, defaulting, finalizers and graceful
+//! `/scale`; `pods/exec` over SPDY or with a terminal), OpenAPI v2 and schemas in OpenAPI v3,
+//! protobuf for kinds other than the four above (and protobuf answers), dry runs, aggregated
+//! discovery, client-certificate or OIDC authentication, impersonation, aggregated
+//! ClusterRoles, HTTP/2, admission, defaulting, finalizers and graceful
 //! deletion (deleting a namespace or CRD removes its contents at once), controllers (a
 //! Deployment creates no pods), and consistent paging snapshots (a continued list resumes after
 //! the last name it returned, and sees changes made in between).
@@ -100,13 +101,14 @@ mod validation;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use auth::{ADMIN, FLEET_NAMESPACE, Identity, apply_fleet_rbac, fleet_rbac};
-pub use exec::{ExecRecord, SandboxExec};
+pub use exec::ExecRecord;
 pub use sample::{LOCAL_CSI_DRIVER, SAMPLE_REGION};
 use store::Store;
 use stowage_cluster::ClusterTarget;
@@ -117,6 +119,7 @@ pub struct Sandbox {
     // A std mutex: every operation is short and never awaits while holding it.
     store: Arc<Mutex<Store>>,
     address: Arc<Mutex<Option<SocketAddr>>>,
+    exec_sessions: Arc<AtomicUsize>,
 }
 
 /// Why a sandbox could not start or load objects.
@@ -177,6 +180,7 @@ impl Sandbox {
         Self {
             store: Arc::new(Mutex::new(Store::new())),
             address: Arc::new(Mutex::new(None)),
+            exec_sessions: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -211,9 +215,20 @@ impl Sandbox {
             })
     }
 
-    /// Every command run through the exec endpoint so far, oldest first.
+    /// Every command an exec session ran so far, oldest first.
     pub fn exec_log(&self) -> Vec<ExecRecord> {
         self.with_store(|s| s.exec_log().to_vec())
+    }
+
+    /// Exec sessions open right now (a client that gives up closes its session).
+    pub fn open_exec_sessions(&self) -> usize {
+        self.exec_sessions.load(Ordering::SeqCst)
+    }
+
+    /// Counts an exec session as open until the guard drops.
+    fn exec_session_opened(&self) -> ExecSessionGuard {
+        self.exec_sessions.fetch_add(1, Ordering::SeqCst);
+        ExecSessionGuard(self.exec_sessions.clone())
     }
 
     /// Makes `/version` answer `major.minor` (a new sandbox answers 1.33), e.g. to see a
@@ -302,6 +317,15 @@ fn client_for(
     kube::Client::try_from(config).map_err(SandboxError::Client)
 }
 
+/// One open exec session, counted in [`Sandbox::open_exec_sessions`].
+struct ExecSessionGuard(Arc<AtomicUsize>);
+
+impl Drop for ExecSessionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A running sandbox server. Dropping it stops the server.
 pub struct SandboxHandle {
     sandbox: Sandbox,
@@ -371,9 +395,9 @@ impl SandboxHandle {
     }
 
     /// The sandbox as a cluster target for the stages: its client, with hooks through its
-    /// exec endpoint.
+    /// websocket `pods/exec`, as for any cluster.
     pub fn target(&self) -> ClusterTarget {
-        ClusterTarget::new(self.client(), Arc::new(SandboxExec::new(self.client())))
+        ClusterTarget::new(self.client())
     }
 
     /// The cluster being served, to load objects or read the exec log.

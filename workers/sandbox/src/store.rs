@@ -31,6 +31,9 @@ pub const EXEC_DELAY_MS_ANNOTATION: &str = "sandbox.stowage.io/exec-delay-ms";
 pub const EXEC_STDOUT_ANNOTATION: &str = "sandbox.stowage.io/exec-stdout";
 /// Annotation on a pod: the standard error sandbox exec reports (default empty).
 pub const EXEC_STDERR_ANNOTATION: &str = "sandbox.stowage.io/exec-stderr";
+/// Annotation on a pod: `"true"` makes sandbox exec drop the connection after the output,
+/// without an exit status, as a lost connection looks to the client.
+pub const EXEC_HANG_UP_ANNOTATION: &str = "sandbox.stowage.io/exec-hang-up";
 
 /// Where a request points: a resource type at one of its versions, maybe in a namespace.
 #[derive(Debug, Clone)]
@@ -71,6 +74,7 @@ pub(crate) struct ExecScript {
     pub delay_ms: u64,
     pub stdout: String,
     pub stderr: String,
+    pub hang_up: bool,
 }
 
 /// The whole cluster.
@@ -472,13 +476,15 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Records an exec in a pod and answers how the pod's annotations script it.
-    pub fn exec(
-        &mut self,
+    /// How the pod's annotations script an exec of `command` in `container` (none: the pod's
+    /// only container), with the container it runs in; refused as an API server refuses it.
+    pub fn exec_script(
+        &self,
         namespace: &str,
         pod: &str,
-        record: ExecRecord,
-    ) -> Result<ExecScript, ApiError> {
+        container: Option<&str>,
+        command: &[String],
+    ) -> Result<(String, ExecScript), ApiError> {
         let target = self.target("", "v1", "pods", Some(namespace))?;
         let pod_object = self.get(&target, pod)?;
         let containers: Vec<&str> = pod_object
@@ -486,14 +492,27 @@ impl Store {
             .and_then(Value::as_array)
             .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
             .unwrap_or_default();
-        if let Some(container) = &record.container
-            && !containers.contains(&container.as_str())
-        {
-            return Err(ApiError::bad_request(format!(
-                "container {container} is not valid for pod {pod}"
-            )));
-        }
-        if record.command.is_empty() {
+        let container = match (container, containers.as_slice()) {
+            (Some(container), _) if containers.contains(&container) => container,
+            (Some(container), _) => {
+                return Err(ApiError::bad_request(format!(
+                    "container {container} is not valid for pod {pod}"
+                )));
+            }
+            (None, [only]) => only,
+            (None, []) => {
+                return Err(ApiError::bad_request(format!(
+                    "pod {pod} does not have a container"
+                )));
+            }
+            (None, several) => {
+                return Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {pod}, choose one of: [{}]",
+                    several.join(" ")
+                )));
+            }
+        };
+        if command.is_empty() {
             return Err(ApiError::bad_request(
                 "you must specify at least one command for the container",
             ));
@@ -517,14 +536,14 @@ impl Store {
             stderr: annotation(EXEC_STDERR_ANNOTATION)
                 .unwrap_or_default()
                 .to_owned(),
+            hang_up: annotation(EXEC_HANG_UP_ANNOTATION) == Some("true"),
         };
-        self.exec_log.push(ExecRecord {
-            container: record
-                .container
-                .or_else(|| containers.first().map(|c| (*c).to_owned())),
-            ..record
-        });
-        Ok(script)
+        Ok((container.to_owned(), script))
+    }
+
+    /// Appends a command an exec session ran to the exec log.
+    pub fn record_exec(&mut self, record: ExecRecord) {
+        self.exec_log.push(record);
     }
 
     /// Names the request's `fieldManager` (if it gave one) as the writer in the managedFields of

@@ -3,6 +3,7 @@
 
 mod auth;
 mod harness;
+mod exec_ws;
 mod kubectl;
 mod kubectl_apply;
 mod sandbox;

@@ -9,9 +9,7 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{Discovery, Scope};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use stowage_cluster::{ExecRequest, PodExec};
-use stowage_sandbox::exec::EXEC_EXIT_CODE_ANNOTATION;
-use stowage_sandbox::{ExecRecord, LOCAL_CSI_DRIVER, SandboxExec};
+use stowage_sandbox::LOCAL_CSI_DRIVER;
 
 use crate::harness::{api_code, empty_cluster, sample_cluster};
 
@@ -524,83 +522,6 @@ async fn sample_custom_resources_are_served() {
     assert_eq!(found, ["blue", "red"]);
     let blue = api.get("blue").await.unwrap();
     assert_eq!(blue.data["spec"]["color"], "blue");
-}
-
-#[tokio::test]
-async fn hooks_run_through_the_sandbox_exec_endpoint() {
-    let cluster = sample_cluster().await;
-    let exec = SandboxExec::new(cluster.client());
-    let request = |ns: &str, pod: &str, container: Option<&str>| ExecRequest {
-        namespace: ns.into(),
-        pod: pod.into(),
-        container: container.map(Into::into),
-        command: vec!["fsfreeze".into(), "-f".into(), "/data".into()],
-    };
-
-    let output = exec.exec(&request("shop", "db-0", None)).await.unwrap();
-    assert_eq!(output.exit_code, 0);
-
-    // Outcomes are scripted by pod annotations.
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client(), "shop");
-    pods.patch(
-        "web-7d9f",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {
-            EXEC_EXIT_CODE_ANNOTATION: "3",
-            "sandbox.stowage.io/exec-stderr": "frozen already",
-        }}})),
-    )
-    .await
-    .unwrap();
-    let failed = exec
-        .exec(&request("shop", "web-7d9f", Some("web")))
-        .await
-        .unwrap();
-    assert_eq!(
-        (failed.exit_code, failed.stderr.as_str()),
-        (3, "frozen already")
-    );
-
-    // mysql-0 takes 50 ms: a shorter timeout fires, and the command was still recorded.
-    let slow = request("blog", "mysql-0", Some("mysql"));
-    let timed_out = tokio::time::timeout(Duration::from_millis(5), exec.exec(&slow)).await;
-    assert!(timed_out.is_err());
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), exec.exec(&slow))
-            .await
-            .unwrap()
-            .unwrap()
-            .exit_code,
-        0
-    );
-
-    let unknown_pod = exec.exec(&request("shop", "nope", None)).await.unwrap_err();
-    assert!(
-        unknown_pod.to_string().contains("shop/nope"),
-        "{unknown_pod}"
-    );
-    assert!(
-        exec.exec(&request("shop", "db-0", Some("sidecar")))
-            .await
-            .is_err(),
-        "an unknown container"
-    );
-
-    let log = cluster.sandbox().exec_log();
-    let pods_run: Vec<(&str, &str, Option<&str>)> = log
-        .iter()
-        .map(|r: &ExecRecord| (r.namespace.as_str(), r.pod.as_str(), r.container.as_deref()))
-        .collect();
-    assert_eq!(
-        pods_run,
-        [
-            ("shop", "db-0", Some("postgres")),
-            ("shop", "web-7d9f", Some("web")),
-            ("blog", "mysql-0", Some("mysql")),
-            ("blog", "mysql-0", Some("mysql")),
-        ]
-    );
-    assert_eq!(log[0].command, ["fsfreeze", "-f", "/data"]);
 }
 
 #[tokio::test]

@@ -1,13 +1,15 @@
-//! Pre- and post-hooks: a command run in each matching running pod, with a timeout, whose
-//! failure fails the backup or only warns (`onError`).
+//! Pre- and post-hooks: a command run in each matching running pod through the cluster's
+//! `pods/exec` websocket ([`stowage_cluster::PodExec`]), with a timeout that closes the
+//! session. A failure (non-zero exit, timeout, refused exec) fails the backup or only warns
+//! (`onError`); a lost connection under `onError: fail` is transient, so the snapshot is retried.
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use stowage_cluster::{ClusterTarget, ExecError, ExecRequest};
+use stowage_cluster::{ClusterTarget, ExecRequest};
 use stowage_runtime::StageError;
 use stowage_schemas::domain::{Hook, HookErrorMode, HookPhase};
 
-use crate::cluster_context::{kube_error, kube_is_transient};
+use crate::cluster_context::kube_error;
 
 /// Runs the hooks of `phase`, in order (see the module doc).
 pub(super) async fn run_hooks(
@@ -78,34 +80,37 @@ async fn run_hook(
             pod: pod.clone(),
             container: hook.container.clone(),
             command: hook.command.clone(),
+            timeout,
         };
-        let at = format!("{label} in pod {}/{pod}", hook.namespace);
-        let failure = match tokio::time::timeout(timeout, cluster.exec.exec(&request)).await {
-            Ok(Ok(output)) if output.exit_code == 0 => {
-                tracing::info!(hook = %hook.name, pod, "hook ran");
+        // The exec names the command, the pod and the container; a timeout closes the session.
+        let failure = match cluster.exec.exec(&request).await {
+            Ok(output) if output.exit_code == 0 => {
+                tracing::info!(
+                    hook = %hook.name,
+                    pod,
+                    container = output.container,
+                    stdout_bytes = output.stdout.len(),
+                    stdout_truncated = output.stdout_truncated,
+                    "hook ran"
+                );
                 continue;
             }
-            Ok(Ok(output)) => format!(
-                "{at} exited with code {}{}",
+            Ok(output) => format!(
+                "{label}: command `{}` in pod {}/{pod} (container {}) exited with code {}{}",
+                hook.command.join(" "),
+                hook.namespace,
+                output.container,
                 output.exit_code,
-                match output.stderr.trim() {
-                    "" => String::new(),
-                    stderr => format!(" ({stderr})"),
-                }
+                stderr_excerpt(&output.stderr, output.stderr_truncated)
             ),
-            Ok(Err(error)) => {
-                let ExecError::Api { source, .. } = &error;
-                if hook.on_error == HookErrorMode::Fail && kube_is_transient(source) {
+            Err(error) => {
+                if hook.on_error == HookErrorMode::Fail && error.is_transient() {
                     return Err(StageError::transient(format!(
-                        "{at} could not be run: {error}; the snapshot will be retried"
+                        "{label}: {error}; the snapshot will be retried"
                     )));
                 }
-                format!("{at} could not be run: {error}")
+                format!("{label}: {error}")
             }
-            Err(_) => format!(
-                "{at} did not finish within its timeout of {}s",
-                hook.timeout_seconds
-            ),
         };
         match hook.on_error {
             HookErrorMode::Continue => {
@@ -124,4 +129,25 @@ async fn run_hook(
         }
     }
     Ok(())
+}
+
+/// Bytes of a failed hook's standard error quoted in its failure.
+const STDERR_EXCERPT_BYTES: usize = 1024;
+
+/// ` (what the command printed on stderr)`, cut to [`STDERR_EXCERPT_BYTES`], or nothing.
+fn stderr_excerpt(stderr: &str, truncated: bool) -> String {
+    let stderr = stderr.trim();
+    if stderr.is_empty() {
+        return String::new();
+    }
+    let mut end = stderr.len().min(STDERR_EXCERPT_BYTES);
+    while !stderr.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = if truncated || end < stderr.len() {
+        " …(cut)"
+    } else {
+        ""
+    };
+    format!(" ({}{cut})", &stderr[..end])
 }
