@@ -306,7 +306,10 @@ fn resource(
                     validation::object_body(store, &target, headers, body, &params)?;
                 let created = store.create(&target, object)?;
                 warnings.extend(warned);
-                Ok((StatusCode::CREATED, store.record_manager(&target, created, &params)))
+                Ok((
+                    StatusCode::CREATED,
+                    store.record_manager(&target, created, &params),
+                ))
             }
             (&Method::PUT, Some(name)) => {
                 let params = WriteParams::from_query(&query)?;
@@ -327,6 +330,7 @@ fn resource(
                 ok(store.record_manager(&target, patched, &params))
             }
             (&Method::DELETE, Some(name)) => {
+                validation::refuse_dry_run(&query)?;
                 let options = if body.is_empty() {
                     json!({})
                 } else {

@@ -94,12 +94,16 @@ fn document(store: &Store, group: &str, version: &str) -> Value {
                 op["requestBody"] = json!({"required": true, "content": content});
             }
             if action == "post" {
-                op["responses"]["201"] = json!({"description": "Created", "content": {"application/json": {}}});
+                op["responses"]["201"] =
+                    json!({"description": "Created", "content": {"application/json": {}}});
             }
             op
         };
         let (collection, scope) = if rt.namespaced {
-            (format!("{prefix}/namespaces/{{namespace}}/{}", rt.plural), "Namespaced")
+            (
+                format!("{prefix}/namespaces/{{namespace}}/{}", rt.plural),
+                "Namespaced",
+            )
         } else {
             (format!("{prefix}/{}", rt.plural), "")
         };

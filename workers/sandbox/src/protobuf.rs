@@ -190,7 +190,11 @@ pub(crate) fn decode(target: &Target, body: &[u8]) -> Result<Value, ApiError> {
         .strip_prefix(MAGIC)
         .ok_or_else(|| bad("the body does not start with the protobuf magic \"k8s\\0\""))?;
     let unknown: Unknown = strict_decode(envelope, "runtime.Unknown")?;
-    if let Some(encoding) = unknown.content_encoding.as_deref().filter(|e| !e.is_empty()) {
+    if let Some(encoding) = unknown
+        .content_encoding
+        .as_deref()
+        .filter(|e| !e.is_empty())
+    {
         return Err(bad(&format!(
             "the protobuf envelope's contentEncoding {encoding:?} is not supported"
         )));

@@ -46,12 +46,7 @@ pub(crate) struct WriteParams {
 
 impl WriteParams {
     pub fn from_query(query: &HashMap<String, String>) -> Result<Self, ApiError> {
-        if query.contains_key("dryRun") {
-            return Err(ApiError::bad_request(
-                "the sandbox does not serve dry runs (dryRun): it would write the object; \
-                 leave out --dry-run=server",
-            ));
-        }
+        refuse_dry_run(query)?;
         let validation = match query.get("fieldValidation").map(String::as_str) {
             None | Some("" | "Ignore") => Directive::Ignore,
             Some("Warn") => Directive::Warn,
@@ -75,6 +70,17 @@ impl WriteParams {
             validation,
         })
     }
+}
+
+/// Refuses a write asking for a dry run, which the sandbox would otherwise carry out.
+pub(crate) fn refuse_dry_run(query: &HashMap<String, String>) -> Result<(), ApiError> {
+    if query.contains_key("dryRun") {
+        return Err(ApiError::bad_request(
+            "the sandbox does not serve dry runs (dryRun): it would really write; leave out \
+             --dry-run=server (kubectl's --dry-run=client sends nothing)",
+        ));
+    }
+    Ok(())
 }
 
 /// The media type of a request (`Content-Type` without parameters; JSON if absent).
@@ -268,8 +274,12 @@ fn round_trip(target: &Target, object: &Value) -> Result<Option<Value>, ApiError
         ("apps", "StatefulSet") => read_back::<apps::StatefulSet>(rt, &object)?,
         ("storage.k8s.io", "StorageClass") => read_back::<storage::StorageClass>(rt, &object)?,
         ("rbac.authorization.k8s.io", "Role") => read_back::<rbac::Role>(rt, &object)?,
-        ("rbac.authorization.k8s.io", "RoleBinding") => read_back::<rbac::RoleBinding>(rt, &object)?,
-        ("rbac.authorization.k8s.io", "ClusterRole") => read_back::<rbac::ClusterRole>(rt, &object)?,
+        ("rbac.authorization.k8s.io", "RoleBinding") => {
+            read_back::<rbac::RoleBinding>(rt, &object)?
+        }
+        ("rbac.authorization.k8s.io", "ClusterRole") => {
+            read_back::<rbac::ClusterRole>(rt, &object)?
+        }
         ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
             read_back::<rbac::ClusterRoleBinding>(rt, &object)?
         }
@@ -447,9 +457,14 @@ fn find_directive(patch: &Value, path: &mut Vec<String>) -> Option<(Vec<String>,
     match patch {
         Value::Object(map) => {
             for (key, child) in map {
-                if ["$patch", "$retainKeys", "$setElementOrder/", "$deleteFromPrimitiveList/"]
-                    .iter()
-                    .any(|d| key == d || (d.ends_with('/') && key.starts_with(d)))
+                if [
+                    "$patch",
+                    "$retainKeys",
+                    "$setElementOrder/",
+                    "$deleteFromPrimitiveList/",
+                ]
+                .iter()
+                .any(|d| key == d || (d.ends_with('/') && key.starts_with(d)))
                 {
                     return Some((path.clone(), key.clone()));
                 }
@@ -474,10 +489,12 @@ fn find_directive(patch: &Value, path: &mut Vec<String>) -> Option<(Vec<String>,
 
 /// Parses a JSON body; with `find_duplicates`, also answers the paths of keys given twice in an
 /// object (the last value is kept).
-pub(crate) fn parse_json(body: &[u8], find_duplicates: bool) -> Result<(Value, Vec<String>), ApiError> {
-    let invalid = |e: serde_json::Error| {
-        ApiError::bad_request(format!("the body is not valid JSON: {e}"))
-    };
+pub(crate) fn parse_json(
+    body: &[u8],
+    find_duplicates: bool,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let invalid =
+        |e: serde_json::Error| ApiError::bad_request(format!("the body is not valid JSON: {e}"));
     if !find_duplicates {
         return Ok((serde_json::from_slice(body).map_err(invalid)?, Vec::new()));
     }

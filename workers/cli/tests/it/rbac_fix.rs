@@ -117,7 +117,9 @@ async fn the_printed_rbac_fix_works_when_pasted() {
         let printed = paste(&cluster, &fix).await;
         assert!(
             printed.contains(&format!("namespace/{namespace} created"))
-                && printed.contains("clusterrolebinding.rbac.authorization.k8s.io/stowage-restore created"),
+                && printed.contains(
+                    "clusterrolebinding.rbac.authorization.k8s.io/stowage-restore created"
+                ),
             "{printed}"
         );
 

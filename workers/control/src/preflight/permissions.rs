@@ -204,11 +204,7 @@ pub(super) async fn check_permissions(
             ),
         )
     } else {
-        Check::fail(
-            PERMISSIONS,
-            missing.join("; "),
-            rbac_fix(ns),
-        )
+        Check::fail(PERMISSIONS, missing.join("; "), rbac_fix(ns))
     }
 }
 

@@ -188,7 +188,14 @@ async fn kubectl_creates_a_namespace_and_the_objects_it_sends_as_protobuf() {
 
     let (kubectl, yaml, listed, again, deleted) = blocking(move || {
         let yaml = kubectl.ok(&["get", "namespace", "stowage", "-o", "yaml"]);
-        let listed = kubectl.ok(&["get", "serviceaccounts,configmaps,secrets", "-n", "stowage", "-o", "name"]);
+        let listed = kubectl.ok(&[
+            "get",
+            "serviceaccounts,configmaps,secrets",
+            "-n",
+            "stowage",
+            "-o",
+            "name",
+        ]);
         let again = kubectl.fails(&["create", "namespace", "stowage"]);
         let deleted = kubectl.ok(&["delete", "namespace", "stowage"]);
         (kubectl, yaml, listed, again, deleted)
@@ -247,14 +254,21 @@ async fn assert_holds(cluster: &SandboxHandle, file: &str, namespace: &str) {
                     .get(name)
                     .await
                     .unwrap();
-                assert_eq!(serde_json::to_value(&role.rules).unwrap(), object["rules"], "{name}");
+                assert_eq!(
+                    serde_json::to_value(&role.rules).unwrap(),
+                    object["rules"],
+                    "{name}"
+                );
             }
             "ClusterRoleBinding" => {
                 let binding = Api::<ClusterRoleBinding>::all(client.clone())
                     .get(name)
                     .await
                     .unwrap();
-                assert_eq!(serde_json::to_value(&binding.role_ref).unwrap(), object["roleRef"]);
+                assert_eq!(
+                    serde_json::to_value(&binding.role_ref).unwrap(),
+                    object["roleRef"]
+                );
                 assert_eq!(
                     serde_json::to_value(&binding.subjects).unwrap(),
                     object["subjects"],
@@ -295,7 +309,8 @@ async fn kubectl_applies_the_fleet_rbac_then_again_then_a_change() {
         "serviceaccount/stowage-snapshot",
         "serviceaccount/stowage-vault",
     ];
-    let with = |verb: &str| -> Vec<String> { objects.iter().map(|o| format!("{o} {verb}")).collect() };
+    let with =
+        |verb: &str| -> Vec<String> { objects.iter().map(|o| format!("{o} {verb}")).collect() };
     assert_eq!(applied(&first), with("created"));
     assert_eq!(applied(&second), with("unchanged"));
     assert_holds(&cluster, &file, "stowage").await;
@@ -303,8 +318,8 @@ async fn kubectl_applies_the_fleet_rbac_then_again_then_a_change() {
         .get("stowage-restore")
         .await
         .unwrap();
-    let last_applied = &role.metadata.annotations.unwrap()
-        ["kubectl.kubernetes.io/last-applied-configuration"];
+    let last_applied =
+        &role.metadata.annotations.unwrap()["kubectl.kubernetes.io/last-applied-configuration"];
     let last_applied: Value = serde_json::from_str(last_applied).unwrap();
     let in_file = documents(&file)
         .into_iter()
@@ -360,11 +375,13 @@ async fn strict_field_validation_refuses_an_unknown_field_and_warn_drops_it() {
                 rules:\n  - apiGroups: [\"\"]\n    resources: [\"pods\"]\n    verbs: [\"get\"]\n\
                 \x20   resourceNamez: [\"web\"]\n";
     let path = kubectl.file("typo.yaml", role);
-    let (kubectl, refused) = blocking(move || {
+    let (kubectl, dry_run, refused) = blocking(move || {
+        let dry_run = kubectl.fails(&["apply", "--dry-run=server", "-f", &path]);
         let refused = kubectl.fails(&["apply", "-f", &path]);
-        (kubectl, refused)
+        (kubectl, dry_run, refused)
     })
     .await;
+    assert!(dry_run.contains("does not serve dry runs"), "{dry_run}");
     assert!(
         refused.contains("strict decoding error: unknown field \"rules[0].resourceNamez\""),
         "{refused}"
@@ -385,7 +402,10 @@ async fn strict_field_validation_refuses_an_unknown_field_and_warn_drops_it() {
         stderr.contains("unknown field \"rules[0].resourceNamez\""),
         "{stderr}"
     );
-    assert_eq!(stdout, "clusterrole.rbac.authorization.k8s.io/typo created\n");
+    assert_eq!(
+        stdout,
+        "clusterrole.rbac.authorization.k8s.io/typo created\n"
+    );
     let stored = roles.get("typo").await.unwrap();
     assert_eq!(
         serde_json::to_value(&stored.rules).unwrap(),
@@ -412,7 +432,10 @@ async fn openapi_v3_lists_the_operations_and_parameters_served() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(url.starts_with("/openapi/v3/apis/rbac.authorization.k8s.io/v1?hash="), "{url}");
+    assert!(
+        url.starts_with("/openapi/v3/apis/rbac.authorization.k8s.io/v1?hash="),
+        "{url}"
+    );
     let doc = get(url).await;
     let patch = &doc["paths"]["/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}"]["patch"];
     assert_eq!(
@@ -426,12 +449,66 @@ async fn openapi_v3_lists_the_operations_and_parameters_served() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(params, ["fieldManager", "fieldValidation"]);
-    let core = get(root["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap().to_owned()).await;
+    let core = get(root["paths"]["api/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_owned())
+    .await;
     let create = &core["paths"]["/api/v1/namespaces"]["post"];
     assert!(
         create["requestBody"]["content"]
             .get("application/vnd.kubernetes.protobuf")
             .is_some(),
         "{create}"
+    );
+}
+
+/// Strict validation of a custom resource follows its CRD's structural schema (kube-rs asks for
+/// it on a merge patch).
+#[tokio::test]
+async fn custom_resources_are_validated_by_their_crd_schema() {
+    let cluster = crate::harness::sample_cluster().await;
+    let widgets = Api::<kube::api::DynamicObject>::namespaced_with(
+        cluster.client(),
+        "shop",
+        &kube::discovery::ApiResource {
+            group: "demo.stowage.io".into(),
+            version: "v1".into(),
+            api_version: "demo.stowage.io/v1".into(),
+            kind: "Widget".into(),
+            plural: "widgets".into(),
+        },
+    );
+    let strict = kube::api::PatchParams::default().validation_strict();
+    let typo = kube::api::Patch::Merge(json!({"spec": {"colour": "green", "size": 4}}));
+    let refused = widgets.patch("blue", &strict, &typo).await;
+    match refused {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 400);
+            assert!(
+                status
+                    .message
+                    .contains("strict decoding error: unknown field \"spec.colour\""),
+                "{status:?}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let blue = widgets.get("blue").await.unwrap();
+    assert_eq!(
+        blue.data["spec"]["size"], 3,
+        "a refused patch changes nothing"
+    );
+
+    let fine = kube::api::Patch::Merge(json!({"spec": {"color": "green", "size": 4}}));
+    let patched = widgets.patch("blue", &strict, &fine).await.unwrap();
+    assert_eq!(patched.data["spec"], json!({"color": "green", "size": 4}));
+
+    let warn = kube::api::PatchParams::default().validation_warn();
+    let patched = widgets.patch("blue", &warn, &typo).await.unwrap();
+    assert_eq!(
+        patched.data["spec"],
+        json!({"color": "green", "size": 4}),
+        "Warn drops the unknown field"
     );
 }
