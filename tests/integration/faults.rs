@@ -104,7 +104,7 @@ async fn a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
     let _gate = shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let dir = temp_dir("sigkill");
-    let stage_queue = bus.names.stage_queue(Stage::Snapshot);
+    let stage_queue = bus.snapshot_queue();
     declare(&bus).await;
     let probe = bus.probe_events().await;
     let mut first = WorkerProcess::spawn(&bus, &dir, Duration::from_secs(3), free_port());
@@ -154,7 +154,7 @@ async fn sigterm_drains_in_flight_work_then_exits() {
     let dir = temp_dir("sigterm");
     let port = free_port();
     let mut worker = WorkerProcess::spawn(&bus, &dir, Duration::from_secs(2), port);
-    let stage_queue = bus.names.stage_queue(Stage::Snapshot);
+    let stage_queue = bus.snapshot_queue();
     let deadline = Instant::now() + WAIT;
     loop {
         match http_get(port, "/readyz").await {
@@ -282,6 +282,6 @@ async fn the_worker_reconnects_after_the_broker_restarts() {
         "one event for the interrupted job: {jobs:?}"
     );
     assert_eq!(handler.calls_for("job-after").len(), 1);
-    assert_eq!(bus.depth(&bus.names.stage_queue(Stage::Snapshot)).await, 0);
+    assert_eq!(bus.depth(&bus.snapshot_queue()).await, 0);
     bus.teardown_worker(retry).await;
 }

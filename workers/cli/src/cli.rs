@@ -73,15 +73,12 @@ pub struct ClusterArgs {
     /// exec endpoint.
     #[arg(long, global = true, env = "STOWAGE_CLUSTER_URL")]
     pub cluster_url: Option<String>,
-    /// The name jobs use for this cluster (a restore's target_cluster, an instance's cluster):
-    /// the snapshot and restore stages take only instances that name it, and refuse others.
-    #[arg(
-        long,
-        global = true,
-        env = "STOWAGE_CLUSTER_NAME",
-        default_value = "default"
-    )]
-    pub cluster_name: String,
+    /// The name of this cluster, as instances (`instance create --cluster`) and restores
+    /// (`--target-cluster`) give it. A worker running snapshot or restore must name it: those
+    /// stages take only this cluster's jobs (its queues `stowage.<stage>@<name>`) and refuse
+    /// instances of other clusters. No default: a worker never guesses which cluster it is in.
+    #[arg(long, global = true, env = "STOWAGE_CLUSTER_NAME", value_parser = crate::cli::id_arg)]
+    pub cluster_name: Option<String>,
 }
 
 /// `stowage sandbox`.

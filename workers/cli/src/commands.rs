@@ -88,6 +88,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         },
         shutdown_deadline: Duration::from_secs(args.shutdown_deadline),
         queue_poll_interval: Duration::from_secs(args.queue_poll_secs.max(1)),
+        cluster: args.cluster.cluster_name.clone(),
         ..WorkerConfig::default()
     };
     let stage_config = StageConfig {

@@ -152,10 +152,16 @@ pub fn cluster_context(
         client.clone(),
         Arc::new(stowage_sandbox::SandboxExec::new(client)),
     );
+    let Some(name) = cluster.cluster_name.clone() else {
+        bail!(
+            "name the cluster at {url}: --cluster-name <name> (STOWAGE_CLUSTER_NAME), the name \
+             its instances give it; the snapshot and restore stages take only that cluster's jobs"
+        );
+    };
     let mut ctx = stowage_stages::ClusterContext::new(
         vault.primary.clone(),
         vault.disks.clone(),
-        cluster.cluster_name.clone(),
+        name,
         target,
     );
     if let Some(secondary) = &vault.secondary {

@@ -248,6 +248,9 @@ pub struct PreflightTargets {
     pub cluster: Option<KubeTarget>,
     /// The disk provider the snapshot stage uses (its CSI driver and snapshot region).
     pub disks: Option<Arc<dyn DiskProvider>>,
+    /// The name of the cluster checked (`--cluster-name`): the broker check then reports
+    /// whether any worker serves its snapshot and restore queues.
+    pub cluster_name: Option<String>,
     /// The namespace of the fleet's service accounts.
     pub fleet_namespace: String,
     /// Only volumes claimed in these namespaces are checked; `None`: every volume.
@@ -263,6 +266,7 @@ impl Default for PreflightTargets {
             broker: None,
             cluster: None,
             disks: None,
+            cluster_name: None,
             fleet_namespace: DEFAULT_FLEET_NAMESPACE.to_owned(),
             scope: None,
             timeout: DEFAULT_TIMEOUT,
