@@ -112,9 +112,9 @@ pub struct BrokerArgs {
 /// `stowage worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The stage to run, or `all`.
-    #[arg(long, env = "STOWAGE_STAGE")]
-    pub stage: StageChoice,
+    /// The stage to run, several separated by commas (`snapshot,restore`), or `all`.
+    #[arg(long, env = "STOWAGE_STAGE", value_delimiter = ',', required = true)]
+    pub stage: Vec<StageChoice>,
     /// Broker settings.
     #[command(flatten)]
     pub broker: BrokerArgs,

@@ -76,10 +76,19 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    let wanted = match args.stage {
-        StageChoice::One(stage) => vec![stage],
-        StageChoice::All => stages::built(),
-    };
+    let mut wanted = Vec::new();
+    for choice in &args.stage {
+        let add = match choice {
+            StageChoice::One(stage) => vec![*stage],
+            StageChoice::All => stages::built(),
+        };
+        for stage in add {
+            if wanted.contains(&stage) {
+                anyhow::bail!("--stage names {stage} twice; name each stage once");
+            }
+            wanted.push(stage);
+        }
+    }
     let config = WorkerConfig {
         names: Names::new(args.broker.prefix.clone()),
         retry: RetryPolicy {
