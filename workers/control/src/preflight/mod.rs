@@ -101,7 +101,7 @@ pub const INSTANCE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the fleet's RBAC lives, for fixes.
 const RBAC_FIX: &str = "apply the fleet's RBAC: `kubectl apply -n {ns} -f infra/k8s/base/rbac.yaml` \
-     (or the whole fleet: `kubectl kustomize --load-restrictor LoadRestrictionsNone infra/k8s/overlays/prod | kubectl apply -f -`)";
+     (or the whole fleet: `kubectl apply -k infra/k8s/overlays/prod`)";
 
 /// How a check came out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
