@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use lapin::{BasicProperties, Channel, Connection};
 use stowage_runtime::{
-    JobContext, Names, Outcome, RabbitBroker, Shutdown, StageConfig, StageError, StageHandler, Worker,
-    WorkerConfig,
+    JobContext, Names, Outcome, RabbitBroker, Shutdown, StageConfig, StageError, StageHandler,
+    Worker, WorkerConfig,
 };
 use stowage_schemas::jobs::{SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message, Stage, encode};

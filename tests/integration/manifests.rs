@@ -131,7 +131,9 @@ fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>)
     }
     if schema["x-kubernetes-int-or-string"] == true {
         if !(value.is_i64() || value.is_u64() || value.is_string()) {
-            errors.push(format!("{path}: must be an integer or a string, not {value}"));
+            errors.push(format!(
+                "{path}: must be an integer or a string, not {value}"
+            ));
         }
         return;
     }
@@ -145,7 +147,9 @@ fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>)
         Some("boolean") => value.is_boolean(),
         None => true,
         Some(other) => {
-            errors.push(format!("{path}: schema type {other} is not known to this test"));
+            errors.push(format!(
+                "{path}: schema type {other} is not known to this test"
+            ));
             return;
         }
     };
@@ -183,7 +187,11 @@ fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>)
             schema["pattern"]
         ));
     }
-    for rule in schema["x-kubernetes-validations"].as_array().into_iter().flatten() {
+    for rule in schema["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if let Err(e) = cel_rule(rule["rule"].as_str().unwrap_or_default(), value, path) {
             errors.push(e);
         }
@@ -249,22 +257,45 @@ fn validate(schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>)
 fn check_schema(value: &Value, source: &str) -> (String, String, String) {
     let api = value["apiVersion"].as_str().unwrap_or_default().to_owned();
     let kind = value["kind"].as_str().unwrap_or_default().to_owned();
-    let name = value["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let name = value["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let src = format!("{source}: {kind} {name}");
     match (api.as_str(), kind.as_str()) {
-        ("v1", "Namespace") => { typed::<Namespace>(value, &src); },
-        ("v1", "ConfigMap") => { typed::<ConfigMap>(value, &src); },
-        ("v1", "Secret") => { typed::<Secret>(value, &src); },
-        ("v1", "ServiceAccount") => { typed::<ServiceAccount>(value, &src); },
-        ("v1", "PersistentVolumeClaim") => { typed::<PersistentVolumeClaim>(value, &src); },
-        ("apps/v1", "Deployment") => { typed::<Deployment>(value, &src); },
-        ("policy/v1", "PodDisruptionBudget") => { typed::<PodDisruptionBudget>(value, &src); },
-        ("rbac.authorization.k8s.io/v1", "ClusterRole") => { typed::<ClusterRole>(value, &src); },
-        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
-            { typed::<ClusterRoleBinding>(value, &src); }
+        ("v1", "Namespace") => {
+            typed::<Namespace>(value, &src);
         }
-        ("rbac.authorization.k8s.io/v1", "Role") => { typed::<Role>(value, &src); },
-        ("rbac.authorization.k8s.io/v1", "RoleBinding") => { typed::<RoleBinding>(value, &src); },
+        ("v1", "ConfigMap") => {
+            typed::<ConfigMap>(value, &src);
+        }
+        ("v1", "Secret") => {
+            typed::<Secret>(value, &src);
+        }
+        ("v1", "ServiceAccount") => {
+            typed::<ServiceAccount>(value, &src);
+        }
+        ("v1", "PersistentVolumeClaim") => {
+            typed::<PersistentVolumeClaim>(value, &src);
+        }
+        ("apps/v1", "Deployment") => {
+            typed::<Deployment>(value, &src);
+        }
+        ("policy/v1", "PodDisruptionBudget") => {
+            typed::<PodDisruptionBudget>(value, &src);
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+            typed::<ClusterRole>(value, &src);
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            typed::<ClusterRoleBinding>(value, &src);
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => {
+            typed::<Role>(value, &src);
+        }
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+            typed::<RoleBinding>(value, &src);
+        }
         ("keda.sh/v1alpha1", "ScaledObject" | "TriggerAuthentication") => {
             let file = if kind == "ScaledObject" {
                 "scaledobjects.keda.sh.v1alpha1.json"
@@ -280,7 +311,9 @@ fn check_schema(value: &Value, source: &str) -> (String, String, String) {
             );
         }
         (a, k) if UNCHECKED.iter().any(|(ua, uk, _)| (*ua, *uk) == (a, k)) => {}
-        _ => panic!("{src}: {api}/{kind} has no schema in this test: add its k8s-openapi type or CRD"),
+        _ => panic!(
+            "{src}: {api}/{kind} has no schema in this test: add its k8s-openapi type or CRD"
+        ),
     }
     (api, kind, name)
 }
@@ -317,7 +350,11 @@ fn rbac_accounts() -> (BTreeMap<String, Option<bool>>, BTreeSet<String>) {
 /// The value of env var `name` in the pod's first container: a literal, or its key in a
 /// ConfigMap of `config`.
 fn env_value(pod: &PodSpec, name: &str, config: &[ConfigMap]) -> Option<String> {
-    let var = pod.containers[0].env.iter().flatten().find(|e| e.name == name)?;
+    let var = pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)?;
     if let Some(v) = &var.value {
         return Some(v.clone());
     }
@@ -360,7 +397,8 @@ fn check_deployment(
         .unwrap_or(true);
     let needs_api = bound.contains(&sa);
     assert_eq!(
-        mounted, needs_api,
+        mounted,
+        needs_api,
         "{what}: a service-account token {} mounted, but its account {sa} {} RBAC bindings: \
          mount a token only where the pod uses the Kubernetes API",
         if mounted { "is" } else { "is not" },
@@ -414,7 +452,12 @@ fn check_overlay(overlay: &str) {
         let (_, kind, _) = check_schema(doc, &source);
         *kinds.entry(kind).or_default() += 1;
     }
-    for kind in ["Deployment", "ScaledObject", "TriggerAuthentication", "ServiceAccount"] {
+    for kind in [
+        "Deployment",
+        "ScaledObject",
+        "TriggerAuthentication",
+        "ServiceAccount",
+    ] {
         assert!(
             kinds.get(kind).copied().unwrap_or(0) > 0,
             "{source}: renders no {kind}: {kinds:?}"
@@ -470,7 +513,8 @@ fn the_schema_checks_refuse_broken_objects() {
     typo["spec"]["template"]["spec"]["serviceAcountName"] = "stowage-snapshot".into();
     let err = panics(&|| {
         check_schema(&typo, "broken");
-    }).expect("a misspelled field");
+    })
+    .expect("a misspelled field");
     assert!(err.contains("serviceAcountName"), "{err}");
 
     let so = find("ScaledObject", "stowage-snapshot");
@@ -483,17 +527,36 @@ fn the_schema_checks_refuse_broken_objects() {
     assert_eq!(errors_of(&so), Vec::<String>::new());
     let mut bad = so.clone();
     bad["spec"]["triggers"][0]["authRef"] = serde_json::json!({"name": "x"});
-    assert!(errors_of(&bad).iter().any(|e| e.contains("authRef") && e.contains("unknown")));
+    assert!(
+        errors_of(&bad)
+            .iter()
+            .any(|e| e.contains("authRef") && e.contains("unknown"))
+    );
     let mut bad = so.clone();
     bad["spec"]["minReplicaCount"] = "1".into();
-    assert!(errors_of(&bad).iter().any(|e| e.contains("minReplicaCount")));
+    assert!(
+        errors_of(&bad)
+            .iter()
+            .any(|e| e.contains("minReplicaCount"))
+    );
     let mut bad = so.clone();
-    bad["spec"].as_object_mut().unwrap().remove("scaleTargetRef");
-    assert!(errors_of(&bad).iter().any(|e| e.contains("scaleTargetRef") && e.contains("required")));
+    bad["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("scaleTargetRef");
+    assert!(
+        errors_of(&bad)
+            .iter()
+            .any(|e| e.contains("scaleTargetRef") && e.contains("required"))
+    );
     let mut bad = so.clone();
     bad["spec"]["minReplicaCount"] = 5.into();
     bad["spec"]["maxReplicaCount"] = 2.into();
-    assert!(errors_of(&bad).iter().any(|e| e.contains("above maxReplicaCount")));
+    assert!(
+        errors_of(&bad)
+            .iter()
+            .any(|e| e.contains("above maxReplicaCount"))
+    );
 
     let config: Vec<ConfigMap> = docs
         .iter()
@@ -516,8 +579,14 @@ fn the_schema_checks_refuse_broken_objects() {
         .expect("an emptyDir disk root");
     assert!(err.contains("emptyDir"), "{err}");
     let mut vt: Deployment = typed(&find("Deployment", "stowage-vault-transfer"), "dev");
-    vt.spec.as_mut().unwrap().template.spec.as_mut().unwrap().automount_service_account_token =
-        Some(true);
+    vt.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .automount_service_account_token = Some(true);
     let err = panics(&|| check_deployment(&vt, &config, &accounts, &bound, "broken"))
         .expect("a token mounted into a vault stage");
     assert!(err.contains("token is mounted"), "{err}");

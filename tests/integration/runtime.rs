@@ -299,11 +299,7 @@ async fn shutdown_drains_in_flight_work(kind: BrokerKind) {
         1,
         "the in-flight job finished and published its event"
     );
-    assert_eq!(
-        bus.depth(&bus.snapshot_queue()).await,
-        0,
-        "and was acked"
-    );
+    assert_eq!(bus.depth(&bus.snapshot_queue()).await, 0, "and was acked");
     assert_eq!(handler.calls_for("job-slow").len(), 1);
     bus.teardown_worker(fast_retry()).await;
 }

@@ -570,9 +570,11 @@ impl Scheduler {
         tracing::warn!(job = %claimed.id, "republishing a job record that was never published");
         // A snapshot goes to its instance's cluster, read again: the instance may have moved.
         let cluster = match (&message, claimed.instance.as_deref()) {
-            (Message::Snapshot(_), Some(instance)) => {
-                Some(settings::read_instance(&self.store, instance).await?.cluster)
-            }
+            (Message::Snapshot(_), Some(instance)) => Some(
+                settings::read_instance(&self.store, instance)
+                    .await?
+                    .cluster,
+            ),
             _ => None,
         };
         publish_and_mark(

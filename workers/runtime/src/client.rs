@@ -222,8 +222,7 @@ pub async fn replay_dead_letters(
         let queue = match &decoded {
             Ok(env) if stage.is_cluster_side() => match env.cluster.as_deref() {
                 Some(cluster) => {
-                    ensure_cluster_queues(broker, names, &RetryPolicy::default(), cluster)
-                        .await?;
+                    ensure_cluster_queues(broker, names, &RetryPolicy::default(), cluster).await?;
                     names.cluster_queue(stage, cluster)
                 }
                 None => {

@@ -172,7 +172,11 @@ impl Names {
 
     /// The work queue of a cluster-side stage for one cluster: `<p>.<stage>@<cluster>`.
     pub fn cluster_queue(&self, stage: Stage, cluster: &str) -> String {
-        format!("{}.{}", self.prefix, Self::job_routing_key(stage, Some(cluster)))
+        format!(
+            "{}.{}",
+            self.prefix,
+            Self::job_routing_key(stage, Some(cluster))
+        )
     }
 
     /// The queue a job of `stage` for `cluster` waits in: the cluster's queue for a
@@ -452,7 +456,10 @@ fn work_queue(
         bindings.push(BindingSpec {
             exchange: names.events_exchange(),
             queue: queue.clone(),
-            routing_key: Names::event_routing_key(event, cluster.filter(|_| stage.is_cluster_side())),
+            routing_key: Names::event_routing_key(
+                event,
+                cluster.filter(|_| stage.is_cluster_side()),
+            ),
         });
     }
 }
@@ -507,7 +514,9 @@ mod tests {
             assert_eq!(spec.kind, QueueKind::Quorum);
             let dlq = t.names.dead_letter_queue(stage);
             assert_eq!(
-                spec.dead_letter.as_ref().and_then(|d| d.routing_key.clone()),
+                spec.dead_letter
+                    .as_ref()
+                    .and_then(|d| d.routing_key.clone()),
                 Some(dlq.clone())
             );
             assert!(t.queues.iter().any(|s| s.name == dlq));
@@ -545,8 +554,11 @@ mod tests {
         let base = Topology::new(names.clone(), &retry);
         for stage in [Stage::Snapshot, Stage::Restore] {
             assert!(
-                !base.queues.iter().any(|q| q.name.starts_with(&names.stage_queue(stage))
-                    && q.name != names.dead_letter_queue(stage)),
+                !base
+                    .queues
+                    .iter()
+                    .any(|q| q.name.starts_with(&names.stage_queue(stage))
+                        && q.name != names.dead_letter_queue(stage)),
                 "{stage}: no cluster-agnostic work queue"
             );
         }
@@ -582,7 +594,10 @@ mod tests {
             let snap = names.cluster_queue(Stage::Snapshot, cluster);
             let restore = names.cluster_queue(Stage::Restore, cluster);
             assert_eq!(
-                routed("p.jobs", &Names::job_routing_key(Stage::Snapshot, Some(cluster))),
+                routed(
+                    "p.jobs",
+                    &Names::job_routing_key(Stage::Snapshot, Some(cluster))
+                ),
                 [snap.clone()]
             );
             assert_eq!(
@@ -600,7 +615,10 @@ mod tests {
                 [restore]
             );
         }
-        assert!(routed("p.jobs", "snapshot").is_empty(), "no cluster, no queue");
+        assert!(
+            routed("p.jobs", "snapshot").is_empty(),
+            "no cluster, no queue"
+        );
         assert_eq!(
             routed("p.events", "rp.created"),
             [names.stage_queue(Stage::VaultTransfer)]

@@ -523,11 +523,8 @@ impl StageRunner {
                 envelope.attempt = envelope.attempt.saturating_add(1);
                 let mut message = envelope::outgoing(&self.worker.names, &envelope);
                 message.exchange = self.worker.names.delay_exchange();
-                message.routing_key = Names::delay_routing_key(
-                    level,
-                    self.stage,
-                    self.worker.cluster_of(self.stage),
-                );
+                message.routing_key =
+                    Names::delay_routing_key(level, self.stage, self.worker.cluster_of(self.stage));
                 message.mandatory = true;
                 message.properties.expiration = Some(delay);
                 let eligible_at = jiff::Timestamp::now().as_millisecond()

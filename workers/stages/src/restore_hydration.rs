@@ -57,8 +57,8 @@ impl StageHandler for RestoreHydration {
         // The event names the target cluster (the instance's own when the job does not): it
         // routes the restore to that cluster's restore workers (stowage_runtime::topology).
         if job.options.target_cluster.is_none() {
-            let instance = crate::cluster_context::read_instance(&self.0.primary, &job.instance)
-                .await?;
+            let instance =
+                crate::cluster_context::read_instance(&self.0.primary, &job.instance).await?;
             job.options.target_cluster = Some(instance.cluster);
         }
         let staging = hydrate(&self.0, &job, &ctx).await?;

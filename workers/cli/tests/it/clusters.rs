@@ -69,26 +69,36 @@ impl Fleet {
         let port = free_port();
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
         let mut cmd: Command = stowage_at(&self.amqp_url, &self.prefix);
-        cmd.args(["worker", "--stage", "snapshot,restore", "--cluster-name", name])
-            .args(cluster_args(cluster))
-            .args(["--health-addr", &format!("127.0.0.1:{port}")])
-            .args(["--max-attempts", "1", "--vault"])
-            .arg(self.vault())
-            .arg("--disk-root")
-            .arg(self.dir.path().join("disks"))
-            .env("STOWAGE_VAULT_KEY", &self.vault_key)
-            .env("STOWAGE_QUEUE_POLL_SECS", "1")
-            .env_remove("STOWAGE_LOG")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        cmd.args([
+            "worker",
+            "--stage",
+            "snapshot,restore",
+            "--cluster-name",
+            name,
+        ])
+        .args(cluster_args(cluster))
+        .args(["--health-addr", &format!("127.0.0.1:{port}")])
+        .args(["--max-attempts", "1", "--vault"])
+        .arg(self.vault())
+        .arg("--disk-root")
+        .arg(self.dir.path().join("disks"))
+        .env("STOWAGE_VAULT_KEY", &self.vault_key)
+        .env("STOWAGE_QUEUE_POLL_SECS", "1")
+        .env_remove("STOWAGE_LOG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
         let child = cmd.spawn().expect("start stowage worker");
         self.workers.push((name.to_owned(), child, port));
         let ready = poll(WAIT, Duration::from_millis(200), async || {
             matches!(http_get(port, "/readyz").await, Some((200, _))).then_some(())
         })
         .await;
-        assert!(ready.is_some(), "worker {name} never got ready:\n{}", self.logs());
+        assert!(
+            ready.is_some(),
+            "worker {name} never got ready:\n{}",
+            self.logs()
+        );
     }
 
     /// What worker `name`'s /metrics says about `stage` jobs that ended with `outcome`.
@@ -178,7 +188,9 @@ async fn catalog(store: &BlobStore) {
         7,
         &[(CalendarPeriod::Day, 30)],
     );
-    write_policy(store, &policy, WriteMode::Create).await.unwrap();
+    write_policy(store, &policy, WriteMode::Create)
+        .await
+        .unwrap();
     for (name, cluster) in [("shop-a", "A"), ("shop-b", "B"), ("shop-c", "C")] {
         let instance = BackupInstance {
             name: name.into(),
@@ -335,7 +347,11 @@ async fn each_cluster_takes_only_its_own_jobs_and_an_unserved_clusters_wait() {
     .await;
     assert!(queued.is_some(), "the job for cluster C waits in {queue_c}");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(fleet.bus.depth(&queue_c).await, 1, "still waiting, taken by no one");
+    assert_eq!(
+        fleet.bus.depth(&queue_c).await,
+        1,
+        "still waiting, taken by no one"
+    );
     assert_eq!(
         fleet
             .bus

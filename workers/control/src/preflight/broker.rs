@@ -47,8 +47,7 @@ pub(super) async fn broker_checks(targets: &PreflightTargets) -> Vec<Check> {
                 .iter()
                 .flat_map(|&s| {
                     let work = (!s.is_cluster_side()).then(|| target.names.stage_queue(s));
-                    work.into_iter()
-                        .chain([target.names.dead_letter_queue(s)])
+                    work.into_iter().chain([target.names.dead_letter_queue(s)])
                 })
                 .collect();
             let answers = futures::stream::iter(queues.iter())
@@ -108,19 +107,22 @@ async fn cluster_queues_check(
     all: String,
     reach_fix: &str,
 ) -> Check {
-    let queues =
-        match stowage_runtime::client::cluster_queues(target.broker.as_ref(), &target.names, cluster)
-            .await
-        {
-            Ok(queues) => queues,
-            Err(e) => {
-                return Check::fail(
-                    TOPOLOGY,
-                    format!("cannot inspect cluster {cluster:?}'s queues: {}", chain(&e)),
-                    reach_fix.to_owned(),
-                );
-            }
-        };
+    let queues = match stowage_runtime::client::cluster_queues(
+        target.broker.as_ref(),
+        &target.names,
+        cluster,
+    )
+    .await
+    {
+        Ok(queues) => queues,
+        Err(e) => {
+            return Check::fail(
+                TOPOLOGY,
+                format!("cannot inspect cluster {cluster:?}'s queues: {}", chain(&e)),
+                reach_fix.to_owned(),
+            );
+        }
+    };
     let unserved: Vec<_> = queues.iter().filter(|q| q.consumers == 0).collect();
     if unserved.is_empty() {
         let served = queues
@@ -128,7 +130,10 @@ async fn cluster_queues_check(
             .map(|q| format!("{} ({} worker(s))", q.queue, q.consumers))
             .collect::<Vec<_>>()
             .join(", ");
-        return Check::pass(TOPOLOGY, format!("{all}; cluster {cluster:?} is served: {served}"));
+        return Check::pass(
+            TOPOLOGY,
+            format!("{all}; cluster {cluster:?} is served: {served}"),
+        );
     }
     let detail = unserved
         .iter()

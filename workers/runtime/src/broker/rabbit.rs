@@ -443,7 +443,12 @@ impl Broker for RabbitBroker {
     }
 
     fn queue_consumers<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u32, BrokerError>> {
-        async move { self.passive_declare(queue).await.map(|q| q.consumer_count()) }.boxed()
+        async move {
+            self.passive_declare(queue)
+                .await
+                .map(|q| q.consumer_count())
+        }
+        .boxed()
     }
 
     fn is_connected(&self) -> bool {
