@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use stowage_runtime::client::submit;
 use stowage_runtime::{RetryPolicy, WorkerConfig};
-use stowage_schemas::Stage;
 use stowage_tests::{
     Behavior, BrokerKind, Bus, FileEffectHandler, RunningWorker, ScriptedHandler, exclusive_broker,
     fast_retry, free_port, http_get, rabbitmqctl, shared_broker, snapshot_job, temp_dir,
