@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Probe, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PersistentVolumeClaim, Probe, Secret, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -57,6 +59,7 @@ struct Manifests {
     pdbs: Vec<PodDisruptionBudget>,
     config_maps: Vec<ConfigMap>,
     secrets: Vec<Secret>,
+    claims: Vec<PersistentVolumeClaim>,
     scaled_objects: Vec<Value>,
     pod_monitors: Vec<Value>,
     trigger_auths: Vec<Value>,
@@ -122,6 +125,7 @@ impl Manifests {
                 ("policy/v1", "PodDisruptionBudget") => self.pdbs.push(typed(&value, &src)),
                 ("v1", "ConfigMap") => self.config_maps.push(typed(&value, &src)),
                 ("v1", "Secret") => self.secrets.push(typed(&value, &src)),
+                ("v1", "PersistentVolumeClaim") => self.claims.push(typed(&value, &src)),
                 ("keda.sh/v1alpha1", "ScaledObject") => self.scaled_objects.push(value),
                 ("monitoring.coreos.com/v1", "PodMonitor") => self.pod_monitors.push(value),
                 ("keda.sh/v1alpha1", "TriggerAuthentication") => self.trigger_auths.push(value),
@@ -522,6 +526,19 @@ fn check(m: &Manifests, source: &str) {
                     m.secret(&r.name).is_some(),
                     "{what}: envFrom missing Secret {}",
                     r.name
+                );
+            }
+        }
+        // Every claimed volume is one the manifests create.
+        for v in pod.volumes.iter().flatten() {
+            if let Some(claim) = &v.persistent_volume_claim {
+                assert!(
+                    m.claims
+                        .iter()
+                        .any(|c| c.metadata.name.as_deref() == Some(claim.claim_name.as_str())),
+                    "{what}: volume {} claims {}, which the manifests do not create",
+                    v.name,
+                    claim.claim_name
                 );
             }
         }
