@@ -135,14 +135,15 @@ impl Fleet {
         stdout.trim().to_owned()
     }
 
-    /// Waits until job `id` has ended; its record.
-    async fn finished(&self, id: &str) -> JobRecord {
+    /// Waits until `stage` of job `id` has ended (a backup goes on to vault-transfer, which no
+    /// worker here runs); its record.
+    async fn finished(&self, id: &str, stage: Stage) -> JobRecord {
         let mut last = None;
         let done = poll(WAIT, Duration::from_millis(200), async || {
             let record = read_job(&self.store, id).await.ok()?.0;
-            let status = record.status();
+            let status = record.stage(stage).map(|run| run.status);
             last = Some(record.clone());
-            matches!(status, JobStatus::Succeeded | JobStatus::Failed).then_some(record)
+            matches!(status, Some(JobStatus::Succeeded | JobStatus::Failed)).then_some(record)
         })
         .await;
         done.unwrap_or_else(|| panic!("job {id} did not end: {last:#?}\n{}", self.logs()))
@@ -265,7 +266,7 @@ async fn each_cluster_takes_only_its_own_jobs_and_an_unserved_clusters_wait() {
     }
     let mut rp_of_a = None;
     for (cluster, job) in &jobs {
-        let record = fleet.finished(job).await;
+        let record = fleet.finished(job, Stage::Snapshot).await;
         let snapshot = record.stage(Stage::Snapshot).expect("a snapshot stage");
         assert_eq!(
             snapshot.status,
@@ -319,7 +320,7 @@ async fn each_cluster_takes_only_its_own_jobs_and_an_unserved_clusters_wait() {
         "restore into B: {stdout}\n{stderr}\n{}",
         fleet.logs()
     );
-    let record = fleet.finished("move-to-b").await;
+    let record = fleet.finished("move-to-b", Stage::Restore).await;
     assert_eq!(record.status(), JobStatus::Succeeded, "{record:#?}");
     assert_eq!(fleet.jobs("B", Stage::Restore, "succeeded").await, 1);
     assert_eq!(fleet.jobs("A", Stage::Restore, "succeeded").await, 0);
