@@ -557,8 +557,9 @@ mod tests {
                 !base
                     .queues
                     .iter()
-                    .any(|q| q.name.starts_with(&names.stage_queue(stage))
-                        && q.name != names.dead_letter_queue(stage)),
+                    .any(|q| q.name == names.stage_queue(stage)
+                        || q.name
+                            .starts_with(&format!("{}@", names.stage_queue(stage)))),
                 "{stage}: no cluster-agnostic work queue"
             );
         }
