@@ -125,7 +125,7 @@ async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
     let topology = config.topology();
     let running = RunningWorker::start(&bus, config, handler.clone(), WAIT).await;
 
-    let job = "type: job.snapshot\njob_id: job-cli-dlq\npayload: {instance: shop, recovery_point_id: rp-9, trigger: {kind: on_demand}}\n";
+    let job = "type: job.snapshot\njob_id: job-cli-dlq\ncluster: test-cluster\npayload: {instance: shop, recovery_point_id: rp-9, trigger: {kind: on_demand}}\n";
     handler.set(
         "job-cli-dlq",
         Behavior::FailPermanently(

@@ -130,6 +130,8 @@ async fn a_restore_never_deletes_or_adopts_a_disk_it_did_not_make() {
                         ("blog".to_owned(), format!("blog-{restore_id}")),
                     ]
                     .into(),
+                    // The sample app's cluster: its restore queue is the one this worker serves.
+                    target_cluster: Some("sandbox".into()),
                     dry_run,
                     ..RestoreOptions::default()
                 },
