@@ -232,7 +232,8 @@ async fn the_worker_reconnects_after_the_broker_restarts() {
         names: bus.names.clone(),
         retry: retry.clone(),
         max_reconnect_delay: Duration::from_secs(1),
-        ..WorkerConfig::default()
+        // The test cluster's: its snapshot queue is where the tests' jobs wait.
+        ..bus.worker_config()
     };
     let running = RunningWorker::start(&bus, config, handler.clone(), WAIT).await;
     let health = &running.health;

@@ -46,7 +46,8 @@ async fn start(bus: &Bus, handler: ScriptedHandler, retry: RetryPolicy) -> Runni
         names: bus.names.clone(),
         retry,
         shutdown_deadline: Duration::from_secs(10),
-        ..WorkerConfig::default()
+        // The test cluster's: its snapshot queue is where the tests' jobs wait.
+        ..bus.worker_config()
     };
     RunningWorker::start(bus, config, handler, WAIT).await
 }
