@@ -156,7 +156,7 @@ impl Bus {
     pub async fn publish_raw(&self, body: Vec<u8>, content_type: &str, id: &str) {
         let message = Outgoing {
             exchange: self.names.jobs_exchange(),
-            routing_key: "snapshot".into(),
+            routing_key: Names::job_routing_key(Stage::Snapshot, Some(TEST_CLUSTER)),
             mandatory: true,
             properties: Properties {
                 content_type: Some(content_type.into()),
@@ -176,6 +176,11 @@ impl Bus {
         self.publish_raw(body, "application/json", id).await;
     }
 
+    /// The snapshot queue of [`TEST_CLUSTER`], where the tests' snapshot jobs wait.
+    pub fn snapshot_queue(&self) -> String {
+        self.names.cluster_queue(Stage::Snapshot, TEST_CLUSTER)
+    }
+
     /// Depth of a queue.
     pub async fn depth(&self, queue: &str) -> u32 {
         self.broker.queue_depth(queue).await.expect("queue depth")
@@ -184,7 +189,8 @@ impl Bus {
     /// Declare the topology of the default retry policy on this bus's names; returns it for
     /// [`Bus::teardown`].
     pub async fn declare_topology(&self) -> Topology {
-        let topology = Topology::new(self.names.clone(), &RetryPolicy::default());
+        let mut topology = Topology::new(self.names.clone(), &RetryPolicy::default());
+        topology.add_cluster(&RetryPolicy::default(), TEST_CLUSTER);
         self.broker.declare(&topology).await.expect("declare");
         topology
     }
@@ -193,6 +199,7 @@ impl Bus {
     pub fn worker_config(&self) -> WorkerConfig {
         WorkerConfig {
             names: self.names.clone(),
+            cluster: Some(TEST_CLUSTER.into()),
             ..WorkerConfig::default()
         }
     }
@@ -349,7 +356,10 @@ impl RunningWorker {
     }
 }
 
-/// A snapshot job for `job_id`, with a recovery point named after it.
+/// The cluster the tests' snapshot workers serve and their snapshot jobs name.
+pub const TEST_CLUSTER: &str = "test-cluster";
+
+/// A snapshot job for `job_id`, with a recovery point named after it, for [`TEST_CLUSTER`].
 pub fn snapshot_job(job_id: &str) -> Envelope {
     Envelope::new(
         job_id,
@@ -361,6 +371,7 @@ pub fn snapshot_job(job_id: &str) -> Envelope {
             },
         }),
     )
+    .on_cluster(TEST_CLUSTER)
 }
 
 /// `StageHandler` for a snapshot-stage test handler with an inherent

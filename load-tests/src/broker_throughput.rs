@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use lapin::{BasicProperties, Channel, Connection};
 use stowage_runtime::{
-    JobContext, Outcome, RabbitBroker, Shutdown, StageConfig, StageError, StageHandler, Worker,
-    WorkerConfig,
+    JobContext, Names, Outcome, RabbitBroker, Shutdown, StageConfig, StageError, StageHandler,
+    Worker, WorkerConfig,
 };
 use stowage_schemas::jobs::{SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message, Stage, encode};
@@ -111,6 +111,9 @@ impl StageHandler for NoOp {
     }
 }
 
+/// The cluster the benchmark's snapshot worker serves and its jobs name.
+const BENCH_CLUSTER: &str = "bench";
+
 fn padded_job(i: u64, size: usize) -> Envelope {
     let job = |instance: String| {
         Envelope::new(
@@ -121,6 +124,7 @@ fn padded_job(i: u64, size: usize) -> Envelope {
                 trigger: Trigger::OnDemand { requested_by: None },
             }),
         )
+        .on_cluster(BENCH_CLUSTER)
     };
     let bare = encode(&job(String::new())).len();
     job("x".repeat(size.saturating_sub(bare)))
@@ -134,6 +138,7 @@ async fn runtime_round(
     let names = common::unique_names("bench");
     let config = WorkerConfig {
         names: names.clone(),
+        cluster: Some(BENCH_CLUSTER.into()),
         ..WorkerConfig::default()
     };
     let topology = config.topology();
@@ -173,7 +178,7 @@ async fn runtime_round(
     publish_all(
         publisher,
         &names.jobs_exchange(),
-        Stage::Snapshot.as_str(),
+        &Names::job_routing_key(Stage::Snapshot, Some(BENCH_CLUSTER)),
         envelopes.into_iter(),
     )
     .await?;
@@ -189,7 +194,7 @@ async fn runtime_round(
         &args.broker.amqp_url,
         connection,
         &topology,
-        &names.stage_queue(Stage::Snapshot),
+        &names.cluster_queue(Stage::Snapshot, BENCH_CLUSTER),
     )
     .await?;
     Ok(n as f64 / elapsed.as_secs_f64())

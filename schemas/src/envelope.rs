@@ -32,6 +32,16 @@ pub struct Envelope {
     #[serde(deserialize_with = "crate::id::fields::option")]
     #[schemars(with = "Option<crate::id::Id>")]
     pub restore_id: Option<String>,
+    /// The cluster whose workers take this message, for the cluster-side stages (snapshot,
+    /// restore) and the events that trigger them: it routes the message to that cluster's
+    /// queue (`<p>.<stage>@<cluster>`), so a cluster's snapshot and restore workers take only
+    /// its jobs. A snapshot job names its instance's cluster; a restore job and a
+    /// `restore.hydrated` event name the target cluster (their `options.target_cluster`, which
+    /// [`Envelope::new`] copies here). None for vault-stage jobs and their events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "crate::id::fields::option")]
+    #[schemars(with = "Option<crate::id::Id>")]
+    pub cluster: Option<String>,
     /// Delivery attempt: 0 on the first delivery, incremented by the runtime on each retry.
     #[serde(default)]
     pub attempt: u32,
@@ -47,8 +57,9 @@ pub struct Envelope {
 
 impl Envelope {
     /// Wraps `message` for job `job_id`: a fresh UUIDv7 message id, the current
-    /// [`SCHEMA_VERSION`], attempt 0, created now, no trace context, and the recovery-point and
-    /// restore ids taken from [`Message::subject`].
+    /// [`SCHEMA_VERSION`], attempt 0, created now, no trace context, the recovery-point and
+    /// restore ids taken from [`Message::subject`], and the cluster from
+    /// [`Message::target_cluster`] (set it with [`Envelope::on_cluster`] for a snapshot job).
     pub fn new(job_id: impl Into<String>, message: Message) -> Self {
         let (recovery_point_id, restore_id) = message.subject();
         Self {
@@ -57,11 +68,18 @@ impl Envelope {
             job_id: job_id.into(),
             recovery_point_id: recovery_point_id.map(str::to_owned),
             restore_id: restore_id.map(str::to_owned),
+            cluster: message.target_cluster().map(str::to_owned),
             attempt: 0,
             created_at: Timestamp::now(),
             trace: None,
             message,
         }
+    }
+
+    /// The same envelope for the workers of `cluster` (see [`Envelope::cluster`]).
+    pub fn on_cluster(mut self, cluster: impl Into<String>) -> Self {
+        self.cluster = Some(cluster.into());
+        self
     }
 
     /// The message type, e.g. `job.snapshot` (see [`Message::kind`]).

@@ -147,6 +147,16 @@ impl Message {
         }
     }
 
+    /// The cluster a restore job or a `restore.hydrated` event targets, when its options name
+    /// one: the cluster whose restore workers must take it (see `Envelope::cluster`).
+    pub fn target_cluster(&self) -> Option<&str> {
+        match self {
+            Message::Restore(job) => job.options.target_cluster.as_deref(),
+            Message::RestoreHydrated(ev) => ev.options.target_cluster.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Whether the message is a job (published to `stowage.jobs`) rather than an event.
     pub fn is_job(&self) -> bool {
         matches!(self.route(), Route::Job(_))

@@ -269,6 +269,10 @@ pub fn samples() -> Vec<Envelope> {
                 job_id,
                 recovery_point_id: recovery_point_id.map(str::to_owned),
                 restore_id: restore_id.map(str::to_owned),
+                cluster: match &message {
+                    Message::Snapshot(_) => Some("aks-prod".to_owned()),
+                    other => other.target_cluster().map(str::to_owned),
+                },
                 attempt: 0,
                 created_at: at(n as i64),
                 trace: Some(TraceContext {

@@ -40,6 +40,13 @@ impl Stage {
         Stage::Restore,
         Stage::Retention,
     ];
+
+    /// Whether the stage acts on a cluster (snapshot, restore): it runs inside that cluster,
+    /// with its service accounts, and takes only that cluster's jobs. The other stages work on
+    /// the vault alone and take anyone's.
+    pub fn is_cluster_side(self) -> bool {
+        matches!(self, Stage::Snapshot | Stage::Restore)
+    }
 }
 
 as_str! {

@@ -4,14 +4,16 @@
 //! arguments, KEDA queue names from the real topology, PDB selectors, ConfigMap and Secret keys,
 //! RBAC (snapshot reads, restore writes, vault stages have no API access, nothing is
 //! cluster-admin) and resource requests within the issue's budget. The overlays are rendered with
-//! `kubectl kustomize` and checked the same way.
+//! `kubectl kustomize` (no extra flag, as `kubectl apply -k` does) and checked the same way;
+//! `manifests` checks the rendered objects against the Kubernetes and KEDA schemas.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Probe, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PersistentVolumeClaim, Probe, Secret, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -23,9 +25,6 @@ use serde_json::Value;
 use stowage_runtime::topology::{DEFAULT_PREFIX, Names};
 use stowage_schemas::Stage;
 
-/// The load restrictor flag: the base reads `infra/rabbitmq/definitions.json` from outside its
-/// folder (see `infra/k8s/README.md`).
-const LOAD_RESTRICTOR: [&str; 2] = ["--load-restrictor", "LoadRestrictionsNone"];
 const HEALTH_PORT: i32 = 8080;
 const MAX_REQUEST_MEMORY: f64 = 256.0 * 1024.0 * 1024.0;
 const MAX_REQUEST_MILLICPU: f64 = 500.0;
@@ -60,6 +59,7 @@ struct Manifests {
     pdbs: Vec<PodDisruptionBudget>,
     config_maps: Vec<ConfigMap>,
     secrets: Vec<Secret>,
+    claims: Vec<PersistentVolumeClaim>,
     scaled_objects: Vec<Value>,
     pod_monitors: Vec<Value>,
     trigger_auths: Vec<Value>,
@@ -67,7 +67,7 @@ struct Manifests {
 
 /// Parses `value` into `T` and requires that nothing was dropped on the way: a field the type
 /// does not have (a typo, a wrong nesting) makes the round trip differ.
-fn typed<T: DeserializeOwned + Serialize>(value: &Value, source: &str) -> T {
+pub(crate) fn typed<T: DeserializeOwned + Serialize>(value: &Value, source: &str) -> T {
     let parsed: T = serde_json::from_value(value.clone())
         .unwrap_or_else(|e| panic!("{source}: does not parse as its kind: {e}\n{value:#}"));
     let back = serde_json::to_value(&parsed).expect("re-serialise");
@@ -125,6 +125,7 @@ impl Manifests {
                 ("policy/v1", "PodDisruptionBudget") => self.pdbs.push(typed(&value, &src)),
                 ("v1", "ConfigMap") => self.config_maps.push(typed(&value, &src)),
                 ("v1", "Secret") => self.secrets.push(typed(&value, &src)),
+                ("v1", "PersistentVolumeClaim") => self.claims.push(typed(&value, &src)),
                 ("keda.sh/v1alpha1", "ScaledObject") => self.scaled_objects.push(value),
                 ("monitoring.coreos.com/v1", "PodMonitor") => self.pod_monitors.push(value),
                 ("keda.sh/v1alpha1", "TriggerAuthentication") => self.trigger_auths.push(value),
@@ -528,27 +529,55 @@ fn check(m: &Manifests, source: &str) {
                 );
             }
         }
+        // Every claimed volume is one the manifests create.
+        for v in pod.volumes.iter().flatten() {
+            if let Some(claim) = &v.persistent_volume_claim {
+                assert!(
+                    m.claims
+                        .iter()
+                        .any(|c| c.metadata.name.as_deref() == Some(claim.claim_name.as_str())),
+                    "{what}: volume {} claims {}, which the manifests do not create",
+                    v.name,
+                    claim.claim_name
+                );
+            }
+        }
         // The rest is about stage workers: the scheduler needs no disks, cluster or queue.
         let Some(stage) = stage else {
             continue;
         };
-        for required in [
-            "STOWAGE_AMQP_URL",
-            "STOWAGE_VAULT",
-            "STOWAGE_VAULT_KEY",
-            "STOWAGE_DISK_ROOT",
-        ] {
+        for required in ["STOWAGE_AMQP_URL", "STOWAGE_VAULT", "STOWAGE_VAULT_KEY"] {
             assert!(
                 c.env.iter().flatten().any(|e| e.name == required),
                 "{what}: {required} not set"
             );
         }
-        let needs_cluster = matches!(stage, Stage::Snapshot | Stage::Restore);
-        assert_eq!(
-            m.env(c, "STOWAGE_CLUSTER_URL").is_some(),
-            needs_cluster,
-            "{what}: STOWAGE_CLUSTER_URL is for the snapshot and restore stages only"
+        // The cluster-side stages run inside their cluster with in-cluster credentials (no
+        // cluster URL or kubeconfig to set), serve its queues only (STOWAGE_CLUSTER_NAME) and
+        // reach volume snapshots through CSI; the vault stages read the local provider's disks.
+        let cluster_side = stage.is_cluster_side();
+        assert!(
+            m.env(c, "STOWAGE_CLUSTER_URL").is_none() && m.env(c, "KUBECONFIG").is_none(),
+            "{what}: in-cluster credentials: no STOWAGE_CLUSTER_URL or KUBECONFIG"
         );
+        assert_eq!(
+            m.env(c, "STOWAGE_CLUSTER_NAME").is_some(),
+            cluster_side,
+            "{what}: STOWAGE_CLUSTER_NAME is for the snapshot and restore stages only"
+        );
+        let provider = args
+            .iter()
+            .position(|a| a == "--disk-provider")
+            .and_then(|i| args.get(i + 1))
+            .map_or("local", String::as_str);
+        if cluster_side {
+            assert_eq!(provider, "csi", "{what}: --disk-provider csi");
+        } else {
+            assert!(
+                provider == "local" && m.env(c, "STOWAGE_DISK_ROOT").is_some(),
+                "{what}: a vault stage reads the local provider's disks: STOWAGE_DISK_ROOT"
+            );
+        }
         assert_eq!(
             m.env(c, "MALLOC_ARENA_MAX").as_deref(),
             Some("2"),
@@ -677,7 +706,15 @@ fn check(m: &Manifests, source: &str) {
         let prefix = m
             .env(c, "STOWAGE_TOPOLOGY_PREFIX")
             .unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
-        let queue = Names::new(prefix).stage_queue(stage);
+        let names = Names::new(prefix);
+        let queue = if stage.is_cluster_side() {
+            let cluster = m
+                .env(c, "STOWAGE_CLUSTER_NAME")
+                .unwrap_or_else(|| panic!("{what}: no STOWAGE_CLUSTER_NAME"));
+            names.cluster_queue(stage, &cluster)
+        } else {
+            names.stage_queue(stage)
+        };
         let scaled: Vec<&Value> = m
             .scaled_objects
             .iter()
@@ -836,7 +873,9 @@ fn base_manifests_parse_and_cross_reference() {
         "the kustomization's namespace is the Namespace object"
     );
 
-    // The RabbitMQ definitions the base generates hold every deployed stage's queue and DLQ.
+    // The RabbitMQ definitions the base generates: a copy inside the base (kustomize loads no
+    // file outside it) of infra/rabbitmq/definitions.json, with every vault stage's queue and
+    // every DLQ (the cluster-side stages' queues are per cluster, declared at run time).
     let generators = kustomization["configMapGenerator"]
         .as_sequence()
         .expect("configMapGenerator");
@@ -845,16 +884,20 @@ fn base_manifests_parse_and_cross_reference() {
         .flat_map(|g| string_list(g, "files"))
         .find_map(|f| f.strip_prefix("definitions.json=").map(str::to_owned))
         .expect("a configMapGenerator file definitions.json=...");
-    let defs_path = base.join(&source);
-    assert_eq!(
-        defs_path.canonicalize().expect("definitions.json exists"),
-        k8s_dir()
-            .join("../rabbitmq/definitions.json")
-            .canonicalize()
-            .unwrap(),
-        "the definitions come from infra/rabbitmq/definitions.json"
+    assert!(
+        !source.contains(".."),
+        "the definitions must be inside the base, not {source}"
     );
-    let defs: Value = serde_json::from_str(&std::fs::read_to_string(&defs_path).unwrap()).unwrap();
+    let defs_path = base.join(&source);
+    let text = std::fs::read_to_string(&defs_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", defs_path.display()));
+    assert_eq!(
+        text,
+        std::fs::read_to_string(k8s_dir().join("../rabbitmq/definitions.json")).unwrap(),
+        "base/{source} is not a copy of infra/rabbitmq/definitions.json: run \
+         STOWAGE_BLESS=1 cargo test -p stowage-cli the_checked_in_rabbitmq_definitions"
+    );
+    let defs: Value = serde_json::from_str(&text).unwrap();
     let queues: BTreeSet<&str> = defs["queues"]
         .as_array()
         .expect("queues")
@@ -863,41 +906,15 @@ fn base_manifests_parse_and_cross_reference() {
         .collect();
     let names = Names::new(DEFAULT_PREFIX);
     for stage in DEPLOYED {
-        for q in [names.stage_queue(stage), names.dead_letter_queue(stage)] {
+        let work = (!stage.is_cluster_side()).then(|| names.stage_queue(stage));
+        for q in work.into_iter().chain([names.dead_letter_queue(stage)]) {
             assert!(queues.contains(q.as_str()), "definitions.json lacks {q}");
         }
     }
 }
 
-/// `kubectl kustomize` with loads from outside the base allowed. kubectl before 1.21 embeds
-/// kustomize 2, which spells the flag `--load_restrictor none` (Debian ships kubectl 1.20).
-fn kustomize(dir: &std::path::Path) -> std::process::Output {
-    let run = |flags: &[&str]| {
-        Command::new("kubectl")
-            .arg("kustomize")
-            .args(flags)
-            .arg(dir)
-            .output()
-            .expect("run kubectl kustomize")
-    };
-    let out = run(&LOAD_RESTRICTOR);
-    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown flag") {
-        return run(&["--load_restrictor", "none"]);
-    }
-    out
-}
-
 #[test]
 fn overlays_build_and_cross_reference() {
-    let kubectl = Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output();
-    assert!(
-        kubectl.is_ok_and(|o| o.status.success()),
-        "kubectl is not on PATH: scripts/test.sh installs it; the overlays must be built with \
-         `kubectl kustomize` to be checked"
-    );
     for overlay in ["dev", "prod"] {
         let dir = k8s_dir().join("overlays").join(overlay);
         let k = read_yaml(&dir.join("kustomization.yaml"));
@@ -907,13 +924,7 @@ fn overlays_build_and_cross_reference() {
                 .any(|r| r == "../../base"),
             "overlays/{overlay} must build on ../../base"
         );
-        let out = kustomize(&dir);
-        assert!(
-            out.status.success(),
-            "kubectl kustomize overlays/{overlay} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let rendered = String::from_utf8(out.stdout).expect("utf-8");
+        let rendered = crate::manifests::kustomize(&dir);
         let mut m = Manifests::default();
         m.add_yaml(&rendered, &format!("overlays/{overlay} (rendered)"));
         check(&m, &format!("overlays/{overlay}"));

@@ -29,7 +29,8 @@ async fn start(bus: &Bus, handler: ScriptedHandler) -> Running {
         names: bus.names.clone(),
         retry: fast_retry(),
         shutdown_deadline: Duration::from_secs(10),
-        ..WorkerConfig::default()
+        // The test cluster's: its snapshot queue is where the tests' jobs wait.
+        ..bus.worker_config()
     };
     let stage = StageConfig {
         prefetch: 4,

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use stowage_runtime::client::submit;
 use stowage_runtime::{RetryPolicy, WorkerConfig};
-use stowage_schemas::Stage;
 use stowage_tests::{
     Behavior, BrokerKind, Bus, FileEffectHandler, RunningWorker, ScriptedHandler, exclusive_broker,
     fast_retry, free_port, http_get, rabbitmqctl, shared_broker, snapshot_job, temp_dir,
@@ -104,7 +103,7 @@ async fn a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing() {
     let _gate = shared_broker().await;
     let bus = Bus::new(BrokerKind::Rabbit).await;
     let dir = temp_dir("sigkill");
-    let stage_queue = bus.names.stage_queue(Stage::Snapshot);
+    let stage_queue = bus.snapshot_queue();
     declare(&bus).await;
     let probe = bus.probe_events().await;
     let mut first = WorkerProcess::spawn(&bus, &dir, Duration::from_secs(3), free_port());
@@ -154,7 +153,7 @@ async fn sigterm_drains_in_flight_work_then_exits() {
     let dir = temp_dir("sigterm");
     let port = free_port();
     let mut worker = WorkerProcess::spawn(&bus, &dir, Duration::from_secs(2), port);
-    let stage_queue = bus.names.stage_queue(Stage::Snapshot);
+    let stage_queue = bus.snapshot_queue();
     let deadline = Instant::now() + WAIT;
     loop {
         match http_get(port, "/readyz").await {
@@ -233,7 +232,8 @@ async fn the_worker_reconnects_after_the_broker_restarts() {
         names: bus.names.clone(),
         retry: retry.clone(),
         max_reconnect_delay: Duration::from_secs(1),
-        ..WorkerConfig::default()
+        // The test cluster's: its snapshot queue is where the tests' jobs wait.
+        ..bus.worker_config()
     };
     let running = RunningWorker::start(&bus, config, handler.clone(), WAIT).await;
     let health = &running.health;
@@ -282,6 +282,6 @@ async fn the_worker_reconnects_after_the_broker_restarts() {
         "one event for the interrupted job: {jobs:?}"
     );
     assert_eq!(handler.calls_for("job-after").len(), 1);
-    assert_eq!(bus.depth(&bus.names.stage_queue(Stage::Snapshot)).await, 0);
+    assert_eq!(bus.depth(&bus.snapshot_queue()).await, 0);
     bus.teardown_worker(retry).await;
 }

@@ -46,7 +46,8 @@ async fn start(bus: &Bus, handler: ScriptedHandler, retry: RetryPolicy) -> Runni
         names: bus.names.clone(),
         retry,
         shutdown_deadline: Duration::from_secs(10),
-        ..WorkerConfig::default()
+        // The test cluster's: its snapshot queue is where the tests' jobs wait.
+        ..bus.worker_config()
     };
     RunningWorker::start(bus, config, handler, WAIT).await
 }
@@ -67,7 +68,7 @@ async fn a_job_is_consumed_and_acked_once(kind: BrokerKind) {
 
     // Stopping closed the worker's channels: anything unacked would be back in the queue now.
     assert_eq!(
-        bus.depth(&bus.names.stage_queue(Stage::Snapshot)).await,
+        bus.depth(&bus.snapshot_queue()).await,
         0,
         "the job was acked"
     );
@@ -184,7 +185,7 @@ async fn a_permanent_failure_is_dead_lettered_and_replayable(kind: BrokerKind) {
     assert_eq!(calls[1].attempt, 0, "a replay starts over");
     bus.wait_depth(&dlq, 0, WAIT).await;
     running.stop(WAIT).await;
-    assert_eq!(bus.depth(&bus.names.stage_queue(Stage::Snapshot)).await, 0);
+    assert_eq!(bus.depth(&bus.snapshot_queue()).await, 0);
     bus.teardown_worker(fast_retry()).await;
 }
 
@@ -299,11 +300,7 @@ async fn shutdown_drains_in_flight_work(kind: BrokerKind) {
         1,
         "the in-flight job finished and published its event"
     );
-    assert_eq!(
-        bus.depth(&bus.names.stage_queue(Stage::Snapshot)).await,
-        0,
-        "and was acked"
-    );
+    assert_eq!(bus.depth(&bus.snapshot_queue()).await, 0, "and was acked");
     assert_eq!(handler.calls_for("job-slow").len(), 1);
     bus.teardown_worker(fast_retry()).await;
 }

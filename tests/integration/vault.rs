@@ -312,7 +312,13 @@ async fn wait_for_event(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         seen.extend(bus.drain(probe).await.into_iter().map(|e| e.routing_key));
-        if let Some(at) = seen.iter().position(|k| k == routing_key) {
+        // An event addressed to one cluster (restore.hydrated) has the cluster's words after
+        // its name: match them the way an observer binds, `<event>.#`.
+        let pattern = format!("{routing_key}.#");
+        if let Some(at) = seen
+            .iter()
+            .position(|k| stowage_runtime::topology::topic_matches(&pattern, k))
+        {
             seen.remove(at);
             return;
         }

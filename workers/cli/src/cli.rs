@@ -77,15 +77,12 @@ pub struct ClusterArgs {
     /// The kubeconfig context to use (default: its current-context).
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
-    /// The name jobs use for this cluster (a restore's target_cluster, an instance's cluster):
-    /// the snapshot and restore stages take only instances that name it, and refuse others.
-    #[arg(
-        long,
-        global = true,
-        env = "STOWAGE_CLUSTER_NAME",
-        default_value = "default"
-    )]
-    pub cluster_name: String,
+    /// The name of this cluster, as instances (`instance create --cluster`) and restores
+    /// (`--target-cluster`) give it. A worker running snapshot or restore must name it: those
+    /// stages take only this cluster's jobs (its queues `stowage.<stage>@<name>`) and refuse
+    /// instances of other clusters. No default: a worker never guesses which cluster it is in.
+    #[arg(long, global = true, env = "STOWAGE_CLUSTER_NAME", value_parser = crate::cli::id_arg)]
+    pub cluster_name: Option<String>,
 }
 
 /// `stowage sandbox`.
@@ -127,9 +124,9 @@ pub struct BrokerArgs {
 /// `stowage worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The stage to run, or `all`.
-    #[arg(long, env = "STOWAGE_STAGE")]
-    pub stage: StageChoice,
+    /// The stage to run, several separated by commas (`snapshot,restore`), or `all`.
+    #[arg(long, env = "STOWAGE_STAGE", value_delimiter = ',', required = true)]
+    pub stage: Vec<StageChoice>,
     /// Broker settings.
     #[command(flatten)]
     pub broker: BrokerArgs,

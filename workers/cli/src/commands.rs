@@ -76,10 +76,19 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    let wanted = match args.stage {
-        StageChoice::One(stage) => vec![stage],
-        StageChoice::All => stages::built(),
-    };
+    let mut wanted = Vec::new();
+    for choice in &args.stage {
+        let add = match choice {
+            StageChoice::One(stage) => vec![*stage],
+            StageChoice::All => stages::built(),
+        };
+        for stage in add {
+            if wanted.contains(&stage) {
+                anyhow::bail!("--stage names {stage} twice; name each stage once");
+            }
+            wanted.push(stage);
+        }
+    }
     let config = WorkerConfig {
         names: Names::new(args.broker.prefix.clone()),
         retry: RetryPolicy {
@@ -88,6 +97,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         },
         shutdown_deadline: Duration::from_secs(args.shutdown_deadline),
         queue_poll_interval: Duration::from_secs(args.queue_poll_secs.max(1)),
+        cluster: args.cluster.cluster_name.clone(),
         ..WorkerConfig::default()
     };
     let stage_config = StageConfig {

@@ -198,6 +198,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let names = Names::new(format!("stowage-demo-{}", std::process::id()));
     let config = WorkerConfig {
         names: names.clone(),
+        cluster: Some(CLUSTER.into()),
         ..WorkerConfig::default()
     };
     let stage = StageConfig::default();
@@ -432,7 +433,7 @@ async fn backup(
     submit(
         broker,
         names,
-        &Envelope::new(format!("snapshot-{rp}"), Message::Snapshot(job)),
+        &Envelope::new(format!("snapshot-{rp}"), Message::Snapshot(job)).on_cluster(CLUSTER),
     )
     .await?;
     let created = events.wait("rp.created").await?;

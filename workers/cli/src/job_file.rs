@@ -27,13 +27,16 @@ use stowage_schemas::{Envelope, Message, Route};
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a job file: a map with type, payload and optionally job_id"
+    expecting = "a job file: a map with type, payload and optionally job_id and cluster"
 )]
 struct JobFile {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default, deserialize_with = "stowage_schemas::id::fields::option")]
     job_id: Option<String>,
+    /// The cluster a snapshot job runs on (its instance's cluster): its workers alone take it.
+    #[serde(default, deserialize_with = "stowage_schemas::id::fields::option")]
+    cluster: Option<String>,
     #[serde(default)]
     payload: Value,
 }
@@ -98,6 +101,19 @@ pub enum JobFileError {
         kind: String,
         /// Dotted path of the field.
         path: String,
+    },
+    /// A cluster-side job that names no cluster.
+    #[error(
+        "{origin}: a {kind} runs on one cluster's workers and this one names no cluster: add \
+         `cluster: <name>` (the instance's cluster) to the job file{hint}"
+    )]
+    NoCluster {
+        /// Where it came from.
+        origin: String,
+        /// The job type.
+        kind: &'static str,
+        /// More on where else the cluster may go.
+        hint: &'static str,
     },
     /// An empty job id.
     #[error("{origin}: job_id must not be empty")]
@@ -195,7 +211,22 @@ pub fn parse(origin: &str, text: &str) -> Result<Envelope, JobFileError> {
         Some(id) => id,
         None => format!("{}-{}", stage.as_str(), uuid::Uuid::now_v7()),
     };
-    Ok(Envelope::new(job_id, message))
+    let mut envelope = Envelope::new(job_id, message);
+    if let Some(cluster) = file.cluster {
+        envelope.cluster = Some(cluster);
+    }
+    if stage.is_cluster_side() && envelope.cluster.is_none() {
+        return Err(JobFileError::NoCluster {
+            origin: origin.to_owned(),
+            kind: envelope.kind(),
+            hint: if stage == stowage_schemas::Stage::Restore {
+                ", or set payload.options.target_cluster"
+            } else {
+                ""
+            },
+        });
+    }
+    Ok(envelope)
 }
 
 /// Refuses a text larger than [`MAX_JOB_FILE_BYTES`] or nested deeper than [`MAX_NESTING`],

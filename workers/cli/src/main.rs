@@ -70,9 +70,9 @@ fn init_telemetry(
             .filter(|v| !v.is_empty())
     });
     let service_name = match &cli.command {
-        cli::Command::Worker(args) => match args.stage {
-            cli::StageChoice::One(stage) => format!("stowage-{stage}"),
-            cli::StageChoice::All => "stowage-worker".to_owned(),
+        cli::Command::Worker(args) => match args.stage.as_slice() {
+            [cli::StageChoice::One(stage)] => format!("stowage-{stage}"),
+            _ => "stowage-worker".to_owned(),
         },
         _ => "stowage".to_owned(),
     };

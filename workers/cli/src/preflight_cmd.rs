@@ -59,6 +59,7 @@ async fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
         broker,
         cluster,
         disks,
+        cluster_name: args.cluster.cluster_name.clone(),
         fleet_namespace: args.fleet_namespace.clone(),
         scope: None,
         timeout: Duration::from_secs_f64(args.timeout),

@@ -242,14 +242,15 @@ pub async fn plan(
     for ns in &args.namespaces {
         check_namespace("--namespaces entry", ns)?;
     }
-    match store.head(&layout::instance(instance)?).await {
-        Ok(_) => {}
+    layout::instance(instance)?;
+    let instance_doc = match catalog::settings::read_instance(store, instance).await {
+        Ok(doc) => doc,
         Err(e) if e.is_not_found() => bail!(
             "no backup instance {instance} in the vault (instances/{instance}.json); check the \
              name, or create the instance first"
         ),
         Err(e) => return Err(e).context("cannot read the backup instance"),
-    }
+    };
     let rp = match catalog::read_recovery_point(store, instance, rp_id).await {
         Ok(rp) => rp,
         Err(e) if e.is_not_found() => bail!(
@@ -319,8 +320,14 @@ pub async fn plan(
             }
         }
     };
+    // The target cluster is always named in the job: it routes the restore to that cluster's
+    // restore workers (see stowage_runtime::topology), the instance's own when not given.
     let options = RestoreOptions {
-        target_cluster: args.target_cluster.clone(),
+        target_cluster: Some(
+            args.target_cluster
+                .clone()
+                .unwrap_or_else(|| instance_doc.cluster.clone()),
+        ),
         namespaces: args.namespaces.clone(),
         namespace_mapping: mapping,
         existing: match args.existing {

@@ -175,10 +175,17 @@ pub async fn cluster_context(
     tracing::info!(url = found.url, source = found.source, "cluster credentials");
     // Hooks run through the same API server's pods/exec websocket, with the same client.
     let target = stowage_cluster::ClusterTarget::new(found.client);
+    let Some(name) = cluster.cluster_name.clone() else {
+        bail!(
+            "name the cluster at {}: --cluster-name <name> (STOWAGE_CLUSTER_NAME), the name \
+             its instances give it; the snapshot and restore stages take only that cluster's jobs",
+            found.url
+        );
+    };
     let mut ctx = stowage_stages::ClusterContext::new(
         vault.primary.clone(),
         vault.disks.clone(),
-        cluster.cluster_name.clone(),
+        name,
         target,
     );
     if let Some(secondary) = &vault.secondary {

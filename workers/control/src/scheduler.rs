@@ -284,16 +284,21 @@ fn republished_message(record: &JobRecord) -> Option<Message> {
 }
 
 /// Publishes `message` as the job of `record` (message id derived from the job id, so a
-/// republish is a recognisable duplicate) and records `submitted_at`.
+/// republish is a recognisable duplicate) and records `submitted_at`. A snapshot goes to the
+/// queue of `cluster`, its instance's cluster, whose workers alone take it.
 async fn publish_and_mark(
     store: &BlobStore,
     broker: &dyn Broker,
     names: &Names,
     record: &JobRecord,
     message: Message,
+    cluster: Option<&str>,
     now: Timestamp,
 ) -> Result<(), SchedulerError> {
     let mut envelope = Envelope::new(record.id.clone(), message);
+    if let Some(cluster) = cluster {
+        envelope = envelope.on_cluster(cluster);
+    }
     envelope.message_id = job_message_id(&record.id);
     envelope.created_at = now;
     // A job the scheduler (or `backup now`) publishes starts its trace here, or continues the
@@ -563,12 +568,22 @@ impl Scheduler {
             return Ok(false);
         };
         tracing::warn!(job = %claimed.id, "republishing a job record that was never published");
+        // A snapshot goes to its instance's cluster, read again: the instance may have moved.
+        let cluster = match (&message, claimed.instance.as_deref()) {
+            (Message::Snapshot(_), Some(instance)) => Some(
+                settings::read_instance(&self.store, instance)
+                    .await?
+                    .cluster,
+            ),
+            _ => None,
+        };
         publish_and_mark(
             &self.store,
             self.broker.as_ref(),
             &self.names,
             &claimed,
             message,
+            cluster.as_deref(),
             now,
         )
         .await?;
@@ -604,6 +619,7 @@ impl Scheduler {
             &self.names,
             &record,
             Message::Retention(job),
+            None,
             now,
         )
         .await?;
@@ -634,6 +650,7 @@ impl Scheduler {
                     &self.names,
                     &record,
                     snapshot_job(&record, trigger),
+                    Some(&instance.cluster),
                     now,
                 )
                 .await?;
@@ -727,6 +744,7 @@ pub async fn backup_now(
         names,
         &record,
         snapshot_job(&record, Trigger::OnDemand { requested_by }),
+        Some(&instance.cluster),
         now,
     )
     .await?;
@@ -878,7 +896,7 @@ mod tests {
 
     /// Drains the snapshot queue: (instance, rp id) → messages.
     async fn drain(f: &Fixture) -> BTreeMap<(String, String), usize> {
-        let queue = f.names.stage_queue(Stage::Snapshot);
+        let queue = f.names.cluster_queue(Stage::Snapshot, "c");
         let mut seen = BTreeMap::new();
         while let Some(delivery) = f.broker.get(&queue).await.unwrap() {
             let envelope = decode(&delivery.body, ContentType::MessagePack).unwrap();
@@ -1041,7 +1059,7 @@ mod tests {
                 .republished
                 .is_empty()
         );
-        let queue = f.names.stage_queue(Stage::Snapshot);
+        let queue = f.names.cluster_queue(Stage::Snapshot, "c");
         let mut messages = Vec::new();
         while let Some(d) = f.broker.get(&queue).await.unwrap() {
             d.ack().await.unwrap();

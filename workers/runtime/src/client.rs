@@ -5,12 +5,18 @@ use stowage_schemas::{ContentType, Envelope, Stage, encode_as};
 
 use crate::broker::{Broker, BrokerError, Delivery, HeaderValue, Outgoing};
 use crate::envelope;
-use crate::topology::Names;
+use crate::retry::RetryPolicy;
+use crate::topology::{Names, Topology};
 use crate::worker::{
     DEAD_LETTER_AT, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_CHAIN, DEAD_LETTER_REASON, DEAD_LETTER_STAGE,
 };
 
 /// Publish a job (or event) and wait for the broker's confirm.
+///
+/// A job for a cluster-side stage goes to the queue of the cluster its envelope names, which is
+/// declared first if it does not exist yet ([`ensure_cluster_queues`]): a job for a cluster no
+/// worker serves waits there, never taken by another cluster's workers. One that names no
+/// cluster is refused ([`BrokerError::NoCluster`]).
 ///
 /// An envelope without trace context gets the current span's, so the jobs it starts join the
 /// submitter's trace (the scheduler's tick, a CLI command) when traces are exported.
@@ -19,6 +25,9 @@ pub async fn submit(
     names: &Names,
     envelope: &Envelope,
 ) -> Result<(), BrokerError> {
+    if let Some(cluster) = envelope::cluster_of(envelope)? {
+        ensure_cluster_queues(broker, names, &RetryPolicy::default(), cluster).await?;
+    }
     if envelope.trace.is_none()
         && let Some(trace) = crate::telemetry::current_trace_context()
     {
@@ -27,6 +36,68 @@ pub async fn submit(
         return broker.publish(envelope::outgoing(names, &traced)).await;
     }
     broker.publish(envelope::outgoing(names, envelope)).await
+}
+
+/// Make sure the cluster-side stages' queues of `cluster` exist, declaring them (with `retry`'s
+/// delivery limit) when one is missing. A queue that exists is left as it is, whoever declared
+/// it and with whatever arguments, so a producer never fights a worker over them.
+pub async fn ensure_cluster_queues(
+    broker: &dyn Broker,
+    names: &Names,
+    retry: &RetryPolicy,
+    cluster: &str,
+) -> Result<(), BrokerError> {
+    stowage_schemas::id::validate(cluster).map_err(|e| BrokerError::Protocol {
+        operation: "declaring a cluster's queues",
+        reason: format!("cluster name: {e}"),
+    })?;
+    let topology = Topology::for_cluster(names.clone(), retry, cluster);
+    for queue in topology.queues.iter().filter(|q| q.dead_letter.is_some()) {
+        match broker.queue_depth(&queue.name).await {
+            Ok(_) => {}
+            Err(BrokerError::NotFound { .. }) => return broker.declare(&topology).await,
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(())
+}
+
+/// One cluster-side queue and who serves it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterQueue {
+    /// The stage.
+    pub stage: Stage,
+    /// The queue's name.
+    pub queue: String,
+    /// Jobs waiting in it (0 when it does not exist yet).
+    pub waiting: u32,
+    /// Workers consuming it: 0 means its jobs wait until a worker of that cluster starts.
+    pub consumers: u32,
+}
+
+/// The cluster-side queues of `cluster`, with their depth and consumer count; a queue that
+/// does not exist yet is reported empty and unserved.
+pub async fn cluster_queues(
+    broker: &dyn Broker,
+    names: &Names,
+    cluster: &str,
+) -> Result<Vec<ClusterQueue>, BrokerError> {
+    let mut out = Vec::new();
+    for stage in Stage::ALL.into_iter().filter(|s| s.is_cluster_side()) {
+        let queue = names.cluster_queue(stage, cluster);
+        let (waiting, consumers) = match broker.queue_depth(&queue).await {
+            Ok(waiting) => (waiting, broker.queue_consumers(&queue).await?),
+            Err(BrokerError::NotFound { .. }) => (0, 0),
+            Err(other) => return Err(other),
+        };
+        out.push(ClusterQueue {
+            stage,
+            queue,
+            waiting,
+            consumers,
+        });
+    }
+    Ok(out)
 }
 
 /// One dead-lettered message, as an operator sees it.
@@ -38,6 +109,8 @@ pub struct DeadLetter {
     pub kind: Option<String>,
     /// The job id, if it could be decoded.
     pub job_id: Option<String>,
+    /// The cluster whose queue it came from (cluster-side stages), if it could be decoded.
+    pub cluster: Option<String>,
     /// Why it was dead-lettered.
     pub reason: String,
     /// The error chain, outermost first.
@@ -75,6 +148,7 @@ impl DeadLetter {
             message_id: d.properties.message_id.clone(),
             kind: d.properties.kind.clone(),
             job_id: envelope.as_ref().map(|e| e.job_id.clone()),
+            cluster: envelope.as_ref().and_then(|e| e.cluster.clone()),
             reason,
             error_chain,
             attempts: d
@@ -123,7 +197,9 @@ async fn settle_requeues(broker: &dyn Broker, queue: &str, returned: usize) {
 }
 
 /// Replay dead letters of `stage` back to its queue (all of them, or the one whose message id
-/// is `only`), with the attempt counter reset. Returns how many were replayed.
+/// is `only`), with the attempt counter reset. Returns how many were replayed. A cluster-side
+/// stage's letter goes back to the queue of the cluster its envelope names (declared if
+/// missing); one that names none, or cannot be decoded, stays in the dead-letter queue.
 pub async fn replay_dead_letters(
     broker: &dyn Broker,
     names: &Names,
@@ -142,7 +218,27 @@ pub async fn replay_dead_letters(
             kept.push(d);
             continue;
         }
-        let (mut properties, body) = match envelope::decode_delivery(&d) {
+        let decoded = envelope::decode_delivery(&d);
+        let queue = match &decoded {
+            Ok(env) if stage.is_cluster_side() => match env.cluster.as_deref() {
+                Some(cluster) => {
+                    ensure_cluster_queues(broker, names, &RetryPolicy::default(), cluster).await?;
+                    names.cluster_queue(stage, cluster)
+                }
+                None => {
+                    tracing::warn!(message_id = ?d.properties.message_id, "a dead letter names no cluster; left in the dead-letter queue");
+                    kept.push(d);
+                    continue;
+                }
+            },
+            Err(_) if stage.is_cluster_side() => {
+                tracing::warn!(message_id = ?d.properties.message_id, "an undecodable dead letter of a cluster-side stage has no cluster to go back to; left in the dead-letter queue");
+                kept.push(d);
+                continue;
+            }
+            _ => names.stage_queue(stage),
+        };
+        let (mut properties, body) = match decoded {
             Ok(mut env) => {
                 env.attempt = 0;
                 (
@@ -172,7 +268,7 @@ pub async fn replay_dead_letters(
         // reach this stage only, not every subscriber of the events exchange again.
         let message = Outgoing {
             exchange: String::new(),
-            routing_key: names.stage_queue(stage),
+            routing_key: queue,
             mandatory: true,
             properties,
             body,

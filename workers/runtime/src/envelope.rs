@@ -20,12 +20,36 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 
 /// The exchange, routing key and mandatory flag of a message, from its kind: jobs go to
-/// `<p>.jobs` keyed by stage and must reach a queue; events go to `<p>.events` keyed by event
-/// name and may have no listener.
+/// `<p>.jobs` keyed by stage (`<stage>@<cluster>` for a cluster-side stage) and must reach a
+/// queue; events go to `<p>.events` keyed by event name (followed by the cluster's words when
+/// the envelope names one) and may have no listener.
 pub fn route(names: &Names, envelope: &Envelope) -> (String, String, bool) {
+    let cluster = envelope.cluster.as_deref();
     match envelope.message.route() {
-        Route::Job(stage) => (names.jobs_exchange(), stage.as_str().to_owned(), true),
-        Route::Event(key) => (names.events_exchange(), key.to_owned(), false),
+        Route::Job(stage) => (
+            names.jobs_exchange(),
+            Names::job_routing_key(stage, cluster),
+            true,
+        ),
+        Route::Event(key) => (
+            names.events_exchange(),
+            Names::event_routing_key(key, cluster),
+            false,
+        ),
+    }
+}
+
+/// The cluster whose queue `envelope` must be declared in before it is published, or why it
+/// cannot be published: a cluster-side job that names no cluster would reach no queue.
+pub fn cluster_of(envelope: &Envelope) -> Result<Option<&str>, crate::BrokerError> {
+    match (envelope.message.route(), envelope.cluster.as_deref()) {
+        (Route::Job(stage), None) if stage.is_cluster_side() => {
+            Err(crate::BrokerError::NoCluster {
+                kind: envelope.kind(),
+                job_id: envelope.job_id.clone(),
+            })
+        }
+        (_, cluster) => Ok(cluster),
     }
 }
 
@@ -100,6 +124,8 @@ pub fn child(parent: &Envelope, index: usize, message: stowage_schemas::Message)
     let name = format!("{}#{index}", child.kind());
     child.message_id = MessageId(uuid::Uuid::new_v5(&parent.message_id.0, name.as_bytes()));
     child.trace = parent.trace.clone();
+    // The cluster is the child's own (a restore.hydrated names its target cluster), never
+    // inherited: a snapshot's rp.created is for the vault stages, whichever cluster made it.
     if child.recovery_point_id.is_none() {
         child.recovery_point_id = parent.recovery_point_id.clone();
     }

@@ -66,6 +66,10 @@ pub struct WorkerConfig {
     pub max_reconnect_delay: Duration,
     /// How often each stage's queue depth is read from the broker for the metrics.
     pub queue_poll_interval: Duration,
+    /// The cluster this worker's cluster-side stages (snapshot, restore) serve: they consume
+    /// only its queues (`<p>.<stage>@<cluster>`). Required when such a stage is registered;
+    /// the vault stages ignore it.
+    pub cluster: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -76,14 +80,30 @@ impl Default for WorkerConfig {
             shutdown_deadline: Duration::from_secs(30),
             max_reconnect_delay: Duration::from_secs(10),
             queue_poll_interval: Duration::from_secs(15),
+            cluster: None,
         }
     }
 }
 
 impl WorkerConfig {
-    /// The topology these settings imply.
+    /// The topology these settings imply: every stage's, with this worker's cluster's queues
+    /// when it serves one.
     pub fn topology(&self) -> Topology {
-        Topology::new(self.names.clone(), &self.retry)
+        let mut topology = Topology::new(self.names.clone(), &self.retry);
+        if let Some(cluster) = &self.cluster {
+            topology.add_cluster(&self.retry, cluster);
+        }
+        topology
+    }
+
+    /// The queue `stage` consumes on this worker.
+    pub fn queue_of(&self, stage: Stage) -> String {
+        self.names.work_queue(stage, self.cluster_of(stage))
+    }
+
+    /// The cluster whose queue `stage` consumes: this worker's for a cluster-side stage.
+    fn cluster_of(&self, stage: Stage) -> Option<&str> {
+        self.cluster.as_deref().filter(|_| stage.is_cluster_side())
     }
 }
 
@@ -114,6 +134,14 @@ pub enum WorkerError {
     /// Two handlers for one stage.
     #[error("stage {0} is registered twice; a worker runs one handler per stage")]
     DuplicateStage(Stage),
+    /// A cluster-side stage without a cluster to serve.
+    #[error(
+        "the {0} stage runs inside one cluster and takes only that cluster's jobs: name the cluster (--cluster-name <name>, the name instances give it)"
+    )]
+    NoCluster(Stage),
+    /// A cluster name that breaks the id rule.
+    #[error("cluster name: {0}")]
+    BadCluster(#[from] stowage_schemas::id::IdError),
     /// The topology could not be declared (not retryable, e.g. inequivalent queue arguments).
     #[error("cannot declare the broker topology: {0}")]
     Topology(#[source] BrokerError),
@@ -161,13 +189,37 @@ impl Worker {
                 return Err(WorkerError::DuplicateStage(handler.stage()));
             }
         }
+        if let Some(cluster) = &self.config.cluster {
+            stowage_schemas::id::validate(cluster)?;
+        }
+        if let Some(stage) = seen
+            .iter()
+            .find(|s| s.is_cluster_side() && self.config.cluster.is_none())
+        {
+            return Err(WorkerError::NoCluster(*stage));
+        }
         for (handler, _) in &self.stages {
             self.health.register(handler.stage());
         }
-        let topology = self.config.topology();
+        // The cluster's queues are declared only when missing (as producers do), so a worker
+        // never fights a producer that declared them first over their arguments.
+        let topology = Topology::new(self.config.names.clone(), &self.config.retry);
+        let declare = || async {
+            self.broker.declare(&topology).await?;
+            if let Some(cluster) = &self.config.cluster {
+                crate::client::ensure_cluster_queues(
+                    self.broker.as_ref(),
+                    &self.config.names,
+                    &self.config.retry,
+                    cluster,
+                )
+                .await?;
+            }
+            Ok::<(), BrokerError>(())
+        };
         let mut backoff = reconnect_backoff(&self.config);
         loop {
-            match self.broker.declare(&topology).await {
+            match declare().await {
                 Ok(()) => break,
                 Err(err) if err.is_transient() => {
                     let wait = backoff.next().unwrap_or(self.config.max_reconnect_delay);
@@ -180,7 +232,7 @@ impl Worker {
                 Err(err) => return Err(WorkerError::Topology(err)),
             }
         }
-        tracing::info!(stages = ?seen, endpoint = %self.broker.endpoint(), "worker started");
+        tracing::info!(stages = ?seen, cluster = ?self.config.cluster, endpoint = %self.broker.endpoint(), "worker started");
 
         let mut loops = JoinSet::new();
         for (handler, stage_config) in self.stages {
@@ -192,6 +244,9 @@ impl Worker {
                 broker: self.broker.clone(),
                 health: self.health.clone(),
                 shutdown: shutdown.clone(),
+                declared: Arc::new(tokio::sync::Mutex::new(
+                    self.config.cluster.iter().cloned().collect(),
+                )),
             };
             loops.spawn(runner.run());
         }
@@ -223,12 +278,37 @@ struct StageRunner {
     broker: Arc<dyn Broker>,
     health: Health,
     shutdown: Shutdown,
+    /// Clusters whose queues this worker has declared (its own at start, then every cluster a
+    /// message it emitted was addressed to).
+    declared: Arc<tokio::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl StageRunner {
+    /// Publish a message this stage emitted. One addressed to a cluster (a restore.hydrated
+    /// for its target cluster) first makes sure that cluster's queues exist, so it waits there
+    /// for that cluster's workers rather than vanish unrouted.
+    async fn publish_emitted(&self, child: &Envelope) -> Result<(), BrokerError> {
+        if let Some(cluster) = envelope::cluster_of(child)? {
+            let mut declared = self.declared.lock().await;
+            if !declared.contains(cluster) {
+                crate::client::ensure_cluster_queues(
+                    self.broker.as_ref(),
+                    &self.worker.names,
+                    &self.worker.retry,
+                    cluster,
+                )
+                .await?;
+                declared.insert(cluster.to_owned());
+            }
+        }
+        self.broker
+            .publish(envelope::outgoing(&self.worker.names, child))
+            .await
+    }
+
     async fn run(self) {
         let this = Arc::new(self);
-        let queue = this.worker.names.stage_queue(this.stage);
+        let queue = this.worker.queue_of(this.stage);
         let permits = Arc::new(Semaphore::new(this.config.concurrency.max(1)));
         let mut in_flight = JoinSet::new();
         let mut backoff = reconnect_backoff(&this.worker);
@@ -377,10 +457,7 @@ impl StageRunner {
                     if trace.is_some() {
                         child.trace.clone_from(&trace);
                     }
-                    published = self
-                        .broker
-                        .publish(envelope::outgoing(&self.worker.names, &child))
-                        .await;
+                    published = self.publish_emitted(&child).await;
                     if published.is_err() {
                         break;
                     }
@@ -446,7 +523,8 @@ impl StageRunner {
                 envelope.attempt = envelope.attempt.saturating_add(1);
                 let mut message = envelope::outgoing(&self.worker.names, &envelope);
                 message.exchange = self.worker.names.delay_exchange();
-                message.routing_key = Names::delay_routing_key(level, self.stage);
+                message.routing_key =
+                    Names::delay_routing_key(level, self.stage, self.worker.cluster_of(self.stage));
                 message.mandatory = true;
                 message.properties.expiration = Some(delay);
                 let eligible_at = jiff::Timestamp::now().as_millisecond()
@@ -534,7 +612,7 @@ impl StageRunner {
 /// Read the depth of a stage's queue and dead-letter queue into the metrics, until the loop ends
 /// (the caller aborts this task).
 async fn poll_queue_depth(runner: Arc<StageRunner>) {
-    let queue = runner.worker.names.stage_queue(runner.stage);
+    let queue = runner.worker.queue_of(runner.stage);
     let dead = runner.worker.names.dead_letter_queue(runner.stage);
     loop {
         if runner.broker.is_connected() {

@@ -75,6 +75,8 @@ fn spans_of_one_recovery_point_form_one_trace_across_stages() {
         let broker = Arc::new(InProcessBroker::new());
         let config = WorkerConfig {
             names: Names::new("traces"),
+            // The sample snapshot job's cluster: this worker serves its snapshot queue.
+            cluster: Some("aks-prod".into()),
             ..WorkerConfig::default()
         };
         let worker = Worker::new(broker.clone(), config.clone())
@@ -102,7 +104,7 @@ fn spans_of_one_recovery_point_form_one_trace_across_stages() {
         let (trigger, shutdown) = Shutdown::new();
         let running = tokio::spawn(worker.run(shutdown));
 
-        let job = Envelope::new("job-trace-1", sample("job.snapshot"));
+        let job = Envelope::new("job-trace-1", sample("job.snapshot")).on_cluster("aks-prod");
         assert!(job.trace.is_none());
         let tick = tracing::info_span!("scheduler tick");
         async {

@@ -53,6 +53,14 @@ impl StageHandler for RestoreHydration {
         ctx: JobContext,
         job: RestoreHydrationJob,
     ) -> Result<Outcome, StageError> {
+        let mut job = job;
+        // The event names the target cluster (the instance's own when the job does not): it
+        // routes the restore to that cluster's restore workers (stowage_runtime::topology).
+        if job.options.target_cluster.is_none() {
+            let instance =
+                crate::cluster_context::read_instance(&self.0.primary, &job.instance).await?;
+            job.options.target_cluster = Some(instance.cluster);
+        }
         let staging = hydrate(&self.0, &job, &ctx).await?;
         Ok(
             Outcome::done().emit(Message::RestoreHydrated(RestoreHydrated {

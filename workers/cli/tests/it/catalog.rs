@@ -212,7 +212,8 @@ async fn backup_now_and_the_scheduler_publish_snapshot_jobs() {
     let v = vault.0.as_path();
     init(v);
     let topology = bus.declare_topology().await;
-    let queue = bus.names.stage_queue(Stage::Snapshot);
+    // `shop` is an instance of cluster aks-prod: its snapshots wait in that cluster's queue.
+    let queue = bus.names.cluster_queue(Stage::Snapshot, "aks-prod");
 
     let out = command(v, &prefix, &["backup", "now", "nope"])
         .output()

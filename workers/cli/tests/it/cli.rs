@@ -23,18 +23,25 @@ fn stowage(args: &[&str], prefix: &str, stdin: Option<&str>) -> Output {
 fn the_checked_in_rabbitmq_definitions_match_the_topology() {
     let out = stowage(&["topology", "export"], "stowage", None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../infra/rabbitmq/definitions.json"
-    );
-    if std::env::var_os("STOWAGE_BLESS").is_some() {
-        std::fs::write(path, &out.stdout).expect("write definitions");
+    // The broker's copy, and the one the Kubernetes base generates its ConfigMap from (kustomize
+    // reads no file outside the base's folder).
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let mut checked_in = String::new();
+    for path in [
+        "infra/rabbitmq/definitions.json",
+        "infra/k8s/base/rabbitmq-definitions.json",
+    ] {
+        let file = format!("{root}/{path}");
+        if std::env::var_os("STOWAGE_BLESS").is_some() {
+            std::fs::write(&file, &out.stdout).expect("write definitions");
+        }
+        checked_in = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(
+            checked_in == text(&out.stdout),
+            "{path} is stale: run STOWAGE_BLESS=1 cargo test -p stowage-cli \
+             the_checked_in_rabbitmq_definitions"
+        );
     }
-    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        checked_in == text(&out.stdout),
-        "infra/rabbitmq/definitions.json is stale: run STOWAGE_BLESS=1 cargo test -p stowage-cli"
-    );
     let defs: serde_json::Value = serde_json::from_str(&checked_in).expect("valid JSON");
     let expected = Topology::new(Names::new("stowage"), &RetryPolicy::default());
     assert_eq!(
@@ -118,7 +125,7 @@ async fn dead_letters_can_be_listed_shown_and_replayed_from_the_cli() {
     let topology = config.topology();
     let running = RunningWorker::start(&bus, config, handler.clone(), WAIT).await;
 
-    let job = "type: job.snapshot\njob_id: job-cli-dlq\npayload: {instance: shop, recovery_point_id: rp-9, trigger: {kind: on_demand}}\n";
+    let job = "type: job.snapshot\njob_id: job-cli-dlq\ncluster: test-cluster\npayload: {instance: shop, recovery_point_id: rp-9, trigger: {kind: on_demand}}\n";
     handler.set(
         "job-cli-dlq",
         Behavior::FailPermanently(

@@ -202,7 +202,7 @@ pub async fn sample_app(
 }
 
 /// The on-demand backup `backup-rp-1` of [`sample_app`]'s instance, as recovery point `rp-1`,
-/// requested by `tests`.
+/// requested by `tests`, for the instance's cluster `sandbox`.
 pub fn shop_backup() -> Envelope {
     Envelope::new(
         "backup-rp-1",
@@ -214,4 +214,5 @@ pub fn shop_backup() -> Envelope {
             },
         }),
     )
+    .on_cluster("sandbox")
 }

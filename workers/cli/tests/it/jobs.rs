@@ -144,7 +144,11 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         cluster.target(),
     )
     .with_secondary(vault.secondary.clone().expect("geo").store);
-    let config = bus.worker_config();
+    // The sample app's instance is of cluster `sandbox`: these workers serve it.
+    let config = stowage_runtime::WorkerConfig {
+        cluster: Some("sandbox".into()),
+        ..bus.worker_config()
+    };
     let topology = config.topology();
     let st = StageConfig::default();
     let worker = Worker::new(bus.broker.clone(), config)

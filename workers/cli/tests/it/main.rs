@@ -6,6 +6,7 @@ mod helpers;
 
 mod catalog;
 mod cli;
+mod clusters;
 mod instances;
 mod jobs;
 mod keys;

@@ -73,7 +73,11 @@ async fn a_restore_never_deletes_or_adopts_a_disk_it_did_not_make() {
         .with_key(&stowage_vault::crypto::VaultKey::generate().unwrap());
     let (disks, cluster) = sample_app(&dir.path().join("disks"), &vault, [0x5a, 0xb1]).await;
     let ctx = ClusterContext::new(vault.clone(), disks.clone(), "sandbox", cluster.target());
-    let config = bus.worker_config();
+    // The sample app's instance is of cluster `sandbox`: these workers serve it.
+    let config = stowage_runtime::WorkerConfig {
+        cluster: Some("sandbox".into()),
+        ..bus.worker_config()
+    };
     let topology = config.topology();
     let worker = Worker::new(bus.broker.clone(), config)
         .stage(SnapshotStage(ctx.clone()), StageConfig::default())
@@ -126,6 +130,8 @@ async fn a_restore_never_deletes_or_adopts_a_disk_it_did_not_make() {
                         ("blog".to_owned(), format!("blog-{restore_id}")),
                     ]
                     .into(),
+                    // The sample app's cluster: its restore queue is the one this worker serves.
+                    target_cluster: Some("sandbox".into()),
                     dry_run,
                     ..RestoreOptions::default()
                 },

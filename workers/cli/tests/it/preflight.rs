@@ -189,7 +189,7 @@ async fn every_check_passes_on_a_prepared_sandbox_local_vault_and_rabbitmq() {
     assert_fails(
         &report,
         preflight::TOPOLOGY,
-        "12 of 12 queues are missing",
+        "10 of 10 queues are missing",
         "stowage topology declare",
     );
 

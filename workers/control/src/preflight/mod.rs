@@ -116,7 +116,7 @@ pub(crate) fn rbac_fix(ns: &str) -> String {
     format!(
         "apply the fleet's RBAC, from the root of the Stowage repository: \
          `kubectl create namespace {ns} --dry-run=client -o yaml | kubectl apply -f - && {apply}` \
-         (or the whole fleet: `kubectl kustomize --load-restrictor LoadRestrictionsNone infra/k8s/overlays/prod | kubectl apply -f -`)"
+         (or the whole fleet: `kubectl apply -k infra/k8s/overlays/prod`)"
     )
 }
 
@@ -265,6 +265,9 @@ pub struct PreflightTargets {
     pub cluster: Option<KubeTarget>,
     /// The disk provider the snapshot stage uses (its CSI driver and snapshot region).
     pub disks: Option<Arc<dyn DiskProvider>>,
+    /// The name of the cluster checked (`--cluster-name`): the broker check then reports
+    /// whether any worker serves its snapshot and restore queues.
+    pub cluster_name: Option<String>,
     /// The namespace of the fleet's service accounts.
     pub fleet_namespace: String,
     /// Only volumes claimed in these namespaces are checked; `None`: every volume.
@@ -280,6 +283,7 @@ impl Default for PreflightTargets {
             broker: None,
             cluster: None,
             disks: None,
+            cluster_name: None,
             fleet_namespace: DEFAULT_FLEET_NAMESPACE.to_owned(),
             scope: None,
             timeout: DEFAULT_TIMEOUT,

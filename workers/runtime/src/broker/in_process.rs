@@ -43,6 +43,8 @@ struct QueueState {
     spec: QueueSpec,
     ready: VecDeque<Stored>,
     changed: Arc<Notify>,
+    /// Live subscriptions (AMQP's consumer count).
+    consumers: usize,
 }
 
 #[derive(Clone)]
@@ -307,6 +309,7 @@ impl Broker for InProcessBroker {
                                 spec: spec.clone(),
                                 ready: VecDeque::new(),
                                 changed: Arc::new(Notify::new()),
+                                consumers: 0,
                             },
                         );
                     }
@@ -351,6 +354,9 @@ impl Broker for InProcessBroker {
     ) -> BoxFuture<'a, Result<Subscription, BrokerError>> {
         async move {
             let changed = self.changed(queue)?;
+            if let Some(q) = self.lock().queues.get_mut(queue) {
+                q.consumers += 1;
+            }
             let cancelled = Arc::new(AtomicBool::new(false));
             let budget = Arc::new(AtomicUsize::new(0));
             let prefetch = usize::from(prefetch.max(1));
@@ -393,6 +399,8 @@ impl Broker for InProcessBroker {
                 canceller: Box::new(InProcessCancel {
                     cancelled,
                     changed: wake,
+                    broker: self.clone(),
+                    queue: queue.to_owned(),
                 }),
             })
         }
@@ -422,6 +430,18 @@ impl Broker for InProcessBroker {
         .boxed()
     }
 
+    fn queue_consumers<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u32, BrokerError>> {
+        async move {
+            let state = self.lock();
+            let q = state
+                .queues
+                .get(queue)
+                .ok_or_else(|| BrokerError::no_queue(queue))?;
+            Ok(u32::try_from(q.consumers).unwrap_or(u32::MAX))
+        }
+        .boxed()
+    }
+
     fn is_connected(&self) -> bool {
         true
     }
@@ -434,13 +454,19 @@ impl Broker for InProcessBroker {
 struct InProcessCancel {
     cancelled: Arc<AtomicBool>,
     changed: Arc<Notify>,
+    broker: InProcessBroker,
+    queue: String,
 }
 
 impl InProcessCancel {
     /// Ends the delivery stream; deliveries handed out stay valid (in memory there is no
     /// channel to close, so cancelling and closing are the same).
     fn stop(&self) -> BoxFuture<'static, ()> {
-        self.cancelled.store(true, Ordering::SeqCst);
+        if !self.cancelled.swap(true, Ordering::SeqCst)
+            && let Some(q) = self.broker.lock().queues.get_mut(&self.queue)
+        {
+            q.consumers = q.consumers.saturating_sub(1);
+        }
         self.changed.notify_waiters();
         futures::future::ready(()).boxed()
     }

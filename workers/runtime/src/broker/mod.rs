@@ -231,6 +231,16 @@ pub enum BrokerError {
         /// Routing key it was sent with.
         routing_key: String,
     },
+    /// A cluster-side job (snapshot, restore) that names no cluster: it would reach no queue.
+    #[error(
+        "{kind} {job_id} names no cluster: snapshot and restore jobs go to the queue of the cluster they act on; set the envelope's cluster to the instance's cluster (a restore's options.target_cluster)"
+    )]
+    NoCluster {
+        /// The message type.
+        kind: &'static str,
+        /// The job.
+        job_id: String,
+    },
     /// A queue or exchange the operation names does not exist.
     #[error(
         "{what} {name:?} does not exist; declare the topology first (`stowage worker` does it at start)"
@@ -295,6 +305,9 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The number of messages ready in `queue`.
     fn queue_depth<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u32, BrokerError>>;
+
+    /// The number of consumers of `queue`: 0 means no worker takes its messages now.
+    fn queue_consumers<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u32, BrokerError>>;
 
     /// Whether the broker is reachable right now, as far as this client knows.
     fn is_connected(&self) -> bool;

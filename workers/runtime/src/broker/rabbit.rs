@@ -228,6 +228,26 @@ impl RabbitBroker {
         }
     }
 
+    /// A passive `queue.declare`: the queue's message and consumer counts, or
+    /// [`BrokerError::NotFound`] naming it.
+    async fn passive_declare(&self, queue: &str) -> Result<lapin::Queue, BrokerError> {
+        // A passive declare of a missing queue closes its channel: use a throwaway one.
+        let channel = self.channel().await?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let q = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .map_err(|e| match self.classify("queue.declare", e) {
+                BrokerError::NotFound { .. } => BrokerError::no_queue(queue),
+                other => other,
+            })?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(q)
+    }
+
     async fn channel(&self) -> Result<Channel, BrokerError> {
         let live = self.live().await?;
         self.within(
@@ -419,22 +439,14 @@ impl Broker for RabbitBroker {
     }
 
     fn queue_depth<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u32, BrokerError>> {
+        async move { self.passive_declare(queue).await.map(|q| q.message_count()) }.boxed()
+    }
+
+    fn queue_consumers<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u32, BrokerError>> {
         async move {
-            // A passive declare of a missing queue closes its channel: use a throwaway one.
-            let channel = self.channel().await?;
-            let options = QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            };
-            let q = channel
-                .queue_declare(queue.into(), options, FieldTable::default())
+            self.passive_declare(queue)
                 .await
-                .map_err(|e| match self.classify("queue.declare", e) {
-                    BrokerError::NotFound { .. } => BrokerError::no_queue(queue),
-                    other => other,
-                })?;
-            let _ = channel.close(200, "done".into()).await;
-            Ok(q.message_count())
+                .map(|q| q.consumer_count())
         }
         .boxed()
     }
