@@ -32,7 +32,6 @@ use serde_json::{Value, json};
 
 use crate::SandboxError;
 use crate::error::ApiError;
-use crate::exec::SANDBOX_EXEC_GROUP;
 use crate::rbac::{AccessRequest, ResourceAttributes};
 
 /// The identity with every permission (`system:masters`).
@@ -394,8 +393,6 @@ impl RequestAttributes {
             }
             .to_owned();
         }
-        // The sandbox's JSON exec endpoint stands for `pods/exec` of the core group.
-        let group = if group == SANDBOX_EXEC_GROUP { "" } else { group };
         Self::Resource {
             verb,
             attributes: ResourceAttributes {
@@ -516,7 +513,6 @@ mod tests {
             (Method::POST, "/api/v1/namespaces/shop/pods/db-0/exec", None, "create", ra("shop", "", "pods", "exec", "db-0")),
             (Method::GET, "/api/v1/namespaces/shop/pods/db-0/exec", Some("command=ls"), "get", ra("shop", "", "pods", "exec", "db-0")),
             (Method::POST, "/apis/authorization.k8s.io/v1/subjectaccessreviews", None, "create", ra("", "authorization.k8s.io", "subjectaccessreviews", "", "")),
-            (Method::POST, &format!("/apis/{SANDBOX_EXEC_GROUP}/v1/namespaces/shop/pods/db-0/exec"), None, "create", ra("shop", "", "pods", "exec", "db-0")),
         ];
         for (method, path, query, verb, expected) in cases {
             let (got_verb, got) = attrs(method, path, query);
