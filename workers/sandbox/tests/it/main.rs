@@ -4,3 +4,4 @@
 mod harness;
 mod kubectl;
 mod sandbox;
+mod watch;
