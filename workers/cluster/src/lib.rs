@@ -9,7 +9,9 @@
 //! - [`collect`]: reads every object a backup scope covers, page by page, strips the fields
 //!   the server populates and hands each object to a sink: the resources half of a snapshot.
 //! - [`apply`]: the other direction, used by restore: discovery, reading what a target holds,
-//!   creating or merge-patching an object, waiting for CRDs to be established.
+//!   creating or merge-patching an object, waiting (by watch) for CRDs to be established.
+//! - [`wait`]: waiting for an object to reach a state by watch (kube-runtime's watcher), with
+//!   a deadline and errors naming the object, the state and the timeout.
 //!
 //! Everything here speaks the Kubernetes API through `kube`, so the same code runs against
 //! a real cluster and against the sandbox (`workers/sandbox`, used only by tests and the CLI's
@@ -20,6 +22,7 @@ pub mod apply;
 pub mod collect;
 pub mod exec;
 pub mod target;
+pub mod wait;
 
 pub use collect::{
     CollectError, CollectOptions, CollectSummary, CollectedObject, SERVER_METADATA_FIELDS, collect,

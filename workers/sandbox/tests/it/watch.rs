@@ -1,5 +1,5 @@
 //! Watches served by the sandbox, seen through kube-rs (its raw watch, kube-runtime's
-//! `watcher` and `await_condition`) and `kubectl get --watch`.
+//! `watcher` and `await_condition`), Stowage's own waits, and `kubectl get --watch`.
 
 use std::collections::BTreeSet;
 use std::pin::pin;
@@ -20,6 +20,7 @@ use kube::runtime::watcher;
 use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
+use stowage_cluster::wait::{self, WaitError};
 use stowage_sandbox::SandboxHandle;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -463,7 +464,7 @@ async fn kube_runtime_watcher_lists_then_watches_and_relists_after_410() {
     cluster.sandbox().set_watch_history(2);
     let api: Api<ConfigMap> = Api::namespaced(cluster.client(), "default");
     create_cm(&api, "before", json!({})).await;
-    let mut stream = pin!(watcher(api.clone(), watcher::Config::default()));
+    let mut stream = Box::pin(watcher(api.clone(), watcher::Config::default()));
 
     // The initial list.
     let mut listed = Vec::new();
@@ -600,6 +601,101 @@ async fn await_condition_waits_for_an_object_created_later() {
         .unwrap();
     assert_eq!(found.name_any(), "later");
     assert_eq!(found.data.unwrap()["ready"], "yes");
+}
+
+#[tokio::test]
+async fn stowage_waits_answer_by_watch_and_name_what_they_waited_for() {
+    let cluster = empty_cluster().await;
+    let client = cluster.client();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+
+    // Met later: answered by the watch as soon as it happens.
+    let is_ready = |cm: Option<&ConfigMap>| {
+        cm.is_some_and(|c| c.labels().get("ready").is_some_and(|r| r == "true"))
+    };
+    let waiting = tokio::spawn(wait::until(
+        api.clone(),
+        "job",
+        "ConfigMap default/job",
+        "labelled ready",
+        is_ready,
+        PATIENCE,
+    ));
+    create_cm(&api, "job", json!({})).await;
+    patch(
+        &api,
+        "job",
+        json!({"metadata": {"labels": {"ready": "true"}}}),
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    let found = waiting.await.unwrap().unwrap().unwrap();
+    assert_eq!(found.labels()["ready"], "true");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Never met: the timeout names the object, the state and the time given.
+    let error = wait::until(
+        api.clone(),
+        "job",
+        "ConfigMap default/job",
+        "labelled done",
+        |cm: Option<&ConfigMap>| cm.is_some_and(|c| c.labels().contains_key("done")),
+        Duration::from_millis(700),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, WaitError::Timeout { .. }), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        "ConfigMap default/job is not labelled done after 0.7s of watching"
+    );
+
+    // Refused: an unknown type fails at once, naming what was awaited.
+    let unknown = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("nope.stowage.io", "v1", "Nope"),
+        "nopes",
+    );
+    let started = tokio::time::Instant::now();
+    let error = wait::until(
+        Api::<DynamicObject>::namespaced_with(client.clone(), "default", &unknown),
+        "x",
+        "Nope default/x",
+        "present",
+        |o: Option<&DynamicObject>| o.is_some(),
+        PATIENCE,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, WaitError::Refused { source: kube::Error::Api(s), .. } if s.code == 404),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with("watching Nope default/x until it is present was refused"),
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a refusal does not wait out the timeout"
+    );
+
+    // The restore's CRD wait: an established CRD and an absent one (not waited for).
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &crd("doohickeys", "Doohickey"))
+        .await
+        .unwrap();
+    stowage_cluster::apply::wait_established(
+        &client,
+        &[
+            "doohickeys.test.stowage.io".to_owned(),
+            "absent.test.stowage.io".to_owned(),
+        ],
+        PATIENCE,
+    )
+    .await
+    .unwrap();
 }
 
 /// `kubectl` connected to the sandbox: the one place that says how (today `--server` and no
