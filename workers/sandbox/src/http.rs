@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::store::{ListOptions, Store};
 use crate::validation::{self, WriteParams};
 use crate::{openapi, rbac};
+use crate::watch::{self, WatchRequest};
 use stowage_schemas::selector::LabelSelector;
 
 /// What every request handler shares: the cluster, and who may use it.
@@ -84,7 +85,12 @@ async fn handle(
 ) -> Response {
     let path = uri.path().to_owned();
     let mut warnings = Vec::new();
-    let result = route(&sandbox, &method, &uri, &headers, &body, &mut warnings).await;
+    // A watch streams, so it is answered here rather than as one JSON value by `route`.
+    let result = match watch_request(&sandbox, &method, &uri, &headers) {
+        Some(Ok(response)) => return response,
+        Some(Err(error)) => Err(error),
+        None => route(&sandbox, &method, &uri, &headers, &body, &mut warnings).await,
+    };
     match result {
         Ok((code, value)) => {
             let mut response = (code, axum::Json(value)).into_response();
@@ -105,6 +111,49 @@ async fn handle(
 }
 
 type Answer = Result<(StatusCode, Value), ApiError>;
+
+/// `GET` with `watch=true|1` on a resource path: a list path, or one object's path (watched
+/// as its list with `fieldSelector=metadata.name=…`). `None` for every other request.
+fn watch_request(
+    sandbox: &Sandbox,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Option<Result<Response, ApiError>> {
+    let query: HashMap<String, String> = Query::try_from_uri(uri)
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    if method != Method::GET || !query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        return None;
+    }
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    let (namespace, plural, name) = match rest {
+        [plural] => (None, *plural, None),
+        ["namespaces", ns, plural] => (Some(*ns), *plural, None),
+        [plural, name] => (None, *plural, Some(*name)),
+        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name)),
+        _ => return None,
+    };
+    Some((|| {
+        let mut options = list_options(&query)?;
+        if let Some(name) = name {
+            options
+                .field_selector
+                .push(("metadata.name".to_owned(), name.to_owned(), true));
+        }
+        let subscription = sandbox.with_store(|store| {
+            let target = store.target(group, version, plural, namespace)?;
+            let request = WatchRequest::new(target, options, &query, wants_table(headers))?;
+            Ok::<_, ApiError>(store.watch(request))
+        })?;
+        Ok(watch::stream(subscription))
+    })())
+}
 
 async fn route(
     sandbox: &Sandbox,
@@ -226,7 +275,7 @@ fn resource_list(store: &Store, group: &str, version: &str) -> Answer {
                 "singularName": t.singular,
                 "namespaced": t.namespaced,
                 "kind": t.kind,
-                "verbs": ["create", "delete", "get", "list", "patch", "update"],
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
                 "shortNames": t.short_names,
                 "categories": categories(&t.group, &t.plural),
             })
@@ -279,11 +328,6 @@ fn resource(
         let ok = |v| Ok((StatusCode::OK, v));
         match (method, name) {
             (&Method::GET, None) => {
-                if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                    return Err(ApiError::method_not_allowed(
-                        "the sandbox does not serve watches",
-                    ));
-                }
                 let list = store.list(&target, &list_options(&query)?)?;
                 if wants_table(headers) {
                     ok(table(list))
@@ -405,7 +449,7 @@ fn wants_table(headers: &HeaderMap) -> bool {
         })
 }
 
-fn table(list: Value) -> Value {
+pub(crate) fn table(list: Value) -> Value {
     let rows: Vec<Value> = list["items"]
         .as_array()
         .map(Vec::as_slice)

@@ -41,7 +41,8 @@
 //! - Failures as `Status` objects: 404 `NotFound` (unknown type, object or namespace),
 //!   409 `AlreadyExists`, 409 `Conflict` (stale resourceVersion), 422 `Invalid` (missing or
 //!   malformed name, name differing from the URL, malformed CRD), 400 `BadRequest`, 405, 415.
-//! - `kubectl --server` can list and get: server-side printing (`as=Table`) answers name and age.
+//! - `kubectl` can list, get and watch (`get -w`): server-side printing (`as=Table`) answers
+//!   name and age.
 //! - kubectl's writes as users type them: `kubectl create namespace|serviceaccount|configmap|secret`
 //!   (they send protobuf, decoded by `protobuf`: client-go's typed clients post
 //!   `application/vnd.kubernetes.protobuf` and never fall back to JSON, so a server has to read
@@ -63,6 +64,14 @@
 //!   changes) is refused with 400 rather than misapplied.
 //! - `pods/exec` as a websocket session (`v5.channel.k8s.io`, `v4.channel.k8s.io`), what
 //!   `kubectl exec` and kube's `Api::exec` speak, running scripted pods: see [`exec`].
+//! - Watches (see [`watch`]): `?watch=true|1` on every list path (namespaced, all namespaces,
+//!   cluster-scoped, CRD-defined types) and on one object's path; from a `resourceVersion`
+//!   (unset or `"0"`: synthetic `ADDED` events for the current state first; `sendInitialEvents`),
+//!   with label and field selectors (an object that stops matching is sent as `DELETED`),
+//!   `allowWatchBookmarks`, `timeoutSeconds`; a bounded history of recent changes lets a
+//!   watch resume, and a `resourceVersion` older than it (or a watcher too slow to keep up)
+//!   gets an `ERROR` event with a `410 Expired` `Status`, so kube-runtime's watcher relists.
+//!   Deletes, including a namespace's or CRD's contents, are `DELETED` events.
 //! - `SubjectAccessReview` (`POST /apis/authorization.k8s.io/v1/subjectaccessreviews`),
 //!   answered by evaluating the stored Roles, ClusterRoles and bindings (see `rbac`: verbs,
 //!   groups, resources and subresources, resource names, namespaces, `*`, `system:masters`):
@@ -72,14 +81,16 @@
 //!
 //! # What it does not serve
 //!
-//! Watches, server-side apply, JSON patch, `deletecollection`, subresources (`/status`,
+//! Server-side apply, JSON patch, `deletecollection`, subresources (`/status`,
 //! `/scale`; `pods/exec` over SPDY or with a terminal), OpenAPI v2 and schemas in OpenAPI v3,
 //! protobuf for kinds other than the four above (and protobuf answers), dry runs, aggregated
 //! discovery, client-certificate or OIDC authentication, impersonation, aggregated
 //! ClusterRoles, HTTP/2, admission, defaulting, finalizers and graceful
 //! deletion (deleting a namespace or CRD removes its contents at once), controllers (a
 //! Deployment creates no pods), and consistent paging snapshots (a continued list resumes after
-//! the last name it returned, and sees changes made in between).
+//! the last name it returned, and sees changes made in between). A watch's resource version
+//! must come from this sandbox (a newer one than it has issued only waits for it), and the
+//! `WatchList` streaming of protobuf is not served (JSON only).
 
 //!
 //! No production crate depends on this one: only the CLI's `sandbox` and `demo` commands and
@@ -97,6 +108,7 @@ mod serve;
 pub(crate) mod store;
 mod types;
 mod validation;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -235,6 +247,12 @@ impl Sandbox {
     /// version check refuse a cluster too old for CSI snapshots.
     pub fn set_version(&self, major: &str, minor: &str) {
         self.with_store_mut(|s| s.set_version(major, minor));
+    }
+
+    /// Keeps at most `changes` changes for watches to resume from (default
+    /// [`watch::DEFAULT_HISTORY`]); a watch from an older resource version gets `410 Expired`.
+    pub fn set_watch_history(&self, changes: usize) {
+        self.with_store_mut(|s| s.set_watch_history(changes));
     }
 
     /// The cluster's current resource version (the last one issued).
@@ -407,6 +425,8 @@ impl SandboxHandle {
 
     /// Stops accepting requests and waits for those in flight to finish.
     pub async fn shutdown(mut self) {
+        // Open watches would hold the graceful shutdown until they time out.
+        self.sandbox.with_store(Store::close_watches);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -419,6 +439,7 @@ impl SandboxHandle {
 impl Drop for SandboxHandle {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
+            self.sandbox.with_store(Store::close_watches);
             let _ = stop.send(());
         }
     }

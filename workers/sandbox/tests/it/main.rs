@@ -7,3 +7,4 @@ mod exec_ws;
 mod kubectl;
 mod kubectl_apply;
 mod sandbox;
+mod watch;
