@@ -538,7 +538,10 @@ async fn rotate_key(store: &BlobStore, at: &VaultArgs, args: &RotateKeyArgs) -> 
     let current = crate::vault_config::vault_key(at)
         .context("the current key is needed to unwrap the data key")?;
     let text = std::fs::read_to_string(&args.new_key_file).with_context(|| {
-        format!("cannot read the new key file {}", args.new_key_file.display())
+        format!(
+            "cannot read the new key file {}",
+            args.new_key_file.display()
+        )
     })?;
     let new = stowage_vault::crypto::VaultKey::from_hex(text.trim()).with_context(|| {
         format!(

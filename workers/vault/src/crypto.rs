@@ -363,7 +363,12 @@ mod tests {
         let opened = kek.unwrap(nonce, b"ids", &wrapped).unwrap();
         assert_eq!(opened.key_id(), data.key_id());
         assert!(kek.unwrap(nonce, b"other ids", &wrapped).is_none());
-        assert!(VaultKey::generate().unwrap().unwrap(nonce, b"ids", &wrapped).is_none());
+        assert!(
+            VaultKey::generate()
+                .unwrap()
+                .unwrap(nonce, b"ids", &wrapped)
+                .is_none()
+        );
         let mut flipped = wrapped.clone();
         flipped[3] ^= 1;
         assert!(kek.unwrap(nonce, b"ids", &flipped).is_none());

@@ -134,7 +134,12 @@ impl Keyring {
         let entry = self.current()?;
         let nonce: [u8; NONCE_LEN] = hex::decode(&entry.nonce)
             .and_then(|n| n.try_into().ok())
-            .ok_or_else(|| damaged(format!("data key {}'s nonce is not 24 hex digits", entry.data_key_id)))?;
+            .ok_or_else(|| {
+                damaged(format!(
+                    "data key {}'s nonce is not 24 hex digits",
+                    entry.data_key_id
+                ))
+            })?;
         let wrapped = hex::decode(&entry.wrapped).ok_or_else(|| {
             damaged(format!(
                 "data key {}'s wrapped bytes are not hex",
@@ -324,22 +329,27 @@ pub enum Initialised {
 /// is refused.
 pub async fn init(store: &BlobStore, kek: &VaultKey) -> Result<(Keyring, Initialised), Error> {
     let given = kek.key_id();
-    document::update(store, &layout::keyring(), WRITE_TRIES, |stored: Option<Keyring>| {
-        let Some(stored) = stored else {
-            let data_key = VaultKey::generate()?;
-            let keyring = Keyring::wrap(kek, &data_key)?;
-            return Ok(Decision::Write(
-                keyring.clone(),
-                (keyring, Initialised::Created),
-            ));
-        };
-        let expected = stored.kek_id()?;
-        if *expected != given {
-            return Err(wrong_key("the vault storage", expected, &given));
-        }
-        stored.open(kek)?;
-        Ok(Decision::Keep((stored, Initialised::Existing)))
-    })
+    document::update(
+        store,
+        &layout::keyring(),
+        WRITE_TRIES,
+        |stored: Option<Keyring>| {
+            let Some(stored) = stored else {
+                let data_key = VaultKey::generate()?;
+                let keyring = Keyring::wrap(kek, &data_key)?;
+                return Ok(Decision::Write(
+                    keyring.clone(),
+                    (keyring, Initialised::Created),
+                ));
+            };
+            let expected = stored.kek_id()?;
+            if *expected != given {
+                return Err(wrong_key("the vault storage", expected, &given));
+            }
+            stored.open(kek)?;
+            Ok(Decision::Keep((stored, Initialised::Existing)))
+        },
+    )
     .await
     .map_err(update_error)
 }
@@ -359,8 +369,11 @@ fn update_error(e: UpdateError<Error>) -> Error {
 /// there), refusing to replace a keyring of another data key. Answers whether it wrote.
 pub async fn replicate(secondary: &BlobStore, keyring: &Keyring) -> Result<bool, Error> {
     let data_key_id = keyring.data_key_id()?.clone();
-    document::update(secondary, &layout::keyring(), WRITE_TRIES, |stored: Option<Keyring>| {
-        match stored {
+    document::update(
+        secondary,
+        &layout::keyring(),
+        WRITE_TRIES,
+        |stored: Option<Keyring>| match stored {
             Some(stored) if &stored == keyring => Ok(Decision::Keep(false)),
             Some(stored) if stored.data_key_id()? != &data_key_id => Err(Error::new(
                 ErrorKind::Config,
@@ -372,8 +385,8 @@ pub async fn replicate(secondary: &BlobStore, keyring: &Keyring) -> Result<bool,
                 ),
             )),
             _ => Ok(Decision::Write(keyring.clone(), true)),
-        }
-    })
+        },
+    )
     .await
     .map_err(update_error)
 }
@@ -401,7 +414,11 @@ pub struct Rotated {
 /// compare-and-swap: old or new, never a mix), then `vault.json`'s `key_id`. A rerun after an
 /// interruption finds the keyring already under `new`, checks that `new` opens it, and
 /// finishes. The geo secondary's copy is the caller's next step ([`replicate`]).
-pub async fn rotate(store: &BlobStore, current: &VaultKey, new: &VaultKey) -> Result<Rotated, Error> {
+pub async fn rotate(
+    store: &BlobStore,
+    current: &VaultKey,
+    new: &VaultKey,
+) -> Result<Rotated, Error> {
     let (current_id, new_id) = (current.key_id(), new.key_id());
     if current_id == new_id {
         return Err(Error::new(
@@ -532,7 +549,11 @@ mod tests {
         let unlocked = unlock(&store, &kek).await.unwrap();
         assert_eq!(unlocked.source, KeySource::Keyring);
         assert_eq!(&unlocked.data_key.key_id(), keyring.data_key_id().unwrap());
-        assert_ne!(unlocked.data_key.key_id(), kek.key_id(), "a data key of its own");
+        assert_ne!(
+            unlocked.data_key.key_id(),
+            kek.key_id(),
+            "a data key of its own"
+        );
         // The keyring holds no key in the clear.
         let stored = store.get(&layout::keyring()).await.unwrap().bytes;
         let text = String::from_utf8(stored.to_vec()).unwrap();
@@ -620,12 +641,19 @@ mod tests {
             };
             let stored = store.get(&layout::keyring()).await.unwrap();
             store
-                .update_if_unchanged(&layout::keyring(), document::encode(&tampered), &stored.version)
+                .update_if_unchanged(
+                    &layout::keyring(),
+                    document::encode(&tampered),
+                    &stored.version,
+                )
                 .await
                 .unwrap();
             let error = unlock(&store, &kek).await.unwrap_err();
             assert_eq!(error.kind(), ErrorKind::Damaged, "{what}: {error}");
-            assert!(error.to_string().contains("keys/keyring.json is damaged"), "{what}: {error}");
+            assert!(
+                error.to_string().contains("keys/keyring.json is damaged"),
+                "{what}: {error}"
+            );
         }
         // An entry moved under another key-encryption key's id: the key given no longer matches
         // what the keyring claims, and vault.json disagrees with the keyring.
@@ -638,7 +666,11 @@ mod tests {
         };
         let stored = store.get(&layout::keyring()).await.unwrap();
         store
-            .update_if_unchanged(&layout::keyring(), document::encode(&moved), &stored.version)
+            .update_if_unchanged(
+                &layout::keyring(),
+                document::encode(&moved),
+                &stored.version,
+            )
             .await
             .unwrap();
         assert!(unlock(&store, &kek).await.is_err());
@@ -661,11 +693,20 @@ mod tests {
         let data_key_id = before.data_key_id().unwrap().clone();
         let rotated = rotate(&store, &a, &b).await.unwrap();
         assert_eq!(rotated.data_key_id, data_key_id);
-        assert_eq!((rotated.old_kek_id.clone(), rotated.new_kek_id.clone()), (a.key_id(), b.key_id()));
+        assert_eq!(
+            (rotated.old_kek_id.clone(), rotated.new_kek_id.clone()),
+            (a.key_id(), b.key_id())
+        );
         assert!(!rotated.resumed && !rotated.first_keyring);
-        assert_eq!(unlock(&store, &b).await.unwrap().data_key.key_id(), data_key_id);
+        assert_eq!(
+            unlock(&store, &b).await.unwrap().data_key.key_id(),
+            data_key_id
+        );
         assert!(unlock(&store, &a).await.is_err());
-        assert_eq!(settings::read_vault(&store).await.unwrap().key_id, b.key_id().as_str());
+        assert_eq!(
+            settings::read_vault(&store).await.unwrap().key_id,
+            b.key_id().as_str()
+        );
         // A rerun (as after an interruption) finishes without changing anything.
         let again = rotate(&store, &a, &b).await.unwrap();
         assert!(again.resumed);
@@ -686,9 +727,13 @@ mod tests {
     async fn a_vault_without_a_keyring_uses_its_key_and_rotation_gives_it_one() {
         let old = VaultKey::generate().unwrap();
         let store = BlobStore::in_memory();
-        settings::write_vault(&store, &stowage_schemas::samples::vault("v", "mem"), WriteMode::Create)
-            .await
-            .unwrap();
+        settings::write_vault(
+            &store,
+            &stowage_schemas::samples::vault("v", "mem"),
+            WriteMode::Create,
+        )
+        .await
+        .unwrap();
         let sealed = store.with_key(&old);
         let manifest = layout::recovery_point("i", "rp-1").unwrap();
         assert!(matches!(
@@ -700,18 +745,38 @@ mod tests {
         assert_eq!(unlocked.data_key.key_id(), old.key_id());
         let wrong = VaultKey::generate().unwrap();
         let error = unlock(&store, &wrong).await.unwrap_err().to_string();
-        assert!(error.contains(old.key_id().as_str()) && error.contains("has no keyring"), "{error}");
-        assert!(rotate(&store, &wrong, &VaultKey::generate().unwrap()).await.is_err());
+        assert!(
+            error.contains(old.key_id().as_str()) && error.contains("has no keyring"),
+            "{error}"
+        );
+        assert!(
+            rotate(&store, &wrong, &VaultKey::generate().unwrap())
+                .await
+                .is_err()
+        );
 
         let new = VaultKey::generate().unwrap();
         let rotated = rotate(&store, &old, &new).await.unwrap();
         assert!(rotated.first_keyring);
         let unlocked = unlock(&store, &new).await.unwrap();
-        assert_eq!(unlocked.data_key.key_id(), old.key_id(), "the old key is the data key");
         assert_eq!(
-            store.with_key(&unlocked.data_key).get(&manifest).await.unwrap().bytes.as_ref(),
+            unlocked.data_key.key_id(),
+            old.key_id(),
+            "the old key is the data key"
+        );
+        assert_eq!(
+            store
+                .with_key(&unlocked.data_key)
+                .get(&manifest)
+                .await
+                .unwrap()
+                .bytes
+                .as_ref(),
             b"{}"
         );
-        assert!(unlock(&store, &old).await.is_err(), "the old key is refused");
+        assert!(
+            unlock(&store, &old).await.is_err(),
+            "the old key is refused"
+        );
     }
 }

@@ -80,7 +80,10 @@ fn folder(path: &Path) -> BlobStore {
 /// every byte against the snapshot it was taken from.
 async fn restore_with(f: &VaultFixture, kek: &VaultKey, rp: &str, tier: Tier, restore_id: &str) {
     let primary = folder(&f.dir.join("vault"));
-    let data_key = keyring::unlock(&primary, kek).await.expect("unlock").data_key;
+    let data_key = keyring::unlock(&primary, kek)
+        .await
+        .expect("unlock")
+        .data_key;
     let ctx = VaultContext::new(primary, data_key, f.disks.clone())
         .with_secondary(folder(&f.dir.join("secondary")));
     let job = JobContext::detached(Stage::RestoreHydration);
@@ -130,7 +133,12 @@ fn rotate(f: &VaultFixture, current: &VaultKey, new: &VaultKey) -> Output {
     stowage_with_key(
         &f.dir.join("vault"),
         &current.expose_secret_hex(),
-        &["vault", "rotate-key", "--new-key-file", file.to_str().unwrap()],
+        &[
+            "vault",
+            "rotate-key",
+            "--new-key-file",
+            file.to_str().unwrap(),
+        ],
     )
 }
 
@@ -196,7 +204,11 @@ async fn rotation_keeps_every_older_recovery_point_restorable_and_refuses_the_ol
         err.contains(b.key_id().as_str()) && err.contains(a.key_id().as_str()),
         "{err}"
     );
-    assert!(keyring::unlock(&folder(&f.dir.join("vault")), &a).await.is_err());
+    assert!(
+        keyring::unlock(&folder(&f.dir.join("vault")), &a)
+            .await
+            .is_err()
+    );
     assert!(keyring::unlock(&folder(&secondary_dir), &a).await.is_err());
     // A rotation from A again is refused; a rerun with B as the current key and A as the
     // new one rotates back (rotation is symmetric), which is not what is tested here.
@@ -269,13 +281,29 @@ fn the_wrong_key_is_refused_before_anything_is_written() {
         !vault.join("keys").exists(),
         "settings refused before the keyring is made"
     );
-    succeeded(&stowage_with_key(&vault, &right_hex, &["vault", "init", "--name", "main"]));
-    let shown = succeeded(&stowage_with_key(&vault, &right_hex, &["vault", "show", "-o", "json"]));
+    succeeded(&stowage_with_key(
+        &vault,
+        &right_hex,
+        &["vault", "init", "--name", "main"],
+    ));
+    let shown = succeeded(&stowage_with_key(
+        &vault,
+        &right_hex,
+        &["vault", "show", "-o", "json"],
+    ));
     let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown["key_id"], right_id.as_str());
     // A repeated init with the same key is harmless; with another key it is refused.
-    succeeded(&stowage_with_key(&vault, &right_hex, &["vault", "init", "--name", "main"]));
-    let err = failed(&stowage_with_key(&vault, &wrong_hex, &["vault", "init", "--name", "main", "--update"]));
+    succeeded(&stowage_with_key(
+        &vault,
+        &right_hex,
+        &["vault", "init", "--name", "main"],
+    ));
+    let err = failed(&stowage_with_key(
+        &vault,
+        &wrong_hex,
+        &["vault", "init", "--name", "main", "--update"],
+    ));
     assert!(err.contains(&right_id), "{err}");
     // A settings file naming another key id is refused.
     let file = dir.path().join("vault.yaml");
@@ -297,8 +325,17 @@ fn the_wrong_key_is_refused_before_anything_is_written() {
         &vault,
         &right_hex,
         &[
-            "instance", "create", "shop", "--cluster", "aks-prod", "--policy", "daily",
-            "--snapshot-location", "rg-snaps", "--namespaces", "shop",
+            "instance",
+            "create",
+            "shop",
+            "--cluster",
+            "aks-prod",
+            "--policy",
+            "daily",
+            "--snapshot-location",
+            "rg-snaps",
+            "--namespaces",
+            "shop",
         ],
     ));
 
@@ -329,12 +366,7 @@ fn the_wrong_key_is_refused_before_anything_is_written() {
                 vec!["rp", "verify", "rp-1", "--instance", "shop"],
             ]
             .into_iter()
-            .map(|args| {
-                (
-                    args.join(" "),
-                    args.into_iter().map(String::from).collect(),
-                )
-            }),
+            .map(|args| (args.join(" "), args.into_iter().map(String::from).collect())),
         )
         .collect();
     for (what, args) in &refusals {
@@ -351,7 +383,11 @@ fn the_wrong_key_is_refused_before_anything_is_written() {
     assert!(!dir.path().join("disks").exists() || files(&dir.path().join("disks")).is_empty());
 
     // With the right key the same commands get past the key (here: to the empty catalog).
-    let out = succeeded(&stowage_with_key(&vault, &right_hex, &["rp", "list", "shop"]));
+    let out = succeeded(&stowage_with_key(
+        &vault,
+        &right_hex,
+        &["rp", "list", "shop"],
+    ));
     assert!(!out.contains(&wrong_id), "{out}");
 }
 
@@ -362,7 +398,11 @@ fn a_tampered_keyring_is_named_and_nothing_is_written() {
     std::fs::create_dir_all(&vault).unwrap();
     let key = VaultKey::generate().unwrap();
     let hex = key.expose_secret_hex();
-    succeeded(&stowage_with_key(&vault, &hex, &["vault", "init", "--name", "main"]));
+    succeeded(&stowage_with_key(
+        &vault,
+        &hex,
+        &["vault", "init", "--name", "main"],
+    ));
     let path = vault.join("keys/keyring.json");
     let original = std::fs::read_to_string(&path).unwrap();
     let ring: serde_json::Value = serde_json::from_str(&original).unwrap();
@@ -376,8 +416,13 @@ fn a_tampered_keyring_is_named_and_nothing_is_written() {
         &vault,
         &hex,
         &[
-            "worker", "--stage", "all", "--disk-root",
-            dir.path().join("disks").to_str().unwrap(), "--health-addr", "127.0.0.1:0",
+            "worker",
+            "--stage",
+            "all",
+            "--disk-root",
+            dir.path().join("disks").to_str().unwrap(),
+            "--health-addr",
+            "127.0.0.1:0",
         ],
     ));
     assert!(

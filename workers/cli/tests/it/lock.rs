@@ -25,10 +25,14 @@ fn refusal(vault: &Path, line: &str, says: &[&str]) {
 
 /// Records an RP of instance `shop` taken at `created_at`, as the snapshot stage would.
 async fn recovery_point(vault: &Path, id: &str, created_at: Timestamp) {
+    // The operator's key unwraps the vault's data key (vault init made a keyring).
     let key = VaultKey::from_hex(TEST_VAULT_KEY).unwrap();
-    let store = BlobStore::local_folder(vault, LocalDurability::OsBuffered)
+    let store = BlobStore::local_folder(vault, LocalDurability::OsBuffered).unwrap();
+    let data_key = stowage_vault::keyring::unlock(&store, &key)
+        .await
         .unwrap()
-        .with_key(&key);
+        .data_key;
+    let store = store.with_key(&data_key);
     let rp = RecoveryPoint {
         id: id.into(),
         instance: "shop".into(),
@@ -162,7 +166,7 @@ fn workers_follow_the_vault_settings() {
             .arg("--disk-root")
             .arg(dir.path().join("disks"))
             .args(extra)
-            .env("STOWAGE_VAULT_KEY", "11".repeat(32))
+            .env("STOWAGE_VAULT_KEY", TEST_VAULT_KEY)
             .env_remove("STOWAGE_SECONDARY")
             .output()
             .expect("run stowage");
