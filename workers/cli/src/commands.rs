@@ -379,7 +379,10 @@ async fn sandbox(args: crate::cli::SandboxArgs) -> anyhow::Result<()> {
     let handle = sandbox.start(args.addr).await?;
     let written = handle.write_kubeconfigs(&args.kubeconfig_dir)?;
     let dir = std::path::absolute(&args.kubeconfig_dir).unwrap_or(args.kubeconfig_dir.clone());
-    println!("{}", sandbox_banner(handle.url(), &dir, &written, args.disk_root.as_deref()));
+    println!(
+        "{}",
+        sandbox_banner(handle.url(), &dir, &written, args.disk_root.as_deref())
+    );
     shutdown::signal().await;
     handle.shutdown().await;
     Ok(())
@@ -398,7 +401,10 @@ fn sandbox_banner(
         dir.display()
     );
     for (identity, path) in written {
-        let file = path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default();
         out.push_str(&format!("  {identity:<18} {file}\n"));
     }
     out.push_str(&format!(

@@ -22,10 +22,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::cli::ClusterArgs;
 
-/// Where no credentials were found, for messages that ask for them.
-pub const SOURCES: &str =
-    "--kubeconfig, KUBECONFIG, ~/.kube/config, or the service account of the pod it runs in";
-
 /// A client for the cluster the flags and environment name, and where it came from.
 pub struct ClusterClient {
     /// The client, authenticated as the credentials say.

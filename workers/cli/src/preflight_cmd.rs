@@ -69,9 +69,7 @@ async fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
 /// The cluster the flags and environment name (see `kube_config`), for the cluster checks;
 /// `None` (the checks are skipped, saying why) when no credentials are found. Explicit
 /// credentials that cannot be used are an error.
-pub async fn kube_target(
-    cluster: &crate::cli::ClusterArgs,
-) -> anyhow::Result<Option<KubeTarget>> {
+pub async fn kube_target(cluster: &crate::cli::ClusterArgs) -> anyhow::Result<Option<KubeTarget>> {
     Ok(crate::kube_config::cluster_client(cluster)
         .await?
         .map(|found| KubeTarget {

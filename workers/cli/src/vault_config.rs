@@ -169,7 +169,10 @@ pub async fn cluster_context(
     };
     let Some(vault) = vault else {
         // A vault-stage worker given a cluster (or running in a pod with a token) needs none.
-        tracing::debug!(source = found.source, "a cluster but no vault: the cluster stages cannot run");
+        tracing::debug!(
+            source = found.source,
+            "a cluster but no vault: the cluster stages cannot run"
+        );
         return Ok(None);
     };
     tracing::info!(url = found.url, source = found.source, "cluster credentials");

@@ -103,7 +103,10 @@ impl AccessDenied {
                     verb = if verb.is_empty() { "?" } else { verb },
                     resource = if resource.is_empty() { "?" } else { resource },
                 );
-                match user.strip_prefix("system:serviceaccount:").and_then(|sa| sa.split_once(':')) {
+                match user
+                    .strip_prefix("system:serviceaccount:")
+                    .and_then(|sa| sa.split_once(':'))
+                {
                     Some((namespace, account)) => format!(
                         "the ClusterRole {account:?} in {FLEET_RBAC_FILE} grants the service \
                          account {namespace}/{account} what its stage needs ({rule}): apply it \
@@ -175,9 +178,18 @@ mod tests {
              not create configmaps (the core API group) in namespace shop"
         );
         let fix = denied.fix();
-        assert!(fix.contains("ClusterRole \"stowage-snapshot\" in infra/k8s/base/rbac.yaml"), "{fix}");
-        assert!(fix.contains("kubectl apply -n stowage -f infra/k8s/base/rbac.yaml"), "{fix}");
-        assert!(fix.contains("verbs [create] on resources [configmaps]"), "{fix}");
+        assert!(
+            fix.contains("ClusterRole \"stowage-snapshot\" in infra/k8s/base/rbac.yaml"),
+            "{fix}"
+        );
+        assert!(
+            fix.contains("kubectl apply -n stowage -f infra/k8s/base/rbac.yaml"),
+            "{fix}"
+        );
+        assert!(
+            fix.contains("verbs [create] on resources [configmaps]"),
+            "{fix}"
+        );
 
         let cluster = AccessDenied::parse_forbidden(
             "deployments.apps is forbidden: User \"alice\" cannot list resource \"deployments\" \
@@ -188,6 +200,10 @@ mod tests {
             "access denied (403 Forbidden): alice may not list deployments (API group apps) at \
              the cluster scope"
         );
-        assert!(cluster.fix().contains("grant \"alice\""), "{}", cluster.fix());
+        assert!(
+            cluster.fix().contains("grant \"alice\""),
+            "{}",
+            cluster.fix()
+        );
     }
 }

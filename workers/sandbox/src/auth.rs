@@ -44,8 +44,17 @@ const FLEET_RBAC_YAML: &str = include_str!("../../../infra/k8s/base/rbac.yaml");
 
 /// Non-resource paths every authenticated user may `get` (Kubernetes' `system:discovery`).
 const DISCOVERY_PATHS: &[&str] = &[
-    "/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/readyz", "/version",
-    "/version/", "/openapi", "/openapi/*",
+    "/api",
+    "/api/*",
+    "/apis",
+    "/apis/*",
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/version",
+    "/version/",
+    "/openapi",
+    "/openapi/*",
 ];
 
 /// Someone the sandbox knows by a bearer token.
@@ -216,7 +225,10 @@ impl Credentials {
                 .filter(|o| o["kind"] == "ServiceAccount")
                 .filter_map(|o| {
                     let ns = o["metadata"]["namespace"].as_str()?;
-                    Some(Identity::service_account(ns, o["metadata"]["name"].as_str()?))
+                    Some(Identity::service_account(
+                        ns,
+                        o["metadata"]["name"].as_str()?,
+                    ))
                 }),
         );
         Ok(Self {
@@ -253,11 +265,14 @@ impl Credentials {
             return None;
         }
         let token = token.trim();
-        // Compare every token fully, so the time taken does not tell how much of one matched.
-        self.identities
-            .iter()
-            .filter(|i| constant_time_eq(i.token.as_bytes(), token.as_bytes()))
-            .next_back()
+        // Compare against every token, so the time taken does not tell which one matched.
+        let mut found = None;
+        for identity in &self.identities {
+            if constant_time_eq(identity.token.as_bytes(), token.as_bytes()) {
+                found = Some(identity);
+            }
+        }
+        found
     }
 
     /// A kubeconfig for `identities` (one context each, named `sandbox-<identity>`), the
@@ -441,7 +456,10 @@ impl RequestAttributes {
                 format!("forbidden: User {user:?} cannot {verb} path {path:?}"),
                 None,
             ),
-            Self::Resource { verb, attributes: a } => {
+            Self::Resource {
+                verb,
+                attributes: a,
+            } => {
                 let resource = if a.subresource.is_empty() {
                     a.resource.clone()
                 } else {
@@ -518,7 +536,14 @@ mod tests {
             let (got_verb, got) = attrs(method, path, query);
             assert_eq!((got_verb.as_str(), &got), (verb, &expected), "{path}");
         }
-        for path in ["/version", "/api", "/api/v1", "/apis", "/apis/apps/v1", "/openapi/v2"] {
+        for path in [
+            "/version",
+            "/api",
+            "/api/v1",
+            "/apis",
+            "/apis/apps/v1",
+            "/openapi/v2",
+        ] {
             let request = RequestAttributes::from_request(&Method::GET, path, None);
             assert!(request.is_discovery(), "{path}: {request:?}");
         }
@@ -530,10 +555,26 @@ mod tests {
     fn forbidden_messages_are_worded_like_the_api_server() {
         let user = "system:serviceaccount:stowage:stowage-snapshot";
         let cases = [
-            (Method::POST, "/api/v1/namespaces/shop/configmaps", "configmaps is forbidden: User \"system:serviceaccount:stowage:stowage-snapshot\" cannot create resource \"configmaps\" in API group \"\" in the namespace \"shop\""),
-            (Method::DELETE, "/apis/apps/v1/namespaces/shop/deployments/web", "deployments.apps \"web\" is forbidden: User \"system:serviceaccount:stowage:stowage-snapshot\" cannot delete resource \"deployments\" in API group \"apps\" in the namespace \"shop\""),
-            (Method::GET, "/api/v1/nodes", "nodes is forbidden: User \"system:serviceaccount:stowage:stowage-snapshot\" cannot list resource \"nodes\" in API group \"\" at the cluster scope"),
-            (Method::GET, "/metrics", "forbidden: User \"system:serviceaccount:stowage:stowage-snapshot\" cannot get path \"/metrics\""),
+            (
+                Method::POST,
+                "/api/v1/namespaces/shop/configmaps",
+                "configmaps is forbidden: User \"system:serviceaccount:stowage:stowage-snapshot\" cannot create resource \"configmaps\" in API group \"\" in the namespace \"shop\"",
+            ),
+            (
+                Method::DELETE,
+                "/apis/apps/v1/namespaces/shop/deployments/web",
+                "deployments.apps \"web\" is forbidden: User \"system:serviceaccount:stowage:stowage-snapshot\" cannot delete resource \"deployments\" in API group \"apps\" in the namespace \"shop\"",
+            ),
+            (
+                Method::GET,
+                "/api/v1/nodes",
+                "nodes is forbidden: User \"system:serviceaccount:stowage:stowage-snapshot\" cannot list resource \"nodes\" in API group \"\" at the cluster scope",
+            ),
+            (
+                Method::GET,
+                "/metrics",
+                "forbidden: User \"system:serviceaccount:stowage:stowage-snapshot\" cannot get path \"/metrics\"",
+            ),
         ];
         for (method, path, message) in cases {
             let error = RequestAttributes::from_request(&method, path, None).forbidden(user);
@@ -546,26 +587,52 @@ mod tests {
     #[test]
     fn fleet_identities_come_from_rbac_yaml() {
         let credentials = Credentials::generate(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-        let names: Vec<&str> = credentials.identities().iter().map(|i| i.name.as_str()).collect();
-        for name in [ADMIN, "stowage-snapshot", "stowage-restore", "stowage-vault"] {
+        let names: Vec<&str> = credentials
+            .identities()
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
+        for name in [
+            ADMIN,
+            "stowage-snapshot",
+            "stowage-restore",
+            "stowage-vault",
+        ] {
             assert!(names.contains(&name), "{name} in {names:?}");
         }
         let snapshot = credentials.identity("stowage-snapshot").unwrap();
-        assert_eq!(snapshot.user, "system:serviceaccount:stowage:stowage-snapshot");
+        assert_eq!(
+            snapshot.user,
+            "system:serviceaccount:stowage:stowage-snapshot"
+        );
         assert_eq!(
             snapshot.groups,
-            ["system:serviceaccounts", "system:serviceaccounts:stowage", "system:authenticated"]
+            [
+                "system:serviceaccounts",
+                "system:serviceaccounts:stowage",
+                "system:authenticated"
+            ]
         );
         let mut headers = HeaderMap::new();
         headers.insert(
             header::AUTHORIZATION,
             format!("Bearer {}", snapshot.token()).parse().unwrap(),
         );
-        assert_eq!(credentials.authenticate(&headers).unwrap().name, "stowage-snapshot");
+        assert_eq!(
+            credentials.authenticate(&headers).unwrap().name,
+            "stowage-snapshot"
+        );
         headers.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
         assert!(credentials.authenticate(&headers).is_none());
-        let tokens: std::collections::BTreeSet<&str> =
-            credentials.identities().iter().map(Identity::token).collect();
-        assert_eq!(tokens.len(), names.len(), "every identity has its own token");
+        let tokens: std::collections::BTreeSet<&str> = credentials
+            .identities()
+            .iter()
+            .map(Identity::token)
+            .collect();
+        assert_eq!(
+            tokens.len(),
+            names.len(),
+            "every identity has its own token"
+        );
     }
 }

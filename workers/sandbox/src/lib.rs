@@ -381,12 +381,13 @@ impl SandboxHandle {
     /// A kube client authenticated as `identity` (see [`SandboxHandle::identities`]),
     /// trusting only the sandbox's CA.
     pub fn client_as(&self, identity: &str) -> Result<kube::Client, SandboxError> {
-        let found = self.credentials.identity(identity).ok_or_else(|| {
-            SandboxError::UnknownIdentity {
-                identity: identity.to_owned(),
-                known: self.identities(),
-            }
-        })?;
+        let found =
+            self.credentials
+                .identity(identity)
+                .ok_or_else(|| SandboxError::UnknownIdentity {
+                    identity: identity.to_owned(),
+                    known: self.identities(),
+                })?;
         client_for(&self.url, &self.credentials, found)
     }
 

@@ -42,8 +42,12 @@ pub(crate) async fn serve(
             },
             _ = &mut stopped => break,
         };
-        let (tls, app, alive, mut drain_signal) =
-            (tls.clone(), app.clone(), alive.clone(), drain_signal.clone());
+        let (tls, app, alive, mut drain_signal) = (
+            tls.clone(),
+            app.clone(),
+            alive.clone(),
+            drain_signal.clone(),
+        );
         tokio::spawn(async move {
             let _alive = alive;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {

@@ -8,8 +8,8 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use stowage_runtime::client::submit;
-use stowage_schemas::jobs::{SnapshotJob, Trigger};
 use stowage_schemas::domain::{JobStatus, StageRun};
+use stowage_schemas::jobs::{SnapshotJob, Trigger};
 use stowage_schemas::{Envelope, Message, Stage};
 use stowage_tests::shared_rabbit_bus;
 use stowage_vault::catalog;
@@ -17,9 +17,7 @@ use stowage_vault::catalog::jobs::read_job;
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
 
-use crate::helpers::{
-    TempDir, ensure_vault_settings, poll, sample_app, stowage_at, terminate,
-};
+use crate::helpers::{TempDir, ensure_vault_settings, poll, sample_app, stowage_at, terminate};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -77,7 +75,13 @@ async fn a_snapshot_worker_with_the_service_accounts_kubeconfig_needs_rbac_yaml_
 
     let log = dir.path().join("worker.log");
     let mut worker: Child = stowage_at(&stowage_tests::amqp_url(), bus.names.prefix())
-        .args(["worker", "--stage", "snapshot", "--health-addr", "127.0.0.1:0"])
+        .args([
+            "worker",
+            "--stage",
+            "snapshot",
+            "--health-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--max-attempts", "3"])
         .arg("--vault")
         .arg(dir.path().join("vault"))

@@ -10,7 +10,8 @@ use super::*;
 pub(super) async fn cluster_checks(targets: &PreflightTargets, selection: Selection) -> Vec<Check> {
     let names = [CSI_DRIVERS, PERMISSIONS, CONFLICTING_TOOLS, REGION];
     let Some(cluster) = &targets.cluster else {
-        let why = "no cluster credentials found (--kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster)";
+        let why =
+            "no cluster credentials found (--kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster)";
         let mut checks = vec![Check::skipped(CLUSTER, why)];
         checks.extend(names.iter().map(|n| Check::skipped(n, why)));
         return checks;
@@ -74,7 +75,10 @@ pub(super) async fn check_version(cluster: &KubeTarget, reach_fix: &str) -> Chec
         Err(e) if let Some(denied) = stowage_cluster::AccessDenied::from_error(&e) => {
             return Check::fail(
                 CLUSTER,
-                format!("the API server at {} refused preflight: {denied}", cluster.url),
+                format!(
+                    "the API server at {} refused preflight: {denied}",
+                    cluster.url
+                ),
                 denied.fix(),
             );
         }

@@ -89,7 +89,12 @@ async fn the_fleet_accounts_may_do_only_what_the_applied_rbac_yaml_grants() {
     // snapshot: reads everything, creates and deletes nothing.
     let shop = |c: &kube::Client| Api::<ConfigMap>::namespaced(c.clone(), "shop");
     let listed = shop(&snapshot).list(&ListParams::default()).await.unwrap();
-    assert!(listed.items.iter().any(|c| c.metadata.name.as_deref() == Some("web-config")));
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|c| c.metadata.name.as_deref() == Some("web-config"))
+    );
     Api::<ConfigMap>::all(snapshot.clone())
         .list(&ListParams::default())
         .await
@@ -107,8 +112,15 @@ async fn the_fleet_accounts_may_do_only_what_the_applied_rbac_yaml_grants() {
             user(SNAPSHOT)
         )
     );
-    let message = forbidden(shop(&snapshot).delete("web-config", &DeleteParams::default()).await);
-    assert!(message.contains("cannot delete resource \"configmaps\""), "{message}");
+    let message = forbidden(
+        shop(&snapshot)
+            .delete("web-config", &DeleteParams::default())
+            .await,
+    );
+    assert!(
+        message.contains("cannot delete resource \"configmaps\""),
+        "{message}"
+    );
 
     // restore: creates and patches, never deletes.
     shop(&restore)
@@ -123,7 +135,11 @@ async fn the_fleet_accounts_may_do_only_what_the_applied_rbac_yaml_grants() {
         )
         .await
         .expect("restore patches");
-    let message = forbidden(shop(&restore).delete("restored", &DeleteParams::default()).await);
+    let message = forbidden(
+        shop(&restore)
+            .delete("restored", &DeleteParams::default())
+            .await,
+    );
     assert_eq!(
         message,
         format!(
@@ -156,7 +172,11 @@ async fn a_missing_or_unknown_token_is_401_unauthorized() {
         user.token = token.map(|t| t.to_owned().into());
         let client = client_from(config).await;
         let (code, reason) = api_code(client.apiserver_version().await);
-        assert_eq!((code, reason.as_str()), (401, "Unauthorized"), "token {token:?}");
+        assert_eq!(
+            (code, reason.as_str()),
+            (401, "Unauthorized"),
+            "token {token:?}"
+        );
         let (code, _) = api_code(
             Api::<ConfigMap>::namespaced(client, "shop")
                 .list(&ListParams::default())
@@ -173,13 +193,16 @@ async fn a_client_that_does_not_trust_the_sandbox_ca_is_refused() {
     // The right token and URL, but another sandbox's CA: the handshake fails.
     let mut config = kubeconfig(&cluster, ADMIN);
     let foreign = kubeconfig(&other, ADMIN);
-    config.clusters[0].cluster.as_mut().unwrap().certificate_authority_data = foreign.clusters
-        [0]
-    .cluster
-    .as_ref()
-    .unwrap()
-    .certificate_authority_data
-    .clone();
+    config.clusters[0]
+        .cluster
+        .as_mut()
+        .unwrap()
+        .certificate_authority_data = foreign.clusters[0]
+        .cluster
+        .as_ref()
+        .unwrap()
+        .certificate_authority_data
+        .clone();
     let result = client_from(config).await.apiserver_version().await;
     assert!(
         matches!(&result, Err(e) if !matches!(e, kube::Error::Api(_))),
@@ -187,7 +210,11 @@ async fn a_client_that_does_not_trust_the_sandbox_ca_is_refused() {
     );
     // No CA at all: the system's roots do not know the sandbox's either.
     let mut config = kubeconfig(&cluster, ADMIN);
-    config.clusters[0].cluster.as_mut().unwrap().certificate_authority_data = None;
+    config.clusters[0]
+        .cluster
+        .as_mut()
+        .unwrap()
+        .certificate_authority_data = None;
     let result = client_from(config).await.apiserver_version().await;
     assert!(
         matches!(&result, Err(e) if !matches!(e, kube::Error::Api(_))),
@@ -223,7 +250,12 @@ async fn kubeconfigs_hold_a_context_per_identity_and_client_as_refuses_unknown_n
     let config = kube::Config::from_custom_kubeconfig(all, &options)
         .await
         .unwrap();
-    assert!(config.cluster_url.to_string().starts_with("https://127.0.0.1:"));
+    assert!(
+        config
+            .cluster_url
+            .to_string()
+            .starts_with("https://127.0.0.1:")
+    );
     let as_snapshot = kube::Client::try_from(config).unwrap();
     let message = forbidden(
         Api::<ConfigMap>::namespaced(as_snapshot, "shop")
@@ -234,12 +266,22 @@ async fn kubeconfigs_hold_a_context_per_identity_and_client_as_refuses_unknown_n
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&written[ADMIN]).unwrap().permissions().mode();
-        assert_eq!(mode & 0o077, 0, "a kubeconfig holding a token is the owner's only");
+        let mode = std::fs::metadata(&written[ADMIN])
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "a kubeconfig holding a token is the owner's only"
+        );
     }
     let Err(error) = cluster.client_as("nobody") else {
         panic!("an unknown identity must be refused");
     };
     let error = error.to_string();
-    assert!(error.contains("no identity \"nobody\"") && error.contains(SNAPSHOT), "{error}");
+    assert!(
+        error.contains("no identity \"nobody\"") && error.contains(SNAPSHOT),
+        "{error}"
+    );
 }

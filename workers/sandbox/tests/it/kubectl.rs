@@ -23,11 +23,11 @@ fn kubectl_command(kubeconfig: &Path) -> Command {
 fn kubeconfigs(
     cluster: &stowage_sandbox::SandboxHandle,
 ) -> std::collections::BTreeMap<String, PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "stowage-kubectl-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    cluster.write_kubeconfigs(&dir).expect("kubeconfigs written")
+    let dir =
+        std::env::temp_dir().join(format!("stowage-kubectl-{}", uuid::Uuid::new_v4().simple()));
+    cluster
+        .write_kubeconfigs(&dir)
+        .expect("kubeconfigs written")
 }
 
 fn run_kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
@@ -170,7 +170,10 @@ async fn kubectl_with_a_service_accounts_kubeconfig_is_refused_what_rbac_does_no
         // The combined file's contexts: the admin's is current.
         let all = written["admin"].with_file_name("sandbox.kubeconfig");
         let namespaces = kubectl(&all, &["get", "namespaces", "-o", "name"]);
-        assert!(namespaces.lines().any(|l| l == "namespace/shop"), "{namespaces}");
+        assert!(
+            namespaces.lines().any(|l| l == "namespace/shop"),
+            "{namespaces}"
+        );
     })
     .await
     .unwrap();
