@@ -175,7 +175,11 @@ pub async fn cluster_context(
         );
         return Ok(None);
     };
-    tracing::info!(url = found.url, source = found.source, "cluster credentials");
+    tracing::info!(
+        url = found.url,
+        source = found.source,
+        "cluster credentials"
+    );
     // Hooks run through the same API server's pods/exec websocket, with the same client.
     let target = stowage_cluster::ClusterTarget::new(found.client);
     let Some(name) = cluster.cluster_name.clone() else {

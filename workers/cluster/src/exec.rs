@@ -54,9 +54,10 @@ pub struct ExecRequest {
 impl ExecRequest {
     /// `command \`a b\` in pod ns/pod (container c)`, naming the container once it is known.
     fn describe(&self, container: Option<&str>) -> String {
-        let container = container
-            .or(self.container.as_deref())
-            .map_or_else(|| "its default container".to_owned(), |c| format!("container {c}"));
+        let container = container.or(self.container.as_deref()).map_or_else(
+            || "its default container".to_owned(),
+            |c| format!("container {c}"),
+        );
         format!(
             "command `{}` in pod {}/{} ({container})",
             self.command.join(" "),
@@ -183,11 +184,9 @@ impl PodExec {
             .exec(&request.pod, request.command.clone(), &params)
             .await
             .map_err(|e| classify(&target, request, e))?;
-        let (Some(stdout), Some(stderr), Some(status)) = (
-            attached.stdout(),
-            attached.stderr(),
-            attached.take_status(),
-        ) else {
+        let (Some(stdout), Some(stderr), Some(status)) =
+            (attached.stdout(), attached.stderr(), attached.take_status())
+        else {
             unreachable!("stdout and stderr were asked for and the status is taken once");
         };
         // Both streams are drained while waiting for the status: kube's session task blocks
@@ -284,7 +283,11 @@ fn exit_code(status: &Status) -> Result<i32, String> {
                 .details
                 .as_ref()
                 .and_then(|d| d.causes.as_ref())
-                .and_then(|causes| causes.iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
+                .and_then(|causes| {
+                    causes
+                        .iter()
+                        .find(|c| c.reason.as_deref() == Some("ExitCode"))
+                })
                 .and_then(|cause| cause.message.as_deref())
                 .and_then(|message| message.trim().parse().ok());
             if let Some(code) = code {
@@ -332,9 +335,9 @@ fn classify(target: &str, request: &ExecRequest, source: kube::Error) -> ExecErr
             };
             refused(fix, source)
         }
-        kube::Error::UpgradeConnection(kube::client::UpgradeConnectionError::GetPendingUpgrade(
-            _,
-        )) => ExecError::ConnectionLost {
+        kube::Error::UpgradeConnection(
+            kube::client::UpgradeConnectionError::GetPendingUpgrade(_),
+        ) => ExecError::ConnectionLost {
             target: target.to_owned(),
             detail: source.to_string(),
         },
@@ -346,7 +349,10 @@ fn classify(target: &str, request: &ExecRequest, source: kube::Error) -> ExecErr
             source,
         ),
         kube::Error::BuildRequest(_) | kube::Error::HttpError(_) | kube::Error::SerdeError(_) => {
-            refused("check the hook's command, pod and container".to_owned(), source)
+            refused(
+                "check the hook's command, pod and container".to_owned(),
+                source,
+            )
         }
         _ => ExecError::ConnectionLost {
             target: target.to_owned(),
@@ -365,7 +371,10 @@ mod tests {
 
     #[test]
     fn the_status_channel_gives_the_exit_code() {
-        assert_eq!(exit_code(&status(serde_json::json!({"status": "Success"}))), Ok(0));
+        assert_eq!(
+            exit_code(&status(serde_json::json!({"status": "Success"}))),
+            Ok(0)
+        );
         let failed = status(serde_json::json!({
             "status": "Failure", "reason": "NonZeroExitCode",
             "message": "command terminated with non-zero exit code: exit status 3",
@@ -407,7 +416,13 @@ mod tests {
                 .unwrap(),
             ))
         };
-        for (code, transient) in [(404, false), (400, false), (403, false), (503, true), (429, true)] {
+        for (code, transient) in [
+            (404, false),
+            (400, false),
+            (403, false),
+            (503, true),
+            (429, true),
+        ] {
             let error = classify("t", &request, api(code));
             assert_eq!(error.is_transient(), transient, "{code}: {error}");
         }

@@ -120,7 +120,11 @@ pub(crate) async fn serve(
     match start(sandbox, namespace, pod, request).await {
         Ok(response) => response,
         Err(error) => {
-            tracing::debug!(code = error.code.as_u16(), message = error.message, "sandbox exec refused");
+            tracing::debug!(
+                code = error.code.as_u16(),
+                message = error.message,
+                "sandbox exec refused"
+            );
             error.into_response()
         }
     }

@@ -16,8 +16,8 @@ use crate::auth::{Credentials, RequestAttributes};
 use crate::error::ApiError;
 use crate::store::{ListOptions, Store};
 use crate::validation::{self, WriteParams};
-use crate::{openapi, rbac};
 use crate::watch::{self, WatchRequest};
+use crate::{openapi, rbac};
 use stowage_schemas::selector::LabelSelector;
 
 /// What every request handler shares: the cluster, and who may use it.

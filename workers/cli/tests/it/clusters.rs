@@ -33,7 +33,12 @@ const BACKUPS: usize = 3;
 /// The flags that point a `stowage` process at `cluster`'s API server. The one place the tests
 /// say how: when the CLI takes kubeconfigs (`--kubeconfig`), only this changes.
 fn cluster_args(cluster: &SandboxHandle) -> Vec<String> {
-    vec!["--cluster-url".into(), cluster.url().into()]
+    vec![
+        "--kubeconfig".into(),
+        crate::helpers::admin_kubeconfig(cluster)
+            .display()
+            .to_string(),
+    ]
 }
 
 /// The test's processes and folders; its worker processes are stopped when it ends.

@@ -216,3 +216,17 @@ pub fn shop_backup() -> Envelope {
     )
     .on_cluster("sandbox")
 }
+
+/// The admin kubeconfig of `cluster` (CA and token of the sandbox's `admin`), written into a new
+/// temporary folder: how kubectl and `stowage` processes reach a sandbox in tests.
+pub fn admin_kubeconfig(cluster: &stowage_sandbox::SandboxHandle) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "stowage-kubeconfig-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    cluster
+        .write_kubeconfigs(&dir)
+        .expect("kubeconfigs written")
+        .remove(stowage_sandbox::ADMIN)
+        .expect("an admin kubeconfig")
+}

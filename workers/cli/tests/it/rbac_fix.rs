@@ -13,9 +13,12 @@ use stowage_sandbox::{Sandbox, SandboxHandle};
 
 use crate::helpers::temp_dir;
 
-/// How kubectl reaches the sandbox: the one place to change when the sandbox needs a kubeconfig.
+/// How kubectl reaches the sandbox: the admin kubeconfig it wrote.
 fn kubectl_connection(cluster: &SandboxHandle) -> Vec<String> {
-    vec![format!("--server={}", cluster.url())]
+    vec![format!(
+        "--kubeconfig={}",
+        crate::helpers::admin_kubeconfig(cluster).display()
+    )]
 }
 
 /// The kubectl on `PATH`.

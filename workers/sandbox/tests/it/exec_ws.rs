@@ -99,11 +99,20 @@ async fn a_non_zero_exit_comes_from_the_status_channel() {
     )
     .await;
     let output = PodExec::new(cluster.client())
-        .exec(&request("shop", "web-7d9f", Some("web"), &["fsfreeze", "-f", "/"]))
+        .exec(&request(
+            "shop",
+            "web-7d9f",
+            Some("web"),
+            &["fsfreeze", "-f", "/"],
+        ))
         .await
         .unwrap();
     assert_eq!(
-        (output.exit_code, output.stderr.as_str(), output.container.as_str()),
+        (
+            output.exit_code,
+            output.stderr.as_str(),
+            output.container.as_str()
+        ),
         (3, "frozen already", "web")
     );
 }
@@ -125,11 +134,19 @@ async fn a_command_past_its_timeout_fails_and_closes_the_session() {
         .exec(&slow)
         .await
         .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(3), "the timeout cut the wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the timeout cut the wait"
+    );
     assert!(matches!(error, ExecError::TimedOut { .. }), "{error:?}");
     assert!(!error.is_transient());
     let text = error.to_string();
-    for part in ["`sync`", "shop/db-0", "container postgres", "timeout of 0.4s"] {
+    for part in [
+        "`sync`",
+        "shop/db-0",
+        "container postgres",
+        "timeout of 0.4s",
+    ] {
         assert!(text.contains(part), "{part} in: {text}");
     }
     // The session ran (it is logged) and was closed by the client long before its 8 s.
@@ -156,7 +173,10 @@ async fn output_past_the_limit_is_cut_and_flagged() {
     assert_eq!(output.exit_code, 0);
     assert_eq!(output.stdout.len(), OUTPUT_LIMIT);
     assert!(output.stdout_truncated);
-    assert_eq!((output.stderr.as_str(), output.stderr_truncated), ("short", false));
+    assert_eq!(
+        (output.stderr.as_str(), output.stderr_truncated),
+        ("short", false)
+    );
 }
 
 #[tokio::test]
@@ -204,7 +224,12 @@ async fn unknown_pods_and_containers_are_refused_for_good_and_a_lost_session_is_
     )
     .await;
     let lost = exec
-        .exec(&request("blog", "mysql-0", None, &["mysqladmin", "flush-tables"]))
+        .exec(&request(
+            "blog",
+            "mysql-0",
+            None,
+            &["mysqladmin", "flush-tables"],
+        ))
         .await
         .unwrap_err();
     assert!(matches!(lost, ExecError::ConnectionLost { .. }), "{lost:?}");
@@ -260,7 +285,8 @@ async fn v5_is_preferred_and_a_v4_only_client_gets_v4() {
         json!({EXEC_STDOUT_ANNOTATION: "hello", EXEC_EXIT_CODE_ANNOTATION: "7"}),
     )
     .await;
-    let path = "/api/v1/namespaces/shop/pods/db-0/exec?command=echo&command=hello&stdout=1&stderr=1";
+    let path =
+        "/api/v1/namespaces/shop/pods/db-0/exec?command=echo&command=hello&stdout=1&stderr=1";
 
     let both = upgrade(
         &cluster,
@@ -274,7 +300,13 @@ async fn v5_is_preferred_and_a_v4_only_client_gets_v4() {
     drop(both);
 
     // A v4-only client, upgrading with POST as older clients do, reads the channels itself.
-    let v4 = upgrade(&cluster, http::Method::POST, path, Some("v4.channel.k8s.io")).await;
+    let v4 = upgrade(
+        &cluster,
+        http::Method::POST,
+        path,
+        Some("v4.channel.k8s.io"),
+    )
+    .await;
     assert_eq!(v4.status(), http::StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(protocol(&v4), Some("v4.channel.k8s.io"));
     let upgraded = hyper::upgrade::on(v4).await.unwrap();
@@ -332,7 +364,10 @@ async fn v5_is_preferred_and_a_v4_only_client_gets_v4() {
 fn kubectl(cluster: &SandboxHandle) -> Command {
     let mut command = Command::new("kubectl");
     command
-        .arg(format!("--server={}", cluster.url()))
+        .arg(format!(
+            "--kubeconfig={}",
+            crate::harness::admin_kubeconfig(cluster).display()
+        ))
         // No kubeconfig of the machine's user may leak in (contexts, credentials, a namespace).
         .env("KUBECONFIG", "/dev/null")
         .arg("--request-timeout=10s");
@@ -366,9 +401,13 @@ async fn kubectl_exec_prints_the_output_and_returns_the_exit_code() {
     )
     .await;
     let mut ok = kubectl(&cluster);
-    ok.args(["exec", "-n", "shop", "db-0", "--", "fsfreeze", "-f", "/data"]);
+    ok.args([
+        "exec", "-n", "shop", "db-0", "--", "fsfreeze", "-f", "/data",
+    ]);
     let mut failing = kubectl(&cluster);
-    failing.args(["exec", "-n", "shop", "web-7d9f", "-c", "web", "--", "fsfreeze", "-f", "/"]);
+    failing.args([
+        "exec", "-n", "shop", "web-7d9f", "-c", "web", "--", "fsfreeze", "-f", "/",
+    ]);
     // kubectl blocks; the sandbox keeps serving on the test's runtime meanwhile.
     let (ok, failing) = tokio::task::spawn_blocking(move || (run(ok), run(failing)))
         .await
@@ -379,7 +418,11 @@ async fn kubectl_exec_prints_the_output_and_returns_the_exit_code() {
     assert_eq!(String::from_utf8_lossy(&ok.stdout), "frozen /data\n");
 
     let stderr = String::from_utf8_lossy(&failing.stderr);
-    assert_eq!(failing.status.code(), Some(3), "kubectl's exit code; stderr: {stderr}");
+    assert_eq!(
+        failing.status.code(),
+        Some(3),
+        "kubectl's exit code; stderr: {stderr}"
+    );
     assert!(stderr.contains("device busy"), "{stderr}");
     assert!(stderr.contains("exit code 3"), "{stderr}");
 
@@ -393,8 +436,16 @@ async fn kubectl_exec_prints_the_output_and_returns_the_exit_code() {
     assert_eq!(
         ran,
         [
-            ("db-0", "postgres", vec!["fsfreeze".into(), "-f".into(), "/data".into()]),
-            ("web-7d9f", "web", vec!["fsfreeze".into(), "-f".into(), "/".into()]),
+            (
+                "db-0",
+                "postgres",
+                vec!["fsfreeze".into(), "-f".into(), "/data".into()]
+            ),
+            (
+                "web-7d9f",
+                "web",
+                vec!["fsfreeze".into(), "-f".into(), "/".into()]
+            ),
         ]
     );
 }

@@ -24,3 +24,17 @@ pub fn api_code<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, Str
         other => panic!("expected an API error, got {other:?}"),
     }
 }
+
+/// The admin kubeconfig of `cluster` (CA and token of the sandbox's `admin`), written into a new
+/// temporary folder: how kubectl and `stowage` processes reach a sandbox in tests.
+pub fn admin_kubeconfig(cluster: &SandboxHandle) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "stowage-kubeconfig-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    cluster
+        .write_kubeconfigs(&dir)
+        .expect("kubeconfigs written")
+        .remove(stowage_sandbox::ADMIN)
+        .expect("an admin kubeconfig")
+}

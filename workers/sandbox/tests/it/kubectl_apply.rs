@@ -16,9 +16,12 @@ use stowage_sandbox::SandboxHandle;
 
 use crate::harness::{api_code, empty_cluster};
 
-/// How kubectl reaches the sandbox: the one place to change when the sandbox needs a kubeconfig.
+/// How kubectl reaches the sandbox: the admin kubeconfig it wrote.
 fn connection_args(cluster: &SandboxHandle) -> Vec<String> {
-    vec![format!("--server={}", cluster.url())]
+    vec![format!(
+        "--kubeconfig={}",
+        crate::harness::admin_kubeconfig(cluster).display()
+    )]
 }
 
 /// kubectl pointed at one sandbox, with its own discovery cache (ports are reused between runs,

@@ -698,12 +698,14 @@ async fn stowage_waits_answer_by_watch_and_name_what_they_waited_for() {
     .unwrap();
 }
 
-/// `kubectl` connected to the sandbox: the one place that says how (today `--server` and no
-/// kubeconfig of the machine's user).
+/// `kubectl` connected to the sandbox: its admin kubeconfig, and none of the machine user's.
 fn kubectl(cluster: &SandboxHandle) -> tokio::process::Command {
     let mut command = tokio::process::Command::new("kubectl");
     command
-        .arg(format!("--server={}", cluster.url()))
+        .arg(format!(
+            "--kubeconfig={}",
+            crate::harness::admin_kubeconfig(cluster).display()
+        ))
         .env("KUBECONFIG", "/dev/null");
     command
 }
