@@ -12,7 +12,7 @@ use stowage_vault::catalog::settings;
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::BlobStore;
 
-use crate::cli::{ClusterArgs, VaultArgs};
+use crate::cli::{ClusterArgs, DiskProviderChoice, VaultArgs};
 
 /// The vault key: `STOWAGE_VAULT_KEY`, or the file `--vault-key-file` names.
 pub fn vault_key(args: &VaultArgs) -> anyhow::Result<VaultKey> {
@@ -88,14 +88,18 @@ pub async fn vault_context(args: &VaultArgs) -> anyhow::Result<Option<VaultConte
         }
     };
     let key = vault_key(args)?;
-    let Some(root) = &args.disk_root else {
-        bail!(
-            "--disk-root is missing: the vault stages read snapshots and write staging disks through the local disk provider rooted there"
-        );
+    let disks: Arc<dyn stowage_disk::DiskProvider> = match (&args.disk_root, args.disk_provider) {
+        (Some(root), _) => Arc::new(
+            LocalDiskProvider::open(root)
+                .with_context(|| format!("cannot open the disk root {}", root.display()))?,
+        ),
+        // Operational snapshots through the cluster's CSI driver; no volume data reachable.
+        (None, DiskProviderChoice::Csi) => Arc::new(stowage_disk::NoDiskProvider),
+        (None, DiskProviderChoice::Local) => bail!(
+            "--disk-root is missing: the vault stages read snapshots and write staging disks through the local disk provider rooted there (or pass --disk-provider csi to take operational snapshots as CSI VolumeSnapshots)"
+        ),
     };
-    let disks = LocalDiskProvider::open(root)
-        .with_context(|| format!("cannot open the disk root {}", root.display()))?;
-    let mut ctx = VaultContext::new(primary, key, Arc::new(disks));
+    let mut ctx = VaultContext::new(primary, key, disks);
     match (&vault.redundancy, &args.secondary) {
         (Redundancy::Local, None) => {}
         (Redundancy::Local, Some(secondary)) => bail!(
@@ -136,6 +140,7 @@ pub async fn vault_context(args: &VaultArgs) -> anyhow::Result<Option<VaultConte
 pub fn cluster_context(
     cluster: &ClusterArgs,
     vault: Option<&VaultContext>,
+    disk_provider: DiskProviderChoice,
 ) -> anyhow::Result<Option<stowage_stages::ClusterContext>> {
     let Some(url) = &cluster.cluster_url else {
         return Ok(None);
@@ -160,6 +165,9 @@ pub fn cluster_context(
     );
     if let Some(secondary) = &vault.secondary {
         ctx = ctx.with_secondary(secondary.store.clone());
+    }
+    if disk_provider == DiskProviderChoice::Csi {
+        ctx = ctx.with_snapshot_mode(stowage_stages::SnapshotMode::Csi);
     }
     Ok(Some(ctx))
 }

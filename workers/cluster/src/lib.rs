@@ -8,6 +8,8 @@
 //!   JSON exec endpoint; a websocket `pods/exec` implementation is still to come).
 //! - [`collect`]: reads every object a backup scope covers, page by page, strips the fields
 //!   the server populates and hands each object to a sink: the resources half of a snapshot.
+//! - [`csi`]: CSI VolumeSnapshots (`snapshot.storage.k8s.io/v1`): the class of a driver,
+//!   taking a snapshot and waiting for it by watch, deleting it, pre-bound contents for restores.
 //! - [`apply`]: the other direction, used by restore: discovery, reading what a target holds,
 //!   creating or merge-patching an object, waiting for CRDs to be established.
 //!
@@ -18,6 +20,7 @@
 
 pub mod apply;
 pub mod collect;
+pub mod csi;
 pub mod exec;
 pub mod target;
 

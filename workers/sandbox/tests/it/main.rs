@@ -2,5 +2,6 @@
 //! `kube::Client` (and `kubectl`).
 
 mod harness;
+mod csi;
 mod kubectl;
 mod sandbox;
