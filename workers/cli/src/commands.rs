@@ -71,7 +71,8 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     if let (Some(v), Some(c)) = (&mut vault, &cluster)
         && let Ok((name, target)) = c.cluster(c.default_cluster())
     {
-        v.csi_clusters.insert(name.to_owned(), target.client.clone());
+        v.csi_clusters
+            .insert(name.to_owned(), target.client.clone());
     }
     let services = stages::Services {
         vault,

@@ -418,7 +418,8 @@ pub async fn wait_ready(
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), namespace, &volume_snapshots());
     let snapshot = format!("{namespace}/{name}");
-    let settled = |o: Option<&DynamicObject>| o.is_none_or(|o| ready(o) || error_message(o).is_some());
+    let settled =
+        |o: Option<&DynamicObject>| o.is_none_or(|o| ready(o) || error_message(o).is_some());
     let waited = tokio::time::timeout(
         timeout,
         kube::runtime::wait::await_condition(api, name, settled),
@@ -461,10 +462,9 @@ pub async fn wait_ready(
         })?
         .to_owned();
     let contents: Api<DynamicObject> = Api::all_with(client.clone(), &volume_snapshot_contents());
-    let bound = contents
-        .get(&content)
-        .await
-        .map_err(api_error(format!("reading VolumeSnapshotContent {content}")))?;
+    let bound = contents.get(&content).await.map_err(api_error(format!(
+        "reading VolumeSnapshotContent {content}"
+    )))?;
     let handle = bound
         .data
         .pointer("/status/snapshotHandle")
@@ -528,7 +528,9 @@ pub async fn volume_snapshot_exists(
     api.get_opt(name)
         .await
         .map(|o| o.is_some())
-        .map_err(api_error(format!("reading VolumeSnapshot {namespace}/{name}")))
+        .map_err(api_error(format!(
+            "reading VolumeSnapshot {namespace}/{name}"
+        )))
 }
 
 /// A snapshot handle to expose in a namespace: a VolumeSnapshotContent pre-bound to it and a
@@ -649,10 +651,8 @@ mod tests {
         assert_eq!(classes.choose("nfs.csi.k8s.io"), None);
 
         // Several and no default: the first by name, said in a warning naming them.
-        let classes = SnapshotClasses::from_classes(vec![
-            class("z", "d", false),
-            class("y", "d", false),
-        ]);
+        let classes =
+            SnapshotClasses::from_classes(vec![class("z", "d", false), class("y", "d", false)]);
         let choice = classes.choose("d").unwrap();
         assert_eq!(choice.class.name, "y");
         let warning = choice.warning.unwrap();

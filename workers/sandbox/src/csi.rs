@@ -157,7 +157,8 @@ fn plan(store: &mut Store) -> Vec<Work> {
     let snapshots: Vec<Value> = store
         .objects_of(GROUP, "volumesnapshots")
         .filter(|s| {
-            s.pointer("/status/boundVolumeSnapshotContentName").is_none()
+            s.pointer("/status/boundVolumeSnapshotContentName")
+                .is_none()
                 && s.pointer("/status/error").is_none()
         })
         .cloned()
@@ -297,11 +298,9 @@ fn plan(store: &mut Store) -> Vec<Work> {
             .pointer("/status/restoreSize")
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        let requested = stowage_cluster::csi::parse_quantity(text(
-            pvc,
-            "/spec/resources/requests/storage",
-        ))
-        .unwrap_or(0);
+        let requested =
+            stowage_cluster::csi::parse_quantity(text(pvc, "/spec/resources/requests/storage"))
+                .unwrap_or(0);
         work.push(Work::Provision {
             namespace: namespace.to_owned(),
             name: text(pvc, "/metadata/name").to_owned(),

@@ -250,9 +250,17 @@ pub(crate) fn snapshot_crds() -> Vec<Value> {
             column("RestoreSize", ".status.restoreSize", "integer"),
             column("DeletionPolicy", ".spec.deletionPolicy", "string"),
             column("Driver", ".spec.driver", "string"),
-            column("VolumeSnapshotClass", ".spec.volumeSnapshotClassName", "string"),
+            column(
+                "VolumeSnapshotClass",
+                ".spec.volumeSnapshotClassName",
+                "string",
+            ),
             column("VolumeSnapshot", ".spec.volumeSnapshotRef.name", "string"),
-            column("VolumeSnapshotNamespace", ".spec.volumeSnapshotRef.namespace", "string"),
+            column(
+                "VolumeSnapshotNamespace",
+                ".spec.volumeSnapshotRef.namespace",
+                "string",
+            ),
         ],
         json!({
             "apiVersion": string, "kind": string, "metadata": {"type": "object"},
@@ -285,11 +293,23 @@ pub(crate) fn snapshot_crds() -> Vec<Value> {
         "Namespaced",
         vec![
             column("ReadyToUse", ".status.readyToUse", "boolean"),
-            column("SourcePVC", ".spec.source.persistentVolumeClaimName", "string"),
-            column("SourceSnapshotContent", ".spec.source.volumeSnapshotContentName", "string"),
+            column(
+                "SourcePVC",
+                ".spec.source.persistentVolumeClaimName",
+                "string",
+            ),
+            column(
+                "SourceSnapshotContent",
+                ".spec.source.volumeSnapshotContentName",
+                "string",
+            ),
             column("RestoreSize", ".status.restoreSize", "string"),
             column("SnapshotClass", ".spec.volumeSnapshotClassName", "string"),
-            column("SnapshotContent", ".status.boundVolumeSnapshotContentName", "string"),
+            column(
+                "SnapshotContent",
+                ".status.boundVolumeSnapshotContentName",
+                "string",
+            ),
             column("CreationTime", ".status.creationTime", "date"),
         ],
         json!({

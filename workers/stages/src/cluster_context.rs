@@ -298,7 +298,10 @@ mod tests {
 
     #[test]
     fn label_values_are_valid() {
-        assert_eq!(label_value("sched-shop-20260102T0630Z"), "sched-shop-20260102T0630Z");
+        assert_eq!(
+            label_value("sched-shop-20260102T0630Z"),
+            "sched-shop-20260102T0630Z"
+        );
         let long = label_value(&"x".repeat(64));
         assert!(long.starts_with("h-") && long.len() == 34);
         assert_ne!(label_value("a/b"), "a/b");

@@ -1,7 +1,7 @@
 //! Integration tests of the sandbox, served on a free port and reached through an ordinary
 //! `kube::Client` (and `kubectl`).
 
-mod harness;
 mod csi;
+mod harness;
 mod kubectl;
 mod sandbox;

@@ -26,7 +26,9 @@ use stowage_vault::crypto::VaultKey;
 use stowage_vault::layout;
 use stowage_vault::store::{BlobStore, LocalDurability};
 
-use crate::cluster_fixture::{CLAIM, DISK_SIZE, INSTANCE, get, mapping, namespaces, pattern, snapshot_job};
+use crate::cluster_fixture::{
+    CLAIM, DISK_SIZE, INSTANCE, get, mapping, namespaces, pattern, snapshot_job,
+};
 
 /// A vault (with a policy keeping the operational tier one day), local disks, and a source
 /// sandbox holding the sample app whose CSI snapshots the sandbox takes of those disks.
@@ -48,7 +50,8 @@ impl Drop for CsiFixture {
 
 impl CsiFixture {
     async fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("stowage-csi-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("stowage-csi-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let disks = Arc::new(LocalDiskProvider::open(dir.join("disks")).unwrap());
         let key = VaultKey::generate().unwrap();
@@ -56,7 +59,10 @@ impl CsiFixture {
             .unwrap()
             .with_key(&key);
         let info = disks.create_disk("shop-data", DISK_SIZE).await.unwrap();
-        disks.write(&info.id, 0, &pattern(1, 64 << 10)).await.unwrap();
+        disks
+            .write(&info.id, 0, &pattern(1, 64 << 10))
+            .await
+            .unwrap();
         disks
             .write(&info.id, (2 << 20) + 4096, &pattern(11, 8192))
             .await
@@ -94,8 +100,14 @@ impl CsiFixture {
                 layout::vault_settings(),
                 serde_json::to_vec(&stowage_schemas::samples::vault("vault", "/vault")).unwrap(),
             ),
-            (layout::policy("daily").unwrap(), serde_json::to_vec(&policy).unwrap()),
-            (layout::instance(INSTANCE).unwrap(), serde_json::to_vec(&instance).unwrap()),
+            (
+                layout::policy("daily").unwrap(),
+                serde_json::to_vec(&policy).unwrap(),
+            ),
+            (
+                layout::instance(INSTANCE).unwrap(),
+                serde_json::to_vec(&instance).unwrap(),
+            ),
         ] {
             f.vault.put_create_only(&key, value).await.unwrap();
         }
@@ -107,16 +119,27 @@ impl CsiFixture {
     }
 
     fn vault_ctx(&self) -> VaultContext {
-        VaultContext::new(self.vault.clone(), self.key.clone(), self.disks.clone())
-            .with_csi_cluster("source", self.client())
+        VaultContext::new(
+            self.vault.clone(),
+            VaultKey::from_hex(&self.key.expose_secret_hex()).unwrap(),
+            self.disks.clone(),
+        )
+        .with_csi_cluster("source", self.client())
     }
 
     async fn try_snapshot(&self, rp: &str) -> Result<RpCreated, StageError> {
-        take_snapshot(&self.ctx, &snapshot_job(rp), &JobContext::detached(Stage::Snapshot)).await
+        take_snapshot(
+            &self.ctx,
+            &snapshot_job(rp),
+            &JobContext::detached(Stage::Snapshot),
+        )
+        .await
     }
 
     async fn rp(&self, rp: &str) -> RecoveryPoint {
-        catalog::read_recovery_point(&self.vault, INSTANCE, rp).await.unwrap()
+        catalog::read_recovery_point(&self.vault, INSTANCE, rp)
+            .await
+            .unwrap()
     }
 
     async fn bytes_of_disk(&self, disk: &str) -> Vec<u8> {
@@ -145,7 +168,10 @@ impl CsiFixture {
                 )
                 .await
                 .unwrap();
-                return pv["spec"]["csi"]["volumeHandle"].as_str().unwrap().to_owned();
+                return pv["spec"]["csi"]["volumeHandle"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -185,28 +211,50 @@ async fn csi_snapshots_go_to_the_vault_and_restore_byte_exact_in_place_mapped_an
     assert_eq!(csi.name, snapshot_name(INSTANCE, "rp-1", "shop-data"));
     assert_eq!(csi.class, LOCAL_SNAPSHOT_CLASS);
     assert_eq!(csi.cluster, "source");
-    assert_eq!((volume.namespace.as_str(), volume.pvc.as_str()), ("shop", "data-db-0"));
+    assert_eq!(
+        (volume.namespace.as_str(), volume.pvc.as_str()),
+        ("shop", "data-db-0")
+    );
     assert_eq!(volume.snapshot_id, csi.handle);
-    assert_eq!((volume.size_bytes, csi.restore_size), (DISK_SIZE, DISK_SIZE));
-    let vs = volume_snapshot(&f.client(), "shop", &csi.name).await.unwrap();
+    assert_eq!(
+        (volume.size_bytes, csi.restore_size),
+        (DISK_SIZE, DISK_SIZE)
+    );
+    let vs = volume_snapshot(&f.client(), "shop", &csi.name)
+        .await
+        .unwrap();
     assert_eq!(vs["status"]["readyToUse"], true);
-    assert_eq!(vs["status"]["boundVolumeSnapshotContentName"], csi.content.as_str());
+    assert_eq!(
+        vs["status"]["boundVolumeSnapshotContentName"],
+        csi.content.as_str()
+    );
     assert_eq!(vs["metadata"]["labels"]["stowage.io/instance"], INSTANCE);
-    assert_eq!(vs["metadata"]["labels"]["stowage.io/recovery-point"], "rp-1");
+    assert_eq!(
+        vs["metadata"]["labels"]["stowage.io/recovery-point"],
+        "rp-1"
+    );
     // The handle is the local provider's snapshot: frozen, even when the disk changes later.
     f.disks
         .write(&DiskId("shop-data".into()), 0, &pattern(99, 4096))
         .await
         .unwrap();
     assert_eq!(
-        f.disks.get_snapshot(&SnapshotId(csi.handle.clone())).await.unwrap().size,
+        f.disks
+            .get_snapshot(&SnapshotId(csi.handle.clone()))
+            .await
+            .unwrap()
+            .size,
         DISK_SIZE
     );
 
     // A redelivered snapshot job takes no second snapshot.
-    let again = take_snapshot(&f.ctx, &snapshot_job("rp-1"), &JobContext::detached(Stage::Snapshot))
-        .await
-        .unwrap();
+    let again = take_snapshot(
+        &f.ctx,
+        &snapshot_job("rp-1"),
+        &JobContext::detached(Stage::Snapshot),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.volume_count, 1);
 
     // The vault tier reads the handle through the local provider.
@@ -231,24 +279,47 @@ async fn csi_snapshots_go_to_the_vault_and_restore_byte_exact_in_place_mapped_an
     .await
     .unwrap();
     assert_eq!(report.volumes_restored, 1, "{report:?}");
-    let claim = get(&f.client(), CLAIM, Some("shop-copy"), "data-db-0").await.unwrap();
+    let claim = get(&f.client(), CLAIM, Some("shop-copy"), "data-db-0")
+        .await
+        .unwrap();
     assert_eq!(claim["spec"]["dataSource"]["kind"], "VolumeSnapshot");
-    let copy_name = claim["spec"]["dataSource"]["name"].as_str().unwrap().to_owned();
+    let copy_name = claim["spec"]["dataSource"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_ne!(copy_name, csi.name, "a snapshot of the target namespace");
-    let copy = volume_snapshot(&f.client(), "shop-copy", &copy_name).await.unwrap();
-    assert_eq!(copy["spec"]["source"]["volumeSnapshotContentName"], copy_name.as_str());
+    let copy = volume_snapshot(&f.client(), "shop-copy", &copy_name)
+        .await
+        .unwrap();
+    assert_eq!(
+        copy["spec"]["source"]["volumeSnapshotContentName"],
+        copy_name.as_str()
+    );
     let contents: Api<DynamicObject> = Api::all_with(f.client(), &volume_snapshot_contents());
     let content = serde_json::to_value(contents.get(&copy_name).await.unwrap()).unwrap();
-    assert_eq!(content["spec"]["source"]["snapshotHandle"], csi.handle.as_str());
+    assert_eq!(
+        content["spec"]["source"]["snapshotHandle"],
+        csi.handle.as_str()
+    );
     assert_eq!(content["spec"]["deletionPolicy"], "Retain");
     let disk = f.bound_disk("shop-copy", "data-db-0").await;
     assert_ne!(disk, "shop-data");
-    assert_eq!(f.bytes_of_disk(&disk).await, source_bytes, "mapped restore is byte-exact");
+    assert_eq!(
+        f.bytes_of_disk(&disk).await,
+        source_bytes,
+        "mapped restore is byte-exact"
+    );
 
     // In place: the claim is gone from its namespace; the RP's own VolumeSnapshot is used.
-    let claims: Api<DynamicObject> =
-        Api::namespaced_with(f.client(), "shop", &crate::cluster_fixture::ar("v1", "PersistentVolumeClaim", "persistentvolumeclaims"));
-    claims.delete("data-db-0", &DeleteParams::default()).await.unwrap();
+    let claims: Api<DynamicObject> = Api::namespaced_with(
+        f.client(),
+        "shop",
+        &crate::cluster_fixture::ar("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    );
+    claims
+        .delete("data-db-0", &DeleteParams::default())
+        .await
+        .unwrap();
     let report = restore(
         &f.ctx,
         &operational("rp-1", "r-in-place", RestoreOptions::default()),
@@ -257,10 +328,16 @@ async fn csi_snapshots_go_to_the_vault_and_restore_byte_exact_in_place_mapped_an
     .await
     .unwrap();
     assert_eq!(report.volumes_restored, 1, "{report:?}");
-    let claim = get(&f.client(), CLAIM, Some("shop"), "data-db-0").await.unwrap();
+    let claim = get(&f.client(), CLAIM, Some("shop"), "data-db-0")
+        .await
+        .unwrap();
     assert_eq!(claim["spec"]["dataSource"]["name"], csi.name.as_str());
     let disk = f.bound_disk("shop", "data-db-0").await;
-    assert_eq!(f.bytes_of_disk(&disk).await, source_bytes, "in-place restore is byte-exact");
+    assert_eq!(
+        f.bytes_of_disk(&disk).await,
+        source_bytes,
+        "in-place restore is byte-exact"
+    );
 
     // From the vault: hydration stages a disk from the chunks, and it holds the same bytes.
     let job = RestoreHydrationJob {
@@ -271,9 +348,10 @@ async fn csi_snapshots_go_to_the_vault_and_restore_byte_exact_in_place_mapped_an
         staging_location: None,
         options: RestoreOptions::default(),
     };
-    let staging = restore_hydration::hydrate(&vctx, &job, &JobContext::detached(Stage::RestoreHydration))
-        .await
-        .unwrap();
+    let staging =
+        restore_hydration::hydrate(&vctx, &job, &JobContext::detached(Stage::RestoreHydration))
+            .await
+            .unwrap();
     assert_eq!(staging.disks.len(), 1);
     assert_eq!(
         f.bytes_of_disk(&staging.disks[0].disk_id).await,
@@ -306,14 +384,20 @@ async fn a_driver_without_a_snapshot_class_is_skipped_with_a_warning_naming_it_a
         }))
         .unwrap();
     let created = f.try_snapshot("rp-1").await.unwrap();
-    assert_eq!(created.volume_count, 1, "the local volume is still snapshotted");
+    assert_eq!(
+        created.volume_count, 1,
+        "the local volume is still snapshotted"
+    );
     let warning = created
         .warnings
         .iter()
         .find(|w| w.contains("PVC shop/files"))
         .unwrap_or_else(|| panic!("no warning for shop/files: {:?}", created.warnings));
     assert!(warning.contains("nfs.csi.k8s.io"), "{warning}");
-    assert!(warning.contains("create a VolumeSnapshotClass with driver: nfs.csi.k8s.io"), "{warning}");
+    assert!(
+        warning.contains("create a VolumeSnapshotClass with driver: nfs.csi.k8s.io"),
+        "{warning}"
+    );
     let rp = f.rp("rp-1").await;
     assert!(rp.volumes.iter().all(|v| v.pvc != "files"));
 }
@@ -328,19 +412,48 @@ async fn retention_deletes_the_volume_snapshot_and_the_driver_its_data() {
     f.try_snapshot("new").await.unwrap();
     let old = f.rp("old").await.volumes[0].csi.clone().unwrap();
     let new = f.rp("new").await.volumes[0].csi.clone().unwrap();
-    assert!(volume_snapshot(&f.client(), "shop", &old.name).await.is_some());
+    assert!(
+        volume_snapshot(&f.client(), "shop", &old.name)
+            .await
+            .is_some()
+    );
 
     // Without the cluster, the expired tier waits: nothing is deleted, the RP stays.
-    let blind = VaultContext::new(f.vault.clone(), f.key.clone(), f.disks.clone());
+    let blind = VaultContext::new(
+        f.vault.clone(),
+        VaultKey::from_hex(&f.key.expose_secret_hex()).unwrap(),
+        f.disks.clone(),
+    );
     let as_of = t0 + SignedDuration::from_hours(50);
-    retention::run_at(&blind, INSTANCE, as_of, as_of).await.unwrap();
-    assert!(volume_snapshot(&f.client(), "shop", &old.name).await.is_some());
-    assert!(catalog::read_recovery_point(&f.vault, INSTANCE, "old").await.is_ok());
+    retention::run_at(&blind, INSTANCE, as_of, as_of)
+        .await
+        .unwrap();
+    assert!(
+        volume_snapshot(&f.client(), "shop", &old.name)
+            .await
+            .is_some()
+    );
+    assert!(
+        catalog::read_recovery_point(&f.vault, INSTANCE, "old")
+            .await
+            .is_ok()
+    );
 
-    let report = retention::run_at(&f.vault_ctx(), INSTANCE, as_of, as_of).await.unwrap();
+    let report = retention::run_at(&f.vault_ctx(), INSTANCE, as_of, as_of)
+        .await
+        .unwrap();
     assert_eq!(report.snapshots_deleted, 1, "{report:?}");
-    assert!(volume_snapshot(&f.client(), "shop", &old.name).await.is_none());
-    assert!(catalog::read_recovery_point(&f.vault, INSTANCE, "old").await.unwrap_err().is_not_found());
+    assert!(
+        volume_snapshot(&f.client(), "shop", &old.name)
+            .await
+            .is_none()
+    );
+    assert!(
+        catalog::read_recovery_point(&f.vault, INSTANCE, "old")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
     // The class says Delete: the snapshotter removes the content and the driver the data.
     let contents: Api<DynamicObject> = Api::all_with(f.client(), &volume_snapshot_contents());
     for _ in 0..200 {
@@ -350,9 +463,18 @@ async fn retention_deletes_the_volume_snapshot_and_the_driver_its_data() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(contents.get_opt(&old.content).await.unwrap().is_none());
-    assert!(f.disks.get_snapshot(&SnapshotId(old.handle.clone())).await.is_err());
+    assert!(
+        f.disks
+            .get_snapshot(&SnapshotId(old.handle.clone()))
+            .await
+            .is_err()
+    );
     // The newest is kept.
-    assert!(volume_snapshot(&f.client(), "shop", &new.name).await.is_some());
+    assert!(
+        volume_snapshot(&f.client(), "shop", &new.name)
+            .await
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -371,7 +493,10 @@ async fn a_failing_snapshot_is_reported_with_the_drivers_error() {
         hooks: Vec::new(),
     };
     f.vault
-        .put_create_only(&layout::instance("blog").unwrap(), serde_json::to_vec(&instance).unwrap())
+        .put_create_only(
+            &layout::instance("blog").unwrap(),
+            serde_json::to_vec(&instance).unwrap(),
+        )
         .await
         .unwrap();
     let mut job = snapshot_job("rp-1");
@@ -381,8 +506,18 @@ async fn a_failing_snapshot_is_reported_with_the_drivers_error() {
         .unwrap_err()
         .to_string();
     let name = snapshot_name("blog", "rp-1", "blog-data");
-    assert!(error.contains(&format!("VolumeSnapshot blog/{name} failed")), "{error}");
-    assert!(error.contains("blog-data"), "the driver's message names the disk: {error}");
+    assert!(
+        error.contains(&format!("VolumeSnapshot blog/{name} failed")),
+        "{error}"
+    );
+    assert!(
+        error.contains("blog-data"),
+        "the driver's message names the disk: {error}"
+    );
     assert!(error.contains("disk.stowage.local"), "{error}");
-    assert!(catalog::read_recovery_point(&f.vault, "blog", "rp-1").await.is_err());
+    assert!(
+        catalog::read_recovery_point(&f.vault, "blog", "rp-1")
+            .await
+            .is_err()
+    );
 }
