@@ -9,10 +9,15 @@
 
 use std::time::Duration;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, Discovery, Scope};
+use kube::runtime::wait::Condition;
+use kube::runtime::wait::conditions::is_crd_established;
 use serde_json::Value;
+
+use crate::wait;
 
 /// `(group, version)` of an object's `apiVersion` (`""` for the core group).
 pub fn group_version(object: &Value) -> (&str, &str) {
@@ -201,72 +206,66 @@ fn is_refusal(code: u16) -> bool {
 /// Why [`wait_established`] gave up.
 #[derive(Debug, thiserror::Error)]
 pub enum WaitError {
-    /// Reading a CRD failed.
-    #[error("reading CRD {name} failed: {source}")]
+    /// The cluster refused to let the CRD be watched.
+    #[error("watching CRD {name} until it is Established was refused: {source}")]
     Api {
         /// The CRD.
         name: String,
-        /// The client's error.
+        /// The cluster's answer.
         #[source]
         source: kube::Error,
     },
     /// The deadline passed first.
     #[error(
-        "CRD {name} is not Established after {}s; check the target's API server (its \
-         apiextensions controller)",
-        timeout.as_secs()
+        "CRD {name} is not Established after {}s of watching{}; check the target's API server \
+         (its apiextensions controller)",
+        timeout.as_secs(),
+        last_error.as_ref().map(|e| format!(" (the last watch error: {e})")).unwrap_or_default()
     )]
     Timeout {
         /// The CRD still waiting.
         name: String,
         /// How long it was given.
         timeout: Duration,
+        /// The last error the watch met and recovered from, if any.
+        last_error: Option<String>,
     },
 }
 
-/// Waits until every CRD in `names` reports `Established` (a CRD that is absent, e.g. one the
-/// target refused, is not waited for), for at most `timeout` in all.
+/// Waits, by watch, until every CRD in `names` reports `Established` (a CRD that is absent,
+/// e.g. one the target refused, is not waited for), for at most `timeout` in all.
 pub async fn wait_established(
     client: &kube::Client,
     names: &[String],
     timeout: Duration,
 ) -> Result<(), WaitError> {
-    let crd = ApiResource {
-        group: "apiextensions.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "apiextensions.k8s.io/v1".into(),
-        kind: "CustomResourceDefinition".into(),
-        plural: "customresourcedefinitions".into(),
-    };
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &crd);
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let deadline = tokio::time::Instant::now() + timeout;
     for name in names {
-        loop {
-            let current = api.get_opt(name).await.map_err(|source| WaitError::Api {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let absent_or_established = |crd: Option<&CustomResourceDefinition>| {
+            crd.is_none() || is_crd_established().matches_object(crd)
+        };
+        wait::until(
+            api.clone(),
+            name,
+            &format!("CRD {name}"),
+            "Established",
+            absent_or_established,
+            left,
+        )
+        .await
+        .map_err(|error| match error {
+            wait::WaitError::Refused { source, .. } => WaitError::Api {
                 name: name.clone(),
                 source,
-            })?;
-            let established = current.as_ref().is_some_and(|c| {
-                c.data
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .is_some_and(|conditions| {
-                        conditions
-                            .iter()
-                            .any(|c| c["type"] == "Established" && c["status"] == "True")
-                    })
-            });
-            if established || current.is_none() {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(WaitError::Timeout {
-                    name: name.clone(),
-                    timeout,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            },
+            wait::WaitError::Timeout { last_error, .. } => WaitError::Timeout {
+                name: name.clone(),
+                timeout,
+                last_error,
+            },
+        })?;
     }
     Ok(())
 }

@@ -11,7 +11,9 @@
 //! - [`csi`]: CSI VolumeSnapshots (`snapshot.storage.k8s.io/v1`): the class of a driver,
 //!   taking a snapshot and waiting for it by watch, deleting it, pre-bound contents for restores.
 //! - [`apply`]: the other direction, used by restore: discovery, reading what a target holds,
-//!   creating or merge-patching an object, waiting for CRDs to be established.
+//!   creating or merge-patching an object, waiting (by watch) for CRDs to be established.
+//! - [`wait`]: waiting for an object to reach a state by watch (kube-runtime's watcher), with
+//!   a deadline and errors naming the object, the state and the timeout.
 //!
 //! Everything here speaks the Kubernetes API through `kube`, so the same code runs against
 //! a real cluster and against the sandbox (`workers/sandbox`, used only by tests and the CLI's
@@ -23,6 +25,7 @@ pub mod collect;
 pub mod csi;
 pub mod exec;
 pub mod target;
+pub mod wait;
 
 pub use collect::{
     CollectError, CollectOptions, CollectSummary, CollectedObject, SERVER_METADATA_FIELDS, collect,

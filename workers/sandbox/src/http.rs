@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::exec::{ExecBody, ExecRecord, SANDBOX_EXEC_GROUP};
 use crate::rbac;
 use crate::store::{ListOptions, Store};
+use crate::watch::{self, WatchRequest};
 use stowage_cluster::ExecOutput;
 use stowage_schemas::selector::LabelSelector;
 
@@ -31,7 +32,12 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
-    let result = route(&sandbox, &method, &uri, &headers, &body).await;
+    // A watch streams, so it is answered here rather than as one JSON value by `route`.
+    let result = match watch_request(&sandbox, &method, &uri, &headers) {
+        Some(Ok(response)) => return response,
+        Some(Err(error)) => Err(error),
+        None => route(&sandbox, &method, &uri, &headers, &body).await,
+    };
     match result {
         Ok((code, value)) => (code, axum::Json(value)).into_response(),
         Err(error) => {
@@ -42,6 +48,49 @@ async fn handle(
 }
 
 type Answer = Result<(StatusCode, Value), ApiError>;
+
+/// `GET` with `watch=true|1` on a resource path: a list path, or one object's path (watched
+/// as its list with `fieldSelector=metadata.name=…`). `None` for every other request.
+fn watch_request(
+    sandbox: &Sandbox,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Option<Result<Response, ApiError>> {
+    let query: HashMap<String, String> = Query::try_from_uri(uri)
+        .map(|Query(q)| q)
+        .unwrap_or_default();
+    if method != Method::GET || !query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        return None;
+    }
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    let (namespace, plural, name) = match rest {
+        [plural] => (None, *plural, None),
+        ["namespaces", ns, plural] => (Some(*ns), *plural, None),
+        [plural, name] => (None, *plural, Some(*name)),
+        ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name)),
+        _ => return None,
+    };
+    Some((|| {
+        let mut options = list_options(&query)?;
+        if let Some(name) = name {
+            options
+                .field_selector
+                .push(("metadata.name".to_owned(), name.to_owned(), true));
+        }
+        let subscription = sandbox.with_store(|store| {
+            let target = store.target(group, version, plural, namespace)?;
+            let request = WatchRequest::new(target, options, &query, wants_table(headers))?;
+            Ok::<_, ApiError>(store.watch(request))
+        })?;
+        Ok(watch::stream(subscription))
+    })())
+}
 
 async fn route(
     sandbox: &Sandbox,
@@ -163,7 +212,7 @@ fn resource_list(store: &Store, group: &str, version: &str) -> Answer {
                 "singularName": t.singular,
                 "namespaced": t.namespaced,
                 "kind": t.kind,
-                "verbs": ["create", "delete", "get", "list", "patch", "update"],
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
                 "shortNames": t.short_names,
                 "categories": categories(&t.group, &t.plural),
             })
@@ -219,11 +268,6 @@ fn resource(
         let ok = |v| Ok((StatusCode::OK, v));
         match (method, name) {
             (&Method::GET, None) => {
-                if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                    return Err(ApiError::method_not_allowed(
-                        "the sandbox does not serve watches",
-                    ));
-                }
                 let list = store.list(&target, &list_options(&query)?)?;
                 if wants_table(headers) {
                     ok(table(list))
@@ -335,7 +379,7 @@ fn wants_table(headers: &HeaderMap) -> bool {
         })
 }
 
-fn table(list: Value) -> Value {
+pub(crate) fn table(list: Value) -> Value {
     let rows: Vec<Value> = list["items"]
         .as_array()
         .map(Vec::as_slice)

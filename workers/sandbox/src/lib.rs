@@ -27,7 +27,16 @@
 //! - Failures as `Status` objects: 404 `NotFound` (unknown type, object or namespace),
 //!   409 `AlreadyExists`, 409 `Conflict` (stale resourceVersion), 422 `Invalid` (missing or
 //!   malformed name, name differing from the URL, malformed CRD), 400 `BadRequest`, 405, 415.
-//! - `kubectl --server` can list and get: server-side printing (`as=Table`) answers name and age.
+//! - Watches (see [`watch`]): `?watch=true|1` on every list path (namespaced, all namespaces,
+//!   cluster-scoped, CRD-defined types) and on one object's path; from a `resourceVersion`
+//!   (unset or `"0"`: synthetic `ADDED` events for the current state first; `sendInitialEvents`),
+//!   with label and field selectors (an object that stops matching is sent as `DELETED`),
+//!   `allowWatchBookmarks`, `timeoutSeconds`; a bounded history of recent changes lets a
+//!   watch resume, and a `resourceVersion` older than it (or a watcher too slow to keep up)
+//!   gets an `ERROR` event with a `410 Expired` `Status`, so kube-runtime's watcher relists.
+//!   Deletes, including a namespace's or CRD's contents, are `DELETED` events.
+//! - `kubectl --server` can list, get and watch (`get -w`): server-side printing (`as=Table`)
+//!   answers name and age.
 //! - Hook commands: see [`exec`].
 //! - `SubjectAccessReview` (`POST /apis/authorization.k8s.io/v1/subjectaccessreviews`),
 //!   answered by evaluating the stored Roles, ClusterRoles and bindings (see `rbac`: verbs,
@@ -41,12 +50,14 @@
 //!
 //! # What it does not serve
 //!
-//! Watches, server-side apply, JSON patch, `deletecollection`, subresources (`/status`,
+//! Server-side apply, JSON patch, `deletecollection`, subresources (`/status`,
 //! `/scale`, real `pods/exec`), OpenAPI documents, aggregated discovery, authentication and
 //! authorization of requests (reviews answer, nothing enforces them), admission and schema validation, defaulting, finalizers and graceful
 //! deletion (deleting a namespace or CRD removes its contents at once), controllers (a
 //! Deployment creates no pods), and consistent paging snapshots (a continued list resumes after
-//! the last name it returned, and sees changes made in between).
+//! the last name it returned, and sees changes made in between). A watch's resource version
+//! must come from this sandbox (a newer one than it has issued only waits for it), and the
+//! `WatchList` streaming of protobuf is not served (JSON only).
 
 //!
 //! No production crate depends on this one: only the CLI's `sandbox` and `demo` commands and
@@ -60,6 +71,7 @@ pub(crate) mod rbac;
 pub(crate) mod sample;
 pub(crate) mod store;
 mod types;
+pub mod watch;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -177,6 +189,12 @@ impl Sandbox {
         self.with_store_mut(|s| s.set_version(major, minor));
     }
 
+    /// Keeps at most `changes` changes for watches to resume from (default
+    /// [`watch::DEFAULT_HISTORY`]); a watch from an older resource version gets `410 Expired`.
+    pub fn set_watch_history(&self, changes: usize) {
+        self.with_store_mut(|s| s.set_watch_history(changes));
+    }
+
     /// The cluster's current resource version (the last one issued).
     pub fn resource_version(&self) -> u64 {
         self.with_store(Store::resource_version)
@@ -291,6 +309,8 @@ impl SandboxHandle {
 
     /// Stops accepting requests and waits for those in flight to finish.
     pub async fn shutdown(mut self) {
+        // Open watches would hold the graceful shutdown until they time out.
+        self.sandbox.with_store(Store::close_watches);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -303,6 +323,7 @@ impl SandboxHandle {
 impl Drop for SandboxHandle {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
+            self.sandbox.with_store(Store::close_watches);
             let _ = stop.send(());
         }
     }

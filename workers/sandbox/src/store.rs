@@ -13,12 +13,13 @@ use serde_json::{Map, Value, json};
 use crate::error::ApiError;
 use crate::exec::ExecRecord;
 use crate::types::{ResourceType, builtin_types};
+use crate::watch::{self, Backlog, Change, ChangeKind, Hub, Subscription, WatchRequest};
 use stowage_schemas::selector::LabelSelector;
 
 /// (group, plural): one bucket per resource type, shared by all its served versions.
-type TypeKey = (String, String);
+pub(crate) type TypeKey = (String, String);
 /// (namespace, name); the namespace is empty for cluster-scoped objects.
-type ObjectKey = (String, String);
+pub(crate) type ObjectKey = (String, String);
 
 /// The Kubernetes version a new sandbox claims to be, as `(major, minor)`.
 pub const DEFAULT_VERSION: (&str, &str) = ("1", "33");
@@ -41,7 +42,7 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    fn api_version(&self) -> String {
+    pub fn api_version(&self) -> String {
         if self.rt.group.is_empty() {
             self.version.clone()
         } else {
@@ -49,8 +50,15 @@ impl Target {
         }
     }
 
-    fn type_key(&self) -> TypeKey {
+    pub fn type_key(&self) -> TypeKey {
         (self.rt.group.clone(), self.rt.plural.clone())
+    }
+
+    /// An object as served at the requested version.
+    pub fn render(&self, object: &Value) -> Value {
+        let mut object = object.clone();
+        object["apiVersion"] = json!(self.api_version());
+        object
     }
 }
 
@@ -62,6 +70,17 @@ pub(crate) struct ListOptions {
     pub field_selector: Vec<(String, String, bool)>,
     pub limit: Option<usize>,
     pub continue_after: Option<String>,
+}
+
+impl ListOptions {
+    /// Whether the object under `key` matches the label and field selectors.
+    pub fn selects(&self, (ns, name): &ObjectKey, object: &Value) -> bool {
+        self.label_selector.matches_object(object)
+            && self.field_selector.iter().all(|(field, value, equal)| {
+                let actual = if field == "metadata.name" { name } else { ns };
+                (actual == value) == *equal
+            })
+    }
 }
 
 /// What a sandbox exec answers, scripted by the pod's annotations.
@@ -83,6 +102,8 @@ pub(crate) struct Store {
     exec_log: Vec<ExecRecord>,
     /// `(major, minor)` answered on `/version`.
     version: (String, String),
+    /// Recent changes and the channel watches follow.
+    watch: Hub,
 }
 
 impl Store {
@@ -95,6 +116,7 @@ impl Store {
             objects: BTreeMap::new(),
             exec_log: Vec::new(),
             version: (DEFAULT_VERSION.0.to_owned(), DEFAULT_VERSION.1.to_owned()),
+            watch: Hub::new(),
         };
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             store
@@ -207,13 +229,9 @@ impl Store {
         };
         let mut matching = bucket
             .range((start, Bound::Unbounded))
-            .filter(|((ns, name), object)| {
-                target.namespace.as_ref().is_none_or(|want| want == ns)
-                    && options.label_selector.matches_object(object)
-                    && options.field_selector.iter().all(|(field, value, equal)| {
-                        let actual = if field == "metadata.name" { name } else { ns };
-                        (actual == value) == *equal
-                    })
+            .filter(|(key, object)| {
+                target.namespace.as_ref().is_none_or(|want| *want == key.0)
+                    && options.selects(key, object)
             })
             .peekable();
         let limit = options.limit.filter(|&l| l > 0).unwrap_or(usize::MAX);
@@ -223,7 +241,7 @@ impl Store {
             let Some((key, object)) = matching.next() else {
                 break;
             };
-            items.push(self.render(target, object));
+            items.push(target.render(object));
             last_key = Some(key);
         }
         let mut metadata = json!({"resourceVersion": self.resource_version.to_string()});
@@ -246,7 +264,7 @@ impl Store {
         self.objects
             .get(&target.type_key())
             .and_then(|bucket| bucket.get(&key))
-            .map(|object| self.render(target, object))
+            .map(|object| target.render(object))
             .ok_or_else(|| ApiError::not_found(&target.rt, name))
     }
 
@@ -395,10 +413,23 @@ impl Store {
         let metadata = object["metadata"].as_object_mut().expect("checked shape");
         metadata.insert("managedFields".into(), managed_fields(target, "Update"));
         populate_status(target, &mut object);
-        self.objects
+        let previous = self
+            .objects
             .entry(target.type_key())
             .or_default()
-            .insert(key, object);
+            .insert(key.clone(), object.clone());
+        self.watch.publish(Change {
+            rv: self.resource_version,
+            type_key: target.type_key(),
+            key,
+            kind: if previous.is_some() {
+                ChangeKind::Modified
+            } else {
+                ChangeKind::Added
+            },
+            object,
+            previous,
+        });
         if target.rt.is_crd() {
             self.refresh_crd_types();
         }
@@ -448,28 +479,115 @@ impl Store {
             }
         }
         let key = object_key(target, name)?;
-        if let Some(bucket) = self.objects.get_mut(&target.type_key()) {
-            bucket.remove(&key);
-        }
-        self.next_resource_version();
+        // What the object held goes first, each removal a change of its own, as a real
+        // server's namespace and CRD finalizers do it.
+        let mut contents: Vec<(TypeKey, ObjectKey)> = Vec::new();
         if target.rt.group.is_empty() && target.rt.plural == "namespaces" {
-            for bucket in self.objects.values_mut() {
-                bucket.retain(|(ns, _), _| ns != name);
+            for (type_key, bucket) in &self.objects {
+                contents.extend(
+                    bucket
+                        .keys()
+                        .filter(|(ns, _)| ns == name)
+                        .map(|k| (type_key.clone(), k.clone())),
+                );
             }
         }
         if target.rt.is_crd() {
-            let group = deleted
-                .pointer("/spec/group")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let plural = deleted
-                .pointer("/spec/names/plural")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            self.objects.remove(&(group.to_owned(), plural.to_owned()));
+            let text = |path: &str| {
+                deleted
+                    .pointer(path)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let type_key = (text("/spec/group"), text("/spec/names/plural"));
+            if let Some(bucket) = self.objects.get(&type_key) {
+                contents.extend(bucket.keys().map(|k| (type_key.clone(), k.clone())));
+            }
+        }
+        for (type_key, key) in contents {
+            self.remove(type_key, key);
+        }
+        let deleted = self
+            .remove(target.type_key(), key)
+            .map_or(deleted, |object| target.render(&object));
+        if target.rt.is_crd() {
             self.refresh_crd_types();
         }
         Ok(deleted)
+    }
+
+    /// Removes one object as a change of its own; answers it with the deletion's resource
+    /// version, as its `DELETED` event carries it.
+    fn remove(&mut self, type_key: TypeKey, key: ObjectKey) -> Option<Value> {
+        let mut object = self.objects.get_mut(&type_key)?.remove(&key)?;
+        if self.objects.get(&type_key).is_some_and(BTreeMap::is_empty) {
+            self.objects.remove(&type_key);
+        }
+        let rv = self.next_resource_version();
+        object["metadata"]["resourceVersion"] = json!(rv);
+        self.watch.publish(Change {
+            rv: self.resource_version,
+            type_key,
+            key,
+            kind: ChangeKind::Deleted,
+            object: object.clone(),
+            previous: None,
+        });
+        Some(object)
+    }
+
+    /// Starts a watch: subscribes to changes and gathers what the watch is sent first.
+    pub fn watch(&self, request: WatchRequest) -> Subscription {
+        let current = self.resource_version;
+        let (backlog, receiver) = self.watch.subscribe(&request, current);
+        let backlog = match backlog {
+            Backlog::State => {
+                let empty = BTreeMap::new();
+                let bucket = self
+                    .objects
+                    .get(&request.target.type_key())
+                    .unwrap_or(&empty);
+                Ok(bucket
+                    .iter()
+                    .filter(|(key, object)| {
+                        request
+                            .target
+                            .namespace
+                            .as_ref()
+                            .is_none_or(|want| *want == key.0)
+                            && request.options.selects(key, object)
+                    })
+                    .map(|(_, object)| ("ADDED", request.target.render(object)))
+                    .collect())
+            }
+            Backlog::Changes(changes) => Ok(changes
+                .iter()
+                .filter_map(|change| watch::event_for(change, &request.target, &request.options))
+                .collect()),
+            Backlog::Expired(message) => Err(message),
+        };
+        let position = if request.initial_state {
+            current
+        } else {
+            request.from.unwrap_or(current).max(current)
+        };
+        Subscription {
+            request,
+            backlog,
+            receiver,
+            position,
+        }
+    }
+
+    /// Keeps at most `changes` changes for watches to resume from.
+    pub fn set_watch_history(&mut self, changes: usize) {
+        self.watch.set_capacity(changes);
+    }
+
+    /// Ends every open watch (the server is stopping).
+    pub fn close_watches(&self) {
+        self.watch.close_all();
     }
 
     /// Records an exec in a pod and answers how the pod's annotations script it.
@@ -540,13 +658,6 @@ impl Store {
     fn next_resource_version(&mut self) -> String {
         self.resource_version += 1;
         self.resource_version.to_string()
-    }
-
-    /// An object as served at the requested version.
-    fn render(&self, target: &Target, object: &Value) -> Value {
-        let mut object = object.clone();
-        object["apiVersion"] = json!(target.api_version());
-        object
     }
 
     /// Checks `apiVersion`, `kind` and `metadata.namespace` against the URL and fills them in.

@@ -5,3 +5,4 @@ mod csi;
 mod harness;
 mod kubectl;
 mod sandbox;
+mod watch;

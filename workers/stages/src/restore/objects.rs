@@ -309,9 +309,10 @@ impl Run<'_> {
         apply::wait_established(&client, names, self.ctx.crd_established_timeout)
             .await
             .map_err(|e| match e {
-                WaitError::Api { name, source } => {
-                    kube_error(format!("reading CRD {name} failed"), source)
-                }
+                WaitError::Api { name, source } => kube_error(
+                    format!("watching CRD {name} until it is Established failed"),
+                    source,
+                ),
                 timeout @ WaitError::Timeout { .. } => {
                     StageError::transient(format!("{timeout}; the restore will be retried"))
                 }
