@@ -142,11 +142,14 @@ impl CsiFixture {
             .unwrap()
     }
 
+    /// The first [`DISK_SIZE`] bytes of `disk` (a provisioned disk is as large as its claim
+    /// asks, 1 GiB in the sample, and never smaller than the snapshot).
     async fn bytes_of_disk(&self, disk: &str) -> Vec<u8> {
         let size = std::fs::metadata(self.disks.disk_path(&DiskId(disk.into())))
             .unwrap()
             .len();
-        let mut buf = vec![0u8; size as usize];
+        assert!(size >= DISK_SIZE, "disk {disk} is {size} bytes");
+        let mut buf = vec![0u8; DISK_SIZE as usize];
         self.disks
             .read_disk(&DiskId(disk.into()), 0, &mut buf)
             .await
