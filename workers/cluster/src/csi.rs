@@ -439,16 +439,16 @@ pub async fn wait_ready(
     let Some(object) = waited else {
         return Err(CsiError::Gone { snapshot });
     };
-    if let Some(message) = error_message(&object) {
-        if !ready(&object) {
-            return Err(CsiError::Failed {
-                snapshot,
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                driver: driver.to_owned(),
-                message,
-            });
-        }
+    if let Some(message) = error_message(&object)
+        && !ready(&object)
+    {
+        return Err(CsiError::Failed {
+            snapshot,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            driver: driver.to_owned(),
+            message,
+        });
     }
     let content = object
         .data
