@@ -155,6 +155,7 @@ impl VaultFixture {
                 size_bytes: snap.size,
                 snapshot_id: snap.id.0.clone(),
                 vault_version: None,
+                csi: None,
             });
         }
         let resources = layout::resource(INSTANCE, rp_id, &["resources.json"]).expect("key");

@@ -269,6 +269,7 @@ async fn stowage_backup(
             size_bytes: size,
             snapshot_id: snap.id.0,
             vault_version: None,
+            csi: None,
         }],
     };
     stowage_vault::catalog::write_recovery_point(&ctx.primary, &manifest).await?;

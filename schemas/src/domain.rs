@@ -372,6 +372,32 @@ pub struct VolumeBackup {
     /// Extent-map version in the vault tier; none until vaulted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault_version: Option<String>,
+    /// The CSI VolumeSnapshot the operational tier holds this volume in, when the snapshot was
+    /// taken through `snapshot.storage.k8s.io` (`--disk-provider csi`); none when the disk
+    /// provider took it directly (`snapshot_id` is then the provider's snapshot id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csi: Option<CsiSnapshot>,
+}
+
+/// A volume's operational snapshot as a CSI VolumeSnapshot: what restore (a PVC with a
+/// `dataSource`) and retention (deleting the VolumeSnapshot) need, and what the vault tier
+/// reads through (`handle`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CsiSnapshot {
+    /// The cluster (as workers name it) holding the VolumeSnapshot.
+    pub cluster: String,
+    /// CSI driver of the source volume and of the snapshot.
+    pub driver: String,
+    /// The VolumeSnapshotClass it was taken with.
+    pub class: String,
+    /// Name of the VolumeSnapshot, in the claim's namespace.
+    pub name: String,
+    /// Name of the bound VolumeSnapshotContent (cluster-scoped).
+    pub content: String,
+    /// The driver's snapshot handle (`status.snapshotHandle` of the content).
+    pub handle: String,
+    /// Smallest size a volume restored from it can have, in bytes (`status.restoreSize`).
+    pub restore_size: u64,
 }
 
 #[cfg(test)]
@@ -446,6 +472,7 @@ mod tests {
                 size_bytes: 1 << 30,
                 snapshot_id: "snap-1".into(),
                 vault_version: None,
+                csi: None,
             }],
         });
     }

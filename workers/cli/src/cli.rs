@@ -203,9 +203,34 @@ pub struct VaultArgs {
     /// File holding the vault key (64 hex digits). Alternatively STOWAGE_VAULT_KEY holds the key.
     #[arg(long, global = true, env = "STOWAGE_VAULT_KEY_FILE")]
     pub vault_key_file: Option<PathBuf>,
-    /// Root folder of the local disk provider (driver disk.stowage.local).
+    /// Root folder of the local disk provider (driver disk.stowage.local). Required with
+    /// `--disk-provider local`; with `csi`, the vault stages read snapshots of that driver
+    /// through it, and without it every CSI volume stays in the operational tier only.
     #[arg(long, global = true, env = "STOWAGE_DISK_ROOT")]
     pub disk_root: Option<PathBuf>,
+    /// How operational snapshots are taken: `local` snapshots disks of the local provider
+    /// directly (needs --disk-root); `csi` takes a snapshot.storage.k8s.io/v1 VolumeSnapshot
+    /// per PVC for every CSI driver with a VolumeSnapshotClass, restores through a PVC
+    /// dataSource, and lets retention delete the VolumeSnapshots in the worker's cluster.
+    #[arg(
+        long,
+        global = true,
+        env = "STOWAGE_DISK_PROVIDER",
+        value_enum,
+        default_value = "local"
+    )]
+    pub disk_provider: DiskProviderChoice,
+}
+
+/// `--disk-provider`: how operational snapshots are taken (ARCHITECTURE.md, "CSI
+/// VolumeSnapshots").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DiskProviderChoice {
+    /// The local disk provider snapshots its own disks (driver disk.stowage.local).
+    #[default]
+    Local,
+    /// CSI VolumeSnapshots through the Kubernetes API, for any CSI driver with a class.
+    Csi,
 }
 
 /// A noun whose actions work on a vault: `stowage <noun> <action> --vault …`.

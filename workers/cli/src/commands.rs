@@ -64,8 +64,17 @@ fn connect(args: &BrokerArgs) -> (RabbitBroker, Names) {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let vault = vault_config::vault_context(&args.vault).await?;
-    let cluster = vault_config::cluster_context(&args.cluster, vault.as_ref()).await?;
+    let mut vault = vault_config::vault_context(&args.vault).await?;
+    let cluster =
+        vault_config::cluster_context(&args.cluster, vault.as_ref(), args.vault.disk_provider)
+            .await?;
+    // Retention deletes CSI VolumeSnapshots in the clusters this worker reaches.
+    if let (Some(v), Some(c)) = (&mut vault, &cluster)
+        && let Ok((name, target)) = c.cluster(c.default_cluster())
+    {
+        v.csi_clusters
+            .insert(name.to_owned(), target.client.clone());
+    }
     let services = stages::Services {
         vault,
         cluster,

@@ -13,7 +13,7 @@ use stowage_vault::crypto::VaultKey;
 use stowage_vault::keyring;
 use stowage_vault::store::BlobStore;
 
-use crate::cli::{ClusterArgs, VaultArgs};
+use crate::cli::{ClusterArgs, DiskProviderChoice, VaultArgs};
 
 /// The operator's key: `STOWAGE_VAULT_KEY`, or the file `--vault-key-file` names. It is the
 /// key-encryption key that unwraps the vault's data key (`stowage_vault::keyring`).
@@ -114,14 +114,18 @@ pub async fn vault_context(args: &VaultArgs) -> anyhow::Result<Option<VaultConte
         .await
         .with_context(|| format!("the worker cannot use the vault at {location}"))?
         .data_key;
-    let Some(root) = &args.disk_root else {
-        bail!(
-            "--disk-root is missing: the vault stages read snapshots and write staging disks through the local disk provider rooted there"
-        );
+    let disks: Arc<dyn stowage_disk::DiskProvider> = match (&args.disk_root, args.disk_provider) {
+        (Some(root), _) => Arc::new(
+            LocalDiskProvider::open(root)
+                .with_context(|| format!("cannot open the disk root {}", root.display()))?,
+        ),
+        // Operational snapshots through the cluster's CSI driver; no volume data reachable.
+        (None, DiskProviderChoice::Csi) => Arc::new(stowage_disk::NoDiskProvider),
+        (None, DiskProviderChoice::Local) => bail!(
+            "--disk-root is missing: the vault stages read snapshots and write staging disks through the local disk provider rooted there (or pass --disk-provider csi to take operational snapshots as CSI VolumeSnapshots)"
+        ),
     };
-    let disks = LocalDiskProvider::open(root)
-        .with_context(|| format!("cannot open the disk root {}", root.display()))?;
-    let mut ctx = VaultContext::new(primary, key, Arc::new(disks));
+    let mut ctx = VaultContext::new(primary, key, disks);
     match (&vault.redundancy, &args.secondary) {
         (Redundancy::Local, None) => {}
         (Redundancy::Local, Some(secondary)) => bail!(
@@ -163,6 +167,7 @@ pub async fn vault_context(args: &VaultArgs) -> anyhow::Result<Option<VaultConte
 pub async fn cluster_context(
     cluster: &ClusterArgs,
     vault: Option<&VaultContext>,
+    disk_provider: DiskProviderChoice,
 ) -> anyhow::Result<Option<stowage_stages::ClusterContext>> {
     let Some(found) = crate::kube_config::cluster_client(cluster).await? else {
         return Ok(None);
@@ -197,6 +202,9 @@ pub async fn cluster_context(
     );
     if let Some(secondary) = &vault.secondary {
         ctx = ctx.with_secondary(secondary.store.clone());
+    }
+    if disk_provider == DiskProviderChoice::Csi {
+        ctx = ctx.with_snapshot_mode(stowage_stages::SnapshotMode::Csi);
     }
     Ok(Some(ctx))
 }

@@ -21,7 +21,8 @@
 //!   custom resources that were collected (restoring a custom resource needs its CRD).
 //!
 //! Types that are derived or ephemeral are never collected: events, nodes, endpoints and
-//! endpoint slices, leases, component statuses, and the review and metrics APIs. Types that
+//! endpoint slices, leases, component statuses, the review and metrics APIs, and CSI
+//! VolumeSnapshots and VolumeSnapshotContents (a recovery point records its own). Types that
 //! cannot be listed are skipped.
 //!
 //! # Bounded memory
@@ -58,6 +59,10 @@ const NEVER_COLLECTED: &[(&str, &str)] = &[
     ("metrics.k8s.io", "*"),
     ("authentication.k8s.io", "*"),
     ("authorization.k8s.io", "*"),
+    // A recovery point's own snapshot handles, recorded in its manifest; a restored copy would
+    // bind a content of another time.
+    ("snapshot.storage.k8s.io", "volumesnapshots"),
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents"),
 ];
 
 /// One collected object, ready to be written to the vault.

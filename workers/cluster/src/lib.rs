@@ -10,6 +10,8 @@
 //! - [`collect`]: reads every object a backup scope covers, page by page, strips the fields
 //!   the server populates and hands each object to a sink: the resources half of a snapshot.
 //! - [`access`]: 401 and 403 answers read into what was refused and which role should grant it.
+//! - [`csi`]: CSI VolumeSnapshots (`snapshot.storage.k8s.io/v1`): the class of a driver,
+//!   taking a snapshot and waiting for it by watch, deleting it, pre-bound contents for restores.
 //! - [`apply`]: the other direction, used by restore: discovery, reading what a target holds,
 //!   creating or merge-patching an object, waiting (by watch) for CRDs to be established.
 //! - [`wait`]: waiting for an object to reach a state by watch (kube-runtime's watcher), with
@@ -23,6 +25,7 @@
 pub mod access;
 pub mod apply;
 pub mod collect;
+pub mod csi;
 pub mod exec;
 pub mod target;
 pub mod wait;

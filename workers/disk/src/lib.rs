@@ -20,6 +20,7 @@
 mod cbt;
 mod error;
 mod local;
+mod none;
 mod ranges;
 
 use std::fmt;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::DiskError;
 pub use local::{LOCAL_DRIVER, LOCAL_REGION, LocalDiskProvider};
+pub use none::NoDiskProvider;
 pub use ranges::{BLOCK_SIZE, merge_ranges};
 
 /// A boxed, `Send` future, so that [`DiskProvider`] stays object-safe.

@@ -76,6 +76,9 @@
 //!   answered by evaluating the stored Roles, ClusterRoles and bindings (see `rbac`: verbs,
 //!   groups, resources and subresources, resource names, namespaces, `*`, `system:masters`):
 //!   the same evaluation that authorizes every request.
+//! - CSI volume snapshots, with [`Sandbox::with_csi_disks`]: the snapshot CRDs are in the
+//!   sample app, and a controller plays the external-snapshotter, the provisioner and the CSI
+//!   driver of [`LOCAL_CSI_DRIVER`] over a disk provider (the `csi` module).
 //! - Nodes (the sample app has one, labelled with [`SAMPLE_REGION`]); the version `/version`
 //!   answers can be changed with [`Sandbox::set_version`].
 //!
@@ -97,6 +100,7 @@
 //! the tests do (a test in `tests/` checks the crate graph).
 
 pub mod auth;
+mod csi;
 pub(crate) mod error;
 pub mod exec;
 mod http;
@@ -121,7 +125,7 @@ use tokio::task::JoinHandle;
 
 pub use auth::{ADMIN, FLEET_NAMESPACE, Identity, apply_fleet_rbac, fleet_rbac};
 pub use exec::ExecRecord;
-pub use sample::{LOCAL_CSI_DRIVER, SAMPLE_REGION};
+pub use sample::{LOCAL_CSI_DRIVER, LOCAL_SNAPSHOT_CLASS, SAMPLE_REGION};
 use store::Store;
 use stowage_cluster::ClusterTarget;
 
@@ -132,6 +136,8 @@ pub struct Sandbox {
     store: Arc<Mutex<Store>>,
     address: Arc<Mutex<Option<SocketAddr>>>,
     exec_sessions: Arc<AtomicUsize>,
+    /// Notified after every change of the store (the CSI controller reconciles on it).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// Why a sandbox could not start or load objects.
@@ -193,7 +199,19 @@ impl Sandbox {
             store: Arc::new(Mutex::new(Store::new())),
             address: Arc::new(Mutex::new(None)),
             exec_sessions: Arc::new(AtomicUsize::new(0)),
+            changed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// The same cluster with a CSI snapshot controller and driver over `disks` (the
+    /// external-snapshotter, the provisioner and the driver of [`LOCAL_CSI_DRIVER`]; see the
+    /// `csi` module): VolumeSnapshots of its volumes are taken as snapshots of their disks, and
+    /// claims with a VolumeSnapshot `dataSource` are provisioned from them. The controller runs
+    /// as a task of the current tokio runtime (so call this inside one) until the cluster is
+    /// dropped.
+    pub fn with_csi_disks(self, disks: Arc<dyn stowage_disk::DiskProvider>) -> Self {
+        csi::spawn(&self.store, self.changed.clone(), disks);
+        self
     }
 
     /// Loads the sample application (see the `sample` module's table): two namespaces of
@@ -317,7 +335,9 @@ impl Sandbox {
     }
 
     fn with_store_mut<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
-        f(&mut self.store.lock().unwrap_or_else(PoisonError::into_inner))
+        let answer = f(&mut self.store.lock().unwrap_or_else(PoisonError::into_inner));
+        self.changed.notify_waiters();
+        answer
     }
 }
 

@@ -6,7 +6,7 @@
 //! | `shop` (team=commerce) | deployments `web`, `cart`; statefulset `db`; services `web`, `db`; configmaps `web-config`, `db-config`; secret `db-credentials`; service account, role, role binding; pods `db-0`, `web-7d9f` (hook targets); PVC `data-db-0` → PV `pv-shop-data` (CSI `disk.stowage.local`, disk `shop-data`); widgets `blue`, `red` | `app`, `tier` (frontend/backend/data), `backup` (`skip` on `cart`) |
 //! | `blog` (team=content) | deployment `wordpress`; statefulset `mysql`; services; configmap; secret; pod `mysql-0`; PVC `data-mysql-0` → `pv-blog-data` (disk `blog-data`); PVC `uploads` → `pv-blog-uploads` (**NFS**: not a CSI volume, skipped by snapshots); widget `green` | `app`, `tier` |
 //! | `kube-system` | deployment and configmap `coredns` | `k8s-app=kube-dns` |
-//! | cluster | node `sandbox-node-1` (region [`SAMPLE_REGION`], zone `local-1`), storage class `local-disk`, the three PVs, cluster role and binding `widget-reader`, CRD `widgets.demo.stowage.io` | `app.kubernetes.io/part-of=stowage-demo` |
+//! | cluster | node `sandbox-node-1` (region [`SAMPLE_REGION`], zone `local-1`), storage class `local-disk`, the three PVs, cluster role and binding `widget-reader`, CRD `widgets.demo.stowage.io`; the CSI snapshot CRDs (`snapshot.storage.k8s.io/v1`) and VolumeSnapshotClass [`LOCAL_SNAPSHOT_CLASS`] (default for `disk.stowage.local`, `deletionPolicy: Delete`) | `app.kubernetes.io/part-of=stowage-demo` |
 //!
 //! The `db-0` pod carries no exec annotations (hooks succeed); `mysql-0` has
 //! `sandbox.stowage.io/exec-delay-ms: "50"` so hooks take a moment.
@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 
 /// The CSI driver of the local disk provider.
 pub const LOCAL_CSI_DRIVER: &str = "disk.stowage.local";
+
+/// The sample's VolumeSnapshotClass: the default class of [`LOCAL_CSI_DRIVER`].
+pub const LOCAL_SNAPSHOT_CLASS: &str = "local-snapshots";
 
 /// The region of the sample app's node (`topology.kubernetes.io/region`): the same name the
 /// local disk provider reports for its snapshots (`stowage_disk::LOCAL_REGION`), so a local
@@ -168,6 +171,169 @@ pub(crate) fn widget_crd() -> Value {
     })
 }
 
+/// A printer column of a CRD version.
+fn column(name: &str, path: &str, kind: &str) -> Value {
+    json!({"name": name, "jsonPath": path, "type": kind})
+}
+
+/// A CRD of `snapshot.storage.k8s.io/v1`, shaped after the upstream definition
+/// (kubernetes-csi/external-snapshotter `client/config/crd`): names, scope, the `status`
+/// subresource, printer columns and the schema of `spec`/`status` (descriptions and CEL
+/// validations left out).
+fn snapshot_crd(
+    kind: &str,
+    plural: &str,
+    short_names: &[&str],
+    scope: &str,
+    columns: Vec<Value>,
+    properties: Value,
+    required: &[&str],
+) -> Value {
+    let mut columns = columns;
+    columns.push(column("Age", ".metadata.creationTimestamp", "date"));
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": format!("{plural}.snapshot.storage.k8s.io"),
+            "annotations": {"api-approved.kubernetes.io": "https://github.com/kubernetes-csi/external-snapshotter/pull/814"},
+        },
+        "spec": {
+            "group": "snapshot.storage.k8s.io",
+            "names": {
+                "kind": kind, "listKind": format!("{kind}List"), "plural": plural,
+                "singular": kind.to_lowercase(), "shortNames": short_names,
+            },
+            "scope": scope,
+            "versions": [{
+                "name": "v1", "served": true, "storage": true,
+                "additionalPrinterColumns": columns,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": properties,
+                    "required": required,
+                }},
+                "subresources": if kind == "VolumeSnapshotClass" { json!({}) } else { json!({"status": {}}) },
+            }],
+        },
+    })
+}
+
+/// The three CRDs of CSI volume snapshots (`VolumeSnapshotClass`, `VolumeSnapshotContent`,
+/// `VolumeSnapshot`), as a cluster with the external-snapshotter installed has them.
+pub(crate) fn snapshot_crds() -> Vec<Value> {
+    let string = json!({"type": "string"});
+    let error = json!({"type": "object", "properties": {"message": string, "time": {"type": "string", "format": "date-time"}}});
+    let class = snapshot_crd(
+        "VolumeSnapshotClass",
+        "volumesnapshotclasses",
+        &["vsclass", "vsclasses"],
+        "Cluster",
+        vec![
+            column("Driver", ".driver", "string"),
+            column("DeletionPolicy", ".deletionPolicy", "string"),
+        ],
+        json!({
+            "apiVersion": string, "kind": string, "metadata": {"type": "object"},
+            "deletionPolicy": {"type": "string", "enum": ["Delete", "Retain"]},
+            "driver": string,
+            "parameters": {"type": "object", "additionalProperties": string},
+        }),
+        &["deletionPolicy", "driver"],
+    );
+    let content = snapshot_crd(
+        "VolumeSnapshotContent",
+        "volumesnapshotcontents",
+        &["vsc", "vscs"],
+        "Cluster",
+        vec![
+            column("ReadyToUse", ".status.readyToUse", "boolean"),
+            column("RestoreSize", ".status.restoreSize", "integer"),
+            column("DeletionPolicy", ".spec.deletionPolicy", "string"),
+            column("Driver", ".spec.driver", "string"),
+            column(
+                "VolumeSnapshotClass",
+                ".spec.volumeSnapshotClassName",
+                "string",
+            ),
+            column("VolumeSnapshot", ".spec.volumeSnapshotRef.name", "string"),
+            column(
+                "VolumeSnapshotNamespace",
+                ".spec.volumeSnapshotRef.namespace",
+                "string",
+            ),
+        ],
+        json!({
+            "apiVersion": string, "kind": string, "metadata": {"type": "object"},
+            "spec": {"type": "object", "required": ["deletionPolicy", "driver", "source", "volumeSnapshotRef"], "properties": {
+                "deletionPolicy": {"type": "string", "enum": ["Delete", "Retain"]},
+                "driver": string,
+                "source": {"type": "object", "properties": {"snapshotHandle": string, "volumeHandle": string}},
+                "sourceVolumeMode": string,
+                "volumeSnapshotClassName": string,
+                "volumeSnapshotRef": {"type": "object", "x-kubernetes-map-type": "atomic", "properties": {
+                    "apiVersion": string, "fieldPath": string, "kind": string, "name": string,
+                    "namespace": string, "resourceVersion": string, "uid": string,
+                }},
+            }},
+            "status": {"type": "object", "properties": {
+                "creationTime": {"type": "integer", "format": "int64"},
+                "error": error,
+                "readyToUse": {"type": "boolean"},
+                "restoreSize": {"type": "integer", "format": "int64", "minimum": 0},
+                "snapshotHandle": string,
+                "volumeGroupSnapshotHandle": string,
+            }},
+        }),
+        &["spec"],
+    );
+    let snapshot = snapshot_crd(
+        "VolumeSnapshot",
+        "volumesnapshots",
+        &["vs"],
+        "Namespaced",
+        vec![
+            column("ReadyToUse", ".status.readyToUse", "boolean"),
+            column(
+                "SourcePVC",
+                ".spec.source.persistentVolumeClaimName",
+                "string",
+            ),
+            column(
+                "SourceSnapshotContent",
+                ".spec.source.volumeSnapshotContentName",
+                "string",
+            ),
+            column("RestoreSize", ".status.restoreSize", "string"),
+            column("SnapshotClass", ".spec.volumeSnapshotClassName", "string"),
+            column(
+                "SnapshotContent",
+                ".status.boundVolumeSnapshotContentName",
+                "string",
+            ),
+            column("CreationTime", ".status.creationTime", "date"),
+        ],
+        json!({
+            "apiVersion": string, "kind": string, "metadata": {"type": "object"},
+            "spec": {"type": "object", "required": ["source"], "properties": {
+                "source": {"type": "object", "properties": {
+                    "persistentVolumeClaimName": string, "volumeSnapshotContentName": string,
+                }},
+                "volumeSnapshotClassName": string,
+            }},
+            "status": {"type": "object", "properties": {
+                "boundVolumeSnapshotContentName": string,
+                "creationTime": {"type": "string", "format": "date-time"},
+                "error": error,
+                "readyToUse": {"type": "boolean"},
+                "restoreSize": {"type": "string"},
+                "volumeGroupSnapshotName": string,
+            }},
+        }),
+        &["spec"],
+    );
+    vec![class, content, snapshot]
+}
+
 /// A namespace's web tier and its database with a disk: deployment and service `web`, a
 /// configmap `<web>-config`; statefulset and service `db`, a secret `<db>-credentials`, pod
 /// `<db>-0` (a hook target) and its claim `data-<db>-0`, bound to PV `pv-<ns>-data` on disk
@@ -219,7 +385,8 @@ fn stack(s: Stack) -> Vec<Value> {
 /// the CRD before what they hold).
 pub(crate) fn objects() -> Vec<Value> {
     let demo = json!({"app.kubernetes.io/part-of": "stowage-demo"});
-    let mut objects = vec![
+    let mut objects = snapshot_crds();
+    objects.extend([
         namespace("shop", json!({"team": "commerce", "env": "prod"})),
         namespace("blog", json!({"team": "content", "env": "prod"})),
         widget_crd(),
@@ -250,7 +417,17 @@ pub(crate) fn objects() -> Vec<Value> {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "widget-reader"},
             "subjects": [{"kind": "ServiceAccount", "name": "shop", "namespace": "shop"}],
         }),
-    ];
+        json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+            "metadata": {
+                "name": LOCAL_SNAPSHOT_CLASS,
+                "labels": demo.clone(),
+                "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"},
+            },
+            "driver": LOCAL_CSI_DRIVER,
+            "deletionPolicy": "Delete",
+        }),
+    ]);
     objects.extend(stack(Stack {
         ns: "shop",
         web: "web",

@@ -27,6 +27,18 @@ use stowage_schemas::domain::BackupInstance;
 use stowage_vault::catalog::settings;
 use stowage_vault::store::BlobStore;
 
+/// How the snapshot stage takes a volume's operational snapshot (`--disk-provider local|csi`;
+/// see ARCHITECTURE.md, "CSI VolumeSnapshots").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// Through the disk provider itself: only volumes of its CSI driver are snapshotted.
+    #[default]
+    Disk,
+    /// Through `snapshot.storage.k8s.io/v1` VolumeSnapshots: volumes of every CSI driver that
+    /// has a VolumeSnapshotClass.
+    Csi,
+}
+
 /// Everything the snapshot and restore stages need besides their message.
 #[derive(Clone)]
 pub struct ClusterContext {
@@ -46,6 +58,10 @@ pub struct ClusterContext {
     pub copy_piece_bytes: usize,
     /// How long a restore waits for a created CRD to become `Established`.
     pub crd_established_timeout: Duration,
+    /// How the snapshot stage takes operational snapshots (`--disk-provider`).
+    pub snapshot_mode: SnapshotMode,
+    /// How long the snapshot stage waits for a CSI VolumeSnapshot to become `readyToUse`.
+    pub csi_ready_timeout: Duration,
     /// When a recovery point is taken, by the snapshot stage's reckoning (the system clock;
     /// tests simulating weeks of backups set their own).
     clock: crate::retention::Clock,
@@ -69,8 +85,16 @@ impl ClusterContext {
             volume_parallelism: 4,
             copy_piece_bytes: 1 << 20,
             crd_established_timeout: Duration::from_secs(60),
+            snapshot_mode: SnapshotMode::Disk,
+            csi_ready_timeout: Duration::from_secs(300),
             clock: Arc::new(jiff::Timestamp::now),
         }
+    }
+
+    /// The same context taking operational snapshots the way `mode` says.
+    pub fn with_snapshot_mode(mut self, mode: SnapshotMode) -> Self {
+        self.snapshot_mode = mode;
+        self
     }
 
     /// The same context dating recovery points by `clock` instead of the system clock.
@@ -210,6 +234,34 @@ pub(crate) fn access_denied(what: &str, denied: &stowage_cluster::AccessDenied) 
     StageError::permanent(format!("{what}: {denied}; fix: {}", denied.fix()))
 }
 
+/// A stage error for a failed CSI snapshot operation, transient or permanent as the error says.
+pub(crate) fn csi_error(error: stowage_cluster::csi::CsiError) -> StageError {
+    if error.is_transient() {
+        StageError::transient(error)
+    } else {
+        StageError::permanent(error)
+    }
+}
+
+/// A label value for `text`: itself when Kubernetes accepts it as one (at most 63 characters,
+/// letters, digits, `-`, `_`, `.`, starting and ending with a letter or digit), else `h-` and
+/// 32 hex digits of its hash.
+pub(crate) fn label_value(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let fits = !text.is_empty()
+        && text.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if fits {
+        text.to_owned()
+    } else {
+        format!("h-{}", &blake3::hash(text.as_bytes()).to_hex()[..32])
+    }
+}
+
 /// A stage error for a failed create or patch of a restored object.
 pub(crate) fn apply_error(error: ApplyError) -> StageError {
     match error {
@@ -252,6 +304,17 @@ pub(crate) fn disk_safe_name(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_valid() {
+        assert_eq!(
+            label_value("sched-shop-20260102T0630Z"),
+            "sched-shop-20260102T0630Z"
+        );
+        let long = label_value(&"x".repeat(64));
+        assert!(long.starts_with("h-") && long.len() == 34);
+        assert_ne!(label_value("a/b"), "a/b");
+    }
 
     #[test]
     fn disk_names_are_safe_and_bounded() {

@@ -1,5 +1,6 @@
 //! What the vault stages share: where the vault is, its key, the disks, and tuning.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use stowage_disk::DiskProvider;
@@ -35,6 +36,9 @@ pub struct VaultContext {
     pub consolidation: ConsolidationPolicy,
     /// Pieces read and sealed at once (bounds memory: about two pieces of `grid` size each).
     pub parallelism: usize,
+    /// Clients of the clusters whose CSI VolumeSnapshots retention may delete, by the name
+    /// workers give the cluster (`CsiSnapshot::cluster`); empty unless the worker has clusters.
+    pub csi_clusters: BTreeMap<String, kube::Client>,
 }
 
 /// The secondary location of a geo-redundant vault. Its region is the one `vault.json` records,
@@ -62,7 +66,14 @@ impl VaultContext {
                 .map_or(2, |n| n.get())
                 .clamp(2, 8)
                 * 2,
+            csi_clusters: BTreeMap::new(),
         }
+    }
+
+    /// The same context reaching the cluster `name` for deleting CSI VolumeSnapshots.
+    pub fn with_csi_cluster(mut self, name: impl Into<String>, client: kube::Client) -> Self {
+        self.csi_clusters.insert(name.into(), client);
+        self
     }
 
     /// The same context with a secondary location (given the vault's key too).

@@ -35,7 +35,7 @@ pub mod snapshot;
 pub mod staging;
 pub mod vault_transfer;
 
-pub use cluster_context::ClusterContext;
+pub use cluster_context::{ClusterContext, SnapshotMode};
 pub use context::VaultContext;
 pub use geo_replication::GeoReplication;
 pub use restore::RestoreStage;

@@ -11,6 +11,11 @@
 //! 3. one extent map per volume (consolidated when its chain grows too long);
 //! 4. the RP's vault-tier manifest — last, so the RP shows in the vault tier only when complete.
 //!
+//! A volume held as a CSI VolumeSnapshot is read through the disk provider only when its driver
+//! is the provider's (the local provider reads the sandbox driver's snapshot handles); any
+//! other driver's volume stays in the operational tier only (warned), and the tier manifest
+//! leaves it out.
+//!
 //! A redelivery after step 4 returns the stored manifest; after any earlier step it re-reads
 //! the snapshot but stores nothing twice: chunks of its earlier packs are known from their
 //! trailers, everything later is create-only. Memory stays bounded: one pack filling, the
@@ -154,6 +159,18 @@ pub async fn transfer(
             items_done: index as u64,
             items_total: Some(volumes),
         });
+        if let Some(csi) = &volume.csi
+            && csi.driver != ctx.disks.driver()
+        {
+            tracing::warn!(
+                volume = %volume.volume_id,
+                pvc = %format!("{}/{}", volume.namespace, volume.pvc),
+                driver = %csi.driver,
+                "this volume's CSI snapshot is not readable by the vault worker's disk provider ({}): it stays in the operational tier only",
+                ctx.disks.driver()
+            );
+            continue;
+        }
         let version = volume.snapshot_id.clone();
         let map = match volume_map(store, &volume.volume_id, &version).await? {
             Some(existing) => existing,

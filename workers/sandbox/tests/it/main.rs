@@ -3,6 +3,7 @@
 
 mod auth;
 mod exec_ws;
+mod csi;
 mod harness;
 mod kubectl;
 mod kubectl_apply;

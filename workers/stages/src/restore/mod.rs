@@ -3,7 +3,10 @@
 //! # Sources
 //!
 //! - `job.restore` from the **operational** tier: the RP manifest (`catalog/…`) gives the
-//!   resources object and the volume snapshots; each restored volume gets a new disk,
+//!   resources object and the volume snapshots; a volume held as a CSI VolumeSnapshot is
+//!   restored as a new claim with that snapshot as its `dataSource` (pre-bound into the target
+//!   namespace when the mapping moves it), for the cluster's CSI driver to provision; each
+//!   other restored volume gets a new disk,
 //!   `restore-<restore-id>-<volume-id>`, filled by streaming the snapshot's allocated ranges
 //!   ([`ClusterContext::copy_piece_bytes`](crate::ClusterContext::copy_piece_bytes) per read) into `create_disk_from_stream`, several
 //!   volumes at once ([`ClusterContext::volume_parallelism`](crate::ClusterContext::volume_parallelism)).
@@ -91,6 +94,9 @@ pub use volumes::restored_pv_name;
 pub const COMPLETED_FILE: &str = "completed.json";
 /// Annotation on a restored PV: the restore that made it.
 pub const RESTORE_ID_ANNOTATION: &str = "stowage.io/restore-id";
+/// Label on the VolumeSnapshotContent and VolumeSnapshot a restore pre-binds to a CSI snapshot
+/// handle in a target namespace: the restore (its id, or `h-` and a hash).
+pub const RESTORE_ID_LABEL: &str = "stowage.io/restore-id";
 /// Annotation on a restored PV: the PV it replaces in the source cluster.
 pub const SOURCE_VOLUME_ANNOTATION: &str = "stowage.io/source-volume";
 
@@ -343,9 +349,12 @@ pub async fn restore(
     if options.include_volumes {
         for volume in &rp.volumes {
             let origin = match &request.source {
-                RestoreSource::Operational => VolumeOrigin::Snapshot {
-                    snapshot: SnapshotId(volume.snapshot_id.clone()),
-                    size: volume.size_bytes,
+                RestoreSource::Operational => match &volume.csi {
+                    Some(csi) => VolumeOrigin::Csi(csi.clone()),
+                    None => VolumeOrigin::Snapshot {
+                        snapshot: SnapshotId(volume.snapshot_id.clone()),
+                        size: volume.size_bytes,
+                    },
                 },
                 RestoreSource::Staged { staging, .. } => {
                     match staging

@@ -1,5 +1,7 @@
 //! The volumes of a restore: each restored claim gets a new PV on a new disk — filled from an
-//! operational snapshot, or adopted from hydration's staging disk — never the source's.
+//! operational snapshot, or adopted from hydration's staging disk — never the source's; a
+//! claim whose snapshot is a CSI VolumeSnapshot gets it as its `dataSource`, and the cluster's
+//! CSI driver provisions the new volume.
 
 use std::collections::BTreeMap;
 
@@ -15,8 +17,9 @@ use stowage_vault::store::BlobStore;
 use super::objects::{Existing, Run};
 use super::plan::PlanAction;
 use super::reader::ObjectReader;
-use super::{RESTORE_ID_ANNOTATION, SOURCE_VOLUME_ANNOTATION};
-use crate::cluster_context::disk_safe_name;
+use super::{RESTORE_ID_ANNOTATION, RESTORE_ID_LABEL, SOURCE_VOLUME_ANNOTATION};
+use crate::cluster_context::{csi_error, disk_safe_name, label_value};
+use stowage_schemas::domain::CsiSnapshot;
 
 /// Where one restored claim's data comes from.
 #[derive(Debug, Clone)]
@@ -25,6 +28,8 @@ pub(super) enum VolumeOrigin {
     Snapshot { snapshot: SnapshotId, size: u64 },
     /// Adopt this staging disk.
     Disk { disk: String },
+    /// Provision through the cluster's CSI driver from this VolumeSnapshot (`dataSource`).
+    Csi(CsiSnapshot),
 }
 
 /// Annotations of the source cluster's volume binding, dropped from restored claims.
@@ -52,6 +57,7 @@ impl Run<'_> {
         }
         // Pass 2: the claims. Those that get a new volume wait for their disks.
         let mut pending = Vec::new();
+        let mut from_snapshots = Vec::new();
         let mut reader = ObjectReader::open(store, resources).await?;
         while let Some(object) = reader.next().await? {
             if !(group_version(&object).0.is_empty() && object["kind"] == "PersistentVolumeClaim") {
@@ -71,6 +77,9 @@ impl Run<'_> {
                 continue;
             };
             match (existing, origin) {
+                (Existing::Missing, Some((_, VolumeOrigin::Csi(csi)))) => {
+                    from_snapshots.push((claim, source_ns.clone(), csi.clone()));
+                }
                 (Existing::Missing, Some((volume_id, origin))) => {
                     let pv = source_pv.and_then(|n| source_pvs.get(&n).cloned());
                     pending.push((claim, pv, volume_id.clone(), origin.clone()));
@@ -103,6 +112,10 @@ impl Run<'_> {
                 }
             }
         }
+        for (claim, source_ns, csi) in from_snapshots {
+            self.restore_from_volume_snapshot(claim, &source_ns, &csi)
+                .await?;
+        }
         if pending.is_empty() {
             return Ok(());
         }
@@ -131,6 +144,7 @@ impl Run<'_> {
             async move {
                 match origin {
                     VolumeOrigin::Disk { disk } => Ok(Some(disk)),
+                    VolumeOrigin::Csi(_) => unreachable!("CSI snapshots are restored through a dataSource above"),
                     VolumeOrigin::Snapshot { .. } if dry_run => Ok(None),
                     VolumeOrigin::Snapshot { snapshot, size } => {
                         let info = disk_from_snapshot(disks.as_ref(), &snapshot, &name, size, piece)
@@ -180,6 +194,79 @@ impl Run<'_> {
             }
             claim["spec"]["volumeName"] = json!(pv_name);
             self.apply(claim).await?;
+        }
+        Ok(())
+    }
+
+    /// Restores `claim` (already mapped) from a CSI VolumeSnapshot: a new claim with the
+    /// snapshot as its `dataSource`, which the cluster's CSI driver provisions. The snapshot
+    /// must be in the claim's namespace: the recovery point's own when the claim stays in
+    /// `source_ns` and it is there, else a pre-bound VolumeSnapshotContent and VolumeSnapshot
+    /// made for this restore (ARCHITECTURE.md, "CSI VolumeSnapshots").
+    async fn restore_from_volume_snapshot(
+        &mut self,
+        mut claim: Value,
+        source_ns: &str,
+        csi: &CsiSnapshot,
+    ) -> Result<(), StageError> {
+        let target_ns = namespace_of(&claim).unwrap_or_default();
+        let claim_name = name_of(&claim);
+        let client = self.api.client().clone();
+        let own = target_ns == source_ns
+            && stowage_cluster::csi::volume_snapshot_exists(&client, &target_ns, &csi.name)
+                .await
+                .map_err(csi_error)?;
+        let snapshot = if own {
+            csi.name.clone()
+        } else {
+            let name = restored_pv_name(&self.request.restore_id, &target_ns, &claim_name);
+            let labels = json!({RESTORE_ID_LABEL: label_value(&self.request.restore_id)});
+            let content = json!({
+                "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+                "metadata": {"name": name, "labels": labels},
+                "spec": {
+                    "deletionPolicy": "Retain",
+                    "driver": csi.driver,
+                    "source": {"snapshotHandle": csi.handle},
+                    "volumeSnapshotClassName": csi.class,
+                    "volumeSnapshotRef": {"name": name, "namespace": target_ns},
+                },
+            });
+            let snapshot = json!({
+                "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                "metadata": {"name": name, "namespace": target_ns, "labels": labels},
+                "spec": {
+                    "volumeSnapshotClassName": csi.class,
+                    "source": {"volumeSnapshotContentName": name},
+                },
+            });
+            self.apply(content).await?;
+            self.apply(snapshot).await?;
+            name
+        };
+        let spec = claim["spec"].as_object_mut().ok_or_else(|| {
+            StageError::permanent(format!(
+                "PVC {target_ns}/{claim_name} in the resources object has no spec; the resources \
+                 object is damaged"
+            ))
+        })?;
+        spec.remove("volumeName");
+        spec.remove("dataSourceRef");
+        spec.insert(
+            "dataSource".into(),
+            json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snapshot}),
+        );
+        let requested = spec
+            .get("resources")
+            .and_then(|r| r.pointer("/requests/storage"))
+            .and_then(Value::as_str)
+            .and_then(stowage_cluster::csi::parse_quantity);
+        if requested.is_none_or(|r| r < csi.restore_size) {
+            claim["spec"]["resources"]["requests"]["storage"] = json!(csi.restore_size.to_string());
+        }
+        let action = self.apply(claim).await?;
+        if matches!(action, PlanAction::Create) {
+            self.report.volumes_restored += 1;
         }
         Ok(())
     }

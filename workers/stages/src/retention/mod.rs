@@ -5,10 +5,12 @@
 //! (`instances/<i>.json` → `policies/<name>.json`), evaluates every RP ([`evaluate`]) at `as_of`
 //! (default: now), and for each expired tier, in this order:
 //!
-//! * **operational** — deletes the RP's volume snapshots through the disk provider (only those
+//! * **operational** — deletes the RP's volume snapshots through the disk provider, or a CSI
+//!   snapshot's VolumeSnapshot in its cluster ([`VaultContext::csi_clusters`]; only those
 //!   named exactly as the snapshot stage names this instance's snapshot of that RP and disk,
 //!   [`crate::snapshot::snapshot_name`], so never another instance's), then records the tier as
-//!   deleted in the RP's retention record;
+//!   deleted in the RP's retention record (a tier whose VolumeSnapshots are in a cluster this
+//!   worker does not reach is left for a run that does);
 //! * **vault** — deletes the RP's `vault` tier manifest, so its volume versions become
 //!   unreferenced (their data goes with garbage collection, below), then records it;
 //! * **secondary** — likewise the `secondary` tier manifest in the secondary store;
@@ -605,7 +607,11 @@ impl Run<'_> {
                         tracing::warn!(instance, rp_id, manifest_instance = %rp.instance, manifest_id = %rp.id, "the RP manifest names another instance or recovery point; its snapshots are not this RP's and are not deleted");
                         continue;
                     }
-                    report.snapshots_deleted += delete_snapshots(ctx, &rp).await?;
+                    let done = delete_snapshots(ctx, &rp).await?;
+                    report.snapshots_deleted += done.deleted;
+                    if done.unreachable > 0 {
+                        continue;
+                    }
                     report.operational_deleted += 1;
                 }
                 Tier::Vault => {
@@ -685,7 +691,11 @@ impl Run<'_> {
             return Ok(());
         }
         if rp.instance == instance && rp.id == rp_id {
-            report.snapshots_deleted += delete_snapshots(ctx, &rp).await?;
+            let done = delete_snapshots(ctx, &rp).await?;
+            report.snapshots_deleted += done.deleted;
+            if done.unreachable > 0 {
+                return Ok(()); // claimed as purging; a run that reaches the cluster finishes it
+            }
         } else {
             tracing::warn!(instance, rp_id, manifest_instance = %rp.instance, manifest_id = %rp.id, "the RP manifest names another instance or recovery point; its snapshots are not this RP's and are not deleted");
         }
@@ -709,30 +719,63 @@ impl Run<'_> {
     }
 }
 
+/// What deleting an RP's snapshots did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SnapshotsDeleted {
+    /// Snapshots deleted (or found already gone).
+    deleted: u64,
+    /// Snapshots left because this worker cannot reach their cluster: the tier is not done.
+    unreachable: u64,
+}
+
 /// Deletes the snapshots the RP manifest names — only those named exactly as the snapshot stage
 /// names this instance's snapshot of this RP and disk: a snapshot named otherwise is not one
 /// Stowage took for this RP of this instance (another instance's, or one named before snapshot
-/// names carried the instance) and is left alone, with a warning.
-async fn delete_snapshots(ctx: &VaultContext, rp: &RecoveryPoint) -> Result<u64, StageError> {
-    let mut deleted = 0;
+/// names carried the instance) and is left alone, with a warning. A CSI snapshot is deleted as
+/// its VolumeSnapshot, in the cluster it records, through [`VaultContext::csi_clusters`]; one
+/// whose cluster this worker does not reach is left (and counted) for a run that does.
+async fn delete_snapshots(
+    ctx: &VaultContext,
+    rp: &RecoveryPoint,
+) -> Result<SnapshotsDeleted, StageError> {
+    let mut done = SnapshotsDeleted::default();
     for volume in &rp.volumes {
         if !snapshot_of_rp(rp, volume) {
             tracing::warn!(instance = %rp.instance, rp_id = %rp.id, snapshot = %volume.snapshot_id, "the RP manifest names a snapshot the snapshot stage would not have taken for this RP of this instance; left alone");
             continue;
         }
-        ctx.disks
-            .delete_snapshot(&SnapshotId(volume.snapshot_id.clone()))
-            .await?;
-        deleted += 1;
+        match &volume.csi {
+            None => {
+                ctx.disks
+                    .delete_snapshot(&SnapshotId(volume.snapshot_id.clone()))
+                    .await?;
+            }
+            Some(csi) => {
+                let Some(client) = ctx.csi_clusters.get(&csi.cluster) else {
+                    tracing::warn!(instance = %rp.instance, rp_id = %rp.id, cluster = %csi.cluster, snapshot = %format!("{}/{}", volume.namespace, csi.name), "the operational tier expired, but its VolumeSnapshot is in a cluster this retention worker does not reach; it is left, and the tier kept, until a retention worker given that cluster (--kubeconfig/--cluster-name) runs");
+                    done.unreachable += 1;
+                    continue;
+                };
+                stowage_cluster::csi::delete_volume_snapshot(client, &volume.namespace, &csi.name)
+                    .await
+                    .map_err(crate::cluster_context::csi_error)?;
+            }
+        }
+        done.deleted += 1;
     }
-    Ok(deleted)
+    Ok(done)
 }
 
 /// Whether `volume`'s snapshot carries exactly the name the snapshot stage gives the snapshot
 /// of its disk (the volume id, unescaped) for `rp` of `rp.instance`.
 pub(crate) fn snapshot_of_rp(rp: &RecoveryPoint, volume: &VolumeBackup) -> bool {
     layout::unescape_component(&volume.volume_id).is_some_and(|disk| {
-        volume.snapshot_id == crate::snapshot::snapshot_name(&rp.instance, &rp.id, &disk)
+        let own = crate::snapshot::snapshot_name(&rp.instance, &rp.id, &disk);
+        match &volume.csi {
+            // A CSI snapshot's handle is the driver's; its VolumeSnapshot carries the name.
+            Some(csi) => csi.name == own,
+            None => volume.snapshot_id == own,
+        }
     })
 }
 
@@ -894,6 +937,7 @@ mod tests {
             size_bytes: 1,
             snapshot_id: snapshot_id.into(),
             vault_version: None,
+            csi: None,
         }
     }
 

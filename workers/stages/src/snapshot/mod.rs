@@ -25,6 +25,12 @@
 //!    bound, and volumes of other kinds (NFS, host paths, another CSI driver), are skipped
 //!    with a warning; the backup still succeeds. The volume id is the disk name (escaped for
 //!    the vault's keys), stable across recovery points so vault transfers can be incremental.
+//!    With [`SnapshotMode::Csi`] every CSI volume whose driver has a VolumeSnapshotClass is
+//!    snapshotted as a `snapshot.storage.k8s.io/v1` VolumeSnapshot of that name in the claim's
+//!    namespace, waited for by watch until `readyToUse` (or `status.error`), and recorded with
+//!    its content's handle and restore size (`VolumeBackup::csi`); a driver without a class is
+//!    skipped with a warning naming the driver and the fix (ARCHITECTURE.md, "CSI
+//!    VolumeSnapshots").
 //! 4. **Post-hooks**, like pre-hooks. They also run (best effort) when anything after the
 //!    pre-hooks failed, so a `fsfreeze -f` is always followed by its thaw.
 //! 5. The **report** (`resources/<instance>/<rp>/snapshot-report.json`: counts and warnings;
@@ -46,12 +52,13 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use stowage_cluster::csi::{self, SnapshotClasses};
 use stowage_cluster::{ClusterTarget, CollectError, CollectedObject, collect};
 use stowage_disk::DiskId;
 use stowage_runtime::{JobContext, Outcome, StageError, StageHandler};
 use stowage_schemas::Message;
 use stowage_schemas::domain::{
-    HookPhase, JobProgress, RecoveryPoint, RpState, Tier, TierState, VolumeBackup,
+    CsiSnapshot, HookPhase, JobProgress, RecoveryPoint, RpState, Tier, TierState, VolumeBackup,
 };
 use stowage_schemas::events::RpCreated;
 use stowage_schemas::jobs::SnapshotJob;
@@ -60,7 +67,7 @@ use stowage_vault::layout::{self, BlobKey};
 use stowage_vault::store::CreateOutcome;
 use tokio::sync::mpsc;
 
-use crate::cluster_context::{ClusterContext, read_instance};
+use crate::cluster_context::{ClusterContext, SnapshotMode, csi_error, label_value, read_instance};
 
 mod hooks;
 
@@ -75,6 +82,12 @@ pub const REPORT_FILE: &str = "snapshot-report.json";
 pub const RESOURCE_BATCH_BYTES: usize = 1 << 20;
 /// Batches waiting for the store at most; collection waits when they are all taken.
 pub const RESOURCE_BATCHES_IN_FLIGHT: usize = 4;
+
+/// Label on a CSI VolumeSnapshot the snapshot stage makes: the backup instance (its name, or
+/// `h-` and a hash when it is not a valid label value).
+pub const INSTANCE_LABEL: &str = "stowage.io/instance";
+/// Label on a CSI VolumeSnapshot the snapshot stage makes: the recovery point (as above).
+pub const RECOVERY_POINT_LABEL: &str = "stowage.io/recovery-point";
 
 /// The longest snapshot name [`snapshot_name`] makes: what Azure accepts for a managed-disk
 /// snapshot (80 characters; the local provider takes up to 200).
@@ -207,7 +220,7 @@ pub async fn take_snapshot(
             collect_and_snapshot(
                 ctx,
                 run,
-                cluster,
+                (cluster_name, cluster),
                 &instance.scope,
                 instance_name,
                 rp_id,
@@ -371,7 +384,7 @@ fn batches(
 async fn collect_and_snapshot(
     ctx: &ClusterContext,
     run: &JobContext,
-    cluster: &ClusterTarget,
+    (cluster_name, cluster): (&str, &ClusterTarget),
     scope: &stowage_schemas::domain::Scope,
     instance: &str,
     rp_id: &str,
@@ -419,8 +432,10 @@ async fn collect_and_snapshot(
         ),
     }
 
-    // Which claims can be snapshotted.
+    // Which claims can be snapshotted, and how.
     let driver = ctx.disks.driver().to_owned();
+    let mode = ctx.snapshot_mode;
+    let mut classes: Option<SnapshotClasses> = None;
     let mut eligible = Vec::new();
     for claim in claims {
         let who = format!("PVC {}/{}", claim.namespace, claim.name);
@@ -437,20 +452,55 @@ async fn collect_and_snapshot(
             ));
             continue;
         };
-        match volume_kind(spec) {
-            VolumeKind::Csi { driver: d, handle } if d == driver => {
-                eligible.push((claim, pv, handle));
+        match (mode, volume_kind(spec)) {
+            (SnapshotMode::Disk, VolumeKind::Csi { driver: d, handle }) if d == driver => {
+                eligible.push((claim, pv, handle, How::Disk));
             }
-            VolumeKind::Csi { driver: d, .. } => warnings.push(format!(
+            (SnapshotMode::Csi, VolumeKind::Csi { driver: d, handle }) => {
+                if classes.is_none() {
+                    classes = Some(
+                        SnapshotClasses::load(&cluster.client)
+                            .await
+                            .map_err(csi_error)?,
+                    );
+                }
+                let loaded = classes.as_ref().expect("just loaded");
+                match loaded.choose(&d) {
+                    Some(choice) => {
+                        if let Some(warning) = choice.warning {
+                            warnings.push(warning);
+                        }
+                        eligible.push((
+                            claim,
+                            pv,
+                            handle,
+                            How::Csi {
+                                driver: d,
+                                class: choice.class.name,
+                            },
+                        ));
+                    }
+                    None => warnings.push(csi::no_class_warning(
+                        &format!("{who} (PV {pv})"),
+                        &d,
+                        loaded.crds_missing,
+                    )),
+                }
+            }
+            (SnapshotMode::Disk, VolumeKind::Csi { driver: d, .. }) => warnings.push(format!(
                 "{who} (PV {pv}) is a CSI volume of driver {d}, which this worker's disk provider \
-                 ({driver}) does not handle: its data was not backed up; only the claim was"
+                 ({driver}) does not handle: its data was not backed up; only the claim was (a \
+                 worker with --disk-provider csi snapshots it if the driver has a \
+                 VolumeSnapshotClass)"
             )),
-            VolumeKind::Other(kind) => warnings.push(format!(
-                "{who} (PV {pv}) is a {kind} volume, not a CSI volume of {driver}: its data was \
-                 not backed up; only the claim was"
+            (_, VolumeKind::Other(kind)) => warnings.push(format!(
+                "{who} (PV {pv}) is a {kind} volume, not a CSI volume: its data was not backed \
+                 up; only the claim was"
             )),
         }
     }
+    // A class chosen among several, said once per driver.
+    warnings.dedup();
     for warning in warnings.iter() {
         tracing::warn!(instance, rp_id, "{warning}");
     }
@@ -466,31 +516,77 @@ async fn collect_and_snapshot(
     run.report_progress(progress(0, 0));
     let (mut items_done, mut bytes_done) = (0u64, 0u64);
     let disks = ctx.disks.clone();
+    let client = cluster.client.clone();
+    let ready_timeout = ctx.csi_ready_timeout;
     let mut snapshots = futures::stream::iter(eligible)
-        .map(|(claim, pv, disk)| {
+        .map(|(claim, pv, disk, how)| {
             let disks = disks.clone();
+            let client = client.clone();
             let name = snapshot_name(instance, rp_id, &disk);
             async move {
-                let info = disks.snapshot(&DiskId(disk.clone()), &name).await.map_err(|e| {
-                    let message = format!(
-                        "snapshotting the volume of PVC {}/{} (PV {pv}, disk {disk}) failed: {e}",
-                        claim.namespace, claim.name
-                    );
-                    if e.is_transient() {
-                        StageError::transient(message)
-                    } else {
-                        StageError::permanent(message)
+                let backup = match how {
+                    How::Disk => {
+                        let info = disks.snapshot(&DiskId(disk.clone()), &name).await.map_err(|e| {
+                            let message = format!(
+                                "snapshotting the volume of PVC {}/{} (PV {pv}, disk {disk}) failed: {e}",
+                                claim.namespace, claim.name
+                            );
+                            if e.is_transient() {
+                                StageError::transient(message)
+                            } else {
+                                StageError::permanent(message)
+                            }
+                        })?;
+                        VolumeBackup {
+                            volume_id: layout::escape_component(&disk),
+                            namespace: claim.namespace,
+                            pvc: claim.name,
+                            size_bytes: info.size,
+                            snapshot_id: info.id.0,
+                            vault_version: None,
+                            csi: None,
+                        }
                     }
-                })?;
-                tracing::info!(disk, snapshot = %info.id, bytes = info.size, "volume snapshotted");
-                Ok::<_, StageError>(VolumeBackup {
-                    volume_id: layout::escape_component(&disk),
-                    namespace: claim.namespace,
-                    pvc: claim.name,
-                    size_bytes: info.size,
-                    snapshot_id: info.id.0,
-                    vault_version: None,
-                })
+                    How::Csi { driver, class } => {
+                        let labels = BTreeMap::from([
+                            (INSTANCE_LABEL.to_owned(), label_value(instance)),
+                            (RECOVERY_POINT_LABEL.to_owned(), label_value(rp_id)),
+                        ]);
+                        let request = csi::SnapshotRequest {
+                            namespace: &claim.namespace,
+                            name: &name,
+                            claim: &claim.name,
+                            class: &class,
+                            labels,
+                        };
+                        csi::create_volume_snapshot(&client, &request)
+                            .await
+                            .map_err(csi_error)?;
+                        let ready =
+                            csi::wait_ready(&client, &claim.namespace, &name, &driver, ready_timeout)
+                                .await
+                                .map_err(csi_error)?;
+                        VolumeBackup {
+                            volume_id: layout::escape_component(&disk),
+                            namespace: claim.namespace,
+                            pvc: claim.name,
+                            size_bytes: ready.restore_size,
+                            snapshot_id: ready.handle.clone(),
+                            vault_version: None,
+                            csi: Some(CsiSnapshot {
+                                cluster: cluster_name.to_owned(),
+                                driver,
+                                class,
+                                name,
+                                content: ready.content,
+                                handle: ready.handle,
+                                restore_size: ready.restore_size,
+                            }),
+                        }
+                    }
+                };
+                tracing::info!(disk, snapshot = %backup.snapshot_id, bytes = backup.size_bytes, csi = backup.csi.is_some(), "volume snapshotted");
+                Ok::<_, StageError>(backup)
             }
         })
         .buffer_unordered(ctx.volume_parallelism.max(1));
@@ -551,6 +647,14 @@ fn collect_error(error: CollectError, instance: &str) -> StageError {
     } else {
         StageError::permanent(format!("{message}; fix the instance's scope"))
     }
+}
+
+/// How one volume is snapshotted.
+enum How {
+    /// Through the disk provider.
+    Disk,
+    /// Through a CSI VolumeSnapshot of this class.
+    Csi { driver: String, class: String },
 }
 
 enum VolumeKind {

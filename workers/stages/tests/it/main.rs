@@ -4,6 +4,7 @@
 //! disks.
 
 mod cluster_fixture;
+mod csi;
 mod honest_settings;
 mod instances;
 mod lock;

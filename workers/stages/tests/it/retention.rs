@@ -134,6 +134,7 @@ impl Fixture {
                 size_bytes: SIZE,
                 snapshot_id: snap.id.0.clone(),
                 vault_version: None,
+                csi: None,
             }],
         };
         catalog::write_recovery_point(&self.ctx.primary, &rp)
