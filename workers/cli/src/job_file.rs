@@ -432,7 +432,7 @@ mod tests {
         }
         // Brackets in quoted strings and comments are not nesting.
         let quoted = format!(
-            "type: job.snapshot # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\npayload: {{instance: a, recovery_point_id: b, trigger: {{kind: on_demand, requested_by: \"{}\"}}}}\n",
+            "type: job.snapshot # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\ncluster: aks\npayload: {{instance: a, recovery_point_id: b, trigger: {{kind: on_demand, requested_by: \"{}\"}}}}\n",
             "[".repeat(50)
         );
         assert!(parse("f", &quoted).is_ok(), "{:?}", parse("f", &quoted));
@@ -467,7 +467,7 @@ mod tests {
         }
         let null_ok = parse(
             "f",
-            "type: job.snapshot\npayload: {instance: a, recovery_point_id: b, trigger: {kind: on_demand, requested_by: null}}\n",
+            "type: job.snapshot\ncluster: aks\npayload: {instance: a, recovery_point_id: b, trigger: {kind: on_demand, requested_by: null}}\n",
         );
         assert!(null_ok.is_ok(), "{null_ok:?}");
     }

@@ -2,8 +2,8 @@
 //! `kube::Client` (and `kubectl`).
 
 mod auth;
-mod exec_ws;
 mod csi;
+mod exec_ws;
 mod harness;
 mod kubectl;
 mod kubectl_apply;
