@@ -265,7 +265,12 @@ pub fn hydration(restore_id: &str, rp_id: &str, tier: Tier) -> RestoreHydrationJ
         recovery_point_id: rp_id.into(),
         tier,
         staging_location: None,
-        options: RestoreOptions::default(),
+        // The hydrated event is addressed to the target cluster's restore workers; the fixture's
+        // vault holds no instance to take it from.
+        options: RestoreOptions {
+            target_cluster: Some(crate::TEST_CLUSTER.into()),
+            ..RestoreOptions::default()
+        },
     }
 }
 

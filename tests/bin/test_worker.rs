@@ -29,6 +29,8 @@ async fn main() {
     );
     let config = WorkerConfig {
         names: Names::new(env("STOWAGE_TOPOLOGY_PREFIX")),
+        // Its stage is the snapshot stage, whose jobs wait in one cluster's queue.
+        cluster: Some(stowage_tests::TEST_CLUSTER.into()),
         shutdown_deadline: deadline,
         ..WorkerConfig::default()
     };
