@@ -476,7 +476,9 @@ async fn init_keyring(
 ) -> anyhow::Result<Vault> {
     let Some(key) = crate::vault_config::configured_vault_key(at)? else {
         bail!(
-            "vault init needs the operator's key, which wraps the vault's data key: generate one              (`openssl rand -hex 32 > vault.key`, keep it safe: without it nothing in the vault              can be read) and pass --vault-key-file vault.key or set STOWAGE_VAULT_KEY"
+            "vault init needs the operator's key, which wraps the vault's data key: generate one \
+             (`openssl rand -hex 32 > vault.key`, keep it safe: without it nothing in the vault \
+             can be read) and pass --vault-key-file vault.key or set STOWAGE_VAULT_KEY"
         );
     };
     let kek_id = key.key_id().to_string();

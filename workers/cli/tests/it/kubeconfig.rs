@@ -42,6 +42,8 @@ fn backup(rp: &str) -> Envelope {
             },
         }),
     )
+    // The instance's cluster, whose workers alone take its snapshots.
+    .on_cluster("sandbox")
 }
 
 /// The snapshot stage's run of `job` once it has finished (succeeded or failed).

@@ -46,6 +46,7 @@ pub(crate) fn catalog(vault: &Path) {
         let out = stowage_command()
             .args(line.split(' '))
             .env("STOWAGE_VAULT", vault)
+            .env("STOWAGE_VAULT_KEY", crate::catalog::TEST_VAULT_KEY)
             .env_remove("STOWAGE_SECONDARY")
             .output()
             .expect("run stowage");
@@ -103,6 +104,8 @@ async fn a_backup_submitted_while_the_broker_is_down_runs_once_when_it_is_back()
         broker.clone(),
         WorkerConfig {
             names: bus.names.clone(),
+            // The instance's cluster (`catalog`): its snapshot jobs wait in that cluster's queue.
+            cluster: Some("c".into()),
             ..WorkerConfig::default()
         },
     )

@@ -27,7 +27,6 @@ use stowage_schemas::jobs::RetentionJob;
 use stowage_schemas::{Envelope, Message, Stage};
 use stowage_tests::{Bus, free_port};
 use stowage_vault::catalog::jobs::read_job;
-use stowage_vault::crypto::VaultKey;
 use stowage_vault::store::{BlobStore, LocalDurability};
 
 use crate::helpers::{TempDir, poll, stowage_on, terminate};
@@ -144,7 +143,8 @@ async fn a_crash_loop_dead_letters_only_the_jobs_it_died_running() {
         .status()
         .expect("run mkfifo");
     assert!(made.success(), "mkfifo {}", fifo.display());
-    let key = VaultKey::generate().expect("key").expose_secret_hex();
+    // The key `vault init` wrapped the vault's data key under (see `outbox::catalog`).
+    let key = crate::catalog::TEST_VAULT_KEY.to_owned();
 
     // The wedging jobs first, so a worker taking one job at a time starts one of them while it
     // holds every innocent job prefetched.

@@ -134,8 +134,13 @@ async fn no_secret_value_is_in_the_clear_in_the_vault_staging_records_logs_or_ou
     let open = |folder: &str| {
         BlobStore::local_folder(root.join(folder), LocalDurability::OsBuffered).expect(folder)
     };
-    let vault = VaultContext::new(open("vault"), VaultKey::from_hex(&key_hex).unwrap(), disks)
-        .with_secondary(open("secondary"));
+    // The demo's key is the operator's: it unwraps the vault's data key from the keyring.
+    let operator_key = VaultKey::from_hex(key_hex.trim()).unwrap();
+    let data_key = stowage_vault::keyring::unlock(&open("vault"), &operator_key)
+        .await
+        .expect("the demo's key opens its keyring")
+        .data_key;
+    let vault = VaultContext::new(open("vault"), data_key, disks).with_secondary(open("secondary"));
     for (restore_id, tier) in [
         ("grep-staged-vault", Tier::Vault),
         ("grep-staged-secondary", Tier::Secondary),
