@@ -599,7 +599,7 @@ mod tests {
                     "p.jobs",
                     &Names::job_routing_key(Stage::Snapshot, Some(cluster))
                 ),
-                [snap.clone()]
+                std::slice::from_ref(&snap)
             );
             assert_eq!(
                 routed(
