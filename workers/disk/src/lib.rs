@@ -18,6 +18,7 @@
 //! [`LocalDiskProvider`].
 
 mod cbt;
+mod copy;
 mod error;
 mod local;
 mod none;
@@ -27,6 +28,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use copy::disk_from_snapshot;
 pub use error::DiskError;
 pub use local::{LOCAL_DRIVER, LOCAL_REGION, LocalDiskProvider};
 pub use none::NoDiskProvider;

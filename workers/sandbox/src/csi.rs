@@ -29,8 +29,6 @@
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt as _;
 use serde_json::{Value, json};
 use stowage_disk::{DiskId, DiskProvider, SnapshotId};
 use tokio::sync::Notify;
@@ -354,6 +352,26 @@ fn set_status(
     Ok(())
 }
 
+/// Marks VolumeSnapshot `namespace/name` failed with `message`, as the external-snapshotter
+/// reports a driver's error.
+fn fail_snapshot(
+    store: &Weak<Mutex<Store>>,
+    namespace: &str,
+    name: &str,
+    message: String,
+) -> Result<(), StepError> {
+    with(store, |s| {
+        set_status(
+            s,
+            (GROUP, "volumesnapshots"),
+            namespace,
+            name,
+            json!({"readyToUse": false, "error": {"message": message, "time": now()}}),
+        )
+    })
+    .ok_or_else(|| StepError::Api("the sandbox is gone".into()))?
+}
+
 async fn perform(
     store: &Weak<Mutex<Store>>,
     disks: &dyn DiskProvider,
@@ -365,16 +383,7 @@ async fn perform(
             namespace,
             name,
             message,
-        } => with(store, |s| {
-            set_status(
-                s,
-                (GROUP, "volumesnapshots"),
-                &namespace,
-                &name,
-                json!({"readyToUse": false, "error": {"message": message, "time": now()}}),
-            )
-        })
-        .ok_or_else(gone)?,
+        } => fail_snapshot(store, &namespace, &name, message),
         Work::Snapshot {
             namespace,
             name,
@@ -390,16 +399,7 @@ async fn perform(
                 Ok(info) => info,
                 Err(e) => {
                     let message = format!("failed to take snapshot of disk {disk}: {e}");
-                    return with(store, |s| {
-                        set_status(
-                            s,
-                            (GROUP, "volumesnapshots"),
-                            &namespace,
-                            &name,
-                            json!({"readyToUse": false, "error": {"message": message, "time": now()}}),
-                        )
-                    })
-                    .ok_or_else(gone)?;
+                    return fail_snapshot(store, &namespace, &name, message);
                 }
             };
             let content_name = format!("snapcontent-{uid}");
@@ -458,16 +458,7 @@ async fn perform(
                 Ok(info) => info,
                 Err(e) => {
                     let message = format!("snapshot handle {handle:?} is not usable: {e}");
-                    return with(store, |s| {
-                        set_status(
-                            s,
-                            (GROUP, "volumesnapshots"),
-                            &namespace,
-                            &name,
-                            json!({"readyToUse": false, "error": {"message": message, "time": now()}}),
-                        )
-                    })
-                    .ok_or_else(gone)?;
+                    return fail_snapshot(store, &namespace, &name, message);
                 }
             };
             with(store, |s| {
@@ -536,7 +527,8 @@ async fn perform(
             size,
         } => {
             let disk = format!("pvc-{uid}");
-            fill_from_snapshot(disks, &SnapshotId(handle), &disk, size).await?;
+            stowage_disk::disk_from_snapshot(disks, &SnapshotId(handle), &disk, size, PIECE)
+                .await?;
             with(store, |s| {
                 let pvc_target = s.target("", "v1", "persistentvolumeclaims", Some(&namespace))?;
                 let mut pvc = s.get(&pvc_target, &name)?;
@@ -584,35 +576,4 @@ async fn perform(
             .ok_or_else(gone)?
         }
     }
-}
-
-/// Creates disk `name` of `size` bytes from the snapshot's data ranges, a piece at a time.
-async fn fill_from_snapshot(
-    disks: &dyn DiskProvider,
-    snapshot: &SnapshotId,
-    name: &str,
-    size: u64,
-) -> Result<(), StepError> {
-    let ranges = disks.allocated_ranges(snapshot).await?;
-    let pieces = ranges.into_iter().flat_map(move |r| {
-        let end = r.end().min(size);
-        let mut offset = r.offset;
-        std::iter::from_fn(move || {
-            (offset < end).then(|| {
-                let len = PIECE.min(end - offset);
-                let at = offset;
-                offset += len;
-                (at, len)
-            })
-        })
-    });
-    let stream = futures::stream::iter(pieces)
-        .then(move |(offset, len)| async move {
-            let mut buf = vec![0u8; usize::try_from(len).expect("a piece fits in memory")];
-            disks.read_snapshot(snapshot, offset, &mut buf).await?;
-            Ok((offset, Bytes::from(buf)))
-        })
-        .boxed();
-    disks.create_disk_from_stream(name, size, stream).await?;
-    Ok(())
 }

@@ -5,11 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::{Map, Value, json};
 use stowage_cluster::apply::{group_version, name_of, namespace_of};
-use stowage_disk::{DiskError, DiskProvider, SnapshotId};
+use stowage_disk::SnapshotId;
 use stowage_runtime::StageError;
 use stowage_vault::layout::BlobKey;
 use stowage_vault::store::BlobStore;
@@ -147,7 +146,7 @@ impl Run<'_> {
                     VolumeOrigin::Csi(_) => unreachable!("CSI snapshots are restored through a dataSource above"),
                     VolumeOrigin::Snapshot { .. } if dry_run => Ok(None),
                     VolumeOrigin::Snapshot { snapshot, size } => {
-                        let info = disk_from_snapshot(disks.as_ref(), &snapshot, &name, size, piece)
+                        let info = stowage_disk::disk_from_snapshot(disks.as_ref(), &snapshot, &name, size, piece)
                             .await
                             .map_err(|e| {
                                 let message = format!(
@@ -339,38 +338,6 @@ fn clean_claim(claim: &mut Value) {
 pub fn restored_pv_name(restore_id: &str, namespace: &str, claim: &str) -> String {
     let hash = blake3::hash(format!("{restore_id}\n{namespace}\n{claim}").as_bytes());
     format!("stowage-{}", &hash.to_hex()[..20])
-}
-
-/// Creates disk `name` from `snapshot`: its allocated ranges, read `piece` bytes at a time and
-/// streamed into the provider; holes stay holes.
-async fn disk_from_snapshot(
-    disks: &dyn DiskProvider,
-    snapshot: &SnapshotId,
-    name: &str,
-    size: u64,
-    piece: u64,
-) -> Result<stowage_disk::DiskInfo, DiskError> {
-    let ranges = disks.allocated_ranges(snapshot).await?;
-    let pieces = ranges.into_iter().flat_map(move |r| {
-        let end = r.end().min(size);
-        let mut offset = r.offset;
-        std::iter::from_fn(move || {
-            (offset < end).then(|| {
-                let len = piece.min(end - offset);
-                let at = offset;
-                offset += len;
-                (at, len)
-            })
-        })
-    });
-    let stream = futures::stream::iter(pieces)
-        .then(move |(offset, len)| async move {
-            let mut buf = vec![0u8; usize::try_from(len).expect("a piece fits in memory")];
-            disks.read_snapshot(snapshot, offset, &mut buf).await?;
-            Ok((offset, Bytes::from(buf)))
-        })
-        .boxed();
-    disks.create_disk_from_stream(name, size, stream).await
 }
 
 #[cfg(test)]
