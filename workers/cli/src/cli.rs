@@ -99,7 +99,8 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "DIR", default_value = "sandbox-kubeconfigs")]
     pub kubeconfig_dir: PathBuf,
     /// Root folder of the local disk provider: the sample application's disks (`shop-data`,
-    /// `blog-data`) are created there, for workers given the same --disk-root.
+    /// `blog-data`) are created there, for workers given the same --disk-root, and the sandbox's
+    /// CSI snapshot controller takes VolumeSnapshots of them (for `--disk-provider csi`).
     #[arg(long, env = "STOWAGE_DISK_ROOT", value_name = "DIR")]
     pub disk_root: Option<PathBuf>,
 }

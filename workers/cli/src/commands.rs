@@ -17,6 +17,7 @@ use crate::cli::{
 };
 use crate::output::{self, truncate};
 use crate::{job_file, stages, vault_config};
+use stowage_schemas::Stage;
 
 /// Run the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -64,10 +65,33 @@ fn connect(args: &BrokerArgs) -> (RabbitBroker, Names) {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let mut wanted = Vec::new();
+    for choice in &args.stage {
+        let add = match choice {
+            StageChoice::One(stage) => vec![*stage],
+            StageChoice::All => stages::built(),
+        };
+        for stage in add {
+            if wanted.contains(&stage) {
+                anyhow::bail!("--stage names {stage} twice; name each stage once");
+            }
+            wanted.push(stage);
+        }
+    }
     let mut vault = vault_config::vault_context(&args.vault).await?;
-    let cluster =
+    // Only the cluster stages need a cluster (and its name); retention uses one when named, to
+    // delete CSI VolumeSnapshots. A vault-stage worker in a shell with KUBECONFIG set, or in a
+    // pod with a token, neither needs nor asks for one.
+    let wants_cluster = wanted
+        .iter()
+        .any(|s| matches!(s, Stage::Snapshot | Stage::Restore))
+        || (wanted.contains(&Stage::Retention) && args.cluster.cluster_name.is_some());
+    let cluster = if wants_cluster {
         vault_config::cluster_context(&args.cluster, vault.as_ref(), args.vault.disk_provider)
-            .await?;
+            .await?
+    } else {
+        None
+    };
     // Retention deletes CSI VolumeSnapshots in the clusters this worker reaches.
     if let (Some(v), Some(c)) = (&mut vault, &cluster)
         && let Ok((name, target)) = c.cluster(c.default_cluster())
@@ -85,19 +109,6 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     };
-    let mut wanted = Vec::new();
-    for choice in &args.stage {
-        let add = match choice {
-            StageChoice::One(stage) => vec![*stage],
-            StageChoice::All => stages::built(),
-        };
-        for stage in add {
-            if wanted.contains(&stage) {
-                anyhow::bail!("--stage names {stage} twice; name each stage once");
-            }
-            wanted.push(stage);
-        }
-    }
     let config = WorkerConfig {
         names: Names::new(args.broker.prefix.clone()),
         retry: RetryPolicy {
@@ -375,15 +386,20 @@ async fn find_instance(
 
 async fn sandbox(args: crate::cli::SandboxArgs) -> anyhow::Result<()> {
     use rand::SeedableRng as _;
-    let sandbox = stowage_sandbox::Sandbox::new();
+    let mut sandbox = stowage_sandbox::Sandbox::new();
     if !args.empty {
         sandbox.load_sample_app()?;
     }
-    if let (Some(root), false) = (&args.disk_root, args.empty) {
+    if let Some(root) = &args.disk_root {
         let disks = stowage_disk::LocalDiskProvider::open(root)
             .with_context(|| format!("cannot open the disk root {}", root.display()))?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        crate::demo::create_sample_disks(&disks, &mut rng).await?;
+        if !args.empty {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            crate::demo::create_sample_disks(&disks, &mut rng).await?;
+        }
+        // The external-snapshotter and CSI driver of the local disks, so workers run with
+        // `--disk-provider csi` take VolumeSnapshots here as they would in a real cluster.
+        sandbox = sandbox.with_csi_disks(Arc::new(disks));
     }
     let handle = sandbox.start(args.addr).await?;
     let written = handle.write_kubeconfigs(&args.kubeconfig_dir)?;
@@ -428,7 +444,8 @@ fn sandbox_banner(
     ));
     if let Some(root) = disk_root {
         out.push_str(&format!(
-            "the sample app's disks are in {} (pass the same --disk-root to the workers)\n",
+            "the sample app's disks are in {} (pass the same --disk-root to the workers); \
+             VolumeSnapshots of them are taken by the sandbox's CSI driver (--disk-provider csi)\n",
             root.display()
         ));
     }

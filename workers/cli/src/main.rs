@@ -55,12 +55,14 @@ fn init_telemetry(
         1 => "debug",
         _ => "trace",
     };
-    // Preflight expects refusals (a passive declare of a missing queue); lapin logs each one
-    // as an error, which would drown the report.
+    // lapin logs every channel the broker closes as an error, including the throwaway channels
+    // of passive declares that find no queue: an expected answer (a worker checks whether its
+    // cluster's queues exist before declaring them; preflight probes the topology). Stowage
+    // reports a real channel failure itself, from the error lapin returns to the call.
     let lapin = if matches!(cli.command, cli::Command::Preflight(_)) {
         ",lapin=off"
     } else {
-        ""
+        ",lapin::channel=off"
     };
     let log_filter = std::env::var("STOWAGE_LOG")
         .unwrap_or_else(|_| format!("warn,stowage={default},stowage_runtime={default}{lapin}"));

@@ -9,6 +9,7 @@ mod cli;
 mod clusters;
 mod instances;
 mod jobs;
+mod journey;
 mod keys;
 mod kubeconfig;
 mod lock;
