@@ -560,10 +560,11 @@ fn check(m: &Manifests, source: &str) {
             m.env(c, "STOWAGE_CLUSTER_URL").is_none() && m.env(c, "KUBECONFIG").is_none(),
             "{what}: in-cluster credentials: no STOWAGE_CLUSTER_URL or KUBECONFIG"
         );
+        // Retention names its cluster too: it deletes that cluster's expired VolumeSnapshots.
         assert_eq!(
             m.env(c, "STOWAGE_CLUSTER_NAME").is_some(),
-            cluster_side,
-            "{what}: STOWAGE_CLUSTER_NAME is for the snapshot and restore stages only"
+            cluster_side || stage == Stage::Retention,
+            "{what}: STOWAGE_CLUSTER_NAME is for the snapshot, restore and retention stages only"
         );
         let provider = args
             .iter()
@@ -651,14 +652,19 @@ fn check(m: &Manifests, source: &str) {
                     if !writes(rule) {
                         continue;
                     }
-                    let exec_only = rule
+                    // It creates exec sessions (hooks) and VolumeSnapshots, nothing else.
+                    let creates_only = rule
                         .verbs
                         .iter()
-                        .all(|v| v == "create" || !WRITE_VERBS.contains(&v.as_str()))
-                        && rule.resources.as_deref() == Some(&["pods/exec".to_owned()][..])
+                        .all(|v| v == "create" || !WRITE_VERBS.contains(&v.as_str()));
+                    let exec = rule.resources.as_deref() == Some(&["pods/exec".to_owned()][..])
                         && rule.api_groups.as_deref() == Some(&[String::new()][..]);
+                    let snapshots = rule.resources.as_deref()
+                        == Some(&["volumesnapshots".to_owned()][..])
+                        && rule.api_groups.as_deref()
+                            == Some(&["snapshot.storage.k8s.io".to_owned()][..]);
                     assert!(
-                        exec_only,
+                        creates_only && (exec || snapshots),
                         "{what}: snapshot SA may write through {binding}: {rule:?}"
                     );
                 }
@@ -683,6 +689,24 @@ fn check(m: &Manifests, source: &str) {
                         .any(|v| v == "delete" || v == "deletecollection")),
                     "{what}: restore SA may delete"
                 );
+            }
+            Stage::Retention => {
+                // Deletes VolumeSnapshots of expired operational tiers, and may do nothing else.
+                assert!(!rules.is_empty(), "{what}: retention SA has no bindings");
+                for (binding, rule) in &rules {
+                    let only_snapshots = rule.resources.as_deref()
+                        == Some(&["volumesnapshots".to_owned()][..])
+                        && rule.api_groups.as_deref()
+                            == Some(&["snapshot.storage.k8s.io".to_owned()][..]);
+                    let writes_only_delete = rule
+                        .verbs
+                        .iter()
+                        .all(|v| v == "delete" || !WRITE_VERBS.contains(&v.as_str()));
+                    assert!(
+                        only_snapshots && writes_only_delete,
+                        "{what}: retention SA may do more than delete VolumeSnapshots through {binding}: {rule:?}"
+                    );
+                }
             }
             _ => {
                 assert!(

@@ -175,7 +175,7 @@ async fn every_check_passes_on_a_prepared_sandbox_local_vault_and_rabbitmq() {
     assert_eq!(report.refusal(), None);
     let detail = &check(&report, preflight::PERMISSIONS).detail;
     assert!(
-        detail.contains("stowage-snapshot, stowage-restore, stowage-vault"),
+        detail.contains("stowage-snapshot, stowage-restore, stowage-retention, stowage-vault"),
         "{report:#?}"
     );
 
@@ -402,8 +402,16 @@ async fn a_volume_of_another_csi_driver_fails_unless_the_scope_leaves_it_out() {
     assert_fails(
         &report,
         preflight::CSI_DRIVERS,
-        "pv-ebs (ebs.csi.aws.com)",
-        "exclude_namespaces",
+        "ebs.csi.aws.com: pv-ebs",
+        "create a VolumeSnapshotClass with driver: ebs.csi.aws.com and run the snapshot workers \
+         with --disk-provider csi (operational tier only)",
+    );
+    assert!(
+        check(&report, preflight::CSI_DRIVERS)
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("exclude_namespaces")),
+        "{report:#?}"
     );
 
     // Creating an instance: only the volumes its scope covers count.
@@ -426,6 +434,42 @@ async fn a_volume_of_another_csi_driver_fails_unless_the_scope_leaves_it_out() {
         accepted.get(preflight::BROKER).is_none(),
         "instance creation does not check the broker"
     );
+}
+
+#[tokio::test]
+async fn a_csi_driver_with_a_snapshot_class_gets_the_operational_tier_only_and_says_so() {
+    let setup = Setup::new().await;
+    setup.cluster.sandbox().create(foreign_volume()).unwrap();
+    setup
+        .cluster
+        .sandbox()
+        .create(json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+            "metadata": {"name": "ebs-snapshots"},
+            "driver": "ebs.csi.aws.com", "deletionPolicy": "Delete",
+        }))
+        .unwrap();
+    let report = setup.run().await;
+    let drivers = check(&report, preflight::CSI_DRIVERS);
+    assert_eq!(drivers.status, Status::Warn, "{drivers:#?}");
+    for part in [
+        "operational tier only",
+        "ebs.csi.aws.com: pv-ebs",
+        "--disk-provider csi",
+    ] {
+        assert!(drivers.detail.contains(part), "{part}: {drivers:#?}");
+    }
+    assert!(
+        drivers
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("move them to a storage class of disk.stowage.local")),
+        "{drivers:#?}"
+    );
+    // An instance over that volume is accepted, with the warning in its report.
+    let accepted = preflight::for_instance(&setup.targets, &instance(Scope::default())).await;
+    assert_eq!(accepted.refusal(), None, "{accepted:#?}");
+    assert_eq!(status(&accepted, preflight::CSI_DRIVERS), Status::Warn);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 use super::permissions::check_permissions;
 use super::vault::vault_region;
 use super::*;
+use std::collections::BTreeMap;
 
 /// [`CLUSTER`] first; then [`CSI_DRIVERS`], [`PERMISSIONS`], [`CONFLICTING_TOOLS`] and
 /// [`REGION`] concurrently.
@@ -157,7 +158,7 @@ pub(super) async fn check_csi_drivers(targets: &PreflightTargets, cluster: &Kube
     }
     let handled = disks.driver().to_owned();
     let mut ours = 0usize;
-    let mut foreign: Vec<String> = Vec::new();
+    let mut foreign: Vec<(String, String)> = Vec::new();
     let mut not_csi: Vec<String> = Vec::new();
     let scope = targets.scope.as_ref();
     let api: Api<PersistentVolume> = Api::all(cluster.client.clone());
@@ -176,7 +177,7 @@ pub(super) async fn check_csi_drivers(targets: &PreflightTargets, cluster: &Kube
             let name = pv.metadata.name.unwrap_or_default();
             match spec.csi {
                 Some(csi) if csi.driver == handled => ours += 1,
-                Some(csi) => foreign.push(format!("{name} ({})", csi.driver)),
+                Some(csi) => foreign.push((name, csi.driver)),
                 None => not_csi.push(name),
             }
         }
@@ -186,17 +187,7 @@ pub(super) async fn check_csi_drivers(targets: &PreflightTargets, cluster: &Kube
         return cannot_list(CSI_DRIVERS, "persistent volumes", "persistentvolumes", &e);
     }
     if !foreign.is_empty() {
-        return Check::fail(
-            CSI_DRIVERS,
-            format!(
-                "{} volume(s) use CSI drivers the disk provider does not handle ({handled} only): {}",
-                foreign.len(),
-                first_few(foreign.iter().map(String::as_str), 5)
-            ),
-            format!(
-                "move those volumes to a storage class of {handled}, or leave their namespaces out of the instance's scope (exclude_namespaces); otherwise their data is not backed up"
-            ),
-        );
+        return foreign_drivers(cluster, &handled, &foreign).await;
     }
     if !not_csi.is_empty() {
         return Check::warn(
@@ -397,5 +388,75 @@ fn cannot_list(name: &str, what: &str, resource: &str, error: &kube::Error) -> C
         name,
         format!("cannot list {what}: {}", chain(error)),
         format!("let the identity running preflight list {resource}"),
+    )
+}
+
+/// Volumes of CSI drivers the disk provider does not handle. A driver with a
+/// VolumeSnapshotClass gets CSI VolumeSnapshots (workers run with `--disk-provider csi`): the
+/// operational tier only, since the vault stages read snapshot data only through the disk
+/// provider (a data mover that reads other drivers' snapshots is not built). A driver with no
+/// class gets nothing: its data would not be backed up at all.
+async fn foreign_drivers(
+    cluster: &KubeTarget,
+    handled: &str,
+    foreign: &[(String, String)],
+) -> Check {
+    let classes = match stowage_cluster::csi::SnapshotClasses::load(&cluster.client).await {
+        Ok(classes) => classes,
+        Err(e) => {
+            return Check::fail(
+                CSI_DRIVERS,
+                format!("cannot list VolumeSnapshotClasses: {e}"),
+                "let the identity running preflight list volumesnapshotclasses.snapshot.storage.k8s.io",
+            );
+        }
+    };
+    let mut drivers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (pv, driver) in foreign {
+        drivers
+            .entry(driver.as_str())
+            .or_default()
+            .push(pv.as_str());
+    }
+    let describe = |list: &[(&str, &Vec<&str>)]| {
+        list.iter()
+            .map(|(driver, pvs)| format!("{driver}: {}", first_few(pvs.iter().copied(), 5)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let (with_class, without): (Vec<_>, Vec<_>) = drivers
+        .iter()
+        .map(|(d, pvs)| (*d, pvs))
+        .partition(|(driver, _)| classes.choose(driver).is_some());
+    if !without.is_empty() {
+        let names: Vec<&str> = without.iter().map(|(d, _)| *d).collect();
+        return Check::fail(
+            CSI_DRIVERS,
+            format!(
+                "volume(s) of CSI drivers the disk provider does not handle ({handled} only) and with no VolumeSnapshotClass, so their data would not be backed up: {}",
+                describe(&without)
+            ),
+            if classes.crds_missing {
+                format!(
+                    "install the snapshot.storage.k8s.io CRDs and the external-snapshotter, create a VolumeSnapshotClass for {} and run the snapshot workers with --disk-provider csi (operational tier only); or move those volumes to a storage class of {handled}, or leave their namespaces out of the instance's scope (exclude_namespaces)",
+                    names.join(", ")
+                )
+            } else {
+                format!(
+                    "create a VolumeSnapshotClass with driver: {} and run the snapshot workers with --disk-provider csi (operational tier only); or move those volumes to a storage class of {handled}, or leave their namespaces out of the instance's scope (exclude_namespaces)",
+                    names.join(", ")
+                )
+            },
+        );
+    }
+    Check::warn(
+        CSI_DRIVERS,
+        format!(
+            "volume(s) of CSI drivers other than {handled} get the operational tier only: CSI VolumeSnapshots (snapshot workers with --disk-provider csi), never copied to the vault tier, since the vault stages read only {handled} volumes here: {}",
+            describe(&with_class)
+        ),
+        format!(
+            "to have their data in the vault tier (and the geo copy), move them to a storage class of {handled}; their operational snapshots and every resource are backed up either way"
+        ),
     )
 }

@@ -387,7 +387,13 @@ mod tests {
     fn the_table_expands_one_permission_per_verb() {
         let snapshot = &FLEET_ACCOUNTS[0];
         let permissions = snapshot.permissions();
-        assert_eq!(permissions.len(), KINDS.len() * 2 + 1);
+        assert_eq!(permissions.len(), KINDS.len() * 2 + 2);
+        assert!(permissions.contains(&Permission {
+            verb: "create",
+            group: "snapshot.storage.k8s.io",
+            resource: "volumesnapshots",
+            subresource: ""
+        }));
         assert!(permissions.contains(&Permission {
             verb: "create",
             group: "",
@@ -400,10 +406,20 @@ mod tests {
             !restore.permissions().iter().any(|p| p.verb == "delete"),
             "restore never deletes"
         );
-        assert!(FLEET_ACCOUNTS[2].permissions().is_empty());
+        let retention = &FLEET_ACCOUNTS[2];
+        assert_eq!(retention.name, "stowage-retention");
+        assert!(
+            retention
+                .permissions()
+                .iter()
+                .all(|p| p.resource == "volumesnapshots" && p.verb != "create"),
+            "retention only reads and deletes VolumeSnapshots"
+        );
+        assert!(FLEET_ACCOUNTS[3].permissions().is_empty());
         // Every stage with a Deployment is served by exactly one account.
         for stage in [
             Stage::Snapshot,
+            Stage::Retention,
             Stage::VaultTransfer,
             Stage::GeoReplication,
             Stage::RestoreHydration,

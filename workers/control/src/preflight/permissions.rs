@@ -93,28 +93,56 @@ pub const KINDS: &[(&str, &str)] = &[
 /// about (the CLI's test loads `infra/k8s/base/rbac.yaml` into a sandbox and checks that it
 /// grants all of it, and that removing a rule is reported).
 ///
-/// - `stowage-snapshot` (snapshot): gets and lists every kind it collects, and creates
-///   `pods/exec` for hooks.
+/// - `stowage-snapshot` (snapshot): gets and lists every kind it collects, creates
+///   `pods/exec` for hooks and VolumeSnapshots for CSI volumes.
 /// - `stowage-restore` (restore): gets, lists, creates, patches and updates every kind it
-///   applies; never deletes.
+///   applies (VolumeSnapshots and their contents among them: `*`); never deletes.
+/// - `stowage-retention` (retention): deletes the VolumeSnapshots of expired operational tiers.
 /// - `stowage-vault` (vault-transfer, geo-replication, restore-hydration): no Kubernetes access.
 pub const FLEET_ACCOUNTS: &[FleetAccount] = &[
     FleetAccount {
         name: "stowage-snapshot",
         stages: &[Stage::Snapshot],
         verbs_on_kinds: &["get", "list"],
-        extra: &[Permission {
-            verb: "create",
-            group: "",
-            resource: "pods",
-            subresource: "exec",
-        }],
+        extra: &[
+            Permission {
+                verb: "create",
+                group: "",
+                resource: "pods",
+                subresource: "exec",
+            },
+            Permission {
+                verb: "create",
+                group: "snapshot.storage.k8s.io",
+                resource: "volumesnapshots",
+                subresource: "",
+            },
+        ],
     },
     FleetAccount {
         name: "stowage-restore",
         stages: &[Stage::Restore],
         verbs_on_kinds: &["get", "list", "create", "patch", "update"],
         extra: &[],
+    },
+    FleetAccount {
+        name: "stowage-retention",
+        stages: &[Stage::Retention],
+        verbs_on_kinds: &[],
+        extra: &[
+            Permission {
+                verb: "get",
+                group: "snapshot.storage.k8s.io",
+                resource: "volumesnapshots",
+                subresource: "",
+            },
+            Permission {
+                verb: "delete",
+                group: "snapshot.storage.k8s.io",
+                resource: "volumesnapshots",
+                subresource: "",
+            },
+        ],
     },
     FleetAccount {
         name: "stowage-vault",

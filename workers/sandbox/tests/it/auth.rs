@@ -4,14 +4,16 @@
 //! the admin, as on a real cluster).
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use stowage_cluster::csi::volume_snapshots;
 use stowage_sandbox::{ADMIN, SandboxHandle, apply_fleet_rbac};
 
 use crate::harness::{api_code, sample_cluster};
 
 const SNAPSHOT: &str = "stowage-snapshot";
 const RESTORE: &str = "stowage-restore";
+const RETENTION: &str = "stowage-retention";
 const VAULT: &str = "stowage-vault";
 
 fn temp_dir(purpose: &str) -> std::path::PathBuf {
@@ -153,6 +155,37 @@ async fn the_fleet_accounts_may_do_only_what_the_applied_rbac_yaml_grants() {
     let message = forbidden(shop(&vault).list(&ListParams::default()).await);
     assert!(message.contains(&user(VAULT)), "{message}");
 
+    // VolumeSnapshots: snapshot creates them, retention deletes them and may do nothing else.
+    let retention = cluster.client_as(RETENTION).unwrap();
+    let snapshots = |c: &kube::Client| {
+        Api::<DynamicObject>::namespaced_with(c.clone(), "shop", &volume_snapshots())
+    };
+    let snapshot_of_data: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": {"name": "by-snapshot", "namespace": "shop"},
+        "spec": {"source": {"persistentVolumeClaimName": "data-db-0"}},
+    }))
+    .unwrap();
+    snapshots(&snapshot)
+        .create(&PostParams::default(), &snapshot_of_data)
+        .await
+        .expect("snapshot creates VolumeSnapshots");
+    let message = forbidden(
+        snapshots(&snapshot)
+            .delete("by-snapshot", &DeleteParams::default())
+            .await,
+    );
+    assert!(
+        message.contains("cannot delete resource \"volumesnapshots\""),
+        "{message}"
+    );
+    let message = forbidden(shop(&retention).list(&ListParams::default()).await);
+    assert!(message.contains(&user(RETENTION)), "{message}");
+    snapshots(&retention)
+        .delete("by-snapshot", &DeleteParams::default())
+        .await
+        .expect("retention deletes VolumeSnapshots");
+
     // The admin may do anything.
     shop(&cluster.client())
         .delete("restored", &DeleteParams::default())
@@ -235,7 +268,7 @@ async fn kubeconfigs_hold_a_context_per_identity_and_client_as_refuses_unknown_n
     let written = cluster.write_kubeconfigs(&dir).unwrap();
     assert_eq!(
         written.keys().map(String::as_str).collect::<Vec<_>>(),
-        [ADMIN, SNAPSHOT, RESTORE, VAULT]
+        [ADMIN, SNAPSHOT, RESTORE, RETENTION, VAULT]
             .into_iter()
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()

@@ -305,10 +305,13 @@ async fn kubectl_applies_the_fleet_rbac_then_again_then_a_change() {
     .await;
     let objects = [
         "clusterrole.rbac.authorization.k8s.io/stowage-restore",
+        "clusterrole.rbac.authorization.k8s.io/stowage-retention",
         "clusterrole.rbac.authorization.k8s.io/stowage-snapshot",
         "clusterrolebinding.rbac.authorization.k8s.io/stowage-restore",
+        "clusterrolebinding.rbac.authorization.k8s.io/stowage-retention",
         "clusterrolebinding.rbac.authorization.k8s.io/stowage-snapshot",
         "serviceaccount/stowage-restore",
+        "serviceaccount/stowage-retention",
         "serviceaccount/stowage-snapshot",
         "serviceaccount/stowage-vault",
     ];
@@ -347,10 +350,21 @@ async fn kubectl_applies_the_fleet_rbac_then_again_then_a_change() {
         (kubectl, third)
     })
     .await;
-    let mut expected = with("unchanged");
-    expected[0] = "clusterrole.rbac.authorization.k8s.io/stowage-restore configured".to_owned();
-    expected[3] =
-        "clusterrolebinding.rbac.authorization.k8s.io/stowage-snapshot configured".to_owned();
+    let configured = [
+        "clusterrole.rbac.authorization.k8s.io/stowage-restore",
+        "clusterrolebinding.rbac.authorization.k8s.io/stowage-snapshot",
+    ];
+    let expected: Vec<String> = objects
+        .iter()
+        .map(|o| {
+            let verb = if configured.contains(o) {
+                "configured"
+            } else {
+                "unchanged"
+            };
+            format!("{o} {verb}")
+        })
+        .collect();
     assert_eq!(applied(&third), expected);
     assert_holds(&cluster, &changed, "stowage").await;
 
