@@ -139,34 +139,21 @@ async fn snapshot_and_restore_into_a_second_cluster() {
     assert_eq!(report.target_cluster, "dr");
     assert_eq!(report.volumes_restored, 2);
     assert_eq!(report.count(PlanAction::Conflict), 0, "{:#?}", report.plan);
-    // The CRD came first, so its custom resources could be created.
-    let crd_at = report
-        .plan
-        .iter()
-        .position(|e| e.kind == "CustomResourceDefinition")
-        .unwrap();
-    let widget_at = report.plan.iter().position(|e| e.kind == "Widget").unwrap();
-    let namespace_at = report
-        .plan
-        .iter()
-        .position(|e| e.kind == "Namespace")
-        .unwrap();
-    let claim_at = report
-        .plan
-        .iter()
-        .position(|e| e.kind == "PersistentVolumeClaim")
-        .unwrap();
-    let deployment_at = report
-        .plan
-        .iter()
-        .position(|e| e.kind == "Deployment")
-        .unwrap();
-    assert!(
-        crd_at < namespace_at
-            && namespace_at < claim_at
-            && claim_at < deployment_at
-            && deployment_at < widget_at
-    );
+    // In waves (see ordering.rs for the full graph): the CRD before its custom resources, the
+    // namespace before what lives in it, the claim before the StatefulSet mounting it.
+    let wave = |kind: &str, ns: Option<&str>, name: &str| {
+        report
+            .entry(kind, ns, name)
+            .unwrap_or_else(|| panic!("{kind} {name} planned"))
+            .wave
+    };
+    assert_eq!(wave("CustomResourceDefinition", None, "widgets.demo.stowage.io"), 0);
+    assert_eq!(wave("Namespace", None, "shop"), 0);
+    assert!(wave("Widget", Some("shop"), "blue") > 0);
+    let claim_wave = wave("PersistentVolumeClaim", Some("shop"), "data-db-0");
+    assert!(claim_wave > 0 && claim_wave < wave("StatefulSet", Some("shop"), "db"));
+    let waves: Vec<u32> = report.plan.iter().map(|e| e.wave).collect();
+    assert!(waves.is_sorted(), "{waves:?}");
 
     let (source, dr) = (f.source.client(), f.dr.client());
     for ns in ["shop", "blog"] {
