@@ -442,9 +442,12 @@ async fn dry_run_plan(
             &job.instance,
             &job.recovery_point_id,
         ),
-        Message::RestoreHydration(job) => {
-            (job.tier, &job.options, &job.instance, &job.recovery_point_id)
-        }
+        Message::RestoreHydration(job) => (
+            job.tier,
+            &job.options,
+            &job.instance,
+            &job.recovery_point_id,
+        ),
         other => bail!("a restore request made a {} job", other.kind()),
     };
     let options = RestoreOptions {
@@ -552,7 +555,7 @@ async fn dry_run_plan(
     eprintln!(
         "dry run of restore {}: recovery point {rp_id} of {instance} ({} tier) into cluster \
          {target} ({}): {} objects in {} waves: {} create, {} patch, {} skip, {} conflict; {} \
-         volumes onto new disks. Nothing was changed, written or submitted.",
+         volume(s) onto new disks. Nothing was changed, written or submitted.",
         view.restore_id,
         serde_json::to_value(tier)?.as_str().unwrap_or("?"),
         found.url,
@@ -571,8 +574,20 @@ async fn dry_run_plan(
             view.restore_id
         );
     }
+    // Conflicts are warnings too; the table has already said them.
+    let conflicts: BTreeSet<String> = report
+        .plan
+        .iter()
+        .filter(|e| e.action == PlanAction::Conflict)
+        .map(|e| match &e.namespace {
+            Some(ns) => format!("{} {ns}/{}: ", e.kind, e.name),
+            None => format!("{} {}: ", e.kind, e.name),
+        })
+        .collect();
     for warning in view.warnings {
-        eprintln!("warning: {warning}");
+        if !conflicts.iter().any(|c| warning.starts_with(c.as_str())) {
+            eprintln!("warning: {warning}");
+        }
     }
     if view.conflict > 0 {
         return Err(output::Exit {

@@ -287,9 +287,8 @@ pub async fn wait_bound(
         let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let bound = |claim: Option<&PersistentVolumeClaim>| {
-            claim.is_none_or(|c| {
-                c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
-            })
+            claim
+                .is_none_or(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
         };
         match wait::until(api, name, &format!("PVC {ns}/{name}"), "Bound", bound, left).await {
             Ok(Some(_)) => {}

@@ -4,8 +4,8 @@
 
 use std::process::Output;
 
-use kube::api::{Api, Patch, PatchParams};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use stowage_runtime::JobContext;
 use stowage_schemas::Stage;
@@ -104,13 +104,22 @@ async fn a_dry_run_prints_the_plan_and_changes_nothing() {
     };
     let claim = line("PersistentVolumeClaim shop-copy/data-db-0");
     assert!(claim.contains("create"), "{claim}");
-    assert!(claim.contains("restore-plan-1-"), "the claim's new disk: {claim}");
+    assert!(
+        claim.contains("restore-plan-1-"),
+        "the claim's new disk: {claim}"
+    );
     assert!(claim.contains("after Namespace shop-copy"), "{claim}");
     let set = line("StatefulSet shop-copy/db");
-    assert!(set.contains("PersistentVolumeClaim shop-copy/data-db-0"), "{set}");
+    assert!(
+        set.contains("PersistentVolumeClaim shop-copy/data-db-0"),
+        "{set}"
+    );
     let namespace = line("Namespace shop-copy");
     assert!(namespace.starts_with("0 "), "{namespace}");
-    assert!(line("ClusterRole widget-reader").contains("skip"), "exists already");
+    assert!(
+        line("ClusterRole widget-reader").contains("skip"),
+        "exists already"
+    );
     assert!(err.contains("Nothing was changed"), "{err}");
     assert!(err.contains("0 conflict"), "{err}");
 
@@ -127,8 +136,16 @@ async fn a_dry_run_prints_the_plan_and_changes_nothing() {
         .iter()
         .map(|o| {
             let name = match o["namespace"].as_str() {
-                Some(ns) => format!("{} {ns}/{}", o["kind"].as_str().unwrap(), o["name"].as_str().unwrap()),
-                None => format!("{} {}", o["kind"].as_str().unwrap(), o["name"].as_str().unwrap()),
+                Some(ns) => format!(
+                    "{} {ns}/{}",
+                    o["kind"].as_str().unwrap(),
+                    o["name"].as_str().unwrap()
+                ),
+                None => format!(
+                    "{} {}",
+                    o["kind"].as_str().unwrap(),
+                    o["name"].as_str().unwrap()
+                ),
             };
             (name, o["wave"].as_u64().unwrap())
         })
@@ -147,7 +164,10 @@ async fn a_dry_run_prints_the_plan_and_changes_nothing() {
         .find(|o| o["kind"] == "PersistentVolumeClaim")
         .expect("the claim");
     assert_eq!(pvc["action"], "create");
-    assert!(pvc["disk"].as_str().unwrap().starts_with("restore-plan-1-"), "{pvc}");
+    assert!(
+        pvc["disk"].as_str().unwrap().starts_with("restore-plan-1-"),
+        "{pvc}"
+    );
     let out = plan(&["-o", "yaml"]);
     let yaml: Value = serde_yaml::from_slice(&out.stdout).expect("YAML");
     assert_eq!(yaml, view);
@@ -157,19 +177,31 @@ async fn a_dry_run_prints_the_plan_and_changes_nothing() {
         rv_before,
         "the cluster was not touched"
     );
-    assert_eq!(files_under(dir.path()), files_before, "no disk, record or file written");
+    assert_eq!(
+        files_under(dir.path()),
+        files_before,
+        "no disk, record or file written"
+    );
 
     // The target now serves only v2 of the widgets' CRD: the backed-up v1 widgets conflict.
     let crds: Api<CustomResourceDefinition> = Api::all(cluster.client());
     let v2 = json!({"spec": {"versions": [{"name": "v2", "served": true, "storage": true,
         "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
-    crds.patch("widgets.demo.stowage.io", &PatchParams::default(), &Patch::Merge(&v2))
-        .await
-        .unwrap();
+    crds.patch(
+        "widgets.demo.stowage.io",
+        &PatchParams::default(),
+        &Patch::Merge(&v2),
+    )
+    .await
+    .unwrap();
     let rv_before = cluster.sandbox().resource_version();
     let out = plan(&[]);
     let (table, err) = stdout_and_stderr(&out);
-    assert_eq!(out.status.code(), Some(3), "conflicts: exit 3\n{table}\n{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "conflicts: exit 3\n{table}\n{err}"
+    );
     println!("{table}\n{err}");
     let blue = table
         .lines()
@@ -185,7 +217,15 @@ async fn a_dry_run_prints_the_plan_and_changes_nothing() {
 
     // Without cluster credentials the request is only checked, and the output says so.
     let out = stowage_command()
-        .args(["restore", "create", "--instance", "shop", "--rp", "rp-1", "--dry-run"])
+        .args([
+            "restore",
+            "create",
+            "--instance",
+            "shop",
+            "--rp",
+            "rp-1",
+            "--dry-run",
+        ])
         .arg("--vault")
         .arg(&vault_dir)
         .arg("--vault-key-file")

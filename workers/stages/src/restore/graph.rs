@@ -232,7 +232,8 @@ impl GraphBuilder {
                         }
                     }
                     Ref::Claims { namespace, prefix } => {
-                        let from = ObjectKey::new("", "PersistentVolumeClaim", Some(&namespace), &prefix);
+                        let from =
+                            ObjectKey::new("", "PersistentVolumeClaim", Some(&namespace), &prefix);
                         for (key, &on) in self.index.range(from..) {
                             if !key.group.is_empty()
                                 || key.kind != "PersistentVolumeClaim"
@@ -722,8 +723,16 @@ mod tests {
         for (group, kind, name) in [
             ("", "Namespace", "payments"),
             ("", "Namespace", "db"),
-            ("apiextensions.k8s.io", "CustomResourceDefinition", "certificates.cert-manager.io"),
-            ("apiextensions.k8s.io", "CustomResourceDefinition", "widgets.ops.example.com"),
+            (
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                "certificates.cert-manager.io",
+            ),
+            (
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                "widgets.ops.example.com",
+            ),
             ("storage.k8s.io", "StorageClass", "fast"),
             ("rbac.authorization.k8s.io", "ClusterRole", "operator"),
         ] {
@@ -732,7 +741,15 @@ mod tests {
         // cert-manager: CRD → custom resources → the Secret a Certificate owns → the
         // Deployment mounting it.
         assert_eq!(w("cert-manager.io", "ClusterIssuer", None, "selfsigned"), 1);
-        assert_eq!(w("cert-manager.io", "Certificate", Some("payments"), "api-tls"), 1);
+        assert_eq!(
+            w(
+                "cert-manager.io",
+                "Certificate",
+                Some("payments"),
+                "api-tls"
+            ),
+            1
+        );
         assert_eq!(w("", "Secret", Some("payments"), "api-tls"), 2);
         assert_eq!(w("apps", "Deployment", Some("payments"), "api"), 3);
         // The StatefulSet after its claims, account, config and secret; the claims after the
@@ -741,7 +758,9 @@ mod tests {
             assert_eq!(w("", "PersistentVolumeClaim", Some("db"), name), 1);
         }
         assert_eq!(w("apps", "StatefulSet", Some("db"), "pg"), 2);
-        let sts = g.node(&key("apps", "StatefulSet", Some("db"), "pg")).unwrap();
+        let sts = g
+            .node(&key("apps", "StatefulSet", Some("db"), "pg"))
+            .unwrap();
         let deps: Vec<String> = g.dependencies(sts).iter().map(|k| k.to_string()).collect();
         assert_eq!(
             deps,
@@ -768,8 +787,19 @@ mod tests {
         assert_eq!(w("apps", "Deployment", op, "operator"), 2);
         assert_eq!(w("ops.example.com", "Widget", op, "sample"), 1);
         let admission = "admissionregistration.k8s.io";
-        assert_eq!(w(admission, "ValidatingWebhookConfiguration", None, "operator"), 4);
-        assert_eq!(w(admission, "MutatingWebhookConfiguration", None, "operator"), 4);
+        assert_eq!(
+            w(
+                admission,
+                "ValidatingWebhookConfiguration",
+                None,
+                "operator"
+            ),
+            4
+        );
+        assert_eq!(
+            w(admission, "MutatingWebhookConfiguration", None, "operator"),
+            4
+        );
         assert_eq!(g.waves(), 5);
         // Every object's dependencies are in earlier waves.
         for (k, wave) in g.keys() {
@@ -783,11 +813,15 @@ mod tests {
     #[test]
     fn the_order_does_not_depend_on_the_read_order() {
         let mut objects = realistic();
-        let forward: Vec<(ObjectKey, u32)> =
-            graph(&objects).keys().map(|(k, w)| (k.clone(), w)).collect();
+        let forward: Vec<(ObjectKey, u32)> = graph(&objects)
+            .keys()
+            .map(|(k, w)| (k.clone(), w))
+            .collect();
         objects.reverse();
-        let backward: Vec<(ObjectKey, u32)> =
-            graph(&objects).keys().map(|(k, w)| (k.clone(), w)).collect();
+        let backward: Vec<(ObjectKey, u32)> = graph(&objects)
+            .keys()
+            .map(|(k, w)| (k.clone(), w))
+            .collect();
         assert_eq!(forward, backward);
     }
 
@@ -812,7 +846,12 @@ mod tests {
         let secret = json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "s", "namespace": "app", "ownerReferences":
                 [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u"}]}});
-        let objects = [deployment, config_map("a", Some(("Secret", "s"))), secret, ns];
+        let objects = [
+            deployment,
+            config_map("a", Some(("Secret", "s"))),
+            secret,
+            ns,
+        ];
         let g = graph(&objects);
         let [warning] = g.warnings() else {
             panic!("one cycle, one warning: {:?}", g.warnings());
@@ -826,7 +865,15 @@ mod tests {
             warning.contains("so ConfigMap app/a is restored without waiting for Secret app/s"),
             "{warning}"
         );
-        let w = |kind, name| wave(&g, if kind == "Deployment" { "apps" } else { "" }, kind, Some("app"), name);
+        let w = |kind, name| {
+            wave(
+                &g,
+                if kind == "Deployment" { "apps" } else { "" },
+                kind,
+                Some("app"),
+                name,
+            )
+        };
         assert_eq!(w("ConfigMap", "a"), 1);
         assert_eq!(w("Deployment", "web"), 2);
         assert_eq!(w("Secret", "s"), 3);
@@ -873,11 +920,23 @@ mod tests {
         let g = graph(&[service, policy, config_map("a", None)]);
         assert_eq!(g.waves(), 2);
         assert_eq!(
-            wave(&g, "apiregistration.k8s.io", "APIService", None, "v1beta1.metrics.k8s.io"),
+            wave(
+                &g,
+                "apiregistration.k8s.io",
+                "APIService",
+                None,
+                "v1beta1.metrics.k8s.io"
+            ),
             1
         );
         assert_eq!(
-            wave(&g, "admissionregistration.k8s.io", "ValidatingAdmissionPolicy", None, "p"),
+            wave(
+                &g,
+                "admissionregistration.k8s.io",
+                "ValidatingAdmissionPolicy",
+                None,
+                "p"
+            ),
             1
         );
         assert_eq!(graph(&[]).waves(), 0);
@@ -910,10 +969,14 @@ mod tests {
             objects.push(json!({"apiVersion": "v1", "kind": kind,
                 "metadata": {"name": name, "namespace": "app"}}));
         }
-        objects.push(json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
-            "metadata": {"name": "critical"}, "value": 1000}));
+        objects.push(
+            json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": "critical"}, "value": 1000}),
+        );
         let g = graph(&objects);
-        let cron = g.node(&key("batch", "CronJob", Some("app"), "nightly")).unwrap();
+        let cron = g
+            .node(&key("batch", "CronJob", Some("app"), "nightly"))
+            .unwrap();
         assert_eq!(g.dependencies(cron).len(), 7, "{:?}", g.dependencies(cron));
         assert_eq!(g.wave(cron), 1);
     }

@@ -350,16 +350,21 @@ pub async fn restore(
             let resources = match tier {
                 Tier::Operational => rp.resources.clone(),
                 tier => {
-                    catalog::read_tier_manifest(store, &request.instance, &request.recovery_point_id, *tier)
-                        .await?
-                        .ok_or_else(|| {
-                            StageError::permanent(format!(
-                                "recovery point {} is not in the {tier:?} tier; `stowage rp list` \
+                    catalog::read_tier_manifest(
+                        store,
+                        &request.instance,
+                        &request.recovery_point_id,
+                        *tier,
+                    )
+                    .await?
+                    .ok_or_else(|| {
+                        StageError::permanent(format!(
+                            "recovery point {} is not in the {tier:?} tier; `stowage rp list` \
                                  shows the tiers each recovery point is in",
-                                request.recovery_point_id
-                            ))
-                        })?
-                        .resources
+                            request.recovery_point_id
+                        ))
+                    })?
+                    .resources
                 }
             };
             let key = layout::parse_resource_key(&resources).map_err(StageError::permanent)?;

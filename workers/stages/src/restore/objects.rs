@@ -188,7 +188,9 @@ impl Run<'_> {
             self.plan(PlanAction::Skip, &object, Some(note));
             return None;
         }
-        object["metadata"].as_object_mut()?.remove("ownerReferences");
+        object["metadata"]
+            .as_object_mut()?
+            .remove("ownerReferences");
         if core
             && kind == "Pod"
             && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut)
@@ -327,7 +329,10 @@ impl Run<'_> {
 impl Run<'_> {
     /// Waits until the claims `(namespace, name)` are `Bound`; one that is not in time is a
     /// warning naming it (the workloads after it bind it when it is).
-    pub(super) async fn wait_bound(&mut self, claims: &[(String, String)]) -> Result<(), StageError> {
+    pub(super) async fn wait_bound(
+        &mut self,
+        claims: &[(String, String)],
+    ) -> Result<(), StageError> {
         let client = self.api.client().clone();
         let timeout = self.ctx.pvc_bound_timeout;
         for (ns, name, why) in apply::wait_bound(&client, claims, timeout).await {

@@ -69,7 +69,13 @@ impl PlanEntry {
 
 impl std::fmt::Display for PlanEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "wave {} {:8} {} ", self.wave, self.action.word(), self.kind)?;
+        write!(
+            f,
+            "wave {} {:8} {} ",
+            self.wave,
+            self.action.word(),
+            self.kind
+        )?;
         if let Some(ns) = &self.namespace {
             write!(f, "{ns}/")?;
         }

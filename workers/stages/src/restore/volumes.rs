@@ -85,7 +85,10 @@ impl Run<'_> {
                     if let Some(spec) = claim.get_mut("spec").and_then(Value::as_object_mut) {
                         spec.remove("volumeName");
                     }
-                    let provisioned = match claim.pointer("/spec/storageClassName").and_then(Value::as_str) {
+                    let provisioned = match claim
+                        .pointer("/spec/storageClassName")
+                        .and_then(Value::as_str)
+                    {
                         Some(class) => format!("new, empty: provisioned by storage class {class}"),
                         None => "new, empty: provisioned by the default storage class".to_owned(),
                     };

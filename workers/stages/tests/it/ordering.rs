@@ -24,7 +24,12 @@ fn fixture_objects() -> Vec<Value> {
 }
 
 /// The resourceVersion of the last write to an object in `client`'s sandbox.
-async fn written_at(client: &kube::Client, t: (&str, &str, &str), ns: Option<&str>, name: &str) -> u64 {
+async fn written_at(
+    client: &kube::Client,
+    t: (&str, &str, &str),
+    ns: Option<&str>,
+    name: &str,
+) -> u64 {
     let object = existing(client, t, ns, name).await;
     object["metadata"]["resourceVersion"]
         .as_str()
@@ -32,7 +37,12 @@ async fn written_at(client: &kube::Client, t: (&str, &str, &str), ns: Option<&st
         .unwrap_or_else(|| panic!("{} {name} has a numeric resourceVersion", t.1))
 }
 
-fn entry<'a>(report: &'a RestoreReport, kind: &str, ns: Option<&str>, name: &str) -> &'a stowage_stages::restore::PlanEntry {
+fn entry<'a>(
+    report: &'a RestoreReport,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> &'a stowage_stages::restore::PlanEntry {
     report
         .entry(kind, ns, name)
         .unwrap_or_else(|| panic!("{kind} {ns:?}/{name} is in the plan: {:#?}", report.plan))
@@ -59,7 +69,10 @@ async fn a_restore_follows_the_dependency_graph_in_waves() {
     );
     f.define_instance(Scope::default(), Vec::new()).await;
     let created = f.snapshot("rp-1").await;
-    assert_eq!(created.volume_count, 4, "the sample app's two and the set's two");
+    assert_eq!(
+        created.volume_count, 4,
+        "the sample app's two and the set's two"
+    );
 
     // The plan first: every decision, in waves, nothing written.
     let rv_dr = f.dr.sandbox().resource_version();
@@ -68,16 +81,24 @@ async fn a_restore_follows_the_dependency_graph_in_waves() {
         ..to_dr()
     };
     let plan = f.restore("rp-1", "order", dry).await;
-    assert_eq!(f.dr.sandbox().resource_version(), rv_dr, "a plan writes nothing");
+    assert_eq!(
+        f.dr.sandbox().resource_version(),
+        rv_dr,
+        "a plan writes nothing"
+    );
     assert_eq!(plan.count(PlanAction::Conflict), 0, "{:#?}", plan.plan);
     let claim_entry = entry(&plan, "PersistentVolumeClaim", Some("db"), "data-pg-0");
     assert_eq!(claim_entry.action, PlanAction::Create);
-    let disk = claim_entry.disk.as_deref().expect("a claim's new disk is planned");
+    let disk = claim_entry
+        .disk
+        .as_deref()
+        .expect("a claim's new disk is planned");
     assert!(disk.starts_with("restore-order-"), "{disk}");
     let sts = entry(&plan, "StatefulSet", Some("db"), "pg");
     assert!(sts.wave > claim_entry.wave, "{sts:?} {claim_entry:?}");
     assert!(
-        sts.after.contains(&"PersistentVolumeClaim db/data-pg-0".to_owned()),
+        sts.after
+            .contains(&"PersistentVolumeClaim db/data-pg-0".to_owned()),
         "{:?}",
         sts.after
     );
@@ -90,7 +111,10 @@ async fn a_restore_follows_the_dependency_graph_in_waves() {
     assert_eq!(report.count(PlanAction::Conflict), 0, "{:#?}", report.plan);
     // The only warning: the sample app's NFS claim, which no snapshot covers.
     assert!(
-        report.warnings.iter().all(|w| w.contains("PVC blog/uploads")),
+        report
+            .warnings
+            .iter()
+            .all(|w| w.contains("PVC blog/uploads")),
         "{:?}",
         report.warnings
     );
@@ -98,8 +122,15 @@ async fn a_restore_follows_the_dependency_graph_in_waves() {
     let waves: Vec<u32> = report.plan.iter().map(|e| e.wave).collect();
     assert!(waves.is_sorted(), "applied wave by wave: {waves:?}");
     assert_eq!(
-        report.plan.iter().map(|e| (&e.kind, &e.name, e.wave, e.action)).collect::<Vec<_>>(),
-        plan.plan.iter().map(|e| (&e.kind, &e.name, e.wave, e.action)).collect::<Vec<_>>(),
+        report
+            .plan
+            .iter()
+            .map(|e| (&e.kind, &e.name, e.wave, e.action))
+            .collect::<Vec<_>>(),
+        plan.plan
+            .iter()
+            .map(|e| (&e.kind, &e.name, e.wave, e.action))
+            .collect::<Vec<_>>(),
         "the restore does what its plan said"
     );
 
@@ -120,7 +151,12 @@ async fn a_restore_follows_the_dependency_graph_in_waves() {
     )
     .await;
     let secret = at(("v1", "Secret", "secrets"), Some("payments"), "api-tls").await;
-    let api = at(("apps/v1", "Deployment", "deployments"), Some("payments"), "api").await;
+    let api = at(
+        ("apps/v1", "Deployment", "deployments"),
+        Some("payments"),
+        "api",
+    )
+    .await;
     assert!(crd < certificate && crd < issuer && certificate < secret && secret < api);
     // The StatefulSet after its claims are Bound (the binding is a write too) to their new
     // volumes holding the backed-up bytes; after its account, config and secret.
@@ -128,7 +164,10 @@ async fn a_restore_follows_the_dependency_graph_in_waves() {
     for (i, name) in ["data-pg-0", "data-pg-1"].into_iter().enumerate() {
         let restored = claim(&dr, "db", name).await;
         assert_eq!(restored["status"]["phase"], "Bound");
-        assert!(at(CLAIM, Some("db"), name).await < set, "{name} bound before the set");
+        assert!(
+            at(CLAIM, Some("db"), name).await < set,
+            "{name} bound before the set"
+        );
         let disk = restored_disk(&dr, "db", name).await;
         assert_eq!(
             f.disk_bytes(&disk).await[4096..4096 + (32 << 10)],
@@ -141,7 +180,11 @@ async fn a_restore_follows_the_dependency_graph_in_waves() {
         (CONFIG_MAP, "pg-config"),
         (("v1", "Secret", "secrets"), "pg-auth"),
     ] {
-        assert!(at(t, Some("db"), name).await < set, "{} {name} before the set", t.1);
+        assert!(
+            at(t, Some("db"), name).await < set,
+            "{} {name} before the set",
+            t.1
+        );
     }
     // The operator: roles before bindings, account and certificate before the Deployment,
     // the custom resource after its CRD, the webhooks after everything else.
@@ -160,18 +203,37 @@ async fn a_restore_follows_the_dependency_graph_in_waves() {
     assert!(widget_crd < widget);
     let admission = "admissionregistration.k8s.io/v1";
     let validating = at(
-        (admission, "ValidatingWebhookConfiguration", "validatingwebhookconfigurations"),
+        (
+            admission,
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfigurations",
+        ),
         None,
         "operator",
     )
     .await;
     let mutating = at(
-        (admission, "MutatingWebhookConfiguration", "mutatingwebhookconfigurations"),
+        (
+            admission,
+            "MutatingWebhookConfiguration",
+            "mutatingwebhookconfigurations",
+        ),
         None,
         "operator",
     )
     .await;
-    let everything_else = [crd, certificate, issuer, secret, api, set, cluster_binding, binding, operator, widget];
+    let everything_else = [
+        crd,
+        certificate,
+        issuer,
+        secret,
+        api,
+        set,
+        cluster_binding,
+        binding,
+        operator,
+        widget,
+    ];
     let last_other = everything_else.into_iter().max().unwrap();
     assert!(validating > last_other && mutating > last_other);
     // The sample app came along, in the same waves.

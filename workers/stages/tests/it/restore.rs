@@ -147,7 +147,10 @@ async fn snapshot_and_restore_into_a_second_cluster() {
             .unwrap_or_else(|| panic!("{kind} {name} planned"))
             .wave
     };
-    assert_eq!(wave("CustomResourceDefinition", None, "widgets.demo.stowage.io"), 0);
+    assert_eq!(
+        wave("CustomResourceDefinition", None, "widgets.demo.stowage.io"),
+        0
+    );
     assert_eq!(wave("Namespace", None, "shop"), 0);
     assert!(wave("Widget", Some("shop"), "blue") > 0);
     let claim_wave = wave("PersistentVolumeClaim", Some("shop"), "data-db-0");
