@@ -507,7 +507,8 @@ pub async fn restore(
         job.report_progress(JobProgress {
             bytes_done: 0,
             bytes_total: None,
-            items_done: run.report.plan.len() as u64,
+            // Objects of the graph handled so far (the PVs a restore makes are not counted).
+            items_done: done.iter().filter(|&&d| d).count() as u64,
             items_total: Some(graph.len() as u64),
         });
         tracing::debug!(wave, waves = graph.waves(), "restoring a wave");

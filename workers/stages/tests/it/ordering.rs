@@ -242,3 +242,42 @@ async fn a_restore_follows_the_dependency_graph_in_waves() {
         "Bound"
     );
 }
+
+#[tokio::test]
+async fn a_claim_that_does_not_bind_is_a_warning_not_a_hang() {
+    let mut f = Fixture::new().await;
+    f.define_instance(namespaces(&["shop"]), Vec::new()).await;
+    f.snapshot("rp-1").await;
+    // The PV this restore would make for shop/data-db-0 exists in the target already, claimed
+    // by another claim: the restored claim names it and can never bind to it.
+    let taken = stowage_stages::restore::restored_pv_name("late", "shop", "data-db-0");
+    f.dr.sandbox()
+        .create(serde_json::json!({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": taken},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "claimRef": {"namespace": "elsewhere", "name": "theirs"},
+                "csi": {"driver": "disk.stowage.local", "volumeHandle": "theirs"}},
+        }))
+        .unwrap();
+    f.ctx.pvc_bound_timeout = std::time::Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let report = f.restore("rp-1", "late", to_dr()).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let late: Vec<&String> = report
+        .warnings
+        .iter()
+        .filter(|w| w.contains("PVC shop/data-db-0 was not Bound to its restored volume within 1s"))
+        .collect();
+    assert_eq!(late.len(), 1, "{:?}", report.warnings);
+    // What mounts it was restored anyway, after the wait.
+    assert_eq!(
+        entry(&report, "StatefulSet", Some("shop"), "db").action,
+        PlanAction::Create
+    );
+    let dr = f.dr.client();
+    assert_eq!(
+        claim(&dr, "shop", "data-db-0").await["spec"]["volumeName"],
+        taken.as_str()
+    );
+    assert!(claim(&dr, "shop", "data-db-0").await["status"]["phase"] != "Bound");
+}

@@ -13,7 +13,7 @@ use stowage_schemas::jobs::{
     ExistingPolicy, RestoreHydrationJob, RestoreJob, RestoreOptions, VaultTransferJob,
 };
 use stowage_schemas::{Envelope, Message, Stage};
-use stowage_stages::restore::{PlanAction, RestoreRequest, restore};
+use stowage_stages::restore::{PlanAction, RestoreRequest, RestoreSource, restore};
 use stowage_stages::{RestoreHydration, RestoreStage, SnapshotStage, VaultContext, VaultTransfer};
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::layout;
@@ -469,6 +469,26 @@ async fn restore_from_the_vault_tier_through_hydration() {
         ),
     )
     .await;
+    // The plan of this restore before anything is staged (`restore create --dry-run`): the
+    // claim's data would land on the staging disk hydration is about to make.
+    let planned = |dry_run| RestoreRequest {
+        restore_id: "from-vault".into(),
+        instance: INSTANCE.into(),
+        recovery_point_id: "rp-1".into(),
+        source: RestoreSource::Planned { tier: Tier::Vault },
+        options: RestoreOptions { dry_run, ..to_dr() },
+    };
+    let detached = JobContext::detached(Stage::Restore);
+    let plan = restore(&f.ctx, &planned(true), &detached).await.unwrap();
+    assert_eq!(plan.count(PlanAction::Conflict), 0, "{:#?}", plan.plan);
+    let planned_disk = plan
+        .entry("PersistentVolumeClaim", Some("shop"), "data-db-0")
+        .and_then(|e| e.disk.clone())
+        .expect("the claim's disk is planned");
+    let refused = restore(&f.ctx, &planned(false), &detached)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("not a dry run"), "{refused}");
     let hydration = RestoreHydration(vault_ctx);
     let outcome = deliver(
         &hydration,
@@ -489,6 +509,10 @@ async fn restore_from_the_vault_tier_through_hydration() {
         panic!("{:?}", outcome.messages())
     };
     let staged = hydrated.staging.resources.clone();
+    assert_eq!(
+        planned_disk, hydrated.staging.disks[0].disk_id,
+        "the plan named it"
+    );
 
     let stage = RestoreStage(f.ctx.clone());
     let outcome = deliver(
