@@ -4,6 +4,17 @@ use serde::Serialize;
 
 use crate::cli::Format;
 
+/// A command's outcome that is not a success and asks for its own exit code (`main` prints
+/// the message as an error and exits with the code).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    /// The process's exit code.
+    pub code: u8,
+    /// What to say on stderr.
+    pub message: String,
+}
+
 /// Print `rows` as a table with `headers`, or `value` as JSON or YAML.
 pub fn print<T: Serialize>(
     format: Format,

@@ -4,26 +4,32 @@
 //! the recovery point exist, the tier holds the RP, the namespace mapping is well-formed),
 //! then writes the job record (create-only; the job id is the restore id) and submits
 //! `job.restore` (operational tier) or `job.restore-hydration` (vault or secondary tier, which
-//! triggers the restore when the data is staged). `--dry-run` stops after the checks and
-//! prints the job it would submit: nothing is written or published.
+//! triggers the restore when the data is staged). `--dry-run` stops after the checks and,
+//! with the target cluster's credentials, runs the restore stage's plan-only path and prints
+//! the plan per object (wave, action, reason, each PVC's new disk); exit code 3 when it has
+//! conflicts. Without credentials it prints the job it would submit. Either way nothing is
+//! written, created or published.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use jiff::Timestamp;
+use serde::Serialize;
 use stowage_runtime::client::submit;
 use stowage_runtime::{Broker as _, Names, RabbitBroker};
 use stowage_schemas::domain::{JobRecord, JobStatus, RpState, Tier};
 use stowage_schemas::jobs::{ExistingPolicy, RestoreHydrationJob, RestoreJob, RestoreOptions};
 use stowage_schemas::{Envelope, Message, Stage};
+use stowage_stages::restore::{PlanAction, RestoreRequest, RestoreSource};
 use stowage_vault::catalog;
 use stowage_vault::catalog::jobs::{create_job, update_known_job};
 use stowage_vault::layout;
 use stowage_vault::store::{BlobStore, CreateOutcome};
 
-use crate::cli::{Format, OnVaultAndBroker, OutputArgs, TableOutput, VaultArgs};
+use crate::cli::{ClusterArgs, Format, OnVaultAndBroker, OutputArgs, TableOutput, VaultArgs};
 use crate::jobs_cmd;
 use crate::output;
 
@@ -115,9 +121,22 @@ pub struct CreateArgs {
     /// The restore id (default: generated). It is also the job id.
     #[arg(long, value_parser = crate::cli::id_arg)]
     pub restore_id: Option<String>,
-    /// Check the request and print the job; write and submit nothing.
+    /// Print the plan: per object, its wave, the action (create / skip / patch / conflict), the
+    /// reason, and each PVC's new disk; change, write and submit nothing. Reads the target
+    /// cluster through --kubeconfig (or KUBECONFIG, ~/.kube/config, the pod's account); without
+    /// credentials only checks the request. Exit code 3 when the plan has conflicts.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --dry-run: the target cluster's kubeconfig (default: KUBECONFIG, then
+    /// ~/.kube/config, then the service account of the pod the command runs in).
+    #[arg(long, value_name = "PATH", requires = "dry_run")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// With --dry-run: the kubeconfig context (default: its current-context).
+    #[arg(long, value_name = "NAME", requires = "dry_run")]
+    pub context: Option<String>,
+    /// With --dry-run: how the plan is printed.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Format,
     /// Follow the restore until it finishes (like `jobs watch`); exit non-zero if it fails.
     #[arg(long)]
     pub wait: bool,
@@ -135,12 +154,24 @@ pub async fn run(args: RestoreArgs) -> anyhow::Result<()> {
             let (store, secondary) = crate::rp_cmd::stores(&args.vault).await?;
             let envelope = plan(&store, secondary.as_ref(), &create).await?;
             if create.dry_run {
-                eprintln!(
-                    "dry run: the request is valid; this is the job `restore create` would submit \
-                     (nothing was written or published):"
-                );
-                print!("{}", serde_yaml::to_string(&envelope.message)?);
-                return Ok(());
+                let cluster = ClusterArgs {
+                    kubeconfig: create.kubeconfig.clone(),
+                    context: create.context.clone(),
+                    cluster_name: None,
+                };
+                let Some(found) = crate::kube_config::cluster_client(&cluster).await? else {
+                    eprintln!(
+                        "dry run: the request is valid, but no plan was made: no cluster \
+                         credentials were found (--kubeconfig, KUBECONFIG, ~/.kube/config or a \
+                         pod's service account); give the target cluster's kubeconfig to see what \
+                         the restore would do to each object. This is the job `restore create` \
+                         would submit (nothing was written or published):"
+                    );
+                    print!("{}", serde_yaml::to_string(&envelope.message)?);
+                    return Ok(());
+                };
+                return dry_run_plan(&store, secondary.as_ref(), &envelope, found, create.output)
+                    .await;
             }
             let broker = RabbitBroker::new(args.broker.amqp_url.clone());
             let names = Names::new(args.broker.prefix.clone());
@@ -356,6 +387,221 @@ pub async fn plan(
         }),
     };
     Ok(Envelope::new(restore_id, message))
+}
+
+/// Exit code of `restore create --dry-run` when the plan has conflicts (1 is "no plan could be
+/// made", 2 a usage error).
+pub const EXIT_CONFLICTS: u8 = 3;
+
+/// One object of a dry run's plan, as printed.
+#[derive(Debug, Serialize)]
+struct PlannedObject<'a> {
+    wave: u32,
+    action: PlanAction,
+    api_version: &'a str,
+    kind: &'a str,
+    namespace: Option<&'a str>,
+    name: &'a str,
+    reason: String,
+    after: &'a [String],
+    disk: Option<&'a str>,
+}
+
+/// A dry run's plan, as printed with `-o json|yaml`.
+#[derive(Debug, Serialize)]
+struct PlanView<'a> {
+    restore_id: &'a str,
+    instance: &'a str,
+    recovery_point: &'a str,
+    tier: Tier,
+    target_cluster: &'a str,
+    api_server: &'a str,
+    waves: u32,
+    create: u64,
+    patch: u64,
+    skip: u64,
+    conflict: u64,
+    volumes: u32,
+    warnings: &'a [String],
+    objects: Vec<PlannedObject<'a>>,
+}
+
+/// `restore create --dry-run` with a cluster: the restore stage's plan-only path, in this
+/// process (reads only: the vault, and the target through `found`), printed per object.
+async fn dry_run_plan(
+    store: &BlobStore,
+    secondary: Option<&BlobStore>,
+    envelope: &Envelope,
+    found: crate::kube_config::ClusterClient,
+    format: Format,
+) -> anyhow::Result<()> {
+    let (tier, job_options, instance, rp_id) = match &envelope.message {
+        Message::Restore(job) => (
+            Tier::Operational,
+            &job.options,
+            &job.instance,
+            &job.recovery_point_id,
+        ),
+        Message::RestoreHydration(job) => (
+            job.tier,
+            &job.options,
+            &job.instance,
+            &job.recovery_point_id,
+        ),
+        other => bail!("a restore request made a {} job", other.kind()),
+    };
+    let options = RestoreOptions {
+        dry_run: true,
+        ..job_options.clone()
+    };
+    let target = options
+        .target_cluster
+        .clone()
+        .context("the request names no target cluster")?;
+    // A plan reads no disk: the provider is never asked.
+    let mut ctx = stowage_stages::ClusterContext::new(
+        store.clone(),
+        Arc::new(stowage_disk::NoDiskProvider),
+        target.clone(),
+        stowage_cluster::ClusterTarget::new(found.client),
+    );
+    if let Some(secondary) = secondary {
+        ctx = ctx.with_secondary(secondary.clone());
+    }
+    let request = RestoreRequest {
+        restore_id: envelope.job_id.clone(),
+        instance: instance.clone(),
+        recovery_point_id: rp_id.clone(),
+        source: RestoreSource::Planned { tier },
+        options,
+    };
+    let report = stowage_stages::restore::restore(
+        &ctx,
+        &request,
+        &stowage_runtime::JobContext::detached(Stage::Restore),
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "no plan was made for restore {} into cluster {target} ({}, {}): {e}",
+            request.restore_id,
+            found.url,
+            found.source
+        )
+    })?;
+    let objects: Vec<PlannedObject> = report
+        .plan
+        .iter()
+        .map(|e| PlannedObject {
+            wave: e.wave,
+            action: e.action,
+            api_version: &e.api_version,
+            kind: &e.kind,
+            namespace: e.namespace.as_deref(),
+            name: &e.name,
+            reason: e.reason(),
+            after: &e.after,
+            disk: e.disk.as_deref(),
+        })
+        .collect();
+    let view = PlanView {
+        restore_id: &request.restore_id,
+        instance,
+        recovery_point: rp_id,
+        tier,
+        target_cluster: &target,
+        api_server: &found.url,
+        waves: report.waves,
+        create: report.count(PlanAction::Create),
+        patch: report.count(PlanAction::Patch),
+        skip: report.count(PlanAction::Skip),
+        conflict: report.count(PlanAction::Conflict),
+        volumes: report.volumes_restored,
+        warnings: &report.warnings,
+        objects,
+    };
+    let rows: Vec<Vec<String>> = view
+        .objects
+        .iter()
+        .map(|o| {
+            let object = match o.namespace {
+                Some(ns) => format!("{} {ns}/{}", o.kind, o.name),
+                None => format!("{} {}", o.kind, o.name),
+            };
+            let mut reason = o.reason.clone();
+            if !o.after.is_empty() {
+                const SHOWN: usize = 3;
+                let mut after = o.after[..o.after.len().min(SHOWN)].join(", ");
+                if o.after.len() > SHOWN {
+                    after.push_str(&format!(" and {} more", o.after.len() - SHOWN));
+                }
+                reason.push_str(&format!("; after {after}"));
+            }
+            vec![
+                o.wave.to_string(),
+                o.action.word().to_owned(),
+                object,
+                o.disk.unwrap_or("-").to_owned(),
+                reason,
+            ]
+        })
+        .collect();
+    output::print(
+        format,
+        &["WAVE", "ACTION", "OBJECT", "NEW DISK", "REASON"],
+        &rows,
+        &view,
+    )?;
+    eprintln!(
+        "dry run of restore {}: recovery point {rp_id} of {instance} ({} tier) into cluster \
+         {target} ({}): {} objects in {} waves: {} create, {} patch, {} skip, {} conflict; {} \
+         volume(s) onto new disks. Nothing was changed, written or submitted.",
+        view.restore_id,
+        serde_json::to_value(tier)?.as_str().unwrap_or("?"),
+        found.url,
+        view.objects.len(),
+        view.waves,
+        view.create,
+        view.patch,
+        view.skip,
+        view.conflict,
+        view.volumes,
+    );
+    if view.volumes > 0 {
+        eprintln!(
+            "the new disks' names carry the restore id: `restore create --restore-id {}` (same \
+             options, without --dry-run) restores onto them",
+            view.restore_id
+        );
+    }
+    // Conflicts are warnings too; the table has already said them.
+    let conflicts: BTreeSet<String> = report
+        .plan
+        .iter()
+        .filter(|e| e.action == PlanAction::Conflict)
+        .map(|e| match &e.namespace {
+            Some(ns) => format!("{} {ns}/{}: ", e.kind, e.name),
+            None => format!("{} {}: ", e.kind, e.name),
+        })
+        .collect();
+    for warning in view.warnings {
+        if !conflicts.iter().any(|c| warning.starts_with(c.as_str())) {
+            eprintln!("warning: {warning}");
+        }
+    }
+    if view.conflict > 0 {
+        return Err(output::Exit {
+            code: EXIT_CONFLICTS,
+            message: format!(
+                "the plan has {} conflict(s) (action `conflict` above, each with its reason): a \
+                 restore would go past them and report them; fix them in the target, or choose \
+                 other options (--existing patch, --namespace-mapping), and plan again",
+                view.conflict
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Write the restore's job record (create-only), then publish its job. If the publish fails

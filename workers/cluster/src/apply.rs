@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -270,6 +271,32 @@ pub async fn wait_established(
         })?;
     }
     Ok(())
+}
+
+/// Waits, by watch, until every claim `(namespace, name)` in `claims` is `Bound`, for at most
+/// `timeout` in all; answers those that are not, each with why (still pending, gone, or the
+/// watch refused), for the caller to warn about: a claim that binds late is no reason to stop.
+pub async fn wait_bound(
+    client: &kube::Client,
+    claims: &[(String, String)],
+    timeout: Duration,
+) -> Vec<(String, String, String)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut late = Vec::new();
+    for (ns, name) in claims {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let bound = |claim: Option<&PersistentVolumeClaim>| {
+            claim
+                .is_none_or(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+        };
+        match wait::until(api, name, &format!("PVC {ns}/{name}"), "Bound", bound, left).await {
+            Ok(Some(_)) => {}
+            Ok(None) => late.push((ns.clone(), name.clone(), "it is gone".to_owned())),
+            Err(e) => late.push((ns.clone(), name.clone(), e.to_string())),
+        }
+    }
+    late
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! - [`csi`]: CSI VolumeSnapshots (`snapshot.storage.k8s.io/v1`): the class of a driver,
 //!   taking a snapshot and waiting for it by watch, deleting it, pre-bound contents for restores.
 //! - [`apply`]: the other direction, used by restore: discovery, reading what a target holds,
-//!   creating or merge-patching an object, waiting (by watch) for CRDs to be established.
+//!   creating or merge-patching an object, waiting (by watch) for CRDs to be established and for
+//!   claims to be bound.
 //! - [`wait`]: waiting for an object to reach a state by watch (kube-runtime's watcher), with
 //!   a deadline and errors naming the object, the state and the timeout.
 //!

@@ -37,7 +37,9 @@
 //!   resourceVersion preconditions), namespaced and cluster-scoped, in every namespace at once.
 //! - Server-populated fields: `metadata.uid`, `resourceVersion` (one global counter),
 //!   `creationTimestamp`, `generation` (bumped when anything outside metadata and status
-//!   changes) and `managedFields`; namespaces get `status.phase: Active`, CRDs their conditions.
+//!   changes) and `managedFields`; namespaces get `status.phase: Active`, CRDs their conditions,
+//!   and a claim naming its volume (`spec.volumeName`) is `Bound` with that PV once both exist,
+//!   as the PV controller binds them.
 //! - Failures as `Status` objects: 404 `NotFound` (unknown type, object or namespace),
 //!   409 `AlreadyExists`, 409 `Conflict` (stale resourceVersion), 422 `Invalid` (missing or
 //!   malformed name, name differing from the URL, malformed CRD), 400 `BadRequest`, 405, 415.

@@ -325,7 +325,89 @@ impl Store {
         metadata.insert("resourceVersion".into(), json!(rv));
         metadata.insert("creationTimestamp".into(), json!(now()));
         metadata.insert("generation".into(), json!(1));
-        self.store(target, key, object, &name)
+        let created = self.store(target, key, object, &name)?;
+        if target.rt.group.is_empty()
+            && matches!(
+                target.rt.plural.as_str(),
+                "persistentvolumes" | "persistentvolumeclaims"
+            )
+            && self.bind_static(&created)
+        {
+            return self.get(target, &name);
+        }
+        Ok(created)
+    }
+
+    /// What a cluster's PV controller does for a claim that names its volume: once the claim
+    /// (`spec.volumeName`) and that PV (with no `claimRef`, or one naming the claim) both exist,
+    /// both become `Bound`, each write a change watchers see. Answers whether it bound them.
+    fn bind_static(&mut self, object: &Value) -> bool {
+        let text = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_owned);
+        let (claim_ns, claim_name, volume) = match object["kind"].as_str() {
+            Some("PersistentVolumeClaim") => (
+                text(object, "/metadata/namespace"),
+                text(object, "/metadata/name"),
+                text(object, "/spec/volumeName"),
+            ),
+            Some("PersistentVolume") => (
+                text(object, "/spec/claimRef/namespace"),
+                text(object, "/spec/claimRef/name"),
+                text(object, "/metadata/name"),
+            ),
+            _ => return false,
+        };
+        let (Some(claim_ns), Some(claim_name), Some(volume)) = (claim_ns, claim_name, volume)
+        else {
+            return false;
+        };
+        let (Some(mut claim), Some(mut pv)) = (
+            self.object("", "persistentvolumeclaims", &claim_ns, &claim_name)
+                .cloned(),
+            self.object("", "persistentvolumes", "", &volume).cloned(),
+        ) else {
+            return false;
+        };
+        let claimed_by = (
+            text(&pv, "/spec/claimRef/namespace"),
+            text(&pv, "/spec/claimRef/name"),
+        );
+        if text(&claim, "/spec/volumeName").as_deref() != Some(volume.as_str())
+            || text(&claim, "/status/phase").as_deref() == Some("Bound")
+            || (claimed_by != (None, None)
+                && claimed_by != (Some(claim_ns.clone()), Some(claim_name.clone())))
+        {
+            return false;
+        }
+        claim["status"] = json!({
+            "phase": "Bound",
+            "accessModes": pv.pointer("/spec/accessModes").cloned().unwrap_or(json!([])),
+            "capacity": pv.pointer("/spec/capacity").cloned().unwrap_or(json!({})),
+        });
+        pv["status"] = json!({"phase": "Bound"});
+        if let Some(uid) = claim.pointer("/metadata/uid").cloned() {
+            pv["spec"]["claimRef"] = json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "namespace": claim_ns, "name": claim_name, "uid": uid,
+            });
+        }
+        for (plural, ns, name, body) in [
+            ("persistentvolumes", None, volume.as_str(), pv),
+            (
+                "persistentvolumeclaims",
+                Some(claim_ns.as_str()),
+                claim_name.as_str(),
+                claim,
+            ),
+        ] {
+            let written = self
+                .target("", "v1", plural, ns)
+                .and_then(|target| self.update(&target, name, body));
+            if let Err(e) = written {
+                tracing::warn!(error = %e.message, "the sandbox could not bind {name}");
+                return false;
+            }
+        }
+        true
     }
 
     pub fn update(

@@ -126,6 +126,21 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
             false,
             &[],
         ),
+        // Stored and served, never called: the sandbox runs no admission webhooks.
+        t(
+            "admissionregistration.k8s.io",
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfigurations",
+            false,
+            &[],
+        ),
+        t(
+            "admissionregistration.k8s.io",
+            "MutatingWebhookConfiguration",
+            "mutatingwebhookconfigurations",
+            false,
+            &[],
+        ),
         t(
             "apiextensions.k8s.io",
             "CustomResourceDefinition",

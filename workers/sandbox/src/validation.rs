@@ -231,6 +231,7 @@ fn prune_paths(
 /// The object as `target`'s `k8s-openapi` type reads and writes it back; `None` for custom
 /// resources.
 fn round_trip(target: &Target, object: &Value) -> Result<Option<Value>, ApiError> {
+    use k8s_openapi::api::admissionregistration::v1 as admission;
     use k8s_openapi::api::apps::v1 as apps;
     use k8s_openapi::api::authorization::v1 as authorization;
     use k8s_openapi::api::core::v1 as core;
@@ -288,6 +289,12 @@ fn round_trip(target: &Target, object: &Value) -> Result<Option<Value>, ApiError
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             read_back::<apiextensions::CustomResourceDefinition>(rt, &object)?
+        }
+        ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration") => {
+            read_back::<admission::ValidatingWebhookConfiguration>(rt, &object)?
+        }
+        ("admissionregistration.k8s.io", "MutatingWebhookConfiguration") => {
+            read_back::<admission::MutatingWebhookConfiguration>(rt, &object)?
         }
         _ => return Ok(None),
     };

@@ -58,6 +58,9 @@ pub struct ClusterContext {
     pub copy_piece_bytes: usize,
     /// How long a restore waits for a created CRD to become `Established`.
     pub crd_established_timeout: Duration,
+    /// How long a restore waits, per wave, for the claims it bound to new volumes to be
+    /// `Bound` before the objects that mount them (late ones are a warning).
+    pub pvc_bound_timeout: Duration,
     /// How the snapshot stage takes operational snapshots (`--disk-provider`).
     pub snapshot_mode: SnapshotMode,
     /// How long the snapshot stage waits for a CSI VolumeSnapshot to become `readyToUse`.
@@ -85,6 +88,7 @@ impl ClusterContext {
             volume_parallelism: 4,
             copy_piece_bytes: 1 << 20,
             crd_established_timeout: Duration::from_secs(60),
+            pvc_bound_timeout: Duration::from_secs(120),
             snapshot_mode: SnapshotMode::Disk,
             csi_ready_timeout: Duration::from_secs(300),
             clock: Arc::new(jiff::Timestamp::now),

@@ -263,12 +263,35 @@ async fn backups_and_restores_are_followed_through_their_job_records() {
         "--target-cluster",
         "sandbox",
     ];
-    let dry = stowage(&bus, &vault_dir, &[&create[..], &["--dry-run"]].concat());
+    // With the target's kubeconfig, the plan: from the vault tier, each claim's data lands on
+    // the staging disk hydration would make.
+    let kubeconfig = crate::helpers::admin_kubeconfig(&cluster);
+    let dry = stowage(
+        &bus,
+        &vault_dir,
+        &[
+            &create[..],
+            &["--dry-run", "-o", "json", "--kubeconfig"],
+            &[kubeconfig.to_str().unwrap()],
+        ]
+        .concat(),
+    );
     let (out, err) = text(&dry);
     assert!(dry.status.success(), "{err}");
-    assert!(
-        out.contains("job.restore-hydration") || out.contains("restore_id"),
-        "{out}"
+    let plan: serde_json::Value = serde_json::from_str(&out).expect("a JSON plan");
+    assert_eq!(plan["tier"], "vault");
+    assert_eq!(plan["conflict"], 0, "{out}");
+    let claim = plan["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "PersistentVolumeClaim" && o["namespace"] == "shop-restored")
+        .expect("the claim is planned");
+    assert_eq!(claim["action"], "create");
+    assert_eq!(
+        claim["disk"],
+        staging_disk_name(plan["restore_id"].as_str().unwrap(), "shop-data"),
+        "{claim}"
     );
     assert_eq!(count_jobs(&vault_dir), before, "a dry run writes no record");
     assert_eq!(

@@ -19,6 +19,7 @@ mod ownership;
 mod poison;
 mod preflight;
 mod rbac_fix;
+mod restore_plan;
 mod secrets;
 mod tamper;
 mod vault_worker;

@@ -16,16 +16,18 @@
 //!
 //! # Order
 //!
-//! The resources object is read in passes, one per group, so memory does not grow with its
-//! size (it is read by ranges; the PVs and the claims that get new volumes are held, one
-//! small entry per volume). It is sealed (`stowage_vault::seal`), and a first pass
-//! authenticates all of it, so a damaged, truncated or swapped object fails the restore before
-//! anything is applied:
-//!
-//! 1. CRDs — then the restore waits until each is `Established` and rediscovers the API;
-//! 2. namespaces; 3. storage classes; 4. PVs and PVCs; 5. config maps and secrets;
-//! 6. service accounts and RBAC; 7. workloads (apps, batch, pods); 8. everything else
-//!    (services, custom resources, …).
+//! The resources object is sealed (`stowage_vault::seal`), and a first pass authenticates all
+//! of it, so a damaged, truncated or swapped object fails the restore before anything is
+//! applied. A second pass builds the dependency graph ([`graph`]: CRD → its custom
+//! resources, Namespace → what lives in it, StorageClass → claims, the ServiceAccounts,
+//! ConfigMaps, Secrets and PVCs a pod template references → the workload, Role → binding,
+//! owner → owned; admission webhooks and APIServices last) and cuts it into waves. Then each
+//! wave re-reads the object by ranges and applies its objects, so memory holds one small
+//! entry per object, not the objects (the PVs and the claims that get new volumes are held,
+//! one small entry per volume). After a wave the restore waits for the CRDs it created to be
+//! `Established` (and rediscovers the API) and for the claims it bound to new volumes to be
+//! `Bound` when something mounts them (a warning when one is late). A cycle is broken at its
+//! weakest edge, with a warning naming its objects.
 //!
 //! # Objects
 //!
@@ -61,12 +63,14 @@
 //!
 //! # Files
 //!
-//! [`objects`] (which objects, changed how, applied how), [`volumes`] (new PVs on new disks),
-//! [`plan`] (the plan and report), `reader` (the resources object, one object at a time).
+//! [`graph`] (the order), [`objects`] (which objects, changed how, applied how), [`volumes`]
+//! (new PVs on new disks), [`plan`] (the plan and report), `reader` (the resources object,
+//! one object at a time).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use stowage_cluster::apply::name_of;
+use serde_json::Value;
+use stowage_cluster::apply::{group_version, name_of};
 use stowage_disk::SnapshotId;
 use stowage_runtime::{JobContext, JobOrEvent, Outcome, StageError, StageHandler};
 use stowage_schemas::Message;
@@ -79,12 +83,14 @@ use stowage_vault::store::BlobStore;
 
 use crate::cluster_context::{ClusterContext, read_instance_opt};
 
+pub mod graph;
 pub mod objects;
 pub mod plan;
 mod reader;
 pub mod volumes;
 
-use objects::{Phase, Run, discover};
+use graph::GraphBuilder;
+use objects::{Position, Run, controller_owner, discover};
 pub use plan::{PlanAction, PlanEntry, RestoreReport};
 use reader::ObjectReader;
 use volumes::VolumeOrigin;
@@ -122,6 +128,14 @@ impl StageHandler for RestoreStage {
 pub enum RestoreSource {
     /// The operational tier: the RP's snapshots and its resources object.
     Operational,
+    /// A dry run's plan of a restore from `tier` before anything is staged (`stowage restore
+    /// create --dry-run`): the resources come from the tier's own copy and each volume is
+    /// planned onto the disk its restore would make — the disk filled from the operational
+    /// snapshot, or the staging disk hydration would make. Refused outside a dry run.
+    Planned {
+        /// The tier the restore would read.
+        tier: Tier,
+    },
     /// A staging area a hydration prepared from `tier`.
     Staged {
         /// The tier hydrated from.
@@ -306,6 +320,56 @@ pub async fn restore(
             let key = layout::parse_resource_key(&rp.resources).map_err(StageError::permanent)?;
             (&ctx.vault, key, rp)
         }
+        RestoreSource::Planned { tier } => {
+            if !options.dry_run {
+                return Err(StageError::permanent(format!(
+                    "restore {} is a plan (source `planned`) but not a dry run; a restore that \
+                     applies reads the operational tier or a staging area hydration made",
+                    request.restore_id
+                )));
+            }
+            let store = match tier {
+                Tier::Secondary => ctx.secondary.as_ref().ok_or_else(|| {
+                    StageError::permanent(
+                        "planning a restore from the secondary tier needs the vault's secondary \
+                         storage: give --secondary",
+                    )
+                })?,
+                _ => &ctx.vault,
+            };
+            let rp = read_rp(&ctx.vault, request).await?;
+            if let Some(deleted) = stowage_vault::catalog::soft_delete::deleted(
+                &ctx.vault,
+                &request.instance,
+                &request.recovery_point_id,
+            )
+            .await?
+            {
+                return Err(StageError::permanent(deleted.restore_refusal()));
+            }
+            let resources = match tier {
+                Tier::Operational => rp.resources.clone(),
+                tier => {
+                    catalog::read_tier_manifest(
+                        store,
+                        &request.instance,
+                        &request.recovery_point_id,
+                        *tier,
+                    )
+                    .await?
+                    .ok_or_else(|| {
+                        StageError::permanent(format!(
+                            "recovery point {} is not in the {tier:?} tier; `stowage rp list` \
+                                 shows the tiers each recovery point is in",
+                            request.recovery_point_id
+                        ))
+                    })?
+                    .resources
+                }
+            };
+            let key = layout::parse_resource_key(&resources).map_err(StageError::permanent)?;
+            (store, key, rp)
+        }
         RestoreSource::Staged { staging, .. } => {
             let store = staging_store(ctx, staging)?;
             let key = match staged_key(&staging.resources) {
@@ -349,7 +413,15 @@ pub async fn restore(
     if options.include_volumes {
         for volume in &rp.volumes {
             let origin = match &request.source {
-                RestoreSource::Operational => match &volume.csi {
+                RestoreSource::Planned { tier } if *tier != Tier::Operational => {
+                    VolumeOrigin::Disk {
+                        disk: crate::restore_hydration::staging_disk_name(
+                            &request.restore_id,
+                            &volume.volume_id,
+                        ),
+                    }
+                }
+                RestoreSource::Operational | RestoreSource::Planned { .. } => match &volume.csi {
                     Some(csi) => VolumeOrigin::Csi(csi.clone()),
                     None => VolumeOrigin::Snapshot {
                         snapshot: SnapshotId(volume.snapshot_id.clone()),
@@ -400,49 +472,95 @@ pub async fn restore(
             target_cluster: cluster_name.to_owned(),
             dry_run: options.dry_run,
             plan: Vec::new(),
+            waves: 0,
             volumes_restored: 0,
             warnings,
             adopted_disks: Vec::new(),
         },
         planned_crds: BTreeSet::new(),
+        position: Position::default(),
     };
 
     // Every segment of the resources object is authenticated before anything is applied.
     reader::authenticate(store, &resources).await?;
-    let groups = Phase::ALL.len() as u64;
-    for (done, phase) in Phase::ALL.into_iter().enumerate() {
+    // One pass for the order (and the source PVs new volumes are modelled on), then one per
+    // wave: the graph holds a small entry per object, never the objects.
+    let mut builder = GraphBuilder::new();
+    let mut source_pvs: BTreeMap<String, Value> = BTreeMap::new();
+    let mut reader = ObjectReader::open(store, &resources).await?;
+    while let Some(object) = reader.next().await? {
+        if is_core(&object, "PersistentVolume") {
+            // Never applied: each restored claim gets a new one.
+            source_pvs.insert(name_of(&object), object);
+        } else if run.selected(&object) {
+            builder.add(&object, controller_owner(&object).is_none());
+        }
+    }
+    let graph = builder.finish();
+    run.report.waves = graph.waves();
+    run.report.warnings.extend(graph.warnings().iter().cloned());
+    tracing::info!(restore_id = %request.restore_id, objects = graph.len(), waves = graph.waves(), "restore order");
+
+    let mut done = vec![false; graph.len()];
+    for wave in 0..graph.waves() {
         job.check_cancelled("the restore")?;
         job.report_progress(JobProgress {
             bytes_done: 0,
             bytes_total: None,
-            items_done: run.report.plan.len() as u64,
-            items_total: None,
+            // Objects of the graph handled so far (the PVs a restore makes are not counted).
+            items_done: done.iter().filter(|&&d| d).count() as u64,
+            items_total: Some(graph.len() as u64),
         });
-        tracing::debug!(?phase, done, groups, "restoring a resource group");
-        match phase {
-            Phase::Volumes => run.restore_volumes(store, &resources, &origins).await?,
-            _ => {
-                let mut reader = ObjectReader::open(store, &resources).await?;
-                let mut crds = Vec::new();
-                while let Some(object) = reader.next().await? {
-                    if Phase::of(&object) != phase {
-                        continue;
-                    }
-                    let Some(prepared) = run.prepare(object) else {
-                        continue;
-                    };
-                    if phase == Phase::Crds {
-                        crds.push(name_of(&prepared));
-                    }
-                    run.apply(prepared).await?;
-                }
-                if phase == Phase::Crds && !crds.is_empty() && !options.dry_run {
-                    run.wait_established(&crds).await?;
-                }
+        tracing::debug!(wave, waves = graph.waves(), "restoring a wave");
+        let mut reader = ObjectReader::open(store, &resources).await?;
+        let (mut crds, mut claims) = (Vec::new(), Vec::new());
+        while let Some(object) = reader.next().await? {
+            let Some(node) = graph.node_of(&object) else {
+                continue;
+            };
+            if graph.wave(node) != wave || std::mem::replace(&mut done[node.index()], true) {
+                continue;
             }
+            run.position = Position {
+                wave,
+                after: graph
+                    .dependencies(node)
+                    .into_iter()
+                    .map(|key| run.describe_key(key))
+                    .collect(),
+                has_dependents: graph.has_dependents(node),
+            };
+            if is_core(&object, "PersistentVolumeClaim") {
+                claims.push((object, run.position.clone()));
+                continue;
+            }
+            let Some(prepared) = run.prepare(object) else {
+                continue;
+            };
+            let (group, _) = group_version(&prepared);
+            if group == "apiextensions.k8s.io" && prepared["kind"] == "CustomResourceDefinition" {
+                crds.push(name_of(&prepared));
+            }
+            run.apply(prepared).await?;
+        }
+        let to_bind = run.restore_claims(claims, &source_pvs, &origins).await?;
+        if options.dry_run {
+            continue;
+        }
+        // Readiness where it matters before the next wave: CRDs Established (and the API
+        // rediscovered), claims bound to their new volumes when something mounts them.
+        if !crds.is_empty() {
+            run.wait_established(&crds).await?;
+        }
+        if !to_bind.is_empty() {
+            run.wait_bound(&to_bind).await?;
         }
     }
     Ok(run.report)
+}
+
+fn is_core(object: &Value, kind: &str) -> bool {
+    group_version(object).0.is_empty() && object["kind"] == kind
 }
 
 async fn read_rp(store: &BlobStore, request: &RestoreRequest) -> Result<RecoveryPoint, StageError> {

@@ -18,45 +18,13 @@ use super::RestoreRequest;
 use super::plan::{PlanAction, PlanEntry, RestoreReport};
 use crate::cluster_context::{ClusterContext, apply_error, kube_error};
 
-/// The groups objects are applied in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
-    Crds,
-    Namespaces,
-    StorageClasses,
-    Volumes,
-    Config,
-    Identity,
-    Workloads,
-    Rest,
-}
-
-impl Phase {
-    pub(super) const ALL: [Phase; 8] = [
-        Phase::Crds,
-        Phase::Namespaces,
-        Phase::StorageClasses,
-        Phase::Volumes,
-        Phase::Config,
-        Phase::Identity,
-        Phase::Workloads,
-        Phase::Rest,
-    ];
-
-    pub(super) fn of(object: &Value) -> Phase {
-        let (group, _) = group_version(object);
-        let kind = object["kind"].as_str().unwrap_or_default();
-        match (group, kind) {
-            ("apiextensions.k8s.io", "CustomResourceDefinition") => Phase::Crds,
-            ("", "Namespace") => Phase::Namespaces,
-            ("storage.k8s.io", "StorageClass") => Phase::StorageClasses,
-            ("", "PersistentVolume" | "PersistentVolumeClaim") => Phase::Volumes,
-            ("", "ConfigMap" | "Secret") => Phase::Config,
-            ("", "ServiceAccount") | ("rbac.authorization.k8s.io", _) => Phase::Identity,
-            ("apps" | "batch", _) | ("", "Pod" | "ReplicationController") => Phase::Workloads,
-            _ => Phase::Rest,
-        }
-    }
+/// Where the object being applied stands: its wave, what it waits for (described for the
+/// target) and whether anything waits for it. Plan entries carry it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Position {
+    pub(super) wave: u32,
+    pub(super) after: Vec<String>,
+    pub(super) has_dependents: bool,
 }
 
 /// Kinds whose controller-owned objects are left to their controller.
@@ -78,6 +46,22 @@ pub(super) struct Run<'a> {
     pub(super) report: RestoreReport,
     /// `(group, kind)` of CRDs a dry run would create: their custom resources would be created.
     pub(super) planned_crds: BTreeSet<(String, String)>,
+    /// Where the object being applied stands (set before each object).
+    pub(super) position: Position,
+}
+
+/// The controller owning `object` when it is of a kind its controller recreates (pods,
+/// replica sets, jobs, …): the restore leaves it to that controller.
+pub(super) fn controller_owner(object: &Value) -> Option<&Value> {
+    let kind = object["kind"].as_str().unwrap_or_default();
+    if !CONTROLLED_KINDS.contains(&kind) {
+        return None;
+    }
+    object
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
 }
 
 /// What the target cluster holds for one object.
@@ -87,6 +71,35 @@ pub(super) enum Existing {
 }
 
 impl Run<'_> {
+    /// Whether `object` (as backed up) is in the namespaces the restore asked for.
+    pub(super) fn selected(&self, object: &Value) -> bool {
+        let core = group_version(object).0.is_empty();
+        if core && object["kind"] == "Namespace" {
+            self.namespace_included(&name_of(object))
+        } else {
+            namespace_of(object).is_none_or(|ns| self.namespace_included(&ns))
+        }
+    }
+
+    /// `key` as the target will know it (namespaces mapped), for messages and the plan.
+    pub(super) fn describe_key(&self, key: &super::graph::ObjectKey) -> String {
+        let mut key = key.clone();
+        if key.group.is_empty() && key.kind == "Namespace" {
+            key.name = self.map_namespace(&key.name);
+        }
+        if let Some(ns) = &key.namespace {
+            key.namespace = Some(self.map_namespace(ns));
+        }
+        key.to_string()
+    }
+
+    /// Sets the disk of the plan's last entry (the claim or volume just applied).
+    pub(super) fn note_disk(&mut self, disk: String) {
+        if let Some(entry) = self.report.plan.last_mut() {
+            entry.disk = Some(disk);
+        }
+    }
+
     fn namespace_included(&self, ns: &str) -> bool {
         self.options.namespaces.is_empty() || self.options.namespaces.iter().any(|n| n == ns)
     }
@@ -114,6 +127,9 @@ impl Run<'_> {
             namespace: namespace_of(object),
             name: name_of(object),
             note,
+            wave: self.position.wave,
+            after: self.position.after.clone(),
+            disk: None,
         });
     }
 
@@ -123,13 +139,7 @@ impl Run<'_> {
     pub(super) fn prepare(&mut self, mut object: Value) -> Option<Value> {
         let kind = object["kind"].as_str().unwrap_or_default().to_owned();
         let core = group_version(&object).0.is_empty();
-        if core && kind == "Namespace" {
-            if !self.namespace_included(&name_of(&object)) {
-                return None;
-            }
-        } else if let Some(ns) = namespace_of(&object)
-            && !self.namespace_included(&ns)
-        {
+        if !self.selected(&object) {
             return None;
         }
         strip_server_fields(&mut object);
@@ -169,24 +179,18 @@ impl Run<'_> {
         }
         // Owner references: controller-owned objects are left to their controller; the rest
         // lose references that name the source cluster's uids.
-        let metadata = object["metadata"].as_object_mut()?;
-        if let Some(owners) = metadata.remove("ownerReferences") {
-            let controller = owners.as_array().and_then(|o| {
-                o.iter()
-                    .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
-            });
-            if let Some(owner) = controller
-                && CONTROLLED_KINDS.contains(&kind.as_str())
-            {
-                let note = format!(
-                    "owned by {} {}; its controller recreates it",
-                    owner["kind"].as_str().unwrap_or_default(),
-                    owner["name"].as_str().unwrap_or_default()
-                );
-                self.plan(PlanAction::Skip, &object, Some(note));
-                return None;
-            }
+        if let Some(owner) = controller_owner(&object) {
+            let note = format!(
+                "owned by {} {}; its controller recreates it",
+                owner["kind"].as_str().unwrap_or_default(),
+                owner["name"].as_str().unwrap_or_default()
+            );
+            self.plan(PlanAction::Skip, &object, Some(note));
+            return None;
         }
+        object["metadata"]
+            .as_object_mut()?
+            .remove("ownerReferences");
         if core
             && kind == "Pod"
             && let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut)
@@ -322,6 +326,28 @@ impl Run<'_> {
     }
 }
 
+impl Run<'_> {
+    /// Waits until the claims `(namespace, name)` are `Bound`; one that is not in time is a
+    /// warning naming it (the workloads after it bind it when it is).
+    pub(super) async fn wait_bound(
+        &mut self,
+        claims: &[(String, String)],
+    ) -> Result<(), StageError> {
+        let client = self.api.client().clone();
+        let timeout = self.ctx.pvc_bound_timeout;
+        for (ns, name, why) in apply::wait_bound(&client, claims, timeout).await {
+            let warning = format!(
+                "PVC {ns}/{name} was not Bound to its restored volume within {}s ({why}); what \
+                 mounts it was restored anyway and waits for it: check the claim's events",
+                timeout.as_secs()
+            );
+            tracing::warn!("{warning}");
+            self.report.warnings.push(warning);
+        }
+        Ok(())
+    }
+}
+
 /// The target cluster's API, discovered.
 pub(super) async fn discover(client: kube::Client) -> Result<ClusterApi, StageError> {
     ClusterApi::discover(client).await.map_err(|e| {
@@ -330,27 +356,4 @@ pub(super) async fn discover(client: kube::Client) -> Result<ClusterApi, StageEr
             e,
         )
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn phases() {
-        let of = |api: &str, kind: &str| Phase::of(&json!({"apiVersion": api, "kind": kind}));
-        assert_eq!(
-            of("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
-            Phase::Crds
-        );
-        assert_eq!(of("v1", "Namespace"), Phase::Namespaces);
-        assert_eq!(of("v1", "PersistentVolumeClaim"), Phase::Volumes);
-        assert_eq!(
-            of("rbac.authorization.k8s.io/v1", "ClusterRole"),
-            Phase::Identity
-        );
-        assert_eq!(of("apps/v1", "Deployment"), Phase::Workloads);
-        assert_eq!(of("v1", "Service"), Phase::Rest);
-        assert_eq!(of("demo.stowage.io/v1", "Widget"), Phase::Rest);
-    }
 }

@@ -5,7 +5,8 @@ use stowage_schemas::events::RestoreCompleted;
 use super::RestoreRequest;
 
 /// What a restore does (or, in a dry run, would do) with one object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PlanAction {
     /// It is missing in the target and is created.
     Create,
@@ -32,23 +33,58 @@ pub struct PlanEntry {
     pub name: String,
     /// Why, when it is not obvious (the conflict's reason, "owned by a controller"…).
     pub note: Option<String>,
+    /// The wave it is applied in (see `graph`): 0 first.
+    pub wave: u32,
+    /// What it waits for (`Kind namespace/name`, namespaces mapped): objects of earlier waves.
+    pub after: Vec<String>,
+    /// For a PVC (and the PV made for it): the disk its data lands on — a new disk filled from
+    /// the snapshot, the staging disk hydration made, or how the cluster provisions it.
+    pub disk: Option<String>,
 }
 
-impl std::fmt::Display for PlanEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let action = match self.action {
+impl PlanAction {
+    /// `create`, `skip`, `patch` or `conflict`.
+    pub fn word(self) -> &'static str {
+        match self {
             PlanAction::Create => "create",
             PlanAction::Skip => "skip",
             PlanAction::Patch => "patch",
             PlanAction::Conflict => "conflict",
-        };
-        write!(f, "{action:8} {} ", self.kind)?;
+        }
+    }
+}
+
+impl PlanEntry {
+    /// Why this action: the note, or what the action means when there is none.
+    pub fn reason(&self) -> String {
+        match (&self.note, self.action) {
+            (Some(note), _) => note.clone(),
+            (None, PlanAction::Create) => "not in the target".into(),
+            (None, PlanAction::Patch) => "exists and differs from the backup".into(),
+            (None, PlanAction::Skip) => "exists".into(),
+            (None, PlanAction::Conflict) => "refused by the target".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for PlanEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "wave {} {:8} {} ",
+            self.wave,
+            self.action.word(),
+            self.kind
+        )?;
         if let Some(ns) = &self.namespace {
             write!(f, "{ns}/")?;
         }
         write!(f, "{}", self.name)?;
         if let Some(note) = &self.note {
             write!(f, " ({note})")?;
+        }
+        if let Some(disk) = &self.disk {
+            write!(f, " [disk {disk}]")?;
         }
         Ok(())
     }
@@ -63,6 +99,8 @@ pub struct RestoreReport {
     pub dry_run: bool,
     /// Every object considered, in the order applied.
     pub plan: Vec<PlanEntry>,
+    /// How many waves the objects were applied in.
+    pub waves: u32,
     /// Volumes restored onto new disks (planned, in a dry run).
     pub volumes_restored: u32,
     /// What went wrong without failing the restore.

@@ -7,15 +7,12 @@ use std::collections::BTreeMap;
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::{Map, Value, json};
-use stowage_cluster::apply::{group_version, name_of, namespace_of};
+use stowage_cluster::apply::{name_of, namespace_of};
 use stowage_disk::SnapshotId;
 use stowage_runtime::StageError;
-use stowage_vault::layout::BlobKey;
-use stowage_vault::store::BlobStore;
 
-use super::objects::{Existing, Run};
+use super::objects::{Existing, Position, Run};
 use super::plan::PlanAction;
-use super::reader::ObjectReader;
 use super::{RESTORE_ID_ANNOTATION, RESTORE_ID_LABEL, SOURCE_VOLUME_ANNOTATION};
 use crate::cluster_context::{csi_error, disk_safe_name, label_value};
 use stowage_schemas::domain::CsiSnapshot;
@@ -39,29 +36,21 @@ const BINDING_ANNOTATIONS: &[&str] = &[
 ];
 
 impl Run<'_> {
-    /// The PV/PVC phase (see "Volumes" in the module doc).
-    pub(super) async fn restore_volumes(
+    /// The claims of one wave, each with its position (see "Volumes" in the module doc):
+    /// answers the claims created bound to a new PV that something waits for, `(namespace,
+    /// name)` in the target, for the wave to wait until they are Bound.
+    pub(super) async fn restore_claims(
         &mut self,
-        store: &BlobStore,
-        resources: &BlobKey,
+        claims: Vec<(Value, Position)>,
+        source_pvs: &BTreeMap<String, Value>,
         origins: &BTreeMap<(String, String), (String, VolumeOrigin)>,
-    ) -> Result<(), StageError> {
-        // Pass 1: the source PVs (one per backed-up claim), to model the new ones on.
-        let mut source_pvs: BTreeMap<String, Value> = BTreeMap::new();
-        let mut reader = ObjectReader::open(store, resources).await?;
-        while let Some(object) = reader.next().await? {
-            if group_version(&object).0.is_empty() && object["kind"] == "PersistentVolume" {
-                source_pvs.insert(name_of(&object), object);
-            }
-        }
-        // Pass 2: the claims. Those that get a new volume wait for their disks.
+    ) -> Result<Vec<(String, String)>, StageError> {
+        let mut to_bind = Vec::new();
+        // Those that get a new volume wait for their disks.
         let mut pending = Vec::new();
         let mut from_snapshots = Vec::new();
-        let mut reader = ObjectReader::open(store, resources).await?;
-        while let Some(object) = reader.next().await? {
-            if !(group_version(&object).0.is_empty() && object["kind"] == "PersistentVolumeClaim") {
-                continue;
-            }
+        for (object, position) in claims {
+            self.position = position.clone();
             let source_ns = namespace_of(&object).unwrap_or_default();
             let source_pv = object
                 .pointer("/spec/volumeName")
@@ -77,11 +66,11 @@ impl Run<'_> {
             };
             match (existing, origin) {
                 (Existing::Missing, Some((_, VolumeOrigin::Csi(csi)))) => {
-                    from_snapshots.push((claim, source_ns.clone(), csi.clone()));
+                    from_snapshots.push((claim, source_ns.clone(), csi.clone(), position));
                 }
                 (Existing::Missing, Some((volume_id, origin))) => {
                     let pv = source_pv.and_then(|n| source_pvs.get(&n).cloned());
-                    pending.push((claim, pv, volume_id.clone(), origin.clone()));
+                    pending.push((claim, pv, volume_id.clone(), origin.clone(), position));
                 }
                 (Existing::Missing, None) => {
                     if self.options.include_volumes {
@@ -96,7 +85,16 @@ impl Run<'_> {
                     if let Some(spec) = claim.get_mut("spec").and_then(Value::as_object_mut) {
                         spec.remove("volumeName");
                     }
-                    self.apply(claim).await?;
+                    let provisioned = match claim
+                        .pointer("/spec/storageClassName")
+                        .and_then(Value::as_str)
+                    {
+                        Some(class) => format!("new, empty: provisioned by storage class {class}"),
+                        None => "new, empty: provisioned by the default storage class".to_owned(),
+                    };
+                    if self.apply(claim).await? == PlanAction::Create {
+                        self.note_disk(provisioned);
+                    }
                 }
                 (Existing::Present(_), _) => {
                     // Never a new disk under an existing claim; patch only its metadata.
@@ -111,12 +109,13 @@ impl Run<'_> {
                 }
             }
         }
-        for (claim, source_ns, csi) in from_snapshots {
+        for (claim, source_ns, csi, position) in from_snapshots {
+            self.position = position;
             self.restore_from_volume_snapshot(claim, &source_ns, &csi)
                 .await?;
         }
         if pending.is_empty() {
-            return Ok(());
+            return Ok(to_bind);
         }
 
         // The disks, in parallel.
@@ -126,7 +125,7 @@ impl Run<'_> {
         let piece = self.ctx.copy_piece_bytes.max(4096) as u64;
         let jobs: Vec<(String, String, VolumeOrigin)> = pending
             .iter()
-            .map(|(claim, _, volume_id, origin)| {
+            .map(|(claim, _, volume_id, origin, _)| {
                 (
                     format!(
                         "{}/{}",
@@ -144,7 +143,7 @@ impl Run<'_> {
                 match origin {
                     VolumeOrigin::Disk { disk } => Ok(Some(disk)),
                     VolumeOrigin::Csi(_) => unreachable!("CSI snapshots are restored through a dataSource above"),
-                    VolumeOrigin::Snapshot { .. } if dry_run => Ok(None),
+                    VolumeOrigin::Snapshot { .. } if dry_run => Ok(Some(name)),
                     VolumeOrigin::Snapshot { snapshot, size } => {
                         let info = stowage_disk::disk_from_snapshot(disks.as_ref(), &snapshot, &name, size, piece)
                             .await
@@ -171,30 +170,33 @@ impl Run<'_> {
 
         // Then each new PV, and its claim.
         if !dry_run {
-            for (_, _, _, origin) in &pending {
+            for (_, _, _, origin, _) in &pending {
                 if let VolumeOrigin::Disk { disk } = origin {
                     self.report.adopted_disks.push(disk.clone());
                 }
             }
         }
-        for ((mut claim, source_pv, _, _), disk) in pending.into_iter().zip(made) {
+        for ((mut claim, source_pv, _, _, position), disk) in pending.into_iter().zip(made) {
+            self.position = position;
             let target_ns = namespace_of(&claim).unwrap_or_default();
             let claim_name = name_of(&claim);
             let pv_name = restored_pv_name(&self.request.restore_id, &target_ns, &claim_name);
-            let pv = self.new_volume(
-                &pv_name,
-                &claim,
-                source_pv.as_ref(),
-                disk.as_deref().unwrap_or("<new disk>"),
-            );
+            let disk = disk.unwrap_or_else(|| "<new disk>".to_owned());
+            let pv = self.new_volume(&pv_name, &claim, source_pv.as_ref(), &disk);
             let action = self.apply(pv).await?;
             if matches!(action, PlanAction::Create) {
                 self.report.volumes_restored += 1;
+                self.note_disk(disk.clone());
             }
             claim["spec"]["volumeName"] = json!(pv_name);
-            self.apply(claim).await?;
+            if self.apply(claim).await? == PlanAction::Create {
+                self.note_disk(disk);
+                if self.position.has_dependents {
+                    to_bind.push((target_ns, claim_name));
+                }
+            }
         }
-        Ok(())
+        Ok(to_bind)
     }
 
     /// Restores `claim` (already mapped) from a CSI VolumeSnapshot: a new claim with the
@@ -266,6 +268,10 @@ impl Run<'_> {
         let action = self.apply(claim).await?;
         if matches!(action, PlanAction::Create) {
             self.report.volumes_restored += 1;
+            self.note_disk(format!(
+                "new, provisioned by CSI driver {} from VolumeSnapshot {target_ns}/{snapshot}",
+                csi.driver
+            ));
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use stowage_schemas::jobs::{
     ExistingPolicy, RestoreHydrationJob, RestoreJob, RestoreOptions, VaultTransferJob,
 };
 use stowage_schemas::{Envelope, Message, Stage};
-use stowage_stages::restore::{PlanAction, RestoreRequest, restore};
+use stowage_stages::restore::{PlanAction, RestoreRequest, RestoreSource, restore};
 use stowage_stages::{RestoreHydration, RestoreStage, SnapshotStage, VaultContext, VaultTransfer};
 use stowage_vault::crypto::VaultKey;
 use stowage_vault::layout;
@@ -139,34 +139,24 @@ async fn snapshot_and_restore_into_a_second_cluster() {
     assert_eq!(report.target_cluster, "dr");
     assert_eq!(report.volumes_restored, 2);
     assert_eq!(report.count(PlanAction::Conflict), 0, "{:#?}", report.plan);
-    // The CRD came first, so its custom resources could be created.
-    let crd_at = report
-        .plan
-        .iter()
-        .position(|e| e.kind == "CustomResourceDefinition")
-        .unwrap();
-    let widget_at = report.plan.iter().position(|e| e.kind == "Widget").unwrap();
-    let namespace_at = report
-        .plan
-        .iter()
-        .position(|e| e.kind == "Namespace")
-        .unwrap();
-    let claim_at = report
-        .plan
-        .iter()
-        .position(|e| e.kind == "PersistentVolumeClaim")
-        .unwrap();
-    let deployment_at = report
-        .plan
-        .iter()
-        .position(|e| e.kind == "Deployment")
-        .unwrap();
-    assert!(
-        crd_at < namespace_at
-            && namespace_at < claim_at
-            && claim_at < deployment_at
-            && deployment_at < widget_at
+    // In waves (see ordering.rs for the full graph): the CRD before its custom resources, the
+    // namespace before what lives in it, the claim before the StatefulSet mounting it.
+    let wave = |kind: &str, ns: Option<&str>, name: &str| {
+        report
+            .entry(kind, ns, name)
+            .unwrap_or_else(|| panic!("{kind} {name} planned"))
+            .wave
+    };
+    assert_eq!(
+        wave("CustomResourceDefinition", None, "widgets.demo.stowage.io"),
+        0
     );
+    assert_eq!(wave("Namespace", None, "shop"), 0);
+    assert!(wave("Widget", Some("shop"), "blue") > 0);
+    let claim_wave = wave("PersistentVolumeClaim", Some("shop"), "data-db-0");
+    assert!(claim_wave > 0 && claim_wave < wave("StatefulSet", Some("shop"), "db"));
+    let waves: Vec<u32> = report.plan.iter().map(|e| e.wave).collect();
+    assert!(waves.is_sorted(), "{waves:?}");
 
     let (source, dr) = (f.source.client(), f.dr.client());
     for ns in ["shop", "blog"] {
@@ -479,6 +469,26 @@ async fn restore_from_the_vault_tier_through_hydration() {
         ),
     )
     .await;
+    // The plan of this restore before anything is staged (`restore create --dry-run`): the
+    // claim's data would land on the staging disk hydration is about to make.
+    let planned = |dry_run| RestoreRequest {
+        restore_id: "from-vault".into(),
+        instance: INSTANCE.into(),
+        recovery_point_id: "rp-1".into(),
+        source: RestoreSource::Planned { tier: Tier::Vault },
+        options: RestoreOptions { dry_run, ..to_dr() },
+    };
+    let detached = JobContext::detached(Stage::Restore);
+    let plan = restore(&f.ctx, &planned(true), &detached).await.unwrap();
+    assert_eq!(plan.count(PlanAction::Conflict), 0, "{:#?}", plan.plan);
+    let planned_disk = plan
+        .entry("PersistentVolumeClaim", Some("shop"), "data-db-0")
+        .and_then(|e| e.disk.clone())
+        .expect("the claim's disk is planned");
+    let refused = restore(&f.ctx, &planned(false), &detached)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("not a dry run"), "{refused}");
     let hydration = RestoreHydration(vault_ctx);
     let outcome = deliver(
         &hydration,
@@ -499,6 +509,10 @@ async fn restore_from_the_vault_tier_through_hydration() {
         panic!("{:?}", outcome.messages())
     };
     let staged = hydrated.staging.resources.clone();
+    assert_eq!(
+        planned_disk, hydrated.staging.disks[0].disk_id,
+        "the plan named it"
+    );
 
     let stage = RestoreStage(f.ctx.clone());
     let outcome = deliver(
