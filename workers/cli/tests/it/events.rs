@@ -526,6 +526,17 @@ async fn jobs_from_a_producer_without_amqp_properties_are_measured_listed_and_re
     for internal in ["Probe", "newtype", "offset component", "invalid type"] {
         assert!(!reason.contains(internal), "{internal} in: {reason}");
     }
+
+    // Replay picks a letter by the envelope's id too.
+    let replayed = stowage_on(&prefix)
+        .args(["dlq", "replay", "vault-transfer", "--message-id", first])
+        .output()
+        .expect("stowage dlq replay");
+    assert!(
+        text(&replayed.stderr).contains("replayed 1 message(s)"),
+        "{}",
+        text(&replayed.stderr)
+    );
     drop(worker);
     bus.teardown(&topology).await;
 }
