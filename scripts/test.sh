@@ -12,8 +12,14 @@ if ! command -v kubectl >/dev/null 2>&1; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq kubernetes-client >/dev/null
 fi
-# The cross-language example (schemas/examples/submit.py) is tested too.
+# The cross-language examples (schemas/examples: submit.py, consume.py, consume.mjs) are tested
+# too: their Python packages, and the Node.js consumer's as locked in package-lock.json.
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r schemas/examples/requirements.txt
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "node and npm are needed: the Node.js event consumer (schemas/examples/consume.mjs) is tested; install Node.js 18 or later (e.g. apt-get install nodejs npm)" >&2
+  exit 1
+fi
+npm ci --prefix schemas/examples --no-audit --no-fund --loglevel=error
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -107,9 +107,25 @@ impl Bus {
         }
     }
 
-    /// Declare a queue bound to every event, to observe what stages emit.
+    /// Declare a queue bound to the pipeline's events (`rp.*`, `restore.*`), to observe what
+    /// stages emit; the runtime's `job.progress` and `job.failed` go to [`Bus::probe_job_events`].
     pub async fn probe_events(&self) -> String {
-        let queue = format!("{}.probe", self.names.prefix());
+        self.probe(
+            &format!("{}.probe", self.names.prefix()),
+            &["rp.#", "restore.#"],
+        )
+        .await
+    }
+
+    /// Declare a queue bound to the runtime's job events (`job.progress`, `job.failed`).
+    pub async fn probe_job_events(&self) -> String {
+        self.probe(&format!("{}.probe-jobs", self.names.prefix()), &["job.#"])
+            .await
+    }
+
+    /// Declare classic queue `queue` bound to the events exchange with `keys`.
+    async fn probe(&self, queue: &str, keys: &[&str]) -> String {
+        let queue = queue.to_owned();
         let mut topology = Topology {
             names: self.names.clone(),
             exchanges: Vec::new(),
@@ -129,11 +145,13 @@ impl Bus {
             delivery_limit: None,
             message_ttl: None,
         });
-        topology.bindings.push(BindingSpec {
-            exchange: self.names.events_exchange(),
-            queue: queue.clone(),
-            routing_key: "#".into(),
-        });
+        for key in keys {
+            topology.bindings.push(BindingSpec {
+                exchange: self.names.events_exchange(),
+                queue: queue.clone(),
+                routing_key: (*key).into(),
+            });
+        }
         self.broker
             .declare(&topology)
             .await
@@ -255,11 +273,12 @@ impl Bus {
             return;
         };
         let probe = format!("{}.probe", self.names.prefix());
+        let probe_jobs = format!("{}.probe-jobs", self.names.prefix());
         for q in topology
             .queues
             .iter()
             .map(|q| q.name.as_str())
-            .chain([probe.as_str()])
+            .chain([probe.as_str(), probe_jobs.as_str()])
         {
             let _ = channel
                 .queue_delete(q.into(), lapin::options::QueueDeleteOptions::default())
@@ -417,6 +436,14 @@ pub enum Behavior {
     FailPermanently(String),
     /// Sleep, then succeed.
     Slow(Duration),
+    /// Report progress `reports` times (`bytes_done` = 1, 2, … of `reports`), `every` apart,
+    /// then succeed.
+    Progress {
+        /// How many reports.
+        reports: u64,
+        /// The pause after each.
+        every: Duration,
+    },
 }
 
 /// One call of the scripted handler.
@@ -499,6 +526,17 @@ impl ScriptedHandler {
         match behavior {
             Behavior::Succeed => {}
             Behavior::Slow(d) => tokio::time::sleep(d).await,
+            Behavior::Progress { reports, every } => {
+                for done in 1..=reports {
+                    ctx.report_progress(stowage_schemas::domain::JobProgress {
+                        bytes_done: done,
+                        bytes_total: Some(reports),
+                        items_done: 0,
+                        items_total: None,
+                    });
+                    tokio::time::sleep(every).await;
+                }
+            }
             Behavior::FailPermanently(reason) => return Err(StageError::permanent(reason)),
             Behavior::FailTransiently(n) => {
                 let mut failures = self.failures.lock().unwrap();

@@ -141,6 +141,16 @@ pub fn decode(bytes: &[u8], ct: ContentType) -> Result<Envelope, DecodeError> {
         kind: String,
     }
 
+    if starts_with_sequence(bytes, ct) {
+        return Err(DecodeError::Malformed {
+            content_type: ct,
+            reason: "the body: expected an envelope: a map with schema_version, message_id, \
+                     job_id, created_at and message, got a sequence (write structs as maps with \
+                     named fields: MessagePack from a dict or object, or rmp_serde::to_vec_named, \
+                     not a positional array)"
+                .to_owned(),
+        });
+    }
     let VersionProbe { schema_version } = read(bytes, ct)?;
     if schema_version != SCHEMA_VERSION {
         return Err(DecodeError::UnsupportedVersion {
@@ -162,6 +172,181 @@ pub fn decode(bytes: &[u8], ct: ContentType) -> Result<Envelope, DecodeError> {
             })
         }
         result => result,
+    }
+}
+
+/// The ids an envelope-shaped body names, read leniently: each field on its own, kept only when
+/// it is a string, so that a body [`decode`] refuses (a wrong type elsewhere, a timestamp
+/// without an offset, a field missing) still tells an operator which message it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvelopeIds {
+    /// `message_id`, as written.
+    pub message_id: Option<String>,
+    /// `message.type`, e.g. `job.snapshot`.
+    pub kind: Option<String>,
+    /// `job_id`, as written.
+    pub job_id: Option<String>,
+    /// `cluster`, as written.
+    pub cluster: Option<String>,
+    /// `created_at`, when it is an RFC 3339 timestamp with an offset.
+    pub created_at: Option<jiff::Timestamp>,
+}
+
+/// Reads [`EnvelopeIds`] from a body of content type `ct`; all `None` when the body is not a
+/// map at all. Never fails, never reads more than [`MAX_DEPTH`] levels deep.
+pub fn probe_ids(bytes: &[u8], ct: ContentType) -> EnvelopeIds {
+    #[derive(Deserialize, Default)]
+    #[serde(default)]
+    struct Probe {
+        message_id: Loose,
+        job_id: Loose,
+        cluster: Loose,
+        created_at: Loose,
+        message: LooseKind,
+    }
+
+    let probe: Option<Probe> = match ct {
+        ContentType::MessagePack => {
+            let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+            de.set_max_depth(MAX_DEPTH);
+            Probe::deserialize(&mut de).ok()
+        }
+        ContentType::Json => serde_json::from_slice(bytes).ok(),
+    };
+    let probe = probe.unwrap_or_default();
+    EnvelopeIds {
+        message_id: probe.message_id.0,
+        kind: probe.message.kind.0,
+        job_id: probe.job_id.0,
+        cluster: probe.cluster.0,
+        created_at: probe.created_at.0.and_then(|s| s.parse().ok()),
+    }
+}
+
+/// The `type` of a `message` map; `None` for anything else.
+#[derive(Default)]
+struct LooseKind {
+    kind: Loose,
+}
+
+impl<'de> Deserialize<'de> for LooseKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Loose::visit(deserializer, Some(|key| key == "type"))
+            .map(|kind| LooseKind { kind: Loose(kind) })
+    }
+}
+
+/// Any value; a string is kept, everything else (numbers, maps, extension values) is skipped.
+#[derive(Default)]
+struct Loose(Option<String>);
+
+impl<'de> Deserialize<'de> for Loose {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Loose::visit(deserializer, None).map(Loose)
+    }
+}
+
+impl Loose {
+    /// Reads any value. Without `pick`, a string is returned; with it, only a map counts, and
+    /// the value of its first key `pick` accepts is read as a string. Everything else is
+    /// skipped and gives `None`.
+    fn visit<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+        pick: Option<fn(&str) -> bool>,
+    ) -> Result<Option<String>, D::Error> {
+        use serde::de::{self, IgnoredAny};
+
+        struct Visitor(Option<fn(&str) -> bool>);
+
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = Option<String>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(self.0.is_none().then(|| s.to_owned()))
+            }
+
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<Self::Value, D::Error> {
+                Loose::visit(d, self.0)
+            }
+
+            fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<Self::Value, D::Error> {
+                IgnoredAny::deserialize(d).map(|_| None)
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut found = None;
+                while let Some(key) = map.next_key::<Loose>()? {
+                    let wanted = self
+                        .0
+                        .is_some_and(|pick| key.0.as_deref().is_some_and(pick));
+                    if found.is_none() && wanted {
+                        found = map.next_value::<Loose>()?.0;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(found)
+            }
+        }
+
+        deserializer.deserialize_any(Visitor(pick))
+    }
+}
+
+/// Whether the body is an array at the top level (a struct written positionally, e.g. by
+/// `rmp_serde::to_vec`), which no envelope is.
+fn starts_with_sequence(bytes: &[u8], ct: ContentType) -> bool {
+    match ct {
+        ContentType::MessagePack => {
+            matches!(bytes.first(), Some(0x90..=0x9f | 0xdc | 0xdd))
+        }
+        ContentType::Json => bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'['),
     }
 }
 
@@ -214,10 +399,19 @@ fn read<T: DeserializeOwned>(bytes: &[u8], ct: ContentType) -> Result<T, DecodeE
             let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
             de.set_max_depth(MAX_DEPTH);
             let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-                malformed(field_error(
-                    &err.path().to_string(),
-                    &err.inner().to_string(),
-                ))
+                let path = err.path().to_string();
+                let text = err.inner().to_string();
+                // rmp_serde words some refusals in MessagePack's terms (`wrong msgpack marker
+                // FixStr(1)`), naming neither the form expected nor what came: read the body
+                // again as plain data to have serde phrase the same refusal.
+                use rmp_serde::decode::Error as Rmp;
+                let text = match err.inner() {
+                    Rmp::TypeMismatch(_) | Rmp::LengthMismatch(_) | Rmp::OutOfRange => {
+                        rephrase::<T>(bytes).unwrap_or(text)
+                    }
+                    _ => text,
+                };
+                malformed(field_error(&path, &text))
             })?;
             let used = de.position();
             if used != bytes.len() as u64 {
@@ -247,6 +441,17 @@ fn read<T: DeserializeOwned>(bytes: &[u8], ct: ContentType) -> Result<T, DecodeE
             Ok(value)
         }
     }
+}
+
+/// The refusal of reading `T` from a MessagePack `body` converted to plain data first, in
+/// serde's words (`invalid type: string "1", expected u16`); `None` when the body cannot be
+/// converted (extension values, binary) or reads fine that way.
+fn rephrase<T: DeserializeOwned>(bytes: &[u8]) -> Option<String> {
+    let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
+    de.set_max_depth(MAX_DEPTH);
+    let value: serde_json::Value = Deserialize::deserialize(&mut de).ok()?;
+    let err = serde_path_to_error::deserialize::<_, T>(value).err()?;
+    Some(err.into_inner().to_string())
 }
 
 /// Phrases a deserializer's complaint about the field at `path` (dotted, `.` for the whole
@@ -283,7 +488,9 @@ fn article(what: &str) -> String {
         "sequence" | "map" | "boolean" | "string" | "unit value" | "newtype struct"
         | "unit variant" | "newtype variant" | "tuple variant" | "struct variant" | "option" => {
             let what = match what {
-                "newtype struct" => "tagged (extension) value",
+                "newtype struct" => {
+                    "MessagePack extension value (such as msgpack's own timestamp type; send timestamps as RFC 3339 strings)"
+                }
                 "unit value" => "null",
                 other => other,
             };

@@ -158,8 +158,12 @@ impl<'de> Deserialize<'de> for MessageId {
             }
 
             fn visit_str<E: de::Error>(self, s: &str) -> Result<MessageId, E> {
-                s.parse()
-                    .map_err(|err| E::custom(format_args!("invalid message_id `{s}`: {err}")))
+                s.parse().map_err(|_| {
+                    E::custom(format_args!(
+                        "expected a UUID string such as 01946a4c-8e00-7000-8000-000000000001, got {}",
+                        crate::id::quote(s)
+                    ))
+                })
             }
         }
 

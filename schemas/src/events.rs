@@ -180,7 +180,9 @@ pub struct JobProgress {
     pub progress: crate::domain::JobProgress,
 }
 
-/// A job failed: permanently, or after its last retry.
+/// One attempt of a job failed. Published by the runtime for every failed attempt, so a client
+/// waiting on a job learns of a failure at once: `will_retry` says whether another attempt
+/// follows (after a delay) or the job was dead-lettered.
 ///
 /// Message type `event.job.failed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -196,7 +198,37 @@ pub struct JobFailed {
     /// The error and its causes, outermost first.
     #[serde(default)]
     pub error_chain: Vec<String>,
-    /// True when retrying cannot help (bad input); false when retries ran out.
+    /// True when retrying cannot help (bad input); false for a failure that may pass (a
+    /// dependency unavailable), whether or not attempts remain.
     #[serde(default)]
     pub permanent: bool,
+    /// The attempt that failed: 0 for the first delivery, 1 for the first retry, and so on
+    /// (the envelope's `attempt`).
+    #[serde(default)]
+    pub attempt: u32,
+    /// True when the job will be tried again after a delay; false when it was given up on and
+    /// dead-lettered (`stowage dlq list <stage>` shows it).
+    #[serde(default)]
+    pub will_retry: bool,
+}
+
+/// A vault transfer was skipped: the policy selects this recovery point for no vault-tier
+/// rule, so it stays in the operational tier only and geo-replication does not start for it.
+///
+/// Message type `event.rp.vault-skipped`; published instead of `rp.vaulted`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RpVaultSkipped {
+    /// Name of the backup instance.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
+    pub instance: String,
+    /// The recovery point left in the operational tier.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
+    pub recovery_point_id: String,
+    /// The policy that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Why, in one sentence (which rules were considered, what would make it transfer).
+    pub reason: String,
 }

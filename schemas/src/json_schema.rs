@@ -32,6 +32,7 @@ pub fn payload(kind: &str) -> Option<Schema> {
         "event.rp.replicated" => schema_for!(events::RpReplicated),
         "event.restore.hydrated" => schema_for!(events::RestoreHydrated),
         "event.restore.completed" => schema_for!(events::RestoreCompleted),
+        "event.rp.vault-skipped" => schema_for!(events::RpVaultSkipped),
         "event.job.progress" => schema_for!(events::JobProgress),
         "event.job.failed" => schema_for!(events::JobFailed),
         _ => return None,

@@ -77,7 +77,7 @@ pub mod selector;
 mod stage;
 mod timestamp;
 
-pub use codec::{ContentType, DecodeError, decode, encode, encode_as};
+pub use codec::{ContentType, DecodeError, EnvelopeIds, decode, encode, encode_as, probe_ids};
 pub use envelope::{Envelope, MessageId, TraceContext};
 pub use id::{Id, IdError};
 pub use message::{Message, Route};

@@ -49,6 +49,9 @@ pub enum Message {
     /// A job failed.
     #[serde(rename = "event.job.failed")]
     JobFailed(events::JobFailed),
+    /// A recovery point's vault transfer was skipped by the policy.
+    #[serde(rename = "event.rp.vault-skipped")]
+    RpVaultSkipped(events::RpVaultSkipped),
 }
 
 /// Where a message is published.
@@ -57,8 +60,8 @@ pub enum Route {
     /// A job: the `stowage.jobs` direct exchange, routing key = the stage name.
     Job(Stage),
     /// An event: the `stowage.events` topic exchange, routing key = the event name
-    /// (`rp.created`, `rp.vaulted`, `rp.replicated`, `restore.hydrated`, `restore.completed`,
-    /// `job.progress` or `job.failed`).
+    /// (`rp.created`, `rp.vaulted`, `rp.vault-skipped`, `rp.replicated`, `restore.hydrated`,
+    /// `restore.completed`, `job.progress` or `job.failed`).
     Event(&'static str),
 }
 
@@ -88,6 +91,7 @@ impl Message {
         "event.restore.completed",
         "event.job.progress",
         "event.job.failed",
+        "event.rp.vault-skipped",
     ];
 
     /// The message type, the `type` tag on the wire, e.g. `job.snapshot`.
@@ -104,6 +108,7 @@ impl Message {
             Message::RpReplicated(_) => "event.rp.replicated",
             Message::RestoreHydrated(_) => "event.restore.hydrated",
             Message::RestoreCompleted(_) => "event.restore.completed",
+            Message::RpVaultSkipped(_) => "event.rp.vault-skipped",
             Message::JobProgress(_) => "event.job.progress",
             Message::JobFailed(_) => "event.job.failed",
         }
@@ -123,6 +128,7 @@ impl Message {
             Message::RpReplicated(_) => Route::Event("rp.replicated"),
             Message::RestoreHydrated(_) => Route::Event("restore.hydrated"),
             Message::RestoreCompleted(_) => Route::Event("restore.completed"),
+            Message::RpVaultSkipped(_) => Route::Event("rp.vault-skipped"),
             Message::JobProgress(_) => Route::Event("job.progress"),
             Message::JobFailed(_) => Route::Event("job.failed"),
         }
@@ -143,6 +149,7 @@ impl Message {
             Message::RpReplicated(ev) => (Some(&ev.recovery_point_id), None),
             Message::RestoreHydrated(ev) => (Some(&ev.recovery_point_id), Some(&ev.restore_id)),
             Message::RestoreCompleted(ev) => (Some(&ev.recovery_point_id), Some(&ev.restore_id)),
+            Message::RpVaultSkipped(ev) => (Some(&ev.recovery_point_id), None),
             Message::JobProgress(_) | Message::JobFailed(_) => (None, None),
         }
     }

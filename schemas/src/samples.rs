@@ -15,7 +15,8 @@ use crate::domain::{
     Schedule, Tier, Vault, VaultRule,
 };
 use crate::events::{
-    JobFailed, JobProgress, RestoreCompleted, RestoreHydrated, RpCreated, RpReplicated, RpVaulted,
+    JobFailed, JobProgress, RestoreCompleted, RestoreHydrated, RpCreated, RpReplicated,
+    RpVaultSkipped, RpVaulted,
 };
 use crate::jobs::{
     ExistingPolicy, GeoReplicationJob, RestoreHydrationJob, RestoreJob, RestoreOptions,
@@ -254,6 +255,20 @@ pub fn samples() -> Vec<Envelope> {
                     "vault `shop-vault` has no secondary location".into(),
                 ],
                 permanent: true,
+                attempt: 0,
+                will_retry: false,
+            }),
+        ),
+        (
+            format!("vault-transfer-{instance}-{rp}"),
+            Message::RpVaultSkipped(RpVaultSkipped {
+                instance: instance.into(),
+                recovery_point_id: rp.into(),
+                policy: Some("daily".into()),
+                reason: "no vault rule of policy `daily` selects this recovery point: the \
+                         vault tier already holds the first recovery point of its day; it \
+                         stays in the operational tier only"
+                    .into(),
             }),
         ),
     ];

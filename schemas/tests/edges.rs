@@ -5,7 +5,9 @@
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use stowage_schemas::id::{self, Id, MAX_ID_LEN, RULE};
-use stowage_schemas::{ContentType, DecodeError, Envelope, decode, encode_as, samples::samples};
+use stowage_schemas::{
+    ContentType, DecodeError, Envelope, EnvelopeIds, decode, encode_as, probe_ids, samples::samples,
+};
 
 const FORMATS: [ContentType; 2] = [ContentType::MessagePack, ContentType::Json];
 
@@ -119,6 +121,106 @@ fn a_body_of_the_wrong_shape_names_no_internal_type() {
             err.contains("message.payload: expected a map"),
             "{ct}: {err}"
         );
+    }
+}
+
+/// Issue 16, item 5: a body the decoder refuses still names its ids, read field by field.
+#[test]
+fn a_refused_body_still_names_its_ids() {
+    let mut value = snapshot();
+    value["created_at"] = json!("2026-11-29T10:00:00");
+    value["message"]["payload"]["trigger"] = json!([1, {"x": null}]);
+    value["attempt"] = json!("many");
+    for ct in FORMATS {
+        let bytes = body(&value, ct);
+        assert!(decode(&bytes, ct).is_err());
+        let ids = probe_ids(&bytes, ct);
+        assert_eq!(
+            ids.message_id.as_deref(),
+            value["message_id"].as_str(),
+            "{ct}"
+        );
+        assert_eq!(ids.kind.as_deref(), Some("job.snapshot"), "{ct}");
+        assert_eq!(ids.job_id.as_deref(), value["job_id"].as_str(), "{ct}");
+        assert_eq!(ids.cluster.as_deref(), Some("aks-prod"), "{ct}");
+        assert_eq!(ids.created_at, None, "{ct}: no offset, no time");
+    }
+    let mut value = snapshot();
+    value["job_id"] = json!(12);
+    value["message"] = json!("not a map");
+    let ids = probe_ids(&body(&value, ContentType::Json), ContentType::Json);
+    assert_eq!((ids.job_id, ids.kind), (None, None));
+    assert!(ids.created_at.is_some());
+    for junk in [&b"\xc1\xc1"[..], b"[1,2]", b"", b"\"x\""] {
+        for ct in FORMATS {
+            assert_eq!(probe_ids(junk, ct), EnvelopeIds::default());
+        }
+    }
+}
+
+/// Issue 16, item 5: what another producer's MessagePack library may write — a string where
+/// an integer belongs, a positional array, msgpack's own timestamp extension, a message id that
+/// is no UUID — is refused naming the field and the form, never in the decoder's own terms.
+#[test]
+fn foreign_messagepack_is_refused_by_field_and_form() {
+    let refused = |bytes: &[u8]| match decode(bytes, ContentType::MessagePack) {
+        Err(err @ DecodeError::Malformed { .. }) => err.to_string(),
+        other => panic!("expected a malformed-body refusal, got {other:?}"),
+    };
+    let mut value = snapshot();
+    value["schema_version"] = json!("1");
+    let err = refused(&body(&value, ContentType::MessagePack));
+    assert!(
+        err.contains("schema_version: expected an integer from 0 to 65535, got string \"1\""),
+        "{err}"
+    );
+    let mut value = snapshot();
+    value["attempt"] = json!("x");
+    let err = refused(&body(&value, ContentType::MessagePack));
+    assert!(err.contains("attempt: expected an integer"), "{err}");
+    let mut value = snapshot();
+    value["message_id"] = json!("abc");
+    for ct in FORMATS {
+        let err = refusal(&value, ct);
+        assert!(
+            err.contains("message_id: expected a UUID string such as ")
+                && err.contains("got \"abc\""),
+            "{ct}: {err}"
+        );
+    }
+    // A whole envelope written positionally (rmp_serde::to_vec), and JSON arrays.
+    let positional = rmp_serde::to_vec(&samples()[0]).unwrap();
+    for (bytes, ct) in [
+        (positional, ContentType::MessagePack),
+        (b"[]".to_vec(), ContentType::Json),
+        (b" [1, 2]".to_vec(), ContentType::Json),
+    ] {
+        let err = decode(&bytes, ct).unwrap_err().to_string();
+        assert!(
+            err.contains("the body: expected an envelope: a map") && err.contains("got a sequence"),
+            "{ct}: {err}"
+        );
+    }
+    // msgpack's timestamp extension (type -1) where an RFC 3339 string belongs.
+    let mut value = snapshot();
+    value["created_at"] = json!("PLACEHOLDER");
+    let template = body(&value, ContentType::MessagePack);
+    let marker = rmp_serde::to_vec("PLACEHOLDER").unwrap();
+    let at = template
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .unwrap();
+    let mut packed = template[..at].to_vec();
+    packed.extend_from_slice(&[0xd6, 0xff, 0x69, 0x2a, 0xc8, 0x00]);
+    packed.extend_from_slice(&template[at + marker.len()..]);
+    let err = refused(&packed);
+    assert!(
+        err.contains("created_at: expected an RFC 3339 timestamp with an offset")
+            && err.contains("got a MessagePack extension value"),
+        "{err}"
+    );
+    for internal in ["marker", "newtype", "Probe", "struct ", "offset component"] {
+        assert!(!err.contains(internal), "{internal}: {err}");
     }
 }
 

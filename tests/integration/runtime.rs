@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use stowage_runtime::client::{list_dead_letters, replay_dead_letters, submit};
 use stowage_runtime::{RetryPolicy, WorkerConfig};
-use stowage_schemas::{ContentType, Stage, encode_as};
+use stowage_schemas::{ContentType, Message, Stage, decode, encode_as};
 use stowage_tests::{
     Behavior, BrokerKind, Bus, RunningWorker, ScriptedHandler, fast_retry, shared_broker,
     snapshot_job,
@@ -37,6 +37,8 @@ on_both_brokers!(a_transient_failure_is_retried_with_growing_delays);
 on_both_brokers!(a_permanent_failure_is_dead_lettered_and_replayable);
 on_both_brokers!(malformed_and_unknown_version_messages_are_dead_lettered);
 on_both_brokers!(shutdown_drains_in_flight_work);
+on_both_brokers!(every_failed_attempt_is_published_as_job_failed);
+on_both_brokers!(progress_is_published_at_most_once_a_second_and_at_the_end);
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -302,5 +304,127 @@ async fn shutdown_drains_in_flight_work(kind: BrokerKind) {
     );
     assert_eq!(bus.depth(&bus.snapshot_queue()).await, 0, "and was acked");
     assert_eq!(handler.calls_for("job-slow").len(), 1);
+    bus.teardown_worker(fast_retry()).await;
+}
+
+/// The `job.failed` events in `queue`, as (job id, attempt, permanent, will_retry), sorted.
+async fn failures(bus: &Bus, queue: &str) -> Vec<(String, u32, bool, bool)> {
+    let mut out = Vec::new();
+    for delivery in bus.drain(queue).await {
+        assert_eq!(delivery.routing_key, "job.failed");
+        let envelope = decode(&delivery.body, ContentType::MessagePack).expect("event");
+        let Message::JobFailed(failed) = envelope.message else {
+            panic!("not job.failed: {}", envelope.kind());
+        };
+        assert_eq!(failed.stage, Stage::Snapshot);
+        assert_eq!(failed.job_id, envelope.job_id);
+        assert!(!failed.reason.is_empty() && !failed.error_chain.is_empty());
+        out.push((
+            failed.job_id,
+            failed.attempt,
+            failed.permanent,
+            failed.will_retry,
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// Issue 16, item 4: a retried attempt, the last attempt and a permanent failure each publish
+/// `job.failed`, saying the attempt and whether another follows.
+async fn every_failed_attempt_is_published_as_job_failed(kind: BrokerKind) {
+    let bus = Bus::new(kind).await;
+    let handler = ScriptedHandler::default();
+    handler.set("job-flaky", Behavior::FailTransiently(2));
+    handler.set("job-doomed", Behavior::FailTransiently(100));
+    handler.set("job-bad", Behavior::FailPermanently("bad input".into()));
+    let retry = fast_retry();
+    let running = start(&bus, handler.clone(), retry.clone()).await;
+    let failed = bus.probe_job_events().await;
+    for job in ["job-flaky", "job-doomed", "job-bad"] {
+        submit(bus.broker.as_ref(), &bus.names, &snapshot_job(job))
+            .await
+            .expect("submit");
+    }
+    handler.wait_calls("job-flaky", 3, WAIT).await;
+    handler
+        .wait_calls("job-doomed", retry.max_attempts as usize, WAIT)
+        .await;
+    let dlq = bus.names.dead_letter_queue(Stage::Snapshot);
+    bus.wait_depth(&dlq, 2, WAIT).await;
+    // 2 + 5 + 1 failed attempts.
+    bus.wait_depth(&failed, 8, WAIT).await;
+    running.stop(WAIT).await;
+
+    let s = |j: &str| j.to_owned();
+    assert_eq!(
+        failures(&bus, &failed).await,
+        vec![
+            (s("job-bad"), 0, true, false),
+            (s("job-doomed"), 0, false, true),
+            (s("job-doomed"), 1, false, true),
+            (s("job-doomed"), 2, false, true),
+            (s("job-doomed"), 3, false, true),
+            (s("job-doomed"), 4, false, false),
+            (s("job-flaky"), 0, false, true),
+            (s("job-flaky"), 1, false, true),
+        ]
+    );
+    bus.teardown_worker(fast_retry()).await;
+}
+
+/// Issue 16, item 4: a handler reporting progress 60 times over 3 s publishes a handful of
+/// `job.progress` events (at most one a second, plus the last), the last one its final value.
+async fn progress_is_published_at_most_once_a_second_and_at_the_end(kind: BrokerKind) {
+    let bus = Bus::new(kind).await;
+    let handler = ScriptedHandler::default();
+    handler.set(
+        "job-busy",
+        Behavior::Progress {
+            reports: 60,
+            every: Duration::from_millis(50),
+        },
+    );
+    let running = start(&bus, handler.clone(), fast_retry()).await;
+    let progress = bus.probe_job_events().await;
+    let done = bus.probe_events().await;
+    let started = Instant::now();
+    submit(bus.broker.as_ref(), &bus.names, &snapshot_job("job-busy"))
+        .await
+        .expect("submit");
+    bus.wait_depth(&done, 1, WAIT).await;
+    let elapsed = started.elapsed();
+    running.stop(WAIT).await;
+
+    let mut values = Vec::new();
+    for delivery in bus.drain(&progress).await {
+        assert_eq!(delivery.routing_key, "job.progress");
+        let envelope = decode(&delivery.body, ContentType::MessagePack).expect("event");
+        let Message::JobProgress(event) = envelope.message else {
+            panic!("not job.progress: {}", envelope.kind());
+        };
+        assert_eq!(
+            (event.job_id.as_str(), event.stage),
+            ("job-busy", Stage::Snapshot)
+        );
+        values.push(event.progress.bytes_done);
+    }
+    let most = elapsed.as_secs() + 2;
+    assert!(
+        (2..=most as usize).contains(&values.len()),
+        "{} progress events in {elapsed:?} (at most one a second plus the last): {values:?}",
+        values.len()
+    );
+    assert_eq!(
+        values.first(),
+        Some(&1),
+        "the first report goes out at once"
+    );
+    assert_eq!(
+        values.last(),
+        Some(&60),
+        "the final value goes out: {values:?}"
+    );
+    assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
     bus.teardown_worker(fast_retry()).await;
 }

@@ -644,7 +644,11 @@ impl Events {
                 if let Some(at) = pending.iter().position(|m| m.kind() == kind) {
                     return Ok(pending.remove(at));
                 }
-                if let Some(failed) = pending.iter().find(|m| m.kind() == "event.job.failed") {
+                // A failed attempt that will be retried is not the end; one that will not is.
+                if let Some(failed) = pending
+                    .iter()
+                    .find(|m| matches!(m, Message::JobFailed(f) if !f.will_retry))
+                {
                     bail!("a stage failed: {failed:?}");
                 }
             }

@@ -135,6 +135,7 @@ pub fn instance_of(message: &Message) -> Option<&str> {
         Message::RpReplicated(e) => &e.instance,
         Message::RestoreHydrated(e) => &e.instance,
         Message::RestoreCompleted(e) => &e.instance,
+        Message::RpVaultSkipped(e) => &e.instance,
         Message::JobProgress(_) | Message::JobFailed(_) => return None,
     })
 }
@@ -228,6 +229,7 @@ pub fn summarize(stage: Stage, outcome: &Outcome) -> String {
                     format!(", {} warning(s)", e.warnings.len())
                 }
             )),
+            Message::RpVaultSkipped(e) => Some(format!("nothing copied: {}", e.reason)),
             _ => None,
         })
         .collect();

@@ -103,13 +103,13 @@ pub async fn cluster_queues(
 /// One dead-lettered message, as an operator sees it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DeadLetter {
-    /// The message id, if it had one.
+    /// The message id: the AMQP `message_id` property, else the body's `message_id`.
     pub message_id: Option<String>,
-    /// Its kind (`job.snapshot`…), if known.
+    /// Its kind (`job.snapshot`…): the AMQP `type` property, else the body's `message.type`.
     pub kind: Option<String>,
-    /// The job id, if it could be decoded.
+    /// The job id the body names, even when the rest of it does not decode.
     pub job_id: Option<String>,
-    /// The cluster whose queue it came from (cluster-side stages), if it could be decoded.
+    /// The cluster whose queue it came from (cluster-side stages), as the body names it.
     pub cluster: Option<String>,
     /// Why it was dead-lettered.
     pub reason: String,
@@ -128,6 +128,9 @@ pub struct DeadLetter {
 impl DeadLetter {
     fn from_delivery(d: &Delivery) -> Self {
         let envelope = envelope::decode_delivery(d).ok();
+        // A producer other than Stowage may not set the AMQP message_id and type properties,
+        // and a body that does not decode still names itself: fall back to the body's ids.
+        let ids = envelope::probe_delivery(d);
         // Messages the broker dead-lettered itself (delivery limit) carry x-death, not ours.
         let reason = d
             .header_str(DEAD_LETTER_REASON)
@@ -145,10 +148,10 @@ impl DeadLetter {
             _ => Vec::new(),
         };
         Self {
-            message_id: d.properties.message_id.clone(),
-            kind: d.properties.kind.clone(),
-            job_id: envelope.as_ref().map(|e| e.job_id.clone()),
-            cluster: envelope.as_ref().and_then(|e| e.cluster.clone()),
+            message_id: ids.message_id,
+            kind: ids.kind,
+            job_id: envelope.as_ref().map(|e| e.job_id.clone()).or(ids.job_id),
+            cluster: envelope.as_ref().map_or(ids.cluster, |e| e.cluster.clone()),
             reason,
             error_chain,
             attempts: d
@@ -197,7 +200,7 @@ async fn settle_requeues(broker: &dyn Broker, queue: &str, returned: usize) {
 }
 
 /// Replay dead letters of `stage` back to its queue (all of them, or the one whose message id
-/// is `only`), with the attempt counter reset. Returns how many were replayed. A cluster-side
+/// is `only`: its AMQP property, else the body's `message_id`), with the attempt counter reset. Returns how many were replayed. A cluster-side
 /// stage's letter goes back to the queue of the cluster its envelope names (declared if
 /// missing); one that names none, or cannot be decoded, stays in the dead-letter queue.
 pub async fn replay_dead_letters(
@@ -214,7 +217,7 @@ pub async fn replay_dead_letters(
         let Some(d) = broker.get(&dlq).await? else {
             break;
         };
-        if only.is_some_and(|id| d.properties.message_id.as_deref() != Some(id)) {
+        if only.is_some_and(|id| envelope::probe_delivery(&d).message_id.as_deref() != Some(id)) {
             kept.push(d);
             continue;
         }

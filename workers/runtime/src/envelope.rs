@@ -2,7 +2,7 @@
 //! AMQP properties beside the body (so operators and other tools can route, trace and filter
 //! without decoding MessagePack).
 
-use stowage_schemas::{ContentType, Envelope, MessageId, Route, decode, encode_as};
+use stowage_schemas::{ContentType, Envelope, EnvelopeIds, MessageId, Route, decode, encode_as};
 
 use crate::broker::{Delivery, Headers, Outgoing, Properties};
 use crate::topology::Names;
@@ -80,7 +80,52 @@ pub fn properties(envelope: &Envelope, content_type: ContentType) -> Properties 
         kind: Some(envelope.kind().to_owned()),
         headers,
         expiration: None,
+        timestamp: u64::try_from(jiff::Timestamp::now().as_second()).ok(),
     }
+}
+
+/// When a delivery entered its queue, in Unix seconds, for the queue-wait and oldest-message
+/// metrics: Stowage's [`PUBLISHED_AT`] header (milliseconds; for a retry, when its delay
+/// ended), else the AMQP `timestamp` property any client may set, else the envelope's own
+/// `created_at` (`created_at`, decoded or probed), which every producer must write.
+pub fn published_at(delivery: &Delivery, created_at: Option<jiff::Timestamp>) -> Option<f64> {
+    if let Some(ms) = delivery
+        .properties
+        .headers
+        .get(PUBLISHED_AT)
+        .and_then(crate::broker::HeaderValue::as_int)
+    {
+        return Some(ms as f64 / 1000.0);
+    }
+    if let Some(seconds) = delivery.properties.timestamp {
+        return Some(seconds as f64);
+    }
+    created_at.map(|at| at.as_millisecond() as f64 / 1000.0)
+}
+
+/// The ids of a delivery: its AMQP `message_id` and `type` properties, each falling back to
+/// what the body itself says (`message_id`, `message.type`) when the producer did not set the
+/// property, and the job id, cluster and creation time from the body. Read leniently
+/// ([`stowage_schemas::probe_ids`]), so a body that does not decode still names itself.
+pub fn probe_delivery(delivery: &Delivery) -> EnvelopeIds {
+    let content_type = delivery
+        .properties
+        .content_type
+        .as_deref()
+        .map_or(Ok(ContentType::MessagePack), str::parse::<ContentType>);
+    let mut ids = match content_type {
+        Ok(ct) if delivery.body.len() <= crate::limits::MAX_BODY_BYTES => {
+            stowage_schemas::probe_ids(&delivery.body, ct)
+        }
+        _ => EnvelopeIds::default(),
+    };
+    if let Some(id) = &delivery.properties.message_id {
+        ids.message_id = Some(id.clone());
+    }
+    if let Some(kind) = &delivery.properties.kind {
+        ids.kind = Some(kind.clone());
+    }
+    ids
 }
 
 /// The envelope a delivery carries, decoded as its content type says (MessagePack when it says
@@ -133,4 +178,77 @@ pub fn child(parent: &Envelope, index: usize, message: stowage_schemas::Message)
         child.restore_id = parent.restore_id.clone();
     }
     child
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt as _;
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::broker::{BrokerError, HeaderValue, Settle};
+
+    struct Noop;
+
+    impl Settle for Noop {
+        fn ack(&self) -> BoxFuture<'_, Result<(), BrokerError>> {
+            async { Ok(()) }.boxed()
+        }
+
+        fn reject(&self, _: bool) -> BoxFuture<'_, Result<(), BrokerError>> {
+            async { Ok(()) }.boxed()
+        }
+    }
+
+    fn delivery(properties: Properties, body: Vec<u8>) -> Delivery {
+        Delivery {
+            exchange: String::new(),
+            routing_key: String::new(),
+            redelivered: false,
+            properties,
+            body,
+            settle: Box::new(Noop),
+        }
+    }
+
+    /// Issue 16, item 5: Stowage's header first, then the AMQP timestamp, then `created_at`.
+    #[test]
+    fn queue_time_falls_back_to_the_amqp_timestamp_then_created_at() {
+        let created: jiff::Timestamp = "2026-11-29T10:00:00Z".parse().unwrap();
+        let mut props = Properties::default();
+        let bare = delivery(props.clone(), Vec::new());
+        assert_eq!(published_at(&bare, None), None);
+        assert_eq!(
+            published_at(&bare, Some(created)),
+            Some(created.as_second() as f64)
+        );
+        props.timestamp = Some(1_700_000_000);
+        let stamped = delivery(props.clone(), Vec::new());
+        assert_eq!(published_at(&stamped, Some(created)), Some(1_700_000_000.0));
+        props
+            .headers
+            .insert(PUBLISHED_AT.into(), HeaderValue::Int(1_800_000_000_500));
+        let ours = delivery(props, Vec::new());
+        assert_eq!(published_at(&ours, Some(created)), Some(1_800_000_000.5));
+    }
+
+    /// Issue 16, item 5: without AMQP properties, the ids come from the body.
+    #[test]
+    fn ids_fall_back_to_the_body_when_properties_are_missing() {
+        let envelope = stowage_schemas::samples::samples().remove(0);
+        let body = stowage_schemas::encode(&envelope);
+        let ids = probe_delivery(&delivery(Properties::default(), body.clone()));
+        assert_eq!(ids.message_id, Some(envelope.message_id.to_string()));
+        assert_eq!(ids.kind.as_deref(), Some(envelope.kind()));
+        assert_eq!(ids.job_id.as_deref(), Some(envelope.job_id.as_str()));
+        assert_eq!(ids.created_at, Some(envelope.created_at));
+        let props = Properties {
+            message_id: Some("from-the-producer".into()),
+            kind: Some("job.whatever".into()),
+            ..Properties::default()
+        };
+        let ids = probe_delivery(&delivery(props, body));
+        assert_eq!(ids.message_id.as_deref(), Some("from-the-producer"));
+        assert_eq!(ids.kind.as_deref(), Some("job.whatever"));
+    }
 }

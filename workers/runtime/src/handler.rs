@@ -162,9 +162,13 @@ impl JobContext {
         self
     }
 
-    /// The same context, reporting progress to `sink`.
+    /// The same context, reporting progress to `sink` too: a sink installed before (the
+    /// runtime's, which publishes `job.progress` events) keeps receiving every report.
     pub fn with_progress(mut self, sink: Arc<dyn ProgressSink>) -> Self {
-        self.progress = Some(sink);
+        self.progress = Some(match self.progress.take() {
+            Some(earlier) => Arc::new(Both(earlier, sink)),
+            None => sink,
+        });
         self
     }
 
@@ -225,6 +229,16 @@ impl JobContext {
 pub trait ProgressSink: Send + Sync + 'static {
     /// The job's progress so far in this attempt.
     fn report(&self, progress: JobProgress);
+}
+
+/// Two sinks that each receive every report.
+struct Both(Arc<dyn ProgressSink>, Arc<dyn ProgressSink>);
+
+impl ProgressSink for Both {
+    fn report(&self, progress: JobProgress) {
+        self.0.report(progress);
+        self.1.report(progress);
+    }
 }
 
 /// The result of a successful run: events (or follow-up jobs) to publish before the ack.

@@ -11,6 +11,7 @@
 //! - [`worker`]: the consume loop — prefetch, concurrency, ack after durable effects and
 //!   confirmed publishes, retries through delay queues, dead-letters, reconnects, draining.
 //! - [`metrics`]: the Prometheus registry (`prometheus-client`) served at `/metrics`.
+//! - `progress`: a handler's progress reports, published as throttled `job.progress` events.
 //! - [`telemetry`]: logs (JSON in a pod, text in a terminal) and OTLP traces linked across stages.
 //! - [`retry`]: the delay-queue schedule for failed jobs. [`shutdown`]: SIGTERM/Ctrl-C.
 //!   [`health`]: `/livez`, `/readyz`.
@@ -25,6 +26,7 @@ pub mod health;
 pub mod input;
 pub mod limits;
 pub mod metrics;
+mod progress;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

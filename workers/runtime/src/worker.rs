@@ -6,11 +6,17 @@
 //! | handler result | what the runtime does, in order                                          |
 //! |----------------|--------------------------------------------------------------------------|
 //! | success        | publish the emitted messages (confirmed), then ack                        |
-//! | transient      | republish with `attempt + 1` through a delay queue (confirmed), then ack; |
-//! |                | after the last attempt, dead-letter instead                               |
-//! | permanent      | dead-letter with the reason and error chain in headers, then ack          |
+//! | transient      | publish `job.failed` (`will_retry`), republish with `attempt + 1` through |
+//! |                | a delay queue (confirmed), then ack; after the last attempt, dead-letter  |
+//! |                | instead (`job.failed` says it will not retry)                             |
+//! | permanent      | publish `job.failed`, dead-letter with the reason and error chain in      |
+//! |                | headers, then ack                                                         |
 //! | cancelled      | ack                                                                       |
-//! | undecodable    | dead-letter with the decode error, then ack                               |
+//! | undecodable    | publish `job.failed` when the body names a job id, dead-letter with the   |
+//! |                | decode error, then ack                                                    |
+//!
+//! While a handler runs, what it reports as progress goes out as `job.progress` events, at
+//! most one per [`WorkerConfig::progress_interval`], and the last value before its outcome.
 //!
 //! If any of those publishes fails, the delivery is left unsettled: the broker redelivers it
 //! and the (idempotent) handler runs again. A worker killed at any instant therefore loses
@@ -26,17 +32,18 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use futures::{FutureExt as _, StreamExt as _};
-use stowage_schemas::{Envelope, Stage};
+use stowage_schemas::{Envelope, Message, MessageId, Stage, events};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
-use crate::broker::{Broker, BrokerError, Delivery, HeaderValue, Outgoing};
+use crate::broker::{Broker, BrokerError, Delivery, Outgoing};
 use crate::envelope;
 use crate::handler::{DynHandler, ErrorKind, JobContext, StageError, StageHandler};
 use crate::health::Health;
 use crate::limits;
 use crate::metrics::{JobOutcome, metrics};
+use crate::progress::ProgressEvents;
 use crate::retry::{RetryDecision, RetryPolicy};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
@@ -66,6 +73,9 @@ pub struct WorkerConfig {
     pub max_reconnect_delay: Duration,
     /// How often each stage's queue depth is read from the broker for the metrics.
     pub queue_poll_interval: Duration,
+    /// Shortest time between two `job.progress` events of one job (the last value reported
+    /// is always published when the handler returns).
+    pub progress_interval: Duration,
     /// The cluster this worker's cluster-side stages (snapshot, restore) serve: they consume
     /// only its queues (`<p>.<stage>@<cluster>`). Required when such a stage is registered;
     /// the vault stages ignore it.
@@ -80,6 +90,7 @@ impl Default for WorkerConfig {
             shutdown_deadline: Duration::from_secs(30),
             max_reconnect_delay: Duration::from_secs(10),
             queue_poll_interval: Duration::from_secs(15),
+            progress_interval: Duration::from_secs(1),
             cluster: None,
         }
     }
@@ -382,23 +393,56 @@ impl StageRunner {
 
     /// Handle one delivery and settle it.
     async fn process(&self, mut delivery: Delivery, _permit: OwnedSemaphorePermit) {
-        if let Some(published_ms) = delivery
-            .properties
-            .headers
-            .get(envelope::PUBLISHED_AT)
-            .and_then(HeaderValue::as_int)
-        {
-            metrics().delivered(self.stage, published_ms as f64 / 1000.0);
+        let decoded = envelope::decode_delivery(&delivery);
+        let ids = match &decoded {
+            Ok(_) => None,
+            Err(_) => Some(envelope::probe_delivery(&delivery)),
+        };
+        let created_at = match (&decoded, &ids) {
+            (Ok(envelope), _) => Some(envelope.created_at),
+            (Err(_), Some(ids)) => ids.created_at,
+            (Err(_), None) => None,
+        };
+        if let Some(published) = envelope::published_at(&delivery, created_at) {
+            metrics().delivered(self.stage, published);
         }
-        let envelope = match envelope::decode_delivery(&delivery) {
+        let envelope = match decoded {
             Ok(e) => e,
             Err(reason) => {
+                let ids = ids.unwrap_or_default();
                 tracing::warn!(
                     stage = %self.stage,
                     reason = %limits::log_field(&reason),
-                    message_id = ?delivery.properties.message_id.as_deref().map(limits::log_field),
+                    message_id = ?ids.message_id.as_deref().map(limits::log_field),
                     "undecodable message; dead-lettering"
                 );
+                if let Some(job_id) = ids
+                    .job_id
+                    .filter(|id| stowage_schemas::id::validate(id).is_ok())
+                {
+                    let failed = events::JobFailed {
+                        job_id: job_id.clone(),
+                        stage: self.stage,
+                        reason: reason.clone(),
+                        error_chain: vec![reason.clone()],
+                        permanent: true,
+                        attempt: 0,
+                        will_retry: false,
+                    };
+                    let mut event = Envelope::new(job_id, Message::JobFailed(failed));
+                    // Stable across redeliveries of the same body, so consumers can deduplicate.
+                    let mut name = format!("stowage/undecodable/{}/", self.stage).into_bytes();
+                    match &ids.message_id {
+                        Some(id) => name.extend_from_slice(id.as_bytes()),
+                        None => name.extend_from_slice(&delivery.body),
+                    }
+                    event.message_id =
+                        MessageId(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &name));
+                    if let Err(err) = self.publish_emitted(&event).await {
+                        tracing::warn!(%err, "could not publish job.failed; the broker will redeliver the message");
+                        return;
+                    }
+                }
                 // The body goes to the dead-letter queue as it came, without a copy.
                 let body = std::mem::take(&mut delivery.body);
                 self.dead_letter(&delivery, body, &reason, std::slice::from_ref(&reason), 1)
@@ -431,6 +475,17 @@ impl StageRunner {
         );
         let started = tokio::time::Instant::now();
         metrics().in_flight(self.stage, 1);
+        // What this job emits continues the trace from this job's span.
+        let trace = telemetry::current_trace_context();
+        let progress = ProgressEvents::start(
+            self.broker.clone(),
+            self.worker.names.clone(),
+            &envelope,
+            self.stage,
+            trace.clone(),
+            self.worker.progress_interval,
+        );
+        let ctx = ctx.with_progress(progress.sink());
         let result = AssertUnwindSafe(self.handler.handle_boxed(ctx, envelope.clone()))
             .catch_unwind()
             .await
@@ -446,12 +501,11 @@ impl StageRunner {
             });
         let elapsed = started.elapsed();
         metrics().in_flight(self.stage, -1);
+        progress.finish().await;
 
         let settled = match result {
             Ok(outcome) => {
                 let mut published = Ok(());
-                // What this job emits continues the trace from this job's span.
-                let trace = telemetry::current_trace_context();
                 for (index, message) in outcome.emit.into_iter().enumerate() {
                     let mut child = envelope::child(&envelope, index, message);
                     if trace.is_some() {
@@ -484,6 +538,13 @@ impl StageRunner {
                         chain = ?chain.iter().map(|c| limits::log_field(c)).collect::<Vec<_>>(),
                         "job failed permanently; dead-lettering"
                     );
+                    let published = self
+                        .publish_failed(&envelope, &err, &err.to_string(), false)
+                        .await;
+                    if let Err(broker) = published {
+                        tracing::warn!(err = %broker, "could not publish job.failed; the broker will redeliver the message");
+                        return;
+                    }
                     let reason = format!("permanent failure: {err}");
                     // An attempt counter from the message may be anything: saturate, never wrap.
                     let attempts = envelope.attempt.saturating_add(1);
@@ -520,6 +581,8 @@ impl StageRunner {
         match self.worker.retry.after_failure(envelope.attempt) {
             RetryDecision::RetryAfter { level, delay } => {
                 tracing::warn!(error = %limits::log_field(&err.to_string()), retry_in = ?delay, "job failed; will retry");
+                let reason = format!("{err}; retrying in {delay:?}");
+                self.publish_failed(&envelope, err, &reason, true).await?;
                 envelope.attempt = envelope.attempt.saturating_add(1);
                 let mut message = envelope::outgoing(&self.worker.names, &envelope);
                 message.exchange = self.worker.names.delay_exchange();
@@ -540,6 +603,7 @@ impl StageRunner {
             RetryDecision::GiveUp { attempts } => {
                 tracing::warn!(error = %limits::log_field(&err.to_string()), attempts, "job failed on its last attempt; dead-lettering");
                 let reason = format!("gave up after {attempts} attempts: {err}");
+                self.publish_failed(&envelope, err, &reason, false).await?;
                 self.dead_letter(
                     delivery,
                     delivery.body.clone(),
@@ -552,6 +616,36 @@ impl StageRunner {
                 Ok(())
             }
         }
+    }
+
+    /// Publish `job.failed` for this attempt of the job `envelope` carries, before the delivery
+    /// is settled (a failure to publish leaves it unsettled, to be redelivered). Its message id
+    /// is derived from the job message's id and attempt, so a redelivery repeats the same id.
+    async fn publish_failed(
+        &self,
+        envelope: &Envelope,
+        err: &StageError,
+        reason: &str,
+        will_retry: bool,
+    ) -> Result<(), BrokerError> {
+        let failed = events::JobFailed {
+            job_id: envelope.job_id.clone(),
+            stage: self.stage,
+            reason: reason.to_owned(),
+            error_chain: err.chain(),
+            permanent: err.kind() == ErrorKind::Permanent,
+            attempt: envelope.attempt,
+            will_retry,
+        };
+        let mut event = envelope::child(envelope, 0, Message::JobFailed(failed));
+        event.message_id = MessageId(uuid::Uuid::new_v5(
+            &envelope.message_id.0,
+            format!("event.job.failed@{}", envelope.attempt).as_bytes(),
+        ));
+        if let Some(trace) = telemetry::current_trace_context() {
+            event.trace = Some(trace);
+        }
+        self.publish_emitted(&event).await
     }
 
     /// Publish the original message (`body`) to the stage's dead-letter queue with the reason in

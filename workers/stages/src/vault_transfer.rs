@@ -30,7 +30,7 @@ use stowage_disk::{ByteRange, SnapshotId};
 use stowage_runtime::metrics::{BytesKind, metrics};
 use stowage_runtime::{JobContext, JobOrEvent, Outcome, StageError, StageHandler};
 use stowage_schemas::domain::{JobProgress, Tier};
-use stowage_schemas::events::{RpCreated, RpVaulted};
+use stowage_schemas::events::{RpCreated, RpVaultSkipped, RpVaulted};
 use stowage_schemas::jobs::VaultTransferJob;
 use stowage_schemas::{Message, Stage};
 use stowage_vault::catalog::{self, TierManifest, TieredVolume, TransferStats};
@@ -59,22 +59,27 @@ impl StageHandler for VaultTransfer {
             JobOrEvent::Event(created) => (created.instance, created.recovery_point_id, false),
         };
         // Policy eligibility: an RP no vault rule selects stays operational only. The job
-        // completes without copying and emits nothing, so geo-replication (triggered by
-        // rp.vaulted) is not started for it either. The policy decides what the pipeline does
-        // by itself (on rp.created); an explicit job.vault-transfer is an operator's request
-        // and copies whatever it names (retention then keeps that copy only while no rule
-        // selects it and it is not the newest in the vault tier).
+        // completes without copying and emits rp.vault-skipped saying why (not rp.vaulted, so
+        // geo-replication is not started for it either). The policy decides what the pipeline
+        // does by itself (on rp.created); an explicit job.vault-transfer is an operator's
+        // request and copies whatever it names (retention then keeps that copy only while no
+        // rule selects it and it is not the newest in the vault tier).
         if !requested
             && let Ok(rp) = catalog::read_recovery_point(&self.0.primary, &instance, &rp_id).await
             && crate::retention::vault_eligibility(&self.0.primary, &rp).await?
                 == crate::retention::Eligibility::NotSelected
         {
-            tracing::info!(
-                instance,
-                rp_id,
-                "no vault rule of the policy selects this recovery point; it stays in the operational tier only"
+            let policy = crate::retention::read_policy(&self.0.primary, &instance).await?;
+            let reason = skip_reason(policy.as_ref());
+            tracing::info!(instance, rp_id, %reason, "vault transfer skipped by the policy");
+            return Ok(
+                Outcome::done().emit(Message::RpVaultSkipped(RpVaultSkipped {
+                    instance,
+                    recovery_point_id: rp_id,
+                    policy: policy.map(|p| p.name),
+                    reason,
+                })),
             );
-            return Ok(Outcome::done());
         }
         let manifest = transfer(&self.0, &instance, &rp_id, &ctx).await?;
         let rp = catalog::read_recovery_point(&self.0.primary, &instance, &rp_id).await?;
@@ -89,6 +94,36 @@ impl StageHandler for VaultTransfer {
             expires_at,
         })))
     }
+}
+
+/// Why `policy` selects a recovery point for no vault-tier rule, in one sentence.
+fn skip_reason(policy: Option<&stowage_schemas::domain::Policy>) -> String {
+    let Some(policy) = policy else {
+        return "no vault rule selects this recovery point; it stays in the operational tier \
+                only"
+            .to_owned();
+    };
+    if policy.retention.vault.is_empty() {
+        return format!(
+            "policy `{}` has no vault-tier rule, so its recovery points stay in the operational \
+             tier only; add a rule (e.g. first of the day) to transfer them, or submit a \
+             job.vault-transfer to copy this one",
+            policy.name
+        );
+    }
+    let periods: Vec<&str> = policy
+        .retention
+        .vault
+        .iter()
+        .map(|rule| rule.first_of.as_str())
+        .collect();
+    format!(
+        "no vault rule of policy `{}` selects this recovery point: the vault tier already holds \
+         the first recovery point of its {}; it stays in the operational tier only (submit a \
+         job.vault-transfer to copy it anyway)",
+        policy.name,
+        periods.join(", ")
+    )
 }
 
 /// Stable identity of the transfer of one RP: names its packs and its index segment.
@@ -495,4 +530,40 @@ fn prepare(
         None
     };
     Ok(Prepared::Chunk { range, id, sealed })
+}
+
+#[cfg(test)]
+mod tests {
+    use stowage_schemas::domain::CalendarPeriod;
+    use stowage_schemas::samples;
+
+    use super::*;
+
+    /// Issue 16, item 4: the skip event's reason names the policy and its rules, and the way out.
+    #[test]
+    fn a_skip_says_which_policy_and_rules_decided() {
+        let ruled = samples::policy();
+        let reason = skip_reason(Some(&ruled));
+        assert!(
+            reason.contains("no vault rule of policy `daily`")
+                && reason.contains("first recovery point of its day, year")
+                && reason.contains("submit a job.vault-transfer"),
+            "{reason}"
+        );
+        let mut bare = samples::policy_every(
+            "ops",
+            24,
+            jiff::civil::Time::midnight(),
+            "UTC",
+            7,
+            &[(CalendarPeriod::Week, 30)],
+        );
+        bare.retention.vault.clear();
+        let reason = skip_reason(Some(&bare));
+        assert!(
+            reason.contains("policy `ops` has no vault-tier rule"),
+            "{reason}"
+        );
+        assert!(skip_reason(None).contains("operational tier only"));
+    }
 }

@@ -90,6 +90,9 @@ pub struct Properties {
     pub headers: Headers,
     /// Per-message time-to-live in the queue; used by the retry delay queues.
     pub expiration: Option<Duration>,
+    /// AMQP's `timestamp` property: when the producer sent it, in Unix seconds. Stowage sets
+    /// it, and reads it for queue wait when its own header is absent (any AMQP producer).
+    pub timestamp: Option<u64>,
 }
 
 /// A message to publish.

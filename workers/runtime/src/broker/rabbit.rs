@@ -561,6 +561,7 @@ fn from_lapin(d: lapin::message::Delivery, channel: Channel, owns_channel: bool)
             .as_ref()
             .and_then(|s| s.as_str().parse::<u64>().ok())
             .map(std::time::Duration::from_millis),
+        timestamp: *p.timestamp(),
     };
     Delivery {
         exchange: d.exchange.as_str().to_owned(),
@@ -586,6 +587,9 @@ fn to_amqp_properties(p: &Properties) -> BasicProperties {
     }
     if let Some(kind) = &p.kind {
         props = props.with_type(kind.as_str().into());
+    }
+    if let Some(at) = p.timestamp {
+        props = props.with_timestamp(at);
     }
     if let Some(exp) = p.expiration {
         props = props.with_expiration(exp.as_millis().to_string().into());
