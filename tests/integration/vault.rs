@@ -219,6 +219,75 @@ async fn a_redelivered_transfer_stores_nothing_twice() {
     );
 }
 
+/// Bytes of chunks the vault's index segments list more than once: what overlapping transfers
+/// stored twice.
+async fn duplicate_bytes(f: &VaultFixture) -> (u64, u64) {
+    use futures::StreamExt as _;
+    let store = &f.ctx.primary;
+    let mut seen = std::collections::HashSet::new();
+    let (mut total, mut duplicate) = (0u64, 0u64);
+    let mut listing = store.list(&stowage_vault::layout::index_segments());
+    while let Some(info) = listing.next().await {
+        let key = info.expect("list").key;
+        let bytes = store.get(&key).await.expect("segment").bytes;
+        for (id, location) in
+            stowage_vault::index::decode_segment(&bytes, &key).expect("a readable segment")
+        {
+            total += u64::from(location.length);
+            if !seen.insert(id) {
+                duplicate += u64::from(location.length);
+            }
+        }
+    }
+    (duplicate, total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_transfers_of_one_volume_store_each_chunk_once() {
+    let f = VaultFixture::new(VaultBackend::LocalFolder).await;
+    let size = 32 * MIB;
+    f.write(
+        "disk",
+        size,
+        &[(0, half_random_half_pattern(size as usize, 21))],
+    )
+    .await;
+    f.snapshot_rp("rp-1", &[("disk", "vol")]).await;
+    for (offset, d) in scattered_writes(size, 40, 22) {
+        f.disks
+            .write(&stowage_disk::DiskId("disk".into()), offset, &d)
+            .await
+            .expect("write");
+    }
+    f.snapshot_rp("rp-2", &[("disk", "vol")]).await;
+
+    // Both transfers at once, as when the second backup's transfer starts before the first's ends.
+    let (one, two) = tokio::join!(f.transfer("rp-1"), f.transfer("rp-2"));
+    let (one, two) = (one.expect("rp-1"), two.expect("rp-2"));
+    let (duplicate, total) = duplicate_bytes(&f).await;
+    println!(
+        "overlapping transfers: {duplicate} of {total} stored chunk bytes are duplicates ({:.1}%); \
+         read {} + {} bytes",
+        100.0 * duplicate as f64 / total.max(1) as f64,
+        one.stats.bytes_read,
+        two.stats.bytes_read
+    );
+    assert_eq!(
+        duplicate, 0,
+        "no chunk is stored twice ({duplicate} of {total} bytes were)"
+    );
+    // Which one waits is a race: when it is rp-2, it reads only what changed since rp-1; when it
+    // is rp-1 (older than what is vaulted), it reads in full but stores only what rp-2 lacks.
+    for rp in ["rp-1", "rp-2"] {
+        let staging = f
+            .hydrate(&format!("r-{rp}"), rp, Tier::Vault)
+            .await
+            .expect("hydrate");
+        f.assert_same_bytes(&format!("{rp}-disk"), &staging.disks[0].disk_id)
+            .await;
+    }
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

@@ -24,12 +24,13 @@
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt as _;
 use stowage_disk::{ByteRange, SnapshotId};
 use stowage_runtime::metrics::{BytesKind, metrics};
 use stowage_runtime::{JobContext, JobOrEvent, Outcome, StageError, StageHandler};
-use stowage_schemas::domain::{JobProgress, Tier};
+use stowage_schemas::domain::{JobProgress, RecoveryPoint, Tier};
 use stowage_schemas::events::{RpCreated, RpVaultSkipped, RpVaulted};
 use stowage_schemas::jobs::VaultTransferJob;
 use stowage_schemas::{Message, Stage};
@@ -39,6 +40,7 @@ use stowage_vault::crypto::ChunkKeys;
 use stowage_vault::extent::{ExtentMap, ExtentMapBuilder, load_chain};
 use stowage_vault::index::{self, ChunkIndex};
 use stowage_vault::layout;
+use stowage_vault::lease::{Acquired, Lease};
 use stowage_vault::pack::{
     ChunkLocation, PackId, PackNaming, PackWriter, WrittenPack, read_pack_index,
 };
@@ -159,6 +161,29 @@ pub async fn transfer(
     })?;
 
     let key = job_key(instance, rp_id);
+    // One transfer per volume at a time: a second one waits, then loads the index the first
+    // extended and stores only what that one did not (see `VolumeLeases`).
+    let leases = VolumeLeases::acquire(ctx, &key, &rp, job).await?;
+    let result = transfer_leased(ctx, instance, rp_id, &rp, &key, job).await;
+    leases.release().await;
+    result
+}
+
+/// [`transfer`] once the RP's volume leases are held.
+async fn transfer_leased(
+    ctx: &VaultContext,
+    instance: &str,
+    rp_id: &str,
+    rp: &RecoveryPoint,
+    key: &str,
+    job: &JobContext,
+) -> Result<TierManifest, StageError> {
+    let store = &ctx.primary;
+    // The RP may have been finished by an earlier attempt while this one waited for a lease.
+    if let Some(done) = catalog::read_tier_manifest(store, instance, rp_id, Tier::Vault).await? {
+        return Ok(done);
+    }
+    let key = key.to_owned();
     let mut known = ChunkIndex::load(store).await?;
     let (mut job_entries, next_seq) = recover_packs(store, &key, &mut known).await?;
     if next_seq > 0 {
@@ -530,6 +555,102 @@ fn prepare(
         None
     };
     Ok(Prepared::Chunk { range, id, sealed })
+}
+
+/// How long a volume lease lasts without renewal: a transfer killed mid-way blocks the next one
+/// of its volumes for at most this long.
+const LEASE_TTL: Duration = Duration::from_secs(60);
+/// How often a transfer waiting for a volume lease asks again.
+const LEASE_POLL: Duration = Duration::from_millis(500);
+
+/// The leases of one transfer on its RP's volumes (`leases/transfer/<volume>.json`), renewed in
+/// the background until released.
+///
+/// Two transfers of one volume at once (consecutive recovery points whose transfers overlap, or
+/// two instances protecting the same volume) would each load the chunk index before the other
+/// wrote its segment, and store the chunks they share twice. With the lease the second waits,
+/// then loads the index the first extended and reads incrementally from the first's map. Leases
+/// are taken in volume order, so two transfers never wait on each other. The holder is the job
+/// key: a redelivered attempt of the same transfer takes its own lease back at once.
+struct VolumeLeases {
+    leases: Vec<Lease>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl VolumeLeases {
+    async fn acquire(
+        ctx: &VaultContext,
+        holder: &str,
+        rp: &RecoveryPoint,
+        job: &JobContext,
+    ) -> Result<Self, StageError> {
+        let volumes: std::collections::BTreeSet<&str> =
+            rp.volumes.iter().map(|v| v.volume_id.as_str()).collect();
+        let mut leases = Vec::with_capacity(volumes.len());
+        for volume in volumes {
+            let key = layout::transfer_lease(volume).map_err(StageError::permanent)?;
+            let lease = Lease::new(ctx.primary.clone(), key, holder, LEASE_TTL);
+            let mut told = false;
+            loop {
+                match lease.try_acquire().await? {
+                    Acquired::Yes => break,
+                    Acquired::HeldBy { holder, expires_at } => {
+                        if !told {
+                            tracing::info!(volume, other = %holder, until = %expires_at, "another transfer of this volume is running; waiting for it, so chunks they share are stored once");
+                            told = true;
+                        }
+                        if let Err(e) =
+                            job.check_cancelled("waiting for another transfer of the volume")
+                        {
+                            release_all(&leases).await;
+                            return Err(e);
+                        }
+                        if job.is_shutting_down() {
+                            release_all(&leases).await;
+                            return Err(StageError::transient(
+                                "the worker is shutting down while this transfer waited for another one of the same volume; it runs on redelivery",
+                            ));
+                        }
+                        tokio::time::sleep(LEASE_POLL).await;
+                    }
+                }
+            }
+            leases.push(lease);
+        }
+        let renewing = leases.clone();
+        let renewer = tokio::spawn(async move {
+            let every = renewing.first().map_or(LEASE_TTL / 3, Lease::renew_every);
+            loop {
+                tokio::time::sleep(every).await;
+                for lease in &renewing {
+                    match lease.renew().await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(lease = %lease.key(), "a volume lease ran out and another transfer took it: the two may store some chunks twice (never wrongly)")
+                        }
+                        Err(e) => {
+                            tracing::warn!(lease = %lease.key(), error = %e, "cannot renew a volume lease; trying again")
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { leases, renewer })
+    }
+
+    async fn release(self) {
+        self.renewer.abort();
+        release_all(&self.leases).await;
+    }
+}
+
+/// Gives `leases` up; one that cannot be released runs out on its own within [`LEASE_TTL`].
+async fn release_all(leases: &[Lease]) {
+    for lease in leases {
+        if let Err(e) = lease.release().await {
+            tracing::warn!(lease = %lease.key(), error = %e, "cannot release a volume lease; it runs out on its own");
+        }
+    }
 }
 
 #[cfg(test)]

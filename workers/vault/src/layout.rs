@@ -58,6 +58,8 @@ pub const INDEX: &str = "index";
 pub const GC: &str = "gc";
 /// Top-level folder of the vault's keyring (its data keys, wrapped; see [`crate::keyring`]).
 pub const KEYS: &str = "keys";
+/// Top-level folder of leases: who works on what right now (see [`crate::lease`]).
+pub const LEASES: &str = "leases";
 /// Extension of a chunk-index segment object.
 pub const INDEX_EXTENSION: &str = ".idx";
 /// Extension of an extent-map object.
@@ -519,6 +521,17 @@ pub fn volume_and_version_from_key(key: &BlobKey) -> Option<(&str, &str)> {
     Some((volume, version))
 }
 
+/// `leases/transfer/<volume-id>.json`: the lease a vault transfer holds on a volume while it
+/// packs the volume's chunks (see [`crate::lease`]). `volume_id` is already an escaped component.
+pub fn transfer_lease(volume_id: &str) -> Result<BlobKey, LayoutError> {
+    validate_component("volume id", volume_id)?;
+    Ok(key(&[
+        LEASES,
+        "transfer",
+        &format!("{volume_id}{JSON_EXTENSION}"),
+    ]))
+}
+
 /// The file name of the garbage collector's record inside [`GC`].
 const GC_STATE_FILE: &str = "state.json";
 
@@ -630,6 +643,7 @@ pub const TOP_LEVEL_NAMES: &[&str] = &[
     STAGING,
     GC,
     KEYS,
+    LEASES,
 ];
 
 /// Whether `name` (one path component at a vault's top level) belongs to a vault: one of

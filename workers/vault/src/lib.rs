@@ -105,6 +105,7 @@ mod hex;
 pub mod index;
 pub mod keyring;
 pub mod layout;
+pub mod lease;
 pub mod pack;
 pub mod seal;
 pub mod store;
