@@ -1,0 +1,27 @@
+//! Azure managed disks for Stowage: the ARM control plane and the page-blob data path.
+//!
+//! # Layout
+//!
+//! - [`arm`]: a client of ARM's REST API for disks, snapshots and permissions over
+//!   `azure_core`'s pipeline: pinned api-version, retries of 429/503 after `Retry-After`,
+//!   long-running operations, correlation ids logged, errors that say what to do.
+//! - [`identity`]: which credential the workers use (workload identity, managed identity,
+//!   client secret, Azure CLI).
+//! - [`permissions`]: the actions each resource group needs, and the preflight that checks
+//!   them through ARM's permissions API.
+//! - [`error`]: [`AzureError`], sorted by whether a retry can help.
+//!
+//! The design, and what is tested against what, is in ARCHITECTURE.md ("Azure managed disks").
+
+pub mod arm;
+pub mod error;
+pub mod identity;
+pub mod permissions;
+mod transport;
+
+pub use arm::{
+    Access, ArmClient, ArmSettings, DiskResource, NewDisk, ResourceId, ResourceKind, SasUrl,
+};
+pub use error::{AzureError, ServiceError};
+pub use identity::{CredentialKind, credential};
+pub use transport::RetrySettings;
