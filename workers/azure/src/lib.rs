@@ -9,11 +9,14 @@
 //!   client secret, Azure CLI).
 //! - [`permissions`]: the actions each resource group needs, and the preflight that checks
 //!   them through ARM's permissions API.
+//! - [`data`]: page blobs through SAS URLs: page ranges and their diff, bounded parallel
+//!   reads, Put Page writes, hydration of upload disks with `endGetAccess` guaranteed.
 //! - [`error`]: [`AzureError`], sorted by whether a retry can help.
 //!
 //! The design, and what is tested against what, is in ARCHITECTURE.md ("Azure managed disks").
 
 pub mod arm;
+pub mod data;
 pub mod error;
 pub mod identity;
 pub mod permissions;

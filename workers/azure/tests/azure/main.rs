@@ -3,4 +3,7 @@
 
 mod arm;
 mod arm_server;
+mod azurite;
+mod data;
+mod diff_proxy;
 mod harness;
