@@ -230,6 +230,8 @@ pub struct DiskProperties {
     pub incremental: Option<bool>,
     /// An incremental snapshot's background copy progress (absent or 100 when done).
     pub completion_percent: Option<f64>,
+    /// When the resource was created (RFC 3339).
+    pub time_created: Option<String>,
 }
 
 impl DiskResource {
@@ -804,6 +806,74 @@ impl ArmClient {
         }
     }
 
+    /// The snapshots of `resource_group` in the client's subscription, all pages.
+    pub async fn list_snapshots(&self, resource_group: &str) -> Result<Vec<DiskResource>> {
+        let operation = "list snapshots";
+        let scope = format!(
+            "/subscriptions/{}/resourceGroups/{resource_group}/providers/Microsoft.Compute/snapshots",
+            self.settings.subscription
+        );
+        let mut url = self.url(&scope, COMPUTE_API_VERSION)?;
+        let mut all = Vec::new();
+        loop {
+            let answer = self.call(operation, &scope, Method::Get, url, None).await?;
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Page {
+                #[serde(default)]
+                value: Vec<DiskResource>,
+                next_link: Option<String>,
+            }
+            let page: Page = parse(operation, &scope, json_body(operation, &scope, &answer)?)?;
+            all.extend(page.value);
+            match page.next_link.filter(|l| !l.is_empty()) {
+                Some(next) => url = self.next_link(operation, &scope, &next)?,
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Replaces a disk's or snapshot's tags (PATCH, the Update operation), waiting for it.
+    pub async fn update_tags(
+        &self,
+        id: &ResourceId,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<DiskResource> {
+        let operation = "update tags";
+        let resource = id.to_string();
+        let url = self.resource_url(id)?;
+        let body = json!({ "tags": tags });
+        let first = self
+            .call(
+                operation,
+                &resource,
+                Method::Patch,
+                url.clone(),
+                Some(&body),
+            )
+            .await?;
+        let done = self
+            .finish(operation, &resource, first, FinalState::Resource(url))
+            .await?;
+        parse(operation, &resource, done.unwrap_or(Value::Null))
+    }
+
+    fn next_link(&self, operation: &'static str, scope: &str, next: &str) -> Result<Url> {
+        let url = Url::parse(next).map_err(|e| AzureError::Protocol {
+            operation,
+            resource: scope.to_owned(),
+            detail: format!("nextLink is not a URL: {e}"),
+        })?;
+        if url.origin() != self.settings.endpoint.origin() {
+            return Err(AzureError::Protocol {
+                operation,
+                resource: scope.to_owned(),
+                detail: "nextLink leaves the ARM endpoint".into(),
+            });
+        }
+        Ok(url)
+    }
+
     /// The caller's permissions at `scope` (`/subscriptions/<s>/resourceGroups/<g>` or a
     /// resource id), all pages.
     pub async fn permissions(&self, scope: &str) -> Result<Vec<crate::permissions::Permission>> {
@@ -828,20 +898,7 @@ impl ArmClient {
             let page: Page = parse(operation, scope, json_body(operation, scope, &answer)?)?;
             all.extend(page.value);
             match page.next_link.filter(|l| !l.is_empty()) {
-                Some(next) => {
-                    url = Url::parse(&next).map_err(|e| AzureError::Protocol {
-                        operation,
-                        resource: scope.to_owned(),
-                        detail: format!("nextLink is not a URL: {e}"),
-                    })?;
-                    if url.origin() != self.settings.endpoint.origin() {
-                        return Err(AzureError::Protocol {
-                            operation,
-                            resource: scope.to_owned(),
-                            detail: "nextLink leaves the ARM endpoint".into(),
-                        });
-                    }
-                }
+                Some(next) => url = self.next_link(operation, scope, &next)?,
                 None => return Ok(all),
             }
         }

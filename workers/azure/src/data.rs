@@ -637,11 +637,13 @@ where
     let id = ResourceId::disk(&arm.settings().subscription, resource_group, name);
     let guard = AccessGuard::grant(arm, &id, Access::Write, Duration::from_secs(6 * 3600)).await?;
     let blob = PageBlob::new(guard.sas().clone(), settings)?;
-    let bounded = pieces.and_then(|(offset, data)| async move {
+    let resource = id.to_string();
+    let bounded = pieces.map(move |piece| {
+        let (offset, data) = piece?;
         if offset + data.len() as u64 > data_size {
             return Err(AzureError::Protocol {
                 operation: "hydrate",
-                resource: name.to_owned(),
+                resource: resource.clone(),
                 detail: format!("a piece at {offset} runs past the disk's {data_size} bytes"),
             });
         }

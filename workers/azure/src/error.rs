@@ -67,6 +67,14 @@ pub enum AzureError {
         /// What was wrong with it.
         detail: String,
     },
+    /// The data being written came from elsewhere (the vault) and that source failed.
+    #[error("{message}")]
+    Source {
+        /// The source's error, as it said it.
+        message: String,
+        /// Whether the source said a retry can help.
+        transient: bool,
+    },
     /// The configuration is unusable (an endpoint over plain HTTP to a remote host, a bad id).
     #[error("configuration: {0}")]
     Config(String),
@@ -117,7 +125,9 @@ impl AzureError {
                     "InternalExecutionError" | "InternalOperationError"
                 )
             }
-            AzureError::Transport { transient, .. } => *transient,
+            AzureError::Transport { transient, .. } | AzureError::Source { transient, .. } => {
+                *transient
+            }
             AzureError::Timeout { .. } => true,
             AzureError::Refused { .. } | AzureError::Protocol { .. } | AzureError::Config(_) => {
                 false

@@ -11,6 +11,8 @@
 //!   them through ARM's permissions API.
 //! - [`data`]: page blobs through SAS URLs: page ranges and their diff, bounded parallel
 //!   reads, Put Page writes, hydration of upload disks with `endGetAccess` guaranteed.
+//! - [`provider`]: [`AzureDiskProvider`], the disk port for `disk.csi.azure.com` volumes over
+//!   the two.
 //! - [`error`]: [`AzureError`], sorted by whether a retry can help.
 //!
 //! The design, and what is tested against what, is in ARCHITECTURE.md ("Azure managed disks").
@@ -20,6 +22,7 @@ pub mod data;
 pub mod error;
 pub mod identity;
 pub mod permissions;
+pub mod provider;
 mod transport;
 
 pub use arm::{
@@ -27,4 +30,5 @@ pub use arm::{
 };
 pub use error::{AzureError, ServiceError};
 pub use identity::{CredentialKind, credential};
+pub use provider::{AZURE_DISK_DRIVER, AzureDiskProvider, AzureDiskSettings};
 pub use transport::RetrySettings;

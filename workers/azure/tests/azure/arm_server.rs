@@ -295,6 +295,12 @@ async fn handle(
 
 fn compute(s: &mut State, method: &Method, path: &str, query: &str, body: &Value) -> Response {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if parts.len() == 7
+        && method == Method::GET
+        && parts[5].eq_ignore_ascii_case("Microsoft.Compute")
+    {
+        return list(s, &parts, query);
+    }
     if parts.len() < 8 || !parts[5].eq_ignore_ascii_case("Microsoft.Compute") {
         return error(
             StatusCode::NOT_FOUND,
@@ -321,7 +327,7 @@ fn compute(s: &mut State, method: &Method, path: &str, query: &str, body: &Value
     let action_of = |verb: &str| format!("Microsoft.Compute/{kind}/{verb}");
     let action = match (method.as_str(), parts.get(8).copied()) {
         ("GET", None) => action_of("read"),
-        ("PUT", None) => action_of("write"),
+        ("PUT", None) | ("PATCH", None) => action_of("write"),
         ("DELETE", None) => action_of("delete"),
         ("POST", Some("beginGetAccess")) => action_of("beginGetAccess/action"),
         ("POST", Some("endGetAccess")) => action_of("endGetAccess/action"),
@@ -368,10 +374,32 @@ fn compute(s: &mut State, method: &Method, path: &str, query: &str, body: &Value
             }
             json_response(StatusCode::OK, &resource, vec![])
         }
+        "write" if method == Method::PATCH => {
+            let Some(resource) = s.resources.get_mut(&key) else {
+                return not_found();
+            };
+            if let Some(tags) = body.get("tags") {
+                resource["tags"] = tags.clone();
+            }
+            let resource = resource.clone();
+            if s.style == LroStyle::BodyOnly {
+                return json_response(StatusCode::OK, &resource, vec![]);
+            }
+            start(s, Some(Effect::Succeed(key)), None, true)
+        }
         "write" => put(s, &kind, name, &id, &key, body),
         "delete" => {
             if !s.resources.contains_key(&key) {
                 return empty(StatusCode::NO_CONTENT, vec![]);
+            }
+            if s.grants.contains_key(&key) {
+                return error(
+                    StatusCode::CONFLICT,
+                    "OperationNotAllowed",
+                    &format!(
+                        "The {kind} '{name}' cannot be deleted while it has an active SAS; call endGetAccess first."
+                    ),
+                );
             }
             start(s, Some(Effect::Remove(key)), None, false)
         }
@@ -430,7 +458,13 @@ fn put(s: &mut State, kind: &str, name: &str, id: &str, key: &str, body: &Value)
         );
     };
     let creation = &body["properties"]["creationData"];
-    let mut properties = json!({"creationData": creation.clone(), "provisioningState": "Updating"});
+    s.next_id += 1;
+    let created = format!(
+        "2026-11-30T10:{:02}:{:02}.000000+00:00",
+        s.next_id / 60 % 60,
+        s.next_id % 60
+    );
+    let mut properties = json!({"creationData": creation.clone(), "provisioningState": "Updating", "timeCreated": created});
     match creation.get("createOption").and_then(Value::as_str) {
         Some("Copy") => {
             let source = creation
@@ -518,6 +552,35 @@ fn put(s: &mut State, kind: &str, name: &str, id: &str, key: &str, body: &Value)
             r
         }
     }
+}
+
+/// GET of a collection: `…/providers/Microsoft.Compute/{disks|snapshots}`, one resource a
+/// page so that `nextLink` paging is exercised.
+fn list(s: &mut State, parts: &[&str], query: &str) -> Response {
+    let prefix = format!(
+        "/subscriptions/{}/resourcegroups/{}/providers/microsoft.compute/{}/",
+        parts[1], parts[3], parts[6]
+    )
+    .to_lowercase();
+    let all: Vec<Value> = s
+        .resources
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let skip: usize = query_param(query, "$skipToken")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut page = json!({"value": all.get(skip).cloned().into_iter().collect::<Vec<_>>()});
+    if skip + 1 < all.len() {
+        page["nextLink"] = json!(format!(
+            "{}/{}?api-version=2023-10-02&$skipToken={}",
+            s.base,
+            parts.join("/"),
+            skip + 1
+        ));
+    }
+    json_response(StatusCode::OK, &page, vec![])
 }
 
 /// Starts an operation and answers the way the server's style says.

@@ -66,7 +66,7 @@ impl Model {
 fn settings() -> DataSettings {
     DataSettings {
         concurrency: 4,
-        ..Default::default()
+        retry: crate::harness::fast_retries(),
     }
 }
 

@@ -16,6 +16,14 @@ use axum::response::{IntoResponse, Response};
 use azure_core::http::Url;
 
 const AZURITE: &str = "http://127.0.0.1:10000";
+/// Headers that describe one connection's framing, set anew on each side of the proxy.
+const HOP_BY_HOP: &[&str] = &[
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "keep-alive",
+];
 
 #[derive(Clone)]
 struct Proxy {
@@ -98,7 +106,7 @@ async fn handle(
         ),
     );
     for (k, v) in &headers {
-        if k != "host" {
+        if !HOP_BY_HOP.contains(&k.as_str()) {
             request = request.header(k, v);
         }
     }
@@ -106,7 +114,9 @@ async fn handle(
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap();
     let mut out = HeaderMap::new();
     for (k, v) in answer.headers() {
-        out.insert(k, v.clone());
+        if !HOP_BY_HOP.contains(&k.as_str()) {
+            out.insert(k, v.clone());
+        }
     }
     let bytes = answer.bytes().await.unwrap();
     (status, out, bytes).into_response()

@@ -32,15 +32,20 @@ impl TokenCredential for StaticToken {
 pub fn settings(server: &ArmServer) -> ArmSettings {
     let mut settings = ArmSettings::public_cloud(SUBSCRIPTION);
     settings.endpoint = Url::parse(&server.url).unwrap();
-    settings.retry = RetrySettings {
+    settings.retry = fast_retries();
+    settings.poll_interval = Duration::from_millis(10);
+    settings.operation_timeout = Duration::from_secs(30);
+    settings
+}
+
+/// Three quick retries: a test that hits a retried error fails in seconds, not minutes.
+pub fn fast_retries() -> RetrySettings {
+    RetrySettings {
         max_retries: 3,
         initial_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
         max_total: Duration::from_secs(30),
-    };
-    settings.poll_interval = Duration::from_millis(10);
-    settings.operation_timeout = Duration::from_secs(30);
-    settings
+    }
 }
 
 pub fn client(server: &ArmServer) -> ArmClient {

@@ -7,3 +7,4 @@ mod azurite;
 mod data;
 mod diff_proxy;
 mod harness;
+mod provider;
