@@ -138,10 +138,6 @@ impl AzureDiskProvider {
         Ok(())
     }
 
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
     /// The open read access of `id`, granting it on first use; the slot counts the caller as
     /// in flight until it drops the returned handle.
     async fn open(&self, id: &ResourceId) -> Result<InFlight, AzureError> {
@@ -156,7 +152,7 @@ impl AzureDiskProvider {
         slot.in_flight.fetch_add(1, Ordering::SeqCst);
         let in_flight = InFlight {
             slot,
-            now: self.now_ms(),
+            started: self.started,
         };
         in_flight
             .slot
@@ -436,10 +432,11 @@ impl AzureDiskProvider {
     }
 }
 
-/// Counts a reader as in flight on its slot until dropped.
+/// Counts a reader as in flight on its slot until dropped, which stamps the slot's last use.
 struct InFlight {
     slot: Arc<Slot>,
-    now: u64,
+    /// The provider's start, the origin of `Slot::last_used`.
+    started: Instant,
 }
 
 impl InFlight {
@@ -450,7 +447,8 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.slot.last_used.fetch_max(self.now, Ordering::SeqCst);
+        let now = self.started.elapsed().as_millis() as u64;
+        self.slot.last_used.fetch_max(now, Ordering::SeqCst);
         self.slot.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
