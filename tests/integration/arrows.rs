@@ -16,6 +16,9 @@ const FLOORS: &[(&str, u8)] = &[
     ("stowage-disk", 1),
     ("stowage-cluster", 1),
     ("stowage-stages", 2),
+    // An implementation of the disk port (Azure managed disks): above the port, beside the
+    // stages, which never name it; the CLI wires it in.
+    ("stowage-azure", 2),
     ("stowage-control", 3),
     ("stowage-cli", 4),
 ];
