@@ -88,92 +88,75 @@ impl Lease {
     pub async fn try_acquire(&self) -> Result<Acquired, Error> {
         let now = Timestamp::now();
         let expires_at = self.expiry(now)?;
-        let holder = self.holder.clone();
-        let result = document::update(
-            &self.store,
-            &self.key,
-            TRIES,
-            |stored: Option<LeaseRecord>| -> Result<_, std::convert::Infallible> {
-                Ok(match stored {
-                    Some(lease) if lease.holder != holder && lease.expires_at > now => {
-                        Decision::Keep(Acquired::HeldBy {
-                            holder: lease.holder,
-                            expires_at: lease.expires_at,
-                        })
-                    }
-                    stored => {
-                        let acquired_at = match stored {
-                            Some(lease) if lease.holder == holder && lease.expires_at > now => {
-                                lease.acquired_at
-                            }
-                            _ => now,
-                        };
-                        Decision::Write(
-                            LeaseRecord {
-                                holder: holder.clone(),
-                                acquired_at,
-                                expires_at,
-                            },
-                            Acquired::Yes,
-                        )
-                    }
+        self.change(|stored| match stored {
+            Some(lease) if lease.holder != self.holder && lease.expires_at > now => {
+                Decision::Keep(Acquired::HeldBy {
+                    holder: lease.holder,
+                    expires_at: lease.expires_at,
                 })
-            },
-        )
-        .await;
-        self.answer(result)
+            }
+            stored => {
+                let acquired_at = match stored {
+                    Some(lease) if lease.holder == self.holder && lease.expires_at > now => {
+                        lease.acquired_at
+                    }
+                    _ => now,
+                };
+                let record = LeaseRecord {
+                    holder: self.holder.clone(),
+                    acquired_at,
+                    expires_at,
+                };
+                Decision::Write(record, Acquired::Yes)
+            }
+        })
+        .await
     }
 
     /// Extend the lease by its time to live from now. `Ok(false)` when it is no longer ours
     /// (it ran out and someone else took it): the caller must stop relying on it.
     pub async fn renew(&self) -> Result<bool, Error> {
-        let now = Timestamp::now();
-        let expires_at = self.expiry(now)?;
-        let holder = self.holder.clone();
-        let result = document::update(
-            &self.store,
-            &self.key,
-            TRIES,
-            |stored: Option<LeaseRecord>| -> Result<_, std::convert::Infallible> {
-                Ok(match stored {
-                    Some(lease) if lease.holder == holder => Decision::Write(
-                        LeaseRecord {
-                            expires_at,
-                            ..lease
-                        },
-                        true,
-                    ),
-                    _ => Decision::Keep(false),
-                })
-            },
-        )
-        .await;
-        self.answer(result)
+        let expires_at = self.expiry(Timestamp::now())?;
+        self.change(|stored| match stored {
+            Some(lease) if lease.holder == self.holder => Decision::Write(
+                LeaseRecord {
+                    expires_at,
+                    ..lease
+                },
+                true,
+            ),
+            _ => Decision::Keep(false),
+        })
+        .await
     }
 
     /// Give the lease up (mark it run out), if it is still ours.
     pub async fn release(&self) -> Result<(), Error> {
         let now = Timestamp::now();
-        let holder = self.holder.clone();
-        let result = document::update(
-            &self.store,
-            &self.key,
-            TRIES,
-            |stored: Option<LeaseRecord>| -> Result<_, std::convert::Infallible> {
-                Ok(match stored {
-                    Some(lease) if lease.holder == holder && lease.expires_at > now => {
-                        Decision::Write(
-                            LeaseRecord {
-                                expires_at: now,
-                                ..lease
-                            },
-                            (),
-                        )
-                    }
-                    _ => Decision::Keep(()),
-                })
-            },
-        )
+        self.change(|stored| match stored {
+            Some(lease) if lease.holder == self.holder && lease.expires_at > now => {
+                Decision::Write(
+                    LeaseRecord {
+                        expires_at: now,
+                        ..lease
+                    },
+                    (),
+                )
+            }
+            _ => Decision::Keep(()),
+        })
+        .await
+    }
+
+    /// One compare-and-swap change of the lease document, decided by `decide` from what is
+    /// stored (again after a conflict).
+    async fn change<R>(
+        &self,
+        mut decide: impl FnMut(Option<LeaseRecord>) -> Decision<LeaseRecord, R>,
+    ) -> Result<R, Error> {
+        let result = document::update(&self.store, &self.key, TRIES, |stored| {
+            Ok::<_, std::convert::Infallible>(decide(stored))
+        })
         .await;
         self.answer(result)
     }
