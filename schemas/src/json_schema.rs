@@ -34,6 +34,7 @@ pub fn payload(kind: &str) -> Option<Schema> {
         "event.restore.completed" => schema_for!(events::RestoreCompleted),
         "event.job.progress" => schema_for!(events::JobProgress),
         "event.job.failed" => schema_for!(events::JobFailed),
+        "event.drill.completed" => schema_for!(events::DrillCompleted),
         _ => return None,
     })
 }

@@ -49,6 +49,9 @@ pub enum Message {
     /// A job failed.
     #[serde(rename = "event.job.failed")]
     JobFailed(events::JobFailed),
+    /// A restore drill finished.
+    #[serde(rename = "event.drill.completed")]
+    DrillCompleted(events::DrillCompleted),
 }
 
 /// Where a message is published.
@@ -58,7 +61,7 @@ pub enum Route {
     Job(Stage),
     /// An event: the `stowage.events` topic exchange, routing key = the event name
     /// (`rp.created`, `rp.vaulted`, `rp.replicated`, `restore.hydrated`, `restore.completed`,
-    /// `job.progress` or `job.failed`).
+    /// `job.progress`, `job.failed` or `drill.completed`).
     Event(&'static str),
 }
 
@@ -88,6 +91,7 @@ impl Message {
         "event.restore.completed",
         "event.job.progress",
         "event.job.failed",
+        "event.drill.completed",
     ];
 
     /// The message type, the `type` tag on the wire, e.g. `job.snapshot`.
@@ -106,6 +110,7 @@ impl Message {
             Message::RestoreCompleted(_) => "event.restore.completed",
             Message::JobProgress(_) => "event.job.progress",
             Message::JobFailed(_) => "event.job.failed",
+            Message::DrillCompleted(_) => "event.drill.completed",
         }
     }
 
@@ -125,6 +130,7 @@ impl Message {
             Message::RestoreCompleted(_) => Route::Event("restore.completed"),
             Message::JobProgress(_) => Route::Event("job.progress"),
             Message::JobFailed(_) => Route::Event("job.failed"),
+            Message::DrillCompleted(_) => Route::Event("drill.completed"),
         }
     }
 
@@ -144,6 +150,7 @@ impl Message {
             Message::RestoreHydrated(ev) => (Some(&ev.recovery_point_id), Some(&ev.restore_id)),
             Message::RestoreCompleted(ev) => (Some(&ev.recovery_point_id), Some(&ev.restore_id)),
             Message::JobProgress(_) | Message::JobFailed(_) => (None, None),
+            Message::DrillCompleted(ev) => (Some(&ev.recovery_point_id), None),
         }
     }
 

@@ -15,7 +15,8 @@ use crate::domain::{
     Schedule, Tier, Vault, VaultRule,
 };
 use crate::events::{
-    JobFailed, JobProgress, RestoreCompleted, RestoreHydrated, RpCreated, RpReplicated, RpVaulted,
+    DrillCompleted, JobFailed, JobProgress, RestoreCompleted, RestoreHydrated, RpCreated,
+    RpReplicated, RpVaulted,
 };
 use crate::jobs::{
     ExistingPolicy, GeoReplicationJob, RestoreHydrationJob, RestoreJob, RestoreOptions,
@@ -254,6 +255,22 @@ pub fn samples() -> Vec<Envelope> {
                     "vault `shop-vault` has no secondary location".into(),
                 ],
                 permanent: true,
+            }),
+        ),
+        (
+            format!("drill-{instance}-{rp}"),
+            Message::DrillCompleted(DrillCompleted {
+                drill_id: format!("drill-{instance}-{rp}"),
+                instance: instance.into(),
+                recovery_point_id: rp.into(),
+                tier: Tier::Vault,
+                target_cluster: "aks-prod".into(),
+                succeeded: true,
+                reason: None,
+                rto_seconds: 184.5,
+                objects_verified: 187,
+                bytes_verified: 96 << 20,
+                finished_at: at(20),
             }),
         ),
     ];

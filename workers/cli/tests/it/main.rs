@@ -7,6 +7,7 @@ mod helpers;
 mod catalog;
 mod cli;
 mod clusters;
+mod drill;
 mod instances;
 mod jobs;
 mod journey;
