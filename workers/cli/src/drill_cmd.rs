@@ -69,6 +69,37 @@ pub enum DrillAction {
         #[command(flatten)]
         output: TableOutput,
     },
+    /// Set (or replace) the instance's drill schedule, which `stowage scheduler
+    /// --drill-kubeconfig …` follows: a drill once the last one of the tier started
+    /// `--every-hours` ago.
+    Schedule {
+        /// The backup instance.
+        #[arg(long, value_parser = crate::cli::id_arg)]
+        instance: String,
+        /// Hours between drills, e.g. 168 for weekly.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        every_hours: u32,
+        /// The tier drilled.
+        #[arg(long, value_enum, default_value_t = FromTier::Vault)]
+        tier: FromTier,
+        /// Each backed-up namespace is restored into `<prefix><namespace>`.
+        #[arg(long, default_value = "drill-")]
+        namespace_prefix: String,
+        /// Restore into this cluster instead of the instance's.
+        #[arg(long, value_parser = crate::cli::id_arg)]
+        target_cluster: Option<String>,
+    },
+    /// List the drill schedules.
+    Schedules {
+        #[command(flatten)]
+        output: TableOutput,
+    },
+    /// Remove an instance's drill schedule.
+    Unschedule {
+        /// The backup instance.
+        #[arg(long, value_parser = crate::cli::id_arg)]
+        instance: String,
+    },
     /// Show one drill's record: outcome, recovery time, what was verified and cleaned up.
     Show {
         /// The drill id (`drill run` and `drill list` print it).
@@ -115,6 +146,9 @@ pub struct RunArgs {
     /// How the result is printed.
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Format,
+    /// Who asked, for the record (default: $USER).
+    #[arg(skip)]
+    pub requested_by: Option<String>,
 }
 
 /// Run `stowage drill …`.
@@ -174,6 +208,71 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
                 &all,
             )
         }
+        DrillAction::Schedule {
+            instance,
+            every_hours,
+            tier,
+            namespace_prefix,
+            target_cluster,
+        } => {
+            let store = crate::jobs_cmd::open_vault(&args.vault).await?;
+            catalog::settings::read_instance(&store, &instance)
+                .await
+                .with_context(|| format!("cannot read backup instance {instance}"))?;
+            let schedule = drills::DrillSchedule {
+                instance: instance.clone(),
+                every_hours,
+                tier: tier_of(tier),
+                namespace_prefix,
+                target_cluster,
+            };
+            drills::write_schedule(&store, &schedule).await?;
+            eprintln!(
+                "instance {instance}: a {} drill every {every_hours} h, run by `stowage \
+                 scheduler --drill-kubeconfig …`",
+                schedule.tier.as_str()
+            );
+            Ok(())
+        }
+        DrillAction::Schedules {
+            output: OutputArgs { output: format },
+        } => {
+            let store = crate::jobs_cmd::open_vault(&args.vault).await?;
+            let mut all = Vec::new();
+            let mut listing = drills::list_schedules(&store);
+            while let Some(s) = listing.next().await {
+                all.push(s?);
+            }
+            all.sort_by(|a, b| a.instance.cmp(&b.instance));
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.instance.clone(),
+                        s.tier.as_str().to_owned(),
+                        format!("{} h", s.every_hours),
+                        s.namespace_prefix.clone(),
+                        s.target_cluster.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            output::print(
+                format,
+                &["INSTANCE", "TIER", "EVERY", "PREFIX", "TARGET CLUSTER"],
+                &rows,
+                &all,
+            )
+        }
+        DrillAction::Unschedule { instance } => {
+            let store = crate::jobs_cmd::open_vault(&args.vault).await?;
+            if !drills::delete_schedule(&store, &instance).await? {
+                bail!(
+                    "instance {instance} has no drill schedule; `stowage drill schedules` lists them"
+                );
+            }
+            eprintln!("instance {instance}: no more scheduled drills");
+            Ok(())
+        }
         DrillAction::Show {
             drill_id,
             output: OutputArgs { output: format },
@@ -183,6 +282,105 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<()> {
             show(&record, format)
         }
     }
+}
+
+fn tier_of(tier: FromTier) -> Tier {
+    match tier {
+        FromTier::Operational => Tier::Operational,
+        FromTier::Vault => Tier::Vault,
+        FromTier::Secondary => Tier::Secondary,
+    }
+}
+
+fn from_tier(tier: Tier) -> FromTier {
+    match tier {
+        Tier::Operational => FromTier::Operational,
+        Tier::Vault => FromTier::Vault,
+        Tier::Secondary => FromTier::Secondary,
+    }
+}
+
+/// Sets the drill gauges (`stowage_drill_*`) from every drill record of the vault.
+pub async fn refresh_metrics(store: &BlobStore) -> anyhow::Result<()> {
+    let mut listing = drills::list_drills(store);
+    while let Some(record) = listing.next().await {
+        let d = record.context("cannot list the vault's drill records")?;
+        stowage_runtime::metrics::metrics().drill_finished(
+            &d.instance,
+            d.tier.as_str(),
+            Duration::from_secs_f64(d.rto_seconds.max(0.0)),
+            d.status == DrillStatus::Succeeded,
+            d.finished_at.as_millisecond() as f64 / 1000.0,
+        );
+    }
+    Ok(())
+}
+
+/// Runs every scheduled drill that is due at `now` (see [`drills::DrillSchedule`]), one after
+/// the other, with `kubeconfig` as the drills' identity; a drill that cannot start is logged.
+pub async fn run_due(
+    vault: &crate::cli::VaultArgs,
+    broker: &crate::cli::BrokerArgs,
+    kubeconfig: &std::path::Path,
+    identity: &str,
+    now: Timestamp,
+) -> anyhow::Result<()> {
+    let store = crate::jobs_cmd::open_vault(vault).await?;
+    let mut schedules = Vec::new();
+    let mut listing = drills::list_schedules(&store);
+    while let Some(s) = listing.next().await {
+        schedules.push(s?);
+    }
+    // The newest drill start per (instance, tier).
+    let mut last: BTreeMap<(String, Tier), Timestamp> = BTreeMap::new();
+    let mut listing = drills::list_drills(&store);
+    while let Some(d) = listing.next().await {
+        let d = d?;
+        let at = last
+            .entry((d.instance.clone(), d.tier))
+            .or_insert(d.started_at);
+        *at = (*at).max(d.started_at);
+    }
+    for schedule in schedules {
+        let every = jiff::SignedDuration::from_hours(i64::from(schedule.every_hours));
+        let due = last
+            .get(&(schedule.instance.clone(), schedule.tier))
+            .is_none_or(|at| at.saturating_add(every).is_ok_and(|next| next <= now));
+        if !due {
+            continue;
+        }
+        let run = RunArgs {
+            instance: schedule.instance.clone(),
+            tier: from_tier(schedule.tier),
+            namespace_prefix: schedule.namespace_prefix.clone(),
+            target_cluster: schedule.target_cluster.clone(),
+            kubeconfig: Some(kubeconfig.to_path_buf()),
+            context: None,
+            drill_id: None,
+            timeout: 3600.0,
+            keep: false,
+            output: Format::Json,
+            requested_by: Some(identity.to_owned()),
+        };
+        match drill(vault, broker, &run).await {
+            Ok(record) => tracing::info!(
+                drill = %record.id,
+                instance = %record.instance,
+                tier = record.tier.as_str(),
+                status = status_word(record.status),
+                rto_seconds = record.rto_seconds,
+                reason = record.reason.as_deref().unwrap_or(""),
+                "scheduled drill finished"
+            ),
+            Err(e) => tracing::warn!(
+                instance = %schedule.instance,
+                tier = schedule.tier.as_str(),
+                error = format!("{e:#}"),
+                "a scheduled drill could not run; the next tick tries again"
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn status_word(status: DrillStatus) -> &'static str {
@@ -379,11 +577,7 @@ pub async fn drill(
             "no credentials for the drill's target cluster: give --kubeconfig (an identity \
              that may read what the restore made and delete namespaces and PVs)",
         )?;
-    let tier = match args.tier {
-        FromTier::Operational => Tier::Operational,
-        FromTier::Vault => Tier::Vault,
-        FromTier::Secondary => Tier::Secondary,
-    };
+    let tier = tier_of(args.tier);
     let instance = &args.instance;
     let instance_doc = catalog::settings::read_instance(&store, instance)
         .await
@@ -507,7 +701,10 @@ pub async fn drill(
 
     let broker = RabbitBroker::new(broker_args.amqp_url.clone());
     let names = Names::new(broker_args.prefix.clone());
-    let requested_by = std::env::var("USER").ok().filter(|u| !u.is_empty());
+    let requested_by = args
+        .requested_by
+        .clone()
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()));
     eprintln!(
         "drill {drill_id}: restoring recovery point {} of {instance} from the {} tier into \
          cluster {target_cluster} ({})",

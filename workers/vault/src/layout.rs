@@ -46,6 +46,8 @@ pub const VOLUMES: &str = "volumes";
 pub const JOBS: &str = "jobs";
 /// Top-level folder of restore-drill records.
 pub const DRILLS: &str = "drills";
+/// Top-level folder of restore-drill schedules, one per instance.
+pub const DRILL_SCHEDULES: &str = "drill-schedules";
 /// Top-level folder of collected Kubernetes resources.
 pub const RESOURCES: &str = "resources";
 /// Top-level folder of policies.
@@ -557,6 +559,22 @@ pub fn drill_id_from_key(key: &BlobKey) -> Option<&str> {
     id_from_key(key, DRILLS, JSON_EXTENSION)
 }
 
+/// `drill-schedules/<instance>.json`: an instance's restore-drill schedule.
+pub fn drill_schedule(instance: &str) -> Result<BlobKey, LayoutError> {
+    validate_id("instance name", instance)?;
+    Ok(key(&[DRILL_SCHEDULES, &format!("{instance}.json")]))
+}
+
+/// `drill-schedules`: every drill schedule.
+pub fn drill_schedules() -> KeyPrefix {
+    prefix(&[DRILL_SCHEDULES])
+}
+
+/// The instance named by a key listed under [`drill_schedules`].
+pub fn drill_schedule_from_key(key: &BlobKey) -> Option<&str> {
+    id_from_key(key, DRILL_SCHEDULES, JSON_EXTENSION)
+}
+
 /// The `.json` ending of every JSON document a vault holds (settings, records, manifests).
 pub const JSON_EXTENSION: &str = ".json";
 
@@ -646,6 +664,7 @@ pub const TOP_LEVEL_NAMES: &[&str] = &[
     INDEX,
     JOBS,
     DRILLS,
+    DRILL_SCHEDULES,
     STAGING,
     GC,
     KEYS,

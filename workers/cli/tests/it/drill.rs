@@ -156,6 +156,79 @@ async fn drills_restore_verify_time_clean_up_and_record_and_a_tampered_one_fails
     .await;
     assert_eq!(vaulted, Some(JobStatus::Succeeded), "{}", logs());
 
+    // A schedule: `stowage scheduler` runs the due drill and exposes its gauges.
+    let out = run(&[
+        "drill",
+        "schedule",
+        "--instance",
+        "shop",
+        "--every-hours",
+        "24",
+        "--tier",
+        "vault",
+    ]);
+    assert!(out.status.success(), "{}", stdout_and_stderr(&out).1);
+    let out = run(&["drill", "schedules"]);
+    let (table, _) = stdout_and_stderr(&out);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("shop") && l.contains("vault") && l.contains("24 h")),
+        "{table}"
+    );
+    let scheduler_port = free_port();
+    let scheduler_log_path = dir.path().join("scheduler.log");
+    let scheduler_log = std::fs::File::create(&scheduler_log_path).unwrap();
+    let scheduler = Worker(
+        stowage(&["scheduler", "--tick-seconds", "1", "--identity", "test"])
+            .arg("--drill-kubeconfig")
+            .arg(&kubeconfig)
+            .args(["--health-addr", &format!("127.0.0.1:{scheduler_port}")])
+            .stdout(scheduler_log.try_clone().unwrap())
+            .stderr(scheduler_log)
+            .spawn()
+            .expect("start the scheduler"),
+    );
+    let scheduled = poll(WAIT, Duration::from_millis(500), async || {
+        let mut listing = stowage_vault::catalog::drills::list_drills(&store);
+        while let Some(d) = futures::StreamExt::next(&mut listing).await {
+            let d = d.ok()?;
+            if d.requested_by.as_deref() == Some("scheduler test") {
+                return Some(d);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the scheduler ran no drill:\n{}\n{}",
+            std::fs::read_to_string(&scheduler_log_path).unwrap_or_default(),
+            logs()
+        )
+    });
+    assert_eq!(
+        scheduled.status,
+        stowage_vault::catalog::drills::DrillStatus::Succeeded,
+        "{scheduled:#?}"
+    );
+    let metrics = poll(WAIT, Duration::from_millis(500), async || {
+        let (_, body) = http_get(scheduler_port, "/metrics").await?;
+        body.contains(
+            "stowage_drill_last_success_timestamp_seconds{instance=\"shop\",tier=\"vault\"}",
+        )
+        .then_some(body)
+    })
+    .await
+    .expect("the scheduler's /metrics shows the drill");
+    let rto_line = metrics
+        .lines()
+        .find(|l| l.starts_with("stowage_drill_rto_seconds{instance=\"shop\",tier=\"vault\"} "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let rto: f64 = rto_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(rto > 0.0, "{rto_line}");
+    terminate(&scheduler.0);
+
     let drill = |tier: &str, drill_id: &str| -> (Output, Value) {
         let out = run(&[
             "drill",
@@ -296,7 +369,7 @@ async fn drills_restore_verify_time_clean_up_and_record_and_a_tampered_one_fails
     // Announced: one drill.completed per run.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
-    while seen.len() < 3 && Instant::now() < deadline {
+    while seen.len() < 4 && Instant::now() < deadline {
         for delivery in bus.drain(&probe).await {
             if delivery.routing_key != "drill.completed" {
                 continue;
@@ -311,7 +384,12 @@ async fn drills_restore_verify_time_clean_up_and_record_and_a_tampered_one_fails
             let Message::DrillCompleted(done) = envelope.message else {
                 panic!("drill.completed carried {}", envelope.message.kind());
             };
-            seen.push((done.drill_id, done.succeeded));
+            if done.drill_id != scheduled.id {
+                seen.push((done.drill_id, done.succeeded));
+            } else {
+                assert!(done.succeeded);
+                seen.push(("scheduled".into(), true));
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -322,6 +400,7 @@ async fn drills_restore_verify_time_clean_up_and_record_and_a_tampered_one_fails
             ("drill-op-1".to_owned(), true),
             ("drill-op-tampered".to_owned(), false),
             ("drill-vault-1".to_owned(), true),
+            ("scheduled".to_owned(), true),
         ]
     );
 

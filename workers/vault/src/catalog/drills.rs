@@ -1,6 +1,7 @@
 //! Restore-drill records in the vault: `drills/<drill-id>.json`, one [`DrillRecord`] per run,
 //! written once (create-only) when the drill ends, beside the job record of the restore it
-//! drove (`jobs/<restore-id>.json`).
+//! drove (`jobs/<restore-id>.json`); and each instance's drill schedule,
+//! `drill-schedules/<instance>.json` ([`DrillSchedule`]), which `stowage scheduler` follows.
 
 use std::collections::BTreeMap;
 
@@ -153,5 +154,75 @@ pub fn list_drills(store: &BlobStore) -> BoxStream<'static, Result<DrillRecord, 
         &layout::drills(),
         |key| layout::drill_id_from_key(key).is_some(),
         decode,
+    )
+}
+
+/// When and how an instance is drilled: `stowage scheduler` runs a drill once the last one of
+/// the instance's tier started `every_hours` ago (or there was none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillSchedule {
+    /// The backup instance.
+    pub instance: String,
+    /// Hours between drills (at least 1).
+    pub every_hours: u32,
+    /// The tier drilled.
+    pub tier: Tier,
+    /// Each backed-up namespace is restored into `<prefix><namespace>`.
+    pub namespace_prefix: String,
+    /// The cluster restored into; none: the instance's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_cluster: Option<String>,
+}
+
+fn decode_schedule(key: &BlobKey, bytes: &[u8]) -> Result<DrillSchedule, Error> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::Damaged,
+            format!(
+                "drill schedule {key} is unreadable: {e}; set it again with `stowage drill \
+                 schedule`"
+            ),
+        )
+    })
+}
+
+/// Writes (or replaces) `schedule` as `drill-schedules/<instance>.json`.
+pub async fn write_schedule(store: &BlobStore, schedule: &DrillSchedule) -> Result<(), Error> {
+    let key = layout::drill_schedule(&schedule.instance)?;
+    let bytes = serde_json::to_vec_pretty(schedule).expect("a drill schedule serialises");
+    match store.get(&key).await {
+        Ok(old) => store
+            .update_if_unchanged(&key, bytes, &old.version)
+            .await
+            .map(|_| ()),
+        Err(e) if e.is_not_found() => match store.put_create_only(&key, bytes).await? {
+            CreateOutcome::Created(_) => Ok(()),
+            CreateOutcome::AlreadyExists => Err(Error::contended(format!(
+                "drill schedule of {}: written by someone else meanwhile; set it again",
+                schedule.instance
+            ))),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes `instance`'s drill schedule; false when it had none.
+pub async fn delete_schedule(store: &BlobStore, instance: &str) -> Result<bool, Error> {
+    let key = layout::drill_schedule(instance)?;
+    match store.get(&key).await {
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    store.delete(&key).await.map(|_| true)
+}
+
+/// Streams every drill schedule.
+pub fn list_schedules(store: &BlobStore) -> BoxStream<'static, Result<DrillSchedule, Error>> {
+    document::list(
+        store,
+        &layout::drill_schedules(),
+        |key| layout::drill_schedule_from_key(key).is_some(),
+        decode_schedule,
     )
 }
