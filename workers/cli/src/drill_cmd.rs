@@ -913,7 +913,8 @@ async fn wait_for(store: &BlobStore, id: &str, timeout: Duration) -> anyhow::Res
                 timeout.as_secs_f64()
             );
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The RTO is measured to this resolution: a read of one small record.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
