@@ -362,6 +362,14 @@ async fn drills_restore_verify_time_clean_up_and_record_and_a_tampered_one_fails
     assert!(out.status.success(), "{err}");
     println!("{shown}");
     assert!(shown.contains("succeeded") && shown.contains("drill-shop/data-db-0"));
+    let out = run(&["drill", "show", "drill-op-tampered", "-o", "table"]);
+    let (shown, err) = stdout_and_stderr(&out);
+    assert!(out.status.success(), "{err}");
+    println!("{shown}");
+    assert!(
+        shown.contains("failed") && shown.contains("MISMATCH") && shown.contains("differ"),
+        "{shown}"
+    );
     let out = run(&["drill", "show", "drill-op-tampered", "-o", "yaml"]);
     let yaml: Value = serde_yaml::from_slice(&out.stdout).unwrap();
     assert_eq!(yaml["status"], "failed");
