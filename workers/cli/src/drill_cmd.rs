@@ -667,37 +667,40 @@ pub async fn drill(
             ..options.clone()
         },
     };
-    let before = plan_only(
+    // A recovery point that cannot even be planned (damaged, unreadable) or that the target
+    // refuses is a failed drill, recorded like any other; nothing is submitted then.
+    let pre: Result<HashSet<String>, String> = match plan_only(
         &store,
         secondary.as_ref(),
         &found,
         &plan_request(ExistingPolicy::Skip),
     )
     .await
-    .with_context(|| {
-        format!(
-            "drill {drill_id}: no plan could be made of the restore into {} ({})",
-            found.url, found.source
-        )
-    })?;
-    let expected: HashSet<String> = before
-        .plan
-        .iter()
-        .filter(|e| e.action == PlanAction::Create)
-        .map(describe)
-        .collect();
-    if let Some(conflict) = before
-        .plan
-        .iter()
-        .find(|e| e.action == PlanAction::Conflict)
     {
-        bail!(
-            "drill {drill_id}: the target refuses {}: {}; nothing was restored (`stowage \
-             restore create --dry-run` shows the whole plan)",
-            describe(conflict),
-            conflict.reason()
-        );
-    }
+        Err(e) => Err(format!(
+            "no plan could be made of the restore into {} ({}), so nothing was restored: {e:#}",
+            found.url, found.source
+        )),
+        Ok(before) => match before
+            .plan
+            .iter()
+            .find(|e| e.action == PlanAction::Conflict)
+        {
+            Some(conflict) => Err(format!(
+                "the target refuses {}: {}; nothing was restored (`stowage restore create \
+                 --dry-run` shows the whole plan)",
+                describe(conflict),
+                conflict.reason()
+            )),
+            None => Ok(before
+                .plan
+                .iter()
+                .filter(|e| e.action == PlanAction::Create)
+                .map(describe)
+                .collect()),
+        },
+    };
+    let expected = pre.clone().unwrap_or_default();
 
     let broker = RabbitBroker::new(broker_args.amqp_url.clone());
     let names = Names::new(broker_args.prefix.clone());
@@ -717,8 +720,16 @@ pub async fn drill(
             .join(", ")
     );
     let started_at = Timestamp::now();
-    crate::restore_cmd::submit_restore(&store, &broker, &names, &envelope, requested_by.clone())
+    if pre.is_ok() {
+        crate::restore_cmd::submit_restore(
+            &store,
+            &broker,
+            &names,
+            &envelope,
+            requested_by.clone(),
+        )
         .await?;
+    }
 
     let mut record = DrillRecord {
         id: drill_id.clone(),
@@ -747,10 +758,15 @@ pub async fn drill(
     };
 
     // 1. The restore, by the fleet.
-    let restored = wait_for(&store, &drill_id, Duration::from_secs_f64(args.timeout)).await;
+    let restored = match &pre {
+        Ok(_) => wait_for(&store, &drill_id, Duration::from_secs_f64(args.timeout)).await,
+        Err(reason) => Err(anyhow::anyhow!("{reason}")),
+    };
     let restored_at = Timestamp::now();
-    record.restored_at = Some(restored_at);
-    record.restore_seconds = elapsed(started_at, restored_at);
+    if pre.is_ok() {
+        record.restored_at = Some(restored_at);
+        record.restore_seconds = elapsed(started_at, restored_at);
+    }
     let mut pv_disks: Vec<(String, Option<String>)> = Vec::new();
     match restored {
         Ok(job) => {
@@ -814,7 +830,11 @@ pub async fn drill(
         }
         Err(e) => {
             record.status = DrillStatus::Failed;
-            record.reason = Some(format!("the restore did not complete: {e:#}"));
+            record.reason = Some(if pre.is_ok() {
+                format!("the restore did not complete: {e:#}")
+            } else {
+                format!("{e:#}")
+            });
         }
     }
     let verified_at = Timestamp::now();
@@ -822,7 +842,9 @@ pub async fn drill(
     record.rto_seconds = elapsed(started_at, verified_at);
 
     // 3. Cleanup.
-    if args.keep {
+    if pre.is_err() {
+        // Nothing was submitted, so nothing was created.
+    } else if args.keep {
         eprintln!("drill {drill_id}: --keep: what the drill restored is left in place");
     } else {
         cleanup(&found.client, &disks, &mapping, &pv_disks, &mut record).await;

@@ -3,7 +3,8 @@
 //! transfer; a drill of the operational tier and one of the vault tier each restore it into
 //! `drill-shop` through the workers, verify every object and volume byte, clean up, record
 //! and announce `drill.completed`; a drill after the operational snapshot's bytes were
-//! tampered with is recorded as failed, naming the volume and the bytes that differ.
+//! tampered with is recorded as failed, naming the volume and the bytes that differ; one after
+//! the recovery point's resources were damaged is recorded as failed with nothing submitted.
 
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -342,6 +343,38 @@ async fn drills_restore_verify_time_clean_up_and_record_and_a_tampered_one_fails
         "a failed drill cleans up too"
     );
 
+    // The source damaged: a byte of each resources object of the vault flipped. No plan can be
+    // made, nothing is submitted, and the drill is recorded as failed, saying why.
+    let mut stack = vec![vault_dir.join("resources")];
+    let mut flipped = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            std::fs::write(&path, bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    assert!(flipped > 0, "no resources object in the vault");
+    let (out, record) = drill("vault", "drill-vault-damaged");
+    assert_eq!(out.status.code(), Some(1), "{record:#}");
+    assert_eq!(record["status"], "failed");
+    let reason = record["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no plan could be made") && reason.contains("nothing was restored"),
+        "{reason}"
+    );
+    assert!(
+        read_job(&store, "drill-vault-damaged").await.is_err(),
+        "no restore was submitted"
+    );
+
     // Recorded in the vault, listed and shown.
     let out = run(&["drill", "list", "--instance", "shop"]);
     let (table, err) = stdout_and_stderr(&out);
@@ -350,6 +383,7 @@ async fn drills_restore_verify_time_clean_up_and_record_and_a_tampered_one_fails
         ("drill-op-1", "succeeded"),
         ("drill-vault-1", "succeeded"),
         ("drill-op-tampered", "failed"),
+        ("drill-vault-damaged", "failed"),
     ] {
         let line = table
             .lines()
@@ -377,7 +411,7 @@ async fn drills_restore_verify_time_clean_up_and_record_and_a_tampered_one_fails
     // Announced: one drill.completed per run.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = Vec::new();
-    while seen.len() < 4 && Instant::now() < deadline {
+    while seen.len() < 5 && Instant::now() < deadline {
         for delivery in bus.drain(&probe).await {
             if delivery.routing_key != "drill.completed" {
                 continue;
@@ -408,6 +442,7 @@ async fn drills_restore_verify_time_clean_up_and_record_and_a_tampered_one_fails
             ("drill-op-1".to_owned(), true),
             ("drill-op-tampered".to_owned(), false),
             ("drill-vault-1".to_owned(), true),
+            ("drill-vault-damaged".to_owned(), false),
             ("scheduled".to_owned(), true),
         ]
     );
