@@ -232,3 +232,43 @@ pub struct RpVaultSkipped {
     /// Why, in one sentence (which rules were considered, what would make it transfer).
     pub reason: String,
 }
+
+/// A restore drill finished: the latest recovery point of a tier was restored into an isolated
+/// target, verified against the recovery point, timed, and cleaned up.
+///
+/// Message type `event.drill.completed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DrillCompleted {
+    /// Id of the drill (its record is `drills/<drill-id>.json` in the vault).
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
+    pub drill_id: String,
+    /// Name of the backup instance drilled.
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
+    pub instance: String,
+    /// The recovery point restored (the tier's latest).
+    #[serde(deserialize_with = "crate::id::fields::string")]
+    #[schemars(with = "crate::id::Id")]
+    pub recovery_point_id: String,
+    /// The tier restored from.
+    pub tier: Tier,
+    /// The cluster restored into.
+    pub target_cluster: String,
+    /// Whether the restore completed and every object and volume verified.
+    pub succeeded: bool,
+    /// Why the drill failed, in one sentence; absent when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Recovery time: from the restore request to restored and verified, in seconds.
+    pub rto_seconds: f64,
+    /// Objects verified against the recovery point.
+    #[serde(default)]
+    pub objects_verified: u64,
+    /// Volume bytes verified against the recovery point.
+    #[serde(default)]
+    pub bytes_verified: u64,
+    /// When the drill finished.
+    #[serde(deserialize_with = "crate::timestamp::required")]
+    pub finished_at: Timestamp,
+}

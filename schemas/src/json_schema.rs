@@ -35,6 +35,7 @@ pub fn payload(kind: &str) -> Option<Schema> {
         "event.rp.vault-skipped" => schema_for!(events::RpVaultSkipped),
         "event.job.progress" => schema_for!(events::JobProgress),
         "event.job.failed" => schema_for!(events::JobFailed),
+        "event.drill.completed" => schema_for!(events::DrillCompleted),
         _ => return None,
     })
 }

@@ -52,6 +52,9 @@ pub enum Message {
     /// A recovery point's vault transfer was skipped by the policy.
     #[serde(rename = "event.rp.vault-skipped")]
     RpVaultSkipped(events::RpVaultSkipped),
+    /// A restore drill finished.
+    #[serde(rename = "event.drill.completed")]
+    DrillCompleted(events::DrillCompleted),
 }
 
 /// Where a message is published.
@@ -61,7 +64,7 @@ pub enum Route {
     Job(Stage),
     /// An event: the `stowage.events` topic exchange, routing key = the event name
     /// (`rp.created`, `rp.vaulted`, `rp.vault-skipped`, `rp.replicated`, `restore.hydrated`,
-    /// `restore.completed`, `job.progress` or `job.failed`).
+    /// `restore.completed`, `job.progress`, `job.failed` or `drill.completed`).
     Event(&'static str),
 }
 
@@ -92,6 +95,7 @@ impl Message {
         "event.job.progress",
         "event.job.failed",
         "event.rp.vault-skipped",
+        "event.drill.completed",
     ];
 
     /// The message type, the `type` tag on the wire, e.g. `job.snapshot`.
@@ -111,6 +115,7 @@ impl Message {
             Message::RpVaultSkipped(_) => "event.rp.vault-skipped",
             Message::JobProgress(_) => "event.job.progress",
             Message::JobFailed(_) => "event.job.failed",
+            Message::DrillCompleted(_) => "event.drill.completed",
         }
     }
 
@@ -131,6 +136,7 @@ impl Message {
             Message::RpVaultSkipped(_) => Route::Event("rp.vault-skipped"),
             Message::JobProgress(_) => Route::Event("job.progress"),
             Message::JobFailed(_) => Route::Event("job.failed"),
+            Message::DrillCompleted(_) => Route::Event("drill.completed"),
         }
     }
 
@@ -151,6 +157,7 @@ impl Message {
             Message::RestoreCompleted(ev) => (Some(&ev.recovery_point_id), Some(&ev.restore_id)),
             Message::RpVaultSkipped(ev) => (Some(&ev.recovery_point_id), None),
             Message::JobProgress(_) | Message::JobFailed(_) => (None, None),
+            Message::DrillCompleted(ev) => (Some(&ev.recovery_point_id), None),
         }
     }
 

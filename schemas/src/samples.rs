@@ -15,8 +15,8 @@ use crate::domain::{
     Schedule, Tier, Vault, VaultRule,
 };
 use crate::events::{
-    JobFailed, JobProgress, RestoreCompleted, RestoreHydrated, RpCreated, RpReplicated,
-    RpVaultSkipped, RpVaulted,
+    DrillCompleted, JobFailed, JobProgress, RestoreCompleted, RestoreHydrated, RpCreated,
+    RpReplicated, RpVaultSkipped, RpVaulted,
 };
 use crate::jobs::{
     ExistingPolicy, GeoReplicationJob, RestoreHydrationJob, RestoreJob, RestoreOptions,
@@ -269,6 +269,22 @@ pub fn samples() -> Vec<Envelope> {
                          vault tier already holds the first recovery point of its day; it \
                          stays in the operational tier only"
                     .into(),
+            }),
+        ),
+        (
+            format!("drill-{instance}-{rp}"),
+            Message::DrillCompleted(DrillCompleted {
+                drill_id: format!("drill-{instance}-{rp}"),
+                instance: instance.into(),
+                recovery_point_id: rp.into(),
+                tier: Tier::Vault,
+                target_cluster: "aks-prod".into(),
+                succeeded: true,
+                reason: None,
+                rto_seconds: 184.5,
+                objects_verified: 187,
+                bytes_verified: 96 << 20,
+                finished_at: at(20),
             }),
         ),
     ];

@@ -61,6 +61,9 @@ pub enum Command {
     Instance(crate::catalog_cmd::InstanceArgs),
     /// On-demand backups.
     Backup(crate::catalog_cmd::BackupArgs),
+    /// Restore drills: restore a tier's latest recovery point into an isolated target, verify
+    /// it, measure the recovery time, clean up; list and show past drills.
+    Drill(crate::drill_cmd::DrillArgs),
     /// Trigger every instance's scheduled backups, until SIGTERM or Ctrl-C.
     Scheduler(crate::scheduler_cmd::SchedulerArgs),
 }

@@ -48,6 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sandbox(args) => sandbox(args).await,
         Command::Jobs(args) => crate::jobs_cmd::run(args).await,
         Command::Restore(args) => crate::restore_cmd::run(args).await,
+        Command::Drill(args) => crate::drill_cmd::run(args).await,
         Command::Preflight(args) => crate::preflight_cmd::run(args).await,
         Command::Vault(args) => crate::catalog_cmd::vault(args).await,
         Command::Policy(args) => crate::catalog_cmd::policy(args).await,

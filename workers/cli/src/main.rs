@@ -6,6 +6,7 @@ mod catalog_cmd;
 mod cli;
 mod commands;
 mod demo;
+mod drill_cmd;
 mod job_file;
 mod jobs_cmd;
 mod kube_config;

@@ -35,7 +35,14 @@ pub struct SchedulerArgs {
     /// Who this scheduler is, for job records (default: the host name).
     #[arg(long, env = "STOWAGE_SCHEDULER_ID")]
     pub identity: Option<String>,
-    /// Address of the /livez endpoint: loopback (127.0.0.1:8080) by default, all interfaces
+    /// Run the instances' scheduled restore drills (`stowage drill schedule`) with this
+    /// kubeconfig: the identity that reads what a drill restored and deletes it afterwards (it
+    /// needs delete rights on namespaces and PVs; the restore workers' account has none).
+    /// Drills also need the vault key and --disk-root. Without it no drill runs; the drill
+    /// gauges at /metrics are kept either way.
+    #[arg(long, env = "STOWAGE_DRILL_KUBECONFIG", value_name = "PATH")]
+    pub drill_kubeconfig: Option<std::path::PathBuf>,
+    /// Address of the /livez and /metrics endpoints: loopback (127.0.0.1:8080) by default, all interfaces
     /// (0.0.0.0:8080) inside Kubernetes (KUBERNETES_SERVICE_HOST set).
     #[arg(long, env = "STOWAGE_HEALTH_ADDR", default_value_t = crate::cli::default_health_addr())]
     pub health_addr: SocketAddr,
@@ -82,6 +89,37 @@ pub async fn run(args: SchedulerArgs) -> anyhow::Result<()> {
         tick_seconds = args.tick_seconds,
         "scheduler started"
     );
+    // Drills: the gauges from the vault's drill records every tick, and the due drills run
+    // one after the other, beside the backup schedule (a long drill delays no backup).
+    {
+        let (vault, broker) = (args.vault.clone(), args.broker.clone());
+        let (kubeconfig, tick) = (args.drill_kubeconfig.clone(), args.tick_seconds);
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        let who = format!("scheduler {identity}");
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = crate::drill_cmd::refresh_metrics(&store).await {
+                    tracing::warn!(error = format!("{e:#}"), "cannot read the drill records");
+                }
+                if let Some(kubeconfig) = &kubeconfig
+                    && let Err(e) = crate::drill_cmd::run_due(
+                        &vault,
+                        &broker,
+                        kubeconfig,
+                        &who,
+                        Timestamp::now(),
+                    )
+                    .await
+                {
+                    tracing::warn!(error = format!("{e:#}"), "cannot run the scheduled drills");
+                }
+                tokio::select! {
+                    () = shutdown.triggered() => return,
+                    () = tokio::time::sleep(Duration::from_secs(tick)) => {}
+                }
+            }
+        });
+    }
     scheduler
         .run(
             Timestamp::now,

@@ -136,6 +136,7 @@ pub fn instance_of(message: &Message) -> Option<&str> {
         Message::RestoreHydrated(e) => &e.instance,
         Message::RestoreCompleted(e) => &e.instance,
         Message::RpVaultSkipped(e) => &e.instance,
+        Message::DrillCompleted(e) => &e.instance,
         Message::JobProgress(_) | Message::JobFailed(_) => return None,
     })
 }

@@ -22,6 +22,13 @@
 //! | `stowage_queue_oldest_message_age_seconds` | gauge | `stage` |
 //! | `stowage_queue_wait_seconds` | histogram | `stage` |
 //! | `stowage_geo_replication_lag_seconds` | histogram | — |
+//! | `stowage_drill_rto_seconds` | gauge | `instance`, `tier` (the last drill's recovery time) |
+//! | `stowage_drill_last_success_timestamp_seconds` | gauge | `instance`, `tier` |
+//! | `stowage_drill_last_run_succeeded` | gauge | `instance`, `tier` (1 or 0) |
+//!
+//! The drill gauges are set by whatever process knows the drills (`stowage scheduler` reads the
+//! vault's drill records every tick; `stowage drill run` sets them for its own run): their
+//! labels are instance names, which are few and chosen by the operator.
 //!
 //! Queue depth is polled from the broker. The age of the oldest message cannot be read over AMQP,
 //! so it is derived: queues are FIFO, so the message a worker took last was the oldest waiting
@@ -169,6 +176,26 @@ struct Series {
     queue_wait: Family<StageLabels, Histogram>,
     replication_lag: Histogram,
     queues: Mutex<BTreeMap<Stage, QueueState>>,
+    drills: Mutex<BTreeMap<(String, String), DrillState>>,
+}
+
+/// The last drill of one instance and tier.
+#[derive(Debug, Clone, Copy, Default)]
+struct DrillState {
+    /// Recovery time of the last drill, in seconds.
+    rto_seconds: Option<f64>,
+    /// Whether the last drill succeeded.
+    succeeded: Option<bool>,
+    /// Unix seconds at which the last successful drill finished.
+    last_success: Option<f64>,
+    /// Unix seconds at which the last drill (of any outcome) finished.
+    last_run: Option<f64>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrillLabels {
+    instance: String,
+    tier: String,
 }
 
 impl Default for Series {
@@ -183,6 +210,7 @@ impl Default for Series {
             queue_wait: Family::new_with_constructor(histogram),
             replication_lag: histogram(),
             queues: Mutex::default(),
+            drills: Mutex::default(),
         }
     }
 }
@@ -297,7 +325,50 @@ impl Collector for Series {
             "stowage_geo_replication_lag_seconds",
             "Time from rp.vaulted to rp.replicated.",
             &self.replication_lag,
-        )
+        )?;
+        let drills = self
+            .drills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let labels = |(instance, tier): &(String, String)| DrillLabels {
+            instance: instance.clone(),
+            tier: tier.clone(),
+        };
+        let mut rto = e.encode_descriptor(
+            "stowage_drill_rto_seconds",
+            "Recovery time of the last restore drill: request to restored and verified.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, d) in &drills {
+            if let Some(seconds) = d.rto_seconds {
+                ConstGauge::new(seconds).encode(rto.encode_family(&labels(key))?)?;
+            }
+        }
+        let mut success = e.encode_descriptor(
+            "stowage_drill_last_success_timestamp_seconds",
+            "When the last successful restore drill finished (Unix seconds).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, d) in &drills {
+            if let Some(at) = d.last_success {
+                ConstGauge::new(at).encode(success.encode_family(&labels(key))?)?;
+            }
+        }
+        let mut last = e.encode_descriptor(
+            "stowage_drill_last_run_succeeded",
+            "1 when the last restore drill succeeded, 0 when it failed.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, d) in &drills {
+            if let Some(ok) = d.succeeded {
+                ConstGauge::new(i64::from(ok)).encode(last.encode_family(&labels(key))?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -396,6 +467,34 @@ impl Metrics {
         self.series.replication_lag.observe(lag.as_secs_f64());
     }
 
+    /// A restore drill of `instance`'s `tier` finished at `finished_unix` (seconds) after a
+    /// recovery time of `rto`, succeeding or not. Drills reported out of order keep the newest
+    /// run's values; the last success is the newest successful run.
+    pub fn drill_finished(
+        &self,
+        instance: &str,
+        tier: &str,
+        rto: Duration,
+        succeeded: bool,
+        finished_unix: f64,
+    ) {
+        let mut drills = self.series.drills.lock().unwrap_or_else(|p| p.into_inner());
+        let state = drills
+            .entry((instance.to_owned(), tier.to_owned()))
+            .or_default();
+        let newest = state
+            .last_run
+            .is_none_or(|previous| finished_unix >= previous);
+        if newest {
+            state.rto_seconds = Some((rto.as_secs_f64() * 1000.0).round() / 1000.0);
+            state.succeeded = Some(succeeded);
+            state.last_run = Some(finished_unix);
+        }
+        if succeeded && state.last_success.is_none_or(|at| finished_unix > at) {
+            state.last_success = Some(finished_unix);
+        }
+    }
+
     /// The number of jobs of `stage` that ended with `outcome` so far (for tests and reports).
     pub fn jobs(&self, stage: Stage, outcome: JobOutcome) -> u64 {
         self.series
@@ -487,5 +586,26 @@ mod tests {
         let age: f64 = age_line.rsplit(' ').next().unwrap().parse().unwrap();
         assert!((9.0..60.0).contains(&age), "{age_line}");
         assert!(text.contains("stowage_geo_replication_lag_seconds_count 0\n"));
+        assert!(text.contains("# TYPE stowage_drill_rto_seconds gauge\n"));
+    }
+
+    #[test]
+    fn drills_keep_the_newest_run_and_the_last_success() {
+        let m = Metrics::default();
+        m.drill_finished("shop", "vault", Duration::from_millis(42_500), true, 1000.0);
+        m.drill_finished("shop", "vault", Duration::from_secs(90), false, 2000.0);
+        // An older run reported late changes nothing but could not be a newer success.
+        m.drill_finished("shop", "vault", Duration::from_secs(7), true, 500.0);
+        let text = m.render();
+        assert!(
+            text.contains("stowage_drill_rto_seconds{instance=\"shop\",tier=\"vault\"} 90.0\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "stowage_drill_last_success_timestamp_seconds{instance=\"shop\",tier=\"vault\"} 1000.0\n"
+        ));
+        assert!(
+            text.contains("stowage_drill_last_run_succeeded{instance=\"shop\",tier=\"vault\"} 0\n")
+        );
     }
 }

@@ -44,6 +44,10 @@ pub const PACKS: &str = "packs";
 pub const VOLUMES: &str = "volumes";
 /// Top-level folder of job records.
 pub const JOBS: &str = "jobs";
+/// Top-level folder of restore-drill records.
+pub const DRILLS: &str = "drills";
+/// Top-level folder of restore-drill schedules, one per instance.
+pub const DRILL_SCHEDULES: &str = "drill-schedules";
 /// Top-level folder of collected Kubernetes resources.
 pub const RESOURCES: &str = "resources";
 /// Top-level folder of policies.
@@ -552,6 +556,38 @@ pub fn jobs() -> KeyPrefix {
     prefix(&[JOBS])
 }
 
+/// `drills/<drill-id>.json`: the record of one restore drill (create-only).
+pub fn drill(drill_id: &str) -> Result<BlobKey, LayoutError> {
+    validate_id("drill id", drill_id)?;
+    Ok(key(&[DRILLS, &format!("{drill_id}.json")]))
+}
+
+/// `drills`: every drill record.
+pub fn drills() -> KeyPrefix {
+    prefix(&[DRILLS])
+}
+
+/// The drill id named by a key listed under [`drills`], or `None` for any other object there.
+pub fn drill_id_from_key(key: &BlobKey) -> Option<&str> {
+    id_from_key(key, DRILLS, JSON_EXTENSION)
+}
+
+/// `drill-schedules/<instance>.json`: an instance's restore-drill schedule.
+pub fn drill_schedule(instance: &str) -> Result<BlobKey, LayoutError> {
+    validate_id("instance name", instance)?;
+    Ok(key(&[DRILL_SCHEDULES, &format!("{instance}.json")]))
+}
+
+/// `drill-schedules`: every drill schedule.
+pub fn drill_schedules() -> KeyPrefix {
+    prefix(&[DRILL_SCHEDULES])
+}
+
+/// The instance named by a key listed under [`drill_schedules`].
+pub fn drill_schedule_from_key(key: &BlobKey) -> Option<&str> {
+    id_from_key(key, DRILL_SCHEDULES, JSON_EXTENSION)
+}
+
 /// The `.json` ending of every JSON document a vault holds (settings, records, manifests).
 pub const JSON_EXTENSION: &str = ".json";
 
@@ -640,6 +676,8 @@ pub const TOP_LEVEL_NAMES: &[&str] = &[
     PACKS,
     INDEX,
     JOBS,
+    DRILLS,
+    DRILL_SCHEDULES,
     STAGING,
     GC,
     KEYS,

@@ -7,6 +7,7 @@ mod helpers;
 mod catalog;
 mod cli;
 mod clusters;
+mod drill;
 mod events;
 mod instances;
 mod jobs;
