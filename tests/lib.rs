@@ -107,12 +107,12 @@ impl Bus {
         }
     }
 
-    /// Declare a queue bound to the pipeline's events (`rp.*`, `restore.*`), to observe what
+    /// Declare a queue bound to the pipeline's events (`rp.*`, `restore.*`, `drill.*`), to observe what
     /// stages emit; the runtime's `job.progress` and `job.failed` go to [`Bus::probe_job_events`].
     pub async fn probe_events(&self) -> String {
         self.probe(
             &format!("{}.probe", self.names.prefix()),
-            &["rp.#", "restore.#"],
+            &["rp.#", "restore.#", "drill.#"],
         )
         .await
     }
