@@ -906,22 +906,10 @@ async fn wait_for(store: &BlobStore, id: &str, timeout: Duration) -> anyhow::Res
                 if job.status() == JobStatus::Succeeded {
                     return Ok(job);
                 }
-                let why = job
-                    .stages
-                    .iter()
-                    .find(|s| matches!(s.status, JobStatus::Failed | JobStatus::Cancelled))
-                    .map(|s| {
-                        format!(
-                            "{} {}: {}",
-                            s.stage,
-                            crate::jobs_cmd::status_name(s.status),
-                            s.error.clone().unwrap_or_default()
-                        )
-                    })
-                    .unwrap_or_default();
                 bail!(
-                    "restore {id} {}: {why}",
-                    crate::jobs_cmd::status_name(job.status())
+                    "restore {id} {}: {}",
+                    crate::jobs_cmd::status_name(job.status()),
+                    crate::jobs_cmd::failure(&job)
                 );
             }
             Ok(_) => {}

@@ -243,6 +243,26 @@ pub fn is_finished(job: &JobRecord) -> bool {
     !matches!(job.status(), JobStatus::Queued | JobStatus::Running)
 }
 
+/// Why a finished job did not succeed: its first failed or cancelled stage, with the error
+/// (or the summary), as `<stage> <status>: <why>`; empty when no stage failed.
+pub fn failure(job: &JobRecord) -> String {
+    job.stages
+        .iter()
+        .find(|s| matches!(s.status, JobStatus::Failed | JobStatus::Cancelled))
+        .map(|s| {
+            format!(
+                "{} {}: {}",
+                s.stage,
+                status_name(s.status),
+                s.error
+                    .clone()
+                    .or_else(|| s.summary.clone())
+                    .unwrap_or_default()
+            )
+        })
+        .unwrap_or_default()
+}
+
 /// `12 MiB, 1/2 items`, `45% (…)` when a total is known.
 pub fn progress_text(p: &JobProgress) -> String {
     let mut parts = Vec::new();
@@ -556,23 +576,7 @@ pub async fn watch(
                     Ok(())
                 }
                 status => {
-                    let why = job
-                        .stages
-                        .iter()
-                        .find(|s| matches!(s.status, JobStatus::Failed | JobStatus::Cancelled))
-                        .map(|s| {
-                            format!(
-                                "{} {}: {}",
-                                s.stage,
-                                status_name(s.status),
-                                s.error
-                                    .clone()
-                                    .or_else(|| s.summary.clone())
-                                    .unwrap_or_default()
-                            )
-                        })
-                        .unwrap_or_default();
-                    bail!("job {id} {}: {why}", status_name(status))
+                    bail!("job {id} {}: {}", status_name(status), failure(&job))
                 }
             };
         }

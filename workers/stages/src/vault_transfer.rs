@@ -164,7 +164,8 @@ pub async fn transfer(
     // One transfer per volume at a time: a second one waits, then loads the index the first
     // extended and stores only what that one did not (see `VolumeLeases`).
     let leases = VolumeLeases::acquire(ctx, &key, &rp, job).await?;
-    let result = transfer_leased(ctx, instance, rp_id, &rp, &key, job).await;
+    let waited = leases.waited;
+    let result = transfer_leased(ctx, instance, rp_id, &rp, key, waited, job).await;
     leases.release().await;
     result
 }
@@ -175,15 +176,17 @@ async fn transfer_leased(
     instance: &str,
     rp_id: &str,
     rp: &RecoveryPoint,
-    key: &str,
+    key: String,
+    waited: bool,
     job: &JobContext,
 ) -> Result<TierManifest, StageError> {
     let store = &ctx.primary;
     // The RP may have been finished by an earlier attempt while this one waited for a lease.
-    if let Some(done) = catalog::read_tier_manifest(store, instance, rp_id, Tier::Vault).await? {
+    if waited
+        && let Some(done) = catalog::read_tier_manifest(store, instance, rp_id, Tier::Vault).await?
+    {
         return Ok(done);
     }
-    let key = key.to_owned();
     let mut known = ChunkIndex::load(store).await?;
     let (mut job_entries, next_seq) = recover_packs(store, &key, &mut known).await?;
     if next_seq > 0 {
@@ -574,6 +577,8 @@ const LEASE_POLL: Duration = Duration::from_millis(500);
 /// key: a redelivered attempt of the same transfer takes its own lease back at once.
 struct VolumeLeases {
     leases: Vec<Lease>,
+    /// Another transfer held one of them first: what it did may include this RP.
+    waited: bool,
     renewer: tokio::task::JoinHandle<()>,
 }
 
@@ -587,6 +592,7 @@ impl VolumeLeases {
         let volumes: std::collections::BTreeSet<&str> =
             rp.volumes.iter().map(|v| v.volume_id.as_str()).collect();
         let mut leases = Vec::with_capacity(volumes.len());
+        let mut waited = false;
         for volume in volumes {
             let key = layout::transfer_lease(volume).map_err(StageError::permanent)?;
             let lease = Lease::new(ctx.primary.clone(), key, holder, LEASE_TTL);
@@ -595,6 +601,7 @@ impl VolumeLeases {
                 match lease.try_acquire().await? {
                     Acquired::Yes => break,
                     Acquired::HeldBy { holder, expires_at } => {
+                        waited = true;
                         if !told {
                             tracing::info!(volume, other = %holder, until = %expires_at, "another transfer of this volume is running; waiting for it, so chunks they share are stored once");
                             told = true;
@@ -635,7 +642,11 @@ impl VolumeLeases {
                 }
             }
         });
-        Ok(Self { leases, renewer })
+        Ok(Self {
+            leases,
+            waited,
+            renewer,
+        })
     }
 
     async fn release(self) {

@@ -16,7 +16,6 @@ use kube::api::ListParams;
 use serde_json::Value;
 use stowage_runtime::{RetryPolicy, Topology};
 use stowage_sandbox::Sandbox;
-use stowage_schemas::codec::{ContentType, decode};
 use stowage_schemas::domain::{BackupInstance, CalendarPeriod, JobStatus, Namespaces, Scope};
 use stowage_schemas::{Message, Stage, samples};
 use stowage_tests::{free_port, http_get};
@@ -416,13 +415,8 @@ async fn drills_restore_verify_time_clean_up_and_record_and_a_tampered_one_fails
             if delivery.routing_key != "drill.completed" {
                 continue;
             }
-            let ct = delivery
-                .properties
-                .content_type
-                .as_deref()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(ContentType::MessagePack);
-            let envelope = decode(&delivery.body, ct).expect("a drill.completed event");
+            let envelope = stowage_runtime::envelope::decode_delivery(&delivery)
+                .expect("a drill.completed event");
             let Message::DrillCompleted(done) = envelope.message else {
                 panic!("drill.completed carried {}", envelope.message.kind());
             };

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use stowage_disk::{DiskId, DiskProvider, LocalDiskProvider};
 use stowage_runtime::client::submit;
 use stowage_runtime::{StageConfig, Worker};
-use stowage_schemas::codec::{ContentType, decode};
 use stowage_schemas::domain::Tier;
 use stowage_schemas::events::RestoreCompleted;
 use stowage_schemas::jobs::{RestoreJob, RestoreOptions, StagedDisk, Staging};
@@ -36,13 +35,8 @@ async fn wait_event(
             if delivery.routing_key != routing_key {
                 continue;
             }
-            let ct = delivery
-                .properties
-                .content_type
-                .as_deref()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(ContentType::MessagePack);
-            let envelope = decode(&delivery.body, ct).expect("an event the stages emitted");
+            let envelope = stowage_runtime::envelope::decode_delivery(&delivery)
+                .expect("an event the stages emitted");
             if wanted(&envelope.message) {
                 return envelope.message;
             }
