@@ -1,11 +1,23 @@
-//! The vault data plane against restic and borg, on the same data, in the same run, with every
-//! repository on the same filesystem.
+//! The vault data plane against restic and borg, and against what the machine can do, on the
+//! same data, in the same run, with every repository on the same filesystem.
 //!
-//! (a) full transfer of an image, half random and half a repeated pattern;
+//! Each of `--runs` rounds (default 3) measures, in this order:
+//!
+//! (l) the raw limit of each step on the image's bytes: sequential read of the snapshot image;
+//!     keyed BLAKE3 of every piece; zstd-1 (a full attempt) and AES-256-GCM of each distinct
+//!     chunk (what a full transfer must compress and encrypt); a sequential write of the image
+//!     size, fsync'd. The full transfer's limit is the 2-core pipeline bound
+//!     `max(read, (hash + zstd + aes) / cores, write of the stored bytes)`; the restore's is the
+//!     fsync'd write of the image;
+//! (a) full transfer of an image, half random and half a repeated pattern, into a fresh vault
+//!     and fresh restic and borg repositories;
 //! (b) incremental after 1% of the image changed in scattered 4 KiB writes: bytes added and time;
 //! (c) restore (hydration) throughput;
 //! (d) peak RSS: this process for Stowage (it runs the same code a worker runs), GNU time's
 //!     maximum resident set for the peers.
+//!
+//! The report gives the median of the rounds and the spread (min–max), and the load average at
+//! the start of each round (the machine may be shared).
 //!
 //! ```sh
 //! cargo run --release -p stowage-load-tests --bin vault-bench -- --size-mib 1024
@@ -20,7 +32,7 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use rand::{RngExt as _, SeedableRng as _};
-use stowage_disk::{DiskId, DiskProvider as _, LocalDiskProvider};
+use stowage_disk::{DiskId, DiskProvider as _, LocalDiskProvider, SnapshotId};
 use stowage_runtime::JobContext;
 use stowage_schemas::Stage;
 use stowage_schemas::domain::{RecoveryPoint, Tier, VolumeBackup};
@@ -36,6 +48,9 @@ struct Args {
     /// Image size in MiB.
     #[arg(long, default_value_t = 1024)]
     size_mib: u64,
+    /// Rounds; the report gives their median and spread.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// Where to put the disks and the three repositories (one filesystem).
     #[arg(long)]
     workdir: Option<PathBuf>,
@@ -47,9 +62,63 @@ struct Measure {
     peak_rss: u64,
 }
 
+/// Seconds each step takes on this machine for the image of one round (see the module doc).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    read: f64,
+    hash: f64,
+    zstd: f64,
+    aes: f64,
+    /// Sequential write of the whole image, fsync'd.
+    write_image: f64,
+    /// Bytes a full transfer must store (distinct non-zero chunks).
+    stored: u64,
+    cores: f64,
+}
+
+impl Limits {
+    /// The fsync'd write of the bytes a full transfer stores, at the measured rate.
+    fn write_stored(&self, size: u64) -> f64 {
+        self.write_image * self.stored as f64 / size as f64
+    }
+
+    /// The 2-core pipeline bound for the full transfer, and the step that sets it.
+    fn full(&self, size: u64) -> (f64, &'static str) {
+        let cpu = (self.hash + self.zstd + self.aes) / self.cores;
+        let write = self.write_stored(size);
+        let mut bound = (self.read, "read");
+        if cpu > bound.0 {
+            bound = (cpu, "CPU (hash + zstd + AES) / cores");
+        }
+        if write > bound.0 {
+            bound = (write, "fsync'd write");
+        }
+        bound
+    }
+}
+
+/// One round's figures.
+struct Round {
+    load: String,
+    limits: Limits,
+    ours_full: Measure,
+    restic_full: Measure,
+    borg_full: Measure,
+    ours_incr: Measure,
+    restic_incr: Measure,
+    borg_incr: Measure,
+    ours_restore: f64,
+    restic_restore: f64,
+    restic_sync: f64,
+    borg_restore: f64,
+    borg_sync: f64,
+    changed_bytes: u64,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     let size = args.size_mib * MIB;
     let work = args.workdir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("stowage-vault-bench-{}", std::process::id()))
@@ -88,20 +157,68 @@ async fn main() -> anyhow::Result<()> {
     }
     file.sync_all()?;
     drop(file);
+    drop(buf);
 
-    let vault = work.join("vault");
+    let mut rounds = Vec::new();
+    for round in 0..args.runs {
+        let load = load_average();
+        eprintln!("round {} of {} (load {load})", round + 1, args.runs);
+        let figures = one_round(&work, &disks, &raw, size, round, load).await?;
+        eprintln!(
+            "  full {:.2} s (limit {:.2} s), restore {:.2} s (limit {:.2} s), restic full {:.2} s",
+            figures.ours_full.seconds,
+            figures.limits.full(size).0,
+            figures.ours_restore,
+            figures.limits.write_image,
+            figures.restic_full.seconds
+        );
+        rounds.push(figures);
+    }
+    let peak = peak_rss_self();
+    report(&args, size, &rounds, peak);
+    std::fs::remove_dir_all(&work).ok();
+    Ok(())
+}
+
+/// One round: raw limits, then Stowage, restic and borg into fresh repositories: full,
+/// incremental, restore.
+async fn one_round(
+    work: &Path,
+    disks: &Arc<LocalDiskProvider>,
+    raw: &Path,
+    size: u64,
+    round: usize,
+    load: String,
+) -> anyhow::Result<Round> {
+    let dir = work.join(format!("round-{round}"));
+    std::fs::create_dir_all(&dir)?;
+    let vault = dir.join("vault");
     let ctx = VaultContext::new(
         BlobStore::local_folder(&vault, LocalDurability::Fsync)?,
         VaultKey::generate()?,
         disks.clone(),
     );
+    let (full_rp, incr_rp) = (format!("r{round}-full"), format!("r{round}-incr"));
+
+    // (l) the snapshot the full transfer reads, then the raw limits on its bytes.
+    let snap = disks
+        .snapshot(&DiskId("image".into()), &full_rp)
+        .await?;
+    sync()?;
+    let limits = raw_limits(
+        &disks.snapshot_path(&snap.id),
+        &dir.join("write-limit"),
+        size,
+        &ctx.key,
+        &ctx.grid,
+    )?;
 
     // (a) full
-    let ours_full = stowage_backup(&ctx, &disks, "rp-1", size, &vault).await?;
+    let ours_full = stowage_backup(&ctx, disks, &full_rp, size, &vault).await?;
     let peers = Peers {
-        restic_repo: work.join("restic"),
-        borg_repo: work.join("borg"),
-        raw: raw.clone(),
+        restic_repo: dir.join("restic"),
+        borg_repo: dir.join("borg"),
+        raw: raw.to_owned(),
     };
     run(&mut peers.restic(&["init"]))?;
     run(peers
@@ -113,11 +230,11 @@ async fn main() -> anyhow::Result<()> {
     // (b) 1% changed, in scattered 4 KiB writes, identical on both copies.
     let writes = (size / 100 / 4096) as usize;
     let mut changed = std::collections::BTreeSet::new();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2 + round as u64);
     while changed.len() < writes {
         changed.insert(rng.random_range(0..size / 4096));
     }
-    let file = std::fs::OpenOptions::new().write(true).open(&raw)?;
+    let file = std::fs::OpenOptions::new().write(true).open(raw)?;
     let mut block = vec![0u8; 4096];
     for b in &changed {
         rng.fill(&mut block[..]);
@@ -129,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
     file.sync_all()?;
     drop(file);
     let changed_bytes = writes as u64 * 4096;
-    let ours_incr = stowage_backup(&ctx, &disks, "rp-2", size, &vault).await?;
+    let ours_incr = stowage_backup(&ctx, disks, &incr_rp, size, &vault).await?;
     let restic_incr = peers.restic_backup()?;
     let borg_incr = peers.borg_create("incr")?;
 
@@ -138,17 +255,18 @@ async fn main() -> anyhow::Result<()> {
     // on that), the peers do not, so their restores are also timed with the `sync` that makes
     // them durable.
     sync()?;
+    let restore_id = format!("bench-{round}");
     let started = Instant::now();
     let staging = stowage_stages::restore_hydration::hydrate(
         &ctx,
-        &hydration(),
+        &hydration(&restore_id, &incr_rp),
         &JobContext::detached(Stage::RestoreHydration),
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let ours_restore = started.elapsed().as_secs_f64();
     anyhow::ensure!(staging.disks.len() == 1);
-    let restore_dir = work.join("restic-restore");
+    let restore_dir = dir.join("restic-restore");
     sync()?;
     let restic_restore = peer(
         &restore_dir,
@@ -158,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
             .arg(&restore_dir),
     )?;
     let restic_sync = timed_sync()?;
-    let borg_dir = work.join("borg-restore");
+    let borg_dir = dir.join("borg-restore");
     std::fs::create_dir_all(&borg_dir)?;
     sync()?;
     let borg_restore = peer(
@@ -169,82 +287,307 @@ async fn main() -> anyhow::Result<()> {
             .current_dir(&borg_dir),
     )?;
     let borg_sync = timed_sync()?;
-    let peak = peak_rss_self();
 
-    let gib = size as f64 / (1u64 << 30) as f64;
+    // Leave the next round the image and nothing else.
+    for staged in &staging.disks {
+        disks.delete_disk(&DiskId(staged.disk_id.clone())).await?;
+    }
+    for rp in [&full_rp, &incr_rp] {
+        disks.delete_snapshot(&SnapshotId(rp.clone())).await?;
+    }
+    std::fs::remove_dir_all(&dir)?;
+    sync()?;
+    Ok(Round {
+        load,
+        limits,
+        ours_full,
+        restic_full,
+        borg_full,
+        ours_incr,
+        restic_incr,
+        borg_incr,
+        ours_restore,
+        restic_restore: restic_restore.seconds,
+        restic_sync,
+        borg_restore: borg_restore.seconds,
+        borg_sync,
+        changed_bytes,
+    })
+}
+
+/// The raw limit of each step on the snapshot image's bytes (see the module doc). Memory: one
+/// 16 MiB block of the image at a time.
+fn raw_limits(
+    image: &Path,
+    scratch: &Path,
+    size: u64,
+    key: &VaultKey,
+    grid: &stowage_vault::chunk::ChunkGrid,
+) -> anyhow::Result<Limits> {
+    use std::io::{Read as _, Write as _};
+    let piece = grid.chunk_size() as usize;
+    let block_len = 16 * MIB as usize;
+    let keys = key.chunk_keys();
+    let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &[7u8; 32])
+        .map_err(|_| anyhow::anyhow!("AES-256-GCM key setup failed"))?;
+    let aes = ring::aead::LessSafeKey::new(unbound);
+
+    // Sequential read, alone.
+    let mut block = vec![0u8; block_len];
+    let started = Instant::now();
+    let mut file = std::fs::File::open(image)?;
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    let read = started.elapsed().as_secs_f64();
+    anyhow::ensure!(total == size, "read {total} of {size} image bytes");
+
+    // Per piece: keyed BLAKE3 of every non-zero piece; zstd-1 and AES-256-GCM of each distinct one.
+    let (mut hash, mut zstd, mut aes_secs) = (0f64, 0f64, 0f64);
+    let mut seen = std::collections::HashSet::new();
+    let mut stored = 0u64;
+    let mut scratch_buf = Vec::with_capacity(piece + 16);
+    let mut compressor = zstd::bulk::Compressor::new(1)?;
+    let mut file = std::fs::File::open(image)?;
+    let mut offset = 0u64;
+    while offset < size {
+        let len = (size - offset).min(block_len as u64) as usize;
+        file.read_exact(&mut block[..len])?;
+        for data in block[..len].chunks(piece) {
+            if stowage_vault::chunk::is_all_zero(data) {
+                continue;
+            }
+            let t = Instant::now();
+            let id = keys.chunk_id(data);
+            hash += t.elapsed().as_secs_f64();
+            if !seen.insert(id) {
+                continue;
+            }
+            stored += data.len() as u64;
+            let t = Instant::now();
+            let compressed = compressor.compress(data)?;
+            zstd += t.elapsed().as_secs_f64();
+            std::hint::black_box(compressed);
+            scratch_buf.clear();
+            scratch_buf.extend_from_slice(data);
+            let t = Instant::now();
+            let tag = aes.seal_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key([0u8; 12]),
+                ring::aead::Aad::from(id.as_bytes()),
+                &mut scratch_buf,
+            )
+            .map_err(|_| anyhow::anyhow!("AES-256-GCM sealing failed"))?;
+            aes_secs += t.elapsed().as_secs_f64();
+            std::hint::black_box(tag);
+        }
+        offset += len as u64;
+    }
+
+    // Sequential write of the image size, fsync'd (the restore's whole job; the full transfer
+    // writes `stored` of it).
+    sync()?;
+    let started = Instant::now();
+    let mut out = std::fs::File::create(scratch)?;
+    let mut written = 0u64;
+    while written < size {
+        let len = (size - written).min(block_len as u64) as usize;
+        out.write_all(&block[..len])?;
+        written += len as u64;
+    }
+    out.sync_all()?;
+    let write_image = started.elapsed().as_secs_f64();
+    drop(out);
+    std::fs::remove_file(scratch)?;
+    Ok(Limits {
+        read,
+        hash,
+        zstd,
+        aes: aes_secs,
+        write_image,
+        stored,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+    })
+}
+
+/// Median (upper for an even count), min and max.
+fn spread(mut values: Vec<f64>) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (
+        values[values.len() / 2],
+        values[0],
+        values[values.len() - 1],
+    )
+}
+
+/// "median (min–max)" with `digits` decimals.
+fn fmt_spread(values: Vec<f64>, digits: usize) -> String {
+    let (m, lo, hi) = spread(values);
+    format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
+}
+
+fn report(args: &Args, size: u64, rounds: &[Round], peak: u64) {
     let mbps = |secs: f64| size as f64 / MIB as f64 / secs;
+    let of = |f: &dyn Fn(&Round) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
+    let changed = rounds[0].changed_bytes;
     println!(
-        "Image: {} MiB, half random, half a repeated 4 KiB pattern; 1% changed = {} scattered 4 KiB writes ({} bytes).\n",
-        args.size_mib, writes, changed_bytes
+        "Image: {} MiB, half random, half a repeated 4 KiB pattern; 1% changed = {} scattered 4 KiB writes ({} bytes) per round.",
+        args.size_mib,
+        changed / 4096,
+        changed
     );
+    println!(
+        "{} rounds; every figure is the median (min–max); load average (1, 5, 15 min) at each round's start: {}.\n",
+        rounds.len(),
+        rounds
+            .iter()
+            .map(|r| r.load.as_str())
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    println!("Raw limits on the same bytes (seconds for the image; MiB/s of the bytes each step handles):\n");
+    println!("| step | bytes | seconds | MiB/s |");
+    println!("|---|---|---|---|");
+    let stored = rounds[0].limits.stored;
+    let rows: [(&str, u64, &dyn Fn(&Round) -> f64); 6] = [
+        ("sequential read of the snapshot image", size, &|r| r.limits.read),
+        ("keyed BLAKE3 of every piece", size, &|r| r.limits.hash),
+        ("zstd-1, full attempt, distinct chunks", stored, &|r| r.limits.zstd),
+        ("AES-256-GCM, distinct chunks", stored, &|r| r.limits.aes),
+        ("sequential write of the stored bytes, fsync'd", stored, &|r| {
+            r.limits.write_stored(size)
+        }),
+        ("sequential write of the image, fsync'd", size, &|r| {
+            r.limits.write_image
+        }),
+    ];
+    for (name, bytes, secs) in rows {
+        let rate = |s: f64| bytes as f64 / MIB as f64 / s;
+        println!(
+            "| {name} | {} MiB | {} | {} |",
+            bytes / MIB,
+            fmt_spread(of(secs), 2),
+            fmt_spread(of(&|r| rate(secs(r))), 0)
+        );
+    }
+    let bounds: Vec<&str> = rounds.iter().map(|r| r.limits.full(size).1).collect();
+    println!(
+        "\nFull-transfer limit = max(read, (hash + zstd + AES) / {} cores, write of the stored bytes): {} MiB/s, bound by {}.",
+        rounds[0].limits.cores,
+        fmt_spread(of(&|r| mbps(r.limits.full(size).0)), 0),
+        bounds.join(", ")
+    );
+    println!(
+        "Restore limit = sequential write of the image, fsync'd: {} MiB/s.\n",
+        fmt_spread(of(&|r| mbps(r.limits.write_image)), 0)
+    );
+
     println!(
         "| case | Stowage | restic {} | borg {} | target | result |",
         version("restic"),
         version("borg")
     );
     println!("|---|---|---|---|---|---|");
+    let full_share = of(&|r| r.limits.full(size).0 / r.ours_full.seconds);
+    let full_vs_restic = of(&|r| r.restic_full.seconds / r.ours_full.seconds);
     println!(
-        "| (a) full transfer, MiB/s | {:.0} | {:.0} | {:.0} | ≥ 2× restic | {:.1}× restic |",
-        mbps(ours_full.seconds),
-        mbps(restic_full.seconds),
-        mbps(borg_full.seconds),
-        restic_full.seconds / ours_full.seconds
+        "| (a) full transfer, MiB/s | {} | {} | {} | ≥ 70% of limit, ≥ 2.5× restic | {}% of limit, {}× restic |",
+        fmt_spread(of(&|r| mbps(r.ours_full.seconds)), 0),
+        fmt_spread(of(&|r| mbps(r.restic_full.seconds)), 0),
+        fmt_spread(of(&|r| mbps(r.borg_full.seconds)), 0),
+        fmt_spread(full_share.iter().map(|s| s * 100.0).collect(), 0),
+        fmt_spread(full_vs_restic, 1),
     );
     println!(
-        "| (a) repository size after full, MiB | {:.0} | {:.0} | {:.0} | | |",
-        ours_full.bytes_added as f64 / MIB as f64,
-        restic_full.bytes_added as f64 / MIB as f64,
-        borg_full.bytes_added as f64 / MIB as f64
+        "| (a) repository size after full, MiB | {} | {} | {} | | |",
+        fmt_spread(of(&|r| r.ours_full.bytes_added as f64 / MIB as f64), 0),
+        fmt_spread(of(&|r| r.restic_full.bytes_added as f64 / MIB as f64), 0),
+        fmt_spread(of(&|r| r.borg_full.bytes_added as f64 / MIB as f64), 0),
+    );
+    let incr_ratio = of(&|r| r.ours_incr.bytes_added as f64 / r.changed_bytes as f64);
+    let incr_met = incr_ratio.iter().all(|x| *x <= 1.5);
+    println!(
+        "| (b) bytes added by the incremental, × changed | {} | {} | {} | ≤ 1.5× | {} |",
+        fmt_spread(incr_ratio, 2),
+        fmt_spread(
+            of(&|r| r.restic_incr.bytes_added as f64 / r.changed_bytes as f64),
+            1
+        ),
+        fmt_spread(
+            of(&|r| r.borg_incr.bytes_added as f64 / r.changed_bytes as f64),
+            1
+        ),
+        if incr_met { "met" } else { "missed" }
+    );
+    let incr_time = of(&|r| 100.0 * r.ours_incr.seconds / r.ours_full.seconds);
+    let time_met = spread(incr_time.clone()).0 <= 10.0;
+    println!(
+        "| (b) incremental time, % of full | {} | {} | {} | ≤ 10% | {} |",
+        fmt_spread(incr_time, 1),
+        fmt_spread(
+            of(&|r| 100.0 * r.restic_incr.seconds / r.restic_full.seconds),
+            1
+        ),
+        fmt_spread(
+            of(&|r| 100.0 * r.borg_incr.seconds / r.borg_full.seconds),
+            1
+        ),
+        if time_met { "met (median)" } else { "missed (median)" }
+    );
+    let restore_share = of(&|r| r.limits.write_image / r.ours_restore);
+    println!(
+        "| (c) restore to durable storage (peers: + sync), MiB/s | {} | {} | {} | ≥ 70% of limit, ≥ 2× restic | {}% of limit, {}× restic |",
+        fmt_spread(of(&|r| mbps(r.ours_restore)), 0),
+        fmt_spread(of(&|r| mbps(r.restic_restore + r.restic_sync)), 0),
+        fmt_spread(of(&|r| mbps(r.borg_restore + r.borg_sync)), 0),
+        fmt_spread(restore_share.iter().map(|s| s * 100.0).collect(), 0),
+        fmt_spread(of(&|r| (r.restic_restore + r.restic_sync) / r.ours_restore), 1),
     );
     println!(
-        "| (b) bytes added by the incremental, × changed | {:.2} | {:.1} | {:.1} | ≤ 1.5× | {} |",
-        ours_incr.bytes_added as f64 / changed_bytes as f64,
-        restic_incr.bytes_added as f64 / changed_bytes as f64,
-        borg_incr.bytes_added as f64 / changed_bytes as f64,
-        if (ours_incr.bytes_added as f64) <= 1.5 * changed_bytes as f64 {
-            "met"
-        } else {
-            "missed"
-        }
+        "| (c) restore, peers without sync, MiB/s | {} (fsync'd) | {} | {} | | {}× restic |",
+        fmt_spread(of(&|r| mbps(r.ours_restore)), 0),
+        fmt_spread(of(&|r| mbps(r.restic_restore)), 0),
+        fmt_spread(of(&|r| mbps(r.borg_restore)), 0),
+        fmt_spread(of(&|r| r.restic_restore / r.ours_restore), 1),
     );
+    let peer_peak = |f: &dyn Fn(&Round) -> u64| {
+        rounds.iter().map(f).max().unwrap_or(0) as f64 / MIB as f64
+    };
     println!(
-        "| (b) incremental time, % of full | {:.1}% | {:.1}% | {:.1}% | ≤ 10% | {} |",
-        100.0 * ours_incr.seconds / ours_full.seconds,
-        100.0 * restic_incr.seconds / restic_full.seconds,
-        100.0 * borg_incr.seconds / borg_full.seconds,
-        if ours_incr.seconds <= 0.1 * ours_full.seconds {
-            "met"
-        } else {
-            "missed"
-        }
-    );
-    println!(
-        "| (c) restore to durable storage (peers: + sync), MiB/s | {:.0} | {:.0} | {:.0} | ≥ restic | {:.1}× restic |",
-        mbps(ours_restore),
-        mbps(restic_restore.seconds + restic_sync),
-        mbps(borg_restore.seconds + borg_sync),
-        (restic_restore.seconds + restic_sync) / ours_restore
-    );
-    println!(
-        "| (c) restore, peers without sync, MiB/s | {:.0} (fsync'd) | {:.0} | {:.0} | | {:.1}× restic |",
-        mbps(ours_restore),
-        mbps(restic_restore.seconds),
-        mbps(borg_restore.seconds),
-        restic_restore.seconds / ours_restore
-    );
-    println!(
-        "| (d) peak RSS, MiB | {:.0} | {:.0} (backup) | {:.0} (backup) | ≤ 128 MiB | {} |",
+        "| (d) peak RSS, MiB (max of the rounds) | {:.0} | {:.0} (backup) | {:.0} (backup) | ≤ 128 MiB | {} |",
         peak as f64 / MIB as f64,
-        restic_full.peak_rss.max(restic_incr.peak_rss) as f64 / MIB as f64,
-        borg_full.peak_rss.max(borg_incr.peak_rss) as f64 / MIB as f64,
+        peer_peak(&|r| r.restic_full.peak_rss.max(r.restic_incr.peak_rss)),
+        peer_peak(&|r| r.borg_full.peak_rss.max(r.borg_incr.peak_rss)),
         if peak <= 128 * MIB { "met" } else { "missed" }
     );
     println!(
-        "\nStowage times: full {:.2} s, incremental {:.2} s, restore {:.2} s ({gib:.2} GiB).",
-        ours_full.seconds, ours_incr.seconds, ours_restore
+        "\nStowage seconds per round: full {}, incremental {}, restore {}; full-transfer limit {}; restore limit {}.",
+        list(of(&|r| r.ours_full.seconds)),
+        list(of(&|r| r.ours_incr.seconds)),
+        list(of(&|r| r.ours_restore)),
+        list(of(&|r| r.limits.full(size).0)),
+        list(of(&|r| r.limits.write_image)),
     );
-    std::fs::remove_dir_all(&work).ok();
-    Ok(())
+}
+
+fn list(values: Vec<f64>) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.2}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// `/proc/loadavg`'s three load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Snapshot the image as `rp`, write its manifest, and time the vault transfer alone.
@@ -290,11 +633,11 @@ async fn stowage_backup(
     })
 }
 
-fn hydration() -> RestoreHydrationJob {
+fn hydration(restore_id: &str, rp: &str) -> RestoreHydrationJob {
     RestoreHydrationJob {
-        restore_id: "bench".into(),
+        restore_id: restore_id.into(),
         instance: "bench".into(),
-        recovery_point_id: "rp-2".into(),
+        recovery_point_id: rp.into(),
         tier: Tier::Vault,
         staging_location: None,
         options: RestoreOptions::default(),
