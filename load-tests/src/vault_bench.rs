@@ -120,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     let size = args.size_mib * MIB;
-    let work = args.workdir.unwrap_or_else(|| {
+    let work = args.workdir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("stowage-vault-bench-{}", std::process::id()))
     });
     std::fs::create_dir_all(&work)?;
@@ -372,7 +372,7 @@ fn raw_limits(
             let t = Instant::now();
             let compressed = compressor.compress(data)?;
             zstd += t.elapsed().as_secs_f64();
-            std::hint::black_box(compressed);
+            let _ = std::hint::black_box(compressed);
             scratch_buf.clear();
             scratch_buf.extend_from_slice(data);
             let t = Instant::now();
@@ -383,7 +383,7 @@ fn raw_limits(
             )
             .map_err(|_| anyhow::anyhow!("AES-256-GCM sealing failed"))?;
             aes_secs += t.elapsed().as_secs_f64();
-            std::hint::black_box(tag);
+            let _ = std::hint::black_box(tag);
         }
         offset += len as u64;
     }

@@ -206,6 +206,22 @@ pub trait DiskProvider: Send + Sync + 'static {
         buf: &'a mut [u8],
     ) -> DiskFuture<'a>;
 
+    /// `len` bytes of the snapshot at `offset` in a buffer of their own (what a transfer reads
+    /// a piece into). The default zero-fills a buffer and calls [`Self::read_snapshot`]; a
+    /// provider that can read straight into a buffer it owns overrides it, sparing a copy.
+    fn read_snapshot_owned<'a>(
+        &'a self,
+        id: &'a SnapshotId,
+        offset: u64,
+        len: usize,
+    ) -> DiskFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            let mut buf = vec![0u8; len];
+            self.read_snapshot(id, offset, &mut buf).await?;
+            Ok(buf)
+        })
+    }
+
     /// Ranges of the snapshot that may hold data (everything written up to it), sorted and
     /// merged; holes are never listed. Used for full transfers.
     fn allocated_ranges<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, Vec<ByteRange>>;

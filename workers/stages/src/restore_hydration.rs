@@ -31,7 +31,7 @@ use stowage_vault::crypto::ChunkKeys;
 use stowage_vault::extent::{ExtentMap, ExtentTarget, load_chain};
 use stowage_vault::index::ChunkIndex;
 use stowage_vault::layout;
-use stowage_vault::pack::read_chunk;
+use stowage_vault::pack::read_chunk_bytes;
 use stowage_vault::store::BlobStore;
 
 use crate::context::VaultContext;
@@ -272,6 +272,9 @@ async fn hydrate_volume(
         rp_id.to_owned(),
         tier.to_owned(),
     );
+    // Chunks read (and decrypted) ahead of the disk writes: twice the pieces in flight, so the
+    // pack reads keep up while the provider writes a batch.
+    let read_ahead = 2 * ctx.parallelism.max(1);
     let pieces = futures::stream::iter(extents)
         .map(move |(offset, length, id, offset_in_chunk)| {
             let (store, keys, index, cache) = (store.clone(), keys.clone(), index.clone(), cache.clone());
@@ -287,15 +290,15 @@ async fn hydrate_volume(
                         // flight run on every core, not serially inside this stream.
                         let read = tokio::spawn({
                             let (store, keys) = (store.clone(), keys.clone());
-                            async move { read_chunk(&store, &keys, &id, &location).await }
+                            async move { read_chunk_bytes(&store, &keys, &id, &location).await }
                         });
                         let read = read.await.map_err(|e| StageError::transient(format!("a chunk read task failed: {e}")))?;
-                        let plain = Bytes::from(read.map_err(|e| match e {
+                        let plain = read.map_err(|e| match e {
                             e if e.corruption().is_some() => StageError::permanent(format!(
                                 "recovery point {rp_id} ({tier} tier) cannot be restored: {e}"
                             )),
                             other => StageError::from(other),
-                        })?);
+                        })?;
                         let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
                         if c.len() >= CHUNK_CACHE_ENTRIES {
                             c.clear();
@@ -315,7 +318,7 @@ async fn hydrate_volume(
                 Ok::<_, StageError>((offset, plain.slice(start..end)))
             }
         })
-        .buffered(ctx.parallelism.max(1));
+        .buffered(read_ahead);
     // The disk provider sees a DiskError stream; the real cause is kept aside to report it.
     let slot = failure.clone();
     let mut pieces = pieces
@@ -332,7 +335,7 @@ async fn hydrate_volume(
         .boxed();
     // Reading and decrypting run in a task of their own, a bounded channel ahead of the disk
     // writes, so the two overlap instead of taking turns.
-    let (mut ahead, behind) = futures::channel::mpsc::channel(ctx.parallelism.max(1));
+    let (mut ahead, behind) = futures::channel::mpsc::channel(read_ahead);
     let producer = tokio::spawn(async move {
         while let Some(piece) = pieces.next().await {
             let failed = piece.is_err();

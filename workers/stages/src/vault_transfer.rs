@@ -35,14 +35,15 @@ use stowage_schemas::events::{RpCreated, RpVaultSkipped, RpVaulted};
 use stowage_schemas::jobs::VaultTransferJob;
 use stowage_schemas::{Message, Stage};
 use stowage_vault::catalog::{self, TierManifest, TieredVolume, TransferStats};
-use stowage_vault::chunk::{ChangedRanges, ChunkId, SealedChunk, is_all_zero, seal_chunk};
+use stowage_vault::chunk::{ChangedRanges, ChunkId, SealedChunk, is_all_zero, seal_chunk_as};
 use stowage_vault::crypto::ChunkKeys;
 use stowage_vault::extent::{ExtentMap, ExtentMapBuilder, load_chain};
 use stowage_vault::index::{self, ChunkIndex};
 use stowage_vault::layout;
 use stowage_vault::lease::{Acquired, Lease};
 use stowage_vault::pack::{
-    ChunkLocation, PackId, PackNaming, PackWriter, WrittenPack, read_pack_index,
+    ChunkLocation, PackId, PackNaming, PackWriter, UPLOADS_IN_FLIGHT, WrittenPack,
+    read_pack_index,
 };
 use stowage_vault::store::{BlobStore, CreateOutcome};
 
@@ -318,7 +319,9 @@ async fn transfer_leased(
 }
 
 /// The packs an interrupted attempt of this job uploaded: their chunks become known, and the
-/// writer continues after the last one.
+/// writer continues after the last one. Up to [`UPLOADS_IN_FLIGHT`] packs upload at once, so
+/// an attempt killed mid-way may have left a gap of fewer numbers than that: the probe looks
+/// that far past a missing number before it concludes there are no more.
 async fn recover_packs(
     store: &BlobStore,
     job_key: &str,
@@ -326,10 +329,12 @@ async fn recover_packs(
 ) -> Result<(Vec<(ChunkId, ChunkLocation)>, u64), StageError> {
     let mut entries = Vec::new();
     let mut seq = 0;
+    let mut missing_in_a_row = 0;
     loop {
         let id = PackId::for_job(job_key, seq);
         match read_pack_index(store, &id).await {
             Ok(found) => {
+                missing_in_a_row = 0;
                 for e in found {
                     let location = ChunkLocation {
                         pack: id.clone(),
@@ -339,11 +344,16 @@ async fn recover_packs(
                     known.insert(e.chunk, location.clone());
                     entries.push((e.chunk, location));
                 }
-                seq += 1;
             }
-            Err(e) if e.is_not_found() => return Ok((entries, seq)),
+            Err(e) if e.is_not_found() => {
+                missing_in_a_row += 1;
+                if missing_in_a_row >= UPLOADS_IN_FLIGHT as u64 {
+                    return Ok((entries, seq + 1 - missing_in_a_row));
+                }
+            }
             Err(e) => return Err(StageError::from(e)),
         }
+        seq += 1;
     }
 }
 
@@ -456,14 +466,15 @@ async fn transfer_volume(
     }
     .map_err(StageError::permanent)?;
     let pieces: Vec<Range<u64>> = ctx.grid.pieces(&plan.ranges).collect();
-    let prepared = futures::stream::iter(pieces)
-        .map(|range| {
-            let (disks, snapshot) = (ctx.disks.clone(), plan.snapshot.clone());
+    let (disks, snapshot) = (ctx.disks.clone(), plan.snapshot.clone());
+    let (keys, known, claimed) = (keys.clone(), known.clone(), claimed.clone());
+    let sealing = futures::stream::iter(pieces)
+        .map(move |range| {
+            let (disks, snapshot) = (disks.clone(), snapshot.clone());
             let (keys, known, claimed) = (keys.clone(), known.clone(), claimed.clone());
             async move {
-                let mut data = vec![0u8; (range.end - range.start) as usize];
-                disks
-                    .read_snapshot(&snapshot, range.start, &mut data)
+                let data = disks
+                    .read_snapshot_owned(&snapshot, range.start, (range.end - range.start) as usize)
                     .await?;
                 tokio::task::spawn_blocking(move || prepare(range, data, &keys, &known, &claimed))
                     .await
@@ -471,7 +482,21 @@ async fn transfer_volume(
             }
         })
         .buffered(ctx.parallelism.max(1));
-    futures::pin_mut!(prepared);
+    // Reading, hashing and sealing run in a task of their own, a bounded queue ahead of the
+    // pack writer, so they go on while a pack's (fsync'd) upload is awaited (see ARCHITECTURE
+    // "The data path at the machine's limit"). Dropping `_producer` stops it.
+    let (ahead, mut prepared) =
+        futures::channel::mpsc::channel::<Result<Prepared, StageError>>(SEAL_QUEUE);
+    let _producer = AbortOnDrop(tokio::spawn(async move {
+        let mut ahead = ahead;
+        futures::pin_mut!(sealing);
+        while let Some(piece) = sealing.next().await {
+            let failed = piece.is_err();
+            if futures::SinkExt::send(&mut ahead, piece).await.is_err() || failed {
+                break;
+            }
+        }
+    }));
     let mut done = 0u64;
     while let Some(piece) = prepared.next().await {
         match piece? {
@@ -537,6 +562,19 @@ async fn transfer_volume(
     Ok(builder.finish())
 }
 
+/// Sealed pieces queued between the producer (read, hash, seal) and the pack writer: 8 MiB of
+/// 1 MiB chunks, enough to keep sealing while a pack upload is awaited.
+const SEAL_QUEUE: usize = 8;
+
+/// A task aborted when this is dropped (the transfer failed or was dropped mid-way).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Off the async threads: skip zeros, hash, and seal chunks that are new to the vault and not
 /// already claimed by another piece of this job.
 fn prepare(
@@ -553,7 +591,7 @@ fn prepare(
     let is_new =
         !known.contains(&id) && claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
     let sealed = if is_new {
-        Some(seal_chunk(keys, &data).map_err(StageError::permanent)?)
+        Some(seal_chunk_as(keys, id, &data).map_err(StageError::permanent)?)
     } else {
         None
     };

@@ -269,15 +269,22 @@ impl ChunkKeys {
         Ok(nonce)
     }
 
-    /// Encrypts `in_out` in place and appends the tag.
-    pub(crate) fn seal(&self, nonce: [u8; NONCE_LEN], associated: &[u8], in_out: &mut Vec<u8>) {
-        self.cipher
-            .seal_in_place_append_tag(
+    /// Encrypts `in_out` in place; returns the tag (for a caller that keeps a header in front).
+    pub(crate) fn seal_in_place(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        associated: &[u8],
+        in_out: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        let tag = self
+            .cipher
+            .seal_in_place_separate_tag(
                 aead::Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(associated),
                 in_out,
             )
             .expect("AES-GCM sealing only fails for inputs over 64 GiB");
+        tag.as_ref().try_into().expect("a 16-byte tag")
     }
 
     /// Decrypts `in_out` (ciphertext followed by tag) in place; `None` if authentication fails.

@@ -25,20 +25,25 @@
 //!
 //! # Memory
 //!
-//! [`PackWriter`] holds at most two packs in memory: the one filling and the previous one,
-//! uploading in the background. A full pack waits for the previous upload before its own
-//! starts, which gives natural back-pressure to the producer. Readers
+//! [`PackWriter`] holds at most `1 + UPLOADS_IN_FLIGHT` packs in memory: the one filling and
+//! up to [`UPLOADS_IN_FLIGHT`] full ones uploading in the background (their writes and, on a
+//! local folder, their fsyncs overlap: one pack's flush latency hides another's). A full pack
+//! waits for the oldest upload when that many are running, which gives natural back-pressure
+//! to the producer. Readers
 //! ([`read_chunk`], [`read_pack_index`]) use range reads only; a whole pack is never fetched.
 
 use std::collections::HashSet;
 
 use bytes::Bytes;
 
-use crate::chunk::{ChunkError, ChunkId, SealedChunk, open_chunk};
+use crate::chunk::{ChunkError, ChunkId, SealedChunk, open_chunk_bytes};
 use crate::crypto::ChunkKeys;
 use crate::error::{Error, ErrorKind};
 use crate::layout::{self, BlobKey};
 use crate::store::{BlobStore, CreateOutcome};
+
+/// Packs a [`PackWriter`] uploads at once.
+pub const UPLOADS_IN_FLIGHT: usize = 2;
 
 /// Default size a pack is filled to before it is uploaded.
 pub const DEFAULT_PACK_TARGET: usize = 16 << 20;
@@ -162,10 +167,12 @@ impl Error {
 pub enum PackNaming {
     /// BLAKE3 of the pack's bytes.
     Content,
-    /// `PackId::for_job(job_key, seq)` for seq = `next_seq`, `next_seq + 1`, … A job that is
-    /// redelivered after a crash probes these names to find what it already uploaded, so it
-    /// never stores the same chunks twice. If a name is taken (two workers ran the same job at
-    /// once), the pack moves to the next free number: correct, at the cost of one duplicate pack.
+    /// `PackId::for_job(job_key, seq)` for seq = `next_seq`, `next_seq + 1`, … in the order the
+    /// packs fill. A job that is redelivered after a crash probes these names to find what it
+    /// already uploaded, so it never stores the same chunks twice; up to [`UPLOADS_IN_FLIGHT`]
+    /// upload at once, so a crash can leave a gap of fewer than that many numbers, which the
+    /// probe steps over. If a name is taken (two workers ran the same job at once), the pack is
+    /// named by its content instead: correct, at the cost of one duplicate pack.
     Job {
         /// Stable identity of the job.
         job_key: String,
@@ -179,9 +186,9 @@ pub enum PackNaming {
 pub struct PackWriter {
     store: BlobStore,
     naming: PackNaming,
-    /// The previous pack, uploading while the next one fills (at most one at a time, so memory
-    /// stays at two packs and sequence numbers stay in order).
-    pending: Option<tokio::task::JoinHandle<Result<(WrittenPack, PackNaming), Error>>>,
+    /// Full packs uploading while the next one fills, oldest first (at most
+    /// [`UPLOADS_IN_FLIGHT`]).
+    pending: std::collections::VecDeque<tokio::task::JoinHandle<Result<WrittenPack, Error>>>,
     target: usize,
     buffer: Vec<u8>,
     entries: Vec<PackEntry>,
@@ -203,7 +210,7 @@ impl PackWriter {
         Ok(Self {
             store,
             naming: PackNaming::Content,
-            pending: None,
+            pending: std::collections::VecDeque::new(),
             target,
             buffer: Vec::new(),
             entries: Vec::new(),
@@ -228,8 +235,9 @@ impl PackWriter {
     }
 
     /// Adds a chunk. If it would push the current pack past the target, that pack starts
-    /// uploading in the background, and the pack uploaded before it (if any) is returned once
-    /// stored. A chunk already in the current pack is skipped.
+    /// uploading in the background; when [`UPLOADS_IN_FLIGHT`] were already uploading, the
+    /// oldest of them is waited for and returned once stored. A chunk already in the current
+    /// pack is skipped.
     pub async fn add(&mut self, chunk: SealedChunk) -> Result<Option<WrittenPack>, Error> {
         if self.chunks_in_buffer.contains(&chunk.id) {
             return Ok(None);
@@ -265,27 +273,34 @@ impl PackWriter {
         if !self.entries.is_empty() {
             written.extend(self.flush().await?);
         }
-        written.extend(self.wait_pending().await?);
+        while let Some(done) = self.wait_oldest().await? {
+            written.push(done);
+        }
         Ok(written)
     }
 
-    async fn wait_pending(&mut self) -> Result<Option<WrittenPack>, Error> {
-        let Some(upload) = self.pending.take() else {
+    /// Waits for the oldest upload, if any.
+    async fn wait_oldest(&mut self) -> Result<Option<WrittenPack>, Error> {
+        let Some(upload) = self.pending.pop_front() else {
             return Ok(None);
         };
-        let (written, naming) = upload.await.map_err(|e| {
+        let written = upload.await.map_err(|e| {
             Error::new(
                 ErrorKind::Internal,
                 format!("a pack upload task failed: {e}"),
             )
         })??;
-        self.naming = naming;
         Ok(Some(written))
     }
 
-    /// Seal the current pack and start uploading it; returns the previous upload's result.
+    /// Seal the current pack and start uploading it; when [`UPLOADS_IN_FLIGHT`] are running,
+    /// first waits for the oldest and returns it.
     async fn flush(&mut self) -> Result<Option<WrittenPack>, Error> {
-        let previous = self.wait_pending().await?;
+        let previous = if self.pending.len() >= UPLOADS_IN_FLIGHT {
+            self.wait_oldest().await?
+        } else {
+            None
+        };
         let mut pack = std::mem::take(&mut self.buffer);
         let entries = std::mem::take(&mut self.entries);
         self.chunks_in_buffer.clear();
@@ -304,50 +319,55 @@ impl PackWriter {
         pack.extend_from_slice(index_checksum.as_bytes());
         pack.extend_from_slice(TRAILER_MAGIC);
 
-        let naming = std::mem::replace(&mut self.naming, PackNaming::Content);
-        let upload = upload(self.store.clone(), naming, Bytes::from(pack), entries);
-        self.pending = Some(tokio::spawn(upload));
+        let name = match &mut self.naming {
+            PackNaming::Content => None,
+            PackNaming::Job { job_key, next_seq } => {
+                let id = PackId::for_job(job_key, *next_seq);
+                *next_seq += 1;
+                Some(id)
+            }
+        };
+        let upload = upload(self.store.clone(), name, Bytes::from(pack), entries);
+        self.pending.push_back(tokio::spawn(upload));
         Ok(previous)
     }
 }
 
-/// Store one sealed pack under the name `naming` gives; returns it and the naming to continue with.
+/// Store one sealed pack under `name` (a job's numbered name), or under its content's hash when
+/// there is none or the name is taken (the same job ran twice at once).
 async fn upload(
     store: BlobStore,
-    mut naming: PackNaming,
+    name: Option<PackId>,
     pack: Bytes,
     entries: Vec<PackEntry>,
-) -> Result<(WrittenPack, PackNaming), Error> {
-    {
-        let size = pack.len() as u64;
-        let (id, outcome) = match &mut naming {
-            PackNaming::Content => {
-                let id = PackId::of_content(&pack);
-                let outcome = store.put_create_only(&id.key(), pack).await?;
-                (id, outcome)
+) -> Result<WrittenPack, Error> {
+    let size = pack.len() as u64;
+    let mut outcome = None;
+    if let Some(id) = name {
+        match store.put_create_only(&id.key(), pack.clone()).await? {
+            CreateOutcome::AlreadyExists => {
+                tracing::warn!(pack = %id, "pack name taken: the same job ran twice at once; naming this one by its content");
             }
-            PackNaming::Job { job_key, next_seq } => loop {
-                let id = PackId::for_job(job_key, *next_seq);
-                *next_seq += 1;
-                match store.put_create_only(&id.key(), pack.clone()).await? {
-                    CreateOutcome::AlreadyExists => {
-                        tracing::warn!(pack = %id, "pack name taken: the same job ran twice at once; using the next one");
-                    }
-                    created => break (id, created),
-                }
-            },
-        };
-        let key = id.key();
-        tracing::debug!(pack = %id, size, chunks = entries.len(), "pack uploaded");
-        let written = WrittenPack {
-            id,
-            key,
-            size,
-            entries,
-            newly_created: matches!(outcome, CreateOutcome::Created(_)),
-        };
-        Ok((written, naming))
+            created => outcome = Some((id, created)),
+        }
     }
+    let (id, outcome) = match outcome {
+        Some(done) => done,
+        None => {
+            let id = PackId::of_content(&pack);
+            let outcome = store.put_create_only(&id.key(), pack).await?;
+            (id, outcome)
+        }
+    };
+    let key = id.key();
+    tracing::debug!(pack = %id, size, chunks = entries.len(), "pack uploaded");
+    Ok(WrittenPack {
+        id,
+        key,
+        size,
+        entries,
+        newly_created: matches!(outcome, CreateOutcome::Created(_)),
+    })
 }
 
 /// Reads, verifies and decrypts one chunk with a single range read of its pack.
@@ -357,10 +377,23 @@ pub async fn read_chunk(
     chunk: &ChunkId,
     location: &ChunkLocation,
 ) -> Result<Vec<u8>, Error> {
+    read_chunk_bytes(store, keys, chunk, location)
+        .await
+        .map(Vec::from)
+}
+
+/// [`read_chunk`], decrypting in the buffer the range read returned: a chunk stored raw comes
+/// back as a slice of that buffer, without a copy (what hydration streams to disk).
+pub async fn read_chunk_bytes(
+    store: &BlobStore,
+    keys: &ChunkKeys,
+    chunk: &ChunkId,
+    location: &ChunkLocation,
+) -> Result<Bytes, Error> {
     let key = location.pack.key();
     let end = location.offset + u64::from(location.length);
     let sealed = store.get_range(&key, location.offset..end).await?;
-    open_chunk(keys, chunk, &sealed).map_err(|error| match error {
+    open_chunk_bytes(keys, chunk, sealed).map_err(|error| match error {
         ChunkError::Corrupt { chunk, reason } => Error::new(
             ErrorKind::Damaged,
             format!(

@@ -27,8 +27,24 @@ pub const LOCAL_DRIVER: &str = "disk.stowage.local";
 pub const LOCAL_REGION: &str = "local";
 
 /// Bytes of hydration pieces gathered before their change records are made durable and the
-/// data is written.
-const HYDRATE_BATCH: usize = 8 << 20;
+/// data is written and its writeback started (one batch writing while the next fills: two in
+/// memory).
+const HYDRATE_BATCH: usize = 16 << 20;
+
+/// Waits for a batch write started by `create_disk_from_stream`, if any.
+async fn finish_write(
+    writing: Option<tokio::task::JoinHandle<Result<(), DiskError>>>,
+) -> Result<(), DiskError> {
+    match writing {
+        None => Ok(()),
+        Some(task) => task.await.map_err(|e| {
+            DiskError::io(
+                "local disk provider: a batch write task failed",
+                io::Error::other(e.to_string()),
+            )
+        })?,
+    }
+}
 
 /// Disks as sparse files in a folder, with change-block tracking and full-image snapshots.
 ///
@@ -217,6 +233,16 @@ impl DiskProvider for LocalDiskProvider {
         self.read_into(buf, move |inner, len| inner.read_snapshot(&id, offset, len))
     }
 
+    fn read_snapshot_owned<'a>(
+        &'a self,
+        id: &'a SnapshotId,
+        offset: u64,
+        len: usize,
+    ) -> DiskFuture<'a, Vec<u8>> {
+        let id = id.0.clone();
+        Box::pin(self.blocking(move |inner| inner.read_snapshot(&id, offset, len)))
+    }
+
     fn snapshot<'a>(&'a self, disk: &'a DiskId, name: &'a str) -> DiskFuture<'a, SnapshotInfo> {
         let disk = disk.0.clone();
         let name = name.to_owned();
@@ -243,6 +269,10 @@ impl DiskProvider for LocalDiskProvider {
             let info = self.create_disk(name, size).await?;
             let mut batch: Vec<(u64, bytes::Bytes)> = Vec::new();
             let mut batch_bytes = 0usize;
+            // One batch is written on the blocking pool while the next one fills, and its
+            // writeback starts at once, so the disk is busy from the first batch on instead of
+            // taking the whole volume in the fsync at the end (which still makes it durable).
+            let mut writing: Option<tokio::task::JoinHandle<Result<(), DiskError>>> = None;
             while let Some(piece) = pieces.next().await {
                 let (offset, data) = piece?;
                 check_bounds(&format!("disk {name:?}"), offset, data.len() as u64, size)?;
@@ -254,11 +284,22 @@ impl DiskProvider for LocalDiskProvider {
                 if batch_bytes >= HYDRATE_BATCH {
                     let full = std::mem::take(&mut batch);
                     batch_bytes = 0;
-                    let disk = name.to_owned();
-                    self.blocking(move |inner| inner.write_batch(&disk, &full))
-                        .await?;
+                    finish_write(writing.take()).await?;
+                    let (inner, disk) = (Arc::clone(&self.inner), name.to_owned());
+                    writing = Some(tokio::task::spawn_blocking(move || {
+                        inner.write_batch(&disk, &full)?;
+                        let start = full.iter().map(|(o, _)| *o).min().unwrap_or(0);
+                        let end = full
+                            .iter()
+                            .map(|(o, d)| o + d.len() as u64)
+                            .max()
+                            .unwrap_or(start);
+                        inner.start_writeback(&disk, start, end - start);
+                        Ok(())
+                    }));
                 }
             }
+            finish_write(writing.take()).await?;
             let disk = name.to_owned();
             self.blocking(move |inner| {
                 if !batch.is_empty() {
