@@ -272,9 +272,9 @@ async fn hydrate_volume(
         rp_id.to_owned(),
         tier.to_owned(),
     );
-    // Chunks read (and decrypted) ahead of the disk writes: twice the pieces in flight, so the
-    // pack reads keep up while the provider writes a batch.
-    let read_ahead = 2 * ctx.parallelism.max(1);
+    // Chunks read (and decrypted) at once, and as many more queued ahead of the disk writes, so
+    // the pack reads go on while the provider writes a batch.
+    let read_ahead = ctx.parallelism.max(1);
     let pieces = futures::stream::iter(extents)
         .map(move |(offset, length, id, offset_in_chunk)| {
             let (store, keys, index, cache) = (store.clone(), keys.clone(), index.clone(), cache.clone());

@@ -43,7 +43,7 @@ use crate::layout::{self, BlobKey};
 use crate::store::{BlobStore, CreateOutcome};
 
 /// Packs a [`PackWriter`] uploads at once.
-pub const UPLOADS_IN_FLIGHT: usize = 2;
+pub const UPLOADS_IN_FLIGHT: usize = 4;
 
 /// Default size a pack is filled to before it is uploaded.
 pub const DEFAULT_PACK_TARGET: usize = 16 << 20;

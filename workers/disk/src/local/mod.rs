@@ -29,7 +29,7 @@ pub const LOCAL_REGION: &str = "local";
 /// Bytes of hydration pieces gathered before their change records are made durable and the
 /// data is written and its writeback started (one batch writing while the next fills: two in
 /// memory).
-const HYDRATE_BATCH: usize = 16 << 20;
+const HYDRATE_BATCH: usize = 8 << 20;
 
 /// Waits for a batch write started by `create_disk_from_stream`, if any.
 async fn finish_write(
