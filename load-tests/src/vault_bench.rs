@@ -132,6 +132,13 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The transfer's own account of what it waited for (sealing or uploads), on stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "warn,stowage_stages::vault_transfer=info",
+        ))
+        .init();
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     let size = args.size_mib * MIB;
     let work = args.workdir.clone().unwrap_or_else(|| {

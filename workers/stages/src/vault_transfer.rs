@@ -466,6 +466,7 @@ async fn transfer_volume(
     }
     .map_err(StageError::permanent)?;
     let pieces: Vec<Range<u64>> = ctx.grid.pieces(&plan.ranges).collect();
+    let expected = pieces.len() as u64;
     let (disks, snapshot) = (ctx.disks.clone(), plan.snapshot.clone());
     let (keys, known, claimed) = (keys.clone(), known.clone(), claimed.clone());
     let sealing = futures::stream::iter(pieces)
@@ -498,7 +499,15 @@ async fn transfer_volume(
         }
     }));
     let mut done = 0u64;
-    while let Some(piece) = prepared.next().await {
+    // Where the writer's time goes says which side bounds the transfer: waiting for sealed
+    // pieces (read, hash, compress, encrypt) or for pack uploads (the writes and their fsyncs).
+    let (mut waited_for_sealing, mut waited_for_uploads) = (Duration::ZERO, Duration::ZERO);
+    loop {
+        let asked = std::time::Instant::now();
+        let Some(piece) = prepared.next().await else {
+            break;
+        };
+        waited_for_sealing += asked.elapsed();
         match piece? {
             Prepared::Zero(range) => {
                 stats.bytes_read += range.end - range.start;
@@ -524,9 +533,11 @@ async fn transfer_volume(
                             BytesKind::Written,
                             chunk.bytes.len() as u64,
                         );
+                        let adding = std::time::Instant::now();
                         if let Some(written) = writer.add(chunk).await? {
                             record(&written, job_entries);
                         }
+                        waited_for_uploads += adding.elapsed();
                     }
                     None => {
                         stats.chunks_reused += 1;
@@ -558,6 +569,21 @@ async fn transfer_volume(
             }
             tracing::info!(volume = %plan.volume_id, read_bytes = stats.bytes_read, "vault transfer progress");
         }
+    }
+    // The queue also ends if the producer stopped without a word (its task cancelled): a map
+    // missing pieces must never be written.
+    tracing::info!(
+        volume = %plan.volume_id,
+        pieces = done,
+        waited_for_sealing_ms = waited_for_sealing.as_millis() as u64,
+        waited_for_uploads_ms = waited_for_uploads.as_millis() as u64,
+        "volume read and sealed"
+    );
+    if done != expected {
+        return Err(StageError::transient(format!(
+            "the sealing task of volume {} stopped after {done} of {expected} pieces; the transfer resumes from its uploaded packs on redelivery",
+            plan.volume_id
+        )));
     }
     Ok(builder.finish())
 }

@@ -568,6 +568,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn job_packs_upload_concurrently_numbered_in_fill_order_and_a_taken_name_falls_back_to_content()
+     {
+        let store = BlobStore::in_memory();
+        let keys = VaultKey::generate().unwrap().chunk_keys();
+        // Number 2 is taken (the same job ran twice at once): that pack is named by content.
+        let taken = PackId::for_job("job-a", 2);
+        store
+            .put_create_only(&taken.key(), Bytes::from_static(b"another attempt's pack"))
+            .await
+            .unwrap();
+        let mut writer = PackWriter::new(store.clone(), MIN_PACK_TARGET)
+            .unwrap()
+            .with_naming(PackNaming::Job {
+                job_key: "job-a".into(),
+                next_seq: 0,
+            });
+        let mut packs = Vec::new();
+        for seed in 0..(UPLOADS_IN_FLIGHT as u64 + 4) {
+            let sealed = seal_chunk(&keys, &random_bytes(3000, seed)).unwrap();
+            packs.extend(writer.add(sealed).await.unwrap());
+            assert!(writer.pending.len() <= UPLOADS_IN_FLIGHT);
+        }
+        packs.extend(writer.finish().await.unwrap());
+        assert_eq!(packs.len(), UPLOADS_IN_FLIGHT + 4, "one chunk per pack");
+        for (n, pack) in packs.iter().enumerate() {
+            if n == 2 {
+                assert_eq!(pack.id, PackId::of_content(&store.get(&pack.key).await.unwrap().bytes));
+            } else {
+                assert_eq!(pack.id, PackId::for_job("job-a", n as u64), "pack {n}");
+            }
+            assert!(pack.newly_created);
+            assert_eq!(read_pack_index(&store, &pack.id).await.unwrap(), pack.entries);
+        }
+    }
+
+    #[tokio::test]
     async fn a_chunk_larger_than_the_target_gets_a_pack_of_its_own() {
         let store = BlobStore::in_memory();
         let keys = VaultKey::generate().unwrap().chunk_keys();
