@@ -179,7 +179,10 @@ async fn bench() -> anyhow::Result<()> {
     file.sync_all()?;
     drop(file);
     drop(buf);
-    eprintln!("peak RSS after writing the image: {} MiB", peak_rss_self() / MIB);
+    eprintln!(
+        "peak RSS after writing the image: {} MiB",
+        peak_rss_self() / MIB
+    );
 
     let mut rounds = Vec::new();
     for round in 0..args.runs {
@@ -223,9 +226,7 @@ async fn one_round(
     let (full_rp, incr_rp) = (format!("r{round}-full"), format!("r{round}-incr"));
 
     // (l) the snapshot the full transfer reads, then the raw limits on its bytes.
-    let snap = disks
-        .snapshot(&DiskId("image".into()), &full_rp)
-        .await?;
+    let snap = disks.snapshot(&DiskId("image".into()), &full_rp).await?;
     sync()?;
     let limits = raw_limits(
         &disks.snapshot_path(&snap.id),
@@ -238,7 +239,10 @@ async fn one_round(
     eprintln!("  peak RSS after the limits: {} MiB", peak_rss_self() / MIB);
     // (a) full
     let ours_full = stowage_backup(&ctx, disks, &full_rp, size, &vault).await?;
-    eprintln!("  peak RSS after the full transfer: {} MiB", peak_rss_self() / MIB);
+    eprintln!(
+        "  peak RSS after the full transfer: {} MiB",
+        peak_rss_self() / MIB
+    );
     let peers = Peers {
         restic_repo: dir.join("restic"),
         borg_repo: dir.join("borg"),
@@ -271,7 +275,10 @@ async fn one_round(
     drop(file);
     let changed_bytes = writes as u64 * 4096;
     let ours_incr = stowage_backup(&ctx, disks, &incr_rp, size, &vault).await?;
-    eprintln!("  peak RSS after the incremental: {} MiB", peak_rss_self() / MIB);
+    eprintln!(
+        "  peak RSS after the incremental: {} MiB",
+        peak_rss_self() / MIB
+    );
     let restic_incr = peers.restic_backup()?;
     let borg_incr = peers.borg_create("incr")?;
 
@@ -290,7 +297,10 @@ async fn one_round(
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let ours_restore = started.elapsed().as_secs_f64();
-    eprintln!("  peak RSS after the restore: {} MiB", peak_rss_self() / MIB);
+    eprintln!(
+        "  peak RSS after the restore: {} MiB",
+        peak_rss_self() / MIB
+    );
     anyhow::ensure!(staging.disks.len() == 1);
     let restore_dir = dir.join("restic-restore");
     sync()?;
@@ -402,12 +412,13 @@ fn raw_limits(
             scratch_buf.clear();
             scratch_buf.extend_from_slice(data);
             let t = Instant::now();
-            let tag = aes.seal_in_place_separate_tag(
-                ring::aead::Nonce::assume_unique_for_key([0u8; 12]),
-                ring::aead::Aad::from(id.as_bytes()),
-                &mut scratch_buf,
-            )
-            .map_err(|_| anyhow::anyhow!("AES-256-GCM sealing failed"))?;
+            let tag = aes
+                .seal_in_place_separate_tag(
+                    ring::aead::Nonce::assume_unique_for_key([0u8; 12]),
+                    ring::aead::Aad::from(id.as_bytes()),
+                    &mut scratch_buf,
+                )
+                .map_err(|_| anyhow::anyhow!("AES-256-GCM sealing failed"))?;
             aes_secs += t.elapsed().as_secs_f64();
             let _ = std::hint::black_box(tag);
         }
@@ -520,18 +531,26 @@ fn report(args: &Args, size: u64, rounds: &[Round], peak: u64) {
             .collect::<Vec<_>>()
             .join("; ")
     );
-    println!("Raw limits on the same bytes (seconds for the image; MiB/s of the bytes each step handles):\n");
+    println!(
+        "Raw limits on the same bytes (seconds for the image; MiB/s of the bytes each step handles):\n"
+    );
     println!("| step | bytes | seconds | MiB/s |");
     println!("|---|---|---|---|");
     let stored = rounds[0].limits.stored;
     let rows: [(&str, u64, &dyn Fn(&Round) -> f64); 6] = [
-        ("sequential read of the snapshot image", size, &|r| r.limits.read),
-        ("keyed BLAKE3 of every piece", size, &|r| r.limits.hash),
-        ("zstd-1, full attempt, distinct chunks", stored, &|r| r.limits.zstd),
-        ("AES-256-GCM, distinct chunks", stored, &|r| r.limits.aes),
-        ("sequential write of the stored bytes, fsync'd", stored, &|r| {
-            r.limits.write_stored(size)
+        ("sequential read of the snapshot image", size, &|r| {
+            r.limits.read
         }),
+        ("keyed BLAKE3 of every piece", size, &|r| r.limits.hash),
+        ("zstd-1, full attempt, distinct chunks", stored, &|r| {
+            r.limits.zstd
+        }),
+        ("AES-256-GCM, distinct chunks", stored, &|r| r.limits.aes),
+        (
+            "sequential write of the stored bytes, fsync'd",
+            stored,
+            &|r| r.limits.write_stored(size),
+        ),
         ("sequential write of the image, fsync'd", size, &|r| {
             r.limits.write_image
         }),
@@ -607,7 +626,11 @@ fn report(args: &Args, size: u64, rounds: &[Round], peak: u64) {
             of(&|r| 100.0 * r.borg_incr.seconds / r.borg_full.seconds),
             1
         ),
-        if time_met { "met (median)" } else { "missed (median)" }
+        if time_met {
+            "met (median)"
+        } else {
+            "missed (median)"
+        }
     );
     let restore_share = of(&|r| r.limits.write_image / r.ours_restore);
     println!(
@@ -616,7 +639,10 @@ fn report(args: &Args, size: u64, rounds: &[Round], peak: u64) {
         fmt_spread(of(&|r| mbps(r.restic_restore + r.restic_sync)), 0),
         fmt_spread(of(&|r| mbps(r.borg_restore + r.borg_sync)), 0),
         fmt_spread(restore_share.iter().map(|s| s * 100.0).collect(), 0),
-        fmt_spread(of(&|r| (r.restic_restore + r.restic_sync) / r.ours_restore), 1),
+        fmt_spread(
+            of(&|r| (r.restic_restore + r.restic_sync) / r.ours_restore),
+            1
+        ),
     );
     println!(
         "| (c) restore, peers without sync, MiB/s | {} (fsync'd) | {} | {} | | {}× restic |",
@@ -625,9 +651,8 @@ fn report(args: &Args, size: u64, rounds: &[Round], peak: u64) {
         fmt_spread(of(&|r| mbps(r.borg_restore)), 0),
         fmt_spread(of(&|r| r.restic_restore / r.ours_restore), 1),
     );
-    let peer_peak = |f: &dyn Fn(&Round) -> u64| {
-        rounds.iter().map(f).max().unwrap_or(0) as f64 / MIB as f64
-    };
+    let peer_peak =
+        |f: &dyn Fn(&Round) -> u64| rounds.iter().map(f).max().unwrap_or(0) as f64 / MIB as f64;
     println!(
         "| (d) peak RSS, MiB (max of the rounds) | {:.0} | {:.0} (backup) | {:.0} (backup) | ≤ 128 MiB | {} |",
         peak as f64 / MIB as f64,

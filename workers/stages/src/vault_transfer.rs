@@ -42,8 +42,7 @@ use stowage_vault::index::{self, ChunkIndex};
 use stowage_vault::layout;
 use stowage_vault::lease::{Acquired, Lease};
 use stowage_vault::pack::{
-    ChunkLocation, PackId, PackNaming, PackWriter, UPLOADS_IN_FLIGHT, WrittenPack,
-    read_pack_index,
+    ChunkLocation, PackId, PackNaming, PackWriter, UPLOADS_IN_FLIGHT, WrittenPack, read_pack_index,
 };
 use stowage_vault::store::{BlobStore, CreateOutcome};
 

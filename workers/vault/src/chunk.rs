@@ -592,7 +592,12 @@ mod tests {
         }
         let mut half = random.clone();
         half[..1 << 19].copy_from_slice(&text[..1 << 19]);
-        for (data, compressed) in [(&hidden, false), (&half, true), (&random, false), (&text, true)] {
+        for (data, compressed) in [
+            (&hidden, false),
+            (&half, true),
+            (&random, false),
+            (&text, true),
+        ] {
             let sealed = seal_chunk(&keys, data).unwrap();
             assert_eq!(sealed.compressed, compressed);
             assert_eq!(&open_chunk(&keys, &sealed.id, &sealed.bytes).unwrap(), data);

@@ -594,12 +594,18 @@ mod tests {
         assert_eq!(packs.len(), UPLOADS_IN_FLIGHT + 4, "one chunk per pack");
         for (n, pack) in packs.iter().enumerate() {
             if n == 2 {
-                assert_eq!(pack.id, PackId::of_content(&store.get(&pack.key).await.unwrap().bytes));
+                assert_eq!(
+                    pack.id,
+                    PackId::of_content(&store.get(&pack.key).await.unwrap().bytes)
+                );
             } else {
                 assert_eq!(pack.id, PackId::for_job("job-a", n as u64), "pack {n}");
             }
             assert!(pack.newly_created);
-            assert_eq!(read_pack_index(&store, &pack.id).await.unwrap(), pack.entries);
+            assert_eq!(
+                read_pack_index(&store, &pack.id).await.unwrap(),
+                pack.entries
+            );
         }
     }
 
