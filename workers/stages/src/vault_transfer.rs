@@ -18,8 +18,9 @@
 //!
 //! A redelivery after step 4 returns the stored manifest; after any earlier step it re-reads
 //! the snapshot but stores nothing twice: chunks of its earlier packs are known from their
-//! trailers, everything later is create-only. Memory stays bounded: one pack filling, the
-//! previous one uploading, and `parallelism` pieces in flight, whatever the volume size.
+//! trailers, everything later is create-only. Memory stays bounded: one pack filling, up to
+//! [`UPLOADS_IN_FLIGHT`] uploading, [`SEAL_QUEUE`] sealed pieces queued and `parallelism` pieces
+//! being read and sealed, whatever the volume size.
 
 use std::collections::HashSet;
 use std::ops::Range;
