@@ -512,6 +512,9 @@ fn fmt_spread(values: Vec<f64>, digits: usize) -> String {
     format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")
 }
 
+/// One round's seconds for a step.
+type Seconds<'a> = dyn Fn(&Round) -> f64 + 'a;
+
 fn report(args: &Args, size: u64, rounds: &[Round], peak: u64) {
     let mbps = |secs: f64| size as f64 / MIB as f64 / secs;
     let of = |f: &dyn Fn(&Round) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
@@ -537,7 +540,7 @@ fn report(args: &Args, size: u64, rounds: &[Round], peak: u64) {
     println!("| step | bytes | seconds | MiB/s |");
     println!("|---|---|---|---|");
     let stored = rounds[0].limits.stored;
-    let rows: [(&str, u64, &dyn Fn(&Round) -> f64); 6] = [
+    let rows: [(&str, u64, &Seconds<'_>); 6] = [
         ("sequential read of the snapshot image", size, &|r| {
             r.limits.read
         }),
