@@ -55,6 +55,7 @@ struct Args {
 
 struct Run {
     seconds: f64,
+    rss_before: u64,
     peak_rss: u64,
     stats: TransferStats,
 }
@@ -100,16 +101,17 @@ async fn main() -> anyhow::Result<()> {
         "Volume {} GiB sparse; base {} MiB; vault index with {} synthesised chunks beside the real ones.\n",
         args.size_gib, args.base_mib, args.synthetic_chunks
     );
-    println!("| transfer | changed, MiB | read, MiB | stored, MiB | seconds | MiB/s of change | peak RSS, MiB | ≤ 128 MiB |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| transfer | changed, MiB | read, MiB | stored, MiB | seconds | MiB/s of change | RSS before, MiB | peak RSS, MiB | ≤ 128 MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let row = |name: &str, changed: u64, run: &Run| {
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {} |",
             changed as f64 / MIB,
             run.stats.bytes_read as f64 / MIB,
             run.stats.bytes_stored as f64 / MIB,
             run.seconds,
             changed as f64 / MIB / run.seconds,
+            run.rss_before as f64 / MIB,
             run.peak_rss as f64 / MIB,
             if run.peak_rss <= 128 << 20 { "met" } else { "missed" }
         )
@@ -176,6 +178,7 @@ async fn transfer(
     };
     stowage_vault::catalog::write_recovery_point(&ctx.primary, &manifest).await?;
     reset_peak_rss()?;
+    let rss_before = rss_now();
     let started = Instant::now();
     let done = stowage_stages::vault_transfer::transfer(
         ctx,
@@ -187,7 +190,21 @@ async fn transfer(
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Run {
         seconds: started.elapsed().as_secs_f64(),
+        rss_before,
         peak_rss: peak_rss(),
         stats: done.stats,
     })
+}
+
+/// This process's resident set now (VmRSS), bytes.
+fn rss_now() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
 }

@@ -323,23 +323,39 @@ impl Bloom {
         }
     }
 
-    fn positions(&self, id: &ChunkId) -> impl Iterator<Item = u64> + use<> {
-        let bytes = id.as_bytes();
-        let h1 = u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes"));
-        let h2 = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) | 1;
-        let bits = self.words.len() as u64 * 64;
-        (0..u64::from(self.probes)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % bits)
-    }
-
     fn insert(&mut self, id: &ChunkId) {
-        for bit in self.positions(id) {
+        for bit in positions(id, self.words.len() as u64 * 64, self.probes) {
             self.words[(bit / 64) as usize] |= 1 << (bit % 64);
         }
     }
 
+    #[cfg(test)]
     fn may_contain(&self, id: &ChunkId) -> bool {
-        self.positions(id)
+        positions(id, self.words.len() as u64 * 64, self.probes)
             .all(|bit| self.words[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+    }
+}
+
+/// The bit positions of `id` in a filter of `bits` bits.
+fn positions(id: &ChunkId, bits: u64, probes: u32) -> impl Iterator<Item = u64> + use<> {
+    let bytes = id.as_bytes();
+    let h1 = u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes"));
+    let h2 = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) | 1;
+    (0..u64::from(probes)).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % bits)
+}
+
+/// A filter as read from a footer: the stored bytes themselves (little-endian words, so bit
+/// `b` is bit `b % 8` of byte `b / 8`), not copied.
+#[derive(Debug, Clone)]
+struct BloomView {
+    bytes: Bytes,
+    probes: u32,
+}
+
+impl BloomView {
+    fn may_contain(&self, id: &ChunkId) -> bool {
+        positions(id, self.bytes.len() as u64 * 8, self.probes)
+            .all(|bit| self.bytes[(bit / 8) as usize] & (1 << (bit % 8)) != 0)
     }
 }
 
@@ -505,7 +521,7 @@ struct Footer {
     firsts: Vec<[u8; 32]>,
     offsets: Vec<u64>,
     counts: Vec<u32>,
-    bloom: Bloom,
+    bloom: BloomView,
     supersedes: Vec<String>,
 }
 
@@ -522,11 +538,11 @@ impl Footer {
     }
 
     fn resident_bytes(&self) -> usize {
-        self.firsts.len() * (32 + 8 + 4) + self.bloom.words.len() * 8
+        self.firsts.len() * (32 + 8 + 4) + self.bloom.bytes.len()
     }
 }
 
-fn decode_footer(bytes: &[u8], key: &BlobKey, footer_at: u64) -> Result<Footer, Error> {
+fn decode_footer(bytes: &Bytes, key: &BlobKey, footer_at: u64) -> Result<Footer, Error> {
     let corrupt = |reason: &str| corrupt_segment(key, reason);
     if bytes.len() < 32 {
         return Err(corrupt("its footer is truncated"));
@@ -572,11 +588,7 @@ fn decode_footer(bytes: &[u8], key: &BlobKey, footer_at: u64) -> Result<Footer, 
     if words == 0 || probes == 0 || probes > 64 {
         return Err(corrupt("its filter is malformed"));
     }
-    let raw = take(words * 8)?;
-    let words = raw
-        .chunks_exact(8)
-        .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
-        .collect();
+    let filter = bytes.slice_ref(take(words * 8)?);
     let superseded = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
     let mut supersedes = Vec::with_capacity(superseded.min(1 << 16));
     for _ in 0..superseded {
@@ -593,7 +605,10 @@ fn decode_footer(bytes: &[u8], key: &BlobKey, footer_at: u64) -> Result<Footer, 
         firsts,
         offsets,
         counts,
-        bloom: Bloom { words, probes },
+        bloom: BloomView {
+            bytes: filter,
+            probes,
+        },
         supersedes,
     })
 }
@@ -649,7 +664,11 @@ pub fn decode_segment(bytes: &[u8], key: &BlobKey) -> Result<Vec<(ChunkId, Chunk
         let trailer = &bytes[bytes.len().saturating_sub(TRAILER_LEN as usize)..];
         let (at, len) = decode_trailer(trailer, size)
             .ok_or_else(|| corrupt_segment(key, "its trailer is missing or malformed"))?;
-        let footer = decode_footer(&bytes[at as usize..(at + len) as usize], key, at)?;
+        let footer = decode_footer(
+            &Bytes::copy_from_slice(&bytes[at as usize..(at + len) as usize]),
+            key,
+            at,
+        )?;
         let mut entries = Vec::with_capacity(footer.entries.min(1 << 24) as usize);
         for block in 0..footer.counts.len() {
             let range = footer.block_range(block);
