@@ -26,7 +26,9 @@ use stowage_vault::store::{BlobStore, LocalDurability};
 
 #[path = "index_synth.rs"]
 mod index_synth;
-use index_synth::{MIB, id, layout_sizes, location, peak_rss, reset_peak_rss, write_segments};
+use index_synth::{
+    MIB, id, layout_sizes, location, peak_rss, reset_peak_rss, write_segment, write_segments,
+};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -41,6 +43,12 @@ struct Args {
     /// Where to put the vault (a local folder).
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// Also measure compaction: this many job-sized segments merged by `index::compact`.
+    #[arg(long, default_value_t = 0)]
+    compact_jobs: u64,
+    /// Entries of each of those segments.
+    #[arg(long, default_value_t = 4096)]
+    compact_entries: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,6 +56,11 @@ enum Phase {
     /// Only look up, in an index written before (used by the default run, in a child process,
     /// so the peak RSS is the reader's alone).
     Lookup {
+        #[arg(long)]
+        vault: PathBuf,
+    },
+    /// Only compact (in a child process too).
+    Compact {
         #[arg(long)]
         vault: PathBuf,
     },
@@ -114,11 +127,54 @@ async fn lookup(vault: &Path, chunks: u64, lookups: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `jobs` segments of `entries` each, then one compaction run: its time and peak RSS, and
+/// every segment's first and last id found afterwards.
+async fn compact(vault: &Path, jobs: u64, entries: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(vault)?;
+    let store = BlobStore::local_folder(vault, LocalDurability::Fsync)?;
+    for job in 0..jobs {
+        write_segment(&store, &format!("job-{job:04}"), job as usize, entries).await?;
+    }
+    reset_peak_rss()?;
+    let started = Instant::now();
+    let report = stowage_vault::index::compact(
+        &store,
+        jiff::Timestamp::now(),
+        jiff::SignedDuration::from_hours(24),
+    )
+    .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = peak_rss();
+    let index = DedupIndex::open(&store).await?;
+    for job in 0..jobs as usize {
+        for i in [0, entries - 1] {
+            anyhow::ensure!(index.get(&id(job, i, entries)).await? == Some(location(job, i)));
+        }
+    }
+    println!();
+    println!("| compaction | segments before | merged | written | live after | seconds | entries/s | peak RSS, MiB |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {jobs} × {entries} entries | {jobs} | {} | {} | {} | {seconds:.2} | {:.0} | {:.0} |",
+        report.merged,
+        report.written,
+        index.segments().segments().len(),
+        // Every merged entry is read and written once per merge it takes part in.
+        (jobs * entries) as f64 / seconds,
+        peak as f64 / MIB
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Phase::Lookup { vault }) = &args.phase {
-        return lookup(vault, args.chunks, args.lookups).await;
+    match &args.phase {
+        Some(Phase::Lookup { vault }) => return lookup(vault, args.chunks, args.lookups).await,
+        Some(Phase::Compact { vault }) => {
+            return compact(vault, args.compact_jobs, args.compact_entries).await;
+        }
+        None => {}
     }
     let work = args.workdir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("stowage-index-bench-{}", std::process::id()))
@@ -138,6 +194,17 @@ async fn main() -> anyhow::Result<()> {
         .status()
         .context("running the lookup phase")?;
     anyhow::ensure!(status.success(), "the lookup phase failed");
+    if args.compact_jobs > 0 {
+        let status = Command::new(std::env::current_exe()?)
+            .args(["--compact-jobs", &args.compact_jobs.to_string()])
+            .args(["--compact-entries", &args.compact_entries.to_string()])
+            .arg("compact")
+            .arg("--vault")
+            .arg(work.join("compact"))
+            .status()
+            .context("running the compaction phase")?;
+        anyhow::ensure!(status.success(), "the compaction phase failed");
+    }
     if args.workdir.is_none() {
         std::fs::remove_dir_all(&work)?;
     }

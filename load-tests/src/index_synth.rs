@@ -50,14 +50,32 @@ pub fn location(segment: usize, i: u64) -> ChunkLocation {
     }
 }
 
-/// Write `chunks` synthesised entries as format-2 segments, streamed (the writer holds one
-/// filter and one piece at a time).
+/// Write `chunks` synthesised entries as format-2 segments (sizes from [`layout_sizes`]),
+/// streamed: the writer holds one filter and one piece at a time.
 pub async fn write_segments(store: &BlobStore, chunks: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     for (segment, n) in layout_sizes(chunks).into_iter().enumerate() {
-        let key = layout::index_segment(&format!("synthetic-{segment:02}-{n}"))?;
-        let (encoder, header) = SegmentEncoder::new(n, Vec::new());
-        let stream = futures::stream::unfold(Some((encoder, Some(header), 0u64)), move |state| async move {
+        write_segment(store, &format!("synthetic-{segment:02}-{n}"), segment, n).await?;
+    }
+    eprintln!(
+        "synthesised {chunks} index entries in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Write segment `name` of the `n` synthesised entries of `segment`, streamed.
+pub async fn write_segment(
+    store: &BlobStore,
+    name: &str,
+    segment: usize,
+    n: u64,
+) -> anyhow::Result<()> {
+    let key = layout::index_segment(name)?;
+    let (encoder, header) = SegmentEncoder::new(n, Vec::new());
+    let stream = futures::stream::unfold(
+        Some((encoder, Some(header), 0u64)),
+        move |state| async move {
             let (mut encoder, header, mut i) = state?;
             let mut out = header.unwrap_or_default();
             while out.len() < 1 << 20 && i < n {
@@ -71,13 +89,9 @@ pub async fn write_segments(store: &BlobStore, chunks: u64) -> anyhow::Result<()
                 return Some((Ok::<_, std::io::Error>(Bytes::from(out)), None));
             }
             Some((Ok(Bytes::from(out)), Some((encoder, None, i))))
-        });
-        store.put_stream_create_only(&key, stream).await?;
-    }
-    eprintln!(
-        "synthesised {chunks} index entries in {:.1} s",
-        started.elapsed().as_secs_f64()
+        },
     );
+    store.put_stream_create_only(&key, stream).await?;
     Ok(())
 }
 
