@@ -102,7 +102,9 @@ async fn lookup(vault: &Path, chunks: u64, lookups: u64) -> anyhow::Result<()> {
     known.sort_by(f64::total_cmp);
     unknown.sort_by(f64::total_cmp);
     let segments = index.segments();
-    println!("| chunks | segments | open, s | kept in memory (filters + fences), MiB | peak RSS after open, MiB | peak RSS after lookups, MiB |");
+    println!(
+        "| chunks | segments | open, s | kept in memory (filters + fences), MiB | peak RSS after open, MiB | peak RSS after lookups, MiB |"
+    );
     println!("|---|---|---|---|---|---|");
     println!(
         "| {chunks} | {} | {open_secs:.2} | {:.1} | {:.0} | {:.0} |",
@@ -114,7 +116,10 @@ async fn lookup(vault: &Path, chunks: u64, lookups: u64) -> anyhow::Result<()> {
     println!();
     println!("| lookup ({lookups} each) | p50, µs | p99, µs | max, µs | mean, µs |");
     println!("|---|---|---|---|---|");
-    for (name, v) in [("known id (one block read)", &known), ("unknown id (filters only)", &unknown)] {
+    for (name, v) in [
+        ("known id (one block read)", &known),
+        ("unknown id (filters only)", &unknown),
+    ] {
         println!(
             "| {name} | {:.1} | {:.1} | {:.1} | {:.1} |",
             percentile(v, 0.5),
@@ -123,7 +128,10 @@ async fn lookup(vault: &Path, chunks: u64, lookups: u64) -> anyhow::Result<()> {
             v.iter().sum::<f64>() / v.len() as f64
         );
     }
-    eprintln!("process RSS before opening: {:.0} MiB", rss_start as f64 / MIB);
+    eprintln!(
+        "process RSS before opening: {:.0} MiB",
+        rss_start as f64 / MIB
+    );
     Ok(())
 }
 
@@ -152,7 +160,9 @@ async fn compact(vault: &Path, jobs: u64, entries: u64) -> anyhow::Result<()> {
         }
     }
     println!();
-    println!("| compaction | segments before | merged | written | live after | seconds | entries/s | peak RSS, MiB |");
+    println!(
+        "| compaction | segments before | merged | written | live after | seconds | entries/s | peak RSS, MiB |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     println!(
         "| {jobs} × {entries} entries | {jobs} | {} | {} | {} | {seconds:.2} | {:.0} | {:.0} |",

@@ -101,7 +101,9 @@ async fn main() -> anyhow::Result<()> {
         "Volume {} GiB sparse; base {} MiB; vault index with {} synthesised chunks beside the real ones.\n",
         args.size_gib, args.base_mib, args.synthetic_chunks
     );
-    println!("| transfer | changed, MiB | read, MiB | stored, MiB | seconds | MiB/s of change | RSS before, MiB | peak RSS, MiB | ≤ 128 MiB |");
+    println!(
+        "| transfer | changed, MiB | read, MiB | stored, MiB | seconds | MiB/s of change | RSS before, MiB | peak RSS, MiB | ≤ 128 MiB |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     let row = |name: &str, changed: u64, run: &Run| {
         println!(
@@ -113,7 +115,11 @@ async fn main() -> anyhow::Result<()> {
             changed as f64 / MIB / run.seconds,
             run.rss_before as f64 / MIB,
             run.peak_rss as f64 / MIB,
-            if run.peak_rss <= 128 << 20 { "met" } else { "missed" }
+            if run.peak_rss <= 128 << 20 {
+                "met"
+            } else {
+                "missed"
+            }
         )
     };
     row("full (base)", args.base_mib << 20, &full);

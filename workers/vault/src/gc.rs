@@ -500,4 +500,3 @@ pub async fn collect(
     .await?;
     Ok(report)
 }
-

@@ -578,7 +578,9 @@ fn decode_footer(bytes: &Bytes, key: &BlobKey, footer_at: u64) -> Result<Footer,
         total += u64::from(count);
     }
     if offset != footer_at || total != entries {
-        return Err(corrupt("its blocks do not add up to its footer's place and count"));
+        return Err(corrupt(
+            "its blocks do not add up to its footer's place and count",
+        ));
     }
     if firsts.windows(2).any(|w| w[0] >= w[1]) {
         return Err(corrupt("its fences are not in ascending order"));
@@ -851,7 +853,7 @@ impl SegmentIndex {
         let mut old = Vec::new();
         for info in listed {
             match open_footer(store, &info).await? {
-                Opened::V2(segment) => opened.push(segment),
+                Opened::V2(segment) => opened.push(*segment),
                 Opened::V1 => old.push(info),
                 Opened::Vanished => {}
             }
@@ -1005,7 +1007,7 @@ impl SegmentIndex {
 }
 
 enum Opened {
-    V2(Segment),
+    V2(Box<Segment>),
     V1,
     Vanished,
 }
@@ -1031,12 +1033,12 @@ async fn open_footer(store: &BlobStore, info: &ObjectInfo) -> Result<Opened, Err
         Err(e) if e.is_not_found() => return Ok(Opened::Vanished),
         Err(e) => return Err(e),
     };
-    Ok(Opened::V2(Segment {
+    Ok(Opened::V2(Box::new(Segment {
         id: id.to_owned(),
         key: info.key.clone(),
         modified: info.modified,
         body: Body::V2(decode_footer(&footer, &info.key, at)?),
-    }))
+    })))
 }
 
 struct Cursor<'a> {
@@ -1116,7 +1118,12 @@ impl Maintenance {
             Timestamp::now().as_nanosecond(),
             TAKEN.fetch_add(1, Ordering::SeqCst)
         );
-        let lease = Lease::new(store.clone(), layout::index_lease(), holder, MAINTENANCE_TTL);
+        let lease = Lease::new(
+            store.clone(),
+            layout::index_lease(),
+            holder,
+            MAINTENANCE_TTL,
+        );
         if let Acquired::HeldBy { holder, .. } = lease.try_acquire().await? {
             tracing::info!(%holder, "another collector maintains the chunk index; leaving it");
             return Ok(None);
@@ -1217,7 +1224,10 @@ async fn compact_held(
             continue;
         };
         if footer.entries == 0
-            && footer.supersedes.iter().all(|old| !index.superseded.contains_key(old))
+            && footer
+                .supersedes
+                .iter()
+                .all(|old| !index.superseded.contains_key(old))
             && segment.modified.checked_add(grace).is_ok_and(|t| t <= now)
         {
             maintenance.check()?;
@@ -1230,11 +1240,15 @@ async fn compact_held(
         let index = SegmentIndex::open(store).await?;
         let mut tiers: std::collections::BTreeMap<u32, Vec<&Segment>> = Default::default();
         for segment in index.segments() {
-            tiers.entry(tier(segment.entries())).or_default().push(segment);
+            tiers
+                .entry(tier(segment.entries()))
+                .or_default()
+                .push(segment);
         }
-        let Some(group) = tiers.into_values().find(|group| {
-            group.len() >= MERGE_FAN_IN || group.iter().any(|s| s.is_format_1())
-        }) else {
+        let Some(group) = tiers
+            .into_values()
+            .find(|group| group.len() >= MERGE_FAN_IN || group.iter().any(|s| s.is_format_1()))
+        else {
             break;
         };
         maintenance.check()?;
@@ -1331,7 +1345,10 @@ async fn merge(
 /// which a later [`compact`] deletes after the grace. Streaming, one block per segment in
 /// memory. `Ok(None)` when another collector holds the maintenance lease: the caller must then
 /// keep the packs in its record (readers go on leaving them out) and try again next run.
-pub async fn drop_packs(store: &BlobStore, deleted: &BTreeSet<String>) -> Result<Option<u64>, Error> {
+pub async fn drop_packs(
+    store: &BlobStore,
+    deleted: &BTreeSet<String>,
+) -> Result<Option<u64>, Error> {
     let Some(maintenance) = Maintenance::try_take(store).await? else {
         return Ok(None);
     };

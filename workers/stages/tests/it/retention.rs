@@ -437,7 +437,11 @@ async fn a_transfer_that_deduplicated_against_a_condemned_chunk_stays_restorable
     let live = stowage_vault::index::SegmentIndex::open(&f.ctx.primary)
         .await
         .unwrap();
-    assert_eq!(live.entries(), 0, "segments naming only deleted packs are superseded");
+    assert_eq!(
+        live.entries(),
+        0,
+        "segments naming only deleted packs are superseded"
+    );
     // A new transfer of "b" (a full: its parent's map is gone) works on the cleaned vault.
     let (_, hash_c) = f.backup("c", t0 + SignedDuration::from_hours(71), 3).await;
     vault_transfer::transfer(&f.ctx, INSTANCE, "c", &job)

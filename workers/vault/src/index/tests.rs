@@ -64,7 +64,11 @@ async fn a_large_segment_finds_every_entry_and_nothing_else() {
     let index = DedupIndex::open(&store).await.unwrap();
     assert_eq!(index.segments().entries(), n);
     for (i, (chunk, location)) in entries.iter().enumerate() {
-        assert_eq!(index.get(chunk).await.unwrap().as_ref(), Some(location), "{i}");
+        assert_eq!(
+            index.get(chunk).await.unwrap().as_ref(),
+            Some(location),
+            "{i}"
+        );
     }
     for i in n..n + 2000 {
         assert!(!index.contains(&id(i)).await.unwrap());
@@ -73,7 +77,11 @@ async fn a_large_segment_finds_every_entry_and_nothing_else() {
     let whole = decode_segment(&store.get(&key).await.unwrap().bytes, &key).unwrap();
     assert_eq!(whole.len() as u64, n);
     // Memory kept: filter and fences, far below the entries themselves.
-    assert!(index.segments().resident_bytes() < (n as usize) * 3, "{}", index.segments().resident_bytes());
+    assert!(
+        index.segments().resident_bytes() < (n as usize) * 3,
+        "{}",
+        index.segments().resident_bytes()
+    );
 
     let wanted: HashSet<ChunkId> = (0..n).step_by(97).map(id).chain([id(n + 5)]).collect();
     let partial = ChunkIndex::load_only(&store, &wanted).await.unwrap();
@@ -90,7 +98,10 @@ fn damage_is_detected() {
         let mut damaged = bytes.clone();
         damaged[at] ^= 1;
         let err = decode_segment(&damaged, &key).unwrap_err().to_string();
-        assert!(err.contains("index/s.idx") && err.contains("corrupt"), "{err}");
+        assert!(
+            err.contains("index/s.idx") && err.contains("corrupt"),
+            "{err}"
+        );
     }
     assert!(decode_segment(b"nonsense", &key).is_err());
     let mut v1 = encode_segment_v1(&entries);
@@ -109,7 +120,10 @@ async fn a_damaged_block_fails_the_lookup_naming_the_segment() {
     let mut bytes = encode_segment(&entries);
     bytes[8 + 100] ^= 1; // inside block 0
     let key = layout::index_segment("s").unwrap();
-    store.put_create_only(&key, Bytes::from(bytes)).await.unwrap();
+    store
+        .put_create_only(&key, Bytes::from(bytes))
+        .await
+        .unwrap();
     let index = DedupIndex::open(&store).await.unwrap();
     let sorted = {
         let mut e = entries.clone();
@@ -131,13 +145,17 @@ async fn format_1_segments_stay_readable_and_are_converted() {
         .put_create_only(&key, Bytes::from(encode_segment_v1(&old)))
         .await
         .unwrap();
-    write_segment(&store, "new-job", &[(id(1000), loc(2, 0))]).await.unwrap();
+    write_segment(&store, "new-job", &[(id(1000), loc(2, 0))])
+        .await
+        .unwrap();
     let index = DedupIndex::open(&store).await.unwrap();
     assert_eq!(index.get(&id(7)).await.unwrap(), Some(loc(1, 7)));
     assert_eq!(index.get(&id(1000)).await.unwrap(), Some(loc(2, 0)));
 
     let now = Timestamp::now();
-    let report = compact(&store, now, SignedDuration::from_hours(24)).await.unwrap();
+    let report = compact(&store, now, SignedDuration::from_hours(24))
+        .await
+        .unwrap();
     assert_eq!((report.merged, report.written), (2, 1), "{report:?}");
     let index = SegmentIndex::open(&store).await.unwrap();
     assert_eq!(index.segments().len(), 1);
@@ -146,11 +164,16 @@ async fn format_1_segments_stay_readable_and_are_converted() {
     // Still listed (superseded), deleted only after the grace.
     assert_eq!(segment_ids(&store).await.len(), 3);
     let later = now.checked_add(SignedDuration::from_hours(25)).unwrap();
-    let report = compact(&store, later, SignedDuration::from_hours(24)).await.unwrap();
+    let report = compact(&store, later, SignedDuration::from_hours(24))
+        .await
+        .unwrap();
     assert_eq!(report.deleted, 2, "{report:?}");
     assert_eq!(segment_ids(&store).await.len(), 1);
     let wanted: HashSet<ChunkId> = [id(7), id(1000)].into();
-    assert_eq!(ChunkIndex::load_only(&store, &wanted).await.unwrap().len(), 2);
+    assert_eq!(
+        ChunkIndex::load_only(&store, &wanted).await.unwrap().len(),
+        2
+    );
 }
 
 /// Compaction keeps segments per vault logarithmic, every chunk findable, and a reader that
@@ -160,15 +183,21 @@ async fn compaction_merges_tiers_and_readers_keep_working() {
     let store = BlobStore::in_memory();
     let mut all = Vec::new();
     for job in 0..10u64 {
-        let entries: Vec<_> = (job * 100..job * 100 + 100).map(|i| (id(i), loc(job, i))).collect();
-        write_segment(&store, &format!("job-{job}"), &entries).await.unwrap();
+        let entries: Vec<_> = (job * 100..job * 100 + 100)
+            .map(|i| (id(i), loc(job, i)))
+            .collect();
+        write_segment(&store, &format!("job-{job}"), &entries)
+            .await
+            .unwrap();
         all.extend(entries);
     }
     let before = DedupIndex::open(&store).await.unwrap();
     let untouched = DedupIndex::open(&store).await.unwrap();
     assert_eq!(before.segments().segments().len(), 10);
     let now = Timestamp::now();
-    let report = compact(&store, now, SignedDuration::from_hours(24)).await.unwrap();
+    let report = compact(&store, now, SignedDuration::from_hours(24))
+        .await
+        .unwrap();
     assert_eq!(report.written, 1, "{report:?}");
     let after = DedupIndex::open(&store).await.unwrap();
     assert_eq!(after.segments().segments().len(), 1);
@@ -179,15 +208,23 @@ async fn compaction_merges_tiers_and_readers_keep_working() {
     // A merge of a merge supersedes what the first one superseded, so deleting the first
     // never brings its inputs back.
     for job in 10..13u64 {
-        write_segment(&store, &format!("job-{job}"), &[(id(5000 + job), loc(job, 0))])
-            .await
-            .unwrap();
+        write_segment(
+            &store,
+            &format!("job-{job}"),
+            &[(id(5000 + job), loc(job, 0))],
+        )
+        .await
+        .unwrap();
     }
     // Tier 0 holds the merge (1000 entries) and three new ones: merged again.
-    let report = compact(&store, now, SignedDuration::from_hours(24)).await.unwrap();
+    let report = compact(&store, now, SignedDuration::from_hours(24))
+        .await
+        .unwrap();
     assert_eq!(report.written, 1, "{report:?}");
     let later = now.checked_add(SignedDuration::from_hours(25)).unwrap();
-    compact(&store, later, SignedDuration::from_hours(24)).await.unwrap();
+    compact(&store, later, SignedDuration::from_hours(24))
+        .await
+        .unwrap();
     let ids = segment_ids(&store).await;
     assert_eq!(ids.len(), 1, "{ids:?}");
     let last = DedupIndex::open(&store).await.unwrap();
@@ -195,7 +232,11 @@ async fn compaction_merges_tiers_and_readers_keep_working() {
     // A reader from before every merge that reads a block now fails retryably, naming it.
     let err = untouched.get(&all[0].0).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
-    assert!(err.to_string().contains("was deleted while this job read it"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("was deleted while this job read it"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -218,11 +259,18 @@ async fn dropping_packs_rewrites_and_supersedes() {
 async fn maintenance_is_one_collector_at_a_time() {
     let store = BlobStore::in_memory();
     let held = Maintenance::try_take(&store).await.unwrap().expect("free");
-    let report = compact(&store, Timestamp::now(), SignedDuration::from_hours(24)).await.unwrap();
+    let report = compact(&store, Timestamp::now(), SignedDuration::from_hours(24))
+        .await
+        .unwrap();
     assert!(report.skipped);
     assert_eq!(drop_packs(&store, &BTreeSet::new()).await.unwrap(), None);
     held.release().await;
-    assert!(!compact(&store, Timestamp::now(), SignedDuration::from_hours(24)).await.unwrap().skipped);
+    assert!(
+        !compact(&store, Timestamp::now(), SignedDuration::from_hours(24))
+            .await
+            .unwrap()
+            .skipped
+    );
 }
 
 #[test]
@@ -232,17 +280,24 @@ fn the_filter_has_few_false_positives() {
         bloom.insert(&id(i));
     }
     assert!((0..10_000).all(|i| bloom.may_contain(&id(i))));
-    let false_positives = (10_000..110_000).filter(|i| bloom.may_contain(&id(*i))).count();
+    let false_positives = (10_000..110_000)
+        .filter(|i| bloom.may_contain(&id(*i)))
+        .count();
     assert!(false_positives < 200, "{false_positives} in 100000");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contains_blocking_answers_from_hashing_threads() {
     let store = BlobStore::in_memory();
-    write_segment(&store, "s", &[(id(1), loc(0, 0))]).await.unwrap();
+    write_segment(&store, "s", &[(id(1), loc(0, 0))])
+        .await
+        .unwrap();
     let index = Arc::new(DedupIndex::open(&store).await.unwrap());
     let answers = tokio::task::spawn_blocking(move || {
-        (index.contains_blocking(&id(1)).unwrap(), index.contains_blocking(&id(2)).unwrap())
+        (
+            index.contains_blocking(&id(1)).unwrap(),
+            index.contains_blocking(&id(2)).unwrap(),
+        )
     })
     .await
     .unwrap();
