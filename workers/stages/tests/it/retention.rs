@@ -258,6 +258,20 @@ async fn retention_over_simulated_months_expires_tiers_collects_data_and_keeps_r
     let end = now;
     assert!(end > local(2026, 12, 1, 0));
 
+    // Compaction after every collection keeps the chunk index to a few live segments (a size
+    // tier holding 4 is merged; every segment here is in tier 0), however many transfers wrote
+    // one.
+    let live = stowage_vault::index::SegmentIndex::open(&f.ctx.primary)
+        .await
+        .unwrap();
+    assert!(vaulted.len() > 20, "{} transfers", vaulted.len());
+    assert!(
+        live.segments().len() <= 3,
+        "{} live index segments after {} transfers",
+        live.segments().len(),
+        vaulted.len()
+    );
+
     // Operational: the last 4 days (8 RPs) have manifests and snapshots; older snapshots are
     // gone through the provider.
     let mut with_snapshots = 0;
