@@ -39,7 +39,7 @@ use stowage_vault::catalog::{self, TierManifest, TieredVolume, TransferStats};
 use stowage_vault::chunk::{ChangedRanges, ChunkId, SealedChunk, is_all_zero, seal_chunk_as};
 use stowage_vault::crypto::ChunkKeys;
 use stowage_vault::extent::{ExtentMap, ExtentMapBuilder, load_chain};
-use stowage_vault::index::{self, ChunkIndex};
+use stowage_vault::index::{self, DedupIndex};
 use stowage_vault::layout;
 use stowage_vault::lease::{Acquired, Lease};
 use stowage_vault::pack::{
@@ -188,7 +188,7 @@ async fn transfer_leased(
     {
         return Ok(done);
     }
-    let mut known = ChunkIndex::load(store).await?;
+    let mut known = DedupIndex::open(store).await?;
     let (mut job_entries, next_seq) = recover_packs(store, &key, &mut known).await?;
     if next_seq > 0 {
         // Packs of an interrupted attempt may have been condemned meanwhile: revive them
@@ -325,7 +325,7 @@ async fn transfer_leased(
 async fn recover_packs(
     store: &BlobStore,
     job_key: &str,
-    known: &mut ChunkIndex,
+    known: &mut DedupIndex,
 ) -> Result<(Vec<(ChunkId, ChunkLocation)>, u64), StageError> {
     let mut entries = Vec::new();
     let mut seq = 0;
@@ -453,7 +453,7 @@ async fn transfer_volume(
     (volume_index, volumes): (u64, u64),
     plan: &VolumePlan,
     keys: &Arc<ChunkKeys>,
-    known: &Arc<ChunkIndex>,
+    known: &Arc<DedupIndex>,
     claimed: &Arc<Mutex<HashSet<ChunkId>>>,
     writer: &mut PackWriter,
     job_entries: &mut Vec<(ChunkId, ChunkLocation)>,
@@ -607,15 +607,15 @@ fn prepare(
     range: Range<u64>,
     data: Vec<u8>,
     keys: &ChunkKeys,
-    known: &ChunkIndex,
+    known: &DedupIndex,
     claimed: &Mutex<HashSet<ChunkId>>,
 ) -> Result<Prepared, StageError> {
     if is_all_zero(&data) {
         return Ok(Prepared::Zero(range));
     }
     let id = keys.chunk_id(&data);
-    let is_new =
-        !known.contains(&id) && claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+    let is_new = !known.contains_blocking(&id)?
+        && claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
     let sealed = if is_new {
         Some(seal_chunk_as(keys, id, &data).map_err(StageError::permanent)?)
     } else {

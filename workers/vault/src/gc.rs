@@ -19,15 +19,16 @@
 //! would lose that data. So (kopia-style, with a grace period, see [`DEFAULT_GRACE`]):
 //!
 //! 1. **Condemn.** An unreferenced pack or map is recorded in `gc/state.json` with the time.
-//!    From then on the chunk index loaded for deduplication ([`crate::index::ChunkIndex::load`])
+//!    From then on the chunk index consulted for deduplication ([`crate::index::DedupIndex`])
 //!    leaves out the chunks of condemned packs, and vault-transfer does not build on condemned
 //!    maps, so no *new* job comes to depend on them. Jobs already running may.
 //! 2. **Delete**, on a later run at least the grace period after condemnation: mark again; a
 //!    condemned object that became referenced (a job that was running at condemnation finished)
 //!    is revived; one still unreferenced is moved to the *deleted* set (compare-and-swap) and
 //!    only then deleted. Chunk-index segments that name deleted packs are rewritten without
-//!    them (new segment create-only, then the old one deleted), and only after that are the packs
-//!    dropped from the record. Until then readers leave them out of every index load.
+//!    them ([`index::drop_packs`]: a new segment, create-only, that supersedes the old one, which
+//!    [`index::compact`] deletes after the grace), and only after that are the packs dropped
+//!    from the record. Until then readers leave them out of every index load.
 //!
 //! **Under a vault lock** (see [`crate::catalog::lock`]) the caller passes the lock's minimum
 //! retention: an unreferenced object younger than that (by the store's modification time) stays
@@ -56,7 +57,7 @@ use crate::document::{self, Decision, UpdateError};
 use crate::error::{Error, ErrorKind};
 use crate::extent::ExtentMap;
 use crate::index;
-use crate::layout::{self, BlobKey, CatalogEntry};
+use crate::layout::{self, CatalogEntry};
 use crate::pack::{self, PackId};
 use crate::store::{BlobStore, ObjectVersion};
 
@@ -230,6 +231,10 @@ pub struct GcReport {
     pub maps_deleted: u64,
     /// Index segments rewritten without deleted packs.
     pub segments_rewritten: u64,
+    /// Index segments merged into larger ones (see [`index::compact`]).
+    pub segments_merged: u64,
+    /// Superseded index segments deleted.
+    pub segments_deleted: u64,
     /// Packs and maps due for deletion but younger than the vault lock's minimum retention:
     /// kept condemned for a later run.
     pub held_by_lock: u64,
@@ -467,12 +472,21 @@ pub async fn collect(
     }
     report.maps_condemned = maps.condemn.len() as u64;
 
-    // Drop index entries of deleted packs, then forget the packs.
+    // Drop index entries of deleted packs, then forget the packs. Another collector holding
+    // the index-maintenance lease: keep them recorded (readers go on leaving them out) for the
+    // next run.
     let (state, _) = read_state(store).await?;
+    let mut done_packs: Vec<String> = state.deleted_packs.iter().cloned().collect();
     if !state.deleted_packs.is_empty() {
-        report.segments_rewritten = rewrite_segments(store, &state.deleted_packs).await?;
+        match index::drop_packs(store, &state.deleted_packs).await? {
+            Some(rewritten) => report.segments_rewritten = rewritten,
+            None => done_packs.clear(),
+        }
     }
-    let done_packs: Vec<String> = state.deleted_packs.iter().cloned().collect();
+    // Merge small segments, and delete superseded ones no reader can still be using.
+    let compacted = index::compact(store, now, grace).await?;
+    report.segments_merged = compacted.merged;
+    report.segments_deleted = compacted.deleted;
     let done_maps: Vec<String> = to_delete_maps.into_iter().map(|(n, _)| n).collect();
     update_state(store, |s| {
         for p in &done_packs {
@@ -485,40 +499,4 @@ pub async fn collect(
     })
     .await?;
     Ok(report)
-}
-
-/// Rewrite every segment naming a pack in `deleted` without those entries: the new segment
-/// (create-only, named after the old one) first, then the old one is deleted. One segment in
-/// memory at a time.
-async fn rewrite_segments(store: &BlobStore, deleted: &BTreeSet<String>) -> Result<u64, Error> {
-    let mut rewritten = 0;
-    let mut listing = store.list(&layout::index_segments());
-    while let Some(info) = listing.next().await {
-        let info = info?;
-        let Some(old_id) = layout::segment_id_from_key(&info.key) else {
-            continue;
-        };
-        let bytes = match store.get(&info.key).await {
-            Ok(found) => found.bytes,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e),
-        };
-        let entries = index::decode_segment(&bytes, &info.key)?;
-        let before = entries.len();
-        let kept: Vec<_> = entries
-            .into_iter()
-            .filter(|(_, l)| !deleted.contains(l.pack.as_str()))
-            .collect();
-        if kept.len() == before {
-            continue;
-        }
-        if !kept.is_empty() {
-            let new_id = layout::rewritten_segment_id(old_id, kept.len());
-            index::write_segment(store, &new_id, &kept).await?;
-        }
-        let old: BlobKey = info.key.clone();
-        store.delete(&old).await?;
-        rewritten += 1;
-    }
-    Ok(rewritten)
 }

@@ -429,6 +429,19 @@ pub fn index_segment(segment_id: &str) -> Result<BlobKey, LayoutError> {
     Ok(key(&[INDEX, &format!("{segment_id}{INDEX_EXTENSION}")]))
 }
 
+/// `leases/index.json`: held by whoever compacts or rewrites chunk-index segments (the garbage
+/// collector), so two collectors never merge a segment the other is rewriting.
+pub fn index_lease() -> BlobKey {
+    key(&[LEASES, &format!("index{JSON_EXTENSION}")])
+}
+
+/// The id of the segment that merges the segments `inputs` (sorted): `cx-<32 hex digits>`,
+/// derived from them, so a compaction that crashes and runs again writes the same segment.
+pub fn compacted_segment_id(inputs: &[&str]) -> String {
+    let hash = blake3::hash(inputs.join("/").as_bytes());
+    format!("cx-{}", &hash.to_hex()[..32])
+}
+
 /// `index`: every chunk-index segment.
 pub fn index_segments() -> KeyPrefix {
     prefix(&[INDEX])
