@@ -7,4 +7,5 @@ mod azurite;
 mod data;
 mod diff_proxy;
 mod harness;
+mod pipeline;
 mod provider;
