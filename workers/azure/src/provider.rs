@@ -153,9 +153,10 @@ impl AzureDiskProvider {
         self.resolve(id, &self.settings.snapshot_group, ResourceId::snapshot)
     }
 
-    /// The ARM id of a disk given by name (a staging disk) or by ARM id.
+    /// The ARM id of a disk given by name (a staging disk, see [`arm_disk_name`]) or by ARM id.
     fn disk_rid(&self, id: &str) -> Result<ResourceId, AzureError> {
-        self.resolve(id, &self.settings.staging_group, ResourceId::disk)
+        let name = arm_disk_name(id);
+        self.resolve(&name, &self.settings.staging_group, ResourceId::disk)
     }
 
     fn resolve(
@@ -427,7 +428,8 @@ impl AzureDiskProvider {
         pieces: PieceStream<'_>,
     ) -> Result<DiskInfo, AzureError> {
         let group = &self.settings.staging_group;
-        let id = ResourceId::disk(&self.arm.settings().subscription, group, name);
+        let arm_name = arm_disk_name(name);
+        let id = ResourceId::disk(&self.arm.settings().subscription, group, &arm_name);
         match self.arm.get(&id).await {
             Ok(done) if done.tags.get(TAG_HYDRATED) == Some(&size.to_string()) => {
                 tracing::info!(disk = %id, "staging disk already hydrated (a redelivered job)");
@@ -458,7 +460,7 @@ impl AzureDiskProvider {
         hydrate(
             &self.arm,
             group,
-            name,
+            &arm_name,
             size,
             &new,
             pieces,
@@ -567,6 +569,27 @@ async fn reap(slots: Weak<Slots>, started: Instant, idle: Duration) {
             }
         }
     }
+}
+
+/// The longest name ARM gives a managed disk.
+pub const MAX_DISK_NAME_LEN: usize = 80;
+
+/// The ARM name of the staging disk the port calls `name`: the same when it fits ARM's 80
+/// characters, else its first 63 characters (the restore's staging prefix, which ownership
+/// checks read, is kept as far as it fits) and 16 hex digits of its BLAKE3 hash. The port keeps
+/// `name` (the hydration record lists it); every call maps it the same way. ARM ids pass as
+/// they are.
+pub fn arm_disk_name(name: &str) -> String {
+    if name.len() <= MAX_DISK_NAME_LEN || name.contains('/') {
+        return name.to_owned();
+    }
+    let keep = MAX_DISK_NAME_LEN - 17;
+    let mut head: String = name.chars().take(keep).collect();
+    while head.ends_with(|c: char| !c.is_ascii_alphanumeric()) {
+        head.pop();
+    }
+    let hash = blake3::hash(name.as_bytes()).to_hex();
+    format!("{head}-{}", &hash[..16])
 }
 
 fn size_of(id: &ResourceId, resource: &DiskResource) -> Result<u64, AzureError> {
@@ -745,5 +768,24 @@ impl DiskProvider for AzureDiskProvider {
                 .await
                 .map_err(|e| disk_error("read access", "(all)", e))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_disk_names_fit_arm() {
+        assert_eq!(arm_disk_name("staging-r1-vol"), "staging-r1-vol");
+        let long = format!("staging-restore-1-{}", "-2Fsubscriptions-2Fabc".repeat(10));
+        let short = arm_disk_name(&long);
+        assert!(short.len() <= MAX_DISK_NAME_LEN, "{short}");
+        assert!(short.starts_with("staging-restore-1-"), "{short}");
+        assert!(short.ends_with(|c: char| c.is_ascii_alphanumeric()), "{short}");
+        assert_eq!(arm_disk_name(&long), short, "the same every time");
+        assert_ne!(arm_disk_name(&format!("{long}x")), short);
+        let id = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/disks/d";
+        assert_eq!(arm_disk_name(id), id);
     }
 }

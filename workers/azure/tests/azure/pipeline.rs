@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Value, json};
 use stowage_azure::data::{DataSettings, PageBlob, PageRange, upload_size};
+use stowage_azure::provider::arm_disk_name;
 use stowage_azure::{AZURE_DISK_DRIVER, AzureDiskProvider, AzureDiskSettings, ResourceId};
 use stowage_runtime::{CancellationToken, JobContext, Outcome, StageHandler};
 use stowage_sandbox::{Sandbox, SandboxHandle};
@@ -307,7 +308,9 @@ impl Pipeline {
             .create(upload_size(self.size), None)
             .await
             .unwrap();
-        let staging = ResourceId::disk(SUBSCRIPTION, STAGING_GROUP, &name);
+        // ARM names a disk in at most 80 characters: the provider maps the port's name.
+        let staging = ResourceId::disk(SUBSCRIPTION, STAGING_GROUP, &arm_disk_name(&name));
+        assert!(arm_disk_name(&name).len() <= 80);
         self.serve(&staging, blob_url(&self.container, &name, None));
         let options = RestoreOptions {
             target_cluster: Some("dr".into()),
@@ -433,7 +436,7 @@ async fn assert_restored_claim(p: &Pipeline, name: &str) {
     assert_eq!(pv["spec"]["csi"]["driver"], AZURE_DISK_DRIVER, "{pv}");
     assert_eq!(
         pv["spec"]["csi"]["volumeHandle"],
-        ResourceId::disk(SUBSCRIPTION, STAGING_GROUP, name).to_string(),
+        ResourceId::disk(SUBSCRIPTION, STAGING_GROUP, &arm_disk_name(name)).to_string(),
         "{pv}"
     );
     assert_eq!(pv["spec"]["claimRef"]["name"], "data");
@@ -441,14 +444,14 @@ async fn assert_restored_claim(p: &Pipeline, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_vault_geo_hydrate_and_restore_byte_exact() {
-    let mut p = Pipeline::new(16 * MIB, Duration::from_millis(300)).await;
+    let mut p = Pipeline::new(32 * MIB, Duration::from_millis(300)).await;
     p.write(0, random(256 * 1024)).await;
     p.write(5 * MIB, random(2 * MIB)).await;
     p.write(15 * MIB + 512, random(4096)).await;
 
     // rp-1: a full version.
     let created = p.snapshot("rp-1").await;
-    assert_eq!((created.volume_count, created.volume_bytes), (1, 16 * MIB));
+    assert_eq!((created.volume_count, created.volume_bytes), (1, 32 * MIB));
     assert!(created.warnings.is_empty(), "{:?}", created.warnings);
     let tags = p.server.lock().resources
         [&ResourceId::snapshot(SUBSCRIPTION, SNAPSHOT_GROUP, &snapshot_name(INSTANCE, "rp-1", &p.disk_id))
@@ -503,10 +506,10 @@ async fn snapshot_vault_geo_hydrate_and_restore_byte_exact() {
     assert_restored_claim(&p, &name).await;
     let restored = p.blob_bytes(&name).await;
     assert!(restored == p.model, "the restored disk differs from rp-2's source");
-    let (begin, end) = p.access_calls(&name);
+    let (begin, end) = p.access_calls(&arm_disk_name(&name));
     assert!(begin == 1 && end >= 1, "hydration ended its write access: {begin} {end}");
     assert!(
-        p.server.lock().resources[&ResourceId::disk(SUBSCRIPTION, STAGING_GROUP, &name)
+        p.server.lock().resources[&ResourceId::disk(SUBSCRIPTION, STAGING_GROUP, &arm_disk_name(&name))
             .to_string()
             .to_lowercase()]["tags"][stowage_azure::provider::TAG_HYDRATED]
             == p.size.to_string()
@@ -530,7 +533,7 @@ impl Pipeline {
             .await
             .unwrap();
         self.serve(
-            &ResourceId::disk(SUBSCRIPTION, STAGING_GROUP, &name),
+            &ResourceId::disk(SUBSCRIPTION, STAGING_GROUP, &arm_disk_name(&name)),
             blob_url(&self.container, &name, None),
         );
         let outcome = deliver(
