@@ -49,18 +49,7 @@ async fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
         names: Names::new(args.broker.prefix.clone()),
     });
     let cluster = kube_target(&args.cluster).await?;
-    let (disks, azure) = if args.vault.disk_provider == DiskProviderChoice::Azure {
-        let (disks, azure) = azure_targets(&args.vault.azure)?;
-        (Some(disks), Some(azure))
-    } else {
-        let disks = args
-            .vault
-            .disk_root
-            .as_deref()
-            .map(disk_provider)
-            .transpose()?;
-        (disks, None)
-    };
+    let (disks, azure) = disk_targets(&args.vault)?;
     Ok(PreflightTargets {
         vault,
         broker,
@@ -72,6 +61,21 @@ async fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
         timeout: Duration::from_secs_f64(args.timeout),
         azure,
     })
+}
+
+/// The disk provider the CSI-driver and region checks compare against, and with
+/// `--disk-provider azure` the Azure permission check's target: the local provider of
+/// `--disk-root` otherwise, or none.
+#[allow(clippy::type_complexity)]
+pub fn disk_targets(
+    vault: &crate::cli::VaultArgs,
+) -> anyhow::Result<(Option<Arc<dyn stowage_disk::DiskProvider>>, Option<AzureTarget>)> {
+    if vault.disk_provider == DiskProviderChoice::Azure {
+        let (disks, azure) = azure_targets(&vault.azure)?;
+        return Ok((Some(disks), Some(azure)));
+    }
+    let disks = vault.disk_root.as_deref().map(disk_provider).transpose()?;
+    Ok((disks, None))
 }
 
 /// With `--disk-provider azure`: the provider (for the CSI-driver and region checks) and the

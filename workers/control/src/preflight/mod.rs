@@ -24,7 +24,8 @@
 //!
 //! [`for_instance`] runs the checks a new backup instance depends on — vault storage and
 //! contents, cluster version, the CSI drivers of the volumes in the instance's scope, the snapshot
-//! account's permissions, conflicting tools and region — with a 2 s deadline each, and skips the
+//! account's permissions, conflicting tools, region and, with the Azure disk provider, its ARM
+//! permissions — with a 2 s deadline each, and skips the
 //! broker (instance creation does not publish). A command creating an instance calls it and
 //! refuses the instance when [`Report::refusal`] returns a message:
 //!
