@@ -136,12 +136,7 @@ impl Bench {
     /// Snapshots the disk as `rp` (its SAS through the diff proxy when `diff` is set, else
     /// straight to Azurite), writes the recovery point, and times its vault transfer; answers
     /// (seconds, bytes the transfer read).
-    async fn backup(
-        &self,
-        ctx: &VaultContext,
-        rp: &str,
-        diff: bool,
-    ) -> anyhow::Result<(f64, u64)> {
+    async fn backup(&self, ctx: &VaultContext, rp: &str, diff: bool) -> anyhow::Result<(f64, u64)> {
         let taken = snapshot(&self.container, "disk").await;
         let endpoint = if diff {
             self.proxy.endpoint.clone()
@@ -205,7 +200,10 @@ fn load() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.size_mib % 4 == 0 && args.size_mib > 0, "--size-mib: a multiple of 4");
+    anyhow::ensure!(
+        args.size_mib % 4 == 0 && args.size_mib > 0,
+        "--size-mib: a multiple of 4"
+    );
     let size = args.size_mib * MIB;
     let started_load = load();
     let server = ArmServer::start().await;
@@ -270,7 +268,10 @@ async fn main() -> anyhow::Result<()> {
         let name = format!("vault-{round}");
         let ctx = vault_at(&name)?;
         let (seconds, read) = bench.backup(&ctx, &format!("full-{round}"), false).await?;
-        anyhow::ensure!(read == size, "the full transfer read {read} of {size} bytes");
+        anyhow::ensure!(
+            read == size,
+            "the full transfer read {read} of {size} bytes"
+        );
         fulls.push(size as f64 / MIB as f64 / seconds);
         std::fs::remove_dir_all(vault_dir.join(&name)).ok();
     }
@@ -310,12 +311,22 @@ async fn main() -> anyhow::Result<()> {
         args.size_mib, args.concurrency, args.rounds
     );
     println!("load average at start: {started_load}; at end: {ended_load}");
-    println!("(a) Azurite raw read, MiB/s: {} (best {raw_best:.0})", fmt(&raws));
-    println!("(a) full vault transfer, MiB/s: {} (best {full_best:.0})", fmt(&fulls));
+    println!(
+        "(a) Azurite raw read, MiB/s: {} (best {raw_best:.0})",
+        fmt(&raws)
+    );
+    println!(
+        "(a) full vault transfer, MiB/s: {} (best {full_best:.0})",
+        fmt(&fulls)
+    );
     println!(
         "(a) best transfer / best raw read: {:.0}% (target ≥ 80%: {})",
         100.0 * full_best / raw_best,
-        if full_best >= 0.8 * raw_best { "met" } else { "missed" }
+        if full_best >= 0.8 * raw_best {
+            "met"
+        } else {
+            "missed"
+        }
     );
     println!(
         "(b) incremental: {} bytes changed in {} writes of 64 KiB, {} bytes read ({:.3}×; target ≤ 1.1×: {}), {} diff request(s), {:.2} s",
@@ -323,7 +334,11 @@ async fn main() -> anyhow::Result<()> {
         offsets.len(),
         incr_read,
         incr_read as f64 / changed as f64,
-        if incr_read * 10 <= changed * 11 { "met" } else { "missed" },
+        if incr_read * 10 <= changed * 11 {
+            "met"
+        } else {
+            "missed"
+        },
         diffs,
         incr_seconds
     );

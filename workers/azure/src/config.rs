@@ -114,7 +114,9 @@ impl AzureConfig {
         self.check()?;
         let mut settings = ArmSettings::public_cloud(Self::value(&self.subscription));
         let endpoint = self.endpoint()?;
-        if endpoint.scheme() == "https" && endpoint.as_str() != Url::parse(PUBLIC_CLOUD_ENDPOINT).expect("valid").as_str() {
+        if endpoint.scheme() == "https"
+            && endpoint.as_str() != Url::parse(PUBLIC_CLOUD_ENDPOINT).expect("valid").as_str()
+        {
             settings.scope = format!("{}/.default", endpoint.as_str().trim_end_matches('/'));
         }
         settings.endpoint = endpoint;
@@ -202,7 +204,10 @@ mod tests {
         let mut one = full();
         one.region = Some(" ".into());
         let err = one.check().unwrap_err().to_string();
-        assert!(err.contains("--azure-region") && !err.contains("--azure-subscription"), "{err}");
+        assert!(
+            err.contains("--azure-region") && !err.contains("--azure-subscription"),
+            "{err}"
+        );
         full().check().unwrap();
     }
 
@@ -225,7 +230,12 @@ mod tests {
         );
         let mut bad = full();
         bad.arm_endpoint = Some("not a url".into());
-        assert!(bad.check().unwrap_err().to_string().contains("--azure-arm-endpoint"));
+        assert!(
+            bad.check()
+                .unwrap_err()
+                .to_string()
+                .contains("--azure-arm-endpoint")
+        );
         let mut with_source = full();
         with_source.source_group = Some("MC_rg_aks_westeurope".into());
         let scopes = with_source.scopes().unwrap();

@@ -333,7 +333,10 @@ impl AzureDiskProvider {
                 ]);
                 if let Some(owner) = owner {
                     tags.insert(TAG_INSTANCE.to_owned(), owner.instance.to_owned());
-                    tags.insert(TAG_RECOVERY_POINT.to_owned(), owner.recovery_point.to_owned());
+                    tags.insert(
+                        TAG_RECOVERY_POINT.to_owned(),
+                        owner.recovery_point.to_owned(),
+                    );
                 }
                 self.arm
                     .create_incremental_snapshot(group, name, &source, &tags)
@@ -782,7 +785,10 @@ mod tests {
         let short = arm_disk_name(&long);
         assert!(short.len() <= MAX_DISK_NAME_LEN, "{short}");
         assert!(short.starts_with("staging-restore-1-"), "{short}");
-        assert!(short.ends_with(|c: char| c.is_ascii_alphanumeric()), "{short}");
+        assert!(
+            short.ends_with(|c: char| c.is_ascii_alphanumeric()),
+            "{short}"
+        );
         assert_eq!(arm_disk_name(&long), short, "the same every time");
         assert_ne!(arm_disk_name(&format!("{long}x")), short);
         let id = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/disks/d";

@@ -69,7 +69,10 @@ async fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
 #[allow(clippy::type_complexity)]
 pub fn disk_targets(
     vault: &crate::cli::VaultArgs,
-) -> anyhow::Result<(Option<Arc<dyn stowage_disk::DiskProvider>>, Option<AzureTarget>)> {
+) -> anyhow::Result<(
+    Option<Arc<dyn stowage_disk::DiskProvider>>,
+    Option<AzureTarget>,
+)> {
     if vault.disk_provider == DiskProviderChoice::Azure {
         let (disks, azure) = azure_targets(&vault.azure)?;
         return Ok((Some(disks), Some(azure)));

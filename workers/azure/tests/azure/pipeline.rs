@@ -24,8 +24,7 @@ use stowage_sandbox::{Sandbox, SandboxHandle};
 use stowage_schemas::domain::{BackupInstance, Namespaces, Redundancy, Scope, Tier};
 use stowage_schemas::events::{RestoreCompleted, RpCreated, RpVaulted};
 use stowage_schemas::jobs::{
-    GeoReplicationJob, RestoreHydrationJob, RestoreOptions, SnapshotJob, Trigger,
-    VaultTransferJob,
+    GeoReplicationJob, RestoreHydrationJob, RestoreOptions, SnapshotJob, Trigger, VaultTransferJob,
 };
 use stowage_schemas::{Envelope, Message, Stage};
 use stowage_stages::restore_hydration::staging_disk_name;
@@ -144,12 +143,10 @@ impl Pipeline {
             .await
             .unwrap();
         let disk_id = server.add_disk("MC_rg_aks_westeurope", SOURCE_BLOB, size, "AllowAll");
-        let dir = std::env::temp_dir().join(format!(
-            "stowage-azure-pipeline-{}",
-            rand::random::<u64>()
-        ));
-        let primary = BlobStore::local_folder(dir.join("vault"), LocalDurability::OsBuffered)
-            .unwrap();
+        let dir =
+            std::env::temp_dir().join(format!("stowage-azure-pipeline-{}", rand::random::<u64>()));
+        let primary =
+            BlobStore::local_folder(dir.join("vault"), LocalDurability::OsBuffered).unwrap();
         let secondary =
             BlobStore::local_folder(dir.join("secondary"), LocalDurability::OsBuffered).unwrap();
         let settings_json = stowage_schemas::domain::Vault {
@@ -251,7 +248,12 @@ impl Pipeline {
         );
         self.serve(
             &id,
-            blob_url_at(&self.proxy.endpoint, &self.container, SOURCE_BLOB, Some(&taken)),
+            blob_url_at(
+                &self.proxy.endpoint,
+                &self.container,
+                SOURCE_BLOB,
+                Some(&taken),
+            ),
         );
         id
     }
@@ -272,7 +274,12 @@ impl Pipeline {
                 requested_by: Some("test".into()),
             },
         });
-        let outcome = deliver(&SnapshotStage(self.cluster.clone()), &format!("snap-{rp}"), job).await;
+        let outcome = deliver(
+            &SnapshotStage(self.cluster.clone()),
+            &format!("snap-{rp}"),
+            job,
+        )
+        .await;
         let [Message::RpCreated(created)] = outcome.messages() else {
             panic!("expected rp.created, got {:?}", outcome.messages());
         };
@@ -342,9 +349,11 @@ impl Pipeline {
             Message::RestoreHydrated(hydrated.clone()),
         )
         .await;
-        let [Message::RestoreCompleted(RestoreCompleted {
-            volumes_restored, ..
-        })] = outcome.messages()
+        let [
+            Message::RestoreCompleted(RestoreCompleted {
+                volumes_restored, ..
+            }),
+        ] = outcome.messages()
         else {
             panic!("expected restore.completed, got {:?}", outcome.messages());
         };
@@ -453,10 +462,13 @@ async fn snapshot_vault_geo_hydrate_and_restore_byte_exact() {
     let created = p.snapshot("rp-1").await;
     assert_eq!((created.volume_count, created.volume_bytes), (1, 32 * MIB));
     assert!(created.warnings.is_empty(), "{:?}", created.warnings);
-    let tags = p.server.lock().resources
-        [&ResourceId::snapshot(SUBSCRIPTION, SNAPSHOT_GROUP, &snapshot_name(INSTANCE, "rp-1", &p.disk_id))
-            .to_string()
-            .to_lowercase()]["tags"]
+    let tags = p.server.lock().resources[&ResourceId::snapshot(
+        SUBSCRIPTION,
+        SNAPSHOT_GROUP,
+        &snapshot_name(INSTANCE, "rp-1", &p.disk_id),
+    )
+    .to_string()
+    .to_lowercase()]["tags"]
         .clone();
     assert_eq!(tags[stowage_azure::provider::TAG_DISK], p.disk_id.as_str());
     assert_eq!(tags[stowage_azure::provider::TAG_INSTANCE], INSTANCE);
@@ -502,22 +514,34 @@ async fn snapshot_vault_geo_hydrate_and_restore_byte_exact() {
         "{:?}",
         outcome.messages()
     );
-    let name = p.hydrate_and_restore("rp-2", Tier::Secondary, "from-secondary").await;
+    let name = p
+        .hydrate_and_restore("rp-2", Tier::Secondary, "from-secondary")
+        .await;
     assert_restored_claim(&p, &name).await;
     let restored = p.blob_bytes(&name).await;
-    assert!(restored == p.model, "the restored disk differs from rp-2's source");
-    let (begin, end) = p.access_calls(&arm_disk_name(&name));
-    assert!(begin == 1 && end >= 1, "hydration ended its write access: {begin} {end}");
     assert!(
-        p.server.lock().resources[&ResourceId::disk(SUBSCRIPTION, STAGING_GROUP, &arm_disk_name(&name))
-            .to_string()
-            .to_lowercase()]["tags"][stowage_azure::provider::TAG_HYDRATED]
-            == p.size.to_string()
+        restored == p.model,
+        "the restored disk differs from rp-2's source"
     );
+    let (begin, end) = p.access_calls(&arm_disk_name(&name));
+    assert!(
+        begin == 1 && end >= 1,
+        "hydration ended its write access: {begin} {end}"
+    );
+    let staging_id = ResourceId::disk(SUBSCRIPTION, STAGING_GROUP, &arm_disk_name(&name))
+        .to_string()
+        .to_lowercase();
+    let hydrated_tag = p.server.lock().resources[&staging_id]["tags"]
+        [stowage_azure::provider::TAG_HYDRATED]
+        .clone();
+    assert_eq!(hydrated_tag, p.size.to_string(), "hydration marked done");
 
     // rp-1 from the vault tier: the older version, byte for byte.
     let older = p.hydrate_only("rp-1").await;
-    assert!(older == rp1_model, "rp-1 restored from the vault tier differs");
+    assert!(
+        older == rp1_model,
+        "rp-1 restored from the vault tier differs"
+    );
     p.disks.end_all_access().await.unwrap();
     assert!(p.server.lock().grants.is_empty());
 }
@@ -580,9 +604,16 @@ async fn a_killed_transfer_ends_access_and_its_redelivery_finishes() {
             )
             .await
     });
-    wait_for(|| p.access_calls(&name).0 >= 1, "the transfer to begin access").await;
+    wait_for(
+        || p.access_calls(&name).0 >= 1,
+        "the transfer to begin access",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(!running.is_finished(), "the transfer ended before it was killed");
+    assert!(
+        !running.is_finished(),
+        "the transfer ended before it was killed"
+    );
     running.abort();
     assert!(running.await.unwrap_err().is_cancelled());
     assert!(
@@ -603,9 +634,15 @@ async fn a_killed_transfer_ends_access_and_its_redelivery_finishes() {
     assert!(vaulted.bytes_read >= 24 * MIB, "{vaulted:?}");
     p.wait_for_no_grants().await;
     let (begin_after, end_after) = p.access_calls(&name);
-    assert!(begin_after > begin && end_after > end, "{begin_after} {end_after}");
+    assert!(
+        begin_after > begin && end_after > end,
+        "{begin_after} {end_after}"
+    );
     let restored = p.hydrate_only("rp-1").await;
-    assert!(restored == p.model, "the redelivered transfer's version differs");
+    assert!(
+        restored == p.model,
+        "the redelivered transfer's version differs"
+    );
     p.disks.end_all_access().await.unwrap();
 }
 
@@ -620,12 +657,22 @@ async fn a_cancelled_transfer_ends_access() {
     let ctx = JobContext::detached(Stage::VaultTransfer).with_cancellation(token.clone());
     let running = tokio::spawn(async move {
         VaultTransfer(vault)
-            .handle_envelope(ctx, Envelope::new("vt-rp-1", Pipeline::transfer_job("rp-1")))
+            .handle_envelope(
+                ctx,
+                Envelope::new("vt-rp-1", Pipeline::transfer_job("rp-1")),
+            )
             .await
     });
-    wait_for(|| p.access_calls(&name).0 >= 1, "the transfer to begin access").await;
+    wait_for(
+        || p.access_calls(&name).0 >= 1,
+        "the transfer to begin access",
+    )
+    .await;
     token.cancel();
-    let err = running.await.unwrap().expect_err("a cancelled transfer fails");
+    let err = running
+        .await
+        .unwrap()
+        .expect_err("a cancelled transfer fails");
     assert_eq!(err.kind(), stowage_runtime::ErrorKind::Cancelled, "{err}");
     p.wait_for_no_grants().await;
     let (begin, end) = p.access_calls(&name);

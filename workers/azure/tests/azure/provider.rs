@@ -149,7 +149,10 @@ async fn snapshots_diffs_reads_hydration_and_deletes_through_the_port() {
         .get_snapshot(&SnapshotId(snap1.to_string()))
         .await
         .unwrap();
-    assert_eq!((by_arm_id.id, by_arm_id.changed), (first.id.clone(), info1.changed.clone()));
+    assert_eq!(
+        (by_arm_id.id, by_arm_id.changed),
+        (first.id.clone(), info1.changed.clone())
+    );
     assert_eq!(
         info1.changed,
         vec![ByteRange::new(0, 64 * 1024), ByteRange::new(8 * MIB, MIB)]
@@ -275,8 +278,12 @@ async fn snapshots_diffs_reads_hydration_and_deletes_through_the_port() {
     // With its parent gone, the second snapshot is read in full.
     let orphan = disks.get_snapshot(&second.id).await.unwrap();
     assert_eq!((orphan.parent, orphan.changed.len()), (None, 3));
-    disks.end_all_access().await.unwrap();
+    // A worker's shutdown ends what is open (the orphan's read access) through the port.
+    assert!(!server.lock().grants.is_empty());
+    let ends = server.seen("POST", "/endGetAccess").len();
+    DiskProvider::shutdown(&disks).await.unwrap();
     assert!(server.lock().grants.is_empty());
+    assert!(server.seen("POST", "/endGetAccess").len() > ends);
 
     // Not this provider's business: refused, permanently, saying why.
     let err = disks.create_disk("x", MIB).await.unwrap_err();

@@ -45,9 +45,12 @@ fn preflight(home: &Path, bin: &Path) -> Command {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    cmd.env("HOME", home)
-        .env("PATH", path)
-        .args(["preflight", "--no-broker", "--disk-provider", "azure"]);
+    cmd.env("HOME", home).env("PATH", path).args([
+        "preflight",
+        "--no-broker",
+        "--disk-provider",
+        "azure",
+    ]);
     cmd
 }
 
@@ -102,7 +105,13 @@ async fn missing_settings_are_named_with_their_flags_and_variables() {
     worker
         .env("HOME", dir.path())
         .env("STOWAGE_VAULT_KEY", "00".repeat(32))
-        .args(["worker", "--stage", "vault-transfer", "--disk-provider", "azure"])
+        .args([
+            "worker",
+            "--stage",
+            "vault-transfer",
+            "--disk-provider",
+            "azure",
+        ])
         .args(["--vault", dir.path().join("vault").to_str().unwrap()]);
     std::fs::create_dir_all(dir.path().join("vault")).unwrap();
     let (ok, _, stderr) = output(worker).await;
@@ -192,7 +201,8 @@ async fn preflight_checks_the_groups_permissions_and_prints_the_role_assignments
     // Through the Azure CLI's token, which is never printed.
     let args = std::fs::read_to_string(bin.join("az.args")).unwrap();
     assert!(
-        args.contains("account get-access-token") && args.contains("https://management.azure.com/.default"),
+        args.contains("account get-access-token")
+            && args.contains("https://management.azure.com/.default"),
         "{args}"
     );
     let seen = server.seen("GET", "/providers/Microsoft.Authorization/permissions");

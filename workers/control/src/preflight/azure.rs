@@ -26,7 +26,10 @@ pub(super) async fn azure_checks(targets: &PreflightTargets) -> Vec<Check> {
 
 async fn permissions(azure: &AzureTarget) -> Check {
     let checks = futures::future::join_all(azure.scopes.iter().map(|scope| async move {
-        (scope, check_access(&azure.arm, &scope.scope, scope.actions).await)
+        (
+            scope,
+            check_access(&azure.arm, &scope.scope, scope.actions).await,
+        )
     }))
     .await;
     let mut problems = Vec::new();
