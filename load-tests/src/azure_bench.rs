@@ -61,6 +61,10 @@ struct Args {
     /// Share of the disk the incremental changes, percent.
     #[arg(long, default_value_t = 1.0)]
     changed_percent: f64,
+    /// Pieces (1 MiB) the vault transfer reads and seals at once (`VaultContext::parallelism`);
+    /// 0 keeps its default (twice the cores, 4 to 16).
+    #[arg(long, default_value_t = 0)]
+    transfer_parallelism: usize,
     /// Raw reads and transfers timed (the best of each is reported, with all of them).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -239,12 +243,17 @@ async fn main() -> anyhow::Result<()> {
     let vault_dir =
         std::env::temp_dir().join(format!("stowage-azure-bench-{}", std::process::id()));
     let vault_at = |name: &str| -> anyhow::Result<VaultContext> {
-        Ok(VaultContext::new(
+        let mut ctx = VaultContext::new(
             BlobStore::local_folder(vault_dir.join(name), LocalDurability::Fsync)?,
             VaultKey::generate()?,
             disks.clone(),
-        ))
+        );
+        if args.transfer_parallelism > 0 {
+            ctx.parallelism = args.transfer_parallelism;
+        }
+        Ok(ctx)
     };
+    let parallelism = vault_at("probe")?.parallelism;
     let bench = Bench {
         server,
         proxy,
@@ -274,6 +283,17 @@ async fn main() -> anyhow::Result<()> {
         );
         fulls.push(size as f64 / MIB as f64 / seconds);
         std::fs::remove_dir_all(vault_dir.join(&name)).ok();
+        eprintln!(
+            "round {round}: raw read {:.0} MiB/s, full transfer {:.0} MiB/s (load {})",
+            raws[round],
+            fulls[round],
+            load()
+        );
+        // Not a parent of the next round's snapshot, nor of (b)'s first.
+        bench
+            .disks
+            .delete_snapshot(&stowage_disk::SnapshotId(format!("bench-full-{round}")))
+            .await?;
     }
     raws.push(raw_read(&raw_blob, size, args.concurrency).await?);
 
@@ -307,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let (raw_best, full_best) = (best(&raws), best(&fulls));
     println!(
-        "disk {} MiB of random bytes, {} reads of ≤ 4 MiB in flight, {} rounds",
+        "disk {} MiB of random bytes; raw read: {} reads of 4 MiB in flight; transfer: {parallelism} pieces of 1 MiB read and sealed at once; {} rounds",
         args.size_mib, args.concurrency, args.rounds
     );
     println!("load average at start: {started_load}; at end: {ended_load}");
