@@ -363,5 +363,6 @@ async fn main() -> anyhow::Result<()> {
         incr_seconds
     );
     std::fs::remove_dir_all(&vault_dir).ok();
+    azurite::delete_container(&container).await;
     Ok(())
 }

@@ -38,7 +38,7 @@ use stowage_vault::layout;
 use stowage_vault::store::{BlobStore, LocalDurability};
 
 use crate::arm_server::{ArmServer, SUBSCRIPTION};
-use crate::azurite::{blob_url, blob_url_at, container, page_blob, snapshot};
+use crate::azurite::{blob_url, blob_url_at, container, delete_container, page_blob, snapshot};
 use crate::diff_proxy::DiffProxy;
 use crate::harness::{client, fast_retries};
 
@@ -544,6 +544,7 @@ async fn snapshot_vault_geo_hydrate_and_restore_byte_exact() {
     );
     p.disks.end_all_access().await.unwrap();
     assert!(p.server.lock().grants.is_empty());
+    delete_container(&p.container).await;
 }
 
 impl Pipeline {
@@ -644,6 +645,7 @@ async fn a_killed_transfer_ends_access_and_its_redelivery_finishes() {
         "the redelivered transfer's version differs"
     );
     p.disks.end_all_access().await.unwrap();
+    delete_container(&p.container).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -677,6 +679,7 @@ async fn a_cancelled_transfer_ends_access() {
     p.wait_for_no_grants().await;
     let (begin, end) = p.access_calls(&name);
     assert!(begin >= 1 && end >= begin, "{begin} begin, {end} end");
+    delete_container(&p.container).await;
 }
 
 async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
