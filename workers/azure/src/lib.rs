@@ -13,11 +13,15 @@
 //!   reads, Put Page writes, hydration of upload disks with `endGetAccess` guaranteed.
 //! - [`provider`]: [`AzureDiskProvider`], the disk port for `disk.csi.azure.com` volumes over
 //!   the two.
+//! - [`config`]: the settings a worker is given (subscription, resource groups, region,
+//!   credential kind, endpoint), checked, and turned into the client, provider and preflight
+//!   scopes.
 //! - [`error`]: [`AzureError`], sorted by whether a retry can help.
 //!
 //! The design, and what is tested against what, is in ARCHITECTURE.md ("Azure managed disks").
 
 pub mod arm;
+pub mod config;
 pub mod data;
 pub mod error;
 pub mod identity;
@@ -28,6 +32,7 @@ mod transport;
 pub use arm::{
     Access, ArmClient, ArmSettings, DiskResource, NewDisk, ResourceId, ResourceKind, SasUrl,
 };
+pub use config::AzureConfig;
 pub use error::{AzureError, ServiceError};
 pub use identity::{CredentialKind, credential};
 pub use provider::{AZURE_DISK_DRIVER, AzureDiskProvider, AzureDiskSettings};

@@ -1,9 +1,15 @@
 //! [`AzureDiskProvider`]: the disk port for `disk.csi.azure.com` volumes, over the ARM client
 //! and the page-blob data path.
 //!
-//! Ids are ARM ids: a [`DiskId`] is the disk's resource id (the CSI `volumeHandle`), a
-//! [`SnapshotId`] the snapshot's. What the port asks that ARM does not keep is kept in tags:
-//! the source disk and the parent snapshot (`stowage.io/disk`, `stowage.io/parent`), and a
+//! Ids: a source [`DiskId`] is the disk's ARM resource id (the CSI `volumeHandle`). The
+//! provider's own resources travel by name, because Stowage keys the vault by them and sends
+//! them in messages under the id rule (no `/`): a [`SnapshotId`] is the snapshot's name in the
+//! snapshot resource group, a staging disk's [`DiskId`] its name in the staging resource group
+//! ([`DiskProvider::volume_handle`] gives its ARM id for the PV). Full ARM ids are accepted
+//! wherever a name is (a CSI snapshot handle, say). What the port asks that ARM does not keep is kept in tags:
+//! the source disk and the parent snapshot (`stowage.io/disk`, `stowage.io/parent`), the
+//! backup instance and recovery point (`stowage.io/instance`, `stowage.io/recovery-point`,
+//! through [`DiskProvider::snapshot_for`]), and a
 //! staging disk's completed hydration (`stowage.io/hydrated-bytes`).
 //!
 //! **Access.** Reads need a read SAS (`beginGetAccess`), which is slow to get, so it is taken
@@ -27,7 +33,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use stowage_disk::{
     ByteRange, DiskError, DiskFuture, DiskId, DiskInfo, DiskProvider, PieceStream, SnapshotId,
-    SnapshotInfo, merge_ranges,
+    SnapshotInfo, SnapshotOwner, merge_ranges,
 };
 
 use crate::arm::{
@@ -42,6 +48,10 @@ pub const AZURE_DISK_DRIVER: &str = "disk.csi.azure.com";
 pub const TAG_DISK: &str = "stowage.io/disk";
 /// Tag naming a snapshot's parent (the previous snapshot of the same disk), or empty.
 pub const TAG_PARENT: &str = "stowage.io/parent";
+/// Tag naming the backup instance a snapshot belongs to (when the snapshot stage took it).
+pub const TAG_INSTANCE: &str = "stowage.io/instance";
+/// Tag naming the recovery point a snapshot belongs to (when the snapshot stage took it).
+pub const TAG_RECOVERY_POINT: &str = "stowage.io/recovery-point";
 /// Tag set on a staging disk once its hydration finished, to its data size in bytes.
 pub const TAG_HYDRATED: &str = "stowage.io/hydrated-bytes";
 
@@ -138,6 +148,59 @@ impl AzureDiskProvider {
         Ok(())
     }
 
+    /// The ARM id of a snapshot given by name (in the snapshot group) or by ARM id.
+    fn snapshot_rid(&self, id: &str) -> Result<ResourceId, AzureError> {
+        self.resolve(id, &self.settings.snapshot_group, ResourceId::snapshot)
+    }
+
+    /// The ARM id of a disk given by name (a staging disk, see [`arm_disk_name`]) or by ARM id.
+    fn disk_rid(&self, id: &str) -> Result<ResourceId, AzureError> {
+        let name = arm_disk_name(id);
+        self.resolve(&name, &self.settings.staging_group, ResourceId::disk)
+    }
+
+    fn resolve(
+        &self,
+        id: &str,
+        group: &str,
+        make: fn(&str, &str, &str) -> ResourceId,
+    ) -> Result<ResourceId, AzureError> {
+        if id.contains('/') {
+            ResourceId::parse(id)
+        } else if !id.is_empty() {
+            Ok(make(&self.arm.settings().subscription, group, id))
+        } else {
+            ResourceId::parse(id)
+        }
+    }
+
+    /// How the port names snapshot `rid`: its name when it is in the snapshot group, else its
+    /// ARM id.
+    fn snapshot_name_of(&self, rid: &ResourceId) -> SnapshotId {
+        let own = ResourceId::snapshot(
+            &self.arm.settings().subscription,
+            &self.settings.snapshot_group,
+            &rid.name,
+        );
+        if own.to_string().eq_ignore_ascii_case(&rid.to_string()) {
+            SnapshotId(rid.name.clone())
+        } else {
+            SnapshotId(rid.to_string())
+        }
+    }
+
+    /// The parent a snapshot's tag names, as the port names it.
+    fn parent_of(&self, resource: &DiskResource) -> Option<SnapshotId> {
+        resource
+            .tags
+            .get(TAG_PARENT)
+            .filter(|p| !p.is_empty())
+            .map(|p| match ResourceId::parse(p) {
+                Ok(rid) => self.snapshot_name_of(&rid),
+                Err(_) => SnapshotId(p.clone()),
+            })
+    }
+
     /// The open read access of `id`, granting it on first use; the slot counts the caller as
     /// in flight until it drops the returned handle.
     async fn open(&self, id: &ResourceId) -> Result<InFlight, AzureError> {
@@ -212,16 +275,21 @@ impl AzureDiskProvider {
             None => self.open(id).await?.read().blob.page_ranges().await?,
         };
         Ok(SnapshotInfo {
-            id: SnapshotId(id.to_string()),
+            id: self.snapshot_name_of(id),
             disk,
             size,
-            parent: parent.map(|p| SnapshotId(p.to_string())),
+            parent: parent.map(|p| self.snapshot_name_of(&p)),
             changed: aligned(changed, size),
             created_at,
         })
     }
 
-    async fn take_snapshot(&self, disk: &DiskId, name: &str) -> Result<SnapshotInfo, DiskError> {
+    async fn take_snapshot(
+        &self,
+        disk: &DiskId,
+        name: &str,
+        owner: Option<SnapshotOwner<'_>>,
+    ) -> Result<SnapshotInfo, DiskError> {
         let disk_id =
             ResourceId::parse(disk.as_str()).map_err(|e| invalid("disk", disk.as_str(), e))?;
         let group = &self.settings.snapshot_group;
@@ -259,10 +327,17 @@ impl AzureDiskProvider {
                     .latest_snapshot_of(disk.as_str(), name)
                     .await
                     .map_err(|e| disk_error("snapshot", name, e))?;
-                let tags = BTreeMap::from([
+                let mut tags = BTreeMap::from([
                     (TAG_DISK.to_owned(), disk.to_string()),
                     (TAG_PARENT.to_owned(), parent.unwrap_or_default()),
                 ]);
+                if let Some(owner) = owner {
+                    tags.insert(TAG_INSTANCE.to_owned(), owner.instance.to_owned());
+                    tags.insert(
+                        TAG_RECOVERY_POINT.to_owned(),
+                        owner.recovery_point.to_owned(),
+                    );
+                }
                 self.arm
                     .create_incremental_snapshot(group, name, &source, &tags)
                     .await
@@ -270,13 +345,9 @@ impl AzureDiskProvider {
             }
         };
         let size = size_of(&id, &snapshot).map_err(|e| disk_error("snapshot", name, e))?;
-        let parent = snapshot
-            .tags
-            .get(TAG_PARENT)
-            .filter(|p| !p.is_empty())
-            .map(|p| SnapshotId(p.clone()));
+        let parent = self.parent_of(&snapshot);
         Ok(SnapshotInfo {
-            id: SnapshotId(id.to_string()),
+            id: self.snapshot_name_of(&id),
             disk: disk.clone(),
             size,
             parent,
@@ -319,8 +390,9 @@ impl AzureDiskProvider {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), DiskError> {
-        let rid =
-            ResourceId::parse(id.as_str()).map_err(|e| invalid("snapshot", id.as_str(), e))?;
+        let rid = self
+            .snapshot_rid(id.as_str())
+            .map_err(|e| invalid("snapshot", id.as_str(), e))?;
         let open = self
             .open(&rid)
             .await
@@ -359,12 +431,13 @@ impl AzureDiskProvider {
         pieces: PieceStream<'_>,
     ) -> Result<DiskInfo, AzureError> {
         let group = &self.settings.staging_group;
-        let id = ResourceId::disk(&self.arm.settings().subscription, group, name);
+        let arm_name = arm_disk_name(name);
+        let id = ResourceId::disk(&self.arm.settings().subscription, group, &arm_name);
         match self.arm.get(&id).await {
             Ok(done) if done.tags.get(TAG_HYDRATED) == Some(&size.to_string()) => {
                 tracing::info!(disk = %id, "staging disk already hydrated (a redelivered job)");
                 return Ok(DiskInfo {
-                    id: DiskId(id.to_string()),
+                    id: DiskId(name.to_owned()),
                     size,
                 });
             }
@@ -390,7 +463,7 @@ impl AzureDiskProvider {
         hydrate(
             &self.arm,
             group,
-            name,
+            &arm_name,
             size,
             &new,
             pieces,
@@ -404,13 +477,18 @@ impl AzureDiskProvider {
             )
             .await?;
         Ok(DiskInfo {
-            id: DiskId(id.to_string()),
+            id: DiskId(name.to_owned()),
             size,
         })
     }
 
     async fn delete(&self, what: &'static str, id: &str) -> Result<(), DiskError> {
-        let rid = ResourceId::parse(id).map_err(|e| invalid(what, id, e))?;
+        let rid = if what == "snapshot" {
+            self.snapshot_rid(id)
+        } else {
+            self.disk_rid(id)
+        }
+        .map_err(|e| invalid(what, id, e))?;
         let slot = self
             .slots
             .lock()
@@ -494,6 +572,27 @@ async fn reap(slots: Weak<Slots>, started: Instant, idle: Duration) {
             }
         }
     }
+}
+
+/// The longest name ARM gives a managed disk.
+pub const MAX_DISK_NAME_LEN: usize = 80;
+
+/// The ARM name of the staging disk the port calls `name`: the same when it fits ARM's 80
+/// characters, else its first 63 characters (the restore's staging prefix, which ownership
+/// checks read, is kept as far as it fits) and 16 hex digits of its BLAKE3 hash. The port keeps
+/// `name` (the hydration record lists it); every call maps it the same way. ARM ids pass as
+/// they are.
+pub fn arm_disk_name(name: &str) -> String {
+    if name.len() <= MAX_DISK_NAME_LEN || name.contains('/') {
+        return name.to_owned();
+    }
+    let keep = MAX_DISK_NAME_LEN - 17;
+    let mut head: String = name.chars().take(keep).collect();
+    while head.ends_with(|c: char| !c.is_ascii_alphanumeric()) {
+        head.pop();
+    }
+    let hash = blake3::hash(name.as_bytes()).to_hex();
+    format!("{head}-{}", &hash[..16])
 }
 
 fn size_of(id: &ResourceId, resource: &DiskResource) -> Result<u64, AzureError> {
@@ -587,13 +686,23 @@ impl DiskProvider for AzureDiskProvider {
     }
 
     fn snapshot<'a>(&'a self, disk: &'a DiskId, name: &'a str) -> DiskFuture<'a, SnapshotInfo> {
-        Box::pin(self.take_snapshot(disk, name))
+        Box::pin(self.take_snapshot(disk, name, None))
+    }
+
+    fn snapshot_for<'a>(
+        &'a self,
+        disk: &'a DiskId,
+        name: &'a str,
+        owner: SnapshotOwner<'a>,
+    ) -> DiskFuture<'a, SnapshotInfo> {
+        Box::pin(self.take_snapshot(disk, name, Some(owner)))
     }
 
     fn get_snapshot<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, SnapshotInfo> {
         Box::pin(async move {
-            let rid =
-                ResourceId::parse(id.as_str()).map_err(|e| invalid("snapshot", id.as_str(), e))?;
+            let rid = self
+                .snapshot_rid(id.as_str())
+                .map_err(|e| invalid("snapshot", id.as_str(), e))?;
             self.snapshot_info(&rid)
                 .await
                 .map_err(|e| disk_error("snapshot", id.as_str(), e))
@@ -611,8 +720,9 @@ impl DiskProvider for AzureDiskProvider {
 
     fn allocated_ranges<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, Vec<ByteRange>> {
         Box::pin(async move {
-            let rid =
-                ResourceId::parse(id.as_str()).map_err(|e| invalid("snapshot", id.as_str(), e))?;
+            let rid = self
+                .snapshot_rid(id.as_str())
+                .map_err(|e| invalid("snapshot", id.as_str(), e))?;
             let open = self
                 .open(&rid)
                 .await
@@ -646,5 +756,42 @@ impl DiskProvider for AzureDiskProvider {
 
     fn delete_snapshot<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a> {
         Box::pin(self.delete("snapshot", id.as_str()))
+    }
+
+    fn volume_handle(&self, disk: &DiskId) -> String {
+        match self.disk_rid(disk.as_str()) {
+            Ok(rid) => rid.to_string(),
+            Err(_) => disk.to_string(),
+        }
+    }
+
+    fn shutdown(&self) -> DiskFuture<'_> {
+        Box::pin(async move {
+            self.end_all_access()
+                .await
+                .map_err(|e| disk_error("read access", "(all)", e))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_disk_names_fit_arm() {
+        assert_eq!(arm_disk_name("staging-r1-vol"), "staging-r1-vol");
+        let long = format!("staging-restore-1-{}", "-2Fsubscriptions-2Fabc".repeat(10));
+        let short = arm_disk_name(&long);
+        assert!(short.len() <= MAX_DISK_NAME_LEN, "{short}");
+        assert!(short.starts_with("staging-restore-1-"), "{short}");
+        assert!(
+            short.ends_with(|c: char| c.is_ascii_alphanumeric()),
+            "{short}"
+        );
+        assert_eq!(arm_disk_name(&long), short, "the same every time");
+        assert_ne!(arm_disk_name(&format!("{long}x")), short);
+        let id = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/disks/d";
+        assert_eq!(arm_disk_name(id), id);
     }
 }

@@ -800,11 +800,7 @@ async fn preflight_on_create(
     };
     let region = settings::read_vault(store).await.ok().map(|v| v.region);
     let cluster = crate::preflight_cmd::kube_target(cluster).await?;
-    let disks = vault
-        .disk_root
-        .as_deref()
-        .map(crate::preflight_cmd::disk_provider)
-        .transpose()?;
+    let (disks, azure) = crate::preflight_cmd::disk_targets(vault)?;
     let targets = PreflightTargets {
         vault: Some(VaultTarget {
             location,
@@ -813,6 +809,7 @@ async fn preflight_on_create(
         }),
         cluster,
         disks,
+        azure,
         ..PreflightTargets::default()
     };
     let report = preflight::for_instance(&targets, instance).await;

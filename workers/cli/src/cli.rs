@@ -215,7 +215,9 @@ pub struct VaultArgs {
     /// How operational snapshots are taken: `local` snapshots disks of the local provider
     /// directly (needs --disk-root); `csi` takes a snapshot.storage.k8s.io/v1 VolumeSnapshot
     /// per PVC for every CSI driver with a VolumeSnapshotClass, restores through a PVC
-    /// dataSource, and lets retention delete the VolumeSnapshots in the worker's cluster.
+    /// dataSource, and lets retention delete the VolumeSnapshots in the worker's cluster;
+    /// `azure` snapshots `disk.csi.azure.com` volumes through ARM (incremental snapshots in
+    /// --azure-snapshot-resource-group) and hydrates into --azure-staging-resource-group.
     #[arg(
         long,
         global = true,
@@ -224,6 +226,88 @@ pub struct VaultArgs {
         default_value = "local"
     )]
     pub disk_provider: DiskProviderChoice,
+    /// Azure managed disks (`--disk-provider azure`).
+    #[command(flatten)]
+    pub azure: AzureArgs,
+}
+
+/// Where the Azure disk provider keeps snapshots and staging disks, and who it is
+/// (`--disk-provider azure`; ARCHITECTURE.md, "Azure managed disks").
+#[derive(Debug, Clone, Args)]
+pub struct AzureArgs {
+    /// Subscription holding the snapshot and staging resource groups.
+    #[arg(long, global = true, env = "AZURE_SUBSCRIPTION_ID")]
+    pub azure_subscription: Option<String>,
+    /// Resource group the instance's incremental snapshots are kept in.
+    #[arg(long, global = true, env = "STOWAGE_AZURE_SNAPSHOT_RESOURCE_GROUP")]
+    pub azure_snapshot_resource_group: Option<String>,
+    /// Resource group hydration creates staging disks in.
+    #[arg(long, global = true, env = "STOWAGE_AZURE_STAGING_RESOURCE_GROUP")]
+    pub azure_staging_resource_group: Option<String>,
+    /// Region of both groups (staging disks are created there; preflight compares it).
+    #[arg(long, global = true, env = "STOWAGE_AZURE_REGION")]
+    pub azure_region: Option<String>,
+    /// Resource group of the source disks (an AKS cluster's node resource group,
+    /// MC_<group>_<cluster>_<region>), whose permissions preflight checks when given.
+    #[arg(long, global = true, env = "STOWAGE_AZURE_SOURCE_RESOURCE_GROUP")]
+    pub azure_source_resource_group: Option<String>,
+    /// Which Azure identity to use: `auto` picks workload identity (AKS), a client secret
+    /// (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET), managed identity, or the Azure
+    /// CLI's login, in that order, from the environment.
+    #[arg(
+        long,
+        global = true,
+        env = "STOWAGE_AZURE_CREDENTIAL",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub azure_credential: AzureCredentialChoice,
+    /// ARM's endpoint (default https://management.azure.com): https for another cloud, or
+    /// plain http to a loopback test server only.
+    #[arg(long, global = true, env = "STOWAGE_AZURE_ARM_ENDPOINT")]
+    pub azure_arm_endpoint: Option<String>,
+    /// SKU of staging disks (ARM's default when unset).
+    #[arg(long, global = true, env = "STOWAGE_AZURE_STAGING_SKU")]
+    pub azure_staging_sku: Option<String>,
+}
+
+/// `--azure-credential`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AzureCredentialChoice {
+    /// From the environment, in the standard order.
+    #[default]
+    Auto,
+    /// Workload identity federation (AKS).
+    WorkloadIdentity,
+    /// The pod's or VM's managed identity.
+    ManagedIdentity,
+    /// A service principal's client secret.
+    ClientSecret,
+    /// The Azure CLI's login, for a developer.
+    AzureCli,
+}
+
+impl AzureArgs {
+    /// The settings as stowage-azure takes them.
+    pub fn config(&self) -> stowage_azure::AzureConfig {
+        use stowage_azure::CredentialKind as K;
+        stowage_azure::AzureConfig {
+            subscription: self.azure_subscription.clone(),
+            snapshot_group: self.azure_snapshot_resource_group.clone(),
+            staging_group: self.azure_staging_resource_group.clone(),
+            region: self.azure_region.clone(),
+            source_group: self.azure_source_resource_group.clone(),
+            credential: match self.azure_credential {
+                AzureCredentialChoice::Auto => K::Auto,
+                AzureCredentialChoice::WorkloadIdentity => K::WorkloadIdentity,
+                AzureCredentialChoice::ManagedIdentity => K::ManagedIdentity,
+                AzureCredentialChoice::ClientSecret => K::ClientSecret,
+                AzureCredentialChoice::AzureCli => K::AzureCli,
+            },
+            arm_endpoint: self.azure_arm_endpoint.clone(),
+            staging_sku: self.azure_staging_sku.clone(),
+        }
+    }
 }
 
 /// `--disk-provider`: how operational snapshots are taken (ARCHITECTURE.md, "CSI
@@ -235,6 +319,9 @@ pub enum DiskProviderChoice {
     Local,
     /// CSI VolumeSnapshots through the Kubernetes API, for any CSI driver with a class.
     Csi,
+    /// Azure managed disks (driver disk.csi.azure.com) through ARM: incremental snapshots,
+    /// page-range diffs for the vault tier, upload disks for hydration.
+    Azure,
 }
 
 /// A noun whose actions work on a vault: `stowage <noun> <action> --vault …`.

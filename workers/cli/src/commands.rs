@@ -79,6 +79,10 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
             wanted.push(stage);
         }
     }
+    if args.vault.disk_provider == crate::cli::DiskProviderChoice::Azure {
+        // Missing Azure settings are named before anything is opened.
+        args.vault.azure.config().check()?;
+    }
     let mut vault = vault_config::vault_context(&args.vault).await?;
     // Only the cluster stages need a cluster (and its name); retention uses one when named, to
     // delete CSI VolumeSnapshots. A vault-stage worker in a shell with KUBECONFIG set, or in a
@@ -100,6 +104,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         v.csi_clusters
             .insert(name.to_owned(), target.client.clone());
     }
+    let disks = vault.as_ref().map(|v| v.disks.clone());
     let services = stages::Services {
         vault,
         cluster,
@@ -135,7 +140,15 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let shutdown = Shutdown::from_future(shutdown::signal());
     let listener = health::bind(args.health_addr).await?;
     tokio::spawn(health::serve(listener, worker.health(), shutdown.clone()));
-    worker.run(shutdown).await?;
+    let ran = worker.run(shutdown).await;
+    // What the disk provider holds open (Azure: read SAS of snapshots) ends with the worker,
+    // whether it stopped cleanly or not.
+    if let Some(disks) = disks
+        && let Err(e) = disks.shutdown().await
+    {
+        tracing::warn!(error = %e, "could not end the disk provider's open access at shutdown; it expires on its own");
+    }
+    ran?;
     Ok(())
 }
 

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use stowage_control::preflight::{
-    self, BrokerTarget, Check, KubeTarget, PreflightTargets, Report, Status, VaultTarget,
+    self, AzureTarget, BrokerTarget, Check, KubeTarget, PreflightTargets, Report, Status,
+    VaultTarget,
 };
 use stowage_disk::LocalDiskProvider;
 use stowage_runtime::{Names, RabbitBroker};
 
-use crate::cli::{Format, PreflightArgs};
+use crate::cli::{DiskProviderChoice, Format, PreflightArgs};
 
 /// Runs the checks and prints the report; an error (exit code 1) when any check failed.
 pub async fn run(args: PreflightArgs) -> anyhow::Result<()> {
@@ -48,12 +49,7 @@ async fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
         names: Names::new(args.broker.prefix.clone()),
     });
     let cluster = kube_target(&args.cluster).await?;
-    let disks = args
-        .vault
-        .disk_root
-        .as_deref()
-        .map(disk_provider)
-        .transpose()?;
+    let (disks, azure) = disk_targets(&args.vault)?;
     Ok(PreflightTargets {
         vault,
         broker,
@@ -63,7 +59,42 @@ async fn targets(args: &PreflightArgs) -> anyhow::Result<PreflightTargets> {
         fleet_namespace: args.fleet_namespace.clone(),
         scope: None,
         timeout: Duration::from_secs_f64(args.timeout),
+        azure,
     })
+}
+
+/// The disk provider the CSI-driver and region checks compare against, and with
+/// `--disk-provider azure` the Azure permission check's target: the local provider of
+/// `--disk-root` otherwise, or none.
+#[allow(clippy::type_complexity)]
+pub fn disk_targets(
+    vault: &crate::cli::VaultArgs,
+) -> anyhow::Result<(
+    Option<Arc<dyn stowage_disk::DiskProvider>>,
+    Option<AzureTarget>,
+)> {
+    if vault.disk_provider == DiskProviderChoice::Azure {
+        let (disks, azure) = azure_targets(&vault.azure)?;
+        return Ok((Some(disks), Some(azure)));
+    }
+    let disks = vault.disk_root.as_deref().map(disk_provider).transpose()?;
+    Ok((disks, None))
+}
+
+/// With `--disk-provider azure`: the provider (for the CSI-driver and region checks) and the
+/// ARM client and scopes of the permission check, all as the workers would build them.
+fn azure_targets(
+    args: &crate::cli::AzureArgs,
+) -> anyhow::Result<(Arc<dyn stowage_disk::DiskProvider>, AzureTarget)> {
+    let config = args.config();
+    config.check()?;
+    let credential = stowage_azure::credential(config.credential)?;
+    let arm = config.arm_client(credential)?;
+    let target = AzureTarget {
+        arm: arm.clone(),
+        scopes: config.scopes()?,
+    };
+    Ok((Arc::new(config.provider(arm)?), target))
 }
 
 /// The cluster the flags and environment name (see `kube_config`), for the cluster checks;

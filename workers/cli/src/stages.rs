@@ -33,7 +33,8 @@ pub enum StageUnavailable {
         "the {stage} stage needs a cluster and a vault: give the cluster's credentials \
          (--kubeconfig, KUBECONFIG, ~/.kube/config, or the service account of the pod it runs \
          in; `stowage sandbox` writes kubeconfigs for its cluster), --vault, the vault key \
-         (STOWAGE_VAULT_KEY) and --disk-root"
+         (STOWAGE_VAULT_KEY) and the disks: --disk-root, or --disk-provider azure with its \
+         --azure-* settings"
     )]
     NeedsCluster {
         /// The stage.
@@ -43,7 +44,7 @@ pub enum StageUnavailable {
     #[error(
         "the {stage} stage needs a vault: pass --vault (a folder, azurite://<container> or \
          azure://<account>/<container>), the vault key (STOWAGE_VAULT_KEY or --vault-key-file) \
-         and --disk-root"
+         and the disks: --disk-root, or --disk-provider azure with its --azure-* settings"
     )]
     NeedsVault {
         /// The stage.

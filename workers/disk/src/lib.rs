@@ -160,6 +160,15 @@ impl SnapshotInfo {
     }
 }
 
+/// Whose snapshot [`DiskProvider::snapshot_for`] takes: the backup instance and recovery point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotOwner<'a> {
+    /// The backup instance.
+    pub instance: &'a str,
+    /// The recovery point.
+    pub recovery_point: &'a str,
+}
+
 /// The disk-provider port. Object-safe, so stages hold `Arc<dyn DiskProvider>`.
 ///
 /// Ids and names are plain strings; implementations may restrict them (the local one accepts
@@ -194,6 +203,19 @@ pub trait DiskProvider: Send + Sync + 'static {
     /// (a redelivered snapshot job) returns the same [`SnapshotInfo`] without taking another.
     /// A snapshot of that name on a different disk is a [`DiskError::Conflict`].
     fn snapshot<'a>(&'a self, disk: &'a DiskId, name: &'a str) -> DiskFuture<'a, SnapshotInfo>;
+
+    /// [`snapshot`](Self::snapshot), for the recovery point `owner` names: a provider that can
+    /// label what it keeps (Azure: tags) records the owner on a snapshot it takes. The default
+    /// takes the snapshot unlabelled.
+    fn snapshot_for<'a>(
+        &'a self,
+        disk: &'a DiskId,
+        name: &'a str,
+        owner: SnapshotOwner<'a>,
+    ) -> DiskFuture<'a, SnapshotInfo> {
+        let _ = owner;
+        self.snapshot(disk, name)
+    }
 
     /// The snapshot's metadata.
     fn get_snapshot<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, SnapshotInfo>;
@@ -242,6 +264,20 @@ pub trait DiskProvider: Send + Sync + 'static {
 
     /// Delete a snapshot. Idempotent: deleting a missing snapshot is `Ok`.
     fn delete_snapshot<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a>;
+
+    /// The CSI `volumeHandle` of a disk this provider made (hydration's staging disks), for
+    /// the PV the restore binds to it. Ids that are already handles (the default, and the
+    /// local provider's) are returned as they are; Azure's staging disks travel by name (the
+    /// id rule of `restore.hydrated` has no `/`) and map to their ARM resource id here.
+    fn volume_handle(&self, disk: &DiskId) -> String {
+        disk.0.clone()
+    }
+
+    /// Ends what the provider keeps open between calls (Azure: the read SAS of snapshots being
+    /// transferred), at a worker's shutdown. Providers that keep nothing open keep the default.
+    fn shutdown(&self) -> DiskFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Removes what killed writers left behind (partial images and the like) under the
     /// provider's own rule, which never touches a file a live writer is writing; returns how

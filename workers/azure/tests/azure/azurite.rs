@@ -89,6 +89,23 @@ pub async fn container() -> String {
     name
 }
 
+/// Deletes container `name` and what it holds (Azurite keeps everything in memory).
+pub async fn delete_container(name: &str) {
+    let url = Url::parse(&format!("{ENDPOINT}/{name}?{}", account_sas())).unwrap();
+    BlobContainerClient::new(
+        url,
+        None,
+        Some(BlobContainerClientOptions {
+            client_options: options(),
+            ..Default::default()
+        }),
+    )
+    .unwrap()
+    .delete(None)
+    .await
+    .unwrap();
+}
+
 /// A page blob ("a disk") of `size` bytes.
 pub fn page_blob(container: &str, blob: &str) -> PageBlobClient {
     PageBlobClient::new(

@@ -4,6 +4,13 @@
 
 mod helpers;
 
+/// The ARM stand-in of stowage-azure's tests, for `--disk-provider azure`.
+#[path = "../../../azure/tests/azure/arm_server.rs"]
+#[allow(dead_code)]
+mod arm_server;
+
+mod azure;
+
 mod catalog;
 mod cli;
 mod clusters;

@@ -12,6 +12,7 @@
 //! | [`CSI_DRIVERS`] | persistent volumes (paged; the instance's namespaces only, when given) | a CSI volume's driver is not the disk provider's (non-CSI volumes warn: snapshots skip them) |
 //! | [`PERMISSIONS`] | one `SubjectAccessReview` per permission in [`FLEET_ACCOUNTS`] | a fleet service account lacks one |
 //! | [`CONFLICTING_TOOLS`] | CRDs (paged), namespaces `velero` and `kasten-io` | Velero's CRDs or namespace, or Kasten's namespace, exist |
+//! | [`AZURE_PERMISSIONS`] | ARM's permissions API at the snapshot, staging (and, when given, source) resource groups, with the Azure disk provider only | an action of `stowage_azure::permissions` is missing; the fix is the `az role assignment create` per role |
 //! | [`REGION`] | the vault's region (given, or `vault.json`), node labels `topology.kubernetes.io/region`, the disk provider's [`DiskProvider::location_region`] | they differ |
 //!
 //! [`run_all`] runs the vault, broker and cluster groups concurrently; within the cluster group
@@ -23,7 +24,8 @@
 //!
 //! [`for_instance`] runs the checks a new backup instance depends on — vault storage and
 //! contents, cluster version, the CSI drivers of the volumes in the instance's scope, the snapshot
-//! account's permissions, conflicting tools and region — with a 2 s deadline each, and skips the
+//! account's permissions, conflicting tools, region and, with the Azure disk provider, its ARM
+//! permissions — with a 2 s deadline each, and skips the
 //! broker (instance creation does not publish). A command creating an instance calls it and
 //! refuses the instance when [`Report::refusal`] returns a message:
 //!
@@ -37,6 +39,7 @@
 //! # Ok(()) }
 //! ```
 
+mod azure;
 mod broker;
 mod cluster;
 mod permissions;
@@ -63,6 +66,7 @@ use stowage_schemas::domain::{BackupInstance, Namespaces, Scope};
 use stowage_vault::layout;
 use stowage_vault::store::BlobStore;
 
+use azure::azure_checks;
 use broker::broker_checks;
 use cluster::cluster_checks;
 pub use cluster::parse_minor;
@@ -85,6 +89,8 @@ pub const CSI_DRIVERS: &str = "csi-drivers";
 pub const PERMISSIONS: &str = "permissions";
 /// Check name: no conflicting backup tool is installed.
 pub const CONFLICTING_TOOLS: &str = "conflicting-tools";
+/// Check name: the workers' Azure identity holds the ARM actions the Azure disk provider needs.
+pub const AZURE_PERMISSIONS: &str = "azure-permissions";
 /// Check name: the vault, the cluster and the snapshot location are in the same region.
 pub const REGION: &str = "region";
 
@@ -274,6 +280,18 @@ pub struct PreflightTargets {
     pub scope: Option<Scope>,
     /// Each check's deadline.
     pub timeout: Duration,
+    /// With the Azure disk provider: the ARM client and the scopes whose permissions are
+    /// checked ([`AZURE_PERMISSIONS`]).
+    pub azure: Option<AzureTarget>,
+}
+
+/// The Azure permissions to check.
+#[derive(Debug, Clone)]
+pub struct AzureTarget {
+    /// A client of ARM as the workers' identity.
+    pub arm: stowage_azure::ArmClient,
+    /// The scopes and what is needed at each (`stowage_azure::AzureConfig::scopes`).
+    pub scopes: Vec<stowage_azure::config::Scope>,
 }
 
 impl Default for PreflightTargets {
@@ -287,6 +305,7 @@ impl Default for PreflightTargets {
             fleet_namespace: DEFAULT_FLEET_NAMESPACE.to_owned(),
             scope: None,
             timeout: DEFAULT_TIMEOUT,
+            azure: None,
         }
     }
 }
@@ -321,14 +340,16 @@ async fn run(targets: &PreflightTargets, selection: Selection) -> Report {
             Vec::new()
         }
     };
-    let (vault, broker, cluster) = tokio::join!(
+    let (vault, broker, cluster, azure) = tokio::join!(
         vault_checks(targets),
         broker,
-        cluster_checks(targets, selection)
+        cluster_checks(targets, selection),
+        azure_checks(targets)
     );
     let mut checks = vault;
     checks.extend(broker);
     checks.extend(cluster);
+    checks.extend(azure);
     Report { checks }
 }
 

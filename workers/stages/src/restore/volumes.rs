@@ -291,7 +291,12 @@ impl Run<'_> {
             .cloned()
             .unwrap_or_default();
         csi.insert("driver".into(), json!(self.ctx.disks.driver()));
-        csi.insert("volumeHandle".into(), json!(disk));
+        // The provider's handle of the disk (Azure: the staging disk's ARM id).
+        let handle = self
+            .ctx
+            .disks
+            .volume_handle(&stowage_disk::DiskId(disk.to_owned()));
+        csi.insert("volumeHandle".into(), json!(handle));
         spec.insert("csi".into(), Value::Object(csi));
         if !spec.contains_key("capacity") {
             let size = claim

@@ -526,7 +526,11 @@ async fn collect_and_snapshot(
             async move {
                 let backup = match how {
                     How::Disk => {
-                        let info = disks.snapshot(&DiskId(disk.clone()), &name).await.map_err(|e| {
+                        let owner = stowage_disk::SnapshotOwner {
+                            instance,
+                            recovery_point: rp_id,
+                        };
+                        let info = disks.snapshot_for(&DiskId(disk.clone()), &name, owner).await.map_err(|e| {
                             let message = format!(
                                 "snapshotting the volume of PVC {}/{} (PV {pv}, disk {disk}) failed: {e}",
                                 claim.namespace, claim.name
