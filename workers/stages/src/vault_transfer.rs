@@ -162,7 +162,7 @@ pub async fn transfer(
     })?;
 
     let key = job_key(instance, rp_id);
-    // One transfer per volume at a time: a second one waits, then loads the index the first
+    // One transfer per volume at a time: a second one waits, then opens the index the first
     // extended and stores only what that one did not (see `VolumeLeases`).
     let leases = VolumeLeases::acquire(ctx, &key, &rp, job).await?;
     let waited = leases.waited;
@@ -634,16 +634,19 @@ const LEASE_POLL: Duration = Duration::from_millis(500);
 /// the background until released.
 ///
 /// Two transfers of one volume at once (consecutive recovery points whose transfers overlap, or
-/// two instances protecting the same volume) would each load the chunk index before the other
+/// two instances protecting the same volume) would each open the chunk index before the other
 /// wrote its segment, and store the chunks they share twice. With the lease the second waits,
-/// then loads the index the first extended and reads incrementally from the first's map. Leases
+/// then opens the index the first extended and reads incrementally from the first's map. Leases
 /// are taken in volume order, so two transfers never wait on each other. The holder is the job
 /// key: a redelivered attempt of the same transfer takes its own lease back at once.
 struct VolumeLeases {
     leases: Vec<Lease>,
     /// Another transfer held one of them first: what it did may include this RP.
     waited: bool,
-    renewer: tokio::task::JoinHandle<()>,
+    /// Aborted on drop too: a transfer dropped mid-way (cancelled at the shutdown deadline, or
+    /// its future dropped) stops renewing, and its leases run out within [`LEASE_TTL`] instead
+    /// of blocking the volume's next transfer in this process for ever.
+    renewer: AbortOnDrop,
 }
 
 impl VolumeLeases {
@@ -689,7 +692,7 @@ impl VolumeLeases {
             leases.push(lease);
         }
         let renewing = leases.clone();
-        let renewer = tokio::spawn(async move {
+        let renewer = AbortOnDrop(tokio::spawn(async move {
             let every = renewing.first().map_or(LEASE_TTL / 3, Lease::renew_every);
             loop {
                 tokio::time::sleep(every).await;
@@ -705,7 +708,7 @@ impl VolumeLeases {
                     }
                 }
             }
-        });
+        }));
         Ok(Self {
             leases,
             waited,
@@ -714,7 +717,7 @@ impl VolumeLeases {
     }
 
     async fn release(self) {
-        self.renewer.abort();
+        drop(self.renewer);
         release_all(&self.leases).await;
     }
 }

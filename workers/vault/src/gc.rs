@@ -13,7 +13,7 @@
 //!
 //! # Why two phases
 //!
-//! A vault-transfer loads the chunk index when it starts and writes its extent maps (and then
+//! A vault-transfer opens the chunk index (its segments as listed then) when it starts and writes its extent maps (and then
 //! its tier manifest) when it ends; in between it may deduplicate against a chunk the sweep sees
 //! as unreferenced, or build an incremental on a map whose RP just expired. Deleting at once
 //! would lose that data. So (kopia-style, with a grace period, see [`DEFAULT_GRACE`]):
