@@ -88,7 +88,7 @@ impl ApiError {
     /// `… already exists`: 409, `cannot …`: 503, otherwise a refused request, 400).
     fn from_command(e: &anyhow::Error) -> Self {
         let text = format!("{e:#}");
-        let status = if text.starts_with("no ") {
+        let status = if text.starts_with("no ") || too_long(&text) {
             StatusCode::NOT_FOUND
         } else if text.contains("already exists") {
             StatusCode::CONFLICT
@@ -111,9 +111,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// An id within the id rule can still make a key longer than a local-folder vault's file
+/// system takes (`<253 bytes>.json`): no such object can exist, so it is not found.
+fn too_long(text: &str) -> bool {
+    text.contains("File name too long") || text.contains("name too long")
+}
+
 impl From<settings::SettingsError> for ApiError {
     fn from(e: settings::SettingsError) -> Self {
-        if e.is_not_found() {
+        if e.is_not_found() || too_long(&e.to_string()) {
             Self::not_found(e.to_string())
         } else {
             Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
@@ -123,7 +129,7 @@ impl From<settings::SettingsError> for ApiError {
 
 impl From<stowage_vault::Error> for ApiError {
     fn from(e: stowage_vault::Error) -> Self {
-        if e.is_not_found() {
+        if e.is_not_found() || too_long(&e.to_string()) {
             Self::not_found(e.to_string())
         } else {
             Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
