@@ -25,6 +25,9 @@ pub struct Cli {
     /// Off when unset. OTEL_EXPORTER_OTLP_ENDPOINT is read too.
     #[arg(long, global = true, env = "STOWAGE_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+    /// `--server` and its token: some commands call `stowage serve`'s API instead.
+    #[command(flatten)]
+    pub server: crate::serve::client::ServerArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -66,6 +69,10 @@ pub enum Command {
     Drill(crate::drill_cmd::DrillArgs),
     /// Trigger every instance's scheduled backups, until SIGTERM or Ctrl-C.
     Scheduler(crate::scheduler_cmd::SchedulerArgs),
+    /// The scheduler, every stage (in-process broker) and the HTTP API in one process, for
+    /// small clusters and trying Stowage out; with --amqp-url the scheduler and API of a
+    /// RabbitMQ fleet. Until SIGTERM or Ctrl-C.
+    Serve(crate::serve::ServeArgs),
 }
 
 /// Which Kubernetes cluster the snapshot and restore stages use, and the credentials: kube's

@@ -21,6 +21,9 @@ use stowage_schemas::Stage;
 
 /// Run the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.server.server.is_some() && !matches!(cli.command, Command::Serve(_)) {
+        return crate::serve::client::run(&cli.server, cli.command).await;
+    }
     match cli.command {
         Command::Worker(args) => worker(args).await,
         Command::Submit(args) => submit_file(args).await,
@@ -55,6 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Instance(args) => crate::catalog_cmd::instance(args).await,
         Command::Backup(args) => crate::catalog_cmd::backup(args).await,
         Command::Scheduler(args) => crate::scheduler_cmd::run(args).await,
+        Command::Serve(args) => crate::serve::run(args, cli.server.token_file).await,
     }
 }
 

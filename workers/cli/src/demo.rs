@@ -59,7 +59,19 @@ pub async fn create_sample_disks(
     disks: &LocalDiskProvider,
     rng: &mut rand::rngs::StdRng,
 ) -> anyhow::Result<()> {
-    for (disk, _, _, size) in VOLUMES {
+    create_sample_disks_sized(disks, rng, VOLUMES[0].3).await
+}
+
+/// [`create_sample_disks`] with the shop's database disk (`shop-data`) `shop_bytes` long (a
+/// multiple of 4 MiB; `stowage serve --sandbox --sample-disk-mib`, for bigger try-outs and
+/// the benchmarks).
+pub async fn create_sample_disks_sized(
+    disks: &LocalDiskProvider,
+    rng: &mut rand::rngs::StdRng,
+    shop_bytes: u64,
+) -> anyhow::Result<()> {
+    for (i, (disk, _, _, size)) in VOLUMES.iter().enumerate() {
+        let size = &if i == 0 { shop_bytes } else { *size };
         let info = disks
             .create_disk(disk, *size)
             .await
@@ -112,14 +124,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ),
         ),
     };
-    // The operator's key (a key-encryption key) wraps the vault's data key in its keyring, as
-    // `stowage vault init` does; the keyring is copied to the secondary.
     let operator_key = VaultKey::generate()?;
     std::fs::write(dir.join("vault.key"), operator_key.expose_secret_hex())
         .context("cannot save the vault key")?;
-    let (keyring, _) = stowage_vault::keyring::init(&primary, &operator_key).await?;
-    stowage_vault::keyring::replicate(&secondary, &keyring).await?;
-    let key = keyring.open(&operator_key)?;
+    let location = args
+        .blob_url
+        .clone()
+        .unwrap_or_else(|| dir.join("vault").display().to_string());
+    let secondary_location = args
+        .blob_url
+        .as_ref()
+        .map(|url| format!("{url}-secondary"))
+        .unwrap_or_else(|| dir.join("secondary").display().to_string());
+    let key = init_demo_vault(
+        &primary,
+        &secondary,
+        &operator_key,
+        location,
+        secondary_location,
+    )
+    .await?;
     // Every store handle seals what a recovery point holds (stowage_vault::seal).
     let (primary, secondary) = (primary.with_key(&key), secondary.with_key(&key));
     let disks = Arc::new(LocalDiskProvider::open(dir.join("disks"))?);
@@ -133,64 +157,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let client = cluster.client();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     create_sample_disks(&disks, &mut rng).await?;
-    // The catalog, through the same validated writes as `stowage vault init`,
-    // `stowage policy create` and `stowage instance create`.
-    let demo_vault = Vault {
-        name: "demo".into(),
-        region: "local".into(),
-        location: args
-            .blob_url
-            .clone()
-            .unwrap_or_else(|| dir.join("vault").display().to_string()),
-        redundancy: Redundancy::Geo {
-            secondary_location: args
-                .blob_url
-                .as_ref()
-                .map(|url| format!("{url}-secondary"))
-                .unwrap_or_else(|| dir.join("secondary").display().to_string()),
-            secondary_region: "paired-region".into(),
-        },
-        key_id: operator_key.key_id().to_string(),
-        immutability: Immutability::Disabled,
-        minimum_retention_days: 0,
-        soft_delete_days: stowage_schemas::domain::DEFAULT_SOFT_DELETE_DAYS,
-    };
-    settings::write_vault(&primary, &demo_vault, WriteMode::Create).await?;
-    let policy = Policy {
-        name: "daily".into(),
-        schedule: Schedule {
-            frequency_hours: 24,
-            start: jiff::civil::Time::constant(2, 0, 0, 0),
-            time_zone: "UTC".into(),
-        },
-        retention: Retention {
-            operational_days: 7,
-            vault: vec![VaultRule {
-                first_of: CalendarPeriod::Day,
-                keep_days: 30,
-            }],
-        },
-    };
-    settings::write_policy(&primary, &policy, WriteMode::Create).await?;
-    let instance = BackupInstance {
-        name: INSTANCE.into(),
-        cluster: CLUSTER.into(),
-        vault: demo_vault.name.clone(),
-        policy: policy.name.clone(),
-        scope: Scope {
-            namespaces: Namespaces::List {
-                names: vec!["shop".into(), "blog".into()],
-            },
-            exclude_namespaces: Vec::new(),
-            label_selectors: Vec::new(),
-            include_cluster_scoped: true,
-            include_secrets: true,
-            include_volumes: true,
-        },
-        snapshot_location: "local".into(),
-        hooks: Vec::new(),
-    };
-    settings::write_instance(&primary, &instance, WriteMode::Create).await?;
     let cluster_ctx =
         ClusterContext::new(primary.clone(), disks.clone(), CLUSTER, cluster.target())
             .with_secondary(secondary.clone());
@@ -513,6 +479,75 @@ async fn check_restore(
         compare(disks, &snapshot, &handle, *size).await?;
     }
     Ok(compared)
+}
+
+/// Initialises a demo vault in `primary` (its keyring, wrapped by `operator_key`, copied to
+/// `secondary`) with the catalog the demo and `stowage serve --sandbox` use: vault `demo`
+/// (geo-redundant), policy `daily`, instance `shop` protecting the sample app's namespaces on
+/// the cluster `sandbox` — through the same validated writes as `stowage vault init`, `policy
+/// create` and `instance create`. Returns the vault's data key.
+pub async fn init_demo_vault(
+    primary: &BlobStore,
+    secondary: &BlobStore,
+    operator_key: &VaultKey,
+    location: String,
+    secondary_location: String,
+) -> anyhow::Result<VaultKey> {
+    // The operator's key (a key-encryption key) wraps the vault's data key in its keyring, as
+    // `stowage vault init` does; the keyring is copied to the secondary.
+    let (keyring, _) = stowage_vault::keyring::init(primary, operator_key).await?;
+    stowage_vault::keyring::replicate(secondary, &keyring).await?;
+    let key = keyring.open(operator_key)?;
+    let demo_vault = Vault {
+        name: "demo".into(),
+        region: "local".into(),
+        location,
+        redundancy: Redundancy::Geo {
+            secondary_location,
+            secondary_region: "paired-region".into(),
+        },
+        key_id: operator_key.key_id().to_string(),
+        immutability: Immutability::Disabled,
+        minimum_retention_days: 0,
+        soft_delete_days: stowage_schemas::domain::DEFAULT_SOFT_DELETE_DAYS,
+    };
+    settings::write_vault(primary, &demo_vault, WriteMode::Create).await?;
+    let policy = Policy {
+        name: "daily".into(),
+        schedule: Schedule {
+            frequency_hours: 24,
+            start: jiff::civil::Time::constant(2, 0, 0, 0),
+            time_zone: "UTC".into(),
+        },
+        retention: Retention {
+            operational_days: 7,
+            vault: vec![VaultRule {
+                first_of: CalendarPeriod::Day,
+                keep_days: 30,
+            }],
+        },
+    };
+    settings::write_policy(primary, &policy, WriteMode::Create).await?;
+    let instance = BackupInstance {
+        name: INSTANCE.into(),
+        cluster: CLUSTER.into(),
+        vault: demo_vault.name.clone(),
+        policy: policy.name.clone(),
+        scope: Scope {
+            namespaces: Namespaces::List {
+                names: vec!["shop".into(), "blog".into()],
+            },
+            exclude_namespaces: Vec::new(),
+            label_selectors: Vec::new(),
+            include_cluster_scoped: true,
+            include_secrets: true,
+            include_volumes: true,
+        },
+        snapshot_location: "local".into(),
+        hooks: Vec::new(),
+    };
+    settings::write_instance(primary, &instance, WriteMode::Create).await?;
+    Ok(key)
 }
 
 async fn open_store(url: &str) -> anyhow::Result<BlobStore> {

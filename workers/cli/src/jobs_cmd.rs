@@ -85,7 +85,7 @@ pub enum StatusChoice {
 }
 
 impl StatusChoice {
-    fn status(self) -> JobStatus {
+    pub fn status(self) -> JobStatus {
         match self {
             StatusChoice::Queued => JobStatus::Queued,
             StatusChoice::Running => JobStatus::Running,
@@ -113,20 +113,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
                     && status.is_none_or(|s| job.status() == s.status())
             })
             .await?;
-            if jobs.is_empty() && format == Format::Table {
-                eprintln!("no jobs match");
-                return Ok(());
-            }
-            let now = Timestamp::now();
-            let rows: Vec<Vec<String>> = jobs.iter().map(|j| list_row(j, now)).collect();
-            output::print(
-                format,
-                &[
-                    "ID", "KIND", "INSTANCE", "STATUS", "STAGES", "PROGRESS", "AGE",
-                ],
-                &rows,
-                &jobs,
-            )
+            print_list(&jobs, format)
         }
         JobsAction::Show {
             id,
@@ -150,6 +137,24 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
         }
         JobsAction::Cancel { id } => cancel(&store, &id).await,
     }
+}
+
+/// Prints job records as `jobs list` does.
+pub fn print_list(jobs: &[JobRecord], format: Format) -> anyhow::Result<()> {
+    if jobs.is_empty() && format == Format::Table {
+        eprintln!("no jobs match");
+        return Ok(());
+    }
+    let now = Timestamp::now();
+    let rows: Vec<Vec<String>> = jobs.iter().map(|j| list_row(j, now)).collect();
+    output::print(
+        format,
+        &[
+            "ID", "KIND", "INSTANCE", "STATUS", "STAGES", "PROGRESS", "AGE",
+        ],
+        &rows,
+        &jobs,
+    )
 }
 
 /// The vault store from `--vault`.
@@ -526,6 +531,28 @@ pub async fn watch(
     interval: Duration,
     timeout: Option<Duration>,
 ) -> anyhow::Result<()> {
+    watch_with(id, interval, timeout, || async move {
+        match read_job(store, id).await {
+            Ok((job, _)) => Ok(Some(job)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read the record of job {id}")),
+        }
+    })
+    .await
+}
+
+/// [`watch`], reading the record with `fetch` (`None`: no record yet): from the vault, or
+/// from `stowage serve`'s API (`--server`).
+pub async fn watch_with<F, Fut>(
+    id: &str,
+    interval: Duration,
+    timeout: Option<Duration>,
+    mut fetch: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<JobRecord>>>,
+{
     let tty = std::io::stdout().is_terminal();
     let started = tokio::time::Instant::now();
     let mut board: Option<Board> = None;
@@ -534,9 +561,9 @@ pub async fn watch(
     loop {
         // A job submitted straight to the broker has no record until a worker takes it: wait
         // for one (up to the timeout) rather than fail on a job that is merely queued.
-        let job = match read_job(store, id).await {
-            Ok((job, _)) => job,
-            Err(e) if is_not_found(&e) => {
+        let job = match fetch().await? {
+            Some(job) => job,
+            None => {
                 let limit = timeout.unwrap_or(Duration::from_secs(60));
                 if started.elapsed() >= limit {
                     bail!(
@@ -553,7 +580,6 @@ pub async fn watch(
                 tokio::time::sleep(interval).await;
                 continue;
             }
-            Err(e) => return Err(e).with_context(|| format!("cannot read the record of job {id}")),
         };
         if tty {
             board.get_or_insert_with(Board::new).draw(id, &job);

@@ -15,6 +15,7 @@ mod preflight_cmd;
 mod restore_cmd;
 mod rp_cmd;
 mod scheduler_cmd;
+mod serve;
 mod stages;
 mod vault_config;
 

@@ -426,15 +426,27 @@ struct PlanView<'a> {
     objects: Vec<PlannedObject<'a>>,
 }
 
-/// `restore create --dry-run` with a cluster: the restore stage's plan-only path, in this
-/// process (reads only: the vault, and the target through `found`), printed per object.
-async fn dry_run_plan(
+/// What a dry run found: the restore stage's plan-only report, and what it planned.
+pub struct DryRun {
+    /// The restore stage's report; `plan` is the per-object plan.
+    pub report: stowage_stages::restore::RestoreReport,
+    /// The request as planned (options with `dry_run` set).
+    pub request: RestoreRequest,
+    /// The tier restored from.
+    pub tier: Tier,
+    /// The target cluster's name.
+    pub target: String,
+}
+
+/// The restore stage's plan-only path for `envelope` (a checked request, see [`plan`]), in
+/// this process: reads only, the vault and the target cluster through `client`.
+pub async fn dry_run(
     store: &BlobStore,
     secondary: Option<&BlobStore>,
     envelope: &Envelope,
-    found: crate::kube_config::ClusterClient,
-    format: Format,
-) -> anyhow::Result<()> {
+    client: kube::Client,
+    describe_target: &str,
+) -> anyhow::Result<DryRun> {
     let (tier, job_options, instance, rp_id) = match &envelope.message {
         Message::Restore(job) => (
             Tier::Operational,
@@ -463,7 +475,7 @@ async fn dry_run_plan(
         store.clone(),
         Arc::new(stowage_disk::NoDiskProvider),
         target.clone(),
-        stowage_cluster::ClusterTarget::new(found.client),
+        stowage_cluster::ClusterTarget::new(client),
     );
     if let Some(secondary) = secondary {
         ctx = ctx.with_secondary(secondary.clone());
@@ -483,12 +495,35 @@ async fn dry_run_plan(
     .await
     .map_err(|e| {
         anyhow::anyhow!(
-            "no plan was made for restore {} into cluster {target} ({}, {}): {e}",
+            "no plan was made for restore {} into cluster {target} ({describe_target}): {e}",
             request.restore_id,
-            found.url,
-            found.source
         )
     })?;
+    Ok(DryRun {
+        report,
+        request,
+        tier,
+        target,
+    })
+}
+
+/// `restore create --dry-run` with a cluster: the restore stage's plan-only path, in this
+/// process (reads only: the vault, and the target through `found`), printed per object.
+async fn dry_run_plan(
+    store: &BlobStore,
+    secondary: Option<&BlobStore>,
+    envelope: &Envelope,
+    found: crate::kube_config::ClusterClient,
+    format: Format,
+) -> anyhow::Result<()> {
+    let described = format!("{}, {}", found.url, found.source);
+    let DryRun {
+        report,
+        request,
+        tier,
+        target,
+    } = dry_run(store, secondary, envelope, found.client, &described).await?;
+    let (instance, rp_id) = (&request.instance, &request.recovery_point_id);
     let objects: Vec<PlannedObject> = report
         .plan
         .iter()

@@ -17,7 +17,7 @@ use crate::output;
 use crate::vault_config;
 
 /// One tier of a recovery point.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TierView {
     /// The tier.
     pub tier: Tier,
@@ -30,7 +30,7 @@ pub struct TierView {
 }
 
 /// A recovery point with the state of each of its tiers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RpView {
     /// The RP manifest (`catalog/<instance>/<rp>.json`).
     pub recovery_point: RecoveryPoint,
@@ -40,7 +40,7 @@ pub struct RpView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_count: Option<u64>,
     /// Warnings the snapshot recorded.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// When it was deleted and when it is purged, while it is soft-deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -170,6 +170,16 @@ pub async fn view(
 /// `stowage rp list <instance>`: every recovery point of the instance, newest first.
 pub async fn list(args: &VaultArgs, instance: &str, format: Format) -> anyhow::Result<()> {
     let (primary, secondary) = stores(args).await?;
+    let views = views(&primary, secondary.as_ref(), instance).await?;
+    print_list(instance, &views, format)
+}
+
+/// Every recovery point of `instance` with its tiers, newest first (`rp list`, the API).
+pub async fn views(
+    primary: &BlobStore,
+    secondary: Option<&BlobStore>,
+    instance: &str,
+) -> anyhow::Result<Vec<RpView>> {
     let prefix = layout::recovery_points(instance)?;
     let mut listing = primary.list(&prefix);
     let mut views = Vec::new();
@@ -180,18 +190,12 @@ pub async fn list(args: &VaultArgs, instance: &str, format: Format) -> anyhow::R
         else {
             continue;
         };
-        let rp = match catalog::read_recovery_point(&primary, instance, rp_id).await {
+        let rp = match catalog::read_recovery_point(primary, instance, rp_id).await {
             Ok(rp) => rp,
             Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(e).with_context(|| format!("cannot read recovery point {rp_id}")),
         };
-        views.push(view(&primary, secondary.as_ref(), rp, false).await?);
-    }
-    if views.is_empty() && format == Format::Table {
-        eprintln!(
-            "no recovery points of instance {instance} in the vault's catalog; `stowage backup now` (or a snapshot job) makes one"
-        );
-        return Ok(());
+        views.push(view(primary, secondary, rp, false).await?);
     }
     views.sort_by(|a, b| {
         b.recovery_point
@@ -199,6 +203,17 @@ pub async fn list(args: &VaultArgs, instance: &str, format: Format) -> anyhow::R
             .cmp(&a.recovery_point.created_at)
             .then(a.recovery_point.id.cmp(&b.recovery_point.id))
     });
+    Ok(views)
+}
+
+/// Prints recovery points as `rp list` does.
+pub fn print_list(instance: &str, views: &[RpView], format: Format) -> anyhow::Result<()> {
+    if views.is_empty() && format == Format::Table {
+        eprintln!(
+            "no recovery points of instance {instance} in the vault's catalog; `stowage backup now` (or a snapshot job) makes one"
+        );
+        return Ok(());
+    }
     let rows: Vec<Vec<String>> = views
         .iter()
         .map(|v| {

@@ -12,6 +12,7 @@
 
 pub mod job_records;
 pub mod preflight;
+pub mod recovery;
 pub mod scheduler;
 pub mod verify;
 

@@ -262,7 +262,7 @@ fn snapshot_job(record: &JobRecord, trigger: Trigger) -> Message {
 /// The message a queued record stands for, if the scheduler can rebuild it: the snapshot of a
 /// scheduled (`sched-<instance>-<slot>` recovery point) or on-demand backup, or a daily
 /// retention.
-fn republished_message(record: &JobRecord) -> Option<Message> {
+pub(crate) fn republished_message(record: &JobRecord) -> Option<Message> {
     let instance = record.instance.clone()?;
     match record.kind {
         Stage::Snapshot => {

@@ -38,6 +38,29 @@ pub async fn submit(
     broker.publish(envelope::outgoing(names, envelope)).await
 }
 
+/// The header a message resubmitted after a crash carries (`stowage serve` recovering its
+/// jobs from their records when its in-process queues died with it): the consuming worker
+/// treats it as a broker redelivery, so a handling still marked under way in the job record
+/// counts as a death (see `stowage_control::job_records`), exactly as under RabbitMQ.
+pub const RECOVERED_HEADER: &str = "x-stowage-recovered";
+
+/// [`submit`], marked as a redelivery of a message whose queue was lost ([`RECOVERED_HEADER`]).
+pub async fn resubmit(
+    broker: &dyn Broker,
+    names: &Names,
+    envelope: &Envelope,
+) -> Result<(), BrokerError> {
+    if let Some(cluster) = envelope::cluster_of(envelope)? {
+        ensure_cluster_queues(broker, names, &RetryPolicy::default(), cluster).await?;
+    }
+    let mut outgoing = envelope::outgoing(names, envelope);
+    outgoing
+        .properties
+        .headers
+        .insert(RECOVERED_HEADER.to_owned(), HeaderValue::Bool(true));
+    broker.publish(outgoing).await
+}
+
 /// Make sure the cluster-side stages' queues of `cluster` exist, declaring them (with `retry`'s
 /// delivery limit) when one is missing. A queue that exists is left as it is, whoever declared
 /// it and with whatever arguments, so a producer never fights a worker over them.

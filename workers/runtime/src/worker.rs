@@ -470,7 +470,15 @@ impl StageRunner {
         let ctx = JobContext::for_delivery(
             self.stage,
             envelope.attempt,
-            delivery.redelivered,
+            // A message resubmitted after its queue was lost counts as redelivered too.
+            delivery.redelivered
+                || matches!(
+                    delivery
+                        .properties
+                        .headers
+                        .get(crate::client::RECOVERED_HEADER),
+                    Some(crate::broker::HeaderValue::Bool(true))
+                ),
             self.shutdown.clone(),
         );
         let started = tokio::time::Instant::now();

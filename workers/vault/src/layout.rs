@@ -564,6 +564,14 @@ pub fn job(job_id: &str) -> Result<BlobKey, LayoutError> {
     Ok(key(&[JOBS, &format!("{job_id}.json")]))
 }
 
+/// `jobs/<job-id>.request`: the message that started a job, kept by `stowage serve` so that
+/// it can resubmit the job after a restart (its in-process queues die with it). Not a record:
+/// listings of records skip it (it does not end in `.json`).
+pub fn job_request(job_id: &str) -> Result<BlobKey, LayoutError> {
+    validate_id("job id", job_id)?;
+    Ok(key(&[JOBS, &format!("{job_id}.request")]))
+}
+
 /// `jobs`: every job record.
 pub fn jobs() -> KeyPrefix {
     prefix(&[JOBS])

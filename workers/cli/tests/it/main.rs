@@ -30,5 +30,6 @@ mod preflight;
 mod rbac_fix;
 mod restore_plan;
 mod secrets;
+mod serve;
 mod tamper;
 mod vault_worker;
