@@ -24,8 +24,45 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use stowage_runtime::telemetry;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    limit_malloc_arenas();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// glibc gives every thread that allocates an arena of its own and keeps freed buffers in it, so
+/// a worker whose pipeline threads pass buffers around grows past its 128 MiB budget (measured:
+/// 135 MiB on a third transfer in one process, 89 MiB with two arenas; ARCHITECTURE.md, "Known
+/// gaps"). The manifests set `MALLOC_ARENA_MAX=2`; a `stowage` started any other way (`stowage
+/// serve`, a worker on a VM) gets the same by running itself again once with it set. glibc reads
+/// the variable only at start, and this crate forbids the `unsafe` a `mallopt` call needs.
+/// Someone who sets the variable, to any value, keeps it.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
+        && let Ok(exe) = std::env::current_exe()
+    {
+        use std::os::unix::process::CommandExt as _;
+        let mut args = std::env::args_os();
+        let mut command = std::process::Command::new(exe);
+        if let Some(arg0) = args.next() {
+            command.arg0(arg0);
+        }
+        // `exec` returns only if it failed (the binary was replaced or removed since it
+        // started, say): then this process runs on with glibc's default arenas.
+        let _failed = command.args(args).env("MALLOC_ARENA_MAX", "2").exec();
+    }
+}
+
+async fn run() -> ExitCode {
     let cli = cli::Cli::parse();
     // The demo narrates on stdout; its workers' logs stay quiet unless asked for.
     let quiet = matches!(cli.command, cli::Command::Demo(_));

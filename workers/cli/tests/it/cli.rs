@@ -374,3 +374,53 @@ fn id_arguments_are_refused_by_the_id_rule() {
         );
     }
 }
+
+/// A `stowage` started without `MALLOC_ARENA_MAX` (not from the manifests, which set it) runs
+/// with two glibc arenas all the same: it runs itself again with the variable set, in the same
+/// process (same pid), so its pipeline threads cannot grow it past the worker's memory budget.
+/// One that was given a value keeps it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn stowage_runs_with_two_malloc_arenas_unless_told_otherwise() {
+    use crate::helpers::{TempDir, terminate};
+
+    fn arena_setting_of_a_running_stowage(given: Option<&str>) -> Option<String> {
+        let dir = TempDir::new("arenas");
+        let mut cmd = stowage_command();
+        cmd.args(["sandbox", "--kubeconfig-dir"])
+            .arg(dir.path())
+            .env_remove("MALLOC_ARENA_MAX")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(value) = given {
+            cmd.env("MALLOC_ARENA_MAX", value);
+        }
+        let child = cmd.spawn().expect("start stowage sandbox");
+        let environ = format!("/proc/{}/environ", child.id());
+        // The sandbox writes its kubeconfig once it serves: by then any re-exec has happened.
+        let deadline = Instant::now() + WAIT;
+        while std::fs::read_dir(dir.path()).map_or(0, |d| d.count()) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "stowage sandbox wrote no kubeconfig in {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let env = std::fs::read(&environ).expect("read the process's environment");
+        let mut child = child;
+        terminate(&child);
+        let _ = child.wait();
+        env.split(|b| *b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok())
+            .find_map(|kv| kv.strip_prefix("MALLOC_ARENA_MAX=").map(str::to_owned))
+    }
+
+    assert_eq!(
+        arena_setting_of_a_running_stowage(None).as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        arena_setting_of_a_running_stowage(Some("4")).as_deref(),
+        Some("4")
+    );
+}
