@@ -25,4 +25,5 @@ mod restore_plan;
 mod secrets;
 mod serve;
 mod tamper;
+mod ui;
 mod vault_worker;
