@@ -47,7 +47,9 @@ function fill(tbody, rows, empty, columns) {
 
 function ago(iso) {
   if (!iso) return "";
-  const s = (Date.now() - Date.parse(iso)) / 1000;
+  const t = Date.parse(iso);
+  if (Number.isNaN(t)) return String(iso);
+  const s = (Date.now() - t) / 1000;
   const abs = Math.abs(s);
   const text =
     abs < 90 ? `${Math.round(abs)} s` :
