@@ -15,6 +15,9 @@ fi
 # The cross-language examples (schemas/examples: submit.py, consume.py, consume.mjs) are tested
 # too: their Python packages, and the Node.js consumer's as locked in package-lock.json.
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r schemas/examples/requirements.txt
+# `stowage serve`'s OpenAPI document is checked against the running server with schemathesis
+# (workers/cli/tests/it/serve.rs).
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r schemas/requirements-api.txt
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   echo "node and npm are needed: the Node.js event consumer (schemas/examples/consume.mjs) is tested; install Node.js 18 or later (e.g. apt-get install nodejs npm)" >&2
   exit 1

@@ -106,7 +106,7 @@ impl Serve {
         if !r.status().is_success() {
             bail!("GET {path}: HTTP {}", r.status());
         }
-        Ok(r.json().await?)
+        Ok(serde_json::from_slice(&r.bytes().await?)?)
     }
 
     fn stop(mut self) {
@@ -241,7 +241,7 @@ async fn main() -> anyhow::Result<()> {
     if r.status().as_u16() != 202 {
         bail!("backup now: HTTP {}", r.status());
     }
-    let submitted: serde_json::Value = r.json().await?;
+    let submitted: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
     let job = submitted["job_id"].as_str().context("no job id")?.to_owned();
     let started = Instant::now();
     let mut peak_sampled = 0;
