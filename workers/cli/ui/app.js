@@ -347,7 +347,14 @@ function stageCell(s) {
       el("span", { class: "muted" }, ` ${bytes(p.bytes_done || 0)} of ${bytes(p.bytes_total)}`),
     );
   } else if (p.items_total) {
-    parts.push(el("span", { class: "muted" }, ` ${p.items_done || 0}/${p.items_total} items`));
+    const pct = Math.min(100, Math.round((100 * (p.items_done || 0)) / p.items_total));
+    parts.push(
+      el("progress", { max: 100, value: pct, title: `${pct} %` }),
+      el("span", { class: "muted" }, ` ${p.items_done || 0}/${p.items_total} items`),
+      p.bytes_done ? el("span", { class: "muted" }, `, ${bytes(p.bytes_done)} read`) : null,
+    );
+  } else if (p.bytes_done) {
+    parts.push(el("span", { class: "muted" }, ` ${bytes(p.bytes_done)}`));
   }
   if (s.attempts > 1) parts.push(el("span", { class: "muted" }, ` attempt ${s.attempts}`));
   if (s.error) parts.push(el("div", { class: "error" }, s.error));
@@ -592,7 +599,7 @@ async function loadDeadLetters() {
         "td",
         {},
         el("div", { class: "reason" }, d.reason),
-        (d.error_chain || []).filter((c) => c !== d.reason).map((c) => el("div", { class: "muted" }, c)),
+        (d.error_chain || []).filter((c) => !d.reason.includes(c)).map((c) => el("div", { class: "muted" }, c)),
       ),
     ),
   );

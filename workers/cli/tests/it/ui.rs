@@ -70,6 +70,8 @@ async fn the_backup_center_works_in_chromium() {
         .arg(dir.path())
         .arg("--addr")
         .arg(format!("127.0.0.1:{port}"))
+        // A disk large enough that the browser sees the vault transfer under way.
+        .args(["--sample-disk-mib", "512"])
         .env("STOWAGE_LOG", "info")
         .env("STOWAGE_API_TOKEN", TOKEN)
         .env_remove("STOWAGE_SERVER")
@@ -209,6 +211,7 @@ async fn the_backup_center_works_in_chromium() {
     for shot in [
         "01-sign-in",
         "02-instances",
+        "03-backup-running",
         "04-backup-succeeded",
         "07-restore-plan",
         "08-restore-succeeded",

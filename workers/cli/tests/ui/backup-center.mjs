@@ -51,6 +51,10 @@ try {
       problems.push(`console error: ${m.text()}`);
     }
   });
+  page.on("response", (r) => {
+    // 401: the wrong token typed on purpose (and the first look before signing in).
+    if (r.status() >= 400 && r.status() !== 401) problems.push(`HTTP ${r.status()} for ${r.url()}`);
+  });
   const shot = async (name) => {
     await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
   };
@@ -88,6 +92,7 @@ try {
   const job = await row.getAttribute("data-job");
   check(job, "the new job's row names no job");
   const seen = new Set();
+  const texts = new Set();
   let sawProgress = false;
   let midShot = false;
   const deadline = Date.now() + jobTimeout;
@@ -95,7 +100,9 @@ try {
     const r = page.locator(`#jobs tr[data-job="${job}"]`);
     const status = await r.locator(".job-status [data-status]").getAttribute("data-status");
     seen.add(status);
-    if ((await r.locator("progress").count()) > 0) {
+    if (status === "running") texts.add((await r.locator("td").nth(4).innerText()).replace(/\s+/g, " "));
+    // Live progress: a bar in a stage that is still running.
+    if ((await r.locator('.stage:has([data-status="running"]) progress').count()) > 0) {
       sawProgress = true;
       if (!midShot) {
         await shot("03-backup-running");
@@ -107,6 +114,7 @@ try {
     check(Date.now() < deadline, `backup ${job} did not finish in ${jobTimeout} ms (seen: ${[...seen]})`);
     await page.waitForTimeout(250);
   }
+  check(sawProgress, `no progress bar of a running stage was seen while backup ${job} ran (seen: ${[...seen]}; stages while running: ${[...texts].join(" | ")})`);
   const stages = await page
     .locator(`#jobs tr[data-job="${job}"] .stage`)
     .evaluateAll((nodes) => nodes.map((n) => n.getAttribute("data-stage")));
