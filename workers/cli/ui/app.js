@@ -647,6 +647,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("restore-form").addEventListener("submit", planRestore);
   $("run-button").addEventListener("click", runRestore);
   $("replan-button").addEventListener("click", () => showStep("choose"));
+  $("another-button").addEventListener("click", () => showStep("choose"));
   window.addEventListener("hashchange", () => {
     if ($("login").hidden) route();
   });

@@ -148,6 +148,7 @@ try {
   await page.fill("#r-mapping", "shop=shop-ui");
   await page.click("#plan-button");
   await page.locator("#plan").waitFor({ state: "visible", timeout: 120000 });
+  check(!(await page.locator("#restore-form").isVisible()), "the request form is still shown beside the plan");
   const summary = await page.locator("#plan-summary").innerText();
   const entries = await page
     .locator("#plan-entries tbody tr")
