@@ -54,7 +54,9 @@ struct Serve {
 
 impl Serve {
     async fn start(stowage: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let child = Command::new(stowage)
             .args(["serve", "--sandbox", "--dir"])
             .arg(dir)
@@ -82,7 +84,10 @@ impl Serve {
                 return Ok(serve);
             }
             if Instant::now() > deadline {
-                bail!("stowage serve did not start; see {}", dir.with_extension("log").display());
+                bail!(
+                    "stowage serve did not start; see {}",
+                    dir.with_extension("log").display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -242,7 +247,10 @@ async fn main() -> anyhow::Result<()> {
         bail!("backup now: HTTP {}", r.status());
     }
     let submitted: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
-    let job = submitted["job_id"].as_str().context("no job id")?.to_owned();
+    let job = submitted["job_id"]
+        .as_str()
+        .context("no job id")?
+        .to_owned();
     let started = Instant::now();
     let mut peak_sampled = 0;
     let mut last_poll = Instant::now() - Duration::from_secs(1);

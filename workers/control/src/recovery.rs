@@ -104,21 +104,24 @@ pub async fn recover(store: &BlobStore, broker: &dyn Broker, names: &Names) -> R
             continue;
         }
         match recover_one(store, broker, names, &record).await {
-            Ok(Some(stage)) => report
-                .resubmitted
-                .push(format!("{} ({stage})", record.id)),
+            Ok(Some(stage)) => report.resubmitted.push(format!("{} ({stage})", record.id)),
             Ok(None) => {}
             Err(Failure::Unrecoverable(reason)) => {
                 let now = Timestamp::now();
-                let marked = update_job(store, &record.id, || record.clone(), |r| {
-                    r.updated_at = now;
-                    if let Some(run) = r.stages.iter_mut().find(|s| !s.status.is_final()) {
-                        run.status = JobStatus::Failed;
-                        run.finished_at = Some(now);
-                        run.handling = None;
-                        run.error = Some(reason.clone());
-                    }
-                })
+                let marked = update_job(
+                    store,
+                    &record.id,
+                    || record.clone(),
+                    |r| {
+                        r.updated_at = now;
+                        if let Some(run) = r.stages.iter_mut().find(|s| !s.status.is_final()) {
+                            run.status = JobStatus::Failed;
+                            run.finished_at = Some(now);
+                            run.handling = None;
+                            run.error = Some(reason.clone());
+                        }
+                    },
+                )
                 .await;
                 match marked {
                     Ok(_) => report.failed.push(format!("{}: {reason}", record.id)),
@@ -230,7 +233,7 @@ async fn recover_one(
                     let mut envelope = envelope;
                     envelope.attempt = 0;
                     if let Some(h) = &run.handling {
-                        envelope.message_id = h.message_id.clone();
+                        envelope.message_id = h.message_id;
                         envelope.attempt = h.attempt;
                     }
                     resubmit(broker, names, &envelope).await?;
@@ -254,7 +257,7 @@ async fn recover_one(
     // The interrupted handling's own id and attempt: the worker sees a redelivery of it.
     match &run.handling {
         Some(h) => {
-            envelope.message_id = h.message_id.clone();
+            envelope.message_id = h.message_id;
             envelope.attempt = h.attempt;
         }
         None => envelope.message_id = recovered_message_id(&record.id, stage),
@@ -270,5 +273,131 @@ fn recovered_message_id(job_id: &str, stage: Stage) -> MessageId {
     match stage {
         Stage::Snapshot => job_message_id(job_id),
         stage => job_message_id(&format!("{job_id}#{stage}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use stowage_runtime::broker::HeaderValue;
+    use stowage_runtime::client::RECOVERED_HEADER;
+    use stowage_runtime::{InProcessBroker, RetryPolicy, Topology};
+    use stowage_schemas::domain::{Handling, StageRun, Tier};
+    use stowage_schemas::jobs::{RestoreHydrationJob, RestoreOptions};
+    use stowage_vault::catalog::jobs::{create_job, read_job};
+
+    use super::*;
+
+    fn restore_request(id: &str) -> Envelope {
+        Envelope::new(
+            id,
+            Message::RestoreHydration(RestoreHydrationJob {
+                restore_id: id.into(),
+                instance: "shop".into(),
+                recovery_point_id: "rp-1".into(),
+                tier: Tier::Vault,
+                staging_location: None,
+                options: RestoreOptions {
+                    target_cluster: Some("c1".into()),
+                    ..RestoreOptions::default()
+                },
+            }),
+        )
+    }
+
+    fn restore_record(id: &str, stages: Vec<StageRun>) -> JobRecord {
+        let mut r = JobRecord::new(id, Stage::RestoreHydration, Timestamp::now());
+        r.instance = Some("shop".into());
+        r.recovery_point_id = Some("rp-1".into());
+        r.restore_id = Some(id.into());
+        r.stages = stages;
+        r
+    }
+
+    /// A restore whose hydration was under way is resubmitted from its saved request, as a
+    /// redelivery of the interrupted handling; one interrupted after hydration is marked
+    /// failed with the reason; a finished job is left alone.
+    #[tokio::test]
+    async fn restores_are_resubmitted_from_their_saved_request_or_failed_with_the_reason() {
+        let store = BlobStore::in_memory();
+        let broker = Arc::new(InProcessBroker::new());
+        let names = Names::new("recovery-test");
+        broker
+            .declare(&Topology::new(names.clone(), &RetryPolicy::default()))
+            .await
+            .unwrap();
+
+        // r1: hydration running when the process died.
+        let request = restore_request("r1");
+        save_request(&store, &request).await.unwrap();
+        let mut running = StageRun::queued(Stage::RestoreHydration);
+        running.status = JobStatus::Running;
+        running.attempts = 1;
+        running.handling = Some(Handling {
+            id: "h1".into(),
+            message_id: request.message_id,
+            attempt: 0,
+            started_at: Timestamp::now(),
+            shutting_down: false,
+        });
+        create_job(&store, &restore_record("r1", vec![running]))
+            .await
+            .unwrap();
+        // r2: hydrated, the restore stage still queued.
+        save_request(&store, &restore_request("r2")).await.unwrap();
+        let mut hydrated = StageRun::queued(Stage::RestoreHydration);
+        hydrated.status = JobStatus::Succeeded;
+        create_job(
+            &store,
+            &restore_record(
+                "r2",
+                vec![hydrated.clone(), StageRun::queued(Stage::Restore)],
+            ),
+        )
+        .await
+        .unwrap();
+        // r3: finished.
+        create_job(&store, &restore_record("r3", vec![hydrated]))
+            .await
+            .unwrap();
+
+        let report = recover(&store, broker.as_ref(), &names).await;
+        assert_eq!(
+            report.resubmitted,
+            vec!["r1 (restore-hydration)".to_owned()]
+        );
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        assert!(report.failed[0].starts_with("r2: "), "{report:?}");
+        assert!(report.errors.is_empty(), "{report:?}");
+
+        let delivery = broker
+            .get(&names.stage_queue(Stage::RestoreHydration))
+            .await
+            .unwrap()
+            .expect("the hydration job is back in its queue");
+        assert_eq!(
+            delivery.properties.message_id.as_deref(),
+            Some(request.message_id.to_string().as_str()),
+            "the interrupted handling's own message id"
+        );
+        assert_eq!(
+            delivery.properties.headers.get(RECOVERED_HEADER),
+            Some(&HeaderValue::Bool(true))
+        );
+        assert!(
+            broker
+                .get(&names.stage_queue(Stage::RestoreHydration))
+                .await
+                .unwrap()
+                .is_none(),
+            "nothing else was resubmitted"
+        );
+        let (r2, _) = read_job(&store, "r2").await.unwrap();
+        assert_eq!(r2.status(), JobStatus::Failed);
+        let reason = r2.stage(Stage::Restore).unwrap().error.clone().unwrap();
+        assert!(reason.contains("after hydration"), "{reason}");
+        let (r3, _) = read_job(&store, "r3").await.unwrap();
+        assert_eq!(r3.status(), JobStatus::Succeeded);
     }
 }

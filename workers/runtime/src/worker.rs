@@ -473,7 +473,10 @@ impl StageRunner {
             // A message resubmitted after its queue was lost counts as redelivered too.
             delivery.redelivered
                 || matches!(
-                    delivery.properties.headers.get(crate::client::RECOVERED_HEADER),
+                    delivery
+                        .properties
+                        .headers
+                        .get(crate::client::RECOVERED_HEADER),
                     Some(crate::broker::HeaderValue::Bool(true))
                 ),
             self.shutdown.clone(),

@@ -154,7 +154,8 @@ fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v).map_err(|e| ApiError::bad(e.body_text()))
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::bad(e.body_text()))
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -173,7 +174,10 @@ pub fn router(served: Served) -> Router {
         .route("/instances/{name}", get(instance))
         .route("/instances/{name}/backups", post(backup))
         .route("/instances/{name}/recovery-points", get(recovery_points))
-        .route("/instances/{name}/recovery-points/{rp}", get(recovery_point))
+        .route(
+            "/instances/{name}/recovery-points/{rp}",
+            get(recovery_point),
+        )
         .route("/jobs", get(jobs))
         .route("/jobs/{id}", get(job))
         .route("/jobs/{id}/cancel", post(cancel))
@@ -188,11 +192,18 @@ pub fn router(served: Served) -> Router {
         .with_state(served);
     Router::new()
         .nest("/api/v1", api)
-        .merge(stowage_runtime::health::router(stowage_runtime::Health::default()))
+        .merge(stowage_runtime::health::router(
+            stowage_runtime::Health::default(),
+        ))
 }
 
 /// `Authorization: Bearer <token>` when the server has a token.
-async fn auth(State(s): State<Served>, headers: HeaderMap, request: Request, next: Next) -> Response {
+async fn auth(
+    State(s): State<Served>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(token) = &s.token {
         let given = headers
             .get(header::AUTHORIZATION)
@@ -374,10 +385,12 @@ async fn protection(
     let mut newest: Option<Timestamp> = None;
     for v in views.iter().filter(|v| v.soft_deleted.is_none()) {
         for t in v.tiers.iter().filter(|t| t.state == "available") {
-            last_good.entry(t.tier.as_str()).or_insert_with(|| LastGood {
-                recovery_point_id: v.recovery_point.id.clone(),
-                created_at: v.recovery_point.created_at,
-            });
+            last_good
+                .entry(t.tier.as_str())
+                .or_insert_with(|| LastGood {
+                    recovery_point_id: v.recovery_point.id.clone(),
+                    created_at: v.recovery_point.created_at,
+                });
             newest = newest.max(Some(v.recovery_point.created_at));
         }
     }
@@ -513,7 +526,10 @@ async fn backup(
         if text.contains("not found") || text.contains("does not exist") || text.starts_with("no ")
         {
             ApiError::not_found(text)
-        } else if matches!(e, stowage_control::scheduler::SchedulerError::Publish { .. }) {
+        } else if matches!(
+            e,
+            stowage_control::scheduler::SchedulerError::Publish { .. }
+        ) {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, text)
         } else {
             ApiError::bad(text)

@@ -29,7 +29,12 @@ pub struct ServerArgs {
     pub server: Option<String>,
     /// The API token, in a file (its first line): `stowage serve` requires it, clients send
     /// it. STOWAGE_API_TOKEN gives it directly.
-    #[arg(long, global = true, env = "STOWAGE_API_TOKEN_FILE", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "STOWAGE_API_TOKEN_FILE",
+        value_name = "PATH"
+    )]
     pub token_file: Option<PathBuf>,
 }
 

@@ -63,7 +63,12 @@ pub struct ServeArgs {
     #[arg(long)]
     pub sandbox: bool,
     /// With --sandbox: the folder holding the vault, its secondary, the disks and the key.
-    #[arg(long, value_name = "DIR", default_value = "stowage-serve", requires = "sandbox")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "stowage-serve",
+        requires = "sandbox"
+    )]
     pub dir: PathBuf,
     /// With --sandbox, on first start: the size of the shop's database disk in MiB (a
     /// multiple of 4), half of it filled with data; the default is the demo's 64.
@@ -181,7 +186,11 @@ pub async fn run(args: ServeArgs, token_file: Option<PathBuf>) -> anyhow::Result
             let plan = match crate::kube_config::cluster_client(&args.cluster).await? {
                 Some(found) => {
                     let name = args.cluster.cluster_name.clone().unwrap_or_default();
-                    Some((name, found.client, format!("{}, {}", found.url, found.source)))
+                    Some((
+                        name,
+                        found.client,
+                        format!("{}, {}", found.url, found.source),
+                    ))
                 }
                 None => None,
             };
@@ -412,15 +421,18 @@ async fn sandbox_setup(args: &ServeArgs) -> anyhow::Result<SandboxSetup> {
             .with_context(|| format!("cannot read the vault key from {}", key_file.display()))?;
         let operator_key = VaultKey::from_hex(text.trim())
             .with_context(|| format!("{} does not hold a vault key", key_file.display()))?;
-        vault_config::unlock(&primary, &operator_key).await?.data_key
+        vault_config::unlock(&primary, &operator_key)
+            .await?
+            .data_key
     };
     let (primary, secondary) = (primary.with_key(&key), secondary.with_key(&key));
-    let vault = VaultContext::new(primary.clone(), key, disks.clone()).with_secondary(secondary.clone());
+    let vault =
+        VaultContext::new(primary.clone(), key, disks.clone()).with_secondary(secondary.clone());
     let sandbox = stowage_sandbox::Sandbox::new();
     sandbox.load_sample_app()?;
     let handle = sandbox.start_local().await?;
-    let cluster = ClusterContext::new(primary, disks, "sandbox", handle.target())
-        .with_secondary(secondary);
+    let cluster =
+        ClusterContext::new(primary, disks, "sandbox", handle.target()).with_secondary(secondary);
     let plan = (
         "sandbox".to_owned(),
         handle.client(),

@@ -80,7 +80,10 @@ impl Serve {
             .expect("GET");
         let status = r.status().as_u16();
         let bytes = r.bytes().await.unwrap_or_default();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -93,7 +96,10 @@ impl Serve {
             .expect("POST");
         let status = r.status().as_u16();
         let bytes = r.bytes().await.unwrap_or_default();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// The job's record once it is final.
@@ -132,7 +138,10 @@ impl Serve {
     fn stop(mut self) {
         terminate(&self.child);
         let status = self.child.wait().expect("wait stowage serve");
-        assert!(status.success(), "stowage serve exited with {status} on SIGTERM");
+        assert!(
+            status.success(),
+            "stowage serve exited with {status} on SIGTERM"
+        );
     }
 }
 
@@ -250,9 +259,21 @@ async fn serve_backs_up_plans_and_restores_through_the_api_and_the_cli() {
         {
             let mut c = serve.cli();
             c.args([
-                "restore", "create", "--instance", "shop", "--rp", &rp, "--from", "vault",
-                "--namespaces", "shop", "--namespace-mapping", "shop=shop-api",
-                "--restore-id", "api-restore", "--dry-run",
+                "restore",
+                "create",
+                "--instance",
+                "shop",
+                "--rp",
+                &rp,
+                "--from",
+                "vault",
+                "--namespaces",
+                "shop",
+                "--namespace-mapping",
+                "shop=shop-api",
+                "--restore-id",
+                "api-restore",
+                "--dry-run",
             ]);
             c
         },
@@ -271,7 +292,11 @@ async fn serve_backs_up_plans_and_restores_through_the_api_and_the_cli() {
         .await;
     assert_eq!(status, 200);
     assert!(
-        again.as_array().unwrap().iter().all(|j| j["id"] != "api-restore"),
+        again
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["id"] != "api-restore"),
         "a plan writes no record"
     );
 
@@ -280,9 +305,23 @@ async fn serve_backs_up_plans_and_restores_through_the_api_and_the_cli() {
         {
             let mut c = serve.cli();
             c.args([
-                "restore", "create", "--instance", "shop", "--rp", &rp, "--from", "vault",
-                "--namespaces", "shop", "--namespace-mapping", "shop=shop-api",
-                "--restore-id", "api-restore", "--wait", "--timeout", "600",
+                "restore",
+                "create",
+                "--instance",
+                "shop",
+                "--rp",
+                &rp,
+                "--from",
+                "vault",
+                "--namespaces",
+                "shop",
+                "--namespace-mapping",
+                "shop=shop-api",
+                "--restore-id",
+                "api-restore",
+                "--wait",
+                "--timeout",
+                "600",
             ]);
             c
         },
@@ -292,7 +331,10 @@ async fn serve_backs_up_plans_and_restores_through_the_api_and_the_cli() {
     assert!(out.status.success(), "restore create --server: {stderr}");
     assert_eq!(stdout.lines().next(), Some("api-restore"), "{stdout}");
     let (status, restore) = serve.get("/api/v1/restores/api-restore").await;
-    assert_eq!((status, &restore["status"]), (200, &Value::from("succeeded")));
+    assert_eq!(
+        (status, &restore["status"]),
+        (200, &Value::from("succeeded"))
+    );
     // The same id again is a conflict.
     let (status, refused) = serve
         .post(
@@ -329,14 +371,19 @@ async fn serve_survives_kill_9_mid_backup_and_loses_and_duplicates_nothing() {
     let caught = poll(JOB, Duration::from_millis(5), async || {
         let (_, v) = serve.get(&format!("/api/v1/jobs/{job}")).await;
         assert!(
-            !matches!(v["status"].as_str(), Some("succeeded" | "failed" | "cancelled")),
+            !matches!(
+                v["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ),
             "the job finished before it could be killed: {v:#}"
         );
         let stages = v["stages"].as_array()?;
         stages
             .iter()
             .any(|s| {
-                s["stage"] == "vault-transfer" && s["status"] == "running" && s["handling"].is_object()
+                s["stage"] == "vault-transfer"
+                    && s["status"] == "running"
+                    && s["handling"].is_object()
             })
             .then_some(())
     })
@@ -359,7 +406,11 @@ async fn serve_survives_kill_9_mid_backup_and_loses_and_duplicates_nothing() {
     assert_eq!(record["status"], "succeeded", "{record:#}");
     for stage in record["stages"].as_array().unwrap() {
         assert_eq!(stage["status"], "succeeded", "{record:#}");
-        let expected = if stage["stage"] == "vault-transfer" { 1 } else { 0 };
+        let expected = if stage["stage"] == "vault-transfer" {
+            1
+        } else {
+            0
+        };
         assert_eq!(
             stage["interrupted"].as_u64().unwrap_or(0),
             expected,
@@ -385,7 +436,10 @@ async fn serve_survives_kill_9_mid_backup_and_loses_and_duplicates_nothing() {
     assert_eq!(ids, vec![rp.as_str()]);
     serve.stop();
 
-    for tier in [&["--tier", "vault"][..], &["--tier", "secondary", "--secondary"][..]] {
+    for tier in [
+        &["--tier", "vault"][..],
+        &["--tier", "secondary", "--secondary"][..],
+    ] {
         let mut cmd = stowage_command();
         cmd.args(["rp", "verify", &rp, "--instance", "shop"])
             .args(vault_args(dir.path()))
@@ -422,9 +476,7 @@ async fn the_openapi_document_matches_the_running_server() {
         .post("/api/v1/instances/shop/backups", serde_json::json!({}))
         .await;
     assert_eq!(status, 202, "{submitted}");
-    let record = serve
-        .finished(submitted["job_id"].as_str().unwrap())
-        .await;
+    let record = serve.finished(submitted["job_id"].as_str().unwrap()).await;
     assert_eq!(record["status"], "succeeded", "{record:#}");
     let document = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/openapi.yaml");
     let out = Command::new("schemathesis")
@@ -440,6 +492,8 @@ async fn the_openapi_document_matches_the_running_server() {
         .args(["--max-examples", "25", "--workers", "1", "--seed", "17"])
         .args(["--request-timeout", "60"])
         .env("SCHEMATHESIS_HOOKS", "")
+        // Its cache (.schemathesis/) goes there, not into the source tree.
+        .current_dir(dir.path())
         .output()
         .expect("run schemathesis");
     let (stdout, stderr) = stdout_and_stderr(&out);
@@ -458,12 +512,7 @@ async fn serve_fronts_a_rabbitmq_fleet_with_amqp_url() {
     let dir = TempDir::new("serve-amqp");
     let prefix = bus.names.prefix().to_owned();
     let url = stowage_tests::amqp_url();
-    let serve = Serve::start(
-        dir.path(),
-        None,
-        &["--amqp-url", &url, "--prefix", &prefix],
-    )
-    .await;
+    let serve = Serve::start(dir.path(), None, &["--amqp-url", &url, "--prefix", &prefix]).await;
     let (_, info) = serve.get("/api/v1/info").await;
     assert_eq!(info["stages"], serde_json::json!([]), "{info:#}");
     assert_ne!(info["broker"], "in-process", "{info:#}");
@@ -471,8 +520,14 @@ async fn serve_fronts_a_rabbitmq_fleet_with_amqp_url() {
         .post("/api/v1/instances/shop/backups", serde_json::json!({}))
         .await;
     assert_eq!(status, 202, "{submitted}");
-    let queue = bus.names.cluster_queue(stowage_schemas::Stage::Snapshot, "sandbox");
-    assert_eq!(bus.depth(&queue).await, 1, "the job waits for the fleet in {queue}");
+    let queue = bus
+        .names
+        .cluster_queue(stowage_schemas::Stage::Snapshot, "sandbox");
+    assert_eq!(
+        bus.depth(&queue).await,
+        1,
+        "the job waits for the fleet in {queue}"
+    );
     let (_, fleet) = serve.get("/api/v1/fleet").await;
     assert!(
         fleet["queues"]
@@ -483,15 +538,19 @@ async fn serve_fronts_a_rabbitmq_fleet_with_amqp_url() {
         "{fleet:#}"
     );
     let (_, job) = serve
-        .get(&format!("/api/v1/jobs/{}", submitted["job_id"].as_str().unwrap()))
+        .get(&format!(
+            "/api/v1/jobs/{}",
+            submitted["job_id"].as_str().unwrap()
+        ))
         .await;
     assert_eq!(job["status"], "queued", "{job:#}");
     serve.stop();
-    let mut topology = stowage_runtime::Topology::new(
-        bus.names.clone(),
-        &stowage_runtime::RetryPolicy::default(),
-    );
-    for stage in [stowage_schemas::Stage::Snapshot, stowage_schemas::Stage::Restore] {
+    let mut topology =
+        stowage_runtime::Topology::new(bus.names.clone(), &stowage_runtime::RetryPolicy::default());
+    for stage in [
+        stowage_schemas::Stage::Snapshot,
+        stowage_schemas::Stage::Restore,
+    ] {
         topology.queues.push(stowage_runtime::topology::QueueSpec {
             name: bus.names.cluster_queue(stage, "sandbox"),
             kind: stowage_runtime::topology::QueueKind::Classic,
