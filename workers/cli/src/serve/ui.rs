@@ -25,7 +25,10 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 /// The routes of the Backup center, mounted at the root of the server (`/` and `/ui/*`).
 pub fn router() -> Router {
     Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
         .route("/ui", get(|| async { Redirect::permanent("/") }))
         .route("/ui/", get(|| async { Redirect::permanent("/") }))
         .route(

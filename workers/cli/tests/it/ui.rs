@@ -82,10 +82,14 @@ async fn the_backup_center_works_in_chromium() {
         .expect("start stowage serve");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
-    let up = poll(Duration::from_secs(120), Duration::from_millis(100), async || {
-        let r = http.get(format!("{url}/livez")).send().await;
-        r.ok().filter(|r| r.status().is_success()).map(|_| ())
-    })
+    let up = poll(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        async || {
+            let r = http.get(format!("{url}/livez")).send().await;
+            r.ok().filter(|r| r.status().is_success()).map(|_| ())
+        },
+    )
     .await;
     let server_log = || std::fs::read_to_string(&log).unwrap_or_default();
     if up.is_none() {
@@ -110,7 +114,11 @@ async fn the_backup_center_works_in_chromium() {
             "{path}"
         );
     }
-    let missing = http.get(format!("{url}/ui/nothing.js")).send().await.unwrap();
+    let missing = http
+        .get(format!("{url}/ui/nothing.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status().as_u16(), 404);
 
     // A second instance, made with the CLI on the same vault: its pre-hook runs in a container
@@ -181,7 +189,10 @@ async fn the_backup_center_works_in_chromium() {
          stowage serve's log:\n{server}",
         shots.display()
     );
-    assert!(status.success(), "stowage serve exited with {status}: {server}");
+    assert!(
+        status.success(),
+        "stowage serve exited with {status}: {server}"
+    );
     assert!(
         !server.contains(TOKEN),
         "the token appears in the server's log"
@@ -189,8 +200,7 @@ async fn the_backup_center_works_in_chromium() {
 
     // What the browser reported, against what it should have seen.
     let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(shots.join("report.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(shots.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["problems"], Value::Array(Vec::new()), "{report:#}");
     let stages: Vec<&str> = report["backup"]["stages"]
         .as_array()
