@@ -13,6 +13,7 @@ const state = {
   instances: [],
   jobs: [],
   timer: null,
+  generation: 0,
   following: null, // the restore job the wizard follows
   plan: null, // the last plan: {request, view}
 };
@@ -185,6 +186,8 @@ function stopPolling() {
 async function refresh() {
   stopPolling();
   if (!$("login").hidden) return;
+  // A refresh started later (a click, a tab change) takes over: this one schedules nothing.
+  const generation = ++state.generation;
   let busy = false;
   try {
     const loaders = {
@@ -203,6 +206,7 @@ async function refresh() {
     if (e.status === 401) return;
     showError("banner", e);
   }
+  if (generation !== state.generation) return;
   state.timer = setTimeout(refresh, busy ? 1000 : 5000);
 }
 
@@ -355,6 +359,9 @@ function stageCell(s) {
     );
   } else if (p.bytes_done) {
     parts.push(el("span", { class: "muted" }, ` ${bytes(p.bytes_done)}`));
+  } else if (s.status === "running") {
+    // Started, no counts flushed to the record yet: an indeterminate bar.
+    parts.push(el("progress", { title: "started" }));
   }
   if (s.attempts > 1) parts.push(el("span", { class: "muted" }, ` attempt ${s.attempts}`));
   if (s.error) parts.push(el("div", { class: "error" }, s.error));

@@ -94,6 +94,7 @@ try {
   const seen = new Set();
   const texts = new Set();
   let sawProgress = false;
+  let sawCounts = false;
   let midShot = false;
   const deadline = Date.now() + jobTimeout;
   for (;;) {
@@ -101,9 +102,12 @@ try {
     const status = await r.locator(".job-status [data-status]").getAttribute("data-status");
     seen.add(status);
     if (status === "running") texts.add((await r.locator("td").nth(4).innerText()).replace(/\s+/g, " "));
-    // Live progress: a bar in a stage that is still running.
-    if ((await r.locator('.stage:has([data-status="running"]) progress').count()) > 0) {
+    // Live progress: a bar in a stage that is still running (with counts once the stage has
+    // flushed some to the job record, at most once a second; indeterminate before).
+    const bars = r.locator('.stage:has([data-status="running"]) progress');
+    if ((await bars.count()) > 0) {
       sawProgress = true;
+      if ((await bars.first().getAttribute("value")) !== null) sawCounts = true;
       if (!midShot) {
         await shot("03-backup-running");
         midShot = true;
@@ -119,8 +123,8 @@ try {
     .locator(`#jobs tr[data-job="${job}"] .stage`)
     .evaluateAll((nodes) => nodes.map((n) => n.getAttribute("data-stage")));
   await shot("04-backup-succeeded");
-  report.backup = { job, seen: [...seen], stages, progress_bar_seen: sawProgress };
-  step(`backup ${job} went ${[...seen].join(" -> ")}, stages ${stages.join(", ")}`);
+  report.backup = { job, seen: [...seen], stages, progress_bar_seen: sawProgress, counts_seen: sawCounts };
+  step(`backup ${job} went ${[...seen].join(" -> ")}, stages ${stages.join(", ")}; progress counts seen: ${sawCounts}`);
 
   // The instance is protected now: a recovery point in every tier, RPO met.
   await page.click('#tabs a[data-tab="instances"]');
@@ -142,7 +146,11 @@ try {
   await rpRow.locator("button.restore").click();
   await page.waitForURL(/#restore$/);
   await page.locator("#restore-form").waitFor({ state: "visible" });
-  check((await page.inputValue("#r-rp")) === rp, "the wizard did not take the chosen recovery point");
+  await page
+    .waitForFunction((id) => document.getElementById("r-rp").value === id, rp, { timeout: 30000 })
+    .catch(() => {
+      throw new Error(`the wizard did not take the chosen recovery point ${rp}`);
+    });
   check((await page.inputValue("#r-tier")) === "vault", "the wizard should restore from the vault tier by default");
   await page.fill("#r-namespaces", "shop");
   await page.fill("#r-mapping", "shop=shop-ui");
