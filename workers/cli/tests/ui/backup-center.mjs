@@ -16,6 +16,9 @@ const shots = need("SCREENSHOTS");
 const failing = need("FAILING_INSTANCE");
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const jobTimeout = Number(process.env.JOB_TIMEOUT_MS || 600000);
+// How long the page may take to show what the API says: generous, because CI runs this beside
+// every other test on two cores.
+const UI_WAIT = 120000;
 
 function need(name) {
   const v = process.env[name];
@@ -44,6 +47,7 @@ const problems = [];
 try {
   const context = await browser.newContext({ viewport: { width: 1440, height: 900 } });
   const page = await context.newPage();
+  page.setDefaultTimeout(UI_WAIT);
   // Any script error or refused resource (a CSP violation, a 404) fails the run.
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
   page.on("console", (m) => {
@@ -61,14 +65,14 @@ try {
 
   // 1. Sign in: the server has a token, so the page asks for it.
   await page.goto(url);
-  await page.locator("#login").waitFor({ state: "visible", timeout: 30000 });
+  await page.locator("#login").waitFor({ state: "visible", timeout: UI_WAIT });
   await shot("01-sign-in");
   await page.fill("#token", "not-the-token");
   await page.click("#login-form button[type=submit]");
-  await page.locator("#login-error", { hasText: "refused" }).waitFor({ timeout: 30000 });
+  await page.locator("#login-error", { hasText: "refused" }).waitFor({ timeout: UI_WAIT });
   await page.fill("#token", token);
   await page.click("#login-form button[type=submit]");
-  await page.locator("#tabs").waitFor({ state: "visible", timeout: 30000 });
+  await page.locator("#tabs").waitFor({ state: "visible", timeout: UI_WAIT });
   check(!page.url().includes(token), `the token is in the page's address: ${page.url()}`);
   const stored = await page.evaluate(() => sessionStorage.getItem("stowage.token"));
   check(stored === token, "the token is not kept in sessionStorage");
@@ -76,8 +80,8 @@ try {
 
   // 2. The instances, with their protection state.
   const shop = page.locator('#instances tr[data-instance="shop"]');
-  await shop.waitFor({ timeout: 30000 });
-  await page.locator(`#instances tr[data-instance="${failing}"]`).waitFor({ timeout: 30000 });
+  await shop.waitFor({ timeout: UI_WAIT });
+  await page.locator(`#instances tr[data-instance="${failing}"]`).waitFor({ timeout: UI_WAIT });
   const before = await shop.innerText();
   check(/RPO breached/.test(before), `a new instance with no backup should breach its RPO: ${before}`);
   await page.locator("#fleet-summary", { hasText: "geo-replication lag" }).waitFor();
@@ -88,7 +92,7 @@ try {
   await shop.locator("button.backup").click();
   await page.waitForURL(/#jobs$/);
   const row = page.locator("#jobs tr.highlight");
-  await row.waitFor({ timeout: 30000 });
+  await row.waitFor({ timeout: UI_WAIT });
   const job = await row.getAttribute("data-job");
   check(job, "the new job's row names no job");
   const seen = new Set();
@@ -128,9 +132,9 @@ try {
 
   // The instance is protected now: a recovery point in every tier, RPO met.
   await page.click('#tabs a[data-tab="instances"]');
-  await page.locator('#instances tr[data-instance="shop"] .rpo', { hasText: "within RPO" }).waitFor({ timeout: 30000 });
+  await page.locator('#instances tr[data-instance="shop"] .rpo', { hasText: "within RPO" }).waitFor({ timeout: UI_WAIT });
   for (const tier of ["operational", "vault", "secondary"]) {
-    await page.locator(`#instances tr[data-instance="shop"] td[data-tier="${tier}"] code`).waitFor({ timeout: 30000 });
+    await page.locator(`#instances tr[data-instance="shop"] td[data-tier="${tier}"] code`).waitFor({ timeout: UI_WAIT });
   }
   const rp = await page.locator('#instances tr[data-instance="shop"] td[data-tier="vault"] code').innerText();
   report.recovery_point = rp;
@@ -140,14 +144,14 @@ try {
   // 4. The recovery-point browser, and from it the restore wizard: the dry-run plan first.
   await page.locator('#instances tr[data-instance="shop"] button', { hasText: "Recovery points" }).click();
   const rpRow = page.locator(`#rps tr[data-rp="${rp}"]`);
-  await rpRow.waitFor({ timeout: 30000 });
+  await rpRow.waitFor({ timeout: UI_WAIT });
   await page.locator(`#rps tr[data-rp="${rp}"] .tier.available`).first().waitFor();
   await shot("06-recovery-points");
   await rpRow.locator("button.restore").click();
   await page.waitForURL(/#restore$/);
   await page.locator("#restore-form").waitFor({ state: "visible" });
   await page
-    .waitForFunction((id) => document.getElementById("r-rp").value === id, rp, { timeout: 30000 })
+    .waitForFunction((id) => document.getElementById("r-rp").value === id, rp, { timeout: UI_WAIT })
     .catch(() => {
       throw new Error(`the wizard did not take the chosen recovery point ${rp}`);
     });
@@ -155,7 +159,7 @@ try {
   await page.fill("#r-namespaces", "shop");
   await page.fill("#r-mapping", "shop=shop-ui");
   await page.click("#plan-button");
-  await page.locator("#plan").waitFor({ state: "visible", timeout: 120000 });
+  await page.locator("#plan").waitFor({ state: "visible", timeout: UI_WAIT });
   check(!(await page.locator("#restore-form").isVisible()), "the request form is still shown beside the plan");
   const summary = await page.locator("#plan-summary").innerText();
   const entries = await page
@@ -172,7 +176,7 @@ try {
 
   // Run it, and follow it in the wizard.
   await page.click("#run-button");
-  await page.locator("#restore-run").waitFor({ state: "visible", timeout: 30000 });
+  await page.locator("#restore-run").waitFor({ state: "visible", timeout: UI_WAIT });
   check((await page.locator("#run-id").innerText()) === restoreId, "the restore did not keep the plan's id");
   const done = Date.now() + jobTimeout;
   for (;;) {
@@ -192,15 +196,15 @@ try {
   await page.locator(`#instances tr[data-instance="${failing}"] button.backup`).click();
   await page.waitForURL(/#jobs$/);
   const bad = page.locator("#jobs tr.highlight");
-  await bad.waitFor({ timeout: 30000 });
+  await bad.waitFor({ timeout: UI_WAIT });
   const badJob = await bad.getAttribute("data-job");
   await page.locator(`#jobs tr[data-job="${badJob}"] .job-status [data-status="failed"]`).waitFor({ timeout: jobTimeout });
   const badText = await page.locator(`#jobs tr[data-job="${badJob}"]`).innerText();
   await shot("09-backup-failed");
-  await page.locator("#dl-count", { hasText: /^[1-9]/ }).waitFor({ timeout: 30000 });
+  await page.locator("#dl-count", { hasText: /^[1-9]/ }).waitFor({ timeout: UI_WAIT });
   await page.click('#tabs a[data-tab="dead-letters"]');
   const letter = page.locator(`#dead-letters tr[data-job="${badJob}"]`);
-  await letter.waitFor({ timeout: 30000 });
+  await letter.waitFor({ timeout: UI_WAIT });
   const letterText = await letter.innerText();
   await shot("10-dead-letters");
   check(/snapshot/.test(letterText), `the dead letter should be the snapshot stage's: ${letterText}`);
@@ -221,7 +225,7 @@ try {
 
   // A reload keeps the session (sessionStorage); forgetting the token asks for it again.
   await page.reload();
-  await page.locator("#tabs").waitFor({ state: "visible", timeout: 30000 });
+  await page.locator("#tabs").waitFor({ state: "visible", timeout: UI_WAIT });
   await page.click("#sign-out");
   await page.locator("#login").waitFor({ state: "visible" });
   check((await page.evaluate(() => sessionStorage.getItem("stowage.token"))) === null, "the token was not forgotten");
