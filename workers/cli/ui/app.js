@@ -14,6 +14,7 @@ const state = {
   jobs: [],
   timer: null,
   generation: 0,
+  fleet: null, // the fleet as this refresh read it
   following: null, // the restore job the wizard follows
   plan: null, // the last plan: {request, view}
 };
@@ -189,6 +190,7 @@ async function refresh() {
   // A refresh started later (a click, a tab change) takes over: this one schedules nothing.
   const generation = ++state.generation;
   let busy = false;
+  state.fleet = null;
   try {
     const loaders = {
       instances: loadInstances,
@@ -227,6 +229,7 @@ function tierCell(protection, tier) {
 async function loadInstances() {
   const [instances, fleet] = await Promise.all([api("GET", "/instances"), api("GET", "/fleet")]);
   state.instances = instances;
+  state.fleet = fleet;
   const rows = instances.map(({ instance, protection }) => {
     const job = protection.last_job;
     return el(
@@ -319,6 +322,7 @@ function renderFleetSummary(fleet) {
 
 async function loadFleet() {
   const fleet = await api("GET", "/fleet");
+  state.fleet = fleet;
   $("geo-lag").textContent = lagText(fleet);
   const rows = fleet.queues.map((q) =>
     el(
@@ -333,8 +337,9 @@ async function loadFleet() {
 }
 
 async function loadDeadLetterCount() {
-  // The count in the tab bar comes from the fleet (one read of queue depths).
-  const fleet = await api("GET", "/fleet");
+  // The count in the tab bar comes from the fleet (one read of queue depths), unless the tab
+  // just read it.
+  const fleet = state.fleet || (await api("GET", "/fleet"));
   const dead = fleet.queues.filter((q) => q.dead_letter).reduce((a, q) => a + q.depth, 0);
   $("dl-count").textContent = dead > 0 ? String(dead) : "";
 }
