@@ -123,7 +123,7 @@ async function api(method, path, body) {
     /* not JSON */
   }
   if (response.status === 401) {
-    signIn("The token was refused; enter the server's API token.");
+    signIn(token ? "The token was refused; enter the server's API token." : "");
     throw new ApiError(401, "the API token was refused");
   }
   if (!response.ok) {
@@ -142,6 +142,7 @@ function signIn(message) {
   $("sign-out").hidden = true;
   for (const t of document.querySelectorAll(".tab")) t.hidden = true;
   $("login-error").textContent = message || "";
+  $("server").textContent = "this server needs its API token";
   $("token").focus();
 }
 
@@ -295,6 +296,8 @@ async function backupNow(name) {
       requested_by: "backup center",
     });
     state.highlight = submitted.job_id;
+    // Rows from an earlier look at the Jobs tab lose their mark until it reloads.
+    for (const r of document.querySelectorAll("#jobs tr.highlight")) r.classList.remove("highlight");
     location.hash = "#jobs";
   } catch (e) {
     showError("banner", e);

@@ -66,6 +66,7 @@ try {
   // 1. Sign in: the server has a token, so the page asks for it.
   await page.goto(url);
   await page.locator("#login").waitFor({ state: "visible", timeout: UI_WAIT });
+  check((await page.locator("#login-error").innerText()) === "", "the page says a token was refused before one was typed");
   await shot("01-sign-in");
   await page.fill("#token", "not-the-token");
   await page.click("#login-form button[type=submit]");
@@ -91,7 +92,8 @@ try {
   // 3. Back up now, and watch the job to the end on the Jobs tab.
   await shop.locator("button.backup").click();
   await page.waitForURL(/#jobs$/);
-  const row = page.locator("#jobs tr.highlight");
+  // The new job's row, highlighted (not a row left from an earlier visit to the tab).
+  const row = page.locator('#jobs tr.highlight[data-job^="backup-shop-"]');
   await row.waitFor({ timeout: UI_WAIT });
   const job = await row.getAttribute("data-job");
   check(job, "the new job's row names no job");
@@ -195,7 +197,7 @@ try {
   await page.click('#tabs a[data-tab="instances"]');
   await page.locator(`#instances tr[data-instance="${failing}"] button.backup`).click();
   await page.waitForURL(/#jobs$/);
-  const bad = page.locator("#jobs tr.highlight");
+  const bad = page.locator(`#jobs tr.highlight[data-job^="backup-${failing}-"]`);
   await bad.waitFor({ timeout: UI_WAIT });
   const badJob = await bad.getAttribute("data-job");
   await page.locator(`#jobs tr[data-job="${badJob}"] .job-status [data-status="failed"]`).waitFor({ timeout: jobTimeout });
