@@ -23,6 +23,14 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   exit 1
 fi
 npm ci --prefix schemas/examples --no-audit --no-fund --loglevel=error
+# The Backup center is tested in a real browser: Debian's Chromium, driven by Playwright
+# (playwright-core as locked in workers/cli/tests/ui/package-lock.json; it downloads no browser).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "chromium: installing from Debian packages"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+npm ci --prefix workers/cli/tests/ui --no-audit --no-fund --loglevel=error
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

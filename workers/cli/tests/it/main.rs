@@ -32,4 +32,5 @@ mod restore_plan;
 mod secrets;
 mod serve;
 mod tamper;
+mod ui;
 mod vault_worker;
