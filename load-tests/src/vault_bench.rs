@@ -132,11 +132,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn bench() -> anyhow::Result<()> {
     let args = Args::parse();
-    // The transfer's own account of what it waited for (sealing or uploads), on stderr.
+    // The transfer's and the hydration's own accounts of what they waited for, on stderr.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "warn,stowage_stages::vault_transfer=info",
+            "warn,stowage_stages::vault_transfer=info,stowage_stages::restore_hydration=info",
         ))
         .init();
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");

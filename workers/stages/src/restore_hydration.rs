@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -335,20 +336,46 @@ async fn hydrate_volume(
         .boxed();
     // Reading and decrypting run in a task of their own, a bounded channel ahead of the disk
     // writes, so the two overlap instead of taking turns.
+    // It also keeps account of what it waited for: the vault (reading, opening and hashing the
+    // chunks) or the disk (the channel full because the provider is writing): what bounds a
+    // restore, logged per volume as the transfer logs its own.
     let (mut ahead, behind) = futures::channel::mpsc::channel(read_ahead);
     let producer = tokio::spawn(async move {
-        while let Some(piece) = pieces.next().await {
+        let (mut for_vault, mut for_disk) = (Duration::ZERO, Duration::ZERO);
+        loop {
+            let asked = Instant::now();
+            let Some(piece) = pieces.next().await else {
+                break;
+            };
+            let got = Instant::now();
+            for_vault += got - asked;
             let failed = piece.is_err();
-            if futures::SinkExt::send(&mut ahead, piece).await.is_err() || failed {
+            let sent = futures::SinkExt::send(&mut ahead, piece).await;
+            for_disk += got.elapsed();
+            if sent.is_err() || failed {
                 break;
             }
         }
+        (for_vault, for_disk)
     });
     let created = ctx
         .disks
         .create_disk_from_stream(disk_name, resolved.volume_size(), behind.boxed())
         .await;
-    producer.abort();
+    // The provider has returned, so it dropped its end of the channel: the reader has ended
+    // or ends at its next send.
+    if created.is_ok() {
+        if let Ok((for_vault, for_disk)) = producer.await {
+            tracing::info!(
+                disk = disk_name,
+                waited_for_vault_ms = for_vault.as_millis() as u64,
+                waited_for_disk_ms = for_disk.as_millis() as u64,
+                "volume hydrated: what its reader waited for"
+            );
+        }
+    } else {
+        producer.abort();
+    }
     if let Some(cause) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(cause);
     }
