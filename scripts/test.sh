@@ -5,6 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 infra/scripts/start-rabbitmq.sh
+# Every test declares its topology under a unique `stowage-test-` prefix; one that fails or
+# ends early leaves its queues behind, and hundreds of them exhaust the broker's file handles.
+# A policy lets RabbitMQ delete such a queue once nothing has used it for 10 minutes (no test
+# runs that long; production names never start with `stowage-test-`).
+if ! rabbitmqctl -q set_policy --apply-to queues stowage-test-queues-expire '^stowage-test-' '{"expires": 600000}' >/dev/null; then
+  echo "RabbitMQ: cannot set the policy that expires leftover test queues (rabbitmqctl needs the broker's Erlang cookie: run as root or as rabbitmq); tests still run, but their leftover queues stay" >&2
+fi
 infra/scripts/start-azurite.sh
 # The sandbox cluster is checked with a standard client, kubectl.
 if ! command -v kubectl >/dev/null 2>&1; then
