@@ -4,7 +4,8 @@
 //! (a) a full transfer of a fully allocated disk of random bytes (the vault stage reads it
 //!     through the Azure disk provider: the ARM stand-in of stowage-azure's tests hands out
 //!     SAS URLs of Azurite blob snapshots), against reading the same snapshot straight from
-//!     Azurite with the same parallelism and piece size, and discarding it (target ≥ 80%);
+//!     Azurite with the same parallelism in 4 MiB ranges (`--raw-read-mib 1`: the transfer's
+//!     1 MiB pieces), and discarding it (target ≥ 80%);
 //! (b) an incremental after scattered 64 KiB writes: the bytes the transfer read against the
 //!     bytes changed (target ≤ 1.1×), the diff answered by the diff proxy of those tests
 //!     (Azurite ignores `prevsnapshot`).
@@ -68,6 +69,10 @@ struct Args {
     /// Raw reads and transfers timed (the best of each is reported, with all of them).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Size of each raw read, MiB (1 to 4): 1 asks for the transfer's piece size, to tell
+    /// Azurite's per-request cost from the transfer's own.
+    #[arg(long, default_value_t = 4)]
+    raw_read_mib: u64,
 }
 
 #[derive(Debug)]
@@ -94,13 +99,18 @@ fn data_settings(concurrency: usize) -> DataSettings {
     }
 }
 
-/// Reads all of `blob` (`size` bytes) in 4 MiB pieces, `concurrency` at once, discarding them;
-/// answers MiB/s.
-async fn raw_read(blob: &PageBlob, size: u64, concurrency: usize) -> anyhow::Result<f64> {
+/// Reads all of `blob` (`size` bytes) in pieces of `piece` bytes (at most `MAX_IO`),
+/// `concurrency` at once, discarding them; answers MiB/s.
+async fn raw_read(
+    blob: &PageBlob,
+    size: u64,
+    piece: u64,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let pieces = (0..size.div_ceil(MAX_IO)).map(|i| PageRange {
-        offset: i * MAX_IO,
-        len: MAX_IO.min(size - i * MAX_IO),
+    let pieces = (0..size.div_ceil(piece)).map(|i| PageRange {
+        offset: i * piece,
+        len: piece.min(size - i * piece),
     });
     let read: u64 = futures::stream::iter(pieces)
         .map(|r| async move { blob.read(r).await.map(|b| b.len() as u64) })
@@ -270,10 +280,16 @@ async fn main() -> anyhow::Result<()> {
         blob_url(&container, "disk", Some(&raw_snapshot)),
         &data_settings(args.concurrency),
     )?;
+    let raw_piece = args.raw_read_mib * MIB;
+    anyhow::ensure!(
+        (1..=MAX_IO / MIB).contains(&args.raw_read_mib),
+        "--raw-read-mib must be 1 to {}",
+        MAX_IO / MIB
+    );
     let mut raws = Vec::new();
     let mut fulls = Vec::new();
     for round in 0..args.rounds {
-        raws.push(raw_read(&raw_blob, size, args.concurrency).await?);
+        raws.push(raw_read(&raw_blob, size, raw_piece, args.concurrency).await?);
         let name = format!("vault-{round}");
         let ctx = vault_at(&name)?;
         let (seconds, read) = bench.backup(&ctx, &format!("full-{round}"), false).await?;
@@ -295,7 +311,7 @@ async fn main() -> anyhow::Result<()> {
             .delete_snapshot(&stowage_disk::SnapshotId(format!("bench-full-{round}")))
             .await?;
     }
-    raws.push(raw_read(&raw_blob, size, args.concurrency).await?);
+    raws.push(raw_read(&raw_blob, size, raw_piece, args.concurrency).await?);
 
     // (b) A full version in the bench's vault, scattered 64 KiB writes, and the incremental.
     let ctx = vault_at("vault")?;
@@ -327,8 +343,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let (raw_best, full_best) = (best(&raws), best(&fulls));
     println!(
-        "disk {} MiB of random bytes; raw read: {} reads of 4 MiB in flight; transfer: {parallelism} pieces of 1 MiB read and sealed at once; {} rounds",
-        args.size_mib, args.concurrency, args.rounds
+        "disk {} MiB of random bytes; raw read: {} reads of {} MiB in flight; transfer: {parallelism} pieces of 1 MiB read and sealed at once; {} rounds",
+        args.size_mib, args.concurrency, args.raw_read_mib, args.rounds
     );
     println!("load average at start: {started_load}; at end: {ended_load}");
     println!(
