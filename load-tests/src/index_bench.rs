@@ -26,9 +26,10 @@ use stowage_vault::store::{BlobStore, LocalDurability};
 
 #[path = "index_synth.rs"]
 mod index_synth;
-use index_synth::{
-    MIB, id, layout_sizes, location, peak_rss, reset_peak_rss, write_segment, write_segments,
-};
+#[path = "rss.rs"]
+mod rss;
+use index_synth::{MIB, id, layout_sizes, location, write_segment, write_segments};
+use rss::{peak_rss, reset_peak_rss};
 
 #[derive(Debug, Parser)]
 struct Args {

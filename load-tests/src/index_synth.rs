@@ -94,22 +94,3 @@ pub async fn write_segment(
     store.put_stream_create_only(&key, stream).await?;
     Ok(())
 }
-
-/// This process's peak resident set (VmHWM), bytes.
-pub fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
-}
-
-/// Start a new peak-RSS measurement (Linux: writing 5 to /proc/self/clear_refs resets VmHWM).
-pub fn reset_peak_rss() -> anyhow::Result<()> {
-    std::fs::write("/proc/self/clear_refs", "5")?;
-    Ok(())
-}

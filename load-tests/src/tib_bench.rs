@@ -31,7 +31,10 @@ use stowage_vault::store::{BlobStore, LocalDurability};
 
 #[path = "index_synth.rs"]
 mod index_synth;
-use index_synth::{MIB, peak_rss, reset_peak_rss, write_segments};
+#[path = "rss.rs"]
+mod rss;
+use index_synth::{MIB, write_segments};
+use rss::{peak_rss, reset_peak_rss};
 
 #[derive(Debug, Parser)]
 struct Args {

@@ -25,6 +25,9 @@
 //! ```
 //! Needs `restic`, `borg` and GNU `time` (`apt-get install restic borgbackup time`).
 
+#[path = "rss.rs"]
+mod rss;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -181,7 +184,7 @@ async fn bench() -> anyhow::Result<()> {
     drop(buf);
     eprintln!(
         "peak RSS after writing the image: {} MiB",
-        peak_rss_self() / MIB
+        rss::peak_rss() / MIB
     );
 
     let mut rounds = Vec::new();
@@ -199,7 +202,7 @@ async fn bench() -> anyhow::Result<()> {
         );
         rounds.push(figures);
     }
-    let peak = peak_rss_self();
+    let peak = rss::peak_rss();
     report(&args, size, &rounds, peak);
     std::fs::remove_dir_all(&work).ok();
     Ok(())
@@ -236,12 +239,12 @@ async fn one_round(
         &ctx.grid,
     )?;
 
-    eprintln!("  peak RSS after the limits: {} MiB", peak_rss_self() / MIB);
+    eprintln!("  peak RSS after the limits: {} MiB", rss::peak_rss() / MIB);
     // (a) full
     let ours_full = stowage_backup(&ctx, disks, &full_rp, size, &vault).await?;
     eprintln!(
         "  peak RSS after the full transfer: {} MiB",
-        peak_rss_self() / MIB
+        rss::peak_rss() / MIB
     );
     let peers = Peers {
         restic_repo: dir.join("restic"),
@@ -277,7 +280,7 @@ async fn one_round(
     let ours_incr = stowage_backup(&ctx, disks, &incr_rp, size, &vault).await?;
     eprintln!(
         "  peak RSS after the incremental: {} MiB",
-        peak_rss_self() / MIB
+        rss::peak_rss() / MIB
     );
     let restic_incr = peers.restic_backup()?;
     let borg_incr = peers.borg_create("incr")?;
@@ -299,7 +302,7 @@ async fn one_round(
     let ours_restore = started.elapsed().as_secs_f64();
     eprintln!(
         "  peak RSS after the restore: {} MiB",
-        peak_rss_self() / MIB
+        rss::peak_rss() / MIB
     );
     anyhow::ensure!(staging.disks.len() == 1);
     let restore_dir = dir.join("restic-restore");
@@ -728,7 +731,7 @@ async fn stowage_backup(
     Ok(Measure {
         seconds: started.elapsed().as_secs_f64(),
         bytes_added: dir_bytes(vault) - before,
-        peak_rss: peak_rss_self(),
+        peak_rss: rss::peak_rss(),
     })
 }
 
@@ -882,16 +885,4 @@ fn dir_bytes(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-fn peak_rss_self() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
 }

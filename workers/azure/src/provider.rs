@@ -201,6 +201,16 @@ impl AzureDiskProvider {
             })
     }
 
+    /// [`open`](Self::open) for a snapshot named by the port's id, errors as the port's.
+    async fn open_snapshot(&self, id: &SnapshotId) -> Result<InFlight, DiskError> {
+        let rid = self
+            .snapshot_rid(id.as_str())
+            .map_err(|e| invalid("snapshot", id.as_str(), e))?;
+        self.open(&rid)
+            .await
+            .map_err(|e| disk_error("snapshot", id.as_str(), e))
+    }
+
     /// The open read access of `id`, granting it on first use; the slot counts the caller as
     /// in flight until it drops the returned handle.
     async fn open(&self, id: &ResourceId) -> Result<InFlight, AzureError> {
@@ -390,13 +400,7 @@ impl AzureDiskProvider {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), DiskError> {
-        let rid = self
-            .snapshot_rid(id.as_str())
-            .map_err(|e| invalid("snapshot", id.as_str(), e))?;
-        let open = self
-            .open(&rid)
-            .await
-            .map_err(|e| disk_error("snapshot", id.as_str(), e))?;
+        let open = self.open_snapshot(id).await?;
         let read = open.read();
         let len = buf.len() as u64;
         if offset.checked_add(len).is_none_or(|end| end > read.size) {
@@ -720,13 +724,7 @@ impl DiskProvider for AzureDiskProvider {
 
     fn allocated_ranges<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, Vec<ByteRange>> {
         Box::pin(async move {
-            let rid = self
-                .snapshot_rid(id.as_str())
-                .map_err(|e| invalid("snapshot", id.as_str(), e))?;
-            let open = self
-                .open(&rid)
-                .await
-                .map_err(|e| disk_error("snapshot", id.as_str(), e))?;
+            let open = self.open_snapshot(id).await?;
             let ranges = open
                 .read()
                 .blob

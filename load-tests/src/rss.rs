@@ -1,0 +1,22 @@
+//! This process's peak resident set, for the benchmarks that report memory. Included by each
+//! binary with `#[path = "rss.rs"] mod rss;`; not every binary uses both functions.
+#![allow(dead_code)]
+
+/// This process's peak resident set (VmHWM), bytes; 0 where `/proc/self/status` has none.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Start a new peak-RSS measurement (Linux: writing 5 to /proc/self/clear_refs resets VmHWM).
+pub fn reset_peak_rss() -> anyhow::Result<()> {
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    Ok(())
+}
