@@ -716,17 +716,29 @@ impl StageRunner {
 async fn poll_queue_depth(runner: Arc<StageRunner>) {
     let queue = runner.worker.queue_of(runner.stage);
     let dead = runner.worker.names.dead_letter_queue(runner.stage);
+    // A read the broker never answers must not freeze the gauge for good: it is given up and
+    // asked again at the next tick.
+    let patience = runner
+        .worker
+        .queue_poll_interval
+        .max(Duration::from_secs(5));
     loop {
         if runner.broker.is_connected() {
-            match (
-                runner.broker.queue_depth(&queue).await,
-                runner.broker.queue_depth(&dead).await,
-            ) {
-                (Ok(work), Ok(dead)) => {
+            let read = tokio::time::timeout(patience, async {
+                (
+                    runner.broker.queue_depth(&queue).await,
+                    runner.broker.queue_depth(&dead).await,
+                )
+            });
+            match read.await {
+                Ok((Ok(work), Ok(dead))) => {
                     metrics().queue_depth(runner.stage, u64::from(work), u64::from(dead));
                 }
-                (Err(err), _) | (_, Err(err)) => {
+                Ok((Err(err), _) | (_, Err(err))) => {
                     tracing::debug!(stage = %runner.stage, %err, "cannot read the queue depth");
+                }
+                Err(_) => {
+                    tracing::debug!(stage = %runner.stage, ?patience, "the broker did not say the queue depth in time");
                 }
             }
         }

@@ -227,6 +227,14 @@ fn stop(child: Child) -> String {
 }
 
 async fn metrics_until(port: u16, wanted: &str) -> String {
+    try_metrics_until(port, wanted)
+        .await
+        .unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// The first scrape of `port`'s /metrics that shows `wanted`, within a minute; else what the
+/// last scrape and /readyz (which stages the process on that port runs) showed.
+async fn try_metrics_until(port: u16, wanted: &str) -> Result<String, String> {
     let mut last = String::new();
     let scrape = poll(
         Duration::from_secs(60),
@@ -241,14 +249,23 @@ async fn metrics_until(port: u16, wanted: &str) -> String {
         },
     )
     .await;
-    scrape.unwrap_or_else(|| panic!("/metrics never showed {wanted:?}; last scrape:\n{last}"))
+    match scrape {
+        Some(body) => Ok(body),
+        None => Err(format!(
+            "/metrics on port {port} never showed {wanted:?}; /readyz: {:?}; last scrape:\n{last}",
+            http_get(port, "/readyz").await
+        )),
+    }
 }
 
 /// Waits until the worker on `port` reports the depth of `stage`'s queue: it is up, and the
 /// topology is declared.
 async fn serving(port: u16, stage: &str) {
-    let depth = format!("stowage_queue_depth{{stage=\"{stage}\",queue=\"work\"}}");
-    metrics_until(port, &depth).await;
+    metrics_until(port, &depth_of(stage)).await;
+}
+
+fn depth_of(stage: &str) -> String {
+    format!("stowage_queue_depth{{stage=\"{stage}\",queue=\"work\"}}")
 }
 
 /// Waits until the vault-transfer worker on `port` has dead-lettered `jobs` jobs; the scrape.
@@ -768,7 +785,12 @@ async fn a_backup_is_one_trace_through_every_stage_from_backup_now_or_the_schedu
         ports.push(port);
     }
     for (stage, port) in BACKUP_STAGES.into_iter().zip(ports) {
-        serving(port, stage).await;
+        if let Err(why) = try_metrics_until(port, &depth_of(stage)).await {
+            panic!(
+                "the {stage} worker is not serving: {why}\nits log:\n{}",
+                setup.log(stage)
+            );
+        }
     }
     let mut scheduler = stowage_at(&setup.amqp_url, &setup.prefix);
     scheduler
