@@ -248,6 +248,13 @@ impl PageBlob {
 
     /// Reads `range` (at most [`MAX_IO`] bytes) in one request.
     pub async fn read(&self, range: PageRange) -> Result<Bytes> {
+        self.read_vec(range).await.map(Bytes::from)
+    }
+
+    /// [`read`](Self::read) into a buffer of its own: the body's chunks are copied once into
+    /// a buffer of exactly the range's size (the SDK's `collect` grows one by doubling, and
+    /// its reallocations copied every byte again).
+    pub async fn read_vec(&self, range: PageRange) -> Result<Vec<u8>> {
         let operation = "read pages";
         let len = usize::try_from(range.len).unwrap_or(usize::MAX).max(1);
         let result = self
@@ -260,20 +267,22 @@ impl PageBlob {
             }))
             .await
             .map_err(|e| self.error(operation, e))?;
-        let bytes = result
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.error(operation, e))?;
-        if bytes.len() as u64 != range.len {
+        let mut body = result.body;
+        let (mut bytes, mut received) = (Vec::with_capacity(len), 0u64);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.error(operation, e))?;
+            received += chunk.len() as u64;
+            if received <= range.len {
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+        if received != range.len {
             return Err(AzureError::Protocol {
                 operation,
                 resource: self.url.to_string(),
                 detail: format!(
-                    "asked for {} bytes at {}, got {}",
-                    range.len,
-                    range.offset,
-                    bytes.len()
+                    "asked for {} bytes at {}, got {received}",
+                    range.len, range.offset
                 ),
             });
         }

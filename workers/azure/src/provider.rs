@@ -400,9 +400,20 @@ impl AzureDiskProvider {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), DiskError> {
+        let mut at = 0usize;
+        while at < buf.len() {
+            let piece = MAX_IO.min((buf.len() - at) as u64);
+            let bytes = self.read_one(id, offset + at as u64, piece).await?;
+            buf[at..at + piece as usize].copy_from_slice(&bytes);
+            at += piece as usize;
+        }
+        Ok(())
+    }
+
+    /// `len` (≤ [`MAX_IO`]) bytes of snapshot `id` at `offset`, in one ranged read.
+    async fn read_one(&self, id: &SnapshotId, offset: u64, len: u64) -> Result<Vec<u8>, DiskError> {
         let open = self.open_snapshot(id).await?;
         let read = open.read();
-        let len = buf.len() as u64;
         if offset.checked_add(len).is_none_or(|end| end > read.size) {
             return Err(DiskError::OutOfBounds {
                 disk: format!("snapshot {id}"),
@@ -411,21 +422,10 @@ impl AzureDiskProvider {
                 size: read.size,
             });
         }
-        let mut at = 0usize;
-        while (at as u64) < len {
-            let piece = MAX_IO.min(len - at as u64);
-            let bytes = read
-                .blob
-                .read(PageRange {
-                    offset: offset + at as u64,
-                    len: piece,
-                })
-                .await
-                .map_err(|e| disk_error("snapshot", id.as_str(), e))?;
-            buf[at..at + piece as usize].copy_from_slice(&bytes);
-            at += piece as usize;
-        }
-        Ok(())
+        read.blob
+            .read_vec(PageRange { offset, len })
+            .await
+            .map_err(|e| disk_error("snapshot", id.as_str(), e))
     }
 
     async fn hydrate_disk(
@@ -720,6 +720,27 @@ impl DiskProvider for AzureDiskProvider {
         buf: &'a mut [u8],
     ) -> DiskFuture<'a> {
         Box::pin(self.read_into(id, offset, buf))
+    }
+
+    fn read_snapshot_owned<'a>(
+        &'a self,
+        id: &'a SnapshotId,
+        offset: u64,
+        len: usize,
+    ) -> DiskFuture<'a, Vec<u8>> {
+        Box::pin(async move {
+            if len as u64 <= MAX_IO {
+                // One request, its body copied once into the buffer returned.
+                return self.read_one(id, offset, len as u64).await;
+            }
+            let mut buf = vec![0u8; len];
+            self.read_into(id, offset, &mut buf).await?;
+            Ok(buf)
+        })
+    }
+
+    fn read_size_hint(&self) -> Option<u64> {
+        Some(MAX_IO)
     }
 
     fn allocated_ranges<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, Vec<ByteRange>> {

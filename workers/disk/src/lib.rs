@@ -244,6 +244,15 @@ pub trait DiskProvider: Send + Sync + 'static {
         })
     }
 
+    /// The size of snapshot read this provider serves best, in bytes, when each call has a
+    /// cost of its own beyond the bytes (Azure: one HTTP request a read, whose round trip
+    /// costs as much as a megabyte): a transfer then reads adjacent pieces together, up to this
+    /// many bytes a call, and never reads a byte it was not asked for. `None`, the default: a
+    /// piece a call.
+    fn read_size_hint(&self) -> Option<u64> {
+        None
+    }
+
     /// Ranges of the snapshot that may hold data (everything written up to it), sorted and
     /// merged; holes are never listed. Used for full transfers.
     fn allocated_ranges<'a>(&'a self, id: &'a SnapshotId) -> DiskFuture<'a, Vec<ByteRange>>;

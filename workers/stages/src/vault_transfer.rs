@@ -467,22 +467,45 @@ async fn transfer_volume(
     .map_err(StageError::permanent)?;
     let pieces: Vec<Range<u64>> = ctx.grid.pieces(&plan.ranges).collect();
     let expected = pieces.len() as u64;
+    // Adjacent pieces are read together when the provider says a call costs something of its
+    // own (Azure: an HTTP request a read); the bytes in flight stay `parallelism` pieces' worth.
+    let read_size = ctx.disks.read_size_hint().unwrap_or(0);
+    let reads = coalesce(pieces.into_iter(), read_size);
+    let reads_in_flight = match read_size {
+        0 => ctx.parallelism.max(1),
+        size => (ctx.parallelism as u64 * ctx.grid.chunk_size() / size).max(1) as usize,
+    };
     let (disks, snapshot) = (ctx.disks.clone(), plan.snapshot.clone());
     let (keys, known, claimed) = (keys.clone(), known.clone(), claimed.clone());
-    let sealing = futures::stream::iter(pieces)
-        .map(move |range| {
+    let sealing = futures::stream::iter(reads)
+        .map(move |pieces| {
             let (disks, snapshot) = (disks.clone(), snapshot.clone());
             let (keys, known, claimed) = (keys.clone(), known.clone(), claimed.clone());
             async move {
+                let (start, end) = (pieces[0].start, pieces[pieces.len() - 1].end);
                 let data = disks
-                    .read_snapshot_owned(&snapshot, range.start, (range.end - range.start) as usize)
+                    .read_snapshot_owned(&snapshot, start, (end - start) as usize)
                     .await?;
-                tokio::task::spawn_blocking(move || prepare(range, data, &keys, &known, &claimed))
-                    .await
-                    .map_err(|e| StageError::transient(format!("a chunking task failed: {e}")))?
+                tokio::task::spawn_blocking(move || {
+                    pieces
+                        .into_iter()
+                        .map(|range| {
+                            let at = (range.start - start) as usize..(range.end - start) as usize;
+                            prepare(range, &data[at], &keys, &known, &claimed)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .map_err(|e| StageError::transient(format!("a chunking task failed: {e}")))
             }
         })
-        .buffered(ctx.parallelism.max(1));
+        .buffered(reads_in_flight)
+        .flat_map(|read| {
+            futures::stream::iter(match read {
+                Ok(prepared) => prepared,
+                Err(e) => vec![Err(e)],
+            })
+        });
     // Reading, hashing and sealing run in a task of their own, a bounded queue ahead of the
     // pack writer, so they go on while a pack's (fsync'd) upload is awaited (see ARCHITECTURE
     // "The data path at the machine's limit"). Dropping `_producer` stops it.
@@ -588,6 +611,27 @@ async fn transfer_volume(
     Ok(builder.finish())
 }
 
+/// `pieces` (in volume order) gathered into reads: a read takes the pieces that follow on from
+/// each other without a gap, up to `read_size` bytes in all; a piece is never split. A
+/// `read_size` of 0 reads piece by piece.
+fn coalesce(
+    pieces: impl Iterator<Item = Range<u64>>,
+    read_size: u64,
+) -> impl Iterator<Item = Vec<Range<u64>>> {
+    let mut pieces = pieces.peekable();
+    std::iter::from_fn(move || {
+        let first = pieces.next()?;
+        let start = first.start;
+        let mut read = vec![first];
+        while let Some(next) = pieces
+            .next_if(|next| next.start == read[read.len() - 1].end && next.end - start <= read_size)
+        {
+            read.push(next);
+        }
+        Some(read)
+    })
+}
+
 /// Sealed pieces queued between the producer (read, hash, seal) and the pack writer: 8 MiB of
 /// 1 MiB chunks, enough to keep sealing while a pack upload is awaited.
 const SEAL_QUEUE: usize = 8;
@@ -605,19 +649,19 @@ impl Drop for AbortOnDrop {
 /// already claimed by another piece of this job.
 fn prepare(
     range: Range<u64>,
-    data: Vec<u8>,
+    data: &[u8],
     keys: &ChunkKeys,
     known: &DedupIndex,
     claimed: &Mutex<HashSet<ChunkId>>,
 ) -> Result<Prepared, StageError> {
-    if is_all_zero(&data) {
+    if is_all_zero(data) {
         return Ok(Prepared::Zero(range));
     }
-    let id = keys.chunk_id(&data);
+    let id = keys.chunk_id(data);
     let is_new = !known.contains_blocking(&id)?
         && claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
     let sealed = if is_new {
-        Some(seal_chunk_as(keys, id, &data).map_err(StageError::permanent)?)
+        Some(seal_chunk_as(keys, id, data).map_err(StageError::permanent)?)
     } else {
         None
     };
