@@ -4,15 +4,19 @@
 //! (a) a full transfer of a fully allocated disk of random bytes (the vault stage reads it
 //!     through the Azure disk provider: the ARM stand-in of stowage-azure's tests hands out
 //!     SAS URLs of Azurite blob snapshots), against reading the same snapshot straight from
-//!     Azurite with the same parallelism in 4 MiB ranges (`--raw-read-mib 1`: the transfer's
-//!     1 MiB pieces), and discarding it (target ≥ 80%);
+//!     Azurite, 8 reads of 4 MiB in flight (`--raw-read-mib 1`: 1 MiB ranges), and discarding
+//!     it (target ≥ 80%); the transfers read the very blob snapshot the raw reads read, into a
+//!     local-folder vault with fsync'd writes, or (`--vault memory`) an in-memory one, which
+//!     leaves the vault medium's cost out; the CPU seconds this process and Azurite spend a
+//!     GiB in each phase say what the transfer takes from Azurite on shared cores;
 //! (b) an incremental after scattered 64 KiB writes: the bytes the transfer read against the
 //!     bytes changed (target ≤ 1.1×), the diff answered by the diff proxy of those tests
 //!     (Azurite ignores `prevsnapshot`).
 //!
 //! ```sh
 //! infra/scripts/start-azurite.sh
-//! cargo run --release -p stowage-load-tests --bin azure-bench -- --size-mib 512
+//! cargo build --release --locked -p stowage-load-tests --bin azure-bench
+//! target/release/azure-bench --size-mib 256 --rounds 3 [--vault memory]
 //! ```
 
 #[path = "../../workers/azure/tests/azure/arm_server.rs"]
@@ -24,6 +28,8 @@ mod azurite;
 #[path = "../../workers/azure/tests/azure/diff_proxy.rs"]
 #[allow(dead_code)]
 mod diff_proxy;
+#[path = "rss.rs"]
+mod rss;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -62,9 +68,10 @@ struct Args {
     /// Share of the disk the incremental changes, percent.
     #[arg(long, default_value_t = 1.0)]
     changed_percent: f64,
-    /// Pieces (1 MiB) the vault transfer reads and seals at once (`VaultContext::parallelism`);
-    /// 0 keeps its default (twice the cores, 4 to 16).
-    #[arg(long, default_value_t = 0)]
+    /// Pieces (1 MiB) the vault transfer reads and seals at once (`VaultContext::parallelism`):
+    /// by default 32, what `stowage worker --disk-provider azure` sets (8 reads of 4 MiB in
+    /// flight); 0 keeps the context's default (twice the cores, 4 to 16).
+    #[arg(long, default_value_t = 32)]
     transfer_parallelism: usize,
     /// Raw reads and transfers timed (the best of each is reported, with all of them).
     #[arg(long, default_value_t = 3)]
@@ -73,6 +80,18 @@ struct Args {
     /// Azurite's per-request cost from the transfer's own.
     #[arg(long, default_value_t = 4)]
     raw_read_mib: u64,
+    /// Where the vault the transfers fill lives: `folder`, a local folder with fsync'd writes
+    /// (as a worker's local-folder vault), or `memory`, an in-memory store, which leaves out
+    /// the vault medium's own cost (on this machine's disk, buffered writes and fsync cost
+    /// seconds of system CPU a GiB, taken from Azurite on the same cores).
+    #[arg(long, value_enum, default_value_t = VaultMedium::Folder)]
+    vault: VaultMedium,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum VaultMedium {
+    Folder,
+    Memory,
 }
 
 #[derive(Debug)]
@@ -149,9 +168,21 @@ struct Bench {
 impl Bench {
     /// Snapshots the disk as `rp` (its SAS through the diff proxy when `diff` is set, else
     /// straight to Azurite), writes the recovery point, and times its vault transfer; answers
-    /// (seconds, bytes the transfer read).
-    async fn backup(&self, ctx: &VaultContext, rp: &str, diff: bool) -> anyhow::Result<(f64, u64)> {
-        let taken = snapshot(&self.container, "disk").await;
+    /// (seconds, bytes the transfer read). With `blob_snapshot`, the ARM snapshot stands for
+    /// that existing Azurite blob snapshot instead of a new one: the full rounds read the very
+    /// snapshot the raw reads read, and Azurite does not copy the disk (in memory) just before
+    /// a timed transfer, which it does not before a raw read.
+    async fn backup(
+        &self,
+        ctx: &VaultContext,
+        rp: &str,
+        diff: bool,
+        blob_snapshot: Option<&str>,
+    ) -> anyhow::Result<(f64, u64)> {
+        let taken = match blob_snapshot {
+            Some(taken) => taken.to_owned(),
+            None => snapshot(&self.container, "disk").await,
+        };
         let endpoint = if diff {
             self.proxy.endpoint.clone()
         } else {
@@ -205,15 +236,62 @@ impl Bench {
     }
 }
 
+/// The process id of Azurite's blob service on this machine, if it runs here.
+fn azurite_pid() -> Option<String> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            pid.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains("azurite-blob")
+                .then_some(pid)
+        })
+}
+
+/// CPU seconds (user + system) used so far by this process and by process `other`.
+fn cpu_seconds(other: Option<&str>) -> (f64, f64) {
+    let of = |pid: &str| {
+        // Fields after the command name (in parentheses): utime and stime are the 12th and
+        // 13th, in clock ticks (100 a second on Linux).
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                let ticks =
+                    fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+                Some(ticks as f64 / 100.0)
+            })
+            .unwrap_or(0.0)
+    };
+    (of("self"), other.map_or(0.0, of))
+}
+
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Runs under `MALLOC_ARENA_MAX=2`, as a worker does (see `rss::with_two_malloc_arenas`), so
+/// the peak RSS reported is a worker's.
+fn main() -> anyhow::Result<()> {
+    rss::with_two_malloc_arenas()?;
+    tokio::runtime::Runtime::new()?.block_on(bench())
+}
+
+async fn bench() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The transfer's own account of what it waited for (sealed pieces or pack uploads), on
+    // stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "warn,stowage_stages::vault_transfer=info",
+        ))
+        .init();
     anyhow::ensure!(
         args.size_mib % 4 == 0 && args.size_mib > 0,
         "--size-mib: a multiple of 4"
@@ -253,11 +331,13 @@ async fn main() -> anyhow::Result<()> {
     let vault_dir =
         std::env::temp_dir().join(format!("stowage-azure-bench-{}", std::process::id()));
     let vault_at = |name: &str| -> anyhow::Result<VaultContext> {
-        let mut ctx = VaultContext::new(
-            BlobStore::local_folder(vault_dir.join(name), LocalDurability::Fsync)?,
-            VaultKey::generate()?,
-            disks.clone(),
-        );
+        let store = match args.vault {
+            VaultMedium::Folder => {
+                BlobStore::local_folder(vault_dir.join(name), LocalDurability::Fsync)?
+            }
+            VaultMedium::Memory => BlobStore::in_memory(),
+        };
+        let mut ctx = VaultContext::new(store, VaultKey::generate()?, disks.clone());
         if args.transfer_parallelism > 0 {
             ctx.parallelism = args.transfer_parallelism;
         }
@@ -288,11 +368,29 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut raws = Vec::new();
     let mut fulls = Vec::new();
+    // The benchmark's own peak resident set during the full transfers (the vault stage's
+    // buffers; Azurite is a process of its own).
+    let mut peak_rss = 0u64;
+    // CPU seconds (this process, Azurite) spent in the raw reads and in the transfers: on a
+    // machine where both share the cores, what the transfer spends is taken from Azurite.
+    let azurite = azurite_pid();
+    let (mut raw_cpu, mut transfer_cpu) = ((0.0, 0.0), (0.0, 0.0));
     for round in 0..args.rounds {
+        let before = cpu_seconds(azurite.as_deref());
         raws.push(raw_read(&raw_blob, size, raw_piece, args.concurrency).await?);
+        let between = cpu_seconds(azurite.as_deref());
         let name = format!("vault-{round}");
         let ctx = vault_at(&name)?;
-        let (seconds, read) = bench.backup(&ctx, &format!("full-{round}"), false).await?;
+        rss::reset_peak_rss()?;
+        let (seconds, read) = bench
+            .backup(&ctx, &format!("full-{round}"), false, Some(&raw_snapshot))
+            .await?;
+        peak_rss = peak_rss.max(rss::peak_rss());
+        let after = cpu_seconds(azurite.as_deref());
+        raw_cpu.0 += between.0 - before.0;
+        raw_cpu.1 += between.1 - before.1;
+        transfer_cpu.0 += after.0 - between.0;
+        transfer_cpu.1 += after.1 - between.1;
         anyhow::ensure!(
             read == size,
             "the full transfer read {read} of {size} bytes"
@@ -315,7 +413,7 @@ async fn main() -> anyhow::Result<()> {
 
     // (b) A full version in the bench's vault, scattered 64 KiB writes, and the incremental.
     let ctx = vault_at("vault")?;
-    bench.backup(&ctx, "rp-1", true).await?;
+    bench.backup(&ctx, "rp-1", true, None).await?;
     let piece = 64 * 1024u64;
     let pieces = ((size as f64 * args.changed_percent / 100.0) / piece as f64).ceil() as u64;
     let mut offsets = BTreeSet::new();
@@ -329,7 +427,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let changed = offsets.len() as u64 * piece;
     let diffs_before = bench.proxy.diffs.load(std::sync::atomic::Ordering::SeqCst);
-    let (incr_seconds, incr_read) = bench.backup(&ctx, "rp-2", true).await?;
+    let (incr_seconds, incr_read) = bench.backup(&ctx, "rp-2", true, None).await?;
     let diffs = bench.proxy.diffs.load(std::sync::atomic::Ordering::SeqCst) - diffs_before;
     disks.end_all_access().await?;
     let ended_load = load();
@@ -343,8 +441,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let (raw_best, full_best) = (best(&raws), best(&fulls));
     println!(
-        "disk {} MiB of random bytes; raw read: {} reads of {} MiB in flight; transfer: {parallelism} pieces of 1 MiB read and sealed at once; {} rounds",
-        args.size_mib, args.concurrency, args.raw_read_mib, args.rounds
+        "disk {} MiB of random bytes; raw read: {} reads of {} MiB in flight; transfer: {parallelism} pieces of 1 MiB read and sealed at once, into a vault {}; {} rounds",
+        args.size_mib,
+        args.concurrency,
+        args.raw_read_mib,
+        match args.vault {
+            VaultMedium::Folder => "in a local folder (fsync'd writes)",
+            VaultMedium::Memory => "in memory",
+        },
+        args.rounds
     );
     println!("load average at start: {started_load}; at end: {ended_load}");
     println!(
@@ -364,6 +469,42 @@ async fn main() -> anyhow::Result<()> {
             "missed"
         }
     );
+    // Each round's transfer against the raw read just before it: one outlier of either
+    // cannot decide the figure, as it can best against best.
+    let mut per_round: Vec<f64> = fulls.iter().zip(&raws).map(|(f, r)| f / r).collect();
+    per_round.sort_by(f64::total_cmp);
+    let median = per_round[per_round.len() / 2];
+    println!(
+        "(a) per round, transfer / the raw read before it: {} (median {:.0}%; target ≥ 80%: {})",
+        per_round
+            .iter()
+            .map(|x| format!("{:.0}%", 100.0 * x))
+            .collect::<Vec<_>>()
+            .join(", "),
+        100.0 * median,
+        if median >= 0.8 { "met" } else { "missed" }
+    );
+    let per_gib = |cpu: f64| cpu / (args.rounds as f64 * size as f64 / (1u64 << 30) as f64);
+    println!(
+        "(a) CPU seconds a GiB, this process + Azurite: raw read {:.2} + {:.2}, full transfer {:.2} + {:.2}{}",
+        per_gib(raw_cpu.0),
+        per_gib(raw_cpu.1),
+        per_gib(transfer_cpu.0),
+        per_gib(transfer_cpu.1),
+        if azurite.is_none() {
+            " (Azurite's process not found: its share reads 0)"
+        } else {
+            ""
+        }
+    );
+    if args.vault == VaultMedium::Folder {
+        println!(
+            "(a) peak RSS of this process during a full transfer: {} MiB (a worker's budget: 128 MiB)",
+            peak_rss / MIB
+        );
+    } else {
+        println!("(a) peak RSS: not measured (the in-memory vault lives in this process)");
+    }
     println!(
         "(b) incremental: {} bytes changed in {} writes of 64 KiB, {} bytes read ({:.3}×; target ≤ 1.1×: {}), {} diff request(s), {:.2} s",
         changed,

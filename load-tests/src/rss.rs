@@ -20,3 +20,18 @@ pub fn reset_peak_rss() -> anyhow::Result<()> {
     std::fs::write("/proc/self/clear_refs", "5")?;
     Ok(())
 }
+
+/// Runs this benchmark again under `MALLOC_ARENA_MAX=2`, as every worker runs (the manifests
+/// set it, and `stowage` sets it for itself): glibc reads it when the process starts, so a
+/// process without it starts itself again with it set and exits with that one's status.
+/// Returns when the variable is set.
+pub fn with_two_malloc_arenas() -> anyhow::Result<()> {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let status = std::process::Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .env("MALLOC_ARENA_MAX", "2")
+            .status()?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}

@@ -123,13 +123,7 @@ struct Round {
 /// (infra/k8s): glibc reads it when the process starts, so without it the bench runs itself
 /// again with it set. The peers run with their default environment.
 fn main() -> anyhow::Result<()> {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        let status = Command::new(std::env::current_exe()?)
-            .args(std::env::args_os().skip(1))
-            .env("MALLOC_ARENA_MAX", "2")
-            .status()?;
-        std::process::exit(status.code().unwrap_or(1));
-    }
+    rss::with_two_malloc_arenas()?;
     tokio::runtime::Runtime::new()?.block_on(bench())
 }
 
