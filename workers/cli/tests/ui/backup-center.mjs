@@ -110,10 +110,14 @@ try {
     if (status === "running") texts.add((await r.locator("td").nth(4).innerText()).replace(/\s+/g, " "));
     // Live progress: a bar in a stage that is still running (with counts once the stage has
     // flushed some to the job record, at most once a second; indeterminate before).
-    const bars = r.locator('.stage:has([data-status="running"]) progress');
-    if ((await bars.count()) > 0) {
+    // Read in one step: the page re-renders the row as it polls, and a bar counted in one
+    // call may be gone by the next (a locator call on it would wait for it until timeout).
+    const values = await r
+      .locator('.stage:has([data-status="running"]) progress')
+      .evaluateAll((nodes) => nodes.map((n) => n.getAttribute("value")));
+    if (values.length > 0) {
       sawProgress = true;
-      if ((await bars.first().getAttribute("value")) !== null) sawCounts = true;
+      if (values.some((v) => v !== null)) sawCounts = true;
       if (!midShot) {
         await shot("03-backup-running");
         midShot = true;
