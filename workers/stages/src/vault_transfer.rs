@@ -471,9 +471,14 @@ async fn transfer_volume(
     // own (Azure: an HTTP request a read); the bytes in flight stay `parallelism` pieces' worth.
     let read_size = ctx.disks.read_size_hint().unwrap_or(0);
     let reads = coalesce(pieces.into_iter(), read_size);
+    // A hint below the piece size reads piece by piece: never more pieces in flight than
+    // `parallelism`.
     let reads_in_flight = match read_size {
         0 => ctx.parallelism.max(1),
-        size => (ctx.parallelism as u64 * ctx.grid.chunk_size() / size).max(1) as usize,
+        size => {
+            let chunk = ctx.grid.chunk_size();
+            (ctx.parallelism as u64 * chunk / size.max(chunk)).max(1) as usize
+        }
     };
     let (disks, snapshot) = (ctx.disks.clone(), plan.snapshot.clone());
     let (keys, known, claimed) = (keys.clone(), known.clone(), claimed.clone());
@@ -781,6 +786,32 @@ mod tests {
     use stowage_schemas::samples;
 
     use super::*;
+
+    #[test]
+    fn adjacent_pieces_are_read_together_up_to_the_read_size_and_never_across_a_gap() {
+        const M: u64 = 1 << 20;
+        let pieces = [
+            0..M,
+            M..2 * M,
+            2 * M..3 * M,
+            3 * M..4 * M,
+            4 * M..5 * M,
+            6 * M..6 * M + 4096,
+        ];
+        let reads: Vec<_> = coalesce(pieces.iter().cloned(), 4 * M).collect();
+        assert_eq!(
+            reads,
+            vec![
+                vec![0..M, M..2 * M, 2 * M..3 * M, 3 * M..4 * M],
+                vec![4 * M..5 * M],
+                vec![6 * M..6 * M + 4096],
+            ]
+        );
+        let one_by_one: Vec<_> = coalesce(pieces.iter().cloned(), 0).collect();
+        assert_eq!(one_by_one.len(), pieces.len());
+        let small_hint: Vec<_> = coalesce(pieces.iter().cloned(), M / 2).collect();
+        assert_eq!(small_hint.len(), pieces.len(), "a piece is never split");
+    }
 
     /// Issue 16, item 4: the skip event's reason names the policy and its rules, and the way out.
     #[test]
