@@ -269,12 +269,6 @@ fn cpu_seconds(other: Option<&str>) -> (f64, f64) {
     (of("self"), other.map_or(0.0, of))
 }
 
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 /// Runs under `MALLOC_ARENA_MAX=2`, as a worker does (see `rss::with_two_malloc_arenas`), so
 /// the peak RSS reported is a worker's.
 fn main() -> anyhow::Result<()> {
@@ -297,7 +291,7 @@ async fn bench() -> anyhow::Result<()> {
         "--size-mib: a multiple of 4"
     );
     let size = args.size_mib * MIB;
-    let started_load = load();
+    let started_load = rss::load_average();
     let server = ArmServer::start().await;
     let proxy = DiffProxy::start().await;
     let container = container().await;
@@ -401,7 +395,7 @@ async fn bench() -> anyhow::Result<()> {
             "round {round}: raw read {:.0} MiB/s, full transfer {:.0} MiB/s (load {})",
             raws[round],
             fulls[round],
-            load()
+            rss::load_average()
         );
         // Not a parent of the next round's snapshot, nor of (b)'s first.
         bench
@@ -430,7 +424,7 @@ async fn bench() -> anyhow::Result<()> {
     let (incr_seconds, incr_read) = bench.backup(&ctx, "rp-2", true, None).await?;
     let diffs = bench.proxy.diffs.load(std::sync::atomic::Ordering::SeqCst) - diffs_before;
     disks.end_all_access().await?;
-    let ended_load = load();
+    let ended_load = rss::load_average();
 
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let fmt = |v: &[f64]| {

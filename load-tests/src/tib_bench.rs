@@ -187,7 +187,7 @@ async fn transfer(
     };
     stowage_vault::catalog::write_recovery_point(&ctx.primary, &manifest).await?;
     reset_peak_rss()?;
-    let rss_before = rss_now();
+    let rss_before = rss::rss_now();
     let started = Instant::now();
     let done = stowage_stages::vault_transfer::transfer(
         ctx,
@@ -203,17 +203,4 @@ async fn transfer(
         peak_rss: peak_rss(),
         stats: done.stats,
     })
-}
-
-/// This process's resident set now (VmRSS), bytes.
-fn rss_now() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
 }

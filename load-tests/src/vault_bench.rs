@@ -183,7 +183,7 @@ async fn bench() -> anyhow::Result<()> {
 
     let mut rounds = Vec::new();
     for round in 0..args.runs {
-        let load = load_average();
+        let load = rss::load_average();
         eprintln!("round {} of {} (load {load})", round + 1, args.runs);
         let figures = one_round(&work, &disks, &raw, size, round, load).await?;
         eprintln!(
@@ -676,14 +676,6 @@ fn list(values: Vec<f64>) -> String {
         .map(|v| format!("{v:.2}"))
         .collect::<Vec<_>>()
         .join(" / ")
-}
-
-/// `/proc/loadavg`'s three load averages.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Snapshot the image as `rp`, write its manifest, and time the vault transfer alone.

@@ -25,17 +25,27 @@ pub async fn submit(
     names: &Names,
     envelope: &Envelope,
 ) -> Result<(), BrokerError> {
-    if let Some(cluster) = envelope::cluster_of(envelope)? {
-        ensure_cluster_queues(broker, names, &RetryPolicy::default(), cluster).await?;
-    }
     if envelope.trace.is_none()
         && let Some(trace) = crate::telemetry::current_trace_context()
     {
         let mut traced = envelope.clone();
         traced.trace = Some(trace);
-        return broker.publish(envelope::outgoing(names, &traced)).await;
+        return broker.publish(routed(broker, names, &traced).await?).await;
     }
-    broker.publish(envelope::outgoing(names, envelope)).await
+    broker.publish(routed(broker, names, envelope).await?).await
+}
+
+/// `envelope` as the message to publish, its cluster's queues declared first when it names a
+/// cluster ([`ensure_cluster_queues`]).
+async fn routed(
+    broker: &dyn Broker,
+    names: &Names,
+    envelope: &Envelope,
+) -> Result<Outgoing, BrokerError> {
+    if let Some(cluster) = envelope::cluster_of(envelope)? {
+        ensure_cluster_queues(broker, names, &RetryPolicy::default(), cluster).await?;
+    }
+    Ok(envelope::outgoing(names, envelope))
 }
 
 /// The header a message resubmitted after a crash carries (`stowage serve` recovering its
@@ -50,10 +60,7 @@ pub async fn resubmit(
     names: &Names,
     envelope: &Envelope,
 ) -> Result<(), BrokerError> {
-    if let Some(cluster) = envelope::cluster_of(envelope)? {
-        ensure_cluster_queues(broker, names, &RetryPolicy::default(), cluster).await?;
-    }
-    let mut outgoing = envelope::outgoing(names, envelope);
+    let mut outgoing = routed(broker, names, envelope).await?;
     outgoing
         .properties
         .headers

@@ -73,24 +73,17 @@ fn options() -> azure_core::http::ClientOptions {
 pub async fn container() -> String {
     require_azurite();
     let name = format!("disks-{}", rand::random::<u64>());
-    let url = Url::parse(&format!("{ENDPOINT}/{name}?{}", account_sas())).unwrap();
-    BlobContainerClient::new(
-        url,
-        None,
-        Some(BlobContainerClientOptions {
-            client_options: options(),
-            ..Default::default()
-        }),
-    )
-    .unwrap()
-    .create(None)
-    .await
-    .unwrap();
+    container_client(&name).create(None).await.unwrap();
     name
 }
 
 /// Deletes container `name` and what it holds (Azurite keeps everything in memory).
 pub async fn delete_container(name: &str) {
+    container_client(name).delete(None).await.unwrap();
+}
+
+/// A client of container `name`, with the account SAS.
+fn container_client(name: &str) -> BlobContainerClient {
     let url = Url::parse(&format!("{ENDPOINT}/{name}?{}", account_sas())).unwrap();
     BlobContainerClient::new(
         url,
@@ -101,9 +94,6 @@ pub async fn delete_container(name: &str) {
         }),
     )
     .unwrap()
-    .delete(None)
-    .await
-    .unwrap();
 }
 
 /// A page blob ("a disk") of `size` bytes.
